@@ -1,0 +1,1 @@
+//! The admin HTTP listener: health and metrics, apart from the data path.

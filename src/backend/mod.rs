@@ -1,0 +1,1 @@
+//! The backend side: connections to Redis nodes.

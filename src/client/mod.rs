@@ -1,0 +1,1 @@
+//! The client side: one task per client connection.

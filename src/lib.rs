@@ -1,0 +1,31 @@
+//! keygate: a Redis-protocol proxy that confines each service to its own key
+//! namespace, governs TTLs, follows Sentinel and measures every command.
+//!
+//! A command travels through keygate in one direction, one module per stage:
+//!
+//! - [`server`] accepts client connections and owns shutdown.
+//! - [`client`] runs one client connection: reads bytes, answers what keygate
+//!   answers itself, and writes replies back in request order.
+//! - [`protocol`] frames bytes: the request scanner turns client bytes into
+//!   [`protocol::request::Request`]s, the reply scanner delimits backend replies.
+//! - [`command`] is the command table: arity, flags and where the keys are.
+//! - [`policy`] applies per-service rules (namespace and TTL) to a request and
+//!   rewrites its reply on the way back.
+//! - [`router`] picks the backend node and connection kind for a request.
+//! - [`backend`] owns connections to Redis: multiplexed pipelined ones for
+//!   ordinary commands and a pool of dedicated ones for MULTI, blocking and
+//!   pub/sub.
+//! - [`config`] reads and validates the TOML configuration.
+//! - [`admin`] serves health and metrics over HTTP, apart from the data path.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod backend;
+pub mod client;
+pub mod command;
+pub mod config;
+pub mod policy;
+pub mod protocol;
+pub mod router;
+pub mod server;

@@ -1,0 +1,5 @@
+//! The keygate binary: reads the config and runs the proxy.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Routing: which backend node and which kind of connection a request uses.

@@ -1,0 +1,1 @@
+//! Accepting clients and shutting down.
