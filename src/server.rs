@@ -1,12 +1,21 @@
 //! Accepting clients and shutting down.
+//!
+//! `Server::run` takes a bound listener and a shutdown future, so tests bind
+//! `127.0.0.1:0` and run the real server in-process. On shutdown it stops
+//! accepting, tells every client to finish what it has in flight, and waits
+//! up to the grace period.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
+use crate::client::{self, Context};
 use crate::config::Config;
 
 /// Why the proxy could not start or stopped abnormally.
@@ -23,6 +32,8 @@ pub struct ProxyState {
     pub ready: AtomicBool,
     /// When the proxy started, for uptime.
     pub started: Instant,
+    /// The running proxy, once `run` has started it.
+    context: OnceLock<Arc<Context>>,
 }
 
 impl ProxyState {
@@ -38,9 +49,21 @@ impl ProxyState {
 
     /// The `/health` JSON detail.
     pub fn health_json(&self) -> serde_json::Value {
+        let backend = self.context.get().map(|ctx| {
+            let master = ctx.router.master();
+            serde_json::json!({
+                "master": {
+                    "address": master.addr(),
+                    "connections": master.health().connected(),
+                    "last_error": master.health().last_error(),
+                },
+            })
+        });
         serde_json::json!({
             "ready": self.is_ready(),
             "uptime_seconds": self.started.elapsed().as_secs(),
+            "clients": self.context.get().map(|c| c.clients.load(Ordering::Relaxed)),
+            "backend": backend,
         })
     }
 }
@@ -52,13 +75,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Builds the proxy from a validated config; backends connect lazily.
+    /// Builds the proxy from a validated config; backends connect when it runs.
     pub fn new(config: Config) -> Result<Server, ServerError> {
         Ok(Server {
             config: Arc::new(config),
             state: Arc::new(ProxyState {
                 ready: AtomicBool::new(false),
                 started: Instant::now(),
+                context: OnceLock::new(),
             }),
         })
     }
@@ -75,8 +99,56 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServerError> {
-        let _ = (&self.config, listener);
-        shutdown.await;
+        let ctx = Arc::new(Context::new(self.config.clone(), self.state.clone()));
+        let _ = self.state.context.set(ctx.clone());
+        let readiness = tokio::spawn(watch_readiness(ctx.clone()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let tracker = TaskTracker::new();
+        let max_clients = self.config.proxy.max_clients;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => {
+                    let (mut stream, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off, keep serving.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                    };
+                    if ctx.clients.load(Ordering::Relaxed) >= max_clients {
+                        tracker.spawn(async move {
+                            let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+                        });
+                        tracing::debug!(%peer, "refused: max_clients reached");
+                        continue;
+                    }
+                    tracker.spawn(client::serve(stream, ctx.clone(), stop_rx.clone()));
+                }
+            }
+        }
+        drop(listener);
+        tracing::info!("shutting down: waiting for clients to finish");
+        let _ = stop_tx.send(true);
+        tracker.close();
+        let grace = self.config.proxy.shutdown_grace;
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(?grace, "grace period over; closing remaining clients");
+        }
+        readiness.abort();
         Ok(())
+    }
+}
+
+/// Keeps the readiness latch in step with the backend.
+async fn watch_readiness(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let up = ctx.router.master().health().connected() > 0;
+        ctx.state.ready.store(up, Ordering::Relaxed);
     }
 }

@@ -1,1 +1,50 @@
-//! The backend side: connections to Redis nodes.
+//! The backend side: connections from keygate to Redis nodes.
+//!
+//! - [`connect`] dials a node and runs the handshake (AUTH, SELECT, HELLO).
+//! - [`mux`] runs the multiplexed, pipelined connections that carry ordinary
+//!   commands of many clients, replies matched first in, first out.
+//! - [`dedicated`] pools connections a single client holds for MULTI/WATCH,
+//!   blocking commands and pub/sub.
+//! - [`node`] groups both kinds for one Redis node.
+
+pub mod connect;
+pub mod dedicated;
+pub mod mux;
+pub mod node;
+
+/// A failure on the backend side, as the client will be told about it.
+///
+/// Cloneable because one dead connection fails every request in flight on it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// The node cannot be reached or refused the handshake.
+    #[error("backend {addr} is unavailable: {reason}")]
+    Unavailable { addr: String, reason: String },
+    /// The connection died with this request in flight; it may or may not have run.
+    #[error("backend {addr} connection lost with the request in flight")]
+    ConnectionLost { addr: String },
+    /// The node did not answer within `command_timeout`.
+    #[error("backend {addr} did not answer within {millis} ms")]
+    Timeout { addr: String, millis: u128 },
+    /// The node sent bytes that are not RESP.
+    #[error("backend {addr} sent an invalid reply: {reason}")]
+    Protocol { addr: String, reason: String },
+    /// No dedicated connection could be had in time.
+    #[error("no dedicated backend connection to {addr} available: {reason}")]
+    PoolExhausted { addr: String, reason: String },
+}
+
+impl BackendError {
+    /// The RESP error line the client gets (without the leading `-`).
+    pub fn client_message(&self) -> String {
+        format!("ERR keygate: {self}")
+    }
+
+    /// True when the request certainly never reached Redis, so a retry is safe.
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            BackendError::Unavailable { .. } | BackendError::PoolExhausted { .. }
+        )
+    }
+}

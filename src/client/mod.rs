@@ -1,1 +1,608 @@
 //! The client side: one task per client connection.
+//!
+//! The task reads bytes, scans requests, and takes each through the stages
+//! in order: the command table, the commands keygate answers itself, the
+//! service's policy, then routing to a shared (multiplexed) or dedicated
+//! backend connection. Replies go back through the [`queue`] in request
+//! order.
+//!
+//! Backpressure: the task stops reading from a client while it has too many
+//! replies outstanding, and it writes replies before reading more, so a
+//! client that does not read makes keygate stop reading it rather than
+//! buffer without bound.
+
+pub mod local;
+pub mod queue;
+pub mod session;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::backend::connect::REPLY_MAX_DEPTH;
+use crate::backend::dedicated::DedicatedLease;
+use crate::backend::mux::Batch;
+use crate::backend::BackendError;
+use crate::command::{self, CommandSpec, Flags};
+use crate::config::Config;
+use crate::policy::access;
+use crate::policy::service::Services;
+use crate::protocol::encode;
+use crate::protocol::reply::{ReplyKind, ReplyScanner};
+use crate::protocol::request::{Request, RequestScanner, ScanLimits};
+use crate::protocol::Protocol;
+use crate::router::{self, ConnectionEffect, Router};
+use crate::server::ProxyState;
+use local::LocalAnswer;
+use queue::{ReplyPlan, ReplyQueue};
+use session::Session;
+
+/// Most reply slots a client may have outstanding before keygate stops
+/// reading from it.
+const MAX_SLOTS: usize = 1024;
+/// A batch for a shared connection is sent once it holds this many bytes.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// What every client task shares.
+#[derive(Debug)]
+pub struct Context {
+    pub config: Arc<Config>,
+    pub services: Services,
+    pub router: Router,
+    pub state: Arc<ProxyState>,
+    pub scan_limits: ScanLimits,
+    /// Source of CLIENT IDs.
+    pub next_id: AtomicU64,
+    /// Connected clients.
+    pub clients: AtomicUsize,
+    /// Failed AUTH and HELLO AUTH attempts.
+    pub auth_failures: AtomicU64,
+}
+
+impl Context {
+    /// Builds the shared state and starts the backend connections.
+    pub fn new(config: Arc<Config>, state: Arc<ProxyState>) -> Context {
+        let scan_limits = ScanLimits {
+            max_bulk_len: config.proxy.proto_max_bulk_len,
+            ..ScanLimits::default()
+        };
+        Context {
+            services: Services::from_config(&config),
+            router: Router::start(&config),
+            state,
+            scan_limits,
+            next_id: AtomicU64::new(1),
+            clients: AtomicUsize::new(0),
+            auth_failures: AtomicU64::new(0),
+            config,
+        }
+    }
+}
+
+/// The client's dedicated backend connection and its reading state.
+struct Dedicated {
+    lease: DedicatedLease,
+    scanner: ReplyScanner,
+    /// Requests not yet written to it.
+    out: BytesMut,
+    /// A subscription made the connection a push stream; it stays this
+    /// client's until RESET or disconnect.
+    subscribed: bool,
+    /// When the first awaited non-blocking reply is overdue.
+    deadline: Option<Instant>,
+}
+
+/// One client connection's state between events.
+struct Connection {
+    ctx: Arc<Context>,
+    session: Session,
+    scanner: RequestScanner,
+    queue: ReplyQueue,
+    dedicated: Option<Dedicated>,
+    /// Requests gathered for one shared-connection batch.
+    batch: Vec<Bytes>,
+    batch_bytes: usize,
+    batch_suppress: bool,
+    /// Stop reading; close once every reply is written.
+    closing: bool,
+    out: BytesMut,
+}
+
+/// Serves one client until it disconnects, QUITs, breaks the protocol or
+/// keygate shuts down.
+pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    ctx.clients.fetch_add(1, Ordering::Relaxed);
+    let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut conn = Connection {
+        session: Session::new(id, ctx.services.default_service()),
+        scanner: RequestScanner::new(ctx.scan_limits),
+        queue: ReplyQueue::default(),
+        dedicated: None,
+        batch: Vec::new(),
+        batch_bytes: 0,
+        batch_suppress: false,
+        closing: *shutdown.borrow(),
+        out: BytesMut::with_capacity(16 * 1024),
+        ctx,
+    };
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let idle_timeout = conn.ctx.config.proxy.idle_timeout;
+    let mut last_activity = Instant::now();
+    loop {
+        if conn.closing && conn.queue.is_empty() {
+            break;
+        }
+        let can_read = !conn.closing && conn.queue.len() < MAX_SLOTS;
+        let deadline = conn.dedicated_deadline();
+        let idle_at = idle_timeout
+            .filter(|_| conn.queue.is_empty() && conn.dedicated.is_none())
+            .map(|t| last_activity + t);
+        tokio::select! {
+            read = rd.read_buf(&mut rbuf), if can_read => match read {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    last_activity = Instant::now();
+                    conn.on_bytes(&mut rbuf).await;
+                }
+            },
+            _ = conn.queue.front_answered(), if conn.queue.front_is_shared() => {}
+            read = read_dedicated(&mut conn.dedicated) => conn.on_dedicated_read(read),
+            _ = sleep_until(deadline) => conn.on_dedicated_timeout(),
+            _ = sleep_until(idle_at) => break,
+            _ = shutdown.changed(), if !conn.closing => conn.closing = true,
+        }
+        conn.queue.drain_ready(&mut conn.out);
+        conn.release_dedicated_if_clean();
+        if !conn.out.is_empty() {
+            if wr.write_all(&conn.out).await.is_err() {
+                break;
+            }
+            conn.out.clear();
+            if conn.out.capacity() > 1024 * 1024 {
+                conn.out = BytesMut::with_capacity(16 * 1024);
+            }
+        }
+    }
+    conn.finish();
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_dedicated(d: &mut Option<Dedicated>) -> std::io::Result<usize> {
+    match d {
+        Some(d) => {
+            let conn = &mut *d.lease;
+            conn.stream.read_buf(&mut conn.read_buf).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn error_reply(msg: &str) -> Bytes {
+    let mut out = BytesMut::new();
+    encode::error(&mut out, msg);
+    out.freeze()
+}
+
+impl Connection {
+    /// Takes every complete request off `rbuf` through the pipeline.
+    async fn on_bytes(&mut self, rbuf: &mut BytesMut) {
+        loop {
+            match self.scanner.scan(rbuf) {
+                Ok(Some(req)) => self.on_request(req).await,
+                Ok(None) => break,
+                Err(e) => {
+                    self.flush_batch().await;
+                    let msg = format!("ERR Protocol error: {e}");
+                    tracing::debug!(client = self.session.id, error = %e, "protocol error; closing");
+                    self.queue.push_ready(error_reply(&msg), false);
+                    self.closing = true;
+                    rbuf.clear();
+                    break;
+                }
+            }
+        }
+        self.flush_batch().await;
+        self.flush_dedicated().await;
+    }
+
+    /// A reply keygate made: it goes after everything already queued.
+    async fn reply(&mut self, reply: Bytes, suppress: bool) {
+        self.flush_batch().await;
+        self.queue.push_ready(reply, suppress);
+    }
+
+    /// An error reply; inside MULTI it also dooms the transaction, as Redis
+    /// does for a command rejected while queuing.
+    async fn reject(&mut self, msg: &str, suppress: bool) {
+        if self.session.tx.open {
+            self.session.tx.poisoned = true;
+        }
+        self.reply(error_reply(msg), suppress).await;
+    }
+
+    async fn on_request(&mut self, req: Request) {
+        let suppress = self.session.take_suppression();
+        let is_client = req
+            .get(0)
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"client"));
+        if is_client && !self.session.tx.open && self.session.service.is_some() {
+            if let Some(LocalAnswer::Reply(reply)) = local::answer_client(&mut self.session, &req) {
+                let quiet = suppress
+                    || (req.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"reply"))
+                        && self.session.reply_mode != session::ReplyMode::On);
+                self.reply(reply, quiet).await;
+                return;
+            }
+        }
+        let spec = match command::lookup(&req) {
+            Ok(spec) => spec,
+            Err(e) => return self.reject(&e.to_string(), suppress).await,
+        };
+        if self.session.service.is_none()
+            && !spec.flags.contains(Flags::NO_AUTH)
+            && spec.name != "quit"
+        {
+            return self
+                .reject("NOAUTH Authentication required.", suppress)
+                .await;
+        }
+        if self.route_transaction_control(spec, &req, suppress).await {
+            return;
+        }
+        let held = self.session.tx.open || self.dedicated.is_some();
+        let forwards_when_held = matches!(spec.name, "ping" | "echo" | "info");
+        if !(held && forwards_when_held) {
+            if spec.name == "hello" && self.dedicated.is_some() {
+                return self
+                    .reject(
+                        "ERR keygate: HELLO is not allowed while a transaction, subscription or blocking command holds the connection",
+                        suppress,
+                    )
+                    .await;
+            }
+            if let Some(answer) = self.answer_locally(spec, &req, suppress).await {
+                return answer;
+            }
+        }
+        let Some(service) = self.session.service.clone() else {
+            return self
+                .reject("NOAUTH Authentication required.", suppress)
+                .await;
+        };
+        if let Err(refusal) = access::check(&service, spec) {
+            return self.reject(&refusal.to_string(), suppress).await;
+        }
+        let effect = router::connection_effect(spec, &req);
+        let plan = if spec.name == "info" && !held {
+            ReplyPlan::AppendProxyInfo(local::proxy_info(&self.ctx, &self.session))
+        } else {
+            ReplyPlan::Forward
+        };
+        if held || effect != ConnectionEffect::None {
+            self.send_dedicated(req.frame().clone(), effect, plan, suppress)
+                .await;
+        } else if plan != ReplyPlan::Forward {
+            self.flush_batch().await;
+            self.batch_push(req.frame().clone(), suppress);
+            self.flush_batch_with(plan).await;
+        } else {
+            if self.batch_suppress != suppress || self.batch_bytes >= MAX_BATCH_BYTES {
+                self.flush_batch().await;
+            }
+            self.batch_push(req.frame().clone(), suppress);
+        }
+    }
+
+    /// Commands keygate answers itself; `Some` when handled.
+    async fn answer_locally(
+        &mut self,
+        spec: &'static CommandSpec,
+        req: &Request,
+        suppress: bool,
+    ) -> Option<()> {
+        if spec.name == "info" {
+            let only_proxy = req.argc() > 1
+                && req.args().skip(1).all(|s| {
+                    s.eq_ignore_ascii_case(b"keygate") || s.eq_ignore_ascii_case(b"proxy")
+                });
+            if !only_proxy {
+                return None;
+            }
+            let text = local::proxy_info(&self.ctx, &self.session);
+            let mut out = BytesMut::new();
+            encode::bulk(&mut out, text.trim_start().as_bytes());
+            self.reply(out.freeze(), suppress).await;
+            return Some(());
+        }
+        if self.session.tx.open {
+            // Connection-state commands cannot be queued: refusing them dooms
+            // the transaction, which is what a client sees from Redis for a
+            // command it cannot queue.
+            if matches!(
+                spec.name,
+                "auth"
+                    | "hello"
+                    | "select"
+                    | "reset"
+                    | "quit"
+                    | "config|get"
+                    | "command|count"
+                    | "command|getkeys"
+            ) {
+                let msg = format!("ERR keygate: '{}' cannot be used inside MULTI", spec.name);
+                self.reject(&msg, suppress).await;
+                return Some(());
+            }
+            return None;
+        }
+        let answer = local::answer(&self.ctx, &mut self.session, spec, req)?;
+        match answer {
+            LocalAnswer::Reply(r) => self.reply(r, suppress).await,
+            LocalAnswer::ReplyAndClose(r) => {
+                self.reply(r, suppress).await;
+                self.closing = true;
+            }
+            LocalAnswer::ReplyAfterReset(r) => {
+                self.drop_dedicated(true);
+                self.reply(r, suppress).await;
+            }
+        }
+        Some(())
+    }
+
+    /// MULTI, EXEC, DISCARD, WATCH and UNWATCH where keygate must answer
+    /// itself (nesting, no transaction, nothing watched, a doomed EXEC).
+    async fn route_transaction_control(
+        &mut self,
+        spec: &'static CommandSpec,
+        _req: &Request,
+        suppress: bool,
+    ) -> bool {
+        let tx = self.session.tx;
+        match spec.name {
+            "multi" if tx.open => {
+                // Redis answers this without dooming the transaction.
+                self.reply(error_reply("ERR MULTI calls can not be nested"), suppress)
+                    .await;
+                true
+            }
+            "exec" | "discard" if !tx.open => {
+                let msg = format!("ERR {} without MULTI", spec.name.to_uppercase());
+                self.reply(error_reply(&msg), suppress).await;
+                true
+            }
+            "exec" if tx.poisoned => {
+                let discard = Request::from_args(&["DISCARD"]);
+                let abort =
+                    error_reply("EXECABORT Transaction discarded because of previous errors.");
+                self.send_dedicated(
+                    discard.frame().clone(),
+                    ConnectionEffect::EndTransaction,
+                    ReplyPlan::Replace(abort),
+                    suppress,
+                )
+                .await;
+                true
+            }
+            "unwatch" if self.dedicated.is_none() && !tx.open => {
+                self.reply(Bytes::from_static(b"+OK\r\n"), suppress).await;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn batch_push(&mut self, frame: Bytes, suppress: bool) {
+        self.batch_bytes += frame.len();
+        self.batch_suppress = suppress;
+        self.batch.push(frame);
+    }
+
+    async fn flush_batch(&mut self) {
+        self.flush_batch_with(ReplyPlan::Forward).await;
+    }
+
+    /// Sends the gathered batch on the client's shared connection.
+    async fn flush_batch_with(&mut self, plan: ReplyPlan) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let payload = std::mem::take(&mut self.batch);
+        let count = payload.len() as u32;
+        self.batch_bytes = 0;
+        let (tx, rx) = oneshot::channel();
+        self.queue.push_shared(rx, count, plan, self.batch_suppress);
+        let node = self.ctx.router.master().clone();
+        node.mux(self.session.protocol, self.session.id)
+            .submit(Batch {
+                payload,
+                count,
+                reply: tx,
+            })
+            .await;
+    }
+
+    /// Sends a request on the client's dedicated connection, leasing one first
+    /// if needed, and tracks what it does to the connection's state.
+    async fn send_dedicated(
+        &mut self,
+        frame: Bytes,
+        effect: ConnectionEffect,
+        plan: ReplyPlan,
+        suppress: bool,
+    ) {
+        self.flush_batch().await;
+        if self.dedicated.is_none() {
+            let node = self.ctx.router.master().clone();
+            match node.lease(self.session.protocol).await {
+                Ok(lease) => {
+                    self.dedicated = Some(Dedicated {
+                        lease,
+                        scanner: ReplyScanner::new(REPLY_MAX_DEPTH),
+                        out: BytesMut::new(),
+                        subscribed: false,
+                        deadline: None,
+                    })
+                }
+                Err(e) => return self.reject(&e.client_message(), suppress).await,
+            }
+        }
+        let protocol = self.session.protocol;
+        let Some(d) = self.dedicated.as_mut() else {
+            return;
+        };
+        d.out.extend_from_slice(&frame);
+        let tx = &mut self.session.tx;
+        match effect {
+            ConnectionEffect::BeginTransaction => {
+                tx.open = true;
+                tx.poisoned = false;
+            }
+            ConnectionEffect::EndTransaction => {
+                tx.open = false;
+                tx.poisoned = false;
+                tx.watching = false;
+            }
+            ConnectionEffect::Watch => tx.watching = true,
+            ConnectionEffect::Unwatch => tx.watching = false,
+            ConnectionEffect::Subscribe => {}
+            ConnectionEffect::Block | ConnectionEffect::None => {}
+        }
+        // In RESP2 a subscribed connection answers with message-shaped
+        // frames only, taken in stream order; in RESP3 those are pushes and
+        // ordinary replies still match requests.
+        let answered_in_stream =
+            effect == ConnectionEffect::Subscribe || (d.subscribed && protocol == Protocol::Resp2);
+        if effect == ConnectionEffect::Subscribe {
+            d.subscribed = true;
+        }
+        if !answered_in_stream {
+            let blocking = effect == ConnectionEffect::Block && !self.session.tx.open;
+            self.queue.push_dedicated(1, blocking, plan, suppress);
+        }
+    }
+
+    async fn flush_dedicated(&mut self) {
+        let Some(d) = self.dedicated.as_mut() else {
+            return;
+        };
+        if d.out.is_empty() {
+            return;
+        }
+        let out = d.out.split();
+        if let Err(e) = d.lease.stream.write_all(&out).await {
+            tracing::debug!(client = self.session.id, error = %e, "dedicated write failed");
+            self.dedicated_lost();
+        }
+    }
+
+    fn on_dedicated_read(&mut self, read: std::io::Result<usize>) {
+        match read {
+            Ok(n) if n > 0 => {}
+            _ => return self.dedicated_lost(),
+        }
+        let Some(d) = self.dedicated.as_mut() else {
+            return;
+        };
+        d.deadline = None;
+        loop {
+            let conn = &mut *d.lease;
+            match d.scanner.scan(&mut conn.read_buf) {
+                Ok(Some((frame, ReplyKind::Push))) => self.queue.dedicated_push(frame),
+                Ok(Some((frame, _))) => self.queue.dedicated_reply(frame),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(client = self.session.id, error = %e, "invalid reply on a dedicated connection");
+                    return self.dedicated_lost();
+                }
+            }
+        }
+    }
+
+    fn on_dedicated_timeout(&mut self) {
+        let addr = self.ctx.router.master().addr().to_string();
+        let millis = self.ctx.config.backend.command_timeout.as_millis();
+        self.queue
+            .fail_dedicated(&BackendError::Timeout { addr, millis });
+        self.drop_dedicated(true);
+        self.end_connection_state();
+    }
+
+    /// The dedicated connection died: its awaited replies become errors and a
+    /// client whose state lived there (transaction, subscription) is closed,
+    /// so its library reconnects instead of trusting lost state.
+    fn dedicated_lost(&mut self) {
+        let addr = self.ctx.router.master().addr().to_string();
+        self.queue
+            .fail_dedicated(&BackendError::ConnectionLost { addr });
+        self.drop_dedicated(true);
+        self.end_connection_state();
+    }
+
+    fn end_connection_state(&mut self) {
+        let tx = self.session.tx;
+        if tx.open || tx.watching {
+            self.session.tx = Default::default();
+            self.closing = true;
+        }
+    }
+
+    fn dedicated_deadline(&mut self) -> Option<Instant> {
+        let d = self.dedicated.as_mut()?;
+        if !self.queue.awaits_dedicated() || self.queue.first_dedicated_is_blocking() {
+            d.deadline = None;
+            return None;
+        }
+        let timeout = self.ctx.config.backend.command_timeout;
+        Some(*d.deadline.get_or_insert_with(|| Instant::now() + timeout))
+    }
+
+    /// Gives the dedicated connection back once nothing lives on it.
+    fn release_dedicated_if_clean(&mut self) {
+        let Some(d) = &self.dedicated else {
+            return;
+        };
+        let clean = !d.subscribed
+            && !self.session.tx.open
+            && !self.session.tx.watching
+            && d.out.is_empty()
+            && d.lease.read_buf.is_empty()
+            && !self.queue.awaits_dedicated();
+        if clean {
+            self.dedicated = None;
+        }
+    }
+
+    /// Drops the dedicated connection; `broken` closes it instead of pooling it.
+    fn drop_dedicated(&mut self, broken: bool) {
+        if let Some(mut d) = self.dedicated.take() {
+            if d.subscribed {
+                // A subscriber's pending messages must not reach anyone else.
+                d.lease.broken = true;
+            }
+            d.lease.broken |= broken;
+        }
+    }
+
+    fn finish(mut self) {
+        let dirty = self.session.tx.open
+            || self.session.tx.watching
+            || self.queue.awaits_dedicated()
+            || self.dedicated.as_ref().is_some_and(|d| d.subscribed);
+        self.drop_dedicated(dirty);
+        self.ctx.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}

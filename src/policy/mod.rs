@@ -1,5 +1,6 @@
-//! Per-service policy: which service a login maps to, its key namespace and
-//! its TTL rules. Applied to each request after the command-table lookup and
-//! before routing.
+//! Per-service policy, applied to each request after the command-table
+//! lookup and before routing: which service a login maps to ([`service`]),
+//! which commands it may run ([`access`]).
 
+pub mod access;
 pub mod service;

@@ -1,8 +1,180 @@
-//! A service: the policy a client gets after AUTH (or without it, `default`).
+//! Services: the policy a client gets after AUTH (or, without AUTH, the
+//! `default` service), and the login that selects one.
+//!
+//! Passwords are compared in constant time against a SHA-256 digest, so the
+//! plain text of a configured password is not kept once the config is read.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{Config, ReadFrom, ServiceConfig, TtlOverMax};
 
 /// The runtime form of one `[[service]]`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Service {
     /// The service's name from config.
     pub name: String,
+    /// Prepended to every key and channel (empty when isolation is off).
+    pub prefix: Vec<u8>,
+    /// Whether keys are confined to `prefix`.
+    pub isolation: bool,
+    pub default_ttl: Option<Duration>,
+    pub max_ttl: Option<Duration>,
+    pub ttl_over_max: TtlOverMax,
+    pub max_value_bytes: Option<usize>,
+    pub max_clients: Option<usize>,
+    /// Upper-case command names this service may not run.
+    pub deny_commands: Vec<String>,
+    pub read_from: ReadFrom,
+    pub admin: bool,
+    pub allow_scripts: bool,
+    password_sha256: Option<[u8; 32]>,
+}
+
+impl Service {
+    /// Builds the runtime service; the config was validated already.
+    pub fn from_config(c: &ServiceConfig) -> Service {
+        let password = c.password.clone().or_else(|| {
+            c.password_env
+                .as_ref()
+                .and_then(|var| std::env::var(var).ok())
+        });
+        let password_sha256 = match (&password, &c.password_sha256) {
+            (Some(p), _) => Some(Sha256::digest(p.as_bytes()).into()),
+            (None, Some(hex)) => decode_hex32(hex),
+            (None, None) => None,
+        };
+        Service {
+            name: c.name.clone(),
+            prefix: c.prefix.as_bytes().to_vec(),
+            isolation: c.isolation.unwrap_or(true) && !c.prefix.is_empty(),
+            default_ttl: c.default_ttl,
+            max_ttl: c.max_ttl,
+            ttl_over_max: c.ttl_over_max,
+            max_value_bytes: c.max_value_bytes,
+            max_clients: c.max_clients,
+            deny_commands: c.deny_commands.iter().map(|s| s.to_uppercase()).collect(),
+            read_from: c.read_from,
+            admin: c.admin,
+            allow_scripts: c.allow_scripts,
+            password_sha256,
+        }
+    }
+
+    /// Constant-time check of a password against this service's digest.
+    pub fn password_matches(&self, password: &[u8]) -> bool {
+        match &self.password_sha256 {
+            Some(want) => {
+                let got: [u8; 32] = Sha256::digest(password).into();
+                bool::from(got.ct_eq(want))
+            }
+            None => false,
+        }
+    }
+
+    /// Whether this service has a password at all.
+    pub fn has_password(&self) -> bool {
+        self.password_sha256.is_some()
+    }
+}
+
+fn decode_hex32(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).ok()?;
+        *out.get_mut(i)? = u8::from_str_radix(s, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Why a login failed; the text is Redis's own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoginError {
+    #[error("WRONGPASS invalid username-password pair or user is disabled.")]
+    WrongPass,
+    #[error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")]
+    NoPasswordConfigured,
+}
+
+/// Every configured service, and the login rules between them.
+#[derive(Debug)]
+pub struct Services {
+    by_name: HashMap<String, Arc<Service>>,
+    ordered: Vec<Arc<Service>>,
+    default: Option<Arc<Service>>,
+}
+
+impl Services {
+    /// Builds the registry from a validated config.
+    pub fn from_config(config: &Config) -> Services {
+        let ordered: Vec<Arc<Service>> = config
+            .services
+            .iter()
+            .map(|c| Arc::new(Service::from_config(c)))
+            .collect();
+        let by_name = ordered
+            .iter()
+            .map(|s| (s.name.clone(), s.clone()))
+            .collect::<HashMap<_, _>>();
+        let default = by_name.get("default").cloned();
+        Services {
+            by_name,
+            ordered,
+            default,
+        }
+    }
+
+    /// The service of clients that never AUTH; `None` means AUTH is required.
+    pub fn default_service(&self) -> Option<Arc<Service>> {
+        self.default.clone()
+    }
+
+    /// Every service in config order.
+    pub fn all(&self) -> &[Arc<Service>] {
+        &self.ordered
+    }
+
+    /// A service by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<Service>> {
+        self.by_name.get(name)
+    }
+
+    /// `AUTH [service] password`: the service whose password matches.
+    ///
+    /// With a name, only that service is tried. Without one, every service
+    /// with a password is tried (each comparison constant-time), the way a
+    /// bare `AUTH password` logs in as `default` in Redis.
+    pub fn login(&self, name: Option<&[u8]>, password: &[u8]) -> Result<Arc<Service>, LoginError> {
+        match name {
+            Some(name) => {
+                let found = std::str::from_utf8(name)
+                    .ok()
+                    .and_then(|n| self.by_name.get(n));
+                match found {
+                    Some(s) if s.password_matches(password) => Ok(s.clone()),
+                    _ => Err(LoginError::WrongPass),
+                }
+            }
+            None => {
+                if !self.ordered.iter().any(|s| s.has_password()) {
+                    return Err(LoginError::NoPasswordConfigured);
+                }
+                let mut hit = None;
+                for s in &self.ordered {
+                    if s.password_matches(password) && hit.is_none() {
+                        hit = Some(s.clone());
+                    }
+                }
+                hit.ok_or(LoginError::WrongPass)
+            }
+        }
+    }
 }

@@ -1,0 +1,125 @@
+//! Dialing a Redis node: TCP connect, then AUTH, SELECT, HELLO and
+//! CLIENT SETNAME pipelined in one round trip.
+//!
+//! A connection handed out by [`connect`] has completed its handshake, so the
+//! first bytes read from it belong to the first request written.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::BackendError;
+use crate::protocol::reply::{ReplyKind, ReplyScanner, Value};
+use crate::protocol::request::Request;
+use crate::protocol::Protocol;
+
+/// Everything needed to open an authenticated connection to one node.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// `host:port` of the node.
+    pub addr: String,
+    /// ACL user; `default` when only a password is set.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The database selected at connect.
+    pub database: u32,
+    /// RESP version the connection speaks (HELLO 3 for RESP3 clients).
+    pub protocol: Protocol,
+    pub connect_timeout: Duration,
+}
+
+/// Nesting cap for backend replies; Redis's deepest replies (COMMAND DOCS) stay far below.
+pub const REPLY_MAX_DEPTH: usize = 64;
+
+/// Opens a connection to `opts.addr` and completes the handshake.
+pub async fn connect(opts: &ConnectOptions) -> Result<TcpStream, BackendError> {
+    let unavailable = |reason: String| BackendError::Unavailable {
+        addr: opts.addr.clone(),
+        reason,
+    };
+    let mut stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(&opts.addr))
+        .await
+        .map_err(|_| {
+            unavailable(format!(
+                "connect timed out after {:?}",
+                opts.connect_timeout
+            ))
+        })?
+        .map_err(|e| unavailable(e.to_string()))?;
+    stream
+        .set_nodelay(true)
+        .map_err(|e| unavailable(e.to_string()))?;
+
+    let handshake = handshake_requests(opts);
+    let mut out = BytesMut::new();
+    for req in &handshake {
+        out.extend_from_slice(req.frame());
+    }
+    let exchange = async {
+        stream
+            .write_all(&out)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);
+        let mut buf = BytesMut::with_capacity(4096);
+        let mut answered = 0;
+        while answered < handshake.len() {
+            match scanner.scan(&mut buf) {
+                Ok(Some((frame, kind))) => {
+                    if kind == ReplyKind::Error {
+                        let text = match Value::parse(&frame) {
+                            Ok(Value::Error(e)) => String::from_utf8_lossy(&e).into_owned(),
+                            _ => String::from_utf8_lossy(&frame).trim().to_string(),
+                        };
+                        let what =
+                            String::from_utf8_lossy(handshake[answered].get(0).unwrap_or(b"?"))
+                                .to_uppercase();
+                        return Err(unavailable(format!("{what} failed: {text}")));
+                    }
+                    answered += 1;
+                }
+                Ok(None) => {
+                    let n = stream
+                        .read_buf(&mut buf)
+                        .await
+                        .map_err(|e| unavailable(e.to_string()))?;
+                    if n == 0 {
+                        return Err(unavailable("connection closed during handshake".into()));
+                    }
+                }
+                Err(e) => return Err(unavailable(format!("invalid handshake reply: {e}"))),
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(opts.connect_timeout, exchange)
+        .await
+        .map_err(|_| {
+            unavailable(format!(
+                "handshake timed out after {:?}",
+                opts.connect_timeout
+            ))
+        })??;
+    Ok(stream)
+}
+
+/// The requests of the handshake, in the order they are written.
+fn handshake_requests(opts: &ConnectOptions) -> Vec<Request> {
+    let mut reqs = Vec::new();
+    let user = opts.username.clone().unwrap_or_else(|| "default".into());
+    match (opts.protocol, &opts.password) {
+        (Protocol::Resp3, Some(pass)) => {
+            reqs.push(Request::from_args(&["HELLO", "3", "AUTH", &user, pass]))
+        }
+        (Protocol::Resp3, None) => reqs.push(Request::from_args(&["HELLO", "3"])),
+        (Protocol::Resp2, Some(pass)) => reqs.push(Request::from_args(&["AUTH", &user, pass])),
+        (Protocol::Resp2, None) => {}
+    }
+    if opts.database != 0 {
+        reqs.push(Request::from_args(&["SELECT", &opts.database.to_string()]));
+    }
+    reqs.push(Request::from_args(&["CLIENT", "SETNAME", "keygate"]));
+    reqs
+}

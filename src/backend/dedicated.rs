@@ -1,0 +1,80 @@
+//! Dedicated connections: one client holds one for a MULTI/WATCH block, a
+//! blocking command or a subscription, leased from a bounded bb8 pool.
+//!
+//! Invariant: a dedicated connection is clean or closed. The client marks
+//! it broken when it leaves state behind (an open transaction, watched keys,
+//! subscriptions, a blocked command); bb8 then drops it instead of pooling
+//! it. An idle pooled connection that has data or EOF waiting is dirty and
+//! is not handed out.
+
+use bytes::BytesMut;
+use tokio::net::TcpStream;
+
+use super::connect::{connect, ConnectOptions};
+use super::BackendError;
+
+/// A dialed connection owned by one client at a time.
+#[derive(Debug)]
+pub struct DedicatedConn {
+    pub stream: TcpStream,
+    /// Bytes read but not yet taken as replies.
+    pub read_buf: BytesMut,
+    /// Set when the connection must not go back to the pool.
+    pub broken: bool,
+}
+
+/// bb8 manager that dials and checks dedicated connections.
+#[derive(Debug, Clone)]
+pub struct DedicatedManager {
+    pub opts: ConnectOptions,
+}
+
+impl bb8::ManageConnection for DedicatedManager {
+    type Connection = DedicatedConn;
+    type Error = BackendError;
+
+    async fn connect(&self) -> Result<DedicatedConn, BackendError> {
+        let stream = connect(&self.opts).await?;
+        Ok(DedicatedConn {
+            stream,
+            read_buf: BytesMut::with_capacity(16 * 1024),
+            broken: false,
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut DedicatedConn) -> Result<(), BackendError> {
+        // Nothing may be waiting on an idle connection: data means someone
+        // left state behind, EOF means the node closed it.
+        let mut probe = [0u8; 1];
+        match conn.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if conn.read_buf.is_empty() {
+                    Ok(())
+                } else {
+                    Err(self.dirty("unread reply bytes"))
+                }
+            }
+            Ok(0) => Err(self.dirty("closed by the node")),
+            Ok(_) => Err(self.dirty("unexpected data while idle")),
+            Err(e) => Err(self.dirty(&e.to_string())),
+        }
+    }
+
+    fn has_broken(&self, conn: &mut DedicatedConn) -> bool {
+        conn.broken
+    }
+}
+
+impl DedicatedManager {
+    fn dirty(&self, why: &str) -> BackendError {
+        BackendError::ConnectionLost {
+            addr: format!("{} ({why})", self.opts.addr),
+        }
+    }
+}
+
+/// A pool of dedicated connections to one node for one protocol.
+pub type DedicatedPool = bb8::Pool<DedicatedManager>;
+
+/// A leased dedicated connection; dropping it returns it (or closes it if broken).
+pub type DedicatedLease = bb8::PooledConnection<'static, DedicatedManager>;

@@ -1,0 +1,316 @@
+//! Multiplexed, pipelined backend connections.
+//!
+//! Many clients' requests share one connection: the writer gathers every
+//! batch waiting in its queue into one write, and the reader hands replies
+//! back first in, first out. Invariants:
+//! - a batch's pending entry is queued for the reader before its bytes are
+//!   written, so a reply never arrives before the reader knows who wants it;
+//! - a batch of `count` requests gets exactly `count` replies, as one
+//!   contiguous `Bytes` split off the read buffer (no copy);
+//! - when a connection dies or stalls past `command_timeout`, every request
+//!   in flight on it gets an error, nothing is dropped silently, and the
+//!   connection is replaced with capped exponential backoff.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::connect::{connect, ConnectOptions, REPLY_MAX_DEPTH};
+use super::node::NodeHealth;
+use super::BackendError;
+use crate::protocol::reply::{ReplyKind, ReplyScanner};
+
+/// Payload pieces at least this large are written as they are instead of
+/// being copied into the connection's write buffer.
+const LARGE_PIECE: usize = 16 * 1024;
+/// The writer stops gathering batches into one write past this many bytes.
+const MAX_GATHER: usize = 256 * 1024;
+
+/// What a batch's sender gets back: all its replies, contiguous.
+pub type BatchReply = Result<Bytes, BackendError>;
+
+/// Requests of one client sent together, answered together.
+#[derive(Debug)]
+pub struct Batch {
+    /// Request frames, written in order.
+    pub payload: Vec<Bytes>,
+    /// How many replies the payload produces.
+    pub count: u32,
+    /// Where the replies go.
+    pub reply: oneshot::Sender<BatchReply>,
+}
+
+/// Settings of a multiplexed connection.
+#[derive(Debug, Clone)]
+pub struct MuxOptions {
+    pub connect: ConnectOptions,
+    /// A request older than this fails the whole connection (the node is stalled).
+    pub command_timeout: Duration,
+    /// Batches that may wait for the writer before senders feel backpressure.
+    pub queue_depth: usize,
+}
+
+/// A cheap handle to one multiplexed connection.
+#[derive(Debug, Clone)]
+pub struct MuxHandle {
+    tx: mpsc::Sender<Batch>,
+    addr: Arc<str>,
+}
+
+impl MuxHandle {
+    /// Starts the connection's task; it connects, and reconnects, on its own.
+    pub fn spawn(opts: MuxOptions, health: Arc<NodeHealth>) -> MuxHandle {
+        let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
+        let addr: Arc<str> = opts.connect.addr.as_str().into();
+        tokio::spawn(supervise(opts, rx, health));
+        MuxHandle { tx, addr }
+    }
+
+    /// Queues a batch, waiting while the connection's queue is full.
+    pub async fn submit(&self, batch: Batch) {
+        if let Err(mpsc::error::SendError(batch)) = self.tx.send(batch).await {
+            let _ = batch.reply.send(Err(BackendError::Unavailable {
+                addr: self.addr.to_string(),
+                reason: "connection task stopped".into(),
+            }));
+        }
+    }
+}
+
+/// Capped exponential backoff between reconnect attempts.
+#[derive(Debug)]
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const CAP: Duration = Duration::from_secs(2);
+
+    fn new() -> Self {
+        Backoff { next: Self::FIRST }
+    }
+
+    fn step(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(Self::CAP);
+        now
+    }
+}
+
+/// Keeps one connection alive for as long as any handle exists.
+async fn supervise(opts: MuxOptions, mut rx: mpsc::Receiver<Batch>, health: Arc<NodeHealth>) {
+    let mut backoff = Backoff::new();
+    loop {
+        match connect(&opts.connect).await {
+            Ok(stream) => {
+                backoff = Backoff::new();
+                health.connection_up();
+                let open = run(stream, &mut rx, &opts).await;
+                health.connection_down();
+                if !open {
+                    return;
+                }
+            }
+            Err(err) => {
+                health.record_error(&err);
+                tracing::warn!(backend = %opts.connect.addr, error = %err, "backend connect failed");
+                // While down, fail new batches at once instead of letting them wait.
+                let retry_at = Instant::now() + backoff.step();
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(retry_at) => break,
+                        batch = rx.recv() => match batch {
+                            Some(batch) => { let _ = batch.reply.send(Err(err.clone())); }
+                            None => return,
+                        },
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One reply slot the reader fills.
+struct Pending {
+    count: u32,
+    sent_at: Instant,
+    reply: oneshot::Sender<BatchReply>,
+}
+
+/// Runs one live connection; returns false when every handle is gone.
+async fn run(stream: TcpStream, rx: &mut mpsc::Receiver<Batch>, opts: &MuxOptions) -> bool {
+    let addr: Arc<str> = opts.connect.addr.as_str().into();
+    let (rd, mut wr) = stream.into_split();
+    let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
+    let mut reader = tokio::spawn(read_loop(
+        rd,
+        pending_rx,
+        addr.clone(),
+        opts.command_timeout,
+    ));
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut small = BytesMut::with_capacity(16 * 1024);
+    let open = loop {
+        let first = tokio::select! {
+            biased;
+            _ = &mut reader => break true,
+            batch = rx.recv() => match batch {
+                Some(batch) => batch,
+                None => break false,
+            },
+        };
+        let mut gathered = 0;
+        let mut next = Some(first);
+        while let Some(batch) = next.take() {
+            for piece in batch.payload {
+                gathered += piece.len();
+                if piece.len() >= LARGE_PIECE {
+                    if !small.is_empty() {
+                        chunks.push(small.split().freeze());
+                    }
+                    chunks.push(piece);
+                } else {
+                    small.extend_from_slice(&piece);
+                }
+            }
+            let pending = Pending {
+                count: batch.count,
+                sent_at: Instant::now(),
+                reply: batch.reply,
+            };
+            if pending_tx.send(pending).is_err() {
+                break;
+            }
+            if gathered < MAX_GATHER {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !small.is_empty() {
+            chunks.push(small.split().freeze());
+        }
+        let mut failed = false;
+        for chunk in chunks.drain(..) {
+            if let Err(e) = wr.write_all(&chunk).await {
+                tracing::warn!(backend = %addr, error = %e, "backend write failed");
+                failed = true;
+                break;
+            }
+        }
+        if failed {
+            break true;
+        }
+    };
+    reader.abort();
+    open
+}
+
+/// Reads replies and hands them to pending batches in order.
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    mut pending_rx: mpsc::UnboundedReceiver<Pending>,
+    addr: Arc<str>,
+    timeout: Duration,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);
+    let mut queue: VecDeque<Pending> = VecDeque::new();
+    let mut found = 0u32;
+    let mut tick = tokio::time::interval(
+        (timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(250)),
+    );
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let fail_all = |queue: &mut VecDeque<Pending>,
+                    pending_rx: &mut mpsc::UnboundedReceiver<Pending>,
+                    err: BackendError| {
+        while let Ok(p) = pending_rx.try_recv() {
+            queue.push_back(p);
+        }
+        for p in queue.drain(..) {
+            let _ = p.reply.send(Err(err.clone()));
+        }
+    };
+    loop {
+        loop {
+            let frame = match scanner.next_frame(&buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(backend = %addr, error = %e, "invalid backend reply");
+                    let err = BackendError::Protocol {
+                        addr: addr.to_string(),
+                        reason: e.to_string(),
+                    };
+                    fail_all(&mut queue, &mut pending_rx, err);
+                    return;
+                }
+            };
+            if frame.kind == ReplyKind::Push && found == 0 {
+                // Out-of-band push on a shared connection: nobody asked for it.
+                let _ = buf.split_to(frame.end);
+                scanner.consume(frame.end);
+                continue;
+            }
+            if queue.is_empty() {
+                if let Ok(p) = pending_rx.try_recv() {
+                    queue.push_back(p);
+                }
+            }
+            let Some(front) = queue.front() else {
+                tracing::warn!(backend = %addr, "backend sent a reply nobody asked for");
+                return;
+            };
+            if frame.kind == ReplyKind::Push {
+                let err = BackendError::Protocol {
+                    addr: addr.to_string(),
+                    reason: "push frame inside a pipelined reply".into(),
+                };
+                fail_all(&mut queue, &mut pending_rx, err);
+                return;
+            }
+            found += 1;
+            if found == front.count {
+                let replies = buf.split_to(frame.end).freeze();
+                scanner.consume(frame.end);
+                found = 0;
+                if let Some(p) = queue.pop_front() {
+                    let _ = p.reply.send(Ok(replies));
+                }
+            }
+        }
+        tokio::select! {
+            read = rd.read_buf(&mut buf) => match read {
+                Ok(0) | Err(_) => {
+                    let err = BackendError::ConnectionLost { addr: addr.to_string() };
+                    tracing::warn!(backend = %addr, "backend connection closed");
+                    fail_all(&mut queue, &mut pending_rx, err);
+                    return;
+                }
+                Ok(_) => {}
+            },
+            _ = tick.tick() => {
+                while let Ok(p) = pending_rx.try_recv() {
+                    queue.push_back(p);
+                }
+                if let Some(front) = queue.front() {
+                    if front.sent_at.elapsed() > timeout {
+                        tracing::warn!(backend = %addr, "backend stalled; dropping the connection");
+                        let err = BackendError::Timeout { addr: addr.to_string(), millis: timeout.as_millis() };
+                        fail_all(&mut queue, &mut pending_rx, err);
+                        return;
+                    }
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! One Redis node: its multiplexed connections and its dedicated pool, for
+//! each protocol version, and the health the connection tasks report.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::connect::ConnectOptions;
+use super::dedicated::{DedicatedLease, DedicatedManager, DedicatedPool};
+use super::mux::{MuxHandle, MuxOptions};
+use super::BackendError;
+use crate::protocol::Protocol;
+
+/// Connection health of one node, written by its connection tasks.
+#[derive(Debug, Default)]
+pub struct NodeHealth {
+    connected: AtomicUsize,
+    // A std Mutex is right here: the critical section is one clone and never awaits.
+    last_error: Mutex<Option<String>>,
+}
+
+impl NodeHealth {
+    /// A multiplexed connection completed its handshake.
+    pub fn connection_up(&self) {
+        self.connected.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = None;
+        }
+    }
+
+    /// A multiplexed connection died.
+    pub fn connection_down(&self) {
+        self.connected.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A connect attempt failed.
+    pub fn record_error(&self, err: &BackendError) {
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(err.to_string());
+        }
+    }
+
+    /// Live multiplexed connections.
+    pub fn connected(&self) -> usize {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// The last connect error, if the node is not healthy.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+/// Settings shared by every connection to a node.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub connect: ConnectOptions,
+    pub connections: usize,
+    pub dedicated_max: u32,
+    pub command_timeout: Duration,
+}
+
+/// Per-protocol connections of a node.
+#[derive(Debug)]
+struct ProtocolSide {
+    mux: Vec<MuxHandle>,
+    dedicated: DedicatedPool,
+}
+
+/// One Redis node as keygate sees it.
+#[derive(Debug)]
+pub struct Node {
+    addr: String,
+    health: Arc<NodeHealth>,
+    resp2: ProtocolSide,
+    resp3: ProtocolSide,
+}
+
+impl Node {
+    /// Starts the node's multiplexed connections; dedicated ones are dialed on demand.
+    pub fn start(opts: NodeOptions) -> Arc<Node> {
+        let health = Arc::new(NodeHealth::default());
+        let side = |protocol: Protocol| {
+            let connect = ConnectOptions {
+                protocol,
+                ..opts.connect.clone()
+            };
+            let mux = (0..opts.connections.max(1))
+                .map(|_| {
+                    MuxHandle::spawn(
+                        MuxOptions {
+                            connect: connect.clone(),
+                            command_timeout: opts.command_timeout,
+                            queue_depth: 1024,
+                        },
+                        health.clone(),
+                    )
+                })
+                .collect();
+            let dedicated = bb8::Pool::builder()
+                .max_size(opts.dedicated_max.max(1))
+                .min_idle(None)
+                .connection_timeout(opts.connect.connect_timeout)
+                .idle_timeout(Some(Duration::from_secs(300)))
+                .build_unchecked(DedicatedManager { opts: connect });
+            ProtocolSide { mux, dedicated }
+        };
+        Arc::new(Node {
+            addr: opts.connect.addr.clone(),
+            resp2: side(Protocol::Resp2),
+            resp3: side(Protocol::Resp3),
+            health,
+        })
+    }
+
+    /// `host:port` of the node.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The node's connection health.
+    pub fn health(&self) -> &NodeHealth {
+        &self.health
+    }
+
+    fn side(&self, protocol: Protocol) -> &ProtocolSide {
+        match protocol {
+            Protocol::Resp2 => &self.resp2,
+            Protocol::Resp3 => &self.resp3,
+        }
+    }
+
+    /// The multiplexed connection a client uses; a client sticks to one so
+    /// its requests to this node stay in one FIFO.
+    pub fn mux(&self, protocol: Protocol, client_id: u64) -> &MuxHandle {
+        let mux = &self.side(protocol).mux;
+        &mux[(client_id as usize) % mux.len()]
+    }
+
+    /// Leases a dedicated connection.
+    pub async fn lease(&self, protocol: Protocol) -> Result<DedicatedLease, BackendError> {
+        self.side(protocol)
+            .dedicated
+            .get_owned()
+            .await
+            .map_err(|e| match e {
+                bb8::RunError::User(e) => e,
+                bb8::RunError::TimedOut => BackendError::PoolExhausted {
+                    addr: self.addr.clone(),
+                    reason: "timed out waiting for a free connection".into(),
+                },
+            })
+    }
+}

@@ -1,0 +1,437 @@
+//! Commands keygate answers itself: connection state (PING, ECHO, HELLO,
+//! AUTH, SELECT, CLIENT, RESET, QUIT), introspection a client asks at start
+//! (COMMAND COUNT/GETKEYS, CONFIG GET), and keygate's INFO section.
+//!
+//! None of these touches a backend, so they work while Redis is down.
+
+use bytes::{Bytes, BytesMut};
+
+use super::session::{ReplyMode, Session};
+use super::Context;
+use crate::command::{self, keys, CommandSpec};
+use crate::protocol::encode;
+use crate::protocol::request::Request;
+use crate::protocol::Protocol;
+
+/// The Redis version keygate reports in HELLO; its behaviour is 7.0's.
+pub const REDIS_VERSION: &str = "7.0.15";
+
+/// What the client loop does after a local answer.
+#[derive(Debug, PartialEq)]
+pub enum LocalAnswer {
+    /// Send the reply.
+    Reply(Bytes),
+    /// Send the reply and close the connection (QUIT).
+    ReplyAndClose(Bytes),
+    /// Send the reply after dropping the dedicated connection and state (RESET).
+    ReplyAfterReset(Bytes),
+}
+
+fn err(msg: &str) -> LocalAnswer {
+    let mut out = BytesMut::new();
+    encode::error(&mut out, msg);
+    LocalAnswer::Reply(out.freeze())
+}
+
+fn ok() -> LocalAnswer {
+    simple("OK")
+}
+
+fn simple(s: &str) -> LocalAnswer {
+    let mut out = BytesMut::new();
+    encode::simple(&mut out, s);
+    LocalAnswer::Reply(out.freeze())
+}
+
+fn build(f: impl FnOnce(&mut BytesMut)) -> LocalAnswer {
+    let mut out = BytesMut::new();
+    f(&mut out);
+    LocalAnswer::Reply(out.freeze())
+}
+
+/// CLIENT subcommands keygate answers; the rest are refused by policy.
+/// SETINFO and NO-TOUCH are newer than Redis 7.0 and so not in the table,
+/// but clients send them at connect.
+pub fn answer_client(session: &mut Session, req: &Request) -> Option<LocalAnswer> {
+    let sub = req.get(1)?;
+    let sub = std::str::from_utf8(sub).ok()?.to_ascii_lowercase();
+    let argc = req.argc();
+    let arity_err = || {
+        err(&format!(
+            "ERR wrong number of arguments for 'client|{sub}' command"
+        ))
+    };
+    let on_off = |v: Option<&[u8]>| {
+        v.is_some_and(|v| v.eq_ignore_ascii_case(b"on") || v.eq_ignore_ascii_case(b"off"))
+    };
+    Some(match sub.as_str() {
+        "id" => {
+            if argc != 2 {
+                return Some(arity_err());
+            }
+            build(|o| encode::integer(o, session.id as i64))
+        }
+        "getname" => {
+            if argc != 2 {
+                return Some(arity_err());
+            }
+            match &session.name {
+                Some(n) => build(|o| encode::bulk(o, n)),
+                None => build(|o| encode::nil(o, session.protocol)),
+            }
+        }
+        "setname" => {
+            let Some(name) = req.get(2).filter(|_| argc == 3) else {
+                return Some(arity_err());
+            };
+            if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+                return Some(err(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                ));
+            }
+            session.name = (!name.is_empty()).then(|| name.to_vec());
+            ok()
+        }
+        "setinfo" => {
+            if argc != 4 {
+                return Some(arity_err());
+            }
+            let attr = req.get(2).unwrap_or_default();
+            if attr.eq_ignore_ascii_case(b"lib-name") || attr.eq_ignore_ascii_case(b"lib-ver") {
+                ok()
+            } else {
+                err(&format!(
+                    "ERR Unrecognized option '{}'",
+                    String::from_utf8_lossy(attr)
+                ))
+            }
+        }
+        "no-evict" | "no-touch" => {
+            if argc != 3 {
+                return Some(arity_err());
+            }
+            if on_off(req.get(2)) {
+                ok()
+            } else {
+                err("ERR syntax error")
+            }
+        }
+        "reply" => {
+            if argc != 3 {
+                return Some(arity_err());
+            }
+            let mode = req.get(2).unwrap_or_default();
+            if mode.eq_ignore_ascii_case(b"on") {
+                session.reply_mode = ReplyMode::On;
+                ok()
+            } else if mode.eq_ignore_ascii_case(b"off") {
+                session.reply_mode = ReplyMode::Off;
+                ok()
+            } else if mode.eq_ignore_ascii_case(b"skip") {
+                session.reply_mode = ReplyMode::SkipNext;
+                ok()
+            } else {
+                err("ERR syntax error")
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// Answers a command keygate handles itself, or `None` to pass it on.
+pub fn answer(
+    ctx: &Context,
+    session: &mut Session,
+    spec: &'static CommandSpec,
+    req: &Request,
+) -> Option<LocalAnswer> {
+    Some(match spec.name {
+        "ping" => match req.get(1) {
+            Some(msg) => build(|o| encode::bulk(o, msg)),
+            None => simple("PONG"),
+        },
+        "echo" => build(|o| encode::bulk(o, req.get(1).unwrap_or_default())),
+        "quit" => LocalAnswer::ReplyAndClose(Bytes::from_static(b"+OK\r\n")),
+        "reset" => {
+            session.protocol = Protocol::Resp2;
+            session.service = ctx.services.default_service();
+            session.name = None;
+            session.reply_mode = ReplyMode::On;
+            session.tx = Default::default();
+            LocalAnswer::ReplyAfterReset(Bytes::from_static(b"+RESET\r\n"))
+        }
+        "auth" => {
+            let (user, pass) = match req.argc() {
+                2 => (None, req.get(1).unwrap_or_default()),
+                3 => (req.get(1), req.get(2).unwrap_or_default()),
+                _ => return Some(err("ERR syntax error")),
+            };
+            match login(ctx, user, pass) {
+                Ok(service) => {
+                    session.service = Some(service);
+                    ok()
+                }
+                Err(e) => err(&e),
+            }
+        }
+        "hello" => hello(ctx, session, req),
+        "select" => {
+            let db = req
+                .get(1)
+                .and_then(|d| std::str::from_utf8(d).ok())
+                .and_then(|d| d.parse::<i64>().ok());
+            match db {
+                None => err("ERR value is not an integer or out of range"),
+                Some(db) if db == i64::from(ctx.config.backend.database) => ok(),
+                Some(db) if db < 0 => err("ERR DB index is out of range"),
+                Some(_) => err(&format!(
+                    "ERR keygate serves only database {}",
+                    ctx.config.backend.database
+                )),
+            }
+        }
+        "command|count" => build(|o| encode::integer(o, command::all().len() as i64)),
+        "command|getkeys" => getkeys(req),
+        "config|get" => config_get(ctx, session.protocol, req),
+        _ => return None,
+    })
+}
+
+/// Maps AUTH's arguments to a service, counting failures.
+fn login(
+    ctx: &Context,
+    user: Option<&[u8]>,
+    pass: &[u8],
+) -> Result<std::sync::Arc<crate::policy::service::Service>, String> {
+    // `AUTH default <password>` is the plain `AUTH <password>` of Redis 6+ clients.
+    let user = user.filter(|u| *u != b"default");
+    ctx.services.login(user, pass).map_err(|e| {
+        ctx.auth_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        e.to_string()
+    })
+}
+
+/// HELLO [protover [AUTH user pass] [SETNAME name]].
+fn hello(ctx: &Context, session: &mut Session, req: &Request) -> LocalAnswer {
+    let mut protocol = session.protocol;
+    let mut i = 1;
+    if let Some(v) = req.get(1) {
+        match v {
+            b"2" => protocol = Protocol::Resp2,
+            b"3" => protocol = Protocol::Resp3,
+            _ => {
+                let n = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.parse::<i64>().ok());
+                return match n {
+                    Some(_) => err("NOPROTO unsupported protocol version"),
+                    None => err("ERR Protocol version is not an integer or out of range"),
+                };
+            }
+        }
+        i = 2;
+    }
+    let mut auth = None;
+    let mut name = None;
+    while i < req.argc() {
+        let opt = req.get(i).unwrap_or_default();
+        let more = req.argc() - i - 1;
+        if opt.eq_ignore_ascii_case(b"AUTH") && more >= 2 {
+            auth = Some((
+                req.get(i + 1).unwrap_or_default(),
+                req.get(i + 2).unwrap_or_default(),
+            ));
+            i += 3;
+        } else if opt.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
+            name = req.get(i + 1);
+            i += 2;
+        } else {
+            return err(&format!(
+                "ERR Syntax error in HELLO option '{}'",
+                String::from_utf8_lossy(opt)
+            ));
+        }
+    }
+    if let Some((user, pass)) = auth {
+        match login(ctx, Some(user), pass) {
+            Ok(service) => session.service = Some(service),
+            Err(e) => return err(&e),
+        }
+    } else if session.service.is_none() {
+        return err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+    }
+    if let Some(name) = name {
+        if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+            return err("ERR Client names cannot contain spaces, newlines or special characters.");
+        }
+        session.name = (!name.is_empty()).then(|| name.to_vec());
+    }
+    session.protocol = protocol;
+    build(|o| {
+        encode::map_header(o, 7, protocol);
+        encode::bulk(o, b"server");
+        encode::bulk(o, b"redis");
+        encode::bulk(o, b"version");
+        encode::bulk(o, REDIS_VERSION.as_bytes());
+        encode::bulk(o, b"proto");
+        encode::integer(o, if protocol == Protocol::Resp3 { 3 } else { 2 });
+        encode::bulk(o, b"id");
+        encode::integer(o, session.id as i64);
+        encode::bulk(o, b"mode");
+        encode::bulk(o, b"standalone");
+        encode::bulk(o, b"role");
+        encode::bulk(o, b"master");
+        encode::bulk(o, b"modules");
+        encode::array_header(o, 0);
+    })
+}
+
+/// COMMAND GETKEYS from keygate's own table, the same answer the namespace
+/// rewrite relies on.
+fn getkeys(req: &Request) -> LocalAnswer {
+    let args: Vec<&[u8]> = req.args().skip(2).collect();
+    if args.is_empty() {
+        return err("ERR Invalid command specified");
+    }
+    let inner = Request::from_args(&args);
+    let spec = match command::lookup(&inner) {
+        Ok(spec) => spec,
+        Err(command::LookupError::WrongArity(_)) => {
+            return err("ERR Invalid number of arguments specified for command")
+        }
+        Err(_) => return err("ERR Invalid command specified"),
+    };
+    let positions = keys::key_positions(spec, &inner);
+    if positions.is_empty() {
+        return err("ERR The command has no key arguments");
+    }
+    build(|o| {
+        encode::array_header(o, positions.len());
+        for &p in &positions {
+            encode::bulk(o, inner.get(p).unwrap_or_default());
+        }
+    })
+}
+
+/// CONFIG GET for the parameters clients and redis-benchmark ask at start.
+fn config_get(ctx: &Context, protocol: Protocol, req: &Request) -> LocalAnswer {
+    let p = &ctx.config.proxy;
+    let params: [(&str, String); 7] = [
+        ("appendonly", "no".into()),
+        ("save", String::new()),
+        ("databases", (ctx.config.backend.database + 1).to_string()),
+        ("maxclients", p.max_clients.to_string()),
+        (
+            "timeout",
+            p.idle_timeout.map_or(0, |t| t.as_secs()).to_string(),
+        ),
+        ("proto-max-bulk-len", p.proto_max_bulk_len.to_string()),
+        ("cluster-enabled", "no".into()),
+    ];
+    let patterns: Vec<&[u8]> = req.args().skip(2).collect();
+    let hits: Vec<&(&str, String)> = params
+        .iter()
+        .filter(|(name, _)| {
+            patterns
+                .iter()
+                .any(|pat| glob_matches(pat, name.as_bytes()))
+        })
+        .collect();
+    build(|o| {
+        encode::map_header(o, hits.len(), protocol);
+        for (name, value) in hits {
+            encode::bulk(o, name.as_bytes());
+            encode::bulk(o, value.as_bytes());
+        }
+    })
+}
+
+/// Redis-style glob match (`*`, `?`, `[...]`, `\` escapes), case-insensitive
+/// as CONFIG GET is.
+fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => {
+            (0..=text.len()).any(|i| glob_matches(rest, text.get(i..).unwrap_or_default()))
+        }
+        Some((b'?', rest)) => text
+            .split_first()
+            .is_some_and(|(_, t)| glob_matches(rest, t)),
+        Some((b'[', rest)) => {
+            let Some(close) = rest.iter().position(|&c| c == b']') else {
+                return false;
+            };
+            let (class, after) = rest.split_at(close);
+            let after = after.get(1..).unwrap_or_default();
+            let (negate, class) = match class.split_first() {
+                Some((b'^', c)) => (true, c),
+                _ => (false, class),
+            };
+            let Some((&c, t)) = text.split_first() else {
+                return false;
+            };
+            let c = c.to_ascii_lowercase();
+            let mut hit = false;
+            let mut k = 0;
+            while k < class.len() {
+                let lo = class
+                    .get(k)
+                    .copied()
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
+                if class.get(k + 1) == Some(&b'-') && k + 2 < class.len() {
+                    let hi = class
+                        .get(k + 2)
+                        .copied()
+                        .unwrap_or_default()
+                        .to_ascii_lowercase();
+                    hit |= (lo..=hi).contains(&c);
+                    k += 3;
+                } else {
+                    hit |= lo == c;
+                    k += 1;
+                }
+            }
+            hit != negate && glob_matches(after, t)
+        }
+        Some((b'\\', rest)) if !rest.is_empty() => match (rest.split_first(), text.split_first()) {
+            (Some((p, rest)), Some((t, text))) => p == t && glob_matches(rest, text),
+            _ => false,
+        },
+        Some((&p, rest)) => text
+            .split_first()
+            .is_some_and(|(&t, text)| p.eq_ignore_ascii_case(&t) && glob_matches(rest, text)),
+    }
+}
+
+/// keygate's `# Proxy` INFO section.
+pub fn proxy_info(ctx: &Context, session: &Session) -> String {
+    let master = ctx.router.master();
+    format!(
+        "\r\n# Proxy\r\nkeygate_version:{}\r\nuptime_in_seconds:{}\r\nconnected_clients:{}\r\nservice:{}\r\nbackend_master:{}\r\nbackend_connections:{}\r\nauth_failures:{}\r\n",
+        env!("CARGO_PKG_VERSION"),
+        ctx.state.started.elapsed().as_secs(),
+        ctx.clients.load(std::sync::atomic::Ordering::Relaxed),
+        session.service.as_ref().map_or("", |s| s.name.as_str()),
+        master.addr(),
+        master.health().connected(),
+        ctx.auth_failures.load(std::sync::atomic::Ordering::Relaxed),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_matches;
+
+    #[test]
+    fn glob_matches_config_names() {
+        assert!(glob_matches(b"*", b"save"));
+        assert!(glob_matches(b"SAVE", b"save"));
+        assert!(glob_matches(b"app*", b"appendonly"));
+        assert!(glob_matches(b"s?ve", b"save"));
+        assert!(glob_matches(b"[rs]ave", b"save"));
+        assert!(!glob_matches(b"[^s]ave", b"save"));
+        assert!(!glob_matches(b"sav", b"save"));
+    }
+}

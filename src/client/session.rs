@@ -1,0 +1,70 @@
+//! What keygate remembers about one client connection between commands.
+
+use std::sync::Arc;
+
+use crate::policy::service::Service;
+use crate::protocol::Protocol;
+
+/// CLIENT REPLY mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplyMode {
+    /// Every command gets its reply.
+    #[default]
+    On,
+    /// No command gets a reply until CLIENT REPLY ON.
+    Off,
+    /// The next command gets no reply.
+    SkipNext,
+}
+
+/// Transaction state as the client sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Transaction {
+    /// MULTI was sent and EXEC/DISCARD not yet.
+    pub open: bool,
+    /// A command was refused while queuing: EXEC must abort, as Redis does.
+    pub poisoned: bool,
+    /// WATCH was sent and not yet undone by EXEC, DISCARD or UNWATCH.
+    pub watching: bool,
+}
+
+/// Per-connection state.
+#[derive(Debug)]
+pub struct Session {
+    /// CLIENT ID.
+    pub id: u64,
+    pub protocol: Protocol,
+    /// The service this client acts as; `None` until AUTH when there is no `default`.
+    pub service: Option<Arc<Service>>,
+    /// CLIENT SETNAME.
+    pub name: Option<Vec<u8>>,
+    pub reply_mode: ReplyMode,
+    pub tx: Transaction,
+}
+
+impl Session {
+    /// A new connection, logged in as the default service if there is one.
+    pub fn new(id: u64, default: Option<Arc<Service>>) -> Session {
+        Session {
+            id,
+            protocol: Protocol::Resp2,
+            service: default,
+            name: None,
+            reply_mode: ReplyMode::On,
+            tx: Transaction::default(),
+        }
+    }
+
+    /// Whether the next reply is to be dropped (CLIENT REPLY OFF/SKIP), and
+    /// advances SKIP.
+    pub fn take_suppression(&mut self) -> bool {
+        match self.reply_mode {
+            ReplyMode::On => false,
+            ReplyMode::Off => true,
+            ReplyMode::SkipNext => {
+                self.reply_mode = ReplyMode::On;
+                true
+            }
+        }
+    }
+}
