@@ -40,7 +40,6 @@ pub enum KeysError {
 /// Errors when the command has keys but they cannot be located, so the
 /// caller can refuse the request instead of forwarding unconfined keys.
 pub fn key_positions(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, KeysError> {
-    let args: Vec<&[u8]> = req.args().collect();
     let has_key_spec = spec
         .key_specs
         .iter()
@@ -55,7 +54,7 @@ pub fn key_positions(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, Ke
     let mut keys = Vec::new();
     let mut resolved = false;
     if has_key_spec && !has_variable_flags {
-        match keys_from_specs(spec, &args) {
+        match keys_from_specs(spec, req) {
             Ok(found) => {
                 keys = found;
                 resolved = true;
@@ -65,7 +64,7 @@ pub fn key_positions(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, Ke
     }
     if !resolved {
         if let Some(getkeys) = native {
-            keys = getkeys(&args);
+            keys = getkeys(req);
         }
     }
     keys.sort_unstable();
@@ -89,18 +88,18 @@ pub fn key_positions(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, Ke
 /// Redis's `getKeysUsingKeySpecs` with default search flags: `NOT_KEY` specs
 /// are skipped, and an incomplete, unknown or out-of-range spec fails the
 /// whole search.
-fn keys_from_specs(spec: &CommandSpec, args: &[&[u8]]) -> Result<Vec<usize>, KeysError> {
-    let argc = args.len() as i64;
+fn keys_from_specs(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, KeysError> {
+    let argc = req.argc() as i64;
     let mut keys = Vec::new();
     for ks in spec.key_specs {
         if ks.flags.contains(KeySpecFlags::NOT_KEY) {
             continue;
         }
-        let Some(first) = begin_search(ks, args)? else {
+        let Some(first) = begin_search(ks, req)? else {
             // The keyword is absent: this spec simply has no keys.
             continue;
         };
-        let (first, last, step) = find_keys(ks, args, first)?;
+        let (first, last, step) = find_keys(ks, req, first)?;
         if last >= argc || last < first || first >= argc {
             return Err(if last >= argc {
                 KeysError::TooManyKeys
@@ -124,8 +123,8 @@ fn keys_from_specs(spec: &CommandSpec, args: &[&[u8]]) -> Result<Vec<usize>, Key
 }
 
 /// Where a spec's keys start: `Ok(None)` when its keyword is absent.
-fn begin_search(ks: &KeySpec, args: &[&[u8]]) -> Result<Option<i64>, KeysError> {
-    let argc = args.len() as i64;
+fn begin_search(ks: &KeySpec, req: &Request) -> Result<Option<i64>, KeysError> {
+    let argc = req.argc() as i64;
     match ks.begin_search {
         BeginSearch::Index(pos) => Ok(Some(i64::from(pos))),
         BeginSearch::Keyword { keyword, startfrom } => {
@@ -143,7 +142,7 @@ fn begin_search(ks: &KeySpec, args: &[&[u8]]) -> Result<Option<i64>, KeysError> 
                 }
                 let hit = usize::try_from(i)
                     .ok()
-                    .and_then(|i| args.get(i))
+                    .and_then(|i| req.get(i))
                     .is_some_and(|arg| arg.eq_ignore_ascii_case(keyword.as_bytes()));
                 if hit {
                     return Ok(Some(i + 1));
@@ -157,8 +156,8 @@ fn begin_search(ks: &KeySpec, args: &[&[u8]]) -> Result<Option<i64>, KeysError> 
 }
 
 /// The `(first, last, step)` of a spec's keys, given where they start.
-fn find_keys(ks: &KeySpec, args: &[&[u8]], first: i64) -> Result<(i64, i64, i64), KeysError> {
-    let argc = args.len() as i64;
+fn find_keys(ks: &KeySpec, req: &Request, first: i64) -> Result<(i64, i64, i64), KeysError> {
+    let argc = req.argc() as i64;
     match ks.find_keys {
         FindKeys::Range {
             lastkey,
@@ -186,7 +185,7 @@ fn find_keys(ks: &KeySpec, args: &[&[u8]], first: i64) -> Result<(i64, i64, i64)
             }
             let raw = usize::try_from(at)
                 .ok()
-                .and_then(|at| args.get(at))
+                .and_then(|at| req.get(at))
                 .ok_or(KeysError::Syntax)?;
             let numkeys = parse_strict_i64(raw).ok_or(KeysError::NotAnInteger)?;
             if numkeys < 0 {
@@ -203,20 +202,20 @@ fn find_keys(ks: &KeySpec, args: &[&[u8]], first: i64) -> Result<(i64, i64, i64)
 
 /// A native "getkeys" procedure: argument vector in, key positions out
 /// (empty when Redis's procedure finds none).
-type GetKeys = fn(&[&[u8]]) -> Vec<usize>;
+type GetKeys = fn(&Request) -> Vec<usize>;
 
 /// The Redis 7.0 commands that carry a `getkeys_proc`, used when key specs
 /// cannot answer (incomplete, unknown or variable-flag specs, or a failure).
 fn native_getkeys(name: &str) -> Option<GetKeys> {
     let getkeys: GetKeys = match name {
-        "zunionstore" | "zinterstore" | "zdiffstore" => |a| numkeys_keys(a, Some(1), 2, 3),
+        "zunionstore" | "zinterstore" | "zdiffstore" => |r| numkeys_keys(r, Some(1), 2, 3),
         "zunion" | "zinter" | "zdiff" | "zintercard" | "sintercard" | "lmpop" | "zmpop" => {
-            |a| numkeys_keys(a, None, 1, 2)
+            |r| numkeys_keys(r, None, 1, 2)
         }
         "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" | "blmpop"
-        | "bzmpop" => |a| numkeys_keys(a, None, 2, 3),
+        | "bzmpop" => |r| numkeys_keys(r, None, 2, 3),
         "sort" => sort_keys,
-        "sort_ro" | "set" | "bitfield" => |a| if a.len() > 1 { vec![1] } else { vec![] },
+        "sort_ro" | "set" | "bitfield" => |r| if r.argc() > 1 { vec![1] } else { vec![] },
         "migrate" => migrate_keys,
         "georadius" | "georadiusbymember" => georadius_keys,
         "xread" | "xreadgroup" => xread_keys,
@@ -282,16 +281,16 @@ fn parse_strict_i64(arg: &[u8]) -> Option<i64> {
 /// Redis's `genericGetKeys`: `numkeys` at `count_at`, keys from `first_at`,
 /// plus an optional destination key at `store_at`.
 fn numkeys_keys(
-    args: &[&[u8]],
+    req: &Request,
     store_at: Option<usize>,
     count_at: usize,
     first_at: usize,
 ) -> Vec<usize> {
-    let Some(count) = args.get(count_at) else {
+    let Some(count) = req.get(count_at) else {
         return Vec::new();
     };
     let num = atoi(count);
-    let available = args.len().saturating_sub(first_at) as i64;
+    let available = req.argc().saturating_sub(first_at) as i64;
     if num < 1 || num > available {
         return Vec::new();
     }
@@ -302,15 +301,15 @@ fn numkeys_keys(
 
 /// Redis's `sortGetKeys`: the sorted key, plus the last `STORE` destination,
 /// skipping the arguments of LIMIT, GET and BY.
-fn sort_keys(args: &[&[u8]]) -> Vec<usize> {
+fn sort_keys(req: &Request) -> Vec<usize> {
     let mut keys = vec![1];
     let mut store = None;
     let mut i = 2;
-    while i < args.len() {
-        let arg = args.get(i).copied().unwrap_or_default();
+    while i < req.argc() {
+        let arg = req.get(i).unwrap_or_default();
         if arg.eq_ignore_ascii_case(b"limit") {
             i += 2;
-        } else if arg.eq_ignore_ascii_case(b"store") && i + 1 < args.len() {
+        } else if arg.eq_ignore_ascii_case(b"store") && i + 1 < req.argc() {
             // No skip: Redis goes on scanning from the destination itself.
             store = Some(i + 1);
         } else if arg.eq_ignore_ascii_case(b"get") || arg.eq_ignore_ascii_case(b"by") {
@@ -324,19 +323,19 @@ fn sort_keys(args: &[&[u8]]) -> Vec<usize> {
 
 /// Redis's `migrateGetKeys`: the key argument, or with `KEYS` (which needs an
 /// empty key argument) every argument after it.
-fn migrate_keys(args: &[&[u8]]) -> Vec<usize> {
+fn migrate_keys(req: &Request) -> Vec<usize> {
     let mut first = 3;
     let mut num = 1;
-    if args.len() > 6 {
+    if req.argc() > 6 {
         let mut i = 6;
-        while i < args.len() {
-            let arg = args.get(i).copied().unwrap_or_default();
+        while i < req.argc() {
+            let arg = req.get(i).unwrap_or_default();
             if arg.eq_ignore_ascii_case(b"keys") {
-                if !args.get(3).copied().unwrap_or_default().is_empty() {
+                if !req.get(3).unwrap_or_default().is_empty() {
                     return Vec::new();
                 }
                 first = i + 1;
-                num = args.len() - first;
+                num = req.argc() - first;
                 break;
             }
             if arg.eq_ignore_ascii_case(b"auth") {
@@ -347,18 +346,18 @@ fn migrate_keys(args: &[&[u8]]) -> Vec<usize> {
             i += 1;
         }
     }
-    (first..first + num).filter(|&i| i < args.len()).collect()
+    (first..first + num).filter(|&i| i < req.argc()).collect()
 }
 
 /// Redis's `georadiusGetKeys`: the source key, plus the last STORE or
 /// STOREDIST destination.
-fn georadius_keys(args: &[&[u8]]) -> Vec<usize> {
+fn georadius_keys(req: &Request) -> Vec<usize> {
     let mut stored = None;
     let mut i = 5;
-    while i < args.len() {
-        let arg = args.get(i).copied().unwrap_or_default();
+    while i < req.argc() {
+        let arg = req.get(i).unwrap_or_default();
         let is_store = arg.eq_ignore_ascii_case(b"store") || arg.eq_ignore_ascii_case(b"storedist");
-        if is_store && i + 1 < args.len() {
+        if is_store && i + 1 < req.argc() {
             stored = Some(i + 1);
             i += 1;
         }
@@ -371,11 +370,11 @@ fn georadius_keys(args: &[&[u8]]) -> Vec<usize> {
 
 /// Redis's `xreadGetKeys`: after the options, `STREAMS` then as many keys as
 /// IDs.
-fn xread_keys(args: &[&[u8]]) -> Vec<usize> {
+fn xread_keys(req: &Request) -> Vec<usize> {
     let mut streams_at = None;
     let mut i = 1;
-    while i < args.len() {
-        let arg = args.get(i).copied().unwrap_or_default();
+    while i < req.argc() {
+        let arg = req.get(i).unwrap_or_default();
         if arg.eq_ignore_ascii_case(b"block") || arg.eq_ignore_ascii_case(b"count") {
             i += 1;
         } else if arg.eq_ignore_ascii_case(b"group") {
@@ -392,7 +391,7 @@ fn xread_keys(args: &[&[u8]]) -> Vec<usize> {
     let Some(at) = streams_at else {
         return Vec::new();
     };
-    let num = args.len() - at - 1;
+    let num = req.argc() - at - 1;
     if num == 0 || num % 2 != 0 {
         return Vec::new();
     }
