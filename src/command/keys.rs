@@ -1,11 +1,502 @@
 //! Where a request's keys are: Redis 7's key-spec search, plus keygate's own
 //! code for the commands whose specs say "unknown" (SORT's STORE, ...).
+//!
+//! This is a port of Redis 7.0's `getKeysFromCommandWithSpecs` (db.c) as
+//! `COMMAND GETKEYS` runs it: key specs first; when a spec is incomplete,
+//! unknown or fails, the command's native "getkeys" procedure instead. The
+//! answer must match the real server's, because a key keygate misses is a key
+//! it does not confine.
+//!
+//! Invariants: positions are in argument order without duplicates; a request
+//! whose keys cannot be found is an error, never an empty answer, unless the
+//! command declares its keys optional (`no_mandatory_keys`, e.g. EVAL with
+//! zero keys) or has none at all. One deliberate difference from Redis: a bad
+//! `numkeys` is an error even for optional-key commands, where `COMMAND
+//! GETKEYS` answers an empty list.
 
-use super::CommandSpec;
+use super::{BeginSearch, CommandSpec, FindKeys, Flags, KeySpec, KeySpecFlags};
 use crate::protocol::request::Request;
 
+/// Why keygate cannot say where a request's keys are; the text is Redis-style
+/// and fit to send to the client as the command's refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeysError {
+    /// A `numkeys` argument is not an integer.
+    #[error("ERR value is not an integer or out of range")]
+    NotAnInteger,
+    /// A `numkeys` argument is negative.
+    #[error("ERR Number of keys can't be negative")]
+    NegativeKeyCount,
+    /// A `numkeys` argument (or a key list) runs past the last argument.
+    #[error("ERR Number of keys can't be greater than number of args")]
+    TooManyKeys,
+    /// The keys' place could not be found (missing keyword, too few arguments).
+    #[error("ERR syntax error")]
+    Syntax,
+}
+
 /// Argument indexes of every key in `req`, in argument order.
-pub fn key_positions(spec: &CommandSpec, req: &Request) -> Vec<usize> {
-    let _ = (spec, req);
-    todo!()
+///
+/// Errors when the command has keys but they cannot be located, so the
+/// caller can refuse the request instead of forwarding unconfined keys.
+pub fn key_positions(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, KeysError> {
+    let has_key_spec = spec
+        .key_specs
+        .iter()
+        .any(|ks| !ks.flags.contains(KeySpecFlags::NOT_KEY));
+    let has_variable_flags = spec
+        .key_specs
+        .iter()
+        .any(|ks| ks.flags.contains(KeySpecFlags::VARIABLE_FLAGS));
+    let native = native_getkeys(spec.name);
+
+    let mut failure = None;
+    let mut keys = Vec::new();
+    let mut resolved = false;
+    if has_key_spec && !has_variable_flags {
+        match keys_from_specs(spec, req) {
+            Ok(found) => {
+                keys = found;
+                resolved = true;
+            }
+            Err(e) => failure = Some(e),
+        }
+    }
+    if !resolved {
+        if let Some(getkeys) = native {
+            keys = getkeys(req);
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+
+    let has_keys = has_key_spec || native.is_some();
+    // Redis answers "no keys" for a command whose keys are optional even when
+    // its numkeys is bad (the command then fails on its own); keygate refuses
+    // those up front so an unparsable request never travels unconfined.
+    let bad_count = matches!(
+        failure,
+        Some(KeysError::NotAnInteger | KeysError::NegativeKeyCount | KeysError::TooManyKeys)
+    );
+    let optional = spec.flags.contains(Flags::NO_MANDATORY_KEYS) && !bad_count;
+    if keys.is_empty() && has_keys && !optional {
+        return Err(failure.unwrap_or(KeysError::Syntax));
+    }
+    Ok(keys)
+}
+
+/// Redis's `getKeysUsingKeySpecs` with default search flags: `NOT_KEY` specs
+/// are skipped, and an incomplete, unknown or out-of-range spec fails the
+/// whole search.
+fn keys_from_specs(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, KeysError> {
+    let argc = req.argc() as i64;
+    let mut keys = Vec::new();
+    for ks in spec.key_specs {
+        if ks.flags.contains(KeySpecFlags::NOT_KEY) {
+            continue;
+        }
+        let Some(first) = begin_search(ks, req)? else {
+            // The keyword is absent: this spec simply has no keys.
+            continue;
+        };
+        let (first, last, step) = find_keys(ks, req, first)?;
+        if last >= argc || last < first || first >= argc {
+            return Err(if last >= argc {
+                KeysError::TooManyKeys
+            } else {
+                KeysError::Syntax
+            });
+        }
+        // Redis skips (rather than fails on) positions past the end for
+        // commands of variable arity; the check above already bounds `last`.
+        let step = step.max(1);
+        let mut i = first;
+        while i <= last {
+            keys.push(i as usize);
+            i += step;
+        }
+        if ks.flags.contains(KeySpecFlags::INCOMPLETE) {
+            return Err(KeysError::Syntax);
+        }
+    }
+    Ok(keys)
+}
+
+/// Where a spec's keys start: `Ok(None)` when its keyword is absent.
+fn begin_search(ks: &KeySpec, req: &Request) -> Result<Option<i64>, KeysError> {
+    let argc = req.argc() as i64;
+    match ks.begin_search {
+        BeginSearch::Index(pos) => Ok(Some(i64::from(pos))),
+        BeginSearch::Keyword { keyword, startfrom } => {
+            let startfrom = i64::from(startfrom);
+            let (start, end) = if startfrom > 0 {
+                (startfrom, argc - 1)
+            } else {
+                (argc + startfrom, 0)
+            };
+            // Redis walks from `start` towards `end`, `end` itself excluded.
+            let mut i = start;
+            while i != end {
+                if i >= argc || i < 0 {
+                    break;
+                }
+                let hit = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| req.get(i))
+                    .is_some_and(|arg| arg.eq_ignore_ascii_case(keyword.as_bytes()));
+                if hit {
+                    return Ok(Some(i + 1));
+                }
+                i += if start <= end { 1 } else { -1 };
+            }
+            Ok(None)
+        }
+        BeginSearch::Unknown => Err(KeysError::Syntax),
+    }
+}
+
+/// The `(first, last, step)` of a spec's keys, given where they start.
+fn find_keys(ks: &KeySpec, req: &Request, first: i64) -> Result<(i64, i64, i64), KeysError> {
+    let argc = req.argc() as i64;
+    match ks.find_keys {
+        FindKeys::Range {
+            lastkey,
+            step,
+            limit,
+        } => {
+            let lastkey = i64::from(lastkey);
+            let last = if lastkey >= 0 {
+                first + lastkey
+            } else if limit == 0 {
+                argc + lastkey
+            } else {
+                first + ((argc - first) / i64::from(limit) + lastkey)
+            };
+            Ok((first, last, i64::from(step)))
+        }
+        FindKeys::Keynum {
+            keynumidx,
+            firstkey,
+            step,
+        } => {
+            let at = first + i64::from(keynumidx);
+            if keynumidx < 0 || at >= argc {
+                return Err(KeysError::Syntax);
+            }
+            let raw = usize::try_from(at)
+                .ok()
+                .and_then(|at| req.get(at))
+                .ok_or(KeysError::Syntax)?;
+            let numkeys = parse_strict_i64(raw).ok_or(KeysError::NotAnInteger)?;
+            if numkeys < 0 {
+                return Err(KeysError::NegativeKeyCount);
+            }
+            let first = first + i64::from(firstkey);
+            // Redis casts numkeys to int here; keep its arithmetic.
+            let last = first + i64::from(numkeys as i32) - 1;
+            Ok((first, last, i64::from(step)))
+        }
+        FindKeys::Unknown => Err(KeysError::Syntax),
+    }
+}
+
+/// A native "getkeys" procedure: argument vector in, key positions out
+/// (empty when Redis's procedure finds none).
+type GetKeys = fn(&Request) -> Vec<usize>;
+
+/// The Redis 7.0 commands that carry a `getkeys_proc`, used when key specs
+/// cannot answer (incomplete, unknown or variable-flag specs, or a failure).
+fn native_getkeys(name: &str) -> Option<GetKeys> {
+    let getkeys: GetKeys = match name {
+        "zunionstore" | "zinterstore" | "zdiffstore" => |r| numkeys_keys(r, Some(1), 2, 3),
+        "zunion" | "zinter" | "zdiff" | "zintercard" | "sintercard" | "lmpop" | "zmpop" => {
+            |r| numkeys_keys(r, None, 1, 2)
+        }
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" | "blmpop"
+        | "bzmpop" => |r| numkeys_keys(r, None, 2, 3),
+        "sort" => sort_keys,
+        "sort_ro" | "set" | "bitfield" => |r| if r.argc() > 1 { vec![1] } else { vec![] },
+        "migrate" => migrate_keys,
+        "georadius" | "georadiusbymember" => georadius_keys,
+        "xread" | "xreadgroup" => xread_keys,
+        _ => return None,
+    };
+    Some(getkeys)
+}
+
+/// C's `atoi`: optional blanks, an optional sign, then digits; 0 otherwise.
+fn atoi(arg: &[u8]) -> i64 {
+    let mut bytes = arg
+        .iter()
+        .skip_while(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c))
+        .peekable();
+    let negative = match bytes.peek() {
+        Some(b'-') => {
+            bytes.next();
+            true
+        }
+        Some(b'+') => {
+            bytes.next();
+            false
+        }
+        _ => false,
+    };
+    let mut n: i64 = 0;
+    for b in bytes.take_while(|b| b.is_ascii_digit()) {
+        n = n.saturating_mul(10).saturating_add(i64::from(b - b'0'));
+    }
+    let n = if negative { -n } else { n };
+    i64::from(n.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
+}
+
+/// Redis's `string2ll`: a canonical decimal integer, nothing else (no blanks,
+/// no `+`, no leading zeros, no `-0`).
+fn parse_strict_i64(arg: &[u8]) -> Option<i64> {
+    if arg == b"0" {
+        return Some(0);
+    }
+    let (negative, digits) = match arg.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, arg),
+    };
+    match digits.first() {
+        Some(b'1'..=b'9') => {}
+        _ => return None,
+    }
+    let mut n: i64 = 0;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        let d = i64::from(b - b'0');
+        n = if negative {
+            n.checked_mul(10)?.checked_sub(d)?
+        } else {
+            n.checked_mul(10)?.checked_add(d)?
+        };
+    }
+    Some(n)
+}
+
+/// Redis's `genericGetKeys`: `numkeys` at `count_at`, keys from `first_at`,
+/// plus an optional destination key at `store_at`.
+fn numkeys_keys(
+    req: &Request,
+    store_at: Option<usize>,
+    count_at: usize,
+    first_at: usize,
+) -> Vec<usize> {
+    let Some(count) = req.get(count_at) else {
+        return Vec::new();
+    };
+    let num = atoi(count);
+    let available = req.argc().saturating_sub(first_at) as i64;
+    if num < 1 || num > available {
+        return Vec::new();
+    }
+    let mut keys: Vec<usize> = (first_at..first_at + num as usize).collect();
+    keys.extend(store_at);
+    keys
+}
+
+/// Redis's `sortGetKeys`: the sorted key, plus the last `STORE` destination,
+/// skipping the arguments of LIMIT, GET and BY.
+fn sort_keys(req: &Request) -> Vec<usize> {
+    let mut keys = vec![1];
+    let mut store = None;
+    let mut i = 2;
+    while i < req.argc() {
+        let arg = req.get(i).unwrap_or_default();
+        if arg.eq_ignore_ascii_case(b"limit") {
+            i += 2;
+        } else if arg.eq_ignore_ascii_case(b"store") && i + 1 < req.argc() {
+            // No skip: Redis goes on scanning from the destination itself.
+            store = Some(i + 1);
+        } else if arg.eq_ignore_ascii_case(b"get") || arg.eq_ignore_ascii_case(b"by") {
+            i += 1;
+        }
+        i += 1;
+    }
+    keys.extend(store);
+    keys
+}
+
+/// Redis's `migrateGetKeys`: the key argument, or with `KEYS` (which needs an
+/// empty key argument) every argument after it.
+fn migrate_keys(req: &Request) -> Vec<usize> {
+    let mut first = 3;
+    let mut num = 1;
+    if req.argc() > 6 {
+        let mut i = 6;
+        while i < req.argc() {
+            let arg = req.get(i).unwrap_or_default();
+            if arg.eq_ignore_ascii_case(b"keys") {
+                if !req.get(3).unwrap_or_default().is_empty() {
+                    return Vec::new();
+                }
+                first = i + 1;
+                num = req.argc() - first;
+                break;
+            }
+            if arg.eq_ignore_ascii_case(b"auth") {
+                i += 1;
+            } else if arg.eq_ignore_ascii_case(b"auth2") {
+                i += 2;
+            }
+            i += 1;
+        }
+    }
+    (first..first + num).filter(|&i| i < req.argc()).collect()
+}
+
+/// Redis's `georadiusGetKeys`: the source key, plus the last STORE or
+/// STOREDIST destination.
+fn georadius_keys(req: &Request) -> Vec<usize> {
+    let mut stored = None;
+    let mut i = 5;
+    while i < req.argc() {
+        let arg = req.get(i).unwrap_or_default();
+        let is_store = arg.eq_ignore_ascii_case(b"store") || arg.eq_ignore_ascii_case(b"storedist");
+        if is_store && i + 1 < req.argc() {
+            stored = Some(i + 1);
+            i += 1;
+        }
+        i += 1;
+    }
+    let mut keys = vec![1];
+    keys.extend(stored);
+    keys
+}
+
+/// Redis's `xreadGetKeys`: after the options, `STREAMS` then as many keys as
+/// IDs.
+fn xread_keys(req: &Request) -> Vec<usize> {
+    let mut streams_at = None;
+    let mut i = 1;
+    while i < req.argc() {
+        let arg = req.get(i).unwrap_or_default();
+        if arg.eq_ignore_ascii_case(b"block") || arg.eq_ignore_ascii_case(b"count") {
+            i += 1;
+        } else if arg.eq_ignore_ascii_case(b"group") {
+            i += 2;
+        } else if arg.eq_ignore_ascii_case(b"noack") {
+        } else if arg.eq_ignore_ascii_case(b"streams") {
+            streams_at = Some(i);
+            break;
+        } else {
+            break;
+        }
+        i += 1;
+    }
+    let Some(at) = streams_at else {
+        return Vec::new();
+    };
+    let num = req.argc() - at - 1;
+    if num == 0 || num % 2 != 0 {
+        return Vec::new();
+    }
+    (at + 1..at + 1 + num / 2).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::find;
+
+    fn keys(args: &[&str]) -> Result<Vec<usize>, KeysError> {
+        let req = Request::from_args(args);
+        let name = args.first().copied().unwrap_or_default();
+        let spec = find(name.as_bytes()).expect("command in table");
+        let spec = if spec.is_container() {
+            spec.subcommand(args[1].as_bytes()).expect("subcommand")
+        } else {
+            spec
+        };
+        key_positions(spec, &req)
+    }
+
+    #[test]
+    fn fixed_positions() {
+        assert_eq!(keys(&["GET", "k"]), Ok(vec![1]));
+        assert_eq!(keys(&["MSET", "a", "1", "b", "2"]), Ok(vec![1, 3]));
+        assert_eq!(keys(&["DEL", "a", "b", "c"]), Ok(vec![1, 2, 3]));
+        assert_eq!(keys(&["RENAME", "a", "b"]), Ok(vec![1, 2]));
+        assert_eq!(keys(&["OBJECT", "ENCODING", "k"]), Ok(vec![2]));
+        assert_eq!(keys(&["SET", "k", "v", "GET"]), Ok(vec![1]));
+    }
+
+    #[test]
+    fn numkeys() {
+        assert_eq!(keys(&["EVAL", "s", "2", "a", "b", "x"]), Ok(vec![3, 4]));
+        assert_eq!(keys(&["EVAL", "s", "0", "x"]), Ok(vec![]));
+        assert_eq!(keys(&["EVAL", "s", "3", "a"]), Err(KeysError::TooManyKeys));
+        assert_eq!(keys(&["EVAL", "s", "x", "a"]), Err(KeysError::NotAnInteger));
+        assert_eq!(
+            keys(&["EVAL", "s", "-1", "a"]),
+            Err(KeysError::NegativeKeyCount)
+        );
+        assert_eq!(
+            keys(&["ZUNIONSTORE", "d", "2", "a", "b"]),
+            Ok(vec![1, 3, 4])
+        );
+        assert!(keys(&["ZUNIONSTORE", "d", "0", "a"]).is_err());
+        assert_eq!(
+            keys(&["BLMPOP", "0", "2", "a", "b", "LEFT"]),
+            Ok(vec![3, 4])
+        );
+    }
+
+    #[test]
+    fn keywords() {
+        assert_eq!(
+            keys(&["XREAD", "COUNT", "2", "STREAMS", "a", "b", "0", "0"]),
+            Ok(vec![4, 5])
+        );
+        assert_eq!(keys(&["XREAD", "COUNT", "2"]), Err(KeysError::Syntax));
+        assert_eq!(
+            keys(&["GEORADIUS", "g", "0", "0", "1", "km", "STORE", "d"]),
+            Ok(vec![1, 7])
+        );
+    }
+
+    #[test]
+    fn own_code_for_unknown_specs() {
+        assert_eq!(keys(&["SORT", "k"]), Ok(vec![1]));
+        assert_eq!(
+            keys(&["SORT", "k", "BY", "w*", "STORE", "d"]),
+            Ok(vec![1, 5])
+        );
+        assert_eq!(
+            keys(&["SORT", "k", "LIMIT", "0", "1", "STORE", "d"]),
+            Ok(vec![1, 6])
+        );
+        assert_eq!(keys(&["MIGRATE", "h", "1", "k", "0", "5"]), Ok(vec![3]));
+        assert_eq!(
+            keys(&["MIGRATE", "h", "1", "", "0", "5", "AUTH", "p", "KEYS", "a", "b"]),
+            Ok(vec![9, 10])
+        );
+        assert_eq!(
+            keys(&["MIGRATE", "h", "1", "x", "0", "5", "KEYS", "a"]),
+            Err(KeysError::Syntax)
+        );
+    }
+
+    #[test]
+    fn strict_integers() {
+        assert_eq!(parse_strict_i64(b"12"), Some(12));
+        assert_eq!(parse_strict_i64(b"-3"), Some(-3));
+        assert_eq!(parse_strict_i64(b"0"), Some(0));
+        assert_eq!(parse_strict_i64(b"01"), None);
+        assert_eq!(parse_strict_i64(b"-0"), None);
+        assert_eq!(parse_strict_i64(b"+1"), None);
+        assert_eq!(parse_strict_i64(b"99999999999999999999"), None);
+        assert_eq!(atoi(b" 12abc"), 12);
+        assert_eq!(atoi(b"x"), 0);
+    }
+
+    #[test]
+    fn no_keys() {
+        assert_eq!(keys(&["PUBLISH", "ch", "m"]), Ok(vec![]));
+        assert_eq!(keys(&["PING"]), Ok(vec![]));
+    }
 }

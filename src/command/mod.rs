@@ -37,6 +37,9 @@ impl Flags {
     pub const NO_ASYNC_LOADING: Flags = Flags(1 << 20);
     pub const NO_MULTI: Flags = Flags(1 << 21);
     pub const ALLOW_BUSY: Flags = Flags(1 << 22);
+    /// Redis 7's `asking` flag: the command is accepted on an importing slot
+    /// after ASKING (cluster only).
+    pub const ASKING: Flags = Flags(1 << 23);
 
     /// True when every bit of `other` is set.
     pub const fn contains(self, other: Flags) -> bool {
@@ -196,14 +199,224 @@ pub enum LookupError {
     WrongArity(&'static str),
 }
 
+/// Longest command name (and each argument) Redis quotes in an unknown
+/// command or subcommand error (`%.128s`), and how long the quoted argument
+/// list grows before Redis stops adding arguments.
+const ERROR_QUOTE_LIMIT: usize = 128;
+
+impl CommandSpec {
+    /// True for a container command (CONFIG, CLIENT, ...) that dispatches on
+    /// its first argument.
+    pub fn is_container(&self) -> bool {
+        !self.subcommands.is_empty()
+    }
+
+    /// True when `argc` arguments (the command name included, and for a
+    /// subcommand the container's name too) satisfy the arity.
+    pub fn arity_ok(&self, argc: usize) -> bool {
+        let arity = self.arity.unsigned_abs() as usize;
+        if self.arity >= 0 {
+            argc == arity
+        } else {
+            argc >= arity
+        }
+    }
+
+    /// The subcommand named `sub` (any case), if this is a container that has it.
+    pub fn subcommand(&self, sub: &[u8]) -> Option<&'static CommandSpec> {
+        search(self.subcommands, sub, |spec| {
+            // A subcommand's name is "container|sub"; compare the part after '|'.
+            let name = spec.name.as_bytes();
+            let bar = name.iter().position(|&b| b == b'|').map_or(0, |i| i + 1);
+            name.get(bar..).unwrap_or(name)
+        })
+    }
+}
+
+/// Binary search of a name-sorted slice with an ASCII-case-insensitive
+/// comparison, so lookups never allocate.
+fn search<'a>(
+    specs: &'a [CommandSpec],
+    wanted: &[u8],
+    key: impl Fn(&CommandSpec) -> &[u8],
+) -> Option<&'a CommandSpec> {
+    specs
+        .binary_search_by(|spec| {
+            let name = key(spec).iter();
+            let wanted = wanted.iter().map(u8::to_ascii_lowercase);
+            name.copied().cmp(wanted)
+        })
+        .ok()
+        .and_then(|i| specs.get(i))
+}
+
+/// The top-level command named `name` (any case), without arity checks.
+pub fn find(name: &[u8]) -> Option<&'static CommandSpec> {
+    search(table::COMMANDS, name, |spec| spec.name.as_bytes())
+}
+
+/// The command or subcommand with the full lower-case or mixed-case name Redis
+/// reports (`get`, `config|get`).
+pub fn find_by_full_name(full: &[u8]) -> Option<&'static CommandSpec> {
+    match full.iter().position(|&b| b == b'|') {
+        Some(bar) => {
+            let container = find(full.get(..bar)?)?;
+            container.subcommand(full.get(bar + 1..)?)
+        }
+        None => find(full),
+    }
+}
+
 /// Finds the table entry for a request (descending into subcommands) and
 /// checks its arity, without touching any backend.
+///
+/// Mirrors Redis 7.0's `processCommand`: a container called with no
+/// subcommand resolves to the container itself, which then fails its arity
+/// check; error texts are byte-for-byte Redis's.
 pub fn lookup(req: &Request) -> Result<&'static CommandSpec, LookupError> {
-    let _ = req;
-    todo!()
+    let name = req.get(0).unwrap_or_default();
+    let Some(base) = find(name) else {
+        return Err(unknown_command(req));
+    };
+    let spec = match req.get(1) {
+        Some(sub) if base.is_container() => match base.subcommand(sub) {
+            Some(spec) => spec,
+            None => return Err(unknown_subcommand(base, sub)),
+        },
+        _ => base,
+    };
+    if spec.arity_ok(req.argc()) {
+        Ok(spec)
+    } else {
+        Err(LookupError::WrongArity(spec.name))
+    }
 }
 
 /// Every top-level command in the table.
 pub fn all() -> &'static [CommandSpec] {
     table::COMMANDS
+}
+
+/// What C's `%.Ns` makes of an argument: cut at the first NUL, then at `max`
+/// bytes; Redis then maps CR and LF to spaces so the error stays one line.
+fn quoted(arg: &[u8], max: usize) -> String {
+    let upto_nul = arg.iter().position(|&b| b == 0).unwrap_or(arg.len());
+    let cut = arg.get(..upto_nul.min(max)).unwrap_or(arg);
+    String::from_utf8_lossy(cut)
+        .chars()
+        .map(|c| if c == '\r' || c == '\n' { ' ' } else { c })
+        .collect()
+}
+
+/// Redis's unknown-command error: the name, then `'arg' ` for each argument
+/// while the list is shorter than 128 bytes, each cut to what is left of 128.
+fn unknown_command(req: &Request) -> LookupError {
+    let name = quoted(req.get(0).unwrap_or_default(), ERROR_QUOTE_LIMIT);
+    let mut args = String::new();
+    let mut args_len = 0usize; // Bytes as Redis counts them, before lossy decoding.
+    for arg in req.args().skip(1) {
+        if args_len >= ERROR_QUOTE_LIMIT {
+            break;
+        }
+        let room = ERROR_QUOTE_LIMIT - args_len;
+        let upto_nul = arg.iter().position(|&b| b == 0).unwrap_or(arg.len());
+        args_len += upto_nul.min(room) + 3;
+        args.push('\'');
+        args.push_str(&quoted(arg, room));
+        args.push_str("' ");
+    }
+    LookupError::UnknownCommand { name, args }
+}
+
+/// Redis's unknown-subcommand error, naming the container in upper case.
+fn unknown_subcommand(container: &CommandSpec, sub: &[u8]) -> LookupError {
+    LookupError::UnknownSubcommand {
+        sub: quoted(sub, ERROR_QUOTE_LIMIT),
+        container: container.name.to_ascii_uppercase(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn look(args: &[&[u8]]) -> Result<&'static str, String> {
+        lookup(&Request::from_args(args))
+            .map(|spec| spec.name)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn table_is_sorted_for_binary_search() {
+        for list in std::iter::once(all()).chain(all().iter().map(|c| c.subcommands)) {
+            for pair in list.windows(2) {
+                assert!(
+                    pair[0].name < pair[1].name,
+                    "{} >= {}",
+                    pair[0].name,
+                    pair[1].name
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn finds_any_case() {
+        assert_eq!(look(&[b"GeT", b"k"]), Ok("get"));
+        assert_eq!(look(&[b"config", b"GET", b"x"]), Ok("config|get"));
+        assert_eq!(look(&[b"CLIENT", b"list"]), Ok("client|list"));
+        assert_eq!(find(b"ZUNIONSTORE").map(|c| c.name), Some("zunionstore"));
+        assert!(find(b"get\0").is_none());
+        assert_eq!(
+            find_by_full_name(b"CONFIG|Get").map(|c| c.name),
+            Some("config|get")
+        );
+    }
+
+    #[test]
+    fn arity_errors_name_the_full_command() {
+        assert_eq!(
+            look(&[b"GET"]),
+            Err("ERR wrong number of arguments for 'get' command".into())
+        );
+        assert_eq!(
+            look(&[b"config", b"get"]),
+            Err("ERR wrong number of arguments for 'config|get' command".into())
+        );
+        assert_eq!(
+            look(&[b"CONFIG"]),
+            Err("ERR wrong number of arguments for 'config' command".into())
+        );
+    }
+
+    #[test]
+    fn unknown_subcommand_text() {
+        assert_eq!(
+            look(&[b"config", b"nope"]),
+            Err("ERR unknown subcommand 'nope'. Try CONFIG HELP.".into())
+        );
+    }
+
+    #[test]
+    fn unknown_command_text() {
+        assert_eq!(
+            look(&[b"foo", b"a", b"b"]),
+            Err("ERR unknown command 'foo', with args beginning with: 'a' 'b' ".into())
+        );
+        assert_eq!(
+            look(&[b"foo"]),
+            Err("ERR unknown command 'foo', with args beginning with: ".into())
+        );
+        let long = vec![b'x'; 200];
+        let text = look(&[b"foo", &long, b"b"]).unwrap_err();
+        let quoted = format!("'{}' ", "x".repeat(128));
+        assert_eq!(
+            text,
+            format!("ERR unknown command 'foo', with args beginning with: {quoted}")
+        );
+        assert_eq!(
+            look(&[b"f\r\no", b"a\nb"]),
+            Err("ERR unknown command 'f  o', with args beginning with: 'a b' ".into())
+        );
+    }
 }

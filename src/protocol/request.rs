@@ -49,8 +49,25 @@ pub struct Request {
 impl Request {
     /// Builds a request from arguments, encoding it as a RESP multibulk.
     pub fn from_args<A: AsRef<[u8]>>(args: &[A]) -> Request {
-        let _ = args;
-        todo!()
+        // TEMPORARY stand-in from the `table` branch so its tests can run;
+        // replaced by the real implementation at merge time.
+        let mut frame = Vec::new();
+        let mut spans = Vec::with_capacity(args.len());
+        frame.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            let a = a.as_ref();
+            frame.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            spans.push(ArgSpan {
+                start: frame.len() as u32,
+                len: a.len() as u32,
+            });
+            frame.extend_from_slice(a);
+            frame.extend_from_slice(b"\r\n");
+        }
+        Request {
+            frame: Bytes::from(frame),
+            args: spans,
+        }
     }
 
     /// The canonical RESP multibulk bytes, ready to write to a backend.

@@ -1,0 +1,183 @@
+//! Shared harness for integration tests: real `redis-server` processes on
+//! free loopback ports, each in its own temp dir, killed when dropped.
+//!
+//! Invariants: servers bind 127.0.0.1 only, never a fixed port; nothing
+//! is persisted (`--save ''`, `--appendonly no`); a server that does not
+//! answer PING within [`START_TIMEOUT`] panics with its log, so a missing or
+//! broken `redis-server` fails tests loudly instead of skipping them.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a freshly spawned server gets to answer PING.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A loopback port nobody listens on right now (the OS picks it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+/// A `redis-server` child process owned by a test.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    extra_args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts a server with the default test settings.
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts a server with `extra_args` appended to its command line
+    /// (e.g. `&["--requirepass", "secret"]`).
+    pub fn start_with(extra_args: &[&str]) -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("keygate-redis-")
+            .tempdir()
+            .expect("create temp dir");
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `redis://127.0.0.1:PORT/`, for clients that take a URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The server's working directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The process id of the running server, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs `redis-cli -p PORT args...` and returns its stdout, trimmed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Kills the server (SIGKILL) and waits for it; the port and dir stay
+    /// reserved for [`RedisServer::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server if it runs, then starts it again on the same port
+    /// and in the same dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    /// Spawns the process and waits until it answers PING.
+    fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log_path())
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn redis-server (is it installed?): {e}"));
+        self.child = Some(child);
+        self.wait_for_ping();
+    }
+
+    fn wait_for_ping(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if self.answers_ping() {
+                return;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                self.kill();
+                panic!(
+                    "redis-server on port {} did not answer PING (exit: {exited:?}); log:\n{log}",
+                    self.port
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True when the server replies `+PONG` (or `-NOAUTH`, which also proves
+    /// it is up) to an inline PING.
+    fn answers_ping(&self) -> bool {
+        let Ok(mut conn) = TcpStream::connect(self.addr()) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+        if conn.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 64];
+        match conn.read(&mut buf) {
+            Ok(n) => {
+                let reply = &buf[..n];
+                reply.starts_with(b"+PONG") || reply.starts_with(b"-NOAUTH")
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
