@@ -302,7 +302,10 @@ fn getkeys(req: &Request) -> LocalAnswer {
         }
         Err(_) => return err("ERR Invalid command specified"),
     };
-    let positions = keys::key_positions(spec, &inner);
+    let positions = match keys::key_positions(spec, &inner) {
+        Ok(p) => p,
+        Err(e) => return err(&e.to_string()),
+    };
     if positions.is_empty() {
         return err("ERR The command has no key arguments");
     }
