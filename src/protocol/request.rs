@@ -13,6 +13,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use smallvec::SmallVec;
 
+use super::decimal::{decimal_len, parse_ll};
 use super::ProtocolError;
 
 /// Longest `*N` or `$N` header line Redis waits for (`PROTO_INLINE_MAX_SIZE`).
@@ -77,16 +78,6 @@ impl ArgSpan {
 /// A `u32` offset; saturates for frames beyond 4 GiB, which the scanner refuses.
 fn offset32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-/// Number of decimal digits of `n`.
-fn decimal_len(mut n: usize) -> usize {
-    let mut digits = 1;
-    while n >= 10 {
-        n /= 10;
-        digits += 1;
-    }
-    digits
 }
 
 /// Length of the `$len\r\n` header of a bulk of `len` bytes.
@@ -274,33 +265,6 @@ impl Request {
             args: spans,
         }
     }
-}
-
-/// Parses a decimal exactly as Redis's `string2ll`: optional `-`, no `+`, no
-/// leading zeros, no spaces, fits an `i64`.
-fn parse_ll(s: &[u8]) -> Option<i64> {
-    match s {
-        [] => None,
-        [b'0'] => Some(0),
-        [b'-', digits @ ..] => parse_positive(digits).map(|v| -v),
-        digits => parse_positive(digits),
-    }
-}
-
-/// The magnitude part of [`parse_ll`]: a non-empty run of digits not starting with 0.
-fn parse_positive(digits: &[u8]) -> Option<i64> {
-    match digits.first() {
-        Some(b'1'..=b'9') => {}
-        _ => return None,
-    }
-    let mut value: i64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        value = value.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
-    }
-    Some(value)
 }
 
 /// Resumable scanner of client requests (multibulk and inline).
