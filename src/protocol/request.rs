@@ -4,10 +4,27 @@
 //! the offsets of each argument, so a key rewrite splices in only what
 //! changes; "incomplete" is `Ok(None)`, never an error; scanning resumes where
 //! the last call stopped instead of starting the frame again.
+//!
+//! The accepted grammar and the error for each malformed input follow Redis
+//! 7.0's `processMultibulkBuffer` and `processInlineBuffer`, so a client sees
+//! the same `Protocol error` through keygate as from Redis itself. Every
+//! offset in a frame fits in a `u32`: the scanner refuses larger requests.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use smallvec::SmallVec;
 
+use super::decimal::{decimal_len, parse_ll};
 use super::ProtocolError;
+
+/// Longest `*N` or `$N` header line Redis waits for (`PROTO_INLINE_MAX_SIZE`).
+const MAX_HEADER_LINE: usize = 64 * 1024;
+
+/// Most bytes reserved ahead of a bulk payload beyond what already arrived, so
+/// a client announcing a huge bulk and sending nothing costs little memory.
+const MAX_RESERVE_AHEAD: usize = 1024 * 1024;
+
+/// Argument spans, inline for the common short commands (no heap allocation).
+type ArgSpans = SmallVec<[ArgSpan; 5]>;
 
 /// Limits that keep one client from making keygate buffer without bound.
 #[derive(Debug, Clone, Copy)]
@@ -39,33 +56,92 @@ pub struct ArgSpan {
     pub len: u32,
 }
 
+impl ArgSpan {
+    /// Offset of the first byte of the argument.
+    fn start(self) -> usize {
+        self.start as usize
+    }
+
+    /// Offset just past the argument's payload (before its `\r\n`).
+    fn end(self) -> usize {
+        self.start as usize + self.len as usize
+    }
+
+    /// Offset of the `$` that starts this argument's header. Valid because
+    /// scanned headers are canonical decimal (Redis's `string2ll` refuses
+    /// signs and leading zeros) followed by exactly two line-end bytes.
+    fn header_start(self) -> usize {
+        self.start().saturating_sub(3 + decimal_len(self.len as usize))
+    }
+}
+
+/// A `u32` offset; saturates for frames beyond 4 GiB, which the scanner refuses.
+fn offset32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Length of the `$len\r\n` header of a bulk of `len` bytes.
+fn bulk_header_len(len: usize) -> usize {
+    3 + decimal_len(len)
+}
+
+/// Appends `<prefix><n>\r\n`.
+fn put_len_line(out: &mut BytesMut, prefix: u8, n: usize) {
+    let mut digits = itoa::Buffer::new();
+    out.put_u8(prefix);
+    out.put_slice(digits.format(n).as_bytes());
+    out.put_slice(b"\r\n");
+}
+
 /// One client command: canonical multibulk bytes plus argument offsets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     frame: Bytes,
-    args: Vec<ArgSpan>,
+    args: ArgSpans,
+}
+
+/// How one argument changes in a rewrite.
+#[derive(Clone, Copy)]
+enum ArgEdit<'a> {
+    /// The argument is replaced by these bytes.
+    Replace(&'a [u8]),
+    /// These bytes are put in front of the argument.
+    Prefix(&'a [u8]),
+}
+
+impl ArgEdit<'_> {
+    /// Length of the edited argument, given the old one's length.
+    fn new_len(self, old_len: usize) -> usize {
+        match self {
+            ArgEdit::Replace(with) => with.len(),
+            ArgEdit::Prefix(prefix) => prefix.len() + old_len,
+        }
+    }
 }
 
 impl Request {
     /// Builds a request from arguments, encoding it as a RESP multibulk.
     pub fn from_args<A: AsRef<[u8]>>(args: &[A]) -> Request {
-        // TEMPORARY stand-in from the `table` branch so its tests can run;
-        // replaced by the real implementation at merge time.
-        let mut frame = Vec::new();
-        let mut spans = Vec::with_capacity(args.len());
-        frame.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for a in args {
-            let a = a.as_ref();
-            frame.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        let total = bulk_header_len(args.len())
+            + args
+                .iter()
+                .map(|a| bulk_header_len(a.as_ref().len()) + a.as_ref().len() + 2)
+                .sum::<usize>();
+        let mut out = BytesMut::with_capacity(total);
+        let mut spans = ArgSpans::with_capacity(args.len());
+        put_len_line(&mut out, b'*', args.len());
+        for arg in args {
+            let arg = arg.as_ref();
+            put_len_line(&mut out, b'$', arg.len());
             spans.push(ArgSpan {
-                start: frame.len() as u32,
-                len: a.len() as u32,
+                start: offset32(out.len()),
+                len: offset32(arg.len()),
             });
-            frame.extend_from_slice(a);
-            frame.extend_from_slice(b"\r\n");
+            out.put_slice(arg);
+            out.put_slice(b"\r\n");
         }
         Request {
-            frame: Bytes::from(frame),
+            frame: out.freeze(),
             args: spans,
         }
     }
@@ -83,8 +159,7 @@ impl Request {
     /// Argument `i` (0 is the command name), or `None` past the end.
     pub fn get(&self, i: usize) -> Option<&[u8]> {
         let span = self.args.get(i)?;
-        self.frame
-            .get(span.start as usize..(span.start + span.len) as usize)
+        self.frame.get(span.start()..span.end())
     }
 
     /// All arguments in order.
@@ -94,16 +169,101 @@ impl Request {
 
     /// A new request with argument `i` replaced by `with` for each edit;
     /// `edits` are sorted by index. Unchanged bytes are copied once, in runs.
+    ///
+    /// Edits past the last argument, or out of order, are ignored.
     pub fn splice(&self, edits: &[(usize, &[u8])]) -> Request {
-        let _ = edits;
-        todo!()
+        self.rewrite(edits.iter().map(|&(i, with)| (i, ArgEdit::Replace(with))))
     }
 
     /// A new request with `prefix` put in front of each argument in `indexes`
     /// (sorted, no duplicates): the namespace rewrite's fast path.
+    ///
+    /// Indexes past the last argument, or out of order, are ignored.
     pub fn prefix_args(&self, indexes: &[usize], prefix: &[u8]) -> Request {
-        let _ = (indexes, prefix);
-        todo!()
+        if prefix.is_empty() || indexes.is_empty() {
+            return self.clone();
+        }
+        self.rewrite(indexes.iter().map(|&i| (i, ArgEdit::Prefix(prefix))))
+    }
+
+    /// Applies `edits` (by ascending argument index) in one pass over the frame.
+    fn rewrite<'a, I>(&self, edits: I) -> Request
+    where
+        I: Iterator<Item = (usize, ArgEdit<'a>)> + Clone,
+    {
+        let argc = self.args.len();
+        let valid = |edits: I| {
+            let mut next_allowed = 0;
+            edits.filter(move |&(i, _)| {
+                let ok = i >= next_allowed && i < argc;
+                if ok {
+                    next_allowed = i + 1;
+                }
+                ok
+            })
+        };
+
+        // Exact size of the new frame, so the output is allocated once.
+        let mut new_len = self.frame.len();
+        for (i, edit) in valid(edits.clone()) {
+            let Some(span) = self.args.get(i) else {
+                continue;
+            };
+            let old = span.len as usize;
+            let new = edit.new_len(old);
+            new_len = new_len - bulk_header_len(old) - old + bulk_header_len(new) + new;
+        }
+
+        let mut out = BytesMut::with_capacity(new_len);
+        let mut spans = ArgSpans::with_capacity(argc);
+        // Offset in the old frame up to which bytes are already in `out`.
+        let mut copied = 0;
+        // Index of the next argument whose span is still to be recorded.
+        let mut next_arg = 0;
+        for (i, edit) in valid(edits) {
+            let Some(span) = self.args.get(i).copied() else {
+                continue;
+            };
+            let header = span.header_start();
+            // Unchanged arguments before this one keep their bytes; their
+            // offsets shift by how much the output has grown or shrunk.
+            for old in self.args.get(next_arg..i).unwrap_or(&[]) {
+                let shifted = out.len() + old.start() - copied;
+                spans.push(ArgSpan {
+                    start: offset32(shifted),
+                    len: old.len,
+                });
+            }
+            out.put_slice(self.frame.get(copied..header).unwrap_or(&[]));
+            let new_len = edit.new_len(span.len as usize);
+            put_len_line(&mut out, b'$', new_len);
+            spans.push(ArgSpan {
+                start: offset32(out.len()),
+                len: offset32(new_len),
+            });
+            match edit {
+                ArgEdit::Replace(with) => out.put_slice(with),
+                ArgEdit::Prefix(prefix) => {
+                    out.put_slice(prefix);
+                    out.put_slice(self.frame.get(span.start()..span.end()).unwrap_or(&[]));
+                }
+            }
+            out.put_slice(b"\r\n");
+            copied = (span.end() + 2).min(self.frame.len());
+            next_arg = i + 1;
+        }
+        for old in self.args.get(next_arg..).unwrap_or(&[]) {
+            let shifted = old.start() + out.len() - copied;
+            spans.push(ArgSpan {
+                start: offset32(shifted),
+                len: old.len,
+            });
+        }
+        out.put_slice(self.frame.get(copied..).unwrap_or(&[]));
+        Request {
+            frame: out.freeze(),
+            args: spans,
+        }
     }
 }
 
@@ -111,18 +271,339 @@ impl Request {
 #[derive(Debug)]
 pub struct RequestScanner {
     limits: ScanLimits,
+    /// Arguments the multibulk in progress announced; 0 when none is in progress.
+    expected: usize,
+    /// Offset in the buffer where scanning of the multibulk resumes.
+    pos: usize,
+    /// Length of the bulk whose header was read but whose payload has not
+    /// fully arrived; its payload starts at `pos`.
+    bulk_len: Option<usize>,
+    /// Spans of the arguments of the multibulk in progress found so far.
+    args: ArgSpans,
+    /// Offset up to which the current header or inline line was searched
+    /// for its terminator without finding it, so a slow line is not rescanned.
+    searched: usize,
+}
+
+/// What finding a line terminator produced.
+enum Line {
+    /// The terminator is at this offset.
+    At(usize),
+    /// Not there yet.
+    Incomplete,
 }
 
 impl RequestScanner {
     /// A scanner enforcing `limits`.
     pub fn new(limits: ScanLimits) -> Self {
-        RequestScanner { limits }
+        RequestScanner {
+            limits,
+            expected: 0,
+            pos: 0,
+            bulk_len: None,
+            args: ArgSpans::new(),
+            searched: 0,
+        }
     }
 
     /// Takes the next complete request off the front of `buf`, `Ok(None)` when
     /// more bytes are needed. Empty inline lines and `*0` are skipped, as Redis does.
     pub fn scan(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
-        let _ = (buf, self.limits);
-        todo!()
+        let result = self.scan_inner(buf);
+        if result.is_err() {
+            self.reset();
+        }
+        result
+    }
+
+    /// Forgets any request in progress.
+    fn reset(&mut self) {
+        self.expected = 0;
+        self.pos = 0;
+        self.bulk_len = None;
+        self.args.clear();
+        self.searched = 0;
+    }
+
+    /// Finds `needle` at or after `from`, resuming the search where the last
+    /// unsuccessful one stopped.
+    fn find_byte(&mut self, buf: &[u8], from: usize, needle: u8) -> Line {
+        let start = self.searched.max(from);
+        match buf
+            .get(start..)
+            .and_then(|rest| rest.iter().position(|&b| b == needle))
+        {
+            Some(i) => {
+                self.searched = 0;
+                Line::At(start + i)
+            }
+            None => {
+                self.searched = buf.len();
+                Line::Incomplete
+            }
+        }
+    }
+
+    fn scan_inner(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+        loop {
+            if self.expected == 0 {
+                match buf.first() {
+                    None => return Ok(None),
+                    Some(b'*') => {
+                        if !self.start_multibulk(buf)? {
+                            return Ok(None);
+                        }
+                        if self.expected == 0 {
+                            continue; // `*0` or negative: skipped.
+                        }
+                    }
+                    Some(_) => match self.scan_inline(buf)? {
+                        InlineOutcome::Incomplete => return Ok(None),
+                        InlineOutcome::Empty => continue,
+                        InlineOutcome::Request(req) => return Ok(Some(req)),
+                    },
+                }
+            }
+            return self.continue_multibulk(buf);
+        }
+    }
+
+    /// Reads the `*N` header at the buffer front. `Ok(false)` when incomplete;
+    /// a non-positive count consumes the header and leaves `expected` at 0.
+    fn start_multibulk(&mut self, buf: &mut BytesMut) -> Result<bool, ProtocolError> {
+        let cr = match self.find_byte(buf, 0, b'\r') {
+            Line::At(cr) => cr,
+            Line::Incomplete => {
+                if buf.len() > MAX_HEADER_LINE {
+                    return Err(ProtocolError::InvalidMultibulkLength);
+                }
+                return Ok(false);
+            }
+        };
+        if cr + 2 > buf.len() {
+            self.searched = cr; // Wait for the byte after `\r`.
+            return Ok(false);
+        }
+        let count = buf
+            .get(1..cr)
+            .and_then(parse_ll)
+            .ok_or(ProtocolError::InvalidMultibulkLength)?;
+        if count > 0 && count as u64 > self.limits.max_args as u64 {
+            return Err(ProtocolError::InvalidMultibulkLength);
+        }
+        if count <= 0 {
+            buf.advance(cr + 2);
+            return Ok(true);
+        }
+        self.expected = count as usize;
+        self.pos = cr + 2;
+        self.args.clear();
+        if self.expected > self.args.inline_size() {
+            self.args.reserve(self.expected.min(1024));
+        }
+        Ok(true)
+    }
+
+    /// Scans bulk arguments from `pos` until the multibulk is complete.
+    fn continue_multibulk(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+        while self.args.len() < self.expected {
+            let len = match self.bulk_len {
+                Some(len) => len,
+                None => {
+                    let Some(len) = self.read_bulk_header(buf)? else {
+                        return Ok(None);
+                    };
+                    len
+                }
+            };
+            let end = self.pos + len + 2;
+            if end > u32::MAX as usize {
+                return Err(ProtocolError::InvalidBulkLength);
+            }
+            if end > buf.len() {
+                self.bulk_len = Some(len);
+                reserve_for(buf, end);
+                return Ok(None);
+            }
+            self.args.push(ArgSpan {
+                start: offset32(self.pos),
+                len: offset32(len),
+            });
+            self.pos = end;
+            self.bulk_len = None;
+        }
+        let frame = buf.split_to(self.pos).freeze();
+        let args = std::mem::take(&mut self.args);
+        self.expected = 0;
+        self.pos = 0;
+        Ok(Some(Request { frame, args }))
+    }
+
+    /// Reads the `$len` header at `pos`, moving `pos` to the payload.
+    fn read_bulk_header(&mut self, buf: &[u8]) -> Result<Option<usize>, ProtocolError> {
+        let cr = match self.find_byte(buf, self.pos, b'\r') {
+            Line::At(cr) => cr,
+            Line::Incomplete => {
+                if buf.len() - self.pos > MAX_HEADER_LINE {
+                    return Err(ProtocolError::InvalidBulkLength);
+                }
+                return Ok(None);
+            }
+        };
+        if cr + 2 > buf.len() {
+            self.searched = cr;
+            return Ok(None);
+        }
+        match buf.get(self.pos) {
+            Some(b'$') => {}
+            Some(&other) => return Err(ProtocolError::ExpectedBulk(other)),
+            None => return Ok(None),
+        }
+        let len = buf
+            .get(self.pos + 1..cr)
+            .and_then(parse_ll)
+            .ok_or(ProtocolError::InvalidBulkLength)?;
+        if len < 0 || len as u64 > self.limits.max_bulk_len as u64 {
+            return Err(ProtocolError::InvalidBulkLength);
+        }
+        self.pos = cr + 2;
+        Ok(Some(len as usize))
+    }
+
+    /// Reads one inline command line at the buffer front.
+    fn scan_inline(&mut self, buf: &mut BytesMut) -> Result<InlineOutcome, ProtocolError> {
+        let newline = match self.find_byte(buf, 0, b'\n') {
+            Line::At(nl) => nl,
+            Line::Incomplete => {
+                if buf.len() > self.limits.max_inline_len {
+                    return Err(ProtocolError::TooBigInline);
+                }
+                return Ok(InlineOutcome::Incomplete);
+            }
+        };
+        let line_end = if newline > 0 && buf.get(newline - 1) == Some(&b'\r') {
+            newline - 1
+        } else {
+            newline
+        };
+        let args = split_args(buf.get(..line_end).unwrap_or(&[]))?;
+        buf.advance(newline + 1);
+        if args.is_empty() {
+            return Ok(InlineOutcome::Empty);
+        }
+        Ok(InlineOutcome::Request(Request::from_args(&args)))
+    }
+}
+
+/// Grows `buf` towards holding `end` bytes, by at most what already arrived
+/// (or 1 MiB), so a large bulk needs few reallocations but an announced-only
+/// one costs little.
+fn reserve_for(buf: &mut BytesMut, end: usize) {
+    let missing = end - buf.len();
+    let want = missing.min(buf.len().max(MAX_RESERVE_AHEAD));
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(want);
+    }
+}
+
+/// What one inline line produced.
+enum InlineOutcome {
+    /// No complete line yet.
+    Incomplete,
+    /// A blank line, consumed and skipped.
+    Empty,
+    /// A command.
+    Request(Request),
+}
+
+/// Splits an inline line into arguments exactly as Redis's `sdssplitargs`:
+/// whitespace separates, `"..."` understands `\n \r \t \b \a \xHH` and `\\`
+/// escapes, `'...'` understands only `\'`; a closing quote must be followed
+/// by whitespace or the end. A NUL byte ends the line, as in C.
+fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
+    let at = |i: usize| line.get(i).copied().unwrap_or(0);
+    let mut args = Vec::new();
+    let mut p = 0;
+    loop {
+        while matches!(at(p), b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r') {
+            p += 1;
+        }
+        if at(p) == 0 {
+            return Ok(args);
+        }
+        let mut current = Vec::new();
+        let (mut in_double, mut in_single) = (false, false);
+        loop {
+            let c = at(p);
+            if in_double {
+                let hex = match (c, at(p + 1), hex_value(at(p + 2)), hex_value(at(p + 3))) {
+                    (b'\\', b'x', Some(hi), Some(lo)) => Some(hi * 16 + lo),
+                    _ => None,
+                };
+                if let Some(byte) = hex {
+                    current.push(byte);
+                    p += 3;
+                } else if c == b'\\' && at(p + 1) != 0 {
+                    p += 1;
+                    current.push(match at(p) {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 0x08,
+                        b'a' => 0x07,
+                        other => other,
+                    });
+                } else if c == b'"' {
+                    if !is_space_or_end(at(p + 1)) {
+                        return Err(ProtocolError::UnbalancedQuotes);
+                    }
+                    p += 1;
+                    break;
+                } else if c == 0 {
+                    return Err(ProtocolError::UnbalancedQuotes);
+                } else {
+                    current.push(c);
+                }
+            } else if in_single {
+                if c == b'\\' && at(p + 1) == b'\'' {
+                    p += 1;
+                    current.push(b'\'');
+                } else if c == b'\'' {
+                    if !is_space_or_end(at(p + 1)) {
+                        return Err(ProtocolError::UnbalancedQuotes);
+                    }
+                    p += 1;
+                    break;
+                } else if c == 0 {
+                    return Err(ProtocolError::UnbalancedQuotes);
+                } else {
+                    current.push(c);
+                }
+            } else {
+                match c {
+                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    b'"' => in_double = true,
+                    b'\'' => in_single = true,
+                    other => current.push(other),
+                }
+            }
+            p += 1;
+        }
+        args.push(current);
+    }
+}
+
+/// C's `isspace` or the terminating NUL.
+fn is_space_or_end(c: u8) -> bool {
+    matches!(c, 0 | b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+/// Value of a hexadecimal digit.
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
     }
 }
