@@ -83,9 +83,9 @@ fn kind_of(type_byte: u8, line: &[u8]) -> ReplyKind {
 fn header_len(line: &[u8]) -> Result<Option<usize>, ProtocolError> {
     match parse_ll(line) {
         Some(-1) => Ok(None),
-        Some(n) if n >= 0 => {
-            usize::try_from(n).map(Some).map_err(|_| ProtocolError::InvalidReply("length too large"))
-        }
+        Some(n) if n >= 0 => usize::try_from(n)
+            .map(Some)
+            .map_err(|_| ProtocolError::InvalidReply("length too large")),
         _ => Err(ProtocolError::InvalidReply("invalid length")),
     }
 }
@@ -156,7 +156,9 @@ impl ReplyScanner {
             }
             if let Some(at) = self.pending_crlf.take() {
                 if buf.get(at..at + 2) != Some(b"\r\n") {
-                    return Err(ProtocolError::InvalidReply("bulk string not followed by CRLF"));
+                    return Err(ProtocolError::InvalidReply(
+                        "bulk string not followed by CRLF",
+                    ));
                 }
             }
             if self.frame_done {

@@ -71,7 +71,8 @@ impl ArgSpan {
     /// scanned headers are canonical decimal (Redis's `string2ll` refuses
     /// signs and leading zeros) followed by exactly two line-end bytes.
     fn header_start(self) -> usize {
-        self.start().saturating_sub(3 + decimal_len(self.len as usize))
+        self.start()
+            .saturating_sub(3 + decimal_len(self.len as usize))
     }
 }
 

@@ -181,3 +181,193 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Runs `redis-cli` against `port` with `args` and returns trimmed stdout.
+pub fn cli_at(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A keygate proxy running in-process, on its own runtime and thread, in
+/// front of a backend; stopped (SIGTERM-style graceful shutdown) on drop.
+pub struct Keygate {
+    port: u16,
+    admin_port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A minimal config for a standalone backend with a passwordless,
+/// non-isolated `default` service; `extra` is appended (more services, ...).
+pub fn standalone_config(backend_addr: &str, extra: &str) -> String {
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+
+[backend]
+address = "{backend_addr}"
+connect_timeout = "1s"
+command_timeout = "5s"
+
+{extra}
+"#
+    )
+}
+
+/// The `default` service block most tests want.
+pub const DEFAULT_SERVICE: &str = r#"
+[[service]]
+name = "default"
+prefix = ""
+isolation = false
+"#;
+
+impl Keygate {
+    /// keygate in front of `backend` with the plain `default` service.
+    pub fn start(backend: &RedisServer) -> Keygate {
+        Keygate::start_with(&standalone_config(&backend.addr(), DEFAULT_SERVICE))
+    }
+
+    /// keygate with a full TOML config; `[proxy] listen` is replaced by a free port.
+    pub fn start_with(toml_text: &str) -> Keygate {
+        let config = keygate::config::Config::parse(toml_text).expect("valid test config");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind admin");
+                let ports = (
+                    listener.local_addr().expect("addr").port(),
+                    admin.local_addr().expect("addr").port(),
+                );
+                let server = keygate::server::Server::new(config).expect("server");
+                let state = server.state();
+                let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+                tokio::spawn(keygate::admin::serve(admin, state, async move {
+                    let _ = admin_stop_rx.await;
+                }));
+                port_tx.send(ports).expect("report port");
+                let _ = server
+                    .run(listener, async move {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+                let _ = admin_stop_tx.send(());
+            });
+        });
+        let (port, admin_port) = port_rx
+            .recv_timeout(START_TIMEOUT)
+            .expect("keygate did not start");
+        Keygate {
+            port,
+            admin_port,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The admin HTTP port.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
+    /// `127.0.0.1:port` of the client listener.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `redis://127.0.0.1:port/` for client libraries.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Runs `redis-cli` through keygate.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli_at(self.port, args)
+    }
+
+    /// Waits (bounded) until `/health/ready` would be green, i.e. a backend
+    /// connection is up.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if http_get(self.admin_port, "/health/ready").starts_with("HTTP/1.1 200") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("keygate never became ready");
+    }
+}
+
+impl Drop for Keygate {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET over a TcpStream; returns the whole response text.
+pub fn http_get(port: u16, path: &str) -> String {
+    http_request(port, "GET", path)
+}
+
+/// A plain HTTP/1.1 request with an empty body; returns the whole response text.
+pub fn http_request(port: u16, method: &str, path: &str) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// Sends raw bytes to `port` and reads until the peer closes or `wait`
+/// passes; returns what came back.
+pub fn raw_exchange(port: u16, bytes: &[u8], wait: Duration) -> Vec<u8> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    s.write_all(bytes).expect("write");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    out
+}
