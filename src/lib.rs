@@ -16,6 +16,7 @@
 //!   ordinary commands and a pool of dedicated ones for MULTI, blocking and
 //!   pub/sub.
 //! - [`config`] reads and validates the TOML configuration.
+//! - [`metrics`] records latency histograms and counters without locks on the data path.
 //! - [`admin`] serves health and metrics over HTTP, apart from the data path.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -25,6 +26,7 @@ pub mod backend;
 pub mod client;
 pub mod command;
 pub mod config;
+pub mod metrics;
 pub mod policy;
 pub mod protocol;
 pub mod router;
