@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::client::{self, Context};
 use crate::config::Config;
+use crate::metrics::Metrics;
 
 /// Why the proxy could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,8 @@ pub struct ProxyState {
     pub started: Instant,
     /// The running proxy, once `run` has started it.
     context: OnceLock<Arc<Context>>,
+    /// Every metric; the data path records without locks, scrapes merge.
+    pub metrics: Arc<Metrics>,
 }
 
 impl ProxyState {
@@ -44,7 +47,7 @@ impl ProxyState {
 
     /// The Prometheus text exposition of every metric.
     pub fn render_metrics(&self) -> String {
-        String::new()
+        self.metrics.render_prometheus()
     }
 
     /// The `/health` JSON detail.
@@ -77,12 +80,15 @@ pub struct Server {
 impl Server {
     /// Builds the proxy from a validated config; backends connect when it runs.
     pub fn new(config: Config) -> Result<Server, ServerError> {
+        let services = config.services.iter().map(|s| s.name.clone()).collect();
+        let metrics = Metrics::new(services, config.proxy.metrics);
         Ok(Server {
             config: Arc::new(config),
             state: Arc::new(ProxyState {
                 ready: AtomicBool::new(false),
                 started: Instant::now(),
                 context: OnceLock::new(),
+                metrics,
             }),
         })
     }
@@ -99,7 +105,11 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServerError> {
-        let ctx = Arc::new(Context::new(self.config.clone(), self.state.clone()));
+        let ctx = Arc::new(Context::new(
+            self.config.clone(),
+            self.state.clone(),
+            self.state.metrics.clone(),
+        ));
         let _ = self.state.context.set(ctx.clone());
         let readiness = tokio::spawn(watch_readiness(ctx.clone()));
         let (stop_tx, stop_rx) = watch::channel(false);

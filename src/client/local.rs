@@ -208,6 +208,7 @@ fn login(
     ctx.services.login(user, pass).map_err(|e| {
         ctx.auth_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.metrics.auth_failure();
         e.to_string()
     })
 }

@@ -30,6 +30,7 @@ use crate::backend::mux::Batch;
 use crate::backend::BackendError;
 use crate::command::{self, CommandSpec, Flags};
 use crate::config::Config;
+use crate::metrics::{ErrorKind, Metrics, Recorder};
 use crate::policy::access;
 use crate::policy::service::Services;
 use crate::protocol::encode;
@@ -39,7 +40,7 @@ use crate::protocol::Protocol;
 use crate::router::{self, ConnectionEffect, Router};
 use crate::server::ProxyState;
 use local::LocalAnswer;
-use queue::{ReplyPlan, ReplyQueue};
+use queue::{CommandReply, ReplyPlan, ReplyQueue};
 use session::Session;
 
 /// Most reply slots a client may have outstanding before keygate stops
@@ -55,6 +56,7 @@ pub struct Context {
     pub services: Services,
     pub router: Router,
     pub state: Arc<ProxyState>,
+    pub metrics: Arc<Metrics>,
     pub scan_limits: ScanLimits,
     /// Source of CLIENT IDs.
     pub next_id: AtomicU64,
@@ -66,7 +68,7 @@ pub struct Context {
 
 impl Context {
     /// Builds the shared state and starts the backend connections.
-    pub fn new(config: Arc<Config>, state: Arc<ProxyState>) -> Context {
+    pub fn new(config: Arc<Config>, state: Arc<ProxyState>, metrics: Arc<Metrics>) -> Context {
         let scan_limits = ScanLimits {
             max_bulk_len: config.proxy.proto_max_bulk_len,
             ..ScanLimits::default()
@@ -75,6 +77,7 @@ impl Context {
             services: Services::from_config(&config),
             router: Router::start(&config),
             state,
+            metrics,
             scan_limits,
             next_id: AtomicU64::new(1),
             clients: AtomicUsize::new(0),
@@ -104,10 +107,16 @@ struct Connection {
     scanner: RequestScanner,
     queue: ReplyQueue,
     dedicated: Option<Dedicated>,
-    /// Requests gathered for one shared-connection batch.
+    /// Requests gathered for one shared-connection batch, and what answers them.
     batch: Vec<Bytes>,
+    batch_commands: Vec<CommandReply>,
     batch_bytes: usize,
     batch_suppress: bool,
+    /// When the bytes being processed were read: latency starts here.
+    read_at: Instant,
+    recorder: Recorder,
+    /// The service this connection is counted under in the connections gauge.
+    counted_service: Option<usize>,
     /// Stop reading; close once every reply is written.
     closing: bool,
     out: BytesMut,
@@ -126,12 +135,18 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
         queue: ReplyQueue::default(),
         dedicated: None,
         batch: Vec::new(),
+        batch_commands: Vec::new(),
         batch_bytes: 0,
         batch_suppress: false,
+        read_at: Instant::now(),
+        recorder: ctx.metrics.recorder(),
+        counted_service: None,
         closing: *shutdown.borrow(),
         out: BytesMut::with_capacity(16 * 1024),
         ctx,
     };
+    conn.counted_service = conn.session.service.as_ref().map(|s| s.index);
+    conn.ctx.metrics.client_connected(conn.counted_service);
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let idle_timeout = conn.ctx.config.proxy.idle_timeout;
     let mut last_activity = Instant::now();
@@ -147,8 +162,10 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
         tokio::select! {
             read = rd.read_buf(&mut rbuf), if can_read => match read {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {
+                Ok(n) => {
                     last_activity = Instant::now();
+                    conn.read_at = last_activity;
+                    conn.recorder.bytes_in(n);
                     conn.on_bytes(&mut rbuf).await;
                 }
             },
@@ -158,12 +175,14 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
             _ = sleep_until(idle_at) => break,
             _ = shutdown.changed(), if !conn.closing => conn.closing = true,
         }
-        conn.queue.drain_ready(&mut conn.out);
+        conn.queue.drain_ready(&mut conn.out, &mut conn.recorder);
         conn.release_dedicated_if_clean();
         if !conn.out.is_empty() {
             if wr.write_all(&conn.out).await.is_err() {
                 break;
             }
+            conn.recorder.bytes_out(conn.out.len());
+            conn.recorder.flush_if_due();
             conn.out.clear();
             if conn.out.capacity() > 1024 * 1024 {
                 conn.out = BytesMut::with_capacity(16 * 1024);
@@ -226,7 +245,9 @@ impl Connection {
 
     /// An error reply; inside MULTI it also dooms the transaction, as Redis
     /// does for a command rejected while queuing.
-    async fn reject(&mut self, msg: &str, suppress: bool) {
+    async fn reject(&mut self, command: &'static str, kind: ErrorKind, msg: &str, suppress: bool) {
+        let service = self.session.service.as_ref().map(|s| s.index);
+        self.recorder.error(service, command, kind);
         if self.session.tx.open {
             self.session.tx.poisoned = true;
         }
@@ -249,14 +270,23 @@ impl Connection {
         }
         let spec = match command::lookup(&req) {
             Ok(spec) => spec,
-            Err(e) => return self.reject(&e.to_string(), suppress).await,
+            Err(e) => {
+                return self
+                    .reject("unknown", ErrorKind::Client, &e.to_string(), suppress)
+                    .await
+            }
         };
         if self.session.service.is_none()
             && !spec.flags.contains(Flags::NO_AUTH)
             && spec.name != "quit"
         {
             return self
-                .reject("NOAUTH Authentication required.", suppress)
+                .reject(
+                    spec.name,
+                    ErrorKind::Policy,
+                    "NOAUTH Authentication required.",
+                    suppress,
+                )
                 .await;
         }
         if self.route_transaction_control(spec, &req, suppress).await {
@@ -268,6 +298,8 @@ impl Connection {
             if spec.name == "hello" && self.dedicated.is_some() {
                 return self
                     .reject(
+                        spec.name,
+                        ErrorKind::Client,
                         "ERR keygate: HELLO is not allowed while a transaction, subscription or blocking command holds the connection",
                         suppress,
                     )
@@ -279,11 +311,18 @@ impl Connection {
         }
         let Some(service) = self.session.service.clone() else {
             return self
-                .reject("NOAUTH Authentication required.", suppress)
+                .reject(
+                    spec.name,
+                    ErrorKind::Policy,
+                    "NOAUTH Authentication required.",
+                    suppress,
+                )
                 .await;
         };
         if let Err(refusal) = access::check(&service, spec) {
-            return self.reject(&refusal.to_string(), suppress).await;
+            return self
+                .reject(spec.name, ErrorKind::Policy, &refusal.to_string(), suppress)
+                .await;
         }
         let effect = router::connection_effect(spec, &req);
         let plan = if spec.name == "info" && !held {
@@ -291,18 +330,18 @@ impl Connection {
         } else {
             ReplyPlan::Forward
         };
+        let reply = CommandReply {
+            plan,
+            ..CommandReply::plain(spec.name, Some(service.index))
+        };
         if held || effect != ConnectionEffect::None {
-            self.send_dedicated(req.frame().clone(), effect, plan, suppress)
+            self.send_dedicated(req.frame().clone(), effect, reply, suppress)
                 .await;
-        } else if plan != ReplyPlan::Forward {
-            self.flush_batch().await;
-            self.batch_push(req.frame().clone(), suppress);
-            self.flush_batch_with(plan).await;
         } else {
             if self.batch_suppress != suppress || self.batch_bytes >= MAX_BATCH_BYTES {
                 self.flush_batch().await;
             }
-            self.batch_push(req.frame().clone(), suppress);
+            self.batch_push(req.frame().clone(), reply, suppress);
         }
     }
 
@@ -343,12 +382,19 @@ impl Connection {
                     | "command|getkeys"
             ) {
                 let msg = format!("ERR keygate: '{}' cannot be used inside MULTI", spec.name);
-                self.reject(&msg, suppress).await;
+                self.reject(spec.name, ErrorKind::Client, &msg, suppress)
+                    .await;
                 return Some(());
             }
             return None;
         }
         let answer = local::answer(&self.ctx, &mut self.session, spec, req)?;
+        let service = self.session.service.as_ref().map(|s| s.index);
+        if service != self.counted_service {
+            self.ctx.metrics.client_disconnected(self.counted_service);
+            self.ctx.metrics.client_connected(service);
+            self.counted_service = service;
+        }
         match answer {
             LocalAnswer::Reply(r) => self.reply(r, suppress).await,
             LocalAnswer::ReplyAndClose(r) => {
@@ -388,10 +434,14 @@ impl Connection {
                 let discard = Request::from_args(&["DISCARD"]);
                 let abort =
                     error_reply("EXECABORT Transaction discarded because of previous errors.");
+                let reply = CommandReply {
+                    plan: ReplyPlan::Replace(abort),
+                    ..CommandReply::plain(spec.name, self.session.service.as_ref().map(|s| s.index))
+                };
                 self.send_dedicated(
                     discard.frame().clone(),
                     ConnectionEffect::EndTransaction,
-                    ReplyPlan::Replace(abort),
+                    reply,
                     suppress,
                 )
                 .await;
@@ -405,26 +455,27 @@ impl Connection {
         }
     }
 
-    fn batch_push(&mut self, frame: Bytes, suppress: bool) {
+    fn batch_push(&mut self, frame: Bytes, reply: CommandReply, suppress: bool) {
+        if self.batch.is_empty() {
+            self.batch_suppress = suppress;
+        }
         self.batch_bytes += frame.len();
-        self.batch_suppress = suppress;
         self.batch.push(frame);
-    }
-
-    async fn flush_batch(&mut self) {
-        self.flush_batch_with(ReplyPlan::Forward).await;
+        self.batch_commands.push(reply);
     }
 
     /// Sends the gathered batch on the client's shared connection.
-    async fn flush_batch_with(&mut self, plan: ReplyPlan) {
+    async fn flush_batch(&mut self) {
         if self.batch.is_empty() {
             return;
         }
         let payload = std::mem::take(&mut self.batch);
-        let count = payload.len() as u32;
+        let commands = std::mem::take(&mut self.batch_commands);
+        let count = commands.iter().map(|c| c.frames).sum();
         self.batch_bytes = 0;
         let (tx, rx) = oneshot::channel();
-        self.queue.push_shared(rx, count, plan, self.batch_suppress);
+        self.queue
+            .push_shared(rx, commands, self.batch_suppress, self.read_at);
         let node = self.ctx.router.master().clone();
         node.mux(self.session.protocol, self.session.id)
             .submit(Batch {
@@ -441,7 +492,7 @@ impl Connection {
         &mut self,
         frame: Bytes,
         effect: ConnectionEffect,
-        plan: ReplyPlan,
+        reply: CommandReply,
         suppress: bool,
     ) {
         self.flush_batch().await;
@@ -457,7 +508,12 @@ impl Connection {
                         deadline: None,
                     })
                 }
-                Err(e) => return self.reject(&e.client_message(), suppress).await,
+                Err(e) => {
+                    let command = reply.command;
+                    return self
+                        .reject(command, ErrorKind::Backend, &e.client_message(), suppress)
+                        .await;
+                }
             }
         }
         let protocol = self.session.protocol;
@@ -491,7 +547,8 @@ impl Connection {
         }
         if !answered_in_stream {
             let blocking = effect == ConnectionEffect::Block && !self.session.tx.open;
-            self.queue.push_dedicated(1, blocking, plan, suppress);
+            self.queue
+                .push_dedicated(reply, blocking, suppress, self.read_at);
         }
     }
 
@@ -603,6 +660,7 @@ impl Connection {
             || self.queue.awaits_dedicated()
             || self.dedicated.as_ref().is_some_and(|d| d.subscribed);
         self.drop_dedicated(dirty);
+        self.ctx.metrics.client_disconnected(self.counted_service);
         self.ctx.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }

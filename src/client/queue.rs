@@ -1,35 +1,68 @@
-//! The reply queue: one slot per request (or per batch of requests sent
-//! together), in the order the requests came.
+//! The reply queue: one slot per request, or per batch of requests sent
+//! together on a shared connection, in the order the requests came.
 //!
-//! Invariant: replies leave in request order, always. A slot is written only
-//! when it and every slot before it are complete. Frames a dedicated
-//! connection sends unasked (pub/sub messages) go in front of the first slot
-//! still waiting on that connection, which is exactly where the backend put
-//! them in its own stream.
-
-use std::collections::VecDeque;
+//! Invariants: replies leave in request order, always; a slot is written
+//! only when it and every slot before it are complete. Each slot knows the
+//! commands it answers ([`CommandReply`]): how many backend frames each
+//! produces (follow-ups keygate added are dropped) and how each reply is
+//! rewritten. Frames a dedicated connection sends unasked (pub/sub messages)
+//! go in front of the first slot still waiting on that connection, which is
+//! exactly where the backend put them in its own stream.
 
 use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
+use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::backend::mux::BatchReply;
 use crate::backend::BackendError;
-use crate::protocol::reply::Value;
+use crate::metrics::{self, ErrorKind, Recorder, Role};
+use crate::protocol::reply::{ReplyKind, ReplyScanner, Value};
 
-/// What happens to a slot's backend replies on their way to the client.
+/// What happens to one command's reply on its way to the client.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ReplyPlan {
-    /// Written as they came.
+    /// Written as it came.
     Forward,
     /// INFO: keygate's own section is appended to the text.
     AppendProxyInfo(String),
-    /// The backend's reply is replaced by this one (EXEC of a poisoned transaction).
+    /// The backend's reply is replaced by this one (EXEC of a doomed transaction).
     Replace(Bytes),
+}
+
+/// One client command answered by a slot.
+#[derive(Debug, Clone)]
+pub struct CommandReply {
+    /// The table name, for metrics.
+    pub command: &'static str,
+    /// The service it ran as (index in config), for metrics.
+    pub service: Option<usize>,
+    /// Backend frames it produces: 1 plus any follow-ups keygate added,
+    /// whose replies the client never sees.
+    pub frames: u32,
+    pub plan: ReplyPlan,
+}
+
+impl CommandReply {
+    /// A command forwarded as it is, answered by one frame.
+    pub fn plain(command: &'static str, service: Option<usize>) -> CommandReply {
+        CommandReply {
+            command,
+            service,
+            frames: 1,
+            plan: ReplyPlan::Forward,
+        }
+    }
+
+    fn is_plain(&self) -> bool {
+        self.frames == 1 && self.plan == ReplyPlan::Forward
+    }
 }
 
 #[derive(Debug)]
 enum SlotState {
-    /// Complete and final.
+    /// Complete and final (a reply keygate made, or a pushed message).
     Ready(Bytes),
     /// Waiting on a multiplexed connection.
     Shared(oneshot::Receiver<BatchReply>),
@@ -39,7 +72,7 @@ enum SlotState {
         acc: BytesMut,
         blocking: bool,
     },
-    /// The backend answered; the plan is not applied yet.
+    /// The backend answered; plans are not applied yet.
     Answered(BatchReply),
 }
 
@@ -47,11 +80,14 @@ enum SlotState {
 #[derive(Debug)]
 struct Slot {
     state: SlotState,
-    plan: ReplyPlan,
-    /// How many replies the client expects from this slot.
-    replies: u32,
-    /// CLIENT REPLY OFF/SKIP: the reply is dropped.
+    /// The commands answered, in order; empty for replies keygate made.
+    commands: Vec<CommandReply>,
+    /// CLIENT REPLY OFF/SKIP: the replies are dropped.
     suppress: bool,
+    /// When the requests were read, for latency.
+    started: Instant,
+    /// When the replies arrived from the backend (for backend time).
+    answered: Option<Instant>,
 }
 
 /// Ordered replies of one client.
@@ -75,39 +111,48 @@ impl ReplyQueue {
     pub fn push_ready(&mut self, reply: Bytes, suppress: bool) {
         self.slots.push_back(Slot {
             state: SlotState::Ready(reply),
-            plan: ReplyPlan::Forward,
-            replies: 1,
+            commands: Vec::new(),
             suppress,
+            started: Instant::now(),
+            answered: None,
         });
     }
 
-    /// A batch of `replies` requests sent on a multiplexed connection.
+    /// Commands sent together on a multiplexed connection.
     pub fn push_shared(
         &mut self,
         rx: oneshot::Receiver<BatchReply>,
-        replies: u32,
-        plan: ReplyPlan,
+        commands: Vec<CommandReply>,
         suppress: bool,
+        started: Instant,
     ) {
         self.slots.push_back(Slot {
             state: SlotState::Shared(rx),
-            plan,
-            replies,
+            commands,
             suppress,
+            started,
+            answered: None,
         });
     }
 
-    /// A request sent on the dedicated connection, answered by `frames` frames.
-    pub fn push_dedicated(&mut self, frames: u32, blocking: bool, plan: ReplyPlan, suppress: bool) {
+    /// A command sent on the dedicated connection.
+    pub fn push_dedicated(
+        &mut self,
+        command: CommandReply,
+        blocking: bool,
+        suppress: bool,
+        started: Instant,
+    ) {
         self.slots.push_back(Slot {
             state: SlotState::Dedicated {
-                remaining: frames,
+                remaining: command.frames,
                 acc: BytesMut::new(),
                 blocking,
             },
-            plan,
-            replies: 1,
+            commands: vec![command],
             suppress,
+            started,
+            answered: None,
         });
     }
 
@@ -132,18 +177,17 @@ impl ReplyQueue {
 
     /// A reply frame read from the dedicated connection.
     pub fn dedicated_reply(&mut self, frame: Bytes) {
-        match self.first_waiting_dedicated() {
-            Some(i) => {
-                if let Some(Slot {
-                    state: SlotState::Dedicated { remaining, acc, .. },
-                    ..
-                }) = self.slots.get_mut(i)
-                {
-                    acc.extend_from_slice(&frame);
-                    *remaining -= 1;
+        let Some(i) = self.first_waiting_dedicated() else {
+            return self.dedicated_push(frame);
+        };
+        if let Some(slot) = self.slots.get_mut(i) {
+            if let SlotState::Dedicated { remaining, acc, .. } = &mut slot.state {
+                acc.extend_from_slice(&frame);
+                *remaining -= 1;
+                if *remaining == 0 {
+                    slot.answered = Some(Instant::now());
                 }
             }
-            None => self.dedicated_push(frame),
         }
     }
 
@@ -151,9 +195,10 @@ impl ReplyQueue {
     pub fn dedicated_push(&mut self, frame: Bytes) {
         let slot = Slot {
             state: SlotState::Ready(frame),
-            plan: ReplyPlan::Forward,
-            replies: 1,
+            commands: Vec::new(),
             suppress: false,
+            started: Instant::now(),
+            answered: None,
         };
         match self.first_waiting_dedicated() {
             Some(i) => self.slots.insert(i, slot),
@@ -166,6 +211,7 @@ impl ReplyQueue {
         for slot in self.slots.iter_mut() {
             if matches!(slot.state, SlotState::Dedicated { remaining, .. } if remaining > 0) {
                 slot.state = SlotState::Answered(Err(err.clone()));
+                slot.answered = Some(Instant::now());
             }
         }
     }
@@ -188,30 +234,27 @@ impl ReplyQueue {
             return std::future::pending().await;
         };
         if let SlotState::Shared(rx) = &mut slot.state {
-            let result = rx.await.unwrap_or_else(|_| {
-                Err(BackendError::ConnectionLost {
-                    addr: "backend".into(),
-                })
-            });
+            let result = rx.await.unwrap_or_else(|_| Err(lost()));
             slot.state = SlotState::Answered(result);
+            slot.answered = Some(Instant::now());
         } else {
             std::future::pending::<()>().await
         }
     }
 
-    /// Moves every complete slot at the front to `out`, in order.
-    pub fn drain_ready(&mut self, out: &mut BytesMut) {
+    /// Moves every complete slot at the front to `out`, in order, recording
+    /// each command's latency, cache outcome and errors.
+    pub fn drain_ready(&mut self, out: &mut BytesMut, recorder: &mut Recorder) {
         while let Some(slot) = self.slots.front_mut() {
             let result = match &mut slot.state {
                 SlotState::Ready(b) => Ok(std::mem::take(b)),
                 SlotState::Shared(rx) => match rx.try_recv() {
-                    Ok(r) => r,
-                    Err(oneshot::error::TryRecvError::Empty) => return,
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        Err(BackendError::ConnectionLost {
-                            addr: "backend".into(),
-                        })
+                    Ok(r) => {
+                        slot.answered = Some(Instant::now());
+                        r
                     }
+                    Err(oneshot::error::TryRecvError::Empty) => return,
+                    Err(oneshot::error::TryRecvError::Closed) => Err(lost()),
                 },
                 SlotState::Dedicated { remaining, acc, .. } => {
                     if *remaining > 0 {
@@ -224,30 +267,102 @@ impl ReplyQueue {
             let Some(slot) = self.slots.pop_front() else {
                 return;
             };
-            if slot.suppress {
-                continue;
-            }
-            match result {
-                Ok(bytes) => apply_plan(&slot.plan, bytes, out),
-                Err(err) => {
-                    let line = err.client_message();
-                    for _ in 0..slot.replies {
-                        out.extend_from_slice(b"-");
-                        out.extend_from_slice(line.as_bytes());
-                        out.extend_from_slice(b"\r\n");
-                    }
-                }
-            }
+            write_slot(slot, result, out, recorder);
         }
     }
 }
 
-/// Applies a reply plan to a complete backend reply.
-fn apply_plan(plan: &ReplyPlan, bytes: Bytes, out: &mut BytesMut) {
+fn lost() -> BackendError {
+    BackendError::ConnectionLost {
+        addr: "backend".into(),
+    }
+}
+
+/// Writes one complete slot: the fast path copies a batch of plain replies
+/// whole; otherwise each command's frames are split off and its plan applied.
+fn write_slot(slot: Slot, result: BatchReply, out: &mut BytesMut, recorder: &mut Recorder) {
+    let now = Instant::now();
+    let total = now.saturating_duration_since(slot.started);
+    let backend = slot
+        .answered
+        .map(|a| a.saturating_duration_since(slot.started));
+    let bytes = match result {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            let kind = match err {
+                BackendError::Timeout { .. } => ErrorKind::Timeout,
+                _ => ErrorKind::Backend,
+            };
+            let line = err.client_message();
+            for c in &slot.commands {
+                recorder.error(c.service, c.command, kind);
+                recorder.command(c.service, c.command, Role::Master, total, backend);
+                if !slot.suppress {
+                    out.extend_from_slice(b"-");
+                    out.extend_from_slice(line.as_bytes());
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            return;
+        }
+    };
+    if slot.commands.is_empty() {
+        if !slot.suppress {
+            out.extend_from_slice(&bytes);
+        }
+        return;
+    }
+    let record_each = recorder.enabled();
+    if !record_each && slot.commands.iter().all(CommandReply::is_plain) {
+        if !slot.suppress {
+            out.extend_from_slice(&bytes);
+        }
+        return;
+    }
+    let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);
+    let mut rest: &[u8] = &bytes;
+    for c in &slot.commands {
+        let mut first: Option<(&[u8], ReplyKind)> = None;
+        for _ in 0..c.frames {
+            let (frame, kind) = match scanner.next_frame(rest) {
+                Ok(Some(f)) => {
+                    let (frame, tail) = rest.split_at(f.end.min(rest.len()));
+                    scanner.consume(f.end);
+                    rest = tail;
+                    (frame, f.kind)
+                }
+                // The connection delimited these frames already; a failure
+                // here means keygate miscounted, so say so rather than desync.
+                _ => (
+                    &b"-ERR keygate: internal error splitting a reply\r\n"[..],
+                    ReplyKind::Error,
+                ),
+            };
+            if first.is_none() {
+                first = Some((frame, kind));
+            }
+        }
+        let Some((frame, kind)) = first else {
+            continue;
+        };
+        recorder.command(c.service, c.command, Role::Master, total, backend);
+        if kind == ReplyKind::Error {
+            recorder.error(c.service, c.command, ErrorKind::Backend);
+        } else if let Some((hits, misses)) = metrics::cache_outcome(c.command, frame) {
+            recorder.cache(c.service, c.command, hits, misses);
+        }
+        if !slot.suppress {
+            apply_plan(&c.plan, frame, out);
+        }
+    }
+}
+
+/// Applies a reply plan to one command's reply frame.
+fn apply_plan(plan: &ReplyPlan, frame: &[u8], out: &mut BytesMut) {
     match plan {
-        ReplyPlan::Forward => out.extend_from_slice(&bytes),
+        ReplyPlan::Forward => out.extend_from_slice(frame),
         ReplyPlan::Replace(with) => out.extend_from_slice(with),
-        ReplyPlan::AppendProxyInfo(section) => match Value::parse(&bytes) {
+        ReplyPlan::AppendProxyInfo(section) => match Value::parse(frame) {
             Ok(Value::Bulk(text)) => {
                 let mut joined = BytesMut::from(&text[..]);
                 joined.extend_from_slice(section.as_bytes());
@@ -258,7 +373,7 @@ fn apply_plan(plan: &ReplyPlan, bytes: Bytes, out: &mut BytesMut) {
                 joined.extend_from_slice(section.as_bytes());
                 Value::Verbatim(format, joined.freeze()).encode(out);
             }
-            _ => out.extend_from_slice(&bytes),
+            _ => out.extend_from_slice(frame),
         },
     }
 }

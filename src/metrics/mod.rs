@@ -85,6 +85,12 @@ pub struct Recorder {
 }
 
 impl Recorder {
+    /// Whether samples are recorded (`[proxy] metrics`); callers skip work
+    /// that only feeds metrics when this is false.
+    pub fn enabled(&self) -> bool {
+        self.metrics.enabled
+    }
+
     /// One completed command: `total` from reading the request to writing the
     /// reply, `backend` the part spent waiting for Redis.
     pub fn command(

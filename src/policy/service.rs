@@ -16,6 +16,8 @@ use crate::config::{Config, ReadFrom, ServiceConfig, TtlOverMax};
 /// The runtime form of one `[[service]]`.
 #[derive(Debug)]
 pub struct Service {
+    /// Position in config, the service's index in metrics.
+    pub index: usize,
     /// The service's name from config.
     pub name: String,
     /// Prepended to every key and channel (empty when isolation is off).
@@ -37,7 +39,7 @@ pub struct Service {
 
 impl Service {
     /// Builds the runtime service; the config was validated already.
-    pub fn from_config(c: &ServiceConfig) -> Service {
+    pub fn from_config(index: usize, c: &ServiceConfig) -> Service {
         let password = c.password.clone().or_else(|| {
             c.password_env
                 .as_ref()
@@ -49,6 +51,7 @@ impl Service {
             (None, None) => None,
         };
         Service {
+            index,
             name: c.name.clone(),
             prefix: c.prefix.as_bytes().to_vec(),
             isolation: c.isolation.unwrap_or(true) && !c.prefix.is_empty(),
@@ -118,7 +121,8 @@ impl Services {
         let ordered: Vec<Arc<Service>> = config
             .services
             .iter()
-            .map(|c| Arc::new(Service::from_config(c)))
+            .enumerate()
+            .map(|(i, c)| Arc::new(Service::from_config(i, c)))
             .collect();
         let by_name = ordered
             .iter()
