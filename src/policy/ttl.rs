@@ -712,3 +712,482 @@ fn restore_absttl(req: &Request) -> Option<bool> {
     }
     Some(absttl)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{all, lookup};
+
+    /// A fixed clock: 2024-01-01T00:00:00Z.
+    const NOW_MS: i64 = 1_704_067_200_000;
+
+    fn now() -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(NOW_MS as u64)
+    }
+
+    fn policy(default_s: Option<u64>, max_s: Option<u64>, over: TtlOverMax) -> TtlPolicy {
+        TtlPolicy::new(
+            default_s.map(Duration::from_secs),
+            max_s.map(Duration::from_secs),
+            over,
+        )
+    }
+
+    /// default 60 s, max 3600 s, clamp.
+    fn clamp() -> TtlPolicy {
+        policy(Some(60), Some(3600), TtlOverMax::Clamp)
+    }
+
+    /// default 60 s, max 3600 s, reject.
+    fn reject() -> TtlPolicy {
+        policy(Some(60), Some(3600), TtlOverMax::Reject)
+    }
+
+    fn text(req: &Request) -> Vec<String> {
+        req.args()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+
+    /// (request, follow-ups, clamped) as text.
+    fn run(p: &TtlPolicy, args: &[&str]) -> Result<(Vec<String>, Vec<Vec<String>>, bool), String> {
+        let req = Request::from_args(args);
+        let spec = lookup(&req).expect("known command");
+        p.govern(spec, &req, now())
+            .map(|g| {
+                (
+                    text(&g.request),
+                    g.follow_ups.iter().map(text).collect(),
+                    g.clamped,
+                )
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    /// The governed request only, asserting no follow-ups.
+    fn rewrite(p: &TtlPolicy, args: &[&str]) -> Vec<String> {
+        let (req, follow, _) = run(p, args).expect("not refused");
+        assert!(follow.is_empty(), "{args:?} got follow-ups {follow:?}");
+        req
+    }
+
+    fn same(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn nx(key: &str) -> Vec<String> {
+        same(&["PEXPIRE", key, "60000", "NX"])
+    }
+
+    fn unchanged(p: &TtlPolicy, args: &[&str]) {
+        assert_eq!(run(p, args), Ok((same(args), vec![], false)), "{args:?}");
+    }
+
+    #[test]
+    fn inactive_policy_does_nothing() {
+        let p = policy(None, None, TtlOverMax::Clamp);
+        assert!(!p.is_active());
+        unchanged(&p, &["SET", "k", "v"]);
+        unchanged(&p, &["PERSIST", "k"]);
+        unchanged(&p, &["EXPIRE", "k", "99999999"]);
+        assert!(clamp().is_active());
+        assert!(policy(None, Some(1), TtlOverMax::Clamp).is_active());
+    }
+
+    #[test]
+    fn set_without_ttl_gets_the_default() {
+        let p = clamp();
+        assert_eq!(
+            rewrite(&p, &["SET", "k", "v"]),
+            same(&["SET", "k", "v", "PX", "60000"])
+        );
+        assert_eq!(
+            rewrite(&p, &["set", "k", "v", "nx", "Get"]),
+            same(&["set", "k", "v", "nx", "Get", "PX", "60000"])
+        );
+        assert_eq!(
+            rewrite(&p, &["SET", "k", "v", "XX"]),
+            same(&["SET", "k", "v", "XX", "PX", "60000"])
+        );
+    }
+
+    #[test]
+    fn set_with_ttl_within_max_is_unchanged() {
+        let p = clamp();
+        unchanged(&p, &["SET", "k", "v", "EX", "3600"]);
+        unchanged(&p, &["SET", "k", "v", "NX", "px", "10", "GET"]);
+        unchanged(
+            &p,
+            &["SET", "k", "v", "EXAT", &(NOW_MS / 1000 + 100).to_string()],
+        );
+        unchanged(
+            &p,
+            &["SET", "k", "v", "PXAT", &(NOW_MS + 3_600_000).to_string()],
+        );
+    }
+
+    #[test]
+    fn set_over_max_is_clamped() {
+        let p = clamp();
+        assert_eq!(
+            run(&p, &["SET", "k", "v", "EX", "7200"]),
+            Ok((same(&["SET", "k", "v", "PX", "3600000"]), vec![], true))
+        );
+        assert_eq!(
+            rewrite(&p, &["SET", "k", "v", "get", "px", "3600001", "nx"]),
+            same(&["SET", "k", "v", "get", "PX", "3600000", "nx"])
+        );
+        let far = (NOW_MS / 1000 + 7200).to_string();
+        let clamped_at = (NOW_MS + 3_600_000).to_string();
+        assert_eq!(
+            rewrite(&p, &["SET", "k", "v", "exat", &far]),
+            same(&["SET", "k", "v", "PXAT", &clamped_at])
+        );
+        assert_eq!(
+            rewrite(
+                &p,
+                &["SET", "k", "v", "PXAT", &(NOW_MS + 3_600_001).to_string()]
+            ),
+            same(&["SET", "k", "v", "PXAT", &clamped_at])
+        );
+        // A repeated EX: the last one counts, and is the one rewritten.
+        assert_eq!(
+            rewrite(&p, &["SET", "k", "v", "EX", "10", "EX", "9000"]),
+            same(&["SET", "k", "v", "EX", "10", "PX", "3600000"])
+        );
+        unchanged(&p, &["SET", "k", "v", "EX", "9000", "EX", "10"]);
+    }
+
+    #[test]
+    fn set_over_max_is_refused_when_configured() {
+        let p = reject();
+        assert_eq!(
+            run(&p, &["SET", "k", "v", "EX", "7200"]),
+            Err(
+                "ERR keygate: TTL of 7200000 ms is over this service's max_ttl of 3600000 ms"
+                    .into()
+            )
+        );
+        let far = (NOW_MS + 7_200_000).to_string();
+        assert!(run(&p, &["SET", "k", "v", "PXAT", &far]).is_err());
+        unchanged(&p, &["SET", "k", "v", "EX", "3600"]);
+    }
+
+    #[test]
+    fn set_keepttl_gets_a_follow_up() {
+        let p = clamp();
+        assert_eq!(
+            run(&p, &["SET", "k", "v", "KEEPTTL"]),
+            Ok((same(&["SET", "k", "v", "KEEPTTL"]), vec![nx("k")], false))
+        );
+        assert_eq!(
+            run(&p, &["set", "k", "v", "xx", "keepttl", "get"]),
+            Ok((
+                same(&["set", "k", "v", "xx", "keepttl", "get"]),
+                vec![nx("k")],
+                false
+            ))
+        );
+    }
+
+    #[test]
+    fn malformed_set_passes_through() {
+        let p = reject();
+        for args in [
+            &["SET", "k", "v", "EX", "7200", "PX", "10"][..],
+            &["SET", "k", "v", "EX", "abc"],
+            &["SET", "k", "v", "EX", "99999"], // Would be refused, but...
+            &["SET", "k", "v", "EX"],
+            &["SET", "k", "v", "NX", "XX"],
+            &["SET", "k", "v", "KEEPTTL", "EX", "99999"],
+            &["SET", "k", "v", "EX", "99999", "KEEPTTL"],
+            &["SET", "k", "v", "PERSIST"],
+            &["SET", "k", "v", "BOGUS"],
+            &["SET", "k", "v", "EX", "0"],
+            &["SET", "k", "v", "EX", "-5"],
+            &["SET", "k", "v", "EX", "09"],
+            &["SET", "k", "v", "EX", "9223372036854775"],
+        ] {
+            if args[4..] == ["99999"] {
+                // The one well-formed request of the list is refused.
+                assert!(run(&p, args).is_err());
+                continue;
+            }
+            unchanged(&p, args);
+        }
+        // An absolute time in the past deletes the key: pass through.
+        unchanged(&p, &["SET", "k", "v", "EXAT", "1"]);
+    }
+
+    #[test]
+    fn setex_and_psetex() {
+        let p = clamp();
+        unchanged(&p, &["SETEX", "k", "3600", "v"]);
+        unchanged(&p, &["PSETEX", "k", "3600000", "v"]);
+        assert_eq!(
+            run(&p, &["setex", "k", "3601", "v"]),
+            Ok((same(&["PSETEX", "k", "3600000", "v"]), vec![], true))
+        );
+        assert_eq!(
+            rewrite(&p, &["PSETEX", "k", "3600001", "v"]),
+            same(&["PSETEX", "k", "3600000", "v"])
+        );
+        unchanged(&p, &["SETEX", "k", "0", "v"]);
+        unchanged(&p, &["SETEX", "k", "x", "v"]);
+        assert!(run(&reject(), &["SETEX", "k", "3601", "v"]).is_err());
+    }
+
+    #[test]
+    fn expire_family() {
+        let p = clamp();
+        unchanged(&p, &["EXPIRE", "k", "3600"]);
+        unchanged(&p, &["EXPIRE", "k", "0"]);
+        unchanged(&p, &["EXPIRE", "k", "-1"]);
+        unchanged(&p, &["PEXPIRE", "k", "abc"]);
+        assert_eq!(
+            run(&p, &["EXPIRE", "k", "7200", "gt"]),
+            Ok((same(&["PEXPIRE", "k", "3600000", "gt"]), vec![], true))
+        );
+        assert_eq!(
+            rewrite(&p, &["pexpire", "k", "3600001", "NX"]),
+            same(&["PEXPIRE", "k", "3600000", "NX"])
+        );
+        let clamped_at = (NOW_MS + 3_600_000).to_string();
+        assert_eq!(
+            rewrite(&p, &["EXPIREAT", "k", &(NOW_MS / 1000 + 7200).to_string()]),
+            same(&["PEXPIREAT", "k", &clamped_at])
+        );
+        assert_eq!(
+            rewrite(
+                &p,
+                &[
+                    "PEXPIREAT",
+                    "k",
+                    &(NOW_MS + 3_600_001).to_string(),
+                    "XX",
+                    "LT"
+                ]
+            ),
+            same(&["PEXPIREAT", "k", &clamped_at, "XX", "LT"])
+        );
+        unchanged(&p, &["EXPIREAT", "k", &(NOW_MS / 1000 + 3600).to_string()]);
+        unchanged(&p, &["EXPIREAT", "k", "1"]); // In the past: deletes.
+                                                // Options Redis refuses: its own error.
+        unchanged(&p, &["EXPIRE", "k", "7200", "NX", "XX"]);
+        unchanged(&p, &["EXPIRE", "k", "7200", "GT", "LT"]);
+        unchanged(&p, &["EXPIRE", "k", "7200", "FOO"]);
+        assert_eq!(
+            run(&reject(), &["PEXPIRE", "k", "3600001"]),
+            Err(
+                "ERR keygate: TTL of 3600001 ms is over this service's max_ttl of 3600000 ms"
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn persist_resets_to_the_default_or_max() {
+        assert_eq!(
+            rewrite(&clamp(), &["PERSIST", "k"]),
+            same(&["PEXPIRE", "k", "60000"])
+        );
+        let max_only = policy(None, Some(3600), TtlOverMax::Clamp);
+        assert_eq!(
+            rewrite(&max_only, &["persist", "k"]),
+            same(&["PEXPIRE", "k", "3600000"])
+        );
+        let default_only = policy(Some(60), None, TtlOverMax::Clamp);
+        assert_eq!(
+            rewrite(&default_only, &["PERSIST", "k"]),
+            same(&["PEXPIRE", "k", "60000"])
+        );
+    }
+
+    #[test]
+    fn getex() {
+        let p = clamp();
+        unchanged(&p, &["GETEX", "k"]);
+        unchanged(&p, &["GETEX", "k", "EX", "100"]);
+        assert_eq!(
+            rewrite(&p, &["getex", "k", "persist"]),
+            same(&["getex", "k", "PX", "60000"])
+        );
+        assert_eq!(
+            rewrite(&p, &["GETEX", "k", "PERSIST", "PERSIST"]),
+            same(&["GETEX", "k", "PX", "60000"])
+        );
+        assert_eq!(
+            rewrite(
+                &policy(None, Some(10), TtlOverMax::Clamp),
+                &["GETEX", "k", "PERSIST"]
+            ),
+            same(&["GETEX", "k", "PX", "10000"])
+        );
+        assert_eq!(
+            run(&p, &["GETEX", "k", "ex", "7200"]),
+            Ok((same(&["GETEX", "k", "PX", "3600000"]), vec![], true))
+        );
+        let far = (NOW_MS + 7_200_000).to_string();
+        assert_eq!(
+            rewrite(&p, &["GETEX", "k", "PXAT", &far]),
+            same(&["GETEX", "k", "PXAT", &(NOW_MS + 3_600_000).to_string()])
+        );
+        assert!(run(&reject(), &["GETEX", "k", "EX", "7200"]).is_err());
+        // Malformed: Redis's own error.
+        unchanged(&p, &["GETEX", "k", "PERSIST", "EX", "10"]);
+        unchanged(&p, &["GETEX", "k", "EX", "10", "PERSIST"]);
+        unchanged(&p, &["GETEX", "k", "KEEPTTL"]);
+        unchanged(&p, &["GETEX", "k", "NX"]);
+    }
+
+    #[test]
+    fn restore() {
+        let p = clamp();
+        assert_eq!(
+            rewrite(&p, &["RESTORE", "k", "0", "payload"]),
+            same(&["RESTORE", "k", "60000", "payload"])
+        );
+        assert_eq!(
+            rewrite(&p, &["RESTORE", "k", "0", "payload", "ABSTTL", "REPLACE"]),
+            same(&[
+                "RESTORE",
+                "k",
+                &(NOW_MS + 60_000).to_string(),
+                "payload",
+                "ABSTTL",
+                "REPLACE"
+            ])
+        );
+        unchanged(&p, &["RESTORE", "k", "3600000", "payload"]);
+        assert_eq!(
+            run(&p, &["RESTORE", "k", "3600001", "payload", "idletime", "5"]),
+            Ok((
+                same(&["RESTORE", "k", "3600000", "payload", "idletime", "5"]),
+                vec![],
+                true
+            ))
+        );
+        let far = (NOW_MS + 7_200_000).to_string();
+        assert_eq!(
+            rewrite(&p, &["RESTORE", "k", &far, "payload", "absttl"]),
+            same(&[
+                "RESTORE",
+                "k",
+                &(NOW_MS + 3_600_000).to_string(),
+                "payload",
+                "absttl"
+            ])
+        );
+        unchanged(&p, &["RESTORE", "k", "5", "payload", "ABSTTL"]); // Past: not created.
+        unchanged(&p, &["RESTORE", "k", "-1", "payload"]);
+        unchanged(&p, &["RESTORE", "k", "0", "payload", "BOGUS"]);
+        unchanged(
+            &p,
+            &["RESTORE", "k", "0", "payload", "IDLETIME", "1", "FREQ", "2"],
+        );
+        assert!(run(&reject(), &["RESTORE", "k", "3600001", "payload"]).is_err());
+        // Only a maximum: ttl 0 stays 0.
+        unchanged(
+            &policy(None, Some(10), TtlOverMax::Clamp),
+            &["RESTORE", "k", "0", "p"],
+        );
+    }
+
+    #[test]
+    fn key_creating_writes_get_follow_ups() {
+        let p = clamp();
+        let cases: &[(&[&str], &[&str])] = &[
+            (&["SETNX", "k", "v"], &["k"]),
+            (&["MSET", "a", "1", "b", "2", "a", "3"], &["a", "b"]),
+            (&["HSET", "h", "f", "v"], &["h"]),
+            (&["LPUSH", "l", "x"], &["l"]),
+            (&["INCR", "n"], &["n"]),
+            (&["RENAME", "src", "dst"], &["dst"]),
+            (&["COPY", "src", "dst"], &["dst"]),
+            (&["LMOVE", "src", "dst", "LEFT", "RIGHT"], &["dst"]),
+            (&["SINTERSTORE", "d", "a", "b"], &["d"]),
+            (&["ZUNIONSTORE", "d", "2", "a", "b"], &["d"]),
+            (&["BITOP", "AND", "d", "a", "b"], &["d"]),
+            (&["SORT", "s", "BY", "w", "STORE", "d"], &["d"]),
+            (
+                &["GEORADIUS", "g", "0", "0", "1", "km", "STORE", "d"],
+                &["g", "d"][1..],
+            ),
+            (&["XGROUP", "CREATE", "s", "g", "$", "MKSTREAM"], &["s"]),
+            (&["EVAL", "return 1", "2", "a", "b", "x"], &["a", "b"]),
+            (&["FCALL", "f", "1", "a"], &["a"]),
+        ];
+        for (args, keys) in cases {
+            let want: Vec<_> = keys.iter().map(|k| nx(k)).collect();
+            assert_eq!(run(&p, args), Ok((same(args), want, false)), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn commands_that_cannot_create_are_left_alone() {
+        let p = clamp();
+        for args in [
+            &["GET", "k"][..],
+            &["DEL", "a", "b"],
+            &["LPOP", "l"],
+            &["SORT", "s"],
+            &["GEORADIUS", "g", "0", "0", "1", "km"],
+            &["LSET", "l", "0", "x"],
+            &["EVAL_RO", "return 1", "1", "a"],
+            &["EVAL", "return 1", "0"],
+            &["PING"],
+        ] {
+            unchanged(&p, args);
+        }
+        // Keys that cannot be found: Redis refuses the request itself.
+        unchanged(&p, &["ZUNIONSTORE", "d", "x", "a"]);
+    }
+
+    #[test]
+    fn max_only_leaves_writes_without_ttl_alone() {
+        let p = policy(None, Some(3600), TtlOverMax::Clamp);
+        unchanged(&p, &["SET", "k", "v"]);
+        unchanged(&p, &["SET", "k", "v", "KEEPTTL"]);
+        unchanged(&p, &["HSET", "h", "f", "v"]);
+        unchanged(&p, &["EVAL", "return 1", "1", "a"]);
+        assert_eq!(
+            rewrite(&p, &["SET", "k", "v", "EX", "7200"]),
+            same(&["SET", "k", "v", "PX", "3600000"])
+        );
+    }
+
+    #[test]
+    fn every_write_command_is_classified() {
+        let mut specs: Vec<&'static CommandSpec> = Vec::new();
+        for spec in all() {
+            specs.push(spec);
+            specs.extend(spec.subcommands.iter());
+        }
+        for spec in &specs {
+            let listed = never_creates_reason(spec.name).is_some();
+            if spec.flags.contains(Flags::WRITE) {
+                assert!(
+                    governs(spec) != listed,
+                    "{}: governed={} and listed={}",
+                    spec.name,
+                    governs(spec),
+                    listed
+                );
+            } else {
+                assert!(!listed, "{} is not a WRITE command", spec.name);
+            }
+        }
+        for (name, _) in NEVER_CREATES {
+            assert!(
+                specs.iter().any(|s| s.name == *name),
+                "{name} not in the table"
+            );
+        }
+        for name in OWN_RULES {
+            assert!(
+                specs.iter().any(|s| s.name == *name),
+                "{name} not in the table"
+            );
+        }
+    }
+}
