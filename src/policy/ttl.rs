@@ -749,8 +749,11 @@ mod tests {
             .collect()
     }
 
-    /// (request, follow-ups, clamped) as text.
-    fn run(p: &TtlPolicy, args: &[&str]) -> Result<(Vec<String>, Vec<Vec<String>>, bool), String> {
+    /// A governed request as text: (request, follow-ups, clamped).
+    type Outcome = (Vec<String>, Vec<Vec<String>>, bool);
+
+    /// Governs `args`, as text; a refusal as its client-facing text.
+    fn run(p: &TtlPolicy, args: &[&str]) -> Result<Outcome, String> {
         let req = Request::from_args(args);
         let spec = lookup(&req).expect("known command");
         p.govern(spec, &req, now())
