@@ -840,6 +840,18 @@ mod tests {
         let (one_by_one, err) = scan_chunked(&input, std::iter::repeat(1));
         assert_eq!(err, None);
         assert_eq!(one_by_one.iter().map(args_of).collect::<Vec<_>>(), whole);
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..200 {
+            let sizes: Vec<usize> = (0..input.len())
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (seed >> 33) as usize % 17 + 1
+                })
+                .collect();
+            let (reqs, err) = scan_chunked(&input, sizes);
+            assert_eq!(err, None);
+            assert_eq!(reqs.iter().map(args_of).collect::<Vec<_>>(), whole);
+        }
         for split in 0..=input.len() {
             let (reqs, err) = scan_chunked(&input, [split]);
             assert_eq!(err, None);
