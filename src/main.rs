@@ -127,7 +127,10 @@ fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
 
     let served = runtime.block_on(async {
         let shutdown = shutdown_signal().context("cannot install signal handlers")?;
-        server.run(listener, shutdown).await.context("proxy stopped")
+        server
+            .run(listener, shutdown)
+            .await
+            .context("proxy stopped")
     });
     if let Some(admin) = admin {
         admin.stop();

@@ -135,10 +135,14 @@ impl<'t> SourceMap<'t> {
     }
 }
 
+/// A child of a table or array: its path segment, the span of its key (for
+/// tables), and its value.
+type Child<'v, 'a> = (Segment, Option<Range<usize>>, &'v Spanned<DeValue<'a>>);
+
 /// Depth-first search under `node` for the innermost key covering `span`;
 /// on success `path` holds it and the result is true.
 fn find_path(node: Node<'_, '_>, span: &Range<usize>, path: &mut KeyPath) -> bool {
-    let children: Vec<(Segment, Option<Range<usize>>, &Spanned<DeValue<'_>>)> = match node {
+    let children: Vec<Child<'_, '_>> = match node {
         Node::Table(table) => table
             .iter()
             .map(|(k, v)| (Segment::Key(k.get_ref().to_string()), Some(k.span()), v))

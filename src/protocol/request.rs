@@ -686,8 +686,14 @@ mod tests {
         assert_eq!(s.scan(&mut buf), Ok(None));
         assert_eq!(buf.len(), 16);
         buf.extend_from_slice(b"\nk\r\n*1\r\n$4\r\nPING\r\n");
-        assert_eq!(args_of(&s.scan(&mut buf).unwrap().unwrap()), strings(&["GET", "k"]));
-        assert_eq!(args_of(&s.scan(&mut buf).unwrap().unwrap()), strings(&["PING"]));
+        assert_eq!(
+            args_of(&s.scan(&mut buf).unwrap().unwrap()),
+            strings(&["GET", "k"])
+        );
+        assert_eq!(
+            args_of(&s.scan(&mut buf).unwrap().unwrap()),
+            strings(&["PING"])
+        );
         assert_eq!(s.scan(&mut buf), Ok(None));
     }
 
@@ -702,8 +708,14 @@ mod tests {
         let mut buf = BytesMut::from(&b"set  k \"v 1\"\r\nget k\n"[..]);
         let mut s = scanner();
         let req = s.scan(&mut buf).unwrap().unwrap();
-        assert_eq!(req.frame().as_ref(), b"*3\r\n$3\r\nset\r\n$1\r\nk\r\n$3\r\nv 1\r\n");
-        assert_eq!(args_of(&s.scan(&mut buf).unwrap().unwrap()), strings(&["get", "k"]));
+        assert_eq!(
+            req.frame().as_ref(),
+            b"*3\r\n$3\r\nset\r\n$1\r\nk\r\n$3\r\nv 1\r\n"
+        );
+        assert_eq!(
+            args_of(&s.scan(&mut buf).unwrap().unwrap()),
+            strings(&["get", "k"])
+        );
         assert!(buf.is_empty());
     }
 
@@ -724,13 +736,25 @@ mod tests {
             let mut input = line.to_vec();
             input.extend_from_slice(b"\r\n");
             let want: Vec<Vec<u8>> = want.iter().map(|a| a.to_vec()).collect();
-            assert_eq!(scan_all(&input).unwrap(), vec![want], "{:?}", String::from_utf8_lossy(line));
+            assert_eq!(
+                scan_all(&input).unwrap(),
+                vec![want],
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
         }
     }
 
     #[test]
     fn unbalanced_quotes_are_refused() {
-        for line in [&b"\"abc\n"[..], b"'abc\n", b"\"a\"b\n", b"'a'b\n", b"\"a\\\"\n", b"\"a\x00\"\n"] {
+        for line in [
+            &b"\"abc\n"[..],
+            b"'abc\n",
+            b"\"a\"b\n",
+            b"'a'b\n",
+            b"\"a\\\"\n",
+            b"\"a\x00\"\n",
+        ] {
             let e = scan_err(line);
             assert_eq!(e, ProtocolError::UnbalancedQuotes);
             assert_eq!(e.to_string(), "unbalanced quotes in request");
@@ -754,7 +778,14 @@ mod tests {
 
     #[test]
     fn multibulk_errors_match_redis() {
-        for input in [&b"*x\r\n"[..], b"*01\r\n", b"*+1\r\n", b"* 1\r\n", b"*1048577\r\n", b"*\r\n"] {
+        for input in [
+            &b"*x\r\n"[..],
+            b"*01\r\n",
+            b"*+1\r\n",
+            b"* 1\r\n",
+            b"*1048577\r\n",
+            b"*\r\n",
+        ] {
             let e = scan_err(input);
             assert_eq!(e, ProtocolError::InvalidMultibulkLength, "{input:?}");
             assert_eq!(e.to_string(), "invalid multibulk length");
@@ -812,7 +843,9 @@ mod tests {
     #[test]
     fn big_bulk_arrives_in_pieces() {
         let value = vec![b'x'; 5 * 1024 * 1024 + 7];
-        let input = Request::from_args(&[&b"SET"[..], b"k", &value]).frame().clone();
+        let input = Request::from_args(&[&b"SET"[..], b"k", &value])
+            .frame()
+            .clone();
         let (reqs, err) = scan_chunked(&input, std::iter::repeat(64 * 1024));
         assert_eq!(err, None);
         assert_eq!(reqs.len(), 1);
@@ -837,7 +870,10 @@ mod tests {
         let input = mixed_pipeline();
         let whole = scan_all(&input).unwrap();
         assert_eq!(whole.len(), 6);
-        assert_eq!(whole[2], vec![b"set".to_vec(), b"a b".to_vec(), b"c\0d".to_vec()]);
+        assert_eq!(
+            whole[2],
+            vec![b"set".to_vec(), b"a b".to_vec(), b"c\0d".to_vec()]
+        );
         let (one_by_one, err) = scan_chunked(&input, std::iter::repeat(1));
         assert_eq!(err, None);
         assert_eq!(one_by_one.iter().map(args_of).collect::<Vec<_>>(), whole);
@@ -845,7 +881,9 @@ mod tests {
         for _ in 0..200 {
             let sizes: Vec<usize> = (0..input.len())
                 .map(|_| {
-                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     (seed >> 33) as usize % 17 + 1
                 })
                 .collect();
@@ -856,7 +894,11 @@ mod tests {
         for split in 0..=input.len() {
             let (reqs, err) = scan_chunked(&input, [split]);
             assert_eq!(err, None);
-            assert_eq!(reqs.iter().map(args_of).collect::<Vec<_>>(), whole, "split {split}");
+            assert_eq!(
+                reqs.iter().map(args_of).collect::<Vec<_>>(),
+                whole,
+                "split {split}"
+            );
         }
     }
 
@@ -864,11 +906,20 @@ mod tests {
     fn splice_replaces_args_and_fixes_headers() {
         let req = Request::from_args(&["SET", "key", "value", "EX", "10"]);
         let out = req.splice(&[(1, b"ns:key"), (4, b"100")]);
-        assert_eq!(out, Request::from_args(&["SET", "ns:key", "value", "EX", "100"]));
+        assert_eq!(
+            out,
+            Request::from_args(&["SET", "ns:key", "value", "EX", "100"])
+        );
         assert_eq!(req.splice(&[]), req);
-        assert_eq!(req.splice(&[(0, b"")]), Request::from_args(&["", "key", "value", "EX", "10"]));
+        assert_eq!(
+            req.splice(&[(0, b"")]),
+            Request::from_args(&["", "key", "value", "EX", "10"])
+        );
         // Out of range and out of order edits are ignored, not a panic.
-        assert_eq!(req.splice(&[(3, b"PX"), (1, b"x"), (9, b"y")]), Request::from_args(&["SET", "key", "value", "PX", "10"]));
+        assert_eq!(
+            req.splice(&[(3, b"PX"), (1, b"x"), (9, b"y")]),
+            Request::from_args(&["SET", "key", "value", "PX", "10"])
+        );
         let big = vec![7u8; 100_000];
         assert_eq!(req.splice(&[(2, &big)]).get(2), Some(&big[..]));
         let empty: [&[u8]; 0] = [];
@@ -879,13 +930,20 @@ mod tests {
 
     #[test]
     fn prefix_args_on_scanned_request() {
-        let mut buf = BytesMut::from(&b"*4\r\n$4\r\nMSET\r\n$1\r\na\r\n$10\r\n0123456789\r\n$1\r\nb\r\n"[..]);
+        let mut buf =
+            BytesMut::from(&b"*4\r\n$4\r\nMSET\r\n$1\r\na\r\n$10\r\n0123456789\r\n$1\r\nb\r\n"[..]);
         let req = scanner().scan(&mut buf).unwrap().unwrap();
         let out = req.prefix_args(&[1, 3], b"svc:");
-        assert_eq!(out, Request::from_args(&["MSET", "svc:a", "0123456789", "svc:b"]));
+        assert_eq!(
+            out,
+            Request::from_args(&["MSET", "svc:a", "0123456789", "svc:b"])
+        );
         // Prefixing a 9-byte arg changes its header width.
         let req = Request::from_args(&["GET", "123456789"]);
-        assert_eq!(req.prefix_args(&[1], b"p"), Request::from_args(&["GET", "p123456789"]));
+        assert_eq!(
+            req.prefix_args(&[1], b"p"),
+            Request::from_args(&["GET", "p123456789"])
+        );
     }
 
     fn arb_args() -> impl Strategy<Value = Vec<Vec<u8>>> {
