@@ -31,6 +31,8 @@ pub enum Rule {
     Scan,
     /// Every argument from `first` on is a channel name.
     Channels { first: usize },
+    /// PUBLISH/SPUBLISH: the first argument is a channel, the message is not.
+    Publish,
     /// Every argument after the name is a channel pattern.
     Patterns,
     /// PUBSUB CHANNELS/SHARDCHANNELS `[pattern]`: the pattern (or `*`) confined.
@@ -321,8 +323,10 @@ pub fn rule(name: &str) -> Rule {
         "script|exists" | "script|load" => return Rule::ScriptAdmin,
         "keys" => return Rule::KeysPattern,
         "scan" => return Rule::Scan,
-        "subscribe" | "unsubscribe" | "ssubscribe" | "sunsubscribe" | "publish"
-        | "spublish" => return Rule::Channels { first: 1 },
+        "subscribe" | "unsubscribe" | "ssubscribe" | "sunsubscribe" => {
+            return Rule::Channels { first: 1 }
+        }
+        "publish" | "spublish" => return Rule::Publish,
         "psubscribe" | "punsubscribe" => return Rule::Patterns,
         "pubsub|numsub" | "pubsub|shardnumsub" => return Rule::Channels { first: 2 },
         "pubsub|channels" | "pubsub|shardchannels" => return Rule::ChannelPattern,

@@ -267,6 +267,12 @@ impl Namespace {
                     channels.iter().map(|(i, c)| (*i, &c[..])).collect();
                 Ok(forward(req.splice(&edits)))
             }
+            Rule::Publish => {
+                let channel = self
+                    .channel(req.get(1).unwrap_or_default())
+                    .map_err(|reason| self.refuse(spec, reason))?;
+                Ok(forward(req.splice(&[(1, &channel)])))
+            }
             Rule::Patterns => {
                 let patterns = (1..req.argc())
                     .map(|i| {
@@ -657,6 +663,10 @@ allow_scripts = {allow_scripts}
             v(&["PUBSUB", "NUMSUB", "billing:a", "billing:b"])
         );
         assert_eq!(rewrite(&["UNSUBSCRIBE"]), v(&["UNSUBSCRIBE"]));
+        assert_eq!(
+            rewrite(&["PUBLISH", "c", "msg"]),
+            v(&["PUBLISH", "billing:c", "msg"])
+        );
         assert_eq!(
             rewrite(&["SUBSCRIBE", "c", "__keyspace@0__:k"]),
             v(&["SUBSCRIBE", "billing:c", "__keyspace@0__:billing:k"])
