@@ -90,7 +90,8 @@ struct Client {
 impl Client {
     fn connect(kg: &Keygate) -> Client {
         let s = TcpStream::connect(kg.addr()).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
         Client {
             reader: BufReader::new(s.try_clone().expect("clone")),
             writer: s,
@@ -159,7 +160,16 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 }
 
 fn seed(redis: &RedisServer) {
-    for k in ["billing:a", "billing:b", "auth:x", "auth:y", "legacy:l", "plain", "a*1", "abc"] {
+    for k in [
+        "billing:a",
+        "billing:b",
+        "auth:x",
+        "auth:y",
+        "legacy:l",
+        "plain",
+        "a*1",
+        "abc",
+    ] {
         redis.cli(&["SET", k, "v"]);
     }
 }
@@ -195,7 +205,9 @@ fn keys_scan_randomkey_dbsize_show_only_own_keys() {
     assert!(rounds > 1);
     assert_eq!(seen, keys);
     // MATCH is the client's own pattern, inside the namespace.
-    let only_a = billing.cmd(&["SCAN", "0", "MATCH", "a", "COUNT", "1000"]).items();
+    let only_a = billing
+        .cmd(&["SCAN", "0", "MATCH", "a", "COUNT", "1000"])
+        .items();
     assert_eq!(only_a[1].strings(), set(&["a"]));
 
     for _ in 0..10 {
@@ -219,7 +231,17 @@ fn pattern_tricks_stay_inside_the_namespace() {
     redis.cli(&["SET", "billing:[x", "v"]);
     redis.cli(&["SET", "billing:\\y", "v"]);
     let mut billing = Client::login(&kg, "billing", "billpw");
-    for pattern in ["*", "*:*", "[", "\\", "\\*", "?*", "[a-z]*", "*auth*", "../auth:*"] {
+    for pattern in [
+        "*",
+        "*:*",
+        "[",
+        "\\",
+        "\\*",
+        "?*",
+        "[a-z]*",
+        "*auth*",
+        "../auth:*",
+    ] {
         let keys = billing.cmd(&["KEYS", pattern]);
         if let V::Array(items) = &keys {
             for k in items {
@@ -277,7 +299,9 @@ fn commands_that_cannot_be_confined_are_refused() {
     }
     // SORT without patterns is fine, and so is `GET #`.
     assert_eq!(
-        billing.cmd(&["SORT", "list", "BY", "nosort", "GET", "#"]).strings(),
+        billing
+            .cmd(&["SORT", "list", "BY", "nosort", "GET", "#"])
+            .strings(),
         set(&["1", "2"])
     );
     assert_eq!(billing.cmd(&["PING"]), V::Status("PONG".into()));
@@ -285,7 +309,10 @@ fn commands_that_cannot_be_confined_are_refused() {
     // INFO hides the keyspace section (every service's key counts).
     let info = billing.cmd(&["INFO"]).text();
     assert!(info.contains("redis_version"));
-    assert!(!info.contains("# Keyspace") && !info.contains("db0:keys"), "{info}");
+    assert!(
+        !info.contains("# Keyspace") && !info.contains("db0:keys"),
+        "{info}"
+    );
     let keyspace = billing.cmd(&["INFO", "keyspace"]).text();
     assert!(!keyspace.contains("keys="), "{keyspace}");
 }
@@ -295,13 +322,19 @@ fn renames_and_copies_cannot_cross_namespaces() {
     let (redis, kg) = setup();
     seed(&redis);
     let mut billing = Client::login(&kg, "billing", "billpw");
-    assert_eq!(billing.cmd(&["RENAME", "a", "auth:x"]), V::Status("OK".into()));
+    assert_eq!(
+        billing.cmd(&["RENAME", "a", "auth:x"]),
+        V::Status("OK".into())
+    );
     assert_eq!(billing.cmd(&["COPY", "b", "auth:y"]), V::Int(1));
     assert_eq!(redis.cli(&["GET", "billing:auth:x"]), "v");
     assert_eq!(redis.cli(&["EXISTS", "auth:x", "auth:y"]), "2");
     // Guessed names of other services resolve inside the own namespace.
     assert_eq!(billing.cmd(&["GET", "x"]), V::Nil);
-    assert_eq!(billing.cmd(&["EXISTS", "auth:x", "x", "legacy:l", "plain"]), V::Int(1));
+    assert_eq!(
+        billing.cmd(&["EXISTS", "auth:x", "x", "legacy:l", "plain"]),
+        V::Int(1)
+    );
     assert_eq!(billing.cmd(&["OBJECT", "ENCODING", "plain"]), V::Nil);
     assert_eq!(billing.cmd(&["MEMORY", "USAGE", "x"]), V::Nil);
     assert_eq!(billing.cmd(&["TYPE", "y"]), V::Status("none".into()));
@@ -427,8 +460,13 @@ fn xread_and_blocking_pops_name_keys_without_prefix() {
             _ => xread[0].text(),
         };
         assert_eq!(name, "s");
-        let blocking = c.cmd(&["XREAD", "BLOCK", "100", "STREAMS", "s", "0"]).items();
-        assert!(format!("{blocking:?}").contains("Bulk(\"s\")"), "{blocking:?}");
+        let blocking = c
+            .cmd(&["XREAD", "BLOCK", "100", "STREAMS", "s", "0"])
+            .items();
+        assert!(
+            format!("{blocking:?}").contains("Bulk(\"s\")"),
+            "{blocking:?}"
+        );
         assert!(!format!("{blocking:?}").contains("billing"));
         c.cmd(&["RPUSH", "l", "x"]);
         assert_eq!(
@@ -436,9 +474,15 @@ fn xread_and_blocking_pops_name_keys_without_prefix() {
             vec![V::Bulk("l".into()), V::Bulk("x".into())]
         );
         c.cmd(&["RPUSH", "l", "y"]);
-        assert_eq!(c.cmd(&["LMPOP", "1", "l", "LEFT"]).items()[0], V::Bulk("l".into()));
+        assert_eq!(
+            c.cmd(&["LMPOP", "1", "l", "LEFT"]).items()[0],
+            V::Bulk("l".into())
+        );
         c.cmd(&["ZADD", "z", "1", "m"]);
-        assert_eq!(c.cmd(&["BZPOPMIN", "z", "1"]).items()[0], V::Bulk("z".into()));
+        assert_eq!(
+            c.cmd(&["BZPOPMIN", "z", "1"]).items()[0],
+            V::Bulk("z".into())
+        );
         assert_eq!(c.cmd(&["BLPOP", "none", "0.05"]), V::Nil);
     }
 }
@@ -455,7 +499,11 @@ fn pubsub_sees_only_own_channels() {
     sub.send(&["PSUBSCRIBE", "*"]);
     assert_eq!(
         sub.read(),
-        V::Array(vec![V::Bulk("psubscribe".into()), V::Bulk("*".into()), V::Int(1)])
+        V::Array(vec![
+            V::Bulk("psubscribe".into()),
+            V::Bulk("*".into()),
+            V::Int(1)
+        ])
     );
     let mut plain = Client::login(&kg, "billing", "billpw");
     let mut chan = Client::login(&kg, "billing", "billpw");
@@ -479,29 +527,50 @@ fn pubsub_sees_only_own_channels() {
     assert_eq!(chan.read().items()[1], V::Bulk("news".into()));
     // PUBSUB shows only own channels, without the prefix.
     assert_eq!(plain.cmd(&["PUBSUB", "CHANNELS"]).strings(), set(&["news"]));
-    assert_eq!(plain.cmd(&["PUBSUB", "CHANNELS", "*ecre*"]).strings(), set(&[]));
+    assert_eq!(
+        plain.cmd(&["PUBSUB", "CHANNELS", "*ecre*"]).strings(),
+        set(&[])
+    );
     assert_eq!(
         plain.cmd(&["PUBSUB", "NUMSUB", "news", "secret"]).items(),
-        vec![V::Bulk("news".into()), V::Int(1), V::Bulk("secret".into()), V::Int(0)]
+        vec![
+            V::Bulk("news".into()),
+            V::Int(1),
+            V::Bulk("secret".into()),
+            V::Int(0)
+        ]
     );
-    assert_eq!(other.cmd(&["PUBSUB", "CHANNELS"]).strings(), set(&["secret"]));
+    assert_eq!(
+        other.cmd(&["PUBSUB", "CHANNELS"]).strings(),
+        set(&["secret"])
+    );
     // Unsubscribe confirmations come back stripped too.
     sub.send(&["PUNSUBSCRIBE"]);
     assert_eq!(
         sub.read(),
-        V::Array(vec![V::Bulk("punsubscribe".into()), V::Bulk("*".into()), V::Int(0)])
+        V::Array(vec![
+            V::Bulk("punsubscribe".into()),
+            V::Bulk("*".into()),
+            V::Int(0)
+        ])
     );
 }
 
 #[test]
 fn keyspace_notifications_are_confined() {
     let (redis, kg) = setup();
-    assert_eq!(redis.cli(&["CONFIG", "SET", "notify-keyspace-events", "KA"]), "OK");
+    assert_eq!(
+        redis.cli(&["CONFIG", "SET", "notify-keyspace-events", "KA"]),
+        "OK"
+    );
     let mut sub = Client::login(&kg, "billing", "billpw");
     sub.send(&["PSUBSCRIBE", "__keyspace@0__:*"]);
     assert_eq!(sub.read().items()[1], V::Bulk("__keyspace@0__:*".into()));
     sub.send(&["SUBSCRIBE", "__keyspace@0__:watched"]);
-    assert_eq!(sub.read().items()[1], V::Bulk("__keyspace@0__:watched".into()));
+    assert_eq!(
+        sub.read().items()[1],
+        V::Bulk("__keyspace@0__:watched".into())
+    );
     let mut other = Client::login(&kg, "auth", "authpw");
     other.cmd(&["SET", "watched", "x"]);
     redis.cli(&["SET", "plain", "x"]);
@@ -512,7 +581,10 @@ fn keyspace_notifications_are_confined() {
     for f in &frames {
         let items = f.items();
         let text = format!("{items:?}");
-        assert!(!text.contains("billing") && !text.contains("auth"), "{text}");
+        assert!(
+            !text.contains("billing") && !text.contains("auth"),
+            "{text}"
+        );
         kinds.insert(items[0].text());
         let channel = items[items.len() - 2].text();
         assert_eq!(channel, "__keyspace@0__:watched");

@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::backend::mux::BatchReply;
 use crate::backend::BackendError;
-use crate::metrics::{self, ErrorKind, Recorder, Role};
 use crate::command::ReplyKeys;
+use crate::metrics::{self, ErrorKind, Recorder, Role};
 use crate::policy::namespace::{self, Namespace};
 use crate::protocol::encode;
 use crate::protocol::reply::{ReplyKind, ReplyScanner, Value};
@@ -410,7 +410,9 @@ fn apply_plan(plan: &ReplyPlan, frame: &[u8], out: &mut BytesMut) {
             };
             match Value::parse(frame) {
                 Ok(Value::Bulk(text)) => Value::Bulk(scoped(&text)).encode(out),
-                Ok(Value::Verbatim(format, text)) => Value::Verbatim(format, scoped(&text)).encode(out),
+                Ok(Value::Verbatim(format, text)) => {
+                    Value::Verbatim(format, scoped(&text)).encode(out)
+                }
                 _ => out.extend_from_slice(frame),
             }
         }

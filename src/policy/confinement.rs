@@ -271,7 +271,10 @@ const REFUSED: &[(&str, &str)] = &[
     ("bgsave", "it is server administration"),
     ("client", "it shows or changes other services' connections"),
     ("cluster", "cluster commands are not proxied"),
-    ("config", "the shared server's configuration is not the service's"),
+    (
+        "config",
+        "the shared server's configuration is not the service's",
+    ),
     ("debug", "it reads any key and the whole server"),
     ("failover", "it is server administration"),
     ("function", "functions are shared by every service"),
@@ -347,7 +350,10 @@ pub fn rule(name: &str) -> Rule {
     }
     // Subcommands of a refused container not listed on their own.
     if let Some((container, _)) = name.split_once('|') {
-        let refused = ["acl", "client", "cluster", "config", "latency", "memory", "module", "slowlog", "function"];
+        let refused = [
+            "acl", "client", "cluster", "config", "latency", "memory", "module", "slowlog",
+            "function",
+        ];
         if refused.contains(&container) {
             if let Some((_, reason)) = REFUSED.iter().find(|(n, _)| *n == container) {
                 return Rule::Refuse(reason);

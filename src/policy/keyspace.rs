@@ -141,7 +141,11 @@ async fn round_trip(mux: &MuxHandle, req: Request) -> Result<Bytes, Stop> {
 }
 
 /// One SCAN page of the namespace: the next cursor and the keys (backend names).
-async fn scan_page(ns: &Namespace, mux: &MuxHandle, cursor: &[u8]) -> Result<(Bytes, Vec<Bytes>), Stop> {
+async fn scan_page(
+    ns: &Namespace,
+    mux: &MuxHandle,
+    cursor: &[u8],
+) -> Result<(Bytes, Vec<Bytes>), Stop> {
     let pattern = ns.prefix_pattern(b"*");
     let req = Request::from_args(&[
         &b"SCAN"[..],
@@ -152,7 +156,11 @@ async fn scan_page(ns: &Namespace, mux: &MuxHandle, cursor: &[u8]) -> Result<(By
         SCAN_COUNT.as_bytes(),
     ]);
     let reply = round_trip(mux, req).await?;
-    let unreadable = || Stop::Reply(Bytes::from_static(b"-ERR keygate: unexpected SCAN reply\r\n"));
+    let unreadable = || {
+        Stop::Reply(Bytes::from_static(
+            b"-ERR keygate: unexpected SCAN reply\r\n",
+        ))
+    };
     let Ok(Value::Array(items)) = Value::parse(&reply) else {
         return Err(unreadable());
     };

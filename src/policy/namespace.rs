@@ -385,7 +385,9 @@ impl Namespace {
         Some(match (reply_keys, value) {
             (_, Value::Nil) => Value::Nil,
             (_, e @ Value::Error(_)) => e,
-            (ReplyKeys::KeyArray, Value::Array(items)) => Value::Array(self.strip_list(items, false)),
+            (ReplyKeys::KeyArray, Value::Array(items)) => {
+                Value::Array(self.strip_list(items, false))
+            }
             (ReplyKeys::KeyArray, Value::Set(items)) => Value::Set(self.strip_list(items, false)),
             (ReplyKeys::Scan, Value::Array(mut items)) => {
                 let slot = items.get_mut(1)?;
@@ -423,7 +425,9 @@ impl Namespace {
             (ReplyKeys::ChannelArray, Value::Array(items)) => {
                 Value::Array(self.strip_list(items, true))
             }
-            (ReplyKeys::ChannelArray, Value::Set(items)) => Value::Set(self.strip_list(items, true)),
+            (ReplyKeys::ChannelArray, Value::Set(items)) => {
+                Value::Set(self.strip_list(items, true))
+            }
             (ReplyKeys::ChannelCounts, Value::Array(items)) => {
                 let mut out = Vec::with_capacity(items.len());
                 let mut it = items.into_iter();
@@ -629,7 +633,16 @@ allow_scripts = {allow_scripts}
         );
         assert_eq!(
             rewrite(&["GEORADIUS", "g", "0", "0", "1", "km", "STOREDIST", "d"]),
-            v(&["GEORADIUS", "billing:g", "0", "0", "1", "km", "STOREDIST", "billing:d"])
+            v(&[
+                "GEORADIUS",
+                "billing:g",
+                "0",
+                "0",
+                "1",
+                "km",
+                "STOREDIST",
+                "billing:d"
+            ])
         );
         assert_eq!(
             rewrite(&["SORT", "l", "LIMIT", "0", "1", "STORE", "d"]),
@@ -641,10 +654,22 @@ allow_scripts = {allow_scripts}
     #[test]
     fn patterns_are_confined() {
         assert_eq!(rewrite(&["KEYS", "*"]), v(&["KEYS", "billing:*"]));
-        assert_eq!(rewrite(&["SCAN", "0"]), v(&["SCAN", "0", "MATCH", "billing:*"]));
+        assert_eq!(
+            rewrite(&["SCAN", "0"]),
+            v(&["SCAN", "0", "MATCH", "billing:*"])
+        );
         assert_eq!(
             rewrite(&["SCAN", "5", "MATCH", "a*", "COUNT", "10", "TYPE", "string"]),
-            v(&["SCAN", "5", "COUNT", "10", "TYPE", "string", "MATCH", "billing:a*"])
+            v(&[
+                "SCAN",
+                "5",
+                "COUNT",
+                "10",
+                "TYPE",
+                "string",
+                "MATCH",
+                "billing:a*"
+            ])
         );
         assert!(rewrite(&["SCAN", "0", "NOPE", "x"]).is_err());
         assert!(rewrite(&["SCAN", "0", "MATCH"]).is_err());
@@ -778,7 +803,8 @@ allow_scripts = {allow_scripts}
         assert_eq!(
             n.strip_pubsub(&pmsg).as_deref(),
             Some(
-                &b"*4\r\n$8\r\npmessage\r\n$1\r\n*\r\n$19\r\n__keyspace@0__:key1\r\n$3\r\nset\r\n"[..]
+                &b"*4\r\n$8\r\npmessage\r\n$1\r\n*\r\n$19\r\n__keyspace@0__:key1\r\n$3\r\nset\r\n"
+                    [..]
             )
         );
         let sub = Bytes::from_static(b"*3\r\n$11\r\nunsubscribe\r\n$6\r\nauth:c\r\n:0\r\n");
