@@ -11,6 +11,7 @@
 //! client that does not read makes keygate stop reading it rather than
 //! buffer without bound.
 
+mod isolation;
 pub mod local;
 pub mod queue;
 pub mod session;
@@ -120,6 +121,8 @@ struct Connection {
     /// Stop reading; close once every reply is written.
     closing: bool,
     out: BytesMut,
+    /// A keyspace procedure still running; later requests wait for it.
+    procedure: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Serves one client until it disconnects, QUITs, breaks the protocol or
@@ -143,6 +146,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
         counted_service: None,
         closing: *shutdown.borrow(),
         out: BytesMut::with_capacity(16 * 1024),
+        procedure: None,
         ctx,
     };
     conn.counted_service = conn.session.service.as_ref().map(|s| s.index);
@@ -324,16 +328,20 @@ impl Connection {
                 .reject(spec.name, ErrorKind::Policy, &refusal.to_string(), suppress)
                 .await;
         }
-        let effect = router::connection_effect(spec, &req);
         let plan = if spec.name == "info" && !held {
             ReplyPlan::AppendProxyInfo(local::proxy_info(&self.ctx, &self.session))
         } else {
             ReplyPlan::Forward
         };
+        let Some((req, plan)) = self.isolate(&service, spec, req, plan, suppress).await else {
+            return;
+        };
+        let effect = router::connection_effect(spec, &req);
         let reply = CommandReply {
             plan,
             ..CommandReply::plain(spec.name, Some(service.index))
         };
+        let reply = self.track_transaction(spec, reply);
         if held || effect != ConnectionEffect::None {
             self.send_dedicated(req.frame().clone(), effect, reply, suppress)
                 .await;
@@ -469,6 +477,7 @@ impl Connection {
         if self.batch.is_empty() {
             return;
         }
+        self.await_procedure().await;
         let payload = std::mem::take(&mut self.batch);
         let commands = std::mem::take(&mut self.batch_commands);
         let count = commands.iter().map(|c| c.frames).sum();
@@ -496,6 +505,7 @@ impl Connection {
         suppress: bool,
     ) {
         self.flush_batch().await;
+        self.await_procedure().await;
         if self.dedicated.is_none() {
             let node = self.ctx.router.master().clone();
             match node.lease(self.session.protocol).await {
@@ -526,6 +536,7 @@ impl Connection {
             ConnectionEffect::BeginTransaction => {
                 tx.open = true;
                 tx.poisoned = false;
+                self.session.queued.clear();
             }
             ConnectionEffect::EndTransaction => {
                 tx.open = false;
@@ -578,8 +589,18 @@ impl Connection {
         loop {
             let conn = &mut *d.lease;
             match d.scanner.scan(&mut conn.read_buf) {
-                Ok(Some((frame, ReplyKind::Push))) => self.queue.dedicated_push(frame),
-                Ok(Some((frame, _))) => self.queue.dedicated_reply(frame),
+                Ok(Some((frame, kind))) => {
+                    // Pub/sub frames come unasked; they are confined to the
+                    // session's namespace like any reply.
+                    if kind == ReplyKind::Push || !self.queue.awaits_dedicated() {
+                        let service = self.session.service.as_deref();
+                        if let Some(frame) = isolation::confine_unasked(service, frame) {
+                            self.queue.dedicated_push(frame);
+                        }
+                    } else {
+                        self.queue.dedicated_reply(frame);
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(client = self.session.id, error = %e, "invalid reply on a dedicated connection");

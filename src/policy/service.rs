@@ -11,6 +11,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::namespace::Namespace;
 use crate::config::{Config, ReadFrom, ServiceConfig, TtlOverMax};
 
 /// The runtime form of one `[[service]]`.
@@ -34,6 +35,8 @@ pub struct Service {
     pub read_from: ReadFrom,
     pub admin: bool,
     pub allow_scripts: bool,
+    /// The namespace confining the service's keys; `None` when isolation is off.
+    pub namespace: Option<Arc<Namespace>>,
     password_sha256: Option<[u8; 32]>,
 }
 
@@ -50,7 +53,7 @@ impl Service {
             (None, Some(hex)) => decode_hex32(hex),
             (None, None) => None,
         };
-        Service {
+        let mut service = Service {
             index,
             name: c.name.clone(),
             prefix: c.prefix.as_bytes().to_vec(),
@@ -64,8 +67,11 @@ impl Service {
             read_from: c.read_from,
             admin: c.admin,
             allow_scripts: c.allow_scripts,
+            namespace: None,
             password_sha256,
-        }
+        };
+        service.namespace = Namespace::for_service(&service).map(Arc::new);
+        service
     }
 
     /// Constant-time check of a password against this service's digest.
