@@ -11,6 +11,7 @@
 //! client that does not read makes keygate stop reading it rather than
 //! buffer without bound.
 
+mod governance;
 mod isolation;
 pub mod local;
 pub mod queue;
@@ -33,7 +34,7 @@ use crate::command::{self, CommandSpec, Flags};
 use crate::config::Config;
 use crate::metrics::{ErrorKind, Metrics, Recorder};
 use crate::policy::access;
-use crate::policy::service::Services;
+use crate::policy::service::{Service, Services};
 use crate::protocol::encode;
 use crate::protocol::reply::{ReplyKind, ReplyScanner};
 use crate::protocol::request::{Request, RequestScanner, ScanLimits};
@@ -116,8 +117,9 @@ struct Connection {
     /// When the bytes being processed were read: latency starts here.
     read_at: Instant,
     recorder: Recorder,
-    /// The service this connection is counted under in the connections gauge.
-    counted_service: Option<usize>,
+    /// The service this connection is admitted and counted under (the
+    /// connections gauge and the service's `max_clients`).
+    admitted: Option<Arc<Service>>,
     /// Stop reading; close once every reply is written.
     closing: bool,
     out: BytesMut,
@@ -143,14 +145,23 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
         batch_suppress: false,
         read_at: Instant::now(),
         recorder: ctx.metrics.recorder(),
-        counted_service: None,
+        admitted: None,
         closing: *shutdown.borrow(),
         out: BytesMut::with_capacity(16 * 1024),
         procedure: None,
         ctx,
     };
-    conn.counted_service = conn.session.service.as_ref().map(|s| s.index);
-    conn.ctx.metrics.client_connected(conn.counted_service);
+    if let Some(default) = conn.session.service.clone() {
+        if !default.try_admit() {
+            let _ = wr
+                .write_all(b"-ERR max number of clients reached for service 'default'\r\n")
+                .await;
+            conn.ctx.clients.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        conn.admitted = Some(default);
+    }
+    conn.ctx.metrics.client_connected(conn.admitted_index());
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let idle_timeout = conn.ctx.config.proxy.idle_timeout;
     let mut last_activity = Instant::now();
@@ -336,20 +347,26 @@ impl Connection {
         let Some((req, plan)) = self.isolate(&service, spec, req, plan, suppress).await else {
             return;
         };
+        let Some((req, follow_ups)) = self.govern(&service, spec, req, suppress).await else {
+            return;
+        };
         let effect = router::connection_effect(spec, &req);
         let reply = CommandReply {
             plan,
+            frames: 1 + follow_ups.len() as u32,
             ..CommandReply::plain(spec.name, Some(service.index))
         };
         let reply = self.track_transaction(spec, reply);
+        let mut frames = Vec::with_capacity(1 + follow_ups.len());
+        frames.push(req.frame().clone());
+        frames.extend(follow_ups.iter().map(|f| f.frame().clone()));
         if held || effect != ConnectionEffect::None {
-            self.send_dedicated(req.frame().clone(), effect, reply, suppress)
-                .await;
+            self.send_dedicated(frames, effect, reply, suppress).await;
         } else {
             if self.batch_suppress != suppress || self.batch_bytes >= MAX_BATCH_BYTES {
                 self.flush_batch().await;
             }
-            self.batch_push(req.frame().clone(), reply, suppress);
+            self.batch_push(frames, reply, suppress);
         }
     }
 
@@ -396,12 +413,35 @@ impl Connection {
             }
             return None;
         }
+        let before = self.session.service.clone();
         let answer = local::answer(&self.ctx, &mut self.session, spec, req)?;
-        let service = self.session.service.as_ref().map(|s| s.index);
-        if service != self.counted_service {
-            self.ctx.metrics.client_disconnected(self.counted_service);
-            self.ctx.metrics.client_connected(service);
-            self.counted_service = service;
+        let now = self.session.service.clone();
+        let switched = match (&before, &now) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            (None, None) => false,
+            _ => true,
+        };
+        if switched {
+            if let Some(new) = &now {
+                if !new.try_admit() {
+                    // Like Redis's maxclients, but per service: the login fails
+                    // and the client stays what it was.
+                    self.session.service = before;
+                    let msg = format!(
+                        "ERR max number of clients reached for service '{}'",
+                        new.name
+                    );
+                    self.reject(spec.name, ErrorKind::Policy, &msg, suppress)
+                        .await;
+                    return Some(());
+                }
+            }
+            self.ctx.metrics.client_disconnected(self.admitted_index());
+            if let Some(old) = self.admitted.take() {
+                old.release();
+            }
+            self.admitted = now;
+            self.ctx.metrics.client_connected(self.admitted_index());
         }
         match answer {
             LocalAnswer::Reply(r) => self.reply(r, suppress).await,
@@ -447,7 +487,7 @@ impl Connection {
                     ..CommandReply::plain(spec.name, self.session.service.as_ref().map(|s| s.index))
                 };
                 self.send_dedicated(
-                    discard.frame().clone(),
+                    vec![discard.frame().clone()],
                     ConnectionEffect::EndTransaction,
                     reply,
                     suppress,
@@ -463,12 +503,14 @@ impl Connection {
         }
     }
 
-    fn batch_push(&mut self, frame: Bytes, reply: CommandReply, suppress: bool) {
+    fn batch_push(&mut self, frames: Vec<Bytes>, reply: CommandReply, suppress: bool) {
         if self.batch.is_empty() {
             self.batch_suppress = suppress;
         }
-        self.batch_bytes += frame.len();
-        self.batch.push(frame);
+        for frame in frames {
+            self.batch_bytes += frame.len();
+            self.batch.push(frame);
+        }
         self.batch_commands.push(reply);
     }
 
@@ -499,7 +541,7 @@ impl Connection {
     /// if needed, and tracks what it does to the connection's state.
     async fn send_dedicated(
         &mut self,
-        frame: Bytes,
+        frames: Vec<Bytes>,
         effect: ConnectionEffect,
         reply: CommandReply,
         suppress: bool,
@@ -530,7 +572,9 @@ impl Connection {
         let Some(d) = self.dedicated.as_mut() else {
             return;
         };
-        d.out.extend_from_slice(&frame);
+        for frame in &frames {
+            d.out.extend_from_slice(frame);
+        }
         let tx = &mut self.session.tx;
         match effect {
             ConnectionEffect::BeginTransaction => {
@@ -675,13 +719,20 @@ impl Connection {
         }
     }
 
+    fn admitted_index(&self) -> Option<usize> {
+        self.admitted.as_ref().map(|s| s.index)
+    }
+
     fn finish(mut self) {
         let dirty = self.session.tx.open
             || self.session.tx.watching
             || self.queue.awaits_dedicated()
             || self.dedicated.as_ref().is_some_and(|d| d.subscribed);
         self.drop_dedicated(dirty);
-        self.ctx.metrics.client_disconnected(self.counted_service);
+        self.ctx.metrics.client_disconnected(self.admitted_index());
+        if let Some(service) = self.admitted.take() {
+            service.release();
+        }
         self.ctx.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
