@@ -46,6 +46,12 @@ use session::Session;
 /// Most reply slots a client may have outstanding before keygate stops
 /// reading from it.
 const MAX_SLOTS: usize = 1024;
+/// Most commands a client may have in flight (sent, reply not yet written)
+/// before keygate stops reading from it. Slots alone do not bound this: one
+/// slot carries a whole read's worth of pipelined commands, so a client that
+/// pipelines large reads and never reads replies could otherwise make keygate
+/// hold gigabytes of replies. This caps what it holds at this many replies.
+const MAX_PENDING_COMMANDS: usize = 4096;
 /// A batch for a shared connection is sent once it holds this many bytes.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
@@ -154,7 +160,9 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
         if conn.closing && conn.queue.is_empty() {
             break;
         }
-        let can_read = !conn.closing && conn.queue.len() < MAX_SLOTS;
+        let can_read = !conn.closing
+            && conn.queue.len() < MAX_SLOTS
+            && conn.queue.commands_pending() < MAX_PENDING_COMMANDS;
         let deadline = conn.dedicated_deadline();
         let idle_at = idle_timeout
             .filter(|_| conn.queue.is_empty() && conn.dedicated.is_none())
