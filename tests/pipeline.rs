@@ -105,3 +105,75 @@ fn inline_and_multibulk_pipeline_interleaved() {
         String::from_utf8_lossy(&expected)
     );
 }
+
+#[test]
+fn large_values_round_trip() {
+    let redis = RedisServer::start();
+    let kg = Keygate::start(&redis);
+    wait_serving(kg.port());
+    let mut c = RawConn::connect(kg.port());
+    let value: Vec<u8> = (0..5 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    assert_eq!(
+        String::from_utf8_lossy(&c.cmd(&[&b"SET"[..], b"pl:big", &value])),
+        "+OK\r\n"
+    );
+    let mut expected = format!("${}\r\n", value.len()).into_bytes();
+    expected.extend_from_slice(&value);
+    expected.extend_from_slice(b"\r\n");
+    // Twice in one pipeline, then a small command after them.
+    let mut bytes = resp_command(&["GET", "pl:big"]);
+    bytes.extend(resp_command(&["GET", "pl:big"]));
+    bytes.extend(resp_command(&["STRLEN", "pl:big"]));
+    c.send(&bytes);
+    assert!(c.read_reply() == expected);
+    assert!(c.read_reply() == expected);
+    assert_eq!(String::from_utf8_lossy(&c.read_reply()), format!(":{}\r\n", value.len()));
+}
+
+#[test]
+fn client_reply_off_and_skip_in_a_pipeline() {
+    let redis = RedisServer::start();
+    let kg = Keygate::start(&redis);
+    wait_serving(kg.port());
+    let script: &[&[&str]] = &[
+        &["CLIENT", "REPLY", "OFF"],
+        &["SET", "cr:a", "1"],
+        &["INCR", "cr:a"],
+        &["PING"],
+        &["CLIENT", "REPLY", "ON"],
+        &["GET", "cr:a"],
+        &["CLIENT", "REPLY", "SKIP"],
+        &["INCR", "cr:a"],
+        &["GET", "cr:a"],
+    ];
+    let mut bytes = Vec::new();
+    for cmd in script {
+        bytes.extend(resp_command(cmd));
+    }
+    let via_keygate = exchange(kg.port(), &bytes, 3);
+    redis.cli(&["DEL", "cr:a"]);
+    let direct = exchange(redis.port(), &bytes, 3);
+    assert_eq!(
+        String::from_utf8_lossy(&via_keygate),
+        String::from_utf8_lossy(&direct)
+    );
+    assert_eq!(String::from_utf8_lossy(&direct), "+OK\r\n$1\r\n2\r\n$1\r\n3\r\n");
+}
+
+#[test]
+fn quit_in_a_pipeline_answers_earlier_commands_then_closes() {
+    let redis = RedisServer::start();
+    let kg = Keygate::start(&redis);
+    wait_serving(kg.port());
+    let mut c = RawConn::connect(kg.port());
+    let mut bytes = resp_command(&["SET", "q:a", "1"]);
+    bytes.extend(resp_command(&["GET", "q:a"]));
+    bytes.extend(resp_command(&["QUIT"]));
+    bytes.extend(resp_command(&["SET", "q:a", "after-quit"]));
+    c.send(&bytes);
+    assert_eq!(String::from_utf8_lossy(&c.read_reply()), "+OK\r\n");
+    assert_eq!(String::from_utf8_lossy(&c.read_reply()), "$1\r\n1\r\n");
+    assert_eq!(String::from_utf8_lossy(&c.read_reply()), "+OK\r\n");
+    assert!(c.closed_within(Duration::from_secs(3)));
+    assert_eq!(redis.cli(&["GET", "q:a"]), "1");
+}

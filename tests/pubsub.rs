@@ -135,3 +135,42 @@ fn subscriber_disconnect_does_not_leak_messages() {
     let mut c = RawConn::connect(kg.port());
     assert_eq!(c.cmd_str(&["PUBLISH", "gone", "x"]), ":0\r\n");
 }
+
+#[test]
+fn multi_channel_subscribe_then_back_to_normal_commands() {
+    let (_redis, kg) = setup();
+    let mut sub = RawConn::connect(kg.port());
+    sub.send(&resp_command(&["SUBSCRIBE", "a", "b", "c"]));
+    for (i, ch) in ["a", "b", "c"].iter().enumerate() {
+        assert_eq!(
+            text(sub.read_reply()),
+            format!("*3\r\n$9\r\nsubscribe\r\n$1\r\n{ch}\r\n:{}\r\n", i + 1)
+        );
+    }
+    sub.send(&resp_command(&["UNSUBSCRIBE"]));
+    let mut left = Vec::new();
+    for _ in 0..3 {
+        left.push(text(sub.read_reply()));
+    }
+    assert!(left[2].ends_with(":0\r\n"), "{left:?}");
+    // Out of subscribed mode: ordinary commands and replies again.
+    assert_eq!(sub.cmd_str(&["SET", "ps:k", "v"]), "+OK\r\n");
+    assert_eq!(sub.cmd_str(&["GET", "ps:k"]), "$1\r\nv\r\n");
+    assert_eq!(sub.cmd_str(&["PING"]), "+PONG\r\n");
+}
+
+#[test]
+fn reset_leaves_subscribed_mode() {
+    let (_redis, kg) = setup();
+    let mut sub = RawConn::connect(kg.port());
+    let mut publisher = RawConn::connect(kg.port());
+    sub.cmd(&["SUBSCRIBE", "rst"]);
+    assert_eq!(sub.cmd_str(&["RESET"]), "+RESET\r\n");
+    assert_eq!(sub.cmd_str(&["GET", "ps:none"]), "$-1\r\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while publisher.cmd_str(&["PUBLISH", "rst", "x"]) != ":0\r\n" {
+        assert!(std::time::Instant::now() < deadline, "RESET left the subscription behind");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(sub.try_read_reply(Duration::from_millis(200)).is_none());
+}

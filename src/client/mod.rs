@@ -228,7 +228,15 @@ impl Connection {
     async fn on_bytes(&mut self, rbuf: &mut BytesMut) {
         loop {
             match self.scanner.scan(rbuf) {
-                Ok(Some(req)) => self.on_request(req).await,
+                Ok(Some(req)) => {
+                    self.on_request(req).await;
+                    if self.closing {
+                        // QUIT (or lost connection state): like Redis, run
+                        // nothing the client pipelined after it.
+                        rbuf.clear();
+                        break;
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     self.flush_batch().await;
@@ -269,9 +277,16 @@ impl Connection {
             .is_some_and(|n| n.eq_ignore_ascii_case(b"client"));
         if is_client && !self.session.tx.open && self.session.service.is_some() {
             if let Some(LocalAnswer::Reply(reply)) = local::answer_client(&mut self.session, &req) {
-                let quiet = suppress
-                    || (req.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"reply"))
-                        && self.session.reply_mode != session::ReplyMode::On);
+                // CLIENT REPLY OFF/SKIP get no reply; CLIENT REPLY ON always
+                // does, even while replies were off (as in Redis), so the
+                // suppression taken before it ran does not apply.
+                let quiet = if req.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"reply")) {
+                    let turned_on = req.get(2).is_some_and(|m| m.eq_ignore_ascii_case(b"on"));
+                    self.session.reply_mode != session::ReplyMode::On
+                        || (suppress && !turned_on)
+                } else {
+                    suppress
+                };
                 self.reply(reply, quiet).await;
                 return;
             }
