@@ -14,7 +14,10 @@ fn wait_until_served(port: u16, within: Duration) -> Duration {
         if c.cmd_str(&["SET", "bf:probe", "1"]) == "+OK\r\n" {
             return started.elapsed();
         }
-        assert!(started.elapsed() < within, "service did not resume within {within:?}");
+        assert!(
+            started.elapsed() < within,
+            "service did not resume within {within:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -31,7 +34,10 @@ fn backend_down_at_start_gives_prompt_error_then_recovers() {
     let took = started.elapsed();
     println!("error while down after {took:?}: {reply:?}");
     assert!(reply.starts_with("-ERR keygate: backend"), "{reply}");
-    assert!(reply.contains(&redis.addr()), "error does not name the backend: {reply}");
+    assert!(
+        reply.contains(&redis.addr()),
+        "error does not name the backend: {reply}"
+    );
     assert!(took < Duration::from_secs(2), "error took {took:?}");
     // Locally answered commands keep working.
     assert_eq!(c.cmd_str(&["PING"]), "+PONG\r\n");
@@ -79,7 +85,10 @@ fn backend_killed_mid_pipeline_every_request_gets_a_reply() {
     while ok + errors < N {
         let left = deadline.saturating_duration_since(Instant::now());
         let Some(reply) = c.try_read_reply(left) else {
-            panic!("only {} of {N} replies arrived ({errors} errors)", ok + errors);
+            panic!(
+                "only {} of {N} replies arrived ({errors} errors)",
+                ok + errors
+            );
         };
         if reply.starts_with(b"-") {
             let text = String::from_utf8_lossy(&reply);

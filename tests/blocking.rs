@@ -63,10 +63,15 @@ fn blocked_client_disconnecting_leaves_no_blocked_backend_connection() {
         let mut waiter = RawConn::connect(kg.port());
         waiter.send(&resp_command(&["BLPOP", "bl:gone", "0"]));
         std::thread::sleep(Duration::from_millis(300));
-        assert!(redis.cli(&["INFO", "clients"]).contains("blocked_clients:1"));
+        assert!(redis
+            .cli(&["INFO", "clients"])
+            .contains("blocked_clients:1"));
     } // dropped: the client disconnects while blocked
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !redis.cli(&["INFO", "clients"]).contains("blocked_clients:0") {
+    while !redis
+        .cli(&["INFO", "clients"])
+        .contains("blocked_clients:0")
+    {
         assert!(
             Instant::now() < deadline,
             "the backend connection stayed blocked after its client left"

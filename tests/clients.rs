@@ -56,7 +56,10 @@ fn redis_rs_resp2() {
     let (_redis, kg) = setup();
     let mut con = connect(&kg.url());
     exercise(&mut con, "resp2");
-    let raw: Value = redis::cmd("HGETALL").arg("rs:resp2:h").query(&mut con).expect("raw");
+    let raw: Value = redis::cmd("HGETALL")
+        .arg("rs:resp2:h")
+        .query(&mut con)
+        .expect("raw");
     assert!(matches!(raw, Value::Array(_)), "RESP2 HGETALL: {raw:?}");
 }
 
@@ -65,9 +68,18 @@ fn redis_rs_resp3() {
     let (_redis, kg) = setup();
     let mut con = connect(&format!("{}?protocol=resp3", kg.url()));
     exercise(&mut con, "resp3");
-    let raw: Value = redis::cmd("HGETALL").arg("rs:resp3:h").query(&mut con).expect("raw");
-    assert!(matches!(raw, Value::Map(_)), "RESP3 HGETALL is not a map: {raw:?}");
-    let nil: Value = redis::cmd("GET").arg("rs:resp3:none").query(&mut con).expect("nil");
+    let raw: Value = redis::cmd("HGETALL")
+        .arg("rs:resp3:h")
+        .query(&mut con)
+        .expect("raw");
+    assert!(
+        matches!(raw, Value::Map(_)),
+        "RESP3 HGETALL is not a map: {raw:?}"
+    );
+    let nil: Value = redis::cmd("GET")
+        .arg("rs:resp3:none")
+        .query(&mut con)
+        .expect("nil");
     assert_eq!(nil, Value::Nil);
 }
 
@@ -91,8 +103,12 @@ fn redis_rs_async_resp3_many_tasks() {
             tasks.push(tokio::spawn(async move {
                 for i in 0..100 {
                     let key = format!("rs:async:{t}:{i}");
-                    let _: () = redis::AsyncCommands::set(&mut con, &key, i).await.expect("set");
-                    let v: i64 = redis::AsyncCommands::get(&mut con, &key).await.expect("get");
+                    let _: () = redis::AsyncCommands::set(&mut con, &key, i)
+                        .await
+                        .expect("set");
+                    let v: i64 = redis::AsyncCommands::get(&mut con, &key)
+                        .await
+                        .expect("get");
                     assert_eq!(v, i);
                 }
             }));

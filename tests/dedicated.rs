@@ -41,13 +41,19 @@ fn one_dedicated_connection_serves_clients_in_turn() {
     for round in 0..3 {
         assert_eq!(a.cmd_str(&["MULTI"]), "+OK\r\n");
         assert_eq!(a.cmd_str(&["INCR", "dc:n"]), "+QUEUED\r\n");
-        assert_eq!(a.cmd_str(&["EXEC"]), format!("*1\r\n:{}\r\n", 2 * round + 1));
+        assert_eq!(
+            a.cmd_str(&["EXEC"]),
+            format!("*1\r\n:{}\r\n", 2 * round + 1)
+        );
         assert_eq!(b.cmd_str(&["BLPOP", "dc:empty", "0.1"]), "*-1\r\n");
         assert_eq!(b.cmd_str(&["WATCH", "dc:n"]), "+OK\r\n");
         assert_eq!(b.cmd_str(&["UNWATCH"]), "+OK\r\n");
         assert_eq!(b.cmd_str(&["MULTI"]), "+OK\r\n");
         assert_eq!(b.cmd_str(&["INCR", "dc:n"]), "+QUEUED\r\n");
-        assert_eq!(b.cmd_str(&["EXEC"]), format!("*1\r\n:{}\r\n", 2 * round + 2));
+        assert_eq!(
+            b.cmd_str(&["EXEC"]),
+            format!("*1\r\n:{}\r\n", 2 * round + 2)
+        );
     }
 }
 
@@ -66,7 +72,10 @@ fn exhausted_pool_is_a_prompt_error_and_others_keep_working() {
     let started = Instant::now();
     let reply = third.cmd_str(&["BLPOP", "dc:wait", "0"]);
     println!("third BLPOP after {:?}: {reply:?}", started.elapsed());
-    assert!(reply.starts_with("-ERR keygate: no dedicated backend connection"), "{reply}");
+    assert!(
+        reply.starts_with("-ERR keygate: no dedicated backend connection"),
+        "{reply}"
+    );
     assert!(started.elapsed() < Duration::from_secs(4));
     assert_eq!(third.cmd_str(&["SET", "dc:x", "1"]), "+OK\r\n");
     // Waking the holders frees their connections for the next one.
@@ -89,6 +98,9 @@ fn blocking_command_inside_multi_does_not_block() {
     for port in [kg.port(), redis.port()] {
         let mut c = RawConn::connect(port);
         let replies: Vec<String> = script.iter().map(|cmd| c.cmd_str(cmd)).collect();
-        assert_eq!(replies[3], "*2\r\n*-1\r\n+OK\r\n", "port {port}: {replies:?}");
+        assert_eq!(
+            replies[3], "*2\r\n*-1\r\n+OK\r\n",
+            "port {port}: {replies:?}"
+        );
     }
 }

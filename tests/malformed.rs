@@ -31,16 +31,31 @@ fn send_malformed(port: u16, bytes: &[u8]) -> (String, bool) {
     (reply, closed)
 }
 
-fn check_case(redis: &RedisServer, kg: &Keygate, bystander: &mut RawConn, bytes: &[u8], expected: &str) {
+fn check_case(
+    redis: &RedisServer,
+    kg: &Keygate,
+    bystander: &mut RawConn,
+    bytes: &[u8],
+    expected: &str,
+) {
     let (direct, direct_closed) = send_malformed(redis.port(), bytes);
     let (via_keygate, closed) = send_malformed(kg.port(), bytes);
     let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(40)]).into_owned();
-    assert_eq!(direct, expected, "redis-server itself answered {shown:?} differently");
+    assert_eq!(
+        direct, expected,
+        "redis-server itself answered {shown:?} differently"
+    );
     assert!(direct_closed);
     assert_eq!(via_keygate, expected, "keygate's answer to {shown:?}");
-    assert!(closed, "keygate did not close the connection after {shown:?}");
+    assert!(
+        closed,
+        "keygate did not close the connection after {shown:?}"
+    );
     assert_eq!(bystander.cmd_str(&["PING"]), "+PONG\r\n");
-    assert_eq!(bystander.cmd_str(&["INCR", "mal:count"]).chars().next(), Some(':'));
+    assert_eq!(
+        bystander.cmd_str(&["INCR", "mal:count"]).chars().next(),
+        Some(':')
+    );
 }
 
 #[test]
@@ -113,7 +128,10 @@ fn bulk_at_the_limit_is_accepted() {
     let value = vec![b'x'; MAX_BULK];
     let reply = c.cmd(&[&b"SET"[..], b"mal:big", &value]);
     assert_eq!(String::from_utf8_lossy(&reply), "+OK\r\n");
-    assert_eq!(c.cmd_str(&["STRLEN", "mal:big"]), format!(":{MAX_BULK}\r\n"));
+    assert_eq!(
+        c.cmd_str(&["STRLEN", "mal:big"]),
+        format!(":{MAX_BULK}\r\n")
+    );
 }
 
 #[test]

@@ -127,7 +127,10 @@ fn large_values_round_trip() {
     c.send(&bytes);
     assert!(c.read_reply() == expected);
     assert!(c.read_reply() == expected);
-    assert_eq!(String::from_utf8_lossy(&c.read_reply()), format!(":{}\r\n", value.len()));
+    assert_eq!(
+        String::from_utf8_lossy(&c.read_reply()),
+        format!(":{}\r\n", value.len())
+    );
 }
 
 #[test]
@@ -157,7 +160,10 @@ fn client_reply_off_and_skip_in_a_pipeline() {
         String::from_utf8_lossy(&via_keygate),
         String::from_utf8_lossy(&direct)
     );
-    assert_eq!(String::from_utf8_lossy(&direct), "+OK\r\n$1\r\n2\r\n$1\r\n3\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&direct),
+        "+OK\r\n$1\r\n2\r\n$1\r\n3\r\n"
+    );
 }
 
 #[test]

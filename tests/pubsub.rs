@@ -30,10 +30,7 @@ fn subscribe_publish_unsubscribe_resp2() {
         "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n"
     );
     // PING while subscribed answers in the RESP2 subscriber shape.
-    assert_eq!(
-        sub.cmd_str(&["PING"]),
-        "*2\r\n$4\r\npong\r\n$0\r\n\r\n"
-    );
+    assert_eq!(sub.cmd_str(&["PING"]), "*2\r\n$4\r\npong\r\n$0\r\n\r\n");
     assert_eq!(
         sub.cmd_str(&["UNSUBSCRIBE", "news"]),
         "*3\r\n$11\r\nunsubscribe\r\n$4\r\nnews\r\n:0\r\n"
@@ -69,7 +66,11 @@ fn many_messages_arrive_in_order() {
     sub.cmd(&["SUBSCRIBE", "seq"]);
     let mut burst = Vec::new();
     for i in 0..500 {
-        burst.extend(resp_command(&["PUBLISH".to_string(), "seq".into(), i.to_string()]));
+        burst.extend(resp_command(&[
+            "PUBLISH".to_string(),
+            "seq".into(),
+            i.to_string(),
+        ]));
     }
     publisher.send(&burst);
     for _ in 0..500 {
@@ -79,7 +80,10 @@ fn many_messages_arrive_in_order() {
         let v = i.to_string();
         assert_eq!(
             text(sub.read_reply()),
-            format!("*3\r\n$7\r\nmessage\r\n$3\r\nseq\r\n${}\r\n{v}\r\n", v.len())
+            format!(
+                "*3\r\n$7\r\nmessage\r\n$3\r\nseq\r\n${}\r\n{v}\r\n",
+                v.len()
+            )
         );
     }
 }
@@ -129,7 +133,10 @@ fn subscriber_disconnect_does_not_leak_messages() {
         if n.ends_with('0') {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "subscription outlived its client: {n}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "subscription outlived its client: {n}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut c = RawConn::connect(kg.port());
@@ -169,7 +176,10 @@ fn reset_leaves_subscribed_mode() {
     assert_eq!(sub.cmd_str(&["GET", "ps:none"]), "$-1\r\n");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while publisher.cmd_str(&["PUBLISH", "rst", "x"]) != ":0\r\n" {
-        assert!(std::time::Instant::now() < deadline, "RESET left the subscription behind");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "RESET left the subscription behind"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(sub.try_read_reply(Duration::from_millis(200)).is_none());

@@ -76,7 +76,10 @@ fn assert_clean_run(pipeline: u32) {
     wait_serving(kg.port());
     let (ok, out, err) = run_benchmark(kg.port(), pipeline);
     println!("redis-benchmark -P {pipeline}:\n{out}\nstderr:\n{err}");
-    assert!(ok, "redis-benchmark -P {pipeline} failed or hung:\n{out}\n{err}");
+    assert!(
+        ok,
+        "redis-benchmark -P {pipeline} failed or hung:\n{out}\n{err}"
+    );
     assert!(
         !err.contains("rror") && !out.contains("rror from server") && !out.contains("ERR"),
         "errors from redis-benchmark -P {pipeline}:\n{out}\n{err}"

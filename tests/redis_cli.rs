@@ -18,7 +18,10 @@ fn ping_set_get_info_command_docs() {
     assert!(info.contains("# Proxy"), "INFO lacks # Proxy:\n{info}");
     let docs = kg.cli(&["COMMAND", "DOCS", "get"]);
     assert!(docs.contains("summary"), "COMMAND DOCS get:\n{docs}");
-    assert!(docs.contains("Get the value of a key"), "COMMAND DOCS get:\n{docs}");
+    assert!(
+        docs.contains("Get the value of a key"),
+        "COMMAND DOCS get:\n{docs}"
+    );
 }
 
 #[test]

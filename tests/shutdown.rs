@@ -18,7 +18,10 @@ fn shutdown_answers_in_flight_requests_then_closes() {
     // ...and a pipeline in flight on the shared connections.
     let mut bytes = Vec::new();
     for i in 0..2000 {
-        bytes.extend(resp_command(&["INCR".to_string(), format!("sd:{}", i % 10)]));
+        bytes.extend(resp_command(&[
+            "INCR".to_string(),
+            format!("sd:{}", i % 10),
+        ]));
     }
     piped.send(&bytes);
     std::thread::sleep(Duration::from_millis(200));

@@ -23,7 +23,10 @@ fn slow_reader_memory_stays_bounded_and_others_are_served() {
     wait_serving(kg.port());
     let mut setup = RawConn::connect(kg.port());
     let big = vec![b'b'; 10 * 1024];
-    assert_eq!(String::from_utf8_lossy(&setup.cmd(&[&b"SET"[..], b"big", &big])), "+OK\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&setup.cmd(&[&b"SET"[..], b"big", &big])),
+        "+OK\r\n"
+    );
 
     const REQUESTS: usize = 200_000;
     let one = resp_command(&["GET", "big"]);
@@ -76,7 +79,12 @@ fn slow_reader_memory_stays_bounded_and_others_are_served() {
     // connection is alive, then drop it.
     for _ in 0..10 {
         let reply = slow.read_reply();
-        assert_eq!(reply.len(), 10 * 1024 + 2 + "$10240\r\n".len(), "{:?}", String::from_utf8_lossy(&reply[..reply.len().min(200)]));
+        assert_eq!(
+            reply.len(),
+            10 * 1024 + 2 + "$10240\r\n".len(),
+            "{:?}",
+            String::from_utf8_lossy(&reply[..reply.len().min(200)])
+        );
         assert_eq!(reply.len(), 10 * 1024 + 2 + "$10240\r\n".len());
     }
     let _ = slow.stream().shutdown(std::net::Shutdown::Both);

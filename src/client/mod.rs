@@ -282,8 +282,7 @@ impl Connection {
                 // suppression taken before it ran does not apply.
                 let quiet = if req.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"reply")) {
                     let turned_on = req.get(2).is_some_and(|m| m.eq_ignore_ascii_case(b"on"));
-                    self.session.reply_mode != session::ReplyMode::On
-                        || (suppress && !turned_on)
+                    self.session.reply_mode != session::ReplyMode::On || (suppress && !turned_on)
                 } else {
                     suppress
                 };

@@ -494,7 +494,9 @@ pub fn wait_serving(port: u16) {
         if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
             let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
             // GET goes to the backend (PING is answered locally).
-            if s.write_all(&resp_command(&["EXISTS", "__keygate_probe"])).is_ok() {
+            if s.write_all(&resp_command(&["EXISTS", "__keygate_probe"]))
+                .is_ok()
+            {
                 let mut buf = [0u8; 256];
                 if let Ok(n) = s.read(&mut buf) {
                     if buf[..n].starts_with(b":") {
