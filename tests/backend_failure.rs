@@ -6,14 +6,17 @@ use common::*;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-/// Polls `SET` through keygate until it succeeds; returns how long it took.
-fn wait_until_served(port: u16, within: Duration) -> Duration {
+/// Polls `SET` on `conn` until it succeeds; returns how long it took. Each
+/// shared backend connection reconnects on its own backoff, so a client must
+/// see service resume on its own connection, not just on a fresh one.
+fn wait_until_served(conn: &mut RawConn, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
-        let mut c = RawConn::connect(port);
-        if c.cmd_str(&["SET", "bf:probe", "1"]) == "+OK\r\n" {
+        let reply = conn.cmd_str(&["SET", "bf:probe", "1"]);
+        if reply == "+OK\r\n" {
             return started.elapsed();
         }
+        assert!(reply.starts_with("-ERR keygate: backend"), "{reply}");
         assert!(
             started.elapsed() < within,
             "service did not resume within {within:?}"
@@ -48,9 +51,11 @@ fn backend_down_at_start_gives_prompt_error_then_recovers() {
     assert!(started.elapsed() < Duration::from_secs(3));
 
     redis.restart();
-    let took = wait_until_served(kg.port(), Duration::from_secs(8));
+    let took = wait_until_served(&mut c, Duration::from_secs(8));
     println!("service resumed {took:?} after the backend restarted");
-    assert_eq!(c.cmd_str(&["GET", "bf:probe"]), "$1\r\n1\r\n");
+    let mut fresh = RawConn::connect(kg.port());
+    wait_until_served(&mut fresh, Duration::from_secs(8));
+    assert_eq!(fresh.cmd_str(&["GET", "bf:probe"]), "$1\r\n1\r\n");
 }
 
 #[test]
@@ -103,7 +108,7 @@ fn backend_killed_mid_pipeline_every_request_gets_a_reply() {
     assert!(errors > 0, "the kill came too late to test anything");
 
     redis.restart();
-    let took = wait_until_served(kg.port(), Duration::from_secs(8));
+    let took = wait_until_served(&mut c, Duration::from_secs(8));
     println!("service resumed {took:?} after restart");
     assert_eq!(c.cmd_str(&["GET", "bf:probe"]), "$1\r\n1\r\n");
 }
@@ -117,15 +122,23 @@ fn backend_killed_during_transaction_closes_client_and_recovers() {
     assert_eq!(c.cmd_str(&["MULTI"]), "+OK\r\n");
     assert_eq!(c.cmd_str(&["SET", "bf:t", "1"]), "+QUEUED\r\n");
     redis.kill();
-    // The transaction lived on the dead connection: keygate closes the
-    // client (so its library reconnects instead of trusting lost state),
-    // either at once or after answering EXEC with an error.
+    // The transaction lived on the dead connection. If keygate notices
+    // first, it closes the client (so its library reconnects instead of
+    // trusting lost state); if EXEC gets there first, EXEC fails with an
+    // error, which ends the transaction, and the client goes on.
     let _ = c.stream().write_all(&resp_command(&["EXEC"]));
-    if let Some(reply) = c.try_read_reply(Duration::from_secs(3)) {
-        let text = String::from_utf8_lossy(&reply);
-        assert!(text.starts_with("-ERR keygate: backend"), "{text}");
-    }
-    assert!(c.closed_within(Duration::from_secs(3)));
+    let exec_reply = c.try_read_reply(Duration::from_secs(3));
     redis.restart();
-    wait_until_served(kg.port(), Duration::from_secs(8));
+    match exec_reply {
+        None => assert!(c.closed_within(Duration::from_secs(3))),
+        Some(reply) => {
+            let text = String::from_utf8_lossy(&reply);
+            assert!(text.starts_with("-ERR keygate: backend"), "{text}");
+            wait_until_served(&mut c, Duration::from_secs(8));
+            assert_eq!(c.cmd_str(&["EXEC"]), "-ERR EXEC without MULTI\r\n");
+        }
+    }
+    let mut fresh = RawConn::connect(kg.port());
+    wait_until_served(&mut fresh, Duration::from_secs(8));
+    assert_eq!(fresh.cmd_str(&["GET", "bf:t"]), "$-1\r\n");
 }
