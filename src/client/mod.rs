@@ -48,6 +48,12 @@ use session::Session;
 /// Most reply slots a client may have outstanding before keygate stops
 /// reading from it.
 const MAX_SLOTS: usize = 1024;
+/// Most commands a client may have in flight (sent, reply not yet written)
+/// before keygate stops reading from it. Slots alone do not bound this: one
+/// slot carries a whole read's worth of pipelined commands, so a client that
+/// pipelines large reads and never reads replies could otherwise make keygate
+/// hold gigabytes of replies. This caps what it holds at this many replies.
+const MAX_PENDING_COMMANDS: usize = 4096;
 /// A batch for a shared connection is sent once it holds this many bytes.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
@@ -169,7 +175,9 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
         if conn.closing && conn.queue.is_empty() {
             break;
         }
-        let can_read = !conn.closing && conn.queue.len() < MAX_SLOTS;
+        let can_read = !conn.closing
+            && conn.queue.len() < MAX_SLOTS
+            && conn.queue.commands_pending() < MAX_PENDING_COMMANDS;
         let deadline = conn.dedicated_deadline();
         let idle_at = idle_timeout
             .filter(|_| conn.queue.is_empty() && conn.dedicated.is_none())
@@ -235,7 +243,15 @@ impl Connection {
     async fn on_bytes(&mut self, rbuf: &mut BytesMut) {
         loop {
             match self.scanner.scan(rbuf) {
-                Ok(Some(req)) => self.on_request(req).await,
+                Ok(Some(req)) => {
+                    self.on_request(req).await;
+                    if self.closing {
+                        // QUIT (or lost connection state): like Redis, run
+                        // nothing the client pipelined after it.
+                        rbuf.clear();
+                        break;
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     self.flush_batch().await;
@@ -276,9 +292,15 @@ impl Connection {
             .is_some_and(|n| n.eq_ignore_ascii_case(b"client"));
         if is_client && !self.session.tx.open && self.session.service.is_some() {
             if let Some(LocalAnswer::Reply(reply)) = local::answer_client(&mut self.session, &req) {
-                let quiet = suppress
-                    || (req.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"reply"))
-                        && self.session.reply_mode != session::ReplyMode::On);
+                // CLIENT REPLY OFF/SKIP get no reply; CLIENT REPLY ON always
+                // does, even while replies were off (as in Redis), so the
+                // suppression taken before it ran does not apply.
+                let quiet = if req.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"reply")) {
+                    let turned_on = req.get(2).is_some_and(|m| m.eq_ignore_ascii_case(b"on"));
+                    self.session.reply_mode != session::ReplyMode::On || (suppress && !turned_on)
+                } else {
+                    suppress
+                };
                 self.reply(reply, quiet).await;
                 return;
             }

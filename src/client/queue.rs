@@ -114,6 +114,9 @@ struct Slot {
 #[derive(Debug, Default)]
 pub struct ReplyQueue {
     slots: VecDeque<Slot>,
+    /// Commands in `slots` whose replies are not yet written: what a client
+    /// has in flight, which bounds the reply bytes keygate may have to hold.
+    commands_pending: usize,
 }
 
 impl ReplyQueue {
@@ -125,6 +128,12 @@ impl ReplyQueue {
     /// True when every reply has been written.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
+    }
+
+    /// Client commands whose replies are not yet written (replies keygate
+    /// made itself do not count: they are already as small as they get).
+    pub fn commands_pending(&self) -> usize {
+        self.commands_pending
     }
 
     /// A reply keygate made itself.
@@ -146,6 +155,7 @@ impl ReplyQueue {
         suppress: bool,
         started: Instant,
     ) {
+        self.commands_pending += commands.len();
         self.slots.push_back(Slot {
             state: SlotState::Shared(rx),
             commands,
@@ -163,6 +173,7 @@ impl ReplyQueue {
         suppress: bool,
         started: Instant,
     ) {
+        self.commands_pending += 1;
         self.slots.push_back(Slot {
             state: SlotState::Dedicated {
                 remaining: command.frames,
@@ -287,6 +298,7 @@ impl ReplyQueue {
             let Some(slot) = self.slots.pop_front() else {
                 return;
             };
+            self.commands_pending = self.commands_pending.saturating_sub(slot.commands.len());
             write_slot(slot, result, out, recorder);
         }
     }
