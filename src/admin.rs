@@ -17,3 +17,14 @@ pub async fn serve(
     shutdown.await;
     Ok(())
 }
+
+/// `GET /slowlog`: the slow log as JSON, newest first (route it with
+/// `.route("/slowlog", axum::routing::get(slowlog))`).
+pub async fn slowlog(
+    axum::extract::State(state): axum::extract::State<Arc<ProxyState>>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        state.slowlog_json().to_string(),
+    )
+}

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::client::{self, Context};
 use crate::config::Config;
+use crate::metrics::{Gauge, Metrics};
 
 /// Why the proxy could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,8 @@ pub struct ProxyState {
     pub started: Instant,
     /// The running proxy, once `run` has started it.
     context: OnceLock<Arc<Context>>,
+    /// The metrics registry every client records into.
+    metrics: Arc<Metrics>,
 }
 
 impl ProxyState {
@@ -42,9 +45,37 @@ impl ProxyState {
         self.ready.load(Ordering::Relaxed)
     }
 
+    /// The metrics registry, for the client context and admin commands.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render_metrics(&self) -> String {
-        String::new()
+        let mut extra = vec![Gauge {
+            name: "keygate_ready",
+            help: "1 once a backend master is confirmed reachable.",
+            labels: Vec::new(),
+            value: if self.is_ready() { 1.0 } else { 0.0 },
+        }];
+        if let Some(ctx) = self.context.get() {
+            let master = ctx.router.master();
+            extra.push(Gauge {
+                name: "keygate_backend_connections",
+                help: "Open connections to a backend node.",
+                labels: vec![
+                    ("node", master.addr().to_string()),
+                    ("role", "master".to_string()),
+                ],
+                value: master.health().connected() as f64,
+            });
+        }
+        self.metrics.render_prometheus(&extra)
+    }
+
+    /// The `/slowlog` JSON.
+    pub fn slowlog_json(&self) -> serde_json::Value {
+        self.metrics.slowlog_json()
     }
 
     /// The `/health` JSON detail.
@@ -77,14 +108,21 @@ pub struct Server {
 impl Server {
     /// Builds the proxy from a validated config; backends connect when it runs.
     pub fn new(config: Config) -> Result<Server, ServerError> {
+        let metrics = Metrics::from_config(&config);
         Ok(Server {
             config: Arc::new(config),
             state: Arc::new(ProxyState {
                 ready: AtomicBool::new(false),
                 started: Instant::now(),
                 context: OnceLock::new(),
+                metrics,
             }),
         })
+    }
+
+    /// The metrics registry, for the client context.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics()
     }
 
     /// The state shared with the admin listener.
