@@ -65,7 +65,9 @@ fn scalar(reply: &[u8], at: usize) -> Option<(bool, usize)> {
             if len < 0 {
                 return Some((true, after));
             }
-            let end = after.checked_add(usize::try_from(len).ok()?)?.checked_add(2)?;
+            let end = after
+                .checked_add(usize::try_from(len).ok()?)?
+                .checked_add(2)?;
             (end <= reply.len()).then_some((false, end))
         }
         b'*' if parse_len(line)? < 0 => Some((true, after)),
@@ -121,8 +123,16 @@ mod tests {
         for cmd in ["get", "getex", "getdel", "hget", "lindex", "zscore"] {
             assert_eq!(cache_outcome(cmd, b"$3\r\nabc\r\n"), Some((1, 0)), "{cmd}");
             assert_eq!(cache_outcome(cmd, b"$0\r\n\r\n"), Some((1, 0)), "{cmd}");
-            assert_eq!(cache_outcome(cmd, b"$-1\r\n"), Some((0, 1)), "{cmd} RESP2 nil");
-            assert_eq!(cache_outcome(cmd, b"_\r\n"), Some((0, 1)), "{cmd} RESP3 null");
+            assert_eq!(
+                cache_outcome(cmd, b"$-1\r\n"),
+                Some((0, 1)),
+                "{cmd} RESP2 nil"
+            );
+            assert_eq!(
+                cache_outcome(cmd, b"_\r\n"),
+                Some((0, 1)),
+                "{cmd} RESP3 null"
+            );
             assert_eq!(cache_outcome(cmd, b"-ERR wrong\r\n"), None, "{cmd} error");
         }
         // ZSCORE in RESP3 answers a double.

@@ -110,8 +110,13 @@ mod tests {
         let b = cumulative_buckets(&h);
         assert_eq!(b[0], 2, "50 and 100 µs are <= 0.0001 s");
         assert_eq!(b[3], 5, "up to 1 ms");
-        assert_eq!(b[7], 6, "up to 25 ms");
-        assert_eq!(*b.last().unwrap(), h.len(), "60 s bound holds the clamped 90 s");
+        assert_eq!(b[7], 5, "up to 25 ms");
+        assert_eq!(b[8], 6, "up to 50 ms");
+        assert_eq!(
+            *b.last().unwrap(),
+            h.len(),
+            "60 s bound holds the clamped 90 s"
+        );
         assert!(b.windows(2).all(|w| w[0] <= w[1]));
     }
 

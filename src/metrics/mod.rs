@@ -348,10 +348,13 @@ impl Metrics {
     pub fn latency_table(&self, service: Option<&str>, command: Option<&str>) -> String {
         let c = self.collected();
         let now = self.current_interval(&c.registry);
-        let mut out = String::from("service command role count p50_ms p90_ms p99_ms p999_ms max_ms\n");
+        let mut out =
+            String::from("service command role count p50_ms p90_ms p99_ms p999_ms max_ms\n");
         for ((slot, cmd), series) in &c.registry.series {
             let label = self.service_label(*slot);
-            if service.is_some_and(|s| s != label) || command.is_some_and(|m| !m.eq_ignore_ascii_case(cmd)) {
+            if service.is_some_and(|s| s != label)
+                || command.is_some_and(|m| !m.eq_ignore_ascii_case(cmd))
+            {
                 continue;
             }
             for role in Role::ALL {
@@ -405,7 +408,13 @@ impl Metrics {
             }
             let name: String = label
                 .chars()
-                .map(|ch| if ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' { ch } else { '_' })
+                .map(|ch| {
+                    if ch.is_ascii_alphanumeric() || ch == '_' || ch == '-' {
+                        ch
+                    } else {
+                        '_'
+                    }
+                })
                 .collect();
             let ratio = if hits + misses > 0 {
                 *hits as f64 / (hits + misses) as f64
@@ -418,5 +427,421 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metrics() -> Arc<Metrics> {
+        Metrics::with_slowlog(
+            vec!["cart".into(), "we\"ird\\na\nme".into()],
+            true,
+            SlowlogOptions {
+                threshold: Duration::from_millis(10),
+                max_len: 4,
+            },
+        )
+    }
+
+    /// The value of the sample line that starts with `prefix`.
+    fn value(text: &str, prefix: &str) -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no line {prefix} in\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    #[test]
+    fn recorder_deltas_merge_into_the_registry() {
+        let m = metrics();
+        let mut a = m.recorder();
+        let mut b = m.recorder();
+        for _ in 0..3 {
+            a.command(
+                Some(0),
+                "get",
+                Role::Master,
+                Duration::from_micros(200),
+                Some(Duration::from_micros(150)),
+            );
+        }
+        b.command(
+            Some(0),
+            "get",
+            Role::Master,
+            Duration::from_micros(3_000),
+            None,
+        );
+        b.command(
+            Some(0),
+            "get",
+            Role::Replica,
+            Duration::from_micros(400),
+            Some(Duration::from_micros(300)),
+        );
+        b.command(None, "auth", Role::Proxy, Duration::from_micros(20), None);
+        a.cache(Some(0), "get", 2, 1);
+        b.cache(Some(0), "get", 0, 1);
+        a.error(Some(0), "get", ErrorKind::Timeout);
+        a.error(Some(7), "set", ErrorKind::Policy);
+        a.bytes_in(100);
+        b.bytes_out(50);
+        a.ttl_clamped(Some(0));
+        b.isolation_refused(Some(1));
+        m.auth_failure();
+        m.client_connected(Some(0));
+        m.client_connected(None);
+        m.client_connected(Some(0));
+        m.client_disconnected(Some(0));
+        // Not due yet: nothing handed over.
+        a.flush_if_due();
+        let text = m.render_prometheus(&[]);
+        assert!(!text.contains("command=\"get\""), "{text}");
+        drop(a);
+        drop(b);
+        let text = m.render_prometheus(&[]);
+        let get_master = r#"service="cart",command="get",role="master""#;
+        assert_eq!(
+            value(
+                &text,
+                &format!("keygate_command_duration_seconds_count{{{get_master}}}")
+            ),
+            4.0
+        );
+        let sum = value(
+            &text,
+            &format!("keygate_command_duration_seconds_sum{{{get_master}}}"),
+        );
+        assert!((sum - 0.0036).abs() < 1e-9, "{sum}");
+        assert_eq!(
+            value(
+                &text,
+                &format!("keygate_command_duration_seconds_bucket{{{get_master},le=\"0.00025\"}}")
+            ),
+            3.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("keygate_command_duration_seconds_bucket{{{get_master},le=\"0.005\"}}")
+            ),
+            4.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                &format!("keygate_backend_duration_seconds_count{{{get_master}}}")
+            ),
+            3.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"keygate_commands_total{service="cart",command="get"}"#
+            ),
+            5.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"keygate_commands_total{service="-",command="auth"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"keygate_cache_hits_total{service="cart",command="get"}"#
+            ),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"keygate_cache_misses_total{service="cart",command="get"}"#
+            ),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"keygate_command_errors_total{service="cart",command="get",kind="timeout"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"keygate_command_errors_total{service="-",command="set",kind="policy"}"#
+            ),
+            1.0
+        );
+        assert_eq!(value(&text, "keygate_client_bytes_received_total"), 100.0);
+        assert_eq!(value(&text, "keygate_client_bytes_sent_total"), 50.0);
+        assert_eq!(
+            value(&text, r#"keygate_ttl_clamped_total{service="cart"}"#),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"keygate_isolation_refusals_total{service="we\"ird\\na\nme"}"#
+            ),
+            1.0
+        );
+        assert_eq!(value(&text, "keygate_auth_failures_total"), 1.0);
+        assert_eq!(
+            value(&text, r#"keygate_client_connections{service="cart"}"#),
+            1.0
+        );
+        assert_eq!(
+            value(&text, r#"keygate_client_connections{service="-"}"#),
+            1.0
+        );
+        let max = value(
+            &text,
+            &format!("keygate_command_duration_window_seconds{{{get_master},quantile=\"1\"}}"),
+        );
+        assert!((max - 0.003).abs() < 0.00003, "max within 1%: {max}");
+        let p50 = value(
+            &text,
+            &format!("keygate_command_duration_window_seconds{{{get_master},quantile=\"0.5\"}}"),
+        );
+        assert_eq!(p50, 0.0002);
+        let info = m.info_section(Some("cart"));
+        assert!(
+            info.contains("service_cart:ops=5,hits=2,misses=2,hit_ratio=0.5000\r\n"),
+            "{info}"
+        );
+        let table = m.latency_table(Some("cart"), Some("GET"));
+        assert_eq!(table.lines().count(), 3, "{table}");
+        assert!(table.contains("cart get master 4 0.200 3.0"), "{table}");
+        assert!(table.contains("cart get replica 1 0.40"), "{table}");
+    }
+
+    #[test]
+    fn disabled_records_nothing() {
+        let m = Metrics::new(vec!["cart".into()], false);
+        let mut r = m.recorder();
+        r.command(
+            Some(0),
+            "get",
+            Role::Master,
+            Duration::from_millis(50),
+            None,
+        );
+        drop(r);
+        let text = m.render_prometheus(&[]);
+        assert!(!text.contains("command=\"get\""));
+        assert!(m.slowlog().is_empty());
+    }
+
+    #[test]
+    fn histograms_are_cumulative_and_end_in_count() {
+        let m = metrics();
+        let mut r = m.recorder();
+        for us in [1u64, 90, 100, 260, 7_000, 40_000, 2_000_000, 70_000_000] {
+            r.command(
+                Some(0),
+                "blpop",
+                Role::Master,
+                Duration::from_micros(us),
+                None,
+            );
+        }
+        drop(r);
+        let text = m.render_prometheus(&[]);
+        let buckets: Vec<f64> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("keygate_command_duration_seconds_bucket{") && l.contains("blpop")
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(buckets.len(), histogram::BUCKET_BOUNDS.len() + 1);
+        assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
+        assert_eq!(buckets[0], 3.0);
+        let count = value(
+            &text,
+            r#"keygate_command_duration_seconds_count{service="cart",command="blpop",role="master"}"#,
+        );
+        assert_eq!(*buckets.last().unwrap(), count);
+        assert_eq!(count, 8.0);
+        assert_eq!(
+            buckets[buckets.len() - 2],
+            8.0,
+            "70 s is clamped into the 60 s bucket"
+        );
+        let sum = value(
+            &text,
+            r#"keygate_command_duration_seconds_sum{service="cart",command="blpop",role="master"}"#,
+        );
+        assert!(
+            (sum - 72.047451).abs() < 1e-6,
+            "exact, unclamped sum: {sum}"
+        );
+    }
+
+    #[test]
+    fn slowlog_is_bounded_and_holds_no_arguments() {
+        let m = metrics();
+        let mut r = m.recorder();
+        r.command(Some(0), "get", Role::Master, Duration::from_millis(9), None);
+        for i in 0..6 {
+            r.command(
+                Some(0),
+                "set",
+                Role::Master,
+                Duration::from_millis(10 + i),
+                None,
+            );
+        }
+        drop(r);
+        let log = m.slowlog();
+        assert_eq!(log.len(), 4);
+        assert_eq!(log[0].duration_us, 15_000);
+        assert!(log
+            .iter()
+            .all(|e| e.command == "set" && e.service == "cart"));
+        let json = m.slowlog_json().to_string();
+        // Only these fields exist: no argument can appear.
+        let entry = &m.slowlog_json()["entries"][0];
+        let mut keys: Vec<&String> = entry.as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "command",
+                "duration_us",
+                "id",
+                "role",
+                "service",
+                "timestamp_ms"
+            ]
+        );
+        assert!(json.contains("\"threshold_us\":10000"), "{json}");
+    }
+
+    #[test]
+    fn full_output_parses_with_a_prometheus_parser() {
+        let m = metrics();
+        let mut r = m.recorder();
+        r.command(
+            Some(1),
+            "config|get",
+            Role::Proxy,
+            Duration::from_micros(80),
+            None,
+        );
+        r.command(
+            Some(0),
+            "mget",
+            Role::Replica,
+            Duration::from_micros(900),
+            Some(Duration::from_micros(700)),
+        );
+        r.cache(Some(0), "mget", 3, 1);
+        r.error(Some(0), "mget", ErrorKind::Backend);
+        drop(r);
+        let extra = [
+            Gauge {
+                name: "keygate_backend_connections",
+                help: "Open connections to a backend node.",
+                labels: vec![("node", "127.0.0.1:7000".into()), ("role", "master".into())],
+                value: 2.0,
+            },
+            Gauge {
+                name: "keygate_ready",
+                help: "Ready.",
+                labels: Vec::new(),
+                value: 1.0,
+            },
+            Gauge {
+                name: "keygate_backend_connections",
+                help: "Open connections to a backend node.",
+                labels: vec![
+                    ("node", "127.0.0.1:7001".into()),
+                    ("role", "replica".into()),
+                ],
+                value: 1.0,
+            },
+        ];
+        let text = m.render_prometheus(&extra);
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+        let find = |name: &'static str| scrape.samples.iter().filter(move |s| s.metric == name);
+        assert_eq!(find("keygate_backend_connections").count(), 2);
+        let hist = find("keygate_command_duration_seconds")
+            .find(|s| s.labels.get("command") == Some("config|get"))
+            .expect("histogram sample");
+        // prometheus-parse keeps label values as written (escaped).
+        assert_eq!(hist.labels.get("service"), Some(r#"we\"ird\\na\nme"#));
+        match &hist.value {
+            prometheus_parse::Value::Histogram(buckets) => {
+                assert_eq!(buckets.len(), histogram::BUCKET_BOUNDS.len() + 1);
+                assert!(buckets.iter().all(|b| b.count == 1.0));
+            }
+            other => panic!("not a histogram: {other:?}"),
+        }
+        assert_eq!(
+            find("keygate_cache_hits_total")
+                .next()
+                .map(|s| s.labels.get("command")),
+            Some(Some("mget"))
+        );
+        assert!(find("keygate_uptime_seconds").next().is_some());
+        assert_eq!(find("keygate_command_duration_window_seconds").count(), 10);
+        // Every family announced once.
+        for family in [
+            "keygate_command_duration_seconds",
+            "keygate_backend_connections",
+            "keygate_ready",
+        ] {
+            let types = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("# TYPE {family} ")))
+                .count();
+            assert_eq!(types, 1, "{family}");
+        }
+        if std::env::var_os("KEYGATE_DUMP_METRICS").is_some() {
+            std::fs::write("/tmp/keygate-metrics.txt", &text).unwrap();
+        }
+    }
+
+    /// Cost of `Recorder::command` (printed, not asserted).
+    #[test]
+    fn recorder_command_cost() {
+        let m = metrics();
+        let mut r = m.recorder();
+        let n = 1_000_000u32;
+        let commands = ["get", "set", "mget", "hget"];
+        let start = Instant::now();
+        for i in 0..n {
+            let cmd = commands[(i % 4) as usize];
+            r.command(
+                Some(0),
+                cmd,
+                Role::Master,
+                Duration::from_micros(u64::from(i % 5000)),
+                Some(Duration::from_micros(90)),
+            );
+            if i % 1024 == 0 {
+                r.flush_if_due();
+            }
+        }
+        let elapsed = start.elapsed();
+        println!(
+            "Recorder::command: {:.1} ns per call (debug/test profile unless --release)",
+            elapsed.as_nanos() as f64 / f64::from(n)
+        );
+        let idle = m.recorder();
+        println!(
+            "idle Recorder: {} bytes inline, no heap",
+            std::mem::size_of_val(&idle)
+        );
+        assert!(std::mem::size_of_val(&idle) < 1024);
     }
 }

@@ -95,7 +95,12 @@ fn histogram(out: &mut String, name: &str, labels: &[(&str, &str)], latency: &La
         labels,
         latency.sum_micros as f64 / 1e6,
     );
-    sample(out, &format!("{name}_count"), labels, latency.histogram.len());
+    sample(
+        out,
+        &format!("{name}_count"),
+        labels,
+        latency.histogram.len(),
+    );
 }
 
 /// Renders every metric of `m` from `reg`, then `extra`.
@@ -116,8 +121,17 @@ pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
     for (service, command, s) in series() {
         for role in Role::ALL {
             if let Some(Some(r)) = s.roles.get(role.index()) {
-                let labels = [("service", service), ("command", command), ("role", role.label())];
-                histogram(&mut out, "keygate_command_duration_seconds", &labels, &r.total);
+                let labels = [
+                    ("service", service),
+                    ("command", command),
+                    ("role", role.label()),
+                ];
+                histogram(
+                    &mut out,
+                    "keygate_command_duration_seconds",
+                    &labels,
+                    &r.total,
+                );
             }
         }
     }
@@ -134,8 +148,17 @@ pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
                 if r.backend.histogram.is_empty() {
                     continue;
                 }
-                let labels = [("service", service), ("command", command), ("role", role.label())];
-                histogram(&mut out, "keygate_backend_duration_seconds", &labels, &r.backend);
+                let labels = [
+                    ("service", service),
+                    ("command", command),
+                    ("role", role.label()),
+                ];
+                histogram(
+                    &mut out,
+                    "keygate_backend_duration_seconds",
+                    &labels,
+                    &r.backend,
+                );
             }
         }
     }
@@ -173,18 +196,31 @@ pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
     }
 
     let counters: [(&str, &str, fn(&super::registry::Series) -> u64); 3] = [
-        ("keygate_commands_total", "Commands completed.", |s| s.commands),
-        ("keygate_cache_hits_total", "Cache hits of read commands (per key for MGET and HMGET).", |s| s.hits),
-        ("keygate_cache_misses_total", "Cache misses of read commands (per key for MGET and HMGET).", |s| {
-            s.misses
+        ("keygate_commands_total", "Commands completed.", |s| {
+            s.commands
         }),
+        (
+            "keygate_cache_hits_total",
+            "Cache hits of read commands (per key for MGET and HMGET).",
+            |s| s.hits,
+        ),
+        (
+            "keygate_cache_misses_total",
+            "Cache misses of read commands (per key for MGET and HMGET).",
+            |s| s.misses,
+        ),
     ];
     for (name, help, value) in counters {
         family(&mut out, name, "counter", help);
         for (service, command, s) in series() {
             let v = value(s);
             if v > 0 || name == "keygate_commands_total" {
-                sample(&mut out, name, &[("service", service), ("command", command)], v);
+                sample(
+                    &mut out,
+                    name,
+                    &[("service", service), ("command", command)],
+                    v,
+                );
             }
         }
     }
@@ -199,7 +235,11 @@ pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
         for kind in ErrorKind::ALL {
             let n = s.errors.get(kind.index()).copied().unwrap_or(0);
             if n > 0 {
-                let labels = [("service", service), ("command", command), ("kind", kind.label())];
+                let labels = [
+                    ("service", service),
+                    ("command", command),
+                    ("kind", kind.label()),
+                ];
                 sample(&mut out, "keygate_command_errors_total", &labels, n);
             }
         }
@@ -213,16 +253,25 @@ pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
     );
     for (slot, c) in m.per_service.iter().enumerate() {
         let labels = [("service", m.service_label(slot))];
-        sample(&mut out, "keygate_client_connections", &labels, c.connections.load(Ordering::Relaxed));
+        sample(
+            &mut out,
+            "keygate_client_connections",
+            &labels,
+            c.connections.load(Ordering::Relaxed),
+        );
     }
 
     let per_service: [(&str, &str, fn(&super::ServiceCounters) -> u64); 3] = [
-        ("keygate_ttl_clamped_total", "TTLs above max_ttl lowered to max_ttl.", |c| {
-            c.ttl_clamped.load(Ordering::Relaxed)
-        }),
-        ("keygate_ttl_refused_total", "Commands refused for a TTL above max_ttl.", |c| {
-            c.ttl_refused.load(Ordering::Relaxed)
-        }),
+        (
+            "keygate_ttl_clamped_total",
+            "TTLs above max_ttl lowered to max_ttl.",
+            |c| c.ttl_clamped.load(Ordering::Relaxed),
+        ),
+        (
+            "keygate_ttl_refused_total",
+            "Commands refused for a TTL above max_ttl.",
+            |c| c.ttl_refused.load(Ordering::Relaxed),
+        ),
         (
             "keygate_isolation_refusals_total",
             "Commands refused because they cannot be confined to the service's namespace.",
@@ -232,7 +281,12 @@ pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
     for (name, help, value) in per_service {
         family(&mut out, name, "counter", help);
         for (slot, c) in m.per_service.iter().enumerate() {
-            sample(&mut out, name, &[("service", m.service_label(slot))], value(c));
+            sample(
+                &mut out,
+                name,
+                &[("service", m.service_label(slot))],
+                value(c),
+            );
         }
     }
 
@@ -296,7 +350,10 @@ mod tests {
     #[test]
     fn label_values_are_escaped() {
         let mut out = String::new();
-        labels_into(&mut out, &[("service", "a\"b\\c\nd"), ("command", "config|get")]);
+        labels_into(
+            &mut out,
+            &[("service", "a\"b\\c\nd"), ("command", "config|get")],
+        );
         assert_eq!(out, r#"{service="a\"b\\c\nd",command="config|get"}"#);
     }
 }
