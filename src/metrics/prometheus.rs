@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use super::histogram::{cumulative_buckets, quantile_seconds, BUCKET_BOUNDS};
-use super::registry::{Latency, Registry};
-use super::{ErrorKind, Metrics, Role};
+use super::registry::{Latency, Registry, Series};
+use super::{ErrorKind, Metrics, Role, ServiceCounters};
 
 /// A gauge the registry cannot know, supplied by the server at scrape time.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,6 +33,11 @@ const WINDOW_QUANTILES: [(&str, f64); 5] = [
     ("0.999", 0.999),
     ("1", 1.0),
 ];
+
+/// A counter family read from each (service, command) series: name, help, value.
+type SeriesCounter = (&'static str, &'static str, fn(&Series) -> u64);
+/// A counter family read from each service's counters: name, help, value.
+type ServiceCounter = (&'static str, &'static str, fn(&ServiceCounters) -> u64);
 
 /// Appends `value` escaped for a label value.
 fn escape_into(out: &mut String, value: &str) {
@@ -195,7 +200,7 @@ pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
         }
     }
 
-    let counters: [(&str, &str, fn(&super::registry::Series) -> u64); 3] = [
+    let counters: [SeriesCounter; 3] = [
         ("keygate_commands_total", "Commands completed.", |s| {
             s.commands
         }),
@@ -261,7 +266,7 @@ pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
         );
     }
 
-    let per_service: [(&str, &str, fn(&super::ServiceCounters) -> u64); 3] = [
+    let per_service: [ServiceCounter; 3] = [
         (
             "keygate_ttl_clamped_total",
             "TTLs above max_ttl lowered to max_ttl.",
