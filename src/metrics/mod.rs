@@ -843,5 +843,17 @@ mod tests {
             std::mem::size_of_val(&idle)
         );
         assert!(std::mem::size_of_val(&idle) < 1024);
+        println!(
+            "per (service, command, role) while active: {} bytes of u32 counts",
+            histogram::new_histogram::<u32>().distinct_values() * 4
+        );
+    }
+
+    #[test]
+    fn shareable_across_tasks() {
+        fn send<T: Send>() {}
+        fn send_sync<T: Send + Sync>() {}
+        send::<Recorder>();
+        send_sync::<Metrics>();
     }
 }
