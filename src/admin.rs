@@ -43,6 +43,7 @@ fn router(state: Arc<ProxyState>) -> Router {
         .route("/health/ready", get(ready))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/slowlog", get(slowlog))
         .with_state(state)
 }
 
@@ -69,5 +70,13 @@ async fn metrics(State(state): State<Arc<ProxyState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
         state.render_metrics(),
+    )
+}
+
+/// `GET /slowlog`: the slow log as JSON, newest first.
+async fn slowlog(State(state): State<Arc<ProxyState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.slowlog_json().to_string(),
     )
 }

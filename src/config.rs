@@ -57,6 +57,12 @@ pub struct ProxyConfig {
     /// Tokio worker threads; the number of cores when absent.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Commands at least this slow go to the slow log.
+    #[serde(default = "defaults::slowlog_threshold", with = "duration")]
+    pub slowlog_threshold: Duration,
+    /// Most slow log entries kept; 0 turns the slow log off.
+    #[serde(default = "defaults::slowlog_max_len")]
+    pub slowlog_max_len: usize,
 }
 
 /// Log line format.
@@ -322,6 +328,12 @@ mod defaults {
     }
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn slowlog_threshold() -> Duration {
+        Duration::from_millis(10)
+    }
+    pub fn slowlog_max_len() -> usize {
+        128
     }
     pub fn yes() -> bool {
         true

@@ -196,6 +196,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
             read = read_dedicated(&mut conn.dedicated) => conn.on_dedicated_read(read),
             _ = sleep_until(deadline) => conn.on_dedicated_timeout(),
             _ = sleep_until(idle_at) => break,
+            _ = sleep_until(conn.recorder.flush_due_at().map(Instant::from_std)) => conn.recorder.flush_if_due(),
             _ = shutdown.changed(), if !conn.closing => conn.closing = true,
         }
         conn.queue.drain_ready(&mut conn.out, &mut conn.recorder);
@@ -304,6 +305,17 @@ impl Connection {
                 self.reply(reply, quiet).await;
                 return;
             }
+        }
+        if req
+            .get(0)
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"keygate"))
+            && !self.session.tx.open
+        {
+            if let LocalAnswer::Reply(reply) = local::answer_keygate(&self.ctx, &self.session, &req)
+            {
+                self.reply(reply, suppress).await;
+            }
+            return;
         }
         let spec = match command::lookup(&req) {
             Ok(spec) => spec,
