@@ -328,7 +328,7 @@ fn parse_string_options(req: &Request, from: usize, is_set: bool) -> Option<Stri
     while let Some(opt) = req.get(i) {
         let has_next = i + 1 < req.argc();
         let is = |word: &[u8]| opt.eq_ignore_ascii_case(word);
-        let only_unit = |unit: TtlUnit| unit_given.map_or(true, |given| given == unit);
+        let only_unit = |unit: TtlUnit| unit_given.is_none_or(|given| given == unit);
         if is(b"nx") && is_set && !xx {
             nx = true;
         } else if is(b"xx") && is_set && !nx {
