@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use locate::KeyPath;
-
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -301,6 +299,14 @@ fn toml_problem(text: &str, error: &toml::de::Error) -> Problem {
             };
         }
     }
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        if let Some((name, _)) = rest.split_once('`') {
+            return Problem {
+                line,
+                message: format!("missing key '{name}' in {}", path.table_name()),
+            };
+        }
+    }
     let message = if path.0.is_empty() {
         message
     } else {
@@ -462,6 +468,14 @@ max_ttl = "1h"
     fn unknown_key_in_service_is_named() {
         let text = replace("max_ttl = \"1h\"", "max_tll = \"1h\"");
         assert_problem(&text, 18, "unknown key 'max_tll' in service[1]");
+    }
+
+    #[test]
+    fn missing_key_is_named_with_its_table() {
+        let text = replace("listen = \"127.0.0.1:6380\"\n", "");
+        assert_problem(&text, 1, "missing key 'listen' in [proxy]");
+        let text = "[proxy]\nlisten = \"127.0.0.1:1\"\n";
+        assert_problem(text, 1, "missing key 'backend' in the top level");
     }
 
     #[test]
