@@ -12,14 +12,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use locate::KeyPath;
-
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[proxy]`: listeners and client limits.
     pub proxy: ProxyConfig,
+    /// `[backend]`: the Redis topology and connections.
     pub backend: BackendConfig,
+    /// `[[service]]`: the logins, in file order.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
 }
@@ -69,8 +70,10 @@ pub struct ProxyConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// One human-readable line per event.
     #[default]
     Compact,
+    /// One JSON object per event, for log collectors.
     Json,
 }
 
@@ -84,11 +87,13 @@ pub struct BackendConfig {
     /// Sentinel addresses; with `master_name`, instead of `address`.
     #[serde(default)]
     pub sentinels: Vec<String>,
+    /// The Sentinel-monitored master to follow; with `sentinels`.
     #[serde(default)]
     pub master_name: Option<String>,
     /// ACL user for the data nodes.
     #[serde(default)]
     pub username: Option<String>,
+    /// Password for the data nodes, inline.
     #[serde(default)]
     pub password: Option<String>,
     /// Environment variable holding the password.
@@ -103,6 +108,7 @@ pub struct BackendConfig {
     /// Most dedicated connections (MULTI, blocking, pub/sub) per node.
     #[serde(default = "defaults::dedicated_max")]
     pub dedicated_max: u32,
+    /// How long connecting (and the handshake) to a backend node may take.
     #[serde(default = "defaults::connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
     /// How long an ordinary command may wait for its reply before the client gets an error.
@@ -149,34 +155,48 @@ impl BackendConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
+    /// The login name (AUTH username); `default` is the passwordless login.
     pub name: String,
+    /// The password, inline.
     #[serde(default)]
     pub password: Option<String>,
+    /// The password's SHA-256, 64 hex characters.
     #[serde(default)]
     pub password_sha256: Option<String>,
+    /// Environment variable holding the password.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// The key namespace on the backend; clients see keys without it.
     #[serde(default)]
     pub prefix: String,
     /// Must be spelled out as `false` to allow an empty prefix.
     #[serde(default)]
     pub isolation: Option<bool>,
+    /// TTL given to writes that set none.
     #[serde(default, with = "duration_opt")]
     pub default_ttl: Option<Duration>,
+    /// Longest TTL allowed; at least `default_ttl`.
     #[serde(default, with = "duration_opt")]
     pub max_ttl: Option<Duration>,
+    /// What happens to a TTL above `max_ttl`.
     #[serde(default)]
     pub ttl_over_max: TtlOverMax,
+    /// Largest value this service may write, in bytes.
     #[serde(default)]
     pub max_value_bytes: Option<usize>,
+    /// Most connections logged in as this service at once.
     #[serde(default)]
     pub max_clients: Option<usize>,
+    /// Commands this service may not run (checked against the command table elsewhere).
     #[serde(default)]
     pub deny_commands: Vec<String>,
+    /// Where this service's reads go.
     #[serde(default)]
     pub read_from: ReadFrom,
+    /// May run administrative commands.
     #[serde(default)]
     pub admin: bool,
+    /// May run scripts and functions (EVAL, FCALL).
     #[serde(default)]
     pub allow_scripts: bool,
 }
@@ -185,8 +205,10 @@ pub struct ServiceConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TtlOverMax {
+    /// Lower it to `max_ttl`.
     #[default]
     Clamp,
+    /// Refuse the command with an error.
     Reject,
 }
 
@@ -194,9 +216,12 @@ pub enum TtlOverMax {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReadFrom {
+    /// Always the master: reads see the service's own writes.
     #[default]
     Master,
+    /// Replicas only, within `max_replica_lag`.
     Replica,
+    /// A replica within `max_replica_lag`, else the master.
     PreferReplica,
 }
 
@@ -206,7 +231,9 @@ pub enum ConfigError {
     /// The file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The file as given.
         path: String,
+        /// Why it could not be read.
         #[source]
         source: std::io::Error,
     },
@@ -307,6 +334,14 @@ fn toml_problem(text: &str, error: &toml::de::Error) -> Problem {
             };
         }
     }
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        if let Some((name, _)) = rest.split_once('`') {
+            return Problem {
+                line,
+                message: format!("missing key '{name}' in {}", path.table_name()),
+            };
+        }
+    }
     let message = if path.0.is_empty() {
         message
     } else {
@@ -315,6 +350,7 @@ fn toml_problem(text: &str, error: &toml::de::Error) -> Problem {
     Problem { line, message }
 }
 
+/// Defaults for keys left out.
 mod defaults {
     use std::time::Duration;
     pub fn max_clients() -> usize {
@@ -368,6 +404,7 @@ mod duration {
     }
 }
 
+/// Optional durations, spelled as in [`duration`].
 mod duration_opt {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
@@ -474,6 +511,14 @@ max_ttl = "1h"
     fn unknown_key_in_service_is_named() {
         let text = replace("max_ttl = \"1h\"", "max_tll = \"1h\"");
         assert_problem(&text, 18, "unknown key 'max_tll' in service[1]");
+    }
+
+    #[test]
+    fn missing_key_is_named_with_its_table() {
+        let text = replace("listen = \"127.0.0.1:6380\"\n", "");
+        assert_problem(&text, 1, "missing key 'listen' in [proxy]");
+        let text = "[proxy]\nlisten = \"127.0.0.1:1\"\n";
+        assert_problem(text, 1, "missing key 'backend' in the top level");
     }
 
     #[test]

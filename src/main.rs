@@ -6,6 +6,7 @@
 //! never steal its workers. Both listeners are bound before anything starts
 //! serving, so a bad address fails the start instead of half-starting.
 
+use std::io::IsTerminal;
 use std::net::TcpListener as StdTcpListener;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -86,11 +87,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`).
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`);
+/// colours only on a terminal, so log files and collectors get plain text.
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Compact => builder.compact().init(),

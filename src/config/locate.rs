@@ -135,37 +135,45 @@ impl<'t> SourceMap<'t> {
     }
 }
 
-/// A child of a table or array: its path segment, the span of its key (for
-/// tables), and its value.
-type Child<'v, 'a> = (Segment, Option<Range<usize>>, &'v Spanned<DeValue<'a>>);
-
 /// Depth-first search under `node` for the innermost key covering `span`;
 /// on success `path` holds it and the result is true.
 fn find_path(node: Node<'_, '_>, span: &Range<usize>, path: &mut KeyPath) -> bool {
-    let children: Vec<Child<'_, '_>> = match node {
-        Node::Table(table) => table
-            .iter()
-            .map(|(k, v)| (Segment::Key(k.get_ref().to_string()), Some(k.span()), v))
-            .collect(),
+    match node {
+        Node::Table(table) => table.iter().any(|(key, value)| {
+            let key_covers = covers(&key.span(), span);
+            descend(
+                Segment::Key(key.get_ref().to_string()),
+                key_covers,
+                value,
+                span,
+                path,
+            )
+        }),
         Node::Array(items) => items
             .iter()
             .enumerate()
-            .map(|(i, v)| (Segment::Index(i), None, v))
-            .collect(),
-        Node::Leaf => Vec::new(),
-    };
-    for (segment, key_span, value) in children {
-        path.0.push(segment);
-        if find_path(Node::of(value.get_ref()), span, path) {
-            return true;
-        }
-        let here = key_span.is_some_and(|k| covers(&k, span)) || covers(&value.span(), span);
-        if here {
-            return true;
-        }
+            .any(|(index, value)| descend(Segment::Index(index), false, value, span, path)),
+        Node::Leaf => false,
+    }
+}
+
+/// Tries `segment`: found if something inside `value` covers `span`, or the
+/// key (`key_covers`) or the value itself does; otherwise `path` is restored.
+fn descend(
+    segment: Segment,
+    key_covers: bool,
+    value: &Spanned<DeValue<'_>>,
+    span: &Range<usize>,
+    path: &mut KeyPath,
+) -> bool {
+    path.0.push(segment);
+    let found = find_path(Node::of(value.get_ref()), span, path)
+        || key_covers
+        || covers(&value.span(), span);
+    if !found {
         path.0.pop();
     }
-    false
+    found
 }
 
 /// A value seen as something a path can descend into.
@@ -186,7 +194,8 @@ impl<'a, 't> Node<'a, 't> {
     }
 }
 
-/// Whether `outer` contains `inner` (an empty `inner` at `outer`'s start counts).
+/// Whether `outer` contains `inner`; an empty `inner` (toml's "somewhere in
+/// the document") is inside nothing.
 fn covers(outer: &Range<usize>, inner: &Range<usize>) -> bool {
-    outer.start <= inner.start && inner.end <= outer.end && outer.start < outer.end
+    outer.start <= inner.start && inner.end <= outer.end && inner.start < inner.end
 }
