@@ -232,7 +232,10 @@ mod tests {
         assert_eq!(written(|o| simple(o, "OK")), b"+OK\r\n");
         assert_eq!(written(|o| error(o, "ERR a\r\nb")), b"-ERR a  b\r\n");
         assert_eq!(written(|o| integer(o, -42)), b":-42\r\n");
-        assert_eq!(written(|o| integer(o, i64::MIN)), b":-9223372036854775808\r\n");
+        assert_eq!(
+            written(|o| integer(o, i64::MIN)),
+            b":-9223372036854775808\r\n"
+        );
         assert_eq!(written(|o| bulk(o, b"a\r\nb")), b"$4\r\na\r\nb\r\n");
         assert_eq!(written(|o| bulk(o, b"")), b"$0\r\n\r\n");
         assert_eq!(written(|o| nil(o, Protocol::Resp2)), b"$-1\r\n");
@@ -248,12 +251,18 @@ mod tests {
         assert_eq!(written(|o| boolean(o, true, Protocol::Resp3)), b"#t\r\n");
         assert_eq!(written(|o| boolean(o, false, Protocol::Resp2)), b":0\r\n");
         assert_eq!(written(|o| double(o, 1.5, Protocol::Resp3)), b",1.5\r\n");
-        assert_eq!(written(|o| double(o, 1.5, Protocol::Resp2)), b"$3\r\n1.5\r\n");
+        assert_eq!(
+            written(|o| double(o, 1.5, Protocol::Resp2)),
+            b"$3\r\n1.5\r\n"
+        );
         assert_eq!(
             written(|o| double(o, f64::NEG_INFINITY, Protocol::Resp3)),
             b",-inf\r\n"
         );
-        assert_eq!(written(|o| double(o, f64::NAN, Protocol::Resp3)), b",nan\r\n");
+        assert_eq!(
+            written(|o| double(o, f64::NAN, Protocol::Resp3)),
+            b",nan\r\n"
+        );
         assert_eq!(
             written(|o| big_number(o, b"123", Protocol::Resp3)),
             b"(123\r\n"

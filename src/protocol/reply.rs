@@ -83,9 +83,9 @@ fn kind_of(type_byte: u8, line: &[u8]) -> ReplyKind {
 fn header_len(line: &[u8]) -> Result<Option<usize>, ProtocolError> {
     match parse_ll(line) {
         Some(-1) => Ok(None),
-        Some(n) if n >= 0 => {
-            usize::try_from(n).map(Some).map_err(|_| ProtocolError::InvalidReply("length too large"))
-        }
+        Some(n) if n >= 0 => usize::try_from(n)
+            .map(Some)
+            .map_err(|_| ProtocolError::InvalidReply("length too large")),
         _ => Err(ProtocolError::InvalidReply("invalid length")),
     }
 }
@@ -156,7 +156,9 @@ impl ReplyScanner {
             }
             if let Some(at) = self.pending_crlf.take() {
                 if buf.get(at..at + 2) != Some(b"\r\n") {
-                    return Err(ProtocolError::InvalidReply("bulk string not followed by CRLF"));
+                    return Err(ProtocolError::InvalidReply(
+                        "bulk string not followed by CRLF",
+                    ));
                 }
             }
             if self.frame_done {
@@ -640,7 +642,10 @@ mod tests {
             (b"*2\r\n:1\r\n*1\r\n$1\r\nx\r\n", ReplyKind::Value),
             (b"%1\r\n+k\r\n*2\r\n:1\r\n:2\r\n", ReplyKind::Value),
             (b"~2\r\n+a\r\n+b\r\n", ReplyKind::Value),
-            (b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n", ReplyKind::Push),
+            (
+                b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n",
+                ReplyKind::Push,
+            ),
             (b"_\r\n", ReplyKind::Nil),
             (b",3.14\r\n", ReplyKind::Value),
             (b"#t\r\n", ReplyKind::Value),
@@ -657,7 +662,10 @@ mod tests {
             let got = frames_chunked(&input, std::iter::empty()).unwrap();
             assert_eq!(
                 got,
-                vec![(frame.to_vec(), kind), (b"+NEXT\r\n".to_vec(), ReplyKind::Value)],
+                vec![
+                    (frame.to_vec(), kind),
+                    (b"+NEXT\r\n".to_vec(), ReplyKind::Value)
+                ],
                 "{:?}",
                 String::from_utf8_lossy(frame)
             );
@@ -691,9 +699,19 @@ mod tests {
         let e = scan_one(b"?x\r\n").unwrap_err();
         assert_eq!(e, ProtocolError::InvalidReplyType(b'?'));
         assert_eq!(e.to_string(), "invalid reply type byte '?'");
-        for bad in [&b"$x\r\n"[..], b"*-2\r\n", b"%-1\r\n", b"!-1\r\n", b"$3\r\nabcde\r\n", b"+a\rb\n"] {
+        for bad in [
+            &b"$x\r\n"[..],
+            b"*-2\r\n",
+            b"%-1\r\n",
+            b"!-1\r\n",
+            b"$3\r\nabcde\r\n",
+            b"+a\rb\n",
+        ] {
             let e = scan_one(bad).unwrap_err();
-            assert!(matches!(e, ProtocolError::InvalidReply(_)), "{bad:?}: {e:?}");
+            assert!(
+                matches!(e, ProtocolError::InvalidReply(_)),
+                "{bad:?}: {e:?}"
+            );
             assert!(e.to_string().starts_with("invalid reply: "));
         }
         assert_eq!(scan_one(b"$5\r\nab"), Ok(None));
@@ -706,7 +724,10 @@ mod tests {
         let e = scanner.next_frame(&input).unwrap_err();
         assert_eq!(e, ProtocolError::TooDeep(DEFAULT_MAX_DEPTH));
         assert_eq!(e.to_string(), "nesting deeper than 128 levels");
-        assert_eq!(Value::parse(&input), Err(ProtocolError::TooDeep(DEFAULT_MAX_DEPTH)));
+        assert_eq!(
+            Value::parse(&input),
+            Err(ProtocolError::TooDeep(DEFAULT_MAX_DEPTH))
+        );
         // Exactly at the cap is fine.
         let mut ok = b"*1\r\n".repeat(DEFAULT_MAX_DEPTH);
         ok.extend_from_slice(b":1\r\n");
@@ -714,7 +735,10 @@ mod tests {
         assert!(Value::parse(&ok).is_ok());
         // Attributes count towards the depth.
         let attrs = b"|1\r\n".repeat(100_000);
-        assert!(matches!(ReplyScanner::new(4).next_frame(&attrs), Err(ProtocolError::TooDeep(4))));
+        assert!(matches!(
+            ReplyScanner::new(4).next_frame(&attrs),
+            Err(ProtocolError::TooDeep(4))
+        ));
     }
 
     #[test]

@@ -71,7 +71,8 @@ impl ArgSpan {
     /// scanned headers are canonical decimal (Redis's `string2ll` refuses
     /// signs and leading zeros) followed by exactly two line-end bytes.
     fn header_start(self) -> usize {
-        self.start().saturating_sub(3 + decimal_len(self.len as usize))
+        self.start()
+            .saturating_sub(3 + decimal_len(self.len as usize))
     }
 }
 
@@ -344,6 +345,7 @@ impl RequestScanner {
         }
     }
 
+    #[inline]
     fn scan_inner(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
         loop {
             if self.expected == 0 {
@@ -371,6 +373,18 @@ impl RequestScanner {
     /// Reads the `*N` header at the buffer front. `Ok(false)` when incomplete;
     /// a non-positive count consumes the header and leaves `expected` at 0.
     fn start_multibulk(&mut self, buf: &mut BytesMut) -> Result<bool, ProtocolError> {
+        if let Some((count, next)) = quick_header(buf, 0, b'*') {
+            if count > 0 && count <= self.limits.max_args {
+                self.searched = 0;
+                self.expected = count;
+                self.pos = next;
+                self.args.clear();
+                if count > self.args.inline_size() {
+                    self.args.reserve(count.min(1024));
+                }
+                return Ok(true);
+            }
+        }
         let cr = match self.find_byte(buf, 0, b'\r') {
             Line::At(cr) => cr,
             Line::Incomplete => {
@@ -405,16 +419,23 @@ impl RequestScanner {
     }
 
     /// Scans bulk arguments from `pos` until the multibulk is complete.
+    #[inline]
     fn continue_multibulk(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
-        while self.args.len() < self.expected {
-            let len = match self.bulk_len {
+        let mut remaining = self.expected - self.args.len();
+        while remaining > 0 {
+            let len = match self.bulk_len.take() {
                 Some(len) => len,
-                None => {
-                    let Some(len) = self.read_bulk_header(buf)? else {
-                        return Ok(None);
-                    };
-                    len
-                }
+                None => match quick_header(buf, self.pos, b'$') {
+                    Some((len, next)) if len <= self.limits.max_bulk_len => {
+                        self.searched = 0;
+                        self.pos = next;
+                        len
+                    }
+                    _ => match self.read_bulk_header(buf)? {
+                        Some(len) => len,
+                        None => return Ok(None),
+                    },
+                },
             };
             let end = self.pos + len + 2;
             if end > u32::MAX as usize {
@@ -425,12 +446,13 @@ impl RequestScanner {
                 reserve_for(buf, end);
                 return Ok(None);
             }
+            // Both fit: `end` was checked against `u32::MAX` above.
             self.args.push(ArgSpan {
-                start: offset32(self.pos),
-                len: offset32(len),
+                start: self.pos as u32,
+                len: len as u32,
             });
             self.pos = end;
-            self.bulk_len = None;
+            remaining -= 1;
         }
         let frame = buf.split_to(self.pos).freeze();
         let args = std::mem::take(&mut self.args);
@@ -492,6 +514,48 @@ impl RequestScanner {
             return Ok(InlineOutcome::Empty);
         }
         Ok(InlineOutcome::Request(Request::from_args(&args)))
+    }
+}
+
+/// The common case of a header line in one pass: `type_byte`, a canonical
+/// decimal of at most 18 digits, `\r` and one more byte present. Returns the
+/// value and the offset after the line; `None` sends the caller to the
+/// general path, which also produces the errors.
+#[inline(always)]
+fn quick_header(buf: &[u8], at: usize, type_byte: u8) -> Option<(usize, usize)> {
+    match *buf.get(at..)? {
+        [t, d @ b'0'..=b'9', b'\r', _, ..] if t == type_byte => {
+            Some((usize::from(d - b'0'), at + 4))
+        }
+        [t, d1 @ b'1'..=b'9', d0 @ b'0'..=b'9', b'\r', _, ..] if t == type_byte => {
+            Some((usize::from(d1 - b'0') * 10 + usize::from(d0 - b'0'), at + 5))
+        }
+        _ => quick_header_long(buf, at, type_byte),
+    }
+}
+
+/// [`quick_header`] for numbers of three or more digits.
+fn quick_header_long(buf: &[u8], at: usize, type_byte: u8) -> Option<(usize, usize)> {
+    let rest = buf.get(at..)?;
+    if rest.first() != Some(&type_byte) || rest.get(1) == Some(&b'0') {
+        return None;
+    }
+    let mut value: u64 = 0;
+    let mut i = 1;
+    loop {
+        match rest.get(i) {
+            Some(&d) if d.is_ascii_digit() => {
+                value = value * 10 + u64::from(d - b'0');
+                i += 1;
+                if i > 19 {
+                    return None;
+                }
+            }
+            Some(b'\r') if i > 1 && i + 1 < rest.len() => {
+                return Some((usize::try_from(value).ok()?, at + i + 2));
+            }
+            _ => return None,
+        }
     }
 }
 
@@ -685,8 +749,14 @@ mod tests {
         assert_eq!(s.scan(&mut buf), Ok(None));
         assert_eq!(buf.len(), 16);
         buf.extend_from_slice(b"\nk\r\n*1\r\n$4\r\nPING\r\n");
-        assert_eq!(args_of(&s.scan(&mut buf).unwrap().unwrap()), strings(&["GET", "k"]));
-        assert_eq!(args_of(&s.scan(&mut buf).unwrap().unwrap()), strings(&["PING"]));
+        assert_eq!(
+            args_of(&s.scan(&mut buf).unwrap().unwrap()),
+            strings(&["GET", "k"])
+        );
+        assert_eq!(
+            args_of(&s.scan(&mut buf).unwrap().unwrap()),
+            strings(&["PING"])
+        );
         assert_eq!(s.scan(&mut buf), Ok(None));
     }
 
@@ -701,8 +771,14 @@ mod tests {
         let mut buf = BytesMut::from(&b"set  k \"v 1\"\r\nget k\n"[..]);
         let mut s = scanner();
         let req = s.scan(&mut buf).unwrap().unwrap();
-        assert_eq!(req.frame().as_ref(), b"*3\r\n$3\r\nset\r\n$1\r\nk\r\n$3\r\nv 1\r\n");
-        assert_eq!(args_of(&s.scan(&mut buf).unwrap().unwrap()), strings(&["get", "k"]));
+        assert_eq!(
+            req.frame().as_ref(),
+            b"*3\r\n$3\r\nset\r\n$1\r\nk\r\n$3\r\nv 1\r\n"
+        );
+        assert_eq!(
+            args_of(&s.scan(&mut buf).unwrap().unwrap()),
+            strings(&["get", "k"])
+        );
         assert!(buf.is_empty());
     }
 
@@ -723,13 +799,25 @@ mod tests {
             let mut input = line.to_vec();
             input.extend_from_slice(b"\r\n");
             let want: Vec<Vec<u8>> = want.iter().map(|a| a.to_vec()).collect();
-            assert_eq!(scan_all(&input).unwrap(), vec![want], "{:?}", String::from_utf8_lossy(line));
+            assert_eq!(
+                scan_all(&input).unwrap(),
+                vec![want],
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
         }
     }
 
     #[test]
     fn unbalanced_quotes_are_refused() {
-        for line in [&b"\"abc\n"[..], b"'abc\n", b"\"a\"b\n", b"'a'b\n", b"\"a\\\"\n", b"\"a\x00\"\n"] {
+        for line in [
+            &b"\"abc\n"[..],
+            b"'abc\n",
+            b"\"a\"b\n",
+            b"'a'b\n",
+            b"\"a\\\"\n",
+            b"\"a\x00\"\n",
+        ] {
             let e = scan_err(line);
             assert_eq!(e, ProtocolError::UnbalancedQuotes);
             assert_eq!(e.to_string(), "unbalanced quotes in request");
@@ -753,7 +841,14 @@ mod tests {
 
     #[test]
     fn multibulk_errors_match_redis() {
-        for input in [&b"*x\r\n"[..], b"*01\r\n", b"*+1\r\n", b"* 1\r\n", b"*1048577\r\n", b"*\r\n"] {
+        for input in [
+            &b"*x\r\n"[..],
+            b"*01\r\n",
+            b"*+1\r\n",
+            b"* 1\r\n",
+            b"*1048577\r\n",
+            b"*\r\n",
+        ] {
             let e = scan_err(input);
             assert_eq!(e, ProtocolError::InvalidMultibulkLength, "{input:?}");
             assert_eq!(e.to_string(), "invalid multibulk length");
@@ -811,7 +906,9 @@ mod tests {
     #[test]
     fn big_bulk_arrives_in_pieces() {
         let value = vec![b'x'; 5 * 1024 * 1024 + 7];
-        let input = Request::from_args(&[&b"SET"[..], b"k", &value]).frame().clone();
+        let input = Request::from_args(&[&b"SET"[..], b"k", &value])
+            .frame()
+            .clone();
         let (reqs, err) = scan_chunked(&input, std::iter::repeat(64 * 1024));
         assert_eq!(err, None);
         assert_eq!(reqs.len(), 1);
@@ -836,7 +933,10 @@ mod tests {
         let input = mixed_pipeline();
         let whole = scan_all(&input).unwrap();
         assert_eq!(whole.len(), 6);
-        assert_eq!(whole[2], vec![b"set".to_vec(), b"a b".to_vec(), b"c\0d".to_vec()]);
+        assert_eq!(
+            whole[2],
+            vec![b"set".to_vec(), b"a b".to_vec(), b"c\0d".to_vec()]
+        );
         let (one_by_one, err) = scan_chunked(&input, std::iter::repeat(1));
         assert_eq!(err, None);
         assert_eq!(one_by_one.iter().map(args_of).collect::<Vec<_>>(), whole);
@@ -844,7 +944,9 @@ mod tests {
         for _ in 0..200 {
             let sizes: Vec<usize> = (0..input.len())
                 .map(|_| {
-                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     (seed >> 33) as usize % 17 + 1
                 })
                 .collect();
@@ -855,7 +957,11 @@ mod tests {
         for split in 0..=input.len() {
             let (reqs, err) = scan_chunked(&input, [split]);
             assert_eq!(err, None);
-            assert_eq!(reqs.iter().map(args_of).collect::<Vec<_>>(), whole, "split {split}");
+            assert_eq!(
+                reqs.iter().map(args_of).collect::<Vec<_>>(),
+                whole,
+                "split {split}"
+            );
         }
     }
 
@@ -863,11 +969,20 @@ mod tests {
     fn splice_replaces_args_and_fixes_headers() {
         let req = Request::from_args(&["SET", "key", "value", "EX", "10"]);
         let out = req.splice(&[(1, b"ns:key"), (4, b"100")]);
-        assert_eq!(out, Request::from_args(&["SET", "ns:key", "value", "EX", "100"]));
+        assert_eq!(
+            out,
+            Request::from_args(&["SET", "ns:key", "value", "EX", "100"])
+        );
         assert_eq!(req.splice(&[]), req);
-        assert_eq!(req.splice(&[(0, b"")]), Request::from_args(&["", "key", "value", "EX", "10"]));
+        assert_eq!(
+            req.splice(&[(0, b"")]),
+            Request::from_args(&["", "key", "value", "EX", "10"])
+        );
         // Out of range and out of order edits are ignored, not a panic.
-        assert_eq!(req.splice(&[(3, b"PX"), (1, b"x"), (9, b"y")]), Request::from_args(&["SET", "key", "value", "PX", "10"]));
+        assert_eq!(
+            req.splice(&[(3, b"PX"), (1, b"x"), (9, b"y")]),
+            Request::from_args(&["SET", "key", "value", "PX", "10"])
+        );
         let big = vec![7u8; 100_000];
         assert_eq!(req.splice(&[(2, &big)]).get(2), Some(&big[..]));
         let empty: [&[u8]; 0] = [];
@@ -878,13 +993,20 @@ mod tests {
 
     #[test]
     fn prefix_args_on_scanned_request() {
-        let mut buf = BytesMut::from(&b"*4\r\n$4\r\nMSET\r\n$1\r\na\r\n$10\r\n0123456789\r\n$1\r\nb\r\n"[..]);
+        let mut buf =
+            BytesMut::from(&b"*4\r\n$4\r\nMSET\r\n$1\r\na\r\n$10\r\n0123456789\r\n$1\r\nb\r\n"[..]);
         let req = scanner().scan(&mut buf).unwrap().unwrap();
         let out = req.prefix_args(&[1, 3], b"svc:");
-        assert_eq!(out, Request::from_args(&["MSET", "svc:a", "0123456789", "svc:b"]));
+        assert_eq!(
+            out,
+            Request::from_args(&["MSET", "svc:a", "0123456789", "svc:b"])
+        );
         // Prefixing a 9-byte arg changes its header width.
         let req = Request::from_args(&["GET", "123456789"]);
-        assert_eq!(req.prefix_args(&[1], b"p"), Request::from_args(&["GET", "p123456789"]));
+        assert_eq!(
+            req.prefix_args(&[1], b"p"),
+            Request::from_args(&["GET", "p123456789"])
+        );
     }
 
     fn arb_args() -> impl Strategy<Value = Vec<Vec<u8>>> {
