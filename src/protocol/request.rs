@@ -904,6 +904,30 @@ mod tests {
     }
 
     #[test]
+    fn big_bulk_grows_the_buffer_geometrically() {
+        let len = 20 * 1024 * 1024;
+        let mut s = scanner();
+        let mut buf = BytesMut::from(format!("*1\r\n${len}\r\n").as_bytes());
+        let mut capacities = vec![buf.capacity()];
+        let chunk = vec![b'y'; 64 * 1024];
+        let mut sent = 0;
+        while sent < len {
+            assert_eq!(s.scan(&mut buf), Ok(None));
+            if capacities.last() != Some(&buf.capacity()) {
+                capacities.push(buf.capacity());
+            }
+            buf.extend_from_slice(&chunk);
+            sent += chunk.len();
+        }
+        buf.extend_from_slice(b"\r\n");
+        assert_eq!(
+            s.scan(&mut buf).unwrap().unwrap().get(0).map(<[u8]>::len),
+            Some(len)
+        );
+        assert!(capacities.len() <= 10, "{capacities:?}");
+    }
+
+    #[test]
     fn big_bulk_arrives_in_pieces() {
         let value = vec![b'x'; 5 * 1024 * 1024 + 7];
         let input = Request::from_args(&[&b"SET"[..], b"k", &value])
