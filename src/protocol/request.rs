@@ -345,6 +345,7 @@ impl RequestScanner {
         }
     }
 
+    /// [`RequestScanner::scan`] without the reset on error.
     #[inline]
     fn scan_inner(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
         loop {
