@@ -149,6 +149,7 @@ impl ReplyScanner {
         result
     }
 
+    /// [`ReplyScanner::next_frame`] without the reset on error.
     fn next_frame_inner(&mut self, buf: &[u8]) -> Result<Option<FrameEnd>, ProtocolError> {
         loop {
             if self.pos > buf.len() {

@@ -345,6 +345,8 @@ impl RequestScanner {
         }
     }
 
+    /// [`RequestScanner::scan`] without the reset on error.
+    #[inline]
     fn scan_inner(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
         loop {
             if self.expected == 0 {
@@ -372,6 +374,18 @@ impl RequestScanner {
     /// Reads the `*N` header at the buffer front. `Ok(false)` when incomplete;
     /// a non-positive count consumes the header and leaves `expected` at 0.
     fn start_multibulk(&mut self, buf: &mut BytesMut) -> Result<bool, ProtocolError> {
+        if let Some((count, next)) = quick_header(buf, 0, b'*') {
+            if count > 0 && count <= self.limits.max_args {
+                self.searched = 0;
+                self.expected = count;
+                self.pos = next;
+                self.args.clear();
+                if count > self.args.inline_size() {
+                    self.args.reserve(count.min(1024));
+                }
+                return Ok(true);
+            }
+        }
         let cr = match self.find_byte(buf, 0, b'\r') {
             Line::At(cr) => cr,
             Line::Incomplete => {
@@ -406,16 +420,23 @@ impl RequestScanner {
     }
 
     /// Scans bulk arguments from `pos` until the multibulk is complete.
+    #[inline]
     fn continue_multibulk(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
-        while self.args.len() < self.expected {
-            let len = match self.bulk_len {
+        let mut remaining = self.expected - self.args.len();
+        while remaining > 0 {
+            let len = match self.bulk_len.take() {
                 Some(len) => len,
-                None => {
-                    let Some(len) = self.read_bulk_header(buf)? else {
-                        return Ok(None);
-                    };
-                    len
-                }
+                None => match quick_header(buf, self.pos, b'$') {
+                    Some((len, next)) if len <= self.limits.max_bulk_len => {
+                        self.searched = 0;
+                        self.pos = next;
+                        len
+                    }
+                    _ => match self.read_bulk_header(buf)? {
+                        Some(len) => len,
+                        None => return Ok(None),
+                    },
+                },
             };
             let end = self.pos + len + 2;
             if end > u32::MAX as usize {
@@ -426,12 +447,13 @@ impl RequestScanner {
                 reserve_for(buf, end);
                 return Ok(None);
             }
+            // Both fit: `end` was checked against `u32::MAX` above.
             self.args.push(ArgSpan {
-                start: offset32(self.pos),
-                len: offset32(len),
+                start: self.pos as u32,
+                len: len as u32,
             });
             self.pos = end;
-            self.bulk_len = None;
+            remaining -= 1;
         }
         let frame = buf.split_to(self.pos).freeze();
         let args = std::mem::take(&mut self.args);
@@ -493,6 +515,48 @@ impl RequestScanner {
             return Ok(InlineOutcome::Empty);
         }
         Ok(InlineOutcome::Request(Request::from_args(&args)))
+    }
+}
+
+/// The common case of a header line in one pass: `type_byte`, a canonical
+/// decimal of at most 18 digits, `\r` and one more byte present. Returns the
+/// value and the offset after the line; `None` sends the caller to the
+/// general path, which also produces the errors.
+#[inline(always)]
+fn quick_header(buf: &[u8], at: usize, type_byte: u8) -> Option<(usize, usize)> {
+    match *buf.get(at..)? {
+        [t, d @ b'0'..=b'9', b'\r', _, ..] if t == type_byte => {
+            Some((usize::from(d - b'0'), at + 4))
+        }
+        [t, d1 @ b'1'..=b'9', d0 @ b'0'..=b'9', b'\r', _, ..] if t == type_byte => {
+            Some((usize::from(d1 - b'0') * 10 + usize::from(d0 - b'0'), at + 5))
+        }
+        _ => quick_header_long(buf, at, type_byte),
+    }
+}
+
+/// [`quick_header`] for numbers of three or more digits.
+fn quick_header_long(buf: &[u8], at: usize, type_byte: u8) -> Option<(usize, usize)> {
+    let rest = buf.get(at..)?;
+    if rest.first() != Some(&type_byte) || rest.get(1) == Some(&b'0') {
+        return None;
+    }
+    let mut value: u64 = 0;
+    let mut i = 1;
+    loop {
+        match rest.get(i) {
+            Some(&d) if d.is_ascii_digit() => {
+                value = value * 10 + u64::from(d - b'0');
+                i += 1;
+                if i > 19 {
+                    return None;
+                }
+            }
+            Some(b'\r') if i > 1 && i + 1 < rest.len() => {
+                return Some((usize::try_from(value).ok()?, at + i + 2));
+            }
+            _ => return None,
+        }
     }
 }
 
@@ -838,6 +902,30 @@ mod tests {
         assert_eq!(s.scan(&mut buf), Ok(None));
         assert!(buf.capacity() <= 2 * 1024 * 1024, "{}", buf.capacity());
         assert_eq!(s.scan(&mut buf), Ok(None));
+    }
+
+    #[test]
+    fn big_bulk_grows_the_buffer_geometrically() {
+        let len = 20 * 1024 * 1024;
+        let mut s = scanner();
+        let mut buf = BytesMut::from(format!("*1\r\n${len}\r\n").as_bytes());
+        let mut capacities = vec![buf.capacity()];
+        let chunk = vec![b'y'; 64 * 1024];
+        let mut sent = 0;
+        while sent < len {
+            assert_eq!(s.scan(&mut buf), Ok(None));
+            if capacities.last() != Some(&buf.capacity()) {
+                capacities.push(buf.capacity());
+            }
+            buf.extend_from_slice(&chunk);
+            sent += chunk.len();
+        }
+        buf.extend_from_slice(b"\r\n");
+        assert_eq!(
+            s.scan(&mut buf).unwrap().unwrap().get(0).map(<[u8]>::len),
+            Some(len)
+        );
+        assert!(capacities.len() <= 10, "{capacities:?}");
     }
 
     #[test]
