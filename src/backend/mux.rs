@@ -167,6 +167,9 @@ async fn run(stream: TcpStream, rx: &mut mpsc::Receiver<Batch>, opts: &MuxOption
                 None => break false,
             },
         };
+        // Let the other clients that are ready run first, so their batches
+        // join this write: one syscall for many clients' requests.
+        tokio::task::yield_now().await;
         let mut gathered = 0;
         let mut next = Some(first);
         while let Some(batch) = next.take() {
