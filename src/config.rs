@@ -99,12 +99,38 @@ pub struct BackendConfig {
     /// How long requests wait for a master while none is known.
     #[serde(default = "defaults::failover_wait", with = "duration")]
     pub failover_wait: Duration,
+    /// ACL user for the Sentinels (Sentinel's own `AUTH`).
+    #[serde(default)]
+    pub sentinel_username: Option<String>,
+    /// Password for the Sentinels.
+    #[serde(default)]
+    pub sentinel_password: Option<String>,
+    /// Environment variable holding the Sentinel password.
+    #[serde(default)]
+    pub sentinel_password_env: Option<String>,
+    /// Replicas further behind their master than this are not read from.
+    #[serde(default = "defaults::max_replica_lag", with = "duration")]
+    pub max_replica_lag: Duration,
+    /// Hold requests for the master from the first failover-start event until
+    /// the new master is confirmed (or the failover aborts); `false` only to
+    /// measure what the hold buys.
+    #[serde(default = "defaults::yes")]
+    pub failover_hold: bool,
 }
 
 impl BackendConfig {
     /// The backend password, read from `password` or the `password_env` variable.
     pub fn resolved_password(&self) -> Option<String> {
         match (&self.password, &self.password_env) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(var)) => std::env::var(var).ok(),
+            (None, None) => None,
+        }
+    }
+
+    /// The Sentinel password, read from `sentinel_password` or the `sentinel_password_env` variable.
+    pub fn resolved_sentinel_password(&self) -> Option<String> {
+        match (&self.sentinel_password, &self.sentinel_password_env) {
             (Some(p), _) => Some(p.clone()),
             (None, Some(var)) => std::env::var(var).ok(),
             (None, None) => None,
@@ -227,6 +253,9 @@ mod defaults {
     }
     pub fn failover_wait() -> Duration {
         Duration::from_secs(5)
+    }
+    pub fn max_replica_lag() -> Duration {
+        Duration::from_secs(10)
     }
 }
 

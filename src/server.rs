@@ -47,21 +47,29 @@ impl ProxyState {
 
     /// The Prometheus text exposition of every metric.
     pub fn render_metrics(&self) -> String {
-        self.metrics.render_prometheus()
+        let mut text = self.metrics.render_prometheus();
+        if let Some(ctx) = self.context.get() {
+            let topology = ctx.router.topology();
+            let confirmed = u8::from(topology.load().master.is_some());
+            text.push_str(&format!(
+                "# HELP keygate_master_confirmed 1 while a master is confirmed with ROLE.\n\
+                 # TYPE keygate_master_confirmed gauge\n\
+                 keygate_master_confirmed {confirmed}\n\
+                 # HELP keygate_failovers_total Master changes followed since start.\n\
+                 # TYPE keygate_failovers_total counter\n\
+                 keygate_failovers_total {}\n",
+                topology.failovers_total()
+            ));
+        }
+        text
     }
 
     /// The `/health` JSON detail.
     pub fn health_json(&self) -> serde_json::Value {
-        let backend = self.context.get().map(|ctx| {
-            let master = ctx.router.master();
-            serde_json::json!({
-                "master": {
-                    "address": master.addr(),
-                    "connections": master.health().connected(),
-                    "last_error": master.health().last_error(),
-                },
-            })
-        });
+        let backend = self
+            .context
+            .get()
+            .map(|ctx| ctx.router.topology().health_json());
         serde_json::json!({
             "ready": self.is_ready(),
             "uptime_seconds": self.started.elapsed().as_secs(),
@@ -158,7 +166,8 @@ async fn watch_readiness(ctx: Arc<Context>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        let up = ctx.router.master().health().connected() > 0;
-        ctx.state.ready.store(up, Ordering::Relaxed);
+        ctx.state
+            .ready
+            .store(ctx.router.is_ready(), Ordering::Relaxed);
     }
 }

@@ -418,8 +418,8 @@ pub fn proxy_info(ctx: &Context, session: &Session) -> String {
         ctx.state.started.elapsed().as_secs(),
         ctx.clients.load(std::sync::atomic::Ordering::Relaxed),
         session.service.as_ref().map_or("", |s| s.name.as_str()),
-        master.addr(),
-        master.health().connected(),
+        master.as_ref().map_or("none", |m| m.addr()),
+        master.as_ref().map_or(0, |m| m.health().connected()),
         ctx.auth_failures.load(std::sync::atomic::Ordering::Relaxed),
     )
 }
