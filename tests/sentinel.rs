@@ -323,6 +323,45 @@ fn discovery_with_a_sentinel_down_then_all_down() {
     assert_eq!(backend["master_confirmed"], true);
 }
 
+/// A raw client that sent `bytes` and read at least `expect` back.
+fn raw_client(port: u16, bytes: &[u8], expect: &[u8]) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(bytes).expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while got.len() < expect.len() {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(expect), "{}", String::from_utf8_lossy(&got));
+    s
+}
+
+/// True when keygate closes `s` within `limit` (anything read before is ignored).
+fn closed_within(mut s: std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 1024];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                continue
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
 fn sentinel_failover_under_load(hold: bool) {
     let (master, replica) = master_and_replica();
     let sentinel = RedisSentinel::start(MASTER, master.port());
@@ -330,6 +369,14 @@ fn sentinel_failover_under_load(hold: bool) {
     let extra = format!("failover_hold = {hold}");
     let (kg, state) = start_keygate_observed(&sentinel_config(&[sentinel.addr()], &extra, ""));
     assert!(wait_for_master(&state, &master.addr()), "no master");
+
+    // Clients whose state lives on a dedicated connection to the old master.
+    let subscriber = raw_client(
+        kg.port(),
+        b"SUBSCRIBE news\r\n",
+        b"*3\r\n$9\r\nsubscribe\r\n",
+    );
+    let in_multi = raw_client(kg.port(), b"MULTI\r\nSET tx 1\r\n", b"+OK\r\n+QUEUED\r\n");
 
     let t0 = Instant::now();
     let load = Load::start(kg.port(), 4, t0);
@@ -344,6 +391,14 @@ fn sentinel_failover_under_load(hold: bool) {
     std::thread::sleep(Duration::from_millis(500));
     let outcomes = load.finish();
     assert!(followed, "keygate did not follow: {}", state.health_json());
+    assert!(
+        closed_within(subscriber, Duration::from_secs(5)),
+        "subscriber to the old master not closed"
+    );
+    assert!(
+        closed_within(in_multi, Duration::from_secs(5)),
+        "MULTI client on the old master not closed"
+    );
 
     // After the switch every write lands on the new master, none on the old.
     assert!(wait_until(Duration::from_secs(10), || info_field(

@@ -17,6 +17,18 @@
 //!   clear error; nothing hangs;
 //! - nodes are keyed by address and reused when a node changes role, so a
 //!   promoted replica keeps its warm connections.
+//!
+//! Clients holding a dedicated connection (MULTI/WATCH, blocking commands,
+//! pub/sub) to a master that is withdrawn get an error for what they await
+//! and are closed: their state (queued transaction, watched keys,
+//! subscriptions) lived on the old master and cannot be moved, and a closed
+//! connection makes client libraries reconnect and resubscribe, where a
+//! silently re-pointed one would not.
+//!
+//! Requests for the master are held from the first failover-start event
+//! (`failover_hold`, on by default) because writes the old master
+//! acknowledges after a replica was promoted are discarded when it rejoins;
+//! `tests/sentinel.rs` measures the difference.
 
 pub mod control;
 pub mod monitor;
@@ -34,6 +46,9 @@ use tokio::time::Instant;
 
 use crate::backend::node::{Node, NodeOptions};
 use crate::backend::BackendError;
+
+/// While waiting for a master, how often to look again without a publish.
+const RECHECK: Duration = Duration::from_millis(50);
 
 /// Why the topology has no node for a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -224,13 +239,19 @@ impl Topology {
         self.failovers.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The confirmed master if requests may go to it now (no hold).
+    /// The confirmed master if requests may go to it now: no hold, and
+    /// (with Sentinel) at least one live connection, so requests arriving
+    /// between a master's death and its withdrawal wait instead of failing.
     fn master_now(&self) -> Option<Arc<Node>> {
         let snap = self.snapshot.load();
         if snap.holding {
             return None;
         }
-        snap.master.clone()
+        let master = snap.master.as_ref()?;
+        if self.sentinel && master.health().connected() == 0 {
+            return None;
+        }
+        Some(master.clone())
     }
 
     /// The master, waiting through a failover hold or an unknown master for
@@ -245,22 +266,33 @@ impl Topology {
             if let Some(m) = self.master_now() {
                 return Ok(m);
             }
-            match tokio::time::timeout_at(deadline, changes.changed()).await {
-                Ok(Ok(())) => continue,
-                _ => {
-                    return Err(RouteError::NoMaster {
-                        name: self.master_name.clone(),
-                        waited: humantime::format_duration(self.failover_wait).to_string(),
-                    })
-                }
+            if Instant::now() >= deadline {
+                return Err(self.no_master());
+            }
+            // Connections coming back are not published: look again soon.
+            let wake = deadline.min(Instant::now() + RECHECK);
+            match tokio::time::timeout_at(wake, changes.changed()).await {
+                Ok(Ok(())) | Err(_) => continue,
+                Ok(Err(_)) => return Err(self.no_master()),
             }
         }
     }
 
-    /// The healthy replica with the fewest pending requests, if any.
+    fn no_master(&self) -> RouteError {
+        RouteError::NoMaster {
+            name: self.master_name.clone(),
+            waited: humantime::format_duration(self.failover_wait).to_string(),
+        }
+    }
+
+    /// The healthy, connected replica with the fewest pending requests, if any.
     pub fn replica(&self) -> Option<Arc<Node>> {
         let snap = self.snapshot.load();
-        snap.replicas.iter().min_by_key(|n| n.pending()).cloned()
+        snap.replicas
+            .iter()
+            .filter(|n| n.health().connected() > 0)
+            .min_by_key(|n| n.pending())
+            .cloned()
     }
 
     /// Whether `/health/ready` should be green: a master is confirmed and
@@ -356,7 +388,13 @@ mod tests {
 
     #[tokio::test]
     async fn held_requests_are_released_on_publish() {
-        let topology = Topology::sentinel("m".into(), opts(), Duration::from_secs(5), 1);
+        // Not Sentinel-driven, so the unconnected node counts as usable.
+        let topology = Arc::new(Topology::new(
+            "m".into(),
+            false,
+            opts(),
+            Duration::from_secs(5),
+        ));
         let node = topology.node("127.0.0.1:1");
         topology.publish(Snapshot {
             master: Some(node.clone()),

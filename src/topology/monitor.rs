@@ -156,19 +156,19 @@ impl Monitor {
         tracing::info!(sentinel = %event.sentinel, kind = ?event.kind, "sentinel event");
         match event.kind {
             EventKind::FailoverStart => {
+                let now = Instant::now();
+                self.episode_start.get_or_insert(now);
                 if self.settings.hold && self.hold.is_none() {
-                    let now = Instant::now();
                     self.hold = Some(Hold {
                         since: now,
                         master_addr: self.master.as_ref().map(|m| m.addr().to_string()),
                     });
-                    self.episode_start.get_or_insert(now);
                     self.publish();
                 }
             }
             EventKind::FailoverAbort => {
+                self.episode_start = None;
                 if self.hold.take().is_some() {
-                    self.episode_start = None;
                     self.publish();
                 }
             }
@@ -297,8 +297,11 @@ impl Monitor {
             }
             self.master = Some(node);
             self.last_master_addr = Some(addr.to_string());
+            self.episode_start = None;
         }
-        if self.hold.is_none() {
+        // A failover that started but neither finished nor announced its
+        // abort is forgotten once it is clearly over.
+        if self.hold.is_none() && self.episode_start.is_some_and(|s| s.elapsed() > FENCE_FOR) {
             self.episode_start = None;
         }
         self.master_report = Some(report);
