@@ -582,3 +582,28 @@ fn replica_reads_and_fallback() {
     }
     assert_eq!(calls(&master, "get") - before, 20);
 }
+
+#[test]
+fn unknown_master_name_fails_clearly_after_failover_wait() {
+    let master = RedisServer::start();
+    let sentinel = RedisSentinel::start(MASTER, master.port());
+    let config = sentinel_config(&[sentinel.addr()], "", "")
+        .replace("master_name = \"mymaster\"", "master_name = \"nosuch\"")
+        .replace("failover_wait = \"5s\"", "failover_wait = \"500ms\"");
+    let (kg, state) = start_keygate_observed(&config);
+    let started = Instant::now();
+    let reply = kg.cli(&["SET", "a", "1"]);
+    let took = started.elapsed();
+    assert_eq!(
+        reply,
+        "ERR keygate: no master for 'nosuch' confirmed within 500ms (failover in progress or no Sentinel reachable)"
+    );
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    assert!(!state.is_ready());
+    assert!(state
+        .render_metrics()
+        .contains("keygate_master_confirmed 0"));
+}
