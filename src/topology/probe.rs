@@ -118,14 +118,23 @@ pub fn parse_master_info(info: &str) -> MasterReport {
     report
 }
 
-/// Asks a replica about its replication link and loading state.
+/// Asks a replica its role (`ROLE` must say replica) and about its
+/// replication link and loading state.
 pub async fn probe_replica(
     opts: &ConnectOptions,
     timeout: Duration,
 ) -> Result<ReplicaReport, BackendError> {
     let mut conn = ControlConn::open(opts, timeout).await?;
+    let role = conn.call(&["ROLE"]).await?;
     let info = conn.call(&["INFO", "replication", "persistence"]).await?;
-    Ok(parse_replica_info(&text(&info).unwrap_or_default()))
+    let mut report = parse_replica_info(&text(&info).unwrap_or_default());
+    match parse_role(&role) {
+        Some(Role::Replica) => {}
+        Some(Role::Master) => report.role = "master".into(),
+        Some(Role::Other(other)) => report.role = other,
+        None => report.role = "unknown".into(),
+    }
+    Ok(report)
 }
 
 /// Reads a replica's `INFO replication persistence`.
