@@ -607,3 +607,47 @@ fn unknown_master_name_fails_clearly_after_failover_wait() {
         .render_metrics()
         .contains("keygate_master_confirmed 0"));
 }
+
+#[test]
+fn readonly_master_is_withdrawn_at_once() {
+    let (master, replica) = master_and_replica();
+    let sentinel = RedisSentinel::start(MASTER, master.port());
+    let config = sentinel_config(&[sentinel.addr()], "", "")
+        .replace("failover_wait = \"5s\"", "failover_wait = \"300ms\"");
+    let (kg, state) = start_keygate_observed(&config);
+    assert!(wait_for_master(&state, &master.addr()), "no master");
+    // Behind keygate's and Sentinel's backs the master becomes read-only:
+    // replica of its own replica (a loop, so neither takes writes).
+    let rport = replica.port().to_string();
+    assert_eq!(master.cli(&["REPLICAOF", "127.0.0.1", &rport]), "OK");
+    let mut conn = connect(kg.port(), None);
+    let (mut readonly, mut no_master) = (0, 0);
+    for i in 0..15 {
+        let r: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(format!("ro:{i}"))
+            .arg(1)
+            .query(&mut conn);
+        match r {
+            Ok(()) => {}
+            Err(e) if e.kind() == redis::ErrorKind::ReadOnly => readonly += 1,
+            Err(e) if e.to_string().contains("no master for") => no_master += 1,
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    let reached = readonly_errors(&master);
+    println!("FIGURES readonly: readonly_replies={readonly} held_then_refused={no_master} readonly_on_node={reached}");
+    assert!(
+        reached <= 2,
+        "writes kept going to a read-only node: {reached}"
+    );
+    assert!(no_master >= 13, "{no_master}");
+    // Back to master: keygate confirms it again and writes flow.
+    assert_eq!(master.cli(&["REPLICAOF", "NO", "ONE"]), "OK");
+    let mut last = String::new();
+    let back = wait_until(Duration::from_secs(10), || {
+        last = kg.cli(&["SET", "again", "1"]);
+        last == "OK"
+    });
+    assert!(back, "{last} {}\n{}", state.health_json(), sentinel.log());
+    assert_eq!(master.cli(&["GET", "again"]), "1");
+}

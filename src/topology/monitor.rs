@@ -75,6 +75,7 @@ pub fn spawn(topology: Arc<Topology>, settings: MonitorSettings) {
         replicas: Vec::new(),
         sentinels_reached: 0,
         last_failover: None,
+        readonly_seen: 0,
     };
     tokio::spawn(monitor.run(events_rx));
 }
@@ -107,6 +108,8 @@ struct Monitor {
     replicas: Vec<Arc<Node>>,
     sentinels_reached: usize,
     last_failover: Option<FailoverRecord>,
+    /// `-READONLY` replies of the current master already acted on.
+    readonly_seen: u64,
 }
 
 impl Monitor {
@@ -141,7 +144,17 @@ impl Monitor {
                     self.refresh().await;
                 }
                 _ = poll.tick() => self.refresh().await,
-                _ = trouble => self.refresh().await,
+                _ = trouble => {
+                    // `-READONLY` proves the node is no longer master: stop
+                    // at once, before asking anyone.
+                    let readonly = master.as_ref().map_or(0, |m| m.health().readonly_replies());
+                    if readonly > self.readonly_seen {
+                        self.readonly_seen = readonly;
+                        self.withdraw_master();
+                        self.publish();
+                    }
+                    self.refresh().await
+                }
                 _ = sleep_until(hold_ends) => {
                     tracing::warn!(master = %self.settings.master_name, "failover hold reached failover_wait; releasing");
                     self.hold = None;
@@ -295,6 +308,7 @@ impl Monitor {
             } else {
                 tracing::info!(master = %addr, "master confirmed");
             }
+            self.readonly_seen = node.health().readonly_replies();
             self.master = Some(node);
             self.last_master_addr = Some(addr.to_string());
             self.episode_start = None;
