@@ -1,11 +1,29 @@
 //! The admin HTTP listener: health and metrics, apart from the data path.
+//!
+//! Routes:
+//! - `GET /health/live`: 200 `ok` while the process serves HTTP at all.
+//! - `GET /health/ready`: 200 `ready` once a backend master is confirmed,
+//!   503 `not ready` before (load balancers route on this one).
+//! - `GET /health`: the [`ProxyState::health_json`] detail.
+//! - `GET /metrics`: the Prometheus text exposition.
+//!
+//! Handlers only read [`ProxyState`]; they never touch the data path, so a
+//! scrape cannot slow clients down beyond rendering the metrics.
 
 use std::future::Future;
 use std::sync::Arc;
 
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::server::ProxyState;
+
+/// Content type of the Prometheus text exposition format 0.0.4.
+const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Serves `/metrics`, `/health/live`, `/health/ready` and `/health` until `shutdown`.
 pub async fn serve(
@@ -13,7 +31,52 @@ pub async fn serve(
     state: Arc<ProxyState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let _ = (listener, state);
-    shutdown.await;
-    Ok(())
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The admin routes over `state`.
+fn router(state: Arc<ProxyState>) -> Router {
+    Router::new()
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/slowlog", get(slowlog))
+        .with_state(state)
+}
+
+async fn live() -> &'static str {
+    "ok"
+}
+
+async fn ready(State(state): State<Arc<ProxyState>>) -> (StatusCode, &'static str) {
+    if state.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+async fn health(State(state): State<Arc<ProxyState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.health_json().to_string(),
+    )
+}
+
+async fn metrics(State(state): State<Arc<ProxyState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        state.render_metrics(),
+    )
+}
+
+/// `GET /slowlog`: the slow log as JSON, newest first.
+async fn slowlog(State(state): State<Arc<ProxyState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.slowlog_json().to_string(),
+    )
 }

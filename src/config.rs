@@ -3,6 +3,10 @@
 //! `Config::load` returns either a config that is safe to run or a
 //! [`ConfigError`] that names the bad key and its line.
 
+mod locate;
+mod validate;
+
+use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,8 +16,11 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[proxy]`: listeners and client limits.
     pub proxy: ProxyConfig,
+    /// `[backend]`: the Redis topology and connections.
     pub backend: BackendConfig,
+    /// `[[service]]`: the logins, in file order.
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
 }
@@ -51,14 +58,22 @@ pub struct ProxyConfig {
     /// Tokio worker threads; the number of cores when absent.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Commands at least this slow go to the slow log.
+    #[serde(default = "defaults::slowlog_threshold", with = "duration")]
+    pub slowlog_threshold: Duration,
+    /// Most slow log entries kept; 0 turns the slow log off.
+    #[serde(default = "defaults::slowlog_max_len")]
+    pub slowlog_max_len: usize,
 }
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// One human-readable line per event.
     #[default]
     Compact,
+    /// One JSON object per event, for log collectors.
     Json,
 }
 
@@ -72,11 +87,13 @@ pub struct BackendConfig {
     /// Sentinel addresses; with `master_name`, instead of `address`.
     #[serde(default)]
     pub sentinels: Vec<String>,
+    /// The Sentinel-monitored master to follow; with `sentinels`.
     #[serde(default)]
     pub master_name: Option<String>,
     /// ACL user for the data nodes.
     #[serde(default)]
     pub username: Option<String>,
+    /// Password for the data nodes, inline.
     #[serde(default)]
     pub password: Option<String>,
     /// Environment variable holding the password.
@@ -91,6 +108,7 @@ pub struct BackendConfig {
     /// Most dedicated connections (MULTI, blocking, pub/sub) per node.
     #[serde(default = "defaults::dedicated_max")]
     pub dedicated_max: u32,
+    /// How long connecting (and the handshake) to a backend node may take.
     #[serde(default = "defaults::connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
     /// How long an ordinary command may wait for its reply before the client gets an error.
@@ -142,34 +160,48 @@ impl BackendConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceConfig {
+    /// The login name (AUTH username); `default` is the passwordless login.
     pub name: String,
+    /// The password, inline.
     #[serde(default)]
     pub password: Option<String>,
+    /// The password's SHA-256, 64 hex characters.
     #[serde(default)]
     pub password_sha256: Option<String>,
+    /// Environment variable holding the password.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// The key namespace on the backend; clients see keys without it.
     #[serde(default)]
     pub prefix: String,
     /// Must be spelled out as `false` to allow an empty prefix.
     #[serde(default)]
     pub isolation: Option<bool>,
+    /// TTL given to writes that set none.
     #[serde(default, with = "duration_opt")]
     pub default_ttl: Option<Duration>,
+    /// Longest TTL allowed; at least `default_ttl`.
     #[serde(default, with = "duration_opt")]
     pub max_ttl: Option<Duration>,
+    /// What happens to a TTL above `max_ttl`.
     #[serde(default)]
     pub ttl_over_max: TtlOverMax,
+    /// Largest value this service may write, in bytes.
     #[serde(default)]
     pub max_value_bytes: Option<usize>,
+    /// Most connections logged in as this service at once.
     #[serde(default)]
     pub max_clients: Option<usize>,
+    /// Commands this service may not run (checked against the command table elsewhere).
     #[serde(default)]
     pub deny_commands: Vec<String>,
+    /// Where this service's reads go.
     #[serde(default)]
     pub read_from: ReadFrom,
+    /// May run administrative commands.
     #[serde(default)]
     pub admin: bool,
+    /// May run scripts and functions (EVAL, FCALL).
     #[serde(default)]
     pub allow_scripts: bool,
 }
@@ -178,8 +210,10 @@ pub struct ServiceConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TtlOverMax {
+    /// Lower it to `max_ttl`.
     #[default]
     Clamp,
+    /// Refuse the command with an error.
     Reject,
 }
 
@@ -187,23 +221,61 @@ pub enum TtlOverMax {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReadFrom {
+    /// Always the master: reads see the service's own writes.
     #[default]
     Master,
+    /// Replicas only, within `max_replica_lag`.
     Replica,
+    /// A replica within `max_replica_lag`, else the master.
     PreferReplica,
 }
 
 /// A configuration that cannot be used, with the key and line at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The file as given.
         path: String,
+        /// Why it could not be read.
         #[source]
         source: std::io::Error,
     },
+    /// The text is not a valid config; every problem found, in line order.
     #[error("{0}")]
-    Invalid(String),
+    Invalid(Problems),
+}
+
+/// One thing wrong with a config: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line of the key at fault (or of its enclosing table when the key is missing).
+    pub line: usize,
+    /// What is wrong, naming the key, e.g. `service[1].max_ttl ("30s") is below default_ttl ("15m")`.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// Every problem found in one config, never empty, sorted by line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -216,12 +288,74 @@ impl Config {
         Config::parse(&text)
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text; `password_env` variables are looked
+    /// up in the process environment.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))
+        Config::parse_with_env(text, &|name| std::env::var_os(name).is_some())
+    }
+
+    /// Parses and validates config text, asking `env_has` whether an
+    /// environment variable exists.
+    fn parse_with_env(text: &str, env_has: &dyn Fn(&str) -> bool) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Invalid(Problems(vec![toml_problem(text, &e)])))?;
+        let findings = validate::validate(&config, env_has);
+        if findings.is_empty() {
+            return Ok(config);
+        }
+        let map = locate::SourceMap::new(text);
+        let mut problems: Vec<Problem> = findings
+            .into_iter()
+            .map(|finding| Problem {
+                line: map.as_ref().map_or(1, |m| m.line(&finding.path)),
+                message: finding.message,
+            })
+            .collect();
+        problems.sort_by_key(|p| p.line);
+        Err(ConfigError::Invalid(Problems(problems)))
     }
 }
 
+/// Turns a toml syntax or type error into a [`Problem`] naming the key at its span.
+fn toml_problem(text: &str, error: &toml::de::Error) -> Problem {
+    let message = error.message().trim_end().to_owned();
+    let Some(span) = error.span() else {
+        return Problem { line: 1, message };
+    };
+    let line = locate::line_of(text, span.start);
+    let Some(map) = locate::SourceMap::new(text) else {
+        return Problem { line, message };
+    };
+    let path = map.path_at(&span);
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        if let Some((name, expected)) = rest.split_once('`') {
+            let expected = expected.trim_start_matches(", ");
+            return Problem {
+                line,
+                message: format!(
+                    "unknown key '{name}' in {} ({expected})",
+                    path.parent().table_name()
+                ),
+            };
+        }
+    }
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        if let Some((name, _)) = rest.split_once('`') {
+            return Problem {
+                line,
+                message: format!("missing key '{name}' in {}", path.table_name()),
+            };
+        }
+    }
+    let message = if path.0.is_empty() {
+        message
+    } else {
+        format!("{path}: {message}")
+    };
+    Problem { line, message }
+}
+
+/// Defaults for keys left out.
 mod defaults {
     use std::time::Duration;
     pub fn max_clients() -> usize {
@@ -235,6 +369,12 @@ mod defaults {
     }
     pub fn shutdown_grace() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn slowlog_threshold() -> Duration {
+        Duration::from_millis(10)
+    }
+    pub fn slowlog_max_len() -> usize {
+        128
     }
     pub fn yes() -> bool {
         true
@@ -269,6 +409,7 @@ mod duration {
     }
 }
 
+/// Optional durations, spelled as in [`duration`].
 mod duration_opt {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
@@ -276,5 +417,379 @@ mod duration_opt {
         let s = Option::<String>::deserialize(d)?;
         s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A valid config; tests append to or edit it. Line numbers matter.
+    const BASE: &str = r#"[proxy]
+listen = "127.0.0.1:6380"
+admin_listen = "127.0.0.1:9121"
+
+[backend]
+address = "127.0.0.1:6390"
+
+[[service]]
+name = "default"
+prefix = ""
+isolation = false
+
+[[service]]
+name = "demo"
+password = "secret"
+prefix = "demo:"
+default_ttl = "15m"
+max_ttl = "1h"
+"#;
+
+    /// Environment variables the tests pretend are set.
+    fn fake_env(name: &str) -> bool {
+        matches!(name, "KG_TEST_SET" | "KG_TEST_OTHER")
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, &fake_env)
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match parse(text) {
+            Ok(_) => panic!("config was accepted:\n{text}"),
+            Err(ConfigError::Invalid(Problems(problems))) => problems,
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+
+    /// Asserts that some problem sits on `line` and its message contains `needle`.
+    #[track_caller]
+    fn assert_problem(text: &str, line: usize, needle: &str) {
+        let found = problems(text);
+        assert!(
+            found
+                .iter()
+                .any(|p| p.line == line && p.message.contains(needle)),
+            "expected line {line} containing {needle:?}, got:\n{}",
+            Problems(found.clone())
+        );
+    }
+
+    fn replace(from: &str, to: &str) -> String {
+        assert!(BASE.contains(from), "{from:?} not in BASE");
+        BASE.replacen(from, to, 1)
+    }
+
+    #[test]
+    fn base_config_is_valid_with_defaults() {
+        let config = parse(BASE).expect("valid");
+        assert_eq!(config.services.len(), 2);
+        assert_eq!(config.proxy.max_clients, 10_000);
+        assert_eq!(config.backend.max_replica_lag, Duration::from_secs(10));
+        assert_eq!(
+            config.services[1].default_ttl,
+            Some(Duration::from_secs(900))
+        );
+    }
+
+    #[test]
+    fn problem_display_has_line_prefix() {
+        let p = Problem {
+            line: 12,
+            message: "x".into(),
+        };
+        assert_eq!(p.to_string(), "line 12: x");
+    }
+
+    #[test]
+    fn toml_syntax_error_has_line() {
+        assert_problem(&replace("max_ttl = \"1h\"", "max_ttl = "), 18, "");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_table() {
+        let text = replace("admin_listen", "admin_lissen");
+        assert_problem(&text, 3, "unknown key 'admin_lissen' in [proxy]");
+    }
+
+    #[test]
+    fn unknown_key_in_service_is_named() {
+        let text = replace("max_ttl = \"1h\"", "max_tll = \"1h\"");
+        assert_problem(&text, 18, "unknown key 'max_tll' in service[1]");
+    }
+
+    #[test]
+    fn missing_key_is_named_with_its_table() {
+        let text = replace("listen = \"127.0.0.1:6380\"\n", "");
+        assert_problem(&text, 1, "missing key 'listen' in [proxy]");
+        let text = "[proxy]\nlisten = \"127.0.0.1:1\"\n";
+        assert_problem(text, 1, "missing key 'backend' in the top level");
+    }
+
+    #[test]
+    fn bad_type_names_key() {
+        let text = BASE.replace("[backend]", "[backend]\nconnections = \"two\"");
+        assert_problem(&text, 6, "backend.connections");
+    }
+
+    #[test]
+    fn bad_duration_names_key() {
+        let text = replace("\"15m\"", "\"15 parsecs\"");
+        assert_problem(&text, 17, "service[1].default_ttl");
+    }
+
+    #[test]
+    fn listen_must_be_socket_address() {
+        assert_problem(&replace("127.0.0.1:6380", "localhost"), 2, "proxy.listen");
+        assert_problem(
+            &replace("127.0.0.1:9121", "::1:9121"),
+            3,
+            "proxy.admin_listen",
+        );
+        let ipv6 = replace("127.0.0.1:9121", "[::1]:9121");
+        assert!(parse(&ipv6).is_ok());
+    }
+
+    #[test]
+    fn proxy_sizes_are_bounded() {
+        let text = BASE.replace("[backend]", "max_clients = 0\n[backend]");
+        assert_problem(&text, 5, "proxy.max_clients");
+        let text = BASE.replace("[backend]", "max_pending_reply_bytes = 1000\n[backend]");
+        assert_problem(&text, 5, "proxy.max_pending_reply_bytes (1000)");
+        let text = BASE.replace("[backend]", "proto_max_bulk_len = 1000\n[backend]");
+        assert_problem(&text, 5, "proxy.proto_max_bulk_len");
+        let text = BASE.replace("[backend]", "proto_max_bulk_len = 5000000000\n[backend]");
+        assert_problem(&text, 5, "proxy.proto_max_bulk_len");
+        let text = BASE.replace("[backend]", "workers = 0\n[backend]");
+        assert_problem(&text, 5, "proxy.workers");
+    }
+
+    #[test]
+    fn backend_needs_exactly_one_topology() {
+        let none = replace("address = \"127.0.0.1:6390\"", "database = 0");
+        assert_problem(&none, 5, "backend needs either address or sentinels");
+        let both = replace(
+            "address = \"127.0.0.1:6390\"",
+            "address = \"127.0.0.1:6390\"\nsentinels = [\"s1:26379\"]\nmaster_name = \"m\"",
+        );
+        assert_problem(&both, 6, "backend.address is set together with sentinels");
+        let no_master = replace("address = \"127.0.0.1:6390\"", "sentinels = [\"s1:26379\"]");
+        assert_problem(&no_master, 5, "backend.master_name is required");
+        let no_sentinels = replace(
+            "address = \"127.0.0.1:6390\"",
+            "sentinels = []\nmaster_name = \"m\"",
+        );
+        assert_problem(&no_sentinels, 6, "backend.sentinels must list");
+        let sentinel = replace(
+            "address = \"127.0.0.1:6390\"",
+            "sentinels = [\"s1.example:26379\", \"[::1]:26379\"]\nmaster_name = \"m\"",
+        );
+        assert!(parse(&sentinel).is_ok());
+    }
+
+    #[test]
+    fn backend_addresses_are_host_port() {
+        assert_problem(
+            &replace("127.0.0.1:6390", "127.0.0.1"),
+            6,
+            "backend.address",
+        );
+        let text = replace(
+            "address = \"127.0.0.1:6390\"",
+            "sentinels = [\"s1:26379\", \"s2\"]\nmaster_name = \"m\"",
+        );
+        assert_problem(&text, 6, "backend.sentinels[1] (\"s2\")");
+    }
+
+    #[test]
+    fn sentinel_auth_needs_sentinels() {
+        let text = replace(
+            "address = \"127.0.0.1:6390\"",
+            "address = \"127.0.0.1:6390\"\nsentinel_password = \"x\"",
+        );
+        assert_problem(
+            &text,
+            7,
+            "backend.sentinel_password is set but no sentinels",
+        );
+    }
+
+    #[test]
+    fn backend_password_sources() {
+        let both = replace(
+            "address = \"127.0.0.1:6390\"",
+            "address = \"127.0.0.1:6390\"\npassword = \"x\"\npassword_env = \"KG_TEST_SET\"",
+        );
+        assert_problem(
+            &both,
+            8,
+            "backend.password and backend.password_env are both set",
+        );
+        let unset = replace(
+            "address = \"127.0.0.1:6390\"",
+            "address = \"127.0.0.1:6390\"\npassword_env = \"KG_TEST_UNSET\"",
+        );
+        assert_problem(
+            &unset,
+            7,
+            "backend.password_env names environment variable \"KG_TEST_UNSET\"",
+        );
+        let set = replace(
+            "address = \"127.0.0.1:6390\"",
+            "address = \"127.0.0.1:6390\"\npassword_env = \"KG_TEST_SET\"",
+        );
+        assert!(parse(&set).is_ok());
+        let sentinel_unset = replace(
+            "address = \"127.0.0.1:6390\"",
+            "sentinels = [\"s:1\"]\nmaster_name = \"m\"\nsentinel_password_env = \"NOPE\"",
+        );
+        assert_problem(&sentinel_unset, 8, "backend.sentinel_password_env");
+    }
+
+    #[test]
+    fn backend_connection_counts() {
+        let text = BASE.replace(
+            "[[service]]\nname = \"default\"",
+            "connections = 65\n[[service]]\nname = \"default\"",
+        );
+        assert_problem(&text, 8, "backend.connections (65)");
+        let text = BASE.replace(
+            "[[service]]\nname = \"default\"",
+            "connections = 0\n[[service]]\nname = \"default\"",
+        );
+        assert_problem(&text, 8, "backend.connections (0)");
+        let text = BASE.replace(
+            "[[service]]\nname = \"default\"",
+            "dedicated_max = 0\n[[service]]\nname = \"default\"",
+        );
+        assert_problem(&text, 8, "backend.dedicated_max");
+    }
+
+    #[test]
+    fn service_names_unique_and_non_empty() {
+        assert_problem(
+            &replace("name = \"demo\"", "name = \"default\""),
+            14,
+            "service[1].name (\"default\") is already used by service[0]",
+        );
+        assert_problem(
+            &replace("name = \"demo\"", "name = \"\""),
+            14,
+            "service[1].name must not be empty",
+        );
+    }
+
+    #[test]
+    fn service_password_rules() {
+        let text = replace("name = \"default\"", "name = \"default\"\npassword = \"x\"");
+        assert_problem(
+            &text,
+            10,
+            "service[0].password is set, but the service named \"default\"",
+        );
+        let text = replace("password = \"secret\"\n", "");
+        assert_problem(&text, 13, "service[1] (\"demo\") has no password");
+        let text = replace(
+            "password = \"secret\"",
+            "password = \"secret\"\npassword_env = \"KG_TEST_SET\"",
+        );
+        assert_problem(
+            &text,
+            16,
+            "service[1] sets more than one of password, password_env",
+        );
+        let text = replace("password = \"secret\"", "password_sha256 = \"abc\"");
+        assert_problem(&text, 15, "service[1].password_sha256 must be 64 hex");
+        let hash = "a".repeat(64);
+        let text = replace(
+            "password = \"secret\"",
+            &format!("password_sha256 = \"{hash}\""),
+        );
+        assert!(parse(&text).is_ok());
+        let text = replace("password = \"secret\"", "password_env = \"KG_TEST_UNSET\"");
+        assert_problem(
+            &text,
+            15,
+            "service[1].password_env names environment variable",
+        );
+    }
+
+    #[test]
+    fn empty_prefix_needs_explicit_isolation_false() {
+        let text = replace("isolation = false\n", "");
+        assert_problem(&text, 10, "service[0].prefix is empty");
+        let text = replace("prefix = \"demo:\"\n", "");
+        assert_problem(&text, 13, "service[1].prefix is empty");
+    }
+
+    #[test]
+    fn prefixes_must_not_overlap() {
+        let extra = "\n[[service]]\nname = \"demo2\"\npassword = \"p\"\nprefix = \"demo:x\"\n";
+        let text = format!("{BASE}{extra}");
+        assert_problem(
+            &text,
+            23,
+            "service[2].prefix (\"demo:x\") overlaps service[1].prefix (\"demo:\")",
+        );
+        let text = format!("{BASE}{}", extra.replace("demo:x", "demo:"));
+        assert_problem(&text, 23, "overlaps");
+        let text = format!("{BASE}{}", extra.replace("demo:x", "dem"));
+        assert_problem(&text, 23, "overlaps");
+        let text = format!("{BASE}{}", extra.replace("demo:x", "other:"));
+        assert!(parse(&text).is_ok());
+    }
+
+    #[test]
+    fn max_ttl_not_below_default_ttl() {
+        let text = replace("max_ttl = \"1h\"", "max_ttl = \"30s\"");
+        assert_problem(
+            &text,
+            18,
+            "service[1].max_ttl (\"30s\") is below default_ttl (\"15m\")",
+        );
+        let text = replace("max_ttl = \"1h\"", "max_ttl = \"0s\"");
+        assert_problem(&text, 18, "service[1].max_ttl must be greater than 0");
+    }
+
+    #[test]
+    fn reject_requires_max_ttl() {
+        let text = replace("max_ttl = \"1h\"", "ttl_over_max = \"reject\"");
+        assert_problem(
+            &text,
+            18,
+            "service[1].ttl_over_max = \"reject\" requires max_ttl",
+        );
+        let text = format!("{BASE}ttl_over_max = \"reject\"\n");
+        assert!(parse(&text).is_ok());
+    }
+
+    #[test]
+    fn deny_commands_are_names() {
+        let text = format!("{BASE}deny_commands = [\"FLUSHALL\",\n  \"\"]\n");
+        assert_problem(
+            &text,
+            20,
+            "service[1].deny_commands[1] (\"\") is not a command name",
+        );
+        let text = format!("{BASE}deny_commands = [\"CONFIG SET\"]\n");
+        assert_problem(&text, 19, "service[1].deny_commands[0]");
+    }
+
+    #[test]
+    fn service_limits_positive() {
+        let text = format!("{BASE}max_value_bytes = 0\n");
+        assert_problem(&text, 19, "service[1].max_value_bytes");
+        let text = format!("{BASE}max_clients = 0\n");
+        assert_problem(&text, 19, "service[1].max_clients");
+    }
+
+    #[test]
+    fn every_problem_is_reported_in_line_order() {
+        let text =
+            replace("max_ttl = \"1h\"", "max_ttl = \"30s\"").replace("127.0.0.1:6380", "nope");
+        let found = problems(&text);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].line, 2);
+        assert_eq!(found[1].line, 18);
     }
 }

@@ -1,5 +1,227 @@
 //! The keygate binary: reads the config and runs the proxy.
+//!
+//! The data plane runs on a multi-thread tokio runtime; the admin HTTP
+//! listener runs on its own thread with a current-thread runtime, so health
+//! checks and scrapes keep answering when the data plane is saturated, and
+//! never steal its workers. Both listeners are bound before anything starts
+//! serving, so a bad address fails the start instead of half-starting.
 
-fn main() -> anyhow::Result<()> {
+use std::io::IsTerminal;
+use std::net::TcpListener as StdTcpListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use keygate::config::{Config, LogFormat};
+use keygate::server::{ProxyState, Server};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::oneshot;
+use tracing_subscriber::EnvFilter;
+
+/// Exit status for a configuration that cannot be read or is invalid.
+const EXIT_BAD_CONFIG: u8 = 2;
+/// Exit status for a failure while starting or running.
+const EXIT_RUNTIME_FAILURE: u8 = 1;
+
+/// Command-line arguments.
+#[derive(Debug, Parser)]
+#[command(
+    name = "keygate",
+    version,
+    about = "A Redis-protocol caching proxy that isolates services, governs TTLs, follows Sentinel and measures.",
+    after_help = "Exit status:\n  0  clean shutdown (SIGTERM/SIGINT), or --check found the config valid\n  1  failed to start or run (e.g. cannot bind a listener)\n  2  the config file cannot be read or is invalid (also for bad command-line usage)\n\nLog filtering follows RUST_LOG (default: info)."
+)]
+struct Cli {
+    /// The TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    /// Validate the config, print `config OK: FILE` and exit, without starting.
+    #[arg(long)]
+    check: bool,
+    /// Log line format; overrides `[proxy] log_format`.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormatArg>,
+}
+
+/// `--log-format` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Compact,
+    Json,
+}
+
+impl From<LogFormatArg> for LogFormat {
+    fn from(arg: LogFormatArg) -> LogFormat {
+        match arg {
+            LogFormatArg::Compact => LogFormat::Compact,
+            LogFormatArg::Json => LogFormat::Json,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("keygate: invalid config {}:\n{error}", cli.config.display());
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if cli.check {
+        println!("config OK: {}", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let log_format = cli.log_format.map_or(config.proxy.log_format, Into::into);
+    init_tracing(log_format);
+    match run(config, &cli.config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("keygate failed: {error:#}");
+            ExitCode::from(EXIT_RUNTIME_FAILURE)
+        }
+    }
+}
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG` (default `info`);
+/// colours only on a terminal, so log files and collectors get plain text.
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Compact => builder.compact().init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Binds the listeners, starts the admin thread and serves until a signal.
+fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all().thread_name("keygate-worker");
+    if let Some(workers) = config.proxy.workers {
+        runtime.worker_threads(workers);
+    }
+    let runtime = runtime.build().context("cannot start the tokio runtime")?;
+
+    let admin_listener = match &config.proxy.admin_listen {
+        Some(address) => Some(bind_std(address).with_context(|| {
+            format!("cannot bind the admin listener [proxy] admin_listen = {address:?}")
+        })?),
+        None => None,
+    };
+    let listen = config.proxy.listen.clone();
+    let listener = runtime
+        .block_on(TcpListener::bind(&listen))
+        .with_context(|| format!("cannot bind the client listener [proxy] listen = {listen:?}"))?;
+
+    log_start(&config, config_path);
+    let grace = config.proxy.shutdown_grace;
+    let server = Server::new(config).context("cannot build the proxy")?;
+    let admin = admin_listener
+        .map(|listener| spawn_admin(listener, server.state()))
+        .transpose()?;
+
+    let served = runtime.block_on(async {
+        let shutdown = shutdown_signal().context("cannot install signal handlers")?;
+        server
+            .run(listener, shutdown)
+            .await
+            .context("proxy stopped")
+    });
+    if let Some(admin) = admin {
+        admin.stop();
+    }
+    runtime.shutdown_timeout(grace);
+    served?;
+    tracing::info!("keygate stopped");
     Ok(())
+}
+
+/// One line saying what is starting; never includes a password.
+fn log_start(config: &Config, config_path: &Path) {
+    let backend = &config.backend;
+    let backend_desc = match (&backend.address, &backend.master_name) {
+        (Some(address), _) => format!("standalone {address}"),
+        (None, Some(master)) => format!(
+            "sentinel master {master:?} via {}",
+            backend.sentinels.join(",")
+        ),
+        (None, None) => "none".to_owned(),
+    };
+    tracing::info!(
+        config = %config_path.display(),
+        listen = %config.proxy.listen,
+        admin_listen = config.proxy.admin_listen.as_deref().unwrap_or("off"),
+        backend = %backend_desc,
+        services = config.services.len(),
+        "keygate starting"
+    );
+}
+
+/// Binds a listening socket without a runtime, ready for `from_std`.
+fn bind_std(address: &str) -> std::io::Result<StdTcpListener> {
+    let listener = StdTcpListener::bind(address)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// The admin thread and the way to stop it.
+struct AdminThread {
+    stop: oneshot::Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl AdminThread {
+    /// Asks the admin listener to shut down gracefully and waits for it.
+    fn stop(self) {
+        let _ = self.stop.send(());
+        if self.thread.join().is_err() {
+            tracing::error!("admin listener thread panicked");
+        }
+    }
+}
+
+/// Runs the admin listener on its own thread and current-thread runtime.
+fn spawn_admin(listener: StdTcpListener, state: Arc<ProxyState>) -> anyhow::Result<AdminThread> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the admin runtime")?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("keygate-admin".into())
+        .spawn(move || {
+            let served = runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener)?;
+                let shutdown = async move {
+                    let _ = stopped.await;
+                };
+                keygate::admin::serve(listener, state, shutdown).await
+            });
+            if let Err(error) = served {
+                tracing::error!("admin listener failed: {error}");
+            }
+        })
+        .context("cannot start the admin thread")?;
+    Ok(AdminThread { stop, thread })
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        tracing::info!(signal = name, "shutting down");
+    })
 }

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::client::{self, Context};
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{Gauge, Metrics};
 
 /// Why the proxy could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +35,8 @@ pub struct ProxyState {
     pub started: Instant,
     /// The running proxy, once `run` has started it.
     context: OnceLock<Arc<Context>>,
-    /// Every metric; the data path records without locks, scrapes merge.
-    pub metrics: Arc<Metrics>,
+    /// The metrics registry every client records into.
+    metrics: Arc<Metrics>,
 }
 
 impl ProxyState {
@@ -45,23 +45,56 @@ impl ProxyState {
         self.ready.load(Ordering::Relaxed)
     }
 
+    /// The metrics registry, for the client context and admin commands.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render_metrics(&self) -> String {
-        let mut text = self.metrics.render_prometheus();
+        let mut extra = vec![Gauge {
+            name: "keygate_ready",
+            help: "1 once a backend master is confirmed reachable.",
+            labels: Vec::new(),
+            value: if self.is_ready() { 1.0 } else { 0.0 },
+        }];
+        let mut failovers = None;
         if let Some(ctx) = self.context.get() {
             let topology = ctx.router.topology();
-            let confirmed = u8::from(topology.load().master.is_some());
+            let snapshot = topology.load();
+            extra.push(Gauge {
+                name: "keygate_master_confirmed",
+                help: "1 while a master is confirmed with ROLE.",
+                labels: Vec::new(),
+                value: if snapshot.master.is_some() { 1.0 } else { 0.0 },
+            });
+            if let Some(master) = &snapshot.master {
+                extra.push(Gauge {
+                    name: "keygate_backend_connections",
+                    help: "Open connections to a backend node.",
+                    labels: vec![
+                        ("node", master.addr().to_string()),
+                        ("role", "master".to_string()),
+                    ],
+                    value: master.health().connected() as f64,
+                });
+            }
+            failovers = Some(topology.failovers_total());
+        }
+        let mut text = self.metrics.render_prometheus(&extra);
+        if let Some(n) = failovers {
             text.push_str(&format!(
-                "# HELP keygate_master_confirmed 1 while a master is confirmed with ROLE.\n\
-                 # TYPE keygate_master_confirmed gauge\n\
-                 keygate_master_confirmed {confirmed}\n\
-                 # HELP keygate_failovers_total Master changes followed since start.\n\
+                "# HELP keygate_failovers_total Master changes followed since start.\n\
                  # TYPE keygate_failovers_total counter\n\
-                 keygate_failovers_total {}\n",
-                topology.failovers_total()
+                 keygate_failovers_total {n}\n"
             ));
         }
         text
+    }
+
+    /// The `/slowlog` JSON.
+    pub fn slowlog_json(&self) -> serde_json::Value {
+        self.metrics.slowlog_json()
     }
 
     /// The `/health` JSON detail.
@@ -88,8 +121,7 @@ pub struct Server {
 impl Server {
     /// Builds the proxy from a validated config; backends connect when it runs.
     pub fn new(config: Config) -> Result<Server, ServerError> {
-        let services = config.services.iter().map(|s| s.name.clone()).collect();
-        let metrics = Metrics::new(services, config.proxy.metrics);
+        let metrics = Metrics::from_config(&config);
         Ok(Server {
             config: Arc::new(config),
             state: Arc::new(ProxyState {
@@ -99,6 +131,11 @@ impl Server {
                 metrics,
             }),
         })
+    }
+
+    /// The metrics registry, for the client context.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics()
     }
 
     /// The state shared with the admin listener.
@@ -116,7 +153,7 @@ impl Server {
         let ctx = Arc::new(Context::new(
             self.config.clone(),
             self.state.clone(),
-            self.state.metrics.clone(),
+            self.state.metrics(),
         ));
         let _ = self.state.context.set(ctx.clone());
         let readiness = tokio::spawn(watch_readiness(ctx.clone()));

@@ -409,19 +409,94 @@ fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
     }
 }
 
-/// keygate's `# Proxy` INFO section.
+/// keygate's `# Proxy` INFO section. Services that are not `admin` see
+/// only their own service's figures.
 pub fn proxy_info(ctx: &Context, session: &Session) -> String {
     let master = ctx.router.master();
-    format!(
-        "\r\n# Proxy\r\nkeygate_version:{}\r\nuptime_in_seconds:{}\r\nconnected_clients:{}\r\nservice:{}\r\nbackend_master:{}\r\nbackend_connections:{}\r\nauth_failures:{}\r\n",
+    let service = session.service.as_ref();
+    let admin = service.is_some_and(|s| s.admin);
+    let filter = if admin {
+        None
+    } else {
+        Some(service.map_or("-", |s| s.name.as_str()))
+    };
+    let mut text = format!(
+        "\r\n# Proxy\r\nkeygate_version:{}\r\nuptime_in_seconds:{}\r\nservice:{}\r\n",
         env!("CARGO_PKG_VERSION"),
         ctx.state.started.elapsed().as_secs(),
-        ctx.clients.load(std::sync::atomic::Ordering::Relaxed),
-        session.service.as_ref().map_or("", |s| s.name.as_str()),
-        master.as_ref().map_or("none", |m| m.addr()),
-        master.as_ref().map_or(0, |m| m.health().connected()),
-        ctx.auth_failures.load(std::sync::atomic::Ordering::Relaxed),
-    )
+        service.map_or("", |s| s.name.as_str()),
+    );
+    if admin {
+        text.push_str(&format!(
+            "connected_clients:{}\r\nbackend_master:{}\r\nbackend_connections:{}\r\nauth_failures:{}\r\n",
+            ctx.clients.load(std::sync::atomic::Ordering::Relaxed),
+            master.as_ref().map_or("none", |m| m.addr()),
+            master.as_ref().map_or(0, |m| m.health().connected()),
+            ctx.auth_failures.load(std::sync::atomic::Ordering::Relaxed),
+        ));
+    }
+    text.push_str(&ctx.metrics.info_section(filter));
+    text
+}
+
+/// `KEYGATE LATENCY [service] [command]` and `KEYGATE SLOWLOG`: keygate's
+/// own admin command for redis-cli users. A service that is not `admin`
+/// sees only its own figures.
+pub fn answer_keygate(ctx: &Context, session: &Session, req: &Request) -> LocalAnswer {
+    let Some(service) = session.service.as_ref() else {
+        return err("NOAUTH Authentication required.");
+    };
+    let sub = req
+        .get(1)
+        .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
+    let text_arg = |i: usize| req.get(i).map(|a| String::from_utf8_lossy(a).into_owned());
+    let own = (!service.admin).then(|| service.name.clone());
+    match sub.as_deref() {
+        Some("latency") if req.argc() <= 4 => {
+            let wanted = text_arg(2);
+            if let (Some(own), Some(w)) = (&own, &wanted) {
+                if w != own {
+                    return err(
+                        "NOPERM keygate: only admin services may see other services' latency",
+                    );
+                }
+            }
+            let service_filter = wanted.or(own);
+            let command = text_arg(3).map(|c| c.to_ascii_lowercase());
+            let table = ctx
+                .metrics
+                .latency_table(service_filter.as_deref(), command.as_deref());
+            build(|o| encode::bulk(o, table.as_bytes()))
+        }
+        Some("slowlog") if req.argc() == 2 => {
+            let entries = ctx.metrics.slowlog();
+            let mut text = String::new();
+            for e in entries {
+                let line = serde_json::to_string(&e).unwrap_or_default();
+                if own
+                    .as_deref()
+                    .is_none_or(|o| line.contains(&format!("\"service\":\"{o}\"")))
+                {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+            }
+            build(|o| encode::bulk(o, text.as_bytes()))
+        }
+        Some("help") => build(|o| {
+            let lines = [
+                "KEYGATE LATENCY [service] [command] -- p50/p90/p99/p99.9/max over the recent window",
+                "KEYGATE SLOWLOG -- commands slower than slowlog_threshold (no argument values)",
+            ];
+            encode::array_header(o, lines.len());
+            for l in lines {
+                encode::simple(o, l);
+            }
+        }),
+        _ => err(
+            "ERR unknown subcommand or wrong number of arguments for 'keygate'. Try KEYGATE HELP.",
+        ),
+    }
 }
 
 #[cfg(test)]

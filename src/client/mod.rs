@@ -11,6 +11,8 @@
 //! client that does not read makes keygate stop reading it rather than
 //! buffer without bound.
 
+mod governance;
+mod isolation;
 pub mod local;
 pub mod queue;
 pub mod session;
@@ -33,7 +35,7 @@ use crate::command::{self, CommandSpec, Flags};
 use crate::config::{Config, ReadFrom};
 use crate::metrics::{ErrorKind, Metrics, Recorder};
 use crate::policy::access;
-use crate::policy::service::Services;
+use crate::policy::service::{Service, Services};
 use crate::protocol::encode;
 use crate::protocol::reply::{ReplyKind, ReplyScanner};
 use crate::protocol::request::{Request, RequestScanner, ScanLimits};
@@ -47,6 +49,12 @@ use session::Session;
 /// Most reply slots a client may have outstanding before keygate stops
 /// reading from it.
 const MAX_SLOTS: usize = 1024;
+/// Most commands a client may have in flight (sent, reply not yet written)
+/// before keygate stops reading from it. Slots alone do not bound this: one
+/// slot carries a whole read's worth of pipelined commands, so a client that
+/// pipelines large reads and never reads replies could otherwise make keygate
+/// hold gigabytes of replies. This caps what it holds at this many replies.
+const MAX_PENDING_COMMANDS: usize = 4096;
 /// A batch for a shared connection is sent once it holds this many bytes.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
@@ -122,11 +130,14 @@ struct Connection {
     /// When the bytes being processed were read: latency starts here.
     read_at: Instant,
     recorder: Recorder,
-    /// The service this connection is counted under in the connections gauge.
-    counted_service: Option<usize>,
+    /// The service this connection is admitted and counted under (the
+    /// connections gauge and the service's `max_clients`).
+    admitted: Option<Arc<Service>>,
     /// Stop reading; close once every reply is written.
     closing: bool,
     out: BytesMut,
+    /// A keyspace procedure still running; later requests wait for it.
+    procedure: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Serves one client until it disconnects, QUITs, breaks the protocol or
@@ -148,13 +159,23 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
         batch_read_only: true,
         read_at: Instant::now(),
         recorder: ctx.metrics.recorder(),
-        counted_service: None,
+        admitted: None,
         closing: *shutdown.borrow(),
         out: BytesMut::with_capacity(16 * 1024),
+        procedure: None,
         ctx,
     };
-    conn.counted_service = conn.session.service.as_ref().map(|s| s.index);
-    conn.ctx.metrics.client_connected(conn.counted_service);
+    if let Some(default) = conn.session.service.clone() {
+        if !default.try_admit() {
+            let _ = wr
+                .write_all(b"-ERR max number of clients reached for service 'default'\r\n")
+                .await;
+            conn.ctx.clients.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        conn.admitted = Some(default);
+    }
+    conn.ctx.metrics.client_connected(conn.admitted_index());
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let idle_timeout = conn.ctx.config.proxy.idle_timeout;
     let mut last_activity = Instant::now();
@@ -162,7 +183,9 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
         if conn.closing && conn.queue.is_empty() {
             break;
         }
-        let can_read = !conn.closing && conn.queue.len() < MAX_SLOTS;
+        let can_read = !conn.closing
+            && conn.queue.len() < MAX_SLOTS
+            && conn.queue.commands_pending() < MAX_PENDING_COMMANDS;
         let deadline = conn.dedicated_deadline();
         let idle_at = idle_timeout
             .filter(|_| conn.queue.is_empty() && conn.dedicated.is_none())
@@ -181,6 +204,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
             read = read_dedicated(&mut conn.dedicated) => conn.on_dedicated_read(read),
             _ = sleep_until(deadline) => conn.on_dedicated_timeout(),
             _ = sleep_until(idle_at) => break,
+            _ = sleep_until(conn.recorder.flush_due_at().map(Instant::from_std)) => conn.recorder.flush_if_due(),
             _ = shutdown.changed(), if !conn.closing => conn.closing = true,
         }
         conn.queue.drain_ready(&mut conn.out, &mut conn.recorder);
@@ -233,7 +257,15 @@ impl Connection {
     async fn on_bytes(&mut self, rbuf: &mut BytesMut) {
         loop {
             match self.scanner.scan(rbuf) {
-                Ok(Some(req)) => self.on_request(req).await,
+                Ok(Some(req)) => {
+                    self.on_request(req).await;
+                    if self.closing {
+                        // QUIT (or lost connection state): like Redis, run
+                        // nothing the client pipelined after it.
+                        rbuf.clear();
+                        break;
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     self.flush_batch().await;
@@ -274,12 +306,29 @@ impl Connection {
             .is_some_and(|n| n.eq_ignore_ascii_case(b"client"));
         if is_client && !self.session.tx.open && self.session.service.is_some() {
             if let Some(LocalAnswer::Reply(reply)) = local::answer_client(&mut self.session, &req) {
-                let quiet = suppress
-                    || (req.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"reply"))
-                        && self.session.reply_mode != session::ReplyMode::On);
+                // CLIENT REPLY OFF/SKIP get no reply; CLIENT REPLY ON always
+                // does, even while replies were off (as in Redis), so the
+                // suppression taken before it ran does not apply.
+                let quiet = if req.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"reply")) {
+                    let turned_on = req.get(2).is_some_and(|m| m.eq_ignore_ascii_case(b"on"));
+                    self.session.reply_mode != session::ReplyMode::On || (suppress && !turned_on)
+                } else {
+                    suppress
+                };
                 self.reply(reply, quiet).await;
                 return;
             }
+        }
+        if req
+            .get(0)
+            .is_some_and(|n| n.eq_ignore_ascii_case(b"keygate"))
+            && !self.session.tx.open
+        {
+            if let LocalAnswer::Reply(reply) = local::answer_keygate(&self.ctx, &self.session, &req)
+            {
+                self.reply(reply, suppress).await;
+            }
+            return;
         }
         let spec = match command::lookup(&req) {
             Ok(spec) => spec,
@@ -337,26 +386,36 @@ impl Connection {
                 .reject(spec.name, ErrorKind::Policy, &refusal.to_string(), suppress)
                 .await;
         }
-        let effect = router::connection_effect(spec, &req);
         let plan = if spec.name == "info" && !held {
             ReplyPlan::AppendProxyInfo(local::proxy_info(&self.ctx, &self.session))
         } else {
             ReplyPlan::Forward
         };
+        let Some((req, plan)) = self.isolate(&service, spec, req, plan, suppress).await else {
+            return;
+        };
+        let Some((req, follow_ups)) = self.govern(&service, spec, req, suppress).await else {
+            return;
+        };
+        let effect = router::connection_effect(spec, &req);
         let reply = CommandReply {
             plan,
+            frames: 1 + follow_ups.len() as u32,
             ..CommandReply::plain(spec.name, Some(service.index))
         };
+        let reply = self.track_transaction(spec, reply);
+        let mut frames = Vec::with_capacity(1 + follow_ups.len());
+        frames.push(req.frame().clone());
+        frames.extend(follow_ups.iter().map(|f| f.frame().clone()));
         if held || effect != ConnectionEffect::None {
-            self.send_dedicated(req.frame().clone(), effect, reply, suppress)
-                .await;
+            self.send_dedicated(frames, effect, reply, suppress).await;
         } else {
             if self.batch_suppress != suppress || self.batch_bytes >= MAX_BATCH_BYTES {
                 self.flush_batch().await;
             }
             // topology: a batch may go to a replica only if all of it is read-only.
-            self.batch_read_only &= spec.flags.contains(Flags::READONLY);
-            self.batch_push(req.frame().clone(), reply, suppress);
+            self.batch_read_only &= spec.flags.contains(Flags::READONLY) && follow_ups.is_empty();
+            self.batch_push(frames, reply, suppress);
         }
     }
 
@@ -403,12 +462,35 @@ impl Connection {
             }
             return None;
         }
+        let before = self.session.service.clone();
         let answer = local::answer(&self.ctx, &mut self.session, spec, req)?;
-        let service = self.session.service.as_ref().map(|s| s.index);
-        if service != self.counted_service {
-            self.ctx.metrics.client_disconnected(self.counted_service);
-            self.ctx.metrics.client_connected(service);
-            self.counted_service = service;
+        let now = self.session.service.clone();
+        let switched = match (&before, &now) {
+            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+            (None, None) => false,
+            _ => true,
+        };
+        if switched {
+            if let Some(new) = &now {
+                if !new.try_admit() {
+                    // Like Redis's maxclients, but per service: the login fails
+                    // and the client stays what it was.
+                    self.session.service = before;
+                    let msg = format!(
+                        "ERR max number of clients reached for service '{}'",
+                        new.name
+                    );
+                    self.reject(spec.name, ErrorKind::Policy, &msg, suppress)
+                        .await;
+                    return Some(());
+                }
+            }
+            self.ctx.metrics.client_disconnected(self.admitted_index());
+            if let Some(old) = self.admitted.take() {
+                old.release();
+            }
+            self.admitted = now;
+            self.ctx.metrics.client_connected(self.admitted_index());
         }
         match answer {
             LocalAnswer::Reply(r) => self.reply(r, suppress).await,
@@ -454,7 +536,7 @@ impl Connection {
                     ..CommandReply::plain(spec.name, self.session.service.as_ref().map(|s| s.index))
                 };
                 self.send_dedicated(
-                    discard.frame().clone(),
+                    vec![discard.frame().clone()],
                     ConnectionEffect::EndTransaction,
                     reply,
                     suppress,
@@ -470,12 +552,14 @@ impl Connection {
         }
     }
 
-    fn batch_push(&mut self, frame: Bytes, reply: CommandReply, suppress: bool) {
+    fn batch_push(&mut self, frames: Vec<Bytes>, reply: CommandReply, suppress: bool) {
         if self.batch.is_empty() {
             self.batch_suppress = suppress;
         }
-        self.batch_bytes += frame.len();
-        self.batch.push(frame);
+        for frame in frames {
+            self.batch_bytes += frame.len();
+            self.batch.push(frame);
+        }
         self.batch_commands.push(reply);
     }
 
@@ -484,6 +568,7 @@ impl Connection {
         if self.batch.is_empty() {
             return;
         }
+        self.await_procedure().await;
         let payload = std::mem::take(&mut self.batch);
         let commands = std::mem::take(&mut self.batch_commands);
         let count = commands.iter().map(|c| c.frames).sum();
@@ -520,12 +605,13 @@ impl Connection {
     /// if needed, and tracks what it does to the connection's state.
     async fn send_dedicated(
         &mut self,
-        frame: Bytes,
+        frames: Vec<Bytes>,
         effect: ConnectionEffect,
         reply: CommandReply,
         suppress: bool,
     ) {
         self.flush_batch().await;
+        self.await_procedure().await;
         if self.dedicated.is_none() {
             // topology: dedicated connections always go to the master.
             let leased = match self.ctx.router.master_for().await {
@@ -559,12 +645,15 @@ impl Connection {
         let Some(d) = self.dedicated.as_mut() else {
             return;
         };
-        d.out.extend_from_slice(&frame);
+        for frame in &frames {
+            d.out.extend_from_slice(frame);
+        }
         let tx = &mut self.session.tx;
         match effect {
             ConnectionEffect::BeginTransaction => {
                 tx.open = true;
                 tx.poisoned = false;
+                self.session.queued.clear();
             }
             ConnectionEffect::EndTransaction => {
                 tx.open = false;
@@ -617,8 +706,18 @@ impl Connection {
         loop {
             let conn = &mut *d.lease;
             match d.scanner.scan(&mut conn.read_buf) {
-                Ok(Some((frame, ReplyKind::Push))) => self.queue.dedicated_push(frame),
-                Ok(Some((frame, _))) => self.queue.dedicated_reply(frame),
+                Ok(Some((frame, kind))) => {
+                    // Pub/sub frames come unasked; they are confined to the
+                    // session's namespace like any reply.
+                    if kind == ReplyKind::Push || !self.queue.awaits_dedicated() {
+                        let service = self.session.service.as_deref();
+                        if let Some(frame) = isolation::confine_unasked(service, frame) {
+                            self.queue.dedicated_push(frame);
+                        }
+                    } else {
+                        self.queue.dedicated_reply(frame);
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(client = self.session.id, error = %e, "invalid reply on a dedicated connection");
@@ -704,13 +803,20 @@ impl Connection {
         }
     }
 
+    fn admitted_index(&self) -> Option<usize> {
+        self.admitted.as_ref().map(|s| s.index)
+    }
+
     fn finish(mut self) {
         let dirty = self.session.tx.open
             || self.session.tx.watching
             || self.queue.awaits_dedicated()
             || self.dedicated.as_ref().is_some_and(|d| d.subscribed);
         self.drop_dedicated(dirty);
-        self.ctx.metrics.client_disconnected(self.counted_service);
+        self.ctx.metrics.client_disconnected(self.admitted_index());
+        if let Some(service) = self.admitted.take() {
+            service.release();
+        }
         self.ctx.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -11,14 +11,19 @@
 
 use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
+use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::backend::mux::BatchReply;
 use crate::backend::BackendError;
+use crate::command::ReplyKeys;
 use crate::metrics::{self, ErrorKind, Recorder, Role};
+use crate::policy::namespace::{self, Namespace};
+use crate::protocol::encode;
 use crate::protocol::reply::{ReplyKind, ReplyScanner, Value};
+use crate::protocol::Protocol;
 
 /// What happens to one command's reply on its way to the client.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,10 +34,24 @@ pub enum ReplyPlan {
     AppendProxyInfo(String),
     /// The backend's reply is replaced by this one (EXEC of a doomed transaction).
     Replace(Bytes),
+    /// Isolation: the namespace's prefix comes off the key or channel names
+    /// the reply carries (per the command table's `reply_keys`).
+    StripKeys {
+        namespace: Arc<Namespace>,
+        reply_keys: ReplyKeys,
+        protocol: Protocol,
+    },
+    /// INFO for an isolated service: the `# Keyspace` section is removed,
+    /// then keygate's own section (if any) appended.
+    ScopedInfo(Option<String>),
+    /// EXEC: one array element per queued command, in order. Each queued
+    /// command accounts for `frames` elements (its follow-ups were queued
+    /// too); the first gets the command's plan, the rest are dropped.
+    Exec(Vec<CommandReply>),
 }
 
 /// One client command answered by a slot.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CommandReply {
     /// The table name, for metrics.
     pub command: &'static str,
@@ -55,7 +74,8 @@ impl CommandReply {
         }
     }
 
-    fn is_plain(&self) -> bool {
+    /// Answered by one frame written as it came.
+    pub fn is_plain(&self) -> bool {
         self.frames == 1 && self.plan == ReplyPlan::Forward
     }
 }
@@ -94,6 +114,9 @@ struct Slot {
 #[derive(Debug, Default)]
 pub struct ReplyQueue {
     slots: VecDeque<Slot>,
+    /// Commands in `slots` whose replies are not yet written: what a client
+    /// has in flight, which bounds the reply bytes keygate may have to hold.
+    commands_pending: usize,
 }
 
 impl ReplyQueue {
@@ -105,6 +128,12 @@ impl ReplyQueue {
     /// True when every reply has been written.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
+    }
+
+    /// Client commands whose replies are not yet written (replies keygate
+    /// made itself do not count: they are already as small as they get).
+    pub fn commands_pending(&self) -> usize {
+        self.commands_pending
     }
 
     /// A reply keygate made itself.
@@ -126,6 +155,7 @@ impl ReplyQueue {
         suppress: bool,
         started: Instant,
     ) {
+        self.commands_pending += commands.len();
         self.slots.push_back(Slot {
             state: SlotState::Shared(rx),
             commands,
@@ -143,6 +173,7 @@ impl ReplyQueue {
         suppress: bool,
         started: Instant,
     ) {
+        self.commands_pending += 1;
         self.slots.push_back(Slot {
             state: SlotState::Dedicated {
                 remaining: command.frames,
@@ -267,6 +298,7 @@ impl ReplyQueue {
             let Some(slot) = self.slots.pop_front() else {
                 return;
             };
+            self.commands_pending = self.commands_pending.saturating_sub(slot.commands.len());
             write_slot(slot, result, out, recorder);
         }
     }
@@ -375,5 +407,72 @@ fn apply_plan(plan: &ReplyPlan, frame: &[u8], out: &mut BytesMut) {
             }
             _ => out.extend_from_slice(frame),
         },
+        ReplyPlan::StripKeys {
+            namespace,
+            reply_keys,
+            protocol,
+        } => out.extend_from_slice(&namespace.strip_reply(*reply_keys, frame, *protocol)),
+        ReplyPlan::ScopedInfo(section) => {
+            let scoped = |text: &[u8]| {
+                let mut kept = namespace::remove_keyspace_section(text);
+                if let Some(section) = section {
+                    kept.extend_from_slice(section.as_bytes());
+                }
+                Bytes::from(kept)
+            };
+            match Value::parse(frame) {
+                Ok(Value::Bulk(text)) => Value::Bulk(scoped(&text)).encode(out),
+                Ok(Value::Verbatim(format, text)) => {
+                    Value::Verbatim(format, scoped(&text)).encode(out)
+                }
+                _ => out.extend_from_slice(frame),
+            }
+        }
+        ReplyPlan::Exec(queued) => apply_exec(queued, frame, out),
     }
+}
+
+/// Applies each queued command's plan to its element of an EXEC reply.
+/// A nil (WATCH abort) or error passes as it is; an array whose length does
+/// not match what was queued becomes an error rather than pass unrewritten.
+fn apply_exec(queued: &[CommandReply], frame: &[u8], out: &mut BytesMut) {
+    let header_end = frame.windows(2).position(|w| w == b"\r\n");
+    let count = header_end
+        .filter(|_| frame.first() == Some(&b'*'))
+        .and_then(|end| frame.get(1..end))
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .and_then(|n| n.parse::<i64>().ok());
+    let (Some(count), Some(header_end)) = (count, header_end) else {
+        return out.extend_from_slice(frame);
+    };
+    let expected: usize = queued.iter().map(|c| c.frames as usize).sum();
+    if count < 0 {
+        return out.extend_from_slice(frame);
+    }
+    let mismatch = b"-ERR keygate: EXEC reply does not match the queued commands\r\n";
+    if count as usize != expected {
+        return out.extend_from_slice(mismatch);
+    }
+    let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);
+    let mut rest = frame.get(header_end + 2..).unwrap_or_default();
+    let mut body = BytesMut::with_capacity(rest.len());
+    for c in queued {
+        let mut first = None;
+        for _ in 0..c.frames {
+            match scanner.next_frame(rest) {
+                Ok(Some(f)) => {
+                    let (element, tail) = rest.split_at(f.end.min(rest.len()));
+                    scanner.consume(f.end);
+                    rest = tail;
+                    first.get_or_insert(element);
+                }
+                _ => return out.extend_from_slice(mismatch),
+            }
+        }
+        if let Some(element) = first {
+            apply_plan(&c.plan, element, &mut body);
+        }
+    }
+    encode::array_header(out, queued.len());
+    out.extend_from_slice(&body);
 }

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use super::queue::CommandReply;
 use crate::policy::service::Service;
 use crate::protocol::Protocol;
 
@@ -40,6 +41,9 @@ pub struct Session {
     pub name: Option<Vec<u8>>,
     pub reply_mode: ReplyMode,
     pub tx: Transaction,
+    /// Inside MULTI: the reply plan of each queued command, applied to its
+    /// element of EXEC's reply (the backend answers `+QUEUED` meanwhile).
+    pub queued: Vec<CommandReply>,
 }
 
 impl Session {
@@ -52,6 +56,7 @@ impl Session {
             name: None,
             reply_mode: ReplyMode::On,
             tx: Transaction::default(),
+            queued: Vec::new(),
         }
     }
 

@@ -85,6 +85,66 @@ pub fn key_positions(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, Ke
     Ok(keys)
 }
 
+/// Like [`key_positions`], each key paired with the flags of the key spec
+/// that names it, so a policy can tell a destination (`OW`/`INSERT`) from a
+/// source (`RO`).
+///
+/// A position claimed by several specs gets the union of their flags. A
+/// position no locatable spec claims (found by Redis's native procedure, e.g.
+/// SORT's STORE destination) gets the union of the flags of the specs that
+/// cannot be located, or of every spec when all were located: a conservative
+/// answer that may call a key written when it is only read, never the reverse.
+pub fn key_positions_with_flags(
+    spec: &CommandSpec,
+    req: &Request,
+) -> Result<Vec<(usize, KeySpecFlags)>, KeysError> {
+    let positions = key_positions(spec, req)?;
+    if positions.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Each spec's (first, last, step) when it can be located on this request.
+    let mut located: Vec<(KeySpecFlags, i64, i64, i64)> = Vec::with_capacity(spec.key_specs.len());
+    let mut unlocatable = KeySpecFlags::default();
+    let mut every = KeySpecFlags::default();
+    for ks in spec.key_specs {
+        if ks.flags.contains(KeySpecFlags::NOT_KEY) {
+            continue;
+        }
+        every.0 |= ks.flags.0;
+        let range = match begin_search(ks, req) {
+            Ok(Some(first)) => find_keys(ks, req, first).ok(),
+            // The keyword is absent: this spec names no key here.
+            Ok(None) => continue,
+            Err(_) => None,
+        };
+        match range {
+            Some((first, last, step)) => located.push((ks.flags, first, last, step.max(1))),
+            None => unlocatable.0 |= ks.flags.0,
+        }
+    }
+    let fallback = if unlocatable == KeySpecFlags::default() {
+        every
+    } else {
+        unlocatable
+    };
+    Ok(positions
+        .into_iter()
+        .map(|pos| {
+            let at = pos as i64;
+            let mut flags = KeySpecFlags::default();
+            for &(spec_flags, first, last, step) in &located {
+                if at >= first && at <= last && (at - first) % step == 0 {
+                    flags.0 |= spec_flags.0;
+                }
+            }
+            if flags == KeySpecFlags::default() {
+                flags = fallback;
+            }
+            (pos, flags)
+        })
+        .collect())
+}
+
 /// Redis's `getKeysUsingKeySpecs` with default search flags: `NOT_KEY` specs
 /// are skipped, and an incomplete, unknown or out-of-range spec fails the
 /// whole search.
@@ -492,6 +552,37 @@ mod tests {
         assert_eq!(parse_strict_i64(b"99999999999999999999"), None);
         assert_eq!(atoi(b" 12abc"), 12);
         assert_eq!(atoi(b"x"), 0);
+    }
+
+    fn flagged(args: &[&str]) -> Vec<(usize, bool)> {
+        let req = Request::from_args(args);
+        let spec = find(args[0].as_bytes()).expect("command in table");
+        key_positions_with_flags(spec, &req)
+            .expect("keys")
+            .into_iter()
+            .map(|(pos, flags)| (pos, flags.contains(KeySpecFlags::RO)))
+            .collect()
+    }
+
+    #[test]
+    fn flags_tell_sources_from_destinations() {
+        assert_eq!(flagged(&["COPY", "a", "b"]), vec![(1, true), (2, false)]);
+        assert_eq!(
+            flagged(&["ZUNIONSTORE", "d", "2", "a", "b"]),
+            vec![(1, false), (3, true), (4, true)]
+        );
+        assert_eq!(flagged(&["SET", "k", "v"]), vec![(1, false)]);
+        // SORT's STORE comes from native code: it gets the unknown specs' flags.
+        let req = Request::from_args(&["SORT", "k", "STORE", "d"]);
+        let spec = find(b"sort").expect("sort");
+        let keys = key_positions_with_flags(spec, &req).expect("keys");
+        assert_eq!(keys.len(), 2);
+        assert!(keys[0].1.contains(KeySpecFlags::RO));
+        assert!(keys[1].1.contains(KeySpecFlags::OW));
+        assert_eq!(
+            flagged(&["GEORADIUS", "g", "0", "0", "1", "km", "STORE", "d"]),
+            vec![(1, true), (7, false)]
+        );
     }
 
     #[test]

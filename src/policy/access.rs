@@ -6,6 +6,7 @@
 //! administrative commands; the service's own `deny_commands` come on top.
 
 use super::service::Service;
+use crate::command::keys::KeysError;
 use crate::command::{CommandSpec, Flags};
 
 /// Why a command was refused; shown to the client as `-NOPERM ...`.
@@ -23,6 +24,16 @@ pub enum Refusal {
         service: String,
         command: &'static str,
     },
+    /// The service is namespaced and the command cannot be confined to it.
+    #[error("NOPERM keygate: '{command}' cannot be confined to the namespace of service '{service}': {reason}")]
+    Isolation {
+        command: &'static str,
+        service: String,
+        reason: &'static str,
+    },
+    /// The request's keys cannot be located, so they cannot be confined.
+    #[error("{0}")]
+    Unlocatable(KeysError),
 }
 
 /// Commands refused for everybody but admin services, with the reason.

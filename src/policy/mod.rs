@@ -1,6 +1,12 @@
 //! Per-service policy, applied to each request after the command-table
 //! lookup and before routing: which service a login maps to ([`service`]),
-//! which commands it may run ([`access`]).
+//! which commands it may run ([`access`]), the namespace that confines its
+//! keys ([`namespace`], [`confinement`], [`keyspace`]) and how long its keys
+//! live ([`ttl`]).
 
 pub mod access;
+pub mod confinement;
+pub mod keyspace;
+pub mod namespace;
 pub mod service;
+pub mod ttl;

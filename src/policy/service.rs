@@ -8,10 +8,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::namespace::Namespace;
 use crate::config::{Config, ReadFrom, ServiceConfig, TtlOverMax};
+use crate::policy::ttl::TtlPolicy;
 
 /// The runtime form of one `[[service]]`.
 #[derive(Debug)]
@@ -34,6 +38,12 @@ pub struct Service {
     pub read_from: ReadFrom,
     pub admin: bool,
     pub allow_scripts: bool,
+    /// The namespace confining the service's keys; `None` when isolation is off.
+    pub namespace: Option<Arc<Namespace>>,
+    /// TTL governance for the keys this service writes.
+    pub ttl: TtlPolicy,
+    /// Clients logged in as this service right now, for `max_clients`.
+    pub clients: AtomicUsize,
     password_sha256: Option<[u8; 32]>,
 }
 
@@ -50,7 +60,7 @@ impl Service {
             (None, Some(hex)) => decode_hex32(hex),
             (None, None) => None,
         };
-        Service {
+        let mut service = Service {
             index,
             name: c.name.clone(),
             prefix: c.prefix.as_bytes().to_vec(),
@@ -64,8 +74,13 @@ impl Service {
             read_from: c.read_from,
             admin: c.admin,
             allow_scripts: c.allow_scripts,
+            namespace: None,
+            ttl: TtlPolicy::new(c.default_ttl, c.max_ttl, c.ttl_over_max),
+            clients: AtomicUsize::new(0),
             password_sha256,
-        }
+        };
+        service.namespace = Namespace::for_service(&service).map(Arc::new);
+        service
     }
 
     /// Constant-time check of a password against this service's digest.
@@ -77,6 +92,23 @@ impl Service {
             }
             None => false,
         }
+    }
+
+    /// Counts one more client as this service, unless `max_clients` is reached.
+    pub fn try_admit(&self) -> bool {
+        let limit = self.max_clients.unwrap_or(usize::MAX);
+        self.clients
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// A client of this service left or switched away.
+    pub fn release(&self) {
+        let _ = self
+            .clients
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     /// Whether this service has a password at all.

@@ -149,6 +149,7 @@ impl ReplyScanner {
         result
     }
 
+    /// [`ReplyScanner::next_frame`] without the reset on error.
     fn next_frame_inner(&mut self, buf: &[u8]) -> Result<Option<FrameEnd>, ProtocolError> {
         loop {
             if self.pos > buf.len() {
@@ -591,4 +592,276 @@ fn open_aggregate(
         ..open
     });
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// All frames in `input` delivered in pieces of the given sizes, as
+    /// (frame bytes, kind), using `next_frame` + `consume` on batches.
+    fn frames_chunked(
+        input: &[u8],
+        chunks: impl IntoIterator<Item = usize>,
+    ) -> Result<Vec<(Vec<u8>, ReplyKind)>, ProtocolError> {
+        let mut scanner = ReplyScanner::new(DEFAULT_MAX_DEPTH);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut rest = input;
+        let mut sizes = chunks.into_iter();
+        while !rest.is_empty() {
+            let n = sizes.next().unwrap_or(rest.len()).clamp(1, rest.len());
+            buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            let mut taken = 0;
+            while let Some(found) = scanner.next_frame(&buf)? {
+                out.push((buf[taken..found.end].to_vec(), found.kind));
+                taken = found.end;
+            }
+            let _ = buf.split_to(taken);
+            scanner.consume(taken);
+        }
+        Ok(out)
+    }
+
+    fn scan_one(input: &[u8]) -> Result<Option<(Bytes, ReplyKind)>, ProtocolError> {
+        ReplyScanner::new(DEFAULT_MAX_DEPTH).scan(&mut BytesMut::from(input))
+    }
+
+    #[test]
+    fn every_type_is_delimited_with_its_kind() {
+        let cases: &[(&[u8], ReplyKind)] = &[
+            (b"+OK\r\n", ReplyKind::Value),
+            (b"-ERR no\r\n", ReplyKind::Error),
+            (b":12\r\n", ReplyKind::Value),
+            (b"$3\r\na\r\n\r\n", ReplyKind::Value),
+            (b"$0\r\n\r\n", ReplyKind::Value),
+            (b"$-1\r\n", ReplyKind::Nil),
+            (b"*-1\r\n", ReplyKind::Nil),
+            (b"*0\r\n", ReplyKind::Value),
+            (b"*2\r\n:1\r\n*1\r\n$1\r\nx\r\n", ReplyKind::Value),
+            (b"%1\r\n+k\r\n*2\r\n:1\r\n:2\r\n", ReplyKind::Value),
+            (b"~2\r\n+a\r\n+b\r\n", ReplyKind::Value),
+            (
+                b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n",
+                ReplyKind::Push,
+            ),
+            (b"_\r\n", ReplyKind::Nil),
+            (b",3.14\r\n", ReplyKind::Value),
+            (b"#t\r\n", ReplyKind::Value),
+            (b"(12345678901234567890\r\n", ReplyKind::Value),
+            (b"!5\r\nERR x\r\n", ReplyKind::Error),
+            (b"=7\r\ntxt:abc\r\n", ReplyKind::Value),
+            (b"|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n", ReplyKind::Value),
+            (b"|1\r\n+a\r\n+b\r\n|0\r\n-ERR x\r\n", ReplyKind::Error),
+            (b"*2\r\n|1\r\n+a\r\n+b\r\n:1\r\n:2\r\n", ReplyKind::Value),
+        ];
+        for &(frame, kind) in cases {
+            let mut input = frame.to_vec();
+            input.extend_from_slice(b"+NEXT\r\n");
+            let got = frames_chunked(&input, std::iter::empty()).unwrap();
+            assert_eq!(
+                got,
+                vec![
+                    (frame.to_vec(), kind),
+                    (b"+NEXT\r\n".to_vec(), ReplyKind::Value)
+                ],
+                "{:?}",
+                String::from_utf8_lossy(frame)
+            );
+            let one_by_one = frames_chunked(&input, std::iter::repeat(1)).unwrap();
+            assert_eq!(one_by_one, got);
+        }
+    }
+
+    #[test]
+    fn next_frame_reports_several_before_consume() {
+        let input = b"+A\r\n$2\r\nbb\r\n:3\r\n+partial";
+        let mut scanner = ReplyScanner::new(8);
+        let ends: Vec<_> = std::iter::from_fn(|| scanner.next_frame(input).unwrap()).collect();
+        assert_eq!(
+            ends.iter().map(|f| f.end).collect::<Vec<_>>(),
+            vec![4, 12, 16]
+        );
+        let mut buf = BytesMut::from(&input[..]);
+        let _ = buf.split_to(16);
+        scanner.consume(16);
+        buf.extend_from_slice(b"\r\n");
+        assert_eq!(
+            scanner.scan(&mut buf).unwrap(),
+            Some((Bytes::from_static(b"+partial\r\n"), ReplyKind::Value))
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn malformed_replies_are_errors() {
+        let e = scan_one(b"?x\r\n").unwrap_err();
+        assert_eq!(e, ProtocolError::InvalidReplyType(b'?'));
+        assert_eq!(e.to_string(), "invalid reply type byte '?'");
+        for bad in [
+            &b"$x\r\n"[..],
+            b"*-2\r\n",
+            b"%-1\r\n",
+            b"!-1\r\n",
+            b"$3\r\nabcde\r\n",
+            b"+a\rb\n",
+        ] {
+            let e = scan_one(bad).unwrap_err();
+            assert!(
+                matches!(e, ProtocolError::InvalidReply(_)),
+                "{bad:?}: {e:?}"
+            );
+            assert!(e.to_string().starts_with("invalid reply: "));
+        }
+        assert_eq!(scan_one(b"$5\r\nab"), Ok(None));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_quickly() {
+        let input = b"*1\r\n".repeat(100_000);
+        let mut scanner = ReplyScanner::new(DEFAULT_MAX_DEPTH);
+        let e = scanner.next_frame(&input).unwrap_err();
+        assert_eq!(e, ProtocolError::TooDeep(DEFAULT_MAX_DEPTH));
+        assert_eq!(e.to_string(), "nesting deeper than 128 levels");
+        assert_eq!(
+            Value::parse(&input),
+            Err(ProtocolError::TooDeep(DEFAULT_MAX_DEPTH))
+        );
+        // Exactly at the cap is fine.
+        let mut ok = b"*1\r\n".repeat(DEFAULT_MAX_DEPTH);
+        ok.extend_from_slice(b":1\r\n");
+        assert_eq!(scan_one(&ok).unwrap().map(|f| f.0.len()), Some(ok.len()));
+        assert!(Value::parse(&ok).is_ok());
+        // Attributes count towards the depth.
+        let attrs = b"|1\r\n".repeat(100_000);
+        assert!(matches!(
+            ReplyScanner::new(4).next_frame(&attrs),
+            Err(ProtocolError::TooDeep(4))
+        ));
+    }
+
+    #[test]
+    fn big_bulk_in_small_reads() {
+        let payload = vec![b'z'; 50 * 1024 * 1024];
+        let mut input = format!("${}\r\n", payload.len()).into_bytes();
+        input.extend_from_slice(&payload);
+        input.extend_from_slice(b"\r\n:1\r\n");
+        let mut scanner = ReplyScanner::new(8);
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        for chunk in input.chunks(64 * 1024) {
+            buf.extend_from_slice(chunk);
+            while let Some(frame) = scanner.scan(&mut buf).unwrap() {
+                frames.push(frame);
+            }
+        }
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].0.len(), input.len() - 4);
+        assert_eq!(frames[1].0.as_ref(), b":1\r\n");
+    }
+
+    #[test]
+    fn parse_and_encode() {
+        let frame = b"*7\r\n+OK\r\n:-5\r\n$-1\r\n%1\r\n$1\r\nk\r\n~1\r\n#f\r\n,1.5\r\n=7\r\ntxt:abc\r\n|1\r\n+a\r\n+b\r\n(9\r\n";
+        let value = Value::parse(frame).unwrap();
+        assert_eq!(
+            value,
+            Value::Array(vec![
+                Value::Simple(Bytes::from_static(b"OK")),
+                Value::Integer(-5),
+                Value::Nil,
+                Value::Map(vec![(
+                    Value::Bulk(Bytes::from_static(b"k")),
+                    Value::Set(vec![Value::Boolean(false)])
+                )]),
+                Value::Double(Bytes::from_static(b"1.5")),
+                Value::Verbatim(Bytes::from_static(b"txt"), Bytes::from_static(b"abc")),
+                Value::BigNumber(Bytes::from_static(b"9")),
+            ])
+        );
+        let mut out = BytesMut::new();
+        value.encode(&mut out);
+        assert_eq!(Value::parse(&out).unwrap(), value);
+        let mut resp2 = BytesMut::new();
+        value.encode_for(&mut resp2, Protocol::Resp2);
+        assert_eq!(
+            resp2.as_ref(),
+            &b"*7\r\n+OK\r\n:-5\r\n$-1\r\n*2\r\n$1\r\nk\r\n*1\r\n:0\r\n$3\r\n1.5\r\n$3\r\nabc\r\n$1\r\n9\r\n"[..]
+        );
+        let mut resp3 = BytesMut::new();
+        Value::Array(vec![Value::Nil]).encode_for(&mut resp3, Protocol::Resp3);
+        assert_eq!(resp3.as_ref(), b"*1\r\n_\r\n");
+        assert_eq!(
+            Value::parse(b"!3\r\nERR\r\n"),
+            Ok(Value::Error(Bytes::from_static(b"ERR")))
+        );
+        assert!(Value::parse(b"+OK\r\n+extra\r\n").is_err());
+        assert!(Value::parse(b"*2\r\n:1\r\n").is_err());
+        assert!(Value::parse(b"=3\r\ntxt\r\n").is_err());
+        assert!(Value::parse(b":x\r\n").is_err());
+    }
+
+    fn line_text() -> impl Strategy<Value = Bytes> {
+        "[a-zA-Z0-9 :._-]{0,12}".prop_map(Bytes::from)
+    }
+
+    fn arb_value() -> impl Strategy<Value = Value> {
+        let binary = prop::collection::vec(any::<u8>(), 0..24).prop_map(Bytes::from);
+        let leaf = prop_oneof![
+            line_text().prop_map(Value::Simple),
+            line_text().prop_map(Value::Error),
+            any::<i64>().prop_map(Value::Integer),
+            binary.clone().prop_map(Value::Bulk),
+            Just(Value::Nil),
+            any::<f64>().prop_map(|x| Value::Double(Bytes::from(x.to_string()))),
+            any::<bool>().prop_map(Value::Boolean),
+            "-?[1-9][0-9]{0,30}".prop_map(|s| Value::BigNumber(Bytes::from(s))),
+            ("[a-z]{3}", binary).prop_map(|(f, t)| Value::Verbatim(Bytes::from(f), t)),
+        ];
+        leaf.prop_recursive(5, 64, 6, |inner| {
+            let items = prop::collection::vec(inner.clone(), 0..6);
+            prop_oneof![
+                items.clone().prop_map(Value::Array),
+                items.clone().prop_map(Value::Set),
+                items.prop_map(Value::Push),
+                prop::collection::vec((inner.clone(), inner), 0..4).prop_map(Value::Map),
+            ]
+        })
+    }
+
+    fn kind_of_value(value: &Value) -> ReplyKind {
+        match value {
+            Value::Error(_) => ReplyKind::Error,
+            Value::Nil => ReplyKind::Nil,
+            Value::Push(_) => ReplyKind::Push,
+            _ => ReplyKind::Value,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn encoded_values_are_delimited_and_round_trip(
+            values in prop::collection::vec(arb_value(), 1..5),
+            chunks in prop::collection::vec(1usize..40, 0..30),
+        ) {
+            let mut input = BytesMut::new();
+            let mut expected = Vec::new();
+            for value in &values {
+                let start = input.len();
+                value.encode(&mut input);
+                expected.push((input[start..].to_vec(), kind_of_value(value)));
+                prop_assert_eq!(&Value::parse(&input[start..]).unwrap(), value);
+            }
+            prop_assert_eq!(&frames_chunked(&input, chunks).unwrap(), &expected);
+            // RESP2 downgrades are still single frames RESP2 can read.
+            for value in &values {
+                let mut resp2 = BytesMut::new();
+                value.encode_for(&mut resp2, Protocol::Resp2);
+                let decoded = redis_protocol::resp2::decode::decode(&resp2).unwrap();
+                prop_assert_eq!(decoded.map(|(_, n)| n), Some(resp2.len()));
+            }
+        }
+    }
 }

@@ -345,6 +345,8 @@ impl RequestScanner {
         }
     }
 
+    /// [`RequestScanner::scan`] without the reset on error.
+    #[inline]
     fn scan_inner(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
         loop {
             if self.expected == 0 {
@@ -372,6 +374,18 @@ impl RequestScanner {
     /// Reads the `*N` header at the buffer front. `Ok(false)` when incomplete;
     /// a non-positive count consumes the header and leaves `expected` at 0.
     fn start_multibulk(&mut self, buf: &mut BytesMut) -> Result<bool, ProtocolError> {
+        if let Some((count, next)) = quick_header(buf, 0, b'*') {
+            if count > 0 && count <= self.limits.max_args {
+                self.searched = 0;
+                self.expected = count;
+                self.pos = next;
+                self.args.clear();
+                if count > self.args.inline_size() {
+                    self.args.reserve(count.min(1024));
+                }
+                return Ok(true);
+            }
+        }
         let cr = match self.find_byte(buf, 0, b'\r') {
             Line::At(cr) => cr,
             Line::Incomplete => {
@@ -406,16 +420,23 @@ impl RequestScanner {
     }
 
     /// Scans bulk arguments from `pos` until the multibulk is complete.
+    #[inline]
     fn continue_multibulk(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
-        while self.args.len() < self.expected {
-            let len = match self.bulk_len {
+        let mut remaining = self.expected - self.args.len();
+        while remaining > 0 {
+            let len = match self.bulk_len.take() {
                 Some(len) => len,
-                None => {
-                    let Some(len) = self.read_bulk_header(buf)? else {
-                        return Ok(None);
-                    };
-                    len
-                }
+                None => match quick_header(buf, self.pos, b'$') {
+                    Some((len, next)) if len <= self.limits.max_bulk_len => {
+                        self.searched = 0;
+                        self.pos = next;
+                        len
+                    }
+                    _ => match self.read_bulk_header(buf)? {
+                        Some(len) => len,
+                        None => return Ok(None),
+                    },
+                },
             };
             let end = self.pos + len + 2;
             if end > u32::MAX as usize {
@@ -426,12 +447,13 @@ impl RequestScanner {
                 reserve_for(buf, end);
                 return Ok(None);
             }
+            // Both fit: `end` was checked against `u32::MAX` above.
             self.args.push(ArgSpan {
-                start: offset32(self.pos),
-                len: offset32(len),
+                start: self.pos as u32,
+                len: len as u32,
             });
             self.pos = end;
-            self.bulk_len = None;
+            remaining -= 1;
         }
         let frame = buf.split_to(self.pos).freeze();
         let args = std::mem::take(&mut self.args);
@@ -493,6 +515,48 @@ impl RequestScanner {
             return Ok(InlineOutcome::Empty);
         }
         Ok(InlineOutcome::Request(Request::from_args(&args)))
+    }
+}
+
+/// The common case of a header line in one pass: `type_byte`, a canonical
+/// decimal of at most 18 digits, `\r` and one more byte present. Returns the
+/// value and the offset after the line; `None` sends the caller to the
+/// general path, which also produces the errors.
+#[inline(always)]
+fn quick_header(buf: &[u8], at: usize, type_byte: u8) -> Option<(usize, usize)> {
+    match *buf.get(at..)? {
+        [t, d @ b'0'..=b'9', b'\r', _, ..] if t == type_byte => {
+            Some((usize::from(d - b'0'), at + 4))
+        }
+        [t, d1 @ b'1'..=b'9', d0 @ b'0'..=b'9', b'\r', _, ..] if t == type_byte => {
+            Some((usize::from(d1 - b'0') * 10 + usize::from(d0 - b'0'), at + 5))
+        }
+        _ => quick_header_long(buf, at, type_byte),
+    }
+}
+
+/// [`quick_header`] for numbers of three or more digits.
+fn quick_header_long(buf: &[u8], at: usize, type_byte: u8) -> Option<(usize, usize)> {
+    let rest = buf.get(at..)?;
+    if rest.first() != Some(&type_byte) || rest.get(1) == Some(&b'0') {
+        return None;
+    }
+    let mut value: u64 = 0;
+    let mut i = 1;
+    loop {
+        match rest.get(i) {
+            Some(&d) if d.is_ascii_digit() => {
+                value = value * 10 + u64::from(d - b'0');
+                i += 1;
+                if i > 19 {
+                    return None;
+                }
+            }
+            Some(b'\r') if i > 1 && i + 1 < rest.len() => {
+                return Some((usize::try_from(value).ok()?, at + i + 2));
+            }
+            _ => return None,
+        }
     }
 }
 
@@ -606,5 +670,430 @@ fn hex_value(c: u8) -> Option<u8> {
         b'a'..=b'f' => Some(c - b'a' + 10),
         b'A'..=b'F' => Some(c - b'A' + 10),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn scanner() -> RequestScanner {
+        RequestScanner::new(ScanLimits::default())
+    }
+
+    fn args_of(req: &Request) -> Vec<Vec<u8>> {
+        req.args().map(<[u8]>::to_vec).collect()
+    }
+
+    fn strings(args: &[&str]) -> Vec<Vec<u8>> {
+        args.iter().map(|a| a.as_bytes().to_vec()).collect()
+    }
+
+    /// Scans everything in `input`, delivered in pieces of the given sizes.
+    fn scan_chunked(
+        input: &[u8],
+        chunks: impl IntoIterator<Item = usize>,
+    ) -> (Vec<Request>, Option<ProtocolError>) {
+        let mut s = scanner();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut rest = input;
+        let mut sizes = chunks.into_iter();
+        while !rest.is_empty() {
+            let n = sizes.next().unwrap_or(rest.len()).clamp(1, rest.len());
+            buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            loop {
+                match s.scan(&mut buf) {
+                    Ok(Some(req)) => out.push(req),
+                    Ok(None) => break,
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+        }
+        (out, None)
+    }
+
+    fn scan_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
+        let (reqs, err) = scan_chunked(input, std::iter::empty());
+        match err {
+            Some(e) => Err(e),
+            None => Ok(reqs.iter().map(args_of).collect()),
+        }
+    }
+
+    fn scan_err(input: &[u8]) -> ProtocolError {
+        match scan_all(input) {
+            Err(e) => e,
+            Ok(r) => panic!("expected an error, got {r:?}"),
+        }
+    }
+
+    #[test]
+    fn multibulk_request_keeps_bytes_and_spans() {
+        let input = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nva\r\nl\r\n";
+        let mut buf = BytesMut::from(&input[..]);
+        let req = scanner().scan(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty());
+        assert_eq!(req.frame().as_ref(), input);
+        assert_eq!(args_of(&req), strings(&["SET", "k", "va\r\nl"]));
+        assert_eq!(req.argc(), 3);
+        assert_eq!(req.get(3), None);
+        assert_eq!(req, Request::from_args(&["SET", "k", "va\r\nl"]));
+    }
+
+    #[test]
+    fn incomplete_is_none_and_leaves_buffer() {
+        let mut s = scanner();
+        let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r"[..]);
+        assert_eq!(s.scan(&mut buf), Ok(None));
+        assert_eq!(buf.len(), 16);
+        buf.extend_from_slice(b"\nk\r\n*1\r\n$4\r\nPING\r\n");
+        assert_eq!(
+            args_of(&s.scan(&mut buf).unwrap().unwrap()),
+            strings(&["GET", "k"])
+        );
+        assert_eq!(
+            args_of(&s.scan(&mut buf).unwrap().unwrap()),
+            strings(&["PING"])
+        );
+        assert_eq!(s.scan(&mut buf), Ok(None));
+    }
+
+    #[test]
+    fn empty_requests_are_skipped() {
+        let got = scan_all(b"*0\r\n*-1\r\n\r\n\n   \r\n*1\r\n$4\r\nPING\r\nPING\r\n").unwrap();
+        assert_eq!(got, vec![strings(&["PING"]), strings(&["PING"])]);
+    }
+
+    #[test]
+    fn inline_commands_become_multibulk() {
+        let mut buf = BytesMut::from(&b"set  k \"v 1\"\r\nget k\n"[..]);
+        let mut s = scanner();
+        let req = s.scan(&mut buf).unwrap().unwrap();
+        assert_eq!(
+            req.frame().as_ref(),
+            b"*3\r\n$3\r\nset\r\n$1\r\nk\r\n$3\r\nv 1\r\n"
+        );
+        assert_eq!(
+            args_of(&s.scan(&mut buf).unwrap().unwrap()),
+            strings(&["get", "k"])
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn inline_quoting_follows_sdssplitargs() {
+        let cases: &[(&[u8], &[&[u8]])] = &[
+            (b"a b\tc", &[b"a", b"b", b"c"]),
+            (b"\"a\\n\\r\\t\\b\\a\\\\\\\"z\"", &[b"a\n\r\t\x08\x07\\\"z"]),
+            (b"\"\\x41\\x4a\\xff\\xZZ\\q\"", &[b"AJ\xffxZZq"]),
+            (b"'it\\'s' '\\n'", &[b"it's", b"\\n"]),
+            (b"\"\" ''", &[b"", b""]),
+            (b"ab\"c d\"", &[b"abc d"]),
+            (b"a\x0bb", &[b"a\x0bb"]),
+            (b"a \x00 b", &[b"a"]),
+            (b"  lead  trail  ", &[b"lead", b"trail"]),
+        ];
+        for (line, want) in cases {
+            let mut input = line.to_vec();
+            input.extend_from_slice(b"\r\n");
+            let want: Vec<Vec<u8>> = want.iter().map(|a| a.to_vec()).collect();
+            assert_eq!(
+                scan_all(&input).unwrap(),
+                vec![want],
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn unbalanced_quotes_are_refused() {
+        for line in [
+            &b"\"abc\n"[..],
+            b"'abc\n",
+            b"\"a\"b\n",
+            b"'a'b\n",
+            b"\"a\\\"\n",
+            b"\"a\x00\"\n",
+        ] {
+            let e = scan_err(line);
+            assert_eq!(e, ProtocolError::UnbalancedQuotes);
+            assert_eq!(e.to_string(), "unbalanced quotes in request");
+        }
+    }
+
+    #[test]
+    fn too_big_inline() {
+        let mut s = scanner();
+        let mut buf = BytesMut::from(&vec![b'a'; 64 * 1024][..]);
+        assert_eq!(s.scan(&mut buf), Ok(None));
+        buf.extend_from_slice(b"a");
+        let e = s.scan(&mut buf).unwrap_err();
+        assert_eq!(e, ProtocolError::TooBigInline);
+        assert_eq!(e.to_string(), "too big inline request");
+        // A long line that has its newline is accepted, as in Redis.
+        let mut line = vec![b'a'; 100 * 1024];
+        line.push(b'\n');
+        assert_eq!(scan_all(&line).unwrap()[0][0].len(), 100 * 1024);
+    }
+
+    #[test]
+    fn multibulk_errors_match_redis() {
+        for input in [
+            &b"*x\r\n"[..],
+            b"*01\r\n",
+            b"*+1\r\n",
+            b"* 1\r\n",
+            b"*1048577\r\n",
+            b"*\r\n",
+        ] {
+            let e = scan_err(input);
+            assert_eq!(e, ProtocolError::InvalidMultibulkLength, "{input:?}");
+            assert_eq!(e.to_string(), "invalid multibulk length");
+        }
+        for input in [
+            &b"*1\r\n$x\r\n"[..],
+            b"*1\r\n$-1\r\n",
+            b"*1\r\n$01\r\n",
+            b"*1\r\n$\r\n",
+            b"*1\r\n$536870913\r\n",
+            b"*1\r\n$99999999999999999999\r\n",
+        ] {
+            let e = scan_err(input);
+            assert_eq!(e, ProtocolError::InvalidBulkLength, "{input:?}");
+            assert_eq!(e.to_string(), "invalid bulk length");
+        }
+        let e = scan_err(b"*2\r\n$1\r\na\r\n:1\r\n");
+        assert_eq!(e, ProtocolError::ExpectedBulk(b':'));
+        assert_eq!(e.to_string(), "expected '$', got ':'");
+        // The limits are the scanner's, not fixed.
+        let mut s = RequestScanner::new(ScanLimits {
+            max_bulk_len: 3,
+            max_args: 2,
+            max_inline_len: 8,
+        });
+        let mut buf = BytesMut::from(&b"*1\r\n$4\r\n"[..]);
+        assert_eq!(s.scan(&mut buf), Err(ProtocolError::InvalidBulkLength));
+        let mut buf = BytesMut::from(&b"*3\r\n"[..]);
+        assert_eq!(s.scan(&mut buf), Err(ProtocolError::InvalidMultibulkLength));
+        let mut buf = BytesMut::from(&b"aaaaaaaaa"[..]);
+        assert_eq!(s.scan(&mut buf), Err(ProtocolError::TooBigInline));
+    }
+
+    #[test]
+    fn header_lines_without_end_are_capped() {
+        let mut s = scanner();
+        let mut buf = BytesMut::from(&b"*1"[..]);
+        buf.extend_from_slice(&vec![b'1'; 64 * 1024]);
+        assert_eq!(s.scan(&mut buf), Err(ProtocolError::InvalidMultibulkLength));
+        let mut s = scanner();
+        let mut buf = BytesMut::from(&b"*1\r\n$1"[..]);
+        buf.extend_from_slice(&vec![b'1'; 64 * 1024]);
+        assert_eq!(s.scan(&mut buf), Err(ProtocolError::InvalidBulkLength));
+    }
+
+    #[test]
+    fn huge_declared_bulk_reserves_little() {
+        let mut s = scanner();
+        let mut buf = BytesMut::from(&b"*2\r\n$3\r\nSET\r\n$536870912\r\n"[..]);
+        assert_eq!(s.scan(&mut buf), Ok(None));
+        assert!(buf.capacity() <= 2 * 1024 * 1024, "{}", buf.capacity());
+        assert_eq!(s.scan(&mut buf), Ok(None));
+    }
+
+    #[test]
+    fn big_bulk_grows_the_buffer_geometrically() {
+        let len = 20 * 1024 * 1024;
+        let mut s = scanner();
+        let mut buf = BytesMut::from(format!("*1\r\n${len}\r\n").as_bytes());
+        let mut capacities = vec![buf.capacity()];
+        let chunk = vec![b'y'; 64 * 1024];
+        let mut sent = 0;
+        while sent < len {
+            assert_eq!(s.scan(&mut buf), Ok(None));
+            if capacities.last() != Some(&buf.capacity()) {
+                capacities.push(buf.capacity());
+            }
+            buf.extend_from_slice(&chunk);
+            sent += chunk.len();
+        }
+        buf.extend_from_slice(b"\r\n");
+        assert_eq!(
+            s.scan(&mut buf).unwrap().unwrap().get(0).map(<[u8]>::len),
+            Some(len)
+        );
+        assert!(capacities.len() <= 10, "{capacities:?}");
+    }
+
+    #[test]
+    fn big_bulk_arrives_in_pieces() {
+        let value = vec![b'x'; 5 * 1024 * 1024 + 7];
+        let input = Request::from_args(&[&b"SET"[..], b"k", &value])
+            .frame()
+            .clone();
+        let (reqs, err) = scan_chunked(&input, std::iter::repeat(64 * 1024));
+        assert_eq!(err, None);
+        assert_eq!(reqs.len(), 1);
+        assert_eq!(reqs[0].get(2), Some(&value[..]));
+        assert_eq!(reqs[0].frame(), &input);
+    }
+
+    /// A pipeline mixing every request form.
+    fn mixed_pipeline() -> Vec<u8> {
+        let mut input = Vec::new();
+        input.extend_from_slice(b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nva\nue\r\n");
+        input.extend_from_slice(b"PING\r\n\r\n*0\r\n");
+        input.extend_from_slice(b"set 'a b' \"c\\x00d\"\n");
+        input.extend_from_slice(b"*1\r\n$0\r\n\r\n");
+        input.extend_from_slice(b"*-1\r\n*2\r\n$4\r\nMGET\r\n$12\r\n\r\n\r\n\r\n\r\n\r\n\r\n");
+        input.extend_from_slice(b"  get   x  \r\n");
+        input
+    }
+
+    #[test]
+    fn every_split_gives_the_same_requests() {
+        let input = mixed_pipeline();
+        let whole = scan_all(&input).unwrap();
+        assert_eq!(whole.len(), 6);
+        assert_eq!(
+            whole[2],
+            vec![b"set".to_vec(), b"a b".to_vec(), b"c\0d".to_vec()]
+        );
+        let (one_by_one, err) = scan_chunked(&input, std::iter::repeat(1));
+        assert_eq!(err, None);
+        assert_eq!(one_by_one.iter().map(args_of).collect::<Vec<_>>(), whole);
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..200 {
+            let sizes: Vec<usize> = (0..input.len())
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (seed >> 33) as usize % 17 + 1
+                })
+                .collect();
+            let (reqs, err) = scan_chunked(&input, sizes);
+            assert_eq!(err, None);
+            assert_eq!(reqs.iter().map(args_of).collect::<Vec<_>>(), whole);
+        }
+        for split in 0..=input.len() {
+            let (reqs, err) = scan_chunked(&input, [split]);
+            assert_eq!(err, None);
+            assert_eq!(
+                reqs.iter().map(args_of).collect::<Vec<_>>(),
+                whole,
+                "split {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn splice_replaces_args_and_fixes_headers() {
+        let req = Request::from_args(&["SET", "key", "value", "EX", "10"]);
+        let out = req.splice(&[(1, b"ns:key"), (4, b"100")]);
+        assert_eq!(
+            out,
+            Request::from_args(&["SET", "ns:key", "value", "EX", "100"])
+        );
+        assert_eq!(req.splice(&[]), req);
+        assert_eq!(
+            req.splice(&[(0, b"")]),
+            Request::from_args(&["", "key", "value", "EX", "10"])
+        );
+        // Out of range and out of order edits are ignored, not a panic.
+        assert_eq!(
+            req.splice(&[(3, b"PX"), (1, b"x"), (9, b"y")]),
+            Request::from_args(&["SET", "key", "value", "PX", "10"])
+        );
+        let big = vec![7u8; 100_000];
+        assert_eq!(req.splice(&[(2, &big)]).get(2), Some(&big[..]));
+        let empty: [&[u8]; 0] = [];
+        let none = Request::from_args(&empty);
+        assert_eq!(none.frame().as_ref(), b"*0\r\n");
+        assert_eq!(none.prefix_args(&[0], b"p"), none);
+    }
+
+    #[test]
+    fn prefix_args_on_scanned_request() {
+        let mut buf =
+            BytesMut::from(&b"*4\r\n$4\r\nMSET\r\n$1\r\na\r\n$10\r\n0123456789\r\n$1\r\nb\r\n"[..]);
+        let req = scanner().scan(&mut buf).unwrap().unwrap();
+        let out = req.prefix_args(&[1, 3], b"svc:");
+        assert_eq!(
+            out,
+            Request::from_args(&["MSET", "svc:a", "0123456789", "svc:b"])
+        );
+        // Prefixing a 9-byte arg changes its header width.
+        let req = Request::from_args(&["GET", "123456789"]);
+        assert_eq!(
+            req.prefix_args(&[1], b"p"),
+            Request::from_args(&["GET", "p123456789"])
+        );
+    }
+
+    fn arb_args() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..8)
+    }
+
+    fn resp2_args(bytes: &[u8]) -> Vec<Vec<u8>> {
+        use redis_protocol::resp2::{decode::decode, types::OwnedFrame};
+        match decode(bytes) {
+            Ok(Some((OwnedFrame::Array(items), n))) if n == bytes.len() => items
+                .into_iter()
+                .map(|f| match f {
+                    OwnedFrame::BulkString(b) => b,
+                    other => panic!("unexpected {other:?}"),
+                })
+                .collect(),
+            other => panic!("redis-protocol decoded {other:?}"),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn scanner_agrees_with_redis_protocol(
+            commands in prop::collection::vec(arb_args(), 1..6),
+            chunks in prop::collection::vec(1usize..50, 0..40),
+        ) {
+            let mut input = Vec::new();
+            for args in &commands {
+                let req = Request::from_args(args);
+                prop_assert_eq!(resp2_args(req.frame()), args.clone());
+                input.extend_from_slice(req.frame());
+            }
+            let (reqs, err) = scan_chunked(&input, chunks);
+            prop_assert_eq!(err, None);
+            let got: Vec<_> = reqs.iter().map(args_of).collect();
+            prop_assert_eq!(&got, &commands);
+            for req in &reqs {
+                prop_assert_eq!(resp2_args(req.frame()), args_of(req));
+            }
+        }
+
+        #[test]
+        fn prefix_args_equals_from_args(
+            args in arb_args(),
+            picks in prop::collection::vec(any::<bool>(), 8),
+            prefix in prop::collection::vec(any::<u8>(), 0..12),
+        ) {
+            let req = Request::from_args(&args);
+            let indexes: Vec<usize> = (0..args.len()).filter(|&i| picks[i]).collect();
+            let want: Vec<Vec<u8>> = args
+                .iter()
+                .enumerate()
+                .map(|(i, a)| if picks[i] { [&prefix[..], a].concat() } else { a.clone() })
+                .collect();
+            prop_assert_eq!(req.prefix_args(&indexes, &prefix), Request::from_args(&want));
+            let edits: Vec<(usize, &[u8])> = indexes.iter().map(|&i| (i, &prefix[..])).collect();
+            let replaced: Vec<Vec<u8>> = args
+                .iter()
+                .enumerate()
+                .map(|(i, a)| if picks[i] { prefix.clone() } else { a.clone() })
+                .collect();
+            prop_assert_eq!(req.splice(&edits), Request::from_args(&replaced));
+        }
     }
 }

@@ -536,3 +536,141 @@ pub fn start_keygate_observed(
     };
     (keygate, state)
 }
+
+/// A blocking RESP client over a raw socket, for tests that need exact bytes
+/// or control over when requests are written and replies read.
+pub struct RawConn {
+    stream: TcpStream,
+    buf: bytes::BytesMut,
+    scanner: keygate::protocol::reply::ReplyScanner,
+}
+
+/// How long a [`RawConn`] waits for one reply before the test fails.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One command as a RESP multibulk.
+pub fn resp_command<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        let a = a.as_ref();
+        out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        out.extend_from_slice(a);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+impl RawConn {
+    /// Connects to a loopback port.
+    pub fn connect(port: u16) -> RawConn {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let _ = stream.set_nodelay(true);
+        RawConn {
+            stream,
+            buf: bytes::BytesMut::new(),
+            scanner: keygate::protocol::reply::ReplyScanner::new(128),
+        }
+    }
+
+    /// The socket, for shutting it down or writing without reading.
+    pub fn stream(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// Writes raw bytes.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Sends one command and reads its reply.
+    pub fn cmd<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Vec<u8> {
+        self.send(&resp_command(args));
+        self.read_reply()
+    }
+
+    /// Sends one command and reads its reply as (lossy) text.
+    pub fn cmd_str<A: AsRef<[u8]>>(&mut self, args: &[A]) -> String {
+        String::from_utf8_lossy(&self.cmd(args)).into_owned()
+    }
+
+    /// Reads one complete reply frame, failing the test after [`REPLY_TIMEOUT`].
+    pub fn read_reply(&mut self) -> Vec<u8> {
+        self.try_read_reply(REPLY_TIMEOUT)
+            .unwrap_or_else(|| panic!("no complete reply within {REPLY_TIMEOUT:?}"))
+    }
+
+    /// Reads one complete reply frame, or `None` if none arrives within
+    /// `wait` or the peer closes.
+    pub fn try_read_reply(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.scanner.scan(&mut self.buf) {
+                Ok(Some((frame, _))) => return Some(frame.to_vec()),
+                Ok(None) => {}
+                Err(e) => panic!("invalid reply bytes: {e}"),
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).expect("timeout");
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// True when the peer closes the connection within `wait` (data still
+    /// arriving before the close is discarded).
+    pub fn closed_within(&mut self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut chunk = [0u8; 65536];
+        loop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            if left.is_zero() {
+                return false;
+            }
+            self.stream.set_read_timeout(Some(left)).expect("timeout");
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until keygate at `port` answers PING with PONG through
+/// the backend path; use instead of `wait_ready` where admin is not needed.
+pub fn wait_serving(port: u16) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            // GET goes to the backend (PING is answered locally).
+            if s.write_all(&resp_command(&["EXISTS", "__keygate_probe"]))
+                .is_ok()
+            {
+                let mut buf = [0u8; 256];
+                if let Ok(n) = s.read(&mut buf) {
+                    if buf[..n].starts_with(b":") {
+                        return;
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("keygate on port {port} never served a backend command");
+}

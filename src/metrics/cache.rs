@@ -1,0 +1,184 @@
+//! Cache hits and misses read from a reply, without allocating.
+//!
+//! Which commands count, and how (the command names are the command table's):
+//!
+//! | command | counts |
+//! | --- | --- |
+//! | `get`, `getex`, `getdel`, `hget`, `lindex`, `zscore` | one: nil is a miss, any value a hit |
+//! | `mget`, `hmget`, `zmscore` | one per element: nil elements miss, others hit |
+//! | `hgetall` | one: an empty map (or RESP2 array) is a miss, otherwise a hit |
+//!
+//! Nils are RESP2 `$-1` and `*-1` and RESP3 `_`. Error replies and any other
+//! reply shape do not count (`None`), nor do other commands: membership tests
+//! (`exists`, `sismember`, `hexists`) answer a question about a key rather
+//! than fetch a cached value, and counting them would blur the hit ratio.
+
+/// Whether a read command's reply counts as cache hits or misses, and how
+/// many of each: `None` for commands that do not count.
+pub fn cache_outcome(command: &'static str, reply: &[u8]) -> Option<(u32, u32)> {
+    match command {
+        "get" | "getex" | "getdel" | "hget" | "lindex" | "zscore" => {
+            let (nil, _) = scalar(reply, 0)?;
+            Some(if nil { (0, 1) } else { (1, 0) })
+        }
+        "mget" | "hmget" | "zmscore" => per_element(reply),
+        "hgetall" => {
+            let (kind, count, _) = header(reply, 0)?;
+            match kind {
+                b'*' | b'%' if count > 0 => Some((1, 0)),
+                b'*' | b'%' => Some((0, 1)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Counts the elements of an array reply: nil misses, other scalars hit.
+fn per_element(reply: &[u8]) -> Option<(u32, u32)> {
+    let (kind, count, mut at) = header(reply, 0)?;
+    if kind != b'*' {
+        return None;
+    }
+    let (mut hits, mut misses) = (0u32, 0u32);
+    for _ in 0..count {
+        let (nil, next) = scalar(reply, at)?;
+        if nil {
+            misses = misses.saturating_add(1);
+        } else {
+            hits = hits.saturating_add(1);
+        }
+        at = next;
+    }
+    Some((hits, misses))
+}
+
+/// Reads one non-aggregate reply at `at`: whether it is nil, and where it ends.
+/// `None` for errors, aggregates and malformed input.
+fn scalar(reply: &[u8], at: usize) -> Option<(bool, usize)> {
+    let kind = *reply.get(at)?;
+    let (line, after) = line(reply, at + 1)?;
+    match kind {
+        b'_' => Some((true, after)),
+        b'$' | b'=' => {
+            let len = parse_len(line)?;
+            if len < 0 {
+                return Some((true, after));
+            }
+            let end = after
+                .checked_add(usize::try_from(len).ok()?)?
+                .checked_add(2)?;
+            (end <= reply.len()).then_some((false, end))
+        }
+        b'*' if parse_len(line)? < 0 => Some((true, after)),
+        b'+' | b':' | b',' | b'(' | b'#' => Some((false, after)),
+        _ => None,
+    }
+}
+
+/// Reads an aggregate header at `at`: its type byte, element count (0 for a
+/// nil array) and where its first element starts.
+fn header(reply: &[u8], at: usize) -> Option<(u8, u64, usize)> {
+    let kind = *reply.get(at)?;
+    if !matches!(kind, b'*' | b'%' | b'~') {
+        return None;
+    }
+    let (line, after) = line(reply, at + 1)?;
+    let n = parse_len(line)?;
+    Some((kind, u64::try_from(n).unwrap_or(0), after))
+}
+
+/// The bytes from `start` to the next CRLF, and where the next line starts.
+fn line(reply: &[u8], start: usize) -> Option<(&[u8], usize)> {
+    let rest = reply.get(start..)?;
+    let cr = rest.windows(2).position(|w| w == b"\r\n")?;
+    Some((rest.get(..cr)?, start + cr + 2))
+}
+
+/// A signed decimal length.
+fn parse_len(digits: &[u8]) -> Option<i64> {
+    let (negative, digits) = match digits.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, digits),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n * 10 + i64::from(d - b'0');
+    }
+    Some(if negative { -n } else { n })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_value_commands_resp2_and_resp3() {
+        for cmd in ["get", "getex", "getdel", "hget", "lindex", "zscore"] {
+            assert_eq!(cache_outcome(cmd, b"$3\r\nabc\r\n"), Some((1, 0)), "{cmd}");
+            assert_eq!(cache_outcome(cmd, b"$0\r\n\r\n"), Some((1, 0)), "{cmd}");
+            assert_eq!(
+                cache_outcome(cmd, b"$-1\r\n"),
+                Some((0, 1)),
+                "{cmd} RESP2 nil"
+            );
+            assert_eq!(
+                cache_outcome(cmd, b"_\r\n"),
+                Some((0, 1)),
+                "{cmd} RESP3 null"
+            );
+            assert_eq!(cache_outcome(cmd, b"-ERR wrong\r\n"), None, "{cmd} error");
+        }
+        // ZSCORE in RESP3 answers a double.
+        assert_eq!(cache_outcome("zscore", b",1.5\r\n"), Some((1, 0)));
+    }
+
+    #[test]
+    fn per_element_commands() {
+        let resp2 = b"*3\r\n$1\r\na\r\n$-1\r\n$2\r\nbc\r\n";
+        let resp3 = b"*3\r\n$1\r\na\r\n_\r\n$2\r\nbc\r\n";
+        for cmd in ["mget", "hmget"] {
+            assert_eq!(cache_outcome(cmd, resp2), Some((2, 1)), "{cmd}");
+            assert_eq!(cache_outcome(cmd, resp3), Some((2, 1)), "{cmd}");
+            assert_eq!(cache_outcome(cmd, b"*0\r\n"), Some((0, 0)));
+        }
+        assert_eq!(
+            cache_outcome("zmscore", b"*2\r\n,2.5\r\n_\r\n"),
+            Some((1, 1))
+        );
+        assert_eq!(
+            cache_outcome("zmscore", b"*2\r\n$3\r\n2.5\r\n$-1\r\n"),
+            Some((1, 1))
+        );
+        // Truncated frames do not count.
+        assert_eq!(cache_outcome("mget", b"*2\r\n$1\r\na\r\n"), None);
+        assert_eq!(cache_outcome("mget", b"*1\r\n$5\r\nab\r\n"), None);
+    }
+
+    #[test]
+    fn hgetall_empty_is_a_miss() {
+        assert_eq!(cache_outcome("hgetall", b"*0\r\n"), Some((0, 1)));
+        assert_eq!(cache_outcome("hgetall", b"%0\r\n"), Some((0, 1)));
+        assert_eq!(
+            cache_outcome("hgetall", b"*2\r\n$1\r\nf\r\n$1\r\nv\r\n"),
+            Some((1, 0))
+        );
+        assert_eq!(
+            cache_outcome("hgetall", b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n"),
+            Some((1, 0))
+        );
+    }
+
+    #[test]
+    fn other_commands_do_not_count() {
+        assert_eq!(cache_outcome("set", b"+OK\r\n"), None);
+        assert_eq!(cache_outcome("exists", b":1\r\n"), None);
+        assert_eq!(cache_outcome("sismember", b":0\r\n"), None);
+    }
+}

@@ -1,0 +1,295 @@
+//! The per-connection [`Recorder`]: accumulates samples without touching
+//! shared state, and hands them to the registry at most about once a second.
+//!
+//! Invariants: recording never locks, never waits and allocates only the
+//! first time a (service, command, role) is seen since the last hand-over; a
+//! hand-over moves the accumulated series out (so an idle connection keeps no
+//! histograms), sends them down a channel that never blocks, and then merges
+//! pending hand-overs only if the registry lock is free at that instant.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::histogram::{micros, record};
+use super::registry::{Delta, Latency, RoleDelta, SeriesDelta};
+use super::slowlog::SlowSample;
+use super::{ErrorKind, Metrics, Role};
+
+/// Shortest time between two hand-overs of one recorder.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Per-service counters that are not per command.
+#[derive(Debug, Default, Clone, Copy)]
+struct ServiceCounts {
+    ttl_clamped: u64,
+    ttl_refused: u64,
+    isolation_refused: u64,
+}
+
+/// Records one client connection's samples without locks; deltas reach the
+/// registry in [`Recorder::flush_if_due`] and on drop.
+#[derive(Debug)]
+pub struct Recorder {
+    metrics: Arc<Metrics>,
+    /// Copied from the registry so a disabled one costs one branch.
+    enabled: bool,
+    series: Vec<SeriesDelta>,
+    /// Index into `series` of the last one used: consecutive commands are
+    /// often the same.
+    last: usize,
+    slow: Vec<SlowSample>,
+    /// Indexed by service label slot; allocated on first use.
+    service_counts: Vec<ServiceCounts>,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// Something was recorded since the last hand-over.
+    dirty: bool,
+    last_flush: Instant,
+}
+
+impl Recorder {
+    pub(super) fn new(metrics: Arc<Metrics>) -> Recorder {
+        Recorder {
+            enabled: metrics.enabled(),
+            metrics,
+            series: Vec::new(),
+            last: 0,
+            slow: Vec::new(),
+            service_counts: Vec::new(),
+            bytes_in: 0,
+            bytes_out: 0,
+            dirty: false,
+            last_flush: Instant::now(),
+        }
+    }
+
+    /// Whether samples are recorded (`[proxy] metrics`); callers skip work
+    /// that only feeds metrics when this is false.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The accumulating series for (service, command), created if new.
+    fn series(&mut self, service: Option<usize>, command: &'static str) -> &mut SeriesDelta {
+        let slot = self.metrics.slot(service);
+        let hit = |s: &SeriesDelta| s.service == slot && s.command == command;
+        let index = match self.series.get(self.last) {
+            Some(s) if hit(s) => self.last,
+            _ => match self.series.iter().position(hit) {
+                Some(i) => i,
+                None => {
+                    self.series.push(SeriesDelta {
+                        service: slot,
+                        command,
+                        commands: 0,
+                        hits: 0,
+                        misses: 0,
+                        errors: [0; ErrorKind::COUNT],
+                        roles: Default::default(),
+                    });
+                    self.series.len() - 1
+                }
+            },
+        };
+        self.last = index;
+        self.dirty = true;
+        // `index` is in bounds: found by position or just pushed.
+        &mut self.series[index]
+    }
+
+    /// One completed command: `total` from reading the request to writing the
+    /// reply, `backend` the part spent waiting for Redis.
+    pub fn command(
+        &mut self,
+        service: Option<usize>,
+        command: &'static str,
+        role: Role,
+        total: Duration,
+        backend: Option<Duration>,
+    ) {
+        if !self.enabled {
+            return;
+        }
+        let total_us = micros(total);
+        let series = self.series(service, command);
+        series.commands += 1;
+        let Some(r) = series.roles.get_mut(role.index()) else {
+            return;
+        };
+        let r = r.get_or_insert_with(|| Box::new(RoleDelta::default()));
+        record(&mut r.total.histogram, total_us);
+        r.total.sum_micros = r.total.sum_micros.saturating_add(total_us);
+        if let Some(backend) = backend {
+            let backend_us = micros(backend);
+            let b = r.backend.get_or_insert_with(Latency::new);
+            record(&mut b.histogram, backend_us);
+            b.sum_micros = b.sum_micros.saturating_add(backend_us);
+        }
+        if total_us >= self.metrics.slowlog_threshold_micros {
+            self.slow_command(service, command, role, total_us);
+        }
+    }
+
+    /// Keeps a slow command for the slow log (rare: off the fast path).
+    #[cold]
+    fn slow_command(&mut self, service: Option<usize>, command: &'static str, role: Role, us: u64) {
+        let max = self.metrics.slowlog_max_len;
+        if max == 0 {
+            return;
+        }
+        if self.slow.len() >= max {
+            self.slow.remove(0);
+        }
+        let unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        self.slow.push(SlowSample {
+            service: self.metrics.slot(service),
+            command,
+            role,
+            micros: us,
+            unix_ms,
+        });
+    }
+
+    /// Cache hits and misses of a read command (MGET counts per key).
+    pub fn cache(&mut self, service: Option<usize>, command: &'static str, hits: u32, misses: u32) {
+        if !self.enabled {
+            return;
+        }
+        let s = self.series(service, command);
+        s.hits += u64::from(hits);
+        s.misses += u64::from(misses);
+    }
+
+    /// A failed command.
+    pub fn error(&mut self, service: Option<usize>, command: &'static str, kind: ErrorKind) {
+        if !self.enabled {
+            return;
+        }
+        if let Some(e) = self.series(service, command).errors.get_mut(kind.index()) {
+            *e += 1;
+        }
+    }
+
+    /// Bytes read from the client.
+    pub fn bytes_in(&mut self, n: usize) {
+        if !self.enabled {
+            return;
+        }
+        self.bytes_in = self.bytes_in.saturating_add(n as u64);
+        self.dirty = true;
+    }
+
+    /// Bytes written to the client.
+    pub fn bytes_out(&mut self, n: usize) {
+        if !self.enabled {
+            return;
+        }
+        self.bytes_out = self.bytes_out.saturating_add(n as u64);
+        self.dirty = true;
+    }
+
+    /// The per-service counters of `service`, allocated on first use.
+    fn service_counts(&mut self, service: Option<usize>) -> Option<&mut ServiceCounts> {
+        if !self.enabled {
+            return None;
+        }
+        let slot = self.metrics.slot(service);
+        if self.service_counts.is_empty() {
+            self.service_counts = vec![ServiceCounts::default(); self.metrics.slots()];
+        }
+        self.dirty = true;
+        self.service_counts.get_mut(slot)
+    }
+
+    /// A TTL above `max_ttl` was clamped.
+    pub fn ttl_clamped(&mut self, service: Option<usize>) {
+        if let Some(c) = self.service_counts(service) {
+            c.ttl_clamped += 1;
+        }
+    }
+
+    /// A TTL above `max_ttl` was refused.
+    pub fn ttl_refused(&mut self, service: Option<usize>) {
+        if let Some(c) = self.service_counts(service) {
+            c.ttl_refused += 1;
+        }
+    }
+
+    /// A command was refused because it cannot be confined to the namespace.
+    pub fn isolation_refused(&mut self, service: Option<usize>) {
+        if let Some(c) = self.service_counts(service) {
+            c.isolation_refused += 1;
+        }
+    }
+
+    /// Hands accumulated samples to the registry if the last hand-over is old
+    /// enough (about a second). Costs one branch when nothing was recorded and
+    /// a clock read otherwise. Call it after each batch of replies and from a
+    /// periodic tick, so an idle connection's last samples are not held back:
+    /// a scrape then sees samples at most about a second old.
+    pub fn flush_if_due(&mut self) {
+        if !self.dirty || !self.enabled {
+            return;
+        }
+        let now = Instant::now();
+        if now.saturating_duration_since(self.last_flush) >= FLUSH_INTERVAL {
+            self.flush(now);
+        }
+    }
+
+    /// When the samples held here are due to be handed over, if any are held:
+    /// the client loop sleeps until then so an idle connection's last samples
+    /// still reach a scrape.
+    pub fn flush_due_at(&self) -> Option<Instant> {
+        (self.dirty && self.enabled).then(|| self.last_flush + FLUSH_INTERVAL)
+    }
+
+    /// Hands everything over now.
+    fn flush(&mut self, now: Instant) {
+        self.dirty = false;
+        self.last_flush = now;
+        self.last = 0;
+        let m = &self.metrics;
+        if self.bytes_in > 0 {
+            m.bytes_received.fetch_add(self.bytes_in, Ordering::Relaxed);
+            self.bytes_in = 0;
+        }
+        if self.bytes_out > 0 {
+            m.bytes_sent.fetch_add(self.bytes_out, Ordering::Relaxed);
+            self.bytes_out = 0;
+        }
+        for (counts, shared) in self.service_counts.iter().zip(m.per_service.iter()) {
+            shared
+                .ttl_clamped
+                .fetch_add(counts.ttl_clamped, Ordering::Relaxed);
+            shared
+                .ttl_refused
+                .fetch_add(counts.ttl_refused, Ordering::Relaxed);
+            shared
+                .isolation_refused
+                .fetch_add(counts.isolation_refused, Ordering::Relaxed);
+        }
+        // Dropped rather than zeroed: the next use allocates again.
+        self.service_counts = Vec::new();
+        if self.series.is_empty() && self.slow.is_empty() {
+            return;
+        }
+        m.hand_over(Delta {
+            at: now,
+            series: std::mem::take(&mut self.series),
+            slow: std::mem::take(&mut self.slow),
+        });
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if self.dirty && self.enabled {
+            self.flush(Instant::now());
+        }
+    }
+}

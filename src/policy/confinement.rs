@@ -1,0 +1,427 @@
+//! How each command of the table is confined to a namespace: the explicit
+//! classification that [`super::namespace::Namespace::rewrite`] follows.
+//!
+//! Invariant: every command and subcommand of the table has an entry here
+//! (a unit test enumerates [`crate::command::all`] to prove it), so a
+//! command added to the table cannot slip through: anything without an
+//! entry is refused. A command either is confined by its key positions,
+//! gets special handling (patterns, channels, keyspace-wide procedures,
+//! INFO), has neither keys nor keyspace information (`Pass`), or is refused.
+
+use super::keyspace::ProcedureKind;
+
+/// What isolation does with one command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// No keys and no keyspace-wide information: forwarded unchanged.
+    Pass,
+    /// Every key at the positions `key_positions` reports gets the prefix.
+    Keys,
+    /// SORT/SORT_RO: keys, and BY/GET patterns with `*` are refused.
+    Sort,
+    /// COPY: keys, and the `DB` option is refused.
+    Copy,
+    /// EVAL/FCALL family: declared keys prefixed, only with `allow_scripts`.
+    Script,
+    /// SCRIPT EXISTS/LOAD: forwarded only with `allow_scripts`.
+    ScriptAdmin,
+    /// KEYS: the pattern gets the escaped prefix.
+    KeysPattern,
+    /// SCAN: MATCH added or replaced with the escaped prefix.
+    Scan,
+    /// Every argument from `first` on is a channel name.
+    Channels { first: usize },
+    /// PUBLISH/SPUBLISH: the first argument is a channel, the message is not.
+    Publish,
+    /// Every argument after the name is a channel pattern.
+    Patterns,
+    /// PUBSUB CHANNELS/SHARDCHANNELS `[pattern]`: the pattern (or `*`) confined.
+    ChannelPattern,
+    /// Keyspace-wide commands answered by a procedure over SCAN.
+    Keyspace(ProcedureKind),
+    /// INFO: forwarded; the `# Keyspace` section is removed from the reply.
+    Info,
+    /// Cannot be confined; the reason is shown to the client.
+    Refuse(&'static str),
+}
+
+/// Commands with neither keys nor keyspace information.
+const PASS: &[&str] = &[
+    "auth",
+    "client|getname",
+    "client|help",
+    "client|id",
+    "client|reply",
+    "client|setname",
+    "command",
+    "command|count",
+    "command|docs",
+    "command|getkeys",
+    "command|getkeysandflags",
+    "command|help",
+    "command|info",
+    "command|list",
+    "discard",
+    "echo",
+    "exec",
+    "function|help",
+    "hello",
+    "lolwut",
+    "memory|help",
+    "multi",
+    "object|help",
+    "ping",
+    "pubsub|help",
+    "quit",
+    "reset",
+    "script|help",
+    "time",
+    "unwatch",
+    "wait",
+    "xgroup|help",
+    "xinfo|help",
+];
+
+/// Commands confined by their key positions alone.
+const KEYS: &[&str] = &[
+    "append",
+    "bitcount",
+    "bitfield",
+    "bitfield_ro",
+    "bitop",
+    "bitpos",
+    "blmove",
+    "blmpop",
+    "blpop",
+    "brpop",
+    "brpoplpush",
+    "bzmpop",
+    "bzpopmax",
+    "bzpopmin",
+    "decr",
+    "decrby",
+    "del",
+    "dump",
+    "exists",
+    "expire",
+    "expireat",
+    "expiretime",
+    "geoadd",
+    "geodist",
+    "geohash",
+    "geopos",
+    "georadius",
+    "georadius_ro",
+    "georadiusbymember",
+    "georadiusbymember_ro",
+    "geosearch",
+    "geosearchstore",
+    "get",
+    "getbit",
+    "getdel",
+    "getex",
+    "getrange",
+    "getset",
+    "hdel",
+    "hexists",
+    "hget",
+    "hgetall",
+    "hincrby",
+    "hincrbyfloat",
+    "hkeys",
+    "hlen",
+    "hmget",
+    "hmset",
+    "hrandfield",
+    "hscan",
+    "hset",
+    "hsetnx",
+    "hstrlen",
+    "hvals",
+    "incr",
+    "incrby",
+    "incrbyfloat",
+    "lcs",
+    "lindex",
+    "linsert",
+    "llen",
+    "lmove",
+    "lmpop",
+    "lpop",
+    "lpos",
+    "lpush",
+    "lpushx",
+    "lrange",
+    "lrem",
+    "lset",
+    "ltrim",
+    "memory|usage",
+    "mget",
+    "mset",
+    "msetnx",
+    "object|encoding",
+    "object|freq",
+    "object|idletime",
+    "object|refcount",
+    "persist",
+    "pexpire",
+    "pexpireat",
+    "pexpiretime",
+    "pfadd",
+    "pfcount",
+    "pfmerge",
+    "psetex",
+    "pttl",
+    "rename",
+    "renamenx",
+    "restore",
+    "rpop",
+    "rpoplpush",
+    "rpush",
+    "rpushx",
+    "sadd",
+    "scard",
+    "sdiff",
+    "sdiffstore",
+    "set",
+    "setbit",
+    "setex",
+    "setnx",
+    "setrange",
+    "sinter",
+    "sintercard",
+    "sinterstore",
+    "sismember",
+    "smembers",
+    "smismember",
+    "smove",
+    "spop",
+    "srandmember",
+    "srem",
+    "sscan",
+    "strlen",
+    "substr",
+    "sunion",
+    "sunionstore",
+    "touch",
+    "ttl",
+    "type",
+    "unlink",
+    "watch",
+    "xack",
+    "xadd",
+    "xautoclaim",
+    "xclaim",
+    "xdel",
+    "xgroup|create",
+    "xgroup|createconsumer",
+    "xgroup|delconsumer",
+    "xgroup|destroy",
+    "xgroup|setid",
+    "xinfo|consumers",
+    "xinfo|groups",
+    "xinfo|stream",
+    "xlen",
+    "xpending",
+    "xrange",
+    "xread",
+    "xreadgroup",
+    "xrevrange",
+    "xsetid",
+    "xtrim",
+    "zadd",
+    "zcard",
+    "zcount",
+    "zdiff",
+    "zdiffstore",
+    "zincrby",
+    "zinter",
+    "zintercard",
+    "zinterstore",
+    "zlexcount",
+    "zmpop",
+    "zmscore",
+    "zpopmax",
+    "zpopmin",
+    "zrandmember",
+    "zrange",
+    "zrangebylex",
+    "zrangebyscore",
+    "zrangestore",
+    "zrank",
+    "zrem",
+    "zremrangebylex",
+    "zremrangebyrank",
+    "zremrangebyscore",
+    "zrevrange",
+    "zrevrangebylex",
+    "zrevrangebyscore",
+    "zrevrank",
+    "zscan",
+    "zscore",
+    "zunion",
+    "zunionstore",
+];
+
+/// Commands refused for namespaced services, with the reason.
+const REFUSED: &[(&str, &str)] = &[
+    ("acl", "the shared server's users are not the service's"),
+    ("asking", "cluster commands are not proxied"),
+    ("bgrewriteaof", "it is server administration"),
+    ("bgsave", "it is server administration"),
+    ("client", "it shows or changes other services' connections"),
+    ("cluster", "cluster commands are not proxied"),
+    (
+        "config",
+        "the shared server's configuration is not the service's",
+    ),
+    ("debug", "it reads any key and the whole server"),
+    ("failover", "it is server administration"),
+    ("function", "functions are shared by every service"),
+    ("lastsave", "it is server administration"),
+    ("latency", "it shows every service's commands"),
+    ("memory", "it shows the whole keyspace"),
+    ("migrate", "it moves keys out of keygate's reach"),
+    ("module", "it changes the shared server"),
+    ("monitor", "it shows every service's commands"),
+    ("move", "keygate serves one database"),
+    ("object", "unknown OBJECT subcommand"),
+    ("pfdebug", "it is a debugging command"),
+    ("pfselftest", "it is a debugging command"),
+    ("psync", "it replicates the whole keyspace"),
+    ("pubsub", "unknown PUBSUB subcommand"),
+    (
+        "pubsub|numpat",
+        "it counts every service's pattern subscriptions",
+    ),
+    ("readonly", "cluster commands are not proxied"),
+    ("readwrite", "cluster commands are not proxied"),
+    ("replconf", "it is for replicas"),
+    ("replicaof", "it is server administration"),
+    ("restore-asking", "cluster commands are not proxied"),
+    ("role", "it is server administration"),
+    ("save", "it is server administration"),
+    ("script", "scripts are shared by every service"),
+    ("script|debug", "script debugging reads any key"),
+    ("script|flush", "scripts are shared by every service"),
+    ("script|kill", "scripts are shared by every service"),
+    ("select", "keygate serves one database"),
+    ("shutdown", "it is server administration"),
+    ("slaveof", "it is server administration"),
+    ("slowlog", "it shows every service's commands"),
+    ("swapdb", "keygate serves one database"),
+    ("sync", "it replicates the whole keyspace"),
+    ("xgroup", "unknown XGROUP subcommand"),
+    ("xinfo", "unknown XINFO subcommand"),
+];
+
+/// The rule for the command with the table's full name (`get`, `pubsub|channels`).
+pub fn rule(name: &str) -> Rule {
+    match name {
+        "sort" | "sort_ro" => return Rule::Sort,
+        "copy" => return Rule::Copy,
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => {
+            return Rule::Script
+        }
+        "script|exists" | "script|load" => return Rule::ScriptAdmin,
+        "keys" => return Rule::KeysPattern,
+        "scan" => return Rule::Scan,
+        "subscribe" | "unsubscribe" | "ssubscribe" | "sunsubscribe" => {
+            return Rule::Channels { first: 1 }
+        }
+        "publish" | "spublish" => return Rule::Publish,
+        "psubscribe" | "punsubscribe" => return Rule::Patterns,
+        "pubsub|numsub" | "pubsub|shardnumsub" => return Rule::Channels { first: 2 },
+        "pubsub|channels" | "pubsub|shardchannels" => return Rule::ChannelPattern,
+        "randomkey" => return Rule::Keyspace(ProcedureKind::RandomKey),
+        "dbsize" => return Rule::Keyspace(ProcedureKind::DbSize),
+        "flushdb" | "flushall" => return Rule::Keyspace(ProcedureKind::Flush),
+        "info" => return Rule::Info,
+        _ => {}
+    }
+    if PASS.contains(&name) {
+        return Rule::Pass;
+    }
+    if KEYS.contains(&name) {
+        return Rule::Keys;
+    }
+    if let Some((_, reason)) = REFUSED.iter().find(|(n, _)| *n == name) {
+        return Rule::Refuse(reason);
+    }
+    // Subcommands of a refused container not listed on their own.
+    if let Some((container, _)) = name.split_once('|') {
+        let refused = [
+            "acl", "client", "cluster", "config", "latency", "memory", "module", "slowlog",
+            "function",
+        ];
+        if refused.contains(&container) {
+            if let Some((_, reason)) = REFUSED.iter().find(|(n, _)| *n == container) {
+                return Rule::Refuse(reason);
+            }
+        }
+    }
+    Rule::Refuse(UNCLASSIFIED)
+}
+
+/// The reason given for a command this module has no entry for.
+pub const UNCLASSIFIED: &str = "keygate has not classified this command for isolation";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{self, CommandSpec, KeySpecFlags};
+
+    fn every_spec() -> Vec<&'static CommandSpec> {
+        command::all()
+            .iter()
+            .flat_map(|c| std::iter::once(c).chain(c.subcommands.iter()))
+            .collect()
+    }
+
+    #[test]
+    fn every_command_is_classified() {
+        let unclassified: Vec<&str> = every_spec()
+            .into_iter()
+            .map(|s| s.name)
+            .filter(|n| rule(n) == Rule::Refuse(UNCLASSIFIED))
+            .collect();
+        assert!(unclassified.is_empty(), "unclassified: {unclassified:?}");
+    }
+
+    #[test]
+    fn every_entry_names_a_command() {
+        let names: Vec<&str> = every_spec().iter().map(|s| s.name).collect();
+        for n in PASS
+            .iter()
+            .chain(KEYS.iter())
+            .chain(REFUSED.iter().map(|(n, _)| n))
+        {
+            assert!(names.contains(n), "{n} is not in the table");
+        }
+    }
+
+    #[test]
+    fn commands_with_keys_are_never_passed_unchanged() {
+        for spec in every_spec() {
+            let has_keys = spec
+                .key_specs
+                .iter()
+                .any(|ks| !ks.flags.contains(KeySpecFlags::NOT_KEY));
+            if has_keys {
+                assert_ne!(rule(spec.name), Rule::Pass, "{} has keys", spec.name);
+            }
+        }
+    }
+
+    #[test]
+    fn entries_of_the_keys_list_have_keys() {
+        for name in KEYS {
+            let spec = command::find_by_full_name(name.as_bytes()).expect("in table");
+            let has_keys = spec
+                .key_specs
+                .iter()
+                .any(|ks| !ks.flags.contains(KeySpecFlags::NOT_KEY));
+            assert!(has_keys, "{name} has no keys");
+        }
+    }
+}

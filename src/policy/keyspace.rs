@@ -1,0 +1,240 @@
+//! Keyspace-wide commands scoped to one namespace: RANDOMKEY, DBSIZE and
+//! FLUSHDB/FLUSHALL answered by procedures of several backend round trips
+//! over `SCAN cursor MATCH <escaped prefix>* COUNT 1000`.
+//!
+//! Costs (N = keys in the whole database, n = keys of the service):
+//! - RANDOMKEY: SCAN pages from cursor 0 until one holds a key of the
+//!   service, then a key of that page at random. Worst case O(N/1000) round
+//!   trips (a sparse namespace), at most [`RANDOMKEY_MAX_ROUNDS`] per call
+//!   (nil after that). The pick favours keys early in the hash table.
+//! - DBSIZE: a full SCAN, O(N/1000) round trips and O(N) work on the
+//!   backend, spread over many small commands.
+//! - FLUSHDB/FLUSHALL: a full SCAN plus one UNLINK per [`UNLINK_BATCH`]
+//!   keys, O(N/1000 + n/500) round trips; UNLINK frees memory in the
+//!   background, so the backend never stalls on one big command. `SYNC`
+//!   (the default) replies once done; `ASYNC` replies `+OK` at once and runs
+//!   in a spawned task. Not atomic: keys the service writes while a flush
+//!   runs may or may not survive it (with ASYNC, the flushing client's own
+//!   later writes too).
+//!
+//! Invariant: a procedure only ever reads, counts or deletes names that
+//! start with the service's prefix; names SCAN returns are checked again.
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::oneshot;
+
+use super::access::Refusal;
+use super::namespace::Namespace;
+use crate::backend::mux::{Batch, MuxHandle};
+use crate::backend::BackendError;
+use crate::command::keys::KeysError;
+use crate::protocol::encode;
+use crate::protocol::reply::Value;
+use crate::protocol::request::Request;
+use crate::protocol::Protocol;
+
+/// Keys asked of each SCAN call.
+pub const SCAN_COUNT: &str = "1000";
+/// Keys per UNLINK of a flush.
+pub const UNLINK_BATCH: usize = 500;
+/// Most SCAN calls one RANDOMKEY makes before answering nil.
+pub const RANDOMKEY_MAX_ROUNDS: usize = 10_000;
+
+/// Which keyspace-wide command a procedure answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcedureKind {
+    RandomKey,
+    DbSize,
+    Flush,
+}
+
+/// A keyspace-wide command with its options read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Procedure {
+    /// RANDOMKEY.
+    RandomKey,
+    /// DBSIZE.
+    DbSize,
+    /// FLUSHDB/FLUSHALL; `asynchronous` for the ASYNC option.
+    Flush { asynchronous: bool },
+}
+
+impl ProcedureKind {
+    /// Reads the command's options (FLUSHDB/FLUSHALL `[ASYNC|SYNC]`).
+    pub fn parse(self, req: &Request) -> Result<Procedure, Refusal> {
+        Ok(match self {
+            ProcedureKind::RandomKey => Procedure::RandomKey,
+            ProcedureKind::DbSize => Procedure::DbSize,
+            ProcedureKind::Flush => {
+                let asynchronous = match (req.argc(), req.get(1)) {
+                    (1, _) => false,
+                    (2, Some(a)) if a.eq_ignore_ascii_case(b"async") => true,
+                    (2, Some(a)) if a.eq_ignore_ascii_case(b"sync") => false,
+                    _ => return Err(Refusal::Unlocatable(KeysError::Syntax)),
+                };
+                Procedure::Flush { asynchronous }
+            }
+        })
+    }
+}
+
+/// Why a procedure stopped early.
+enum Stop {
+    /// The connection failed.
+    Backend(BackendError),
+    /// The backend answered an error (or an unreadable reply): it is the client's answer.
+    Reply(Bytes),
+}
+
+impl From<BackendError> for Stop {
+    fn from(e: BackendError) -> Stop {
+        Stop::Backend(e)
+    }
+}
+
+/// Runs `procedure` for `ns` on `mux`; the reply bytes are ready for a
+/// client speaking `protocol`.
+pub async fn run(
+    procedure: Procedure,
+    ns: &Namespace,
+    mux: &MuxHandle,
+    protocol: Protocol,
+) -> Result<Bytes, BackendError> {
+    let result = match procedure {
+        Procedure::RandomKey => random_key(ns, mux, protocol).await,
+        Procedure::DbSize => db_size(ns, mux).await,
+        Procedure::Flush {
+            asynchronous: false,
+        } => flush(ns, mux).await,
+        Procedure::Flush { asynchronous: true } => {
+            let (ns, mux) = (ns.clone(), mux.clone());
+            tokio::spawn(async move {
+                if let Err(Stop::Backend(e)) = flush(&ns, &mux).await {
+                    tracing::warn!(error = %e, "background flush of a namespace stopped");
+                }
+            });
+            Ok(Bytes::from_static(b"+OK\r\n"))
+        }
+    };
+    match result {
+        Ok(b) | Err(Stop::Reply(b)) => Ok(b),
+        Err(Stop::Backend(e)) => Err(e),
+    }
+}
+
+/// One request, one reply frame.
+async fn round_trip(mux: &MuxHandle, req: Request) -> Result<Bytes, Stop> {
+    let (tx, rx) = oneshot::channel();
+    mux.submit(Batch {
+        payload: vec![req.frame().clone()],
+        count: 1,
+        reply: tx,
+    })
+    .await;
+    let reply = rx.await.map_err(|_| BackendError::ConnectionLost {
+        addr: "backend".into(),
+    })??;
+    if reply.first() == Some(&b'-') {
+        return Err(Stop::Reply(reply));
+    }
+    Ok(reply)
+}
+
+/// One SCAN page of the namespace: the next cursor and the keys (backend names).
+async fn scan_page(
+    ns: &Namespace,
+    mux: &MuxHandle,
+    cursor: &[u8],
+) -> Result<(Bytes, Vec<Bytes>), Stop> {
+    let pattern = ns.prefix_pattern(b"*");
+    let req = Request::from_args(&[
+        &b"SCAN"[..],
+        cursor,
+        b"MATCH",
+        &pattern,
+        b"COUNT",
+        SCAN_COUNT.as_bytes(),
+    ]);
+    let reply = round_trip(mux, req).await?;
+    let unreadable = || {
+        Stop::Reply(Bytes::from_static(
+            b"-ERR keygate: unexpected SCAN reply\r\n",
+        ))
+    };
+    let Ok(Value::Array(items)) = Value::parse(&reply) else {
+        return Err(unreadable());
+    };
+    let mut items = items.into_iter();
+    let (Some(Value::Bulk(next)), Some(Value::Array(keys))) = (items.next(), items.next()) else {
+        return Err(unreadable());
+    };
+    let keys = keys
+        .into_iter()
+        .filter_map(|k| match k {
+            Value::Bulk(k) if ns.strip(&k).is_some() => Some(k),
+            _ => None,
+        })
+        .collect();
+    Ok((next, keys))
+}
+
+/// A number from the process's random hasher keys (no extra dependency).
+fn random_index(len: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(len);
+    (h.finish() % len.max(1) as u64) as usize
+}
+
+async fn random_key(ns: &Namespace, mux: &MuxHandle, protocol: Protocol) -> Result<Bytes, Stop> {
+    let mut cursor = Bytes::from_static(b"0");
+    for _ in 0..RANDOMKEY_MAX_ROUNDS {
+        let (next, keys) = scan_page(ns, mux, &cursor).await?;
+        if let Some(key) = keys.get(random_index(keys.len())) {
+            let mut out = BytesMut::new();
+            encode::bulk(&mut out, ns.strip(key).unwrap_or_default());
+            return Ok(out.freeze());
+        }
+        if &next[..] == b"0" {
+            break;
+        }
+        cursor = next;
+    }
+    let mut out = BytesMut::new();
+    encode::nil(&mut out, protocol);
+    Ok(out.freeze())
+}
+
+async fn db_size(ns: &Namespace, mux: &MuxHandle) -> Result<Bytes, Stop> {
+    let mut cursor = Bytes::from_static(b"0");
+    let mut count: i64 = 0;
+    loop {
+        let (next, keys) = scan_page(ns, mux, &cursor).await?;
+        count += keys.len() as i64;
+        if &next[..] == b"0" {
+            break;
+        }
+        cursor = next;
+    }
+    let mut out = BytesMut::new();
+    encode::integer(&mut out, count);
+    Ok(out.freeze())
+}
+
+async fn flush(ns: &Namespace, mux: &MuxHandle) -> Result<Bytes, Stop> {
+    let mut cursor = Bytes::from_static(b"0");
+    loop {
+        let (next, keys) = scan_page(ns, mux, &cursor).await?;
+        for chunk in keys.chunks(UNLINK_BATCH) {
+            let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
+            args.push(b"UNLINK");
+            args.extend(chunk.iter().map(|k| &k[..]));
+            round_trip(mux, Request::from_args(&args)).await?;
+        }
+        if &next[..] == b"0" {
+            break;
+        }
+        cursor = next;
+    }
+    Ok(Bytes::from_static(b"+OK\r\n"))
+}

@@ -1,0 +1,825 @@
+//! A service's namespace: the prefix that confines its keys and channels,
+//! the request rewrite that applies it and the reply rewrite that takes it
+//! off again.
+//!
+//! Invariants:
+//! - every key a request names (at every position [`key_positions`] finds)
+//!   and every channel reaches the backend with the prefix in front; a
+//!   pattern reaches it with the *glob-escaped* prefix in front, so it can
+//!   only match names inside the namespace, whatever the client's pattern
+//!   and whatever glob characters the prefix itself holds;
+//! - a request keygate cannot confine (keys it cannot locate, patterns it
+//!   cannot scope, commands that reveal the whole keyspace) is refused,
+//!   never forwarded as it is; [`super::confinement`] says which rule each
+//!   command of the table follows;
+//! - on the way back, names lose the prefix. **A name that unexpectedly
+//!   lacks the prefix is never shown as it is**: it is dropped from lists
+//!   (KEYS, SCAN, PUBSUB CHANNELS/NUMSUB), a single key name becomes nil
+//!   (RANDOMKEY), a reply whose shape needs the name (the first element of
+//!   BLPOP & co., a stream of XREAD) becomes an error, a pub/sub message on
+//!   such a channel is dropped, and a subscription confirmation keeps its
+//!   shape with the name replaced by nil (so clients counting
+//!   confirmations do not hang).
+//!
+//! Keyspace notifications: `__keyspace@<db>__:<key>` names are rewritten to
+//! `__keyspace@<db>__:<prefix><key>` (the key part of a pattern gets the
+//! escaped prefix; `<db>` must be plain digits). `__keyevent@` names are
+//! refused: their messages carry other services' key names.
+//!
+//! [`key_positions`]: crate::command::keys::key_positions
+
+use bytes::{Bytes, BytesMut};
+
+use super::access::Refusal;
+use super::confinement::{self, Rule};
+use super::keyspace::Procedure;
+use super::service::Service;
+use crate::command::keys::{key_positions, KeysError};
+use crate::command::{CommandSpec, ReplyKeys};
+use crate::protocol::reply::Value;
+use crate::protocol::request::Request;
+use crate::protocol::Protocol;
+
+/// Start of a keyspace notification channel.
+const KEYSPACE: &[u8] = b"__keyspace@";
+/// Start of a keyevent notification channel.
+const KEYEVENT: &[u8] = b"__keyevent@";
+
+/// One service's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    /// The service's name, for refusals.
+    service: String,
+    /// Put in front of key and channel names.
+    prefix: Bytes,
+    /// `prefix` with `*?[]\` escaped, put in front of patterns.
+    glob: Bytes,
+}
+
+/// What to send instead of the client's request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rewritten {
+    /// Send `request`; take the prefix off the reply's names per `reply_keys`.
+    Forward {
+        request: Request,
+        reply_keys: ReplyKeys,
+    },
+    /// Answer with a keyspace procedure ([`super::keyspace`]) instead.
+    Procedure(Procedure),
+}
+
+/// Escapes the glob characters Redis's `stringmatchlen` knows.
+pub fn glob_escape(literal: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(literal.len() + 4);
+    for &b in literal {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// Splits `__keyspace@<digits>__:<rest>` into its head (through `__:`) and rest.
+fn split_keyspace(name: &[u8]) -> Option<(&[u8], &[u8])> {
+    let after = name.strip_prefix(KEYSPACE)?;
+    let digits = after.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let tail = after.get(digits..)?.strip_prefix(b"__:")?;
+    let head_len = name.len() - tail.len();
+    Some((name.get(..head_len)?, tail))
+}
+
+fn concat(a: &[u8], b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    out.extend_from_slice(a);
+    out.extend_from_slice(b);
+    out
+}
+
+impl Namespace {
+    /// The namespace of `service`, `None` when its isolation is off.
+    pub fn for_service(service: &Service) -> Option<Namespace> {
+        service
+            .isolation
+            .then(|| Namespace::new(&service.name, &service.prefix))
+    }
+
+    /// A namespace with this prefix (non-empty for isolation to mean anything).
+    pub fn new(service: &str, prefix: &[u8]) -> Namespace {
+        Namespace {
+            service: service.to_string(),
+            prefix: Bytes::copy_from_slice(prefix),
+            glob: Bytes::from(glob_escape(prefix)),
+        }
+    }
+
+    /// The literal prefix.
+    pub fn prefix_bytes(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    /// The glob-escaped prefix.
+    pub fn glob_prefix(&self) -> &[u8] {
+        &self.glob
+    }
+
+    /// A key or channel name as the backend knows it.
+    pub fn prefix(&self, name: &[u8]) -> Vec<u8> {
+        concat(&self.prefix, name)
+    }
+
+    /// A backend key name as the client knows it; `None` outside the namespace.
+    pub fn strip<'a>(&self, name: &'a [u8]) -> Option<&'a [u8]> {
+        name.strip_prefix(&self.prefix[..])
+    }
+
+    /// A client's glob pattern, confined to the namespace.
+    pub fn prefix_pattern(&self, pattern: &[u8]) -> Vec<u8> {
+        concat(&self.glob, pattern)
+    }
+
+    /// A backend pattern as the client wrote it; `None` if not one of ours.
+    pub fn strip_pattern<'a>(&self, pattern: &'a [u8]) -> Option<&'a [u8]> {
+        pattern.strip_prefix(&self.glob[..])
+    }
+
+    /// A channel name as the backend knows it (keyspace channels get the
+    /// prefix on their key part).
+    pub fn channel(&self, channel: &[u8]) -> Result<Vec<u8>, &'static str> {
+        if channel.starts_with(KEYEVENT) {
+            return Err("keyevent notifications carry other services' key names");
+        }
+        if channel.starts_with(KEYSPACE) {
+            let (head, key) = split_keyspace(channel)
+                .ok_or("a keyspace channel must be __keyspace@<db>__:<key>")?;
+            let mut out = concat(head, &self.prefix);
+            out.extend_from_slice(key);
+            return Ok(out);
+        }
+        Ok(self.prefix(channel))
+    }
+
+    /// A channel pattern as the backend gets it.
+    pub fn channel_pattern(&self, pattern: &[u8]) -> Result<Vec<u8>, &'static str> {
+        if pattern.starts_with(KEYEVENT) {
+            return Err("keyevent notifications carry other services' key names");
+        }
+        if pattern.starts_with(KEYSPACE) {
+            let (head, key) = split_keyspace(pattern).ok_or(
+                "a keyspace pattern must be __keyspace@<db>__:<pattern> with a literal database number",
+            )?;
+            let mut out = concat(head, &self.glob);
+            out.extend_from_slice(key);
+            return Ok(out);
+        }
+        Ok(self.prefix_pattern(pattern))
+    }
+
+    /// A backend channel name as the client knows it; `None` outside the namespace.
+    pub fn strip_channel(&self, channel: &[u8]) -> Option<Vec<u8>> {
+        if let Some((head, key)) = split_keyspace(channel) {
+            if let Some(own) = self.strip(key) {
+                return Some(concat(head, own));
+            }
+        }
+        self.strip(channel).map(<[u8]>::to_vec)
+    }
+
+    /// A backend channel pattern as the client wrote it; `None` if not ours.
+    pub fn strip_channel_pattern(&self, pattern: &[u8]) -> Option<Vec<u8>> {
+        if let Some((head, key)) = split_keyspace(pattern) {
+            if let Some(own) = self.strip_pattern(key) {
+                return Some(concat(head, own));
+            }
+        }
+        self.strip_pattern(pattern).map(<[u8]>::to_vec)
+    }
+
+    fn refuse(&self, spec: &CommandSpec, reason: &'static str) -> Refusal {
+        Refusal::Isolation {
+            command: spec.name,
+            service: self.service.clone(),
+            reason,
+        }
+    }
+
+    /// Confines `req` to this namespace, or says why it cannot be.
+    pub fn rewrite(
+        &self,
+        spec: &'static CommandSpec,
+        req: &Request,
+        service: &Service,
+    ) -> Result<Rewritten, Refusal> {
+        let forward = |request: Request| Rewritten::Forward {
+            request,
+            reply_keys: spec.reply_keys,
+        };
+        let keys = |req: &Request| -> Result<Request, Refusal> {
+            let positions = key_positions(spec, req).map_err(Refusal::Unlocatable)?;
+            Ok(req.prefix_args(&positions, &self.prefix))
+        };
+        match confinement::rule(spec.name) {
+            Rule::Pass | Rule::Info => Ok(forward(req.clone())),
+            Rule::Keys => Ok(forward(keys(req)?)),
+            Rule::Sort => {
+                check_sort(req).map_err(|reason| self.refuse(spec, reason))?;
+                Ok(forward(keys(req)?))
+            }
+            Rule::Copy => {
+                let db = req.args().skip(3).any(|a| a.eq_ignore_ascii_case(b"db"));
+                if db {
+                    return Err(self.refuse(spec, "keygate serves one database"));
+                }
+                Ok(forward(keys(req)?))
+            }
+            Rule::Script => {
+                if !service.allow_scripts {
+                    return Err(self.refuse(
+                        spec,
+                        "a script can compute any key name; set allow_scripts = true to trust this service",
+                    ));
+                }
+                Ok(forward(keys(req)?))
+            }
+            Rule::ScriptAdmin => {
+                if !service.allow_scripts {
+                    return Err(self.refuse(spec, "scripts are not allowed for this service"));
+                }
+                Ok(forward(req.clone()))
+            }
+            Rule::KeysPattern => {
+                let pattern = self.prefix_pattern(req.get(1).unwrap_or_default());
+                Ok(forward(req.splice(&[(1, &pattern)])))
+            }
+            Rule::Scan => Ok(forward(self.rewrite_scan(req)?)),
+            Rule::Channels { first } => {
+                let channels = (first..req.argc())
+                    .map(|i| {
+                        let name = req.get(i).unwrap_or_default();
+                        self.channel(name).map(|c| (i, c))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|reason| self.refuse(spec, reason))?;
+                let edits: Vec<(usize, &[u8])> =
+                    channels.iter().map(|(i, c)| (*i, &c[..])).collect();
+                Ok(forward(req.splice(&edits)))
+            }
+            Rule::Publish => {
+                let channel = self
+                    .channel(req.get(1).unwrap_or_default())
+                    .map_err(|reason| self.refuse(spec, reason))?;
+                Ok(forward(req.splice(&[(1, &channel)])))
+            }
+            Rule::Patterns => {
+                let patterns = (1..req.argc())
+                    .map(|i| {
+                        let pattern = req.get(i).unwrap_or_default();
+                        self.channel_pattern(pattern).map(|p| (i, p))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|reason| self.refuse(spec, reason))?;
+                let edits: Vec<(usize, &[u8])> =
+                    patterns.iter().map(|(i, p)| (*i, &p[..])).collect();
+                Ok(forward(req.splice(&edits)))
+            }
+            Rule::ChannelPattern => {
+                let pattern = self
+                    .channel_pattern(req.get(2).unwrap_or(b"*"))
+                    .map_err(|reason| self.refuse(spec, reason))?;
+                let mut args: Vec<&[u8]> = req.args().take(2).collect();
+                args.push(&pattern);
+                Ok(forward(Request::from_args(&args)))
+            }
+            Rule::Keyspace(procedure) => Ok(Rewritten::Procedure(procedure.parse(req)?)),
+            Rule::Refuse(reason) => Err(self.refuse(spec, reason)),
+        }
+    }
+
+    /// SCAN: the client's MATCH (or `*`) behind the escaped prefix; COUNT
+    /// and TYPE kept. Options are read the way Redis reads them, so an
+    /// option keygate does not know is refused rather than forwarded.
+    fn rewrite_scan(&self, req: &Request) -> Result<Request, Refusal> {
+        let mut args: Vec<&[u8]> = req.args().take(2).collect();
+        let mut pattern: &[u8] = b"*";
+        let mut i = 2;
+        while i < req.argc() {
+            let option = req.get(i).unwrap_or_default();
+            let value = req
+                .get(i + 1)
+                .ok_or(Refusal::Unlocatable(KeysError::Syntax))?;
+            if option.eq_ignore_ascii_case(b"match") {
+                pattern = value;
+            } else if option.eq_ignore_ascii_case(b"count") || option.eq_ignore_ascii_case(b"type")
+            {
+                args.push(option);
+                args.push(value);
+            } else {
+                return Err(Refusal::Unlocatable(KeysError::Syntax));
+            }
+            i += 2;
+        }
+        let confined = self.prefix_pattern(pattern);
+        args.push(b"MATCH");
+        args.push(&confined);
+        Ok(Request::from_args(&args))
+    }
+
+    /// Takes the prefix off the names in one reply frame, per `reply_keys`.
+    pub fn strip_reply(&self, reply_keys: ReplyKeys, frame: &[u8], protocol: Protocol) -> Bytes {
+        if reply_keys == ReplyKeys::None || frame.first() == Some(&b'-') {
+            return Bytes::copy_from_slice(frame);
+        }
+        let value = match Value::parse(frame) {
+            Ok(v) => v,
+            Err(_) => return error("ERR keygate: could not read a reply to confine it"),
+        };
+        match self.strip_value(reply_keys, value) {
+            Some(v) => {
+                let mut out = BytesMut::with_capacity(frame.len());
+                v.encode_for(&mut out, protocol);
+                out.freeze()
+            }
+            None => error("ERR keygate: the reply named a key outside this service's namespace"),
+        }
+    }
+
+    /// Strips a key name held in a bulk; `None` outside the namespace.
+    fn strip_bulk(&self, v: Value) -> Option<Value> {
+        match v {
+            Value::Bulk(name) => self
+                .strip(&name)
+                .map(|own| Value::Bulk(name.slice_ref(own))),
+            Value::Simple(name) => self
+                .strip(&name)
+                .map(|own| Value::Simple(name.slice_ref(own))),
+            _ => None,
+        }
+    }
+
+    fn strip_channel_value(&self, v: Value) -> Option<Value> {
+        match v {
+            Value::Bulk(name) => self.strip_channel(&name).map(|c| Value::Bulk(c.into())),
+            _ => None,
+        }
+    }
+
+    /// Keeps the names of a list that are in the namespace, stripped.
+    fn strip_list(&self, items: Vec<Value>, channels: bool) -> Vec<Value> {
+        items
+            .into_iter()
+            .filter_map(|v| {
+                if channels {
+                    self.strip_channel_value(v)
+                } else {
+                    self.strip_bulk(v)
+                }
+            })
+            .collect()
+    }
+
+    /// `None` when the reply's shape needs a name that is not ours.
+    fn strip_value(&self, reply_keys: ReplyKeys, value: Value) -> Option<Value> {
+        Some(match (reply_keys, value) {
+            (_, Value::Nil) => Value::Nil,
+            (_, e @ Value::Error(_)) => e,
+            (ReplyKeys::KeyArray, Value::Array(items)) => {
+                Value::Array(self.strip_list(items, false))
+            }
+            (ReplyKeys::KeyArray, Value::Set(items)) => Value::Set(self.strip_list(items, false)),
+            (ReplyKeys::Scan, Value::Array(mut items)) => {
+                let slot = items.get_mut(1)?;
+                let Value::Array(keys) = std::mem::replace(slot, Value::Nil) else {
+                    return None;
+                };
+                *slot = Value::Array(self.strip_list(keys, false));
+                Value::Array(items)
+            }
+            (ReplyKeys::Key, v) => self.strip_bulk(v).unwrap_or(Value::Nil),
+            (ReplyKeys::FirstElement, Value::Array(mut items)) => {
+                let first = items.first_mut()?;
+                *first = self.strip_bulk(std::mem::replace(first, Value::Nil))?;
+                Value::Array(items)
+            }
+            (ReplyKeys::Streams, Value::Array(streams)) => Value::Array(
+                streams
+                    .into_iter()
+                    .map(|s| match s {
+                        Value::Array(mut pair) => {
+                            let name = pair.first_mut()?;
+                            *name = self.strip_bulk(std::mem::replace(name, Value::Nil))?;
+                            Some(Value::Array(pair))
+                        }
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()?,
+            ),
+            (ReplyKeys::Streams, Value::Map(pairs)) => Value::Map(
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| self.strip_bulk(k).map(|k| (k, v)))
+                    .collect::<Option<Vec<_>>>()?,
+            ),
+            (ReplyKeys::ChannelArray, Value::Array(items)) => {
+                Value::Array(self.strip_list(items, true))
+            }
+            (ReplyKeys::ChannelArray, Value::Set(items)) => {
+                Value::Set(self.strip_list(items, true))
+            }
+            (ReplyKeys::ChannelCounts, Value::Array(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                let mut it = items.into_iter();
+                while let (Some(ch), Some(n)) = (it.next(), it.next()) {
+                    if let Some(ch) = self.strip_channel_value(ch) {
+                        out.push(ch);
+                        out.push(n);
+                    }
+                }
+                Value::Array(out)
+            }
+            (ReplyKeys::ChannelCounts, Value::Map(pairs)) => Value::Map(
+                pairs
+                    .into_iter()
+                    .filter_map(|(ch, n)| self.strip_channel_value(ch).map(|ch| (ch, n)))
+                    .collect(),
+            ),
+            // A shape the table does not announce: nothing to show safely.
+            _ => return None,
+        })
+    }
+
+    /// Rewrites a frame a subscribed connection sent unasked: pub/sub
+    /// messages and subscription confirmations (RESP2 arrays or RESP3
+    /// pushes). `None` drops the frame. Frames of any other shape pass.
+    pub fn strip_pubsub(&self, frame: &Bytes) -> Option<Bytes> {
+        if !matches!(frame.first(), Some(b'*' | b'>')) {
+            return Some(frame.clone());
+        }
+        let Ok(value) = Value::parse(frame) else {
+            return None;
+        };
+        let (push, mut items) = match value {
+            Value::Push(items) => (true, items),
+            Value::Array(items) => (false, items),
+            _ => return Some(frame.clone()),
+        };
+        let kind = match items.first() {
+            Some(Value::Bulk(k) | Value::Simple(k)) => k.to_ascii_lowercase(),
+            _ => return Some(frame.clone()),
+        };
+        let name_at = |items: &mut Vec<Value>, i: usize, pattern: bool| -> Option<()> {
+            let slot = items.get_mut(i)?;
+            let Value::Bulk(name) = slot else {
+                return Some(());
+            };
+            let stripped = if pattern {
+                self.strip_channel_pattern(name)
+            } else {
+                self.strip_channel(name)
+            };
+            *slot = stripped.map_or(Value::Nil, |s| Value::Bulk(s.into()));
+            Some(())
+        };
+        let is_nil = |items: &[Value], i: usize| matches!(items.get(i), Some(Value::Nil));
+        match &kind[..] {
+            b"message" | b"smessage" => {
+                name_at(&mut items, 1, false)?;
+                if is_nil(&items, 1) {
+                    return None;
+                }
+            }
+            b"pmessage" => {
+                name_at(&mut items, 1, true)?;
+                name_at(&mut items, 2, false)?;
+                if is_nil(&items, 1) || is_nil(&items, 2) {
+                    return None;
+                }
+            }
+            b"subscribe" | b"unsubscribe" | b"ssubscribe" | b"sunsubscribe" => {
+                name_at(&mut items, 1, false)?;
+            }
+            b"psubscribe" | b"punsubscribe" => {
+                name_at(&mut items, 1, true)?;
+            }
+            // Client-side caching invalidations name keys; tracking is
+            // refused, so one here is not this client's to see.
+            b"invalidate" => return None,
+            _ => return Some(frame.clone()),
+        }
+        let mut out = BytesMut::with_capacity(frame.len());
+        if push {
+            Value::Push(items).encode(&mut out);
+        } else {
+            Value::Array(items).encode(&mut out);
+        }
+        Some(out.freeze())
+    }
+}
+
+/// SORT/SORT_RO: BY and GET patterns containing `*` read keys by computed
+/// names, which keygate cannot confine. `BY nosort` (no `*`) and `GET #`
+/// read nothing.
+fn check_sort(req: &Request) -> Result<(), &'static str> {
+    let mut i = 2;
+    while i < req.argc() {
+        let arg = req.get(i).unwrap_or_default();
+        if arg.eq_ignore_ascii_case(b"limit") {
+            i += 2;
+        } else if arg.eq_ignore_ascii_case(b"by") || arg.eq_ignore_ascii_case(b"get") {
+            let pattern = req.get(i + 1).unwrap_or_default();
+            if pattern.contains(&b'*') {
+                return Err("BY and GET patterns read keys by computed names");
+            }
+            i += 1;
+        } else if arg.eq_ignore_ascii_case(b"store") {
+            i += 1;
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+fn error(msg: &str) -> Bytes {
+    let mut out = BytesMut::new();
+    crate::protocol::encode::error(&mut out, msg);
+    out.freeze()
+}
+
+/// INFO for an isolated service: the `# Keyspace` section (every service's
+/// key counts) is removed.
+pub fn remove_keyspace_section(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut skipping = false;
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b"# ") {
+            skipping = line
+                .get(2..)
+                .is_some_and(|s| s.to_ascii_lowercase().starts_with(b"keyspace"));
+        }
+        if !skipping {
+            out.extend_from_slice(line);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::lookup;
+
+    fn ns() -> Namespace {
+        Namespace::new("billing", b"billing:")
+    }
+
+    fn service(allow_scripts: bool) -> Service {
+        let cfg = crate::config::Config::parse(&format!(
+            r#"
+[proxy]
+listen = "127.0.0.1:0"
+[backend]
+address = "127.0.0.1:1"
+[[service]]
+name = "billing"
+prefix = "billing:"
+password = "x"
+allow_scripts = {allow_scripts}
+"#
+        ))
+        .expect("config");
+        Service::from_config(0, &cfg.services[0])
+    }
+
+    fn rewrite(args: &[&str]) -> Result<Vec<String>, String> {
+        let req = Request::from_args(args);
+        let spec = lookup(&req).map_err(|e| e.to_string())?;
+        match ns().rewrite(spec, &req, &service(false)) {
+            Ok(Rewritten::Forward { request, .. }) => Ok(request
+                .args()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()),
+            Ok(Rewritten::Procedure(p)) => Ok(vec![format!("{p:?}")]),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn v(args: &[&str]) -> Result<Vec<String>, String> {
+        Ok(args.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[test]
+    fn escapes_glob_characters_of_the_prefix() {
+        assert_eq!(glob_escape(b"a*b?[c]\\"), b"a\\*b\\?\\[c\\]\\\\".to_vec());
+        let n = Namespace::new("x", b"a*");
+        assert_eq!(n.prefix_pattern(b"*"), b"a\\**".to_vec());
+    }
+
+    #[test]
+    fn keys_get_the_prefix() {
+        assert_eq!(rewrite(&["GET", "k"]), v(&["GET", "billing:k"]));
+        assert_eq!(
+            rewrite(&["MSET", "a", "1", "b", "2"]),
+            v(&["MSET", "billing:a", "1", "billing:b", "2"])
+        );
+        assert_eq!(
+            rewrite(&["ZUNIONSTORE", "d", "2", "a", "b"]),
+            v(&["ZUNIONSTORE", "billing:d", "2", "billing:a", "billing:b"])
+        );
+        assert_eq!(
+            rewrite(&["XREAD", "COUNT", "1", "STREAMS", "s", "0"]),
+            v(&["XREAD", "COUNT", "1", "STREAMS", "billing:s", "0"])
+        );
+        assert_eq!(
+            rewrite(&["GEORADIUS", "g", "0", "0", "1", "km", "STOREDIST", "d"]),
+            v(&[
+                "GEORADIUS",
+                "billing:g",
+                "0",
+                "0",
+                "1",
+                "km",
+                "STOREDIST",
+                "billing:d"
+            ])
+        );
+        assert_eq!(
+            rewrite(&["SORT", "l", "LIMIT", "0", "1", "STORE", "d"]),
+            v(&["SORT", "billing:l", "LIMIT", "0", "1", "STORE", "billing:d"])
+        );
+        assert!(rewrite(&["XREAD", "STREAMS", "s"]).is_err());
+    }
+
+    #[test]
+    fn patterns_are_confined() {
+        assert_eq!(rewrite(&["KEYS", "*"]), v(&["KEYS", "billing:*"]));
+        assert_eq!(
+            rewrite(&["SCAN", "0"]),
+            v(&["SCAN", "0", "MATCH", "billing:*"])
+        );
+        assert_eq!(
+            rewrite(&["SCAN", "5", "MATCH", "a*", "COUNT", "10", "TYPE", "string"]),
+            v(&[
+                "SCAN",
+                "5",
+                "COUNT",
+                "10",
+                "TYPE",
+                "string",
+                "MATCH",
+                "billing:a*"
+            ])
+        );
+        assert!(rewrite(&["SCAN", "0", "NOPE", "x"]).is_err());
+        assert!(rewrite(&["SCAN", "0", "MATCH"]).is_err());
+        assert_eq!(
+            rewrite(&["PSUBSCRIBE", "*", "__keyspace@0__:*"]),
+            v(&["PSUBSCRIBE", "billing:*", "__keyspace@0__:billing:*"])
+        );
+        assert!(rewrite(&["PSUBSCRIBE", "__keyevent@0__:*"]).is_err());
+        assert!(rewrite(&["PSUBSCRIBE", "__keyspace@*__:*"]).is_err());
+        assert_eq!(
+            rewrite(&["PUBSUB", "CHANNELS"]),
+            v(&["PUBSUB", "CHANNELS", "billing:*"])
+        );
+        assert_eq!(
+            rewrite(&["PUBSUB", "NUMSUB", "a", "b"]),
+            v(&["PUBSUB", "NUMSUB", "billing:a", "billing:b"])
+        );
+        assert_eq!(rewrite(&["UNSUBSCRIBE"]), v(&["UNSUBSCRIBE"]));
+        assert_eq!(
+            rewrite(&["PUBLISH", "c", "msg"]),
+            v(&["PUBLISH", "billing:c", "msg"])
+        );
+        assert_eq!(
+            rewrite(&["SUBSCRIBE", "c", "__keyspace@0__:k"]),
+            v(&["SUBSCRIBE", "billing:c", "__keyspace@0__:billing:k"])
+        );
+        assert!(rewrite(&["SUBSCRIBE", "__keyevent@0__:set"]).is_err());
+    }
+
+    #[test]
+    fn refusals() {
+        assert!(rewrite(&["SORT", "l", "BY", "w_*"]).is_err());
+        assert!(rewrite(&["SORT", "l", "GET", "o_*"]).is_err());
+        assert!(rewrite(&["SORT", "l", "BY", "nosort", "GET", "#"]).is_ok());
+        assert!(rewrite(&["EVAL", "return 1", "0"]).is_err());
+        assert!(rewrite(&["COPY", "a", "b", "DB", "1"]).is_err());
+        assert!(rewrite(&["COPY", "a", "b"]).is_ok());
+        assert!(rewrite(&["PUBSUB", "NUMPAT"]).is_err());
+        assert!(rewrite(&["MIGRATE", "h", "1", "k", "0", "5"]).is_err());
+        let err = rewrite(&["SCRIPT", "FLUSH"]).unwrap_err();
+        assert!(err.starts_with("NOPERM"), "{err}");
+    }
+
+    #[test]
+    fn scripts_with_allow_scripts_prefix_declared_keys() {
+        let req = Request::from_args(&["EVAL", "s", "1", "k", "arg"]);
+        let spec = lookup(&req).expect("eval");
+        let out = ns().rewrite(spec, &req, &service(true)).expect("allowed");
+        let Rewritten::Forward { request, .. } = out else {
+            panic!("forward")
+        };
+        assert_eq!(request.get(3), Some(&b"billing:k"[..]));
+        assert_eq!(request.get(4), Some(&b"arg"[..]));
+    }
+
+    fn strip(keys: ReplyKeys, frame: &[u8], proto: Protocol) -> Vec<u8> {
+        ns().strip_reply(keys, frame, proto).to_vec()
+    }
+
+    #[test]
+    fn replies_lose_the_prefix_and_foreign_names_vanish() {
+        assert_eq!(
+            strip(
+                ReplyKeys::KeyArray,
+                b"*2\r\n$9\r\nbilling:a\r\n$6\r\nauth:b\r\n",
+                Protocol::Resp2
+            ),
+            b"*1\r\n$1\r\na\r\n"
+        );
+        assert_eq!(
+            strip(
+                ReplyKeys::Scan,
+                b"*2\r\n$2\r\n17\r\n*1\r\n$9\r\nbilling:a\r\n",
+                Protocol::Resp2
+            ),
+            b"*2\r\n$2\r\n17\r\n*1\r\n$1\r\na\r\n"
+        );
+        assert_eq!(
+            strip(
+                ReplyKeys::FirstElement,
+                b"*2\r\n$9\r\nbilling:l\r\n$1\r\nx\r\n",
+                Protocol::Resp2
+            ),
+            b"*2\r\n$1\r\nl\r\n$1\r\nx\r\n"
+        );
+        assert_eq!(
+            strip(ReplyKeys::FirstElement, b"*-1\r\n", Protocol::Resp2),
+            b"$-1\r\n"
+        );
+        assert!(strip(
+            ReplyKeys::FirstElement,
+            b"*2\r\n$6\r\nauth:l\r\n$1\r\nx\r\n",
+            Protocol::Resp2
+        )
+        .starts_with(b"-ERR"));
+        assert_eq!(
+            strip(ReplyKeys::Key, b"$6\r\nauth:l\r\n", Protocol::Resp3),
+            b"_\r\n"
+        );
+        assert_eq!(
+            strip(
+                ReplyKeys::Streams,
+                b"%1\r\n$9\r\nbilling:s\r\n*0\r\n",
+                Protocol::Resp3
+            ),
+            b"%1\r\n$1\r\ns\r\n*0\r\n"
+        );
+        assert_eq!(
+            strip(
+                ReplyKeys::ChannelCounts,
+                b"*4\r\n$9\r\nbilling:c\r\n:1\r\n$6\r\nauth:c\r\n:2\r\n",
+                Protocol::Resp2
+            ),
+            b"*2\r\n$1\r\nc\r\n:1\r\n"
+        );
+    }
+
+    #[test]
+    fn pubsub_frames() {
+        let n = ns();
+        let msg = Bytes::from_static(b"*3\r\n$7\r\nmessage\r\n$9\r\nbilling:c\r\n$2\r\nhi\r\n");
+        assert_eq!(
+            n.strip_pubsub(&msg).as_deref(),
+            Some(&b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$2\r\nhi\r\n"[..])
+        );
+        let foreign = Bytes::from_static(b">3\r\n$7\r\nmessage\r\n$6\r\nauth:c\r\n$2\r\nhi\r\n");
+        assert_eq!(n.strip_pubsub(&foreign), None);
+        let pmsg = Bytes::from(
+            &b"*4\r\n$8\r\npmessage\r\n$9\r\nbilling:*\r\n$27\r\n__keyspace@0__:billing:key1\r\n$3\r\nset\r\n"[..],
+        );
+        assert_eq!(
+            n.strip_pubsub(&pmsg).as_deref(),
+            Some(
+                &b"*4\r\n$8\r\npmessage\r\n$1\r\n*\r\n$19\r\n__keyspace@0__:key1\r\n$3\r\nset\r\n"
+                    [..]
+            )
+        );
+        let sub = Bytes::from_static(b"*3\r\n$11\r\nunsubscribe\r\n$6\r\nauth:c\r\n:0\r\n");
+        assert_eq!(
+            n.strip_pubsub(&sub).as_deref(),
+            Some(&b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n"[..])
+        );
+    }
+
+    #[test]
+    fn keyspace_section_is_removed() {
+        let text = b"# Server\r\nredis_version:7\r\n\r\n# Keyspace\r\ndb0:keys=3\r\n\r\n# Keygate\r\nx:1\r\n";
+        assert_eq!(
+            remove_keyspace_section(text),
+            b"# Server\r\nredis_version:7\r\n\r\n# Keygate\r\nx:1\r\n".to_vec()
+        );
+    }
+}

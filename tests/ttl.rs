@@ -1,0 +1,141 @@
+//! TTL governance through keygate against a real redis-server: every key a
+//! governed service writes expires, over-long TTLs are clamped or refused,
+//! and the client sees exactly the replies it expects, in pipelines and
+//! inside MULTI/EXEC.
+mod common;
+use common::*;
+
+fn config(backend: &RedisServer) -> String {
+    standalone_config(
+        &backend.addr(),
+        r#"
+[[service]]
+name = "default"
+prefix = "legacy:"
+default_ttl = "60s"
+max_ttl = "1h"
+
+[[service]]
+name = "strict"
+password = "strict-pw"
+prefix = "strict:"
+default_ttl = "30s"
+max_ttl = "2m"
+ttl_over_max = "reject"
+max_value_bytes = 1024
+max_clients = 2
+"#,
+    )
+}
+
+fn pttl(redis: &RedisServer, key: &str) -> i64 {
+    redis.cli(&["PTTL", key]).parse().expect("integer PTTL")
+}
+
+#[test]
+fn a_key_written_without_ttl_gets_the_default() {
+    let redis = RedisServer::start();
+    let kg = Keygate::start_with(&config(&redis));
+    assert_eq!(kg.cli(&["SET", "k", "v"]), "OK");
+    let t = pttl(&redis, "legacy:k");
+    assert!(t > 0 && t <= 60_000, "PTTL {t}");
+    assert_eq!(kg.cli(&["LPUSH", "l", "a", "b"]), "2");
+    let t = pttl(&redis, "legacy:l");
+    assert!(t > 0 && t <= 60_000, "PTTL {t}");
+    assert_eq!(kg.cli(&["HSET", "h", "f", "v"]), "1");
+    let t = pttl(&redis, "legacy:h");
+    assert!(t > 0 && t <= 60_000, "PTTL {t}");
+}
+
+#[test]
+fn over_max_ttls_are_clamped_or_refused() {
+    let redis = RedisServer::start();
+    let kg = Keygate::start_with(&config(&redis));
+    assert_eq!(kg.cli(&["SET", "k", "v", "EX", "86400"]), "OK");
+    let t = pttl(&redis, "legacy:k");
+    assert!(t > 3_500_000 && t <= 3_600_000, "clamped to 1h, got {t}");
+    assert_eq!(kg.cli(&["EXPIRE", "k", "999999"]), "1");
+    let t = pttl(&redis, "legacy:k");
+    assert!(t > 3_500_000 && t <= 3_600_000, "clamped to 1h, got {t}");
+    let refused = kg.cli(&[
+        "--user",
+        "strict",
+        "--pass",
+        "strict-pw",
+        "SET",
+        "k",
+        "v",
+        "EX",
+        "600",
+    ]);
+    assert!(refused.contains("max_ttl"), "{refused}");
+    assert_eq!(redis.cli(&["EXISTS", "strict:k"]), "0");
+}
+
+#[test]
+fn persist_and_keepttl_never_leave_a_key_immortal() {
+    let redis = RedisServer::start();
+    let kg = Keygate::start_with(&config(&redis));
+    // A key made immortal behind keygate's back, as an old client would have.
+    redis.cli(&["SET", "legacy:old", "v"]);
+    assert_eq!(kg.cli(&["SET", "old", "w", "KEEPTTL"]), "OK");
+    assert!(pttl(&redis, "legacy:old") > 0);
+    assert_eq!(kg.cli(&["PERSIST", "old"]), "1");
+    assert!(pttl(&redis, "legacy:old") > 0);
+    assert_eq!(kg.cli(&["GETEX", "old", "PERSIST"]), "w");
+    assert!(pttl(&redis, "legacy:old") > 0);
+}
+
+#[test]
+fn pipelines_and_transactions_see_one_reply_per_command() {
+    let redis = RedisServer::start();
+    let kg = Keygate::start_with(&config(&redis));
+    let pipeline = b"*3\r\n$5\r\nLPUSH\r\n$1\r\nl\r\n$1\r\na\r\n*3\r\n$4\r\nSADD\r\n$1\r\ns\r\n$1\r\nm\r\n*2\r\n$4\r\nPING\r\n$2\r\nhi\r\n";
+    let out = raw_exchange(kg.port(), pipeline, std::time::Duration::from_millis(500));
+    assert_eq!(out, b":1\r\n:1\r\n$2\r\nhi\r\n");
+    let tx = b"*1\r\n$5\r\nMULTI\r\n*3\r\n$4\r\nSADD\r\n$2\r\ns2\r\n$1\r\nm\r\n*2\r\n$4\r\nINCR\r\n$1\r\nc\r\n*1\r\n$4\r\nEXEC\r\n";
+    let out = raw_exchange(kg.port(), tx, std::time::Duration::from_millis(500));
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:1\r\n:1\r\n"
+    );
+    for key in ["legacy:l", "legacy:s", "legacy:s2", "legacy:c"] {
+        let t = pttl(&redis, key);
+        assert!(t > 0 && t <= 60_000, "{key}: PTTL {t}");
+    }
+}
+
+#[test]
+fn value_size_and_per_service_client_limits() {
+    let redis = RedisServer::start();
+    let kg = Keygate::start_with(&config(&redis));
+    let big = "x".repeat(2048);
+    let refused = kg.cli(&[
+        "--user",
+        "strict",
+        "--pass",
+        "strict-pw",
+        "SET",
+        "big",
+        &big,
+    ]);
+    assert!(refused.contains("max_value_bytes"), "{refused}");
+    // Two logged-in clients are allowed, the third is refused.
+    let login = b"*3\r\n$4\r\nAUTH\r\n$6\r\nstrict\r\n$9\r\nstrict-pw\r\n";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", kg.port())).unwrap();
+        s.write_all(login).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"+OK\r\n");
+        held.push(s);
+    }
+    let third = raw_exchange(kg.port(), login, std::time::Duration::from_millis(300));
+    assert!(
+        String::from_utf8_lossy(&third).contains("max number of clients"),
+        "{}",
+        String::from_utf8_lossy(&third)
+    );
+}
