@@ -129,6 +129,11 @@ pub struct BackendConfig {
     /// Replicas further behind their master than this are not read from.
     #[serde(default = "defaults::max_replica_lag", with = "duration")]
     pub max_replica_lag: Duration,
+    /// Hold requests for the master from the first failover-start event until
+    /// the new master is confirmed (or the failover aborts); `false` only to
+    /// measure what the hold buys.
+    #[serde(default = "defaults::yes")]
+    pub failover_hold: bool,
 }
 
 impl BackendConfig {

@@ -12,6 +12,7 @@
 //! - [`policy`] applies per-service rules (namespace and TTL) to a request and
 //!   rewrites its reply on the way back.
 //! - [`router`] picks the backend node and connection kind for a request.
+//! - [`topology`] knows the master and replicas, from Sentinel or config.
 //! - [`backend`] owns connections to Redis: multiplexed pipelined ones for
 //!   ordinary commands and a pool of dedicated ones for MULTI, blocking and
 //!   pub/sub.
@@ -31,3 +32,4 @@ pub mod policy;
 pub mod protocol;
 pub mod router;
 pub mod server;
+pub mod topology;

@@ -10,8 +10,11 @@ use std::sync::Arc;
 use crate::backend::connect::ConnectOptions;
 use crate::backend::node::{Node, NodeOptions};
 use crate::command::{CommandSpec, Flags};
-use crate::config::Config;
+use crate::config::{Config, ReadFrom};
 use crate::protocol::request::Request;
+use crate::protocol::Protocol;
+use crate::topology::monitor::{self, MonitorSettings};
+use crate::topology::{RouteError, Topology};
 
 /// The kind of backend connection a request needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,14 +67,16 @@ pub fn connection_effect(spec: &CommandSpec, req: &Request) -> ConnectionEffect 
     }
 }
 
-/// The backend topology keygate routes to.
+/// The backend topology keygate routes to: a fixed standalone node, or
+/// whatever Sentinel says (see [`crate::topology`]).
 #[derive(Debug)]
 pub struct Router {
-    master: Arc<Node>,
+    topology: Arc<Topology>,
 }
 
 impl Router {
-    /// Starts connections to the configured standalone backend.
+    /// Starts connections to the configured backend and, with Sentinels,
+    /// the topology monitor. Must be called inside a tokio runtime.
     pub fn start(config: &Config) -> Router {
         let b = &config.backend;
         let addr = b
@@ -91,13 +96,93 @@ impl Router {
             dedicated_max: b.dedicated_max,
             command_timeout: b.command_timeout,
         };
-        Router {
-            master: Node::start(opts),
+        let master_name = b.master_name.clone().unwrap_or_default();
+        if b.sentinels.is_empty() || master_name.is_empty() {
+            return Router {
+                topology: Topology::standalone(opts, b.failover_wait),
+            };
+        }
+        let topology = Topology::sentinel(
+            master_name.clone(),
+            opts,
+            b.failover_wait,
+            b.sentinels.len(),
+        );
+        let sentinels = b
+            .sentinels
+            .iter()
+            .map(|addr| ConnectOptions {
+                addr: addr.clone(),
+                username: b.sentinel_username.clone(),
+                password: b.resolved_sentinel_password(),
+                database: 0,
+                protocol: Protocol::Resp2,
+                connect_timeout: b.connect_timeout,
+            })
+            .collect();
+        monitor::spawn(
+            topology.clone(),
+            MonitorSettings {
+                master_name,
+                sentinels,
+                timeout: b.connect_timeout,
+                failover_wait: b.failover_wait,
+                hold: b.failover_hold,
+                max_replica_lag: b.max_replica_lag,
+            },
+        );
+        Router { topology }
+    }
+
+    /// The confirmed master, if any, without waiting (for INFO and health).
+    pub fn master(&self) -> Option<Arc<Node>> {
+        self.topology.load().master.clone()
+    }
+
+    /// The master for a request, waiting through a failover hold or an
+    /// unknown master for at most `failover_wait`.
+    pub async fn master_for(&self) -> Result<Arc<Node>, RouteError> {
+        self.topology.master().await
+    }
+
+    /// The replica a read of a `read_from` service goes to; `Ok(None)` means
+    /// the master serves it.
+    pub fn node_for_read(&self, read_from: ReadFrom) -> Result<Option<Arc<Node>>, RouteError> {
+        match read_from {
+            ReadFrom::Master => Ok(None),
+            ReadFrom::PreferReplica => Ok(self.topology.replica()),
+            ReadFrom::Replica => match self.topology.replica() {
+                Some(node) => Ok(Some(node)),
+                None => Err(RouteError::NoReplica {
+                    name: self.topology.master_name().to_string(),
+                }),
+            },
         }
     }
 
-    /// The node that takes writes (and, for now, every read).
-    pub fn master(&self) -> &Arc<Node> {
-        &self.master
+    /// The node for a batch on a shared connection: a replica when the
+    /// service reads from replicas and every command in it is read-only,
+    /// otherwise the master.
+    pub async fn node_for_batch(
+        &self,
+        read_from: ReadFrom,
+        read_only: bool,
+    ) -> Result<Arc<Node>, RouteError> {
+        if read_only {
+            if let Some(replica) = self.node_for_read(read_from)? {
+                return Ok(replica);
+            }
+        }
+        self.master_for().await
+    }
+
+    /// The topology, for health, readiness and metrics.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Whether `/health/ready` should be green.
+    pub fn is_ready(&self) -> bool {
+        self.topology.is_ready()
     }
 }

@@ -58,19 +58,38 @@ impl ProxyState {
             labels: Vec::new(),
             value: if self.is_ready() { 1.0 } else { 0.0 },
         }];
+        let mut failovers = None;
         if let Some(ctx) = self.context.get() {
-            let master = ctx.router.master();
+            let topology = ctx.router.topology();
+            let snapshot = topology.load();
             extra.push(Gauge {
-                name: "keygate_backend_connections",
-                help: "Open connections to a backend node.",
-                labels: vec![
-                    ("node", master.addr().to_string()),
-                    ("role", "master".to_string()),
-                ],
-                value: master.health().connected() as f64,
+                name: "keygate_master_confirmed",
+                help: "1 while a master is confirmed with ROLE.",
+                labels: Vec::new(),
+                value: if snapshot.master.is_some() { 1.0 } else { 0.0 },
             });
+            if let Some(master) = &snapshot.master {
+                extra.push(Gauge {
+                    name: "keygate_backend_connections",
+                    help: "Open connections to a backend node.",
+                    labels: vec![
+                        ("node", master.addr().to_string()),
+                        ("role", "master".to_string()),
+                    ],
+                    value: master.health().connected() as f64,
+                });
+            }
+            failovers = Some(topology.failovers_total());
         }
-        self.metrics.render_prometheus(&extra)
+        let mut text = self.metrics.render_prometheus(&extra);
+        if let Some(n) = failovers {
+            text.push_str(&format!(
+                "# HELP keygate_failovers_total Master changes followed since start.\n\
+                 # TYPE keygate_failovers_total counter\n\
+                 keygate_failovers_total {n}\n"
+            ));
+        }
+        text
     }
 
     /// The `/slowlog` JSON.
@@ -80,16 +99,10 @@ impl ProxyState {
 
     /// The `/health` JSON detail.
     pub fn health_json(&self) -> serde_json::Value {
-        let backend = self.context.get().map(|ctx| {
-            let master = ctx.router.master();
-            serde_json::json!({
-                "master": {
-                    "address": master.addr(),
-                    "connections": master.health().connected(),
-                    "last_error": master.health().last_error(),
-                },
-            })
-        });
+        let backend = self
+            .context
+            .get()
+            .map(|ctx| ctx.router.topology().health_json());
         serde_json::json!({
             "ready": self.is_ready(),
             "uptime_seconds": self.started.elapsed().as_secs(),
@@ -190,7 +203,8 @@ async fn watch_readiness(ctx: Arc<Context>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
-        let up = ctx.router.master().health().connected() > 0;
-        ctx.state.ready.store(up, Ordering::Relaxed);
+        ctx.state
+            .ready
+            .store(ctx.router.is_ready(), Ordering::Relaxed);
     }
 }

@@ -29,6 +29,10 @@ pub enum BackendError {
     /// The node sent bytes that are not RESP.
     #[error("backend {addr} sent an invalid reply: {reason}")]
     Protocol { addr: String, reason: String },
+    /// The topology has no node for the request (no confirmed master within
+    /// `failover_wait`, or no healthy replica for a replica-only service).
+    #[error("{reason}")]
+    NoRoute { reason: String },
     /// No dedicated connection could be had in time.
     #[error("no dedicated backend connection to {addr} available: {reason}")]
     PoolExhausted { addr: String, reason: String },
@@ -44,7 +48,9 @@ impl BackendError {
     pub fn never_sent(&self) -> bool {
         matches!(
             self,
-            BackendError::Unavailable { .. } | BackendError::PoolExhausted { .. }
+            BackendError::Unavailable { .. }
+                | BackendError::PoolExhausted { .. }
+                | BackendError::NoRoute { .. }
         )
     }
 }

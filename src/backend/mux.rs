@@ -73,6 +73,11 @@ impl MuxHandle {
         MuxHandle { tx, addr }
     }
 
+    /// Batches waiting in the queue, not yet written.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Queues a batch, waiting while the connection's queue is full.
     pub async fn submit(&self, batch: Batch) {
         if let Err(mpsc::error::SendError(batch)) = self.tx.send(batch).await {
@@ -113,7 +118,7 @@ async fn supervise(opts: MuxOptions, mut rx: mpsc::Receiver<Batch>, health: Arc<
             Ok(stream) => {
                 backoff = Backoff::new();
                 health.connection_up();
-                let open = run(stream, &mut rx, &opts).await;
+                let open = run(stream, &mut rx, &opts, &health).await;
                 health.connection_down();
                 if !open {
                     return;
@@ -143,10 +148,33 @@ struct Pending {
     count: u32,
     sent_at: Instant,
     reply: oneshot::Sender<BatchReply>,
+    _in_flight: InFlight,
+}
+
+/// Counts a written batch in its node's in-flight total until dropped
+/// (answered, failed, or the connection went away).
+struct InFlight(Arc<NodeHealth>);
+
+impl InFlight {
+    fn new(health: &Arc<NodeHealth>) -> InFlight {
+        health.batch_sent();
+        InFlight(health.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.batch_done();
+    }
 }
 
 /// Runs one live connection; returns false when every handle is gone.
-async fn run(stream: TcpStream, rx: &mut mpsc::Receiver<Batch>, opts: &MuxOptions) -> bool {
+async fn run(
+    stream: TcpStream,
+    rx: &mut mpsc::Receiver<Batch>,
+    opts: &MuxOptions,
+    health: &Arc<NodeHealth>,
+) -> bool {
     let addr: Arc<str> = opts.connect.addr.as_str().into();
     let (rd, mut wr) = stream.into_split();
     let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
@@ -155,6 +183,7 @@ async fn run(stream: TcpStream, rx: &mut mpsc::Receiver<Batch>, opts: &MuxOption
         pending_rx,
         addr.clone(),
         opts.command_timeout,
+        health.clone(),
     ));
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut small = BytesMut::with_capacity(16 * 1024);
@@ -188,6 +217,7 @@ async fn run(stream: TcpStream, rx: &mut mpsc::Receiver<Batch>, opts: &MuxOption
                 count: batch.count,
                 sent_at: Instant::now(),
                 reply: batch.reply,
+                _in_flight: InFlight::new(health),
             };
             if pending_tx.send(pending).is_err() {
                 break;
@@ -221,11 +251,15 @@ async fn read_loop(
     mut pending_rx: mpsc::UnboundedReceiver<Pending>,
     addr: Arc<str>,
     timeout: Duration,
+    health: Arc<NodeHealth>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut found = 0u32;
+    // Where the next frame starts in `buf` (frames of a batch stay in `buf`
+    // until the batch is complete).
+    let mut frame_start = 0usize;
     let mut tick = tokio::time::interval(
         (timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(250)),
     );
@@ -278,11 +312,21 @@ async fn read_loop(
                 fail_all(&mut queue, &mut pending_rx, err);
                 return;
             }
+            if frame.kind == ReplyKind::Error
+                && buf
+                    .get(frame_start..frame.end)
+                    .is_some_and(|f| f.starts_with(b"-READONLY"))
+            {
+                // The node was demoted under us: the topology re-checks roles.
+                health.readonly_reply();
+            }
+            frame_start = frame.end;
             found += 1;
             if found == front.count {
                 let replies = buf.split_to(frame.end).freeze();
                 scanner.consume(frame.end);
                 found = 0;
+                frame_start = 0;
                 if let Some(p) = queue.pop_front() {
                     let _ = p.reply.send(Ok(replies));
                 }

@@ -95,17 +95,20 @@ impl Connection {
         self.flush_batch().await;
         self.await_procedure().await;
         let protocol = self.session.protocol;
-        let mux = self
-            .ctx
-            .router
-            .master()
-            .mux(protocol, self.session.id)
-            .clone();
-        let ns = ns.clone();
         let (tx, rx) = oneshot::channel();
-        self.procedure = Some(tokio::spawn(async move {
-            let _ = tx.send(keyspace::run(procedure, &ns, &mux, protocol).await);
-        }));
+        // topology: procedures run on the master, waiting through a failover hold.
+        match self.ctx.router.master_for().await {
+            Ok(node) => {
+                let mux = node.mux(protocol, self.session.id).clone();
+                let ns = ns.clone();
+                self.procedure = Some(tokio::spawn(async move {
+                    let _ = tx.send(keyspace::run(procedure, &ns, &mux, protocol).await);
+                }));
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.into()));
+            }
+        }
         self.queue.push_shared(
             rx,
             vec![CommandReply::plain(spec.name, Some(service.index))],

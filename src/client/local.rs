@@ -430,8 +430,8 @@ pub fn proxy_info(ctx: &Context, session: &Session) -> String {
         text.push_str(&format!(
             "connected_clients:{}\r\nbackend_master:{}\r\nbackend_connections:{}\r\nauth_failures:{}\r\n",
             ctx.clients.load(std::sync::atomic::Ordering::Relaxed),
-            master.addr(),
-            master.health().connected(),
+            master.as_ref().map_or("none", |m| m.addr()),
+            master.as_ref().map_or(0, |m| m.health().connected()),
             ctx.auth_failures.load(std::sync::atomic::Ordering::Relaxed),
         ));
     }

@@ -29,9 +29,10 @@ use tokio::time::Instant;
 use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::backend::dedicated::DedicatedLease;
 use crate::backend::mux::Batch;
+use crate::backend::node::Node;
 use crate::backend::BackendError;
 use crate::command::{self, CommandSpec, Flags};
-use crate::config::Config;
+use crate::config::{Config, ReadFrom};
 use crate::metrics::{ErrorKind, Metrics, Recorder};
 use crate::policy::access;
 use crate::policy::service::{Service, Services};
@@ -106,6 +107,10 @@ struct Dedicated {
     subscribed: bool,
     /// When the first awaited non-blocking reply is overdue.
     deadline: Option<Instant>,
+    /// The node it is connected to (always the master when leased).
+    node: Arc<Node>,
+    /// Changes when the topology stops treating `node` as master.
+    demotions: watch::Receiver<u64>,
 }
 
 /// One client connection's state between events.
@@ -120,6 +125,8 @@ struct Connection {
     batch_commands: Vec<CommandReply>,
     batch_bytes: usize,
     batch_suppress: bool,
+    /// Every command in the batch is READONLY (topology: may go to a replica).
+    batch_read_only: bool,
     /// When the bytes being processed were read: latency starts here.
     read_at: Instant,
     recorder: Recorder,
@@ -149,6 +156,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
         batch_commands: Vec::new(),
         batch_bytes: 0,
         batch_suppress: false,
+        batch_read_only: true,
         read_at: Instant::now(),
         recorder: ctx.metrics.recorder(),
         admitted: None,
@@ -227,7 +235,12 @@ async fn read_dedicated(d: &mut Option<Dedicated>) -> std::io::Result<usize> {
     match d {
         Some(d) => {
             let conn = &mut *d.lease;
-            conn.stream.read_buf(&mut conn.read_buf).await
+            tokio::select! {
+                read = conn.stream.read_buf(&mut conn.read_buf) => read,
+                // topology: a dedicated connection to a demoted master is
+                // treated as lost (its client gets an error and is closed).
+                _ = d.demotions.changed() => Err(std::io::Error::other("node is no longer master")),
+            }
         }
         None => std::future::pending().await,
     }
@@ -400,6 +413,8 @@ impl Connection {
             if self.batch_suppress != suppress || self.batch_bytes >= MAX_BATCH_BYTES {
                 self.flush_batch().await;
             }
+            // topology: a batch may go to a replica only if all of it is read-only.
+            self.batch_read_only &= spec.flags.contains(Flags::READONLY) && follow_ups.is_empty();
             self.batch_push(frames, reply, suppress);
         }
     }
@@ -561,14 +576,29 @@ impl Connection {
         let (tx, rx) = oneshot::channel();
         self.queue
             .push_shared(rx, commands, self.batch_suppress, self.read_at);
-        let node = self.ctx.router.master().clone();
-        node.mux(self.session.protocol, self.session.id)
-            .submit(Batch {
-                payload,
-                count,
-                reply: tx,
-            })
-            .await;
+        // topology: route through the router (replica for read-only batches
+        // of replica-reading services; the master otherwise, waiting through
+        // a failover hold for at most failover_wait).
+        let read_only = std::mem::replace(&mut self.batch_read_only, true);
+        let read_from = self
+            .session
+            .service
+            .as_ref()
+            .map_or(ReadFrom::Master, |s| s.read_from);
+        match self.ctx.router.node_for_batch(read_from, read_only).await {
+            Ok(node) => {
+                node.mux(self.session.protocol, self.session.id)
+                    .submit(Batch {
+                        payload,
+                        count,
+                        reply: tx,
+                    })
+                    .await
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.into()));
+            }
+        }
     }
 
     /// Sends a request on the client's dedicated connection, leasing one first
@@ -583,15 +613,24 @@ impl Connection {
         self.flush_batch().await;
         self.await_procedure().await;
         if self.dedicated.is_none() {
-            let node = self.ctx.router.master().clone();
-            match node.lease(self.session.protocol).await {
-                Ok(lease) => {
+            // topology: dedicated connections always go to the master.
+            let leased = match self.ctx.router.master_for().await {
+                Ok(node) => node
+                    .lease(self.session.protocol)
+                    .await
+                    .map(|lease| (lease, node)),
+                Err(e) => Err(e.into()),
+            };
+            match leased {
+                Ok((lease, node)) => {
                     self.dedicated = Some(Dedicated {
                         lease,
                         scanner: ReplyScanner::new(REPLY_MAX_DEPTH),
                         out: BytesMut::new(),
                         subscribed: false,
                         deadline: None,
+                        demotions: node.health().demotions(),
+                        node,
                     })
                 }
                 Err(e) => {
@@ -689,7 +728,7 @@ impl Connection {
     }
 
     fn on_dedicated_timeout(&mut self) {
-        let addr = self.ctx.router.master().addr().to_string();
+        let addr = self.dedicated_addr();
         let millis = self.ctx.config.backend.command_timeout.as_millis();
         self.queue
             .fail_dedicated(&BackendError::Timeout { addr, millis });
@@ -701,11 +740,22 @@ impl Connection {
     /// client whose state lived there (transaction, subscription) is closed,
     /// so its library reconnects instead of trusting lost state.
     fn dedicated_lost(&mut self) {
-        let addr = self.ctx.router.master().addr().to_string();
+        let addr = self.dedicated_addr();
+        // topology: a subscriber's stream is gone too; close it so its library resubscribes.
+        if self.dedicated.as_ref().is_some_and(|d| d.subscribed) {
+            self.closing = true;
+        }
         self.queue
             .fail_dedicated(&BackendError::ConnectionLost { addr });
         self.drop_dedicated(true);
         self.end_connection_state();
+    }
+
+    /// The address of the dedicated connection's node, for error messages.
+    fn dedicated_addr(&self) -> String {
+        self.dedicated
+            .as_ref()
+            .map_or_else(|| "backend".to_string(), |d| d.node.addr().to_string())
     }
 
     fn end_connection_state(&mut self) {

@@ -372,6 +372,171 @@ pub fn raw_exchange(port: u16, bytes: &[u8], wait: Duration) -> Vec<u8> {
     out
 }
 
+/// A `redis-sentinel` child process owned by a test, monitoring one master
+/// as `sentinel monitor <name> 127.0.0.1 <port> 1` with short timeouts;
+/// killed when dropped.
+pub struct RedisSentinel {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+/// Sentinel's `down-after-milliseconds` in tests.
+pub const SENTINEL_DOWN_AFTER_MS: u64 = 1000;
+
+impl RedisSentinel {
+    /// Starts a Sentinel watching `master_port` under `master_name`.
+    pub fn start(master_name: &str, master_port: u16) -> RedisSentinel {
+        let dir = tempfile::Builder::new()
+            .prefix("keygate-sentinel-")
+            .tempdir()
+            .expect("create temp dir");
+        let port = free_port();
+        let conf = format!(
+            "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\nlogfile {dir}/sentinel.log\n\
+             sentinel resolve-hostnames no\n\
+             sentinel monitor {master_name} 127.0.0.1 {master_port} 1\n\
+             sentinel down-after-milliseconds {master_name} {SENTINEL_DOWN_AFTER_MS}\n\
+             sentinel failover-timeout {master_name} 10000\n\
+             sentinel parallel-syncs {master_name} 1\n",
+            dir = dir.path().display(),
+        );
+        std::fs::write(dir.path().join("sentinel.conf"), conf).expect("write sentinel.conf");
+        let mut sentinel = RedisSentinel {
+            child: None,
+            port,
+            dir,
+        };
+        sentinel.spawn();
+        sentinel
+    }
+
+    /// The port the Sentinel listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Runs `redis-cli` against the Sentinel.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli_at(self.port, args)
+    }
+
+    /// The Sentinel's log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sentinel.log")).unwrap_or_default()
+    }
+
+    /// Kills the Sentinel (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-sentinel")
+            .arg(self.dir.path().join("sentinel.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn redis-sentinel (is it installed?): {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.cli(&["PING"]) == "PONG" {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = self.log();
+        self.kill();
+        panic!(
+            "redis-sentinel on port {} did not start; log:\n{log}",
+            self.port
+        );
+    }
+}
+
+impl Drop for RedisSentinel {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` every 50 ms until it returns true or `limit` passes;
+/// returns whether it did.
+pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts keygate like [`Keygate::start_with`] and also returns its
+/// [`keygate::server::ProxyState`] (readiness and `/health` detail).
+pub fn start_keygate_observed(
+    toml_text: &str,
+) -> (Keygate, std::sync::Arc<keygate::server::ProxyState>) {
+    let config = keygate::config::Config::parse(toml_text).expect("valid test config");
+    let server = keygate::server::Server::new(config).expect("server");
+    let state = server.state();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind admin");
+            let ports = (
+                listener.local_addr().expect("addr").port(),
+                admin.local_addr().expect("addr").port(),
+            );
+            let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(keygate::admin::serve(admin, server.state(), async move {
+                let _ = admin_stop_rx.await;
+            }));
+            port_tx.send(ports).expect("report port");
+            let _ = server
+                .run(listener, async move {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            let _ = admin_stop_tx.send(());
+        });
+    });
+    let (port, admin_port) = port_rx
+        .recv_timeout(START_TIMEOUT)
+        .expect("keygate did not start");
+    let keygate = Keygate {
+        port,
+        admin_port,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    };
+    (keygate, state)
+}
+
 /// A blocking RESP client over a raw socket, for tests that need exact bytes
 /// or control over when requests are written and replies read.
 pub struct RawConn {
