@@ -15,6 +15,7 @@
 //! GETKEYS` answers an empty list.
 
 use super::{BeginSearch, CommandSpec, FindKeys, Flags, KeySpec, KeySpecFlags};
+use crate::protocol::decimal::parse_ll;
 use crate::protocol::request::Request;
 
 /// Why keygate cannot say where a request's keys are; the text is Redis-style
@@ -247,7 +248,7 @@ fn find_keys(ks: &KeySpec, req: &Request, first: i64) -> Result<(i64, i64, i64),
                 .ok()
                 .and_then(|at| req.get(at))
                 .ok_or(KeysError::Syntax)?;
-            let numkeys = parse_strict_i64(raw).ok_or(KeysError::NotAnInteger)?;
+            let numkeys = parse_ll(raw).ok_or(KeysError::NotAnInteger)?;
             if numkeys < 0 {
                 return Err(KeysError::NegativeKeyCount);
             }
@@ -307,35 +308,6 @@ fn atoi(arg: &[u8]) -> i64 {
     }
     let n = if negative { -n } else { n };
     i64::from(n.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)
-}
-
-/// Redis's `string2ll`: a canonical decimal integer, nothing else (no blanks,
-/// no `+`, no leading zeros, no `-0`).
-fn parse_strict_i64(arg: &[u8]) -> Option<i64> {
-    if arg == b"0" {
-        return Some(0);
-    }
-    let (negative, digits) = match arg.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, arg),
-    };
-    match digits.first() {
-        Some(b'1'..=b'9') => {}
-        _ => return None,
-    }
-    let mut n: i64 = 0;
-    for &b in digits {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        let d = i64::from(b - b'0');
-        n = if negative {
-            n.checked_mul(10)?.checked_sub(d)?
-        } else {
-            n.checked_mul(10)?.checked_add(d)?
-        };
-    }
-    Some(n)
 }
 
 /// Redis's `genericGetKeys`: `numkeys` at `count_at`, keys from `first_at`,
@@ -543,13 +515,13 @@ mod tests {
 
     #[test]
     fn strict_integers() {
-        assert_eq!(parse_strict_i64(b"12"), Some(12));
-        assert_eq!(parse_strict_i64(b"-3"), Some(-3));
-        assert_eq!(parse_strict_i64(b"0"), Some(0));
-        assert_eq!(parse_strict_i64(b"01"), None);
-        assert_eq!(parse_strict_i64(b"-0"), None);
-        assert_eq!(parse_strict_i64(b"+1"), None);
-        assert_eq!(parse_strict_i64(b"99999999999999999999"), None);
+        assert_eq!(parse_ll(b"12"), Some(12));
+        assert_eq!(parse_ll(b"-3"), Some(-3));
+        assert_eq!(parse_ll(b"0"), Some(0));
+        assert_eq!(parse_ll(b"01"), None);
+        assert_eq!(parse_ll(b"-0"), None);
+        assert_eq!(parse_ll(b"+1"), None);
+        assert_eq!(parse_ll(b"99999999999999999999"), None);
         assert_eq!(atoi(b" 12abc"), 12);
         assert_eq!(atoi(b"x"), 0);
     }

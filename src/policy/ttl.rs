@@ -39,6 +39,7 @@ use super::service::Service;
 use crate::command::keys::{key_positions, key_positions_with_flags};
 use crate::command::{CommandSpec, Flags, KeySpecFlags};
 use crate::config::TtlOverMax;
+use crate::protocol::decimal::parse_ll;
 use crate::protocol::request::Request;
 
 /// WRITE commands that get no TTL follow-up although the table may say they
@@ -225,33 +226,6 @@ fn unix_ms(now: SystemTime) -> i64 {
     now.duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// Redis's `string2ll`: a canonical decimal integer, nothing else.
-fn parse_integer(arg: &[u8]) -> Option<i64> {
-    if arg == b"0" {
-        return Some(0);
-    }
-    let (negative, digits) = match arg.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, arg),
-    };
-    if !matches!(digits.first(), Some(b'1'..=b'9')) {
-        return None;
-    }
-    let mut n: i64 = 0;
-    for &b in digits {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        let d = i64::from(b - b'0');
-        n = if negative {
-            n.checked_mul(10)?.checked_sub(d)?
-        } else {
-            n.checked_mul(10)?.checked_add(d)?
-        };
-    }
-    Some(n)
 }
 
 /// An integer as decimal text, for a rewritten argument.
@@ -491,7 +465,7 @@ impl TtlPolicy {
         opt_at: usize,
         now_ms: i64,
     ) -> Result<Governed, TtlRefusal> {
-        let value = req.get(opt_at + 1).and_then(parse_integer);
+        let value = req.get(opt_at + 1).and_then(parse_ll);
         // Redis refuses a non-integer or a value <= 0 itself.
         let Some(value) = value.filter(|&v| v > 0) else {
             return Ok(Governed::unchanged(req));
@@ -561,7 +535,7 @@ impl TtlPolicy {
 
     /// SETEX / PSETEX key ttl value: switched to PSETEX at the maximum when clamped.
     fn govern_setex(&self, req: &Request, unit: TtlUnit) -> Result<Governed, TtlRefusal> {
-        let value = req.get(2).and_then(parse_integer).filter(|&v| v > 0);
+        let value = req.get(2).and_then(parse_ll).filter(|&v| v > 0);
         // The clock does not matter for a relative TTL except for overflow.
         let ttl_ms = value.and_then(|v| unit.ttl_ms(v, 0));
         let Some(ttl_ms) = ttl_ms else {
@@ -589,7 +563,7 @@ impl TtlPolicy {
         }
         let ttl_ms = req
             .get(2)
-            .and_then(parse_integer)
+            .and_then(parse_ll)
             .and_then(|v| unit.ttl_ms(v, now_ms))
             .filter(|&t| t > 0);
         // Not an integer, out of range, or <= 0 (Redis deletes the key).
@@ -629,7 +603,7 @@ impl TtlPolicy {
             return Ok(Governed::unchanged(req));
         };
         // Redis refuses a non-integer or negative ttl itself.
-        let Some(ttl) = req.get(2).and_then(parse_integer).filter(|&t| t >= 0) else {
+        let Some(ttl) = req.get(2).and_then(parse_ll).filter(|&t| t >= 0) else {
             return Ok(Governed::unchanged(req));
         };
         let unit = if absttl {

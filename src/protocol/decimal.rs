@@ -5,18 +5,16 @@
 //! accepted length has exactly [`decimal_len`] digits on the wire.
 
 /// Parses a decimal exactly as Redis's `string2ll`: optional `-`, no `+`, no
-/// leading zeros, no spaces, fits an `i64`.
-pub(crate) fn parse_ll(s: &[u8]) -> Option<i64> {
-    match s {
-        [] => None,
-        [b'0'] => Some(0),
-        [b'-', digits @ ..] => parse_positive(digits).map(|v| -v),
-        digits => parse_positive(digits),
-    }
-}
-
-/// The magnitude part of [`parse_ll`]: digits not starting with 0.
-fn parse_positive(digits: &[u8]) -> Option<i64> {
+/// leading zeros, no `-0`, no spaces, fits an `i64` (`i64::MIN` included).
+/// Used for RESP headers and for the numeric arguments keygate reads
+/// (numkeys, TTLs).
+pub fn parse_ll(s: &[u8]) -> Option<i64> {
+    let (negative, digits) = match s {
+        [] => return None,
+        [b'0'] => return Some(0),
+        [b'-', digits @ ..] => (true, digits),
+        digits => (false, digits),
+    };
     match digits.first() {
         Some(b'1'..=b'9') => {}
         _ => return None,
@@ -26,7 +24,12 @@ fn parse_positive(digits: &[u8]) -> Option<i64> {
         if !d.is_ascii_digit() {
             return None;
         }
-        value = value.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+        let d = i64::from(d - b'0');
+        value = if negative {
+            value.checked_mul(10)?.checked_sub(d)?
+        } else {
+            value.checked_mul(10)?.checked_add(d)?
+        };
     }
     Some(value)
 }
@@ -51,6 +54,7 @@ mod tests {
         assert_eq!(parse_ll(b"123"), Some(123));
         assert_eq!(parse_ll(b"-1"), Some(-1));
         assert_eq!(parse_ll(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_ll(b"-9223372036854775808"), Some(i64::MIN));
         for bad in [
             &b""[..],
             b"-",

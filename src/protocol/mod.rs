@@ -3,7 +3,7 @@
 //! Framing is separate from meaning: the scanners only find where a frame
 //! ends and keep it as raw bytes, so forwarding never re-encodes a value.
 
-mod decimal;
+pub mod decimal;
 pub mod encode;
 pub mod reply;
 pub mod request;
