@@ -15,6 +15,7 @@ mod governance;
 mod isolation;
 pub mod local;
 pub mod queue;
+mod rebind;
 pub mod session;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -34,6 +35,7 @@ use crate::command::{self, CommandSpec, Flags};
 use crate::config::Config;
 use crate::metrics::{ErrorKind, Metrics, Recorder};
 use crate::policy::access;
+use crate::policy::registry::ServiceRegistry;
 use crate::policy::service::{Service, Services};
 use crate::protocol::encode;
 use crate::protocol::reply::{ReplyKind, ReplyScanner};
@@ -61,7 +63,8 @@ const MAX_BATCH_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct Context {
     pub config: Arc<Config>,
-    pub services: Services,
+    /// The services in force; a config reload swaps them (see [`rebind`]).
+    pub services: ServiceRegistry,
     pub router: Router,
     pub state: Arc<ProxyState>,
     pub metrics: Arc<Metrics>,
@@ -82,7 +85,7 @@ impl Context {
             ..ScanLimits::default()
         };
         Context {
-            services: Services::from_config(&config),
+            services: ServiceRegistry::new(Services::from_config(&config)),
             router: Router::start(&config),
             state,
             metrics,
@@ -141,7 +144,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
     let (mut rd, mut wr) = stream.into_split();
     let mut conn = Connection {
-        session: Session::new(id, ctx.services.default_service()),
+        session: Session::new(id, None),
         scanner: RequestScanner::new(ctx.scan_limits),
         queue: ReplyQueue::default(),
         dedicated: None,
@@ -157,6 +160,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
         procedure: None,
         ctx,
     };
+    conn.start_in_current_services();
     if let Some(default) = conn.session.service.clone() {
         if !default.try_admit() {
             let _ = wr
@@ -287,6 +291,7 @@ impl Connection {
     }
 
     async fn on_request(&mut self, req: Request) {
+        self.follow_reload();
         let suppress = self.session.take_suppression();
         let is_client = req
             .get(0)
