@@ -99,7 +99,10 @@ async fn reload(State(state): State<Arc<ProxyState>>) -> impl IntoResponse {
                 ReloadError::Invalid { .. } => StatusCode::BAD_REQUEST,
                 ReloadError::NoConfigFile | ReloadError::NotRunning => StatusCode::CONFLICT,
             };
-            (status, serde_json::json!({"ok": false, "error": error.to_string()}))
+            (
+                status,
+                serde_json::json!({"ok": false, "error": error.to_string()}),
+            )
         }
         Err(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -134,7 +134,9 @@ impl Reloader {
             }
             Err(error) => {
                 metrics.config_reload_failure();
-                tracing::error!("config reload failed; the previous config stays in force: {error}");
+                tracing::error!(
+                    "config reload failed; the previous config stays in force: {error}"
+                );
             }
         }
         *last = Some(LastReload {
