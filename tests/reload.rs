@@ -400,3 +400,22 @@ fn sighup_reloads_the_real_binary_without_dropping_clients() {
         "{logged}"
     );
 }
+
+#[test]
+fn an_open_transaction_finishes_under_the_policy_it_started_with() {
+    let backend = RedisServer::start();
+    let file = ConfigFile::new(&config_text(&backend, "", &service_a("a1:", "", "")));
+    let keygate = Keygate::start_from_file(&file.path());
+    keygate.wait_ready();
+    let (mut client, _) = login(keygate.port(), "a", "pa");
+    assert_eq!(client.cmd_str(&["MULTI"]), "+OK\r\n");
+    assert_eq!(client.cmd_str(&["SET", "k", "v"]), "+QUEUED\r\n");
+    file.write(&config_text(&backend, "", &service_a("a2:", "", "")));
+    let (status, body) = post_reload(keygate.admin_port());
+    assert!(status.contains("200"), "{status} {body}");
+    assert_eq!(client.cmd_str(&["SET", "k2", "v"]), "+QUEUED\r\n");
+    assert_eq!(client.cmd_str(&["EXEC"]), "*2\r\n+OK\r\n+OK\r\n");
+    assert_eq!(backend.cli(&["EXISTS", "a1:k", "a1:k2"]), "2");
+    assert_eq!(client.cmd_str(&["SET", "k3", "v"]), "+OK\r\n");
+    assert_eq!(backend.cli(&["EXISTS", "a2:k3"]), "1");
+}
