@@ -6,8 +6,13 @@
 //!   503 `not ready` before (load balancers route on this one).
 //! - `GET /health`: the [`ProxyState::health_json`] detail.
 //! - `GET /metrics`: the Prometheus text exposition.
+//! - `POST /reload`: re-reads the config file (see [`crate::reload`]); 200
+//!   with a short JSON when applied, 400 with the error when the new config
+//!   is invalid (the old one stays in force), 409 when keygate has no
+//!   config file or is not serving yet.
 //!
-//! Handlers only read [`ProxyState`]; they never touch the data path, so a
+//! Handlers only read [`ProxyState`] (reload swaps the service registry,
+//! which clients pick up lock-free); they never touch the data path, so a
 //! scrape cannot slow clients down beyond rendering the metrics.
 
 use std::future::Future;
@@ -16,10 +21,11 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::reload::ReloadError;
 use crate::server::ProxyState;
 
 /// Content type of the Prometheus text exposition format 0.0.4.
@@ -44,6 +50,7 @@ fn router(state: Arc<ProxyState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/slowlog", get(slowlog))
+        .route("/reload", post(reload))
         .with_state(state)
 }
 
@@ -78,5 +85,33 @@ async fn slowlog(State(state): State<Arc<ProxyState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
         state.slowlog_json().to_string(),
+    )
+}
+
+/// `POST /reload`: re-reads the config file; the file read runs off the
+/// admin runtime's only thread.
+async fn reload(State(state): State<Arc<ProxyState>>) -> impl IntoResponse {
+    let outcome = tokio::task::spawn_blocking(move || state.reload()).await;
+    let (status, body) = match outcome {
+        Ok(Ok(report)) => (StatusCode::OK, report.to_json()),
+        Ok(Err(error)) => {
+            let status = match error {
+                ReloadError::Invalid { .. } => StatusCode::BAD_REQUEST,
+                ReloadError::NoConfigFile | ReloadError::NotRunning => StatusCode::CONFLICT,
+            };
+            (
+                status,
+                serde_json::json!({"ok": false, "error": error.to_string()}),
+            )
+        }
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"ok": false, "error": "reload task failed"}),
+        ),
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
     )
 }

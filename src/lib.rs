@@ -19,6 +19,7 @@
 //! - [`config`] reads and validates the TOML configuration.
 //! - [`metrics`] records latency histograms and counters without locks on the data path.
 //! - [`admin`] serves health and metrics over HTTP, apart from the data path.
+//! - [`reload`] re-reads the config file and swaps the services in force.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -30,6 +31,7 @@ pub mod config;
 pub mod metrics;
 pub mod policy;
 pub mod protocol;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod topology;

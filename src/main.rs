@@ -5,6 +5,9 @@
 //! checks and scrapes keep answering when the data plane is saturated, and
 //! never steal its workers. Both listeners are bound before anything starts
 //! serving, so a bad address fails the start instead of half-starting.
+//!
+//! SIGHUP re-reads the config file (see `keygate::reload`); SIGTERM and
+//! SIGINT shut down gracefully.
 
 use std::io::IsTerminal;
 use std::net::TcpListener as StdTcpListener;
@@ -123,13 +126,17 @@ fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
 
     log_start(&config, config_path);
     let grace = config.proxy.shutdown_grace;
-    let server = Server::new(config).context("cannot build the proxy")?;
+    let server = Server::new(config)
+        .context("cannot build the proxy")?
+        .reload_from(config_path.to_path_buf());
     let admin = admin_listener
         .map(|listener| spawn_admin(listener, server.state()))
         .transpose()?;
 
     let served = runtime.block_on(async {
         let shutdown = shutdown_signal().context("cannot install signal handlers")?;
+        let hangups = reload_on_hangup(server.state()).context("cannot install signal handlers")?;
+        tokio::spawn(hangups);
         server
             .run(listener, shutdown)
             .await
@@ -223,5 +230,20 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()> + 
             _ = interrupt.recv() => "SIGINT",
         };
         tracing::info!(signal = name, "shutting down");
+    })
+}
+
+/// Re-reads the config file on every SIGHUP; the outcome is logged by the
+/// reload itself (and shown in `/health`).
+fn reload_on_hangup(
+    state: Arc<ProxyState>,
+) -> std::io::Result<impl std::future::Future<Output = ()> + Send> {
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!(signal = "SIGHUP", "reloading the config");
+            let state = state.clone();
+            let _ = tokio::task::spawn_blocking(move || state.reload()).await;
+        }
     })
 }

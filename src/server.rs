@@ -6,6 +6,7 @@
 //! up to the grace period.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::client::{self, Context};
 use crate::config::Config;
 use crate::metrics::{Gauge, Metrics};
+use crate::reload::{ReloadError, ReloadReport, Reloader};
 
 /// Why the proxy could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +39,8 @@ pub struct ProxyState {
     context: OnceLock<Arc<Context>>,
     /// The metrics registry every client records into.
     metrics: Arc<Metrics>,
+    /// Hot reload of the config file (SIGHUP, `POST /reload`).
+    reloader: Reloader,
 }
 
 impl ProxyState {
@@ -92,6 +96,12 @@ impl ProxyState {
         text
     }
 
+    /// Re-reads the config file and applies its services; see [`crate::reload`].
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        self.reloader
+            .reload(self.context.get().map(Arc::as_ref), &self.metrics)
+    }
+
     /// The `/slowlog` JSON.
     pub fn slowlog_json(&self) -> serde_json::Value {
         self.metrics.slowlog_json()
@@ -108,6 +118,7 @@ impl ProxyState {
             "uptime_seconds": self.started.elapsed().as_secs(),
             "clients": self.context.get().map(|c| c.clients.load(Ordering::Relaxed)),
             "backend": backend,
+            "last_reload": self.reloader.status_json(),
         })
     }
 }
@@ -129,8 +140,15 @@ impl Server {
                 started: Instant::now(),
                 context: OnceLock::new(),
                 metrics,
+                reloader: Reloader::default(),
             }),
         })
+    }
+
+    /// Lets SIGHUP and `POST /reload` re-read `path`, the file `config` came from.
+    pub fn reload_from(self, path: PathBuf) -> Server {
+        self.state.reloader.set_path(path);
+        self
     }
 
     /// The metrics registry, for the client context.

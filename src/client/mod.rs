@@ -15,6 +15,7 @@ mod governance;
 mod isolation;
 pub mod local;
 pub mod queue;
+mod rebind;
 pub mod session;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -35,6 +36,7 @@ use crate::command::{self, CommandSpec, Flags};
 use crate::config::{Config, ReadFrom};
 use crate::metrics::{ErrorKind, Metrics, Recorder};
 use crate::policy::access;
+use crate::policy::registry::ServiceRegistry;
 use crate::policy::service::{Service, Services};
 use crate::protocol::encode;
 use crate::protocol::reply::{ReplyKind, ReplyScanner};
@@ -62,7 +64,8 @@ const MAX_BATCH_BYTES: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct Context {
     pub config: Arc<Config>,
-    pub services: Services,
+    /// The services in force; a config reload swaps them (see [`rebind`]).
+    pub services: ServiceRegistry,
     pub router: Router,
     pub state: Arc<ProxyState>,
     pub metrics: Arc<Metrics>,
@@ -83,7 +86,7 @@ impl Context {
             ..ScanLimits::default()
         };
         Context {
-            services: Services::from_config(&config),
+            services: ServiceRegistry::new(Services::from_config(&config)),
             router: Router::start(&config),
             state,
             metrics,
@@ -148,7 +151,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
     let (mut rd, mut wr) = stream.into_split();
     let mut conn = Connection {
-        session: Session::new(id, ctx.services.default_service()),
+        session: Session::new(id, None),
         scanner: RequestScanner::new(ctx.scan_limits),
         queue: ReplyQueue::default(),
         dedicated: None,
@@ -165,6 +168,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
         procedure: None,
         ctx,
     };
+    conn.start_in_current_services();
     if let Some(default) = conn.session.service.clone() {
         if !default.try_admit() {
             let _ = wr
@@ -300,6 +304,7 @@ impl Connection {
     }
 
     async fn on_request(&mut self, req: Request) {
+        self.follow_reload();
         let suppress = self.session.take_suppression();
         let is_client = req
             .get(0)

@@ -37,6 +37,9 @@ pub struct Session {
     pub protocol: Protocol,
     /// The service this client acts as; `None` until AUTH when there is no `default`.
     pub service: Option<Arc<Service>>,
+    /// The service registry generation `service` was resolved in; a client
+    /// re-resolves it by name when a reload raised the generation.
+    pub generation: u64,
     /// CLIENT SETNAME.
     pub name: Option<Vec<u8>>,
     pub reply_mode: ReplyMode,
@@ -53,6 +56,7 @@ impl Session {
             id,
             protocol: Protocol::Resp2,
             service: default,
+            generation: 0,
             name: None,
             reply_mode: ReplyMode::On,
             tx: Transaction::default(),

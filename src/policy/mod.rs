@@ -1,5 +1,6 @@
 //! Per-service policy, applied to each request after the command-table
-//! lookup and before routing: which service a login maps to ([`service`]),
+//! lookup and before routing: which service a login maps to ([`service`], kept
+//! swappable by reload in [`registry`]),
 //! which commands it may run ([`access`]), the namespace that confines its
 //! keys ([`namespace`], [`confinement`], [`keyspace`]) and how long its keys
 //! live ([`ttl`]).
@@ -8,5 +9,6 @@ pub mod access;
 pub mod confinement;
 pub mod keyspace;
 pub mod namespace;
+pub mod registry;
 pub mod service;
 pub mod ttl;

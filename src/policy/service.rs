@@ -3,6 +3,12 @@
 //!
 //! Passwords are compared in constant time against a SHA-256 digest, so the
 //! plain text of a configured password is not kept once the config is read.
+//!
+//! A config reload builds a new [`Services`] with [`Services::reloaded`]: each
+//! service that keeps its name shares its client counter with its previous
+//! self, so `max_clients` counts stay right while old and new `Service`
+//! values are both held by clients; a service keeps the metrics slot of its
+//! name, so label values stay the ones registered at start.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +26,9 @@ use crate::policy::ttl::TtlPolicy;
 /// The runtime form of one `[[service]]`.
 #[derive(Debug)]
 pub struct Service {
-    /// Position in config, the service's index in metrics.
+    /// The service's slot in metrics: its position in the config keygate
+    /// started with (a service added by reload has none: `usize::MAX`, which
+    /// metrics count as not logged in).
     pub index: usize,
     /// The service's name from config.
     pub name: String,
@@ -42,8 +50,9 @@ pub struct Service {
     pub namespace: Option<Arc<Namespace>>,
     /// TTL governance for the keys this service writes.
     pub ttl: TtlPolicy,
-    /// Clients logged in as this service right now, for `max_clients`.
-    pub clients: AtomicUsize,
+    /// Clients logged in as this service right now, for `max_clients`;
+    /// shared with the same-named service of earlier and later reloads.
+    pub clients: Arc<AtomicUsize>,
     password_sha256: Option<[u8; 32]>,
 }
 
@@ -76,7 +85,7 @@ impl Service {
             allow_scripts: c.allow_scripts,
             namespace: None,
             ttl: TtlPolicy::new(c.default_ttl, c.max_ttl, c.ttl_over_max),
-            clients: AtomicUsize::new(0),
+            clients: Arc::new(AtomicUsize::new(0)),
             password_sha256,
         };
         service.namespace = Namespace::for_service(&service).map(Arc::new);
@@ -109,6 +118,19 @@ impl Service {
         let _ = self
             .clients
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Counts a client that was already logged in as this service before a
+    /// reload: it stays, even over a lowered `max_clients` (the limit applies
+    /// to new logins).
+    pub fn admit_carried_over(&self) {
+        self.clients.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether `other` counts its clients in the same counter (the same
+    /// service across a reload).
+    pub fn shares_client_count(&self, other: &Service) -> bool {
+        Arc::ptr_eq(&self.clients, &other.clients)
     }
 
     /// Whether this service has a password at all.
@@ -145,17 +167,48 @@ pub struct Services {
     by_name: HashMap<String, Arc<Service>>,
     ordered: Vec<Arc<Service>>,
     default: Option<Arc<Service>>,
+    /// 0 at start, one more for each applied reload.
+    generation: u64,
 }
 
 impl Services {
     /// Builds the registry from a validated config.
     pub fn from_config(config: &Config) -> Services {
-        let ordered: Vec<Arc<Service>> = config
+        let ordered = config
             .services
             .iter()
             .enumerate()
             .map(|(i, c)| Arc::new(Service::from_config(i, c)))
             .collect();
+        Services::from_ordered(ordered, 0)
+    }
+
+    /// The registry of a reloaded config, one generation after `previous`.
+    ///
+    /// `metrics_slot` names the metrics slot of a service name (its position
+    /// in the config keygate started with); services it does not know get
+    /// `usize::MAX`. Same-named services share `previous`'s client counters.
+    pub fn reloaded(
+        config: &Config,
+        previous: &Services,
+        metrics_slot: &dyn Fn(&str) -> Option<usize>,
+    ) -> Services {
+        let ordered = config
+            .services
+            .iter()
+            .map(|c| {
+                let slot = metrics_slot(&c.name).unwrap_or(usize::MAX);
+                let mut service = Service::from_config(slot, c);
+                if let Some(before) = previous.get(&c.name) {
+                    service.clients = before.clients.clone();
+                }
+                Arc::new(service)
+            })
+            .collect();
+        Services::from_ordered(ordered, previous.generation.wrapping_add(1))
+    }
+
+    fn from_ordered(ordered: Vec<Arc<Service>>, generation: u64) -> Services {
         let by_name = ordered
             .iter()
             .map(|s| (s.name.clone(), s.clone()))
@@ -165,7 +218,13 @@ impl Services {
             by_name,
             ordered,
             default,
+            generation,
         }
+    }
+
+    /// Which reload built this registry (0: the config keygate started with).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The service of clients that never AUTH; `None` means AUTH is required.

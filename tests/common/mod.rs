@@ -237,6 +237,18 @@ impl Keygate {
     /// keygate with a full TOML config; `[proxy] listen` is replaced by a free port.
     pub fn start_with(toml_text: &str) -> Keygate {
         let config = keygate::config::Config::parse(toml_text).expect("valid test config");
+        Keygate::start_config(config, None)
+    }
+
+    /// keygate started from a config FILE, so SIGHUP-style reloads (`POST
+    /// /reload` on [`Keygate::admin_port`]) re-read it; `[proxy] listen` is
+    /// replaced by a free port.
+    pub fn start_from_file(path: &Path) -> Keygate {
+        let config = keygate::config::Config::load(path).expect("valid test config file");
+        Keygate::start_config(config, Some(path.to_path_buf()))
+    }
+
+    fn start_config(config: keygate::config::Config, reload_from: Option<PathBuf>) -> Keygate {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -256,7 +268,10 @@ impl Keygate {
                     listener.local_addr().expect("addr").port(),
                     admin.local_addr().expect("addr").port(),
                 );
-                let server = keygate::server::Server::new(config).expect("server");
+                let mut server = keygate::server::Server::new(config).expect("server");
+                if let Some(path) = reload_from {
+                    server = server.reload_from(path);
+                }
                 let state = server.state();
                 let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
                 tokio::spawn(keygate::admin::serve(admin, state, async move {
