@@ -29,8 +29,15 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
-    /// Client listener address, `host:port`.
-    pub listen: String,
+    /// Plain-TCP client listener address, `host:port`; may be left out when `listen_tls` is set.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// TLS client listener address, `host:port`; needs `[proxy.tls]`.
+    #[serde(default)]
+    pub listen_tls: Option<String>,
+    /// `[proxy.tls]`: the certificate the TLS listener presents.
+    #[serde(default)]
+    pub tls: Option<ProxyTlsConfig>,
     /// Admin HTTP listener (metrics, health); none when absent.
     #[serde(default)]
     pub admin_listen: Option<String>,
@@ -64,6 +71,40 @@ pub struct ProxyConfig {
     /// Most slow log entries kept; 0 turns the slow log off.
     #[serde(default = "defaults::slowlog_max_len")]
     pub slowlog_max_len: usize,
+}
+
+/// `[proxy.tls]`: TLS for client connections on `listen_tls`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyTlsConfig {
+    /// PEM file with the certificate chain keygate presents, leaf first.
+    pub cert: String,
+    /// PEM file with the private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// PEM file with the CAs client certificates must chain to; when set,
+    /// every TLS client must present a valid certificate (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<String>,
+}
+
+/// `[backend.tls]`: TLS for connections to the data nodes and the Sentinels.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    /// PEM file with the CAs backend certificates must chain to; the
+    /// built-in web PKI roots when absent.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// PEM file with the client certificate keygate presents (for `tls-auth-clients yes`).
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// PEM file with the private key of `cert`.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The name verified in every backend certificate; the host part of the
+    /// node's address when absent. Set it when Sentinels announce IPs.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// Log line format.
@@ -129,6 +170,9 @@ pub struct BackendConfig {
     /// Replicas further behind their master than this are not read from.
     #[serde(default = "defaults::max_replica_lag", with = "duration")]
     pub max_replica_lag: Duration,
+    /// `[backend.tls]`: speak TLS to every backend node and Sentinel; plain TCP when absent.
+    #[serde(default)]
+    pub tls: Option<BackendTlsConfig>,
 }
 
 impl BackendConfig {

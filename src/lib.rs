@@ -17,6 +17,7 @@
 //!   pub/sub.
 //! - [`config`] reads and validates the TOML configuration.
 //! - [`metrics`] records latency histograms and counters without locks on the data path.
+//! - [`tls`] loads certificates and runs TLS handshakes on both sides.
 //! - [`admin`] serves health and metrics over HTTP, apart from the data path.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -31,3 +32,4 @@ pub mod policy;
 pub mod protocol;
 pub mod router;
 pub mod server;
+pub mod tls;

@@ -12,6 +12,7 @@ use crate::backend::node::{Node, NodeOptions};
 use crate::command::{CommandSpec, Flags};
 use crate::config::Config;
 use crate::protocol::request::Request;
+use crate::tls::connector::BackendTls;
 
 /// The kind of backend connection a request needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +87,10 @@ impl Router {
                 database: b.database,
                 protocol: Default::default(),
                 connect_timeout: b.connect_timeout,
+                tls: b
+                    .tls
+                    .as_ref()
+                    .map(|tls| Arc::new(BackendTls::from_config_or_refusing(tls))),
             },
             connections: b.connections,
             dedicated_max: b.dedicated_max,
