@@ -831,4 +831,56 @@ max_ttl = "1h"
         assert_eq!(found[0].line, 2);
         assert_eq!(found[1].line, 18);
     }
+
+    #[test]
+    fn tls_only_proxy_is_valid_without_listen() {
+        let text = replace(
+            "listen = \"127.0.0.1:6380\"\n",
+            "listen_tls = \"127.0.0.1:6443\"\n",
+        )
+        .replace(
+            "[backend]",
+            "[proxy.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n\n[backend]",
+        );
+        let config = parse(&text).expect("valid");
+        assert_eq!(config.proxy.listen, None);
+        assert_eq!(config.proxy.listen_tls.as_deref(), Some("127.0.0.1:6443"));
+        let tls = config.proxy.tls.expect("tls");
+        assert_eq!(tls.client_ca.as_deref(), Some("ca.pem"));
+    }
+
+    #[test]
+    fn listen_tls_without_certificate_is_named() {
+        let text = replace(
+            "admin_listen",
+            "listen_tls = \"127.0.0.1:6443\"\nadmin_listen",
+        );
+        assert_problem(&text, 3, "[proxy.tls] (cert, key) is missing");
+    }
+
+    #[test]
+    fn certificate_without_listen_tls_is_named() {
+        let text = replace(
+            "[backend]",
+            "[proxy.tls]\ncert = \"a.pem\"\nkey = \"a.key\"\n\n[backend]",
+        );
+        assert_problem(&text, 5, "proxy.listen_tls is not");
+    }
+
+    #[test]
+    fn backend_tls_cert_needs_key_and_a_valid_server_name() {
+        let text = replace(
+            "address = \"127.0.0.1:6390\"\n",
+            "address = \"127.0.0.1:6390\"\n\n[backend.tls]\ncert = \"c.pem\"\nserver_name = \"not a name\"\n",
+        );
+        assert_problem(&text, 9, "backend.tls.cert is set without backend.tls.key");
+        assert_problem(&text, 10, "backend.tls.server_name (\"not a name\")");
+        let ok = replace(
+            "address = \"127.0.0.1:6390\"\n",
+            "address = \"127.0.0.1:6390\"\n\n[backend.tls]\nca = \"ca.pem\"\nserver_name = \"redis.internal\"\n",
+        );
+        let config = parse(&ok).expect("valid");
+        let tls = config.backend.tls.expect("tls");
+        assert_eq!(tls.server_name.as_deref(), Some("redis.internal"));
+    }
 }
