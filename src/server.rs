@@ -270,7 +270,9 @@ async fn serve_tls_client(
     let (rd, mut wr) = tokio::io::split(stream);
     if ctx.clients.load(Ordering::Relaxed) >= ctx.config.proxy.max_clients {
         tracing::debug!(%peer, "refused: max_clients reached");
-        let _ = wr.write_all(b"-ERR max number of clients reached\r\n").await;
+        let _ = wr
+            .write_all(b"-ERR max number of clients reached\r\n")
+            .await;
         let _ = wr.shutdown().await;
         return;
     }

@@ -68,10 +68,20 @@ fn mutual_tls_refuses_clients_without_a_certificate() {
     wait_serving(kg.port());
 
     let refused = tls_cli_at(tls_port, &["--cacert", &ca], &["PING"]);
-    assert!(!refused.contains("PONG"), "served without a client cert: {refused}");
+    assert!(
+        !refused.contains("PONG"),
+        "served without a client cert: {refused}"
+    );
 
     let (cert, key) = pki.client();
-    let with_cert = ["--cacert", ca.as_str(), "--cert", cert.as_str(), "--key", key.as_str()];
+    let with_cert = [
+        "--cacert",
+        ca.as_str(),
+        "--cert",
+        cert.as_str(),
+        "--key",
+        key.as_str(),
+    ];
     assert_eq!(tls_cli_at(tls_port, &with_cert, &["SET", "m:k", "v"]), "OK");
     assert_eq!(tls_cli_at(tls_port, &with_cert, &["GET", "m:k"]), "v");
 
@@ -80,10 +90,20 @@ fn mutual_tls_refuses_clients_without_a_certificate() {
     let (server_cert, server_key) = pki.server();
     let wrong = tls_cli_at(
         tls_port,
-        &["--cacert", &ca, "--cert", &server_cert, "--key", &server_key],
+        &[
+            "--cacert",
+            &ca,
+            "--cert",
+            &server_cert,
+            "--key",
+            &server_key,
+        ],
         &["PING"],
     );
-    assert!(!wrong.contains("PONG"), "served with a server-only cert: {wrong}");
+    assert!(
+        !wrong.contains("PONG"),
+        "served with a server-only cert: {wrong}"
+    );
     assert_eq!(tls_cli_at(tls_port, &with_cert, &["GET", "m:k"]), "v");
     assert_eq!(cli_at(kg.port(), &["GET", "m:k"]), "v");
 }
@@ -128,7 +148,10 @@ fn backend_with_the_address_as_server_name_and_no_client_cert() {
     wait_serving(kg.port());
     // TLS end to end: client TLS into keygate, keygate TLS to Redis.
     let ca = pki.ca();
-    assert_eq!(tls_cli_at(tls_port, &["--cacert", &ca], &["SET", "e:k", "v"]), "OK");
+    assert_eq!(
+        tls_cli_at(tls_port, &["--cacert", &ca], &["SET", "e:k", "v"]),
+        "OK"
+    );
     assert_eq!(kg.cli(&["GET", "e:k"]), "v");
 }
 
@@ -177,5 +200,8 @@ fn unreadable_certificate_fails_the_start_naming_the_key() {
         .err()
         .expect("start must fail");
     let text = err.to_string();
-    assert!(text.contains("proxy.tls.key") && text.contains("missing.key"), "{text}");
+    assert!(
+        text.contains("proxy.tls.key") && text.contains("missing.key"),
+        "{text}"
+    );
 }

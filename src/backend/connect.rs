@@ -59,19 +59,21 @@ pub async fn connect(opts: &ConnectOptions) -> Result<BackendStream, BackendErro
     let mut stream = match &opts.tls {
         None => BackendStream::Plain(tcp),
         Some(tls) => {
-            let tls_stream =
-                tokio::time::timeout(opts.connect_timeout, tls.handshake(tcp, &opts.addr))
-                    .await
-                    .map_err(|_| {
-                        unavailable(format!(
-                            "TLS handshake timed out after {:?}",
-                            opts.connect_timeout
-                        ))
-                    })?
-                    .map_err(|reason| {
-                        tracing::warn!(backend = %opts.addr, %reason, "backend TLS handshake failed");
-                        unavailable(reason)
-                    })?;
+            let tls_stream = tokio::time::timeout(
+                opts.connect_timeout,
+                tls.handshake(tcp, &opts.addr),
+            )
+            .await
+            .map_err(|_| {
+                unavailable(format!(
+                    "TLS handshake timed out after {:?}",
+                    opts.connect_timeout
+                ))
+            })?
+            .map_err(|reason| {
+                tracing::warn!(backend = %opts.addr, %reason, "backend TLS handshake failed");
+                unavailable(reason)
+            })?;
             BackendStream::Tls(Box::new(tls_stream))
         }
     };

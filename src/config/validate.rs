@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use super::locate::KeyPath;
 use super::{
-    BackendConfig, BackendTlsConfig, Config, ProxyConfig, ProxyTlsConfig, ServiceConfig,
-    TtlOverMax,
+    BackendConfig, BackendTlsConfig, Config, ProxyConfig, ProxyTlsConfig, ServiceConfig, TtlOverMax,
 };
 
 /// Smallest `max_pending_reply_bytes`: below this a single ordinary reply could stall a client.

@@ -75,9 +75,7 @@ impl ClientTlsAcceptor {
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await {
             Ok(Ok(stream)) => Some(stream),
             Ok(Err(e)) => {
-                let refused_by_tls = e
-                    .get_ref()
-                    .is_some_and(|inner| inner.is::<rustls::Error>());
+                let refused_by_tls = e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>());
                 if refused_by_tls {
                     tracing::warn!(%peer, error = %e, "client TLS handshake failed");
                 } else {

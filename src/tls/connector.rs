@@ -65,13 +65,18 @@ impl BackendTls {
             return Ok(name.clone());
         }
         let host = host_of(addr);
-        ServerName::try_from(host.to_owned())
-            .map_err(|_| format!("{host:?} is not a valid TLS server name; set backend.tls.server_name"))
+        ServerName::try_from(host.to_owned()).map_err(|_| {
+            format!("{host:?} is not a valid TLS server name; set backend.tls.server_name")
+        })
     }
 
     /// Runs the client side of the handshake on a dialed connection to `addr`.
     /// The error is the reason the client will read, starting with what failed.
-    pub async fn handshake(&self, stream: TcpStream, addr: &str) -> Result<BackendTlsStream, String> {
+    pub async fn handshake(
+        &self,
+        stream: TcpStream,
+        addr: &str,
+    ) -> Result<BackendTlsStream, String> {
         let connector = self
             .connector
             .as_ref()
@@ -153,7 +158,10 @@ mod tests {
     fn default_server_name_is_the_host_even_an_ip() {
         let tls = BackendTls::from_config(&BackendTlsConfig::default()).unwrap();
         assert_eq!(tls.server_name_for("[::1]:6379").unwrap().to_str(), "::1");
-        assert_eq!(tls.server_name_for("localhost:1").unwrap().to_str(), "localhost");
+        assert_eq!(
+            tls.server_name_for("localhost:1").unwrap().to_str(),
+            "localhost"
+        );
     }
 
     #[test]

@@ -628,7 +628,10 @@ impl TlsRedisServer {
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--tls-cert-file", cert, "--tls-key-file", key])
             .args(["--tls-ca-cert-file", ca])
-            .args(["--tls-auth-clients", if auth_clients { "yes" } else { "no" }])
+            .args([
+                "--tls-auth-clients",
+                if auth_clients { "yes" } else { "no" },
+            ])
             .arg("--dir")
             .arg(dir.path())
             .arg("--logfile")
