@@ -29,8 +29,15 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
-    /// Client listener address, `host:port`.
-    pub listen: String,
+    /// Plain-TCP client listener address, `host:port`; may be left out when `listen_tls` is set.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// TLS client listener address, `host:port`; needs `[proxy.tls]`.
+    #[serde(default)]
+    pub listen_tls: Option<String>,
+    /// `[proxy.tls]`: the certificate the TLS listener presents.
+    #[serde(default)]
+    pub tls: Option<ProxyTlsConfig>,
     /// Admin HTTP listener (metrics, health); none when absent.
     #[serde(default)]
     pub admin_listen: Option<String>,
@@ -64,6 +71,40 @@ pub struct ProxyConfig {
     /// Most slow log entries kept; 0 turns the slow log off.
     #[serde(default = "defaults::slowlog_max_len")]
     pub slowlog_max_len: usize,
+}
+
+/// `[proxy.tls]`: TLS for client connections on `listen_tls`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyTlsConfig {
+    /// PEM file with the certificate chain keygate presents, leaf first.
+    pub cert: String,
+    /// PEM file with the private key of `cert` (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// PEM file with the CAs client certificates must chain to; when set,
+    /// every TLS client must present a valid certificate (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<String>,
+}
+
+/// `[backend.tls]`: TLS for connections to the data nodes and the Sentinels.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    /// PEM file with the CAs backend certificates must chain to; the
+    /// built-in web PKI roots when absent.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// PEM file with the client certificate keygate presents (for `tls-auth-clients yes`).
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// PEM file with the private key of `cert`.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// The name verified in every backend certificate; the host part of the
+    /// node's address when absent. Set it when Sentinels announce IPs.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// Log line format.
@@ -134,6 +175,9 @@ pub struct BackendConfig {
     /// measure what the hold buys.
     #[serde(default = "defaults::yes")]
     pub failover_hold: bool,
+    /// `[backend.tls]`: speak TLS to every backend node and Sentinel; plain TCP when absent.
+    #[serde(default)]
+    pub tls: Option<BackendTlsConfig>,
 }
 
 impl BackendConfig {
@@ -791,5 +835,57 @@ max_ttl = "1h"
         assert_eq!(found.len(), 2, "{found:?}");
         assert_eq!(found[0].line, 2);
         assert_eq!(found[1].line, 18);
+    }
+
+    #[test]
+    fn tls_only_proxy_is_valid_without_listen() {
+        let text = replace(
+            "listen = \"127.0.0.1:6380\"\n",
+            "listen_tls = \"127.0.0.1:6443\"\n",
+        )
+        .replace(
+            "[backend]",
+            "[proxy.tls]\ncert = \"server.pem\"\nkey = \"server.key\"\nclient_ca = \"ca.pem\"\n\n[backend]",
+        );
+        let config = parse(&text).expect("valid");
+        assert_eq!(config.proxy.listen, None);
+        assert_eq!(config.proxy.listen_tls.as_deref(), Some("127.0.0.1:6443"));
+        let tls = config.proxy.tls.expect("tls");
+        assert_eq!(tls.client_ca.as_deref(), Some("ca.pem"));
+    }
+
+    #[test]
+    fn listen_tls_without_certificate_is_named() {
+        let text = replace(
+            "admin_listen",
+            "listen_tls = \"127.0.0.1:6443\"\nadmin_listen",
+        );
+        assert_problem(&text, 3, "[proxy.tls] (cert, key) is missing");
+    }
+
+    #[test]
+    fn certificate_without_listen_tls_is_named() {
+        let text = replace(
+            "[backend]",
+            "[proxy.tls]\ncert = \"a.pem\"\nkey = \"a.key\"\n\n[backend]",
+        );
+        assert_problem(&text, 5, "proxy.listen_tls is not");
+    }
+
+    #[test]
+    fn backend_tls_cert_needs_key_and_a_valid_server_name() {
+        let text = replace(
+            "address = \"127.0.0.1:6390\"\n",
+            "address = \"127.0.0.1:6390\"\n\n[backend.tls]\ncert = \"c.pem\"\nserver_name = \"not a name\"\n",
+        );
+        assert_problem(&text, 9, "backend.tls.cert is set without backend.tls.key");
+        assert_problem(&text, 10, "backend.tls.server_name (\"not a name\")");
+        let ok = replace(
+            "address = \"127.0.0.1:6390\"\n",
+            "address = \"127.0.0.1:6390\"\n\n[backend.tls]\nca = \"ca.pem\"\nserver_name = \"redis.internal\"\n",
+        );
+        let config = parse(&ok).expect("valid");
+        let tls = config.backend.tls.expect("tls");
+        assert_eq!(tls.server_name.as_deref(), Some("redis.internal"));
     }
 }

@@ -18,6 +18,7 @@
 //!   pub/sub.
 //! - [`config`] reads and validates the TOML configuration.
 //! - [`metrics`] records latency histograms and counters without locks on the data path.
+//! - [`tls`] loads certificates and runs TLS handshakes on both sides.
 //! - [`admin`] serves health and metrics over HTTP, apart from the data path.
 //! - [`reload`] re-reads the config file and swaps the services in force.
 #![forbid(unsafe_code)]
@@ -34,4 +35,5 @@ pub mod protocol;
 pub mod reload;
 pub mod router;
 pub mod server;
+pub mod tls;
 pub mod topology;

@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use keygate::config::{Config, LogFormat};
-use keygate::server::{ProxyState, Server};
+use keygate::server::{Listeners, ProxyState, Server};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
@@ -119,10 +119,23 @@ fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         })?),
         None => None,
     };
-    let listen = config.proxy.listen.clone();
-    let listener = runtime
-        .block_on(TcpListener::bind(&listen))
-        .with_context(|| format!("cannot bind the client listener [proxy] listen = {listen:?}"))?;
+    let mut listeners = Listeners::default();
+    if let Some(listen) = &config.proxy.listen {
+        let listener = runtime
+            .block_on(TcpListener::bind(listen))
+            .with_context(|| {
+                format!("cannot bind the client listener [proxy] listen = {listen:?}")
+            })?;
+        listeners.plain = Some(listener);
+    }
+    if let Some(listen_tls) = &config.proxy.listen_tls {
+        let listener = runtime
+            .block_on(TcpListener::bind(listen_tls))
+            .with_context(|| {
+                format!("cannot bind the TLS client listener [proxy] listen_tls = {listen_tls:?}")
+            })?;
+        listeners.tls = Some(listener);
+    }
 
     log_start(&config, config_path);
     let grace = config.proxy.shutdown_grace;
@@ -138,7 +151,7 @@ fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         let hangups = reload_on_hangup(server.state()).context("cannot install signal handlers")?;
         tokio::spawn(hangups);
         server
-            .run(listener, shutdown)
+            .run_listeners(listeners, shutdown)
             .await
             .context("proxy stopped")
     });
@@ -164,7 +177,8 @@ fn log_start(config: &Config, config_path: &Path) {
     };
     tracing::info!(
         config = %config_path.display(),
-        listen = %config.proxy.listen,
+        listen = config.proxy.listen.as_deref().unwrap_or("off"),
+        listen_tls = config.proxy.listen_tls.as_deref().unwrap_or("off"),
         admin_listen = config.proxy.admin_listen.as_deref().unwrap_or("off"),
         backend = %backend_desc,
         services = config.services.len(),

@@ -13,6 +13,7 @@ use crate::command::{CommandSpec, Flags};
 use crate::config::{Config, ReadFrom};
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
+use crate::tls::connector::BackendTls;
 use crate::topology::monitor::{self, MonitorSettings};
 use crate::topology::{RouteError, Topology};
 
@@ -83,6 +84,12 @@ impl Router {
             .address
             .clone()
             .unwrap_or_else(|| "127.0.0.1:6379".to_string());
+        // One TLS setting for data nodes and Sentinels alike: certificates
+        // are verified against `server_name`, never an announced address.
+        let tls = b
+            .tls
+            .as_ref()
+            .map(|tls| Arc::new(BackendTls::from_config_or_refusing(tls)));
         let opts = NodeOptions {
             connect: ConnectOptions {
                 addr,
@@ -91,6 +98,7 @@ impl Router {
                 database: b.database,
                 protocol: Default::default(),
                 connect_timeout: b.connect_timeout,
+                tls: tls.clone(),
             },
             connections: b.connections,
             dedicated_max: b.dedicated_max,
@@ -118,6 +126,7 @@ impl Router {
                 database: 0,
                 protocol: Protocol::Resp2,
                 connect_timeout: b.connect_timeout,
+                tls: tls.clone(),
             })
             .collect();
         monitor::spawn(

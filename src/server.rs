@@ -1,7 +1,8 @@
 //! Accepting clients and shutting down.
 //!
 //! `Server::run` takes a bound listener and a shutdown future, so tests bind
-//! `127.0.0.1:0` and run the real server in-process. On shutdown it stops
+//! `127.0.0.1:0` and run the real server in-process; `Server::run_listeners`
+//! also serves the TLS listener (`listen_tls`). On shutdown it stops
 //! accepting, tells every client to finish what it has in flight, and waits
 //! up to the grace period.
 
@@ -20,12 +21,30 @@ use crate::client::{self, Context};
 use crate::config::Config;
 use crate::metrics::{Gauge, Metrics};
 use crate::reload::{ReloadError, ReloadReport, Reloader};
+use crate::tls::acceptor::ClientTlsAcceptor;
+use crate::tls::connector::BackendTls;
+use crate::tls::TlsError;
 
 /// Why the proxy could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// A certificate, key or CA file of `[proxy.tls]` or `[backend.tls]` cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// A TLS listener was given without `[proxy.tls]`.
+    #[error("a TLS listener needs [proxy.tls] (cert, key)")]
+    TlsListenerWithoutCertificate,
+}
+
+/// The client listeners a proxy serves: plain TCP, TLS, or both.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// `listen`: plain TCP.
+    pub plain: Option<TcpListener>,
+    /// `listen_tls`: TLS with the certificate of `[proxy.tls]`.
+    pub tls: Option<TcpListener>,
 }
 
 /// What the admin listener reads: readiness, health detail and metrics.
@@ -127,13 +146,26 @@ impl ProxyState {
 pub struct Server {
     config: Arc<Config>,
     state: Arc<ProxyState>,
+    /// Loaded from `[proxy.tls]`, if set.
+    client_tls: Option<ClientTlsAcceptor>,
 }
 
 impl Server {
     /// Builds the proxy from a validated config; backends connect when it runs.
+    /// TLS files are loaded here, so a bad one fails the start.
     pub fn new(config: Config) -> Result<Server, ServerError> {
+        let client_tls = config
+            .proxy
+            .tls
+            .as_ref()
+            .map(ClientTlsAcceptor::from_config)
+            .transpose()?;
+        if let Some(tls) = &config.backend.tls {
+            BackendTls::from_config(tls)?;
+        }
         let metrics = Metrics::from_config(&config);
         Ok(Server {
+            client_tls,
             config: Arc::new(config),
             state: Arc::new(ProxyState {
                 ready: AtomicBool::new(false),
@@ -168,6 +200,23 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServerError> {
+        let listeners = Listeners {
+            plain: Some(listener),
+            tls: None,
+        };
+        self.run_listeners(listeners, shutdown).await
+    }
+
+    /// Like [`Server::run`], serving every listener given; the TLS one
+    /// needs `[proxy.tls]` in the config.
+    pub async fn run_listeners(
+        self,
+        listeners: Listeners,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        if listeners.tls.is_some() && self.client_tls.is_none() {
+            return Err(ServerError::TlsListenerWithoutCertificate);
+        }
         let ctx = Arc::new(Context::new(
             self.config.clone(),
             self.state.clone(),
@@ -182,7 +231,7 @@ impl Server {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = listener.accept() => {
+                accepted = accept(listeners.plain.as_ref()) => {
                     let (mut stream, peer) = match accepted {
                         Ok(a) => a,
                         Err(e) => {
@@ -201,9 +250,20 @@ impl Server {
                     }
                     tracker.spawn(client::serve(stream, ctx.clone(), stop_rx.clone()));
                 }
+                accepted = accept(listeners.tls.as_ref()) => match (accepted, &self.client_tls) {
+                    (Ok((stream, peer)), Some(acceptor)) => {
+                        let client = serve_tls_client(acceptor.clone(), stream, peer, ctx.clone(), stop_rx.clone());
+                        tracker.spawn(client);
+                    }
+                    (Ok(_), None) => {}
+                    (Err(e), _) => {
+                        tracing::warn!(error = %e, "accept failed on the TLS listener");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                },
             }
         }
-        drop(listener);
+        drop(listeners);
         tracing::info!("shutting down: waiting for clients to finish");
         let _ = stop_tx.send(true);
         tracker.close();
@@ -214,6 +274,40 @@ impl Server {
         readiness.abort();
         Ok(())
     }
+}
+
+/// Accepts on `listener`; never completes when there is none.
+async fn accept(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the TLS handshake, then serves the client like a plain one
+/// (including the `max_clients` refusal, sent over TLS so the client can read it).
+async fn serve_tls_client(
+    acceptor: ClientTlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    ctx: Arc<Context>,
+    stop_rx: watch::Receiver<bool>,
+) {
+    let Some(stream) = acceptor.accept(stream, peer).await else {
+        return;
+    };
+    let (rd, mut wr) = tokio::io::split(stream);
+    if ctx.clients.load(Ordering::Relaxed) >= ctx.config.proxy.max_clients {
+        tracing::debug!(%peer, "refused: max_clients reached");
+        let _ = wr
+            .write_all(b"-ERR max number of clients reached\r\n")
+            .await;
+        let _ = wr.shutdown().await;
+        return;
+    }
+    client::serve_io(rd, wr, ctx, stop_rx).await;
 }
 
 /// Keeps the readiness latch in step with the backend.

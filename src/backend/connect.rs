@@ -1,19 +1,22 @@
-//! Dialing a Redis node: TCP connect, then AUTH, SELECT, HELLO and
-//! CLIENT SETNAME pipelined in one round trip.
+//! Dialing a Redis node: TCP connect, the TLS handshake when `tls` is set,
+//! then AUTH, SELECT, HELLO and CLIENT SETNAME pipelined in one round trip.
 //!
 //! A connection handed out by [`connect`] has completed its handshake, so the
 //! first bytes read from it belong to the first request written.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::stream::BackendStream;
 use super::BackendError;
 use crate::protocol::reply::{ReplyKind, ReplyScanner, Value};
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
+use crate::tls::connector::BackendTls;
 
 /// Everything needed to open an authenticated connection to one node.
 #[derive(Debug, Clone)]
@@ -28,18 +31,21 @@ pub struct ConnectOptions {
     /// RESP version the connection speaks (HELLO 3 for RESP3 clients).
     pub protocol: Protocol,
     pub connect_timeout: Duration,
+    /// TLS settings; plain TCP when `None`. Shared by every connection,
+    /// data node or Sentinel, dialed with these options.
+    pub tls: Option<Arc<BackendTls>>,
 }
 
 /// Nesting cap for backend replies; Redis's deepest replies (COMMAND DOCS) stay far below.
 pub const REPLY_MAX_DEPTH: usize = 64;
 
 /// Opens a connection to `opts.addr` and completes the handshake.
-pub async fn connect(opts: &ConnectOptions) -> Result<TcpStream, BackendError> {
+pub async fn connect(opts: &ConnectOptions) -> Result<BackendStream, BackendError> {
     let unavailable = |reason: String| BackendError::Unavailable {
         addr: opts.addr.clone(),
         reason,
     };
-    let mut stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(&opts.addr))
+    let tcp = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(&opts.addr))
         .await
         .map_err(|_| {
             unavailable(format!(
@@ -48,9 +54,29 @@ pub async fn connect(opts: &ConnectOptions) -> Result<TcpStream, BackendError> {
             ))
         })?
         .map_err(|e| unavailable(e.to_string()))?;
-    stream
-        .set_nodelay(true)
+    tcp.set_nodelay(true)
         .map_err(|e| unavailable(e.to_string()))?;
+    let mut stream = match &opts.tls {
+        None => BackendStream::Plain(tcp),
+        Some(tls) => {
+            let tls_stream = tokio::time::timeout(
+                opts.connect_timeout,
+                tls.handshake(tcp, &opts.addr),
+            )
+            .await
+            .map_err(|_| {
+                unavailable(format!(
+                    "TLS handshake timed out after {:?}",
+                    opts.connect_timeout
+                ))
+            })?
+            .map_err(|reason| {
+                tracing::warn!(backend = %opts.addr, %reason, "backend TLS handshake failed");
+                unavailable(reason)
+            })?;
+            BackendStream::Tls(Box::new(tls_stream))
+        }
+    };
 
     let handshake = handshake_requests(opts);
     let mut out = BytesMut::new();
@@ -60,6 +86,11 @@ pub async fn connect(opts: &ConnectOptions) -> Result<TcpStream, BackendError> {
     let exchange = async {
         stream
             .write_all(&out)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        // TLS buffers records until flushed; plain TCP's flush is a no-op.
+        stream
+            .flush()
             .await
             .map_err(|e| unavailable(e.to_string()))?;
         let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);

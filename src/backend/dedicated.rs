@@ -8,15 +8,16 @@
 //! is not handed out.
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use super::connect::{connect, ConnectOptions};
+use super::stream::{BackendStream, IdleProbe};
 use super::BackendError;
 
 /// A dialed connection owned by one client at a time.
 #[derive(Debug)]
 pub struct DedicatedConn {
-    pub stream: TcpStream,
+    /// The connection, plain or TLS; write with `write_all` then `flush`.
+    pub stream: BackendStream,
     /// Bytes read but not yet taken as replies.
     pub read_buf: BytesMut,
     /// Set when the connection must not go back to the pool.
@@ -45,18 +46,12 @@ impl bb8::ManageConnection for DedicatedManager {
     async fn is_valid(&self, conn: &mut DedicatedConn) -> Result<(), BackendError> {
         // Nothing may be waiting on an idle connection: data means someone
         // left state behind, EOF means the node closed it.
-        let mut probe = [0u8; 1];
-        match conn.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if conn.read_buf.is_empty() {
-                    Ok(())
-                } else {
-                    Err(self.dirty("unread reply bytes"))
-                }
-            }
-            Ok(0) => Err(self.dirty("closed by the node")),
-            Ok(_) => Err(self.dirty("unexpected data while idle")),
-            Err(e) => Err(self.dirty(&e.to_string())),
+        match conn.stream.probe_idle() {
+            IdleProbe::Idle if conn.read_buf.is_empty() => Ok(()),
+            IdleProbe::Idle => Err(self.dirty("unread reply bytes")),
+            IdleProbe::Closed => Err(self.dirty("closed by the node")),
+            IdleProbe::Data => Err(self.dirty("unexpected data while idle")),
+            IdleProbe::Failed(e) => Err(self.dirty(&e)),
         }
     }
 

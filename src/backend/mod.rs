@@ -6,11 +6,13 @@
 //! - [`dedicated`] pools connections a single client holds for MULTI/WATCH,
 //!   blocking commands and pub/sub.
 //! - [`node`] groups both kinds for one Redis node.
+//! - [`stream`] is the byte stream to a node, plain TCP or TLS.
 
 pub mod connect;
 pub mod dedicated;
 pub mod mux;
 pub mod node;
+pub mod stream;
 
 /// A failure on the backend side, as the client will be told about it.
 ///

@@ -16,14 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::connect::{connect, ConnectOptions, REPLY_MAX_DEPTH};
 use super::node::NodeHealth;
+use super::stream::BackendStream;
 use super::BackendError;
 use crate::protocol::reply::{ReplyKind, ReplyScanner};
 
@@ -169,14 +168,40 @@ impl Drop for InFlight {
 }
 
 /// Runs one live connection; returns false when every handle is gone.
+///
+/// Plain TCP splits into owned halves (no lock between reader and writer);
+/// TLS, one state machine for both directions, splits with `tokio::io::split`.
 async fn run(
-    stream: TcpStream,
+    stream: BackendStream,
     rx: &mut mpsc::Receiver<Batch>,
     opts: &MuxOptions,
     health: &Arc<NodeHealth>,
 ) -> bool {
+    match stream {
+        BackendStream::Plain(tcp) => {
+            let (rd, wr) = tcp.into_split();
+            run_split(rd, wr, rx, opts, health).await
+        }
+        BackendStream::Tls(tls) => {
+            let (rd, wr) = tokio::io::split(*tls);
+            run_split(rd, wr, rx, opts, health).await
+        }
+    }
+}
+
+/// [`run`] on the two halves of a connection.
+async fn run_split<R, W>(
+    rd: R,
+    mut wr: W,
+    rx: &mut mpsc::Receiver<Batch>,
+    opts: &MuxOptions,
+    health: &Arc<NodeHealth>,
+) -> bool
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
+{
     let addr: Arc<str> = opts.connect.addr.as_str().into();
-    let (rd, mut wr) = stream.into_split();
     let (pending_tx, pending_rx) = mpsc::unbounded_channel::<Pending>();
     let mut reader = tokio::spawn(read_loop(
         rd,
@@ -237,6 +262,13 @@ async fn run(
                 break;
             }
         }
+        // TLS holds records until flushed; plain TCP's flush is a no-op.
+        if !failed {
+            if let Err(e) = wr.flush().await {
+                tracing::warn!(backend = %addr, error = %e, "backend write failed");
+                failed = true;
+            }
+        }
         if failed {
             break true;
         }
@@ -246,8 +278,8 @@ async fn run(
 }
 
 /// Reads replies and hands them to pending batches in order.
-async fn read_loop(
-    mut rd: OwnedReadHalf,
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut rd: R,
     mut pending_rx: mpsc::UnboundedReceiver<Pending>,
     addr: Arc<str>,
     timeout: Duration,

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
@@ -145,11 +145,25 @@ struct Connection {
 
 /// Serves one client until it disconnects, QUITs, breaks the protocol or
 /// keygate shuts down.
-pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    serve_io(rd, wr, ctx, shutdown).await
+}
+
+/// [`serve`] on any byte stream's two halves (a TLS connection's, say);
+/// generic so the plain TCP path keeps its lock-free owned halves.
+pub async fn serve_io<R, W>(
+    mut rd: R,
+    mut wr: W,
+    ctx: Arc<Context>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     ctx.clients.fetch_add(1, Ordering::Relaxed);
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
-    let (mut rd, mut wr) = stream.into_split();
     let mut conn = Connection {
         session: Session::new(id, None),
         scanner: RequestScanner::new(ctx.scan_limits),
@@ -174,6 +188,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
             let _ = wr
                 .write_all(b"-ERR max number of clients reached for service 'default'\r\n")
                 .await;
+            let _ = wr.flush().await;
             conn.ctx.clients.fetch_sub(1, Ordering::Relaxed);
             return;
         }
@@ -214,7 +229,8 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
         conn.queue.drain_ready(&mut conn.out, &mut conn.recorder);
         conn.release_dedicated_if_clean();
         if !conn.out.is_empty() {
-            if wr.write_all(&conn.out).await.is_err() {
+            // flush: TLS holds records until flushed; a no-op on plain TCP.
+            if wr.write_all(&conn.out).await.is_err() || wr.flush().await.is_err() {
                 break;
             }
             conn.recorder.bytes_out(conn.out.len());
@@ -693,7 +709,11 @@ impl Connection {
             return;
         }
         let out = d.out.split();
-        if let Err(e) = d.lease.stream.write_all(&out).await {
+        let written = match d.lease.stream.write_all(&out).await {
+            Ok(()) => d.lease.stream.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             tracing::debug!(client = self.session.id, error = %e, "dedicated write failed");
             self.dedicated_lost();
         }

@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::locate::KeyPath;
-use super::{BackendConfig, Config, ProxyConfig, ServiceConfig, TtlOverMax};
+use super::{
+    BackendConfig, BackendTlsConfig, Config, ProxyConfig, ProxyTlsConfig, ServiceConfig, TtlOverMax,
+};
 
 /// Smallest `max_pending_reply_bytes`: below this a single ordinary reply could stall a client.
 const MIN_PENDING_REPLY_BYTES: usize = 64 * 1024;
@@ -53,7 +55,7 @@ pub fn validate(config: &Config, env_has: &dyn Fn(&str) -> bool) -> Vec<Finding>
 
 fn check_proxy(proxy: &ProxyConfig, out: &mut Findings) {
     let at = KeyPath::root("proxy");
-    check_listen_address(&at.key("listen"), &proxy.listen, out);
+    check_listeners(&at, proxy, out);
     if let Some(admin) = &proxy.admin_listen {
         check_listen_address(&at.key("admin_listen"), admin, out);
     }
@@ -86,6 +88,84 @@ fn check_proxy(proxy: &ProxyConfig, out: &mut Findings) {
             at.key("workers"),
             "proxy.workers must be greater than 0 (leave it out for one per core)".into(),
         );
+    }
+}
+
+/// At least one client listener; the TLS one only with its certificate, and
+/// a certificate only with a listener that uses it.
+fn check_listeners(at: &KeyPath, proxy: &ProxyConfig, out: &mut Findings) {
+    if let Some(listen) = &proxy.listen {
+        check_listen_address(&at.key("listen"), listen, out);
+    }
+    if let Some(listen_tls) = &proxy.listen_tls {
+        check_listen_address(&at.key("listen_tls"), listen_tls, out);
+    }
+    match (&proxy.listen, &proxy.listen_tls, &proxy.tls) {
+        (None, None, _) => out.add(
+            at.clone(),
+            "missing key 'listen' in [proxy] (set listen, listen_tls, or both)".into(),
+        ),
+        (Some(plain), Some(tls), _) if plain == tls => out.add(
+            at.key("listen_tls"),
+            format!("proxy.listen_tls ({tls:?}) is the same address as proxy.listen"),
+        ),
+        _ => {}
+    }
+    match (&proxy.listen_tls, &proxy.tls) {
+        (Some(_), None) => out.add(
+            at.key("listen_tls"),
+            "proxy.listen_tls is set but [proxy.tls] (cert, key) is missing".into(),
+        ),
+        (None, Some(_)) => out.add(
+            at.key("tls"),
+            "[proxy.tls] is set but proxy.listen_tls is not, so no listener would use it".into(),
+        ),
+        _ => {}
+    }
+    if let Some(tls) = &proxy.tls {
+        check_proxy_tls(&at.key("tls"), tls, out);
+    }
+}
+
+fn check_proxy_tls(at: &KeyPath, tls: &ProxyTlsConfig, out: &mut Findings) {
+    check_pem_path(&at.key("cert"), &tls.cert, out);
+    check_pem_path(&at.key("key"), &tls.key, out);
+    if let Some(ca) = &tls.client_ca {
+        check_pem_path(&at.key("client_ca"), ca, out);
+    }
+}
+
+fn check_backend_tls(at: &KeyPath, tls: &BackendTlsConfig, out: &mut Findings) {
+    for (key, value) in [("ca", &tls.ca), ("cert", &tls.cert), ("key", &tls.key)] {
+        if let Some(path) = value {
+            check_pem_path(&at.key(key), path, out);
+        }
+    }
+    match (&tls.cert, &tls.key) {
+        (Some(_), None) => out.add(
+            at.key("cert"),
+            format!("{at}.cert is set without {at}.key; a client certificate needs both"),
+        ),
+        (None, Some(_)) => out.add(
+            at.key("key"),
+            format!("{at}.key is set without {at}.cert; a client certificate needs both"),
+        ),
+        _ => {}
+    }
+    if let Some(name) = &tls.server_name {
+        if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+            out.add(
+                at.key("server_name"),
+                format!("{at}.server_name ({name:?}) is not a DNS name or IP address"),
+            );
+        }
+    }
+}
+
+/// A PEM path must at least be non-empty; whether it reads is checked at start.
+fn check_pem_path(path: &KeyPath, value: &str, out: &mut Findings) {
+    if value.trim().is_empty() {
+        out.add(path.clone(), format!("{path} must name a PEM file"));
     }
 }
 
@@ -186,6 +266,9 @@ fn check_backend(backend: &BackendConfig, env_has: &dyn Fn(&str) -> bool, out: &
             at.key("dedicated_max"),
             "backend.dedicated_max must be at least 1".into(),
         );
+    }
+    if let Some(tls) = &backend.tls {
+        check_backend_tls(&at.key("tls"), tls, out);
     }
     for (key, value) in [
         ("connect_timeout", backend.connect_timeout),

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::backend::connect::{connect, ConnectOptions, REPLY_MAX_DEPTH};
+use crate::backend::stream::BackendStream;
 use crate::backend::BackendError;
 use crate::protocol::reply::{ReplyScanner, Value};
 use crate::protocol::request::Request;
@@ -19,7 +19,7 @@ use crate::protocol::request::Request;
 /// An open control connection to one node or Sentinel.
 #[derive(Debug)]
 pub struct ControlConn {
-    stream: TcpStream,
+    stream: BackendStream,
     buf: BytesMut,
     scanner: ReplyScanner,
     addr: String,
@@ -71,12 +71,12 @@ impl ControlConn {
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
-        self.stream
-            .write_all(bytes)
-            .await
-            .map_err(|_| BackendError::ConnectionLost {
-                addr: self.addr.clone(),
-            })
+        let lost = |_| BackendError::ConnectionLost {
+            addr: self.addr.clone(),
+        };
+        self.stream.write_all(bytes).await.map_err(lost)?;
+        // TLS holds records until flushed; plain TCP's flush is a no-op.
+        self.stream.flush().await.map_err(lost)
     }
 
     /// Reads the next reply or message, waiting as long as it takes.

@@ -367,6 +367,7 @@ mod tests {
                 database: 0,
                 protocol: Default::default(),
                 connect_timeout: Duration::from_millis(100),
+                tls: None,
             },
             connections: 1,
             dedicated_max: 1,

@@ -689,3 +689,247 @@ pub fn wait_serving(port: u16) {
     }
     panic!("keygate on port {port} never served a backend command");
 }
+
+// ---------------------------------------------------------------------------
+// TLS: certificates made per test with rcgen, a TLS-only redis-server, and
+// keygate serving a TLS listener beside its plain one.
+// ---------------------------------------------------------------------------
+
+/// PEM files for TLS tests, written to a temp dir: a CA, certificates it
+/// signed (server for `localhost`/127.0.0.1, client, an expired server one),
+/// and an unrelated second CA.
+pub struct TestPki {
+    dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    /// Generates every certificate and key.
+    pub fn generate() -> TestPki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("keygate-pki-")
+            .tempdir()
+            .expect("create temp dir");
+        let write = |name: &str, text: String| {
+            std::fs::write(dir.path().join(name), text).expect("write pem");
+        };
+        let ca = |name: &str, file: &str| {
+            let key = KeyPair::generate().expect("ca key");
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.key_usages = vec![
+                KeyUsagePurpose::KeyCertSign,
+                KeyUsagePurpose::CrlSign,
+                KeyUsagePurpose::DigitalSignature,
+            ];
+            let cert = params.self_signed(&key).expect("self-sign ca");
+            write(&format!("{file}.pem"), cert.pem());
+            Issuer::new(params, key)
+        };
+        let issuer = ca("keygate test CA", "ca");
+        let _other = ca("unrelated test CA", "other-ca");
+        let leaf = |file: &str, purpose: ExtendedKeyUsagePurpose, expired: bool| {
+            let key = KeyPair::generate().expect("leaf key");
+            let mut params =
+                CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+                    .expect("leaf params");
+            params.distinguished_name.push(DnType::CommonName, file);
+            params.extended_key_usages = vec![purpose];
+            if expired {
+                params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            }
+            let cert = params.signed_by(&key, &issuer).expect("sign leaf");
+            write(&format!("{file}.pem"), cert.pem());
+            write(&format!("{file}.key"), key.serialize_pem());
+        };
+        leaf("server", ExtendedKeyUsagePurpose::ServerAuth, false);
+        leaf("client", ExtendedKeyUsagePurpose::ClientAuth, false);
+        leaf("expired", ExtendedKeyUsagePurpose::ServerAuth, true);
+        TestPki { dir }
+    }
+
+    /// The path of `name` in the PKI dir, as a string for configs and command lines.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// The CA's certificate.
+    pub fn ca(&self) -> String {
+        self.path("ca.pem")
+    }
+
+    /// The unrelated CA's certificate.
+    pub fn other_ca(&self) -> String {
+        self.path("other-ca.pem")
+    }
+
+    /// `(cert, key)` of the server certificate for localhost/127.0.0.1.
+    pub fn server(&self) -> (String, String) {
+        (self.path("server.pem"), self.path("server.key"))
+    }
+
+    /// `(cert, key)` of the client certificate.
+    pub fn client(&self) -> (String, String) {
+        (self.path("client.pem"), self.path("client.key"))
+    }
+
+    /// `(cert, key)` of a server certificate that expired in 2021.
+    pub fn expired(&self) -> (String, String) {
+        (self.path("expired.pem"), self.path("expired.key"))
+    }
+}
+
+/// A `redis-server` that listens on a TLS port only (`--port 0`).
+pub struct TlsRedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl TlsRedisServer {
+    /// Starts a TLS-only server presenting `cert`/`key`, trusting `ca` for
+    /// client certificates, which it requires when `auth_clients`.
+    /// Readiness is checked with a raw TCP connect, so a certificate keygate
+    /// must refuse (expired) still starts.
+    pub fn start(cert: &str, key: &str, ca: &str, auth_clients: bool) -> TlsRedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("keygate-redis-tls-")
+            .tempdir()
+            .expect("create temp dir");
+        let port = free_port();
+        let log = dir.path().join("redis.log");
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--tls-cert-file", cert, "--tls-key-file", key])
+            .args(["--tls-ca-cert-file", ca])
+            .args([
+                "--tls-auth-clients",
+                if auth_clients { "yes" } else { "no" },
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn redis-server: {e}"));
+        let mut server = TlsRedisServer {
+            child: Some(child),
+            port,
+            dir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = server
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("TLS redis-server on port {port} did not start ({exited:?}); log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// `127.0.0.1:PORT` of the TLS port.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The TLS port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's working directory (its log is `redis.log` there).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TlsRedisServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `redis-cli --tls` against `port` with `tls_args` (`--cacert`,
+/// `--cert`, `--key`) then `args`; returns trimmed stdout and stderr together.
+pub fn tls_cli_at(port: u16, tls_args: &[&str], args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "--tls"])
+        .args(tls_args)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    text.trim().to_string()
+}
+
+impl Keygate {
+    /// keygate with a full TOML config that has `listen_tls` and
+    /// `[proxy.tls]`; serves a plain and a TLS listener on free ports.
+    /// Returns the proxy (its `port()` is the plain one) and the TLS port.
+    pub fn start_with_tls(toml_text: &str) -> (Keygate, u16) {
+        let config = keygate::config::Config::parse(toml_text).expect("valid test config");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let bind = || tokio::net::TcpListener::bind("127.0.0.1:0");
+                let plain = bind().await.expect("bind");
+                let tls = bind().await.expect("bind tls");
+                let admin = bind().await.expect("bind admin");
+                let port = |l: &tokio::net::TcpListener| l.local_addr().expect("addr").port();
+                let ports = (port(&plain), port(&admin), port(&tls));
+                let server = keygate::server::Server::new(config).expect("server");
+                let state = server.state();
+                let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+                tokio::spawn(keygate::admin::serve(admin, state, async move {
+                    let _ = admin_stop_rx.await;
+                }));
+                port_tx.send(ports).expect("report port");
+                let listeners = keygate::server::Listeners {
+                    plain: Some(plain),
+                    tls: Some(tls),
+                };
+                let _ = server
+                    .run_listeners(listeners, async move {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+                let _ = admin_stop_tx.send(());
+            });
+        });
+        let (port, admin_port, tls_port) = port_rx
+            .recv_timeout(START_TIMEOUT)
+            .expect("keygate did not start");
+        let keygate = Keygate {
+            port,
+            admin_port,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        (keygate, tls_port)
+    }
+}
