@@ -20,6 +20,7 @@ pub mod session;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -198,6 +199,9 @@ pub async fn serve_io<R, W>(
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let idle_timeout = conn.ctx.config.proxy.idle_timeout;
     let mut last_activity = Instant::now();
+    let mut dedicated_timer = Timer::default();
+    let mut idle_timer = Timer::default();
+    let mut flush_timer = Timer::default();
     loop {
         if conn.closing && conn.queue.is_empty() {
             break;
@@ -221,9 +225,9 @@ pub async fn serve_io<R, W>(
             },
             _ = conn.queue.front_answered(), if conn.queue.front_is_shared() => {}
             read = read_dedicated(&mut conn.dedicated) => conn.on_dedicated_read(read),
-            _ = sleep_until(deadline) => conn.on_dedicated_timeout(),
-            _ = sleep_until(idle_at) => break,
-            _ = sleep_until(conn.recorder.flush_due_at().map(Instant::from_std)) => conn.recorder.flush_if_due(),
+            _ = dedicated_timer.fired(deadline) => conn.on_dedicated_timeout(),
+            _ = idle_timer.fired(idle_at) => break,
+            _ = flush_timer.fired(conn.recorder.flush_due_at().map(Instant::from_std)) => conn.recorder.flush_if_due(),
             _ = shutdown.changed(), if !conn.closing => conn.closing = true,
         }
         conn.queue.drain_ready(&mut conn.out, &mut conn.recorder);
@@ -244,10 +248,35 @@ pub async fn serve_io<R, W>(
     conn.finish();
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// A timer re-armed only when its deadline changes, so the client loop does
+/// not register a new timer on every turn (the metrics hand-over deadline,
+/// for one, stays the same for a second at a time).
+struct Timer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed: Option<Instant>,
+}
+
+impl Default for Timer {
+    fn default() -> Self {
+        Timer {
+            sleep: Box::pin(tokio::time::sleep(Duration::from_secs(86_400))),
+            armed: None,
+        }
+    }
+}
+
+impl Timer {
+    /// Completes at `at`; never when `at` is `None`.
+    async fn fired(&mut self, at: Option<Instant>) {
+        let Some(at) = at else {
+            return std::future::pending().await;
+        };
+        if self.armed != Some(at) {
+            self.sleep.as_mut().reset(at);
+            self.armed = Some(at);
+        }
+        self.sleep.as_mut().await;
+        self.armed = None;
     }
 }
 
