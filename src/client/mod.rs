@@ -9,8 +9,14 @@
 //! Backpressure: the task stops reading from a client while it has too many
 //! replies outstanding, and it writes replies before reading more, so a
 //! client that does not read makes keygate stop reading it rather than
-//! buffer without bound.
+//! buffer without bound. The [`budget`] also caps the reply bytes in
+//! flight (`max_pending_reply_bytes`), stopping mid-read when needed.
+//!
+//! Idle connections hold no buffers: the read buffer is allocated only when
+//! bytes are ready, and the read and write buffers and the reply queue are
+//! released once everything read has been answered.
 
+mod budget;
 mod governance;
 mod isolation;
 pub mod local;
@@ -54,6 +60,10 @@ const MAX_SLOTS: usize = 1024;
 /// pipelines large reads and never reads replies could otherwise make keygate
 /// hold gigabytes of replies. This caps what it holds at this many replies.
 const MAX_PENDING_COMMANDS: usize = 4096;
+/// Bytes the read buffer grows by when it has less than [`READ_RESERVE`] free.
+const READ_CHUNK: usize = 16 * 1024;
+/// Least free space in the read buffer before a read.
+const READ_RESERVE: usize = 4 * 1024;
 /// A batch for a shared connection is sent once it holds this many bytes.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
@@ -131,6 +141,10 @@ struct Connection {
     out: BytesMut,
     /// A keyspace procedure still running; later requests wait for it.
     procedure: Option<tokio::task::JoinHandle<()>>,
+    /// Caps the reply bytes this client may have in flight.
+    budget: budget::ReplyBudget,
+    /// `on_bytes` stopped with complete requests left in the read buffer.
+    backlog: bool,
 }
 
 /// Serves one client until it disconnects, QUITs, breaks the protocol or
@@ -139,7 +153,7 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
     let _ = stream.set_nodelay(true);
     ctx.clients.fetch_add(1, Ordering::Relaxed);
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, mut wr) = stream.into_split();
     let mut conn = Connection {
         session: Session::new(id, ctx.services.default_service()),
         scanner: RequestScanner::new(ctx.scan_limits),
@@ -153,8 +167,10 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
         recorder: ctx.metrics.recorder(),
         admitted: None,
         closing: *shutdown.borrow(),
-        out: BytesMut::with_capacity(16 * 1024),
+        out: BytesMut::new(),
         procedure: None,
+        budget: budget::ReplyBudget::new(ctx.config.proxy.max_pending_reply_bytes),
+        backlog: false,
         ctx,
     };
     if let Some(default) = conn.session.service.clone() {
@@ -168,30 +184,43 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
         conn.admitted = Some(default);
     }
     conn.ctx.metrics.client_connected(conn.admitted_index());
-    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut rbuf = BytesMut::new();
     let idle_timeout = conn.ctx.config.proxy.idle_timeout;
     let mut last_activity = Instant::now();
     loop {
         if conn.closing && conn.queue.is_empty() {
             break;
         }
-        let can_read = !conn.closing
-            && conn.queue.len() < MAX_SLOTS
-            && conn.queue.commands_pending() < MAX_PENDING_COMMANDS;
+        let can_read = !conn.closing && conn.may_take_requests();
         let deadline = conn.dedicated_deadline();
         let idle_at = idle_timeout
             .filter(|_| conn.queue.is_empty() && conn.dedicated.is_none())
             .map(|t| last_activity + t);
         tokio::select! {
-            read = rd.read_buf(&mut rbuf), if can_read => match read {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    last_activity = Instant::now();
-                    conn.read_at = last_activity;
-                    conn.recorder.bytes_in(n);
-                    conn.on_bytes(&mut rbuf).await;
+            // Wait for readiness, not in `read_buf`, so an idle client holds
+            // no read buffer.
+            ready = rd.readable(), if can_read && !conn.backlog => {
+                if ready.is_err() {
+                    break;
+                }
+                if rbuf.capacity() - rbuf.len() < READ_RESERVE {
+                    rbuf.reserve(READ_CHUNK);
+                }
+                match rd.try_read_buf(&mut rbuf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        last_activity = Instant::now();
+                        conn.read_at = last_activity;
+                        conn.recorder.bytes_in(n);
+                        conn.on_bytes(&mut rbuf).await;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break,
                 }
             },
+            _ = std::future::ready(()), if can_read && conn.backlog => {
+                conn.on_bytes(&mut rbuf).await;
+            }
             _ = conn.queue.front_answered(), if conn.queue.front_is_shared() => {}
             read = read_dedicated(&mut conn.dedicated) => conn.on_dedicated_read(read),
             _ = sleep_until(deadline) => conn.on_dedicated_timeout(),
@@ -199,7 +228,12 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
             _ = sleep_until(conn.recorder.flush_due_at().map(Instant::from_std)) => conn.recorder.flush_if_due(),
             _ = shutdown.changed(), if !conn.closing => conn.closing = true,
         }
+        let (out_before, pending_before) = (conn.out.len(), conn.queue.commands_pending());
         conn.queue.drain_ready(&mut conn.out, &mut conn.recorder);
+        conn.budget.observe(
+            conn.out.len().saturating_sub(out_before),
+            pending_before.saturating_sub(conn.queue.commands_pending()),
+        );
         conn.release_dedicated_if_clean();
         if !conn.out.is_empty() {
             if wr.write_all(&conn.out).await.is_err() {
@@ -208,8 +242,13 @@ pub async fn serve(stream: TcpStream, ctx: Arc<Context>, mut shutdown: watch::Re
             conn.recorder.bytes_out(conn.out.len());
             conn.recorder.flush_if_due();
             conn.out.clear();
-            if conn.out.capacity() > 1024 * 1024 {
-                conn.out = BytesMut::with_capacity(16 * 1024);
+        }
+        if conn.queue.is_empty() && !conn.backlog {
+            // Everything read is answered: give back what the burst grew.
+            conn.out = BytesMut::new();
+            conn.queue.release_memory();
+            if rbuf.is_empty() {
+                rbuf = BytesMut::new();
             }
         }
     }
@@ -242,7 +281,13 @@ fn error_reply(msg: &str) -> Bytes {
 impl Connection {
     /// Takes every complete request off `rbuf` through the pipeline.
     async fn on_bytes(&mut self, rbuf: &mut BytesMut) {
+        self.backlog = false;
         loop {
+            if !self.may_take_requests() {
+                // Over a limit: the rest waits until replies are written.
+                self.backlog = !rbuf.is_empty();
+                break;
+            }
             match self.scanner.scan(rbuf) {
                 Ok(Some(req)) => {
                     self.on_request(req).await;
@@ -267,6 +312,15 @@ impl Connection {
         }
         self.flush_batch().await;
         self.flush_dedicated().await;
+    }
+
+    /// Whether the client may have more requests taken: its outstanding
+    /// replies are within the slot, command and reply-byte limits.
+    fn may_take_requests(&self) -> bool {
+        let in_flight = self.queue.commands_pending() + self.batch_commands.len();
+        self.queue.len() < MAX_SLOTS
+            && in_flight < MAX_PENDING_COMMANDS
+            && self.budget.allows(in_flight)
     }
 
     /// A reply keygate made: it goes after everything already queued.
