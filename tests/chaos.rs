@@ -217,5 +217,8 @@ failover_wait = "1s"
         max < COMMAND_TIMEOUT + CONNECT_TIMEOUT + MARGIN,
         "a request waited {max:?} for its reply"
     );
-    assert!(tally.errors.load(Ordering::Relaxed) > 0, "the chaos went unseen");
+    assert!(
+        tally.errors.load(Ordering::Relaxed) > 0,
+        "the chaos went unseen"
+    );
 }

@@ -290,7 +290,7 @@ fn percentile(sorted: &[u64], p: f64) -> Duration {
 
 #[test]
 fn slow_reader_swarm_keeps_memory_bounded_and_others_served() {
-    let swarm = env_usize("SWARM_CLIENTS", 50);
+    let swarm = env_usize("SWARM_CLIENTS", 20);
     let per_client = env_usize("SWARM_REQUESTS", 5000);
     let value_len = env_usize("SWARM_VALUE_BYTES", 64 * 1024);
     let redis = RedisServer::start();

@@ -96,7 +96,10 @@ mod tests {
         budget.observe(1 << 16, 1);
         assert!(!budget.allows(32));
         budget.observe(10, 1);
-        assert!(!budget.allows(32), "one small reply does not undo a large one");
+        assert!(
+            !budget.allows(32),
+            "one small reply does not undo a large one"
+        );
         for _ in 0..10 {
             budget.observe(10 * 100, 100);
         }
