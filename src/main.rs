@@ -106,6 +106,7 @@ fn init_tracing(format: LogFormat) {
 
 /// Binds the listeners, starts the admin thread and serves until a signal.
 fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
+    raise_open_files_limit(&config);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all().thread_name("keygate-worker");
     if let Some(workers) = config.proxy.workers {
@@ -162,6 +163,30 @@ fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     served?;
     tracing::info!("keygate stopped");
     Ok(())
+}
+
+/// File descriptors keygate needs besides client connections: listeners,
+/// the runtime, logs, and slack for connections being refused.
+const FD_HEADROOM: u64 = 128;
+
+/// Raises the open-files soft limit to the hard limit: the soft default
+/// (often 1024) would make accepts fail below `max_clients`, and a failed
+/// accept leaves the client waiting instead of getting a clean refusal.
+/// Warns when even the hard limit is too low for the configuration.
+fn raise_open_files_limit(config: &Config) {
+    let needed = config.proxy.max_clients as u64
+        + config.backend.connections as u64
+        + config.backend.dedicated_max as u64
+        + FD_HEADROOM;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            "the open-files limit is below max_clients plus backend connections; raise it (ulimit -n, LimitNOFILE=)"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-files limit"),
+    }
 }
 
 /// One line saying what is starting; never includes a password.

@@ -9,8 +9,14 @@
 //! Backpressure: the task stops reading from a client while it has too many
 //! replies outstanding, and it writes replies before reading more, so a
 //! client that does not read makes keygate stop reading it rather than
-//! buffer without bound.
+//! buffer without bound. The [`budget`] also caps the reply bytes in
+//! flight (`max_pending_reply_bytes`), stopping mid-read when needed.
+//!
+//! Idle connections hold no buffers: the read buffer is allocated only when
+//! bytes are ready, and the read and write buffers and the reply queue are
+//! released once everything read has been answered.
 
+mod budget;
 mod governance;
 mod isolation;
 pub mod local;
@@ -58,6 +64,10 @@ const MAX_SLOTS: usize = 1024;
 /// pipelines large reads and never reads replies could otherwise make keygate
 /// hold gigabytes of replies. This caps what it holds at this many replies.
 const MAX_PENDING_COMMANDS: usize = 4096;
+/// Bytes the read buffer grows by when it has less than [`READ_RESERVE`] free.
+const READ_CHUNK: usize = 16 * 1024;
+/// Least free space in the read buffer before a read.
+const READ_RESERVE: usize = 4 * 1024;
 /// A batch for a shared connection is sent once it holds this many bytes.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
@@ -142,6 +152,10 @@ struct Connection {
     out: BytesMut,
     /// A keyspace procedure still running; later requests wait for it.
     procedure: Option<tokio::task::JoinHandle<()>>,
+    /// Caps the reply bytes this client may have in flight.
+    budget: budget::ReplyBudget,
+    /// `on_bytes` stopped with complete requests left in the read buffer.
+    backlog: bool,
 }
 
 /// Serves one client until it disconnects, QUITs, breaks the protocol or
@@ -160,7 +174,7 @@ pub async fn serve_io<R, W>(
     ctx: Arc<Context>,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    R: AsyncRead + Unpin,
+    R: ClientRead,
     W: AsyncWrite + Unpin,
 {
     ctx.clients.fetch_add(1, Ordering::Relaxed);
@@ -179,8 +193,10 @@ pub async fn serve_io<R, W>(
         recorder: ctx.metrics.recorder(),
         admitted: None,
         closing: *shutdown.borrow(),
-        out: BytesMut::with_capacity(16 * 1024),
+        out: BytesMut::new(),
         procedure: None,
+        budget: budget::ReplyBudget::new(ctx.config.proxy.max_pending_reply_bytes),
+        backlog: false,
         ctx,
     };
     conn.start_in_current_services();
@@ -196,7 +212,7 @@ pub async fn serve_io<R, W>(
         conn.admitted = Some(default);
     }
     conn.ctx.metrics.client_connected(conn.admitted_index());
-    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut rbuf = BytesMut::new();
     let idle_timeout = conn.ctx.config.proxy.idle_timeout;
     let mut last_activity = Instant::now();
     let mut dedicated_timer = Timer::default();
@@ -206,15 +222,13 @@ pub async fn serve_io<R, W>(
         if conn.closing && conn.queue.is_empty() {
             break;
         }
-        let can_read = !conn.closing
-            && conn.queue.len() < MAX_SLOTS
-            && conn.queue.commands_pending() < MAX_PENDING_COMMANDS;
+        let can_read = !conn.closing && conn.may_take_requests();
         let deadline = conn.dedicated_deadline();
         let idle_at = idle_timeout
             .filter(|_| conn.queue.is_empty() && conn.dedicated.is_none())
             .map(|t| last_activity + t);
         tokio::select! {
-            read = rd.read_buf(&mut rbuf), if can_read => match read {
+            read = rd.read_some(&mut rbuf), if can_read && !conn.backlog => match read {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     last_activity = Instant::now();
@@ -223,6 +237,9 @@ pub async fn serve_io<R, W>(
                     conn.on_bytes(&mut rbuf).await;
                 }
             },
+            _ = std::future::ready(()), if can_read && conn.backlog => {
+                conn.on_bytes(&mut rbuf).await;
+            }
             _ = conn.queue.front_answered(), if conn.queue.front_is_shared() => {}
             read = read_dedicated(&mut conn.dedicated) => conn.on_dedicated_read(read),
             _ = dedicated_timer.fired(deadline) => conn.on_dedicated_timeout(),
@@ -230,7 +247,12 @@ pub async fn serve_io<R, W>(
             _ = flush_timer.fired(conn.recorder.flush_due_at().map(Instant::from_std)) => conn.recorder.flush_if_due(),
             _ = shutdown.changed(), if !conn.closing => conn.closing = true,
         }
+        let (out_before, pending_before) = (conn.out.len(), conn.queue.commands_pending());
         conn.queue.drain_ready(&mut conn.out, &mut conn.recorder);
+        conn.budget.observe(
+            conn.out.len().saturating_sub(out_before),
+            pending_before.saturating_sub(conn.queue.commands_pending()),
+        );
         conn.release_dedicated_if_clean();
         if !conn.out.is_empty() {
             // flush: TLS holds records until flushed; a no-op on plain TCP.
@@ -240,12 +262,58 @@ pub async fn serve_io<R, W>(
             conn.recorder.bytes_out(conn.out.len());
             conn.recorder.flush_if_due();
             conn.out.clear();
-            if conn.out.capacity() > 1024 * 1024 {
-                conn.out = BytesMut::with_capacity(16 * 1024);
+        }
+        if conn.queue.is_empty() && !conn.backlog {
+            // Everything read is answered: give back what the burst grew.
+            conn.out = BytesMut::new();
+            conn.queue.release_memory();
+            if rbuf.is_empty() {
+                rbuf = BytesMut::new();
             }
         }
     }
     conn.finish();
+}
+
+/// How the client loop reads a client's bytes.
+///
+/// Plain TCP waits for readiness first and only then reserves buffer space,
+/// so an idle client holds no read buffer (thousands of idle connections
+/// stay a few KiB each); a TLS stream has no such readiness of its own and
+/// reads into the buffer directly.
+pub trait ClientRead: Send {
+    /// Reads what is available into `buf`; `Ok(0)` is end of stream.
+    fn read_some<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a;
+}
+
+/// Makes room for one more read.
+fn reserve_for_read(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_RESERVE {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+impl ClientRead for tokio::net::tcp::OwnedReadHalf {
+    async fn read_some(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        loop {
+            self.readable().await?;
+            reserve_for_read(buf);
+            match self.try_read_buf(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Send> ClientRead for tokio::io::ReadHalf<T> {
+    async fn read_some(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        reserve_for_read(buf);
+        self.read_buf(buf).await
+    }
 }
 
 /// A timer re-armed only when its deadline changes, so the client loop does
@@ -304,7 +372,13 @@ fn error_reply(msg: &str) -> Bytes {
 impl Connection {
     /// Takes every complete request off `rbuf` through the pipeline.
     async fn on_bytes(&mut self, rbuf: &mut BytesMut) {
+        self.backlog = false;
         loop {
+            if !self.may_take_requests() {
+                // Over a limit: the rest waits until replies are written.
+                self.backlog = !rbuf.is_empty();
+                break;
+            }
             match self.scanner.scan(rbuf) {
                 Ok(Some(req)) => {
                     self.on_request(req).await;
@@ -329,6 +403,15 @@ impl Connection {
         }
         self.flush_batch().await;
         self.flush_dedicated().await;
+    }
+
+    /// Whether the client may have more requests taken: its outstanding
+    /// replies are within the slot, command and reply-byte limits.
+    fn may_take_requests(&self) -> bool {
+        let in_flight = self.queue.commands_pending() + self.batch_commands.len();
+        self.queue.len() < MAX_SLOTS
+            && in_flight < MAX_PENDING_COMMANDS
+            && self.budget.allows(in_flight)
     }
 
     /// A reply keygate made: it goes after everything already queued.

@@ -136,6 +136,14 @@ impl ReplyQueue {
         self.commands_pending
     }
 
+    /// Frees the slot storage a burst grew; only while empty, so nothing
+    /// pending is lost (an empty queue has no commands pending).
+    pub fn release_memory(&mut self) {
+        if self.slots.is_empty() {
+            self.slots = VecDeque::new();
+        }
+    }
+
     /// A reply keygate made itself.
     pub fn push_ready(&mut self, reply: Bytes, suppress: bool) {
         self.slots.push_back(Slot {

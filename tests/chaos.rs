@@ -1,0 +1,224 @@
+//! Backend chaos under load: while clients keep sending, the backend is
+//! killed (SIGKILL) and restarted, then paused (SIGSTOP) for longer than
+//! `command_timeout` and resumed (SIGCONT). keygate must never leave a
+//! request unanswered past its timeouts, and must serve again soon after the
+//! backend is back.
+//!
+//! Only bounds are asserted (generous ones); the figures are printed.
+mod common;
+use common::*;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The configured `command_timeout`.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+/// The configured `connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Slack on top of the timeouts for a loaded 2-core box.
+const MARGIN: Duration = Duration::from_secs(2);
+/// A reply later than this counts as a hang (the worker stops waiting).
+const HANG: Duration = Duration::from_secs(10);
+/// Load-generating clients.
+const WORKERS: usize = 8;
+
+/// What the workers saw.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    errors: AtomicU64,
+    /// Connections keygate closed (e.g. a transaction lost its backend).
+    closed: AtomicU64,
+    /// The slowest reply, in µs.
+    max_micros: AtomicU64,
+    /// When each worker last got a successful reply.
+    last_ok: Mutex<Vec<Option<Instant>>>,
+    first_error: Mutex<Option<String>>,
+}
+
+/// Reads one reply line-frame (the workers only send SET/GET of short
+/// values, so a reply is one `+`/`-`/`$-1` line or a `$n` line plus data).
+fn read_reply(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Vec<u8>> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = reply_end(buf) {
+            return Ok(buf.drain(..end).collect());
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Length of the first complete simple reply in `buf`, if any.
+fn reply_end(buf: &[u8]) -> Option<usize> {
+    let line = buf.windows(2).position(|w| w == b"\r\n")? + 2;
+    if buf.first() != Some(&b'$') {
+        return Some(line);
+    }
+    let len: i64 = std::str::from_utf8(&buf[1..line - 2]).ok()?.parse().ok()?;
+    if len < 0 {
+        return Some(line);
+    }
+    let end = line + len as usize + 2;
+    (buf.len() >= end).then_some(end)
+}
+
+/// One client: SET then GET in a loop, reconnecting when keygate closes it.
+fn worker(id: usize, port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    let key = format!("chaos:{id}");
+    let set = resp_command(&["SET", &key, "v"]);
+    let get = resp_command(&["GET", &key]);
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        };
+        let _ = s.set_read_timeout(Some(HANG));
+        let mut buf = Vec::new();
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let req = if n % 2 == 0 { &set } else { &get };
+            n += 1;
+            let started = Instant::now();
+            if s.write_all(req).is_err() {
+                tally.closed.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+            let reply = read_reply(&mut s, &mut buf);
+            let took = started.elapsed();
+            tally
+                .max_micros
+                .fetch_max(took.as_micros() as u64, Ordering::Relaxed);
+            match reply {
+                Ok(r) if r.starts_with(b"-") => {
+                    tally.errors.fetch_add(1, Ordering::Relaxed);
+                    let mut first = tally.first_error.lock().expect("lock");
+                    first.get_or_insert_with(|| String::from_utf8_lossy(&r).into_owned());
+                    drop(first);
+                    // Do not spin on prompt errors while the backend is down.
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(_) => {
+                    tally.ok.fetch_add(1, Ordering::Relaxed);
+                    if let Some(slot) = tally.last_ok.lock().expect("lock").get_mut(id) {
+                        *slot = Some(Instant::now());
+                    }
+                }
+                Err(_) => {
+                    tally.closed.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Waits until every worker has had a successful reply after `since`;
+/// returns how long that took from `since`.
+fn wait_all_served(tally: &Tally, since: Instant, within: Duration) -> Duration {
+    loop {
+        let all = tally
+            .last_ok
+            .lock()
+            .expect("lock")
+            .iter()
+            .all(|t| t.is_some_and(|t| t > since));
+        if all {
+            return since.elapsed();
+        }
+        assert!(
+            since.elapsed() < within,
+            "not every client was served again within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} {pid} failed");
+}
+
+#[test]
+fn backend_killed_paused_and_restarted_under_load() {
+    let mut redis = RedisServer::start();
+    let kg = Keygate::start_with(&format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+
+[backend]
+address = "{}"
+connect_timeout = "{}ms"
+command_timeout = "{}ms"
+failover_wait = "1s"
+{DEFAULT_SERVICE}
+"#,
+        redis.addr(),
+        CONNECT_TIMEOUT.as_millis(),
+        COMMAND_TIMEOUT.as_millis()
+    ));
+    wait_serving(kg.port());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    *tally.last_ok.lock().expect("lock") = vec![None; WORKERS];
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|i| {
+            let (stop, tally, port) = (stop.clone(), tally.clone(), kg.port());
+            std::thread::spawn(move || worker(i, port, stop, tally))
+        })
+        .collect();
+    wait_all_served(&tally, Instant::now(), Duration::from_secs(5));
+
+    // 1. SIGKILL, down for a while, then restart on the same port.
+    std::thread::sleep(Duration::from_millis(500));
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    redis.restart();
+    let back = Instant::now();
+    let recovered_after_kill = wait_all_served(&tally, back, Duration::from_secs(8));
+
+    // 2. SIGSTOP for well over command_timeout, then SIGCONT.
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = redis.pid().expect("redis runs");
+    signal(pid, "STOP");
+    std::thread::sleep(COMMAND_TIMEOUT * 3);
+    signal(pid, "CONT");
+    let back = Instant::now();
+    let recovered_after_pause = wait_all_served(&tally, back, Duration::from_secs(8));
+    std::thread::sleep(Duration::from_millis(500));
+
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().expect("worker");
+    }
+    let max = Duration::from_micros(tally.max_micros.load(Ordering::Relaxed));
+    println!(
+        "chaos: {} ok, {} error replies, {} closed connections; slowest reply {max:?} \
+         (command_timeout {COMMAND_TIMEOUT:?}); all clients served again {recovered_after_kill:?} \
+         after restart, {recovered_after_pause:?} after SIGCONT; first error {:?}",
+        tally.ok.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed),
+        tally.closed.load(Ordering::Relaxed),
+        tally.first_error.lock().expect("lock")
+    );
+    assert!(
+        max < COMMAND_TIMEOUT + CONNECT_TIMEOUT + MARGIN,
+        "a request waited {max:?} for its reply"
+    );
+    assert!(
+        tally.errors.load(Ordering::Relaxed) > 0,
+        "the chaos went unseen"
+    );
+}
