@@ -76,8 +76,29 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("lastsave", "it is server administration"),
 ];
 
-/// Looks `name` up in the forbidden list, subcommand first, then container.
+/// Looks `name` up in the forbidden list, subcommand first, then container;
+/// worked out once per table name.
 fn forbidden_reason(name: &'static str) -> Option<&'static str> {
+    static REASONS: std::sync::LazyLock<
+        std::collections::HashMap<&'static str, Option<&'static str>>,
+    > = std::sync::LazyLock::new(|| {
+        let mut reasons = std::collections::HashMap::new();
+        for spec in crate::command::all() {
+            reasons.insert(spec.name, search_forbidden(spec.name));
+            for sub in spec.subcommands {
+                reasons.insert(sub.name, search_forbidden(sub.name));
+            }
+        }
+        reasons
+    });
+    match REASONS.get(name) {
+        Some(reason) => *reason,
+        None => search_forbidden(name),
+    }
+}
+
+/// The linear search behind [`forbidden_reason`].
+fn search_forbidden(name: &'static str) -> Option<&'static str> {
     let exact = FORBIDDEN.iter().find(|(n, _)| *n == name);
     let container = name
         .split_once('|')

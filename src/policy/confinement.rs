@@ -317,6 +317,24 @@ const REFUSED: &[(&str, &str)] = &[
 
 /// The rule for the command with the table's full name (`get`, `pubsub|channels`).
 pub fn rule(name: &str) -> Rule {
+    // Every table name's rule, worked out once: the lists below are searched
+    // linearly, which is fine once but not on every command.
+    static RULES: std::sync::LazyLock<std::collections::HashMap<&'static str, Rule>> =
+        std::sync::LazyLock::new(|| {
+            let mut rules = std::collections::HashMap::new();
+            for spec in crate::command::all() {
+                rules.insert(spec.name, classify(spec.name));
+                for sub in spec.subcommands {
+                    rules.insert(sub.name, classify(sub.name));
+                }
+            }
+            rules
+        });
+    RULES.get(name).copied().unwrap_or_else(|| classify(name))
+}
+
+/// The rule of one command, from the lists below.
+fn classify(name: &str) -> Rule {
     match name {
         "sort" | "sort_ro" => return Rule::Sort,
         "copy" => return Rule::Copy,
