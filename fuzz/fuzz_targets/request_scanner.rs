@@ -94,9 +94,24 @@ fn matches_ignoring_line_ends(consumed: &[u8], frame: &[u8], args: &[&[u8]]) -> 
         .all(|((a, b), &skipped)| skipped || a == b)
 }
 
-/// The last line of `consumed` (which ends with `\n`), its terminator included.
+/// The last line of `consumed` (which ends with `\n`), its terminator
+/// included, after any skipped `*0`/`*-N` headers at its start (Redis, and
+/// the scanner, skip the byte after their `\r` unread, so it need not be `\n`).
 fn last_line(consumed: &[u8]) -> &[u8] {
     let body = consumed.strip_suffix(b"\n").unwrap_or(consumed);
     let start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    &consumed[start..]
+    let mut line = &consumed[start..];
+    while line.first() == Some(&b'*') {
+        let Some(cr) = line.iter().position(|&b| b == b'\r') else {
+            break;
+        };
+        let count = std::str::from_utf8(&line[1..cr])
+            .ok()
+            .and_then(|t| t.parse::<i64>().ok());
+        match count {
+            Some(n) if n <= 0 && cr + 2 <= line.len() => line = &line[cr + 2..],
+            _ => break,
+        }
+    }
+    line
 }
