@@ -569,6 +569,7 @@ pub fn remove_keyspace_section(text: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::command::lookup;
+    use proptest::prelude::*;
 
     fn ns() -> Namespace {
         Namespace::new("billing", b"billing:")
@@ -821,5 +822,84 @@ allow_scripts = {allow_scripts}
             remove_keyspace_section(text),
             b"# Server\r\nredis_version:7\r\n\r\n# Keygate\r\nx:1\r\n".to_vec()
         );
+    }
+
+    /// Every command and subcommand of the table that isolation confines by
+    /// key positions alone, with the words that name it.
+    fn key_position_commands() -> Vec<(Vec<&'static str>, &'static CommandSpec)> {
+        let mut out = Vec::new();
+        for spec in crate::command::all() {
+            let mut push = |words: Vec<&'static str>, spec: &'static CommandSpec| {
+                if confinement::rule(spec.name) == Rule::Keys {
+                    out.push((words, spec));
+                }
+            };
+            push(vec![spec.name], spec);
+            for sub in spec.subcommands {
+                let word = sub.name.split('|').nth(1).unwrap_or(sub.name);
+                push(vec![spec.name, word], sub);
+            }
+        }
+        out
+    }
+
+    /// Arguments drawn from numbers, option words and arbitrary bytes, so
+    /// numkeys-style and keyword-searched key specs are exercised.
+    fn arb_arg() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (0u8..5).prop_map(|n| n.to_string().into_bytes()),
+            prop::sample::select(vec![
+                "STREAMS", "STORE", "KEYS", "COUNT", "BLOCK", "LIMIT", "WEIGHTS", "-1", "GET",
+                "BY",
+            ])
+            .prop_map(|w| w.as_bytes().to_vec()),
+            prop::collection::vec(any::<u8>(), 0..8),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn strip_undoes_prefix(
+            prefix in prop::collection::vec(any::<u8>(), 0..16),
+            key in prop::collection::vec(any::<u8>(), 0..32),
+        ) {
+            let ns = Namespace::new("svc", &prefix);
+            let prefixed = ns.prefix(&key);
+            prop_assert_eq!(ns.strip(&prefixed), Some(&key[..]));
+            let pattern = ns.prefix_pattern(&key);
+            prop_assert_eq!(ns.strip_pattern(&pattern), Some(&key[..]));
+        }
+
+        #[test]
+        fn rewrite_prefixes_exactly_the_key_positions(
+            pick in any::<prop::sample::Index>(),
+            args in prop::collection::vec(arb_arg(), 0..8),
+            prefix in prop::collection::vec(any::<u8>(), 1..8),
+        ) {
+            let commands = key_position_commands();
+            prop_assume!(!commands.is_empty());
+            let (words, spec) = &commands[pick.index(commands.len())];
+            let mut all: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+            all.extend(args);
+            let req = Request::from_args(&all);
+            let ns = Namespace::new("svc", &prefix);
+            let got = ns.rewrite(spec, &req, &service(false));
+            match key_positions(spec, &req) {
+                Ok(positions) => {
+                    let want: Vec<Vec<u8>> = all
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| if positions.contains(&i) { ns.prefix(a) } else { a.clone() })
+                        .collect();
+                    match got {
+                        Ok(Rewritten::Forward { request, .. }) => {
+                            prop_assert_eq!(request, Request::from_args(&want), "{}", spec.name);
+                        }
+                        other => prop_assert!(false, "{}: {:?}", spec.name, other),
+                    }
+                }
+                Err(e) => prop_assert_eq!(got, Err(Refusal::Unlocatable(e))),
+            }
+        }
     }
 }
