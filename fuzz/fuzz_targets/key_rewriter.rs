@@ -51,9 +51,36 @@ fn commands() -> &'static Vec<(Vec<&'static str>, &'static CommandSpec)> {
 
 /// Words that steer key-spec searches and command parsers.
 const KEYWORDS: &[&str] = &[
-    "STREAMS", "STORE", "STOREDIST", "KEYS", "BY", "GET", "COUNT", "BLOCK", "DB", "LIMIT", "0",
-    "1", "2", "3", "-1", "AUTH", "AUTH2", "COPY", "REPLACE", "MATCH", "TYPE", "WEIGHTS",
-    "AGGREGATE", "LEFT", "RIGHT", "ASC", "DESC", "ALPHA", "__keyspace@0__:k", "__keyevent@0__:k",
+    "STREAMS",
+    "STORE",
+    "STOREDIST",
+    "KEYS",
+    "BY",
+    "GET",
+    "COUNT",
+    "BLOCK",
+    "DB",
+    "LIMIT",
+    "0",
+    "1",
+    "2",
+    "3",
+    "-1",
+    "AUTH",
+    "AUTH2",
+    "COPY",
+    "REPLACE",
+    "MATCH",
+    "TYPE",
+    "WEIGHTS",
+    "AGGREGATE",
+    "LEFT",
+    "RIGHT",
+    "ASC",
+    "DESC",
+    "ALPHA",
+    "__keyspace@0__:k",
+    "__keyevent@0__:k",
 ];
 
 /// The two services (scripts off and on) the rewrite consults.
@@ -97,7 +124,9 @@ fuzz_target!(|input: Input| {
     for &(at, word) in &input.keyword_at {
         let at = usize::from(at) % args.len();
         if at >= words.len() {
-            args[at] = KEYWORDS[usize::from(word) % KEYWORDS.len()].as_bytes().to_vec();
+            args[at] = KEYWORDS[usize::from(word) % KEYWORDS.len()]
+                .as_bytes()
+                .to_vec();
         }
     }
     let req = Request::from_args(&args);

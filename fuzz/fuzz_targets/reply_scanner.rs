@@ -52,7 +52,11 @@ fn check_value(frame: &[u8]) {
 
 fuzz_target!(|input: Input| {
     let depth = usize::from(input.depth % 8) + 1;
-    let depth = if input.depth >= 128 { DEFAULT_MAX_DEPTH } else { depth };
+    let depth = if input.depth >= 128 {
+        DEFAULT_MAX_DEPTH
+    } else {
+        depth
+    };
     check_value(&input.bytes);
 
     // next_frame + consume, consuming in batches.

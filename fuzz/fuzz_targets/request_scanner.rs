@@ -74,7 +74,11 @@ fuzz_target!(|input: Input| {
 /// ignoring the byte after each header's `\r` and the two bytes after each
 /// payload: Redis skips them without looking, and so does the scanner.
 fn matches_ignoring_line_ends(consumed: &[u8], frame: &[u8], args: &[&[u8]]) -> bool {
-    let Some(tail) = consumed.len().checked_sub(frame.len()).map(|at| &consumed[at..]) else {
+    let Some(tail) = consumed
+        .len()
+        .checked_sub(frame.len())
+        .map(|at| &consumed[at..])
+    else {
         return false;
     };
     let mut skip = vec![false; frame.len()];
