@@ -353,27 +353,56 @@ fn config_get(ctx: &Context, protocol: Protocol, req: &Request) -> LocalAnswer {
 
 /// Redis-style glob match (`*`, `?`, `[...]`, `\` escapes), case-insensitive
 /// as CONFIG GET is.
+///
+/// Iterative, backtracking only to the last `*`: time is O(pattern × text)
+/// and the stack is constant, whatever the client's pattern (a recursive
+/// matcher overflowed the stack on a pattern of many `*` and took
+/// exponential time on `*a*a*a...`).
 fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => {
-            (0..=text.len()).any(|i| glob_matches(rest, text.get(i..).unwrap_or_default()))
+    let (mut p, mut t) = (0, 0);
+    // Pattern position after the last `*`, and the text position it was tried at.
+    let mut star: Option<(usize, usize)> = None;
+    loop {
+        if pattern.get(p) == Some(&b'*') {
+            p += 1;
+            star = Some((p, t));
+            continue;
         }
-        Some((b'?', rest)) => text
-            .split_first()
-            .is_some_and(|(_, t)| glob_matches(rest, t)),
-        Some((b'[', rest)) => {
-            let Some(close) = rest.iter().position(|&c| c == b']') else {
-                return false;
-            };
-            let (class, after) = rest.split_at(close);
-            let after = after.get(1..).unwrap_or_default();
+        match text.get(t) {
+            Some(&c) => {
+                if let Some(next) = glob_step(pattern, p, c) {
+                    p = next;
+                    t += 1;
+                    continue;
+                }
+            }
+            None if p >= pattern.len() => return true,
+            None => {}
+        }
+        // Mismatch: let the last `*` swallow one more byte, if it can.
+        match star {
+            Some((after_star, tried)) if tried < text.len() => {
+                star = Some((after_star, tried + 1));
+                p = after_star;
+                t = tried + 1;
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Matches text byte `c` against the single-byte pattern item at `p` (not
+/// `*`); the position after the item when it matches.
+fn glob_step(pattern: &[u8], p: usize, c: u8) -> Option<usize> {
+    let rest = pattern.get(p + 1..).unwrap_or_default();
+    match *pattern.get(p)? {
+        b'?' => Some(p + 1),
+        b'[' => {
+            let close = rest.iter().position(|&b| b == b']')?;
+            let class = rest.get(..close).unwrap_or_default();
             let (negate, class) = match class.split_first() {
                 Some((b'^', c)) => (true, c),
                 _ => (false, class),
-            };
-            let Some((&c, t)) = text.split_first() else {
-                return false;
             };
             let c = c.to_ascii_lowercase();
             let mut hit = false;
@@ -397,15 +426,10 @@ fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
                     k += 1;
                 }
             }
-            hit != negate && glob_matches(after, t)
+            (hit != negate).then_some(p + 2 + close)
         }
-        Some((b'\\', rest)) if !rest.is_empty() => match (rest.split_first(), text.split_first()) {
-            (Some((p, rest)), Some((t, text))) => p == t && glob_matches(rest, text),
-            _ => false,
-        },
-        Some((&p, rest)) => text
-            .split_first()
-            .is_some_and(|(&t, text)| p.eq_ignore_ascii_case(&t) && glob_matches(rest, text)),
+        b'\\' if !rest.is_empty() => (rest.first() == Some(&c)).then_some(p + 2),
+        lit => lit.eq_ignore_ascii_case(&c).then_some(p + 1),
     }
 }
 
@@ -452,6 +476,10 @@ pub fn answer_keygate(ctx: &Context, session: &Session, req: &Request) -> LocalA
     let text_arg = |i: usize| req.get(i).map(|a| String::from_utf8_lossy(a).into_owned());
     let own = (!service.admin).then(|| service.name.clone());
     match sub.as_deref() {
+        // Fault injection for tests/panic_isolation.rs: compiled only with
+        // the `fault-injection` feature, which release builds never enable.
+        #[cfg(feature = "fault-injection")]
+        Some("debug-panic") => panic!("KEYGATE DEBUG-PANIC: injected fault"),
         Some("latency") if req.argc() <= 4 => {
             let wanted = text_arg(2);
             if let (Some(own), Some(w)) = (&own, &wanted) {
@@ -503,6 +531,20 @@ pub fn answer_keygate(ctx: &Context, session: &Session, req: &Request) -> LocalA
 mod tests {
     use super::glob_matches;
 
+    /// Found by the audit: the recursive matcher overflowed the stack (a
+    /// process abort) on many `*` and took exponential time on `*a*a...`.
+    #[test]
+    fn glob_patterns_from_the_network_cannot_exhaust_stack_or_time() {
+        let stars = vec![b'*'; 1_000_000];
+        assert!(glob_matches(&stars, b"proto-max-bulk-len"));
+        let mut nasty = b"*a".repeat(10_000);
+        nasty.push(b'z');
+        assert!(!glob_matches(
+            &nasty,
+            b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        ));
+    }
+
     #[test]
     fn glob_matches_config_names() {
         assert!(glob_matches(b"*", b"save"));
@@ -512,5 +554,13 @@ mod tests {
         assert!(glob_matches(b"[rs]ave", b"save"));
         assert!(!glob_matches(b"[^s]ave", b"save"));
         assert!(!glob_matches(b"sav", b"save"));
+        assert!(glob_matches(b"*ave", b"save"));
+        assert!(glob_matches(b"s*e*", b"save"));
+        assert!(glob_matches(b"*-*-*", b"proto-max-bulk-len"));
+        assert!(!glob_matches(b"*-*-x", b"proto-max-bulk-len"));
+        assert!(glob_matches(b"\\s*", b"save"));
+        assert!(!glob_matches(b"[s", b"save"));
+        assert!(glob_matches(b"", b""));
+        assert!(glob_matches(b"*", b""));
     }
 }

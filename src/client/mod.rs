@@ -147,6 +147,9 @@ struct Connection {
     /// The service this connection is admitted and counted under (the
     /// connections gauge and the service's `max_clients`).
     admitted: Option<Arc<Service>>,
+    /// The clients gauge counts this connection (`client_connected` ran), so
+    /// `Drop` must take it off again.
+    counted: bool,
     /// Stop reading; close once every reply is written.
     closing: bool,
     out: BytesMut,
@@ -192,6 +195,7 @@ pub async fn serve_io<R, W>(
         read_at: Instant::now(),
         recorder: ctx.metrics.recorder(),
         admitted: None,
+        counted: false,
         closing: *shutdown.borrow(),
         out: BytesMut::new(),
         procedure: None,
@@ -206,12 +210,12 @@ pub async fn serve_io<R, W>(
                 .write_all(b"-ERR max number of clients reached for service 'default'\r\n")
                 .await;
             let _ = wr.flush().await;
-            conn.ctx.clients.fetch_sub(1, Ordering::Relaxed);
-            return;
+            return; // `Drop` takes the connection off `clients`.
         }
         conn.admitted = Some(default);
     }
     conn.ctx.metrics.client_connected(conn.admitted_index());
+    conn.counted = true;
     let mut rbuf = BytesMut::new();
     let idle_timeout = conn.ctx.config.proxy.idle_timeout;
     let mut last_activity = Instant::now();
@@ -944,13 +948,28 @@ impl Connection {
         self.admitted.as_ref().map(|s| s.index)
     }
 
-    fn finish(mut self) {
+    /// Ends the connection; the work is in `Drop`, so that it also happens
+    /// when the client's task panics.
+    fn finish(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Connection {
+    /// Gives back everything the connection holds, on a normal end and on a
+    /// panic alike: the dedicated connection (closed when it may carry this
+    /// client's state), the service's `max_clients` slot, the clients gauge
+    /// and the proxy's client count. A panic that skipped this would leak
+    /// them for good, and a leaked count eventually refuses every client.
+    fn drop(&mut self) {
         let dirty = self.session.tx.open
             || self.session.tx.watching
             || self.queue.awaits_dedicated()
             || self.dedicated.as_ref().is_some_and(|d| d.subscribed);
-        self.drop_dedicated(dirty);
-        self.ctx.metrics.client_disconnected(self.admitted_index());
+        self.drop_dedicated(dirty || std::thread::panicking());
+        if std::mem::take(&mut self.counted) {
+            self.ctx.metrics.client_disconnected(self.admitted_index());
+        }
         if let Some(service) = self.admitted.take() {
             service.release();
         }

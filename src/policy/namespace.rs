@@ -225,8 +225,20 @@ impl Namespace {
             Rule::Pass | Rule::Info => Ok(forward(req.clone())),
             Rule::Keys => Ok(forward(keys(req)?)),
             Rule::Sort => {
-                check_sort(req).map_err(|reason| self.refuse(spec, reason))?;
-                Ok(forward(keys(req)?))
+                let destination = check_sort(req).map_err(|reason| self.refuse(spec, reason))?;
+                let positions = key_positions(spec, req).map_err(Refusal::Unlocatable)?;
+                // Redis's key finder for SORT does not skip STORE's argument,
+                // the command itself does: `SORT k STORE GET STORE other`
+                // names key 3 to the finder but stores into `other`. Forward
+                // only when both agree on every key.
+                let executed: Vec<usize> = std::iter::once(1).chain(destination).collect();
+                if positions != executed {
+                    return Err(self.refuse(
+                        spec,
+                        "its STORE destination is ambiguous (a STORE option names a keyword)",
+                    ));
+                }
+                Ok(forward(req.prefix_args(&positions, &self.prefix)))
             }
             Rule::Copy => {
                 let db = req.args().skip(3).any(|a| a.eq_ignore_ascii_case(b"db"));
@@ -521,24 +533,32 @@ impl Namespace {
 /// SORT/SORT_RO: BY and GET patterns containing `*` read keys by computed
 /// names, which keygate cannot confine. `BY nosort` (no `*`) and `GET #`
 /// read nothing.
-fn check_sort(req: &Request) -> Result<(), &'static str> {
+///
+/// Reads the options as Redis's `sortCommandGeneric` executes them and
+/// returns the argument the command stores into (the last STORE's), which
+/// the caller checks against the key finder's answer.
+fn check_sort(req: &Request) -> Result<Option<usize>, &'static str> {
+    let mut destination = None;
     let mut i = 2;
     while i < req.argc() {
         let arg = req.get(i).unwrap_or_default();
-        if arg.eq_ignore_ascii_case(b"limit") {
+        let left = req.argc() - i - 1;
+        if arg.eq_ignore_ascii_case(b"limit") && left >= 2 {
             i += 2;
-        } else if arg.eq_ignore_ascii_case(b"by") || arg.eq_ignore_ascii_case(b"get") {
+        } else if (arg.eq_ignore_ascii_case(b"by") || arg.eq_ignore_ascii_case(b"get")) && left >= 1
+        {
             let pattern = req.get(i + 1).unwrap_or_default();
             if pattern.contains(&b'*') {
                 return Err("BY and GET patterns read keys by computed names");
             }
             i += 1;
-        } else if arg.eq_ignore_ascii_case(b"store") {
+        } else if arg.eq_ignore_ascii_case(b"store") && left >= 1 {
+            destination = Some(i + 1);
             i += 1;
         }
         i += 1;
     }
-    Ok(())
+    Ok(destination)
 }
 
 fn error(msg: &str) -> Bytes {
@@ -569,6 +589,7 @@ pub fn remove_keyspace_section(text: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::command::lookup;
+    use proptest::prelude::*;
 
     fn ns() -> Namespace {
         Namespace::new("billing", b"billing:")
@@ -821,5 +842,123 @@ allow_scripts = {allow_scripts}
             remove_keyspace_section(text),
             b"# Server\r\nredis_version:7\r\n\r\n# Keygate\r\nx:1\r\n".to_vec()
         );
+    }
+
+    /// Found by the `key_rewriter` fuzz target: Redis's key finder for SORT
+    /// does not skip STORE's argument, but SORT does, so a destination
+    /// named `GET` hid the real (last) STORE destination from keygate and
+    /// SORT stored into another service's key, unprefixed.
+    #[test]
+    fn sort_store_destination_cannot_hide_behind_a_keyword() {
+        for args in [
+            &["SORT", "k", "STORE", "GET", "STORE", "victim"][..],
+            &["SORT", "k", "STORE", "by", "STORE", "victim"],
+            &["SORT", "k", "STORE", "LIMIT", "0", "STORE", "victim"],
+            &["SORT", "k", "STORE", "GET", "BY", "STORE", "ASC"],
+        ] {
+            let got = rewrite(args);
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains("ambiguous")),
+                "{args:?}: {got:?}"
+            );
+        }
+        // The last STORE is the destination for both: `a` is never written.
+        assert_eq!(
+            rewrite(&["SORT", "k", "STORE", "a", "STORE", "b"]),
+            v(&["SORT", "billing:k", "STORE", "a", "STORE", "billing:b"])
+        );
+        assert_eq!(
+            rewrite(&["SORT", "k", "BY", "nosort", "STORE", "d", "LIMIT", "0", "1"]),
+            v(&[
+                "SORT",
+                "billing:k",
+                "BY",
+                "nosort",
+                "STORE",
+                "billing:d",
+                "LIMIT",
+                "0",
+                "1"
+            ])
+        );
+    }
+
+    /// Every command and subcommand of the table that isolation confines by
+    /// key positions alone, with the words that name it.
+    fn key_position_commands() -> Vec<(Vec<&'static str>, &'static CommandSpec)> {
+        let mut out = Vec::new();
+        for spec in crate::command::all() {
+            let mut push = |words: Vec<&'static str>, spec: &'static CommandSpec| {
+                if confinement::rule(spec.name) == Rule::Keys {
+                    out.push((words, spec));
+                }
+            };
+            push(vec![spec.name], spec);
+            for sub in spec.subcommands {
+                let word = sub.name.split('|').nth(1).unwrap_or(sub.name);
+                push(vec![spec.name, word], sub);
+            }
+        }
+        out
+    }
+
+    /// Arguments drawn from numbers, option words and arbitrary bytes, so
+    /// numkeys-style and keyword-searched key specs are exercised.
+    fn arb_arg() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (0u8..5).prop_map(|n| n.to_string().into_bytes()),
+            prop::sample::select(vec![
+                "STREAMS", "STORE", "KEYS", "COUNT", "BLOCK", "LIMIT", "WEIGHTS", "-1", "GET",
+                "BY",
+            ])
+            .prop_map(|w| w.as_bytes().to_vec()),
+            prop::collection::vec(any::<u8>(), 0..8),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn strip_undoes_prefix(
+            prefix in prop::collection::vec(any::<u8>(), 0..16),
+            key in prop::collection::vec(any::<u8>(), 0..32),
+        ) {
+            let ns = Namespace::new("svc", &prefix);
+            let prefixed = ns.prefix(&key);
+            prop_assert_eq!(ns.strip(&prefixed), Some(&key[..]));
+            let pattern = ns.prefix_pattern(&key);
+            prop_assert_eq!(ns.strip_pattern(&pattern), Some(&key[..]));
+        }
+
+        #[test]
+        fn rewrite_prefixes_exactly_the_key_positions(
+            pick in any::<prop::sample::Index>(),
+            args in prop::collection::vec(arb_arg(), 0..8),
+            prefix in prop::collection::vec(any::<u8>(), 1..8),
+        ) {
+            let commands = key_position_commands();
+            prop_assume!(!commands.is_empty());
+            let (words, spec) = &commands[pick.index(commands.len())];
+            let mut all: Vec<Vec<u8>> = words.iter().map(|w| w.as_bytes().to_vec()).collect();
+            all.extend(args);
+            let req = Request::from_args(&all);
+            let ns = Namespace::new("svc", &prefix);
+            let got = ns.rewrite(spec, &req, &service(false));
+            match key_positions(spec, &req) {
+                Ok(positions) => {
+                    let want: Vec<Vec<u8>> = all
+                        .iter()
+                        .enumerate()
+                        .map(|(i, a)| if positions.contains(&i) { ns.prefix(a) } else { a.clone() })
+                        .collect();
+                    match got {
+                        Ok(Rewritten::Forward { request, .. }) => {
+                            prop_assert_eq!(request, Request::from_args(&want), "{}", spec.name);
+                        }
+                        other => prop_assert!(false, "{}: {:?}", spec.name, other),
+                    }
+                }
+                Err(e) => prop_assert_eq!(got, Err(Refusal::Unlocatable(e))),
+            }
+        }
     }
 }

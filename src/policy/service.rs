@@ -273,3 +273,59 @@ impl Services {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn services(service_block: &str) -> Services {
+        let config = Config::parse(&format!(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n[backend]\naddress = \"127.0.0.1:1\"\n{service_block}"
+        ))
+        .expect("config");
+        Services::from_config(&config)
+    }
+
+    /// `password_sha256` logs in with the password whose digest it is, and
+    /// the runtime service keeps only the digest, never the plain text.
+    #[test]
+    fn password_sha256_logs_in_and_no_plain_text_is_kept() {
+        let digest = hex(&Sha256::digest(b"s3cret-MARKER"));
+        let hashed = services(&format!(
+            "[[service]]\nname = \"billing\"\nprefix = \"b:\"\npassword_sha256 = \"{digest}\"\n"
+        ));
+        assert!(hashed.login(Some(b"billing"), b"s3cret-MARKER").is_ok());
+        assert_eq!(
+            hashed.login(Some(b"billing"), b"s3cret-marker").err(),
+            Some(LoginError::WrongPass)
+        );
+        let plain = services(
+            "[[service]]\nname = \"billing\"\nprefix = \"b:\"\npassword = \"s3cret-MARKER\"\n",
+        );
+        let service = plain.get("billing").expect("service");
+        assert!(service.password_matches(b"s3cret-MARKER"));
+        assert!(!format!("{service:?}").contains("MARKER"));
+    }
+
+    /// Structural check: the password comparison goes through
+    /// `subtle::ConstantTimeEq` on fixed-size digests, never `==` on the
+    /// password bytes, so its time does not depend on how much matched.
+    #[test]
+    fn password_comparison_is_constant_time() {
+        let source = include_str!("service.rs");
+        let start = source
+            .find("pub fn password_matches")
+            .expect("password_matches exists");
+        let body = &source[start..];
+        let body = &body[..body.find("\n    }\n").expect("end of fn")];
+        assert!(body.contains("Sha256::digest(password)"), "{body}");
+        assert!(body.contains(".ct_eq(want)"), "{body}");
+        assert!(!body.contains("=="), "{body}");
+        let digest: fn(&[u8; 32], &[u8; 32]) -> subtle::Choice = |a, b| a.ct_eq(b);
+        assert!(bool::from(digest(&[1; 32], &[1; 32])));
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}

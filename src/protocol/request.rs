@@ -459,7 +459,17 @@ impl RequestScanner {
         let args = std::mem::take(&mut self.args);
         self.expected = 0;
         self.pos = 0;
-        Ok(Some(Request { frame, args }))
+        let request = Request { frame, args };
+        if has_canonical_line_ends(&request) {
+            Ok(Some(request))
+        } else {
+            // Redis skips the two bytes after each `\r` of a header and
+            // after each payload without looking at them, and so does the
+            // scanner; the backend gets the canonical bytes, so it parses
+            // exactly what keygate understood whatever those bytes were.
+            let args: SmallVec<[&[u8]; 8]> = request.args().collect();
+            Ok(Some(Request::from_args(&args)))
+        }
     }
 
     /// Reads the `$len` header at `pos`, moving `pos` to the payload.
@@ -558,6 +568,21 @@ fn quick_header_long(buf: &[u8], at: usize, type_byte: u8) -> Option<(usize, usi
             _ => return None,
         }
     }
+}
+
+/// Whether every line end of a scanned multibulk is `\r\n`: the scanner
+/// found each `\r` but, like Redis, skipped the byte after it unread, and
+/// skipped the two bytes after each payload.
+fn has_canonical_line_ends(req: &Request) -> bool {
+    let frame = &req.frame[..];
+    let newline_at = |at: Option<usize>| at.and_then(|i| frame.get(i)) == Some(&b'\n');
+    req.args.iter().enumerate().all(|(i, span)| {
+        // The count line ends just before the first argument's header.
+        let count_line_ok = i > 0 || newline_at(span.header_start().checked_sub(1));
+        count_line_ok
+            && newline_at(span.start().checked_sub(1))
+            && frame.get(span.end()..span.end() + 2) == Some(b"\r\n")
+    })
 }
 
 /// Grows `buf` towards holding `end` bytes, by at most what already arrived
@@ -741,6 +766,34 @@ mod tests {
         assert_eq!(req.argc(), 3);
         assert_eq!(req.get(3), None);
         assert_eq!(req, Request::from_args(&["SET", "k", "va\r\nl"]));
+    }
+
+    /// Found by the `request_scanner` fuzz target: Redis skips the byte
+    /// after a header's `\r` and the two after a payload unread, so the
+    /// scanner accepts any bytes there, but the frame it forwards is canonical.
+    #[test]
+    fn line_ends_redis_skips_unread_are_made_canonical() {
+        let input = b"*1\r)$5\r\xff\xff\xff\xff\xff\xff\xff\xff";
+        let mut buf = BytesMut::from(&input[..]);
+        let req = scanner().scan(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty());
+        assert_eq!(req, Request::from_args(&[b"\xff\xff\xff\xff\xff"]));
+        assert_eq!(
+            req.frame().as_ref(),
+            b"*1\r\n$5\r\n\xff\xff\xff\xff\xff\r\n"
+        );
+        let (reqs, err) = scan_chunked(
+            b"*2\r\n$3\rxGET\r\n$1\r\nkxx*1\r\n$4\r\nPING\r\n",
+            [1, 5, 3],
+        );
+        assert_eq!(err, None);
+        assert_eq!(
+            reqs,
+            vec![
+                Request::from_args(&["GET", "k"]),
+                Request::from_args(&["PING"])
+            ]
+        );
     }
 
     #[test]
