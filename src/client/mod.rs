@@ -541,10 +541,10 @@ impl Connection {
             ..CommandReply::plain(spec.name, Some(service.index))
         };
         let reply = self.track_transaction(spec, reply);
-        let mut frames = Vec::with_capacity(1 + follow_ups.len());
-        frames.push(req.frame().clone());
-        frames.extend(follow_ups.iter().map(|f| f.frame().clone()));
         if held || effect != ConnectionEffect::None {
+            let mut frames = Vec::with_capacity(1 + follow_ups.len());
+            frames.push(req.frame().clone());
+            frames.extend(follow_ups.iter().map(|f| f.frame().clone()));
             self.send_dedicated(frames, effect, reply, suppress).await;
         } else {
             if self.batch_suppress != suppress || self.batch_bytes >= MAX_BATCH_BYTES {
@@ -552,6 +552,9 @@ impl Connection {
             }
             // topology: a batch may go to a replica only if all of it is read-only.
             self.batch_read_only &= spec.flags.contains(Flags::READONLY) && follow_ups.is_empty();
+            // No intermediate Vec on the hot path: the frames go straight in.
+            let frames = std::iter::once(req.frame().clone())
+                .chain(follow_ups.iter().map(|f| f.frame().clone()));
             self.batch_push(frames, reply, suppress);
         }
     }
@@ -689,7 +692,12 @@ impl Connection {
         }
     }
 
-    fn batch_push(&mut self, frames: Vec<Bytes>, reply: CommandReply, suppress: bool) {
+    fn batch_push(
+        &mut self,
+        frames: impl IntoIterator<Item = Bytes>,
+        reply: CommandReply,
+        suppress: bool,
+    ) {
         if self.batch.is_empty() {
             self.batch_suppress = suppress;
         }
