@@ -249,6 +249,16 @@ impl Keygate {
     }
 
     fn start_config(config: keygate::config::Config, reload_from: Option<PathBuf>) -> Keygate {
+        let mut server = keygate::server::Server::new(config).expect("server");
+        if let Some(path) = reload_from {
+            server = server.reload_from(path);
+        }
+        Keygate::start_server(server)
+    }
+
+    /// Runs a built server on its own thread and runtime, with the admin
+    /// listener beside it, both on free ports.
+    fn start_server(server: keygate::server::Server) -> Keygate {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -268,13 +278,8 @@ impl Keygate {
                     listener.local_addr().expect("addr").port(),
                     admin.local_addr().expect("addr").port(),
                 );
-                let mut server = keygate::server::Server::new(config).expect("server");
-                if let Some(path) = reload_from {
-                    server = server.reload_from(path);
-                }
-                let state = server.state();
                 let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-                tokio::spawn(keygate::admin::serve(admin, state, async move {
+                tokio::spawn(keygate::admin::serve(admin, server.state(), async move {
                     let _ = admin_stop_rx.await;
                 }));
                 port_tx.send(ports).expect("report port");
@@ -508,48 +513,7 @@ pub fn start_keygate_observed(
     let config = keygate::config::Config::parse(toml_text).expect("valid test config");
     let server = keygate::server::Server::new(config).expect("server");
     let state = server.state();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (port_tx, port_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let admin = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind admin");
-            let ports = (
-                listener.local_addr().expect("addr").port(),
-                admin.local_addr().expect("addr").port(),
-            );
-            let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(keygate::admin::serve(admin, server.state(), async move {
-                let _ = admin_stop_rx.await;
-            }));
-            port_tx.send(ports).expect("report port");
-            let _ = server
-                .run(listener, async move {
-                    let _ = stop_rx.await;
-                })
-                .await;
-            let _ = admin_stop_tx.send(());
-        });
-    });
-    let (port, admin_port) = port_rx
-        .recv_timeout(START_TIMEOUT)
-        .expect("keygate did not start");
-    let keygate = Keygate {
-        port,
-        admin_port,
-        stop: Some(stop_tx),
-        thread: Some(thread),
-    };
-    (keygate, state)
+    (Keygate::start_server(server), state)
 }
 
 /// A blocking RESP client over a raw socket, for tests that need exact bytes
