@@ -158,3 +158,19 @@ kg_stop_pid() {
     kg_warn "$name (pid $pid) is still running"
     return 1
 }
+
+# Installs redis-py (the Python client the client-library test drives) with
+# pip when `import redis` fails; falls back to --break-system-packages for a
+# Debian system Python that refuses plain pip installs.
+kg_ensure_redis_py() {
+    command -v python3 >/dev/null 2>&1 || kg_die "python3 is missing: install it (apt-get install python3 python3-pip)"
+    python3 -c 'import redis, sys; sys.exit(0 if int(redis.__version__.split(".")[0]) >= 5 else 1)' 2>/dev/null && return 0
+    kg_info "installing redis-py (pip) for tests/python_client.rs"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        kg_ensure_commands pip3:python3-pip
+    fi
+    python3 -m pip install --quiet --disable-pip-version-check 'redis>=5' 2>/dev/null ||
+        python3 -m pip install --quiet --disable-pip-version-check --break-system-packages 'redis>=5' ||
+        kg_die "could not install redis-py with pip"
+}
+
