@@ -29,6 +29,7 @@ use crate::tls::TlsError;
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("i/o error: {0}")]
+    /// A listener or socket failed.
     Io(#[from] std::io::Error),
     /// A certificate, key or CA file of `[proxy.tls]` or `[backend.tls]` cannot be used.
     #[error("TLS: {0}")]

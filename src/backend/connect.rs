@@ -25,11 +25,13 @@ pub struct ConnectOptions {
     pub addr: String,
     /// ACL user; `default` when only a password is set.
     pub username: Option<String>,
+    /// Password for AUTH at connect, if the node requires one.
     pub password: Option<String>,
     /// The database selected at connect.
     pub database: u32,
     /// RESP version the connection speaks (HELLO 3 for RESP3 clients).
     pub protocol: Protocol,
+    /// Bounds the TCP connect and the handshake together.
     pub connect_timeout: Duration,
     /// TLS settings; plain TCP when `None`. Shared by every connection,
     /// data node or Sentinel, dialed with these options.

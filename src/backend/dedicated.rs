@@ -27,6 +27,7 @@ pub struct DedicatedConn {
 /// bb8 manager that dials and checks dedicated connections.
 #[derive(Debug, Clone)]
 pub struct DedicatedManager {
+    /// How to dial and authenticate a new dedicated connection.
     pub opts: ConnectOptions,
 }
 

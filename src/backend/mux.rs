@@ -49,6 +49,7 @@ pub struct Batch {
 /// Settings of a multiplexed connection.
 #[derive(Debug, Clone)]
 pub struct MuxOptions {
+    /// How to dial and authenticate the connection (and each replacement).
     pub connect: ConnectOptions,
     /// A request older than this fails the whole connection (the node is stalled).
     pub command_timeout: Duration,

@@ -119,9 +119,13 @@ impl NodeHealth {
 /// Settings shared by every connection to a node.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
+    /// How to dial and authenticate connections to the node.
     pub connect: ConnectOptions,
+    /// Multiplexed connections per protocol version.
     pub connections: usize,
+    /// Upper bound of the node's dedicated-connection pool.
     pub dedicated_max: u32,
+    /// A shared connection whose oldest request waits longer is replaced.
     pub command_timeout: Duration,
 }
 

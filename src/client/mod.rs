@@ -74,12 +74,17 @@ const MAX_BATCH_BYTES: usize = 64 * 1024;
 /// What every client task shares.
 #[derive(Debug)]
 pub struct Context {
+    /// The configuration in force for the proxy side (services may be reloaded).
     pub config: Arc<Config>,
     /// The services in force; a config reload swaps them (see [`rebind`]).
     pub services: ServiceRegistry,
+    /// Where requests go: the topology of master and replicas.
     pub router: Router,
+    /// Readiness and health, shared with the admin listener.
     pub state: Arc<ProxyState>,
+    /// The registry each connection's recorder hands its samples to.
     pub metrics: Arc<Metrics>,
+    /// Request-scanner limits from `[proxy]`.
     pub scan_limits: ScanLimits,
     /// Source of CLIENT IDs.
     pub next_id: AtomicU64,

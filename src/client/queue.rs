@@ -60,6 +60,7 @@ pub struct CommandReply {
     /// Backend frames it produces: 1 plus any follow-ups keygate added,
     /// whose replies the client never sees.
     pub frames: u32,
+    /// How the command's reply is rewritten on its way back.
     pub plan: ReplyPlan,
 }
 

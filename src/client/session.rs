@@ -34,6 +34,7 @@ pub struct Transaction {
 pub struct Session {
     /// CLIENT ID.
     pub id: u64,
+    /// RESP version chosen with HELLO; shapes keygate's own replies.
     pub protocol: Protocol,
     /// The service this client acts as; `None` until AUTH when there is no `default`.
     pub service: Option<Arc<Service>>,
@@ -42,7 +43,9 @@ pub struct Session {
     pub generation: u64,
     /// CLIENT SETNAME.
     pub name: Option<Vec<u8>>,
+    /// CLIENT REPLY state.
     pub reply_mode: ReplyMode,
+    /// MULTI/WATCH state as the client sees it.
     pub tx: Transaction,
     /// Inside MULTI: the reply plan of each queued command, applied to its
     /// element of EXEC's reply (the backend answers `+QUEUED` meanwhile).

@@ -14,28 +14,51 @@ use crate::protocol::request::Request;
 pub struct Flags(pub u32);
 
 impl Flags {
+    /// Redis's `write` command flag.
     pub const WRITE: Flags = Flags(1 << 0);
+    /// Redis's `readonly` command flag.
     pub const READONLY: Flags = Flags(1 << 1);
+    /// Redis's `denyoom` command flag.
     pub const DENYOOM: Flags = Flags(1 << 2);
+    /// Redis's `module` command flag.
     pub const MODULE: Flags = Flags(1 << 3);
+    /// Redis's `admin` command flag.
     pub const ADMIN: Flags = Flags(1 << 4);
+    /// Redis's `pubsub` command flag.
     pub const PUBSUB: Flags = Flags(1 << 5);
+    /// Redis's `noscript` command flag.
     pub const NOSCRIPT: Flags = Flags(1 << 6);
+    /// Redis's `blocking` command flag.
     pub const BLOCKING: Flags = Flags(1 << 7);
+    /// Redis's `loading` command flag.
     pub const LOADING: Flags = Flags(1 << 8);
+    /// Redis's `stale` command flag.
     pub const STALE: Flags = Flags(1 << 9);
+    /// Redis's `skip_monitor` command flag.
     pub const SKIP_MONITOR: Flags = Flags(1 << 10);
+    /// Redis's `skip_slowlog` command flag.
     pub const SKIP_SLOWLOG: Flags = Flags(1 << 11);
+    /// Redis's `fast` command flag.
     pub const FAST: Flags = Flags(1 << 12);
+    /// Redis's `no_auth` command flag.
     pub const NO_AUTH: Flags = Flags(1 << 13);
+    /// Redis's `may_replicate` command flag.
     pub const MAY_REPLICATE: Flags = Flags(1 << 14);
+    /// Redis's `sentinel` command flag.
     pub const SENTINEL: Flags = Flags(1 << 15);
+    /// Redis's `only_sentinel` command flag.
     pub const ONLY_SENTINEL: Flags = Flags(1 << 16);
+    /// Redis's `no_mandatory_keys` command flag.
     pub const NO_MANDATORY_KEYS: Flags = Flags(1 << 17);
+    /// Redis's `protected` command flag.
     pub const PROTECTED: Flags = Flags(1 << 18);
+    /// Redis's `movablekeys` command flag.
     pub const MOVABLEKEYS: Flags = Flags(1 << 19);
+    /// Redis's `no_async_loading` command flag.
     pub const NO_ASYNC_LOADING: Flags = Flags(1 << 20);
+    /// Redis's `no_multi` command flag.
     pub const NO_MULTI: Flags = Flags(1 << 21);
+    /// Redis's `allow_busy` command flag.
     pub const ALLOW_BUSY: Flags = Flags(1 << 22);
     /// Redis 7's `asking` flag: the command is accepted on an importing slot
     /// after ASKING (cluster only).
@@ -52,26 +75,47 @@ impl Flags {
 pub struct AclCategories(pub u32);
 
 impl AclCategories {
+    /// The `@keyspace` ACL category.
     pub const KEYSPACE: AclCategories = AclCategories(1 << 0);
+    /// The `@read` ACL category.
     pub const READ: AclCategories = AclCategories(1 << 1);
+    /// The `@write` ACL category.
     pub const WRITE: AclCategories = AclCategories(1 << 2);
+    /// The `@set` ACL category.
     pub const SET: AclCategories = AclCategories(1 << 3);
+    /// The `@sortedset` ACL category.
     pub const SORTEDSET: AclCategories = AclCategories(1 << 4);
+    /// The `@list` ACL category.
     pub const LIST: AclCategories = AclCategories(1 << 5);
+    /// The `@hash` ACL category.
     pub const HASH: AclCategories = AclCategories(1 << 6);
+    /// The `@string` ACL category.
     pub const STRING: AclCategories = AclCategories(1 << 7);
+    /// The `@bitmap` ACL category.
     pub const BITMAP: AclCategories = AclCategories(1 << 8);
+    /// The `@hyperloglog` ACL category.
     pub const HYPERLOGLOG: AclCategories = AclCategories(1 << 9);
+    /// The `@geo` ACL category.
     pub const GEO: AclCategories = AclCategories(1 << 10);
+    /// The `@stream` ACL category.
     pub const STREAM: AclCategories = AclCategories(1 << 11);
+    /// The `@pubsub` ACL category.
     pub const PUBSUB: AclCategories = AclCategories(1 << 12);
+    /// The `@admin` ACL category.
     pub const ADMIN: AclCategories = AclCategories(1 << 13);
+    /// The `@fast` ACL category.
     pub const FAST: AclCategories = AclCategories(1 << 14);
+    /// The `@slow` ACL category.
     pub const SLOW: AclCategories = AclCategories(1 << 15);
+    /// The `@blocking` ACL category.
     pub const BLOCKING: AclCategories = AclCategories(1 << 16);
+    /// The `@dangerous` ACL category.
     pub const DANGEROUS: AclCategories = AclCategories(1 << 17);
+    /// The `@connection` ACL category.
     pub const CONNECTION: AclCategories = AclCategories(1 << 18);
+    /// The `@transaction` ACL category.
     pub const TRANSACTION: AclCategories = AclCategories(1 << 19);
+    /// The `@scripting` ACL category.
     pub const SCRIPTING: AclCategories = AclCategories(1 << 20);
 
     /// True when every bit of `other` is set.
@@ -117,16 +161,27 @@ pub enum FindKeys {
 pub struct KeySpecFlags(pub u16);
 
 impl KeySpecFlags {
+    /// The key-spec flag `RO`.
     pub const RO: KeySpecFlags = KeySpecFlags(1 << 0);
+    /// The key-spec flag `RW`.
     pub const RW: KeySpecFlags = KeySpecFlags(1 << 1);
+    /// The key-spec flag `OW`.
     pub const OW: KeySpecFlags = KeySpecFlags(1 << 2);
+    /// The key-spec flag `RM`.
     pub const RM: KeySpecFlags = KeySpecFlags(1 << 3);
+    /// The key-spec flag `access`.
     pub const ACCESS: KeySpecFlags = KeySpecFlags(1 << 4);
+    /// The key-spec flag `update`.
     pub const UPDATE: KeySpecFlags = KeySpecFlags(1 << 5);
+    /// The key-spec flag `insert`.
     pub const INSERT: KeySpecFlags = KeySpecFlags(1 << 6);
+    /// The key-spec flag `delete`.
     pub const DELETE: KeySpecFlags = KeySpecFlags(1 << 7);
+    /// The key-spec flag `not_key`.
     pub const NOT_KEY: KeySpecFlags = KeySpecFlags(1 << 8);
+    /// The key-spec flag `incomplete`.
     pub const INCOMPLETE: KeySpecFlags = KeySpecFlags(1 << 9);
+    /// The key-spec flag `variable_flags`.
     pub const VARIABLE_FLAGS: KeySpecFlags = KeySpecFlags(1 << 10);
 
     /// True when every bit of `other` is set.
@@ -138,8 +193,11 @@ impl KeySpecFlags {
 /// One Redis 7 key specification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeySpec {
+    /// Access and operation flags of the keys this spec finds.
     pub flags: KeySpecFlags,
+    /// Where the search for keys starts.
     pub begin_search: BeginSearch,
+    /// How keys are found from that start.
     pub find_keys: FindKeys,
 }
 
@@ -173,15 +231,21 @@ pub struct CommandSpec {
     pub name: &'static str,
     /// Redis arity: positive is exact, negative is a minimum.
     pub arity: i32,
+    /// Command flags (write, readonly, blocking, ...).
     pub flags: Flags,
+    /// ACL categories.
     pub acl: AclCategories,
     /// Legacy first/last/step key positions from `COMMAND INFO`.
     pub first_key: i32,
+    /// Legacy last key position (negative counts from the end).
     pub last_key: i32,
+    /// Legacy step between keys.
     pub step: i32,
+    /// Redis 7 key specifications: the source of key positions.
     pub key_specs: &'static [KeySpec],
     /// Subcommands of a container command (CONFIG, CLIENT, ...); empty otherwise.
     pub subcommands: &'static [CommandSpec],
+    /// keygate's annotation of where the reply carries key names.
     pub reply_keys: ReplyKeys,
 }
 

@@ -43,8 +43,11 @@ pub const RANDOMKEY_MAX_ROUNDS: usize = 10_000;
 /// Which keyspace-wide command a procedure answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProcedureKind {
+    /// RANDOMKEY confined to the namespace.
     RandomKey,
+    /// DBSIZE counting the namespace's keys.
     DbSize,
+    /// FLUSHDB/FLUSHALL deleting the namespace's keys only.
     Flush,
 }
 

@@ -36,15 +36,23 @@ pub struct Service {
     pub prefix: Vec<u8>,
     /// Whether keys are confined to `prefix`.
     pub isolation: bool,
+    /// TTL given to keys written without one.
     pub default_ttl: Option<Duration>,
+    /// Longest TTL a key of this service may get.
     pub max_ttl: Option<Duration>,
+    /// Clamp or refuse a TTL above `max_ttl`.
     pub ttl_over_max: TtlOverMax,
+    /// Writes with a larger argument are refused.
     pub max_value_bytes: Option<usize>,
+    /// Most clients logged in as this service at once.
     pub max_clients: Option<usize>,
     /// Upper-case command names this service may not run.
     pub deny_commands: Vec<String>,
+    /// Where this service's reads go.
     pub read_from: ReadFrom,
+    /// May run administrative commands and see every service's figures.
     pub admin: bool,
+    /// May run EVAL/FCALL (declared keys are prefixed; the script is trusted).
     pub allow_scripts: bool,
     /// The namespace confining the service's keys; `None` when isolation is off.
     pub namespace: Option<Arc<Namespace>>,
@@ -156,8 +164,10 @@ fn decode_hex32(hex: &str) -> Option<[u8; 32]> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LoginError {
     #[error("WRONGPASS invalid username-password pair or user is disabled.")]
+    /// Redis's `-WRONGPASS`: no such service or a wrong password.
     WrongPass,
     #[error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")]
+    /// A bare AUTH while no service has a password, as Redis answers it.
     NoPasswordConfigured,
 }
 

@@ -116,6 +116,7 @@ pub struct Snapshot {
     pub replica_states: Vec<ReplicaState>,
     /// Sentinels that answered the last poll, and how many are configured.
     pub sentinels_reached: usize,
+    /// Sentinels configured.
     pub sentinels_total: usize,
     /// The last master change.
     pub last_failover: Option<FailoverRecord>,

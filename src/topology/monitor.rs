@@ -38,14 +38,17 @@ pub const FENCE_FOR: Duration = Duration::from_secs(15);
 /// What the monitor needs to know.
 #[derive(Debug, Clone)]
 pub struct MonitorSettings {
+    /// The name the Sentinels monitor the master under.
     pub master_name: String,
     /// One entry per Sentinel, with the Sentinel credentials.
     pub sentinels: Vec<ConnectOptions>,
     /// Bounds every Sentinel query and node probe.
     pub timeout: Duration,
+    /// Longest a write is held during a failover.
     pub failover_wait: Duration,
     /// Hold requests for the master while a failover runs.
     pub hold: bool,
+    /// Replicas further behind are not read from.
     pub max_replica_lag: Duration,
 }
 

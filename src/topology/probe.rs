@@ -18,7 +18,9 @@ use crate::protocol::reply::Value;
 /// A replica as its master reports it (`slaveN:` line of INFO replication).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplicaAck {
+    /// The replica's replication state as the master reports it.
     pub state: String,
+    /// Replication offset the replica acknowledged.
     pub offset: u64,
     /// Seconds since the replica's last REPLCONF ACK.
     pub lag_seconds: u64,
@@ -36,20 +38,28 @@ pub struct MasterReport {
 /// What a replica reports about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplicaReport {
+    /// `role:` from INFO replication.
     pub role: String,
     /// `master_host:master_port`.
     pub master_addr: Option<String>,
+    /// The replica's link to its master is up.
     pub link_up: bool,
+    /// A full sync is in progress.
     pub syncing: bool,
+    /// The dataset is being loaded.
     pub loading: bool,
+    /// Replication offset of the node.
     pub offset: u64,
 }
 
 /// The role a node reports through `ROLE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
+    /// ROLE says master.
     Master,
+    /// ROLE says slave (replica).
     Replica,
+    /// Any other role (e.g. sentinel).
     Other(String),
 }
 

@@ -50,6 +50,7 @@ pub struct ListedReplica {
 pub struct SentinelView {
     /// `ip:port` of the master, if the Sentinel knows the name.
     pub master: Option<String>,
+    /// The replicas the Sentinel lists.
     pub replicas: Vec<ListedReplica>,
 }
 
@@ -125,7 +126,9 @@ pub enum EventKind {
 /// An event from one Sentinel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
+    /// Address of the Sentinel that announced the event.
     pub sentinel: String,
+    /// What happened.
     pub kind: EventKind,
 }
 
