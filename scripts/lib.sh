@@ -174,3 +174,25 @@ kg_ensure_redis_py() {
         kg_die "could not install redis-py with pip"
 }
 
+
+# Installs what tests/node_client.rs drives: Node.js and npm (Debian
+# packages) when missing, then the ioredis versions pinned in
+# tests/node/package-lock.json (`npm ci` into tests/node/node_modules) when
+# any installed package is missing or differs from the lock file.
+kg_ensure_ioredis() {
+    kg_ensure_commands node:nodejs npm:npm
+    local dir="$KG_ROOT/tests/node"
+    # shellcheck disable=SC2016 # evaluated by node
+    node -e '
+        const dir = process.argv[1];
+        const lock = require(dir + "/package-lock.json");
+        for (const [path, entry] of Object.entries(lock.packages)) {
+            if (path === "") continue;
+            const installed = require(dir + "/" + path + "/package.json");
+            if (installed.version !== entry.version) process.exit(1);
+        }
+    ' "$dir" 2>/dev/null && return 0
+    kg_info "installing ioredis (npm ci in tests/node) for tests/node_client.rs"
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error ||
+        kg_die "npm ci in $dir failed"
+}

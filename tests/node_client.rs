@@ -54,7 +54,10 @@ fn ioredis_logs_in_to_a_namespaced_service() {
     run_session(&[kg.port().to_string(), "billing".into(), "billpw".into()]);
     // The backend holds what ioredis wrote under the service's prefix only.
     for proto in ["resp2", "resp3"] {
-        assert_eq!(redis.cli(&["GET", &format!("billing:node:ns:{proto}")]), proto);
+        assert_eq!(
+            redis.cli(&["GET", &format!("billing:node:ns:{proto}")]),
+            proto
+        );
         assert_eq!(redis.cli(&["EXISTS", &format!("node:ns:{proto}")]), "0");
     }
 }
