@@ -17,6 +17,7 @@
 use super::{BeginSearch, CommandSpec, FindKeys, Flags, KeySpec, KeySpecFlags};
 use crate::protocol::decimal::parse_ll;
 use crate::protocol::request::Request;
+use smallvec::SmallVec;
 
 /// Why keygate cannot say where a request's keys are; the text is Redis-style
 /// and fit to send to the client as the command's refusal.
@@ -36,11 +37,29 @@ pub enum KeysError {
     Syntax,
 }
 
+/// Key positions, inline for commands with up to four keys (no allocation
+/// for the common single-key commands).
+pub type KeyPositions = SmallVec<[usize; 4]>;
+
 /// Argument indexes of every key in `req`, in argument order.
 ///
 /// Errors when the command has keys but they cannot be located, so the
 /// caller can refuse the request instead of forwarding unconfined keys.
 pub fn key_positions(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, KeysError> {
+    key_positions_inline(spec, req).map(KeyPositions::into_vec)
+}
+
+/// [`key_positions`] without a heap allocation for up to four keys: the
+/// per-request form the namespace rewrite uses.
+pub fn key_positions_inline(spec: &CommandSpec, req: &Request) -> Result<KeyPositions, KeysError> {
+    match single_fixed_key(spec, req) {
+        Some(key) => Ok(smallvec::smallvec![key]),
+        None => search_key_positions(spec, req),
+    }
+}
+
+/// The full key search behind [`key_positions_inline`].
+fn search_key_positions(spec: &CommandSpec, req: &Request) -> Result<KeyPositions, KeysError> {
     let has_key_spec = spec
         .key_specs
         .iter()
@@ -52,7 +71,7 @@ pub fn key_positions(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, Ke
     let native = native_getkeys(spec.name);
 
     let mut failure = None;
-    let mut keys = Vec::new();
+    let mut keys = KeyPositions::new();
     let mut resolved = false;
     if has_key_spec && !has_variable_flags {
         match keys_from_specs(spec, req) {
@@ -65,11 +84,13 @@ pub fn key_positions(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, Ke
     }
     if !resolved {
         if let Some(getkeys) = native {
-            keys = getkeys(req);
+            keys = KeyPositions::from_vec(getkeys(req));
         }
     }
-    keys.sort_unstable();
-    keys.dedup();
+    if !keys.windows(2).all(|pair| matches!(pair, [a, b] if a < b)) {
+        keys.sort_unstable();
+        keys.dedup();
+    }
 
     let has_keys = has_key_spec || native.is_some();
     // Redis answers "no keys" for a command whose keys are optional even when
@@ -84,6 +105,29 @@ pub fn key_positions(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, Ke
         return Err(failure.unwrap_or(KeysError::Syntax));
     }
     Ok(keys)
+}
+
+/// The key of a command whose only key spec is one fixed, present
+/// position (GET, SET, INCR, ...): what the full search below answers for
+/// it, without the search. `None` sends every other shape the long way.
+fn single_fixed_key(spec: &CommandSpec, req: &Request) -> Option<usize> {
+    let [ks] = spec.key_specs else {
+        return None;
+    };
+    let odd = KeySpecFlags(
+        KeySpecFlags::NOT_KEY.0 | KeySpecFlags::VARIABLE_FLAGS.0 | KeySpecFlags::INCOMPLETE.0,
+    );
+    if ks.flags.0 & odd.0 != 0 {
+        return None;
+    }
+    let (BeginSearch::Index(at), FindKeys::Range { lastkey: 0, .. }) =
+        (ks.begin_search, ks.find_keys)
+    else {
+        return None;
+    };
+    usize::try_from(at)
+        .ok()
+        .filter(|&at| at > 0 && at < req.argc())
 }
 
 /// Like [`key_positions`], each key paired with the flags of the key spec
@@ -149,9 +193,9 @@ pub fn key_positions_with_flags(
 /// Redis's `getKeysUsingKeySpecs` with default search flags: `NOT_KEY` specs
 /// are skipped, and an incomplete, unknown or out-of-range spec fails the
 /// whole search.
-fn keys_from_specs(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, KeysError> {
+fn keys_from_specs(spec: &CommandSpec, req: &Request) -> Result<KeyPositions, KeysError> {
     let argc = req.argc() as i64;
-    let mut keys = Vec::new();
+    let mut keys = KeyPositions::new();
     for ks in spec.key_specs {
         if ks.flags.contains(KeySpecFlags::NOT_KEY) {
             continue;
@@ -555,6 +599,28 @@ mod tests {
             flagged(&["GEORADIUS", "g", "0", "0", "1", "km", "STORE", "d"]),
             vec![(1, true), (7, false)]
         );
+    }
+
+    /// The single-fixed-key shortcut answers what the full search answers,
+    /// for every command of the table it applies to, whatever the argc.
+    #[test]
+    fn single_fixed_key_agrees_with_the_search() {
+        let mut checked = 0;
+        for spec in crate::command::all() {
+            let subs = spec.subcommands.iter();
+            for spec in std::iter::once(spec).chain(subs) {
+                for argc in 1..6 {
+                    let args: Vec<String> = (0..argc).map(|i| format!("a{i}")).collect();
+                    let req = Request::from_args(&args);
+                    if let Some(key) = single_fixed_key(spec, &req) {
+                        checked += 1;
+                        let searched = search_key_positions(spec, &req);
+                        assert_eq!(searched.as_deref(), Ok(&[key][..]), "{}", spec.name);
+                    }
+                }
+            }
+        }
+        assert!(checked > 100, "{checked}");
     }
 
     #[test]
