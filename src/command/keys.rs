@@ -17,7 +17,7 @@
 use super::{BeginSearch, CommandSpec, FindKeys, Flags, KeySpec, KeySpecFlags};
 use crate::protocol::decimal::parse_ll;
 use crate::protocol::request::Request;
-use smallvec::SmallVec;
+use smallvec::{smallvec, SmallVec};
 
 /// Why keygate cannot say where a request's keys are; the text is Redis-style
 /// and fit to send to the client as the command's refusal.
@@ -53,7 +53,7 @@ pub fn key_positions(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, Ke
 /// per-request form the namespace rewrite uses.
 pub fn key_positions_inline(spec: &CommandSpec, req: &Request) -> Result<KeyPositions, KeysError> {
     match single_fixed_key(spec, req) {
-        Some(key) => Ok(smallvec::smallvec![key]),
+        Some(key) => Ok(smallvec![key]),
         None => search_key_positions(spec, req),
     }
 }
@@ -84,7 +84,7 @@ fn search_key_positions(spec: &CommandSpec, req: &Request) -> Result<KeyPosition
     }
     if !resolved {
         if let Some(getkeys) = native {
-            keys = KeyPositions::from_vec(getkeys(req));
+            keys = getkeys(req);
         }
     }
     if !keys.windows(2).all(|pair| matches!(pair, [a, b] if a < b)) {
@@ -307,7 +307,7 @@ fn find_keys(ks: &KeySpec, req: &Request, first: i64) -> Result<(i64, i64, i64),
 
 /// A native "getkeys" procedure: argument vector in, key positions out
 /// (empty when Redis's procedure finds none).
-type GetKeys = fn(&Request) -> Vec<usize>;
+type GetKeys = fn(&Request) -> KeyPositions;
 
 /// The Redis 7.0 commands that carry a `getkeys_proc`, used when key specs
 /// cannot answer (incomplete, unknown or variable-flag specs, or a failure).
@@ -320,7 +320,13 @@ fn native_getkeys(name: &str) -> Option<GetKeys> {
         "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" | "blmpop"
         | "bzmpop" => |r| numkeys_keys(r, None, 2, 3),
         "sort" => sort_keys,
-        "sort_ro" | "set" | "bitfield" => |r| if r.argc() > 1 { vec![1] } else { vec![] },
+        "sort_ro" | "set" | "bitfield" => |r| {
+            if r.argc() > 1 {
+                smallvec![1]
+            } else {
+                KeyPositions::new()
+            }
+        },
         "migrate" => migrate_keys,
         "georadius" | "georadiusbymember" => georadius_keys,
         "xread" | "xreadgroup" => xread_keys,
@@ -361,24 +367,24 @@ fn numkeys_keys(
     store_at: Option<usize>,
     count_at: usize,
     first_at: usize,
-) -> Vec<usize> {
+) -> KeyPositions {
     let Some(count) = req.get(count_at) else {
-        return Vec::new();
+        return KeyPositions::new();
     };
     let num = atoi(count);
     let available = req.argc().saturating_sub(first_at) as i64;
     if num < 1 || num > available {
-        return Vec::new();
+        return KeyPositions::new();
     }
-    let mut keys: Vec<usize> = (first_at..first_at + num as usize).collect();
+    let mut keys: KeyPositions = (first_at..first_at + num as usize).collect();
     keys.extend(store_at);
     keys
 }
 
 /// Redis's `sortGetKeys`: the sorted key, plus the last `STORE` destination,
 /// skipping the arguments of LIMIT, GET and BY.
-fn sort_keys(req: &Request) -> Vec<usize> {
-    let mut keys = vec![1];
+fn sort_keys(req: &Request) -> KeyPositions {
+    let mut keys = smallvec![1];
     let mut store = None;
     let mut i = 2;
     while i < req.argc() {
@@ -399,7 +405,7 @@ fn sort_keys(req: &Request) -> Vec<usize> {
 
 /// Redis's `migrateGetKeys`: the key argument, or with `KEYS` (which needs an
 /// empty key argument) every argument after it.
-fn migrate_keys(req: &Request) -> Vec<usize> {
+fn migrate_keys(req: &Request) -> KeyPositions {
     let mut first = 3;
     let mut num = 1;
     if req.argc() > 6 {
@@ -408,7 +414,7 @@ fn migrate_keys(req: &Request) -> Vec<usize> {
             let arg = req.get(i).unwrap_or_default();
             if arg.eq_ignore_ascii_case(b"keys") {
                 if !req.get(3).unwrap_or_default().is_empty() {
-                    return Vec::new();
+                    return KeyPositions::new();
                 }
                 first = i + 1;
                 num = req.argc() - first;
@@ -427,7 +433,7 @@ fn migrate_keys(req: &Request) -> Vec<usize> {
 
 /// Redis's `georadiusGetKeys`: the source key, plus the last STORE or
 /// STOREDIST destination.
-fn georadius_keys(req: &Request) -> Vec<usize> {
+fn georadius_keys(req: &Request) -> KeyPositions {
     let mut stored = None;
     let mut i = 5;
     while i < req.argc() {
@@ -439,14 +445,14 @@ fn georadius_keys(req: &Request) -> Vec<usize> {
         }
         i += 1;
     }
-    let mut keys = vec![1];
+    let mut keys = smallvec![1];
     keys.extend(stored);
     keys
 }
 
 /// Redis's `xreadGetKeys`: after the options, `STREAMS` then as many keys as
 /// IDs.
-fn xread_keys(req: &Request) -> Vec<usize> {
+fn xread_keys(req: &Request) -> KeyPositions {
     let mut streams_at = None;
     let mut i = 1;
     while i < req.argc() {
@@ -465,11 +471,11 @@ fn xread_keys(req: &Request) -> Vec<usize> {
         i += 1;
     }
     let Some(at) = streams_at else {
-        return Vec::new();
+        return KeyPositions::new();
     };
     let num = req.argc() - at - 1;
     if num == 0 || num % 2 != 0 {
-        return Vec::new();
+        return KeyPositions::new();
     }
     (at + 1..at + 1 + num / 2).collect()
 }
