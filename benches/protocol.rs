@@ -2,11 +2,19 @@
 //!
 //! Figures to read: `request_scan/pipeline16` per element is per 16
 //! commands; `redis_protocol_decode/pipeline16` decodes the same bytes with
-//! the `redis-protocol` crate for comparison.
+//! the `redis-protocol` crate for comparison. `request_rewrite/*` is the
+//! per-command cost of isolation (namespace prefix) and TTL governance
+//! (default TTL) on SET and GET, against `request_rewrite/*_unprefixed`,
+//! what a service without a namespace pays.
 use bytes::BytesMut;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use keygate::command::{self, CommandSpec};
+use keygate::config::ServiceConfig;
+use keygate::policy::namespace::Rewritten;
+use keygate::policy::service::Service;
 use keygate::protocol::reply::ReplyScanner;
 use keygate::protocol::request::{Request, RequestScanner, ScanLimits};
+use std::time::SystemTime;
 
 /// Sixteen alternating SET and GET commands, as redis-benchmark -P 16 sends.
 fn pipeline16() -> Vec<u8> {
@@ -68,6 +76,51 @@ fn prefix_args(c: &mut Criterion) {
     });
 }
 
+/// A service from its `[[service]]` TOML body.
+fn service(toml_body: &str) -> Service {
+    let config: ServiceConfig = toml::from_str(toml_body).expect("service config");
+    Service::from_config(0, &config)
+}
+
+/// The request as the namespace stage forwards it.
+fn isolate(service: &Service, spec: &'static CommandSpec, req: &Request) -> Request {
+    match &service.namespace {
+        None => req.clone(),
+        Some(ns) => match ns.rewrite(spec, req, service) {
+            Ok(Rewritten::Forward { request, .. }) => request,
+            other => panic!("not forwarded: {other:?}"),
+        },
+    }
+}
+
+fn request_rewrite(c: &mut Criterion) {
+    let set = Request::from_args(&["SET", "key:000000012345", "xxx"]);
+    let get = Request::from_args(&["GET", "key:000000012345"]);
+    let set_spec = command::lookup(&set).expect("set");
+    let get_spec = command::lookup(&get).expect("get");
+    let plain = service("name = \"default\"\nprefix = \"\"\nisolation = false");
+    let prefixed = service("name = \"svc\"\nprefix = \"svc:\"");
+    let ttl = service("name = \"svc\"\nprefix = \"svc:\"\ndefault_ttl = \"1h\"");
+    let mut group = c.benchmark_group("request_rewrite");
+    for (name, spec, req) in [("set", set_spec, &set), ("get", get_spec, &get)] {
+        group.bench_function(format!("{name}_unprefixed"), |b| {
+            b.iter(|| isolate(&plain, spec, black_box(req)))
+        });
+        group.bench_function(format!("{name}_prefix"), |b| {
+            b.iter(|| isolate(&prefixed, spec, black_box(req)))
+        });
+        group.bench_function(format!("{name}_prefix_default_ttl"), |b| {
+            b.iter(|| {
+                let req = isolate(&ttl, spec, black_box(req));
+                ttl.ttl
+                    .govern(spec, &req, SystemTime::now())
+                    .expect("governed")
+            })
+        });
+    }
+    group.finish();
+}
+
 fn reply_scan(c: &mut Criterion) {
     let payload = vec![b'v'; 3_400_000];
     let mut reply = format!("${}\r\n", payload.len()).into_bytes();
@@ -104,5 +157,11 @@ fn reply_scan(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, request_scan, prefix_args, reply_scan);
+criterion_group!(
+    benches,
+    request_scan,
+    prefix_args,
+    request_rewrite,
+    reply_scan
+);
 criterion_main!(benches);

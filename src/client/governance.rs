@@ -40,7 +40,7 @@ impl Connection {
                 }
             }
         }
-        if !service.ttl.is_active() {
+        if service.ttl.leaves_alone(spec) {
             return Some((req, Vec::new()));
         }
         match service.ttl.govern(spec, &req, SystemTime::now()) {

@@ -17,6 +17,7 @@
 use super::{BeginSearch, CommandSpec, FindKeys, Flags, KeySpec, KeySpecFlags};
 use crate::protocol::decimal::parse_ll;
 use crate::protocol::request::Request;
+use smallvec::{smallvec, SmallVec};
 
 /// Why keygate cannot say where a request's keys are; the text is Redis-style
 /// and fit to send to the client as the command's refusal.
@@ -36,11 +37,29 @@ pub enum KeysError {
     Syntax,
 }
 
+/// Key positions, inline for commands with up to four keys (no allocation
+/// for the common single-key commands).
+pub type KeyPositions = SmallVec<[usize; 4]>;
+
 /// Argument indexes of every key in `req`, in argument order.
 ///
 /// Errors when the command has keys but they cannot be located, so the
 /// caller can refuse the request instead of forwarding unconfined keys.
 pub fn key_positions(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, KeysError> {
+    key_positions_inline(spec, req).map(KeyPositions::into_vec)
+}
+
+/// [`key_positions`] without a heap allocation for up to four keys: the
+/// per-request form the namespace rewrite uses.
+pub fn key_positions_inline(spec: &CommandSpec, req: &Request) -> Result<KeyPositions, KeysError> {
+    match single_fixed_key(spec, req) {
+        Some(key) => Ok(smallvec![key]),
+        None => search_key_positions(spec, req),
+    }
+}
+
+/// The full key search behind [`key_positions_inline`].
+fn search_key_positions(spec: &CommandSpec, req: &Request) -> Result<KeyPositions, KeysError> {
     let has_key_spec = spec
         .key_specs
         .iter()
@@ -52,7 +71,7 @@ pub fn key_positions(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, Ke
     let native = native_getkeys(spec.name);
 
     let mut failure = None;
-    let mut keys = Vec::new();
+    let mut keys = KeyPositions::new();
     let mut resolved = false;
     if has_key_spec && !has_variable_flags {
         match keys_from_specs(spec, req) {
@@ -68,8 +87,10 @@ pub fn key_positions(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, Ke
             keys = getkeys(req);
         }
     }
-    keys.sort_unstable();
-    keys.dedup();
+    if !keys.windows(2).all(|pair| matches!(pair, [a, b] if a < b)) {
+        keys.sort_unstable();
+        keys.dedup();
+    }
 
     let has_keys = has_key_spec || native.is_some();
     // Redis answers "no keys" for a command whose keys are optional even when
@@ -84,6 +105,29 @@ pub fn key_positions(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, Ke
         return Err(failure.unwrap_or(KeysError::Syntax));
     }
     Ok(keys)
+}
+
+/// The key of a command whose only key spec is one fixed, present
+/// position (GET, SET, INCR, ...): what the full search below answers for
+/// it, without the search. `None` sends every other shape the long way.
+fn single_fixed_key(spec: &CommandSpec, req: &Request) -> Option<usize> {
+    let [ks] = spec.key_specs else {
+        return None;
+    };
+    let odd = KeySpecFlags(
+        KeySpecFlags::NOT_KEY.0 | KeySpecFlags::VARIABLE_FLAGS.0 | KeySpecFlags::INCOMPLETE.0,
+    );
+    if ks.flags.0 & odd.0 != 0 {
+        return None;
+    }
+    let (BeginSearch::Index(at), FindKeys::Range { lastkey: 0, .. }) =
+        (ks.begin_search, ks.find_keys)
+    else {
+        return None;
+    };
+    usize::try_from(at)
+        .ok()
+        .filter(|&at| at > 0 && at < req.argc())
 }
 
 /// Like [`key_positions`], each key paired with the flags of the key spec
@@ -149,9 +193,9 @@ pub fn key_positions_with_flags(
 /// Redis's `getKeysUsingKeySpecs` with default search flags: `NOT_KEY` specs
 /// are skipped, and an incomplete, unknown or out-of-range spec fails the
 /// whole search.
-fn keys_from_specs(spec: &CommandSpec, req: &Request) -> Result<Vec<usize>, KeysError> {
+fn keys_from_specs(spec: &CommandSpec, req: &Request) -> Result<KeyPositions, KeysError> {
     let argc = req.argc() as i64;
-    let mut keys = Vec::new();
+    let mut keys = KeyPositions::new();
     for ks in spec.key_specs {
         if ks.flags.contains(KeySpecFlags::NOT_KEY) {
             continue;
@@ -263,7 +307,7 @@ fn find_keys(ks: &KeySpec, req: &Request, first: i64) -> Result<(i64, i64, i64),
 
 /// A native "getkeys" procedure: argument vector in, key positions out
 /// (empty when Redis's procedure finds none).
-type GetKeys = fn(&Request) -> Vec<usize>;
+type GetKeys = fn(&Request) -> KeyPositions;
 
 /// The Redis 7.0 commands that carry a `getkeys_proc`, used when key specs
 /// cannot answer (incomplete, unknown or variable-flag specs, or a failure).
@@ -276,7 +320,13 @@ fn native_getkeys(name: &str) -> Option<GetKeys> {
         "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" | "blmpop"
         | "bzmpop" => |r| numkeys_keys(r, None, 2, 3),
         "sort" => sort_keys,
-        "sort_ro" | "set" | "bitfield" => |r| if r.argc() > 1 { vec![1] } else { vec![] },
+        "sort_ro" | "set" | "bitfield" => |r| {
+            if r.argc() > 1 {
+                smallvec![1]
+            } else {
+                KeyPositions::new()
+            }
+        },
         "migrate" => migrate_keys,
         "georadius" | "georadiusbymember" => georadius_keys,
         "xread" | "xreadgroup" => xread_keys,
@@ -317,24 +367,24 @@ fn numkeys_keys(
     store_at: Option<usize>,
     count_at: usize,
     first_at: usize,
-) -> Vec<usize> {
+) -> KeyPositions {
     let Some(count) = req.get(count_at) else {
-        return Vec::new();
+        return KeyPositions::new();
     };
     let num = atoi(count);
     let available = req.argc().saturating_sub(first_at) as i64;
     if num < 1 || num > available {
-        return Vec::new();
+        return KeyPositions::new();
     }
-    let mut keys: Vec<usize> = (first_at..first_at + num as usize).collect();
+    let mut keys: KeyPositions = (first_at..first_at + num as usize).collect();
     keys.extend(store_at);
     keys
 }
 
 /// Redis's `sortGetKeys`: the sorted key, plus the last `STORE` destination,
 /// skipping the arguments of LIMIT, GET and BY.
-fn sort_keys(req: &Request) -> Vec<usize> {
-    let mut keys = vec![1];
+fn sort_keys(req: &Request) -> KeyPositions {
+    let mut keys = smallvec![1];
     let mut store = None;
     let mut i = 2;
     while i < req.argc() {
@@ -355,7 +405,7 @@ fn sort_keys(req: &Request) -> Vec<usize> {
 
 /// Redis's `migrateGetKeys`: the key argument, or with `KEYS` (which needs an
 /// empty key argument) every argument after it.
-fn migrate_keys(req: &Request) -> Vec<usize> {
+fn migrate_keys(req: &Request) -> KeyPositions {
     let mut first = 3;
     let mut num = 1;
     if req.argc() > 6 {
@@ -364,7 +414,7 @@ fn migrate_keys(req: &Request) -> Vec<usize> {
             let arg = req.get(i).unwrap_or_default();
             if arg.eq_ignore_ascii_case(b"keys") {
                 if !req.get(3).unwrap_or_default().is_empty() {
-                    return Vec::new();
+                    return KeyPositions::new();
                 }
                 first = i + 1;
                 num = req.argc() - first;
@@ -383,7 +433,7 @@ fn migrate_keys(req: &Request) -> Vec<usize> {
 
 /// Redis's `georadiusGetKeys`: the source key, plus the last STORE or
 /// STOREDIST destination.
-fn georadius_keys(req: &Request) -> Vec<usize> {
+fn georadius_keys(req: &Request) -> KeyPositions {
     let mut stored = None;
     let mut i = 5;
     while i < req.argc() {
@@ -395,14 +445,14 @@ fn georadius_keys(req: &Request) -> Vec<usize> {
         }
         i += 1;
     }
-    let mut keys = vec![1];
+    let mut keys = smallvec![1];
     keys.extend(stored);
     keys
 }
 
 /// Redis's `xreadGetKeys`: after the options, `STREAMS` then as many keys as
 /// IDs.
-fn xread_keys(req: &Request) -> Vec<usize> {
+fn xread_keys(req: &Request) -> KeyPositions {
     let mut streams_at = None;
     let mut i = 1;
     while i < req.argc() {
@@ -421,11 +471,11 @@ fn xread_keys(req: &Request) -> Vec<usize> {
         i += 1;
     }
     let Some(at) = streams_at else {
-        return Vec::new();
+        return KeyPositions::new();
     };
     let num = req.argc() - at - 1;
     if num == 0 || num % 2 != 0 {
-        return Vec::new();
+        return KeyPositions::new();
     }
     (at + 1..at + 1 + num / 2).collect()
 }
@@ -555,6 +605,28 @@ mod tests {
             flagged(&["GEORADIUS", "g", "0", "0", "1", "km", "STORE", "d"]),
             vec![(1, true), (7, false)]
         );
+    }
+
+    /// The single-fixed-key shortcut answers what the full search answers,
+    /// for every command of the table it applies to, whatever the argc.
+    #[test]
+    fn single_fixed_key_agrees_with_the_search() {
+        let mut checked = 0;
+        for spec in crate::command::all() {
+            let subs = spec.subcommands.iter();
+            for spec in std::iter::once(spec).chain(subs) {
+                for argc in 1..6 {
+                    let args: Vec<String> = (0..argc).map(|i| format!("a{i}")).collect();
+                    let req = Request::from_args(&args);
+                    if let Some(key) = single_fixed_key(spec, &req) {
+                        checked += 1;
+                        let searched = search_key_positions(spec, &req);
+                        assert_eq!(searched.as_deref(), Ok(&[key][..]), "{}", spec.name);
+                    }
+                }
+            }
+        }
+        assert!(checked > 100, "{checked}");
     }
 
     #[test]

@@ -34,7 +34,7 @@ use super::access::Refusal;
 use super::confinement::{self, Rule};
 use super::keyspace::Procedure;
 use super::service::Service;
-use crate::command::keys::{key_positions, KeysError};
+use crate::command::keys::{key_positions, key_positions_inline, KeysError};
 use crate::command::{CommandSpec, ReplyKeys};
 use crate::protocol::reply::Value;
 use crate::protocol::request::Request;
@@ -218,7 +218,7 @@ impl Namespace {
             reply_keys: spec.reply_keys,
         };
         let keys = |req: &Request| -> Result<Request, Refusal> {
-            let positions = key_positions(spec, req).map_err(Refusal::Unlocatable)?;
+            let positions = key_positions_inline(spec, req).map_err(Refusal::Unlocatable)?;
             Ok(req.prefix_args(&positions, &self.prefix))
         };
         match confinement::rule(spec.name) {

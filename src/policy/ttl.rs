@@ -377,6 +377,14 @@ impl TtlPolicy {
         }
     }
 
+    /// Whether [`TtlPolicy::govern`] passes every request of this command
+    /// through unchanged, so the caller can skip it (and the clock read).
+    pub fn leaves_alone(&self, spec: &CommandSpec) -> bool {
+        !self.is_active()
+            || (!spec.flags.contains(Flags::WRITE)
+                && !matches!(spec.name, "eval" | "evalsha" | "fcall"))
+    }
+
     /// Applies the policy to one request whose keys are already namespaced.
     /// `now` is wall-clock time, for the absolute forms (EXAT, PXAT,
     /// EXPIREAT, PEXPIREAT, RESTORE ABSTTL).
@@ -386,13 +394,10 @@ impl TtlPolicy {
         req: &Request,
         now: SystemTime,
     ) -> Result<Governed, TtlRefusal> {
-        if !self.is_active() {
+        if self.leaves_alone(spec) {
             return Ok(Governed::unchanged(req));
         }
         let name = spec.name;
-        if !spec.flags.contains(Flags::WRITE) && !matches!(name, "eval" | "evalsha" | "fcall") {
-            return Ok(Governed::unchanged(req));
-        }
         match name {
             "set" => self.govern_set(req, unix_ms(now)),
             "getex" => self.govern_getex(req, unix_ms(now)),
@@ -507,10 +512,7 @@ impl TtlPolicy {
             });
         }
         let ms = decimal(default_ms);
-        let mut args: SmallVec<[&[u8]; 8]> = req.args().collect();
-        args.push(b"PX");
-        args.push(&ms[..]);
-        Ok(Governed::rewritten(Request::from_args(&args)))
+        Ok(Governed::rewritten(req.append_args(&[b"PX", &ms[..]])))
     }
 
     /// GETEX key [EX|PX|EXAT|PXAT n|PERSIST].

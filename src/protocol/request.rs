@@ -10,6 +10,8 @@
 //! the same `Protocol error` through keygate as from Redis itself. Every
 //! offset in a frame fits in a `u32`: the scanner refuses larger requests.
 
+use std::cell::RefCell;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use smallvec::SmallVec;
 
@@ -94,30 +96,62 @@ fn put_len_line(out: &mut BytesMut, prefix: u8, n: usize) {
     out.put_slice(b"\r\n");
 }
 
+/// Moves the spans in `range` `by` bytes further into the frame.
+fn shift_spans(spans: &mut ArgSpans, range: std::ops::Range<usize>, by: usize) {
+    if by == 0 {
+        return;
+    }
+    for span in spans.get_mut(range).unwrap_or(&mut []) {
+        span.start = offset32(span.start() + by);
+    }
+}
+
+/// Size of each shared buffer small rewritten frames are carved from.
+const FRAME_ARENA_CHUNK: usize = 16 * 1024;
+
+/// Largest frame carved from the shared buffer; bigger ones get their own.
+const FRAME_ARENA_MAX: usize = 1024;
+
+thread_local! {
+    /// This thread's buffer for small rewritten frames. Each frame is split
+    /// off it, so a rewrite costs no allocation of its own and the frame's
+    /// clones (queued for the backend writer) are reference-count bumps; a
+    /// chunk is freed when the last frame carved from it is dropped.
+    static FRAME_ARENA: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+/// A frame of `len` bytes written by `write` (which must write exactly
+/// `len` bytes for the carving to stay exact; more only costs a copy).
+fn build_frame(len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let mut write = Some(write);
+    if len <= FRAME_ARENA_MAX {
+        let carved = FRAME_ARENA
+            .try_with(|arena| {
+                let mut arena = arena.try_borrow_mut().ok()?;
+                if arena.capacity() < len {
+                    *arena = BytesMut::with_capacity(FRAME_ARENA_CHUNK);
+                }
+                (write.take()?)(&mut arena);
+                Some(arena.split().freeze())
+            })
+            .ok()
+            .flatten();
+        if let Some(frame) = carved {
+            return frame;
+        }
+    }
+    let mut out = BytesMut::with_capacity(len);
+    if let Some(write) = write {
+        write(&mut out);
+    }
+    out.freeze()
+}
+
 /// One client command: canonical multibulk bytes plus argument offsets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     frame: Bytes,
     args: ArgSpans,
-}
-
-/// How one argument changes in a rewrite.
-#[derive(Clone, Copy)]
-enum ArgEdit<'a> {
-    /// The argument is replaced by these bytes.
-    Replace(&'a [u8]),
-    /// These bytes are put in front of the argument.
-    Prefix(&'a [u8]),
-}
-
-impl ArgEdit<'_> {
-    /// Length of the edited argument, given the old one's length.
-    fn new_len(self, old_len: usize) -> usize {
-        match self {
-            ArgEdit::Replace(with) => with.len(),
-            ArgEdit::Prefix(prefix) => prefix.len() + old_len,
-        }
-    }
 }
 
 impl Request {
@@ -128,23 +162,21 @@ impl Request {
                 .iter()
                 .map(|a| bulk_header_len(a.as_ref().len()) + a.as_ref().len() + 2)
                 .sum::<usize>();
-        let mut out = BytesMut::with_capacity(total);
         let mut spans = ArgSpans::with_capacity(args.len());
-        put_len_line(&mut out, b'*', args.len());
-        for arg in args {
-            let arg = arg.as_ref();
-            put_len_line(&mut out, b'$', arg.len());
-            spans.push(ArgSpan {
-                start: offset32(out.len()),
-                len: offset32(arg.len()),
-            });
-            out.put_slice(arg);
-            out.put_slice(b"\r\n");
-        }
-        Request {
-            frame: out.freeze(),
-            args: spans,
-        }
+        let frame = build_frame(total, |out| {
+            put_len_line(out, b'*', args.len());
+            for arg in args {
+                let arg = arg.as_ref();
+                put_len_line(out, b'$', arg.len());
+                spans.push(ArgSpan {
+                    start: offset32(out.len()),
+                    len: offset32(arg.len()),
+                });
+                out.put_slice(arg);
+                out.put_slice(b"\r\n");
+            }
+        });
+        Request { frame, args: spans }
     }
 
     /// The canonical RESP multibulk bytes, ready to write to a backend.
@@ -173,24 +205,108 @@ impl Request {
     ///
     /// Edits past the last argument, or out of order, are ignored.
     pub fn splice(&self, edits: &[(usize, &[u8])]) -> Request {
-        self.rewrite(edits.iter().map(|&(i, with)| (i, ArgEdit::Replace(with))))
+        self.rewrite(edits.iter().copied())
     }
 
     /// A new request with `prefix` put in front of each argument in `indexes`
     /// (sorted, no duplicates): the namespace rewrite's fast path.
     ///
     /// Indexes past the last argument, or out of order, are ignored.
+    ///
+    /// The new frame is written once, in runs: everything from one key's
+    /// payload up to the next key's header is a single copy; the spans are
+    /// the old ones shifted by how much the frame has grown so far.
     pub fn prefix_args(&self, indexes: &[usize], prefix: &[u8]) -> Request {
         if prefix.is_empty() || indexes.is_empty() {
             return self.clone();
         }
-        self.rewrite(indexes.iter().map(|&i| (i, ArgEdit::Prefix(prefix))))
+        let argc = self.args.len();
+        let keys = || {
+            let mut next_allowed = 0;
+            indexes.iter().filter_map(move |&i| {
+                if i < next_allowed || i >= argc {
+                    return None;
+                }
+                next_allowed = i + 1;
+                self.args.get(i).map(|span| (i, *span))
+            })
+        };
+        let mut new_len = self.frame.len();
+        for (_, span) in keys() {
+            let old = span.len as usize;
+            new_len += prefix.len() + bulk_header_len(old + prefix.len()) - bulk_header_len(old);
+        }
+        let mut spans = ArgSpans::from_slice(&self.args);
+        let frame = build_frame(new_len, |out| {
+            // Offset in the old frame up to which bytes are already in `out`.
+            let mut copied = 0;
+            // How far the bytes after `copied` move in the new frame.
+            let mut shift = 0;
+            // Spans before this index are already shifted.
+            let mut shifted = 0;
+            for (i, span) in keys() {
+                out.put_slice(self.frame.get(copied..span.header_start()).unwrap_or(&[]));
+                shift_spans(&mut spans, shifted..i, shift);
+                let new_len = span.len as usize + prefix.len();
+                put_len_line(out, b'$', new_len);
+                if let Some(edited) = spans.get_mut(i) {
+                    *edited = ArgSpan {
+                        start: offset32(out.len()),
+                        len: offset32(new_len),
+                    };
+                }
+                out.put_slice(prefix);
+                // The key's own bytes go out with the run that follows it.
+                shift = out.len() - span.start();
+                copied = span.start();
+                shifted = i + 1;
+            }
+            out.put_slice(self.frame.get(copied..).unwrap_or(&[]));
+            shift_spans(&mut spans, shifted..argc, shift);
+        });
+        Request { frame, args: spans }
+    }
+
+    /// A new request with `extra` arguments added at the end (a TTL option
+    /// on a SET): only the `*N` header changes, the rest is one copy.
+    pub fn append_args(&self, extra: &[&[u8]]) -> Request {
+        if extra.is_empty() {
+            return self.clone();
+        }
+        let argc = self.args.len();
+        let old_header = bulk_header_len(argc);
+        let new_header = bulk_header_len(argc + extra.len());
+        let body = self.frame.get(old_header..).unwrap_or(&[]);
+        let new_len = new_header
+            + body.len()
+            + extra
+                .iter()
+                .map(|a| bulk_header_len(a.len()) + a.len() + 2)
+                .sum::<usize>();
+        let mut spans = ArgSpans::with_capacity(argc + extra.len());
+        spans.extend_from_slice(&self.args);
+        // The header may only grow (9 arguments become 10 or more).
+        shift_spans(&mut spans, 0..argc, new_header.saturating_sub(old_header));
+        let frame = build_frame(new_len, |out| {
+            put_len_line(out, b'*', argc + extra.len());
+            out.put_slice(body);
+            for arg in extra {
+                put_len_line(out, b'$', arg.len());
+                spans.push(ArgSpan {
+                    start: offset32(out.len()),
+                    len: offset32(arg.len()),
+                });
+                out.put_slice(arg);
+                out.put_slice(b"\r\n");
+            }
+        });
+        Request { frame, args: spans }
     }
 
     /// Applies `edits` (by ascending argument index) in one pass over the frame.
     fn rewrite<'a, I>(&self, edits: I) -> Request
     where
-        I: Iterator<Item = (usize, ArgEdit<'a>)> + Clone,
+        I: Iterator<Item = (usize, &'a [u8])> + Clone,
     {
         let argc = self.args.len();
         let valid = |edits: I| {
@@ -206,12 +322,12 @@ impl Request {
 
         // Exact size of the new frame, so the output is allocated once.
         let mut new_len = self.frame.len();
-        for (i, edit) in valid(edits.clone()) {
+        for (i, with) in valid(edits.clone()) {
             let Some(span) = self.args.get(i) else {
                 continue;
             };
             let old = span.len as usize;
-            let new = edit.new_len(old);
+            let new = with.len();
             new_len = new_len - bulk_header_len(old) - old + bulk_header_len(new) + new;
         }
 
@@ -221,7 +337,7 @@ impl Request {
         let mut copied = 0;
         // Index of the next argument whose span is still to be recorded.
         let mut next_arg = 0;
-        for (i, edit) in valid(edits) {
+        for (i, with) in valid(edits) {
             let Some(span) = self.args.get(i).copied() else {
                 continue;
             };
@@ -236,19 +352,12 @@ impl Request {
                 });
             }
             out.put_slice(self.frame.get(copied..header).unwrap_or(&[]));
-            let new_len = edit.new_len(span.len as usize);
-            put_len_line(&mut out, b'$', new_len);
+            put_len_line(&mut out, b'$', with.len());
             spans.push(ArgSpan {
                 start: offset32(out.len()),
-                len: offset32(new_len),
+                len: offset32(with.len()),
             });
-            match edit {
-                ArgEdit::Replace(with) => out.put_slice(with),
-                ArgEdit::Prefix(prefix) => {
-                    out.put_slice(prefix);
-                    out.put_slice(self.frame.get(span.start()..span.end()).unwrap_or(&[]));
-                }
-            }
+            out.put_slice(with);
             out.put_slice(b"\r\n");
             copied = (span.end() + 2).min(self.frame.len());
             next_arg = i + 1;
