@@ -79,18 +79,17 @@ const FORBIDDEN: &[(&str, &str)] = &[
 /// Looks `name` up in the forbidden list, subcommand first, then container;
 /// worked out once per table name.
 fn forbidden_reason(name: &'static str) -> Option<&'static str> {
-    static REASONS: std::sync::LazyLock<
-        std::collections::HashMap<&'static str, Option<&'static str>>,
-    > = std::sync::LazyLock::new(|| {
-        let mut reasons = std::collections::HashMap::new();
-        for spec in crate::command::all() {
-            reasons.insert(spec.name, search_forbidden(spec.name));
-            for sub in spec.subcommands {
-                reasons.insert(sub.name, search_forbidden(sub.name));
+    static REASONS: std::sync::LazyLock<rustc_hash::FxHashMap<&'static str, Option<&'static str>>> =
+        std::sync::LazyLock::new(|| {
+            let mut reasons = rustc_hash::FxHashMap::default();
+            for spec in crate::command::all() {
+                reasons.insert(spec.name, search_forbidden(spec.name));
+                for sub in spec.subcommands {
+                    reasons.insert(sub.name, search_forbidden(sub.name));
+                }
             }
-        }
-        reasons
-    });
+            reasons
+        });
     match REASONS.get(name) {
         Some(reason) => *reason,
         None => search_forbidden(name),

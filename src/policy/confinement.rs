@@ -319,12 +319,9 @@ const REFUSED: &[(&str, &str)] = &[
 pub fn rule(name: &str) -> Rule {
     // Every table name's rule, worked out once: the lists below are searched
     // linearly, which is fine once but not on every command.
-    // Looked up on every command of a namespaced service: the keys are the
-    // table's own short names, so a cheap FNV hash replaces SipHash.
-    type Fnv = std::hash::BuildHasherDefault<NameHasher>;
-    static RULES: std::sync::LazyLock<std::collections::HashMap<&'static str, Rule, Fnv>> =
+    static RULES: std::sync::LazyLock<rustc_hash::FxHashMap<&'static str, Rule>> =
         std::sync::LazyLock::new(|| {
-            let mut rules = std::collections::HashMap::default();
+            let mut rules = rustc_hash::FxHashMap::default();
             for spec in crate::command::all() {
                 rules.insert(spec.name, classify(spec.name));
                 for sub in spec.subcommands {
@@ -334,29 +331,6 @@ pub fn rule(name: &str) -> Rule {
             rules
         });
     RULES.get(name).copied().unwrap_or_else(|| classify(name))
-}
-
-/// FNV-1a, for the rule table: its keys are fixed command names, not
-/// attacker-chosen, so flooding resistance buys nothing there.
-#[derive(Default)]
-struct NameHasher(u64);
-
-impl std::hash::Hasher for NameHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut hash = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for &b in bytes {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = hash;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 /// The rule of one command, from the lists below.
