@@ -35,11 +35,15 @@ const MAX_GATHER: usize = 256 * 1024;
 /// What a batch's sender gets back: all its replies, contiguous.
 pub type BatchReply = Result<Bytes, BackendError>;
 
+/// A batch's request frames: usually one or two (a command and its TTL
+/// follow-up), kept inline so that case allocates nothing.
+pub type Payload = smallvec::SmallVec<[Bytes; 2]>;
+
 /// Requests of one client sent together, answered together.
 #[derive(Debug)]
 pub struct Batch {
     /// Request frames, written in order.
-    pub payload: Vec<Bytes>,
+    pub payload: Payload,
     /// How many replies the payload produces.
     pub count: u32,
     /// Where the replies go.
@@ -80,11 +84,25 @@ impl MuxHandle {
 
     /// Queues a batch, waiting while the connection's queue is full.
     pub async fn submit(&self, batch: Batch) {
+        // The queue almost always has room: skip the semaphore's wait future.
+        let batch = match self.tx.try_send(batch) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(batch)) => batch,
+            Err(mpsc::error::TrySendError::Closed(batch)) => {
+                let _ = batch.reply.send(Err(self.stopped()));
+                return;
+            }
+        };
         if let Err(mpsc::error::SendError(batch)) = self.tx.send(batch).await {
-            let _ = batch.reply.send(Err(BackendError::Unavailable {
-                addr: self.addr.to_string(),
-                reason: "connection task stopped".into(),
-            }));
+            let _ = batch.reply.send(Err(self.stopped()));
+        }
+    }
+
+    /// The error for a batch whose connection task is gone.
+    fn stopped(&self) -> BackendError {
+        BackendError::Unavailable {
+            addr: self.addr.to_string(),
+            reason: "connection task stopped".into(),
         }
     }
 }
@@ -226,6 +244,7 @@ where
         // join this write: one syscall for many clients' requests.
         tokio::task::yield_now().await;
         let mut gathered = 0;
+        let sent_at = Instant::now();
         let mut next = Some(first);
         while let Some(batch) = next.take() {
             for piece in batch.payload {
@@ -241,7 +260,7 @@ where
             }
             let pending = Pending {
                 count: batch.count,
-                sent_at: Instant::now(),
+                sent_at,
                 reply: batch.reply,
                 _in_flight: InFlight::new(health),
             };

@@ -111,7 +111,7 @@ impl Connection {
         }
         self.queue.push_shared(
             rx,
-            vec![CommandReply::plain(spec.name, Some(service.index))],
+            smallvec::smallvec![CommandReply::plain(spec.name, Some(service.index))],
             suppress,
             self.read_at,
         );

@@ -10,6 +10,7 @@
 //! exactly where the backend put them in its own stream.
 
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::oneshot;
@@ -97,12 +98,16 @@ enum SlotState {
     Answered(BatchReply),
 }
 
+/// The commands one slot answers: almost always one (a client that does
+/// not pipeline), kept inline so that case allocates nothing.
+pub type Commands = SmallVec<[CommandReply; 1]>;
+
 /// One position in the reply order.
 #[derive(Debug)]
 struct Slot {
     state: SlotState,
     /// The commands answered, in order; empty for replies keygate made.
-    commands: Vec<CommandReply>,
+    commands: Commands,
     /// CLIENT REPLY OFF/SKIP: the replies are dropped.
     suppress: bool,
     /// When the requests were read, for latency.
@@ -149,7 +154,7 @@ impl ReplyQueue {
     pub fn push_ready(&mut self, reply: Bytes, suppress: bool) {
         self.slots.push_back(Slot {
             state: SlotState::Ready(reply),
-            commands: Vec::new(),
+            commands: Commands::new(),
             suppress,
             started: Instant::now(),
             answered: None,
@@ -160,7 +165,7 @@ impl ReplyQueue {
     pub fn push_shared(
         &mut self,
         rx: oneshot::Receiver<BatchReply>,
-        commands: Vec<CommandReply>,
+        commands: Commands,
         suppress: bool,
         started: Instant,
     ) {
@@ -189,7 +194,7 @@ impl ReplyQueue {
                 acc: BytesMut::new(),
                 blocking,
             },
-            commands: vec![command],
+            commands: smallvec::smallvec![command],
             suppress,
             started,
             answered: None,
@@ -235,7 +240,7 @@ impl ReplyQueue {
     pub fn dedicated_push(&mut self, frame: Bytes) {
         let slot = Slot {
             state: SlotState::Ready(frame),
-            commands: Vec::new(),
+            commands: Commands::new(),
             suppress: false,
             started: Instant::now(),
             answered: None,
@@ -275,8 +280,10 @@ impl ReplyQueue {
         };
         if let SlotState::Shared(rx) = &mut slot.state {
             let result = rx.await.unwrap_or_else(|_| Err(lost()));
+            // `answered` stays unset: the client loop drains this slot in the
+            // same turn, so the write time stands in for it (one clock read
+            // per turn, not two).
             slot.state = SlotState::Answered(result);
-            slot.answered = Some(Instant::now());
         } else {
             std::future::pending::<()>().await
         }
@@ -285,14 +292,12 @@ impl ReplyQueue {
     /// Moves every complete slot at the front to `out`, in order, recording
     /// each command's latency, cache outcome and errors.
     pub fn drain_ready(&mut self, out: &mut BytesMut, recorder: &mut Recorder) {
+        let mut now = None;
         while let Some(slot) = self.slots.front_mut() {
             let result = match &mut slot.state {
                 SlotState::Ready(b) => Ok(std::mem::take(b)),
                 SlotState::Shared(rx) => match rx.try_recv() {
-                    Ok(r) => {
-                        slot.answered = Some(Instant::now());
-                        r
-                    }
+                    Ok(r) => r,
                     Err(oneshot::error::TryRecvError::Empty) => return,
                     Err(oneshot::error::TryRecvError::Closed) => Err(lost()),
                 },
@@ -308,7 +313,8 @@ impl ReplyQueue {
                 return;
             };
             self.commands_pending = self.commands_pending.saturating_sub(slot.commands.len());
-            write_slot(slot, result, out, recorder);
+            let now = *now.get_or_insert_with(Instant::now);
+            write_slot(slot, result, now, out, recorder);
         }
     }
 }
@@ -321,12 +327,20 @@ fn lost() -> BackendError {
 
 /// Writes one complete slot: the fast path copies a batch of plain replies
 /// whole; otherwise each command's frames are split off and its plan applied.
-fn write_slot(slot: Slot, result: BatchReply, out: &mut BytesMut, recorder: &mut Recorder) {
-    let now = Instant::now();
+/// A slot without an `answered` time was answered in this turn: `now`.
+fn write_slot(
+    slot: Slot,
+    result: BatchReply,
+    now: Instant,
+    out: &mut BytesMut,
+    recorder: &mut Recorder,
+) {
     let total = now.saturating_duration_since(slot.started);
-    let backend = slot
-        .answered
-        .map(|a| a.saturating_duration_since(slot.started));
+    let backend = Some(
+        slot.answered
+            .unwrap_or(now)
+            .saturating_duration_since(slot.started),
+    );
     let bytes = match result {
         Ok(bytes) => bytes,
         Err(err) => {
@@ -360,6 +374,24 @@ fn write_slot(slot: Slot, result: BatchReply, out: &mut BytesMut, recorder: &mut
         }
         return;
     }
+    if let [c] = slot.commands.as_slice() {
+        if c.frames == 1 {
+            // One command, one frame (a client that does not pipeline): the
+            // connection delimited it already, so it is all of `bytes`.
+            record_reply(
+                c,
+                ReplyKind::of_frame(&bytes),
+                &bytes,
+                total,
+                backend,
+                recorder,
+            );
+            if !slot.suppress {
+                apply_plan(&c.plan, &bytes, out);
+            }
+            return;
+        }
+    }
     let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);
     let mut rest: &[u8] = &bytes;
     for c in &slot.commands {
@@ -386,12 +418,7 @@ fn write_slot(slot: Slot, result: BatchReply, out: &mut BytesMut, recorder: &mut
         let Some((frame, kind)) = first else {
             continue;
         };
-        recorder.command(c.service, c.command, Role::Master, total, backend);
-        if kind == ReplyKind::Error {
-            recorder.error(c.service, c.command, ErrorKind::Backend);
-        } else if let Some((hits, misses)) = metrics::cache_outcome(c.command, frame) {
-            recorder.cache(c.service, c.command, hits, misses);
-        }
+        record_reply(c, kind, frame, total, backend, recorder);
         if !slot.suppress {
             apply_plan(&c.plan, frame, out);
         }
@@ -399,6 +426,24 @@ fn write_slot(slot: Slot, result: BatchReply, out: &mut BytesMut, recorder: &mut
 }
 
 /// Applies a reply plan to one command's reply frame.
+/// Records one command's latency and what its reply says (error, cache
+/// hits and misses).
+fn record_reply(
+    c: &CommandReply,
+    kind: ReplyKind,
+    frame: &[u8],
+    total: std::time::Duration,
+    backend: Option<std::time::Duration>,
+    recorder: &mut Recorder,
+) {
+    recorder.command(c.service, c.command, Role::Master, total, backend);
+    if kind == ReplyKind::Error {
+        recorder.error(c.service, c.command, ErrorKind::Backend);
+    } else if let Some((hits, misses)) = metrics::cache_outcome(c.command, frame) {
+        recorder.cache(c.service, c.command, hits, misses);
+    }
+}
+
 fn apply_plan(plan: &ReplyPlan, frame: &[u8], out: &mut BytesMut) {
     match plan {
         ReplyPlan::Forward => out.extend_from_slice(frame),

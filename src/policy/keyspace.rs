@@ -129,7 +129,7 @@ pub async fn run(
 async fn round_trip(mux: &MuxHandle, req: Request) -> Result<Bytes, Stop> {
     let (tx, rx) = oneshot::channel();
     mux.submit(Batch {
-        payload: vec![req.frame().clone()],
+        payload: smallvec::smallvec![req.frame().clone()],
         count: 1,
         reply: tx,
     })

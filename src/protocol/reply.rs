@@ -35,6 +35,22 @@ pub enum ReplyKind {
     Value,
 }
 
+impl ReplyKind {
+    /// The kind of `frame`, a whole reply frame already delimited by a
+    /// scanner: read off its first line without scanning it again.
+    pub fn of_frame(frame: &[u8]) -> ReplyKind {
+        let Some((&type_byte, rest)) = frame.split_first() else {
+            return ReplyKind::Value;
+        };
+        let line = rest
+            .iter()
+            .position(|&b| b == b'\r')
+            .and_then(|end| rest.get(..end))
+            .unwrap_or(rest);
+        kind_of(type_byte, line)
+    }
+}
+
 /// A complete frame found in a buffer: `buf[..end]` from the scan start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameEnd {
