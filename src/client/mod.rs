@@ -24,6 +24,7 @@ pub mod queue;
 mod rebind;
 pub mod session;
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,7 +37,7 @@ use tokio::time::Instant;
 
 use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::backend::dedicated::DedicatedLease;
-use crate::backend::mux::Batch;
+use crate::backend::mux::{Batch, Payload};
 use crate::backend::node::Node;
 use crate::backend::BackendError;
 use crate::command::{self, CommandSpec, Flags};
@@ -52,7 +53,7 @@ use crate::protocol::Protocol;
 use crate::router::{self, ConnectionEffect, Router};
 use crate::server::ProxyState;
 use local::LocalAnswer;
-use queue::{CommandReply, ReplyPlan, ReplyQueue};
+use queue::{CommandReply, Commands, ReplyPlan, ReplyQueue};
 use session::Session;
 
 /// Most reply slots a client may have outstanding before keygate stops
@@ -140,8 +141,8 @@ struct Connection {
     queue: ReplyQueue,
     dedicated: Option<Dedicated>,
     /// Requests gathered for one shared-connection batch, and what answers them.
-    batch: Vec<Bytes>,
-    batch_commands: Vec<CommandReply>,
+    batch: Payload,
+    batch_commands: Commands,
     batch_bytes: usize,
     batch_suppress: bool,
     /// Every command in the batch is READONLY (topology: may go to a replica).
@@ -180,7 +181,7 @@ pub async fn serve_io<R, W>(
     mut rd: R,
     mut wr: W,
     ctx: Arc<Context>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     R: ClientRead,
     W: AsyncWrite + Unpin,
@@ -192,8 +193,8 @@ pub async fn serve_io<R, W>(
         scanner: RequestScanner::new(ctx.scan_limits),
         queue: ReplyQueue::default(),
         dedicated: None,
-        batch: Vec::new(),
-        batch_commands: Vec::new(),
+        batch: Payload::new(),
+        batch_commands: Commands::new(),
         batch_bytes: 0,
         batch_suppress: false,
         batch_read_only: true,
@@ -221,12 +222,17 @@ pub async fn serve_io<R, W>(
     }
     conn.ctx.metrics.client_connected(conn.admitted_index());
     conn.counted = true;
+    // One future for the whole connection: a fresh `changed()` every turn
+    // would join and leave the watch's waiter list on every request.
+    let shutdown_signal = shutdown_signal(shutdown);
+    tokio::pin!(shutdown_signal);
     let mut rbuf = BytesMut::new();
     let idle_timeout = conn.ctx.config.proxy.idle_timeout;
     let mut last_activity = Instant::now();
     let mut dedicated_timer = Timer::default();
     let mut idle_timer = Timer::default();
-    let mut flush_timer = Timer::default();
+    let mut housekeeping_timer = Timer::default();
+    let mut housekeeping = Housekeeping::default();
     loop {
         if conn.closing && conn.queue.is_empty() {
             break;
@@ -250,12 +256,25 @@ pub async fn serve_io<R, W>(
                 conn.on_bytes(&mut rbuf).await;
             }
             _ = conn.queue.front_answered(), if conn.queue.front_is_shared() => {}
-            read = read_dedicated(&mut conn.dedicated) => conn.on_dedicated_read(read),
-            _ = dedicated_timer.fired(deadline) => conn.on_dedicated_timeout(),
-            _ = idle_timer.fired(idle_at) => break,
-            _ = flush_timer.fired(conn.recorder.flush_due_at().map(Instant::from_std)) => conn.recorder.flush_if_due(),
-            _ = shutdown.changed(), if !conn.closing => conn.closing = true,
+            read = read_dedicated(&mut conn.dedicated), if conn.dedicated.is_some() => conn.on_dedicated_read(read),
+            _ = dedicated_timer.fired(deadline), if deadline.is_some() => conn.on_dedicated_timeout(),
+            _ = idle_timer.fired(idle_at), if idle_at.is_some() => break,
+            _ = housekeeping_timer.fired(housekeeping.due(&conn.recorder)) => {
+                conn.recorder.flush_if_due();
+                if housekeeping.tick() && conn.queue.is_empty() && !conn.backlog {
+                    // Idle for a whole tick: give back what the last burst grew.
+                    conn.out = BytesMut::new();
+                    conn.queue.release_memory();
+                    if rbuf.is_empty() {
+                        rbuf = BytesMut::new();
+                    }
+                    housekeeping.released();
+                }
+                continue;
+            }
+            _ = &mut shutdown_signal, if !conn.closing => conn.closing = true,
         }
+        housekeeping.active();
         let (out_before, pending_before) = (conn.out.len(), conn.queue.commands_pending());
         conn.queue.drain_ready(&mut conn.out, &mut conn.recorder);
         conn.budget.observe(
@@ -269,11 +288,13 @@ pub async fn serve_io<R, W>(
                 break;
             }
             conn.recorder.bytes_out(conn.out.len());
-            conn.recorder.flush_if_due();
             conn.out.clear();
         }
-        if conn.queue.is_empty() && !conn.backlog {
-            // Everything read is answered: give back what the burst grew.
+        if conn.queue.is_empty()
+            && !conn.backlog
+            && conn.out.capacity() + rbuf.capacity() > RETAIN_LIMIT
+        {
+            // A burst grew the buffers past what an active client keeps.
             conn.out = BytesMut::new();
             conn.queue.release_memory();
             if rbuf.is_empty() {
@@ -307,14 +328,15 @@ fn reserve_for_read(buf: &mut BytesMut) {
 
 impl ClientRead for tokio::net::tcp::OwnedReadHalf {
     async fn read_some(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        loop {
+        if buf.capacity() == 0 {
+            // Idle (its buffers given back): no buffer until there is data.
             self.readable().await?;
-            reserve_for_read(buf);
-            match self.try_read_buf(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                other => return other,
-            }
         }
+        reserve_for_read(buf);
+        // `read_buf` rather than `try_read_buf`: a short read tells tokio the
+        // socket is drained, which saves the `EAGAIN` read per request that
+        // `try_read_buf` needs to learn the same.
+        self.read_buf(buf).await
     }
 }
 
@@ -325,12 +347,79 @@ impl<T: AsyncRead + Send> ClientRead for tokio::io::ReadHalf<T> {
     }
 }
 
+/// Buffers an active client keeps between requests (read buffer plus
+/// output buffer); more is given back as soon as everything is answered.
+const RETAIN_LIMIT: usize = 4 * READ_CHUNK;
+
+/// The client loop's periodic chores: handing metrics over and giving back
+/// an idle client's buffers. Its deadline moves once a tick, not once a
+/// request, so a busy client re-arms no timer; a client idle for a whole
+/// tick has its buffers released, so thousands of idle connections stay
+/// small while a busy one reuses its buffers instead of reallocating them on
+/// every request.
+#[derive(Default)]
+struct Housekeeping {
+    /// The next tick, while buffers are held.
+    next: Option<Instant>,
+    /// A request was handled since the last tick.
+    busy: bool,
+}
+
+impl Housekeeping {
+    /// How often an idle client's buffers are checked.
+    const TICK: Duration = Duration::from_secs(1);
+
+    /// The client handled something: hold its buffers for at least a tick.
+    fn active(&mut self) {
+        self.busy = true;
+        if self.next.is_none() {
+            self.next = Some(Instant::now() + Self::TICK);
+        }
+    }
+
+    /// When the loop must wake next: the tick or the metrics hand-over.
+    fn due(&self, recorder: &Recorder) -> Option<Instant> {
+        let flush = recorder.flush_due_at().map(Instant::from_std);
+        match (self.next, flush) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A wake-up: true when a whole tick passed without activity. Moves the
+    /// tick on either way, so a client that stays busy or cannot give its
+    /// buffers back (a blocked command) is looked at once a tick, not in a
+    /// loop.
+    fn tick(&mut self) -> bool {
+        let Some(next) = self.next else {
+            return false;
+        };
+        let now = Instant::now();
+        if now < next {
+            return false; // the metrics hand-over woke the loop
+        }
+        self.next = Some(now + Self::TICK);
+        !std::mem::take(&mut self.busy)
+    }
+
+    /// The buffers were given back: no tick until the client is active again.
+    fn released(&mut self) {
+        self.next = None;
+    }
+}
+
 /// A timer re-armed only when its deadline changes, so the client loop does
 /// not register a new timer on every turn (the metrics hand-over deadline,
 /// for one, stays the same for a second at a time).
+///
+/// Once the sleep has registered the task's waker, later turns only look at
+/// whether it has elapsed (an atomic load) instead of polling it again: the
+/// client loop polls every branch on every wake-up, once per request.
 struct Timer {
     sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
     armed: Option<Instant>,
+    /// The sleep was polled since it was armed and holds the task's waker.
+    registered: bool,
 }
 
 impl Default for Timer {
@@ -338,6 +427,7 @@ impl Default for Timer {
         Timer {
             sleep: Box::pin(tokio::time::sleep(Duration::from_secs(86_400))),
             armed: None,
+            registered: false,
         }
     }
 }
@@ -351,10 +441,44 @@ impl Timer {
         if self.armed != Some(at) {
             self.sleep.as_mut().reset(at);
             self.armed = Some(at);
+            self.registered = false;
         }
-        self.sleep.as_mut().await;
+        std::future::poll_fn(|cx| {
+            if self.registered && !self.sleep.is_elapsed() {
+                return std::task::Poll::Pending;
+            }
+            // Unconstrained: a `Pending` from the cooperative budget would
+            // not register the waker, and `registered` would lie.
+            let poll = std::pin::pin!(tokio::task::unconstrained(self.sleep.as_mut())).poll(cx);
+            self.registered = poll.is_pending();
+            poll
+        })
+        .await;
         self.armed = None;
+        self.registered = false;
     }
+}
+
+/// Completes when keygate starts shutting down (or the signal's sender is
+/// gone). Polled on every turn of the client loop, so after the first poll
+/// has put the task's waker in the watch's waiter list, a turn only compares
+/// versions instead of joining the list again.
+fn shutdown_signal(
+    mut shutdown: watch::Receiver<bool>,
+) -> impl std::future::Future<Output = ()> + Send {
+    let probe = shutdown.clone();
+    let mut changed = Box::pin(tokio::task::unconstrained(async move {
+        let _ = shutdown.changed().await;
+    }));
+    let mut registered = false;
+    std::future::poll_fn(move |cx| {
+        if registered && !probe.has_changed().unwrap_or(true) {
+            return std::task::Poll::Pending;
+        }
+        let poll = changed.as_mut().poll(cx);
+        registered = poll.is_pending();
+        poll
+    })
 }
 
 async fn read_dedicated(d: &mut Option<Dedicated>) -> std::io::Result<usize> {
@@ -987,5 +1111,28 @@ impl Drop for Connection {
             service.release();
         }
         self.ctx.clients.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn housekeeping_releases_after_an_idle_tick_and_never_spins() {
+        let mut h = Housekeeping::default();
+        assert!(!h.tick(), "nothing held, nothing to do");
+        h.active();
+        assert!(!h.tick(), "not due yet");
+        tokio::time::advance(Housekeeping::TICK).await;
+        assert!(!h.tick(), "busy during the last tick");
+        tokio::time::advance(Housekeeping::TICK).await;
+        assert!(h.tick(), "idle for a whole tick");
+        // Not released (a blocked command holds the queue): the next tick is
+        // a tick away, not due again at once.
+        assert!(h.next.is_some_and(|next| next > Instant::now()));
+        assert!(!h.tick());
+        h.released();
+        assert!(h.next.is_none());
     }
 }
