@@ -113,11 +113,19 @@ fn init_tracing(format: LogFormat) {
 /// Binds the listeners, starts the admin thread and serves until a signal.
 fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     raise_open_files_limit(&config);
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // One worker is one thread either way; the current-thread scheduler
+    // does it without the work-stealing machinery (no cross-thread wake-ups
+    // to arrange), which is measurably cheaper per request.
+    let mut runtime = match config.proxy.workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(workers) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(workers);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     runtime.enable_all().thread_name("keygate-worker");
-    if let Some(workers) = config.proxy.workers {
-        runtime.worker_threads(workers);
-    }
     let runtime = runtime.build().context("cannot start the tokio runtime")?;
 
     let admin_listener = match &config.proxy.admin_listen {
