@@ -114,6 +114,38 @@ fn null_allowed(type_byte: u8) -> Result<(), ProtocolError> {
     }
 }
 
+/// A whole non-aggregate frame at the start of `buf` (a line, or a blob
+/// with its payload and CRLF all there), with its end relative to `buf`;
+/// `None` for aggregates, incomplete frames and anything malformed, which
+/// the general scanner then handles (and reports).
+fn simple_frame(buf: &[u8]) -> Option<FrameEnd> {
+    let (&type_byte, rest) = buf.split_first()?;
+    let cr = rest.iter().position(|&b| b == b'\r')?;
+    let line = rest.get(..cr)?;
+    let after = cr + 3; // type byte, line, CRLF
+    if buf.get(after - 1) != Some(&b'\n') {
+        return None;
+    }
+    let end = match shape_of(type_byte).ok()? {
+        Shape::Line => after,
+        Shape::Blob => match parse_ll(line)? {
+            -1 if type_byte == b'$' => after,
+            len => {
+                let payload_end = after.checked_add(usize::try_from(len).ok()?)?;
+                if buf.get(payload_end..payload_end.checked_add(2)?)? != b"\r\n" {
+                    return None;
+                }
+                payload_end + 2
+            }
+        },
+        Shape::Aggregate(_) | Shape::Attribute => return None,
+    };
+    Some(FrameEnd {
+        end,
+        kind: kind_of(type_byte, line),
+    })
+}
+
 /// Resumable scanner of reply frames.
 #[derive(Debug)]
 pub struct ReplyScanner {
@@ -167,6 +199,18 @@ impl ReplyScanner {
 
     /// [`ReplyScanner::next_frame`] without the reset on error.
     fn next_frame_inner(&mut self, buf: &[u8]) -> Result<Option<FrameEnd>, ProtocolError> {
+        if self.at_frame_start() {
+            if let Some(frame) = buf.get(self.pos..).and_then(simple_frame) {
+                // The common reply (a status, an integer, a bulk string) is
+                // found whole in one step; anything else, or anything odd,
+                // takes the general path below, which also reports errors.
+                self.pos += frame.end;
+                return Ok(Some(FrameEnd {
+                    end: self.pos,
+                    kind: frame.kind,
+                }));
+            }
+        }
         loop {
             if self.pos > buf.len() {
                 return Ok(None);
@@ -311,6 +355,15 @@ impl ReplyScanner {
         self.pos = self.pos.saturating_sub(n);
         self.searched = self.searched.saturating_sub(n);
         self.pending_crlf = self.pending_crlf.map(|at| at.saturating_sub(n));
+    }
+
+    /// Between frames: nothing open, nothing half-read.
+    fn at_frame_start(&self) -> bool {
+        self.stack.is_empty()
+            && self.pending_crlf.is_none()
+            && !self.frame_done
+            && !self.top_attribute
+            && self.searched == 0
     }
 
     /// Takes one complete frame off the front of `buf` (which must not hold
