@@ -394,6 +394,7 @@ fn write_slot(
     }
     let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);
     let mut rest: &[u8] = &bytes;
+    let mut tally: Option<Tally<'_>> = None;
     for c in &slot.commands {
         let mut first: Option<(&[u8], ReplyKind)> = None;
         for _ in 0..c.frames {
@@ -418,14 +419,86 @@ fn write_slot(
         let Some((frame, kind)) = first else {
             continue;
         };
-        record_reply(c, kind, frame, total, backend, recorder);
+        if record_each {
+            tally = Some(match tally.take() {
+                Some(t) if t.same_series(c) => t,
+                Some(t) => {
+                    t.record(total, backend, recorder);
+                    Tally::new(c)
+                }
+                None => Tally::new(c),
+            });
+            if let Some(t) = tally.as_mut() {
+                t.add(kind, frame, recorder);
+            }
+        }
         if !slot.suppress {
             apply_plan(&c.plan, frame, out);
         }
     }
+    if let Some(t) = tally {
+        t.record(total, backend, recorder);
+    }
 }
 
-/// Applies a reply plan to one command's reply frame.
+/// A run of consecutive commands of one slot for the same (service,
+/// command): they were read and answered together, so they share one
+/// latency, recorded once with their count (a pipeline of 16 GETs costs one
+/// histogram update, not 16).
+struct Tally<'a> {
+    command: &'a CommandReply,
+    count: u64,
+    hits: u32,
+    misses: u32,
+}
+
+impl<'a> Tally<'a> {
+    fn new(command: &'a CommandReply) -> Tally<'a> {
+        Tally {
+            command,
+            count: 0,
+            hits: 0,
+            misses: 0,
+        }
+    }
+
+    fn same_series(&self, c: &CommandReply) -> bool {
+        self.command.command == c.command && self.command.service == c.service
+    }
+
+    /// One more command of the run; errors are recorded at once (rare).
+    fn add(&mut self, kind: ReplyKind, frame: &[u8], recorder: &mut Recorder) {
+        self.count += 1;
+        let c = self.command;
+        if kind == ReplyKind::Error {
+            recorder.error(c.service, c.command, ErrorKind::Backend);
+        } else if let Some((hits, misses)) = metrics::cache_outcome(c.command, frame) {
+            self.hits = self.hits.saturating_add(hits);
+            self.misses = self.misses.saturating_add(misses);
+        }
+    }
+
+    fn record(
+        self,
+        total: std::time::Duration,
+        backend: Option<std::time::Duration>,
+        recorder: &mut Recorder,
+    ) {
+        let c = self.command;
+        recorder.commands(
+            c.service,
+            c.command,
+            Role::Master,
+            total,
+            backend,
+            self.count,
+        );
+        if self.hits > 0 || self.misses > 0 {
+            recorder.cache(c.service, c.command, self.hits, self.misses);
+        }
+    }
+}
+
 /// Records one command's latency and what its reply says (error, cache
 /// hits and misses).
 fn record_reply(
@@ -444,6 +517,7 @@ fn record_reply(
     }
 }
 
+/// Applies a reply plan to one command's reply frame.
 fn apply_plan(plan: &ReplyPlan, frame: &[u8], out: &mut BytesMut) {
     match plan {
         ReplyPlan::Forward => out.extend_from_slice(frame),

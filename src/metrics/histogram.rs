@@ -54,6 +54,17 @@ pub fn record<T: Counter>(h: &mut Histogram<T>, value: u64) {
     h.saturating_record(value.min(HIGHEST_MICROS));
 }
 
+/// Records `value` `count` times in one update (commands that share one
+/// latency), saturating like [`record`].
+pub fn record_n<T: Counter>(h: &mut Histogram<T>, value: u64, count: u64) {
+    let value = value.min(HIGHEST_MICROS);
+    match T::from_u64(count) {
+        Some(n) => h.saturating_record_n(value, n),
+        // More than the counter type holds (never for one slot's commands).
+        None => (0..count).for_each(|_| h.saturating_record(value)),
+    }
+}
+
 /// Adds a `u32`-count histogram into a `u64` one (the registry's totals).
 pub fn add_widening(dst: &mut Histogram<u64>, src: &Histogram<u32>) {
     for v in src.iter_recorded() {
@@ -100,6 +111,19 @@ pub fn quantile_seconds<T: Counter>(h: &Histogram<T>, quantile: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_n_is_n_records_in_one() {
+        let (mut one_by_one, mut at_once) = (new_histogram::<u32>(), new_histogram::<u32>());
+        for _ in 0..16 {
+            record(&mut one_by_one, 250);
+        }
+        record_n(&mut at_once, 250, 16);
+        record_n(&mut at_once, u64::MAX, 1);
+        record(&mut one_by_one, u64::MAX);
+        assert_eq!(one_by_one, at_once);
+        assert_eq!(at_once.len(), 17);
+    }
 
     #[test]
     fn buckets_are_cumulative_and_cover_everything() {

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::histogram::{micros, record};
+use super::histogram::{micros, record_n};
 use super::registry::{Delta, Latency, RoleDelta, SeriesDelta};
 use super::slowlog::SlowSample;
 use super::{ErrorKind, Metrics, Role};
@@ -108,23 +108,42 @@ impl Recorder {
         total: Duration,
         backend: Option<Duration>,
     ) {
-        if !self.enabled {
+        self.commands(service, command, role, total, backend, 1);
+    }
+
+    /// `count` completed commands that share one latency (pipelined together
+    /// and answered together): one histogram update of weight `count`.
+    pub fn commands(
+        &mut self,
+        service: Option<usize>,
+        command: &'static str,
+        role: Role,
+        total: Duration,
+        backend: Option<Duration>,
+        count: u64,
+    ) {
+        if !self.enabled || count == 0 {
             return;
         }
         let total_us = micros(total);
         let series = self.series(service, command);
-        series.commands += 1;
+        series.commands += count;
         let Some(r) = series.roles.get_mut(role.index()) else {
             return;
         };
         let r = r.get_or_insert_with(|| Box::new(RoleDelta::default()));
-        record(&mut r.total.histogram, total_us);
-        r.total.sum_micros = r.total.sum_micros.saturating_add(total_us);
+        record_n(&mut r.total.histogram, total_us, count);
+        r.total.sum_micros = r
+            .total
+            .sum_micros
+            .saturating_add(total_us.saturating_mul(count));
         if let Some(backend) = backend {
             let backend_us = micros(backend);
             let b = r.backend.get_or_insert_with(Latency::new);
-            record(&mut b.histogram, backend_us);
-            b.sum_micros = b.sum_micros.saturating_add(backend_us);
+            record_n(&mut b.histogram, backend_us, count);
+            b.sum_micros = b
+                .sum_micros
+                .saturating_add(backend_us.saturating_mul(count));
         }
         if total_us >= self.metrics.slowlog_threshold_micros {
             self.slow_command(service, command, role, total_us);
