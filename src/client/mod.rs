@@ -843,8 +843,11 @@ impl Connection {
             return;
         }
         self.await_procedure().await;
-        let payload = std::mem::take(&mut self.batch);
-        let commands = std::mem::take(&mut self.batch_commands);
+        // The next batch likely looks like this one (a client pipelines the
+        // same depth again): size it once instead of growing it step by step.
+        let (frames, count) = (self.batch.len(), self.batch_commands.len());
+        let payload = std::mem::replace(&mut self.batch, Payload::with_capacity(frames));
+        let commands = std::mem::replace(&mut self.batch_commands, Commands::with_capacity(count));
         let count = commands.iter().map(|c| c.frames).sum();
         self.batch_bytes = 0;
         let (tx, rx) = oneshot::channel();
