@@ -378,14 +378,9 @@ fn write_slot(
         if c.frames == 1 {
             // One command, one frame (a client that does not pipeline): the
             // connection delimited it already, so it is all of `bytes`.
-            record_reply(
-                c,
-                ReplyKind::of_frame(&bytes),
-                &bytes,
-                total,
-                backend,
-                recorder,
-            );
+            let mut tally = Tally::new(c);
+            tally.add(ReplyKind::of_frame(&bytes), &bytes, recorder);
+            tally.record(total, backend, recorder);
             if !slot.suppress {
                 apply_plan(&c.plan, &bytes, out);
             }
@@ -496,24 +491,6 @@ impl<'a> Tally<'a> {
         if self.hits > 0 || self.misses > 0 {
             recorder.cache(c.service, c.command, self.hits, self.misses);
         }
-    }
-}
-
-/// Records one command's latency and what its reply says (error, cache
-/// hits and misses).
-fn record_reply(
-    c: &CommandReply,
-    kind: ReplyKind,
-    frame: &[u8],
-    total: std::time::Duration,
-    backend: Option<std::time::Duration>,
-    recorder: &mut Recorder,
-) {
-    recorder.command(c.service, c.command, Role::Master, total, backend);
-    if kind == ReplyKind::Error {
-        recorder.error(c.service, c.command, ErrorKind::Backend);
-    } else if let Some((hits, misses)) = metrics::cache_outcome(c.command, frame) {
-        recorder.cache(c.service, c.command, hits, misses);
     }
 }
 
