@@ -8,54 +8,46 @@
 //! follow-ups are counted in the command's `frames` and dropped on the way
 //! back (inside MULTI both their `+QUEUED` and their EXEC elements).
 
-use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::Connection;
 use crate::command::{CommandSpec, Flags};
-use crate::metrics::ErrorKind;
+use crate::metrics::Recorder;
 use crate::policy::service::Service;
 use crate::protocol::request::Request;
 
-impl Connection {
-    /// Applies `max_value_bytes` and the TTL policy: the request to send and
-    /// its follow-ups, or `None` when the command was refused here.
-    pub(super) async fn govern(
-        &mut self,
-        service: &Arc<Service>,
-        spec: &'static CommandSpec,
-        req: Request,
-        suppress: bool,
-    ) -> Option<(Request, Vec<Request>)> {
-        if let Some(limit) = service.max_value_bytes {
-            if spec.flags.contains(Flags::WRITE) {
-                if let Some(len) = req.args().skip(1).map(<[u8]>::len).find(|&l| l > limit) {
-                    let msg = format!(
-                        "ERR keygate: value of {len} bytes is over service '{}''s max_value_bytes of {limit}",
-                        service.name
-                    );
-                    self.reject(spec.name, ErrorKind::Policy, &msg, suppress)
-                        .await;
-                    return None;
-                }
+/// Applies `max_value_bytes` and the TTL policy: `None` when the request
+/// goes as it is (the common case costs no move), the request to send
+/// instead with its follow-ups, or the refusal to answer with. Clamps and
+/// refusals are counted in `recorder`.
+pub(super) fn govern(
+    service: &Service,
+    spec: &'static CommandSpec,
+    req: &Request,
+    recorder: &mut Recorder,
+) -> Result<Option<(Request, Vec<Request>)>, String> {
+    if let Some(limit) = service.max_value_bytes {
+        if spec.flags.contains(Flags::WRITE) {
+            if let Some(len) = req.args().skip(1).map(<[u8]>::len).find(|&l| l > limit) {
+                return Err(format!(
+                    "ERR keygate: value of {len} bytes is over service '{}''s max_value_bytes of {limit}",
+                    service.name
+                ));
             }
         }
-        if service.ttl.leaves_alone(spec) {
-            return Some((req, Vec::new()));
+    }
+    if service.ttl.leaves_alone(spec) {
+        return Ok(None);
+    }
+    match service.ttl.govern(spec, req, SystemTime::now()) {
+        Ok(governed) => {
+            if governed.clamped {
+                recorder.ttl_clamped(Some(service.index));
+            }
+            Ok(Some((governed.request, governed.follow_ups)))
         }
-        match service.ttl.govern(spec, &req, SystemTime::now()) {
-            Ok(governed) => {
-                if governed.clamped {
-                    self.recorder.ttl_clamped(Some(service.index));
-                }
-                Some((governed.request, governed.follow_ups))
-            }
-            Err(refusal) => {
-                self.recorder.ttl_refused(Some(service.index));
-                self.reject(spec.name, ErrorKind::Policy, &refusal.to_string(), suppress)
-                    .await;
-                None
-            }
+        Err(refusal) => {
+            recorder.ttl_refused(Some(service.index));
+            Err(refusal.to_string())
         }
     }
 }

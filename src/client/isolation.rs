@@ -17,81 +17,88 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::queue::{CommandReply, ReplyPlan};
+use super::session::Session;
 use super::Connection;
 use crate::command::{CommandSpec, ReplyKeys};
-use crate::metrics::ErrorKind;
 use crate::policy::keyspace::{self, Procedure};
 use crate::policy::namespace::{Namespace, Rewritten};
 use crate::policy::service::Service;
 use crate::protocol::request::Request;
 
-impl Connection {
-    /// Confines `req` to `service`'s namespace: the request to send and its
-    /// reply plan, or `None` when the command was answered here (refused, or
-    /// run as a keyspace procedure).
-    pub(super) async fn isolate(
-        &mut self,
-        service: &Arc<Service>,
-        spec: &'static CommandSpec,
-        req: Request,
-        plan: ReplyPlan,
-        suppress: bool,
-    ) -> Option<(Request, ReplyPlan)> {
-        let Some(ns) = &service.namespace else {
-            return Some((req, plan));
-        };
-        match ns.rewrite(spec, &req, service) {
-            Err(refusal) => {
-                self.reject(spec.name, ErrorKind::Policy, &refusal.to_string(), suppress)
-                    .await;
-                None
-            }
-            Ok(Rewritten::Procedure(procedure)) => {
-                self.run_procedure(service, ns, spec, procedure, suppress)
-                    .await;
-                None
-            }
-            Ok(Rewritten::Forward {
-                request,
-                reply_keys,
-            }) => {
-                let plan = if spec.name == "info" {
-                    ReplyPlan::ScopedInfo(match plan {
-                        ReplyPlan::AppendProxyInfo(section) => Some(section),
-                        _ => None,
-                    })
-                } else if reply_keys != ReplyKeys::None {
-                    ReplyPlan::StripKeys {
-                        namespace: ns.clone(),
-                        reply_keys,
-                        protocol: self.session.protocol,
-                    }
-                } else {
-                    plan
-                };
-                Some((request, plan))
-            }
-        }
-    }
+/// Where isolation sends a request of a namespaced service.
+pub(super) enum Isolated {
+    /// To the backend as this request, its reply rewritten by this plan.
+    Forward(Request, ReplyPlan),
+    /// A keyspace-wide command, run by keygate as a procedure.
+    Procedure(ProcedureCall),
+}
 
-    /// Runs a keyspace procedure in a task; its reply takes a shared slot.
-    async fn run_procedure(
-        &mut self,
-        service: &Arc<Service>,
-        ns: &Arc<Namespace>,
-        spec: &'static CommandSpec,
-        procedure: Procedure,
-        suppress: bool,
-    ) {
-        if self.session.tx.open {
-            let msg = format!(
+/// A keyspace procedure waiting to run, with what it runs as.
+pub(super) struct ProcedureCall {
+    service: Arc<Service>,
+    namespace: Arc<Namespace>,
+    spec: &'static CommandSpec,
+    procedure: Procedure,
+    suppress: bool,
+}
+
+/// Confines `req` to `service`'s namespace (as the session stands now):
+/// `None` when the service has no namespace (the request goes as it is),
+/// where it goes otherwise, or the refusal to answer with.
+pub(super) fn isolate(
+    service: &Arc<Service>,
+    spec: &'static CommandSpec,
+    req: &Request,
+    plan: &mut ReplyPlan,
+    session: &Session,
+    suppress: bool,
+) -> Result<Option<Isolated>, String> {
+    let Some(ns) = &service.namespace else {
+        return Ok(None);
+    };
+    let isolated = match ns.rewrite(spec, req, service) {
+        Err(refusal) => return Err(refusal.to_string()),
+        Ok(Rewritten::Procedure(_)) if session.tx.open => {
+            return Err(format!(
                 "NOPERM keygate: '{}' cannot run inside MULTI for namespaced service '{}'",
                 spec.name, service.name
-            );
-            return self
-                .reject(spec.name, ErrorKind::Policy, &msg, suppress)
-                .await;
+            ))
         }
+        Ok(Rewritten::Procedure(procedure)) => Isolated::Procedure(ProcedureCall {
+            service: service.clone(),
+            namespace: ns.clone(),
+            spec,
+            procedure,
+            suppress,
+        }),
+        Ok(Rewritten::Forward {
+            request,
+            reply_keys,
+        }) => {
+            let plan = if spec.name == "info" {
+                ReplyPlan::ScopedInfo(match std::mem::replace(plan, ReplyPlan::Forward) {
+                    ReplyPlan::AppendProxyInfo(section) => Some(section),
+                    _ => None,
+                })
+            } else if reply_keys != ReplyKeys::None {
+                ReplyPlan::StripKeys {
+                    namespace: ns.clone(),
+                    reply_keys,
+                    protocol: session.protocol,
+                }
+            } else {
+                std::mem::replace(plan, ReplyPlan::Forward)
+            };
+            Isolated::Forward(request, plan)
+        }
+    };
+    Ok(Some(isolated))
+}
+
+impl Connection {
+    /// Runs a keyspace procedure in a task; its reply takes a shared slot
+    /// after everything the client sent before it.
+    pub(super) async fn run_procedure(&mut self, call: ProcedureCall) {
         self.flush_batch().await;
         self.await_procedure().await;
         let protocol = self.session.protocol;
@@ -100,7 +107,7 @@ impl Connection {
         match self.ctx.router.master_for().await {
             Ok(node) => {
                 let mux = node.mux(protocol, self.session.id).clone();
-                let ns = ns.clone();
+                let (procedure, ns) = (call.procedure, call.namespace);
                 self.procedure = Some(tokio::spawn(async move {
                     let _ = tx.send(keyspace::run(procedure, &ns, &mux, protocol).await);
                 }));
@@ -111,8 +118,11 @@ impl Connection {
         }
         self.queue.push_shared(
             rx,
-            smallvec::smallvec![CommandReply::plain(spec.name, Some(service.index))],
-            suppress,
+            smallvec::smallvec![CommandReply::plain(
+                call.spec.name,
+                Some(call.service.index)
+            )],
+            call.suppress,
             self.read_at,
         );
     }

@@ -16,6 +16,7 @@
 //! bytes are ready, and the read and write buffers and the reply queue are
 //! released once everything read has been answered.
 
+mod batch;
 mod budget;
 mod governance;
 mod isolation;
@@ -32,16 +33,15 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::backend::dedicated::DedicatedLease;
-use crate::backend::mux::{Batch, Payload};
 use crate::backend::node::Node;
 use crate::backend::BackendError;
 use crate::command::{self, CommandSpec, Flags};
-use crate::config::{Config, ReadFrom};
+use crate::config::Config;
 use crate::metrics::{ErrorKind, Metrics, Recorder};
 use crate::policy::access;
 use crate::policy::registry::ServiceRegistry;
@@ -52,8 +52,9 @@ use crate::protocol::request::{Request, RequestScanner, ScanLimits};
 use crate::protocol::Protocol;
 use crate::router::{self, ConnectionEffect, Router};
 use crate::server::ProxyState;
+use isolation::Isolated;
 use local::LocalAnswer;
-use queue::{CommandReply, Commands, ReplyPlan, ReplyQueue};
+use queue::{CommandReply, ReplyPlan, ReplyQueue};
 use session::Session;
 
 /// Most reply slots a client may have outstanding before keygate stops
@@ -69,8 +70,6 @@ const MAX_PENDING_COMMANDS: usize = 4096;
 const READ_CHUNK: usize = 16 * 1024;
 /// Least free space in the read buffer before a read.
 const READ_RESERVE: usize = 4 * 1024;
-/// A batch for a shared connection is sent once it holds this many bytes.
-const MAX_BATCH_BYTES: usize = 64 * 1024;
 
 /// What every client task shares.
 #[derive(Debug)]
@@ -140,13 +139,9 @@ struct Connection {
     scanner: RequestScanner,
     queue: ReplyQueue,
     dedicated: Option<Dedicated>,
-    /// Requests gathered for one shared-connection batch, and what answers them.
-    batch: Payload,
-    batch_commands: Commands,
-    batch_bytes: usize,
-    batch_suppress: bool,
-    /// Every command in the batch is READONLY (topology: may go to a replica).
-    batch_read_only: bool,
+    /// Requests gathered for a shared-connection batch, and batches sealed
+    /// but not yet submitted.
+    batch: batch::PendingBatch,
     /// When the bytes being processed were read: latency starts here.
     read_at: Instant,
     recorder: Recorder,
@@ -193,11 +188,7 @@ pub async fn serve_io<R, W>(
         scanner: RequestScanner::new(ctx.scan_limits),
         queue: ReplyQueue::default(),
         dedicated: None,
-        batch: Payload::new(),
-        batch_commands: Commands::new(),
-        batch_bytes: 0,
-        batch_suppress: false,
-        batch_read_only: true,
+        batch: batch::PendingBatch::default(),
         read_at: Instant::now(),
         recorder: ctx.metrics.recorder(),
         admitted: None,
@@ -265,6 +256,7 @@ pub async fn serve_io<R, W>(
                     // Idle for a whole tick: give back what the last burst grew.
                     conn.out = BytesMut::new();
                     conn.queue.release_memory();
+                    conn.batch.release_memory();
                     if rbuf.is_empty() {
                         rbuf = BytesMut::new();
                     }
@@ -297,6 +289,7 @@ pub async fn serve_io<R, W>(
             // A burst grew the buffers past what an active client keeps.
             conn.out = BytesMut::new();
             conn.queue.release_memory();
+            conn.batch.release_memory();
             if rbuf.is_empty() {
                 rbuf = BytesMut::new();
             }
@@ -496,6 +489,27 @@ async fn read_dedicated(d: &mut Option<Dedicated>) -> std::io::Result<usize> {
     }
 }
 
+/// The reply to a command that needs a login first.
+const NOAUTH: &str = "NOAUTH Authentication required.";
+
+/// Why the stages stopped with a request: `None` when it was answered (or
+/// refused) here, or the work it left that waits on a backend.
+type Stopped = Option<Deferred>;
+
+/// Work a request leaves that waits on a backend; it runs before the next
+/// request is taken, so nothing overtakes it.
+enum Deferred {
+    /// A request for the client's dedicated connection (leased first if needed).
+    Dedicated {
+        frames: Vec<Bytes>,
+        effect: ConnectionEffect,
+        reply: CommandReply,
+        suppress: bool,
+    },
+    /// A keyspace-wide command of a namespaced service, run as a procedure.
+    Procedure(isolation::ProcedureCall),
+}
+
 fn error_reply(msg: &str) -> Bytes {
     let mut out = BytesMut::new();
     encode::error(&mut out, msg);
@@ -514,7 +528,14 @@ impl Connection {
             }
             match self.scanner.scan(rbuf) {
                 Ok(Some(req)) => {
-                    self.on_request(req).await;
+                    // The stages are synchronous; only work that waits on a
+                    // backend is awaited, before the next request is taken.
+                    if let Err(Some(deferred)) = self.on_request(req) {
+                        self.run_deferred(deferred).await;
+                    }
+                    if self.batch.has_sealed() {
+                        self.submit_sealed().await;
+                    }
                     if self.closing {
                         // QUIT (or lost connection state): like Redis, run
                         // nothing the client pipelined after it.
@@ -524,10 +545,9 @@ impl Connection {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    self.flush_batch().await;
                     let msg = format!("ERR Protocol error: {e}");
                     tracing::debug!(client = self.session.id, error = %e, "protocol error; closing");
-                    self.queue.push_ready(error_reply(&msg), false);
+                    self.reply(error_reply(&msg), false);
                     self.closing = true;
                     rbuf.clear();
                     break;
@@ -541,173 +561,192 @@ impl Connection {
     /// Whether the client may have more requests taken: its outstanding
     /// replies are within the slot, command and reply-byte limits.
     fn may_take_requests(&self) -> bool {
-        let in_flight = self.queue.commands_pending() + self.batch_commands.len();
+        let in_flight = self.queue.commands_pending() + self.batch.commands();
         self.queue.len() < MAX_SLOTS
             && in_flight < MAX_PENDING_COMMANDS
             && self.budget.allows(in_flight)
     }
 
     /// A reply keygate made: it goes after everything already queued.
-    async fn reply(&mut self, reply: Bytes, suppress: bool) {
-        self.flush_batch().await;
+    fn reply(&mut self, reply: Bytes, suppress: bool) {
+        self.seal_batch();
         self.queue.push_ready(reply, suppress);
     }
 
     /// An error reply; inside MULTI it also dooms the transaction, as Redis
-    /// does for a command rejected while queuing.
-    async fn reject(&mut self, command: &'static str, kind: ErrorKind, msg: &str, suppress: bool) {
+    /// does for a command rejected while queuing. Returns the stages'
+    /// verdict for a request answered here.
+    fn reject(
+        &mut self,
+        command: &'static str,
+        kind: ErrorKind,
+        msg: &str,
+        suppress: bool,
+    ) -> Stopped {
         let service = self.session.service.as_ref().map(|s| s.index);
         self.recorder.error(service, command, kind);
         if self.session.tx.open {
             self.session.tx.poisoned = true;
         }
-        self.reply(error_reply(msg), suppress).await;
+        self.reply(error_reply(msg), suppress);
+        None
     }
 
-    async fn on_request(&mut self, req: Request) {
+    /// Runs what a request left for a backend.
+    async fn run_deferred(&mut self, deferred: Deferred) {
+        match deferred {
+            Deferred::Dedicated {
+                frames,
+                effect,
+                reply,
+                suppress,
+            } => self.send_dedicated(frames, effect, reply, suppress).await,
+            Deferred::Procedure(call) => self.run_procedure(call).await,
+        }
+    }
+
+    /// Takes one request through the stages, in order: `Ok` once it is in
+    /// the batch for a shared connection.
+    fn on_request(&mut self, req: Request) -> Result<(), Stopped> {
         self.follow_reload();
         let suppress = self.session.take_suppression();
-        let is_client = req
-            .get(0)
-            .is_some_and(|n| n.eq_ignore_ascii_case(b"client"));
-        if is_client && !self.session.tx.open && self.session.service.is_some() {
-            if let Some(LocalAnswer::Reply(reply)) = local::answer_client(&mut self.session, &req) {
-                // CLIENT REPLY OFF/SKIP get no reply; CLIENT REPLY ON always
-                // does, even while replies were off (as in Redis), so the
-                // suppression taken before it ran does not apply.
-                let quiet = if req.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"reply")) {
-                    let turned_on = req.get(2).is_some_and(|m| m.eq_ignore_ascii_case(b"on"));
-                    self.session.reply_mode != session::ReplyMode::On || (suppress && !turned_on)
-                } else {
-                    suppress
-                };
-                self.reply(reply, quiet).await;
-                return;
+        let name = req.get(0).unwrap_or_default();
+        if !self.session.tx.open {
+            if name.eq_ignore_ascii_case(b"client") && self.session.service.is_some() {
+                if let Some(LocalAnswer::Reply(reply)) =
+                    local::answer_client(&mut self.session, &req)
+                {
+                    // CLIENT REPLY OFF/SKIP get no reply; CLIENT REPLY ON
+                    // always does, even while replies were off (as in Redis),
+                    // so the suppression taken before it ran does not apply.
+                    let quiet = if req.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"reply")) {
+                        let turned_on = req.get(2).is_some_and(|m| m.eq_ignore_ascii_case(b"on"));
+                        self.session.reply_mode != session::ReplyMode::On
+                            || (suppress && !turned_on)
+                    } else {
+                        suppress
+                    };
+                    self.reply(reply, quiet);
+                    return Err(None);
+                }
             }
-        }
-        if req
-            .get(0)
-            .is_some_and(|n| n.eq_ignore_ascii_case(b"keygate"))
-            && !self.session.tx.open
-        {
-            if let LocalAnswer::Reply(reply) = local::answer_keygate(&self.ctx, &self.session, &req)
-            {
-                self.reply(reply, suppress).await;
+            if name.eq_ignore_ascii_case(b"keygate") {
+                if let LocalAnswer::Reply(reply) =
+                    local::answer_keygate(&self.ctx, &self.session, &req)
+                {
+                    self.reply(reply, suppress);
+                }
+                return Err(None);
             }
-            return;
         }
         let spec = match command::lookup(&req) {
             Ok(spec) => spec,
             Err(e) => {
-                return self
-                    .reject("unknown", ErrorKind::Client, &e.to_string(), suppress)
-                    .await
+                return Err(self.reject("unknown", ErrorKind::Client, &e.to_string(), suppress))
             }
         };
         if self.session.service.is_none()
             && !spec.flags.contains(Flags::NO_AUTH)
             && spec.name != "quit"
         {
-            return self
-                .reject(
-                    spec.name,
-                    ErrorKind::Policy,
-                    "NOAUTH Authentication required.",
-                    suppress,
-                )
-                .await;
+            return Err(self.reject(spec.name, ErrorKind::Policy, NOAUTH, suppress));
         }
-        if self.route_transaction_control(spec, &req, suppress).await {
-            return;
-        }
+        self.route_transaction_control(spec, suppress)?;
         let held = self.session.tx.open || self.dedicated.is_some();
         let forwards_when_held = matches!(spec.name, "ping" | "echo" | "info");
         if !(held && forwards_when_held) {
             if spec.name == "hello" && self.dedicated.is_some() {
-                return self
-                    .reject(
-                        spec.name,
-                        ErrorKind::Client,
-                        "ERR keygate: HELLO is not allowed while a transaction, subscription or blocking command holds the connection",
-                        suppress,
-                    )
-                    .await;
-            }
-            if let Some(answer) = self.answer_locally(spec, &req, suppress).await {
-                return answer;
-            }
-        }
-        let Some(service) = self.session.service.clone() else {
-            return self
-                .reject(
+                return Err(self.reject(
                     spec.name,
-                    ErrorKind::Policy,
-                    "NOAUTH Authentication required.",
+                    ErrorKind::Client,
+                    "ERR keygate: HELLO is not allowed while a transaction, subscription or blocking command holds the connection",
                     suppress,
-                )
-                .await;
-        };
-        if let Err(refusal) = access::check(&service, spec) {
-            return self
-                .reject(spec.name, ErrorKind::Policy, &refusal.to_string(), suppress)
-                .await;
+                ));
+            }
+            self.answer_locally(spec, &req, suppress)?;
         }
-        let plan = if spec.name == "info" && !held {
+        let service = match self.session.service.as_ref() {
+            Some(service) => service,
+            None => return Err(self.reject(spec.name, ErrorKind::Policy, NOAUTH, suppress)),
+        };
+        if let Err(refusal) = access::check(service, spec) {
+            let msg = refusal.to_string();
+            return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
+        }
+        let mut plan = if spec.name == "info" && !held {
             ReplyPlan::AppendProxyInfo(local::proxy_info(&self.ctx, &self.session))
         } else {
             ReplyPlan::Forward
         };
-        let Some((req, plan)) = self.isolate(&service, spec, req, plan, suppress).await else {
-            return;
-        };
-        let Some((req, follow_ups)) = self.govern(&service, spec, req, suppress).await else {
-            return;
-        };
+        // The common case (no namespace, no TTL change) moves nothing.
+        let mut req = req;
+        match isolation::isolate(service, spec, &req, &mut plan, &self.session, suppress) {
+            Ok(None) => {}
+            Ok(Some(Isolated::Forward(confined, confined_plan))) => {
+                req = confined;
+                plan = confined_plan;
+            }
+            Ok(Some(Isolated::Procedure(call))) => return Err(Some(Deferred::Procedure(call))),
+            Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
+        }
+        let mut follow_ups = Vec::new();
+        match governance::govern(service, spec, &req, &mut self.recorder) {
+            Ok(None) => {}
+            Ok(Some((governed, added))) => {
+                req = governed;
+                follow_ups = added;
+            }
+            Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
+        }
         let effect = router::connection_effect(spec, &req);
-        let reply = CommandReply {
+        let mut reply = CommandReply {
             plan,
             frames: 1 + follow_ups.len() as u32,
             ..CommandReply::plain(spec.name, Some(service.index))
         };
-        let reply = self.track_transaction(spec, reply);
-        if held || effect != ConnectionEffect::None {
-            let mut frames = Vec::with_capacity(1 + follow_ups.len());
-            frames.push(req.frame().clone());
-            frames.extend(follow_ups.iter().map(|f| f.frame().clone()));
-            self.send_dedicated(frames, effect, reply, suppress).await;
-        } else {
-            if self.batch_suppress != suppress || self.batch_bytes >= MAX_BATCH_BYTES {
-                self.flush_batch().await;
-            }
-            // topology: a batch may go to a replica only if all of it is read-only.
-            self.batch_read_only &= spec.flags.contains(Flags::READONLY) && follow_ups.is_empty();
-            // No intermediate Vec on the hot path: the frames go straight in.
-            let frames = std::iter::once(req.frame().clone())
-                .chain(follow_ups.iter().map(|f| f.frame().clone()));
-            self.batch_push(frames, reply, suppress);
+        if self.session.tx.open {
+            reply = self.track_transaction(spec, reply);
         }
+        if held || effect != ConnectionEffect::None {
+            let frames = std::iter::once(req.into_frame())
+                .chain(follow_ups.into_iter().map(Request::into_frame))
+                .collect();
+            return Err(Some(Deferred::Dedicated {
+                frames,
+                effect,
+                reply,
+                suppress,
+            }));
+        }
+        if !self.batch.takes(suppress) {
+            self.seal_batch();
+        }
+        // topology: a batch may go to a replica only if all of it is read-only.
+        let read_only = spec.flags.contains(Flags::READONLY) && follow_ups.is_empty();
+        self.batch.push(req, follow_ups, reply, suppress, read_only);
+        Ok(())
     }
 
-    /// Commands keygate answers itself; `Some` when handled.
-    async fn answer_locally(
+    /// Commands keygate answers itself: `Err` when answered here.
+    fn answer_locally(
         &mut self,
         spec: &'static CommandSpec,
         req: &Request,
         suppress: bool,
-    ) -> Option<()> {
+    ) -> Result<(), Stopped> {
         if spec.name == "info" {
             let only_proxy = req.argc() > 1
                 && req.args().skip(1).all(|s| {
                     s.eq_ignore_ascii_case(b"keygate") || s.eq_ignore_ascii_case(b"proxy")
                 });
             if !only_proxy {
-                return None;
+                return Ok(());
             }
             let text = local::proxy_info(&self.ctx, &self.session);
             let mut out = BytesMut::new();
             encode::bulk(&mut out, text.trim_start().as_bytes());
-            self.reply(out.freeze(), suppress).await;
-            return Some(());
+            self.reply(out.freeze(), suppress);
+            return Err(None);
         }
         if self.session.tx.open {
             // Connection-state commands cannot be queued: refusing them dooms
@@ -725,76 +764,78 @@ impl Connection {
                     | "command|getkeys"
             ) {
                 let msg = format!("ERR keygate: '{}' cannot be used inside MULTI", spec.name);
-                self.reject(spec.name, ErrorKind::Client, &msg, suppress)
-                    .await;
-                return Some(());
+                return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
             }
-            return None;
+            return Ok(());
         }
-        let before = self.session.service.clone();
-        let answer = local::answer(&self.ctx, &mut self.session, spec, req)?;
-        let now = self.session.service.clone();
-        let switched = match (&before, &now) {
-            (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
-            (None, None) => false,
-            _ => true,
+        // Only a login or RESET can switch the service: only they pay for
+        // remembering the one before.
+        let before =
+            matches!(spec.name, "auth" | "hello" | "reset").then(|| self.session.service.clone());
+        let Some(answer) = local::answer(&self.ctx, &mut self.session, spec, req) else {
+            return Ok(());
         };
-        if switched {
-            if let Some(new) = &now {
-                if !new.try_admit() {
-                    // Like Redis's maxclients, but per service: the login fails
-                    // and the client stays what it was.
-                    self.session.service = before;
-                    let msg = format!(
-                        "ERR max number of clients reached for service '{}'",
-                        new.name
-                    );
-                    self.reject(spec.name, ErrorKind::Policy, &msg, suppress)
-                        .await;
-                    return Some(());
+        if let Some(before) = before {
+            let switched = match (&before, &self.session.service) {
+                (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                (None, None) => false,
+                _ => true,
+            };
+            if switched {
+                let now = self.session.service.clone();
+                if let Some(new) = &now {
+                    if !new.try_admit() {
+                        // Like Redis's maxclients, but per service: the login
+                        // fails and the client stays what it was.
+                        self.session.service = before;
+                        let msg = format!(
+                            "ERR max number of clients reached for service '{}'",
+                            new.name
+                        );
+                        return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
+                    }
                 }
+                self.ctx.metrics.client_disconnected(self.admitted_index());
+                if let Some(old) = self.admitted.take() {
+                    old.release();
+                }
+                self.admitted = now;
+                self.ctx.metrics.client_connected(self.admitted_index());
             }
-            self.ctx.metrics.client_disconnected(self.admitted_index());
-            if let Some(old) = self.admitted.take() {
-                old.release();
-            }
-            self.admitted = now;
-            self.ctx.metrics.client_connected(self.admitted_index());
         }
         match answer {
-            LocalAnswer::Reply(r) => self.reply(r, suppress).await,
+            LocalAnswer::Reply(r) => self.reply(r, suppress),
             LocalAnswer::ReplyAndClose(r) => {
-                self.reply(r, suppress).await;
+                self.reply(r, suppress);
                 self.closing = true;
             }
             LocalAnswer::ReplyAfterReset(r) => {
                 self.drop_dedicated(true);
-                self.reply(r, suppress).await;
+                self.reply(r, suppress);
             }
         }
-        Some(())
+        Err(None)
     }
 
     /// MULTI, EXEC, DISCARD, WATCH and UNWATCH where keygate must answer
-    /// itself (nesting, no transaction, nothing watched, a doomed EXEC).
-    async fn route_transaction_control(
+    /// itself (nesting, no transaction, nothing watched, a doomed EXEC):
+    /// `Err` when answered here.
+    fn route_transaction_control(
         &mut self,
         spec: &'static CommandSpec,
-        _req: &Request,
         suppress: bool,
-    ) -> bool {
+    ) -> Result<(), Stopped> {
         let tx = self.session.tx;
         match spec.name {
             "multi" if tx.open => {
                 // Redis answers this without dooming the transaction.
-                self.reply(error_reply("ERR MULTI calls can not be nested"), suppress)
-                    .await;
-                true
+                self.reply(error_reply("ERR MULTI calls can not be nested"), suppress);
+                Err(None)
             }
             "exec" | "discard" if !tx.open => {
                 let msg = format!("ERR {} without MULTI", spec.name.to_uppercase());
-                self.reply(error_reply(&msg), suppress).await;
-                true
+                self.reply(error_reply(&msg), suppress);
+                Err(None)
             }
             "exec" if tx.poisoned => {
                 let discard = Request::from_args(&["DISCARD"]);
@@ -804,77 +845,18 @@ impl Connection {
                     plan: ReplyPlan::Replace(abort),
                     ..CommandReply::plain(spec.name, self.session.service.as_ref().map(|s| s.index))
                 };
-                self.send_dedicated(
-                    vec![discard.frame().clone()],
-                    ConnectionEffect::EndTransaction,
+                Err(Some(Deferred::Dedicated {
+                    frames: vec![discard.into_frame()],
+                    effect: ConnectionEffect::EndTransaction,
                     reply,
                     suppress,
-                )
-                .await;
-                true
+                }))
             }
             "unwatch" if self.dedicated.is_none() && !tx.open => {
-                self.reply(Bytes::from_static(b"+OK\r\n"), suppress).await;
-                true
+                self.reply(Bytes::from_static(b"+OK\r\n"), suppress);
+                Err(None)
             }
-            _ => false,
-        }
-    }
-
-    fn batch_push(
-        &mut self,
-        frames: impl IntoIterator<Item = Bytes>,
-        reply: CommandReply,
-        suppress: bool,
-    ) {
-        if self.batch.is_empty() {
-            self.batch_suppress = suppress;
-        }
-        for frame in frames {
-            self.batch_bytes += frame.len();
-            self.batch.push(frame);
-        }
-        self.batch_commands.push(reply);
-    }
-
-    /// Sends the gathered batch on the client's shared connection.
-    async fn flush_batch(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        self.await_procedure().await;
-        // The next batch likely looks like this one (a client pipelines the
-        // same depth again): size it once instead of growing it step by step.
-        let (frames, count) = (self.batch.len(), self.batch_commands.len());
-        let payload = std::mem::replace(&mut self.batch, Payload::with_capacity(frames));
-        let commands = std::mem::replace(&mut self.batch_commands, Commands::with_capacity(count));
-        let count = commands.iter().map(|c| c.frames).sum();
-        self.batch_bytes = 0;
-        let (tx, rx) = oneshot::channel();
-        self.queue
-            .push_shared(rx, commands, self.batch_suppress, self.read_at);
-        // topology: route through the router (replica for read-only batches
-        // of replica-reading services; the master otherwise, waiting through
-        // a failover hold for at most failover_wait).
-        let read_only = std::mem::replace(&mut self.batch_read_only, true);
-        let read_from = self
-            .session
-            .service
-            .as_ref()
-            .map_or(ReadFrom::Master, |s| s.read_from);
-        match self.ctx.router.node_for_batch(read_from, read_only).await {
-            Ok(node) => {
-                node.mux(self.session.protocol, self.session.id)
-                    .submit(Batch {
-                        payload,
-                        count,
-                        reply: tx,
-                    })
-                    .await
-            }
-            Err(e) => {
-                let _ = tx.send(Err(e.into()));
-            }
+            _ => Ok(()),
         }
     }
 
@@ -912,9 +894,8 @@ impl Connection {
                 }
                 Err(e) => {
                     let command = reply.command;
-                    return self
-                        .reject(command, ErrorKind::Backend, &e.client_message(), suppress)
-                        .await;
+                    self.reject(command, ErrorKind::Backend, &e.client_message(), suppress);
+                    return;
                 }
             }
         }

@@ -184,6 +184,11 @@ impl Request {
         &self.frame
     }
 
+    /// The frame, taken without touching its reference count.
+    pub fn into_frame(self) -> Bytes {
+        self.frame
+    }
+
     /// Number of arguments, the command name included.
     pub fn argc(&self) -> usize {
         self.args.len()
