@@ -73,7 +73,11 @@ impl Recorder {
     /// The accumulating series for (service, command), created if new.
     fn series(&mut self, service: Option<usize>, command: &'static str) -> &mut SeriesDelta {
         let slot = self.metrics.slot(service);
-        let hit = |s: &SeriesDelta| s.service == slot && s.command == command;
+        // Names come from the command table: the same command is almost
+        // always the same pointer, so compare addresses before bytes.
+        let hit = |s: &SeriesDelta| {
+            s.service == slot && (std::ptr::eq(s.command, command) || s.command == command)
+        };
         let index = match self.series.get(self.last) {
             Some(s) if hit(s) => self.last,
             _ => match self.series.iter().position(hit) {
