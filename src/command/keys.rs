@@ -110,7 +110,7 @@ fn search_key_positions(spec: &CommandSpec, req: &Request) -> Result<KeyPosition
 /// The key of a command whose only key spec is one fixed, present
 /// position (GET, SET, INCR, ...): what the full search below answers for
 /// it, without the search. `None` sends every other shape the long way.
-fn single_fixed_key(spec: &CommandSpec, req: &Request) -> Option<usize> {
+pub fn single_fixed_key(spec: &CommandSpec, req: &Request) -> Option<usize> {
     let [ks] = spec.key_specs else {
         return None;
     };

@@ -316,31 +316,153 @@ fn search<'a>(
 
 /// The top-level command named `name` (any case), without arity checks.
 pub fn find(name: &[u8]) -> Option<&'static CommandSpec> {
-    // Lower-case the name once, on the stack, then look it up by hash.
-    let mut lower = [0u8; LONGEST_NAME];
-    match lower.get_mut(..name.len()) {
-        Some(dst) => {
-            for (d, s) in dst.iter_mut().zip(name) {
-                *d = s.to_ascii_lowercase();
-            }
-            BY_NAME.get(&*dst).copied()
+    NAME_INDEX.find(name)
+}
+
+/// Slots in the open-addressing table of top-level names: a power of two
+/// several times the number of commands, so nearly every name is found on
+/// its first probe.
+const NAME_SLOTS: usize = 1024;
+
+/// Marks an empty slot of [`NameIndex`].
+const EMPTY_SLOT: u16 = u16::MAX;
+
+/// `0x20` in every byte: OR-ed in, it lower-cases ASCII letters.
+const FOLD: u64 = 0x2020_2020_2020_2020;
+
+/// A name's first and last eight bytes as little-endian words (a shorter
+/// name is zero-padded and both words are the same), so names of up to 16
+/// bytes are compared in two word operations.
+fn name_words(name: &[u8]) -> (u64, u64) {
+    match (name.first_chunk::<8>(), name.last_chunk::<8>()) {
+        (Some(head), Some(tail)) => (u64::from_le_bytes(*head), u64::from_le_bytes(*tail)),
+        _ => {
+            let word = name
+                .iter()
+                .rev()
+                .fold(0u64, |word, &b| (word << 8) | u64::from(b));
+            (word, word)
         }
-        // Longer than any command name: not one.
-        None => None,
     }
 }
 
-/// The top-level commands by lower-case name: one hash of a few bytes per
-/// request instead of a binary search's dozen comparisons.
-static BY_NAME: std::sync::LazyLock<rustc_hash::FxHashMap<&'static [u8], &'static CommandSpec>> =
-    std::sync::LazyLock::new(|| {
+/// One top-level command as the index compares it.
+#[derive(Debug, Clone, Copy)]
+struct NameEntry {
+    /// [`name_words`] of the lower-case name.
+    head: u64,
+    tail: u64,
+    /// `0x20` in each byte of `head`/`tail` that is a letter: OR-ed into a
+    /// client's word, it folds the case of letters and nothing else, so
+    /// `GET` matches `get` but `\r` never matches `-`.
+    head_letters: u64,
+    tail_letters: u64,
+    /// The name's length.
+    len: usize,
+    /// The command.
+    spec: &'static CommandSpec,
+}
+
+/// `0x20` in each byte of `word` that is an ASCII lower-case letter.
+fn letter_bits(word: u64) -> u64 {
+    word.to_le_bytes().iter().rev().fold(0u64, |bits, &b| {
+        (bits << 8) | if b.is_ascii_lowercase() { 0x20 } else { 0 }
+    })
+}
+
+/// The slot a name hashes to, from its case-folded words and length.
+fn name_slot(head: u64, tail: u64, len: usize) -> usize {
+    let mixed = ((head | FOLD) ^ (tail | FOLD).rotate_left(29) ^ len as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (mixed >> 54) as usize
+}
+
+/// The top-level commands by name, case-insensitively: a name's first and
+/// last eight bytes pick a slot, and the candidate is checked with two
+/// masked word comparisons (plus a byte comparison past 16 bytes), with no
+/// lower-cased copy and no general-purpose hash.
+struct NameIndex {
+    /// Index into `entries` per slot, or [`EMPTY_SLOT`].
+    slots: Box<[u16; NAME_SLOTS]>,
+    /// One entry per top-level command.
+    entries: Vec<NameEntry>,
+}
+
+impl NameIndex {
+    /// The index of every top-level command.
+    fn build() -> NameIndex {
+        let mut slots = Box::new([EMPTY_SLOT; NAME_SLOTS]);
+        let mut entries = Vec::with_capacity(table::COMMANDS.len());
+        for spec in table::COMMANDS {
+            let name = spec.name.as_bytes();
+            let (head, tail) = name_words(name);
+            let mut at = name_slot(head, tail, name.len());
+            // Fewer commands than slots: an empty slot is always ahead.
+            while let Some(slot) = slots.get_mut(at % NAME_SLOTS) {
+                if *slot == EMPTY_SLOT {
+                    *slot = u16::try_from(entries.len()).unwrap_or(EMPTY_SLOT);
+                    break;
+                }
+                at += 1;
+            }
+            entries.push(NameEntry {
+                head,
+                tail,
+                head_letters: letter_bits(head),
+                tail_letters: letter_bits(tail),
+                len: name.len(),
+                spec,
+            });
+        }
+        NameIndex { slots, entries }
+    }
+
+    /// The command whose name equals `name` in any case.
+    fn find(&self, name: &[u8]) -> Option<&'static CommandSpec> {
+        let (head, tail) = name_words(name);
+        let mut at = name_slot(head, tail, name.len());
+        loop {
+            let slot = *self.slots.get(at % NAME_SLOTS)?;
+            let entry = self.entries.get(usize::from(slot))?;
+            if entry.len == name.len()
+                && head | entry.head_letters == entry.head
+                && tail | entry.tail_letters == entry.tail
+                && (name.len() <= 16 || entry.spec.name.as_bytes().eq_ignore_ascii_case(name))
+            {
+                return Some(entry.spec);
+            }
+            at += 1;
+        }
+    }
+
+    /// Probes beyond the first that the worst-placed command needs.
+    #[cfg(test)]
+    fn longest_probe(&self) -> usize {
         table::COMMANDS
             .iter()
-            .map(|spec| (spec.name.as_bytes(), spec))
-            .collect()
-    });
+            .map(|spec| {
+                let name = spec.name.as_bytes();
+                let (head, tail) = name_words(name);
+                let home = name_slot(head, tail, name.len());
+                (0..NAME_SLOTS)
+                    .find(|k| {
+                        let slot = self.slots[(home + k) % NAME_SLOTS];
+                        self.entries
+                            .get(usize::from(slot))
+                            .is_some_and(|e| std::ptr::eq(e.spec, spec))
+                    })
+                    .unwrap_or(NAME_SLOTS)
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// The top-level name index, built on first use.
+static NAME_INDEX: std::sync::LazyLock<NameIndex> = std::sync::LazyLock::new(NameIndex::build);
 
 /// Longer than the longest top-level command name (`georadiusbymember_ro`).
+#[cfg(test)]
 const LONGEST_NAME: usize = 32;
 
 /// The command or subcommand with the full lower-case or mixed-case name Redis
@@ -384,6 +506,62 @@ pub fn lookup(req: &Request) -> Result<&'static CommandSpec, LookupError> {
 pub fn all() -> &'static [CommandSpec] {
     table::COMMANDS
 }
+
+/// Every command and subcommand of the table, in dense-index order: the
+/// top-level commands, then each container's subcommands in turn.
+pub fn every_spec() -> impl Iterator<Item = &'static CommandSpec> {
+    table::COMMANDS
+        .iter()
+        .chain(table::COMMANDS.iter().flat_map(|c| c.subcommands.iter()))
+}
+
+/// How many entries [`dense_index`] numbers: the length of a per-command
+/// decision table.
+pub fn spec_count() -> usize {
+    SUBCOMMAND_RUNS.total
+}
+
+/// A number below [`spec_count`] unique to each command and subcommand of
+/// the table (its position in [`every_spec`]), so a policy can keep one
+/// decision per command in a `Vec` and find it without hashing the name.
+///
+/// Found from where the spec sits in the static table, so it is `None` for
+/// a `CommandSpec` that is not the table's own.
+pub fn dense_index(spec: &CommandSpec) -> Option<usize> {
+    if let Some(i) = position_in(table::COMMANDS, spec) {
+        return Some(i);
+    }
+    SUBCOMMAND_RUNS
+        .runs
+        .iter()
+        .find_map(|&(subs, base)| position_in(subs, spec).map(|i| base + i))
+}
+
+/// The index of `spec` within `specs`, by address.
+fn position_in(specs: &[CommandSpec], spec: &CommandSpec) -> Option<usize> {
+    let size = std::mem::size_of::<CommandSpec>();
+    let start = specs.as_ptr() as usize;
+    let offset = (spec as *const CommandSpec as usize).checked_sub(start)?;
+    let i = offset / size;
+    (offset % size == 0 && i < specs.len()).then_some(i)
+}
+
+/// Each container's subcommand slice with the dense index of its first entry.
+struct SubcommandRuns {
+    runs: Vec<(&'static [CommandSpec], usize)>,
+    total: usize,
+}
+
+/// The subcommand runs, worked out once.
+static SUBCOMMAND_RUNS: std::sync::LazyLock<SubcommandRuns> = std::sync::LazyLock::new(|| {
+    let mut runs = Vec::new();
+    let mut next = table::COMMANDS.len();
+    for container in table::COMMANDS.iter().filter(|c| c.is_container()) {
+        runs.push((container.subcommands, next));
+        next += container.subcommands.len();
+    }
+    SubcommandRuns { runs, total: next }
+});
 
 /// What C's `%.Ns` makes of an argument: cut at the first NUL, then at `max`
 /// bytes; Redis then maps CR and LF to spaces so the error stays one line.
@@ -452,6 +630,48 @@ mod tests {
     fn every_name_fits_the_lookup_buffer() {
         assert!(all().iter().all(|c| c.name.len() < LONGEST_NAME));
         assert!(find(&[b'g'; LONGEST_NAME + 1]).is_none());
+    }
+
+    #[test]
+    fn names_are_found_in_a_few_probes() {
+        assert!(
+            NAME_INDEX.longest_probe() <= 4,
+            "{}",
+            NAME_INDEX.longest_probe()
+        );
+        for spec in all() {
+            assert!(std::ptr::eq(find(spec.name.as_bytes()).unwrap(), spec));
+            let upper = spec.name.to_ascii_uppercase();
+            assert!(std::ptr::eq(find(upper.as_bytes()).unwrap(), spec));
+        }
+        assert!(find(b"GE\x54").is_some());
+        assert!(find(b"ge\x14").is_none());
+        assert!(find(b"ge@").is_none());
+        // Bytes that `| 0x20` would fold onto a name's non-letters.
+        assert!(find(b"\x12\x10\x10\x10").is_none()); // not "2000"-like digits
+        assert!(find(b"restore\rasking").is_none());
+        assert!(find(b"restore-asking").is_some());
+        assert!(find(b"GEORADIUSBYMEMBER_RO").is_some());
+        assert!(find(b"GEORADIUSBYMEMBER\x7fRO").is_none());
+        assert!(find(b"georadiusbymember-ro").is_none());
+        assert!(find(b"georadiusbymemberxro").is_none());
+        assert!(find(b"get\0").is_none());
+        assert!(find(b"").is_none());
+    }
+
+    #[test]
+    fn dense_indexes_number_every_spec_once() {
+        let all: Vec<&CommandSpec> = every_spec().collect();
+        assert_eq!(all.len(), spec_count());
+        for (i, spec) in all.iter().enumerate() {
+            assert_eq!(dense_index(spec), Some(i), "{}", spec.name);
+        }
+        let stray = CommandSpec {
+            subcommands: &[],
+            key_specs: &[],
+            ..*all[0]
+        };
+        assert_eq!(dense_index(&stray), None);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use super::service::Service;
 use crate::command::keys::KeysError;
-use crate::command::{CommandSpec, Flags};
+use crate::command::{self, CommandSpec, Flags};
 
 /// Why a command was refused; shown to the client as `-NOPERM ...`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,27 +76,7 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("lastsave", "it is server administration"),
 ];
 
-/// Looks `name` up in the forbidden list, subcommand first, then container;
-/// worked out once per table name.
-fn forbidden_reason(name: &'static str) -> Option<&'static str> {
-    static REASONS: std::sync::LazyLock<rustc_hash::FxHashMap<&'static str, Option<&'static str>>> =
-        std::sync::LazyLock::new(|| {
-            let mut reasons = rustc_hash::FxHashMap::default();
-            for spec in crate::command::all() {
-                reasons.insert(spec.name, search_forbidden(spec.name));
-                for sub in spec.subcommands {
-                    reasons.insert(sub.name, search_forbidden(sub.name));
-                }
-            }
-            reasons
-        });
-    match REASONS.get(name) {
-        Some(reason) => *reason,
-        None => search_forbidden(name),
-    }
-}
-
-/// The linear search behind [`forbidden_reason`].
+/// The linear search of the forbidden list, subcommand first, then container.
 fn search_forbidden(name: &'static str) -> Option<&'static str> {
     let exact = FORBIDDEN.iter().find(|(n, _)| *n == name);
     let container = name
@@ -105,34 +85,109 @@ fn search_forbidden(name: &'static str) -> Option<&'static str> {
     exact.or(container).map(|(_, reason)| *reason)
 }
 
-/// Whether `service` may run the command at all (before any key rewriting).
-pub fn check(service: &Service, spec: &'static CommandSpec) -> Result<(), Refusal> {
-    if !service.deny_commands.is_empty() {
-        let container = spec.name.split_once('|').map_or(spec.name, |(c, _)| c);
-        let denied = service.deny_commands.iter().any(|d| {
-            d.eq_ignore_ascii_case(container) || d.replace(' ', "|").eq_ignore_ascii_case(spec.name)
-        });
-        if denied {
-            return Err(Refusal::DeniedForService {
-                service: service.name.clone(),
-                command: spec.name,
-            });
+/// What [`check`] answers for one command and one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// The command may run.
+    Allowed,
+    /// The service's `deny_commands` names it.
+    Denied,
+    /// Refused for non-admin services, with the reason.
+    Forbidden(&'static str),
+}
+
+/// One service's decision for every command of the table, by
+/// [`command::dense_index`]: worked out when the service is built (also by a
+/// reload), so a request's check is one indexed load.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessTable {
+    decisions: Vec<Decision>,
+}
+
+impl AccessTable {
+    /// The decisions of a service with these `deny_commands` and `admin` setting.
+    pub fn new(deny_commands: &[String], admin: bool) -> AccessTable {
+        AccessTable {
+            decisions: command::every_spec()
+                .map(|spec| decide(deny_commands, admin, spec))
+                .collect(),
         }
     }
-    if service.admin {
-        return Ok(());
+}
+
+/// The decision for one command, from the lists above and the service's settings.
+fn decide(deny_commands: &[String], admin: bool, spec: &'static CommandSpec) -> Decision {
+    let container = spec.name.split_once('|').map_or(spec.name, |(c, _)| c);
+    let denied = deny_commands.iter().any(|d| {
+        d.eq_ignore_ascii_case(container) || d.replace(' ', "|").eq_ignore_ascii_case(spec.name)
+    });
+    if denied {
+        return Decision::Denied;
     }
-    if let Some(reason) = forbidden_reason(spec.name) {
-        return Err(Refusal::Forbidden {
-            command: spec.name,
-            reason,
-        });
+    if admin {
+        return Decision::Allowed;
+    }
+    if let Some(reason) = search_forbidden(spec.name) {
+        return Decision::Forbidden(reason);
     }
     if spec.flags.contains(Flags::ADMIN) {
-        return Err(Refusal::Forbidden {
-            command: spec.name,
-            reason: "it is server administration",
-        });
+        return Decision::Forbidden("it is server administration");
     }
-    Ok(())
+    Decision::Allowed
+}
+
+/// Whether `service` may run the command at all (before any key rewriting).
+pub fn check(service: &Service, spec: &'static CommandSpec) -> Result<(), Refusal> {
+    let decision = command::dense_index(spec)
+        .and_then(|i| service.access.decisions.get(i).copied())
+        .unwrap_or_else(|| decide(&service.deny_commands, service.admin, spec));
+    match decision {
+        Decision::Allowed => Ok(()),
+        Decision::Denied => Err(Refusal::DeniedForService {
+            service: service.name.clone(),
+            command: spec.name,
+        }),
+        Decision::Forbidden(reason) => Err(Refusal::Forbidden {
+            command: spec.name,
+            reason,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_agrees_with_deciding_each_time() {
+        let deny = vec!["FLUSHALL".to_string(), "OBJECT FREQ".to_string()];
+        for admin in [false, true] {
+            let table = AccessTable::new(&deny, admin);
+            for (i, spec) in command::every_spec().enumerate() {
+                assert_eq!(table.decisions.get(i), Some(&decide(&deny, admin, spec)));
+            }
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        let deny = vec!["FLUSHALL".to_string(), "OBJECT FREQ".to_string()];
+        let spec = |name: &str| command::find_by_full_name(name.as_bytes()).expect("in table");
+        assert_eq!(decide(&deny, false, spec("get")), Decision::Allowed);
+        assert_eq!(decide(&deny, true, spec("flushall")), Decision::Denied);
+        assert_eq!(decide(&deny, false, spec("object|freq")), Decision::Denied);
+        assert_eq!(
+            decide(&deny, false, spec("object|encoding")),
+            Decision::Allowed
+        );
+        assert!(matches!(
+            decide(&deny, false, spec("config|get")),
+            Decision::Forbidden(_)
+        ));
+        assert_eq!(decide(&deny, true, spec("config|get")), Decision::Allowed);
+        assert!(matches!(
+            decide(&[], false, spec("memory|stats")),
+            Decision::Forbidden(_)
+        ));
+    }
 }

@@ -9,6 +9,7 @@
 //! INFO), has neither keys nor keyspace information (`Pass`), or is refused.
 
 use super::keyspace::ProcedureKind;
+use crate::command::CommandSpec;
 
 /// What isolation does with one command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,20 +318,25 @@ const REFUSED: &[(&str, &str)] = &[
 
 /// The rule for the command with the table's full name (`get`, `pubsub|channels`).
 pub fn rule(name: &str) -> Rule {
-    // Every table name's rule, worked out once: the lists below are searched
-    // linearly, which is fine once but not on every command.
-    static RULES: std::sync::LazyLock<rustc_hash::FxHashMap<&'static str, Rule>> =
-        std::sync::LazyLock::new(|| {
-            let mut rules = rustc_hash::FxHashMap::default();
-            for spec in crate::command::all() {
-                rules.insert(spec.name, classify(spec.name));
-                for sub in spec.subcommands {
-                    rules.insert(sub.name, classify(sub.name));
-                }
-            }
-            rules
-        });
-    RULES.get(name).copied().unwrap_or_else(|| classify(name))
+    match crate::command::find_by_full_name(name.as_bytes()) {
+        Some(spec) if spec.name == name => rule_of(spec),
+        _ => classify(name),
+    }
+}
+
+/// The rule for a command of the table: one indexed load, since every
+/// command's rule is worked out once, by [`crate::command::dense_index`]
+/// (the lists below are searched linearly, which is fine once but not on
+/// every request).
+pub fn rule_of(spec: &CommandSpec) -> Rule {
+    static RULES: std::sync::LazyLock<Vec<Rule>> = std::sync::LazyLock::new(|| {
+        crate::command::every_spec()
+            .map(|spec| classify(spec.name))
+            .collect()
+    });
+    crate::command::dense_index(spec)
+        .and_then(|i| RULES.get(i).copied())
+        .unwrap_or_else(|| classify(spec.name))
 }
 
 /// The rule of one command, from the lists below.
@@ -387,13 +393,22 @@ pub const UNCLASSIFIED: &str = "keygate has not classified this command for isol
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{self, CommandSpec, KeySpecFlags};
+    use crate::command::{self, KeySpecFlags};
 
     fn every_spec() -> Vec<&'static CommandSpec> {
         command::all()
             .iter()
             .flat_map(|c| std::iter::once(c).chain(c.subcommands.iter()))
             .collect()
+    }
+
+    #[test]
+    fn the_rule_table_agrees_with_the_lists() {
+        for spec in every_spec() {
+            assert_eq!(rule_of(spec), classify(spec.name), "{}", spec.name);
+            assert_eq!(rule(spec.name), classify(spec.name), "{}", spec.name);
+        }
+        assert_eq!(rule("no-such-command"), Rule::Refuse(UNCLASSIFIED));
     }
 
     #[test]

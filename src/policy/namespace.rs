@@ -34,7 +34,7 @@ use super::access::Refusal;
 use super::confinement::{self, Rule};
 use super::keyspace::Procedure;
 use super::service::Service;
-use crate::command::keys::{key_positions, key_positions_inline, KeysError};
+use crate::command::keys::{key_positions, key_positions_inline, single_fixed_key, KeysError};
 use crate::command::{CommandSpec, ReplyKeys};
 use crate::protocol::reply::Value;
 use crate::protocol::request::Request;
@@ -218,10 +218,14 @@ impl Namespace {
             reply_keys: spec.reply_keys,
         };
         let keys = |req: &Request| -> Result<Request, Refusal> {
+            // GET, SET, INCR, HGET...: one key at a fixed place.
+            if let Some(at) = single_fixed_key(spec, req) {
+                return Ok(req.prefix_arg(at, &self.prefix));
+            }
             let positions = key_positions_inline(spec, req).map_err(Refusal::Unlocatable)?;
             Ok(req.prefix_args(&positions, &self.prefix))
         };
-        match confinement::rule(spec.name) {
+        match confinement::rule_of(spec) {
             Rule::Pass | Rule::Info => Ok(forward(req.clone())),
             Rule::Keys => Ok(forward(keys(req)?)),
             Rule::Sort => {

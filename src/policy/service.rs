@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::access::AccessTable;
 use super::namespace::Namespace;
 use crate::config::{Config, ReadFrom, ServiceConfig, TtlOverMax};
 use crate::policy::ttl::TtlPolicy;
@@ -58,6 +59,9 @@ pub struct Service {
     pub namespace: Option<Arc<Namespace>>,
     /// TTL governance for the keys this service writes.
     pub ttl: TtlPolicy,
+    /// [`super::access::check`]'s answer for every command, from `deny_commands`
+    /// and `admin`.
+    pub access: AccessTable,
     /// Clients logged in as this service right now, for `max_clients`;
     /// shared with the same-named service of earlier and later reloads.
     pub clients: Arc<AtomicUsize>,
@@ -93,10 +97,12 @@ impl Service {
             allow_scripts: c.allow_scripts,
             namespace: None,
             ttl: TtlPolicy::new(c.default_ttl, c.max_ttl, c.ttl_over_max),
+            access: AccessTable::default(),
             clients: Arc::new(AtomicUsize::new(0)),
             password_sha256,
         };
         service.namespace = Namespace::for_service(&service).map(Arc::new);
+        service.access = AccessTable::new(&service.deny_commands, service.admin);
         service
     }
 

@@ -225,6 +225,9 @@ impl Request {
         if prefix.is_empty() || indexes.is_empty() {
             return self.clone();
         }
+        if let [only] = indexes {
+            return self.prefix_arg(*only, prefix);
+        }
         let argc = self.args.len();
         let keys = || {
             let mut next_allowed = 0;
@@ -268,6 +271,47 @@ impl Request {
             }
             out.put_slice(self.frame.get(copied..).unwrap_or(&[]));
             shift_spans(&mut spans, shifted..argc, shift);
+        });
+        Request { frame, args: spans }
+    }
+
+    /// A new request with `prefix` put in front of argument `i` alone (GET,
+    /// SET, INCR, ...): [`Request::prefix_args`] for one key, written as the
+    /// frame's head, the new `$len` line, the prefix and the frame's tail,
+    /// with the later spans shifted by one fixed amount.
+    ///
+    /// An index past the last argument leaves the request as it is.
+    pub fn prefix_arg(&self, i: usize, prefix: &[u8]) -> Request {
+        let Some(span) = self.args.get(i).copied() else {
+            return self.clone();
+        };
+        if prefix.is_empty() {
+            return self.clone();
+        }
+        let key_len = span.len as usize + prefix.len();
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(key_len).as_bytes();
+        let head = self.frame.get(..span.header_start()).unwrap_or(&[]);
+        let tail = self.frame.get(span.start()..).unwrap_or(&[]);
+        let key_start = head.len() + 3 + digits.len();
+        let new_len = key_start + prefix.len() + tail.len();
+        // Everything from the key's own bytes on moves by the same amount.
+        let shift = (key_start + prefix.len()).saturating_sub(span.start());
+        let mut spans = self.args.clone();
+        if let Some(edited) = spans.get_mut(i) {
+            *edited = ArgSpan {
+                start: offset32(key_start),
+                len: offset32(key_len),
+            };
+        }
+        shift_spans(&mut spans, i + 1..self.args.len(), shift);
+        let frame = build_frame(new_len, |out| {
+            out.put_slice(head);
+            out.put_u8(b'$');
+            out.put_slice(digits);
+            out.put_slice(b"\r\n");
+            out.put_slice(prefix);
+            out.put_slice(tail);
         });
         Request { frame, args: spans }
     }
@@ -1261,6 +1305,24 @@ mod tests {
                 .map(|(i, a)| if picks[i] { prefix.clone() } else { a.clone() })
                 .collect();
             prop_assert_eq!(req.splice(&edits), Request::from_args(&replaced));
+        }
+
+        #[test]
+        fn prefix_arg_equals_from_args(
+            args in arb_args(),
+            at in 0usize..9,
+            prefix in prop::collection::vec(any::<u8>(), 0..12),
+        ) {
+            let req = Request::from_args(&args);
+            let want: Vec<Vec<u8>> = args
+                .iter()
+                .enumerate()
+                .map(|(i, a)| if i == at { [&prefix[..], a].concat() } else { a.clone() })
+                .collect();
+            let got = req.prefix_arg(at, &prefix);
+            prop_assert_eq!(&got, &Request::from_args(&want));
+            let spans_ok = (0..got.argc()).all(|i| got.get(i) == want.get(i).map(|w| &w[..]));
+            prop_assert!(spans_ok);
         }
     }
 }
