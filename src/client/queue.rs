@@ -333,7 +333,33 @@ fn lost() -> BackendError {
 /// whole; otherwise each command's frames are split off and its plan applied.
 /// A slot without an `answered` time was answered in this turn: `now`.
 fn write_slot(
-    slot: Slot,
+    mut slot: Slot,
+    result: BatchReply,
+    now: Instant,
+    out: &mut BytesMut,
+    recorder: &mut Recorder,
+) {
+    write_replies(&slot, result, now, out, recorder);
+    release(std::mem::take(&mut slot.commands));
+}
+
+/// Drops a written slot's commands. A plain command's plan owns nothing,
+/// yet dropping it calls `ReplyPlan`'s drop glue, which is recursive (EXEC
+/// nests plans) so never inlined: a function call per command. The plan
+/// is forgotten instead when it is `Forward`, a variant without fields, so
+/// nothing is leaked.
+fn release(commands: Commands) {
+    for command in commands {
+        let CommandReply { plan, .. } = command;
+        if matches!(plan, ReplyPlan::Forward) {
+            std::mem::forget(plan);
+        }
+    }
+}
+
+/// [`write_slot`] but for dropping the slot.
+fn write_replies(
+    slot: &Slot,
     result: BatchReply,
     now: Instant,
     out: &mut BytesMut,
@@ -409,15 +435,16 @@ fn write_slot(
             let _ = frames.next();
         }
         if record_each {
-            let t = match tally.take() {
-                Some(t) if t.same_series(c) => tally.insert(t),
-                Some(t) => {
-                    t.record(total, backend, recorder);
-                    tally.insert(Tally::new(c))
+            match &mut tally {
+                Some(t) if t.same_series(c) => t.add(kind, frame, recorder),
+                _ => {
+                    let mut next = Tally::new(c);
+                    next.add(kind, frame, recorder);
+                    if let Some(done) = tally.replace(next) {
+                        done.record(total, backend, recorder);
+                    }
                 }
-                None => tally.insert(Tally::new(c)),
-            };
-            t.add(kind, frame, recorder);
+            }
         }
         if write {
             apply_plan(&c.plan, frame, out);
@@ -453,11 +480,15 @@ impl<'a> Tally<'a> {
     }
 
     fn same_series(&self, c: &CommandReply) -> bool {
-        self.command.command == c.command && self.command.service == c.service
+        // Names are the command table's: equal names are almost always the
+        // same pointer, which spares the byte comparison.
+        let (a, b) = (self.command.command, c.command);
+        self.command.service == c.service && (std::ptr::eq(a, b) || a == b)
     }
 
     /// One more command of the run, answered by `frame` (a whole frame of
     /// kind `kind`); errors are recorded at once (rare).
+    #[inline]
     fn add(&mut self, kind: ReplyKind, frame: &[u8], recorder: &mut Recorder) {
         self.count += 1;
         let c = self.command;

@@ -48,16 +48,20 @@ impl CacheRule {
     /// The outcome of `frame`, one whole reply frame a scanner delimited,
     /// of kind `kind`: what [`cache_outcome`] says of it, with the
     /// single-value case read off the kind and type byte alone.
+    #[inline]
     pub fn outcome(self, kind: ReplyKind, frame: &[u8]) -> Option<(u32, u32)> {
         match self {
             CacheRule::Ignored => None,
-            CacheRule::Single => match (kind, frame.first()?) {
-                // A nil frame starts with its own type byte unless an
-                // attribute precedes it, which `scalar` does not count.
-                (ReplyKind::Nil, b'_' | b'$' | b'*') => Some((0, 1)),
-                (ReplyKind::Value, b'$' | b'=' | b'+' | b':' | b',' | b'(' | b'#') => Some((1, 0)),
-                _ => None,
-            },
+            CacheRule::Single => {
+                let type_byte = *frame.first()?;
+                match kind {
+                    // A nil frame starts with its own type byte unless an
+                    // attribute precedes it, which `scalar` does not count.
+                    ReplyKind::Nil if matches!(type_byte, b'_' | b'$' | b'*') => Some((0, 1)),
+                    ReplyKind::Value if is_scalar_type(type_byte) => Some((1, 0)),
+                    _ => None,
+                }
+            }
             CacheRule::PerElement => per_element(frame),
             CacheRule::WholeHash => whole_hash(frame),
         }
@@ -86,6 +90,11 @@ fn whole_hash(reply: &[u8]) -> Option<(u32, u32)> {
         b'*' | b'%' => Some((0, 1)),
         _ => None,
     }
+}
+
+/// Whether `scalar` counts a value of this type byte (not an aggregate).
+fn is_scalar_type(type_byte: u8) -> bool {
+    matches!(type_byte, b'$' | b'=' | b'+' | b':' | b',' | b'(' | b'#')
 }
 
 /// Counts the elements of an array reply: nil misses, other scalars hit.
