@@ -208,20 +208,6 @@ fn null_allowed(type_byte: u8) -> Result<(), ProtocolError> {
     }
 }
 
-/// A blob header's length as [`parse_ll`] reads it, with the lengths
-/// replies almost always have (`-1`, or up to nine digits, which cannot
-/// overflow) read inline rather than through the general parser.
-#[inline]
-fn blob_len(line: &[u8]) -> Option<i64> {
-    match line {
-        [b'-', b'1'] => Some(-1),
-        [b'1'..=b'9', rest @ ..] if rest.len() < 9 && rest.iter().all(u8::is_ascii_digit) => {
-            Some(line.iter().fold(0, |n, &d| n * 10 + i64::from(d - b'0')))
-        }
-        _ => parse_ll(line),
-    }
-}
-
 /// A whole non-aggregate frame at the start of `buf` (a line, or a blob
 /// with its payload and CRLF all there), with its end relative to `buf`;
 /// `None` for aggregates, incomplete frames and anything malformed, which
@@ -236,7 +222,7 @@ fn simple_frame(buf: &[u8]) -> Option<FrameEnd> {
     }
     let end = match shape_of(type_byte).ok()? {
         Shape::Line => after,
-        Shape::Blob => match blob_len(line)? {
+        Shape::Blob => match parse_ll(line)? {
             -1 if type_byte == b'$' => after,
             len => {
                 let payload_end = after.checked_add(usize::try_from(len).ok()?)?;
@@ -901,27 +887,6 @@ mod tests {
         // An incomplete tail ends the iteration rather than yield a partial frame.
         let cut = Replies::from(Bytes::from_static(b"+A\r\n$5\r\nab"));
         assert_eq!(cut.frames(8).count(), 1);
-    }
-
-    #[test]
-    fn blob_len_reads_like_parse_ll() {
-        for line in [
-            &b"-1"[..],
-            b"0",
-            b"7",
-            b"123456789",
-            b"1234567890",
-            b"9223372036854775807",
-            b"9223372036854775808",
-            b"01",
-            b"-0",
-            b"-2",
-            b"",
-            b"1x",
-            b"+1",
-        ] {
-            assert_eq!(blob_len(line), parse_ll(line), "{line:?}");
-        }
     }
 
     #[test]
