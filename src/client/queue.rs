@@ -357,7 +357,7 @@ fn release(commands: Commands) {
     }
 }
 
-/// [`write_slot`] but for dropping the slot.
+/// What [`write_slot`] writes and records, before the slot is released.
 fn write_replies(
     slot: &Slot,
     result: BatchReply,
