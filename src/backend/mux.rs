@@ -6,7 +6,9 @@
 //! - a batch's pending entry is queued for the reader before its bytes are
 //!   written, so a reply never arrives before the reader knows who wants it;
 //! - a batch of `count` requests gets exactly `count` replies, as one
-//!   contiguous `Bytes` split off the read buffer (no copy);
+//!   contiguous `Bytes` split off the read buffer (no copy), with the end
+//!   and kind of each frame the reader found, so the client never scans
+//!   them again;
 //! - when a connection dies or stalls past `command_timeout`, every request
 //!   in flight on it gets an error, nothing is dropped silently, and the
 //!   connection is replaced with capped exponential backoff.
@@ -24,16 +26,20 @@ use super::connect::{connect, ConnectOptions, REPLY_MAX_DEPTH};
 use super::node::NodeHealth;
 use super::stream::BackendStream;
 use super::BackendError;
-use crate::protocol::reply::{ReplyKind, ReplyScanner};
+use crate::protocol::reply::{FrameEnds, Replies, ReplyKind, ReplyScanner};
 
+/// Frame ends reserved up front for one batch at most (a deeper batch
+/// grows past it as usual).
+const MAX_ENDS_RESERVED: usize = 1024;
 /// Payload pieces at least this large are written as they are instead of
 /// being copied into the connection's write buffer.
 const LARGE_PIECE: usize = 16 * 1024;
 /// The writer stops gathering batches into one write past this many bytes.
 const MAX_GATHER: usize = 256 * 1024;
 
-/// What a batch's sender gets back: all its replies, contiguous.
-pub type BatchReply = Result<Bytes, BackendError>;
+/// What a batch's sender gets back: all its replies, contiguous, each
+/// frame's end recorded.
+pub type BatchReply = Result<Replies, BackendError>;
 
 /// A batch's request frames: usually one or two (a command and its TTL
 /// follow-up), kept inline so that case allocates nothing.
@@ -309,6 +315,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut found = 0u32;
+    // The ends of the front batch's frames found so far.
+    let mut ends = FrameEnds::new();
     // Where the next frame starts in `buf` (frames of a batch stay in `buf`
     // until the batch is complete).
     let mut frame_start = 0usize;
@@ -373,12 +381,21 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 health.readonly_reply();
             }
             frame_start = frame.end;
+            if found == 0 {
+                // One allocation for a pipelined batch, none for one or two frames.
+                ends.reserve_exact((front.count as usize).min(MAX_ENDS_RESERVED));
+            }
             found += 1;
+            ends.push(frame);
             if found == front.count {
-                let replies = buf.split_to(frame.end).freeze();
+                let bytes = buf.split_to(frame.end).freeze();
                 scanner.consume(frame.end);
                 found = 0;
                 frame_start = 0;
+                let replies = Replies {
+                    bytes,
+                    ends: std::mem::take(&mut ends),
+                };
                 if let Some(p) = queue.pop_front() {
                     let _ = p.reply.send(Ok(replies));
                 }

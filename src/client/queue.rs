@@ -5,7 +5,10 @@
 //! only when it and every slot before it are complete. Each slot knows the
 //! commands it answers ([`CommandReply`]): how many backend frames each
 //! produces (follow-ups keygate added are dropped) and how each reply is
-//! rewritten. Frames a dedicated connection sends unasked (pub/sub messages)
+//! rewritten. A shared slot's replies come with the frame ends the
+//! connection's reader found, so they are split without scanning again;
+//! replies without them (a dedicated connection's, keygate's own) are
+//! scanned. Frames a dedicated connection sends unasked (pub/sub messages)
 //! go in front of the first slot still waiting on that connection, which is
 //! exactly where the backend put them in its own stream.
 
@@ -20,10 +23,11 @@ use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::backend::mux::BatchReply;
 use crate::backend::BackendError;
 use crate::command::ReplyKeys;
-use crate::metrics::{self, ErrorKind, Recorder, Role};
+use crate::metrics::cache::CacheRule;
+use crate::metrics::{ErrorKind, Recorder, Role};
 use crate::policy::namespace::{self, Namespace};
 use crate::protocol::encode;
-use crate::protocol::reply::{ReplyKind, ReplyScanner, Value};
+use crate::protocol::reply::{Replies, ReplyKind, ReplyScanner, Value};
 use crate::protocol::Protocol;
 
 /// What happens to one command's reply on its way to the client.
@@ -78,7 +82,7 @@ impl CommandReply {
 
     /// Answered by one frame written as it came.
     pub fn is_plain(&self) -> bool {
-        self.frames == 1 && self.plan == ReplyPlan::Forward
+        self.frames == 1 && matches!(self.plan, ReplyPlan::Forward)
     }
 }
 
@@ -295,7 +299,7 @@ impl ReplyQueue {
         let mut now = None;
         while let Some(slot) = self.slots.front_mut() {
             let result = match &mut slot.state {
-                SlotState::Ready(b) => Ok(std::mem::take(b)),
+                SlotState::Ready(b) => Ok(Replies::from(std::mem::take(b))),
                 SlotState::Shared(rx) => match rx.try_recv() {
                     Ok(r) => r,
                     Err(oneshot::error::TryRecvError::Empty) => return,
@@ -305,9 +309,9 @@ impl ReplyQueue {
                     if *remaining > 0 {
                         return;
                     }
-                    Ok(std::mem::take(acc).freeze())
+                    Ok(Replies::from(std::mem::take(acc).freeze()))
                 }
-                SlotState::Answered(r) => std::mem::replace(r, Ok(Bytes::new())),
+                SlotState::Answered(r) => std::mem::replace(r, Ok(Replies::default())),
             };
             let Some(slot) = self.slots.pop_front() else {
                 return;
@@ -329,7 +333,33 @@ fn lost() -> BackendError {
 /// whole; otherwise each command's frames are split off and its plan applied.
 /// A slot without an `answered` time was answered in this turn: `now`.
 fn write_slot(
-    slot: Slot,
+    mut slot: Slot,
+    result: BatchReply,
+    now: Instant,
+    out: &mut BytesMut,
+    recorder: &mut Recorder,
+) {
+    write_replies(&slot, result, now, out, recorder);
+    release(std::mem::take(&mut slot.commands));
+}
+
+/// Drops a written slot's commands. A plain command's plan owns nothing,
+/// yet dropping it calls `ReplyPlan`'s drop glue, which is recursive (EXEC
+/// nests plans) so never inlined: a function call per command. The plan
+/// is forgotten instead when it is `Forward`, a variant without fields, so
+/// nothing is leaked.
+fn release(commands: Commands) {
+    for command in commands {
+        let CommandReply { plan, .. } = command;
+        if matches!(plan, ReplyPlan::Forward) {
+            std::mem::forget(plan);
+        }
+    }
+}
+
+/// What [`write_slot`] writes and records, before the slot is released.
+fn write_replies(
+    slot: &Slot,
     result: BatchReply,
     now: Instant,
     out: &mut BytesMut,
@@ -341,8 +371,8 @@ fn write_slot(
             .unwrap_or(now)
             .saturating_duration_since(slot.started),
     );
-    let bytes = match result {
-        Ok(bytes) => bytes,
+    let replies = match result {
+        Ok(replies) => replies,
         Err(err) => {
             let kind = match err {
                 BackendError::Timeout { .. } => ErrorKind::Timeout,
@@ -363,71 +393,60 @@ fn write_slot(
     };
     if slot.commands.is_empty() {
         if !slot.suppress {
-            out.extend_from_slice(&bytes);
+            out.extend_from_slice(&replies.bytes);
         }
         return;
+    }
+    // Plain commands' replies leave exactly as they came: one copy of the
+    // whole run, whatever is recorded about each.
+    let all_plain = slot.commands.iter().all(CommandReply::is_plain);
+    if all_plain && !slot.suppress {
+        out.extend_from_slice(&replies.bytes);
     }
     let record_each = recorder.enabled();
-    if !record_each && slot.commands.iter().all(CommandReply::is_plain) {
-        if !slot.suppress {
-            out.extend_from_slice(&bytes);
-        }
+    if all_plain && !record_each {
         return;
     }
+    let write = !slot.suppress && !all_plain;
     if let [c] = slot.commands.as_slice() {
         if c.frames == 1 {
             // One command, one frame (a client that does not pipeline): the
-            // connection delimited it already, so it is all of `bytes`.
+            // connection delimited it already, so it is all of the bytes.
             let mut tally = Tally::new(c);
-            tally.add(ReplyKind::of_frame(&bytes), &bytes, recorder);
+            tally.add(replies.first_kind(), &replies.bytes, recorder);
             tally.record(total, backend, recorder);
-            if !slot.suppress {
-                apply_plan(&c.plan, &bytes, out);
+            if write {
+                apply_plan(&c.plan, &replies.bytes, out);
             }
             return;
         }
     }
-    let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);
-    let mut rest: &[u8] = &bytes;
+    let mut frames = replies.frames(REPLY_MAX_DEPTH);
     let mut tally: Option<Tally<'_>> = None;
     for c in &slot.commands {
-        let mut first: Option<(&[u8], ReplyKind)> = None;
-        for _ in 0..c.frames {
-            let (frame, kind) = match scanner.next_frame(rest) {
-                Ok(Some(f)) => {
-                    let (frame, tail) = rest.split_at(f.end.min(rest.len()));
-                    scanner.consume(f.end);
-                    rest = tail;
-                    (frame, f.kind)
-                }
-                // The connection delimited these frames already; a failure
-                // here means keygate miscounted, so say so rather than desync.
-                _ => (
-                    &b"-ERR keygate: internal error splitting a reply\r\n"[..],
-                    ReplyKind::Error,
-                ),
-            };
-            if first.is_none() {
-                first = Some((frame, kind));
-            }
+        // The command's own frame; the follow-ups keygate added are dropped.
+        let (frame, kind) = frames.next().unwrap_or((
+            // The connection delimited these frames already; a failure
+            // here means keygate miscounted, so say so rather than desync.
+            &b"-ERR keygate: internal error splitting a reply\r\n"[..],
+            ReplyKind::Error,
+        ));
+        for _ in 1..c.frames {
+            let _ = frames.next();
         }
-        let Some((frame, kind)) = first else {
-            continue;
-        };
         if record_each {
-            tally = Some(match tally.take() {
-                Some(t) if t.same_series(c) => t,
-                Some(t) => {
-                    t.record(total, backend, recorder);
-                    Tally::new(c)
+            match &mut tally {
+                Some(t) if t.same_series(c) => t.add(kind, frame, recorder),
+                _ => {
+                    let mut next = Tally::new(c);
+                    next.add(kind, frame, recorder);
+                    if let Some(done) = tally.replace(next) {
+                        done.record(total, backend, recorder);
+                    }
                 }
-                None => Tally::new(c),
-            });
-            if let Some(t) = tally.as_mut() {
-                t.add(kind, frame, recorder);
             }
         }
-        if !slot.suppress {
+        if write {
             apply_plan(&c.plan, frame, out);
         }
     }
@@ -443,6 +462,8 @@ fn write_slot(
 struct Tally<'a> {
     command: &'a CommandReply,
     count: u64,
+    /// How the run's replies count as cache hits and misses.
+    cache: CacheRule,
     hits: u32,
     misses: u32,
 }
@@ -452,22 +473,28 @@ impl<'a> Tally<'a> {
         Tally {
             command,
             count: 0,
+            cache: CacheRule::of(command.command),
             hits: 0,
             misses: 0,
         }
     }
 
     fn same_series(&self, c: &CommandReply) -> bool {
-        self.command.command == c.command && self.command.service == c.service
+        // Names are the command table's: equal names are almost always the
+        // same pointer, which spares the byte comparison.
+        let (a, b) = (self.command.command, c.command);
+        self.command.service == c.service && (std::ptr::eq(a, b) || a == b)
     }
 
-    /// One more command of the run; errors are recorded at once (rare).
+    /// One more command of the run, answered by `frame` (a whole frame of
+    /// kind `kind`); errors are recorded at once (rare).
+    #[inline]
     fn add(&mut self, kind: ReplyKind, frame: &[u8], recorder: &mut Recorder) {
         self.count += 1;
         let c = self.command;
         if kind == ReplyKind::Error {
             recorder.error(c.service, c.command, ErrorKind::Backend);
-        } else if let Some((hits, misses)) = metrics::cache_outcome(c.command, frame) {
+        } else if let Some((hits, misses)) = self.cache.outcome(kind, frame) {
             self.hits = self.hits.saturating_add(hits);
             self.misses = self.misses.saturating_add(misses);
         }
@@ -580,4 +607,143 @@ fn apply_exec(queued: &[CommandReply], frame: &[u8], out: &mut BytesMut) {
     }
     encode::array_header(out, queued.len());
     out.extend_from_slice(&body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::protocol::reply::{FrameEnd, FrameEnds};
+
+    /// A pipelined run: GET hit, GET miss (RESP3 null), a SET with a
+    /// follow-up frame keygate added, an error, a RESP2-nil GET.
+    const RUN: &[u8] = b"$1\r\nv\r\n_\r\n+OK\r\n:1\r\n-ERR no\r\n$-1\r\n";
+
+    fn commands() -> Commands {
+        smallvec::smallvec![
+            CommandReply::plain("get", Some(0)),
+            CommandReply::plain("get", Some(0)),
+            CommandReply {
+                frames: 2,
+                ..CommandReply::plain("set", Some(0))
+            },
+            CommandReply::plain("incr", Some(0)),
+            CommandReply::plain("get", Some(0)),
+        ]
+    }
+
+    /// The ends the multiplexed reader records for [`RUN`].
+    fn ends() -> FrameEnds {
+        let mut ends = FrameEnds::new();
+        let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);
+        while let Ok(Some(found)) = scanner.next_frame(RUN) {
+            ends.push(found);
+        }
+        ends
+    }
+
+    /// What the client gets and what the metrics say for one slot answered with `replies`.
+    fn written(replies: Replies, commands: Commands, suppress: bool) -> (Vec<u8>, Vec<String>) {
+        let metrics = Metrics::new(vec!["svc".into()], true);
+        let mut recorder = metrics.recorder();
+        let mut queue = ReplyQueue::default();
+        let (tx, rx) = oneshot::channel();
+        queue.push_shared(rx, commands, suppress, Instant::now());
+        tx.send(Ok(replies)).unwrap();
+        let mut out = BytesMut::new();
+        queue.drain_ready(&mut out, &mut recorder);
+        assert!(queue.is_empty());
+        drop(recorder);
+        let counters = metrics
+            .render_prometheus(&[])
+            .lines()
+            .filter(|l| l.starts_with("keygate_cache_") || l.starts_with("keygate_command_errors"))
+            .map(str::to_string)
+            .collect();
+        (out.to_vec(), counters)
+    }
+
+    #[test]
+    fn recorded_ends_and_scanning_agree() {
+        assert_eq!(ends().len(), 6);
+        let scanned = written(Bytes::from_static(RUN).into(), commands(), false);
+        let delimited = written(
+            Replies {
+                bytes: Bytes::from_static(RUN),
+                ends: ends(),
+            },
+            commands(),
+            false,
+        );
+        assert_eq!(scanned, delimited);
+        // The follow-up's `:1` is dropped.
+        assert_eq!(
+            scanned.0,
+            b"$1\r\nv\r\n_\r\n+OK\r\n-ERR no\r\n$-1\r\n".to_vec()
+        );
+        let text = scanned.1.join("\n");
+        assert!(
+            text.contains(r#"keygate_cache_hits_total{service="svc",command="get"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"keygate_cache_misses_total{service="svc",command="get"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"keygate_command_errors_total{service="svc",command="incr",kind="backend"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn plain_slot_is_copied_whole_and_still_counted() {
+        let bytes = Bytes::from_static(b"$1\r\nv\r\n$-1\r\n");
+        let ends: FrameEnds = smallvec::smallvec![
+            FrameEnd {
+                end: 7,
+                kind: ReplyKind::Value
+            },
+            FrameEnd {
+                end: 12,
+                kind: ReplyKind::Nil
+            },
+        ];
+        let two_gets = || -> Commands {
+            smallvec::smallvec![
+                CommandReply::plain("get", Some(0)),
+                CommandReply::plain("get", Some(0)),
+            ]
+        };
+        let replies = Replies {
+            bytes: bytes.clone(),
+            ends,
+        };
+        let (out, counters) = written(replies.clone(), two_gets(), false);
+        assert_eq!(out, bytes.to_vec());
+        let text = counters.join("\n");
+        assert!(text.contains(r#"command="get"} 1"#), "{text}");
+        let (out, suppressed) = written(replies, two_gets(), true);
+        assert!(out.is_empty());
+        assert_eq!(suppressed, counters);
+    }
+
+    #[test]
+    fn a_short_reply_is_an_internal_error_not_a_desync() {
+        let replies = Replies::from(Bytes::from_static(b"+OK\r\n"));
+        let two: Commands = smallvec::smallvec![
+            CommandReply {
+                plan: ReplyPlan::Replace(Bytes::from_static(b"+X\r\n")),
+                ..CommandReply::plain("set", Some(0))
+            },
+            CommandReply::plain("set", Some(0)),
+        ];
+        let (out, _) = written(replies, two, false);
+        assert_eq!(
+            out,
+            b"+X\r\n-ERR keygate: internal error splitting a reply\r\n".to_vec()
+        );
+    }
 }

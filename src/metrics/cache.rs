@@ -12,26 +12,89 @@
 //! reply shape do not count (`None`), nor do other commands: membership tests
 //! (`exists`, `sismember`, `hexists`) answer a question about a key rather
 //! than fetch a cached value, and counting them would blur the hit ratio.
+//!
+//! The reply path decides a command's [`CacheRule`] once per run of equal
+//! commands and, for the single-value commands, reads the outcome off the
+//! frame's kind (which the connection's reader found) and its type byte,
+//! without parsing the frame again; [`cache_outcome`] is the same count
+//! from the name and bytes alone.
+
+use crate::protocol::reply::ReplyKind;
+
+/// How a command's replies count as cache hits and misses (the table above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheRule {
+    /// Not counted.
+    Ignored,
+    /// One: nil is a miss, any value a hit.
+    Single,
+    /// One per array element.
+    PerElement,
+    /// One: an empty map or array is a miss.
+    WholeHash,
+}
+
+impl CacheRule {
+    /// The rule for a command by its table name.
+    pub fn of(command: &str) -> CacheRule {
+        match command {
+            "get" | "getex" | "getdel" | "hget" | "lindex" | "zscore" => CacheRule::Single,
+            "mget" | "hmget" | "zmscore" => CacheRule::PerElement,
+            "hgetall" => CacheRule::WholeHash,
+            _ => CacheRule::Ignored,
+        }
+    }
+
+    /// The outcome of `frame`, one whole reply frame a scanner delimited,
+    /// of kind `kind`: what [`cache_outcome`] says of it, with the
+    /// single-value case read off the kind and type byte alone.
+    #[inline]
+    pub fn outcome(self, kind: ReplyKind, frame: &[u8]) -> Option<(u32, u32)> {
+        match self {
+            CacheRule::Ignored => None,
+            CacheRule::Single => {
+                let type_byte = *frame.first()?;
+                match kind {
+                    // A nil frame starts with its own type byte unless an
+                    // attribute precedes it, which `scalar` does not count.
+                    ReplyKind::Nil if matches!(type_byte, b'_' | b'$' | b'*') => Some((0, 1)),
+                    ReplyKind::Value if is_scalar_type(type_byte) => Some((1, 0)),
+                    _ => None,
+                }
+            }
+            CacheRule::PerElement => per_element(frame),
+            CacheRule::WholeHash => whole_hash(frame),
+        }
+    }
+}
 
 /// Whether a read command's reply counts as cache hits or misses, and how
 /// many of each: `None` for commands that do not count.
 pub fn cache_outcome(command: &'static str, reply: &[u8]) -> Option<(u32, u32)> {
-    match command {
-        "get" | "getex" | "getdel" | "hget" | "lindex" | "zscore" => {
+    match CacheRule::of(command) {
+        CacheRule::Single => {
             let (nil, _) = scalar(reply, 0)?;
             Some(if nil { (0, 1) } else { (1, 0) })
         }
-        "mget" | "hmget" | "zmscore" => per_element(reply),
-        "hgetall" => {
-            let (kind, count, _) = header(reply, 0)?;
-            match kind {
-                b'*' | b'%' if count > 0 => Some((1, 0)),
-                b'*' | b'%' => Some((0, 1)),
-                _ => None,
-            }
-        }
+        CacheRule::PerElement => per_element(reply),
+        CacheRule::WholeHash => whole_hash(reply),
+        CacheRule::Ignored => None,
+    }
+}
+
+/// HGETALL: an empty map (or RESP2 array) misses, any other hits.
+fn whole_hash(reply: &[u8]) -> Option<(u32, u32)> {
+    let (kind, count, _) = header(reply, 0)?;
+    match kind {
+        b'*' | b'%' if count > 0 => Some((1, 0)),
+        b'*' | b'%' => Some((0, 1)),
         _ => None,
     }
+}
+
+/// Whether `scalar` counts a value of this type byte (not an aggregate).
+fn is_scalar_type(type_byte: u8) -> bool {
+    matches!(type_byte, b'$' | b'=' | b'+' | b':' | b',' | b'(' | b'#')
 }
 
 /// Counts the elements of an array reply: nil misses, other scalars hit.
@@ -173,6 +236,54 @@ mod tests {
             cache_outcome("hgetall", b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n"),
             Some((1, 0))
         );
+    }
+
+    /// The rule on a delimited frame agrees with [`cache_outcome`] on every
+    /// reply shape the single-value commands can meet.
+    #[test]
+    fn rule_on_delimited_frames_matches_cache_outcome() {
+        use crate::protocol::reply::{ReplyScanner, DEFAULT_MAX_DEPTH};
+        let frames: &[&[u8]] = &[
+            b"$3\r\nabc\r\n",
+            b"$0\r\n\r\n",
+            b"$-1\r\n",
+            b"*-1\r\n",
+            b"_\r\n",
+            b"-ERR wrong\r\n",
+            b"!3\r\nERR\r\n",
+            b",1.5\r\n",
+            b":7\r\n",
+            b"+OK\r\n",
+            b"#t\r\n",
+            b"(123\r\n",
+            b"=7\r\ntxt:abc\r\n",
+            b"*2\r\n$1\r\na\r\n$-1\r\n",
+            b"*0\r\n",
+            b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n",
+            b"%0\r\n",
+            b"~1\r\n+a\r\n",
+            b"|1\r\n+ttl\r\n:3\r\n$-1\r\n",
+            b"|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n",
+        ];
+        let commands = [
+            "get", "getex", "getdel", "hget", "lindex", "zscore", "mget", "hmget", "zmscore",
+            "hgetall", "set", "exists",
+        ];
+        for &frame in frames {
+            let found = ReplyScanner::new(DEFAULT_MAX_DEPTH)
+                .next_frame(frame)
+                .unwrap()
+                .unwrap();
+            assert_eq!(found.end, frame.len());
+            for cmd in commands {
+                assert_eq!(
+                    CacheRule::of(cmd).outcome(found.kind, frame),
+                    cache_outcome(cmd, frame),
+                    "{cmd} {:?}",
+                    String::from_utf8_lossy(frame)
+                );
+            }
+        }
     }
 
     #[test]

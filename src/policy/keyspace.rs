@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use super::access::Refusal;
 use super::namespace::Namespace;
-use crate::backend::mux::{Batch, MuxHandle};
+use crate::backend::mux::{Batch, BatchReply, MuxHandle};
 use crate::backend::BackendError;
 use crate::command::keys::KeysError;
 use crate::protocol::encode;
@@ -102,7 +102,7 @@ pub async fn run(
     ns: &Namespace,
     mux: &MuxHandle,
     protocol: Protocol,
-) -> Result<Bytes, BackendError> {
+) -> BatchReply {
     let result = match procedure {
         Procedure::RandomKey => random_key(ns, mux, protocol).await,
         Procedure::DbSize => db_size(ns, mux).await,
@@ -120,7 +120,7 @@ pub async fn run(
         }
     };
     match result {
-        Ok(b) | Err(Stop::Reply(b)) => Ok(b),
+        Ok(b) | Err(Stop::Reply(b)) => Ok(b.into()),
         Err(Stop::Backend(e)) => Err(e),
     }
 }
@@ -134,9 +134,12 @@ async fn round_trip(mux: &MuxHandle, req: Request) -> Result<Bytes, Stop> {
         reply: tx,
     })
     .await;
-    let reply = rx.await.map_err(|_| BackendError::ConnectionLost {
-        addr: "backend".into(),
-    })??;
+    let reply = rx
+        .await
+        .map_err(|_| BackendError::ConnectionLost {
+            addr: "backend".into(),
+        })??
+        .bytes;
     if reply.first() == Some(&b'-') {
         return Err(Stop::Reply(reply));
     }

@@ -1,6 +1,9 @@
 //! The reply scanner: delimits backend replies (RESP2 and RESP3) without
 //! copying them, and a small tree form for the few replies keygate rewrites.
 //!
+//! [`Replies`] carries a run of frames with the ends a scanner already
+//! found, so whoever receives them splits them without scanning again.
+//!
 //! Invariants: scanning resumes where it stopped, so a large reply arriving
 //! in many reads is scanned once; nesting is capped; a push frame (`>`) is
 //! reported as such so it is never matched to a request.
@@ -58,6 +61,97 @@ pub struct FrameEnd {
     pub end: usize,
     /// What the frame is.
     pub kind: ReplyKind,
+}
+
+/// Where each frame of a contiguous run of replies ends, in order: inline
+/// for one or two frames (a lone command, a command and its follow-up), so
+/// that case allocates nothing.
+pub type FrameEnds = smallvec::SmallVec<[FrameEnd; 2]>;
+
+/// Contiguous reply frames, with the boundaries of each when whoever read
+/// them already scanned them (the multiplexed reader does), so the receiver
+/// need not scan again. Without boundaries (`ends` empty) the receiver scans.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replies {
+    /// The frames, back to back.
+    pub bytes: Bytes,
+    /// Each frame's end in `bytes` and its kind; empty when not delimited.
+    pub ends: FrameEnds,
+}
+
+impl From<Bytes> for Replies {
+    /// Frames whose boundaries are unknown (the receiver scans them).
+    fn from(bytes: Bytes) -> Replies {
+        Replies {
+            bytes,
+            ends: FrameEnds::new(),
+        }
+    }
+}
+
+impl Replies {
+    /// The frames one by one, with their kinds: read off the recorded
+    /// boundaries, or scanned when there are none.
+    pub fn frames(&self, max_depth: usize) -> Frames<'_> {
+        let source = if self.ends.is_empty() {
+            FrameSource::Scanned(ReplyScanner::new(max_depth))
+        } else {
+            FrameSource::Delimited(self.ends.iter())
+        };
+        Frames {
+            bytes: &self.bytes,
+            start: 0,
+            source,
+        }
+    }
+
+    /// The kind of the first frame, from its boundary when recorded.
+    pub fn first_kind(&self) -> ReplyKind {
+        match self.ends.first() {
+            Some(end) => end.kind,
+            None => ReplyKind::of_frame(&self.bytes),
+        }
+    }
+}
+
+/// Iterator over the frames of [`Replies`]; ends early (`None`) at a frame
+/// that is incomplete or malformed, which the caller treats as a miscount.
+#[derive(Debug)]
+pub struct Frames<'a> {
+    bytes: &'a [u8],
+    /// Where the next frame starts in `bytes`.
+    start: usize,
+    source: FrameSource<'a>,
+}
+
+/// Where [`Frames`] learns each frame's end.
+#[derive(Debug)]
+enum FrameSource<'a> {
+    /// Boundaries recorded by the reader.
+    Delimited(std::slice::Iter<'a, FrameEnd>),
+    /// No boundaries: scan.
+    Scanned(ReplyScanner),
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = (&'a [u8], ReplyKind);
+
+    fn next(&mut self) -> Option<(&'a [u8], ReplyKind)> {
+        let (end, kind) = match &mut self.source {
+            FrameSource::Delimited(ends) => {
+                let found = ends.next()?;
+                (found.end, found.kind)
+            }
+            FrameSource::Scanned(scanner) => {
+                // Frames stay in place: offsets are from the run's start.
+                let found = scanner.next_frame(self.bytes).ok()??;
+                (found.end, found.kind)
+            }
+        };
+        let frame = self.bytes.get(self.start..end)?;
+        self.start = end;
+        Some((frame, kind))
+    }
 }
 
 /// How a type byte's header is followed.
@@ -762,6 +856,37 @@ mod tests {
             Some((Bytes::from_static(b"+partial\r\n"), ReplyKind::Value))
         );
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn replies_split_by_recorded_ends_or_by_scanning_alike() {
+        let run = b"+A\r\n*2\r\n:1\r\n$-1\r\n_\r\n-ERR x\r\n";
+        let mut ends = FrameEnds::new();
+        let mut scanner = ReplyScanner::new(8);
+        while let Some(found) = scanner.next_frame(run).unwrap() {
+            ends.push(found);
+        }
+        let delimited = Replies {
+            bytes: Bytes::from_static(run),
+            ends,
+        };
+        let scanned = Replies::from(Bytes::from_static(run));
+        let expected: Vec<(&[u8], ReplyKind)> = vec![
+            (b"+A\r\n", ReplyKind::Value),
+            (b"*2\r\n:1\r\n$-1\r\n", ReplyKind::Value),
+            (b"_\r\n", ReplyKind::Nil),
+            (b"-ERR x\r\n", ReplyKind::Error),
+        ];
+        assert_eq!(delimited.frames(8).collect::<Vec<_>>(), expected);
+        assert_eq!(scanned.frames(8).collect::<Vec<_>>(), expected);
+        assert_eq!(delimited.first_kind(), ReplyKind::Value);
+        assert_eq!(
+            Replies::from(Bytes::from_static(b"$-1\r\n")).first_kind(),
+            ReplyKind::Nil
+        );
+        // An incomplete tail ends the iteration rather than yield a partial frame.
+        let cut = Replies::from(Bytes::from_static(b"+A\r\n$5\r\nab"));
+        assert_eq!(cut.frames(8).count(), 1);
     }
 
     #[test]
