@@ -25,8 +25,11 @@ const MAX_HEADER_LINE: usize = 64 * 1024;
 /// a client announcing a huge bulk and sending nothing costs little memory.
 const MAX_RESERVE_AHEAD: usize = 1024 * 1024;
 
+/// Arguments kept inline, enough for the common short commands.
+const INLINE_ARGS: usize = 5;
+
 /// Argument spans, inline for the common short commands (no heap allocation).
-type ArgSpans = SmallVec<[ArgSpan; 5]>;
+type ArgSpans = SmallVec<[ArgSpan; INLINE_ARGS]>;
 
 /// Limits that keep one client from making keygate buffer without bound.
 #[derive(Debug, Clone, Copy)]
@@ -506,6 +509,13 @@ impl RequestScanner {
     /// [`RequestScanner::scan`] without the reset on error.
     #[inline]
     fn scan_inner(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+        if self.expected == 0 {
+            if let Some((len, args)) = whole_small_request(buf, self.limits.max_bulk_len) {
+                self.searched = 0;
+                let frame = buf.split_to(len).freeze();
+                return Ok(Some(Request { frame, args }));
+            }
+        }
         loop {
             if self.expected == 0 {
                 match buf.first() {
@@ -684,6 +694,37 @@ impl RequestScanner {
         }
         Ok(InlineOutcome::Request(Request::from_args(&args)))
     }
+}
+
+/// The common request in one pass, without the resumable state: a whole,
+/// canonical (`\r\n` everywhere) multibulk of a few arguments at the front
+/// of `buf`, as client libraries send it. Returns its length and argument
+/// spans; `None` (incomplete, unusual or invalid) leaves the request to the
+/// general path, which also produces the errors.
+#[inline]
+fn whole_small_request(buf: &[u8], max_bulk_len: usize) -> Option<(usize, ArgSpans)> {
+    let (count, mut at) = quick_header(buf, 0, b'*')?;
+    if count == 0 || count > INLINE_ARGS || buf.get(at - 1) != Some(&b'\n') {
+        return None;
+    }
+    let mut args = ArgSpans::new();
+    for _ in 0..count {
+        let (len, start) = quick_header(buf, at, b'$')?;
+        if len > max_bulk_len || buf.get(start - 1) != Some(&b'\n') {
+            return None;
+        }
+        let end = start.checked_add(len)?;
+        if end + 2 > u32::MAX as usize || buf.get(end..end + 2)? != b"\r\n" {
+            return None;
+        }
+        // Both fit: `end` was checked against `u32::MAX` above.
+        args.push(ArgSpan {
+            start: start as u32,
+            len: len as u32,
+        });
+        at = end + 2;
+    }
+    Some((at, args))
 }
 
 /// The common case of a header line in one pass: `type_byte`, a canonical
