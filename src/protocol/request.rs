@@ -300,7 +300,8 @@ impl Request {
         let new_len = key_start + prefix.len() + tail.len();
         // Everything from the key's own bytes on moves by the same amount.
         let shift = (key_start + prefix.len()).saturating_sub(span.start());
-        let mut spans = self.args.clone();
+        // A plain copy: `SmallVec::clone` goes element by element.
+        let mut spans = ArgSpans::from_slice(&self.args);
         if let Some(edited) = spans.get_mut(i) {
             *edited = ArgSpan {
                 start: offset32(key_start),
