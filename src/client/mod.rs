@@ -254,12 +254,7 @@ pub async fn serve_io<R, W>(
                 conn.recorder.flush_if_due();
                 if housekeeping.tick() && conn.queue.is_empty() && !conn.backlog {
                     // Idle for a whole tick: give back what the last burst grew.
-                    conn.out = BytesMut::new();
-                    conn.queue.release_memory();
-                    conn.batch.release_memory();
-                    if rbuf.is_empty() {
-                        rbuf = BytesMut::new();
-                    }
+                    conn.release_buffers(&mut rbuf);
                     housekeeping.released();
                 }
                 continue;
@@ -287,12 +282,7 @@ pub async fn serve_io<R, W>(
             && conn.out.capacity() + rbuf.capacity() > RETAIN_LIMIT
         {
             // A burst grew the buffers past what an active client keeps.
-            conn.out = BytesMut::new();
-            conn.queue.release_memory();
-            conn.batch.release_memory();
-            if rbuf.is_empty() {
-                rbuf = BytesMut::new();
-            }
+            conn.release_buffers(&mut rbuf);
         }
     }
     conn.finish();
@@ -517,6 +507,17 @@ fn error_reply(msg: &str) -> Bytes {
 }
 
 impl Connection {
+    /// Gives back the storage a burst grew: the write buffer, the reply
+    /// queue's and the batch's, and the read buffer if it holds nothing.
+    fn release_buffers(&mut self, rbuf: &mut BytesMut) {
+        self.out = BytesMut::new();
+        self.queue.release_memory();
+        self.batch.release_memory();
+        if rbuf.is_empty() {
+            *rbuf = BytesMut::new();
+        }
+    }
+
     /// Takes every complete request off `rbuf` through the pipeline.
     async fn on_bytes(&mut self, rbuf: &mut BytesMut) {
         self.backlog = false;

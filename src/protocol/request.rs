@@ -99,6 +99,17 @@ fn put_len_line(out: &mut BytesMut, prefix: u8, n: usize) {
     out.put_slice(b"\r\n");
 }
 
+/// Appends one bulk argument and records where its payload sits.
+fn put_bulk_arg(out: &mut BytesMut, spans: &mut ArgSpans, arg: &[u8]) {
+    put_len_line(out, b'$', arg.len());
+    spans.push(ArgSpan {
+        start: offset32(out.len()),
+        len: offset32(arg.len()),
+    });
+    out.put_slice(arg);
+    out.put_slice(b"\r\n");
+}
+
 /// Moves the spans in `range` `by` bytes further into the frame.
 fn shift_spans(spans: &mut ArgSpans, range: std::ops::Range<usize>, by: usize) {
     if by == 0 {
@@ -169,14 +180,7 @@ impl Request {
         let frame = build_frame(total, |out| {
             put_len_line(out, b'*', args.len());
             for arg in args {
-                let arg = arg.as_ref();
-                put_len_line(out, b'$', arg.len());
-                spans.push(ArgSpan {
-                    start: offset32(out.len()),
-                    len: offset32(arg.len()),
-                });
-                out.put_slice(arg);
-                out.put_slice(b"\r\n");
+                put_bulk_arg(out, &mut spans, arg.as_ref());
             }
         });
         Request { frame, args: spans }
@@ -344,13 +348,7 @@ impl Request {
             put_len_line(out, b'*', argc + extra.len());
             out.put_slice(body);
             for arg in extra {
-                put_len_line(out, b'$', arg.len());
-                spans.push(ArgSpan {
-                    start: offset32(out.len()),
-                    len: offset32(arg.len()),
-                });
-                out.put_slice(arg);
-                out.put_slice(b"\r\n");
+                put_bulk_arg(out, &mut spans, arg);
             }
         });
         Request { frame, args: spans }
