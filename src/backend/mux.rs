@@ -32,8 +32,9 @@ use crate::protocol::reply::{FrameEnds, Replies, ReplyKind, ReplyScanner};
 /// grows past it as usual).
 const MAX_ENDS_RESERVED: usize = 1024;
 /// Payload pieces at least this large are written as they are instead of
-/// being copied into the connection's write buffer.
-const LARGE_PIECE: usize = 16 * 1024;
+/// being copied into the connection's write buffer (a client's batch keeps
+/// frames this large as pieces of their own for the same reason).
+pub const LARGE_PIECE: usize = 16 * 1024;
 /// The writer stops gathering batches into one write past this many bytes.
 const MAX_GATHER: usize = 256 * 1024;
 

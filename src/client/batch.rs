@@ -15,12 +15,12 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
 use super::queue::{CommandReply, Commands};
 use super::Connection;
-use crate::backend::mux::{Batch, Payload};
+use crate::backend::mux::{Batch, Payload, LARGE_PIECE};
 use crate::config::ReadFrom;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
@@ -28,10 +28,23 @@ use crate::protocol::Protocol;
 /// A batch is sealed once it holds this many bytes.
 pub(super) const MAX_BATCH_BYTES: usize = 64 * 1024;
 
+/// The staging buffer grows by at least this much.
+const STAGE_CHUNK: usize = 4 * 1024;
+
 /// Requests being gathered for one shared-connection batch.
+///
+/// Small frames are copied end to end into `staged` (the mux copies them
+/// into its write buffer anyway), so a pipelined batch is one payload piece
+/// instead of one per request, and a one-key prefix rewrite is written
+/// straight in instead of building a frame of its own. The first frames
+/// of a batch are kept as they are while nothing is staged, so a lone
+/// request is not copied here at all; large frames always stay pieces of
+/// their own (a large value is never copied).
 #[derive(Debug)]
 pub(super) struct PendingBatch {
     payload: Payload,
+    /// Small frames copied end to end; they follow `payload`'s pieces.
+    staged: BytesMut,
     commands: Commands,
     bytes: usize,
     suppress: bool,
@@ -54,6 +67,7 @@ impl Default for PendingBatch {
     fn default() -> Self {
         PendingBatch {
             payload: Payload::new(),
+            staged: BytesMut::new(),
             commands: Commands::new(),
             bytes: 0,
             suppress: false,
@@ -73,7 +87,12 @@ impl PendingBatch {
     /// batch must be sealed first (replies of one slot share suppression,
     /// and a batch stays within [`MAX_BATCH_BYTES`]).
     pub(super) fn takes(&self, suppress: bool) -> bool {
-        self.payload.is_empty() || (self.suppress == suppress && self.bytes < MAX_BATCH_BYTES)
+        self.is_empty() || (self.suppress == suppress && self.bytes < MAX_BATCH_BYTES)
+    }
+
+    /// Nothing is gathered (every command has a frame, so no bytes means none).
+    fn is_empty(&self) -> bool {
+        self.bytes == 0
     }
 
     /// Whether sealed batches wait to be submitted.
@@ -81,19 +100,33 @@ impl PendingBatch {
         !self.sealed.is_empty()
     }
 
-    /// Adds a command: its request and the follow-ups keygate added.
+    /// Adds a command: its request (with `prefix` put in front of argument
+    /// `at` first, when given) and the follow-ups keygate added.
     pub(super) fn push(
         &mut self,
         request: Request,
+        prefix: Option<(usize, &[u8])>,
         follow_ups: Vec<Request>,
         reply: CommandReply,
         suppress: bool,
         read_only: bool,
     ) {
-        if self.payload.is_empty() {
+        if self.is_empty() {
             self.suppress = suppress;
         }
-        self.add_frame(request.into_frame());
+        match prefix {
+            Some((at, prefix)) => {
+                let len = request.prefixed_len(at, prefix);
+                if len >= LARGE_PIECE {
+                    self.add_frame(request.prefix_arg(at, prefix).into_frame());
+                } else {
+                    self.bytes += len;
+                    self.make_room(len);
+                    request.write_prefixed(at, prefix, &mut self.staged);
+                }
+            }
+            None => self.add_frame(request.into_frame()),
+        }
         if !follow_ups.is_empty() {
             for follow_up in follow_ups {
                 self.add_frame(follow_up.into_frame());
@@ -105,13 +138,42 @@ impl PendingBatch {
 
     fn add_frame(&mut self, frame: Bytes) {
         self.bytes += frame.len();
-        self.payload.push(frame);
+        if frame.len() >= LARGE_PIECE {
+            self.unstage();
+            self.payload.push(frame);
+        } else if self.staged.is_empty() && self.payload.is_empty() {
+            // Alone it needs no copy; with the staged frames that may follow
+            // it, the payload stays within its inline pieces.
+            self.payload.push(frame);
+        } else {
+            self.make_room(frame.len());
+            self.staged.extend_from_slice(&frame);
+        }
+    }
+
+    /// Room for `len` more staged bytes, grown a chunk at a time: once its
+    /// earlier bytes are sent and released, the buffer reuses its storage.
+    fn make_room(&mut self, len: usize) {
+        if self.staged.capacity() - self.staged.len() < len {
+            self.staged.reserve(len.max(STAGE_CHUNK));
+        }
+    }
+
+    /// Moves the staged frames into the payload as one piece, so a piece
+    /// pushed after them goes out after them.
+    fn unstage(&mut self) {
+        if !self.staged.is_empty() {
+            self.payload.push(self.staged.split().freeze());
+        }
     }
 
     /// Gives back the storage a burst grew; only while nothing waits in it.
     pub(super) fn release_memory(&mut self) {
         if self.sealed.is_empty() {
             self.sealed = VecDeque::new();
+        }
+        if self.is_empty() {
+            self.staged = BytesMut::new();
         }
     }
 }
@@ -121,9 +183,10 @@ impl Connection {
     /// order now, and it waits to be submitted.
     pub(super) fn seal_batch(&mut self) {
         let pending = &mut self.batch;
-        if pending.payload.is_empty() {
+        if pending.is_empty() {
             return;
         }
+        pending.unstage();
         // The next batch likely looks like this one (a client pipelines the
         // same depth again): size it once instead of growing it step by step.
         let (frames, count) = (pending.payload.len(), pending.commands.len());
@@ -185,5 +248,65 @@ impl Connection {
     pub(super) async fn flush_batch(&mut self) {
         self.seal_batch();
         self.submit_sealed().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pieces_of(batch: &mut PendingBatch) -> Vec<Bytes> {
+        batch.unstage();
+        batch.payload.drain(..).collect()
+    }
+
+    fn push(batch: &mut PendingBatch, req: &Request, prefix: Option<(usize, &[u8])>) {
+        let reply = CommandReply::plain("get", None);
+        batch.push(req.clone(), prefix, Vec::new(), reply, false, true);
+    }
+
+    /// The payload's pieces, end to end, are the frames in the order they
+    /// were pushed, prefixed where asked; a lone frame and large frames
+    /// stay pieces of their own, the small ones after the first are staged
+    /// into one.
+    #[test]
+    fn pieces_keep_order_and_large_frames_whole() {
+        let small = Request::from_args(&["GET", "k"]);
+        let large = Request::from_args(&[&b"SET"[..], b"big", &vec![b'v'; LARGE_PIECE]]);
+        let mut batch = PendingBatch::default();
+        push(&mut batch, &small, None);
+        push(&mut batch, &small, Some((1, b"ns:")));
+        push(&mut batch, &small, None);
+        push(&mut batch, &large, None);
+        push(&mut batch, &large, Some((1, b"ns:")));
+        push(&mut batch, &small, None);
+        let want: Vec<u8> = [
+            small.frame().clone(),
+            small.prefix_arg(1, b"ns:").into_frame(),
+            small.frame().clone(),
+            large.frame().clone(),
+            large.prefix_arg(1, b"ns:").into_frame(),
+            small.frame().clone(),
+        ]
+        .concat();
+        assert_eq!(batch.bytes, want.len());
+        assert_eq!(batch.commands(), 6);
+        let pieces = pieces_of(&mut batch);
+        let lens: Vec<usize> = pieces.iter().map(Bytes::len).collect();
+        assert_eq!(pieces.concat(), want);
+        assert_eq!(lens.len(), 5, "{lens:?}");
+        assert_eq!(lens[0], small.frame().len());
+        assert_eq!(lens[2], large.frame().len());
+    }
+
+    /// A lone request goes as the frame it was read in (no copy).
+    #[test]
+    fn lone_request_is_not_copied() {
+        let req = Request::from_args(&["GET", "k"]);
+        let mut batch = PendingBatch::default();
+        push(&mut batch, &req, None);
+        let pieces = pieces_of(&mut batch);
+        assert_eq!(pieces.len(), 1);
+        assert_eq!(pieces[0].as_ptr(), req.frame().as_ptr());
     }
 }

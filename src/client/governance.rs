@@ -15,6 +15,13 @@ use crate::metrics::Recorder;
 use crate::policy::service::Service;
 use crate::protocol::request::Request;
 
+/// Whether [`govern`] leaves every request of this command as it is (no
+/// value limit, no TTL rule for it): then a request may go out without
+/// being built first.
+pub(super) fn leaves_alone(service: &Service, spec: &'static CommandSpec) -> bool {
+    service.max_value_bytes.is_none() && service.ttl.leaves_alone(spec)
+}
+
 /// Applies `max_value_bytes` and the TTL policy: `None` when the request
 /// goes as it is (the common case costs no move), the request to send
 /// instead with its follow-ups, or the refusal to answer with. Clamps and

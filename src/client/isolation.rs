@@ -29,6 +29,10 @@ use crate::protocol::request::Request;
 pub(super) enum Isolated {
     /// To the backend as this request, its reply rewritten by this plan.
     Forward(Request, ReplyPlan),
+    /// To the backend with the namespace's prefix put in front of this one
+    /// argument (GET, SET, ...), by whoever writes the request out, with
+    /// this reply plan: the common case builds no new request.
+    PrefixKey(usize, ReplyPlan),
     /// A keyspace-wide command, run by keygate as a procedure.
     Procedure(ProcedureCall),
 }
@@ -56,6 +60,10 @@ pub(super) fn isolate(
     let Some(ns) = &service.namespace else {
         return Ok(None);
     };
+    if let Some(at) = ns.single_key(spec, req) {
+        let plan = confined_plan(spec.reply_keys, ns, plan, session);
+        return Ok(Some(Isolated::PrefixKey(at, plan)));
+    }
     let isolated = match ns.rewrite(spec, req, service) {
         Err(refusal) => return Err(refusal.to_string()),
         Ok(Rewritten::Procedure(_)) if session.tx.open => {
@@ -80,19 +88,32 @@ pub(super) fn isolate(
                     ReplyPlan::AppendProxyInfo(section) => Some(section),
                     _ => None,
                 })
-            } else if reply_keys != ReplyKeys::None {
-                ReplyPlan::StripKeys {
-                    namespace: ns.clone(),
-                    reply_keys,
-                    protocol: session.protocol,
-                }
             } else {
-                std::mem::replace(plan, ReplyPlan::Forward)
+                confined_plan(reply_keys, ns, plan, session)
             };
             Isolated::Forward(request, plan)
         }
     };
     Ok(Some(isolated))
+}
+
+/// The plan for a confined request's reply: the prefix comes off the key
+/// names it carries, if any; otherwise the plan stays as it was.
+fn confined_plan(
+    reply_keys: ReplyKeys,
+    ns: &Arc<Namespace>,
+    plan: &mut ReplyPlan,
+    session: &Session,
+) -> ReplyPlan {
+    if reply_keys != ReplyKeys::None {
+        ReplyPlan::StripKeys {
+            namespace: ns.clone(),
+            reply_keys,
+            protocol: session.protocol,
+        }
+    } else {
+        std::mem::replace(plan, ReplyPlan::Forward)
+    }
 }
 
 impl Connection {

@@ -681,11 +681,23 @@ impl Connection {
         };
         // The common case (no namespace, no TTL change) moves nothing.
         let mut req = req;
+        // The argument the batch puts the namespace's prefix in front of.
+        let mut prefix_key = None;
         match isolation::isolate(service, spec, &req, &mut plan, &self.session, suppress) {
             Ok(None) => {}
             Ok(Some(Isolated::Forward(confined, confined_plan))) => {
                 req = confined;
                 plan = confined_plan;
+            }
+            Ok(Some(Isolated::PrefixKey(at, confined_plan))) => {
+                plan = confined_plan;
+                // Governance sees the whole request.
+                match service.namespace.as_ref() {
+                    Some(ns) if !governance::leaves_alone(service, spec) => {
+                        req = req.prefix_arg(at, ns.prefix_bytes())
+                    }
+                    _ => prefix_key = Some(at),
+                }
             }
             Ok(Some(Isolated::Procedure(call))) => return Err(Some(Deferred::Procedure(call))),
             Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
@@ -709,6 +721,9 @@ impl Connection {
             reply = self.track_transaction(spec, reply);
         }
         if held || effect != ConnectionEffect::None {
+            if let Some((at, prefix)) = prefix_key.zip(self.session.key_prefix()) {
+                req = req.prefix_arg(at, prefix);
+            }
             let frames = std::iter::once(req.into_frame())
                 .chain(follow_ups.into_iter().map(Request::into_frame))
                 .collect();
@@ -724,7 +739,9 @@ impl Connection {
         }
         // topology: a batch may go to a replica only if all of it is read-only.
         let read_only = spec.flags.contains(Flags::READONLY) && follow_ups.is_empty();
-        self.batch.push(req, follow_ups, reply, suppress, read_only);
+        let prefix = prefix_key.zip(self.session.key_prefix());
+        self.batch
+            .push(req, prefix, follow_ups, reply, suppress, read_only);
         Ok(())
     }
 

@@ -53,6 +53,12 @@ pub struct Session {
 }
 
 impl Session {
+    /// The current service's namespace prefix, if it has a namespace.
+    pub fn key_prefix(&self) -> Option<&[u8]> {
+        let service = self.service.as_ref()?;
+        Some(service.namespace.as_ref()?.prefix_bytes())
+    }
+
     /// A new connection, logged in as the default service if there is one.
     pub fn new(id: u64, default: Option<Arc<Service>>) -> Session {
         Session {

@@ -114,9 +114,9 @@ pub fn single_fixed_key(spec: &CommandSpec, req: &Request) -> Option<usize> {
     let [ks] = spec.key_specs else {
         return None;
     };
-    let odd = KeySpecFlags(
-        KeySpecFlags::NOT_KEY.0 | KeySpecFlags::VARIABLE_FLAGS.0 | KeySpecFlags::INCOMPLETE.0,
-    );
+    // VARIABLE_FLAGS (SET, BITFIELD) changes what the key is used for, not
+    // where it is: Redis's own key finders for those answer the same place.
+    let odd = KeySpecFlags(KeySpecFlags::NOT_KEY.0 | KeySpecFlags::INCOMPLETE.0);
     if ks.flags.0 & odd.0 != 0 {
         return None;
     }

@@ -206,6 +206,18 @@ impl Namespace {
         }
     }
 
+    /// The one argument to prefix when confining `req` is only that (GET,
+    /// SET, INCR, HGET...: one key at a fixed place, nothing refused), so
+    /// the caller may write the prefix into its outgoing bytes instead of
+    /// building the request [`Namespace::rewrite`] would. `None` for every
+    /// other request, which then goes through `rewrite`.
+    pub fn single_key(&self, spec: &'static CommandSpec, req: &Request) -> Option<usize> {
+        match confinement::rule_of(spec) {
+            Rule::Keys => single_fixed_key(spec, req),
+            _ => None,
+        }
+    }
+
     /// Confines `req` to this namespace, or says why it cannot be.
     pub fn rewrite(
         &self,
