@@ -22,6 +22,7 @@ use super::queue::{CommandReply, Commands};
 use super::Connection;
 use crate::backend::mux::{Batch, Payload, LARGE_PIECE};
 use crate::config::ReadFrom;
+use crate::policy::namespace::Namespace;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
 
@@ -100,12 +101,12 @@ impl PendingBatch {
         !self.sealed.is_empty()
     }
 
-    /// Adds a command: its request (with `prefix` put in front of argument
-    /// `at` first, when given) and the follow-ups keygate added.
+    /// Adds a command: its request (confined by `namespace` to its prefix
+    /// at argument `at` first, when given) and the follow-ups keygate added.
     pub(super) fn push(
         &mut self,
         request: Request,
-        prefix: Option<(usize, &[u8])>,
+        confine: Option<(usize, &Namespace)>,
         follow_ups: Vec<Request>,
         reply: CommandReply,
         suppress: bool,
@@ -114,15 +115,18 @@ impl PendingBatch {
         if self.is_empty() {
             self.suppress = suppress;
         }
-        match prefix {
-            Some((at, prefix)) => {
-                let len = request.prefixed_len(at, prefix);
-                if len >= LARGE_PIECE {
-                    self.add_frame(request.prefix_arg(at, prefix).into_frame());
+        match confine {
+            Some((at, ns)) => {
+                // At most this long: the prefix, and a `$len` line longer by
+                // at most a number's digits.
+                let most = request.frame().len() + ns.prefix_bytes().len() + 20;
+                if most >= LARGE_PIECE {
+                    self.add_frame(request.prefix_arg(at, ns.prefix_bytes()).into_frame());
                 } else {
-                    self.bytes += len;
-                    self.make_room(len);
-                    request.write_prefixed(at, prefix, &mut self.staged);
+                    self.make_room(most);
+                    let before = self.staged.len();
+                    ns.write_confined(&request, at, &mut self.staged);
+                    self.bytes += self.staged.len() - before;
                 }
             }
             None => self.add_frame(request.into_frame()),
@@ -262,7 +266,9 @@ mod tests {
 
     fn push(batch: &mut PendingBatch, req: &Request, prefix: Option<(usize, &[u8])>) {
         let reply = CommandReply::plain("get", None);
-        batch.push(req.clone(), prefix, Vec::new(), reply, false, true);
+        let ns = prefix.map(|(at, prefix)| (at, Namespace::new("svc", prefix)));
+        let confine = ns.as_ref().map(|(at, ns)| (*at, ns));
+        batch.push(req.clone(), confine, Vec::new(), reply, false, true);
     }
 
     /// The payload's pieces, end to end, are the frames in the order they

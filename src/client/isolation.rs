@@ -30,9 +30,9 @@ pub(super) enum Isolated {
     /// To the backend as this request, its reply rewritten by this plan.
     Forward(Request, ReplyPlan),
     /// To the backend with the namespace's prefix put in front of this one
-    /// argument (GET, SET, ...), by whoever writes the request out, with
-    /// this reply plan: the common case builds no new request.
-    PrefixKey(usize, ReplyPlan),
+    /// argument (GET, SET, ...) by whoever writes the request out, the
+    /// reply plan set in place: the common case builds no new request.
+    PrefixKey(usize),
     /// A keyspace-wide command, run by keygate as a procedure.
     Procedure(ProcedureCall),
 }
@@ -61,8 +61,10 @@ pub(super) fn isolate(
         return Ok(None);
     };
     if let Some(at) = ns.single_key(spec, req) {
-        let plan = confined_plan(spec.reply_keys, ns, plan, session);
-        return Ok(Some(Isolated::PrefixKey(at, plan)));
+        if spec.reply_keys != ReplyKeys::None {
+            *plan = confined_plan(spec.reply_keys, ns, plan, session);
+        }
+        return Ok(Some(Isolated::PrefixKey(at)));
     }
     let isolated = match ns.rewrite(spec, req, service) {
         Err(refusal) => return Err(refusal.to_string()),

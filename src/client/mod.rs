@@ -689,8 +689,7 @@ impl Connection {
                 req = confined;
                 plan = confined_plan;
             }
-            Ok(Some(Isolated::PrefixKey(at, confined_plan))) => {
-                plan = confined_plan;
+            Ok(Some(Isolated::PrefixKey(at))) => {
                 // Governance sees the whole request.
                 match service.namespace.as_ref() {
                     Some(ns) if !governance::leaves_alone(service, spec) => {
@@ -721,8 +720,8 @@ impl Connection {
             reply = self.track_transaction(spec, reply);
         }
         if held || effect != ConnectionEffect::None {
-            if let Some((at, prefix)) = prefix_key.zip(self.session.key_prefix()) {
-                req = req.prefix_arg(at, prefix);
+            if let Some((at, ns)) = prefix_key.zip(self.session.namespace()) {
+                req = req.prefix_arg(at, ns.prefix_bytes());
             }
             let frames = std::iter::once(req.into_frame())
                 .chain(follow_ups.into_iter().map(Request::into_frame))
@@ -739,9 +738,9 @@ impl Connection {
         }
         // topology: a batch may go to a replica only if all of it is read-only.
         let read_only = spec.flags.contains(Flags::READONLY) && follow_ups.is_empty();
-        let prefix = prefix_key.zip(self.session.key_prefix());
+        let confine = prefix_key.zip(self.session.namespace());
         self.batch
-            .push(req, prefix, follow_ups, reply, suppress, read_only);
+            .push(req, confine, follow_ups, reply, suppress, read_only);
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::queue::CommandReply;
+use crate::policy::namespace::Namespace;
 use crate::policy::service::Service;
 use crate::protocol::Protocol;
 
@@ -53,10 +54,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// The current service's namespace prefix, if it has a namespace.
-    pub fn key_prefix(&self) -> Option<&[u8]> {
-        let service = self.service.as_ref()?;
-        Some(service.namespace.as_ref()?.prefix_bytes())
+    /// The current service's namespace, if it has one.
+    pub fn namespace(&self) -> Option<&Namespace> {
+        self.service.as_ref()?.namespace.as_deref()
     }
 
     /// A new connection, logged in as the default service if there is one.

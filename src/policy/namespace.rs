@@ -54,7 +54,14 @@ pub struct Namespace {
     prefix: Bytes,
     /// `prefix` with `*?[]\` escaped, put in front of patterns.
     glob: Bytes,
+    /// For each key length below [`KEY_HEADERS`], the bytes a one-key
+    /// rewrite puts where the key's `$len` line was: `$<len + prefix>\r\n`
+    /// and the prefix, ready so the hot path formats no number.
+    key_headers: Box<[Box<[u8]>]>,
 }
+
+/// Key lengths whose rewritten `$len` line and prefix a namespace keeps ready.
+const KEY_HEADERS: usize = 64;
 
 /// What to send instead of the client's request.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +120,24 @@ impl Namespace {
             service: service.to_string(),
             prefix: Bytes::copy_from_slice(prefix),
             glob: Bytes::from(glob_escape(prefix)),
+            key_headers: (0..KEY_HEADERS)
+                .map(|len| {
+                    let mut header = format!("${}\r\n", len + prefix.len()).into_bytes();
+                    header.extend_from_slice(prefix);
+                    header.into_boxed_slice()
+                })
+                .collect(),
+        }
+    }
+
+    /// Appends `req` with the prefix in front of argument `at` to `out`:
+    /// the bytes of [`Request::prefix_arg`], for a caller gathering frames
+    /// in one buffer (see [`Namespace::single_key`]). Reserves nothing.
+    pub fn write_confined(&self, req: &Request, at: usize, out: &mut BytesMut) {
+        let header = req.arg_len(at).and_then(|len| self.key_headers.get(len));
+        match header {
+            Some(header) if !self.prefix.is_empty() => req.write_with_key_header(at, header, out),
+            _ => req.write_prefixed(at, &self.prefix, out),
         }
     }
 
@@ -609,6 +634,21 @@ mod tests {
 
     fn ns() -> Namespace {
         Namespace::new("billing", b"billing:")
+    }
+
+    /// The ready `$len` lines give the bytes `prefix_arg` builds, for keys
+    /// of every length, cached or not.
+    #[test]
+    fn write_confined_is_prefix_arg() {
+        let ns = ns();
+        for len in [0, 1, 9, 10, KEY_HEADERS - 1, KEY_HEADERS, 1000] {
+            let key = vec![b'k'; len];
+            let req = Request::from_args(&[&b"SET"[..], &key, b"v"]);
+            let mut out = BytesMut::from(&b"x"[..]);
+            ns.write_confined(&req, 1, &mut out);
+            let want = req.prefix_arg(1, ns.prefix_bytes());
+            assert_eq!(&out[1..], &want.frame()[..], "key of {len} bytes");
+        }
     }
 
     fn service(allow_scripts: bool) -> Service {

@@ -319,14 +319,44 @@ impl Request {
     /// The caller reserves [`Request::prefixed_len`] bytes first (`out`
     /// grows as needed otherwise, one step at a time).
     pub fn write_prefixed(&self, i: usize, prefix: &[u8], out: &mut BytesMut) {
-        let Some(span) = self.args.get(i).copied().filter(|_| !prefix.is_empty()) else {
-            out.extend_from_slice(&self.frame);
-            return;
-        };
-        out.put_slice(self.frame.get(..span.header_start()).unwrap_or(&[]));
-        put_len_line(out, b'$', span.len as usize + prefix.len());
-        out.put_slice(prefix);
-        out.put_slice(self.frame.get(span.start()..).unwrap_or(&[]));
+        match self.around_arg(i).filter(|_| !prefix.is_empty()) {
+            Some((head, len, tail)) => {
+                out.put_slice(head);
+                put_len_line(out, b'$', len + prefix.len());
+                out.put_slice(prefix);
+                out.put_slice(tail);
+            }
+            None => out.extend_from_slice(&self.frame),
+        }
+    }
+
+    /// [`Request::write_prefixed`] with the key's new `$len` line and the
+    /// prefix given as one `header` (`$<len + prefix>\r\n<prefix>`, which
+    /// the caller checked against the key's length), for a namespace that
+    /// keeps those lines ready.
+    pub fn write_with_key_header(&self, i: usize, header: &[u8], out: &mut BytesMut) {
+        match self.around_arg(i) {
+            Some((head, _, tail)) => {
+                out.put_slice(head);
+                out.put_slice(header);
+                out.put_slice(tail);
+            }
+            None => out.extend_from_slice(&self.frame),
+        }
+    }
+
+    /// The frame's bytes before argument `i`'s `$len` line, its length, and
+    /// the bytes from its payload on.
+    fn around_arg(&self, i: usize) -> Option<(&[u8], usize, &[u8])> {
+        let span = self.args.get(i)?;
+        let head = self.frame.get(..span.header_start())?;
+        let tail = self.frame.get(span.start()..)?;
+        Some((head, span.len as usize, tail))
+    }
+
+    /// The length of argument `i`, if there is one.
+    pub fn arg_len(&self, i: usize) -> Option<usize> {
+        self.args.get(i).map(|span| span.len as usize)
     }
 
     /// The length of the frame with `prefix` put in front of argument `i`.
