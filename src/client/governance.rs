@@ -15,11 +15,35 @@ use crate::metrics::Recorder;
 use crate::policy::service::Service;
 use crate::protocol::request::Request;
 
-/// Whether [`govern`] leaves every request of this command as it is (no
-/// value limit, no TTL rule for it): then a request may go out without
-/// being built first.
-pub(super) fn leaves_alone(service: &Service, spec: &'static CommandSpec) -> bool {
-    service.max_value_bytes.is_none() && service.ttl.leaves_alone(spec)
+/// Whether a request whose namespace prefix is still to be written (the
+/// one-key shortcut) may be governed as the client sent it: the value limit
+/// counts every argument's length, the key's with its prefix, so it needs
+/// the confined request.
+pub(super) fn governs_before_prefix(service: &Service) -> bool {
+    service.max_value_bytes.is_none()
+}
+
+/// After a request was governed before its prefix at argument `at` was
+/// written: true when the prefix still goes at `at` of `governed` (the
+/// policy never moves a key) and every follow-up names that key at its
+/// argument 1 (`PEXPIRE key ms NX`), which then gets the prefix here.
+/// False leaves the follow-ups alone; the caller confines and governs again.
+pub(super) fn confine_follow_ups(
+    req: &Request,
+    at: usize,
+    governed: &Request,
+    follow_ups: &mut [Request],
+    prefix: &[u8],
+) -> bool {
+    let key = req.get(at);
+    let in_place =
+        key.is_some() && governed.get(at) == key && follow_ups.iter().all(|f| f.get(1) == key);
+    if in_place {
+        for follow_up in follow_ups {
+            *follow_up = follow_up.prefix_arg(1, prefix);
+        }
+    }
+    in_place
 }
 
 /// Applies `max_value_bytes` and the TTL policy: `None` when the request

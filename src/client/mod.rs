@@ -689,23 +689,32 @@ impl Connection {
                 req = confined;
                 plan = confined_plan;
             }
-            Ok(Some(Isolated::PrefixKey(at))) => {
-                // Governance sees the whole request.
-                match service.namespace.as_ref() {
-                    Some(ns) if !governance::leaves_alone(service, spec) => {
-                        req = req.prefix_arg(at, ns.prefix_bytes())
-                    }
-                    _ => prefix_key = Some(at),
+            Ok(Some(Isolated::PrefixKey(at))) => match service.namespace.as_ref() {
+                Some(ns) if !governance::governs_before_prefix(service) => {
+                    req = req.prefix_arg(at, ns.prefix_bytes())
                 }
-            }
+                _ => prefix_key = Some(at),
+            },
             Ok(Some(Isolated::Procedure(call))) => return Err(Some(Deferred::Procedure(call))),
             Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
         }
         let mut follow_ups = Vec::new();
-        match governance::govern(service, spec, &req, &mut self.recorder) {
+        let mut governed = governance::govern(service, spec, &req, &mut self.recorder);
+        if let (Some(at), Ok(Some((request, added)))) = (prefix_key, &mut governed) {
+            // Governed as the client sent it; the prefix is written with the
+            // batch. Should the policy ever move the key, confine first.
+            let prefix = service.namespace.as_ref().map(|ns| ns.prefix_bytes());
+            let prefix = prefix.unwrap_or_default();
+            if !governance::confine_follow_ups(&req, at, request, added, prefix) {
+                req = req.prefix_arg(at, prefix);
+                prefix_key = None;
+                governed = governance::govern(service, spec, &req, &mut self.recorder);
+            }
+        }
+        match governed {
             Ok(None) => {}
-            Ok(Some((governed, added))) => {
-                req = governed;
+            Ok(Some((request, added))) => {
+                req = request;
                 follow_ups = added;
             }
             Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),

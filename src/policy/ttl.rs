@@ -40,7 +40,7 @@ use crate::command::keys::{key_positions, key_positions_with_flags};
 use crate::command::{CommandSpec, Flags, KeySpecFlags};
 use crate::config::TtlOverMax;
 use crate::protocol::decimal::parse_ll;
-use crate::protocol::request::Request;
+use crate::protocol::request::{EncodedArgs, Request};
 
 /// WRITE commands that get no TTL follow-up although the table may say they
 /// write a key, each with the reason it cannot create one. Every other WRITE
@@ -208,9 +208,11 @@ impl Governed {
 }
 
 /// A service's TTL rules, in milliseconds as Redis counts them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TtlPolicy {
     default_ms: Option<i64>,
+    /// `PX <default_ms>`, encoded once: what a SET without a TTL gets.
+    default_px: Option<EncodedArgs>,
     max_ms: Option<i64>,
     over_max: TtlOverMax,
 }
@@ -343,8 +345,10 @@ impl TtlPolicy {
         max_ttl: Option<Duration>,
         over_max: TtlOverMax,
     ) -> TtlPolicy {
+        let default_ms = default_ttl.map(duration_ms);
         TtlPolicy {
-            default_ms: default_ttl.map(duration_ms),
+            default_ms,
+            default_px: default_ms.map(|ms| EncodedArgs::new(&[&b"PX"[..], &decimal(ms)])),
             max_ms: max_ttl.map(duration_ms),
             over_max,
         }
@@ -501,7 +505,7 @@ impl TtlPolicy {
         if let Some((unit, opt_at)) = opts.expiry {
             return self.govern_expiry_option(req, unit, opt_at, now_ms);
         }
-        let (Some(default_ms), Some(key)) = (self.default_ms, req.get(1)) else {
+        let (Some(default_px), Some(key)) = (&self.default_px, req.get(1)) else {
             return Ok(Governed::unchanged(req));
         };
         if opts.keepttl {
@@ -511,8 +515,7 @@ impl TtlPolicy {
                 ..Governed::unchanged(req)
             });
         }
-        let ms = decimal(default_ms);
-        Ok(Governed::rewritten(req.append_args(&[b"PX", &ms[..]])))
+        Ok(Governed::rewritten(req.append_encoded(default_px)))
     }
 
     /// GETEX key [EX|PX|EXAT|PXAT n|PERSIST].

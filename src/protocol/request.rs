@@ -161,6 +161,34 @@ fn build_frame(len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
     out.freeze()
 }
 
+/// Arguments encoded once as RESP bulk strings, to be appended to requests
+/// by [`Request::append_encoded`] as one copy, with no number formatted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedArgs {
+    bytes: Bytes,
+    /// Where each argument sits in `bytes`.
+    spans: ArgSpans,
+}
+
+impl EncodedArgs {
+    /// Encodes `args`.
+    pub fn new<A: AsRef<[u8]>>(args: &[A]) -> EncodedArgs {
+        let len = args
+            .iter()
+            .map(|a| bulk_header_len(a.as_ref().len()) + a.as_ref().len() + 2)
+            .sum();
+        let mut spans = ArgSpans::with_capacity(args.len());
+        let mut out = BytesMut::with_capacity(len);
+        for arg in args {
+            put_bulk_arg(&mut out, &mut spans, arg.as_ref());
+        }
+        EncodedArgs {
+            bytes: out.freeze(),
+            spans,
+        }
+    }
+}
+
 /// One client command: canonical multibulk bytes plus argument offsets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -374,29 +402,33 @@ impl Request {
     /// A new request with `extra` arguments added at the end (a TTL option
     /// on a SET): only the `*N` header changes, the rest is one copy.
     pub fn append_args(&self, extra: &[&[u8]]) -> Request {
-        if extra.is_empty() {
+        self.append_encoded(&EncodedArgs::new(extra))
+    }
+
+    /// [`Request::append_args`] with arguments encoded beforehand, for
+    /// arguments a policy adds to many requests (`PX <default>`).
+    pub fn append_encoded(&self, extra: &EncodedArgs) -> Request {
+        if extra.spans.is_empty() {
             return self.clone();
         }
         let argc = self.args.len();
+        let new_argc = argc + extra.spans.len();
         let old_header = bulk_header_len(argc);
-        let new_header = bulk_header_len(argc + extra.len());
+        let new_header = bulk_header_len(new_argc);
         let body = self.frame.get(old_header..).unwrap_or(&[]);
-        let new_len = new_header
-            + body.len()
-            + extra
-                .iter()
-                .map(|a| bulk_header_len(a.len()) + a.len() + 2)
-                .sum::<usize>();
-        let mut spans = ArgSpans::with_capacity(argc + extra.len());
+        let mut spans = ArgSpans::with_capacity(new_argc);
         spans.extend_from_slice(&self.args);
         // The header may only grow (9 arguments become 10 or more).
         shift_spans(&mut spans, 0..argc, new_header.saturating_sub(old_header));
-        let frame = build_frame(new_len, |out| {
-            put_len_line(out, b'*', argc + extra.len());
+        let base = offset32(new_header + body.len());
+        spans.extend(extra.spans.iter().map(|span| ArgSpan {
+            start: span.start.saturating_add(base),
+            len: span.len,
+        }));
+        let frame = build_frame(new_header + body.len() + extra.bytes.len(), |out| {
+            put_len_line(out, b'*', new_argc);
             out.put_slice(body);
-            for arg in extra {
-                put_bulk_arg(out, &mut spans, arg);
-            }
+            out.put_slice(&extra.bytes);
         });
         Request { frame, args: spans }
     }
