@@ -28,6 +28,7 @@ pub mod session;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -233,24 +234,62 @@ pub async fn serve_io<R, W>(
         let idle_at = idle_timeout
             .filter(|_| conn.queue.is_empty() && conn.dedicated.is_none())
             .map(|t| last_activity + t);
-        tokio::select! {
-            read = rd.read_some(&mut rbuf), if can_read && !conn.backlog => match read {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    last_activity = Instant::now();
-                    conn.read_at = last_activity;
-                    conn.recorder.bytes_in(n);
-                    conn.on_bytes(&mut rbuf).await;
+        let watch = Watch {
+            read: can_read && !conn.backlog,
+            backlog: can_read && conn.backlog,
+            front: conn.queue.front_is_shared(),
+            shutdown: !conn.closing,
+            deadline,
+            idle_at,
+            housekeeping: housekeeping.due(&conn.recorder),
+        };
+        let event = std::future::poll_fn(|cx| {
+            if watch.shutdown && shutdown_signal.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Shutdown);
+            }
+            if housekeeping_timer.poll_fired(cx, watch.housekeeping).is_ready() {
+                return Poll::Ready(Event::Housekeeping);
+            }
+            if watch.front && conn.queue.poll_front_answered(cx).is_ready() {
+                return Poll::Ready(Event::FrontAnswered);
+            }
+            if conn.dedicated.is_some() {
+                if let Poll::Ready(read) =
+                    std::pin::pin!(read_dedicated(&mut conn.dedicated)).poll(cx)
+                {
+                    return Poll::Ready(Event::DedicatedRead(read));
                 }
-            },
-            _ = std::future::ready(()), if can_read && conn.backlog => {
+            }
+            if dedicated_timer.poll_fired(cx, watch.deadline).is_ready() {
+                return Poll::Ready(Event::DedicatedTimeout);
+            }
+            if watch.backlog {
+                return Poll::Ready(Event::Backlog);
+            }
+            if watch.read {
+                if let Poll::Ready(read) = std::pin::pin!(rd.read_some(&mut rbuf)).poll(cx) {
+                    return Poll::Ready(Event::ClientRead(read));
+                }
+            }
+            if idle_timer.poll_fired(cx, watch.idle_at).is_ready() {
+                return Poll::Ready(Event::Idle);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::ClientRead(Ok(0) | Err(_)) | Event::Idle => break,
+            Event::ClientRead(Ok(n)) => {
+                last_activity = Instant::now();
+                conn.read_at = last_activity;
+                conn.recorder.bytes_in(n);
                 conn.on_bytes(&mut rbuf).await;
             }
-            _ = conn.queue.front_answered(), if conn.queue.front_is_shared() => {}
-            read = read_dedicated(&mut conn.dedicated), if conn.dedicated.is_some() => conn.on_dedicated_read(read),
-            _ = dedicated_timer.fired(deadline), if deadline.is_some() => conn.on_dedicated_timeout(),
-            _ = idle_timer.fired(idle_at), if idle_at.is_some() => break,
-            _ = housekeeping_timer.fired(housekeeping.due(&conn.recorder)) => {
+            Event::Backlog => conn.on_bytes(&mut rbuf).await,
+            Event::FrontAnswered => {}
+            Event::DedicatedRead(read) => conn.on_dedicated_read(read),
+            Event::DedicatedTimeout => conn.on_dedicated_timeout(),
+            Event::Housekeeping => {
                 conn.recorder.flush_if_due();
                 if housekeeping.tick() && conn.queue.is_empty() && !conn.backlog {
                     // Idle for a whole tick: give back what the last burst grew.
@@ -259,7 +298,7 @@ pub async fn serve_io<R, W>(
                 }
                 continue;
             }
-            _ = &mut shutdown_signal, if !conn.closing => conn.closing = true,
+            Event::Shutdown => conn.closing = true,
         }
         housekeeping.active();
         let (out_before, pending_before) = (conn.out.len(), conn.queue.commands_pending());
@@ -286,6 +325,46 @@ pub async fn serve_io<R, W>(
         }
     }
     conn.finish();
+}
+
+/// What woke the client loop: one source per turn.
+enum Event {
+    /// The client's socket gave bytes, end of stream or an error.
+    ClientRead(std::io::Result<usize>),
+    /// Complete requests left in the read buffer may be taken now.
+    Backlog,
+    /// The front slot's shared-connection reply arrived.
+    FrontAnswered,
+    /// The dedicated connection gave bytes or failed.
+    DedicatedRead(std::io::Result<usize>),
+    /// An awaited dedicated reply is overdue.
+    DedicatedTimeout,
+    /// The client was idle for `idle_timeout`.
+    Idle,
+    /// The housekeeping tick or the metrics hand-over is due.
+    Housekeeping,
+    /// Keygate is shutting down.
+    Shutdown,
+}
+
+/// The sources the client loop waits on this turn, worked out once before
+/// it waits: a disabled source is not polled at all (unlike `select!`,
+/// which builds every branch's future on every turn).
+struct Watch {
+    /// The client may send more requests (and none are held back).
+    read: bool,
+    /// Complete requests wait in the read buffer and may be taken.
+    backlog: bool,
+    /// The front slot waits on a shared connection.
+    front: bool,
+    /// Not closing yet: a shutdown would change something.
+    shutdown: bool,
+    /// When the first awaited dedicated reply is overdue.
+    deadline: Option<Instant>,
+    /// When an idle client is disconnected.
+    idle_at: Option<Instant>,
+    /// The housekeeping tick or the metrics hand-over, whichever is first.
+    housekeeping: Option<Instant>,
 }
 
 /// How the client loop reads a client's bytes.
@@ -416,29 +495,28 @@ impl Default for Timer {
 }
 
 impl Timer {
-    /// Completes at `at`; never when `at` is `None`.
-    async fn fired(&mut self, at: Option<Instant>) {
+    /// Ready once `at` has passed; never when `at` is `None`. A timer that
+    /// fired is disarmed, so the same `at` arms it again.
+    fn poll_fired(&mut self, cx: &mut std::task::Context<'_>, at: Option<Instant>) -> Poll<()> {
         let Some(at) = at else {
-            return std::future::pending().await;
+            return Poll::Pending;
         };
         if self.armed != Some(at) {
             self.sleep.as_mut().reset(at);
             self.armed = Some(at);
             self.registered = false;
         }
-        std::future::poll_fn(|cx| {
-            if self.registered && !self.sleep.is_elapsed() {
-                return std::task::Poll::Pending;
-            }
-            // Unconstrained: a `Pending` from the cooperative budget would
-            // not register the waker, and `registered` would lie.
-            let poll = std::pin::pin!(tokio::task::unconstrained(self.sleep.as_mut())).poll(cx);
-            self.registered = poll.is_pending();
-            poll
-        })
-        .await;
-        self.armed = None;
-        self.registered = false;
+        if self.registered && !self.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        // Unconstrained: a `Pending` from the cooperative budget would not
+        // register the waker, and `registered` would lie.
+        let poll = std::pin::pin!(tokio::task::unconstrained(self.sleep.as_mut())).poll(cx);
+        self.registered = poll.is_pending();
+        if poll.is_ready() {
+            self.armed = None;
+        }
+        poll
     }
 }
 

@@ -15,6 +15,8 @@
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use std::collections::VecDeque;
+use std::future::Future;
+use std::task::Poll;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -279,18 +281,25 @@ impl ReplyQueue {
     /// Waits until the front slot's shared reply arrives (pending forever if
     /// the front slot is not a shared one; guard with [`Self::front_is_shared`]).
     pub async fn front_answered(&mut self) {
+        std::future::poll_fn(|cx| self.poll_front_answered(cx)).await
+    }
+
+    /// [`Self::front_answered`] as a poll, for a loop that waits on several
+    /// sources without building a future for each: ready once the front
+    /// slot's shared reply arrived (kept in the slot for [`Self::drain_ready`]).
+    pub fn poll_front_answered(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
         let Some(slot) = self.slots.front_mut() else {
-            return std::future::pending().await;
+            return Poll::Pending;
         };
-        if let SlotState::Shared(rx) = &mut slot.state {
-            let result = rx.await.unwrap_or_else(|_| Err(lost()));
-            // `answered` stays unset: the client loop drains this slot in the
-            // same turn, so the write time stands in for it (one clock read
-            // per turn, not two).
-            slot.state = SlotState::Answered(result);
-        } else {
-            std::future::pending::<()>().await
-        }
+        let SlotState::Shared(rx) = &mut slot.state else {
+            return Poll::Pending;
+        };
+        let result = std::task::ready!(std::pin::Pin::new(rx).poll(cx));
+        // `answered` stays unset: the client loop drains this slot in the
+        // same turn, so the write time stands in for it (one clock read per
+        // turn, not two).
+        slot.state = SlotState::Answered(result.unwrap_or_else(|_| Err(lost())));
+        Poll::Ready(())
     }
 
     /// Moves every complete slot at the front to `out`, in order, recording
