@@ -497,17 +497,26 @@ impl Default for Timer {
 impl Timer {
     /// Ready once `at` has passed; never when `at` is `None`. A timer that
     /// fired is disarmed, so the same `at` arms it again.
+    ///
+    /// Inlined: the usual answers (no deadline, or armed for the same one
+    /// and not elapsed) cost a few loads, not a call.
+    #[inline]
     fn poll_fired(&mut self, cx: &mut std::task::Context<'_>, at: Option<Instant>) -> Poll<()> {
-        let Some(at) = at else {
-            return Poll::Pending;
-        };
+        match at {
+            None => Poll::Pending,
+            Some(at) if self.registered && self.armed == Some(at) && !self.sleep.is_elapsed() => {
+                Poll::Pending
+            }
+            Some(at) => self.poll_sleep(cx, at),
+        }
+    }
+
+    /// Arms the sleep for `at` if it is not already, and polls it.
+    #[inline(never)]
+    fn poll_sleep(&mut self, cx: &mut std::task::Context<'_>, at: Instant) -> Poll<()> {
         if self.armed != Some(at) {
             self.sleep.as_mut().reset(at);
             self.armed = Some(at);
-            self.registered = false;
-        }
-        if self.registered && !self.sleep.is_elapsed() {
-            return Poll::Pending;
         }
         // Unconstrained: a `Pending` from the cooperative budget would not
         // register the waker, and `registered` would lie.

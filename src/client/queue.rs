@@ -294,7 +294,16 @@ impl ReplyQueue {
         let SlotState::Shared(rx) = &mut slot.state else {
             return Poll::Pending;
         };
-        let result = std::task::ready!(std::pin::Pin::new(rx).poll(cx));
+        // Looked at first: an arrived reply is taken without the
+        // cooperative-budget bookkeeping a poll does; only a pending one is
+        // polled, to leave the task's waker.
+        let result = match rx.try_recv() {
+            Ok(reply) => Ok(reply),
+            Err(oneshot::error::TryRecvError::Closed) => Err(()),
+            Err(oneshot::error::TryRecvError::Empty) => {
+                std::task::ready!(std::pin::Pin::new(rx).poll(cx)).map_err(|_| ())
+            }
+        };
         // `answered` stays unset: the client loop drains this slot in the
         // same turn, so the write time stands in for it (one clock read per
         // turn, not two).
