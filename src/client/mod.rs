@@ -214,10 +214,9 @@ pub async fn serve_io<R, W>(
     }
     conn.ctx.metrics.client_connected(conn.admitted_index());
     conn.counted = true;
-    // One future for the whole connection: a fresh `changed()` every turn
+    // One signal for the whole connection: a fresh `changed()` every turn
     // would join and leave the watch's waiter list on every request.
-    let shutdown_signal = shutdown_signal(shutdown);
-    tokio::pin!(shutdown_signal);
+    let mut shutdown_signal = ShutdownSignal::new(shutdown);
     let mut rbuf = BytesMut::new();
     let idle_timeout = conn.ctx.config.proxy.idle_timeout;
     let mut last_activity = Instant::now();
@@ -244,7 +243,7 @@ pub async fn serve_io<R, W>(
             housekeeping: housekeeping.due(&conn.recorder),
         };
         let event = std::future::poll_fn(|cx| {
-            if watch.shutdown && shutdown_signal.as_mut().poll(cx).is_ready() {
+            if watch.shutdown && shutdown_signal.poll(cx).is_ready() {
                 return Poll::Ready(Event::Shutdown);
             }
             if housekeeping_timer.poll_fired(cx, watch.housekeeping).is_ready() {
@@ -532,23 +531,50 @@ impl Timer {
 /// Completes when keygate starts shutting down (or the signal's sender is
 /// gone). Polled on every turn of the client loop, so after the first poll
 /// has put the task's waker in the watch's waiter list, a turn only compares
-/// versions instead of joining the list again.
-fn shutdown_signal(
-    mut shutdown: watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send {
-    let probe = shutdown.clone();
-    let mut changed = Box::pin(tokio::task::unconstrained(async move {
-        let _ = shutdown.changed().await;
-    }));
-    let mut registered = false;
-    std::future::poll_fn(move |cx| {
-        if registered && !probe.has_changed().unwrap_or(true) {
-            return std::task::Poll::Pending;
+/// versions (inline) instead of joining the list again.
+struct ShutdownSignal {
+    /// A second receiver that only looks at the version.
+    probe: watch::Receiver<bool>,
+    /// Waits on the watch, holding the task's place in its waiter list.
+    changed: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// `changed` was polled and holds the task's waker.
+    registered: bool,
+    /// `changed` completed: it must not be polled again.
+    fired: bool,
+}
+
+impl ShutdownSignal {
+    fn new(mut shutdown: watch::Receiver<bool>) -> ShutdownSignal {
+        let probe = shutdown.clone();
+        ShutdownSignal {
+            probe,
+            changed: Box::pin(tokio::task::unconstrained(async move {
+                let _ = shutdown.changed().await;
+            })),
+            registered: false,
+            fired: false,
         }
-        let poll = changed.as_mut().poll(cx);
-        registered = poll.is_pending();
+    }
+
+    /// Ready once keygate is shutting down (and from then on).
+    #[inline]
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.registered && !self.probe.has_changed().unwrap_or(true) {
+            return Poll::Pending;
+        }
+        self.poll_changed(cx)
+    }
+
+    #[inline(never)]
+    fn poll_changed(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.fired {
+            return Poll::Ready(());
+        }
+        let poll = self.changed.as_mut().poll(cx);
+        self.registered = poll.is_pending();
+        self.fired = poll.is_ready();
         poll
-    })
+    }
 }
 
 async fn read_dedicated(d: &mut Option<Dedicated>) -> std::io::Result<usize> {

@@ -384,11 +384,12 @@ fn write_replies(
     recorder: &mut Recorder,
 ) {
     let total = now.saturating_duration_since(slot.started);
-    let backend = Some(
-        slot.answered
-            .unwrap_or(now)
-            .saturating_duration_since(slot.started),
-    );
+    // Answered in this turn (no `answered` time): the backend time is the
+    // total, not a second clock subtraction.
+    let backend = Some(match slot.answered {
+        Some(answered) => answered.saturating_duration_since(slot.started),
+        None => total,
+    });
     let replies = match result {
         Ok(replies) => replies,
         Err(err) => {
