@@ -246,7 +246,10 @@ pub async fn serve_io<R, W>(
             if watch.shutdown && shutdown_signal.poll(cx).is_ready() {
                 return Poll::Ready(Event::Shutdown);
             }
-            if housekeeping_timer.poll_fired(cx, watch.housekeeping).is_ready() {
+            if housekeeping_timer
+                .poll_fired(cx, watch.housekeeping)
+                .is_ready()
+            {
                 return Poll::Ready(Event::Housekeeping);
             }
             if watch.front && conn.queue.poll_front_answered(cx).is_ready() {

@@ -16,8 +16,8 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::future::Future;
-use std::task::Poll;
 use std::sync::Arc;
+use std::task::Poll;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -331,12 +331,13 @@ impl ReplyQueue {
                 }
                 SlotState::Answered(r) => std::mem::replace(r, Ok(Replies::default())),
             };
-            let Some(slot) = self.slots.pop_front() else {
-                return;
-            };
             self.commands_pending = self.commands_pending.saturating_sub(slot.commands.len());
             let now = *now.get_or_insert_with(Instant::now);
-            write_slot(slot, result, now, out, recorder);
+            // Written where it lies and only then popped: moving a slot out
+            // first copies the whole of it, twice.
+            write_replies(slot, result, now, out, recorder);
+            release(std::mem::take(&mut slot.commands));
+            self.slots.pop_front();
         }
     }
 }
@@ -345,20 +346,6 @@ fn lost() -> BackendError {
     BackendError::ConnectionLost {
         addr: "backend".into(),
     }
-}
-
-/// Writes one complete slot: the fast path copies a batch of plain replies
-/// whole; otherwise each command's frames are split off and its plan applied.
-/// A slot without an `answered` time was answered in this turn: `now`.
-fn write_slot(
-    mut slot: Slot,
-    result: BatchReply,
-    now: Instant,
-    out: &mut BytesMut,
-    recorder: &mut Recorder,
-) {
-    write_replies(&slot, result, now, out, recorder);
-    release(std::mem::take(&mut slot.commands));
 }
 
 /// Drops a written slot's commands. A plain command's plan owns nothing,
@@ -375,7 +362,10 @@ fn release(commands: Commands) {
     }
 }
 
-/// What [`write_slot`] writes and records, before the slot is released.
+/// Writes and records one complete slot, before it is released: the fast
+/// path copies a batch of plain replies whole; otherwise each command's
+/// frames are split off and its plan applied. A slot without an `answered`
+/// time was answered in this turn: `now`.
 fn write_replies(
     slot: &Slot,
     result: BatchReply,

@@ -78,7 +78,11 @@ impl Recorder {
         let slot = self.metrics.slot(service);
         self.dirty = true;
         let last = self.last;
-        if self.series.get(last).is_some_and(|s| same_series(s, slot, command)) {
+        if self
+            .series
+            .get(last)
+            .is_some_and(|s| same_series(s, slot, command))
+        {
             // In bounds: just looked at.
             return &mut self.series[last];
         }
@@ -88,7 +92,11 @@ impl Recorder {
     /// [`Self::series`] off its fast path: looked up, or created if new.
     #[inline(never)]
     fn find_series(&mut self, slot: usize, command: &'static str) -> &mut SeriesDelta {
-        let index = match self.series.iter().position(|s| same_series(s, slot, command)) {
+        let index = match self
+            .series
+            .iter()
+            .position(|s| same_series(s, slot, command))
+        {
             Some(i) => i,
             None => {
                 self.series.push(SeriesDelta {
