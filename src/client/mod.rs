@@ -22,6 +22,7 @@ mod governance;
 mod isolation;
 pub mod local;
 pub mod queue;
+mod read_wake;
 mod rebind;
 pub mod session;
 
@@ -224,6 +225,8 @@ pub async fn serve_io<R, W>(
     let mut idle_timer = Timer::default();
     let mut housekeeping_timer = Timer::default();
     let mut housekeeping = Housekeeping::default();
+    // Spares polling the client's socket on wake-ups that were not its own.
+    let mut read_wake = read_wake::ReadWake::default();
     loop {
         if conn.closing && conn.queue.is_empty() {
             break;
@@ -269,7 +272,9 @@ pub async fn serve_io<R, W>(
                 return Poll::Ready(Event::Backlog);
             }
             if watch.read {
-                if let Poll::Ready(read) = std::pin::pin!(rd.read_some(&mut rbuf)).poll(cx) {
+                let read =
+                    read_wake.poll(cx, |cx| std::pin::pin!(rd.read_some(&mut rbuf)).poll(cx));
+                if let Poll::Ready(read) = read {
                     return Poll::Ready(Event::ClientRead(read));
                 }
             }
