@@ -22,12 +22,14 @@ mod governance;
 mod isolation;
 pub mod local;
 pub mod queue;
+mod read_wake;
 mod rebind;
 pub mod session;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -213,10 +215,9 @@ pub async fn serve_io<R, W>(
     }
     conn.ctx.metrics.client_connected(conn.admitted_index());
     conn.counted = true;
-    // One future for the whole connection: a fresh `changed()` every turn
+    // One signal for the whole connection: a fresh `changed()` every turn
     // would join and leave the watch's waiter list on every request.
-    let shutdown_signal = shutdown_signal(shutdown);
-    tokio::pin!(shutdown_signal);
+    let mut shutdown_signal = ShutdownSignal::new(shutdown);
     let mut rbuf = BytesMut::new();
     let idle_timeout = conn.ctx.config.proxy.idle_timeout;
     let mut last_activity = Instant::now();
@@ -224,6 +225,8 @@ pub async fn serve_io<R, W>(
     let mut idle_timer = Timer::default();
     let mut housekeeping_timer = Timer::default();
     let mut housekeeping = Housekeeping::default();
+    // Spares polling the client's socket on wake-ups that were not its own.
+    let mut read_wake = read_wake::ReadWake::default();
     loop {
         if conn.closing && conn.queue.is_empty() {
             break;
@@ -233,24 +236,67 @@ pub async fn serve_io<R, W>(
         let idle_at = idle_timeout
             .filter(|_| conn.queue.is_empty() && conn.dedicated.is_none())
             .map(|t| last_activity + t);
-        tokio::select! {
-            read = rd.read_some(&mut rbuf), if can_read && !conn.backlog => match read {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    last_activity = Instant::now();
-                    conn.read_at = last_activity;
-                    conn.recorder.bytes_in(n);
-                    conn.on_bytes(&mut rbuf).await;
+        let watch = Watch {
+            read: can_read && !conn.backlog,
+            backlog: can_read && conn.backlog,
+            front: conn.queue.front_is_shared(),
+            shutdown: !conn.closing,
+            deadline,
+            idle_at,
+            housekeeping: housekeeping.due(&conn.recorder),
+        };
+        let event = std::future::poll_fn(|cx| {
+            if watch.shutdown && shutdown_signal.poll(cx).is_ready() {
+                return Poll::Ready(Event::Shutdown);
+            }
+            if housekeeping_timer
+                .poll_fired(cx, watch.housekeeping)
+                .is_ready()
+            {
+                return Poll::Ready(Event::Housekeeping);
+            }
+            if watch.front && conn.queue.poll_front_answered(cx).is_ready() {
+                return Poll::Ready(Event::FrontAnswered);
+            }
+            if conn.dedicated.is_some() {
+                if let Poll::Ready(read) =
+                    std::pin::pin!(read_dedicated(&mut conn.dedicated)).poll(cx)
+                {
+                    return Poll::Ready(Event::DedicatedRead(read));
                 }
-            },
-            _ = std::future::ready(()), if can_read && conn.backlog => {
+            }
+            if dedicated_timer.poll_fired(cx, watch.deadline).is_ready() {
+                return Poll::Ready(Event::DedicatedTimeout);
+            }
+            if watch.backlog {
+                return Poll::Ready(Event::Backlog);
+            }
+            if watch.read {
+                let read =
+                    read_wake.poll(cx, |cx| std::pin::pin!(rd.read_some(&mut rbuf)).poll(cx));
+                if let Poll::Ready(read) = read {
+                    return Poll::Ready(Event::ClientRead(read));
+                }
+            }
+            if idle_timer.poll_fired(cx, watch.idle_at).is_ready() {
+                return Poll::Ready(Event::Idle);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::ClientRead(Ok(0) | Err(_)) | Event::Idle => break,
+            Event::ClientRead(Ok(n)) => {
+                last_activity = Instant::now();
+                conn.read_at = last_activity;
+                conn.recorder.bytes_in(n);
                 conn.on_bytes(&mut rbuf).await;
             }
-            _ = conn.queue.front_answered(), if conn.queue.front_is_shared() => {}
-            read = read_dedicated(&mut conn.dedicated), if conn.dedicated.is_some() => conn.on_dedicated_read(read),
-            _ = dedicated_timer.fired(deadline), if deadline.is_some() => conn.on_dedicated_timeout(),
-            _ = idle_timer.fired(idle_at), if idle_at.is_some() => break,
-            _ = housekeeping_timer.fired(housekeeping.due(&conn.recorder)) => {
+            Event::Backlog => conn.on_bytes(&mut rbuf).await,
+            Event::FrontAnswered => {}
+            Event::DedicatedRead(read) => conn.on_dedicated_read(read),
+            Event::DedicatedTimeout => conn.on_dedicated_timeout(),
+            Event::Housekeeping => {
                 conn.recorder.flush_if_due();
                 if housekeeping.tick() && conn.queue.is_empty() && !conn.backlog {
                     // Idle for a whole tick: give back what the last burst grew.
@@ -259,7 +305,7 @@ pub async fn serve_io<R, W>(
                 }
                 continue;
             }
-            _ = &mut shutdown_signal, if !conn.closing => conn.closing = true,
+            Event::Shutdown => conn.closing = true,
         }
         housekeeping.active();
         let (out_before, pending_before) = (conn.out.len(), conn.queue.commands_pending());
@@ -286,6 +332,46 @@ pub async fn serve_io<R, W>(
         }
     }
     conn.finish();
+}
+
+/// What woke the client loop: one source per turn.
+enum Event {
+    /// The client's socket gave bytes, end of stream or an error.
+    ClientRead(std::io::Result<usize>),
+    /// Complete requests left in the read buffer may be taken now.
+    Backlog,
+    /// The front slot's shared-connection reply arrived.
+    FrontAnswered,
+    /// The dedicated connection gave bytes or failed.
+    DedicatedRead(std::io::Result<usize>),
+    /// An awaited dedicated reply is overdue.
+    DedicatedTimeout,
+    /// The client was idle for `idle_timeout`.
+    Idle,
+    /// The housekeeping tick or the metrics hand-over is due.
+    Housekeeping,
+    /// Keygate is shutting down.
+    Shutdown,
+}
+
+/// The sources the client loop waits on this turn, worked out once before
+/// it waits: a disabled source is not polled at all (unlike `select!`,
+/// which builds every branch's future on every turn).
+struct Watch {
+    /// The client may send more requests (and none are held back).
+    read: bool,
+    /// Complete requests wait in the read buffer and may be taken.
+    backlog: bool,
+    /// The front slot waits on a shared connection.
+    front: bool,
+    /// Not closing yet: a shutdown would change something.
+    shutdown: bool,
+    /// When the first awaited dedicated reply is overdue.
+    deadline: Option<Instant>,
+    /// When an idle client is disconnected.
+    idle_at: Option<Instant>,
+    /// The housekeeping tick or the metrics hand-over, whichever is first.
+    housekeeping: Option<Instant>,
 }
 
 /// How the client loop reads a client's bytes.
@@ -416,52 +502,87 @@ impl Default for Timer {
 }
 
 impl Timer {
-    /// Completes at `at`; never when `at` is `None`.
-    async fn fired(&mut self, at: Option<Instant>) {
-        let Some(at) = at else {
-            return std::future::pending().await;
-        };
+    /// Ready once `at` has passed; never when `at` is `None`. A timer that
+    /// fired is disarmed, so the same `at` arms it again.
+    ///
+    /// Inlined: the usual answers (no deadline, or armed for the same one
+    /// and not elapsed) cost a few loads, not a call.
+    #[inline]
+    fn poll_fired(&mut self, cx: &mut std::task::Context<'_>, at: Option<Instant>) -> Poll<()> {
+        match at {
+            None => Poll::Pending,
+            Some(at) if self.registered && self.armed == Some(at) && !self.sleep.is_elapsed() => {
+                Poll::Pending
+            }
+            Some(at) => self.poll_sleep(cx, at),
+        }
+    }
+
+    /// Arms the sleep for `at` if it is not already, and polls it.
+    #[inline(never)]
+    fn poll_sleep(&mut self, cx: &mut std::task::Context<'_>, at: Instant) -> Poll<()> {
         if self.armed != Some(at) {
             self.sleep.as_mut().reset(at);
             self.armed = Some(at);
-            self.registered = false;
         }
-        std::future::poll_fn(|cx| {
-            if self.registered && !self.sleep.is_elapsed() {
-                return std::task::Poll::Pending;
-            }
-            // Unconstrained: a `Pending` from the cooperative budget would
-            // not register the waker, and `registered` would lie.
-            let poll = std::pin::pin!(tokio::task::unconstrained(self.sleep.as_mut())).poll(cx);
-            self.registered = poll.is_pending();
-            poll
-        })
-        .await;
-        self.armed = None;
-        self.registered = false;
+        // Unconstrained: a `Pending` from the cooperative budget would not
+        // register the waker, and `registered` would lie.
+        let poll = std::pin::pin!(tokio::task::unconstrained(self.sleep.as_mut())).poll(cx);
+        self.registered = poll.is_pending();
+        if poll.is_ready() {
+            self.armed = None;
+        }
+        poll
     }
 }
 
 /// Completes when keygate starts shutting down (or the signal's sender is
 /// gone). Polled on every turn of the client loop, so after the first poll
 /// has put the task's waker in the watch's waiter list, a turn only compares
-/// versions instead of joining the list again.
-fn shutdown_signal(
-    mut shutdown: watch::Receiver<bool>,
-) -> impl std::future::Future<Output = ()> + Send {
-    let probe = shutdown.clone();
-    let mut changed = Box::pin(tokio::task::unconstrained(async move {
-        let _ = shutdown.changed().await;
-    }));
-    let mut registered = false;
-    std::future::poll_fn(move |cx| {
-        if registered && !probe.has_changed().unwrap_or(true) {
-            return std::task::Poll::Pending;
+/// versions (inline) instead of joining the list again.
+struct ShutdownSignal {
+    /// A second receiver that only looks at the version.
+    probe: watch::Receiver<bool>,
+    /// Waits on the watch, holding the task's place in its waiter list.
+    changed: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// `changed` was polled and holds the task's waker.
+    registered: bool,
+    /// `changed` completed: it must not be polled again.
+    fired: bool,
+}
+
+impl ShutdownSignal {
+    fn new(mut shutdown: watch::Receiver<bool>) -> ShutdownSignal {
+        let probe = shutdown.clone();
+        ShutdownSignal {
+            probe,
+            changed: Box::pin(tokio::task::unconstrained(async move {
+                let _ = shutdown.changed().await;
+            })),
+            registered: false,
+            fired: false,
         }
-        let poll = changed.as_mut().poll(cx);
-        registered = poll.is_pending();
+    }
+
+    /// Ready once keygate is shutting down (and from then on).
+    #[inline]
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.registered && !self.probe.has_changed().unwrap_or(true) {
+            return Poll::Pending;
+        }
+        self.poll_changed(cx)
+    }
+
+    #[inline(never)]
+    fn poll_changed(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        if self.fired {
+            return Poll::Ready(());
+        }
+        let poll = self.changed.as_mut().poll(cx);
+        self.registered = poll.is_pending();
+        self.fired = poll.is_ready();
         poll
-    })
+    }
 }
 
 async fn read_dedicated(d: &mut Option<Dedicated>) -> std::io::Result<usize> {

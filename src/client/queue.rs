@@ -15,7 +15,9 @@
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -279,18 +281,34 @@ impl ReplyQueue {
     /// Waits until the front slot's shared reply arrives (pending forever if
     /// the front slot is not a shared one; guard with [`Self::front_is_shared`]).
     pub async fn front_answered(&mut self) {
+        std::future::poll_fn(|cx| self.poll_front_answered(cx)).await
+    }
+
+    /// [`Self::front_answered`] as a poll, for a loop that waits on several
+    /// sources without building a future for each: ready once the front
+    /// slot's shared reply arrived (kept in the slot for [`Self::drain_ready`]).
+    pub fn poll_front_answered(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
         let Some(slot) = self.slots.front_mut() else {
-            return std::future::pending().await;
+            return Poll::Pending;
         };
-        if let SlotState::Shared(rx) = &mut slot.state {
-            let result = rx.await.unwrap_or_else(|_| Err(lost()));
-            // `answered` stays unset: the client loop drains this slot in the
-            // same turn, so the write time stands in for it (one clock read
-            // per turn, not two).
-            slot.state = SlotState::Answered(result);
-        } else {
-            std::future::pending::<()>().await
-        }
+        let SlotState::Shared(rx) = &mut slot.state else {
+            return Poll::Pending;
+        };
+        // Looked at first: an arrived reply is taken without the
+        // cooperative-budget bookkeeping a poll does; only a pending one is
+        // polled, to leave the task's waker.
+        let result = match rx.try_recv() {
+            Ok(reply) => Ok(reply),
+            Err(oneshot::error::TryRecvError::Closed) => Err(()),
+            Err(oneshot::error::TryRecvError::Empty) => {
+                std::task::ready!(std::pin::Pin::new(rx).poll(cx)).map_err(|_| ())
+            }
+        };
+        // `answered` stays unset: the client loop drains this slot in the
+        // same turn, so the write time stands in for it (one clock read per
+        // turn, not two).
+        slot.state = SlotState::Answered(result.unwrap_or_else(|_| Err(lost())));
+        Poll::Ready(())
     }
 
     /// Moves every complete slot at the front to `out`, in order, recording
@@ -313,12 +331,13 @@ impl ReplyQueue {
                 }
                 SlotState::Answered(r) => std::mem::replace(r, Ok(Replies::default())),
             };
-            let Some(slot) = self.slots.pop_front() else {
-                return;
-            };
             self.commands_pending = self.commands_pending.saturating_sub(slot.commands.len());
             let now = *now.get_or_insert_with(Instant::now);
-            write_slot(slot, result, now, out, recorder);
+            // Written where it lies and only then popped: moving a slot out
+            // first copies the whole of it, twice.
+            write_replies(slot, result, now, out, recorder);
+            release(std::mem::take(&mut slot.commands));
+            self.slots.pop_front();
         }
     }
 }
@@ -327,20 +346,6 @@ fn lost() -> BackendError {
     BackendError::ConnectionLost {
         addr: "backend".into(),
     }
-}
-
-/// Writes one complete slot: the fast path copies a batch of plain replies
-/// whole; otherwise each command's frames are split off and its plan applied.
-/// A slot without an `answered` time was answered in this turn: `now`.
-fn write_slot(
-    mut slot: Slot,
-    result: BatchReply,
-    now: Instant,
-    out: &mut BytesMut,
-    recorder: &mut Recorder,
-) {
-    write_replies(&slot, result, now, out, recorder);
-    release(std::mem::take(&mut slot.commands));
 }
 
 /// Drops a written slot's commands. A plain command's plan owns nothing,
@@ -357,7 +362,10 @@ fn release(commands: Commands) {
     }
 }
 
-/// What [`write_slot`] writes and records, before the slot is released.
+/// Writes and records one complete slot, before it is released: the fast
+/// path copies a batch of plain replies whole; otherwise each command's
+/// frames are split off and its plan applied. A slot without an `answered`
+/// time was answered in this turn: `now`.
 fn write_replies(
     slot: &Slot,
     result: BatchReply,
@@ -366,11 +374,12 @@ fn write_replies(
     recorder: &mut Recorder,
 ) {
     let total = now.saturating_duration_since(slot.started);
-    let backend = Some(
-        slot.answered
-            .unwrap_or(now)
-            .saturating_duration_since(slot.started),
-    );
+    // Answered in this turn (no `answered` time): the backend time is the
+    // total, not a second clock subtraction.
+    let backend = Some(match slot.answered {
+        Some(answered) => answered.saturating_duration_since(slot.started),
+        None => total,
+    });
     let replies = match result {
         Ok(replies) => replies,
         Err(err) => {

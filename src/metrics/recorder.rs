@@ -71,33 +71,47 @@ impl Recorder {
     }
 
     /// The accumulating series for (service, command), created if new.
+    /// Inlined for the usual case, the same series as last time (a GET
+    /// records its latency and then its cache outcome on one series).
+    #[inline]
     fn series(&mut self, service: Option<usize>, command: &'static str) -> &mut SeriesDelta {
         let slot = self.metrics.slot(service);
-        // Names come from the command table: the same command is almost
-        // always the same pointer, so compare addresses before bytes.
-        let hit = |s: &SeriesDelta| {
-            s.service == slot && (std::ptr::eq(s.command, command) || s.command == command)
-        };
-        let index = match self.series.get(self.last) {
-            Some(s) if hit(s) => self.last,
-            _ => match self.series.iter().position(hit) {
-                Some(i) => i,
-                None => {
-                    self.series.push(SeriesDelta {
-                        service: slot,
-                        command,
-                        commands: 0,
-                        hits: 0,
-                        misses: 0,
-                        errors: [0; ErrorKind::COUNT],
-                        roles: Default::default(),
-                    });
-                    self.series.len() - 1
-                }
-            },
+        self.dirty = true;
+        let last = self.last;
+        if self
+            .series
+            .get(last)
+            .is_some_and(|s| same_series(s, slot, command))
+        {
+            // In bounds: just looked at.
+            return &mut self.series[last];
+        }
+        self.find_series(slot, command)
+    }
+
+    /// [`Self::series`] off its fast path: looked up, or created if new.
+    #[inline(never)]
+    fn find_series(&mut self, slot: usize, command: &'static str) -> &mut SeriesDelta {
+        let index = match self
+            .series
+            .iter()
+            .position(|s| same_series(s, slot, command))
+        {
+            Some(i) => i,
+            None => {
+                self.series.push(SeriesDelta {
+                    service: slot,
+                    command,
+                    commands: 0,
+                    hits: 0,
+                    misses: 0,
+                    errors: [0; ErrorKind::COUNT],
+                    roles: Default::default(),
+                });
+                self.series.len() - 1
+            }
         };
         self.last = index;
-        self.dirty = true;
         // `index` is in bounds: found by position or just pushed.
         &mut self.series[index]
     }
@@ -307,6 +321,14 @@ impl Recorder {
             slow: std::mem::take(&mut self.slow),
         });
     }
+}
+
+/// Whether `s` is the series of (`slot`, `command`). Names come from the
+/// command table: the same command is almost always the same pointer, so
+/// addresses are compared before bytes.
+#[inline]
+fn same_series(s: &SeriesDelta, slot: usize, command: &'static str) -> bool {
+    s.service == slot && (std::ptr::eq(s.command, command) || s.command == command)
 }
 
 impl Drop for Recorder {
