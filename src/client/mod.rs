@@ -130,8 +130,11 @@ struct Dedicated {
     deadline: Option<Instant>,
     /// The node it is connected to (always the master when leased).
     node: Arc<Node>,
-    /// Changes when the topology stops treating `node` as master.
-    demotions: watch::Receiver<u64>,
+    /// Completes when the topology stops treating `node` as master; `None`
+    /// once it has. Kept across the loop's polls (a fresh `changed()` each
+    /// turn would leave the watch's waiter list, and a demotion would wake
+    /// nobody).
+    demoted: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 /// One client connection's state between events.
@@ -259,9 +262,7 @@ pub async fn serve_io<R, W>(
                 return Poll::Ready(Event::FrontAnswered);
             }
             if conn.dedicated.is_some() {
-                if let Poll::Ready(read) =
-                    std::pin::pin!(read_dedicated(&mut conn.dedicated)).poll(cx)
-                {
+                if let Poll::Ready(read) = poll_dedicated(&mut conn.dedicated, cx) {
                     return Poll::Ready(Event::DedicatedRead(read));
                 }
             }
@@ -399,7 +400,11 @@ impl ClientRead for tokio::net::tcp::OwnedReadHalf {
     async fn read_some(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
         if buf.capacity() == 0 {
             // Idle (its buffers given back): no buffer until there is data.
-            self.readable().await?;
+            // Through the socket's own waker slot, not `readable()`: the
+            // client loop drops this future on every turn it stays pending,
+            // and `readable()`'s waiter would leave with it.
+            let stream: &TcpStream = self.as_ref();
+            std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
         }
         reserve_for_read(buf);
         // `read_buf` rather than `try_read_buf`: a short read tells tokio the
@@ -585,19 +590,37 @@ impl ShutdownSignal {
     }
 }
 
-async fn read_dedicated(d: &mut Option<Dedicated>) -> std::io::Result<usize> {
-    match d {
-        Some(d) => {
-            let conn = &mut *d.lease;
-            tokio::select! {
-                read = conn.stream.read_buf(&mut conn.read_buf) => read,
-                // topology: a dedicated connection to a demoted master is
-                // treated as lost (its client gets an error and is closed).
-                _ = d.demotions.changed() => Err(std::io::Error::other("node is no longer master")),
-            }
-        }
-        None => std::future::pending().await,
+/// Completes when `demotions` changes (or its sender is gone).
+fn demotion_of(
+    mut demotions: watch::Receiver<u64>,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    Box::pin(async move {
+        let _ = demotions.changed().await;
+    })
+}
+
+/// Polls the dedicated connection for reply bytes, or for its node's
+/// demotion. Both keep their registration between polls: the read through
+/// the socket's own waker slot, the demotion through `demoted`.
+fn poll_dedicated(
+    d: &mut Option<Dedicated>,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    let Some(d) = d else {
+        return Poll::Pending;
+    };
+    let demoted = match d.demoted.as_mut() {
+        Some(demotion) => demotion.as_mut().poll(cx).is_ready(),
+        None => true,
+    };
+    if demoted {
+        // topology: a dedicated connection to a demoted master is treated
+        // as lost (its client gets an error and is closed).
+        d.demoted = None;
+        return Poll::Ready(Err(std::io::Error::other("node is no longer master")));
     }
+    let conn = &mut *d.lease;
+    std::pin::pin!(conn.stream.read_buf(&mut conn.read_buf)).poll(cx)
 }
 
 /// The reply to a command that needs a login first.
@@ -1035,7 +1058,7 @@ impl Connection {
                         out: BytesMut::new(),
                         subscribed: false,
                         deadline: None,
-                        demotions: node.health().demotions(),
+                        demoted: Some(demotion_of(node.health().demotions())),
                         node,
                     })
                 }
