@@ -159,8 +159,7 @@ impl Reloader {
             (Some(before), Some(now)) => changed_restart_keys(before, &now),
             _ => Vec::new(),
         };
-        let started = &ctx.config.services;
-        let metrics_slot = |name: &str| started.iter().position(|s| s.name == name);
+        let metrics_slot = |name: &str| ctx.metrics.slot_for(name);
         let services = Services::reloaded(&config, &ctx.services.current(), &metrics_slot);
         let report = ReloadReport {
             generation: services.generation(),

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, http_get, http_request, Keygate, RawConn, RedisServer, START_TIMEOUT};
+use common::{
+    free_port, http_get, http_request, wait_until, Keygate, RawConn, RedisServer, START_TIMEOUT,
+};
 
 /// A config file with `services` appended to a standalone `[proxy]`/`[backend]`.
 fn config_text(backend: &RedisServer, extra_backend: &str, services: &str) -> String {
@@ -199,6 +201,13 @@ fn new_services_and_password_changes_apply_to_new_logins() {
     assert_eq!(auth, "+OK\r\n");
     assert_eq!(c.cmd_str(&["SET", "k", "v"]), "+OK\r\n");
     assert_eq!(backend.cli(&["GET", "c:k"]), "v");
+    // Its metrics carry its own name (from the label slots kept for services
+    // a reload adds), not the not-logged-in `-`.
+    let series = "keygate_commands_total{service=\"c\",command=\"set\"} 1";
+    let labelled = wait_until(Duration::from_secs(5), || {
+        http_get(keygate.admin_port(), "/metrics").contains(series)
+    });
+    assert!(labelled, "{}", http_get(keygate.admin_port(), "/metrics"));
     let (_, old_password) = login(keygate.port(), "a", "pa");
     assert!(old_password.starts_with("-WRONGPASS"), "{old_password}");
     let (_, new_password) = login(keygate.port(), "a", "pa2");

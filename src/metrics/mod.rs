@@ -30,7 +30,7 @@ pub mod window;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use cache::cache_outcome;
@@ -168,12 +168,17 @@ impl Collector {
     }
 }
 
+/// Metric slots kept for services a reload adds.
+const SPARE_SLOTS: usize = 32;
+
 /// The shared metrics registry.
 #[derive(Debug)]
 pub struct Metrics {
     enabled: bool,
-    /// Label values by slot; the last is [`NOT_LOGGED_IN`].
-    service_labels: Vec<String>,
+    /// Label values by slot: the configured services', then
+    /// [`SPARE_SLOTS`] claimed by services a reload adds, then
+    /// [`NOT_LOGGED_IN`]. An unclaimed spare slot is empty and never shown.
+    service_labels: Vec<OnceLock<String>>,
     per_service: Vec<ServiceCounters>,
     auth_failures: AtomicU64,
     config_reload_failures: AtomicU64,
@@ -210,8 +215,13 @@ impl Metrics {
         enabled: bool,
         slowlog: SlowlogOptions,
     ) -> Arc<Metrics> {
-        let mut service_labels = services;
-        service_labels.push(NOT_LOGGED_IN.to_string());
+        let named = |label: String| OnceLock::from(label);
+        let service_labels: Vec<OnceLock<String>> = services
+            .into_iter()
+            .map(named)
+            .chain((0..SPARE_SLOTS).map(|_| OnceLock::new()))
+            .chain(std::iter::once(named(NOT_LOGGED_IN.to_string())))
+            .collect();
         let per_service = service_labels
             .iter()
             .map(|_| ServiceCounters::default())
@@ -265,8 +275,35 @@ impl Metrics {
     fn service_label(&self, slot: usize) -> &str {
         self.service_labels
             .get(slot)
+            .and_then(OnceLock::get)
             .map(String::as_str)
             .unwrap_or(NOT_LOGGED_IN)
+    }
+
+    /// Whether a slot has a label (an unclaimed spare slot has none and
+    /// records nothing: it is left out of every exposition).
+    fn is_labelled(&self, slot: usize) -> bool {
+        self.service_labels
+            .get(slot)
+            .is_some_and(|label| label.get().is_some())
+    }
+
+    /// The slot of the service called `name`: its own since start, or one
+    /// of the spare slots, claimed now for a service a reload added, so its
+    /// metrics carry its name. `None` once every spare slot is taken (the
+    /// service is then counted as not logged in, `-`, until a restart).
+    pub fn slot_for(&self, name: &str) -> Option<usize> {
+        let not_logged_in = self.service_labels.len() - 1;
+        let labels = self.service_labels.get(..not_logged_in)?;
+        if let Some(slot) = labels
+            .iter()
+            .position(|l| l.get().is_some_and(|l| l == name))
+        {
+            return Some(slot);
+        }
+        labels
+            .iter()
+            .position(|label| label.set(name.to_string()).is_ok())
     }
 
     /// Queues a recorder's delta and merges pending ones if nobody holds the registry.
@@ -403,7 +440,8 @@ impl Metrics {
         );
         for (slot, (ops, hits, misses)) in per_slot.iter().enumerate() {
             let label = self.service_label(slot);
-            if service.is_some_and(|s| s != label) || (slot == self.slots() - 1 && *ops == 0) {
+            let unused = !self.is_labelled(slot) || (slot == self.slots() - 1 && *ops == 0);
+            if unused || service.is_some_and(|s| s != label) {
                 continue;
             }
             let name: String = label
@@ -620,6 +658,36 @@ mod tests {
         assert_eq!(table.lines().count(), 3, "{table}");
         assert!(table.contains("cart get master 4 0.200 3.0"), "{table}");
         assert!(table.contains("cart get replica 1 0.40"), "{table}");
+    }
+
+    /// A service added by reload gets a label slot of its own, the same one
+    /// on every later reload; unclaimed slots never show, and once every
+    /// spare slot is taken a new service counts as not logged in.
+    #[test]
+    fn reloaded_services_claim_spare_label_slots() {
+        let m = Metrics::new(vec!["cart".into()], true);
+        assert_eq!(m.slot_for("cart"), Some(0));
+        let added = m.slot_for("billing");
+        assert_eq!(added, Some(1));
+        assert_eq!(
+            m.slot_for("billing"),
+            added,
+            "the same slot on the next reload"
+        );
+        m.client_connected(added);
+        m.client_connected(Some(0));
+        let text = m.render_prometheus(&[]);
+        assert_eq!(
+            value(&text, r#"keygate_client_connections{service="billing"}"#),
+            1.0
+        );
+        let not_logged_in = r#"keygate_client_connections{service="-"}"#;
+        assert_eq!(text.matches(not_logged_in).count(), 1, "{text}");
+        for i in 1..SPARE_SLOTS {
+            assert!(m.slot_for(&format!("s{i}")).is_some(), "spare slot {i}");
+        }
+        assert_eq!(m.slot_for("one-too-many"), None);
+        assert_eq!(m.slot(None), m.slots() - 1);
     }
 
     #[test]

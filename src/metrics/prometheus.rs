@@ -257,6 +257,9 @@ pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
         "Client connections by service (- for not logged in).",
     );
     for (slot, c) in m.per_service.iter().enumerate() {
+        if !m.is_labelled(slot) {
+            continue;
+        }
         let labels = [("service", m.service_label(slot))];
         sample(
             &mut out,
@@ -286,6 +289,9 @@ pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
     for (name, help, value) in per_service {
         family(&mut out, name, "counter", help);
         for (slot, c) in m.per_service.iter().enumerate() {
+            if !m.is_labelled(slot) {
+                continue;
+            }
             sample(
                 &mut out,
                 name,
