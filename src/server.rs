@@ -227,7 +227,6 @@ impl Server {
         let readiness = tokio::spawn(watch_readiness(ctx.clone()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let tracker = TaskTracker::new();
-        let max_clients = self.config.proxy.max_clients;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -242,7 +241,7 @@ impl Server {
                             continue;
                         }
                     };
-                    if ctx.clients.load(Ordering::Relaxed) >= max_clients {
+                    if !ctx.admit() {
                         tracker.spawn(async move {
                             let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
                         });
@@ -300,7 +299,7 @@ async fn serve_tls_client(
         return;
     };
     let (rd, mut wr) = tokio::io::split(stream);
-    if ctx.clients.load(Ordering::Relaxed) >= ctx.config.proxy.max_clients {
+    if !ctx.admit() {
         tracing::debug!(%peer, "refused: max_clients reached");
         let _ = wr
             .write_all(b"-ERR max number of clients reached\r\n")

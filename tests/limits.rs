@@ -230,15 +230,15 @@ fn connection_storm_refuses_cleanly_and_idle_connections_are_small() {
     if clients > max_clients {
         assert!(refused > 0, "nobody was refused past max_clients");
     }
-    // Admission is counted when a client's task starts, so a storm can slip
-    // a few connections past the limit; never many.
+    // Admission is one atomic step at accept: not one past the limit, however
+    // many arrive at once (every served connection stays open until here).
     assert!(
-        served.len() <= max_clients + max_clients / 20,
+        served.len() <= max_clients,
         "{} served with max_clients {max_clients}",
         served.len()
     );
     assert!(
-        per_conn < 64.0 * 1024.0,
+        per_conn < 16.0 * 1024.0,
         "{:.1} KiB per idle connection",
         per_conn / 1024.0
     );

@@ -72,6 +72,9 @@ const MAX_PENDING_COMMANDS: usize = 4096;
 const READ_CHUNK: usize = 16 * 1024;
 /// Least free space in the read buffer before a read.
 const READ_RESERVE: usize = 4 * 1024;
+/// The read buffer of a client that holds none (new, or idle and given
+/// back): enough for a few commands, so an idle connection stays small.
+const FIRST_READ: usize = 1024;
 
 /// What every client task shares.
 #[derive(Debug)]
@@ -97,6 +100,20 @@ pub struct Context {
 }
 
 impl Context {
+    /// Counts one more client unless `max_clients` are connected: false
+    /// refuses it. One atomic step, so a storm of connections accepted
+    /// before any of them runs cannot overshoot the limit. An admitted
+    /// client is then served by [`serve`] or [`serve_io`], which give the
+    /// count back when it ends.
+    pub fn admit(&self) -> bool {
+        let max = self.config.proxy.max_clients;
+        self.clients
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
     /// Builds the shared state and starts the backend connections.
     pub fn new(config: Arc<Config>, state: Arc<ProxyState>, metrics: Arc<Metrics>) -> Context {
         let scan_limits = ScanLimits {
@@ -168,7 +185,8 @@ struct Connection {
 }
 
 /// Serves one client until it disconnects, QUITs, breaks the protocol or
-/// keygate shuts down.
+/// keygate shuts down. The client must have been admitted
+/// ([`Context::admit`]); its count is given back when it ends.
 pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
     let (rd, wr) = stream.into_split();
@@ -186,7 +204,7 @@ pub async fn serve_io<R, W>(
     R: ClientRead,
     W: AsyncWrite + Unpin,
 {
-    ctx.clients.fetch_add(1, Ordering::Relaxed);
+    // The client was counted by `Context::admit`; `Drop` gives it back.
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
     let mut conn = Connection {
         session: Session::new(id, None),
@@ -377,10 +395,10 @@ struct Watch {
 
 /// How the client loop reads a client's bytes.
 ///
-/// Plain TCP waits for readiness first and only then reserves buffer space,
-/// so an idle client holds no read buffer (thousands of idle connections
-/// stay a few KiB each); a TLS stream has no such readiness of its own and
-/// reads into the buffer directly.
+/// Plain TCP waits for readiness whenever nothing is pending and only then
+/// reserves buffer space, so an idle client holds no more read buffer than
+/// it has (thousands of idle connections stay a few KiB each); a TLS stream
+/// has no such readiness of its own and reads into the buffer directly.
 pub trait ClientRead: Send {
     /// Reads what is available into `buf`; `Ok(0)` is end of stream.
     fn read_some<'a>(
@@ -389,20 +407,25 @@ pub trait ClientRead: Send {
     ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a;
 }
 
-/// Makes room for one more read.
+/// Makes room for one more read: a small first buffer for a new or idle
+/// client (most send a few small commands, or nothing for a long while),
+/// a [`READ_CHUNK`] more once it reads more than that.
 fn reserve_for_read(buf: &mut BytesMut) {
-    if buf.capacity() - buf.len() < READ_RESERVE {
+    if buf.capacity() == 0 {
+        buf.reserve(FIRST_READ);
+    } else if buf.capacity() - buf.len() < READ_RESERVE {
         buf.reserve(READ_CHUNK);
     }
 }
 
 impl ClientRead for tokio::net::tcp::OwnedReadHalf {
     async fn read_some(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
-        if buf.capacity() == 0 {
-            // Idle (its buffers given back): no buffer until there is data.
-            // Through the socket's own waker slot, not `readable()`: the
-            // client loop drops this future on every turn it stays pending,
-            // and `readable()`'s waiter would leave with it.
+        if buf.is_empty() {
+            // Nothing pending: no more buffer until there is data, so an idle
+            // client holds only what it has. Through the socket's own waker
+            // slot, not `readable()`: the client loop drops this future on
+            // every turn it stays pending, and `readable()`'s waiter would
+            // leave with it.
             let stream: &TcpStream = self.as_ref();
             std::future::poll_fn(|cx| stream.poll_read_ready(cx)).await?;
         }
