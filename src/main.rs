@@ -82,6 +82,11 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        // The TLS files too: a start would fail on them.
+        if let Err(error) = keygate::server::load_tls(&config) {
+            eprintln!("keygate: invalid config {}:\n{error}", cli.config.display());
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
         println!("config OK: {}", cli.config.display());
         return ExitCode::SUCCESS;
     }

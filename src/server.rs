@@ -155,15 +155,7 @@ impl Server {
     /// Builds the proxy from a validated config; backends connect when it runs.
     /// TLS files are loaded here, so a bad one fails the start.
     pub fn new(config: Config) -> Result<Server, ServerError> {
-        let client_tls = config
-            .proxy
-            .tls
-            .as_ref()
-            .map(ClientTlsAcceptor::from_config)
-            .transpose()?;
-        if let Some(tls) = &config.backend.tls {
-            BackendTls::from_config(tls)?;
-        }
+        let client_tls = load_tls(&config)?;
         let metrics = Metrics::from_config(&config);
         Ok(Server {
             client_tls,
@@ -274,6 +266,23 @@ impl Server {
         readiness.abort();
         Ok(())
     }
+}
+
+/// Loads the TLS files `config` names (certificates, keys, CAs) as a start
+/// would: the client side's acceptor, if any, and the backend side's
+/// settings. `keygate --check` runs it too, so a missing or bad file is
+/// found before a deployment, not at its start.
+pub fn load_tls(config: &Config) -> Result<Option<ClientTlsAcceptor>, ServerError> {
+    let client_tls = config
+        .proxy
+        .tls
+        .as_ref()
+        .map(ClientTlsAcceptor::from_config)
+        .transpose()?;
+    if let Some(tls) = &config.backend.tls {
+        BackendTls::from_config(tls)?;
+    }
+    Ok(client_tls)
 }
 
 /// Accepts on `listener`; never completes when there is none.

@@ -155,6 +155,35 @@ fn production_config_fails_without_its_secrets() {
     assert!(err.contains("line "), "{err}");
 }
 
+/// `--check` loads the TLS files a start would load: a missing certificate
+/// fails the check (exit 2) naming the file, instead of passing it and
+/// failing the deployment's start.
+#[test]
+fn check_loads_tls_files() {
+    let config = temp_config(
+        r#"[proxy]
+listen = "127.0.0.1:6380"
+listen_tls = "127.0.0.1:6381"
+
+[proxy.tls]
+cert = "/nonexistent/keygate/server.crt"
+key = "/nonexistent/keygate/server.key"
+
+[backend]
+address = "127.0.0.1:6379"
+
+[[service]]
+name = "default"
+prefix = ""
+isolation = false
+"#,
+    );
+    let out = check(&config.path, &[]);
+    assert_eq!(out.status.code(), Some(2), "stdout: {}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(err.contains("/nonexistent/keygate/server.crt"), "{err}");
+}
+
 /// Each broken config, the line at fault and what stderr must name.
 #[test]
 fn bad_configs_fail_check_naming_key_and_line() {
