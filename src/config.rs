@@ -143,9 +143,10 @@ pub struct BackendConfig {
     /// The one database keygate serves (SELECT of any other is refused).
     #[serde(default)]
     pub database: u32,
-    /// Multiplexed connections per backend node and protocol.
-    #[serde(default = "defaults::connections")]
-    pub connections: usize,
+    /// Multiplexed connections per backend node and protocol; absent means
+    /// [`Config::backend_connections`] picks by worker count.
+    #[serde(default)]
+    pub connections: Option<usize>,
     /// Most dedicated connections (MULTI, blocking, pub/sub) per node.
     #[serde(default = "defaults::dedicated_max")]
     pub dedicated_max: u32,
@@ -323,6 +324,19 @@ impl fmt::Display for Problems {
 }
 
 impl Config {
+    /// Multiplexed connections per backend node and protocol:
+    /// `[backend] connections` when set, otherwise 1 with one worker thread
+    /// and 2 with more. One thread gains nothing from a second pipelined
+    /// connection (Redis serves them one at a time too) and loses half of
+    /// each batch to it: more, smaller writes for keygate and Redis alike.
+    /// With several threads a second connection keeps one connection's
+    /// reader from being the only path for every worker's replies.
+    pub fn backend_connections(&self) -> usize {
+        self.backend
+            .connections
+            .unwrap_or(if self.proxy.workers == Some(1) { 1 } else { 2 })
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
@@ -422,9 +436,6 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
-    }
-    pub fn connections() -> usize {
-        2
     }
     pub fn dedicated_max() -> u32 {
         256
@@ -534,6 +545,22 @@ max_ttl = "1h"
             config.services[1].default_ttl,
             Some(Duration::from_secs(900))
         );
+    }
+
+    #[test]
+    fn backend_connections_default_follows_workers() {
+        let config = |extra_proxy: &str, extra_backend: &str| {
+            let text = BASE.replace(
+                "[backend]",
+                &format!("{extra_proxy}\n[backend]\n{extra_backend}"),
+            );
+            parse(&text).expect("valid").backend_connections()
+        };
+        assert_eq!(config("", ""), 2);
+        assert_eq!(config("workers = 2", ""), 2);
+        assert_eq!(config("workers = 1", ""), 1);
+        assert_eq!(config("workers = 1", "connections = 3"), 3);
+        assert_eq!(config("", "connections = 1"), 1);
     }
 
     #[test]

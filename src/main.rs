@@ -194,7 +194,7 @@ const FD_HEADROOM: u64 = 128;
 /// Warns when even the hard limit is too low for the configuration.
 fn raise_open_files_limit(config: &Config) {
     let needed = config.proxy.max_clients as u64
-        + config.backend.connections as u64
+        + config.backend_connections() as u64
         + config.backend.dedicated_max as u64
         + FD_HEADROOM;
     match rlimit::increase_nofile_limit(u64::MAX) {

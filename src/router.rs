@@ -100,7 +100,7 @@ impl Router {
                 connect_timeout: b.connect_timeout,
                 tls: tls.clone(),
             },
-            connections: b.connections,
+            connections: config.backend_connections(),
             dedicated_max: b.dedicated_max,
             command_timeout: b.command_timeout,
         };

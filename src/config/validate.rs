@@ -252,13 +252,13 @@ fn check_backend(backend: &BackendConfig, env_has: &dyn Fn(&str) -> bool, out: &
         env_has,
         out,
     );
-    if !(1..=MAX_CONNECTIONS).contains(&backend.connections) {
+    if let Some(connections) = backend
+        .connections
+        .filter(|n| !(1..=MAX_CONNECTIONS).contains(n))
+    {
         out.add(
             at.key("connections"),
-            format!(
-                "backend.connections ({}) must be between 1 and {MAX_CONNECTIONS}",
-                backend.connections
-            ),
+            format!("backend.connections ({connections}) must be between 1 and {MAX_CONNECTIONS}"),
         );
     }
     if backend.dedicated_max < 1 {
