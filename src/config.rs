@@ -147,6 +147,13 @@ pub struct BackendConfig {
     /// [`Config::backend_connections`] picks by worker count.
     #[serde(default)]
     pub connections: Option<usize>,
+    /// Gathered writes one multiplexed connection keeps awaiting replies
+    /// (0: no limit). Batches that arrive meanwhile join the next write:
+    /// fewer, larger writes cost Redis and keygate fewer system calls per
+    /// request when the connection is busy, and an idle connection still
+    /// writes at once.
+    #[serde(default = "defaults::writes_in_flight")]
+    pub writes_in_flight: usize,
     /// Most dedicated connections (MULTI, blocking, pub/sub) per node.
     #[serde(default = "defaults::dedicated_max")]
     pub dedicated_max: u32,
@@ -440,6 +447,9 @@ mod defaults {
     pub fn dedicated_max() -> u32 {
         256
     }
+    pub fn writes_in_flight() -> usize {
+        2
+    }
     pub fn connect_timeout() -> Duration {
         Duration::from_secs(2)
     }
@@ -729,6 +739,23 @@ max_ttl = "1h"
             "connections = 0\n[[service]]\nname = \"default\"",
         );
         assert_problem(&text, 8, "backend.connections (0)");
+        let text = BASE.replace(
+            "[[service]]\nname = \"default\"",
+            "writes_in_flight = 1025\n[[service]]\nname = \"default\"",
+        );
+        assert_problem(&text, 8, "backend.writes_in_flight (1025)");
+        let unlimited = BASE.replace(
+            "[[service]]\nname = \"default\"",
+            "writes_in_flight = 0\n[[service]]\nname = \"default\"",
+        );
+        assert_eq!(
+            parse(&unlimited)
+                .expect("0 is no limit")
+                .backend
+                .writes_in_flight,
+            0
+        );
+        assert_eq!(parse(BASE).expect("valid").backend.writes_in_flight, 2);
         let text = BASE.replace(
             "[[service]]\nname = \"default\"",
             "dedicated_max = 0\n[[service]]\nname = \"default\"",

@@ -101,6 +101,7 @@ impl Router {
                 tls: tls.clone(),
             },
             connections: config.backend_connections(),
+            writes_in_flight: b.writes_in_flight,
             dedicated_max: b.dedicated_max,
             command_timeout: b.command_timeout,
         };

@@ -183,3 +183,61 @@ fn quit_in_a_pipeline_answers_earlier_commands_then_closes() {
     assert!(c.closed_within(Duration::from_secs(3)));
     assert_eq!(redis.cli(&["GET", "q:a"]), "1");
 }
+
+/// A Lua script that keeps Redis busy for about `millis` (no other client
+/// is served meanwhile), so the write window stays full.
+fn busy_script(millis: u64) -> String {
+    format!(
+        "local s = redis.call('TIME') local t0 = s[1] * 1000000 + s[2] \
+         repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - t0 > {} \
+         return 1",
+        millis * 1000
+    )
+}
+
+/// Many clients pipelining at once, while one script holds Redis, all get
+/// their replies complete and in order, with one write in flight at a time
+/// (everything gathers behind it) and with no limit.
+#[test]
+fn concurrent_pipelines_complete_in_order_whatever_the_write_window() {
+    let redis = RedisServer::start();
+    for window in [1, 0] {
+        let config = standalone_config(&redis.addr(), DEFAULT_SERVICE).replace(
+            "command_timeout = \"5s\"",
+            &format!("command_timeout = \"5s\"\nwrites_in_flight = {window}"),
+        );
+        let kg = Keygate::start_with(&config);
+        wait_serving(kg.port());
+        let port = kg.port();
+        let slow = std::thread::spawn(move || {
+            let mut c = RawConn::connect(port);
+            c.cmd_str(&["EVAL", &busy_script(300), "0"])
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        let clients: Vec<_> = (0..16)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut bytes = Vec::new();
+                    let mut expected = Vec::new();
+                    for i in 0..300 {
+                        let key = format!("w{window}:{t}:{i}");
+                        let value = format!("{t}-{i}");
+                        bytes.extend(resp_command(&["SET", &key, &value]));
+                        bytes.extend(resp_command(&["GET", &key]));
+                        expected.extend_from_slice(b"+OK\r\n");
+                        expected.extend(format!("${}\r\n{value}\r\n", value.len()).into_bytes());
+                    }
+                    let replies = exchange(port, &bytes, 600);
+                    assert!(
+                        replies == expected,
+                        "client {t} (writes_in_flight = {window}): replies out of order or wrong"
+                    );
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().expect("client thread");
+        }
+        assert_eq!(slow.join().expect("script thread"), ":1\r\n");
+    }
+}

@@ -123,6 +123,8 @@ pub struct NodeOptions {
     pub connect: ConnectOptions,
     /// Multiplexed connections per protocol version.
     pub connections: usize,
+    /// Writes each multiplexed connection keeps awaiting replies (0: no limit).
+    pub writes_in_flight: usize,
     /// Upper bound of the node's dedicated-connection pool.
     pub dedicated_max: u32,
     /// A shared connection whose oldest request waits longer is replaced.
@@ -161,6 +163,7 @@ impl Node {
                             connect: connect.clone(),
                             command_timeout: opts.command_timeout,
                             queue_depth: 1024,
+                            writes_in_flight: opts.writes_in_flight,
                         },
                         health.clone(),
                     )

@@ -22,6 +22,8 @@ const MIN_BULK_LEN: usize = 1024 * 1024;
 const MAX_BULK_LEN: usize = 4 * 1024 * 1024 * 1024;
 /// Most multiplexed connections per backend node.
 const MAX_CONNECTIONS: usize = 64;
+/// Most writes a multiplexed connection may keep awaiting replies, when limited.
+const MAX_WRITES_IN_FLIGHT: usize = 1024;
 /// The service name that is the passwordless login.
 const DEFAULT_SERVICE: &str = "default";
 
@@ -259,6 +261,15 @@ fn check_backend(backend: &BackendConfig, env_has: &dyn Fn(&str) -> bool, out: &
         out.add(
             at.key("connections"),
             format!("backend.connections ({connections}) must be between 1 and {MAX_CONNECTIONS}"),
+        );
+    }
+    if backend.writes_in_flight > MAX_WRITES_IN_FLIGHT {
+        out.add(
+            at.key("writes_in_flight"),
+            format!(
+                "backend.writes_in_flight ({}) must be at most {MAX_WRITES_IN_FLIGHT} (0: no limit)",
+                backend.writes_in_flight
+            ),
         );
     }
     if backend.dedicated_max < 1 {

@@ -371,6 +371,7 @@ mod tests {
                 tls: None,
             },
             connections: 1,
+            writes_in_flight: 2,
             dedicated_max: 1,
             command_timeout: Duration::from_secs(1),
         }
