@@ -727,40 +727,27 @@ max_ttl = "1h"
         assert_problem(&sentinel_unset, 8, "backend.sentinel_password_env");
     }
 
+    /// `BASE` with one more `[backend]` line (it lands on line 8).
+    fn with_backend_line(line: &str) -> String {
+        BASE.replace(
+            "[[service]]\nname = \"default\"",
+            &format!("{line}\n[[service]]\nname = \"default\""),
+        )
+    }
+
     #[test]
     fn backend_connection_counts() {
-        let text = BASE.replace(
-            "[[service]]\nname = \"default\"",
-            "connections = 65\n[[service]]\nname = \"default\"",
-        );
-        assert_problem(&text, 8, "backend.connections (65)");
-        let text = BASE.replace(
-            "[[service]]\nname = \"default\"",
-            "connections = 0\n[[service]]\nname = \"default\"",
-        );
-        assert_problem(&text, 8, "backend.connections (0)");
-        let text = BASE.replace(
-            "[[service]]\nname = \"default\"",
-            "writes_in_flight = 1025\n[[service]]\nname = \"default\"",
-        );
-        assert_problem(&text, 8, "backend.writes_in_flight (1025)");
-        let unlimited = BASE.replace(
-            "[[service]]\nname = \"default\"",
-            "writes_in_flight = 0\n[[service]]\nname = \"default\"",
-        );
-        assert_eq!(
-            parse(&unlimited)
-                .expect("0 is no limit")
-                .backend
-                .writes_in_flight,
-            0
-        );
+        for (line, problem) in [
+            ("connections = 65", "backend.connections (65)"),
+            ("connections = 0", "backend.connections (0)"),
+            ("writes_in_flight = 1025", "backend.writes_in_flight (1025)"),
+            ("dedicated_max = 0", "backend.dedicated_max"),
+        ] {
+            assert_problem(&with_backend_line(line), 8, problem);
+        }
+        let unlimited = parse(&with_backend_line("writes_in_flight = 0")).expect("0 is no limit");
+        assert_eq!(unlimited.backend.writes_in_flight, 0);
         assert_eq!(parse(BASE).expect("valid").backend.writes_in_flight, 2);
-        let text = BASE.replace(
-            "[[service]]\nname = \"default\"",
-            "dedicated_max = 0\n[[service]]\nname = \"default\"",
-        );
-        assert_problem(&text, 8, "backend.dedicated_max");
     }
 
     #[test]
