@@ -5,6 +5,7 @@
 //! the policy stage refuses what it cannot confine.
 
 pub mod keys;
+pub mod keyword;
 mod table;
 
 use crate::protocol::request::Request;
