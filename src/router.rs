@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use crate::backend::connect::ConnectOptions;
 use crate::backend::node::{Node, NodeOptions};
+use crate::command::keyword::is_keyword;
 use crate::command::{CommandSpec, Flags};
 use crate::config::{Config, ReadFrom};
 use crate::protocol::request::Request;
@@ -56,7 +57,9 @@ pub fn connection_effect(spec: &CommandSpec, req: &Request) -> ConnectionEffect 
         | "sunsubscribe" => ConnectionEffect::Subscribe,
         "wait" => ConnectionEffect::Block,
         "xread" | "xreadgroup" => {
-            let blocks = req.args().any(|a| a.eq_ignore_ascii_case(b"BLOCK"));
+            // Any argument Redis could read as BLOCK: a request whose
+            // options do not parse is refused before it is sent anyway.
+            let blocks = req.args().skip(1).any(|a| is_keyword(a, b"block"));
             if blocks {
                 ConnectionEffect::Block
             } else {

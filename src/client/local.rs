@@ -8,6 +8,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::session::{ReplyMode, Session};
 use super::Context;
+use crate::command::keyword::{c_str, is_keyword};
 use crate::command::{self, keys, CommandSpec};
 use crate::protocol::encode;
 use crate::protocol::request::Request;
@@ -61,9 +62,8 @@ pub fn answer_client(session: &mut Session, req: &Request) -> Option<LocalAnswer
             "ERR wrong number of arguments for 'client|{sub}' command"
         ))
     };
-    let on_off = |v: Option<&[u8]>| {
-        v.is_some_and(|v| v.eq_ignore_ascii_case(b"on") || v.eq_ignore_ascii_case(b"off"))
-    };
+    let on_off =
+        |v: Option<&[u8]>| v.is_some_and(|v| is_keyword(v, b"on") || is_keyword(v, b"off"));
     Some(match sub.as_str() {
         "id" => {
             if argc != 2 {
@@ -97,7 +97,7 @@ pub fn answer_client(session: &mut Session, req: &Request) -> Option<LocalAnswer
                 return Some(arity_err());
             }
             let attr = req.get(2).unwrap_or_default();
-            if attr.eq_ignore_ascii_case(b"lib-name") || attr.eq_ignore_ascii_case(b"lib-ver") {
+            if is_keyword(attr, b"lib-name") || is_keyword(attr, b"lib-ver") {
                 ok()
             } else {
                 err(&format!(
@@ -121,13 +121,13 @@ pub fn answer_client(session: &mut Session, req: &Request) -> Option<LocalAnswer
                 return Some(arity_err());
             }
             let mode = req.get(2).unwrap_or_default();
-            if mode.eq_ignore_ascii_case(b"on") {
+            if is_keyword(mode, b"on") {
                 session.reply_mode = ReplyMode::On;
                 ok()
-            } else if mode.eq_ignore_ascii_case(b"off") {
+            } else if is_keyword(mode, b"off") {
                 session.reply_mode = ReplyMode::Off;
                 ok()
-            } else if mode.eq_ignore_ascii_case(b"skip") {
+            } else if is_keyword(mode, b"skip") {
                 session.reply_mode = ReplyMode::SkipNext;
                 ok()
             } else {
@@ -238,19 +238,19 @@ fn hello(ctx: &Context, session: &mut Session, req: &Request) -> LocalAnswer {
     while i < req.argc() {
         let opt = req.get(i).unwrap_or_default();
         let more = req.argc() - i - 1;
-        if opt.eq_ignore_ascii_case(b"AUTH") && more >= 2 {
+        if is_keyword(opt, b"AUTH") && more >= 2 {
             auth = Some((
                 req.get(i + 1).unwrap_or_default(),
                 req.get(i + 2).unwrap_or_default(),
             ));
             i += 3;
-        } else if opt.eq_ignore_ascii_case(b"SETNAME") && more >= 1 {
+        } else if is_keyword(opt, b"SETNAME") && more >= 1 {
             name = req.get(i + 1);
             i += 2;
         } else {
             return err(&format!(
                 "ERR Syntax error in HELLO option '{}'",
-                String::from_utf8_lossy(opt)
+                String::from_utf8_lossy(c_str(opt))
             ));
         }
     }

@@ -42,6 +42,7 @@ use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::backend::dedicated::DedicatedLease;
 use crate::backend::node::Node;
 use crate::backend::BackendError;
+use crate::command::keyword::is_keyword;
 use crate::command::{self, CommandSpec, Flags};
 use crate::config::Config;
 use crate::metrics::{ErrorKind, Metrics, Recorder};
@@ -788,7 +789,7 @@ impl Connection {
                     // always does, even while replies were off (as in Redis),
                     // so the suppression taken before it ran does not apply.
                     let quiet = if req.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"reply")) {
-                        let turned_on = req.get(2).is_some_and(|m| m.eq_ignore_ascii_case(b"on"));
+                        let turned_on = req.get(2).is_some_and(|m| is_keyword(m, b"on"));
                         self.session.reply_mode != session::ReplyMode::On
                             || (suppress && !turned_on)
                     } else {
@@ -930,7 +931,8 @@ impl Connection {
         if spec.name == "info" {
             let only_proxy = req.argc() > 1
                 && req.args().skip(1).all(|s| {
-                    s.eq_ignore_ascii_case(b"keygate") || s.eq_ignore_ascii_case(b"proxy")
+                    // Redis reads section names as C strings too.
+                    is_keyword(s, b"keygate") || is_keyword(s, b"proxy")
                 });
             if !only_proxy {
                 return Ok(());

@@ -4,8 +4,15 @@
 //! This is a port of Redis 7.0's `getKeysFromCommandWithSpecs` (db.c) as
 //! `COMMAND GETKEYS` runs it: key specs first; when a spec is incomplete,
 //! unknown or fails, the command's native "getkeys" procedure instead. The
-//! answer must match the real server's, because a key keygate misses is a key
-//! it does not confine.
+//! answer must match the keys the command itself reads and writes, because
+//! a key keygate misses is a key it does not confine. Where `COMMAND
+//! GETKEYS` and the command disagree, the command wins: SORT, GEORADIUS,
+//! GEORADIUSBYMEMBER, XREAD, XREADGROUP and MIGRATE have their keys found
+//! by [`own_parser`], which reads the options exactly as the command's own
+//! C code does (the last STORE of GEORADIUS, not the first one its key spec
+//! finds; the STREAMS after `GROUP STREAMS c` of XREADGROUP, not the group
+//! name), and refuses what that code would refuse as a syntax error.
+//! Every option word is matched by [`is_keyword`], as `strcasecmp` does.
 //!
 //! Invariants: positions are in argument order without duplicates; a request
 //! whose keys cannot be found is an error, never an empty answer, unless the
@@ -14,6 +21,7 @@
 //! `numkeys` is an error even for optional-key commands, where `COMMAND
 //! GETKEYS` answers an empty list.
 
+use super::keyword::is_keyword;
 use super::{BeginSearch, CommandSpec, FindKeys, Flags, KeySpec, KeySpecFlags};
 use crate::protocol::decimal::parse_ll;
 use crate::protocol::request::Request;
@@ -35,6 +43,11 @@ pub enum KeysError {
     /// The keys' place could not be found (missing keyword, too few arguments).
     #[error("ERR syntax error")]
     Syntax,
+    /// XREAD/XREADGROUP with an odd number of arguments after STREAMS.
+    #[error(
+        "ERR Unbalanced XREAD list of streams: for each stream key an ID or '$' must be specified."
+    )]
+    UnbalancedStreams,
 }
 
 /// Key positions, inline for commands with up to four keys (no allocation
@@ -60,6 +73,12 @@ pub fn key_positions_inline(spec: &CommandSpec, req: &Request) -> Result<KeyPosi
 
 /// The full key search behind [`key_positions_inline`].
 fn search_key_positions(spec: &CommandSpec, req: &Request) -> Result<KeyPositions, KeysError> {
+    if let Some(parse) = own_parser(spec.name) {
+        let mut keys = parse(req)?;
+        keys.sort_unstable();
+        keys.dedup();
+        return Ok(keys);
+    }
     let has_key_spec = spec
         .key_specs
         .iter()
@@ -248,7 +267,7 @@ fn begin_search(ks: &KeySpec, req: &Request) -> Result<Option<i64>, KeysError> {
                 let hit = usize::try_from(i)
                     .ok()
                     .and_then(|i| req.get(i))
-                    .is_some_and(|arg| arg.eq_ignore_ascii_case(keyword.as_bytes()));
+                    .is_some_and(|arg| is_keyword(arg, keyword.as_bytes()));
                 if hit {
                     return Ok(Some(i + 1));
                 }
@@ -319,7 +338,6 @@ fn native_getkeys(name: &str) -> Option<GetKeys> {
         }
         "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" | "blmpop"
         | "bzmpop" => |r| numkeys_keys(r, None, 2, 3),
-        "sort" => sort_keys,
         "sort_ro" | "set" | "bitfield" => |r| {
             if r.argc() > 1 {
                 smallvec![1]
@@ -327,12 +345,30 @@ fn native_getkeys(name: &str) -> Option<GetKeys> {
                 KeyPositions::new()
             }
         },
-        "migrate" => migrate_keys,
-        "georadius" | "georadiusbymember" => georadius_keys,
-        "xread" | "xreadgroup" => xread_keys,
         _ => return None,
     };
     Some(getkeys)
+}
+
+/// A command's own option parser, as far as it decides where the keys are:
+/// key positions in, or the error the command would answer.
+type OwnParser = fn(&Request) -> Result<KeyPositions, KeysError>;
+
+/// The commands whose key specs (and `COMMAND GETKEYS`) can name other
+/// arguments than the command itself uses as keys, with keygate's reading
+/// of each command's options.
+fn own_parser(name: &str) -> Option<OwnParser> {
+    let parse: OwnParser = match name {
+        "sort" => |r| sort_options(r, false).map(|o| o.keys()),
+        "sort_ro" => |r| sort_options(r, true).map(|o| o.keys()),
+        "georadius" => |r| georadius_keys(r, 6),
+        "georadiusbymember" => |r| georadius_keys(r, 5),
+        "xread" => |r| xread_options(r, false).map(|o| o.keys()),
+        "xreadgroup" => |r| xread_options(r, true).map(|o| o.keys()),
+        "migrate" => migrate_keys,
+        _ => return None,
+    };
+    Some(parse)
 }
 
 /// C's `atoi`: optional blanks, an optional sign, then digits; 0 otherwise.
@@ -381,103 +417,166 @@ fn numkeys_keys(
     keys
 }
 
-/// Redis's `sortGetKeys`: the sorted key, plus the last `STORE` destination,
-/// skipping the arguments of LIMIT, GET and BY.
-fn sort_keys(req: &Request) -> KeyPositions {
-    let mut keys = smallvec![1];
+/// SORT's and SORT_RO's options as `sortCommandGeneric` (sort.c) reads them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SortOptions {
+    /// The argument the command stores into: the last STORE's (SORT only).
+    pub store: Option<usize>,
+    /// The arguments of BY and GET: patterns the command turns into key names.
+    pub patterns: SmallVec<[usize; 4]>,
+}
+
+impl SortOptions {
+    /// The sorted key and the destination.
+    fn keys(&self) -> KeyPositions {
+        let mut keys: KeyPositions = smallvec![1];
+        keys.extend(self.store);
+        keys
+    }
+}
+
+/// Reads SORT (or SORT_RO, `readonly`) options from argument 2 on: ASC,
+/// DESC, ALPHA, `LIMIT offset count`, `BY pattern`, `GET pattern` and, for
+/// SORT, `STORE destination` (the last one wins). Anything else is the
+/// syntax error Redis answers.
+pub fn sort_options(req: &Request, readonly: bool) -> Result<SortOptions, KeysError> {
+    let mut opts = SortOptions::default();
+    let mut j = 2;
+    while let Some(arg) = req.get(j) {
+        let left = req.argc() - j - 1;
+        if is_keyword(arg, b"asc") || is_keyword(arg, b"desc") || is_keyword(arg, b"alpha") {
+        } else if is_keyword(arg, b"limit") && left >= 2 {
+            j += 2;
+        } else if !readonly && is_keyword(arg, b"store") && left >= 1 {
+            opts.store = Some(j + 1);
+            j += 1;
+        } else if (is_keyword(arg, b"by") || is_keyword(arg, b"get")) && left >= 1 {
+            opts.patterns.push(j + 1);
+            j += 1;
+        } else {
+            return Err(KeysError::Syntax);
+        }
+        j += 1;
+    }
+    Ok(opts)
+}
+
+/// Redis's `migrateCommand` options: the key argument, or with `KEYS`
+/// (which needs an empty key argument) every argument after it.
+fn migrate_keys(req: &Request) -> Result<KeyPositions, KeysError> {
+    let mut j = 6;
+    while let Some(arg) = req.get(j) {
+        let more = req.argc() - j - 1;
+        if is_keyword(arg, b"copy") || is_keyword(arg, b"replace") {
+        } else if is_keyword(arg, b"auth") {
+            if more < 1 {
+                return Err(KeysError::Syntax);
+            }
+            j += 1;
+        } else if is_keyword(arg, b"auth2") {
+            if more < 2 {
+                return Err(KeysError::Syntax);
+            }
+            j += 2;
+        } else if is_keyword(arg, b"keys") {
+            if !req.get(3).unwrap_or_default().is_empty() {
+                return Err(KeysError::Syntax);
+            }
+            return Ok((j + 1..req.argc()).collect());
+        } else {
+            return Err(KeysError::Syntax);
+        }
+        j += 1;
+    }
+    if req.argc() > 3 {
+        Ok(smallvec![3])
+    } else {
+        Err(KeysError::Syntax)
+    }
+}
+
+/// Redis's `georadiusGeneric` options for GEORADIUS (`base` 6) and
+/// GEORADIUSBYMEMBER (`base` 5): the source key, plus the last STORE or
+/// STOREDIST destination. COUNT takes its argument with it, so a STORE
+/// there is a count, not an option.
+fn georadius_keys(req: &Request, base: usize) -> Result<KeyPositions, KeysError> {
+    let mut keys: KeyPositions = smallvec![1];
     let mut store = None;
-    let mut i = 2;
-    while i < req.argc() {
-        let arg = req.get(i).unwrap_or_default();
-        if arg.eq_ignore_ascii_case(b"limit") {
-            i += 2;
-        } else if arg.eq_ignore_ascii_case(b"store") && i + 1 < req.argc() {
-            // No skip: Redis goes on scanning from the destination itself.
-            store = Some(i + 1);
-        } else if arg.eq_ignore_ascii_case(b"get") || arg.eq_ignore_ascii_case(b"by") {
+    let remaining = req.argc().saturating_sub(base);
+    let mut i = 0;
+    while i < remaining {
+        let arg = req.get(base + i).unwrap_or_default();
+        let flag = [
+            b"withdist" as &[u8],
+            b"withhash",
+            b"withcoord",
+            b"any",
+            b"asc",
+            b"desc",
+        ];
+        if flag.iter().any(|word| is_keyword(arg, word)) {
+        } else if is_keyword(arg, b"count") && i + 1 < remaining {
             i += 1;
+        } else if (is_keyword(arg, b"store") || is_keyword(arg, b"storedist")) && i + 1 < remaining
+        {
+            store = Some(base + i + 1);
+            i += 1;
+        } else {
+            return Err(KeysError::Syntax);
         }
         i += 1;
     }
     keys.extend(store);
-    keys
+    Ok(keys)
 }
 
-/// Redis's `migrateGetKeys`: the key argument, or with `KEYS` (which needs an
-/// empty key argument) every argument after it.
-fn migrate_keys(req: &Request) -> KeyPositions {
-    let mut first = 3;
-    let mut num = 1;
-    if req.argc() > 6 {
-        let mut i = 6;
-        while i < req.argc() {
-            let arg = req.get(i).unwrap_or_default();
-            if arg.eq_ignore_ascii_case(b"keys") {
-                if !req.get(3).unwrap_or_default().is_empty() {
-                    return KeyPositions::new();
-                }
-                first = i + 1;
-                num = req.argc() - first;
-                break;
-            }
-            if arg.eq_ignore_ascii_case(b"auth") {
-                i += 1;
-            } else if arg.eq_ignore_ascii_case(b"auth2") {
-                i += 2;
-            }
-            i += 1;
-        }
+/// XREAD's and XREADGROUP's options as `xreadCommand` (t_stream.c) reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XreadOptions {
+    /// The first stream key (the argument after the first STREAMS option).
+    pub streams_at: usize,
+    /// How many stream keys follow (as many IDs come after them).
+    pub streams: usize,
+    /// Whether a BLOCK option was given.
+    pub blocks: bool,
+}
+
+impl XreadOptions {
+    fn keys(&self) -> KeyPositions {
+        (self.streams_at..self.streams_at + self.streams).collect()
     }
-    (first..first + num).filter(|&i| i < req.argc()).collect()
 }
 
-/// Redis's `georadiusGetKeys`: the source key, plus the last STORE or
-/// STOREDIST destination.
-fn georadius_keys(req: &Request) -> KeyPositions {
-    let mut stored = None;
-    let mut i = 5;
-    while i < req.argc() {
-        let arg = req.get(i).unwrap_or_default();
-        let is_store = arg.eq_ignore_ascii_case(b"store") || arg.eq_ignore_ascii_case(b"storedist");
-        if is_store && i + 1 < req.argc() {
-            stored = Some(i + 1);
-            i += 1;
-        }
-        i += 1;
-    }
-    let mut keys = smallvec![1];
-    keys.extend(stored);
-    keys
-}
-
-/// Redis's `xreadGetKeys`: after the options, `STREAMS` then as many keys as
-/// IDs.
-fn xread_keys(req: &Request) -> KeyPositions {
-    let mut streams_at = None;
+/// Reads XREAD (or XREADGROUP, `group`) options from argument 1 until the
+/// first `STREAMS`: `BLOCK ms`, `COUNT n`, and for XREADGROUP `GROUP g c`
+/// and `NOACK`. Anything else, or no STREAMS, is Redis's syntax error.
+pub fn xread_options(req: &Request, group: bool) -> Result<XreadOptions, KeysError> {
+    let mut blocks = false;
     let mut i = 1;
-    while i < req.argc() {
-        let arg = req.get(i).unwrap_or_default();
-        if arg.eq_ignore_ascii_case(b"block") || arg.eq_ignore_ascii_case(b"count") {
+    while let Some(arg) = req.get(i) {
+        let more = req.argc() - i - 1;
+        if is_keyword(arg, b"block") && more >= 1 {
+            blocks = true;
             i += 1;
-        } else if arg.eq_ignore_ascii_case(b"group") {
+        } else if is_keyword(arg, b"count") && more >= 1 {
+            i += 1;
+        } else if is_keyword(arg, b"streams") && more >= 1 {
+            if more % 2 != 0 {
+                return Err(KeysError::UnbalancedStreams);
+            }
+            return Ok(XreadOptions {
+                streams_at: i + 1,
+                streams: more / 2,
+                blocks,
+            });
+        } else if group && is_keyword(arg, b"group") && more >= 2 {
             i += 2;
-        } else if arg.eq_ignore_ascii_case(b"noack") {
-        } else if arg.eq_ignore_ascii_case(b"streams") {
-            streams_at = Some(i);
-            break;
-        } else {
-            break;
+        } else if !(group && is_keyword(arg, b"noack")) {
+            return Err(KeysError::Syntax);
         }
         i += 1;
     }
-    let Some(at) = streams_at else {
-        return KeyPositions::new();
-    };
-    let num = req.argc() - at - 1;
-    if num == 0 || num % 2 != 0 {
-        return KeyPositions::new();
-    }
-    (at + 1..at + 1 + num / 2).collect()
+    Err(KeysError::Syntax)
 }
 
 #[cfg(test)]

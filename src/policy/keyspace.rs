@@ -28,6 +28,7 @@ use super::namespace::Namespace;
 use crate::backend::mux::{Batch, BatchReply, MuxHandle};
 use crate::backend::BackendError;
 use crate::command::keys::KeysError;
+use crate::command::keyword::is_keyword;
 use crate::protocol::encode;
 use crate::protocol::reply::Value;
 use crate::protocol::request::Request;
@@ -71,8 +72,8 @@ impl ProcedureKind {
             ProcedureKind::Flush => {
                 let asynchronous = match (req.argc(), req.get(1)) {
                     (1, _) => false,
-                    (2, Some(a)) if a.eq_ignore_ascii_case(b"async") => true,
-                    (2, Some(a)) if a.eq_ignore_ascii_case(b"sync") => false,
+                    (2, Some(a)) if is_keyword(a, b"async") => true,
+                    (2, Some(a)) if is_keyword(a, b"sync") => false,
                     _ => return Err(Refusal::Unlocatable(KeysError::Syntax)),
                 };
                 Procedure::Flush { asynchronous }

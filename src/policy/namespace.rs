@@ -34,7 +34,10 @@ use super::access::Refusal;
 use super::confinement::{self, Rule};
 use super::keyspace::Procedure;
 use super::service::Service;
-use crate::command::keys::{key_positions, key_positions_inline, single_fixed_key, KeysError};
+use crate::command::keys::{
+    key_positions, key_positions_inline, single_fixed_key, sort_options, KeysError,
+};
+use crate::command::keyword::is_keyword;
 use crate::command::{CommandSpec, ReplyKeys};
 use crate::protocol::reply::Value;
 use crate::protocol::request::Request;
@@ -266,23 +269,25 @@ impl Namespace {
             Rule::Pass | Rule::Info => Ok(forward(req.clone())),
             Rule::Keys => Ok(forward(keys(req)?)),
             Rule::Sort => {
-                let destination = check_sort(req).map_err(|reason| self.refuse(spec, reason))?;
-                let positions = key_positions(spec, req).map_err(Refusal::Unlocatable)?;
-                // Redis's key finder for SORT does not skip STORE's argument,
-                // the command itself does: `SORT k STORE GET STORE other`
-                // names key 3 to the finder but stores into `other`. Forward
-                // only when both agree on every key.
-                let executed: Vec<usize> = std::iter::once(1).chain(destination).collect();
-                if positions != executed {
-                    return Err(self.refuse(
-                        spec,
-                        "its STORE destination is ambiguous (a STORE option names a keyword)",
-                    ));
+                let opts =
+                    sort_options(req, spec.name == "sort_ro").map_err(Refusal::Unlocatable)?;
+                // A BY or GET pattern with `*` reads keys by names Redis
+                // computes from the sorted elements (`nosort`, `#` and other
+                // patterns without `*` read nothing).
+                let computed = opts
+                    .patterns
+                    .iter()
+                    .any(|&at| req.get(at).is_some_and(|p| p.contains(&b'*')));
+                if computed {
+                    return Err(
+                        self.refuse(spec, "BY and GET patterns read keys by computed names")
+                    );
                 }
+                let positions = key_positions(spec, req).map_err(Refusal::Unlocatable)?;
                 Ok(forward(req.prefix_args(&positions, &self.prefix)))
             }
             Rule::Copy => {
-                let db = req.args().skip(3).any(|a| a.eq_ignore_ascii_case(b"db"));
+                let db = req.args().skip(3).any(|a| is_keyword(a, b"db"));
                 if db {
                     return Err(self.refuse(spec, "keygate serves one database"));
                 }
@@ -363,10 +368,9 @@ impl Namespace {
             let value = req
                 .get(i + 1)
                 .ok_or(Refusal::Unlocatable(KeysError::Syntax))?;
-            if option.eq_ignore_ascii_case(b"match") {
+            if is_keyword(option, b"match") {
                 pattern = value;
-            } else if option.eq_ignore_ascii_case(b"count") || option.eq_ignore_ascii_case(b"type")
-            {
+            } else if is_keyword(option, b"count") || is_keyword(option, b"type") {
                 args.push(option);
                 args.push(value);
             } else {
@@ -569,37 +573,6 @@ impl Namespace {
         }
         Some(out.freeze())
     }
-}
-
-/// SORT/SORT_RO: BY and GET patterns containing `*` read keys by computed
-/// names, which keygate cannot confine. `BY nosort` (no `*`) and `GET #`
-/// read nothing.
-///
-/// Reads the options as Redis's `sortCommandGeneric` executes them and
-/// returns the argument the command stores into (the last STORE's), which
-/// the caller checks against the key finder's answer.
-fn check_sort(req: &Request) -> Result<Option<usize>, &'static str> {
-    let mut destination = None;
-    let mut i = 2;
-    while i < req.argc() {
-        let arg = req.get(i).unwrap_or_default();
-        let left = req.argc() - i - 1;
-        if arg.eq_ignore_ascii_case(b"limit") && left >= 2 {
-            i += 2;
-        } else if (arg.eq_ignore_ascii_case(b"by") || arg.eq_ignore_ascii_case(b"get")) && left >= 1
-        {
-            let pattern = req.get(i + 1).unwrap_or_default();
-            if pattern.contains(&b'*') {
-                return Err("BY and GET patterns read keys by computed names");
-            }
-            i += 1;
-        } else if arg.eq_ignore_ascii_case(b"store") && left >= 1 {
-            destination = Some(i + 1);
-            i += 1;
-        }
-        i += 1;
-    }
-    Ok(destination)
 }
 
 fn error(msg: &str) -> Bytes {
@@ -903,21 +876,50 @@ allow_scripts = {allow_scripts}
     /// Found by the `key_rewriter` fuzz target: Redis's key finder for SORT
     /// does not skip STORE's argument, but SORT does, so a destination
     /// named `GET` hid the real (last) STORE destination from keygate and
-    /// SORT stored into another service's key, unprefixed.
+    /// SORT stored into another service's key, unprefixed. SORT's options
+    /// are now read as `sortCommandGeneric` reads them: the destination it
+    /// really stores into gets the prefix, and what it refuses is refused.
     #[test]
     fn sort_store_destination_cannot_hide_behind_a_keyword() {
-        for args in [
-            &["SORT", "k", "STORE", "GET", "STORE", "victim"][..],
-            &["SORT", "k", "STORE", "by", "STORE", "victim"],
-            &["SORT", "k", "STORE", "LIMIT", "0", "STORE", "victim"],
-            &["SORT", "k", "STORE", "GET", "BY", "STORE", "ASC"],
-        ] {
-            let got = rewrite(args);
-            assert!(
-                got.as_ref().is_err_and(|e| e.contains("ambiguous")),
-                "{args:?}: {got:?}"
-            );
-        }
+        assert_eq!(
+            rewrite(&["SORT", "k", "STORE", "GET", "STORE", "victim"]),
+            v(&[
+                "SORT",
+                "billing:k",
+                "STORE",
+                "GET",
+                "STORE",
+                "billing:victim"
+            ])
+        );
+        assert_eq!(
+            rewrite(&["SORT", "k", "STORE", "by", "STORE", "victim"]),
+            v(&[
+                "SORT",
+                "billing:k",
+                "STORE",
+                "by",
+                "STORE",
+                "billing:victim"
+            ])
+        );
+        assert_eq!(
+            rewrite(&["SORT", "k", "STORE", "GET", "BY", "STORE", "ASC"]),
+            v(&[
+                "SORT",
+                "billing:k",
+                "STORE",
+                "billing:GET",
+                "BY",
+                "STORE",
+                "ASC"
+            ])
+        );
+        let refused = rewrite(&["SORT", "k", "STORE", "LIMIT", "0", "STORE", "victim"]);
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("syntax error")),
+            "{refused:?}"
+        );
         // The last STORE is the destination for both: `a` is never written.
         assert_eq!(
             rewrite(&["SORT", "k", "STORE", "a", "STORE", "b"]),
@@ -936,6 +938,115 @@ allow_scripts = {allow_scripts}
                 "0",
                 "1"
             ])
+        );
+    }
+
+    /// Issue 13, holes 1 to 3, 6 and 10: options hidden behind a NUL byte
+    /// (`"GET\0"` is GET to Redis's `strcasecmp`) or repeated (the last
+    /// STORE wins) are read as Redis reads them.
+    #[test]
+    fn options_are_read_up_to_the_first_nul_and_the_last_store_wins() {
+        for args in [
+            &["SORT", "k", "BY", "nosort", "GET\0", "b:*"][..],
+            &["SORT_RO", "k", "BY", "nosort", "get\0x", "b:*->f"],
+            &["SORT", "k", "BY\0", "b:*"],
+        ] {
+            let got = rewrite(args);
+            assert!(
+                got.as_ref().is_err_and(|e| e.contains("computed names")),
+                "{args:?}: {got:?}"
+            );
+        }
+        assert_eq!(
+            rewrite(&["SORT", "k", "STORE\0", "victim"]),
+            v(&["SORT", "billing:k", "STORE\0", "billing:victim"])
+        );
+        assert_eq!(
+            rewrite(&[
+                "GEORADIUS",
+                "g",
+                "0",
+                "0",
+                "1",
+                "km",
+                "STORE",
+                "x",
+                "STORE",
+                "victim"
+            ]),
+            v(&[
+                "GEORADIUS",
+                "billing:g",
+                "0",
+                "0",
+                "1",
+                "km",
+                "STORE",
+                "x",
+                "STORE",
+                "billing:victim"
+            ])
+        );
+        assert_eq!(
+            rewrite(&[
+                "GEORADIUSBYMEMBER",
+                "g",
+                "m",
+                "1",
+                "km",
+                "STOREDIST\0",
+                "victim"
+            ]),
+            v(&[
+                "GEORADIUSBYMEMBER",
+                "billing:g",
+                "m",
+                "1",
+                "km",
+                "STOREDIST\0",
+                "billing:victim"
+            ])
+        );
+        assert_eq!(
+            rewrite(&["XREAD", "STREAMS\0", "STREAMS", "x", "0", "0"]),
+            v(&[
+                "XREAD",
+                "STREAMS\0",
+                "billing:STREAMS",
+                "billing:x",
+                "0",
+                "0"
+            ])
+        );
+        assert_eq!(
+            rewrite(&[
+                "XREADGROUP",
+                "COUNT",
+                "1",
+                "GROUP",
+                "STREAMS",
+                "c",
+                "STREAMS",
+                "victim",
+                ">"
+            ]),
+            v(&[
+                "XREADGROUP",
+                "COUNT",
+                "1",
+                "GROUP",
+                "STREAMS",
+                "c",
+                "STREAMS",
+                "billing:victim",
+                ">"
+            ])
+        );
+        let copy = rewrite(&["COPY", "a", "b", "DB\0", "1"]);
+        assert!(copy.is_err(), "{copy:?}");
+        assert_eq!(
+            rewrite(&["SCAN", "0", "MATCH\0", "x*"]),
+            v(&["SCAN", "0", "MATCH", "billing:x*"])
         );
     }
 
