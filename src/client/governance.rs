@@ -77,7 +77,9 @@ pub(super) fn govern(
             Ok(Some((governed.request, governed.follow_ups)))
         }
         Err(refusal) => {
-            recorder.ttl_refused(Some(service.index));
+            if refusal.is_over_max() {
+                recorder.ttl_refused(Some(service.index));
+            }
             Err(refusal.to_string())
         }
     }

@@ -24,19 +24,25 @@
 //!   nothing to a key that was not created. The client must never see the
 //!   follow-ups' replies.
 //!
-//! Invariants: a request Redis would refuse (syntax, bad integer, conflicting
-//! options) is passed through unchanged so the client gets Redis's own error;
-//! a TTL <= 0 or an absolute time in the past is passed through, because Redis
-//! then deletes the key instead of keeping it. Without `default_ttl` nothing
-//! adds a TTL to a key written without one, so such a service's keys may be
-//! immortal; `max_ttl` alone only bounds the TTLs clients ask for.
+//! Invariants: options are read exactly as redis-server 7.0 reads them (each
+//! word through [`is_keyword`], the last of repeated expiries winning), and
+//! fail closed: a request whose options Redis would refuse as a syntax error,
+//! or whose keys cannot be located, is refused here with Redis's own error
+//! text and never forwarded ungoverned. Only a request keygate has read in
+//! full may pass unchanged for Redis to answer: a TTL value Redis refuses
+//! without touching the key (not an integer, out of range, `SET EX 0`), or
+//! one <= 0 / an absolute time in the past, after which Redis deletes the key
+//! instead of keeping it. Without `default_ttl` nothing adds a TTL to a key
+//! written without one, so such a service's keys may be immortal; `max_ttl`
+//! alone only bounds the TTLs clients ask for.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use smallvec::SmallVec;
 
 use super::service::Service;
-use crate::command::keys::{key_positions, key_positions_with_flags};
+use crate::command::keys::{key_positions, key_positions_with_flags, KeysError};
+use crate::command::keyword::{c_str, is_keyword};
 use crate::command::{CommandSpec, Flags, KeySpecFlags};
 use crate::config::TtlOverMax;
 use crate::protocol::decimal::parse_ll;
@@ -168,6 +174,29 @@ pub enum TtlRefusal {
     /// The requested TTL is longer than `max_ttl` and the service refuses those.
     #[error("ERR keygate: TTL of {ttl_ms} ms is over this service's max_ttl of {max_ms} ms")]
     OverMax { ttl_ms: i64, max_ms: i64 },
+    /// Options Redis would refuse as a syntax error (SET, GETEX, RESTORE).
+    #[error("ERR syntax error")]
+    Syntax,
+    /// An EXPIRE option that is none of NX, XX, GT, LT (as Redis names it).
+    #[error("ERR Unsupported option {0}")]
+    UnsupportedOption(String),
+    /// EXPIRE's NX with XX, GT or LT.
+    #[error("ERR NX and XX, GT or LT options at the same time are not compatible")]
+    NxAndOthers,
+    /// EXPIRE's GT with LT.
+    #[error("ERR GT and LT options at the same time are not compatible")]
+    GtAndLt,
+    /// The keys a governed write names cannot be located.
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+}
+
+impl TtlRefusal {
+    /// Whether the service's `max_ttl` refused the request, as opposed to
+    /// a request Redis itself would refuse (counted as a TTL refusal).
+    pub fn is_over_max(&self) -> bool {
+        matches!(self, TtlRefusal::OverMax { .. })
+    }
 }
 
 /// What to send for one request.
@@ -293,17 +322,22 @@ struct StringOptions {
     expiry: Option<(TtlUnit, usize)>,
 }
 
-/// Parses SET (`is_set`) or GETEX options from argument `from`; `None` when
-/// Redis would answer a syntax error. Options are case-insensitive and in
-/// any order; a repeated EX (or PX, ...) is allowed and the last one counts.
-fn parse_string_options(req: &Request, from: usize, is_set: bool) -> Option<StringOptions> {
+/// Parses SET (`is_set`) or GETEX options from argument `from` as
+/// `parseExtendedStringArgumentsOrReply` does; an error where Redis answers
+/// a syntax error. Options are case-insensitive, end at a NUL byte and come
+/// in any order; a repeated EX (or PX, ...) is allowed and the last one counts.
+fn parse_string_options(
+    req: &Request,
+    from: usize,
+    is_set: bool,
+) -> Result<StringOptions, TtlRefusal> {
     let mut opts = StringOptions::default();
     let (mut nx, mut xx) = (false, false);
     let mut unit_given: Option<TtlUnit> = None;
     let mut i = from;
     while let Some(opt) = req.get(i) {
         let has_next = i + 1 < req.argc();
-        let is = |word: &[u8]| opt.eq_ignore_ascii_case(word);
+        let is = |word: &[u8]| is_keyword(opt, word);
         let only_unit = |unit: TtlUnit| unit_given.is_none_or(|given| given == unit);
         if is(b"nx") && is_set && !xx {
             nx = true;
@@ -324,10 +358,10 @@ fn parse_string_options(req: &Request, from: usize, is_set: bool) -> Option<Stri
             } else if is(b"pxat") {
                 TtlUnit::UnixMillis
             } else {
-                return None;
+                return Err(TtlRefusal::Syntax);
             };
             if opts.keepttl || opts.persist || !only_unit(unit) || !has_next {
-                return None;
+                return Err(TtlRefusal::Syntax);
             }
             unit_given = Some(unit);
             opts.expiry = Some((unit, i));
@@ -335,7 +369,7 @@ fn parse_string_options(req: &Request, from: usize, is_set: bool) -> Option<Stri
         }
         i += 1;
     }
-    Some(opts)
+    Ok(opts)
 }
 
 impl TtlPolicy {
@@ -413,8 +447,8 @@ impl TtlPolicy {
             "pexpireat" => self.govern_expire(req, TtlUnit::UnixMillis, unix_ms(now)),
             "persist" => Ok(self.govern_persist(req)),
             "restore" | "restore-asking" => self.govern_restore(req, unix_ms(now)),
-            "eval" | "evalsha" | "fcall" => Ok(self.follow_up_declared_keys(spec, req)),
-            _ => Ok(self.follow_up_written_keys(spec, req)),
+            "eval" | "evalsha" | "fcall" => self.follow_up_declared_keys(spec, req),
+            _ => self.follow_up_written_keys(spec, req),
         }
     }
 
@@ -433,36 +467,39 @@ impl TtlPolicy {
     }
 
     /// The generic rule: a follow-up for each key whose key spec writes.
-    fn follow_up_written_keys(&self, spec: &'static CommandSpec, req: &Request) -> Governed {
+    fn follow_up_written_keys(
+        &self,
+        spec: &'static CommandSpec,
+        req: &Request,
+    ) -> Result<Governed, TtlRefusal> {
         if self.default_ms.is_none() || !governs(spec) {
-            return Governed::unchanged(req);
+            return Ok(Governed::unchanged(req));
         }
-        // Keys that cannot be found: Redis will refuse the request itself.
-        let Ok(keys) = key_positions_with_flags(spec, req) else {
-            return Governed::unchanged(req);
-        };
+        let keys = key_positions_with_flags(spec, req)?;
         let written = keys
             .iter()
             .filter(|(_, flags)| writes(*flags))
             .filter_map(|&(pos, _)| req.get(pos));
-        Governed {
+        Ok(Governed {
             follow_ups: self.follow_ups(written),
             ..Governed::unchanged(req)
-        }
+        })
     }
 
     /// EVAL, EVALSHA, FCALL: a follow-up for every declared key.
-    fn follow_up_declared_keys(&self, spec: &'static CommandSpec, req: &Request) -> Governed {
+    fn follow_up_declared_keys(
+        &self,
+        spec: &'static CommandSpec,
+        req: &Request,
+    ) -> Result<Governed, TtlRefusal> {
         if self.default_ms.is_none() {
-            return Governed::unchanged(req);
+            return Ok(Governed::unchanged(req));
         }
-        let Ok(keys) = key_positions(spec, req) else {
-            return Governed::unchanged(req);
-        };
-        Governed {
+        let keys = key_positions(spec, req)?;
+        Ok(Governed {
             follow_ups: self.follow_ups(keys.iter().filter_map(|&pos| req.get(pos))),
             ..Governed::unchanged(req)
-        }
+        })
     }
 
     /// Judges the TTL of an EX/PX/EXAT/PXAT option at `opt_at` (value right
@@ -499,9 +536,7 @@ impl TtlPolicy {
 
     /// SET key value [NX|XX] [GET] [EX|PX|EXAT|PXAT n|KEEPTTL].
     fn govern_set(&self, req: &Request, now_ms: i64) -> Result<Governed, TtlRefusal> {
-        let Some(opts) = parse_string_options(req, 3, true) else {
-            return Ok(Governed::unchanged(req));
-        };
+        let opts = parse_string_options(req, 3, true)?;
         if let Some((unit, opt_at)) = opts.expiry {
             return self.govern_expiry_option(req, unit, opt_at, now_ms);
         }
@@ -520,9 +555,7 @@ impl TtlPolicy {
 
     /// GETEX key [EX|PX|EXAT|PXAT n|PERSIST].
     fn govern_getex(&self, req: &Request, now_ms: i64) -> Result<Governed, TtlRefusal> {
-        let Some(opts) = parse_string_options(req, 2, false) else {
-            return Ok(Governed::unchanged(req));
-        };
+        let opts = parse_string_options(req, 2, false)?;
         if let Some((unit, opt_at)) = opts.expiry {
             return self.govern_expiry_option(req, unit, opt_at, now_ms);
         }
@@ -563,9 +596,7 @@ impl TtlPolicy {
         unit: TtlUnit,
         now_ms: i64,
     ) -> Result<Governed, TtlRefusal> {
-        if !expire_options_valid(req) {
-            return Ok(Governed::unchanged(req));
-        }
+        expire_options(req)?;
         let ttl_ms = req
             .get(2)
             .and_then(parse_ll)
@@ -604,9 +635,7 @@ impl TtlPolicy {
 
     /// RESTORE key ttl payload [REPLACE] [ABSTTL] [IDLETIME s] [FREQ f].
     fn govern_restore(&self, req: &Request, now_ms: i64) -> Result<Governed, TtlRefusal> {
-        let Some(absttl) = restore_absttl(req) else {
-            return Ok(Governed::unchanged(req));
-        };
+        let absttl = restore_absttl(req)?;
         // Redis refuses a non-integer or negative ttl itself.
         let Some(ttl) = req.get(2).and_then(parse_ll).filter(|&t| t >= 0) else {
             return Ok(Governed::unchanged(req));
@@ -648,48 +677,57 @@ impl TtlPolicy {
     }
 }
 
-/// Whether EXPIRE's options (from argument 3) are ones Redis 7.0 accepts:
-/// NX, XX, GT, LT, with NX alone and not GT with LT.
-fn expire_options_valid(req: &Request) -> bool {
+/// Checks EXPIRE's options (from argument 3) as Redis 7.0's
+/// `parseExtendedExpireArgumentsOrReply` does: NX, XX, GT, LT, with NX alone
+/// and not GT with LT; the error is the one Redis answers.
+fn expire_options(req: &Request) -> Result<(), TtlRefusal> {
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
     for opt in req.args().skip(3) {
-        if opt.eq_ignore_ascii_case(b"nx") {
+        if is_keyword(opt, b"nx") {
             nx = true;
-        } else if opt.eq_ignore_ascii_case(b"xx") {
+        } else if is_keyword(opt, b"xx") {
             xx = true;
-        } else if opt.eq_ignore_ascii_case(b"gt") {
+        } else if is_keyword(opt, b"gt") {
             gt = true;
-        } else if opt.eq_ignore_ascii_case(b"lt") {
+        } else if is_keyword(opt, b"lt") {
             lt = true;
         } else {
-            return false;
+            // Redis prints the option as a C string, with newlines blanked.
+            let shown = String::from_utf8_lossy(c_str(opt)).replace(['\r', '\n'], " ");
+            return Err(TtlRefusal::UnsupportedOption(shown));
         }
     }
-    !(nx && (xx || gt || lt)) && !(gt && lt)
+    if nx && (xx || gt || lt) {
+        return Err(TtlRefusal::NxAndOthers);
+    }
+    if gt && lt {
+        return Err(TtlRefusal::GtAndLt);
+    }
+    Ok(())
 }
 
-/// Parses RESTORE's options (from argument 4): `Some(absttl)`, or `None`
-/// when Redis would answer a syntax error.
-fn restore_absttl(req: &Request) -> Option<bool> {
+/// Parses RESTORE's options (from argument 4) as `restoreCommand` does:
+/// whether ABSTTL is given, or Redis's syntax error.
+fn restore_absttl(req: &Request) -> Result<bool, TtlRefusal> {
     let (mut absttl, mut idletime, mut freq) = (false, false, false);
     let mut i = 4;
     while let Some(opt) = req.get(i) {
         let has_next = i + 1 < req.argc();
-        if opt.eq_ignore_ascii_case(b"replace") {
-        } else if opt.eq_ignore_ascii_case(b"absttl") {
+        if is_keyword(opt, b"replace") {
+        } else if is_keyword(opt, b"absttl") {
             absttl = true;
-        } else if opt.eq_ignore_ascii_case(b"idletime") && has_next && !freq {
+        } else if is_keyword(opt, b"idletime") && has_next && !freq {
             idletime = true;
             i += 1;
-        } else if opt.eq_ignore_ascii_case(b"freq") && has_next && !idletime {
+        } else if is_keyword(opt, b"freq") && has_next && !idletime {
             freq = true;
             i += 1;
         } else {
-            return None;
+            return Err(TtlRefusal::Syntax);
         }
         i += 1;
     }
-    Some(absttl)
+    Ok(absttl)
 }
 
 #[cfg(test)]
@@ -763,6 +801,11 @@ mod tests {
 
     fn unchanged(p: &TtlPolicy, args: &[&str]) {
         assert_eq!(run(p, args), Ok((same(args), vec![], false)), "{args:?}");
+    }
+
+    /// Refused here with exactly `error`, as redis-server answers it.
+    fn refused(p: &TtlPolicy, args: &[&str], error: &str) {
+        assert_eq!(run(p, args), Err(error.to_string()), "{args:?}");
     }
 
     #[test]
@@ -873,30 +916,35 @@ mod tests {
     }
 
     #[test]
-    fn malformed_set_passes_through() {
+    fn malformed_set_is_refused_or_left_to_redis() {
         let p = reject();
+        // Options Redis refuses as a syntax error are refused here, with
+        // its text: forwarded, a misread option could leave a key ungoverned.
         for args in [
             &["SET", "k", "v", "EX", "7200", "PX", "10"][..],
-            &["SET", "k", "v", "EX", "abc"],
-            &["SET", "k", "v", "EX", "99999"], // Would be refused, but...
             &["SET", "k", "v", "EX"],
             &["SET", "k", "v", "NX", "XX"],
             &["SET", "k", "v", "KEEPTTL", "EX", "99999"],
             &["SET", "k", "v", "EX", "99999", "KEEPTTL"],
             &["SET", "k", "v", "PERSIST"],
             &["SET", "k", "v", "BOGUS"],
+            &["SET", "k", "v", "EX\0x\0", "99999", "KEEPTTL"],
+        ] {
+            refused(&p, args, "ERR syntax error");
+        }
+        // Values Redis refuses without touching the key pass through, for
+        // Redis's own error.
+        for args in [
+            &["SET", "k", "v", "EX", "abc"][..],
             &["SET", "k", "v", "EX", "0"],
             &["SET", "k", "v", "EX", "-5"],
             &["SET", "k", "v", "EX", "09"],
             &["SET", "k", "v", "EX", "9223372036854775"],
         ] {
-            if args[4..] == ["99999"] {
-                // The one well-formed request of the list is refused.
-                assert!(run(&p, args).is_err());
-                continue;
-            }
             unchanged(&p, args);
         }
+        // The one well-formed request over the maximum is refused.
+        assert!(run(&p, &["SET", "k", "v", "EX", "99999"]).is_err());
         // An absolute time in the past deletes the key: pass through.
         unchanged(&p, &["SET", "k", "v", "EXAT", "1"]);
     }
@@ -955,9 +1003,26 @@ mod tests {
         unchanged(&p, &["EXPIREAT", "k", &(NOW_MS / 1000 + 3600).to_string()]);
         unchanged(&p, &["EXPIREAT", "k", "1"]); // In the past: deletes.
                                                 // Options Redis refuses: its own error.
-        unchanged(&p, &["EXPIRE", "k", "7200", "NX", "XX"]);
-        unchanged(&p, &["EXPIRE", "k", "7200", "GT", "LT"]);
-        unchanged(&p, &["EXPIRE", "k", "7200", "FOO"]);
+        refused(
+            &p,
+            &["EXPIRE", "k", "7200", "NX", "XX"],
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        );
+        refused(
+            &p,
+            &["EXPIRE", "k", "7200", "GT", "LT"],
+            "ERR GT and LT options at the same time are not compatible",
+        );
+        refused(
+            &p,
+            &["EXPIRE", "k", "7200", "FOO"],
+            "ERR Unsupported option FOO",
+        );
+        refused(
+            &p,
+            &["EXPIRE", "k", "7200", "FOO\0BAR"],
+            "ERR Unsupported option FOO",
+        );
         assert_eq!(
             run(&reject(), &["PEXPIRE", "k", "3600001"]),
             Err(
@@ -1016,10 +1081,14 @@ mod tests {
         );
         assert!(run(&reject(), &["GETEX", "k", "EX", "7200"]).is_err());
         // Malformed: Redis's own error.
-        unchanged(&p, &["GETEX", "k", "PERSIST", "EX", "10"]);
-        unchanged(&p, &["GETEX", "k", "EX", "10", "PERSIST"]);
-        unchanged(&p, &["GETEX", "k", "KEEPTTL"]);
-        unchanged(&p, &["GETEX", "k", "NX"]);
+        for args in [
+            &["GETEX", "k", "PERSIST", "EX", "10"][..],
+            &["GETEX", "k", "EX", "10", "PERSIST"],
+            &["GETEX", "k", "KEEPTTL"],
+            &["GETEX", "k", "NX"],
+        ] {
+            refused(&p, args, "ERR syntax error");
+        }
     }
 
     #[test]
@@ -1062,10 +1131,15 @@ mod tests {
         );
         unchanged(&p, &["RESTORE", "k", "5", "payload", "ABSTTL"]); // Past: not created.
         unchanged(&p, &["RESTORE", "k", "-1", "payload"]);
-        unchanged(&p, &["RESTORE", "k", "0", "payload", "BOGUS"]);
-        unchanged(
+        refused(
+            &p,
+            &["RESTORE", "k", "0", "payload", "BOGUS"],
+            "ERR syntax error",
+        );
+        refused(
             &p,
             &["RESTORE", "k", "0", "payload", "IDLETIME", "1", "FREQ", "2"],
+            "ERR syntax error",
         );
         assert!(run(&reject(), &["RESTORE", "k", "3600001", "payload"]).is_err());
         // Only a maximum: ttl 0 stays 0.
@@ -1121,8 +1195,12 @@ mod tests {
         ] {
             unchanged(&p, args);
         }
-        // Keys that cannot be found: Redis refuses the request itself.
-        unchanged(&p, &["ZUNIONSTORE", "d", "x", "a"]);
+        // Keys that cannot be found: refused here, never forwarded ungoverned.
+        refused(
+            &p,
+            &["ZUNIONSTORE", "d", "x", "a"],
+            "ERR value is not an integer or out of range",
+        );
     }
 
     #[test]
@@ -1171,5 +1249,37 @@ mod tests {
                 "{name} not in the table"
             );
         }
+    }
+
+    /// Issue 13, hole 5: options that end at a NUL byte are still options
+    /// to Redis (`strcasecmp`), so they are governed as such.
+    #[test]
+    fn options_hidden_behind_a_nul_byte_are_governed() {
+        let p = clamp();
+        assert_eq!(
+            run(&p, &["SET", "k", "v", "KEEPTTL\0"]),
+            Ok((same(&["SET", "k", "v", "KEEPTTL\0"]), vec![nx("k")], false))
+        );
+        for opt in ["NX\0", "xx\0junk", "GET\0"] {
+            assert_eq!(
+                rewrite(&p, &["SET", "k", "v", opt]),
+                same(&["SET", "k", "v", opt, "PX", "60000"])
+            );
+        }
+        let (req, _, clamped) = run(&p, &["SET", "k", "v", "EX\0", "99999999"]).expect("clamped");
+        assert!(clamped);
+        assert_eq!(req, same(&["SET", "k", "v", "PX", "3600000"]));
+        let (req, _, clamped) = run(&p, &["EXPIRE", "k", "99999999", "GT\0"]).expect("clamped");
+        assert!(clamped);
+        assert_eq!(req, same(&["PEXPIRE", "k", "3600000", "GT\0"]));
+        assert!(run(&reject(), &["EXPIRE", "k", "99999999", "GT\0"]).is_err());
+        assert_eq!(
+            rewrite(&p, &["GETEX", "k", "PERSIST\0"]),
+            same(&["GETEX", "k", "PX", "60000"])
+        );
+        assert_eq!(
+            rewrite(&p, &["RESTORE", "k", "0", "payload", "REPLACE\0"]),
+            same(&["RESTORE", "k", "60000", "payload", "REPLACE\0"])
+        );
     }
 }
