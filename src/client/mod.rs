@@ -1067,6 +1067,13 @@ impl Connection {
         self.flush_batch().await;
         self.await_procedure().await;
         if self.dedicated.is_none() {
+            // The client moves from shared connections to a dedicated one:
+            // what it sent before must have run on Redis first, or this
+            // request could overtake it (`SET k v` then `MULTI; GET k; EXEC`
+            // in one write). A client that never switches never waits here;
+            // the way back is ordered already, as the dedicated connection
+            // is kept until every reply awaited on it has arrived.
+            std::future::poll_fn(|cx| self.queue.poll_shared_answered(cx)).await;
             // topology: dedicated connections always go to the master.
             let leased = match self.ctx.router.master_for().await {
                 Ok(node) => node

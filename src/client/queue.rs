@@ -311,6 +311,31 @@ impl ReplyQueue {
         Poll::Ready(())
     }
 
+    /// Ready once no slot waits on a multiplexed connection any more (their
+    /// replies are kept in the slots for [`Self::drain_ready`]): what a
+    /// client's next request must wait for before it goes on another
+    /// connection, so that it cannot overtake them on the backend.
+    pub fn poll_shared_answered(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let mut waiting = false;
+        for slot in self.slots.iter_mut() {
+            let SlotState::Shared(rx) = &mut slot.state else {
+                continue;
+            };
+            match std::pin::Pin::new(rx).poll(cx) {
+                Poll::Ready(result) => {
+                    slot.state = SlotState::Answered(result.unwrap_or_else(|_| Err(lost())));
+                    slot.answered = Some(Instant::now());
+                }
+                Poll::Pending => waiting = true,
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    }
+
     /// Moves every complete slot at the front to `out`, in order, recording
     /// each command's latency, cache outcome and errors.
     pub fn drain_ready(&mut self, out: &mut BytesMut, recorder: &mut Recorder) {
