@@ -18,7 +18,7 @@ pub enum Rule {
     Pass,
     /// Every key at the positions `key_positions` reports gets the prefix.
     Keys,
-    /// SORT/SORT_RO: keys, and BY/GET patterns with `*` are refused.
+    /// SORT/SORT_RO: keys, and BY/GET patterns with `*` get the prefix.
     Sort,
     /// COPY: keys, and the `DB` option is refused.
     Copy,

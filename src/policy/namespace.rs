@@ -37,7 +37,7 @@ use super::service::Service;
 use crate::command::keys::{
     key_positions, key_positions_inline, single_fixed_key, sort_options, KeysError,
 };
-use crate::command::keyword::is_keyword;
+use crate::command::keyword::{c_str, is_keyword};
 use crate::command::{CommandSpec, ReplyKeys};
 use crate::protocol::reply::Value;
 use crate::protocol::request::Request;
@@ -271,20 +271,24 @@ impl Namespace {
             Rule::Sort => {
                 let opts =
                     sort_options(req, spec.name == "sort_ro").map_err(Refusal::Unlocatable)?;
-                // A BY or GET pattern with `*` reads keys by names Redis
-                // computes from the sorted elements (`nosort`, `#` and other
-                // patterns without `*` read nothing).
-                let computed = opts
-                    .patterns
-                    .iter()
-                    .any(|&at| req.get(at).is_some_and(|p| p.contains(&b'*')));
-                if computed {
-                    return Err(
-                        self.refuse(spec, "BY and GET patterns read keys by computed names")
-                    );
-                }
                 let positions = key_positions(spec, req).map_err(Refusal::Unlocatable)?;
-                Ok(forward(req.prefix_args(&positions, &self.prefix)))
+                let patterns = self
+                    .sort_patterns(req, &opts.patterns)
+                    .map_err(|reason| self.refuse(spec, reason))?;
+                if patterns.is_empty() {
+                    return Ok(forward(req.prefix_args(&positions, &self.prefix)));
+                }
+                let keys: Vec<(usize, Vec<u8>)> = positions
+                    .iter()
+                    .filter_map(|&at| req.get(at).map(|key| (at, self.prefix(key))))
+                    .collect();
+                let mut edits: Vec<(usize, &[u8])> = keys
+                    .iter()
+                    .chain(patterns.iter())
+                    .map(|(at, arg)| (*at, &arg[..]))
+                    .collect();
+                edits.sort_unstable_by_key(|(at, _)| *at);
+                Ok(forward(req.splice(&edits)))
             }
             Rule::Copy => {
                 let db = req.args().skip(3).any(|a| is_keyword(a, b"db"));
@@ -382,6 +386,33 @@ impl Namespace {
         args.push(b"MATCH");
         args.push(&confined);
         Ok(Request::from_args(&args))
+    }
+
+    /// SORT's BY and GET patterns, confined: a pattern Redis turns into key
+    /// names (its C string holds `*`, see `lookupKeyByPattern` in sort.c)
+    /// gets the prefix in front, so every name it makes, `<prefix>` +
+    /// the client's text up to `*` + an element + the rest, lies inside the
+    /// namespace (`obj_*->field` reads field `field` of `<prefix>obj_<e>`).
+    /// `#` and patterns without `*` (`nosort`) read no key and stay. Redis
+    /// substitutes at the first `*` of the whole pattern, so a prefix with a
+    /// `*` or NUL byte of its own cannot confine one: refused.
+    fn sort_patterns(
+        &self,
+        req: &Request,
+        at: &[usize],
+    ) -> Result<Vec<(usize, Vec<u8>)>, &'static str> {
+        let mut out = Vec::new();
+        for &i in at {
+            let pattern = req.get(i).unwrap_or_default();
+            if !c_str(pattern).contains(&b'*') {
+                continue;
+            }
+            if self.prefix.iter().any(|&b| b == b'*' || b == 0) {
+                return Err("BY and GET patterns cannot be confined under a prefix holding '*'");
+            }
+            out.push((i, self.prefix(pattern)));
+        }
+        Ok(out)
     }
 
     /// Takes the prefix off the names in one reply frame, per `reply_keys`.
@@ -751,8 +782,7 @@ allow_scripts = {allow_scripts}
 
     #[test]
     fn refusals() {
-        assert!(rewrite(&["SORT", "l", "BY", "w_*"]).is_err());
-        assert!(rewrite(&["SORT", "l", "GET", "o_*"]).is_err());
+        // SORT's patterns are confined now (sort_patterns_get_the_prefix).
         assert!(rewrite(&["SORT", "l", "BY", "nosort", "GET", "#"]).is_ok());
         assert!(rewrite(&["EVAL", "return 1", "0"]).is_err());
         assert!(rewrite(&["COPY", "a", "b", "DB", "1"]).is_err());
@@ -946,17 +976,26 @@ allow_scripts = {allow_scripts}
     /// STORE wins) are read as Redis reads them.
     #[test]
     fn options_are_read_up_to_the_first_nul_and_the_last_store_wins() {
-        for args in [
-            &["SORT", "k", "BY", "nosort", "GET\0", "b:*"][..],
-            &["SORT_RO", "k", "BY", "nosort", "get\0x", "b:*->f"],
-            &["SORT", "k", "BY\0", "b:*"],
-        ] {
-            let got = rewrite(args);
-            assert!(
-                got.as_ref().is_err_and(|e| e.contains("computed names")),
-                "{args:?}: {got:?}"
-            );
-        }
+        // BY and GET patterns hidden behind a NUL are patterns too: confined.
+        assert_eq!(
+            rewrite(&["SORT", "k", "BY", "nosort", "GET\0", "b:*"]),
+            v(&["SORT", "billing:k", "BY", "nosort", "GET\0", "billing:b:*"])
+        );
+        assert_eq!(
+            rewrite(&["SORT_RO", "k", "BY", "nosort", "get\0x", "b:*->f"]),
+            v(&[
+                "SORT_RO",
+                "billing:k",
+                "BY",
+                "nosort",
+                "get\0x",
+                "billing:b:*->f"
+            ])
+        );
+        assert_eq!(
+            rewrite(&["SORT", "k", "BY\0", "b:*"]),
+            v(&["SORT", "billing:k", "BY\0", "billing:b:*"])
+        );
         assert_eq!(
             rewrite(&["SORT", "k", "STORE\0", "victim"]),
             v(&["SORT", "billing:k", "STORE\0", "billing:victim"])
@@ -1048,6 +1087,48 @@ allow_scripts = {allow_scripts}
             rewrite(&["SCAN", "0", "MATCH\0", "x*"]),
             v(&["SCAN", "0", "MATCH", "billing:x*"])
         );
+    }
+
+    /// Issue 14: SORT's BY and GET patterns are confined instead of refused.
+    #[test]
+    fn sort_patterns_get_the_prefix() {
+        assert_eq!(
+            rewrite(&["SORT", "k", "BY", "weight_*", "GET", "#", "GET", "obj_*->f", "STORE", "d"]),
+            v(&[
+                "SORT",
+                "billing:k",
+                "BY",
+                "billing:weight_*",
+                "GET",
+                "#",
+                "GET",
+                "billing:obj_*->f",
+                "STORE",
+                "billing:d"
+            ])
+        );
+        // No `*` before the first NUL: Redis reads no key, the pattern stays.
+        assert_eq!(
+            rewrite(&["SORT", "k", "BY", "nosort", "GET", "plain", "GET", "x\0*"]),
+            v(&[
+                "SORT",
+                "billing:k",
+                "BY",
+                "nosort",
+                "GET",
+                "plain",
+                "GET",
+                "x\0*"
+            ])
+        );
+        // A prefix with a `*` would be where Redis substitutes.
+        let req = Request::from_args(&["SORT", "k", "GET", "o_*"]);
+        let spec = lookup(&req).expect("sort");
+        let starred = Namespace::new("glob", b"a*");
+        let refused = starred.rewrite(spec, &req, &service(false));
+        assert!(refused.is_err(), "{refused:?}");
+        let req = Request::from_args(&["SORT", "k", "GET", "#"]);
+        assert!(starred.rewrite(spec, &req, &service(false)).is_ok());
     }
 
     /// Every command and subcommand of the table that isolation confines by
