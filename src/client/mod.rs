@@ -21,6 +21,7 @@ mod budget;
 mod governance;
 mod isolation;
 pub mod local;
+mod pubsub;
 pub mod queue;
 mod read_wake;
 mod rebind;
@@ -49,9 +50,8 @@ use crate::policy::access;
 use crate::policy::registry::ServiceRegistry;
 use crate::policy::service::{Service, Services};
 use crate::protocol::encode;
-use crate::protocol::reply::{ReplyKind, ReplyScanner};
+use crate::protocol::reply::ReplyScanner;
 use crate::protocol::request::{Request, RequestScanner, ScanLimits};
-use crate::protocol::Protocol;
 use crate::router::{self, ConnectionEffect, Router};
 use crate::server::ProxyState;
 use isolation::Isolated;
@@ -140,9 +140,9 @@ struct Dedicated {
     scanner: ReplyScanner,
     /// Requests not yet written to it.
     out: BytesMut,
-    /// A subscription made the connection a push stream; it stays this
-    /// client's until RESET or disconnect.
-    subscribed: bool,
+    /// Its subscriptions as Redis confirmed them: while it has any, it is
+    /// this client's (until it unsubscribes from all, RESET or disconnect).
+    subscriptions: pubsub::Subscriptions,
     /// When the first awaited non-blocking reply is overdue.
     deadline: Option<Instant>,
     /// The node it is connected to (always the master when leased).
@@ -660,6 +660,8 @@ enum Deferred {
     Dedicated {
         frames: Vec<Bytes>,
         effect: ConnectionEffect,
+        /// A SUBSCRIBE-family command: how its confirmations are counted.
+        subscription: Option<pubsub::SubscriptionCall>,
         reply: CommandReply,
         suppress: bool,
     },
@@ -766,9 +768,13 @@ impl Connection {
             Deferred::Dedicated {
                 frames,
                 effect,
+                subscription,
                 reply,
                 suppress,
-            } => self.send_dedicated(frames, effect, reply, suppress).await,
+            } => {
+                self.send_dedicated(frames, effect, subscription, reply, suppress)
+                    .await
+            }
             Deferred::Procedure(call) => self.run_procedure(call).await,
         }
     }
@@ -887,6 +893,13 @@ impl Connection {
             Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
         }
         let effect = router::connection_effect(spec, &req);
+        let subscription = (effect == ConnectionEffect::Subscribe)
+            .then(|| pubsub::SubKind::of_command(spec.name))
+            .flatten()
+            .map(|kind| pubsub::SubscriptionCall {
+                kind,
+                names: u32::try_from(req.argc().saturating_sub(1)).unwrap_or(u32::MAX),
+            });
         let mut reply = CommandReply {
             plan,
             frames: 1 + follow_ups.len() as u32,
@@ -905,6 +918,7 @@ impl Connection {
             return Err(Some(Deferred::Dedicated {
                 frames,
                 effect,
+                subscription,
                 reply,
                 suppress,
             }));
@@ -955,6 +969,14 @@ impl Connection {
                     | "config|get"
                     | "command|count"
                     | "command|getkeys"
+                    // Redis puts their several confirmations in EXEC's
+                    // reply beyond the count it announces: no plan fits.
+                    | "subscribe"
+                    | "psubscribe"
+                    | "ssubscribe"
+                    | "unsubscribe"
+                    | "punsubscribe"
+                    | "sunsubscribe"
             ) {
                 let msg = format!("ERR keygate: '{}' cannot be used inside MULTI", spec.name);
                 return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
@@ -1041,6 +1063,7 @@ impl Connection {
                 Err(Some(Deferred::Dedicated {
                     frames: vec![discard.into_frame()],
                     effect: ConnectionEffect::EndTransaction,
+                    subscription: None,
                     reply,
                     suppress,
                 }))
@@ -1059,6 +1082,7 @@ impl Connection {
         &mut self,
         frames: Vec<Bytes>,
         effect: ConnectionEffect,
+        subscription: Option<pubsub::SubscriptionCall>,
         reply: CommandReply,
         suppress: bool,
     ) {
@@ -1079,7 +1103,7 @@ impl Connection {
                         lease,
                         scanner: ReplyScanner::new(REPLY_MAX_DEPTH),
                         out: BytesMut::new(),
-                        subscribed: false,
+                        subscriptions: pubsub::Subscriptions::default(),
                         deadline: None,
                         demoted: Some(demotion_of(node.health().demotions())),
                         node,
@@ -1092,7 +1116,6 @@ impl Connection {
                 }
             }
         }
-        let protocol = self.session.protocol;
         let Some(d) = self.dedicated.as_mut() else {
             return;
         };
@@ -1116,18 +1139,17 @@ impl Connection {
             ConnectionEffect::Subscribe => {}
             ConnectionEffect::Block | ConnectionEffect::None => {}
         }
-        // In RESP2 a subscribed connection answers with message-shaped
-        // frames only, taken in stream order; in RESP3 those are pushes and
-        // ordinary replies still match requests.
-        let answered_in_stream =
-            effect == ConnectionEffect::Subscribe || (d.subscribed && protocol == Protocol::Resp2);
-        if effect == ConnectionEffect::Subscribe {
-            d.subscribed = true;
-        }
-        if !answered_in_stream {
-            let blocking = effect == ConnectionEffect::Block && !self.session.tx.open;
-            self.queue
-                .push_dedicated(reply, blocking, suppress, self.read_at);
+        // Every request takes a slot, whatever the subscription state, so
+        // every reply gets its plan (see `pubsub`).
+        match subscription {
+            Some(call) => self
+                .queue
+                .push_subscription(reply, call, suppress, self.read_at),
+            None => {
+                let blocking = effect == ConnectionEffect::Block && !self.session.tx.open;
+                self.queue
+                    .push_dedicated(reply, blocking, suppress, self.read_at);
+            }
         }
     }
 
@@ -1162,15 +1184,31 @@ impl Connection {
             let conn = &mut *d.lease;
             match d.scanner.scan(&mut conn.read_buf) {
                 Ok(Some((frame, kind))) => {
-                    // Pub/sub frames come unasked; they are confined to the
-                    // session's namespace like any reply.
-                    if kind == ReplyKind::Push || !self.queue.awaits_dedicated() {
-                        let service = self.session.service.as_deref();
-                        if let Some(frame) = isolation::confine_unasked(service, frame) {
-                            self.queue.dedicated_push(frame);
+                    let awaited = self.queue.awaited_dedicated();
+                    let protocol = self.session.protocol;
+                    // Pub/sub frames (messages and confirmations) are
+                    // confined to the session's namespace like any reply.
+                    let service = self.session.service.as_deref();
+                    match d.subscriptions.route(&frame, kind, protocol, awaited) {
+                        pubsub::Route::Reply => self.queue.dedicated_reply(frame),
+                        pubsub::Route::Confirms { all } => {
+                            let frame = isolation::confine_unasked(service, frame);
+                            self.queue
+                                .subscription_frame(frame.as_deref().unwrap_or_default(), all);
                         }
-                    } else {
-                        self.queue.dedicated_reply(frame);
+                        pubsub::Route::Ends => self.queue.end_subscription(&frame),
+                        pubsub::Route::Unasked => {
+                            if let Some(frame) = isolation::confine_unasked(service, frame) {
+                                self.queue.dedicated_push(frame);
+                            }
+                        }
+                        pubsub::Route::Unexpected => {
+                            tracing::warn!(
+                                client = self.session.id,
+                                "reply with no request waiting on a dedicated connection"
+                            );
+                            return self.dedicated_lost();
+                        }
                     }
                 }
                 Ok(None) => break,
@@ -1197,7 +1235,7 @@ impl Connection {
     fn dedicated_lost(&mut self) {
         let addr = self.dedicated_addr();
         // topology: a subscriber's stream is gone too; close it so its library resubscribes.
-        if self.dedicated.as_ref().is_some_and(|d| d.subscribed) {
+        if self.holds_subscriptions() {
             self.closing = true;
         }
         self.queue
@@ -1236,7 +1274,7 @@ impl Connection {
         let Some(d) = &self.dedicated else {
             return;
         };
-        let clean = !d.subscribed
+        let clean = !d.subscriptions.active()
             && !self.session.tx.open
             && !self.session.tx.watching
             && d.out.is_empty()
@@ -1250,12 +1288,23 @@ impl Connection {
     /// Drops the dedicated connection; `broken` closes it instead of pooling it.
     fn drop_dedicated(&mut self, broken: bool) {
         if let Some(mut d) = self.dedicated.take() {
-            if d.subscribed {
+            if d.subscriptions.active() {
                 // A subscriber's pending messages must not reach anyone else.
                 d.lease.broken = true;
             }
             d.lease.broken |= broken;
         }
+    }
+
+    /// The client is subscribed, or waits for a subscription command's answer.
+    fn holds_subscriptions(&self) -> bool {
+        self.dedicated
+            .as_ref()
+            .is_some_and(|d| d.subscriptions.active())
+            || matches!(
+                self.queue.awaited_dedicated(),
+                Some(pubsub::Awaited::Subscription(_))
+            )
     }
 
     fn admitted_index(&self) -> Option<usize> {
@@ -1279,7 +1328,7 @@ impl Drop for Connection {
         let dirty = self.session.tx.open
             || self.session.tx.watching
             || self.queue.awaits_dedicated()
-            || self.dedicated.as_ref().is_some_and(|d| d.subscribed);
+            || self.holds_subscriptions();
         self.drop_dedicated(dirty || std::thread::panicking());
         if std::mem::take(&mut self.counted) {
             self.ctx.metrics.client_disconnected(self.admitted_index());
