@@ -48,7 +48,7 @@ use crate::config::Config;
 use crate::metrics::{ErrorKind, Metrics, Recorder};
 use crate::policy::access;
 use crate::policy::registry::ServiceRegistry;
-use crate::policy::service::{Service, Services};
+use crate::policy::service::{DedicatedPermit, Service, Services};
 use crate::protocol::encode;
 use crate::protocol::reply::ReplyScanner;
 use crate::protocol::request::{Request, RequestScanner, ScanLimits};
@@ -147,6 +147,11 @@ struct Dedicated {
     deadline: Option<Instant>,
     /// The node it is connected to (always the master when leased).
     node: Arc<Node>,
+    /// Counts it against the service's `max_dedicated` while held.
+    _permit: Option<DedicatedPermit>,
+    /// When it was leased or last answered: idle time starts here (or at
+    /// the client's last request, if later).
+    idle_since: Instant,
     /// Completes when the topology stops treating `node` as master; `None`
     /// once it has. Kept across the loop's polls (a fresh `changed()` each
     /// turn would leave the watch's waiter list, and a demotion would wake
@@ -254,9 +259,12 @@ pub async fn serve_io<R, W>(
         }
         let can_read = !conn.closing && conn.may_take_requests();
         let deadline = conn.dedicated_deadline();
-        let idle_at = idle_timeout
-            .filter(|_| conn.queue.is_empty() && conn.dedicated.is_none())
-            .map(|t| last_activity + t);
+        let idle_at = match conn.dedicated {
+            None => idle_timeout
+                .filter(|_| conn.queue.is_empty())
+                .map(|t| last_activity + t),
+            Some(_) => conn.dedicated_idle_at(last_activity),
+        };
         let watch = Watch {
             read: can_read && !conn.backlog,
             backlog: can_read && conn.backlog,
@@ -304,7 +312,11 @@ pub async fn serve_io<R, W>(
         })
         .await;
         match event {
-            Event::ClientRead(Ok(0) | Err(_)) | Event::Idle => break,
+            Event::ClientRead(Ok(0) | Err(_)) => break,
+            Event::Idle => {
+                conn.on_idle();
+                break;
+            }
             Event::ClientRead(Ok(n)) => {
                 last_activity = Instant::now();
                 conn.read_at = last_activity;
@@ -365,7 +377,8 @@ enum Event {
     DedicatedRead(std::io::Result<usize>),
     /// An awaited dedicated reply is overdue.
     DedicatedTimeout,
-    /// The client was idle for `idle_timeout`.
+    /// The client was idle for `idle_timeout`, or held a dedicated
+    /// connection idle for `dedicated_idle_timeout`.
     Idle,
     /// The housekeeping tick or the metrics hand-over is due.
     Housekeeping,
@@ -1089,6 +1102,23 @@ impl Connection {
         self.flush_batch().await;
         self.await_procedure().await;
         if self.dedicated.is_none() {
+            // Isolation: one service cannot hold the dedicated connections
+            // the others are entitled to.
+            let permit = match self.session.service.clone() {
+                Some(service) => match service.try_hold_dedicated() {
+                    Some(permit) => Some(permit),
+                    None => {
+                        self.ctx.metrics.dedicated_refused(Some(service.index));
+                        let msg = format!(
+                            "ERR keygate: service '{}' holds its max_dedicated of {} dedicated connections",
+                            service.name, service.max_dedicated
+                        );
+                        self.reject(reply.command, ErrorKind::Policy, &msg, suppress);
+                        return;
+                    }
+                },
+                None => None,
+            };
             // topology: dedicated connections always go to the master.
             let leased = match self.ctx.router.master_for().await {
                 Ok(node) => node
@@ -1107,6 +1137,8 @@ impl Connection {
                         deadline: None,
                         demoted: Some(demotion_of(node.health().demotions())),
                         node,
+                        _permit: permit,
+                        idle_since: Instant::now(),
                     })
                 }
                 Err(e) => {
@@ -1180,6 +1212,7 @@ impl Connection {
             return;
         };
         d.deadline = None;
+        d.idle_since = Instant::now();
         loop {
             let conn = &mut *d.lease;
             match d.scanner.scan(&mut conn.read_buf) {
@@ -1267,6 +1300,41 @@ impl Connection {
         }
         let timeout = self.ctx.config.backend.command_timeout;
         Some(*d.deadline.get_or_insert_with(|| Instant::now() + timeout))
+    }
+
+    /// When a client holding its dedicated connection with nothing pending
+    /// (an open transaction, watched keys) has been idle for
+    /// `dedicated_idle_timeout`; never for a subscriber or while a reply
+    /// (a blocked command's, say) is awaited.
+    fn dedicated_idle_at(&self, last_request: Instant) -> Option<Instant> {
+        let d = self.dedicated.as_ref()?;
+        if self.closing
+            || !d.out.is_empty()
+            || self.queue.awaits_dedicated()
+            || d.subscriptions.active()
+        {
+            return None;
+        }
+        Some(d.idle_since.max(last_request) + self.ctx.config.backend.dedicated_idle_timeout)
+    }
+
+    /// The idle timer fired: the client is closed, like Redis's `timeout`
+    /// closes one; a dedicated connection it held is closed with it (it
+    /// carries the client's transaction or watched keys).
+    fn on_idle(&mut self) {
+        if self.dedicated.is_none() {
+            return;
+        }
+        let service = self.session.service.as_ref();
+        self.ctx
+            .metrics
+            .dedicated_idle_closed(service.map(|s| s.index));
+        tracing::info!(
+            client = self.session.id,
+            service = service.map_or("-", |s| s.name.as_str()),
+            timeout_secs = self.ctx.config.backend.dedicated_idle_timeout.as_secs_f64(),
+            "closing a client that held a dedicated connection idle (dedicated_idle_timeout)"
+        );
     }
 
     /// Gives the dedicated connection back once nothing lives on it.
