@@ -21,6 +21,7 @@ use subtle::ConstantTimeEq;
 
 use super::access::AccessTable;
 use super::namespace::Namespace;
+use super::procedure_gate::ProcedureGate;
 use crate::config::{Config, ReadFrom, ServiceConfig, TtlOverMax};
 use crate::policy::ttl::TtlPolicy;
 
@@ -71,6 +72,9 @@ pub struct Service {
     /// Dedicated connections its clients hold right now; shared across
     /// reloads like `clients`.
     pub dedicated: Arc<AtomicUsize>,
+    /// Runs its keyspace procedures one at a time; shared across reloads
+    /// while the prefix stays the same.
+    pub procedures: Arc<ProcedureGate>,
     password_sha256: Option<[u8; 32]>,
 }
 
@@ -108,6 +112,7 @@ impl Service {
             // The share depends on the other services: `Services` sets it.
             max_dedicated: c.max_dedicated.unwrap_or(u32::MAX),
             dedicated: Arc::new(AtomicUsize::new(0)),
+            procedures: Arc::new(ProcedureGate::default()),
             password_sha256,
         };
         service.namespace = Namespace::for_service(&service).map(Arc::new);
@@ -270,6 +275,9 @@ impl Services {
                 if let Some(before) = previous.get(&c.name) {
                     service.clients = before.clients.clone();
                     service.dedicated = before.dedicated.clone();
+                    if before.prefix == service.prefix {
+                        service.procedures = before.procedures.clone();
+                    }
                 }
                 Arc::new(service)
             })
