@@ -157,6 +157,12 @@ pub struct BackendConfig {
     /// Most dedicated connections (MULTI, blocking, pub/sub) per node.
     #[serde(default = "defaults::dedicated_max")]
     pub dedicated_max: u32,
+    /// A client that holds a dedicated connection for a transaction or
+    /// WATCH and sends nothing for this long is closed, and the connection
+    /// with it (like Redis's `timeout`). A blocked command waiting for its
+    /// reply and a subscriber are not idle.
+    #[serde(default = "defaults::dedicated_idle_timeout", with = "duration")]
+    pub dedicated_idle_timeout: Duration,
     /// How long connecting (and the handshake) to a backend node may take.
     #[serde(default = "defaults::connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
@@ -244,6 +250,11 @@ pub struct ServiceConfig {
     /// Most connections logged in as this service at once.
     #[serde(default)]
     pub max_clients: Option<usize>,
+    /// Most dedicated connections (MULTI/WATCH, blocking, pub/sub) this
+    /// service's clients hold at once; absent: its fair share of
+    /// `dedicated_max` ([`ServiceConfig::max_dedicated_of`]).
+    #[serde(default)]
+    pub max_dedicated: Option<u32>,
     /// Commands this service may not run (checked against the command table elsewhere).
     #[serde(default)]
     pub deny_commands: Vec<String>,
@@ -256,6 +267,22 @@ pub struct ServiceConfig {
     /// May run scripts and functions (EVAL, FCALL).
     #[serde(default)]
     pub allow_scripts: bool,
+}
+
+impl ServiceConfig {
+    /// The dedicated connections this service may hold at once, among
+    /// `services` sharing `dedicated_max`: `max_dedicated` if set, else an
+    /// equal share, `dedicated_max / services` (at least 1). Equal shares
+    /// add up to at most `dedicated_max`, so no service can take what
+    /// another is entitled to (with more services than `dedicated_max`
+    /// each still gets 1, and that promise cannot hold). Never above
+    /// `dedicated_max`.
+    pub fn max_dedicated_of(&self, dedicated_max: u32, services: usize) -> u32 {
+        let services = u32::try_from(services.max(1)).unwrap_or(u32::MAX);
+        self.max_dedicated
+            .unwrap_or(dedicated_max / services)
+            .clamp(1, dedicated_max.max(1))
+    }
 }
 
 /// What happens to a TTL above `max_ttl`.
@@ -446,6 +473,9 @@ mod defaults {
     }
     pub fn dedicated_max() -> u32 {
         256
+    }
+    pub fn dedicated_idle_timeout() -> Duration {
+        Duration::from_secs(300)
     }
     pub fn writes_in_flight() -> usize {
         2
@@ -748,6 +778,39 @@ max_ttl = "1h"
         let unlimited = parse(&with_backend_line("writes_in_flight = 0")).expect("0 is no limit");
         assert_eq!(unlimited.backend.writes_in_flight, 0);
         assert_eq!(parse(BASE).expect("valid").backend.writes_in_flight, 2);
+    }
+
+    #[test]
+    fn max_dedicated_defaults_to_a_fair_share_within_the_pool() {
+        let config = parse(BASE).expect("valid");
+        assert_eq!(config.backend.dedicated_max, 256);
+        assert_eq!(
+            config.backend.dedicated_idle_timeout,
+            Duration::from_secs(300)
+        );
+        let service = &config.services[1];
+        assert_eq!(service.max_dedicated_of(256, 2), 128);
+        assert_eq!(service.max_dedicated_of(7, 3), 2);
+        assert_eq!(service.max_dedicated_of(2, 5), 1, "at least one");
+        let set = parse(&format!("{BASE}max_dedicated = 200\n")).expect("valid");
+        assert_eq!(set.services[1].max_dedicated_of(256, 2), 200);
+        assert_eq!(
+            set.services[1].max_dedicated_of(100, 2),
+            100,
+            "never above the pool"
+        );
+        for value in ["0", "257"] {
+            assert_problem(
+                &format!("{BASE}max_dedicated = {value}\n"),
+                19,
+                &format!("service[1].max_dedicated ({value}) must be between 1 and backend.dedicated_max (256)"),
+            );
+        }
+        assert_problem(
+            &with_backend_line("dedicated_idle_timeout = \"0s\""),
+            8,
+            "backend.dedicated_idle_timeout must be greater than 0",
+        );
     }
 
     #[test]

@@ -160,7 +160,12 @@ impl Reloader {
             _ => Vec::new(),
         };
         let metrics_slot = |name: &str| ctx.metrics.slot_for(name);
-        let services = Services::reloaded(&config, &ctx.services.current(), &metrics_slot);
+        let services = Services::reloaded(
+            &config,
+            &ctx.services.current(),
+            &metrics_slot,
+            ctx.config.backend.dedicated_max,
+        );
         let report = ReloadReport {
             generation: services.generation(),
             services: services.all().len(),

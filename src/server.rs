@@ -104,6 +104,14 @@ impl ProxyState {
                 });
             }
             failovers = Some(topology.failovers_total());
+            for service in ctx.services.current().all() {
+                extra.push(Gauge {
+                    name: "keygate_dedicated_connections",
+                    help: "Dedicated backend connections held by each service's clients.",
+                    labels: vec![("service", service.name.clone())],
+                    value: service.dedicated_held() as f64,
+                });
+            }
         }
         let mut text = self.metrics.render_prometheus(&extra);
         if let Some(n) = failovers {

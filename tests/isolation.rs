@@ -643,3 +643,73 @@ fn every_command_is_confined_or_refused() {
         assert!(k.starts_with("billing:"), "unconfined key {k}");
     }
 }
+
+/// `calls` to `cmdstat_<command>` on the backend so far.
+fn backend_calls(redis: &RedisServer, command: &str) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_flood_of_flushes_runs_few_scans_and_others_keep_being_served() {
+    let (redis, kg) = setup();
+    // 6000 keys: half billing's, half auth's, written straight to Redis.
+    let mut direct = RawConn::connect(redis.port());
+    for (prefix, n) in [("billing:f", 3000), ("auth:o", 3000)] {
+        let mut burst = Vec::new();
+        for i in 0..n {
+            burst.extend(resp_command(&["SET", &format!("{prefix}{i}"), "v"]));
+        }
+        direct.send(&burst);
+        for _ in 0..n {
+            direct.read_reply();
+        }
+    }
+    assert_eq!(direct.cmd_str(&["CONFIG", "RESETSTAT"]), "+OK\r\n");
+    let mut billing = Client::login(&kg, "billing", "billpw");
+    let mut auth = Client::login(&kg, "auth", "authpw");
+    for _ in 0..300 {
+        billing.send(&["FLUSHDB", "ASYNC"]);
+    }
+    // auth's requests are served while the flushes run.
+    let mut latencies = Vec::new();
+    for i in 0..300 {
+        let started = std::time::Instant::now();
+        assert_eq!(auth.cmd(&["GET", &format!("o{i}")]), V::Bulk("v".into()));
+        latencies.push(started.elapsed());
+    }
+    for _ in 0..300 {
+        assert_eq!(billing.read(), V::Status("OK".into()));
+    }
+    let billing_keys =
+        || redis.cli(&["EVAL", "return #redis.call('keys', 'billing:*')", "0"]) == "0";
+    assert!(wait_until(Duration::from_secs(30), billing_keys));
+    // Wait for the flushes to finish: SCAN calls stop rising.
+    let mut last = backend_calls(&redis, "scan");
+    assert!(wait_until(Duration::from_secs(30), || {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = backend_calls(&redis, "scan");
+        std::mem::replace(&mut last, now) == now
+    }));
+    let scans = last;
+    latencies.sort();
+    println!(
+        "300 FLUSHDB ASYNC: {scans} SCAN calls, {} UNLINK calls; auth GET p50 {:?}, p99 {:?}, max {:?}",
+        backend_calls(&redis, "unlink"),
+        latencies[150],
+        latencies[297],
+        latencies[299]
+    );
+    // A run reads one page per 1000 slots of the hash table (8192 for 6000
+    // keys): about 9 SCAN calls, so 300 runs would be about 2700. Calls
+    // that arrive while a run waits join it: usually two runs in all (the
+    // one running and the one every later call joins), a few more if the
+    // first finishes before all 300 calls were read.
+    assert!(scans <= 5 * 10, "{scans} SCAN calls for 300 flushes");
+    assert_eq!(redis.cli(&["DBSIZE"]), "3000");
+}

@@ -184,3 +184,144 @@ fn reset_leaves_subscribed_mode() {
     }
     assert!(sub.try_read_reply(Duration::from_millis(200)).is_none());
 }
+
+/// A namespaced service with a default TTL, whose replies all have plans
+/// (stripped key names, scoped INFO, dropped TTL follow-ups).
+const PLANNED: &str = r#"
+[[service]]
+name = "default"
+prefix = "plain:"
+default_ttl = "1h"
+"#;
+
+fn planned_setup() -> (RedisServer, Keygate) {
+    let redis = RedisServer::start();
+    redis.cli(&["SET", "plain:mine", "v"]);
+    redis.cli(&["SET", "other:theirs", "v"]);
+    let kg = Keygate::start_with(&standalone_config(&redis.addr(), PLANNED));
+    wait_serving(kg.port());
+    (redis, kg)
+}
+
+/// KEYS, SCAN, INFO keyspace and a SET (whose TTL follow-up keygate adds)
+/// as the client sees them; the same on a client that never subscribed.
+fn planned_replies(c: &mut RawConn) -> Vec<String> {
+    let mut replies = vec![
+        c.cmd_str(&["KEYS", "*"]),
+        c.cmd_str(&["SCAN", "0", "COUNT", "100"]),
+    ];
+    let info = c.cmd_str(&["INFO", "keyspace"]);
+    assert!(!info.contains("keys="), "keyspace counts leaked: {info}");
+    replies.push(c.cmd_str(&["SET", "written", "v"]));
+    // Nothing else arrives: a TTL follow-up's reply would be read here.
+    replies.push(c.cmd_str(&["PING"]));
+    replies
+}
+
+#[test]
+fn replies_after_unsubscribe_get_their_plans_resp2() {
+    let (redis, kg) = planned_setup();
+    let mut plain = RawConn::connect(kg.port());
+    let expected = planned_replies(&mut plain);
+    assert_eq!(
+        expected,
+        [
+            "*1\r\n$4\r\nmine\r\n",
+            "*2\r\n$1\r\n0\r\n*1\r\n$4\r\nmine\r\n",
+            "+OK\r\n",
+            "+PONG\r\n"
+        ]
+    );
+    redis.cli(&["DEL", "plain:written"]);
+    let mut c = RawConn::connect(kg.port());
+    assert_eq!(
+        c.cmd_str(&["SUBSCRIBE", "ch"]),
+        "*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+    );
+    assert_eq!(
+        c.cmd_str(&["UNSUBSCRIBE"]),
+        "*3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n"
+    );
+    assert_eq!(planned_replies(&mut c), expected);
+    let ttl: i64 = redis.cli(&["TTL", "plain:written"]).parse().unwrap();
+    assert!(ttl > 0, "default_ttl not applied: {ttl}");
+}
+
+#[test]
+fn pipelined_subscribe_unsubscribe_then_commands_get_their_plans() {
+    let (_redis, kg) = planned_setup();
+    let mut c = RawConn::connect(kg.port());
+    let mut burst = resp_command(&["SUBSCRIBE", "a", "b"]);
+    burst.extend(resp_command(&["PSUBSCRIBE", "p*"]));
+    // While subscribed (RESP2) Redis refuses SET: one error, no follow-up.
+    burst.extend(resp_command(&["SET", "k", "v"]));
+    burst.extend(resp_command(&["UNSUBSCRIBE"]));
+    burst.extend(resp_command(&["PUNSUBSCRIBE"]));
+    burst.extend(resp_command(&["KEYS", "*"]));
+    c.send(&burst);
+    let replies: Vec<String> = (0..8).map(|_| text(c.read_reply())).collect();
+    assert_eq!(replies[0], "*3\r\n$9\r\nsubscribe\r\n$1\r\na\r\n:1\r\n");
+    assert_eq!(replies[2], "*3\r\n$10\r\npsubscribe\r\n$2\r\np*\r\n:3\r\n");
+    assert!(
+        replies[3].starts_with("-ERR Can't execute 'set'"),
+        "{replies:?}"
+    );
+    assert!(
+        replies[4].starts_with("*3\r\n$11\r\nunsubscribe\r\n"),
+        "{replies:?}"
+    );
+    assert!(replies[5].ends_with(":1\r\n"), "{replies:?}");
+    assert_eq!(
+        replies[6],
+        "*3\r\n$12\r\npunsubscribe\r\n$2\r\np*\r\n:0\r\n"
+    );
+    assert_eq!(replies[7], "*1\r\n$4\r\nmine\r\n");
+    assert_eq!(c.cmd_str(&["PING"]), "+PONG\r\n");
+}
+
+#[test]
+fn subscribe_inside_multi_is_refused_and_replies_keep_their_plans() {
+    let (_redis, kg) = planned_setup();
+    let mut c = RawConn::connect(kg.port());
+    assert_eq!(c.cmd_str(&["MULTI"]), "+OK\r\n");
+    let refused = c.cmd_str(&["SUBSCRIBE", "x"]);
+    assert!(
+        refused.starts_with("-ERR keygate: 'subscribe' cannot be used inside MULTI"),
+        "{refused}"
+    );
+    assert_eq!(c.cmd_str(&["KEYS", "*"]), "+QUEUED\r\n");
+    assert!(c.cmd_str(&["EXEC"]).starts_with("-EXECABORT"));
+    assert_eq!(planned_replies(&mut c)[0], "*1\r\n$4\r\nmine\r\n");
+    assert_eq!(c.cmd_str(&["MULTI"]), "+OK\r\n");
+    assert_eq!(c.cmd_str(&["KEYS", "*"]), "+QUEUED\r\n");
+    // KEYS order is the hash table's: look at the names, not their order.
+    let exec = c.cmd_str(&["EXEC"]);
+    assert!(exec.starts_with("*1\r\n*2\r\n"), "{exec}");
+    assert!(
+        exec.contains("$4\r\nmine\r\n") && exec.contains("$7\r\nwritten\r\n"),
+        "{exec}"
+    );
+}
+
+#[test]
+fn resp3_replies_while_subscribed_get_their_plans() {
+    let (_redis, kg) = planned_setup();
+    let mut c = RawConn::connect(kg.port());
+    assert!(text(c.cmd(&["HELLO", "3"])).starts_with('%'));
+    assert_eq!(
+        c.cmd_str(&["SUBSCRIBE", "ch"]),
+        ">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+    );
+    assert_eq!(c.cmd_str(&["KEYS", "*"]), "*1\r\n$4\r\nmine\r\n");
+    assert_eq!(c.cmd_str(&["SET", "k", "v"]), "+OK\r\n");
+    assert_eq!(c.cmd_str(&["PING"]), "+PONG\r\n");
+    assert_eq!(
+        c.cmd_str(&["UNSUBSCRIBE"]),
+        ">3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n"
+    );
+    let keys = c.cmd_str(&["KEYS", "*"]);
+    assert!(
+        keys.starts_with("*2\r\n") && !keys.contains("plain:"),
+        "{keys}"
+    );
+}

@@ -131,8 +131,9 @@ impl Connection {
             Ok(node) => {
                 let mux = node.mux(protocol, self.session.id).clone();
                 let (procedure, ns) = (call.procedure, call.namespace);
+                let gate = call.service.procedures.clone();
                 self.procedure = Some(tokio::spawn(async move {
-                    let _ = tx.send(keyspace::run(procedure, &ns, &mux, protocol).await);
+                    let _ = tx.send(keyspace::run(procedure, &ns, &mux, protocol, &gate).await);
                 }));
             }
             Err(e) => {

@@ -21,6 +21,7 @@ mod budget;
 mod governance;
 mod isolation;
 pub mod local;
+mod pubsub;
 pub mod queue;
 mod read_wake;
 mod rebind;
@@ -48,11 +49,10 @@ use crate::config::Config;
 use crate::metrics::{ErrorKind, Metrics, Recorder};
 use crate::policy::access;
 use crate::policy::registry::ServiceRegistry;
-use crate::policy::service::{Service, Services};
+use crate::policy::service::{DedicatedPermit, Service, Services};
 use crate::protocol::encode;
-use crate::protocol::reply::{ReplyKind, ReplyScanner};
+use crate::protocol::reply::ReplyScanner;
 use crate::protocol::request::{Request, RequestScanner, ScanLimits};
-use crate::protocol::Protocol;
 use crate::router::{self, ConnectionEffect, Router};
 use crate::server::ProxyState;
 use isolation::Isolated;
@@ -141,13 +141,18 @@ struct Dedicated {
     scanner: ReplyScanner,
     /// Requests not yet written to it.
     out: BytesMut,
-    /// A subscription made the connection a push stream; it stays this
-    /// client's until RESET or disconnect.
-    subscribed: bool,
+    /// Its subscriptions as Redis confirmed them: while it has any, it is
+    /// this client's (until it unsubscribes from all, RESET or disconnect).
+    subscriptions: pubsub::Subscriptions,
     /// When the first awaited non-blocking reply is overdue.
     deadline: Option<Instant>,
     /// The node it is connected to (always the master when leased).
     node: Arc<Node>,
+    /// Counts it against the service's `max_dedicated` while held.
+    _permit: Option<DedicatedPermit>,
+    /// When it was leased or last answered: idle time starts here (or at
+    /// the client's last request, if later).
+    idle_since: Instant,
     /// Completes when the topology stops treating `node` as master; `None`
     /// once it has. Kept across the loop's polls (a fresh `changed()` each
     /// turn would leave the watch's waiter list, and a demotion would wake
@@ -255,9 +260,12 @@ pub async fn serve_io<R, W>(
         }
         let can_read = !conn.closing && conn.may_take_requests();
         let deadline = conn.dedicated_deadline();
-        let idle_at = idle_timeout
-            .filter(|_| conn.queue.is_empty() && conn.dedicated.is_none())
-            .map(|t| last_activity + t);
+        let idle_at = match conn.dedicated {
+            None => idle_timeout
+                .filter(|_| conn.queue.is_empty())
+                .map(|t| last_activity + t),
+            Some(_) => conn.dedicated_idle_at(last_activity),
+        };
         let watch = Watch {
             read: can_read && !conn.backlog,
             backlog: can_read && conn.backlog,
@@ -305,7 +313,11 @@ pub async fn serve_io<R, W>(
         })
         .await;
         match event {
-            Event::ClientRead(Ok(0) | Err(_)) | Event::Idle => break,
+            Event::ClientRead(Ok(0) | Err(_)) => break,
+            Event::Idle => {
+                conn.on_idle();
+                break;
+            }
             Event::ClientRead(Ok(n)) => {
                 last_activity = Instant::now();
                 conn.read_at = last_activity;
@@ -366,7 +378,8 @@ enum Event {
     DedicatedRead(std::io::Result<usize>),
     /// An awaited dedicated reply is overdue.
     DedicatedTimeout,
-    /// The client was idle for `idle_timeout`.
+    /// The client was idle for `idle_timeout`, or held a dedicated
+    /// connection idle for `dedicated_idle_timeout`.
     Idle,
     /// The housekeeping tick or the metrics hand-over is due.
     Housekeeping,
@@ -661,6 +674,8 @@ enum Deferred {
     Dedicated {
         frames: Vec<Bytes>,
         effect: ConnectionEffect,
+        /// A SUBSCRIBE-family command: how its confirmations are counted.
+        subscription: Option<pubsub::SubscriptionCall>,
         reply: CommandReply,
         suppress: bool,
     },
@@ -767,9 +782,13 @@ impl Connection {
             Deferred::Dedicated {
                 frames,
                 effect,
+                subscription,
                 reply,
                 suppress,
-            } => self.send_dedicated(frames, effect, reply, suppress).await,
+            } => {
+                self.send_dedicated(frames, effect, subscription, reply, suppress)
+                    .await
+            }
             Deferred::Procedure(call) => self.run_procedure(call).await,
         }
     }
@@ -888,6 +907,13 @@ impl Connection {
             Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
         }
         let effect = router::connection_effect(spec, &req);
+        let subscription = (effect == ConnectionEffect::Subscribe)
+            .then(|| pubsub::SubKind::of_command(spec.name))
+            .flatten()
+            .map(|kind| pubsub::SubscriptionCall {
+                kind,
+                names: u32::try_from(req.argc().saturating_sub(1)).unwrap_or(u32::MAX),
+            });
         let mut reply = CommandReply {
             plan,
             frames: 1 + follow_ups.len() as u32,
@@ -906,6 +932,7 @@ impl Connection {
             return Err(Some(Deferred::Dedicated {
                 frames,
                 effect,
+                subscription,
                 reply,
                 suppress,
             }));
@@ -957,6 +984,14 @@ impl Connection {
                     | "config|get"
                     | "command|count"
                     | "command|getkeys"
+                    // Redis puts their several confirmations in EXEC's
+                    // reply beyond the count it announces: no plan fits.
+                    | "subscribe"
+                    | "psubscribe"
+                    | "ssubscribe"
+                    | "unsubscribe"
+                    | "punsubscribe"
+                    | "sunsubscribe"
             ) {
                 let msg = format!("ERR keygate: '{}' cannot be used inside MULTI", spec.name);
                 return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
@@ -1043,6 +1078,7 @@ impl Connection {
                 Err(Some(Deferred::Dedicated {
                     frames: vec![discard.into_frame()],
                     effect: ConnectionEffect::EndTransaction,
+                    subscription: None,
                     reply,
                     suppress,
                 }))
@@ -1061,12 +1097,30 @@ impl Connection {
         &mut self,
         frames: Vec<Bytes>,
         effect: ConnectionEffect,
+        subscription: Option<pubsub::SubscriptionCall>,
         reply: CommandReply,
         suppress: bool,
     ) {
         self.flush_batch().await;
         self.await_procedure().await;
         if self.dedicated.is_none() {
+            // Isolation: one service cannot hold the dedicated connections
+            // the others are entitled to.
+            let permit = match self.session.service.clone() {
+                Some(service) => match service.try_hold_dedicated() {
+                    Some(permit) => Some(permit),
+                    None => {
+                        self.ctx.metrics.dedicated_refused(Some(service.index));
+                        let msg = format!(
+                            "ERR keygate: service '{}' holds its max_dedicated of {} dedicated connections",
+                            service.name, service.max_dedicated
+                        );
+                        self.reject(reply.command, ErrorKind::Policy, &msg, suppress);
+                        return;
+                    }
+                },
+                None => None,
+            };
             // The client moves from shared connections to a dedicated one:
             // what it sent before must have run on Redis first, or this
             // request could overtake it (`SET k v` then `MULTI; GET k; EXEC`
@@ -1088,10 +1142,12 @@ impl Connection {
                         lease,
                         scanner: ReplyScanner::new(REPLY_MAX_DEPTH),
                         out: BytesMut::new(),
-                        subscribed: false,
+                        subscriptions: pubsub::Subscriptions::default(),
                         deadline: None,
                         demoted: Some(demotion_of(node.health().demotions())),
                         node,
+                        _permit: permit,
+                        idle_since: Instant::now(),
                     })
                 }
                 Err(e) => {
@@ -1101,7 +1157,6 @@ impl Connection {
                 }
             }
         }
-        let protocol = self.session.protocol;
         let Some(d) = self.dedicated.as_mut() else {
             return;
         };
@@ -1125,18 +1180,17 @@ impl Connection {
             ConnectionEffect::Subscribe => {}
             ConnectionEffect::Block | ConnectionEffect::None => {}
         }
-        // In RESP2 a subscribed connection answers with message-shaped
-        // frames only, taken in stream order; in RESP3 those are pushes and
-        // ordinary replies still match requests.
-        let answered_in_stream =
-            effect == ConnectionEffect::Subscribe || (d.subscribed && protocol == Protocol::Resp2);
-        if effect == ConnectionEffect::Subscribe {
-            d.subscribed = true;
-        }
-        if !answered_in_stream {
-            let blocking = effect == ConnectionEffect::Block && !self.session.tx.open;
-            self.queue
-                .push_dedicated(reply, blocking, suppress, self.read_at);
+        // Every request takes a slot, whatever the subscription state, so
+        // every reply gets its plan (see `pubsub`).
+        match subscription {
+            Some(call) => self
+                .queue
+                .push_subscription(reply, call, suppress, self.read_at),
+            None => {
+                let blocking = effect == ConnectionEffect::Block && !self.session.tx.open;
+                self.queue
+                    .push_dedicated(reply, blocking, suppress, self.read_at);
+            }
         }
     }
 
@@ -1167,19 +1221,36 @@ impl Connection {
             return;
         };
         d.deadline = None;
+        d.idle_since = Instant::now();
         loop {
             let conn = &mut *d.lease;
             match d.scanner.scan(&mut conn.read_buf) {
                 Ok(Some((frame, kind))) => {
-                    // Pub/sub frames come unasked; they are confined to the
-                    // session's namespace like any reply.
-                    if kind == ReplyKind::Push || !self.queue.awaits_dedicated() {
-                        let service = self.session.service.as_deref();
-                        if let Some(frame) = isolation::confine_unasked(service, frame) {
-                            self.queue.dedicated_push(frame);
+                    let awaited = self.queue.awaited_dedicated();
+                    let protocol = self.session.protocol;
+                    // Pub/sub frames (messages and confirmations) are
+                    // confined to the session's namespace like any reply.
+                    let service = self.session.service.as_deref();
+                    match d.subscriptions.route(&frame, kind, protocol, awaited) {
+                        pubsub::Route::Reply => self.queue.dedicated_reply(frame),
+                        pubsub::Route::Confirms { all } => {
+                            let frame = isolation::confine_unasked(service, frame);
+                            self.queue
+                                .subscription_frame(frame.as_deref().unwrap_or_default(), all);
                         }
-                    } else {
-                        self.queue.dedicated_reply(frame);
+                        pubsub::Route::Ends => self.queue.end_subscription(&frame),
+                        pubsub::Route::Unasked => {
+                            if let Some(frame) = isolation::confine_unasked(service, frame) {
+                                self.queue.dedicated_push(frame);
+                            }
+                        }
+                        pubsub::Route::Unexpected => {
+                            tracing::warn!(
+                                client = self.session.id,
+                                "reply with no request waiting on a dedicated connection"
+                            );
+                            return self.dedicated_lost();
+                        }
                     }
                 }
                 Ok(None) => break,
@@ -1206,7 +1277,7 @@ impl Connection {
     fn dedicated_lost(&mut self) {
         let addr = self.dedicated_addr();
         // topology: a subscriber's stream is gone too; close it so its library resubscribes.
-        if self.dedicated.as_ref().is_some_and(|d| d.subscribed) {
+        if self.holds_subscriptions() {
             self.closing = true;
         }
         self.queue
@@ -1240,12 +1311,47 @@ impl Connection {
         Some(*d.deadline.get_or_insert_with(|| Instant::now() + timeout))
     }
 
+    /// When a client holding its dedicated connection with nothing pending
+    /// (an open transaction, watched keys) has been idle for
+    /// `dedicated_idle_timeout`; never for a subscriber or while a reply
+    /// (a blocked command's, say) is awaited.
+    fn dedicated_idle_at(&self, last_request: Instant) -> Option<Instant> {
+        let d = self.dedicated.as_ref()?;
+        if self.closing
+            || !d.out.is_empty()
+            || self.queue.awaits_dedicated()
+            || d.subscriptions.active()
+        {
+            return None;
+        }
+        Some(d.idle_since.max(last_request) + self.ctx.config.backend.dedicated_idle_timeout)
+    }
+
+    /// The idle timer fired: the client is closed, like Redis's `timeout`
+    /// closes one; a dedicated connection it held is closed with it (it
+    /// carries the client's transaction or watched keys).
+    fn on_idle(&mut self) {
+        if self.dedicated.is_none() {
+            return;
+        }
+        let service = self.session.service.as_ref();
+        self.ctx
+            .metrics
+            .dedicated_idle_closed(service.map(|s| s.index));
+        tracing::info!(
+            client = self.session.id,
+            service = service.map_or("-", |s| s.name.as_str()),
+            timeout_secs = self.ctx.config.backend.dedicated_idle_timeout.as_secs_f64(),
+            "closing a client that held a dedicated connection idle (dedicated_idle_timeout)"
+        );
+    }
+
     /// Gives the dedicated connection back once nothing lives on it.
     fn release_dedicated_if_clean(&mut self) {
         let Some(d) = &self.dedicated else {
             return;
         };
-        let clean = !d.subscribed
+        let clean = !d.subscriptions.active()
             && !self.session.tx.open
             && !self.session.tx.watching
             && d.out.is_empty()
@@ -1259,12 +1365,23 @@ impl Connection {
     /// Drops the dedicated connection; `broken` closes it instead of pooling it.
     fn drop_dedicated(&mut self, broken: bool) {
         if let Some(mut d) = self.dedicated.take() {
-            if d.subscribed {
+            if d.subscriptions.active() {
                 // A subscriber's pending messages must not reach anyone else.
                 d.lease.broken = true;
             }
             d.lease.broken |= broken;
         }
+    }
+
+    /// The client is subscribed, or waits for a subscription command's answer.
+    fn holds_subscriptions(&self) -> bool {
+        self.dedicated
+            .as_ref()
+            .is_some_and(|d| d.subscriptions.active())
+            || matches!(
+                self.queue.awaited_dedicated(),
+                Some(pubsub::Awaited::Subscription(_))
+            )
     }
 
     fn admitted_index(&self) -> Option<usize> {
@@ -1288,7 +1405,7 @@ impl Drop for Connection {
         let dirty = self.session.tx.open
             || self.session.tx.watching
             || self.queue.awaits_dedicated()
-            || self.dedicated.as_ref().is_some_and(|d| d.subscribed);
+            || self.holds_subscriptions();
         self.drop_dedicated(dirty || std::thread::panicking());
         if std::mem::take(&mut self.counted) {
             self.ctx.metrics.client_disconnected(self.admitted_index());

@@ -10,7 +10,8 @@
 //! replies without them (a dedicated connection's, keygate's own) are
 //! scanned. Frames a dedicated connection sends unasked (pub/sub messages)
 //! go in front of the first slot still waiting on that connection, which is
-//! exactly where the backend put them in its own stream.
+//! exactly where the backend put them in its own stream. A subscription
+//! command's slot gathers its confirmations (see [`super::pubsub`]).
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
@@ -31,6 +32,8 @@ use crate::policy::namespace::{self, Namespace};
 use crate::protocol::encode;
 use crate::protocol::reply::{Replies, ReplyKind, ReplyScanner, Value};
 use crate::protocol::Protocol;
+
+use super::pubsub::{Awaited, SubKind, SubscriptionCall};
 
 /// What happens to one command's reply on its way to the client.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,9 +102,20 @@ enum SlotState {
         remaining: u32,
         acc: BytesMut,
         blocking: bool,
+        /// A subscription command: its confirmations are counted here.
+        subscription: Option<Confirmations>,
     },
     /// The backend answered; plans are not applied yet.
     Answered(BatchReply),
+}
+
+/// What a subscription command's slot waits for.
+#[derive(Debug, Clone, Copy)]
+struct Confirmations {
+    kind: SubKind,
+    /// `remaining` is known: the command named its channels, or its first
+    /// confirmation arrived (then the subscriptions it ends are known).
+    resolved: bool,
 }
 
 /// The commands one slot answers: almost always one (a client that does
@@ -193,13 +207,45 @@ impl ReplyQueue {
         suppress: bool,
         started: Instant,
     ) {
+        let state = SlotState::Dedicated {
+            remaining: command.frames,
+            acc: BytesMut::new(),
+            blocking,
+            subscription: None,
+        };
+        self.push_awaiting(state, command, suppress, started);
+    }
+
+    /// A subscription command sent on the dedicated connection.
+    pub fn push_subscription(
+        &mut self,
+        command: CommandReply,
+        call: SubscriptionCall,
+        suppress: bool,
+        started: Instant,
+    ) {
+        let state = SlotState::Dedicated {
+            remaining: call.names.max(1),
+            acc: BytesMut::new(),
+            blocking: false,
+            subscription: Some(Confirmations {
+                kind: call.kind,
+                resolved: call.names > 0,
+            }),
+        };
+        self.push_awaiting(state, command, suppress, started);
+    }
+
+    fn push_awaiting(
+        &mut self,
+        state: SlotState,
+        command: CommandReply,
+        suppress: bool,
+        started: Instant,
+    ) {
         self.commands_pending += 1;
         self.slots.push_back(Slot {
-            state: SlotState::Dedicated {
-                remaining: command.frames,
-                acc: BytesMut::new(),
-                blocking,
-            },
+            state,
             commands: smallvec::smallvec![command],
             suppress,
             started,
@@ -216,6 +262,60 @@ impl ReplyQueue {
     /// Whether a dedicated-connection reply is awaited.
     pub fn awaits_dedicated(&self) -> bool {
         self.first_waiting_dedicated().is_some()
+    }
+
+    /// What the dedicated connection's next frame answers, if anything.
+    pub fn awaited_dedicated(&self) -> Option<Awaited> {
+        let slot = self.slots.get(self.first_waiting_dedicated()?)?;
+        Some(match slot.state {
+            SlotState::Dedicated {
+                subscription: Some(c),
+                ..
+            } => Awaited::Subscription(c.kind),
+            _ => Awaited::Reply,
+        })
+    }
+
+    /// A confirmation of the awaited subscription command (already
+    /// confined); `all` is how many it takes if the command named nothing.
+    pub fn subscription_frame(&mut self, frame: &[u8], all: u32) {
+        self.answer_subscription(frame, Some(all));
+    }
+
+    /// Any other frame for the awaited subscription command (an error):
+    /// its whole answer.
+    pub fn end_subscription(&mut self, frame: &[u8]) {
+        self.answer_subscription(frame, None);
+    }
+
+    fn answer_subscription(&mut self, frame: &[u8], all: Option<u32>) {
+        let Some(i) = self.first_waiting_dedicated() else {
+            return;
+        };
+        let Some(slot) = self.slots.get_mut(i) else {
+            return;
+        };
+        if let SlotState::Dedicated {
+            remaining,
+            acc,
+            subscription: Some(c),
+            ..
+        } = &mut slot.state
+        {
+            match all {
+                Some(all) if !c.resolved => {
+                    c.resolved = true;
+                    *remaining = all.max(1);
+                }
+                Some(_) => {}
+                None => *remaining = 1,
+            }
+            acc.extend_from_slice(frame);
+            *remaining -= 1;
+            if *remaining == 0 {
+                slot.answered = Some(Instant::now());
+            }
+        }
     }
 
     /// Whether the first awaited dedicated reply belongs to a blocking

@@ -52,7 +52,26 @@ pub fn validate(config: &Config, env_has: &dyn Fn(&str) -> bool) -> Vec<Finding>
     check_proxy(&config.proxy, &mut findings);
     check_backend(&config.backend, env_has, &mut findings);
     check_services(&config.services, env_has, &mut findings);
+    check_max_dedicated(config, &mut findings);
     findings.0
+}
+
+/// A service's `max_dedicated` is at least 1 and at most the pool it is
+/// taken from.
+fn check_max_dedicated(config: &Config, out: &mut Findings) {
+    let pool = config.backend.dedicated_max;
+    for (i, service) in config.services.iter().enumerate() {
+        let Some(max) = service.max_dedicated else {
+            continue;
+        };
+        let at = KeyPath::root("service").index(i);
+        if max == 0 || max > pool {
+            out.add(
+                at.key("max_dedicated"),
+                format!("{at}.max_dedicated ({max}) must be between 1 and backend.dedicated_max ({pool})"),
+            );
+        }
+    }
 }
 
 fn check_proxy(proxy: &ProxyConfig, out: &mut Findings) {
@@ -284,6 +303,7 @@ fn check_backend(backend: &BackendConfig, env_has: &dyn Fn(&str) -> bool, out: &
     for (key, value) in [
         ("connect_timeout", backend.connect_timeout),
         ("command_timeout", backend.command_timeout),
+        ("dedicated_idle_timeout", backend.dedicated_idle_timeout),
     ] {
         if value.is_zero() {
             out.add(at.key(key), format!("backend.{key} must be greater than 0"));

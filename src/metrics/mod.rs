@@ -150,6 +150,8 @@ struct ServiceCounters {
     ttl_clamped: AtomicU64,
     ttl_refused: AtomicU64,
     isolation_refused: AtomicU64,
+    dedicated_refused: AtomicU64,
+    dedicated_idle_closed: AtomicU64,
 }
 
 /// The registry and the receiving end of hand-overs, behind one mutex.
@@ -348,6 +350,22 @@ impl Metrics {
     pub fn client_connected(&self, service: Option<usize>) {
         if let Some(c) = self.per_service.get(self.slot(service)) {
             c.connections.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A dedicated connection was refused: the service holds its
+    /// `max_dedicated` (`keygate_dedicated_refusals_total`).
+    pub fn dedicated_refused(&self, service: Option<usize>) {
+        if let Some(c) = self.per_service.get(self.slot(service)) {
+            c.dedicated_refused.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A client holding a dedicated connection idle for
+    /// `dedicated_idle_timeout` was closed (`keygate_dedicated_idle_closed_total`).
+    pub fn dedicated_idle_closed(&self, service: Option<usize>) {
+        if let Some(c) = self.per_service.get(self.slot(service)) {
+            c.dedicated_idle_closed.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -269,7 +269,7 @@ pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
         );
     }
 
-    let per_service: [ServiceCounter; 3] = [
+    let per_service: [ServiceCounter; 5] = [
         (
             "keygate_ttl_clamped_total",
             "TTLs above max_ttl lowered to max_ttl.",
@@ -284,6 +284,16 @@ pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
             "keygate_isolation_refusals_total",
             "Commands refused because they cannot be confined to the service's namespace.",
             |c| c.isolation_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "keygate_dedicated_refusals_total",
+            "Dedicated connections refused because the service held its max_dedicated.",
+            |c| c.dedicated_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "keygate_dedicated_idle_closed_total",
+            "Clients closed for holding a dedicated connection idle for dedicated_idle_timeout.",
+            |c| c.dedicated_idle_closed.load(Ordering::Relaxed),
         ),
     ];
     for (name, help, value) in per_service {

@@ -17,14 +17,23 @@
 //!   runs may or may not survive it (with ASYNC, the flushing client's own
 //!   later writes too).
 //!
+//! One procedure of a service runs at a time, and FLUSH and DBSIZE calls
+//! that arrive while one runs share the next run ([`super::procedure_gate`]):
+//! a flood costs a couple of scans, not one per call. Each step is one
+//! bounded command (a SCAN page, an UNLINK batch) on the shared connection,
+//! so other clients' requests wait behind at most one step.
+//!
 //! Invariant: a procedure only ever reads, counts or deletes names that
 //! start with the service's prefix; names SCAN returns are checked again.
+
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
 use super::access::Refusal;
 use super::namespace::Namespace;
+use super::procedure_gate::{Joinable, ProcedureGate};
 use crate::backend::mux::{Batch, BatchReply, MuxHandle};
 use crate::backend::BackendError;
 use crate::command::keys::KeysError;
@@ -96,30 +105,45 @@ impl From<BackendError> for Stop {
     }
 }
 
-/// Runs `procedure` for `ns` on `mux`; the reply bytes are ready for a
-/// client speaking `protocol`.
+/// Runs `procedure` for `ns` on `mux` in the service's turn (`gate`); the
+/// reply bytes are ready for a client speaking `protocol`.
 pub async fn run(
     procedure: Procedure,
     ns: &Namespace,
     mux: &MuxHandle,
     protocol: Protocol,
+    gate: &Arc<ProcedureGate>,
 ) -> BatchReply {
-    let result = match procedure {
-        Procedure::RandomKey => random_key(ns, mux, protocol).await,
-        Procedure::DbSize => db_size(ns, mux).await,
+    match procedure {
+        Procedure::RandomKey => {
+            let work = || async { answer(random_key(ns, mux, protocol).await) };
+            gate.run(None, work).await
+        }
+        Procedure::DbSize => {
+            let work = || async { answer(db_size(ns, mux).await) };
+            gate.run(Some(Joinable::DbSize), work).await
+        }
         Procedure::Flush {
             asynchronous: false,
-        } => flush(ns, mux).await,
+        } => {
+            let work = || async { answer(flush(ns, mux).await) };
+            gate.run(Some(Joinable::Flush), work).await
+        }
         Procedure::Flush { asynchronous: true } => {
-            let (ns, mux) = (ns.clone(), mux.clone());
+            let (ns, mux, gate) = (ns.clone(), mux.clone(), gate.clone());
             tokio::spawn(async move {
-                if let Err(Stop::Backend(e)) = flush(&ns, &mux).await {
+                let work = || async { answer(flush(&ns, &mux).await) };
+                if let Err(e) = gate.run(Some(Joinable::Flush), work).await {
                     tracing::warn!(error = %e, "background flush of a namespace stopped");
                 }
             });
-            Ok(Bytes::from_static(b"+OK\r\n"))
+            Ok(Bytes::from_static(b"+OK\r\n").into())
         }
-    };
+    }
+}
+
+/// A procedure's outcome as the client's reply.
+fn answer(result: Result<Bytes, Stop>) -> BatchReply {
     match result {
         Ok(b) | Err(Stop::Reply(b)) => Ok(b.into()),
         Err(Stop::Backend(e)) => Err(e),

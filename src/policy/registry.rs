@@ -85,9 +85,8 @@ mod tests {
         let registry = ServiceRegistry::new(Services::from_config(&start));
         assert_eq!(registry.generation(), 0);
         let before = registry.get("a").expect("a");
-        let next = Services::reloaded(&config(&format!("{B}{A}")), &registry.current(), &|n| {
-            start.services.iter().position(|s| s.name == n)
-        });
+        let slot = |n: &str| start.services.iter().position(|s| s.name == n);
+        let next = Services::reloaded(&config(&format!("{B}{A}")), &registry.current(), &slot, 256);
         registry.replace(next);
         assert_eq!(registry.generation(), 1);
         assert_eq!(registry.current().generation(), 1);
@@ -105,7 +104,7 @@ mod tests {
         let registry = ServiceRegistry::new(Services::from_config(&start));
         let old = registry.get("a").expect("a");
         assert!(old.try_admit());
-        let next = Services::reloaded(&start, &registry.current(), &|_| Some(0));
+        let next = Services::reloaded(&start, &registry.current(), &|_| Some(0), 256);
         registry.replace(next);
         let new = registry.get("a").expect("a");
         assert_eq!(new.clients.load(Ordering::Relaxed), 1);
@@ -114,15 +113,38 @@ mod tests {
     }
 
     #[test]
+    fn dedicated_holds_survive_a_reload_and_the_new_cap_applies() {
+        let start = config(A);
+        let registry = ServiceRegistry::new(Services::from_config(&start));
+        let old = registry.get("a").expect("a");
+        assert_eq!(old.max_dedicated, 256, "one service: the whole pool");
+        let permit = old.try_hold_dedicated().expect("within the share");
+        let next = Services::reloaded(
+            &config(&format!("{A}{B}")),
+            &registry.current(),
+            &|_| None,
+            4,
+        );
+        registry.replace(next);
+        let new = registry.get("a").expect("a");
+        assert_eq!(new.max_dedicated, 2, "two services share the pool in force");
+        assert_eq!(new.dedicated_held(), 1);
+        let second = new.try_hold_dedicated().expect("one more");
+        assert!(new.try_hold_dedicated().is_none(), "at its share");
+        drop((permit, second));
+        assert_eq!(new.dedicated_held(), 0);
+    }
+
+    #[test]
     fn a_removed_and_readded_service_counts_afresh() {
         let start = config(A);
         let registry = ServiceRegistry::new(Services::from_config(&start));
         let old = registry.get("a").expect("a");
         assert!(old.try_admit());
-        let without = Services::reloaded(&config(B), &registry.current(), &|_| None);
+        let without = Services::reloaded(&config(B), &registry.current(), &|_| None, 256);
         registry.replace(without);
         assert!(registry.get("a").is_none());
-        let again = Services::reloaded(&start, &registry.current(), &|_| None);
+        let again = Services::reloaded(&start, &registry.current(), &|_| None, 256);
         registry.replace(again);
         let new = registry.get("a").expect("a back");
         assert!(!old.shares_client_count(&new));

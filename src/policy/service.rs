@@ -21,6 +21,7 @@ use subtle::ConstantTimeEq;
 
 use super::access::AccessTable;
 use super::namespace::Namespace;
+use super::procedure_gate::ProcedureGate;
 use crate::config::{Config, ReadFrom, ServiceConfig, TtlOverMax};
 use crate::policy::ttl::TtlPolicy;
 
@@ -65,6 +66,15 @@ pub struct Service {
     /// Clients logged in as this service right now, for `max_clients`;
     /// shared with the same-named service of earlier and later reloads.
     pub clients: Arc<AtomicUsize>,
+    /// Most dedicated connections its clients hold at once (`max_dedicated`
+    /// or the fair share [`Services`] works out).
+    pub max_dedicated: u32,
+    /// Dedicated connections its clients hold right now; shared across
+    /// reloads like `clients`.
+    pub dedicated: Arc<AtomicUsize>,
+    /// Runs its keyspace procedures one at a time; shared across reloads
+    /// while the prefix stays the same.
+    pub procedures: Arc<ProcedureGate>,
     password_sha256: Option<[u8; 32]>,
 }
 
@@ -99,6 +109,10 @@ impl Service {
             ttl: TtlPolicy::new(c.default_ttl, c.max_ttl, c.ttl_over_max),
             access: AccessTable::default(),
             clients: Arc::new(AtomicUsize::new(0)),
+            // The share depends on the other services: `Services` sets it.
+            max_dedicated: c.max_dedicated.unwrap_or(u32::MAX),
+            dedicated: Arc::new(AtomicUsize::new(0)),
+            procedures: Arc::new(ProcedureGate::default()),
             password_sha256,
         };
         service.namespace = Namespace::for_service(&service).map(Arc::new);
@@ -147,9 +161,43 @@ impl Service {
         Arc::ptr_eq(&self.clients, &other.clients)
     }
 
+    /// Counts one more dedicated connection held by this service's
+    /// clients, unless it holds `max_dedicated` already.
+    pub fn try_hold_dedicated(&self) -> Option<DedicatedPermit> {
+        let limit = usize::try_from(self.max_dedicated).unwrap_or(usize::MAX);
+        self.dedicated
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| DedicatedPermit {
+                held: self.dedicated.clone(),
+            })
+    }
+
+    /// Dedicated connections this service's clients hold now.
+    pub fn dedicated_held(&self) -> usize {
+        self.dedicated.load(Ordering::Relaxed)
+    }
+
     /// Whether this service has a password at all.
     pub fn has_password(&self) -> bool {
         self.password_sha256.is_some()
+    }
+}
+
+/// One dedicated connection counted against a service's `max_dedicated`;
+/// dropping it gives the count back, on every path (a panic included).
+#[derive(Debug)]
+pub struct DedicatedPermit {
+    held: Arc<AtomicUsize>,
+}
+
+impl Drop for DedicatedPermit {
+    fn drop(&mut self) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 }
 
@@ -194,7 +242,12 @@ impl Services {
             .services
             .iter()
             .enumerate()
-            .map(|(i, c)| Arc::new(Service::from_config(i, c)))
+            .map(|(i, c)| {
+                let mut service = Service::from_config(i, c);
+                service.max_dedicated =
+                    c.max_dedicated_of(config.backend.dedicated_max, config.services.len());
+                Arc::new(service)
+            })
             .collect();
         Services::from_ordered(ordered, 0)
     }
@@ -203,11 +256,14 @@ impl Services {
     ///
     /// `metrics_slot` names the metrics slot of a service name (its position
     /// in the config keygate started with); services it does not know get
-    /// `usize::MAX`. Same-named services share `previous`'s client counters.
+    /// `usize::MAX`. Same-named services share `previous`'s client and
+    /// dedicated-connection counters. `dedicated_max` is the pool in force
+    /// (a changed `[backend]` needs a restart).
     pub fn reloaded(
         config: &Config,
         previous: &Services,
         metrics_slot: &dyn Fn(&str) -> Option<usize>,
+        dedicated_max: u32,
     ) -> Services {
         let ordered = config
             .services
@@ -215,8 +271,13 @@ impl Services {
             .map(|c| {
                 let slot = metrics_slot(&c.name).unwrap_or(usize::MAX);
                 let mut service = Service::from_config(slot, c);
+                service.max_dedicated = c.max_dedicated_of(dedicated_max, config.services.len());
                 if let Some(before) = previous.get(&c.name) {
                     service.clients = before.clients.clone();
+                    service.dedicated = before.dedicated.clone();
+                    if before.prefix == service.prefix {
+                        service.procedures = before.procedures.clone();
+                    }
                 }
                 Arc::new(service)
             })
