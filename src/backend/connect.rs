@@ -1,5 +1,8 @@
 //! Dialing a Redis node: TCP connect, the TLS handshake when `tls` is set,
 //! then AUTH, SELECT, HELLO and CLIENT SETNAME pipelined in one round trip.
+//! The name tells the connection's role, so the backend's `CLIENT LIST`
+//! shows which connections many clients share (a shared one blocked by one
+//! client stalls everybody; a dedicated one may block).
 //!
 //! A connection handed out by [`connect`] has completed its handshake, so the
 //! first bytes read from it belong to the first request written.
@@ -41,8 +44,30 @@ pub struct ConnectOptions {
 /// Nesting cap for backend replies; Redis's deepest replies (COMMAND DOCS) stay far below.
 pub const REPLY_MAX_DEPTH: usize = 64;
 
-/// Opens a connection to `opts.addr` and completes the handshake.
-pub async fn connect(opts: &ConnectOptions) -> Result<BackendStream, BackendError> {
+/// What a connection is used for, named on the backend with CLIENT SETNAME.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A multiplexed connection many clients share.
+    Mux,
+    /// A connection one client holds (MULTI, blocking, pub/sub).
+    Dedicated,
+    /// Topology discovery: ROLE and INFO probes, Sentinel queries.
+    Control,
+}
+
+impl Role {
+    /// The connection's name on the backend (`CLIENT LIST` shows `name=`).
+    pub fn client_name(self) -> &'static str {
+        match self {
+            Role::Mux => "keygate-mux",
+            Role::Dedicated => "keygate-dedicated",
+            Role::Control => "keygate-control",
+        }
+    }
+}
+
+/// Opens a connection to `opts.addr` for `role` and completes the handshake.
+pub async fn connect(opts: &ConnectOptions, role: Role) -> Result<BackendStream, BackendError> {
     let unavailable = |reason: String| BackendError::Unavailable {
         addr: opts.addr.clone(),
         reason,
@@ -80,7 +105,7 @@ pub async fn connect(opts: &ConnectOptions) -> Result<BackendStream, BackendErro
         }
     };
 
-    let handshake = handshake_requests(opts);
+    let handshake = handshake_requests(opts, role);
     let mut out = BytesMut::new();
     for req in &handshake {
         out.extend_from_slice(req.frame());
@@ -139,7 +164,7 @@ pub async fn connect(opts: &ConnectOptions) -> Result<BackendStream, BackendErro
 }
 
 /// The requests of the handshake, in the order they are written.
-fn handshake_requests(opts: &ConnectOptions) -> Vec<Request> {
+fn handshake_requests(opts: &ConnectOptions, role: Role) -> Vec<Request> {
     let mut reqs = Vec::new();
     let user = opts.username.clone().unwrap_or_else(|| "default".into());
     match (opts.protocol, &opts.password) {
@@ -153,6 +178,10 @@ fn handshake_requests(opts: &ConnectOptions) -> Vec<Request> {
     if opts.database != 0 {
         reqs.push(Request::from_args(&["SELECT", &opts.database.to_string()]));
     }
-    reqs.push(Request::from_args(&["CLIENT", "SETNAME", "keygate"]));
+    reqs.push(Request::from_args(&[
+        "CLIENT",
+        "SETNAME",
+        role.client_name(),
+    ]));
     reqs
 }

@@ -9,7 +9,7 @@
 
 use bytes::BytesMut;
 
-use super::connect::{connect, ConnectOptions};
+use super::connect::{connect, ConnectOptions, Role};
 use super::stream::{BackendStream, IdleProbe};
 use super::BackendError;
 
@@ -36,7 +36,7 @@ impl bb8::ManageConnection for DedicatedManager {
     type Error = BackendError;
 
     async fn connect(&self) -> Result<DedicatedConn, BackendError> {
-        let stream = connect(&self.opts).await?;
+        let stream = connect(&self.opts, Role::Dedicated).await?;
         Ok(DedicatedConn {
             stream,
             read_buf: BytesMut::with_capacity(16 * 1024),

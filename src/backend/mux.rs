@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use super::connect::{connect, ConnectOptions, REPLY_MAX_DEPTH};
+use super::connect::{connect, ConnectOptions, Role, REPLY_MAX_DEPTH};
 use super::node::NodeHealth;
 use super::stream::BackendStream;
 use super::BackendError;
@@ -144,7 +144,7 @@ impl Backoff {
 async fn supervise(opts: MuxOptions, mut rx: mpsc::Receiver<Batch>, health: Arc<NodeHealth>) {
     let mut backoff = Backoff::new();
     loop {
-        match connect(&opts.connect).await {
+        match connect(&opts.connect, Role::Mux).await {
             Ok(stream) => {
                 backoff = Backoff::new();
                 health.connection_up();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::backend::connect::{connect, ConnectOptions, REPLY_MAX_DEPTH};
+use crate::backend::connect::{connect, ConnectOptions, Role, REPLY_MAX_DEPTH};
 use crate::backend::stream::BackendStream;
 use crate::backend::BackendError;
 use crate::protocol::reply::{ReplyScanner, Value};
@@ -32,7 +32,7 @@ impl ControlConn {
         opts: &ConnectOptions,
         timeout: Duration,
     ) -> Result<ControlConn, BackendError> {
-        let stream = connect(opts).await?;
+        let stream = connect(opts, Role::Control).await?;
         Ok(ControlConn {
             stream,
             buf: BytesMut::with_capacity(4096),

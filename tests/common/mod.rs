@@ -524,6 +524,19 @@ pub struct RawConn {
     scanner: keygate::protocol::reply::ReplyScanner,
 }
 
+/// What [`RawConn::next_reply`] found.
+#[derive(Debug)]
+pub enum NextReply {
+    /// One complete reply frame.
+    Frame(Vec<u8>),
+    /// Nothing complete arrived in time.
+    TimedOut,
+    /// The peer closed the connection (or it failed).
+    Closed,
+    /// The bytes are not RESP.
+    Invalid(String),
+}
+
 /// How long a [`RawConn`] waits for one reply before the test fails.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -581,23 +594,57 @@ impl RawConn {
     /// Reads one complete reply frame, or `None` if none arrives within
     /// `wait` or the peer closes.
     pub fn try_read_reply(&mut self, wait: Duration) -> Option<Vec<u8>> {
+        match self.next_reply(wait) {
+            NextReply::Frame(frame) => Some(frame),
+            NextReply::Invalid(e) => panic!("invalid reply bytes: {e}"),
+            NextReply::TimedOut | NextReply::Closed => None,
+        }
+    }
+
+    /// Connects to a loopback port, or `None` when nothing accepts; writes
+    /// give up after [`REPLY_TIMEOUT`] instead of blocking forever.
+    pub fn try_connect(port: u16) -> Option<RawConn> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_write_timeout(Some(REPLY_TIMEOUT));
+        Some(RawConn {
+            stream,
+            buf: bytes::BytesMut::new(),
+            scanner: keygate::protocol::reply::ReplyScanner::new(128),
+        })
+    }
+
+    /// Writes raw bytes; false when the peer is gone (or a write timed out).
+    pub fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.stream.write_all(bytes).is_ok()
+    }
+
+    /// Reads one complete reply frame within `wait`, telling a silent peer
+    /// from a closed one and from bytes that are not RESP, without panicking.
+    pub fn next_reply(&mut self, wait: Duration) -> NextReply {
         let deadline = Instant::now() + wait;
         loop {
             match self.scanner.scan(&mut self.buf) {
-                Ok(Some((frame, _))) => return Some(frame.to_vec()),
+                Ok(Some((frame, _))) => return NextReply::Frame(frame.to_vec()),
                 Ok(None) => {}
-                Err(e) => panic!("invalid reply bytes: {e}"),
+                Err(e) => return NextReply::Invalid(e.to_string()),
             }
-            let left = deadline.checked_duration_since(Instant::now())?;
+            let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return None;
+                return NextReply::TimedOut;
             }
             self.stream.set_read_timeout(Some(left)).expect("timeout");
             let mut chunk = [0u8; 65536];
             match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
+                Ok(0) => return NextReply::Closed,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(_) => return None,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    return NextReply::TimedOut
+                }
+                Err(_) => return NextReply::Closed,
             }
         }
     }
