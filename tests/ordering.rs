@@ -113,3 +113,24 @@ fn a_subscriber_gets_the_message_published_after_subscribing() {
         "*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$1\r\nm\r\n"
     );
 }
+
+/// Found by the isolation fuzzer: RESET pipelined behind a command still
+/// waiting on the dedicated connection left the client without replies.
+#[test]
+fn reset_after_a_blocking_command_answers_both() {
+    let (_redis, kg) = setup();
+    let mut c = RawConn::connect(kg.port());
+    for _ in 0..10 {
+        let replies = pipeline(&mut c, &[cmd(&["BRPOP", "n", "0.001"]), cmd(&["RESET"])]);
+        assert_eq!(replies, ["*-1\r\n", "+RESET\r\n"]);
+        let replies = pipeline(
+            &mut c,
+            &[
+                cmd(&["XREAD", "BLOCK", "2", "STREAMS", "x", "$"]),
+                cmd(&["RESET"]),
+                cmd(&["PING"]),
+            ],
+        );
+        assert_eq!(replies, ["*-1\r\n", "+RESET\r\n", "+PONG\r\n"]);
+    }
+}

@@ -681,6 +681,10 @@ enum Deferred {
     },
     /// A keyspace-wide command of a namespaced service, run as a procedure.
     Procedure(isolation::ProcedureCall),
+    /// RESET while the dedicated connection still owes replies: they are
+    /// awaited first (Redis, too, runs a pipelined RESET only after the
+    /// commands before it), then the connection is dropped.
+    Reset { reply: Bytes, suppress: bool },
 }
 
 fn error_reply(msg: &str) -> Bytes {
@@ -790,6 +794,31 @@ impl Connection {
                     .await
             }
             Deferred::Procedure(call) => self.run_procedure(call).await,
+            Deferred::Reset { reply, suppress } => {
+                self.flush_dedicated().await;
+                self.await_dedicated_replies().await;
+                self.drop_dedicated(true);
+                self.reply(reply, suppress);
+            }
+        }
+    }
+
+    /// Reads the dedicated connection until no reply is awaited on it, with
+    /// the same timeout the client loop applies to a non-blocking reply.
+    async fn await_dedicated_replies(&mut self) {
+        while self.dedicated.is_some() && self.queue.awaits_dedicated() {
+            let deadline = self.dedicated_deadline();
+            let read = std::future::poll_fn(|cx| poll_dedicated(&mut self.dedicated, cx));
+            match deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, read).await {
+                    Ok(read) => self.on_dedicated_read(read),
+                    Err(_) => self.on_dedicated_timeout(),
+                },
+                None => {
+                    let read = read.await;
+                    self.on_dedicated_read(read);
+                }
+            }
         }
     }
 
@@ -1040,6 +1069,9 @@ impl Connection {
                 self.closing = true;
             }
             LocalAnswer::ReplyAfterReset(r) => {
+                if self.dedicated.is_some() && self.queue.awaits_dedicated() {
+                    return Err(Some(Deferred::Reset { reply: r, suppress }));
+                }
                 self.drop_dedicated(true);
                 self.reply(r, suppress);
             }
