@@ -1,0 +1,118 @@
+//! What one client can take from the others through replies and requests
+//! that are legal but extreme (issue 13, holes 4, 12 and 13): a script reply
+//! nested deeper than any ordinary reply, a key that the namespace prefix
+//! pushes past the backend's bulk limit, writes whose produced value is
+//! larger than any of their arguments. Each runs against a real Redis, with
+//! one shared backend connection, and checks that the other clients on that
+//! connection never notice.
+mod common;
+use common::*;
+
+/// A config with one multiplexed connection (so every client shares it)
+/// and the services `extra` names.
+fn one_connection(redis: &RedisServer, extra: &str) -> String {
+    standalone_config(&redis.addr(), extra).replace(
+        "command_timeout = \"5s\"",
+        "command_timeout = \"5s\"\nconnections = 1",
+    )
+}
+
+/// A trusted scripting service and an ordinary one, both isolated.
+const SCRIPTS_AND_OTHER: &str = r#"
+[[service]]
+name = "scripts"
+password = "s"
+prefix = "s:"
+allow_scripts = true
+
+[[service]]
+name = "other"
+password = "o"
+prefix = "o:"
+"#;
+
+/// A script that returns a table nested `ARGV[1]` levels around `1`.
+const NEST: &str = "local t = {1} for i = 1, tonumber(ARGV[1]) do t = {t} end return t";
+
+/// Hole 13: a script reply nested far deeper than 64 levels comes through
+/// byte for byte, and the shared connection it came on keeps serving
+/// another service's client (no reconnect, no error).
+#[test]
+fn deep_script_reply_passes_whole_and_the_shared_connection_survives() {
+    let redis = RedisServer::start();
+    let kg = Keygate::start_with(&one_connection(&redis, SCRIPTS_AND_OTHER));
+    kg.wait_ready();
+    let mut direct = RawConn::connect(redis.port());
+    let mut scripts = RawConn::connect(kg.port());
+    assert_eq!(scripts.cmd_str(&["AUTH", "scripts", "s"]), "+OK\r\n");
+    let mut other = RawConn::connect(kg.port());
+    assert_eq!(other.cmd_str(&["AUTH", "other", "o"]), "+OK\r\n");
+    assert_eq!(other.cmd_str(&["SET", "canary", "alive"]), "+OK\r\n");
+    let shared = connection_that_ran(&redis, "set");
+    for depth in ["100", "1000", "5000"] {
+        let want = read_deep(&mut direct, depth);
+        assert!(
+            want.len() > 4 * 100,
+            "{depth}: Redis made {} bytes",
+            want.len()
+        );
+        // The other client's request rides the same connection right behind.
+        scripts.send(&resp_command(&["EVAL", NEST, "0", depth]));
+        other.send(&resp_command(&["GET", "canary"]));
+        let got = read_deep(&mut scripts, "");
+        assert_eq!(got.len(), want.len(), "depth {depth}");
+        assert!(got == want, "depth {depth}: the reply differs from Redis's");
+        assert_eq!(other.read_reply(), b"$5\r\nalive\r\n");
+        // Inside a transaction too (the EXEC reply is taken apart element by element).
+        assert_eq!(scripts.cmd_str(&["MULTI"]), "+OK\r\n");
+        assert_eq!(scripts.cmd_str(&["EVAL", NEST, "0", depth]), "+QUEUED\r\n");
+        assert_eq!(scripts.cmd_str(&["SET", "k", "v"]), "+QUEUED\r\n");
+        scripts.send(&resp_command(&["EXEC"]));
+        let exec = read_deep(&mut scripts, "");
+        let mut want_exec = b"*2\r\n".to_vec();
+        want_exec.extend_from_slice(&want);
+        want_exec.extend_from_slice(b"+OK\r\n");
+        assert!(exec == want_exec, "depth {depth}: EXEC reply differs");
+    }
+    assert_eq!(other.cmd_str(&["GET", "canary"]), "$5\r\nalive\r\n");
+    // The shared connection was never dropped and dialed again.
+    assert_eq!(connection_that_ran(&redis, "get"), shared);
+}
+
+/// One reply of any depth, read whole off `conn` (after sending EVAL of
+/// [`NEST`] with `depth` levels when `depth` is not empty). RawConn's own
+/// scanner caps nesting, so this one reads without a cap.
+fn read_deep(conn: &mut RawConn, depth: &str) -> Vec<u8> {
+    use std::io::Read;
+    if !depth.is_empty() {
+        conn.send(&resp_command(&["EVAL", NEST, "0", depth]));
+    }
+    let mut scanner = keygate::protocol::reply::ReplyScanner::new(usize::MAX);
+    let mut buf = Vec::new();
+    let stream = conn.stream();
+    stream
+        .set_read_timeout(Some(REPLY_TIMEOUT))
+        .expect("timeout");
+    loop {
+        if let Some(found) = scanner.next_frame(&buf).expect("a valid reply") {
+            assert_eq!(found.end, buf.len(), "one reply, nothing after it");
+            return buf;
+        }
+        let mut chunk = [0u8; 65536];
+        let n = stream.read(&mut chunk).expect("a reply within the timeout");
+        assert!(n > 0, "closed before the reply was whole");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The id of the one backend connection whose last command was `cmd`.
+fn connection_that_ran(redis: &RedisServer, cmd: &str) -> String {
+    let list = redis.cli(&["CLIENT", "LIST"]);
+    let ids: Vec<&str> = list
+        .lines()
+        .filter(|l| l.contains(&format!(" cmd={cmd} ")))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert_eq!(ids.len(), 1, "{list}");
+    ids[0].to_string()
+}
