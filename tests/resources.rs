@@ -116,3 +116,4 @@ fn connection_that_ran(redis: &RedisServer, cmd: &str) -> String {
     assert_eq!(ids.len(), 1, "{list}");
     ids[0].to_string()
 }
+

@@ -9,8 +9,10 @@
 //! Backpressure: the task stops reading from a client while it has too many
 //! replies outstanding, and it writes replies before reading more, so a
 //! client that does not read makes keygate stop reading it rather than
-//! buffer without bound. The [`budget`] also caps the reply bytes in
-//! flight (`max_pending_reply_bytes`), stopping mid-read when needed.
+//! buffer without bound. The [`budget`] also caps the reply bytes held for
+//! the client, counted as they arrive (`max_pending_reply_bytes`), stopping
+//! mid-read when needed; past the hard limit (`max_pending_reply_bytes_hard`)
+//! the client is closed, with an error in the log ([`held`]).
 //!
 //! Idle connections hold no buffers: the read buffer is allocated only when
 //! bytes are ready, and the read and write buffers and the reply queue are
@@ -19,6 +21,7 @@
 mod batch;
 mod budget;
 mod governance;
+mod held;
 mod isolation;
 pub mod local;
 pub mod queue;
@@ -40,6 +43,7 @@ use tokio::time::Instant;
 
 use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::backend::dedicated::DedicatedLease;
+use crate::backend::meter::ReplyMeter;
 use crate::backend::node::Node;
 use crate::backend::BackendError;
 use crate::command::{self, CommandSpec, Flags};
@@ -154,6 +158,17 @@ struct Dedicated {
     demoted: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
+impl Dedicated {
+    /// Returns the connection to its pool (or closes it, if broken) without
+    /// the read buffer a large reply grew: pooled connections stay small.
+    fn give_back(mut self) {
+        // Unread bytes stay: the pool's check must still see them.
+        if self.lease.read_buf.is_empty() && self.lease.read_buf.capacity() > RETAIN_LIMIT {
+            self.lease.read_buf = BytesMut::new();
+        }
+    }
+}
+
 /// One client connection's state between events.
 struct Connection {
     ctx: Arc<Context>,
@@ -180,6 +195,8 @@ struct Connection {
     procedure: Option<tokio::task::JoinHandle<()>>,
     /// Caps the reply bytes this client may have in flight.
     budget: budget::ReplyBudget,
+    /// The reply bytes held for this client, counted as they arrive.
+    meter: Arc<ReplyMeter>,
     /// `on_bytes` stopped with complete requests left in the read buffer.
     backlog: bool,
 }
@@ -220,6 +237,7 @@ pub async fn serve_io<R, W>(
         out: BytesMut::new(),
         procedure: None,
         budget: budget::ReplyBudget::new(ctx.config.proxy.max_pending_reply_bytes),
+        meter: Arc::new(ReplyMeter::new(ctx.config.proxy.pending_reply_hard_limit())),
         backlog: false,
         ctx,
     };
@@ -239,6 +257,7 @@ pub async fn serve_io<R, W>(
     // One signal for the whole connection: a fresh `changed()` every turn
     // would join and leave the watch's waiter list on every request.
     let mut shutdown_signal = ShutdownSignal::new(shutdown);
+    let mut tripped = held::TripSignal::new(conn.meter.clone());
     let mut rbuf = BytesMut::new();
     let idle_timeout = conn.ctx.config.proxy.idle_timeout;
     let mut last_activity = Instant::now();
@@ -269,6 +288,9 @@ pub async fn serve_io<R, W>(
         let event = std::future::poll_fn(|cx| {
             if watch.shutdown && shutdown_signal.poll(cx).is_ready() {
                 return Poll::Ready(Event::Shutdown);
+            }
+            if tripped.poll(cx).is_ready() {
+                return Poll::Ready(Event::OverLimit);
             }
             if housekeeping_timer
                 .poll_fired(cx, watch.housekeeping)
@@ -325,23 +347,33 @@ pub async fn serve_io<R, W>(
                 continue;
             }
             Event::Shutdown => conn.closing = true,
+            Event::OverLimit => {
+                conn.over_limit();
+                break;
+            }
         }
         housekeeping.active();
         let (out_before, pending_before) = (conn.out.len(), conn.queue.commands_pending());
-        conn.queue.drain_ready(&mut conn.out, &mut conn.recorder);
+        let drained = conn.queue.drain_ready(&mut conn.out, &mut conn.recorder);
         conn.budget.observe(
             conn.out.len().saturating_sub(out_before),
             pending_before.saturating_sub(conn.queue.commands_pending()),
         );
         conn.release_dedicated_if_clean();
         if !conn.out.is_empty() {
-            // flush: TLS holds records until flushed; a no-op on plain TCP.
-            if wr.write_all(&conn.out).await.is_err() || wr.flush().await.is_err() {
-                break;
+            match held::write_watched(&mut wr, &conn.out, &mut tripped).await {
+                Ok(()) => {}
+                Err(held::WriteStopped::Failed) => break,
+                Err(held::WriteStopped::OverLimit) => {
+                    conn.over_limit();
+                    break;
+                }
             }
             conn.recorder.bytes_out(conn.out.len());
             conn.out.clear();
         }
+        // Written (or suppressed): no longer held for the client.
+        conn.meter.sub(drained);
         if conn.queue.is_empty()
             && !conn.backlog
             && conn.out.capacity() + rbuf.capacity() > RETAIN_LIMIT
@@ -371,6 +403,8 @@ enum Event {
     Housekeeping,
     /// Keygate is shutting down.
     Shutdown,
+    /// The replies held for the client went past the hard limit.
+    OverLimit,
 }
 
 /// The sources the client loop waits on this turn, worked out once before
@@ -732,7 +766,21 @@ impl Connection {
         let in_flight = self.queue.commands_pending() + self.batch.commands();
         self.queue.len() < MAX_SLOTS
             && in_flight < MAX_PENDING_COMMANDS
-            && self.budget.allows(in_flight)
+            && self.budget.allows(in_flight, self.meter.held())
+    }
+
+    /// The replies held for this client went past the hard limit: it is
+    /// closed at once (what still arrives for it is dropped as it arrives),
+    /// as Redis closes a client past its output buffer's hard limit.
+    fn over_limit(&self) {
+        let service = self.session.service.as_ref().map(|s| s.name.as_str());
+        tracing::error!(
+            client = self.session.id,
+            service = service.unwrap_or("-"),
+            held = self.meter.held(),
+            limit = self.meter.hard_limit(),
+            "closing a client that does not read its replies: the bytes held for it went past max_pending_reply_bytes_hard"
+        );
     }
 
     /// A reply keygate made: it goes after everything already queued.
@@ -1167,9 +1215,11 @@ impl Connection {
                     if kind == ReplyKind::Push || !self.queue.awaits_dedicated() {
                         let service = self.session.service.as_deref();
                         if let Some(frame) = isolation::confine_unasked(service, frame) {
+                            self.meter.add(frame.len());
                             self.queue.dedicated_push(frame);
                         }
                     } else {
+                        self.meter.add(frame.len());
                         self.queue.dedicated_reply(frame);
                     }
                 }
@@ -1185,8 +1235,10 @@ impl Connection {
     fn on_dedicated_timeout(&mut self) {
         let addr = self.dedicated_addr();
         let millis = self.ctx.config.backend.command_timeout.as_millis();
-        self.queue
+        let dropped = self
+            .queue
             .fail_dedicated(&BackendError::Timeout { addr, millis });
+        self.meter.sub(dropped);
         self.drop_dedicated(true);
         self.end_connection_state();
     }
@@ -1200,8 +1252,10 @@ impl Connection {
         if self.dedicated.as_ref().is_some_and(|d| d.subscribed) {
             self.closing = true;
         }
-        self.queue
+        let dropped = self
+            .queue
             .fail_dedicated(&BackendError::ConnectionLost { addr });
+        self.meter.sub(dropped);
         self.drop_dedicated(true);
         self.end_connection_state();
     }
@@ -1243,7 +1297,9 @@ impl Connection {
             && d.lease.read_buf.is_empty()
             && !self.queue.awaits_dedicated();
         if clean {
-            self.dedicated = None;
+            if let Some(d) = self.dedicated.take() {
+                d.give_back();
+            }
         }
     }
 
@@ -1255,6 +1311,7 @@ impl Connection {
                 d.lease.broken = true;
             }
             d.lease.broken |= broken;
+            d.give_back();
         }
     }
 
