@@ -58,7 +58,9 @@ pub struct ProxyConfig {
     /// `max_pending_reply_bytes` when absent; at least that key.
     #[serde(default)]
     pub max_pending_reply_bytes_hard: Option<usize>,
-    /// Longest bulk argument accepted (Redis's proto-max-bulk-len).
+    /// Longest bulk argument accepted (Redis's proto-max-bulk-len), and
+    /// the longest keygate sends: a request whose namespace rewrite makes an
+    /// argument longer is refused. Keep it at most the backend's own.
     #[serde(default = "defaults::proto_max_bulk_len")]
     pub proto_max_bulk_len: usize,
     /// How long in-flight requests may finish after SIGTERM.

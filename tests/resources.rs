@@ -117,3 +117,53 @@ fn connection_that_ran(redis: &RedisServer, cmd: &str) -> String {
     ids[0].to_string()
 }
 
+/// Hole 12: a key (or channel, or pattern) at exactly `proto_max_bulk_len`
+/// passes the request scanner, and the namespace prefix makes it longer
+/// than Redis accepts. keygate refuses that one request with a clear error;
+/// the shared connection it would have broken keeps serving the other
+/// services, and an argument that still fits with its prefix goes through.
+#[test]
+fn a_key_the_prefix_pushes_past_the_bulk_limit_is_refused_alone() {
+    const LIMIT: usize = 1024 * 1024; // the least Redis accepts
+    let redis = RedisServer::start_with(&["--proto-max-bulk-len", "1mb"]);
+    let config = one_connection(&redis, SCRIPTS_AND_OTHER).replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:0\"\nproto_max_bulk_len = {LIMIT}"),
+    );
+    let kg = Keygate::start_with(&config);
+    kg.wait_ready();
+    let mut other = RawConn::connect(kg.port());
+    assert_eq!(other.cmd_str(&["AUTH", "other", "o"]), "+OK\r\n");
+    assert_eq!(other.cmd_str(&["SET", "canary", "alive"]), "+OK\r\n");
+    let shared = connection_that_ran(&redis, "set");
+    let mut client = RawConn::connect(kg.port());
+    assert_eq!(client.cmd_str(&["AUTH", "other", "o"]), "+OK\r\n");
+    let at_limit = vec![b'k'; LIMIT];
+    let refusals: [Vec<&[u8]>; 5] = [
+        vec![b"SET", &at_limit, b"v"],
+        vec![b"GET", &at_limit],
+        vec![b"MSET", b"a", b"1", &at_limit, b"2"],
+        vec![b"KEYS", &at_limit],
+        vec![b"PUBLISH", &at_limit, b"m"],
+    ];
+    for request in &refusals {
+        // Pipelined with another client's request on the same connection.
+        client.send(&resp_command(request));
+        other.send(&resp_command(&["GET", "canary"]));
+        let refused = String::from_utf8_lossy(&client.read_reply()).into_owned();
+        assert!(
+            refused.starts_with("-ERR keygate: an argument of 1048578 bytes")
+                && refused.contains("proto_max_bulk_len (1048576)"),
+            "{}: {refused}",
+            String::from_utf8_lossy(request[0])
+        );
+        assert_eq!(other.read_reply(), b"$5\r\nalive\r\n");
+    }
+    // With its prefix ("o:") this key is exactly at the limit: it passes.
+    let fits = vec![b'k'; LIMIT - 2];
+    assert_eq!(client.cmd_str(&[&b"SET"[..], &fits, b"v"]), "+OK\r\n");
+    assert_eq!(client.cmd_str(&[&b"STRLEN"[..], &fits]), ":1\r\n");
+    // The shared connection was never dropped.
+    assert_eq!(other.cmd_str(&["GET", "canary"]), "$5\r\nalive\r\n");
+    assert_eq!(connection_that_ran(&redis, "get"), shared);
+}

@@ -701,6 +701,36 @@ enum Deferred {
     Procedure(isolation::ProcedureCall),
 }
 
+/// The refusal of a request that the namespace's rewrite (a prefixed key,
+/// channel or pattern) made longer than the backend accepts: Redis would
+/// answer it with a protocol error and close the connection, a shared one
+/// with every other client's requests on it. The client's own arguments
+/// are within `proto_max_bulk_len` already (the request scanner saw to
+/// it), so only a rewritten frame longer than that needs a look at each
+/// argument; `prefix_len` is the prefix still to be written at `prefix_at`.
+fn over_bulk_limit(
+    req: &Request,
+    prefix_at: Option<usize>,
+    prefix_len: usize,
+    limits: ScanLimits,
+) -> Option<String> {
+    let limit = limits.max_bulk_len;
+    if req.frame().len() + prefix_len <= limit {
+        return None;
+    }
+    let longest = (0..req.argc())
+        .filter_map(|i| {
+            let added = if prefix_at == Some(i) { prefix_len } else { 0 };
+            req.arg_len(i).map(|len| len + added)
+        })
+        .max()?;
+    (longest > limit).then(|| {
+        format!(
+            "ERR keygate: an argument of {longest} bytes with the namespace prefix is over proto_max_bulk_len ({limit})"
+        )
+    })
+}
+
 fn error_reply(msg: &str) -> Bytes {
     let mut out = BytesMut::new();
     encode::error(&mut out, msg);
@@ -933,6 +963,12 @@ impl Connection {
                 follow_ups = added;
             }
             Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
+        }
+        let prefix_len = prefix_key
+            .and(service.namespace.as_ref())
+            .map_or(0, |ns| ns.prefix_bytes().len());
+        if let Some(msg) = over_bulk_limit(&req, prefix_key, prefix_len, self.ctx.scan_limits) {
+            return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
         }
         let effect = router::connection_effect(spec, &req);
         let mut reply = CommandReply {
