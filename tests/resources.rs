@@ -167,3 +167,81 @@ fn a_key_the_prefix_pushes_past_the_bulk_limit_is_refused_alone() {
     assert_eq!(other.cmd_str(&["GET", "canary"]), "$5\r\nalive\r\n");
     assert_eq!(connection_that_ran(&redis, "get"), shared);
 }
+
+/// Hole 4: `max_value_bytes` bounds a string by the size a write makes it.
+/// SETRANGE, SETBIT and BITFIELD are judged by the offset they write at;
+/// APPEND by the length already stored plus its argument, checked and done
+/// in one atomic step on the backend. Writes that stay within the limit
+/// still go through, with Redis's own replies and errors.
+#[test]
+fn writes_are_held_to_max_value_bytes_by_the_size_they_produce() {
+    const LIMITED: &str = r#"
+[[service]]
+name = "small"
+password = "p"
+prefix = "m:"
+max_value_bytes = 1024
+"#;
+    let redis = RedisServer::start();
+    let kg = Keygate::start_with(&one_connection(&redis, LIMITED));
+    kg.wait_ready();
+    let mut c = RawConn::connect(kg.port());
+    assert_eq!(c.cmd_str(&["AUTH", "small", "p"]), "+OK\r\n");
+    let refused = |reply: String| {
+        assert!(
+            reply.starts_with("-ERR keygate: the value would grow")
+                && reply.contains("max_value_bytes of 1024"),
+            "{reply}"
+        );
+    };
+    refused(c.cmd_str(&["SETRANGE", "r", "1020", "abcde"]));
+    refused(c.cmd_str(&["SETRANGE", "r", "99999999999", "a"]));
+    assert_eq!(c.cmd_str(&["SETRANGE", "r", "1019", "abcde"]), ":1024\r\n");
+    assert_eq!(c.cmd_str(&["SETRANGE", "r", "5000", ""]), ":1024\r\n");
+    refused(c.cmd_str(&["SETBIT", "b", "8192", "1"]));
+    assert_eq!(c.cmd_str(&["SETBIT", "b", "8191", "1"]), ":0\r\n");
+    refused(c.cmd_str(&["BITFIELD", "f", "SET", "u8", "8185", "1"]));
+    refused(c.cmd_str(&[
+        "BITFIELD", "f", "GET", "u8", "0", "INCRBY", "i16", "#512", "1",
+    ]));
+    refused(c.cmd_str(&[
+        "BITFIELD", "f", "OVERFLOW", "SAT", "set\0", "u8", "#1024", "1",
+    ]));
+    assert_eq!(
+        c.cmd_str(&["BITFIELD", "f", "SET", "u8", "#1023", "7", "GET", "u8", "99999"]),
+        "*2\r\n:0\r\n:0\r\n"
+    );
+    assert_eq!(
+        c.cmd_str(&["BITFIELD", "f", "SET", "u65", "0", "1"]),
+        "-ERR Invalid bitfield type. Use something like i16 u8. Note that u64 is not supported but i64 is.\r\n"
+    );
+    // APPEND: the stored length counts.
+    let base = vec![b'a'; 1000];
+    assert_eq!(c.cmd_str(&[&b"SET"[..], b"s", &base]), "+OK\r\n");
+    assert_eq!(
+        c.cmd_str(&["APPEND", "s", "bbbbbbbbbbbbbbbbbbbbbbbb"]),
+        ":1024\r\n"
+    );
+    refused(c.cmd_str(&["APPEND", "s", "c"]));
+    assert_eq!(c.cmd_str(&["APPEND", "new", "xyz"]), ":3\r\n");
+    assert_eq!(c.cmd_str(&["RPUSH", "l", "x"]), ":1\r\n");
+    assert_eq!(
+        c.cmd_str(&["APPEND", "l", "x"]),
+        "-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+    );
+    // Inside a transaction as well.
+    assert_eq!(c.cmd_str(&["MULTI"]), "+OK\r\n");
+    assert_eq!(c.cmd_str(&["APPEND", "s", "c"]), "+QUEUED\r\n");
+    assert_eq!(c.cmd_str(&["APPEND", "new", "d"]), "+QUEUED\r\n");
+    let exec = c.cmd_str(&["EXEC"]);
+    assert!(
+        exec.starts_with("*2\r\n-ERR keygate: the value would grow"),
+        "{exec}"
+    );
+    assert!(exec.ends_with(":4\r\n"), "{exec}");
+    // On the backend: nothing past the limit was ever written.
+    for key in ["m:r", "m:b", "m:f", "m:s"] {
+        assert_eq!(redis.cli(&["STRLEN", key]).trim(), "1024", "{key}");
+    }
+    assert_eq!(redis.cli(&["GET", "m:new"]).trim(), "xyzd");
+}
