@@ -551,14 +551,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         // A batch still arriving is counted as it arrives, so a client
         // whose replies outgrow its hard limit is cut off before they are whole.
-        if !discarding && buf.len() - counted >= COUNT_STEP {
+        if !discarding && buf.len().saturating_sub(counted) >= COUNT_STEP {
             if queue.is_empty() {
                 if let Ok(p) = pending_rx.try_recv() {
                     queue.push_back(p);
                 }
             }
             if let Some(meter) = queue.front().and_then(|p| p.meter.as_ref()) {
-                meter.add(buf.len() - counted);
+                meter.add(buf.len().saturating_sub(counted));
                 counted = buf.len();
             }
         }
