@@ -54,7 +54,15 @@ impl ReplyMeter {
     /// replaced by an error).
     pub fn sub(&self, n: usize) {
         if n > 0 {
-            self.held.fetch_sub(n, Ordering::Relaxed);
+            // Never below zero: a miscount must not leave the client paused
+            // for good behind a wrapped-around total.
+            let before = self
+                .held
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+                    Some(h.saturating_sub(n))
+                })
+                .unwrap_or(0);
+            debug_assert!(before >= n, "took {n} reply bytes off {before} held");
         }
     }
 
