@@ -47,10 +47,20 @@ pub struct ProxyConfig {
     /// Close clients idle this long; off when absent.
     #[serde(default, with = "duration_opt")]
     pub idle_timeout: Option<Duration>,
-    /// Per-client cap on reply bytes waiting to be written; past it keygate stops reading from that client.
+    /// Per-client cap on reply bytes held for the client (arrived from the
+    /// backend, not yet written to it); past it keygate stops reading from
+    /// that client until it catches up.
     #[serde(default = "defaults::max_pending_reply_bytes")]
     pub max_pending_reply_bytes: usize,
-    /// Longest bulk argument accepted (Redis's proto-max-bulk-len).
+    /// Past this many reply bytes held for one client, keygate disconnects
+    /// it (with an error in the log) and drops what still arrives for it,
+    /// like Redis's `client-output-buffer-limit` hard limit. Twice
+    /// `max_pending_reply_bytes` when absent; at least that key.
+    #[serde(default)]
+    pub max_pending_reply_bytes_hard: Option<usize>,
+    /// Longest bulk argument accepted (Redis's proto-max-bulk-len), and
+    /// the longest keygate sends: a request whose namespace rewrite makes an
+    /// argument longer is refused. Keep it at most the backend's own.
     #[serde(default = "defaults::proto_max_bulk_len")]
     pub proto_max_bulk_len: usize,
     /// How long in-flight requests may finish after SIGTERM.
@@ -192,6 +202,14 @@ pub struct BackendConfig {
     /// `[backend.tls]`: speak TLS to every backend node and Sentinel; plain TCP when absent.
     #[serde(default)]
     pub tls: Option<BackendTlsConfig>,
+}
+
+impl ProxyConfig {
+    /// `max_pending_reply_bytes_hard`, or its default.
+    pub fn pending_reply_hard_limit(&self) -> usize {
+        self.max_pending_reply_bytes_hard
+            .unwrap_or_else(|| self.max_pending_reply_bytes.saturating_mul(2))
+    }
 }
 
 impl BackendConfig {
@@ -667,6 +685,11 @@ max_ttl = "1h"
         assert_problem(&text, 5, "proxy.max_clients");
         let text = BASE.replace("[backend]", "max_pending_reply_bytes = 1000\n[backend]");
         assert_problem(&text, 5, "proxy.max_pending_reply_bytes (1000)");
+        let text = BASE.replace(
+            "[backend]",
+            "max_pending_reply_bytes = 1048576\nmax_pending_reply_bytes_hard = 1048575\n[backend]",
+        );
+        assert_problem(&text, 6, "proxy.max_pending_reply_bytes_hard (1048575)");
         let text = BASE.replace("[backend]", "proto_max_bulk_len = 1000\n[backend]");
         assert_problem(&text, 5, "proxy.proto_max_bulk_len");
         let text = BASE.replace("[backend]", "proto_max_bulk_len = 5000000000\n[backend]");

@@ -374,3 +374,209 @@ fn slow_reader_swarm_keeps_memory_bounded_and_others_served() {
     );
     assert_eq!(setup.cmd_str(&["PING"]), "+PONG\r\n");
 }
+
+/// Samples a process's RSS until stopped; returns the peak, in KiB.
+struct PeakRss {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl PeakRss {
+    fn watch(pid: u32) -> PeakRss {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::Relaxed) {
+                peak = peak.max(rss_kib_of(pid));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        });
+        PeakRss { stop, thread }
+    }
+
+    fn peak(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("sampler")
+    }
+}
+
+/// Another client's round trips while something else goes on; returns the
+/// worst latency and how many ran.
+fn watch_other(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Duration, usize)> {
+    std::thread::spawn(move || {
+        let mut conn = RawConn::connect(port);
+        let (mut worst, mut n) = (Duration::ZERO, 0);
+        while !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            assert_eq!(conn.cmd_str(&["GET", "small"]), "$1\r\nx\r\n");
+            worst = worst.max(t.elapsed());
+            n += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (worst, n)
+    })
+}
+
+/// Issue 13, hole 4: one client pipelines 100 GETs of a 20 MB value in one
+/// write and reads nothing. The replies arrive whether or not it reads (the
+/// shared connection must keep serving the others), so keygate holds them
+/// up to `max_pending_reply_bytes_hard` and then closes that client with an
+/// error in its log, dropping the rest as it arrives. keygate's RSS stays
+/// within the hard limit plus one reply in progress (it grew to 5 GB
+/// before), another client is served throughout, and the memory goes back
+/// once the client is gone.
+#[test]
+fn unread_huge_replies_close_the_client_at_the_hard_limit() {
+    const MIB: u64 = 1024;
+    let redis = RedisServer::start();
+    let mut kg = KeygateProcess::start(
+        &redis,
+        "max_pending_reply_bytes = 67108864\nmax_pending_reply_bytes_hard = 134217728",
+    );
+    let port = kg.port;
+    let mut direct = RawConn::connect(redis.port());
+    let value = vec![b'v'; 20 * 1024 * 1024];
+    assert_eq!(direct.cmd_str(&[&b"SET"[..], b"big", &value]), "+OK\r\n");
+    assert_eq!(direct.cmd_str(&["SET", "small", "x"]), "+OK\r\n");
+    let mut warm = RawConn::connect(port);
+    assert_eq!(warm.cmd_str(&["GET", "small"]), "$1\r\nx\r\n");
+    let before = kg.rss_kib();
+
+    let peak = PeakRss::watch(kg.child.id());
+    let stop = Arc::new(AtomicBool::new(false));
+    let other = watch_other(port, stop.clone());
+    let mut slow = RawConn::connect(port);
+    slow.send(&resp_command(&["GET", "big"]).repeat(100));
+    let closed = wait_until(Duration::from_secs(30), || {
+        std::fs::read_to_string(&kg.log)
+            .unwrap_or_default()
+            .contains("max_pending_reply_bytes_hard")
+    });
+    assert!(closed, "the slow client was never cut off");
+    // Whatever keygate wrote before it closed the client, then end of stream.
+    assert!(slow.closed_within(Duration::from_secs(10)));
+    drop(slow);
+    stop.store(true, Ordering::Relaxed);
+    let (worst, served) = other.join().expect("other client");
+    let peak = peak.peak();
+    let growth = peak.saturating_sub(before);
+    println!(
+        "unread 100 x 20 MB GETs: keygate RSS {} MiB -> peak {} MiB (+{} MiB); \
+         other client: {served} GETs, worst {worst:?}",
+        before / MIB,
+        peak / MIB,
+        growth / MIB
+    );
+    kg.assert_running();
+    // The hard limit (128 MiB) and one reply in progress (20 MB), held in
+    // a read buffer that doubles as a batch's replies gather (old and new
+    // copy both alive while it grows): at most three times that. It was
+    // 5 GB before the limit existed.
+    assert!(
+        growth < 3 * (128 + 20) * MIB,
+        "keygate grew {} MiB for one client that does not read",
+        growth / MIB
+    );
+    // A client on the same shared connection as the slow one waits behind
+    // its replies while Redis sends them (about 1 GB/s here), never failing.
+    assert!(
+        worst < Duration::from_secs(5),
+        "another client waited {worst:?}"
+    );
+    // The memory goes back once the client and its replies are gone (the
+    // allocator keeps some of it cached: less than the hard limit).
+    let settled = wait_until(Duration::from_secs(20), || {
+        kg.rss_kib() < before + 128 * MIB
+    });
+    println!(
+        "after the client closed: RSS +{} MiB",
+        kg.rss_kib().saturating_sub(before) / MIB
+    );
+    assert!(
+        settled,
+        "keygate still holds {} MiB more than before",
+        kg.rss_kib().saturating_sub(before) / MIB
+    );
+    assert_eq!(warm.cmd_str(&["GET", "small"]), "$1\r\nx\r\n");
+}
+
+/// Issue 13, hole 4: a client that pipelines many large GETs and reads
+/// nothing for a while is paused, not cut off, while the bytes held for it
+/// stay under the hard limit; once it reads, it gets every reply, in order,
+/// whole. keygate's RSS stays bounded meanwhile.
+#[test]
+fn a_slow_reader_is_paused_and_then_gets_every_reply() {
+    const MIB: u64 = 1024;
+    const VALUE: usize = 256 * 1024;
+    const GETS: usize = 1000;
+    let redis = RedisServer::start();
+    let mut kg = KeygateProcess::start(
+        &redis,
+        "max_pending_reply_bytes = 16777216\nmax_pending_reply_bytes_hard = 268435456",
+    );
+    let port = kg.port;
+    let mut direct = RawConn::connect(redis.port());
+    let value = vec![b'w'; VALUE];
+    assert_eq!(direct.cmd_str(&[&b"SET"[..], b"big", &value]), "+OK\r\n");
+    assert_eq!(direct.cmd_str(&["SET", "small", "x"]), "+OK\r\n");
+    let before = kg.rss_kib();
+    let peak = PeakRss::watch(kg.child.id());
+    let mut slow = RawConn::connect(port);
+    let mut writer = slow.stream().try_clone().expect("clone");
+    let flood = resp_command(&["GET", "big"]).repeat(GETS);
+    let wrote = std::thread::spawn(move || writer.write_all(&flood).is_ok());
+    // keygate has taken requests and holds what it may, then stops reading:
+    // Redis sees the GETs stop well short of all of them.
+    let gets = |redis: &RedisServer| -> usize {
+        let stats = redis.cli(&["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_get:calls="))
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(wait_until(Duration::from_secs(10), || gets(&redis) >= 16));
+    let mut last = gets(&redis);
+    // Paused: no more GETs reach Redis over a few successive looks.
+    let mut steady = 0;
+    assert!(wait_until(Duration::from_secs(20), || {
+        let now = gets(&redis);
+        steady = if now == last { steady + 1 } else { 0 };
+        last = now;
+        steady >= 10
+    }));
+    assert!(
+        last < GETS,
+        "keygate took all {GETS} GETs from a client that reads nothing"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let other = watch_other(port, stop.clone());
+    assert!(wait_until(Duration::from_secs(10), || gets(&redis) > last + 5));
+    stop.store(true, Ordering::Relaxed);
+    let (worst, _) = other.join().expect("other client");
+    let held_peak = peak.peak();
+    // Now it reads: every reply, whole and in order.
+    let mut want = format!("${VALUE}\r\n").into_bytes();
+    want.extend_from_slice(&value);
+    want.extend_from_slice(b"\r\n");
+    for i in 0..GETS {
+        let reply = slow.read_reply();
+        assert!(reply == want, "reply {i} differs ({} bytes)", reply.len());
+    }
+    assert!(wrote.join().expect("writer"), "the flood was cut off");
+    kg.assert_running();
+    let growth = held_peak.saturating_sub(before);
+    println!(
+        "slow reader of {GETS} x {} KiB: paused after {last} GETs; RSS +{} MiB at peak; other client worst {worst:?}",
+        VALUE / 1024,
+        growth / MIB
+    );
+    assert!(
+        worst < Duration::from_secs(2),
+        "another client waited {worst:?}"
+    );
+    assert!(growth < 300 * MIB, "keygate grew {} MiB", growth / MIB);
+}

@@ -41,8 +41,13 @@ pub struct ConnectOptions {
     pub tls: Option<Arc<BackendTls>>,
 }
 
-/// Nesting cap for backend replies; Redis's deepest replies (COMMAND DOCS) stay far below.
-pub const REPLY_MAX_DEPTH: usize = 64;
+/// Nesting cap for backend replies: none. Replies are trusted and must be
+/// read at any depth Redis produces (a Lua script's reply nests as deep as
+/// its stack allows, some 8000 levels), or one script would make keygate
+/// drop a shared connection. The scanner keeps its open levels on the heap,
+/// one word each, never on the call stack, so depth costs memory in
+/// proportion to the reply's own bytes and no recursion.
+pub const REPLY_MAX_DEPTH: usize = usize::MAX;
 
 /// What a connection is used for, named on the backend with CLIENT SETNAME.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,11 +5,13 @@
 //!   commands of many clients, replies matched first in, first out.
 //! - [`dedicated`] pools connections a single client holds for MULTI/WATCH,
 //!   blocking commands and pub/sub.
+//! - [`meter`] counts the reply bytes held for one client as they arrive.
 //! - [`node`] groups both kinds for one Redis node.
 //! - [`stream`] is the byte stream to a node, plain TCP or TLS.
 
 pub mod connect;
 pub mod dedicated;
+pub mod meter;
 pub mod mux;
 pub mod node;
 pub mod stream;

@@ -11,9 +11,12 @@
 //!   contiguous `Bytes` split off the read buffer (no copy), with the end
 //!   and kind of each frame the reader found, so the client never scans
 //!   them again;
-//! - when a connection dies or stalls past `command_timeout`, every request
-//!   in flight on it gets an error, nothing is dropped silently, and the
-//!   connection is replaced with capped exponential backoff.
+//! - when a connection dies or stalls past `command_timeout` (its oldest
+//!   request is older and no byte came for a tick), every request in flight
+//!   on it gets an error, nothing is dropped silently, and the connection is
+//!   replaced with capped exponential backoff;
+//! - reply bytes are counted on their client's meter as they arrive, and a
+//!   batch whose client is gone is dropped frame by frame, never gathered.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +29,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use super::connect::{connect, ConnectOptions, Role, REPLY_MAX_DEPTH};
+use super::meter::ReplyMeter;
 use super::node::NodeHealth;
 use super::stream::BackendStream;
 use super::BackendError;
@@ -58,6 +62,8 @@ pub struct Batch {
     pub count: u32,
     /// Where the replies go.
     pub reply: oneshot::Sender<BatchReply>,
+    /// Counts the replies' bytes for their client as they arrive.
+    pub meter: Option<Arc<ReplyMeter>>,
 }
 
 /// Settings of a multiplexed connection.
@@ -180,7 +186,16 @@ struct Pending {
     closes_write: bool,
     sent_at: Instant,
     reply: oneshot::Sender<BatchReply>,
+    meter: Option<Arc<ReplyMeter>>,
     _in_flight: InFlight,
+}
+
+impl Pending {
+    /// Its client is gone (the receiver was dropped): its replies are
+    /// dropped as they arrive instead of being gathered.
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
 }
 
 /// Counts a written batch in its node's in-flight total until dropped
@@ -326,6 +341,7 @@ where
                 closes_write: false,
                 sent_at,
                 reply: batch.reply,
+                meter: batch.meter,
                 _in_flight: InFlight::new(health),
             };
             if let Some(prev) = held.replace(pending) {
@@ -368,7 +384,23 @@ where
     open
 }
 
+/// Bytes of a batch's replies the reader gathers before it counts them on
+/// the client's meter and looks whether the client is still there: a small
+/// batch is counted once, when it is complete.
+const COUNT_STEP: usize = 64 * 1024;
+/// The read buffer's usual size, and the least it grows by.
+const READ_CHUNK: usize = 64 * 1024;
+/// A read buffer a large reply grew past this is replaced once empty, so
+/// the memory goes back with the reply.
+const RETAINED_READ_BUF: usize = 1024 * 1024;
+
 /// Reads replies and hands them to pending batches in order.
+///
+/// Reply bytes are counted on their client's meter as they arrive, a
+/// batch's bytes before it is complete included (a slow client's replies
+/// are held here, so that the connection keeps serving the others, up to
+/// the client's hard limit). A batch whose client is gone is not gathered:
+/// its frames are dropped as they are found.
 async fn read_loop<R: AsyncRead + Unpin>(
     mut rd: R,
     mut pending_rx: mpsc::UnboundedReceiver<Pending>,
@@ -377,7 +409,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     timeout: Duration,
     health: Arc<NodeHealth>,
 ) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);
     let mut queue: VecDeque<Pending> = VecDeque::new();
     let mut found = 0u32;
@@ -386,16 +418,26 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // Where the next frame starts in `buf` (frames of a batch stay in `buf`
     // until the batch is complete).
     let mut frame_start = 0usize;
+    // Bytes at the front of `buf` already counted on the front batch's meter.
+    let mut counted = 0usize;
+    // The front batch's client is gone: its frames are dropped as found.
+    let mut discarding = false;
+    // Bytes arrived since the last tick: a node still sending is not stalled
+    // (a large reply may take longer than `timeout` to arrive whole).
+    let mut progressed = false;
     let mut tick = tokio::time::interval(
         (timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(250)),
     );
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let fail_all = |queue: &mut VecDeque<Pending>,
                     pending_rx: &mut mpsc::UnboundedReceiver<Pending>,
+                    counted: usize,
                     err: BackendError| {
         while let Ok(p) = pending_rx.try_recv() {
             queue.push_back(p);
         }
+        // What was counted for the front batch's client is an error now.
+        uncount(queue.front(), counted);
         for p in queue.drain(..) {
             let _ = p.reply.send(Err(err.clone()));
         }
@@ -411,7 +453,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         addr: addr.to_string(),
                         reason: e.to_string(),
                     };
-                    fail_all(&mut queue, &mut pending_rx, err);
+                    fail_all(&mut queue, &mut pending_rx, counted, err);
                     return;
                 }
             };
@@ -419,6 +461,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 // Out-of-band push on a shared connection: nobody asked for it.
                 let _ = buf.split_to(frame.end);
                 scanner.consume(frame.end);
+                let pushed = counted.min(frame.end);
+                uncount(queue.front(), pushed);
+                counted -= pushed;
                 continue;
             }
             if queue.is_empty() {
@@ -435,7 +480,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     addr: addr.to_string(),
                     reason: "push frame inside a pipelined reply".into(),
                 };
-                fail_all(&mut queue, &mut pending_rx, err);
+                fail_all(&mut queue, &mut pending_rx, counted, err);
                 return;
             }
             if frame.kind == ReplyKind::Error
@@ -446,57 +491,123 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 // The node was demoted under us: the topology re-checks roles.
                 health.readonly_reply();
             }
-            frame_start = frame.end;
             if found == 0 {
-                // One allocation for a pipelined batch, none for one or two frames.
-                ends.reserve_exact((front.count as usize).min(MAX_ENDS_RESERVED));
+                discarding = front.abandoned();
+                if !discarding {
+                    // One allocation for a pipelined batch, none for one or two frames.
+                    ends.reserve_exact((front.count as usize).min(MAX_ENDS_RESERVED));
+                }
             }
             found += 1;
-            ends.push(frame);
-            if found == front.count {
-                let bytes = buf.split_to(frame.end).freeze();
+            if discarding {
+                // Nobody will read it: gone as soon as it is whole.
+                let _ = buf.split_to(frame.end);
                 scanner.consume(frame.end);
+                counted = counted.saturating_sub(frame.end);
+            } else {
+                frame_start = frame.end;
+                ends.push(frame);
+                if frame_start >= COUNT_STEP && front.abandoned() {
+                    // The client left with this batch half gathered.
+                    let _ = buf.split_to(frame_start);
+                    scanner.consume(frame_start);
+                    counted = counted.saturating_sub(frame_start);
+                    frame_start = 0;
+                    ends.clear();
+                    discarding = true;
+                }
+            }
+            if found == front.count {
                 found = 0;
+                let Some(p) = queue.pop_front() else {
+                    return;
+                };
+                if p.closes_write {
+                    window.answered();
+                }
+                if std::mem::take(&mut discarding) {
+                    counted = 0;
+                    continue;
+                }
+                let bytes = buf.split_to(frame_start).freeze();
+                scanner.consume(frame_start);
                 frame_start = 0;
+                if let Some(meter) = &p.meter {
+                    // The meter now holds exactly this batch's bytes, which
+                    // the client takes off once it has written them.
+                    if counted < bytes.len() {
+                        meter.add(bytes.len() - counted);
+                    } else {
+                        meter.sub(counted - bytes.len());
+                    }
+                }
+                counted = 0;
                 let replies = Replies {
                     bytes,
                     ends: std::mem::take(&mut ends),
                 };
-                if let Some(p) = queue.pop_front() {
-                    if p.closes_write {
-                        window.answered();
-                    }
-                    let _ = p.reply.send(Ok(replies));
+                let _ = p.reply.send(Ok(replies));
+            }
+        }
+        // A batch still arriving is counted as it arrives, so a client
+        // whose replies outgrow its hard limit is cut off before they are whole.
+        if !discarding && buf.len().saturating_sub(counted) >= COUNT_STEP {
+            if queue.is_empty() {
+                if let Ok(p) = pending_rx.try_recv() {
+                    queue.push_back(p);
                 }
             }
+            if let Some(meter) = queue.front().and_then(|p| p.meter.as_ref()) {
+                meter.add(buf.len().saturating_sub(counted));
+                counted = buf.len();
+            }
+        }
+        if buf.capacity() > RETAINED_READ_BUF && buf.len() < RETAINED_READ_BUF {
+            // A large reply grew the buffer and is gone from it: move what
+            // little followed it to a small one, so the large allocation is
+            // freed once its replies are written (or at once if dropped).
+            let mut small = BytesMut::with_capacity(READ_CHUNK.max(buf.len()));
+            small.extend_from_slice(&buf);
+            buf = small;
         }
         tokio::select! {
             read = rd.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => {
                     let err = BackendError::ConnectionLost { addr: addr.to_string() };
                     tracing::warn!(backend = %addr, "backend connection closed");
-                    fail_all(&mut queue, &mut pending_rx, err);
+                    fail_all(&mut queue, &mut pending_rx, counted, err);
                     return;
                 }
-                Ok(_) => {}
+                Ok(_) => progressed = true,
             },
             _ = tick.tick() => {
                 while let Ok(p) = pending_rx.try_recv() {
                     queue.push_back(p);
                 }
+                let idle = !std::mem::take(&mut progressed);
                 if let Some(front) = queue.front() {
-                    if front.sent_at.elapsed() > timeout {
+                    if idle && front.sent_at.elapsed() > timeout {
                         tracing::warn!(backend = %addr, "backend stalled; dropping the connection");
                         let err = BackendError::Timeout { addr: addr.to_string(), millis: timeout.as_millis() };
-                        fail_all(&mut queue, &mut pending_rx, err);
+                        fail_all(&mut queue, &mut pending_rx, counted, err);
                         return;
                     }
                 }
             }
         }
         if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(64 * 1024);
+            // Doubling while a large reply arrives: a buffer still shared
+            // with replies handed out is copied on growth, and growing it a
+            // chunk at a time would copy the reply over and over.
+            buf.reserve(buf.len().max(READ_CHUNK));
         }
+    }
+}
+
+/// Takes `n` counted bytes back off the meter of `front`'s client.
+fn uncount(front: Option<&Pending>, n: usize) {
+    if let Some(meter) = front.and_then(|p| p.meter.as_ref()) {
+        meter.sub(n);
     }
 }
 

@@ -212,6 +212,7 @@ impl Connection {
                 payload,
                 count: replies,
                 reply: tx,
+                meter: Some(self.meter.clone()),
             },
             read_from,
             read_only,

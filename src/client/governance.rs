@@ -7,13 +7,33 @@
 //! Invariant: the client sees exactly one reply per command it sent; the
 //! follow-ups are counted in the command's `frames` and dropped on the way
 //! back (inside MULTI both their `+QUEUED` and their EXEC elements).
+//!
+//! `max_value_bytes` bounds a string by the size a write makes it, not only
+//! by its arguments: SETRANGE, SETBIT and BITFIELD are refused when the
+//! offset they write at lies past the limit (a string within the limit
+//! stays within it, so the offset alone decides). APPEND's result depends
+//! on the length already stored, which keygate cannot know without asking;
+//! it is sent as a script that checks STRLEN and appends in one atomic step
+//! ([`APPEND_WITHIN`]), so no interleaved write can slip past the check.
+//! The limits of that choice: the backend must allow EVAL for keygate's
+//! user, and MONITOR and command statistics show EVAL instead of APPEND.
 
 use std::time::SystemTime;
 
+use crate::command::keyword::{c_str, is_keyword};
 use crate::command::{CommandSpec, Flags};
 use crate::metrics::Recorder;
 use crate::policy::service::Service;
+use crate::protocol::decimal::parse_ll;
 use crate::protocol::request::Request;
+
+/// APPEND under `max_value_bytes`: appends ARGV[1] to KEYS[1] unless the
+/// result would be longer than ARGV[2] bytes, refused then with ARGV[3].
+/// `pcall` passes Redis's own errors (WRONGTYPE) through as they are.
+const APPEND_WITHIN: &str = "local n = redis.pcall('strlen', KEYS[1]) \
+if type(n) == 'number' and n + #ARGV[1] > tonumber(ARGV[2]) then \
+return redis.error_reply(ARGV[3]) end \
+return redis.pcall('append', KEYS[1], ARGV[1])";
 
 /// Whether a request whose namespace prefix is still to be written (the
 /// one-key shortcut) may be governed as the client sent it: the value limit
@@ -64,8 +84,36 @@ pub(super) fn govern(
                     service.name
                 ));
             }
+            if let Some(size) = produced_size(spec.name, req)? {
+                if size > limit as u64 {
+                    return Err(format!(
+                        "ERR keygate: the value would grow to {size} bytes, over service '{}''s max_value_bytes of {limit}",
+                        service.name
+                    ));
+                }
+            }
         }
     }
+    let governed = govern_ttl(service, spec, req, recorder)?;
+    match service.max_value_bytes {
+        Some(limit) if spec.name == "append" => {
+            let (request, follow_ups) = governed.unwrap_or_else(|| (req.clone(), Vec::new()));
+            Ok(Some((
+                append_within(&request, limit, &service.name),
+                follow_ups,
+            )))
+        }
+        _ => Ok(governed),
+    }
+}
+
+/// The TTL policy's part of [`govern`].
+fn govern_ttl(
+    service: &Service,
+    spec: &'static CommandSpec,
+    req: &Request,
+    recorder: &mut Recorder,
+) -> Result<Option<(Request, Vec<Request>)>, String> {
     if service.ttl.leaves_alone(spec) {
         return Ok(None);
     }
@@ -83,4 +131,92 @@ pub(super) fn govern(
             Err(refusal.to_string())
         }
     }
+}
+
+/// `APPEND key value` as the script that appends only within `limit`.
+fn append_within(append: &Request, limit: usize, service: &str) -> Request {
+    let key = append.get(1).unwrap_or_default();
+    let value = append.get(2).unwrap_or_default();
+    let limit = limit.to_string();
+    let refusal = format!(
+        "ERR keygate: the value would grow over service '{service}''s max_value_bytes of {limit}"
+    );
+    Request::from_args(&[
+        &b"EVAL"[..],
+        APPEND_WITHIN.as_bytes(),
+        b"1",
+        key,
+        value,
+        limit.as_bytes(),
+        refusal.as_bytes(),
+    ])
+}
+
+/// The size in bytes a write that grows a string at an offset makes it at
+/// least: `None` for other commands and for writes that grow nothing (an
+/// empty SETRANGE, a BITFIELD of GETs), and for offsets Redis itself
+/// refuses (it writes nothing then). A BITFIELD operation keygate cannot
+/// read is refused with Redis's own error: Redis would refuse the whole
+/// command for it.
+fn produced_size(command: &str, req: &Request) -> Result<Option<u64>, String> {
+    let offset = |i: usize| {
+        req.get(i)
+            .and_then(parse_ll)
+            .and_then(|o| u64::try_from(o).ok())
+    };
+    Ok(match command {
+        "setrange" => match (offset(2), req.arg_len(3)) {
+            (Some(at), Some(len)) if len > 0 => Some(at.saturating_add(len as u64)),
+            _ => None,
+        },
+        "setbit" => offset(2).map(|bit| bit / 8 + 1),
+        "bitfield" => bitfield_size(req)?,
+        _ => None,
+    })
+}
+
+/// The highest byte a BITFIELD's SET and INCRBY operations write, plus one.
+fn bitfield_size(req: &Request) -> Result<Option<u64>, String> {
+    const SYNTAX: &str = "ERR syntax error";
+    const TYPE: &str = "ERR Invalid bitfield type. Use something like i16 u8. Note that u64 is not supported but i64 is.";
+    const OFFSET: &str = "ERR bit offset is not an integer or out of range";
+    let mut size = None;
+    let mut i = 2;
+    while let Some(op) = req.get(i) {
+        let writes = is_keyword(op, b"set") || is_keyword(op, b"incrby");
+        if is_keyword(op, b"overflow") {
+            i += 2;
+            continue;
+        }
+        if !writes && !is_keyword(op, b"get") {
+            return Err(SYNTAX.into());
+        }
+        let (Some(kind), Some(at)) = (req.get(i + 1), req.get(i + 2)) else {
+            return Err(SYNTAX.into());
+        };
+        if writes {
+            // As Redis reads them: `i<bits>`/`u<bits>` as a C string, and an
+            // offset in bits, `#n` meaning n times the width.
+            let bits = match c_str(kind).split_first() {
+                Some((b'i', n)) => parse_ll(n).filter(|b| (1..=64).contains(b)),
+                Some((b'u', n)) => parse_ll(n).filter(|b| (1..=63).contains(b)),
+                _ => None,
+            }
+            .ok_or(TYPE)?;
+            let (scaled, digits) = match at.split_first() {
+                Some((b'#', n)) => (bits, n),
+                _ => (1, at),
+            };
+            let bit = parse_ll(digits)
+                .and_then(|o| o.checked_mul(scaled))
+                .and_then(|o| u64::try_from(o).ok())
+                .ok_or(OFFSET)?;
+            let end = bit.saturating_add(bits as u64 - 1) / 8 + 1;
+            size = size.max(Some(end));
+            i += 4;
+        } else {
+            i += 3;
+        }
+    }
+    Ok(size)
 }

@@ -132,8 +132,15 @@ impl Connection {
                 let mux = node.mux(protocol, self.session.id).clone();
                 let (procedure, ns) = (call.procedure, call.namespace);
                 let gate = call.service.procedures.clone();
+                let meter = self.meter.clone();
                 self.procedure = Some(tokio::spawn(async move {
-                    let _ = tx.send(keyspace::run(procedure, &ns, &mux, protocol, &gate).await);
+                    let reply = keyspace::run(procedure, &ns, &mux, protocol, &gate).await;
+                    // Held for the client like any backend reply, and
+                    // taken off the meter once written.
+                    if let Ok(replies) = &reply {
+                        meter.add(replies.bytes.len());
+                    }
+                    let _ = tx.send(reply);
                 }));
             }
             Err(e) => {

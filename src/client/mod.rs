@@ -9,8 +9,10 @@
 //! Backpressure: the task stops reading from a client while it has too many
 //! replies outstanding, and it writes replies before reading more, so a
 //! client that does not read makes keygate stop reading it rather than
-//! buffer without bound. The [`budget`] also caps the reply bytes in
-//! flight (`max_pending_reply_bytes`), stopping mid-read when needed.
+//! buffer without bound. The [`budget`] also caps the reply bytes held for
+//! the client, counted as they arrive (`max_pending_reply_bytes`), stopping
+//! mid-read when needed; past the hard limit (`max_pending_reply_bytes_hard`)
+//! the client is closed, with an error in the log ([`held`]).
 //!
 //! Idle connections hold no buffers: the read buffer is allocated only when
 //! bytes are ready, and the read and write buffers and the reply queue are
@@ -19,6 +21,7 @@
 mod batch;
 mod budget;
 mod governance;
+mod held;
 mod isolation;
 pub mod local;
 mod pubsub;
@@ -41,6 +44,7 @@ use tokio::time::Instant;
 
 use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::backend::dedicated::DedicatedLease;
+use crate::backend::meter::ReplyMeter;
 use crate::backend::node::Node;
 use crate::backend::BackendError;
 use crate::command::keyword::is_keyword;
@@ -160,6 +164,17 @@ struct Dedicated {
     demoted: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
+impl Dedicated {
+    /// Returns the connection to its pool (or closes it, if broken) without
+    /// the read buffer a large reply grew: pooled connections stay small.
+    fn give_back(mut self) {
+        // Unread bytes stay: the pool's check must still see them.
+        if self.lease.read_buf.is_empty() && self.lease.read_buf.capacity() > RETAIN_LIMIT {
+            self.lease.read_buf = BytesMut::new();
+        }
+    }
+}
+
 /// One client connection's state between events.
 struct Connection {
     ctx: Arc<Context>,
@@ -186,6 +201,8 @@ struct Connection {
     procedure: Option<tokio::task::JoinHandle<()>>,
     /// Caps the reply bytes this client may have in flight.
     budget: budget::ReplyBudget,
+    /// The reply bytes held for this client, counted as they arrive.
+    meter: Arc<ReplyMeter>,
     /// `on_bytes` stopped with complete requests left in the read buffer.
     backlog: bool,
 }
@@ -226,6 +243,7 @@ pub async fn serve_io<R, W>(
         out: BytesMut::new(),
         procedure: None,
         budget: budget::ReplyBudget::new(ctx.config.proxy.max_pending_reply_bytes),
+        meter: Arc::new(ReplyMeter::new(ctx.config.proxy.pending_reply_hard_limit())),
         backlog: false,
         ctx,
     };
@@ -245,6 +263,7 @@ pub async fn serve_io<R, W>(
     // One signal for the whole connection: a fresh `changed()` every turn
     // would join and leave the watch's waiter list on every request.
     let mut shutdown_signal = ShutdownSignal::new(shutdown);
+    let mut tripped = held::TripSignal::new(conn.meter.clone());
     let mut rbuf = BytesMut::new();
     let idle_timeout = conn.ctx.config.proxy.idle_timeout;
     let mut last_activity = Instant::now();
@@ -278,6 +297,9 @@ pub async fn serve_io<R, W>(
         let event = std::future::poll_fn(|cx| {
             if watch.shutdown && shutdown_signal.poll(cx).is_ready() {
                 return Poll::Ready(Event::Shutdown);
+            }
+            if tripped.poll(cx).is_ready() {
+                return Poll::Ready(Event::OverLimit);
             }
             if housekeeping_timer
                 .poll_fired(cx, watch.housekeeping)
@@ -338,23 +360,33 @@ pub async fn serve_io<R, W>(
                 continue;
             }
             Event::Shutdown => conn.closing = true,
+            Event::OverLimit => {
+                conn.over_limit();
+                break;
+            }
         }
         housekeeping.active();
         let (out_before, pending_before) = (conn.out.len(), conn.queue.commands_pending());
-        conn.queue.drain_ready(&mut conn.out, &mut conn.recorder);
+        let drained = conn.queue.drain_ready(&mut conn.out, &mut conn.recorder);
         conn.budget.observe(
             conn.out.len().saturating_sub(out_before),
             pending_before.saturating_sub(conn.queue.commands_pending()),
         );
         conn.release_dedicated_if_clean();
         if !conn.out.is_empty() {
-            // flush: TLS holds records until flushed; a no-op on plain TCP.
-            if wr.write_all(&conn.out).await.is_err() || wr.flush().await.is_err() {
-                break;
+            match held::write_watched(&mut wr, &conn.out, &mut tripped).await {
+                Ok(()) => {}
+                Err(held::WriteStopped::Failed) => break,
+                Err(held::WriteStopped::OverLimit) => {
+                    conn.over_limit();
+                    break;
+                }
             }
             conn.recorder.bytes_out(conn.out.len());
             conn.out.clear();
         }
+        // Written (or suppressed): no longer held for the client.
+        conn.meter.sub(drained);
         if conn.queue.is_empty()
             && !conn.backlog
             && conn.out.capacity() + rbuf.capacity() > RETAIN_LIMIT
@@ -385,6 +417,8 @@ enum Event {
     Housekeeping,
     /// Keygate is shutting down.
     Shutdown,
+    /// The replies held for the client went past the hard limit.
+    OverLimit,
 }
 
 /// The sources the client loop waits on this turn, worked out once before
@@ -687,6 +721,36 @@ enum Deferred {
     Reset { reply: Bytes, suppress: bool },
 }
 
+/// The refusal of a request that the namespace's rewrite (a prefixed key,
+/// channel or pattern) made longer than the backend accepts: Redis would
+/// answer it with a protocol error and close the connection, a shared one
+/// with every other client's requests on it. The client's own arguments
+/// are within `proto_max_bulk_len` already (the request scanner saw to
+/// it), so only a rewritten frame longer than that needs a look at each
+/// argument; `prefix_len` is the prefix still to be written at `prefix_at`.
+fn over_bulk_limit(
+    req: &Request,
+    prefix_at: Option<usize>,
+    prefix_len: usize,
+    limits: ScanLimits,
+) -> Option<String> {
+    let limit = limits.max_bulk_len;
+    if req.frame().len() + prefix_len <= limit {
+        return None;
+    }
+    let longest = (0..req.argc())
+        .filter_map(|i| {
+            let added = if prefix_at == Some(i) { prefix_len } else { 0 };
+            req.arg_len(i).map(|len| len + added)
+        })
+        .max()?;
+    (longest > limit).then(|| {
+        format!(
+            "ERR keygate: an argument of {longest} bytes with the namespace prefix is over proto_max_bulk_len ({limit})"
+        )
+    })
+}
+
 fn error_reply(msg: &str) -> Bytes {
     let mut out = BytesMut::new();
     encode::error(&mut out, msg);
@@ -752,7 +816,21 @@ impl Connection {
         let in_flight = self.queue.commands_pending() + self.batch.commands();
         self.queue.len() < MAX_SLOTS
             && in_flight < MAX_PENDING_COMMANDS
-            && self.budget.allows(in_flight)
+            && self.budget.allows(in_flight, self.meter.held())
+    }
+
+    /// The replies held for this client went past the hard limit: it is
+    /// closed at once (what still arrives for it is dropped as it arrives),
+    /// as Redis closes a client past its output buffer's hard limit.
+    fn over_limit(&self) {
+        let service = self.session.service.as_ref().map(|s| s.name.as_str());
+        tracing::error!(
+            client = self.session.id,
+            service = service.unwrap_or("-"),
+            held = self.meter.held(),
+            limit = self.meter.hard_limit(),
+            "closing a client that does not read its replies: the bytes held for it went past max_pending_reply_bytes_hard"
+        );
     }
 
     /// A reply keygate made: it goes after everything already queued.
@@ -934,6 +1012,12 @@ impl Connection {
                 follow_ups = added;
             }
             Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
+        }
+        let prefix_len = prefix_key
+            .and(service.namespace.as_ref())
+            .map_or(0, |ns| ns.prefix_bytes().len());
+        if let Some(msg) = over_bulk_limit(&req, prefix_key, prefix_len, self.ctx.scan_limits) {
+            return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
         }
         let effect = router::connection_effect(spec, &req);
         let subscription = (effect == ConnectionEffect::Subscribe)
@@ -1264,15 +1348,26 @@ impl Connection {
                     // confined to the session's namespace like any reply.
                     let service = self.session.service.as_deref();
                     match d.subscriptions.route(&frame, kind, protocol, awaited) {
-                        pubsub::Route::Reply => self.queue.dedicated_reply(frame),
+                        // Every frame the queue keeps is held for the client
+                        // until written: counted on its reply meter.
+                        pubsub::Route::Reply => {
+                            self.meter.add(frame.len());
+                            self.queue.dedicated_reply(frame);
+                        }
                         pubsub::Route::Confirms { all } => {
                             let frame = isolation::confine_unasked(service, frame);
-                            self.queue
+                            let held = self
+                                .queue
                                 .subscription_frame(frame.as_deref().unwrap_or_default(), all);
+                            self.meter.add(held);
                         }
-                        pubsub::Route::Ends => self.queue.end_subscription(&frame),
+                        pubsub::Route::Ends => {
+                            let held = self.queue.end_subscription(&frame);
+                            self.meter.add(held);
+                        }
                         pubsub::Route::Unasked => {
                             if let Some(frame) = isolation::confine_unasked(service, frame) {
+                                self.meter.add(frame.len());
                                 self.queue.dedicated_push(frame);
                             }
                         }
@@ -1297,8 +1392,10 @@ impl Connection {
     fn on_dedicated_timeout(&mut self) {
         let addr = self.dedicated_addr();
         let millis = self.ctx.config.backend.command_timeout.as_millis();
-        self.queue
+        let dropped = self
+            .queue
             .fail_dedicated(&BackendError::Timeout { addr, millis });
+        self.meter.sub(dropped);
         self.drop_dedicated(true);
         self.end_connection_state();
     }
@@ -1312,8 +1409,10 @@ impl Connection {
         if self.holds_subscriptions() {
             self.closing = true;
         }
-        self.queue
+        let dropped = self
+            .queue
             .fail_dedicated(&BackendError::ConnectionLost { addr });
+        self.meter.sub(dropped);
         self.drop_dedicated(true);
         self.end_connection_state();
     }
@@ -1390,7 +1489,9 @@ impl Connection {
             && d.lease.read_buf.is_empty()
             && !self.queue.awaits_dedicated();
         if clean {
-            self.dedicated = None;
+            if let Some(d) = self.dedicated.take() {
+                d.give_back();
+            }
         }
     }
 
@@ -1402,6 +1503,7 @@ impl Connection {
                 d.lease.broken = true;
             }
             d.lease.broken |= broken;
+            d.give_back();
         }
     }
 

@@ -93,8 +93,11 @@ impl CommandReply {
 
 #[derive(Debug)]
 enum SlotState {
-    /// Complete and final (a reply keygate made, or a pushed message).
+    /// Complete and final: a reply keygate made.
     Ready(Bytes),
+    /// Complete and final: a frame the dedicated connection sent unasked
+    /// (counted on the client's meter, like every backend reply).
+    Pushed(Bytes),
     /// Waiting on a multiplexed connection.
     Shared(oneshot::Receiver<BatchReply>),
     /// Waiting on the client's dedicated connection for `remaining` frames.
@@ -278,22 +281,23 @@ impl ReplyQueue {
 
     /// A confirmation of the awaited subscription command (already
     /// confined); `all` is how many it takes if the command named nothing.
-    pub fn subscription_frame(&mut self, frame: &[u8], all: u32) {
-        self.answer_subscription(frame, Some(all));
+    /// Returns the bytes now held for the client (for its reply meter).
+    pub fn subscription_frame(&mut self, frame: &[u8], all: u32) -> usize {
+        self.answer_subscription(frame, Some(all))
     }
 
     /// Any other frame for the awaited subscription command (an error):
-    /// its whole answer.
-    pub fn end_subscription(&mut self, frame: &[u8]) {
-        self.answer_subscription(frame, None);
+    /// its whole answer. Returns the bytes now held for the client.
+    pub fn end_subscription(&mut self, frame: &[u8]) -> usize {
+        self.answer_subscription(frame, None)
     }
 
-    fn answer_subscription(&mut self, frame: &[u8], all: Option<u32>) {
+    fn answer_subscription(&mut self, frame: &[u8], all: Option<u32>) -> usize {
         let Some(i) = self.first_waiting_dedicated() else {
-            return;
+            return 0;
         };
         let Some(slot) = self.slots.get_mut(i) else {
-            return;
+            return 0;
         };
         if let SlotState::Dedicated {
             remaining,
@@ -315,7 +319,9 @@ impl ReplyQueue {
             if *remaining == 0 {
                 slot.answered = Some(Instant::now());
             }
+            return frame.len();
         }
+        0
     }
 
     /// Whether the first awaited dedicated reply belongs to a blocking
@@ -345,7 +351,7 @@ impl ReplyQueue {
     /// A frame the dedicated connection sent unasked (a pub/sub message).
     pub fn dedicated_push(&mut self, frame: Bytes) {
         let slot = Slot {
-            state: SlotState::Ready(frame),
+            state: SlotState::Pushed(frame),
             commands: Commands::new(),
             suppress: false,
             started: Instant::now(),
@@ -357,14 +363,21 @@ impl ReplyQueue {
         }
     }
 
-    /// The dedicated connection failed: every reply awaited on it is this error.
-    pub fn fail_dedicated(&mut self, err: &BackendError) {
+    /// The dedicated connection failed: every reply awaited on it is this
+    /// error. Returns the bytes of the frames that had arrived for them,
+    /// now dropped (to be taken off the client's meter).
+    pub fn fail_dedicated(&mut self, err: &BackendError) -> usize {
+        let mut dropped = 0;
         for slot in self.slots.iter_mut() {
-            if matches!(slot.state, SlotState::Dedicated { remaining, .. } if remaining > 0) {
-                slot.state = SlotState::Answered(Err(err.clone()));
-                slot.answered = Some(Instant::now());
+            if let SlotState::Dedicated { remaining, acc, .. } = &slot.state {
+                if *remaining > 0 {
+                    dropped += acc.len();
+                    slot.state = SlotState::Answered(Err(err.clone()));
+                    slot.answered = Some(Instant::now());
+                }
             }
         }
+        dropped
     }
 
     /// Whether the front slot waits on a multiplexed connection.
@@ -437,25 +450,36 @@ impl ReplyQueue {
     }
 
     /// Moves every complete slot at the front to `out`, in order, recording
-    /// each command's latency, cache outcome and errors.
-    pub fn drain_ready(&mut self, out: &mut BytesMut, recorder: &mut Recorder) {
+    /// each command's latency, cache outcome and errors. Returns the backend
+    /// reply bytes taken (as they were counted on the client's meter when
+    /// they arrived), to be taken off the meter once `out` is written.
+    pub fn drain_ready(&mut self, out: &mut BytesMut, recorder: &mut Recorder) -> usize {
         let mut now = None;
+        let mut metered = 0;
         while let Some(slot) = self.slots.front_mut() {
             let result = match &mut slot.state {
                 SlotState::Ready(b) => Ok(Replies::from(std::mem::take(b))),
+                SlotState::Pushed(b) => {
+                    metered += b.len();
+                    Ok(Replies::from(std::mem::take(b)))
+                }
                 SlotState::Shared(rx) => match rx.try_recv() {
                     Ok(r) => r,
-                    Err(oneshot::error::TryRecvError::Empty) => return,
+                    Err(oneshot::error::TryRecvError::Empty) => return metered,
                     Err(oneshot::error::TryRecvError::Closed) => Err(lost()),
                 },
                 SlotState::Dedicated { remaining, acc, .. } => {
                     if *remaining > 0 {
-                        return;
+                        return metered;
                     }
                     Ok(Replies::from(std::mem::take(acc).freeze()))
                 }
                 SlotState::Answered(r) => std::mem::replace(r, Ok(Replies::default())),
             };
+            if !matches!(slot.state, SlotState::Ready(_) | SlotState::Pushed(_)) {
+                // Shared and dedicated replies; an error made here was never counted.
+                metered += result.as_ref().map_or(0, |r| r.bytes.len());
+            }
             self.commands_pending = self.commands_pending.saturating_sub(slot.commands.len());
             let now = *now.get_or_insert_with(Instant::now);
             // Written where it lies and only then popped: moving a slot out
@@ -464,6 +488,7 @@ impl ReplyQueue {
             release(std::mem::take(&mut slot.commands));
             self.slots.pop_front();
         }
+        metered
     }
 }
 

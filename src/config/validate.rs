@@ -95,6 +95,17 @@ fn check_proxy(proxy: &ProxyConfig, out: &mut Findings) {
             ),
         );
     }
+    if let Some(hard) = proxy.max_pending_reply_bytes_hard {
+        if hard < proxy.max_pending_reply_bytes {
+            out.add(
+                at.key("max_pending_reply_bytes_hard"),
+                format!(
+                    "proxy.max_pending_reply_bytes_hard ({hard}) is below proxy.max_pending_reply_bytes ({})",
+                    proxy.max_pending_reply_bytes
+                ),
+            );
+        }
+    }
     if !(MIN_BULK_LEN..=MAX_BULK_LEN).contains(&proxy.proto_max_bulk_len) {
         out.add(
             at.key("proto_max_bulk_len"),

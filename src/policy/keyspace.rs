@@ -157,6 +157,7 @@ async fn round_trip(mux: &MuxHandle, req: Request) -> Result<Bytes, Stop> {
         payload: smallvec::smallvec![req.frame().clone()],
         count: 1,
         reply: tx,
+        meter: None,
     })
     .await;
     let reply = rx

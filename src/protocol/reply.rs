@@ -25,6 +25,10 @@ use super::{Protocol, ProtocolError};
 /// enough that dropping a parsed tree cannot exhaust the stack.
 pub const DEFAULT_MAX_DEPTH: usize = 128;
 
+/// Open levels a scanner keeps room for between frames; a deeper frame's
+/// stack is freed once the frame ends.
+const RETAINED_DEPTH: usize = 64;
+
 /// The type of a complete top-level reply frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReplyKind {
@@ -318,6 +322,11 @@ impl ReplyScanner {
             }
             if self.frame_done {
                 self.frame_done = false;
+                if self.stack.capacity() > RETAINED_DEPTH {
+                    // A deep frame (a script's reply) grew the stack: a
+                    // connection's scanner lives long, so give it back.
+                    self.stack = Vec::new();
+                }
                 let kind = std::mem::replace(&mut self.kind, ReplyKind::Value);
                 return Ok(Some(FrameEnd {
                     end: self.pos,
@@ -768,7 +777,16 @@ mod tests {
         input: &[u8],
         chunks: impl IntoIterator<Item = usize>,
     ) -> Result<Vec<(Vec<u8>, ReplyKind)>, ProtocolError> {
-        let mut scanner = ReplyScanner::new(DEFAULT_MAX_DEPTH);
+        frames_chunked_with(input, DEFAULT_MAX_DEPTH, chunks)
+    }
+
+    /// [`frames_chunked`] with a given nesting cap.
+    fn frames_chunked_with(
+        input: &[u8],
+        max_depth: usize,
+        chunks: impl IntoIterator<Item = usize>,
+    ) -> Result<Vec<(Vec<u8>, ReplyKind)>, ProtocolError> {
+        let mut scanner = ReplyScanner::new(max_depth);
         let mut buf = BytesMut::new();
         let mut out = Vec::new();
         let mut rest = input;
@@ -936,6 +954,25 @@ mod tests {
         ));
     }
 
+    /// A backend scanner (no cap) reads a script's reply as deep as Redis
+    /// makes it, in small reads, with the frame after it intact, and no
+    /// recursion: a million levels would overflow any call stack.
+    #[test]
+    fn backend_replies_are_read_at_any_depth() {
+        let depth = 1_000_000;
+        let mut input = b"*1\r\n".repeat(depth);
+        input.extend_from_slice(b":1\r\n+OK\r\n");
+        let frames = frames_chunked_with(&input, usize::MAX, [4096; 2000]).unwrap();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].0.len(), depth * 4 + 4);
+        assert_eq!(frames[1].0, b"+OK\r\n");
+        // Same in one read, and the deep stack is given back afterwards.
+        let mut scanner = ReplyScanner::new(usize::MAX);
+        let found = scanner.next_frame(&input).unwrap().unwrap();
+        assert_eq!(found.end, depth * 4 + 4);
+        assert!(scanner.stack.capacity() <= RETAINED_DEPTH);
+    }
+
     #[test]
     fn big_bulk_in_small_reads() {
         let payload = vec![b'z'; 50 * 1024 * 1024];
@@ -1034,7 +1071,45 @@ mod tests {
         }
     }
 
+    /// A nest of `depth` aggregates of mixed types, each holding the next
+    /// one and `extra` scalars, around `leaf`.
+    fn nested(depth: usize, types: &[u8], extra: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for level in 0..depth {
+            let t = types[level % types.len()];
+            let (count, pairs) = match t {
+                b'%' => ((extra + 2) / 2, true),
+                _ => (extra + 1, false),
+            };
+            out.extend_from_slice(format!("{}{}\r\n", t as char, count).as_bytes());
+            let scalars = if pairs { count * 2 - 1 } else { count - 1 };
+            for _ in 0..scalars {
+                out.extend_from_slice(b":7\r\n");
+            }
+        }
+        out.extend_from_slice(b"$4\r\nleaf\r\n");
+        out
+    }
+
     proptest! {
+        /// Deep frames of any aggregate mix are delimited exactly, whatever
+        /// the read sizes, by a scanner without a cap.
+        #[test]
+        fn deep_frames_are_delimited_in_any_reads(
+            depth in 65usize..3000,
+            types in prop::collection::vec(prop::sample::select(vec![b'*', b'~', b'%', b'>']), 1..4),
+            extra in 0usize..3,
+            chunks in prop::collection::vec(1usize..5000, 0..40),
+        ) {
+            let frame = nested(depth, &types, extra);
+            let mut input = frame.clone();
+            input.extend_from_slice(b"+OK\r\n");
+            let frames = frames_chunked_with(&input, usize::MAX, chunks).unwrap();
+            prop_assert_eq!(frames.len(), 2);
+            prop_assert_eq!(&frames[0].0, &frame);
+            prop_assert_eq!(&frames[1].0[..], &b"+OK\r\n"[..]);
+        }
+
         #[test]
         fn encoded_values_are_delimited_and_round_trip(
             values in prop::collection::vec(arb_value(), 1..5),
