@@ -25,6 +25,7 @@ pub mod queue;
 mod read_wake;
 mod rebind;
 pub mod session;
+mod tracking;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -43,6 +44,7 @@ use crate::backend::dedicated::DedicatedLease;
 use crate::backend::node::Node;
 use crate::backend::BackendError;
 use crate::command::keyword::is_keyword;
+use crate::command::state::{self, Treatment};
 use crate::command::{self, CommandSpec, Flags};
 use crate::config::Config;
 use crate::metrics::{ErrorKind, Metrics, Recorder};
@@ -144,6 +146,12 @@ struct Dedicated {
     /// A subscription made the connection a push stream; it stays this
     /// client's until RESET or disconnect.
     subscribed: bool,
+    /// MONITOR made the connection a push stream of monitor lines; it stays
+    /// this client's until RESET or disconnect, then is closed.
+    monitor: bool,
+    /// CLIENT TRACKING was turned on: the connection holds this client's
+    /// tracking state until RESET or disconnect, then is closed.
+    tracking: bool,
     /// When the first awaited non-blocking reply is overdue.
     deadline: Option<Instant>,
     /// The node it is connected to (always the master when leased).
@@ -153,6 +161,14 @@ struct Dedicated {
     /// turn would leave the watch's waiter list, and a demotion would wake
     /// nobody).
     demoted: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Dedicated {
+    /// The connection carries this client's state until RESET or
+    /// disconnect (a subscription, MONITOR, tracking): never pooled again.
+    fn pinned(&self) -> bool {
+        self.subscribed || self.monitor || self.tracking
+    }
 }
 
 /// One client connection's state between events.
@@ -798,6 +814,14 @@ impl Connection {
                     self.reply(reply, quiet);
                     return Err(None);
                 }
+                if self.dedicated.is_none() {
+                    // Tracking state lives on a dedicated connection: a
+                    // client without one has tracking off.
+                    if let Some(reply) = tracking::answer_untracked(&req, self.session.protocol) {
+                        self.reply(reply, suppress);
+                        return Err(None);
+                    }
+                }
             }
             if name.eq_ignore_ascii_case(b"keygate") {
                 if let LocalAnswer::Reply(reply) =
@@ -842,6 +866,29 @@ impl Connection {
             let msg = refusal.to_string();
             return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
         }
+        // Connection state is never shared (command::state): what reaches
+        // here is forwarded, so a command keygate answers itself got here
+        // only inside MULTI, where it would run on the transaction's
+        // connection at EXEC.
+        let treatment = state::treatment(spec);
+        match treatment {
+            Some(Treatment::Refused) => {
+                let reason = state::refusal_reason(spec).unwrap_or_default();
+                let msg = format!("NOPERM keygate does not allow '{}': {reason}", spec.name);
+                return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
+            }
+            Some(Treatment::Local) => {
+                let msg = format!("ERR keygate: '{}' cannot be used inside MULTI", spec.name);
+                return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
+            }
+            Some(Treatment::Dedicated) | None => {}
+        }
+        // A client's tracking state is its own: allowed for every service,
+        // confined here rather than by the namespace rewrite.
+        let own_tracking = matches!(
+            spec.name,
+            "client|tracking" | "client|caching" | "client|getredir" | "client|trackinginfo"
+        );
         let mut plan = if spec.name == "info" && !held {
             ReplyPlan::AppendProxyInfo(local::proxy_info(&self.ctx, &self.session))
         } else {
@@ -851,7 +898,19 @@ impl Connection {
         let mut req = req;
         // The argument the batch puts the namespace's prefix in front of.
         let mut prefix_key = None;
-        match isolation::isolate(service, spec, &req, &mut plan, &self.session, suppress) {
+        if spec.name == "client|tracking" {
+            match tracking::confine_request(service.namespace.as_deref(), &req) {
+                Ok(None) => {}
+                Ok(Some(confined)) => req = confined,
+                Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, msg, suppress)),
+            }
+        }
+        let isolated = if own_tracking {
+            Ok(None)
+        } else {
+            isolation::isolate(service, spec, &req, &mut plan, &self.session, suppress)
+        };
+        match isolated {
             Ok(None) => {}
             Ok(Some(Isolated::Forward(confined, confined_plan))) => {
                 req = confined;
@@ -888,6 +947,11 @@ impl Connection {
             Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
         }
         let effect = router::connection_effect(spec, &req);
+        // A state-changing command never goes in a shared batch; a
+        // blocking one without its blocking option (XREAD without BLOCK)
+        // changes nothing and may share.
+        let dedicated_only = treatment == Some(Treatment::Dedicated)
+            && (!spec.flags.contains(Flags::BLOCKING) || effect == ConnectionEffect::Block);
         let mut reply = CommandReply {
             plan,
             frames: 1 + follow_ups.len() as u32,
@@ -896,7 +960,7 @@ impl Connection {
         if self.session.tx.open {
             reply = self.track_transaction(spec, reply);
         }
-        if held || effect != ConnectionEffect::None {
+        if held || effect != ConnectionEffect::None || dedicated_only {
             if let Some((at, ns)) = prefix_key.zip(self.session.namespace()) {
                 req = req.prefix_arg(at, ns.prefix_bytes());
             }
@@ -1089,6 +1153,8 @@ impl Connection {
                         scanner: ReplyScanner::new(REPLY_MAX_DEPTH),
                         out: BytesMut::new(),
                         subscribed: false,
+                        monitor: false,
+                        tracking: false,
                         deadline: None,
                         demoted: Some(demotion_of(node.health().demotions())),
                         node,
@@ -1124,12 +1190,18 @@ impl Connection {
             ConnectionEffect::Unwatch => tx.watching = false,
             ConnectionEffect::Subscribe => {}
             ConnectionEffect::Block | ConnectionEffect::None => {}
+            // Inside MULTI it is only queued (Redis refuses it at EXEC).
+            ConnectionEffect::Monitor => d.monitor |= !tx.open,
+            ConnectionEffect::Track => d.tracking = true,
         }
         // In RESP2 a subscribed connection answers with message-shaped
         // frames only, taken in stream order; in RESP3 those are pushes and
         // ordinary replies still match requests.
-        let answered_in_stream =
-            effect == ConnectionEffect::Subscribe || (d.subscribed && protocol == Protocol::Resp2);
+        // A monitor stream's lines are simple strings like any reply:
+        // everything on it is taken in stream order.
+        let answered_in_stream = effect == ConnectionEffect::Subscribe
+            || d.monitor
+            || (d.subscribed && protocol == Protocol::Resp2);
         if effect == ConnectionEffect::Subscribe {
             d.subscribed = true;
         }
@@ -1206,7 +1278,7 @@ impl Connection {
     fn dedicated_lost(&mut self) {
         let addr = self.dedicated_addr();
         // topology: a subscriber's stream is gone too; close it so its library resubscribes.
-        if self.dedicated.as_ref().is_some_and(|d| d.subscribed) {
+        if self.dedicated.as_ref().is_some_and(Dedicated::pinned) {
             self.closing = true;
         }
         self.queue
@@ -1245,7 +1317,7 @@ impl Connection {
         let Some(d) = &self.dedicated else {
             return;
         };
-        let clean = !d.subscribed
+        let clean = !d.pinned()
             && !self.session.tx.open
             && !self.session.tx.watching
             && d.out.is_empty()
@@ -1259,8 +1331,9 @@ impl Connection {
     /// Drops the dedicated connection; `broken` closes it instead of pooling it.
     fn drop_dedicated(&mut self, broken: bool) {
         if let Some(mut d) = self.dedicated.take() {
-            if d.subscribed {
-                // A subscriber's pending messages must not reach anyone else.
+            if d.pinned() {
+                // A subscriber's pending messages (a monitor's lines, a
+                // tracker's invalidations) must not reach anyone else.
                 d.lease.broken = true;
             }
             d.lease.broken |= broken;
@@ -1288,7 +1361,7 @@ impl Drop for Connection {
         let dirty = self.session.tx.open
             || self.session.tx.watching
             || self.queue.awaits_dedicated()
-            || self.dedicated.as_ref().is_some_and(|d| d.subscribed);
+            || self.dedicated.as_ref().is_some_and(Dedicated::pinned);
         self.drop_dedicated(dirty || std::thread::panicking());
         if std::mem::take(&mut self.counted) {
             self.ctx.metrics.client_disconnected(self.admitted_index());
