@@ -304,6 +304,7 @@ async fn serve_tls_client(
     ctx: Arc<Context>,
     stop_rx: watch::Receiver<bool>,
 ) {
+    let addresses = client::registry::Peer::of(&stream);
     let Some(stream) = acceptor.accept(stream, peer).await else {
         return;
     };
@@ -316,7 +317,7 @@ async fn serve_tls_client(
         let _ = wr.shutdown().await;
         return;
     }
-    client::serve_io(rd, wr, ctx, stop_rx).await;
+    client::serve_io(rd, wr, ctx, stop_rx, addresses).await;
 }
 
 /// Keeps the readiness latch in step with the backend.

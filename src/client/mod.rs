@@ -24,6 +24,7 @@ pub mod local;
 pub mod queue;
 mod read_wake;
 mod rebind;
+pub mod registry;
 pub mod session;
 mod tracking;
 
@@ -96,6 +97,8 @@ pub struct Context {
     pub scan_limits: ScanLimits,
     /// Source of CLIENT IDs.
     pub next_id: AtomicU64,
+    /// Every connected client, by CLIENT ID.
+    pub client_table: registry::ClientTable,
     /// Connected clients.
     pub clients: AtomicUsize,
     /// Failed AUTH and HELLO AUTH attempts.
@@ -130,6 +133,7 @@ impl Context {
             metrics,
             scan_limits,
             next_id: AtomicU64::new(1),
+            client_table: registry::ClientTable::default(),
             clients: AtomicUsize::new(0),
             auth_failures: AtomicU64::new(0),
             config,
@@ -199,6 +203,8 @@ struct Connection {
     budget: budget::ReplyBudget,
     /// `on_bytes` stopped with complete requests left in the read buffer.
     backlog: bool,
+    /// This client's entry in the context's table of clients.
+    entry: Arc<registry::ClientEntry>,
 }
 
 /// Serves one client until it disconnects, QUITs, breaks the protocol or
@@ -206,8 +212,9 @@ struct Connection {
 /// ([`Context::admit`]); its count is given back when it ends.
 pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
+    let peer = registry::Peer::of(&stream);
     let (rd, wr) = stream.into_split();
-    serve_io(rd, wr, ctx, shutdown).await
+    serve_io(rd, wr, ctx, shutdown, peer).await
 }
 
 /// [`serve`] on any byte stream's two halves (a TLS connection's, say);
@@ -217,13 +224,17 @@ pub async fn serve_io<R, W>(
     mut wr: W,
     ctx: Arc<Context>,
     shutdown: watch::Receiver<bool>,
+    peer: registry::Peer,
 ) where
     R: ClientRead,
     W: AsyncWrite + Unpin,
 {
     // The client was counted by `Context::admit`; `Drop` gives it back.
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+    let entry = ctx.client_table.add(id, peer);
+    let mut kill = registry::KillSignal::new(entry.clone());
     let mut conn = Connection {
+        entry,
         session: Session::new(id, None),
         scanner: RequestScanner::new(ctx.scan_limits),
         queue: ReplyQueue::default(),
@@ -241,6 +252,7 @@ pub async fn serve_io<R, W>(
         ctx,
     };
     conn.start_in_current_services();
+    conn.entry.identify(&conn.session);
     if let Some(default) = conn.session.service.clone() {
         if !default.try_admit() {
             let _ = wr
@@ -287,6 +299,9 @@ pub async fn serve_io<R, W>(
             if watch.shutdown && shutdown_signal.poll(cx).is_ready() {
                 return Poll::Ready(Event::Shutdown);
             }
+            if kill.poll(cx).is_ready() {
+                return Poll::Ready(Event::Killed);
+            }
             if housekeeping_timer
                 .poll_fired(cx, watch.housekeeping)
                 .is_ready()
@@ -321,9 +336,10 @@ pub async fn serve_io<R, W>(
         })
         .await;
         match event {
-            Event::ClientRead(Ok(0) | Err(_)) | Event::Idle => break,
+            Event::ClientRead(Ok(0) | Err(_)) | Event::Idle | Event::Killed => break,
             Event::ClientRead(Ok(n)) => {
                 last_activity = Instant::now();
+                conn.entry.active(last_activity);
                 conn.read_at = last_activity;
                 conn.recorder.bytes_in(n);
                 conn.on_bytes(&mut rbuf).await;
@@ -351,6 +367,7 @@ pub async fn serve_io<R, W>(
             pending_before.saturating_sub(conn.queue.commands_pending()),
         );
         conn.release_dedicated_if_clean();
+        conn.publish_state();
         if !conn.out.is_empty() {
             // flush: TLS holds records until flushed; a no-op on plain TCP.
             if wr.write_all(&conn.out).await.is_err() || wr.flush().await.is_err() {
@@ -388,6 +405,8 @@ enum Event {
     Housekeeping,
     /// Keygate is shutting down.
     Shutdown,
+    /// CLIENT KILL closed this client.
+    Killed,
 }
 
 /// The sources the client loop waits on this turn, worked out once before
@@ -798,6 +817,9 @@ impl Connection {
         let name = req.get(0).unwrap_or_default();
         if !self.session.tx.open {
             if name.eq_ignore_ascii_case(b"client") && self.session.service.is_some() {
+                if let Ok(spec) = command::lookup(&req) {
+                    self.entry.command(spec);
+                }
                 if let Some(LocalAnswer::Reply(reply)) =
                     local::answer_client(&mut self.session, &req)
                 {
@@ -812,7 +834,18 @@ impl Connection {
                         suppress
                     };
                     self.reply(reply, quiet);
+                    // CLIENT SETNAME: the table shows the new name.
+                    self.entry.identify(&self.session);
                     return Err(None);
+                }
+                if let Some(answer) = registry::answer(
+                    &self.ctx.client_table,
+                    self.ctx.config.backend.database,
+                    &self.session,
+                    &self.entry,
+                    &req,
+                ) {
+                    return self.table_answer(answer, suppress);
                 }
                 if self.dedicated.is_none() {
                     // Tracking state lives on a dedicated connection: a
@@ -838,6 +871,7 @@ impl Connection {
                 return Err(self.reject("unknown", ErrorKind::Client, &e.to_string(), suppress))
             }
         };
+        self.entry.command(spec);
         if self.session.service.is_none()
             && !spec.flags.contains(Flags::NO_AUTH)
             && spec.name != "quit"
@@ -1034,6 +1068,9 @@ impl Connection {
         let Some(answer) = local::answer(&self.ctx, &mut self.session, spec, req) else {
             return Ok(());
         };
+        if before.is_some() {
+            self.entry.identify(&self.session);
+        }
         if let Some(before) = before {
             let switched = match (&before, &self.session.service) {
                 (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
@@ -1340,6 +1377,64 @@ impl Connection {
         }
     }
 
+    /// Publishes the connection's state for CLIENT LIST (a few loads and
+    /// compares; stores only on change).
+    fn publish_state(&self) {
+        use registry::flag;
+        let mut flags = 0;
+        let mut backend_id = 0;
+        if let Some(d) = &self.dedicated {
+            backend_id = d.lease.backend_id;
+            if d.monitor {
+                flags |= flag::MONITOR;
+            }
+            if d.subscribed {
+                flags |= flag::PUBSUB;
+            }
+            if d.tracking {
+                flags |= flag::TRACKING;
+            }
+            if self.queue.first_dedicated_is_blocking() {
+                flags |= flag::BLOCKED;
+            }
+        }
+        let mut multi = -1;
+        if self.session.tx.open {
+            flags |= flag::MULTI;
+            multi = self.session.queued.len() as i64;
+        }
+        if self.session.protocol == Protocol::Resp3 {
+            flags |= flag::RESP3;
+        }
+        self.entry.state(flags, multi, backend_id);
+    }
+
+    /// Acts on a CLIENT subcommand answered from the table of clients.
+    fn table_answer(
+        &mut self,
+        answer: registry::TableAnswer,
+        suppress: bool,
+    ) -> Result<(), Stopped> {
+        match answer {
+            registry::TableAnswer::Reply(reply) => self.reply(reply, suppress),
+            registry::TableAnswer::ReplyAndClose(reply) => {
+                self.reply(reply, suppress);
+                self.closing = true;
+            }
+            registry::TableAnswer::Forward(req) => {
+                let service = self.session.service.as_ref().map(|s| s.index);
+                if !self.batch.takes(suppress) {
+                    self.seal_batch();
+                }
+                let reply = CommandReply::plain("client|unblock", service);
+                self.batch
+                    .push(req, None, Vec::new(), reply, suppress, false);
+                return Ok(());
+            }
+        }
+        Err(None)
+    }
+
     fn admitted_index(&self) -> Option<usize> {
         self.admitted.as_ref().map(|s| s.index)
     }
@@ -1369,6 +1464,7 @@ impl Drop for Connection {
         if let Some(service) = self.admitted.take() {
             service.release();
         }
+        self.ctx.client_table.remove(self.session.id);
         self.ctx.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }
