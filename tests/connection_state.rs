@@ -169,3 +169,35 @@ fn cluster_connection_flags_get_redis_answer_for_everyone() {
     assert_eq!(cart.cmd_str(&["GET", "db0"]), "$-1\r\n");
     assert_eq!(admin.cmd_str(&["GET", "db0"]), bulk("x"));
 }
+
+#[test]
+fn config_get_inside_multi() {
+    let (_redis, kg) = setup();
+    // An admin service's goes to Redis inside the transaction.
+    let mut admin = RawConn::connect(kg.port());
+    assert_eq!(admin.cmd_str(&["MULTI"]), "+OK\r\n");
+    assert_eq!(
+        admin.cmd_str(&["CONFIG", "GET", "maxmemory"]),
+        "+QUEUED\r\n"
+    );
+    assert_eq!(
+        admin.cmd_str(&["EXEC"]),
+        format!("*1\r\n*2\r\n{}{}", bulk("maxmemory"), bulk("0"))
+    );
+    // Another service's gets keygate's own answer in its place.
+    let mut cart = RawConn::connect(kg.port());
+    assert_eq!(cart.cmd_str(&["AUTH", "cart", "cart-pw"]), "+OK\r\n");
+    let outside = cart.cmd_str(&["CONFIG", "GET", "maxclients"]);
+    assert!(outside.starts_with("*2\r\n"), "{outside}");
+    assert_eq!(cart.cmd_str(&["MULTI"]), "+OK\r\n");
+    assert_eq!(cart.cmd_str(&["SET", "a", "1"]), "+QUEUED\r\n");
+    assert_eq!(
+        cart.cmd_str(&["CONFIG", "GET", "maxclients"]),
+        "+QUEUED\r\n"
+    );
+    assert_eq!(cart.cmd_str(&["GET", "a"]), "+QUEUED\r\n");
+    assert_eq!(
+        cart.cmd_str(&["EXEC"]),
+        format!("*3\r\n+OK\r\n{outside}{}", bulk("1"))
+    );
+}

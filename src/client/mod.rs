@@ -1041,6 +1041,9 @@ impl Connection {
             self.reply(out.freeze(), suppress);
             return Err(None);
         }
+        if self.session.tx.open && spec.name == "config|get" {
+            return self.queue_config_get(spec, req, suppress);
+        }
         if self.session.tx.open {
             // Connection-state commands cannot be queued: refusing them dooms
             // the transaction, which is what a client sees from Redis for a
@@ -1154,6 +1157,40 @@ impl Connection {
             }
             _ => Ok(()),
         }
+    }
+
+    /// CONFIG GET inside MULTI. An admin service's goes to Redis in the
+    /// transaction (`Ok`: forwarded like any command). For other services
+    /// keygate's own answer takes the place of a placeholder queued in its
+    /// stead, so EXEC's array keeps its shape: PING, which cannot fail.
+    fn queue_config_get(
+        &mut self,
+        spec: &'static CommandSpec,
+        req: &Request,
+        suppress: bool,
+    ) -> Result<(), Stopped> {
+        let Some(service) = self.session.service.clone() else {
+            return Ok(()); // refused NOAUTH by the next stage
+        };
+        if service.admin {
+            return Ok(());
+        }
+        let Some(LocalAnswer::Reply(answer)) =
+            local::answer(&self.ctx, &mut self.session, spec, req)
+        else {
+            return Ok(());
+        };
+        let queued = CommandReply {
+            plan: ReplyPlan::Replace(answer),
+            ..CommandReply::plain(spec.name, Some(service.index))
+        };
+        let reply = self.track_transaction(spec, queued);
+        Err(Some(Deferred::Dedicated {
+            frames: vec![Request::from_args(&["PING"]).into_frame()],
+            effect: ConnectionEffect::None,
+            reply,
+            suppress,
+        }))
     }
 
     /// Sends a request on the client's dedicated connection, leasing one first
