@@ -44,6 +44,10 @@ pub enum ConnectionEffect {
     Subscribe,
     /// A command that may block until its timeout.
     Block,
+    /// MONITOR: the connection carries monitor lines from now on.
+    Monitor,
+    /// CLIENT TRACKING ON: the connection holds the client's tracking state.
+    Track,
 }
 
 /// Classifies a command by what it does to its connection.
@@ -56,6 +60,10 @@ pub fn connection_effect(spec: &CommandSpec, req: &Request) -> ConnectionEffect 
         "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe"
         | "sunsubscribe" => ConnectionEffect::Subscribe,
         "wait" => ConnectionEffect::Block,
+        "monitor" => ConnectionEffect::Monitor,
+        "client|tracking" if req.get(2).is_some_and(|m| is_keyword(m, b"on")) => {
+            ConnectionEffect::Track
+        }
         "xread" | "xreadgroup" => {
             // Any argument Redis could read as BLOCK: a request whose
             // options do not parse is refused before it is sent anyway.

@@ -312,6 +312,7 @@ async fn serve_tls_client(
     ctx: Arc<Context>,
     stop_rx: watch::Receiver<bool>,
 ) {
+    let addresses = client::registry::Peer::of(&stream);
     let Some(stream) = acceptor.accept(stream, peer).await else {
         return;
     };
@@ -324,7 +325,7 @@ async fn serve_tls_client(
         let _ = wr.shutdown().await;
         return;
     }
-    client::serve_io(rd, wr, ctx, stop_rx).await;
+    client::serve_io(rd, wr, ctx, stop_rx, addresses).await;
 }
 
 /// Keeps the readiness latch in step with the backend.

@@ -168,6 +168,34 @@ pub async fn connect(opts: &ConnectOptions, role: Role) -> Result<BackendStream,
     Ok(stream)
 }
 
+/// Redis's id of a connection just dialed (CLIENT ID); 0 when Redis
+/// refuses it (an ACL user without CLIENT), which only disables CLIENT
+/// UNBLOCK through this connection.
+pub async fn client_id(stream: &mut BackendStream) -> std::io::Result<i64> {
+    stream
+        .write_all(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n")
+        .await?;
+    stream.flush().await?;
+    let mut line = Vec::new();
+    while !line.ends_with(b"\r\n") {
+        // One byte at a time: nothing else is in flight, so nothing after
+        // this one line may be taken from the stream. Dial time only.
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        line.extend_from_slice(&byte);
+        if line.len() > 4096 || (line.len() > 64 && !line.starts_with(b"-")) {
+            return Err(std::io::Error::other("CLIENT ID reply too long"));
+        }
+    }
+    Ok(line
+        .strip_prefix(b":")
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .and_then(|n| n.trim_end().parse().ok())
+        .unwrap_or(0))
+}
+
 /// The requests of the handshake, in the order they are written.
 fn handshake_requests(opts: &ConnectOptions, role: Role) -> Vec<Request> {
     let mut reqs = Vec::new();

@@ -22,6 +22,9 @@ pub struct DedicatedConn {
     pub read_buf: BytesMut,
     /// Set when the connection must not go back to the pool.
     pub broken: bool,
+    /// Redis's id of the connection (CLIENT ID at dial; 0 if refused), so
+    /// CLIENT UNBLOCK can name it for the client that holds it.
+    pub backend_id: i64,
 }
 
 /// bb8 manager that dials and checks dedicated connections.
@@ -36,11 +39,19 @@ impl bb8::ManageConnection for DedicatedManager {
     type Error = BackendError;
 
     async fn connect(&self) -> Result<DedicatedConn, BackendError> {
-        let stream = connect(&self.opts, Role::Dedicated).await?;
+        let mut stream = connect(&self.opts, Role::Dedicated).await?;
+        let backend_id = tokio::time::timeout(
+            self.opts.connect_timeout,
+            super::connect::client_id(&mut stream),
+        )
+        .await
+        .map_err(|_| self.dirty("CLIENT ID timed out"))?
+        .map_err(|e| self.dirty(&e.to_string()))?;
         Ok(DedicatedConn {
             stream,
             read_buf: BytesMut::with_capacity(16 * 1024),
             broken: false,
+            backend_id,
         })
     }
 

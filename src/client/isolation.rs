@@ -211,6 +211,9 @@ impl Connection {
 /// session's current namespace; `None` drops it.
 pub(super) fn confine_unasked(service: Option<&Service>, frame: Bytes) -> Option<Bytes> {
     match service.and_then(|s| s.namespace.as_ref()) {
+        Some(ns) if super::tracking::is_invalidation(&frame) => {
+            super::tracking::confine_invalidation(ns, &frame)
+        }
         Some(ns) => ns.strip_pubsub(&frame),
         None => Some(frame),
     }

@@ -190,6 +190,10 @@ pub fn answer(
                 )),
             }
         }
+        // The backend never runs in cluster mode: Redis's own answer.
+        "readonly" | "readwrite" | "asking" => {
+            err("ERR This instance has cluster support disabled")
+        }
         "command|count" => build(|o| encode::integer(o, command::all().len() as i64)),
         "command|getkeys" => getkeys(req),
         "config|get" => config_get(ctx, session.protocol, req),

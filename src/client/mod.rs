@@ -28,7 +28,9 @@ mod pubsub;
 pub mod queue;
 mod read_wake;
 mod rebind;
+pub mod registry;
 pub mod session;
+mod tracking;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -48,6 +50,7 @@ use crate::backend::meter::ReplyMeter;
 use crate::backend::node::Node;
 use crate::backend::BackendError;
 use crate::command::keyword::is_keyword;
+use crate::command::state::{self, Treatment};
 use crate::command::{self, CommandSpec, Flags};
 use crate::config::Config;
 use crate::metrics::{ErrorKind, Metrics, Recorder};
@@ -57,6 +60,7 @@ use crate::policy::service::{DedicatedPermit, Service, Services};
 use crate::protocol::encode;
 use crate::protocol::reply::ReplyScanner;
 use crate::protocol::request::{Request, RequestScanner, ScanLimits};
+use crate::protocol::Protocol;
 use crate::router::{self, ConnectionEffect, Router};
 use crate::server::ProxyState;
 use isolation::Isolated;
@@ -98,6 +102,8 @@ pub struct Context {
     pub scan_limits: ScanLimits,
     /// Source of CLIENT IDs.
     pub next_id: AtomicU64,
+    /// Every connected client, by CLIENT ID.
+    pub client_table: registry::ClientTable,
     /// Connected clients.
     pub clients: AtomicUsize,
     /// Failed AUTH and HELLO AUTH attempts.
@@ -132,6 +138,7 @@ impl Context {
             metrics,
             scan_limits,
             next_id: AtomicU64::new(1),
+            client_table: registry::ClientTable::default(),
             clients: AtomicUsize::new(0),
             auth_failures: AtomicU64::new(0),
             config,
@@ -148,6 +155,12 @@ struct Dedicated {
     /// Its subscriptions as Redis confirmed them: while it has any, it is
     /// this client's (until it unsubscribes from all, RESET or disconnect).
     subscriptions: pubsub::Subscriptions,
+    /// MONITOR made the connection a push stream of monitor lines; it stays
+    /// this client's until RESET or disconnect, then is closed.
+    monitor: bool,
+    /// CLIENT TRACKING was turned on: the connection holds this client's
+    /// tracking state until RESET or disconnect, then is closed.
+    tracking: bool,
     /// When the first awaited non-blocking reply is overdue.
     deadline: Option<Instant>,
     /// The node it is connected to (always the master when leased).
@@ -172,6 +185,13 @@ impl Dedicated {
         if self.lease.read_buf.is_empty() && self.lease.read_buf.capacity() > RETAIN_LIMIT {
             self.lease.read_buf = BytesMut::new();
         }
+    }
+
+    /// The connection carries this client's state until RESET or
+    /// disconnect (MONITOR, tracking): never pooled again. Subscriptions
+    /// pin it only while they last (see `pubsub`).
+    fn pinned(&self) -> bool {
+        self.subscriptions.active() || self.monitor || self.tracking
     }
 }
 
@@ -205,6 +225,8 @@ struct Connection {
     meter: Arc<ReplyMeter>,
     /// `on_bytes` stopped with complete requests left in the read buffer.
     backlog: bool,
+    /// This client's entry in the context's table of clients.
+    entry: Arc<registry::ClientEntry>,
 }
 
 /// Serves one client until it disconnects, QUITs, breaks the protocol or
@@ -212,8 +234,9 @@ struct Connection {
 /// ([`Context::admit`]); its count is given back when it ends.
 pub async fn serve(stream: TcpStream, ctx: Arc<Context>, shutdown: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
+    let peer = registry::Peer::of(&stream);
     let (rd, wr) = stream.into_split();
-    serve_io(rd, wr, ctx, shutdown).await
+    serve_io(rd, wr, ctx, shutdown, peer).await
 }
 
 /// [`serve`] on any byte stream's two halves (a TLS connection's, say);
@@ -223,13 +246,17 @@ pub async fn serve_io<R, W>(
     mut wr: W,
     ctx: Arc<Context>,
     shutdown: watch::Receiver<bool>,
+    peer: registry::Peer,
 ) where
     R: ClientRead,
     W: AsyncWrite + Unpin,
 {
     // The client was counted by `Context::admit`; `Drop` gives it back.
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
+    let entry = ctx.client_table.add(id, peer);
+    let mut kill = registry::KillSignal::new(entry.clone());
     let mut conn = Connection {
+        entry,
         session: Session::new(id, None),
         scanner: RequestScanner::new(ctx.scan_limits),
         queue: ReplyQueue::default(),
@@ -248,6 +275,7 @@ pub async fn serve_io<R, W>(
         ctx,
     };
     conn.start_in_current_services();
+    conn.entry.identify(&conn.session);
     if let Some(default) = conn.session.service.clone() {
         if !default.try_admit() {
             let _ = wr
@@ -301,6 +329,9 @@ pub async fn serve_io<R, W>(
             if tripped.poll(cx).is_ready() {
                 return Poll::Ready(Event::OverLimit);
             }
+            if kill.poll(cx).is_ready() {
+                return Poll::Ready(Event::Killed);
+            }
             if housekeeping_timer
                 .poll_fired(cx, watch.housekeeping)
                 .is_ready()
@@ -335,13 +366,14 @@ pub async fn serve_io<R, W>(
         })
         .await;
         match event {
-            Event::ClientRead(Ok(0) | Err(_)) => break,
+            Event::ClientRead(Ok(0) | Err(_)) | Event::Killed => break,
             Event::Idle => {
                 conn.on_idle();
                 break;
             }
             Event::ClientRead(Ok(n)) => {
                 last_activity = Instant::now();
+                conn.entry.active(last_activity);
                 conn.read_at = last_activity;
                 conn.recorder.bytes_in(n);
                 conn.on_bytes(&mut rbuf).await;
@@ -373,6 +405,7 @@ pub async fn serve_io<R, W>(
             pending_before.saturating_sub(conn.queue.commands_pending()),
         );
         conn.release_dedicated_if_clean();
+        conn.publish_state();
         if !conn.out.is_empty() {
             match held::write_watched(&mut wr, &conn.out, &mut tripped).await {
                 Ok(()) => {}
@@ -419,6 +452,8 @@ enum Event {
     Shutdown,
     /// The replies held for the client went past the hard limit.
     OverLimit,
+    /// CLIENT KILL closed this client.
+    Killed,
 }
 
 /// The sources the client loop waits on this turn, worked out once before
@@ -908,6 +943,9 @@ impl Connection {
         let name = req.get(0).unwrap_or_default();
         if !self.session.tx.open {
             if name.eq_ignore_ascii_case(b"client") && self.session.service.is_some() {
+                if let Ok(spec) = command::lookup(&req) {
+                    self.entry.command(spec);
+                }
                 if let Some(LocalAnswer::Reply(reply)) =
                     local::answer_client(&mut self.session, &req)
                 {
@@ -922,7 +960,26 @@ impl Connection {
                         suppress
                     };
                     self.reply(reply, quiet);
+                    // CLIENT SETNAME: the table shows the new name.
+                    self.entry.identify(&self.session);
                     return Err(None);
+                }
+                if let Some(answer) = registry::answer(
+                    &self.ctx.client_table,
+                    self.ctx.config.backend.database,
+                    &self.session,
+                    &self.entry,
+                    &req,
+                ) {
+                    return self.table_answer(answer, suppress);
+                }
+                if self.dedicated.is_none() {
+                    // Tracking state lives on a dedicated connection: a
+                    // client without one has tracking off.
+                    if let Some(reply) = tracking::answer_untracked(&req, self.session.protocol) {
+                        self.reply(reply, suppress);
+                        return Err(None);
+                    }
                 }
             }
             if name.eq_ignore_ascii_case(b"keygate") {
@@ -940,6 +997,7 @@ impl Connection {
                 return Err(self.reject("unknown", ErrorKind::Client, &e.to_string(), suppress))
             }
         };
+        self.entry.command(spec);
         if self.session.service.is_none()
             && !spec.flags.contains(Flags::NO_AUTH)
             && spec.name != "quit"
@@ -968,6 +1026,29 @@ impl Connection {
             let msg = refusal.to_string();
             return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
         }
+        // Connection state is never shared (command::state): what reaches
+        // here is forwarded, so a command keygate answers itself got here
+        // only inside MULTI, where it would run on the transaction's
+        // connection at EXEC.
+        let treatment = state::treatment(spec);
+        match treatment {
+            Some(Treatment::Refused) => {
+                let reason = state::refusal_reason(spec).unwrap_or_default();
+                let msg = format!("NOPERM keygate does not allow '{}': {reason}", spec.name);
+                return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
+            }
+            Some(Treatment::Local) => {
+                let msg = format!("ERR keygate: '{}' cannot be used inside MULTI", spec.name);
+                return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
+            }
+            Some(Treatment::Dedicated) | None => {}
+        }
+        // A client's tracking state is its own: allowed for every service,
+        // confined here rather than by the namespace rewrite.
+        let own_tracking = matches!(
+            spec.name,
+            "client|tracking" | "client|caching" | "client|getredir" | "client|trackinginfo"
+        );
         let mut plan = if spec.name == "info" && !held {
             ReplyPlan::AppendProxyInfo(local::proxy_info(&self.ctx, &self.session))
         } else {
@@ -977,7 +1058,19 @@ impl Connection {
         let mut req = req;
         // The argument the batch puts the namespace's prefix in front of.
         let mut prefix_key = None;
-        match isolation::isolate(service, spec, &req, &mut plan, &self.session, suppress) {
+        if spec.name == "client|tracking" {
+            match tracking::confine_request(service.namespace.as_deref(), &req) {
+                Ok(None) => {}
+                Ok(Some(confined)) => req = confined,
+                Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, msg, suppress)),
+            }
+        }
+        let isolated = if own_tracking {
+            Ok(None)
+        } else {
+            isolation::isolate(service, spec, &req, &mut plan, &self.session, suppress)
+        };
+        match isolated {
             Ok(None) => {}
             Ok(Some(Isolated::Forward(confined, confined_plan))) => {
                 req = confined;
@@ -1027,6 +1120,11 @@ impl Connection {
                 kind,
                 names: u32::try_from(req.argc().saturating_sub(1)).unwrap_or(u32::MAX),
             });
+        // A state-changing command never goes in a shared batch; a
+        // blocking one without its blocking option (XREAD without BLOCK)
+        // changes nothing and may share.
+        let dedicated_only = treatment == Some(Treatment::Dedicated)
+            && (!spec.flags.contains(Flags::BLOCKING) || effect == ConnectionEffect::Block);
         let mut reply = CommandReply {
             plan,
             frames: 1 + follow_ups.len() as u32,
@@ -1035,7 +1133,7 @@ impl Connection {
         if self.session.tx.open {
             reply = self.track_transaction(spec, reply);
         }
-        if held || effect != ConnectionEffect::None {
+        if held || effect != ConnectionEffect::None || dedicated_only {
             if let Some((at, ns)) = prefix_key.zip(self.session.namespace()) {
                 req = req.prefix_arg(at, ns.prefix_bytes());
             }
@@ -1083,6 +1181,9 @@ impl Connection {
             self.reply(out.freeze(), suppress);
             return Err(None);
         }
+        if self.session.tx.open && spec.name == "config|get" {
+            return self.queue_config_get(spec, req, suppress);
+        }
         if self.session.tx.open {
             // Connection-state commands cannot be queued: refusing them dooms
             // the transaction, which is what a client sees from Redis for a
@@ -1118,6 +1219,9 @@ impl Connection {
         let Some(answer) = local::answer(&self.ctx, &mut self.session, spec, req) else {
             return Ok(());
         };
+        if before.is_some() {
+            self.entry.identify(&self.session);
+        }
         if let Some(before) = before {
             let switched = match (&before, &self.session.service) {
                 (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
@@ -1207,6 +1311,41 @@ impl Connection {
         }
     }
 
+    /// CONFIG GET inside MULTI. An admin service's goes to Redis in the
+    /// transaction (`Ok`: forwarded like any command). For other services
+    /// keygate's own answer takes the place of a placeholder queued in its
+    /// stead, so EXEC's array keeps its shape: PING, which cannot fail.
+    fn queue_config_get(
+        &mut self,
+        spec: &'static CommandSpec,
+        req: &Request,
+        suppress: bool,
+    ) -> Result<(), Stopped> {
+        let Some(service) = self.session.service.clone() else {
+            return Ok(()); // refused NOAUTH by the next stage
+        };
+        if service.admin {
+            return Ok(());
+        }
+        let Some(LocalAnswer::Reply(answer)) =
+            local::answer(&self.ctx, &mut self.session, spec, req)
+        else {
+            return Ok(());
+        };
+        let queued = CommandReply {
+            plan: ReplyPlan::Replace(answer),
+            ..CommandReply::plain(spec.name, Some(service.index))
+        };
+        let reply = self.track_transaction(spec, queued);
+        Err(Some(Deferred::Dedicated {
+            frames: vec![Request::from_args(&["PING"]).into_frame()],
+            effect: ConnectionEffect::None,
+            subscription: None,
+            reply,
+            suppress,
+        }))
+    }
+
     /// Sends a request on the client's dedicated connection, leasing one first
     /// if needed, and tracks what it does to the connection's state.
     async fn send_dedicated(
@@ -1259,6 +1398,8 @@ impl Connection {
                         scanner: ReplyScanner::new(REPLY_MAX_DEPTH),
                         out: BytesMut::new(),
                         subscriptions: pubsub::Subscriptions::default(),
+                        monitor: false,
+                        tracking: false,
                         deadline: None,
                         demoted: Some(demotion_of(node.health().demotions())),
                         node,
@@ -1295,9 +1436,17 @@ impl Connection {
             ConnectionEffect::Unwatch => tx.watching = false,
             ConnectionEffect::Subscribe => {}
             ConnectionEffect::Block | ConnectionEffect::None => {}
+            // Inside MULTI it is only queued (Redis refuses it at EXEC).
+            ConnectionEffect::Monitor => d.monitor |= !tx.open,
+            ConnectionEffect::Track => d.tracking = true,
         }
         // Every request takes a slot, whatever the subscription state, so
-        // every reply gets its plan (see `pubsub`).
+        // every reply gets its plan (see `pubsub`). A monitor stream is the
+        // exception: its lines are simple strings like any reply, so
+        // everything on it (MONITOR's own +OK first) is taken in stream order.
+        if d.monitor {
+            return;
+        }
         match subscription {
             Some(call) => self
                 .queue
@@ -1347,7 +1496,14 @@ impl Connection {
                     // Pub/sub frames (messages and confirmations) are
                     // confined to the session's namespace like any reply.
                     let service = self.session.service.as_deref();
-                    match d.subscriptions.route(&frame, kind, protocol, awaited) {
+                    // A monitor stream: once the replies awaited before
+                    // MONITOR are in, every frame comes in stream order.
+                    let route = if d.monitor && awaited.is_none() {
+                        pubsub::Route::Unasked
+                    } else {
+                        d.subscriptions.route(&frame, kind, protocol, awaited)
+                    };
+                    match route {
                         // Every frame the queue keeps is held for the client
                         // until written: counted on its reply meter.
                         pubsub::Route::Reply => {
@@ -1406,7 +1562,7 @@ impl Connection {
     fn dedicated_lost(&mut self) {
         let addr = self.dedicated_addr();
         // topology: a subscriber's stream is gone too; close it so its library resubscribes.
-        if self.holds_subscriptions() {
+        if self.dedicated.as_ref().is_some_and(Dedicated::pinned) || self.holds_subscriptions() {
             self.closing = true;
         }
         let dropped = self
@@ -1482,7 +1638,7 @@ impl Connection {
         let Some(d) = &self.dedicated else {
             return;
         };
-        let clean = !d.subscriptions.active()
+        let clean = !d.pinned()
             && !self.session.tx.open
             && !self.session.tx.watching
             && d.out.is_empty()
@@ -1498,8 +1654,9 @@ impl Connection {
     /// Drops the dedicated connection; `broken` closes it instead of pooling it.
     fn drop_dedicated(&mut self, broken: bool) {
         if let Some(mut d) = self.dedicated.take() {
-            if d.subscriptions.active() {
-                // A subscriber's pending messages must not reach anyone else.
+            if d.pinned() {
+                // A subscriber's pending messages (a monitor's lines, a
+                // tracker's invalidations) must not reach anyone else.
                 d.lease.broken = true;
             }
             d.lease.broken |= broken;
@@ -1516,6 +1673,64 @@ impl Connection {
                 self.queue.awaited_dedicated(),
                 Some(pubsub::Awaited::Subscription(_))
             )
+    }
+
+    /// Publishes the connection's state for CLIENT LIST (a few loads and
+    /// compares; stores only on change).
+    fn publish_state(&self) {
+        use registry::flag;
+        let mut flags = 0;
+        let mut backend_id = 0;
+        if let Some(d) = &self.dedicated {
+            backend_id = d.lease.backend_id;
+            if d.monitor {
+                flags |= flag::MONITOR;
+            }
+            if d.subscriptions.active() {
+                flags |= flag::PUBSUB;
+            }
+            if d.tracking {
+                flags |= flag::TRACKING;
+            }
+            if self.queue.first_dedicated_is_blocking() {
+                flags |= flag::BLOCKED;
+            }
+        }
+        let mut multi = -1;
+        if self.session.tx.open {
+            flags |= flag::MULTI;
+            multi = self.session.queued.len() as i64;
+        }
+        if self.session.protocol == Protocol::Resp3 {
+            flags |= flag::RESP3;
+        }
+        self.entry.state(flags, multi, backend_id);
+    }
+
+    /// Acts on a CLIENT subcommand answered from the table of clients.
+    fn table_answer(
+        &mut self,
+        answer: registry::TableAnswer,
+        suppress: bool,
+    ) -> Result<(), Stopped> {
+        match answer {
+            registry::TableAnswer::Reply(reply) => self.reply(reply, suppress),
+            registry::TableAnswer::ReplyAndClose(reply) => {
+                self.reply(reply, suppress);
+                self.closing = true;
+            }
+            registry::TableAnswer::Forward(req) => {
+                let service = self.session.service.as_ref().map(|s| s.index);
+                if !self.batch.takes(suppress) {
+                    self.seal_batch();
+                }
+                let reply = CommandReply::plain("client|unblock", service);
+                self.batch
+                    .push(req, None, Vec::new(), reply, suppress, false);
+                return Ok(());
+            }
+        }
+        Err(None)
     }
 
     fn admitted_index(&self) -> Option<usize> {
@@ -1539,6 +1754,7 @@ impl Drop for Connection {
         let dirty = self.session.tx.open
             || self.session.tx.watching
             || self.queue.awaits_dedicated()
+            || self.dedicated.as_ref().is_some_and(Dedicated::pinned)
             || self.holds_subscriptions();
         self.drop_dedicated(dirty || std::thread::panicking());
         if std::mem::take(&mut self.counted) {
@@ -1547,6 +1763,7 @@ impl Drop for Connection {
         if let Some(service) = self.admitted.take() {
             service.release();
         }
+        self.ctx.client_table.remove(self.session.id);
         self.ctx.clients.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod keys;
 pub mod keyword;
+pub mod state;
 mod table;
 
 use crate::protocol::request::Request;
