@@ -2277,9 +2277,18 @@ impl Report {
     }
 }
 
+/// The seed CI runs with (see `isolation_holds_under_generated_commands`).
+const CI_SEED: u64 = 0x5eed1;
+
 #[test]
 fn isolation_holds_under_generated_commands() {
+    // CI (CI=true) draws the same commands every run, so a red run is
+    // reproducible from its log and a change is judged on known draws;
+    // anywhere else (and `scripts/fuzz isolation`) each run draws anew.
     let seed = env_u64("KEYGATE_FUZZ_SEED").unwrap_or_else(|| {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            return CI_SEED;
+        }
         let t = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock");
         Rng::new(t.as_nanos() as u64 ^ u64::from(std::process::id())).next()
     });
