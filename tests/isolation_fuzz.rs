@@ -852,7 +852,9 @@ impl Gen<'_> {
                 } else {
                     self.pieces.len()
                 };
-                let at = at.min(self.pieces.len()).max(start);
+                // Earlier mutations may have shortened the arguments: stay
+                // inside them.
+                let at = at.max(start).min(self.pieces.len());
                 self.pieces.splice(at..at, fresh);
             }
             // A bare NUL-suffixed copy of a keyword right before it:
