@@ -150,9 +150,15 @@ pub struct BackendConfig {
     /// Environment variable holding the password.
     #[serde(default)]
     pub password_env: Option<String>,
-    /// The one database keygate serves (SELECT of any other is refused).
+    /// The database a new client connection starts in (and HELLO and
+    /// RESET return it to); SELECT moves a client to another of its
+    /// service's `databases`.
     #[serde(default)]
     pub database: u32,
+    /// How many databases the backend has (its own `databases` setting):
+    /// SELECT of a number at or past it is `ERR DB index is out of range`.
+    #[serde(default = "defaults::databases")]
+    pub databases: u32,
     /// Multiplexed connections per backend node and protocol; absent means
     /// [`Config::backend_connections`] picks by worker count.
     #[serde(default)]
@@ -285,6 +291,10 @@ pub struct ServiceConfig {
     /// May run scripts and functions (EVAL, FCALL).
     #[serde(default)]
     pub allow_scripts: bool,
+    /// The databases this service's clients may SELECT (and MOVE or COPY
+    /// keys to); absent: all of the backend's `databases`.
+    #[serde(default)]
+    pub databases: Option<Vec<u32>>,
 }
 
 impl ServiceConfig {
@@ -468,6 +478,9 @@ fn toml_problem(text: &str, error: &toml::de::Error) -> Problem {
 /// Defaults for keys left out.
 mod defaults {
     use std::time::Duration;
+    pub fn databases() -> u32 {
+        16
+    }
     pub fn max_clients() -> usize {
         10_000
     }
@@ -801,6 +814,41 @@ max_ttl = "1h"
         let unlimited = parse(&with_backend_line("writes_in_flight = 0")).expect("0 is no limit");
         assert_eq!(unlimited.backend.writes_in_flight, 0);
         assert_eq!(parse(BASE).expect("valid").backend.writes_in_flight, 2);
+    }
+
+    #[test]
+    fn databases_default_to_sixteen_and_services_list_theirs() {
+        let config = parse(BASE).expect("valid");
+        assert_eq!(config.backend.databases, 16);
+        assert_eq!(config.backend.database, 0);
+        assert_eq!(config.services[1].databases, None);
+        let listed = parse(&format!("{BASE}databases = [0, 4]\n")).expect("valid");
+        assert_eq!(listed.services[1].databases, Some(vec![0, 4]));
+        assert_problem(
+            &format!("{BASE}databases = [0, 16]\n"),
+            19,
+            "service[1].databases lists 16, past the backend's databases (16)",
+        );
+        assert_problem(
+            &format!("{BASE}databases = [4]\n"),
+            19,
+            "service[1].databases must include backend.database (0)",
+        );
+        assert_problem(
+            &format!("{BASE}databases = []\n"),
+            19,
+            "service[1].databases must list at least one database",
+        );
+        assert_problem(
+            &with_backend_line("databases = 0"),
+            8,
+            "backend.databases must be greater than 0",
+        );
+        assert_problem(
+            &with_backend_line("database = 4\ndatabases = 4"),
+            8,
+            "backend.database (4) must be below backend.databases (4)",
+        );
     }
 
     #[test]

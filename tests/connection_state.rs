@@ -163,11 +163,16 @@ fn cluster_connection_flags_get_redis_answer_for_everyone() {
     // Replication streams are refused even for an admin service.
     assert!(admin.cmd_str(&["SYNC"]).starts_with("-NOPERM"));
     assert!(admin.cmd_str(&["PSYNC", "?", "-1"]).starts_with("-NOPERM"));
-    // SELECT of another database never switches a shared connection.
-    assert!(admin.cmd_str(&["SELECT", "1"]).starts_with("-ERR"));
-    assert_eq!(admin.cmd_str(&["SET", "db0", "x"]), "+OK\r\n");
-    assert_eq!(cart.cmd_str(&["GET", "db0"]), "$-1\r\n");
-    assert_eq!(admin.cmd_str(&["GET", "db0"]), bulk("x"));
+    // SELECT of another database never switches a shared connection:
+    // the admin's write lands in database 1, the others stay in 0.
+    assert_eq!(admin.cmd_str(&["SELECT", "1"]), "+OK\r\n");
+    assert_eq!(admin.cmd_str(&["SET", "db1", "x"]), "+OK\r\n");
+    assert_eq!(cart.cmd_str(&["GET", "db1"]), "$-1\r\n");
+    let mut fresh = RawConn::connect(kg.port());
+    assert_eq!(fresh.cmd_str(&["GET", "db1"]), "$-1\r\n");
+    assert_eq!(admin.cmd_str(&["GET", "db1"]), bulk("x"));
+    assert_eq!(admin.cmd_str(&["SELECT", "0"]), "+OK\r\n");
+    assert_eq!(admin.cmd_str(&["GET", "db1"]), "$-1\r\n");
 }
 
 #[test]

@@ -20,6 +20,7 @@ prefix = "legacy:"
 name = "billing"
 prefix = "billing:"
 password = "billpw"
+databases = [0]
 
 [[service]]
 name = "auth"
@@ -276,7 +277,8 @@ fn commands_that_cannot_be_confined_are_refused() {
         &["SCRIPT", "FLUSH"],
         &["FUNCTION", "LIST"],
         &["PUBSUB", "NUMPAT"],
-        &["COPY", "a", "b", "DB", "0"],
+        // Databases outside the service's `databases`.
+        &["COPY", "a", "b", "DB", "1"],
         &["MOVE", "a", "1"],
         &["SWAPDB", "0", "1"],
         &["MIGRATE", "127.0.0.1", "1", "a", "0", "10"],

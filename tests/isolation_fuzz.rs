@@ -128,7 +128,10 @@ fn config(backend: &RedisServer) -> String {
     let mut services = String::new();
     for s in &SERVICES {
         services.push_str(&format!(
-            "[[service]]\nname = \"{}\"\npassword = \"{}\"\nprefix = \"{}\"\n{}\n\n",
+            // Database 0 only: the canaries in databases 1 to 3 are then
+            // every service's to leave alone (a service's own allowed
+            // databases are legitimate for it, tests/databases.rs).
+            "[[service]]\nname = \"{}\"\npassword = \"{}\"\nprefix = \"{}\"\ndatabases = [0]\n{}\n\n",
             s.name, s.password, s.prefix, s.extra
         ));
     }

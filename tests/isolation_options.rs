@@ -19,6 +19,7 @@ prefix = "legacy:"
 name = "billing"
 prefix = "billing:"
 password = "billpw"
+databases = [0]
 
 [[service]]
 name = "auth"
@@ -164,6 +165,8 @@ fn georadius_stores_into_the_last_store_inside_the_namespace() {
     }
 }
 
+/// COPY's `DB\0` is read as DB, as Redis reads it: database 1 is not one of
+/// the service's.
 #[test]
 fn copy_db_behind_a_nul_is_refused() {
     let (redis, kg) = setup();

@@ -5,7 +5,9 @@
 //! it broken when it leaves state behind (an open transaction, watched keys,
 //! subscriptions, a blocked command); bb8 then drops it instead of pooling
 //! it. An idle pooled connection that has data or EOF waiting is dirty and
-//! is not handed out.
+//! is not handed out. Its database is part of its known state: kept in
+//! [`DedicatedConn::database`], switched by the next holder if it needs
+//! another, and a connection whose database is unknown is closed.
 
 use bytes::BytesMut;
 
@@ -25,6 +27,9 @@ pub struct DedicatedConn {
     /// Redis's id of the connection (CLIENT ID at dial; 0 if refused), so
     /// CLIENT UNBLOCK can name it for the client that holds it.
     pub backend_id: i64,
+    /// The database it is in, as its holders left it (the handshake selects
+    /// the configured one); `None` when unknown, which closes it on return.
+    pub database: Option<u32>,
 }
 
 /// bb8 manager that dials and checks dedicated connections.
@@ -52,6 +57,7 @@ impl bb8::ManageConnection for DedicatedManager {
             read_buf: BytesMut::with_capacity(16 * 1024),
             broken: false,
             backend_id,
+            database: Some(self.opts.database),
         })
     }
 
@@ -68,7 +74,7 @@ impl bb8::ManageConnection for DedicatedManager {
     }
 
     fn has_broken(&self, conn: &mut DedicatedConn) -> bool {
-        conn.broken
+        conn.broken || conn.database.is_none()
     }
 }
 

@@ -1,6 +1,13 @@
 //! One Redis node: its multiplexed connections and its dedicated pool, for
 //! each protocol version, and the health the connection tasks report.
+//!
+//! A multiplexed connection carries one database: those of the configured
+//! database start with the node; those of another are opened the first
+//! time a client of that database needs one, at most `connections` per
+//! database and protocol, and kept.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -134,7 +141,15 @@ pub struct NodeOptions {
 /// Per-protocol connections of a node.
 #[derive(Debug)]
 struct ProtocolSide {
+    /// Connections of the configured database.
     mux: Vec<MuxHandle>,
+    /// Connections of other databases, by database and slot, opened lazily.
+    // A std Mutex is right here: the critical section is a lookup and a
+    // clone (or a spawn), never an await, and only clients of another
+    // database take it.
+    other: Mutex<HashMap<(u32, usize), MuxHandle>>,
+    /// How to start one of `other` (the database aside).
+    options: MuxOptions,
     dedicated: DedicatedPool,
 }
 
@@ -156,18 +171,14 @@ impl Node {
                 protocol,
                 ..opts.connect.clone()
             };
+            let options = MuxOptions {
+                connect: connect.clone(),
+                command_timeout: opts.command_timeout,
+                queue_depth: 1024,
+                writes_in_flight: opts.writes_in_flight,
+            };
             let mux = (0..opts.connections.max(1))
-                .map(|_| {
-                    MuxHandle::spawn(
-                        MuxOptions {
-                            connect: connect.clone(),
-                            command_timeout: opts.command_timeout,
-                            queue_depth: 1024,
-                            writes_in_flight: opts.writes_in_flight,
-                        },
-                        health.clone(),
-                    )
-                })
+                .map(|_| MuxHandle::spawn(options.clone(), health.clone()))
                 .collect();
             let dedicated = bb8::Pool::builder()
                 .max_size(opts.dedicated_max.max(1))
@@ -175,7 +186,12 @@ impl Node {
                 .connection_timeout(opts.connect.connect_timeout)
                 .idle_timeout(Some(Duration::from_secs(300)))
                 .build_unchecked(DedicatedManager { opts: connect });
-            ProtocolSide { mux, dedicated }
+            ProtocolSide {
+                mux,
+                other: Mutex::new(HashMap::new()),
+                options,
+                dedicated,
+            }
         };
         Arc::new(Node {
             addr: opts.connect.addr.clone(),
@@ -209,7 +225,29 @@ impl Node {
         &mux[(client_id as usize) % mux.len()]
     }
 
-    /// Batches queued for or in flight on the node's multiplexed connections.
+    /// The multiplexed connection a client of database `db` uses: the
+    /// same slot as [`Node::mux`], on a connection of that database.
+    pub fn mux_in(&self, protocol: Protocol, client_id: u64, db: u32) -> Cow<'_, MuxHandle> {
+        let side = self.side(protocol);
+        if db == side.options.connect.database {
+            return Cow::Borrowed(self.mux(protocol, client_id));
+        }
+        let slot = (client_id as usize) % side.mux.len();
+        let mut other = match side.other.lock() {
+            Ok(other) => other,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let handle = other.entry((db, slot)).or_insert_with(|| {
+            let mut options = side.options.clone();
+            options.connect.database = db;
+            MuxHandle::spawn(options, self.health.clone())
+        });
+        Cow::Owned(handle.clone())
+    }
+
+    /// Batches queued for or in flight on the node's multiplexed connections
+    /// (those of other databases count once written: their queues are not
+    /// looked at, which would take a lock on every replica pick).
     pub fn pending(&self) -> usize {
         let queued: usize = self
             .resp2

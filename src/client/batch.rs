@@ -11,7 +11,7 @@
 //! connection's request, a keyspace procedure, the next read); each one goes
 //! to the connection its client's protocol, service and commands chose when
 //! it was sealed, not when it is submitted (a HELLO or AUTH right after it
-//! in the same read must not move it).
+//! in the same read must not move it), in the database it was sealed in.
 
 use std::collections::VecDeque;
 
@@ -62,6 +62,8 @@ struct Sealed {
     read_from: ReadFrom,
     read_only: bool,
     protocol: Protocol,
+    /// The database its client was in: it goes to a connection of that one.
+    database: u32,
 }
 
 impl Default for PendingBatch {
@@ -217,6 +219,7 @@ impl Connection {
             read_from,
             read_only,
             protocol: self.session.protocol,
+            database: self.session.database,
         });
     }
 
@@ -238,7 +241,7 @@ impl Connection {
                 .await;
             match node {
                 Ok(node) => {
-                    node.mux(sealed.protocol, self.session.id)
+                    node.mux_in(sealed.protocol, self.session.id, sealed.database)
                         .submit(sealed.batch)
                         .await
                 }

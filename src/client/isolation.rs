@@ -129,12 +129,24 @@ impl Connection {
         // topology: procedures run on the master, waiting through a failover hold.
         match self.ctx.router.master_for().await {
             Ok(node) => {
-                let mux = node.mux(protocol, self.session.id).clone();
+                let (id, current) = (self.session.id, self.session.database);
+                let all = (call.spec.name == "flushall").then(|| {
+                    let databases = self.ctx.config.backend.databases;
+                    super::database::allowed(&call.service, databases)
+                        .into_iter()
+                        .map(|db| node.mux_in(protocol, id, db).into_owned())
+                        .collect()
+                });
+                let dbs = keyspace::Databases {
+                    current,
+                    mux: node.mux_in(protocol, id, current).into_owned(),
+                    all,
+                };
                 let (procedure, ns) = (call.procedure, call.namespace);
                 let gate = call.service.procedures.clone();
                 let meter = self.meter.clone();
                 self.procedure = Some(tokio::spawn(async move {
-                    let reply = keyspace::run(procedure, &ns, &mux, protocol, &gate).await;
+                    let reply = keyspace::run(procedure, &ns, &dbs, protocol, &gate).await;
                     // Held for the client like any backend reply, and
                     // taken off the meter once written.
                     if let Ok(replies) = &reply {

@@ -1,5 +1,5 @@
 //! Commands keygate answers itself: connection state (PING, ECHO, HELLO,
-//! AUTH, SELECT, CLIENT, RESET, QUIT), introspection a client asks at start
+//! AUTH, CLIENT, RESET, QUIT; SELECT is in `database`), introspection a client asks at start
 //! (COMMAND COUNT/GETKEYS, CONFIG GET), and keygate's INFO section.
 //!
 //! None of these touches a backend, so they work while Redis is down.
@@ -175,21 +175,6 @@ pub fn answer(
             }
         }
         "hello" => hello(ctx, session, req),
-        "select" => {
-            let db = req
-                .get(1)
-                .and_then(|d| std::str::from_utf8(d).ok())
-                .and_then(|d| d.parse::<i64>().ok());
-            match db {
-                None => err("ERR value is not an integer or out of range"),
-                Some(db) if db == i64::from(ctx.config.backend.database) => ok(),
-                Some(db) if db < 0 => err("ERR DB index is out of range"),
-                Some(_) => err(&format!(
-                    "ERR keygate serves only database {}",
-                    ctx.config.backend.database
-                )),
-            }
-        }
         // The backend never runs in cluster mode: Redis's own answer.
         "readonly" | "readwrite" | "asking" => {
             err("ERR This instance has cluster support disabled")
@@ -328,7 +313,7 @@ fn config_get(ctx: &Context, protocol: Protocol, req: &Request) -> LocalAnswer {
     let params: [(&str, String); 7] = [
         ("appendonly", "no".into()),
         ("save", String::new()),
-        ("databases", (ctx.config.backend.database + 1).to_string()),
+        ("databases", ctx.config.backend.databases.to_string()),
         ("maxclients", p.max_clients.to_string()),
         (
             "timeout",
@@ -464,6 +449,7 @@ pub fn proxy_info(ctx: &Context, session: &Session) -> String {
         ));
     }
     text.push_str(&ctx.metrics.info_section(filter));
+    text.push_str(&super::database::info_lines(ctx, session));
     text
 }
 

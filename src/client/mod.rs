@@ -20,6 +20,7 @@
 
 mod batch;
 mod budget;
+mod database;
 mod governance;
 mod held;
 mod isolation;
@@ -253,11 +254,11 @@ pub async fn serve_io<R, W>(
 {
     // The client was counted by `Context::admit`; `Drop` gives it back.
     let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
-    let entry = ctx.client_table.add(id, peer);
+    let entry = ctx.client_table.add(id, peer, ctx.config.backend.database);
     let mut kill = registry::KillSignal::new(entry.clone());
     let mut conn = Connection {
         entry,
-        session: Session::new(id, None),
+        session: Session::new(id, None, ctx.config.backend.database),
         scanner: RequestScanner::new(ctx.scan_limits),
         queue: ReplyQueue::default(),
         dedicated: None,
@@ -752,8 +753,16 @@ enum Deferred {
     Procedure(isolation::ProcedureCall),
     /// RESET while the dedicated connection still owes replies: they are
     /// awaited first (Redis, too, runs a pipelined RESET only after the
-    /// commands before it), then the connection is dropped.
+    /// commands before it), then the connection is dropped. A client in
+    /// another database is then moved back to the default one.
     Reset { reply: Bytes, suppress: bool },
+    /// A switch to another database (SELECT, or HELLO back to the default
+    /// one): what the client sent before is answered first, then `reply`.
+    Select {
+        db: u32,
+        reply: Bytes,
+        suppress: bool,
+    },
 }
 
 /// The refusal of a request that the namespace's rewrite (a prefixed key,
@@ -911,6 +920,18 @@ impl Connection {
                 self.flush_dedicated().await;
                 self.await_dedicated_replies().await;
                 self.drop_dedicated(true);
+                let default = self.default_database();
+                if self.session.database != default {
+                    self.switch_database(default).await;
+                }
+                self.reply(reply, suppress);
+            }
+            Deferred::Select {
+                db,
+                reply,
+                suppress,
+            } => {
+                self.switch_database(db).await;
                 self.reply(reply, suppress);
             }
         }
@@ -938,8 +959,11 @@ impl Connection {
     /// Takes one request through the stages, in order: `Ok` once it is in
     /// the batch for a shared connection.
     fn on_request(&mut self, req: Request) -> Result<(), Stopped> {
-        self.follow_reload();
+        let revoked = self.follow_reload();
         let suppress = self.session.take_suppression();
+        if let Some(msg) = revoked {
+            return Err(self.reject("unknown", ErrorKind::Policy, &msg, suppress));
+        }
         let name = req.get(0).unwrap_or_default();
         if !self.session.tx.open {
             if name.eq_ignore_ascii_case(b"client") && self.session.service.is_some() {
@@ -964,13 +988,9 @@ impl Connection {
                     self.entry.identify(&self.session);
                     return Err(None);
                 }
-                if let Some(answer) = registry::answer(
-                    &self.ctx.client_table,
-                    self.ctx.config.backend.database,
-                    &self.session,
-                    &self.entry,
-                    &req,
-                ) {
+                if let Some(answer) =
+                    registry::answer(&self.ctx.client_table, &self.session, &self.entry, &req)
+                {
                     return self.table_answer(answer, suppress);
                 }
                 if self.dedicated.is_none() {
@@ -1041,7 +1061,21 @@ impl Connection {
                 let msg = format!("ERR keygate: '{}' cannot be used inside MULTI", spec.name);
                 return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
             }
-            Some(Treatment::Dedicated) | None => {}
+            Some(Treatment::Dedicated | Treatment::Database) | None => {}
+        }
+        // MOVE and COPY ... DB: a destination among the service's databases.
+        let destination = if matches!(spec.name, "move" | "copy") {
+            let (current, databases) =
+                (self.effective_database(), self.ctx.config.backend.databases);
+            match database::destination(service, spec.name, &req, current, databases) {
+                Ok(db) => db,
+                Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
+            }
+        } else {
+            None
+        };
+        if let Err(msg) = database::check_channels(service, spec, &req) {
+            return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
         }
         // A client's tracking state is its own: allowed for every service,
         // confined here rather than by the namespace rewrite.
@@ -1106,6 +1140,17 @@ impl Connection {
             }
             Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
         }
+        if let Some(dst) = destination {
+            // The TTL follow-ups run in the destination database, on the
+            // client's own connection (`dedicated_only` below).
+            if spec.name == "move" {
+                if let Some((at, ns)) = prefix_key.take().zip(service.namespace.as_ref()) {
+                    req = req.prefix_arg(at, ns.prefix_bytes());
+                }
+                follow_ups = database::move_follow_up(service, req.get(1).unwrap_or_default());
+            }
+            follow_ups = database::bracket(follow_ups, dst, self.effective_database());
+        }
         let prefix_len = prefix_key
             .and(service.namespace.as_ref())
             .map_or(0, |ns| ns.prefix_bytes().len());
@@ -1123,8 +1168,10 @@ impl Connection {
         // A state-changing command never goes in a shared batch; a
         // blocking one without its blocking option (XREAD without BLOCK)
         // changes nothing and may share.
-        let dedicated_only = treatment == Some(Treatment::Dedicated)
-            && (!spec.flags.contains(Flags::BLOCKING) || effect == ConnectionEffect::Block);
+        let dedicated_only = treatment == Some(Treatment::Database)
+            || (treatment == Some(Treatment::Dedicated)
+                && (!spec.flags.contains(Flags::BLOCKING) || effect == ConnectionEffect::Block))
+            || (destination.is_some() && !follow_ups.is_empty());
         let mut reply = CommandReply {
             plan,
             frames: 1 + follow_ups.len() as u32,
@@ -1181,6 +1228,9 @@ impl Connection {
             self.reply(out.freeze(), suppress);
             return Err(None);
         }
+        if spec.name == "select" {
+            return self.select(spec, req, suppress);
+        }
         if self.session.tx.open && spec.name == "config|get" {
             return self.queue_config_get(spec, req, suppress);
         }
@@ -1192,7 +1242,6 @@ impl Connection {
                 spec.name,
                 "auth"
                     | "hello"
-                    | "select"
                     | "reset"
                     | "quit"
                     | "config|get"
@@ -1250,14 +1299,30 @@ impl Connection {
                 self.ctx.metrics.client_connected(self.admitted_index());
             }
         }
+        let default = self.default_database();
         match answer {
+            // HELLO returns the client to the default database.
+            LocalAnswer::Reply(r)
+                if spec.name == "hello"
+                    && self.session.database != default
+                    && r.first() != Some(&b'-') =>
+            {
+                return Err(Some(Deferred::Select {
+                    db: default,
+                    reply: r,
+                    suppress,
+                }));
+            }
             LocalAnswer::Reply(r) => self.reply(r, suppress),
             LocalAnswer::ReplyAndClose(r) => {
                 self.reply(r, suppress);
                 self.closing = true;
             }
             LocalAnswer::ReplyAfterReset(r) => {
-                if self.dedicated.is_some() && self.queue.awaits_dedicated() {
+                self.session.tx_database = None;
+                self.session.exec_database = None;
+                let switches = self.session.database != default;
+                if switches || (self.dedicated.is_some() && self.queue.awaits_dedicated()) {
                     return Err(Some(Deferred::Reset { reply: r, suppress }));
                 }
                 self.drop_dedicated(true);
@@ -1332,18 +1397,7 @@ impl Connection {
         else {
             return Ok(());
         };
-        let queued = CommandReply {
-            plan: ReplyPlan::Replace(answer),
-            ..CommandReply::plain(spec.name, Some(service.index))
-        };
-        let reply = self.track_transaction(spec, queued);
-        Err(Some(Deferred::Dedicated {
-            frames: vec![Request::from_args(&["PING"]).into_frame()],
-            effect: ConnectionEffect::None,
-            subscription: None,
-            reply,
-            suppress,
-        }))
+        Err(self.queue_in_transaction(spec, answer, suppress))
     }
 
     /// Sends a request on the client's dedicated connection, leasing one first
@@ -1414,6 +1468,8 @@ impl Connection {
                 }
             }
         }
+        // In the client's database (a pooled connection may be in another).
+        self.select_dedicated(self.session.database);
         let Some(d) = self.dedicated.as_mut() else {
             return;
         };
@@ -1426,8 +1482,15 @@ impl Connection {
                 tx.open = true;
                 tx.poisoned = false;
                 self.session.queued.clear();
+                self.session.tx_database = None;
             }
             ConnectionEffect::EndTransaction => {
+                // A transaction that SELECTs moves the session when its EXEC
+                // runs (not a doomed EXEC, which is sent as DISCARD).
+                let db = self.session.tx_database.take();
+                if reply.command == "exec" && !tx.poisoned {
+                    self.session.exec_database = db;
+                }
                 tx.open = false;
                 tx.poisoned = false;
                 tx.watching = false;
@@ -1456,6 +1519,13 @@ impl Connection {
                 self.queue
                     .push_dedicated(reply, blocking, suppress, self.read_at);
             }
+        }
+        if self.session.exec_database.is_some() {
+            // The database the client's next request runs in depends on
+            // whether this EXEC runs: its reply is awaited first.
+            self.flush_dedicated().await;
+            self.await_dedicated_replies().await;
+            self.session.exec_database = None;
         }
     }
 
@@ -1507,6 +1577,13 @@ impl Connection {
                         // Every frame the queue keeps is held for the client
                         // until written: counted on its reply meter.
                         pubsub::Route::Reply => {
+                            if self.session.exec_database.is_some()
+                                && self.queue.awaited_command() == Some("exec")
+                            {
+                                let db = database::exec_answered(&mut self.session, &frame);
+                                self.entry.database(db);
+                                d.lease.database = Some(db);
+                            }
                             self.meter.add(frame.len());
                             self.queue.dedicated_reply(frame);
                         }
@@ -1581,6 +1658,8 @@ impl Connection {
     }
 
     fn end_connection_state(&mut self) {
+        self.session.tx_database = None;
+        self.session.exec_database = None;
         let tx = self.session.tx;
         if tx.open || tx.watching {
             self.session.tx = Default::default();

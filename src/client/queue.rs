@@ -279,6 +279,12 @@ impl ReplyQueue {
         })
     }
 
+    /// The command the dedicated connection's next frame answers, if any.
+    pub fn awaited_command(&self) -> Option<&'static str> {
+        let slot = self.slots.get(self.first_waiting_dedicated()?)?;
+        slot.commands.first().map(|c| c.command)
+    }
+
     /// A confirmation of the awaited subscription command (already
     /// confined); `all` is how many it takes if the command named nothing.
     /// Returns the bytes now held for the client (for its reply meter).

@@ -24,16 +24,21 @@ impl Connection {
     }
 
     /// Re-resolves the session's service if a reload happened since it was
-    /// resolved; one atomic load when nothing changed.
-    pub(super) fn follow_reload(&mut self) {
+    /// resolved; one atomic load when nothing changed. A client left in a
+    /// database its service may no longer use is closed: the refusal its
+    /// request gets is returned.
+    #[inline]
+    pub(super) fn follow_reload(&mut self) -> Option<String> {
         if self.ctx.services.generation() == self.session.generation || self.session.tx.open {
-            return;
+            return None;
         }
+        self.rebind()
+    }
+
+    fn rebind(&mut self) -> Option<String> {
         let services = self.ctx.services.current();
         self.session.generation = services.generation();
-        let Some(before) = self.session.service.take() else {
-            return;
-        };
+        let before = self.session.service.take()?;
         let now = services.get(&before.name).cloned();
         if now.is_none() {
             tracing::debug!(
@@ -43,7 +48,22 @@ impl Connection {
             );
         }
         self.session.service = now.clone();
+        let db = self.session.database;
+        let refusal = now
+            .as_ref()
+            .filter(|s| !super::database::allows(s, db))
+            .map(|s| super::database::refusal(s, db));
+        if refusal.is_some() {
+            tracing::info!(
+                client = self.session.id,
+                service = %before.name,
+                database = db,
+                "the reloaded service may no longer use the client's database; closing it"
+            );
+            self.closing = true;
+        }
         self.readmit(now);
+        refusal
     }
 
     /// Moves the client's admission (per-service count and connections

@@ -99,6 +99,8 @@ pub struct ClientEntry {
     multi: AtomicI64,
     /// Redis's id of the client's dedicated connection, 0 when it has none.
     backend_id: AtomicI64,
+    /// The database the client is in.
+    db: AtomicU32,
     /// CLIENT KILL asked the client's task to close.
     killed: AtomicBool,
     kill: Notify,
@@ -138,6 +140,11 @@ impl ClientEntry {
         }
     }
 
+    /// The client moved to database `db` (SELECT, HELLO, RESET).
+    pub(super) fn database(&self, db: u32) {
+        self.db.store(db, Ordering::Relaxed);
+    }
+
     /// The session's service and name, after a login, RESET or SETNAME.
     pub(super) fn identify(&self, session: &Session) {
         if let Ok(mut identity) = self.identity.lock() {
@@ -164,8 +171,9 @@ impl ClientEntry {
     }
 
     /// The client's line of CLIENT LIST, in Redis 7.0's format and order.
-    fn line(&self, db: u32, out: &mut String) {
+    fn line(&self, out: &mut String) {
         use std::fmt::Write;
+        let db = self.db.load(Ordering::Relaxed);
         let now = Instant::now();
         let age = now.saturating_duration_since(self.created).as_secs();
         let active = self.active_ms.load(Ordering::Relaxed);
@@ -254,7 +262,7 @@ pub struct ClientTable {
 
 impl ClientTable {
     /// Adds a client; it stays until [`Self::remove`].
-    pub(super) fn add(&self, id: u64, peer: Peer) -> Arc<ClientEntry> {
+    pub(super) fn add(&self, id: u64, peer: Peer, db: u32) -> Arc<ClientEntry> {
         let entry = Arc::new(ClientEntry {
             id,
             peer,
@@ -265,6 +273,7 @@ impl ClientTable {
             flags: AtomicU32::new(0),
             multi: AtomicI64::new(-1),
             backend_id: AtomicI64::new(0),
+            db: AtomicU32::new(db),
             killed: AtomicBool::new(false),
             kill: Notify::new(),
         });
@@ -281,6 +290,16 @@ impl ClientTable {
     }
 
     /// The clients `session` may see, by id.
+    /// How many of the clients `session` may see are in each database
+    /// (`INFO keygate`), by database.
+    pub(super) fn per_database(&self, session: &Session) -> std::collections::BTreeMap<u32, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for c in self.visible(session) {
+            *counts.entry(c.db.load(Ordering::Relaxed)).or_insert(0) += 1;
+        }
+        counts
+    }
+
     fn visible(&self, session: &Session) -> Vec<Arc<ClientEntry>> {
         let Some(service) = session.service.as_ref() else {
             return Vec::new();
@@ -369,7 +388,6 @@ fn parse_i64(arg: &[u8]) -> Option<i64> {
 /// answers).
 pub(super) fn answer(
     table: &ClientTable,
-    db: u32,
     session: &Session,
     me: &ClientEntry,
     req: &Request,
@@ -379,7 +397,7 @@ pub(super) fn answer(
     let arg = |i: usize| req.get(i).unwrap_or_default();
     if sub.eq_ignore_ascii_case(b"info") && argc == 2 {
         let mut line = String::new();
-        me.line(db, &mut line);
+        me.line(&mut line);
         return Some(text(&line, session.protocol));
     }
     if sub.eq_ignore_ascii_case(b"list") {
@@ -414,14 +432,14 @@ pub(super) fn answer(
             Some(ids) => {
                 for id in ids {
                     if let Some(c) = visible.iter().find(|c| c.id as i64 == id) {
-                        c.line(db, &mut lines);
+                        c.line(&mut lines);
                     }
                 }
             }
             None => {
                 for c in &visible {
                     if wanted_type.as_ref().is_none_or(|t| *t == type_of(c)) {
-                        c.line(db, &mut lines);
+                        c.line(&mut lines);
                     }
                 }
             }

@@ -51,6 +51,13 @@ pub struct Session {
     /// Inside MULTI: the reply plan of each queued command, applied to its
     /// element of EXEC's reply (the backend answers `+QUEUED` meanwhile).
     pub queued: Vec<CommandReply>,
+    /// The database the client is in (SELECT).
+    pub database: u32,
+    /// Inside MULTI: the database a queued SELECT switches to at EXEC.
+    pub tx_database: Option<u32>,
+    /// EXEC was sent for a transaction that SELECTs this database: the
+    /// session moves there if EXEC's reply says the transaction ran.
+    pub exec_database: Option<u32>,
 }
 
 impl Session {
@@ -60,7 +67,7 @@ impl Session {
     }
 
     /// A new connection, logged in as the default service if there is one.
-    pub fn new(id: u64, default: Option<Arc<Service>>) -> Session {
+    pub fn new(id: u64, default: Option<Arc<Service>>, database: u32) -> Session {
         Session {
             id,
             protocol: Protocol::Resp2,
@@ -70,6 +77,9 @@ impl Session {
             reply_mode: ReplyMode::On,
             tx: Transaction::default(),
             queued: Vec::new(),
+            database,
+            tx_database: None,
+            exec_database: None,
         }
     }
 

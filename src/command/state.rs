@@ -32,9 +32,15 @@ pub enum Treatment {
     Dedicated,
     /// Refused for every service, admin ones included.
     Refused,
+    /// The connection's database: keygate keeps it per client. Shared
+    /// connections carry one database each and the client's requests go to
+    /// those of its database; its dedicated connection is switched to it
+    /// (inside MULTI, the SELECT is queued there and takes effect at EXEC).
+    /// Never written to a shared connection (only their handshake selects).
+    Database,
 }
 
-use Treatment::{Dedicated, Local, Refused};
+use Treatment::{Database, Dedicated, Local, Refused};
 
 /// Every state-changing command with its treatment and why, by the command
 /// table's full name.
@@ -52,7 +58,11 @@ pub const TREATMENTS: &[(&str, Treatment, &str)] = &[
         "resets the client's session; drops its dedicated connection",
     ),
     ("quit", Local, "closes the client's connection"),
-    ("select", Local, "keygate serves the configured database"),
+    (
+        "select",
+        Database,
+        "per client: connections of its database, its dedicated one switched",
+    ),
     (
         "client|setname",
         Local,
@@ -306,6 +316,7 @@ mod tests {
         assert_eq!(treatment(spec("monitor")), Some(Dedicated));
         assert_eq!(treatment(spec("client|tracking")), Some(Dedicated));
         assert_eq!(treatment(spec("client|reply")), Some(Local));
+        assert_eq!(treatment(spec("select")), Some(Database));
         assert_eq!(treatment(spec("sync")), Some(Refused));
         assert_eq!(treatment(spec("get")), None);
         assert!(refusal_reason(spec("psync")).is_some());

@@ -53,7 +53,61 @@ pub fn validate(config: &Config, env_has: &dyn Fn(&str) -> bool) -> Vec<Finding>
     check_backend(&config.backend, env_has, &mut findings);
     check_services(&config.services, env_has, &mut findings);
     check_max_dedicated(config, &mut findings);
+    check_databases(config, &mut findings);
     findings.0
+}
+
+/// `[backend] databases` is at least 1 and holds the default `database`;
+/// a service's `databases` lists numbers below it, the default among them
+/// (a new connection starts there, before any SELECT).
+fn check_databases(config: &Config, out: &mut Findings) {
+    let backend = &config.backend;
+    let at = KeyPath::root("backend");
+    if backend.databases == 0 {
+        out.add(
+            at.key("databases"),
+            "backend.databases must be greater than 0".into(),
+        );
+    } else if backend.database >= backend.databases {
+        out.add(
+            at.key("database"),
+            format!(
+                "backend.database ({}) must be below backend.databases ({})",
+                backend.database, backend.databases
+            ),
+        );
+    }
+    for (i, service) in config.services.iter().enumerate() {
+        let Some(list) = &service.databases else {
+            continue;
+        };
+        let at = KeyPath::root("service").index(i);
+        let path = at.key("databases");
+        if list.is_empty() {
+            out.add(
+                path,
+                format!("{at}.databases must list at least one database (leave it out for all)"),
+            );
+            continue;
+        }
+        if let Some(db) = list.iter().find(|&&db| db >= backend.databases) {
+            out.add(
+                path,
+                format!(
+                    "{at}.databases lists {db}, past the backend's databases ({})",
+                    backend.databases
+                ),
+            );
+        } else if !list.contains(&backend.database) {
+            out.add(
+                path,
+                format!(
+                    "{at}.databases must include backend.database ({}), where every connection starts",
+                    backend.database
+                ),
+            );
+        }
+    }
 }
 
 /// A service's `max_dedicated` is at least 1 and at most the pool it is

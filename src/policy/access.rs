@@ -2,7 +2,7 @@
 //!
 //! Deny by default for whatever would expose or disturb other services'
 //! clients or the server itself: administration, replication, monitoring,
-//! other databases. A service with `admin = true` may run the
+//! swapping databases. A service with `admin = true` may run the
 //! administrative commands; the service's own `deny_commands` come on top.
 
 use super::service::Service;
@@ -60,9 +60,7 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("save", "it stalls the shared server"),
     ("bgsave", "it is server administration"),
     ("bgrewriteaof", "it is server administration"),
-    ("swapdb", "keygate serves one database"),
-    ("move", "keygate serves one database"),
-    ("select", "keygate serves one database"),
+    ("swapdb", "it swaps every service's keys between databases"),
     ("latency", "it is server administration"),
     ("slowlog", "it shows every service's commands"),
     ("memory|doctor", "it is server administration"),

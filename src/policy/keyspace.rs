@@ -17,6 +17,9 @@
 //!   runs may or may not survive it (with ASYNC, the flushing client's own
 //!   later writes too).
 //!
+//! Each runs in the client's database; FLUSHALL covers the service's keys in
+//! every database it may use, one after the other.
+//!
 //! One procedure of a service runs at a time, and FLUSH and DBSIZE calls
 //! that arrive while one runs share the next run ([`super::procedure_gate`]):
 //! a flood costs a couple of scans, not one per call. Each step is one
@@ -105,15 +108,43 @@ impl From<BackendError> for Stop {
     }
 }
 
-/// Runs `procedure` for `ns` on `mux` in the service's turn (`gate`); the
+/// Where a procedure runs: the client's database and a connection of it,
+/// and for FLUSHALL a connection of each of the service's databases.
+#[derive(Debug, Clone)]
+pub struct Databases {
+    /// The client's database.
+    pub current: u32,
+    /// A multiplexed connection of `current`.
+    pub mux: MuxHandle,
+    /// FLUSHALL: a connection of every database of the service; `None`
+    /// for the other procedures, which run in `current` only.
+    pub all: Option<Vec<MuxHandle>>,
+}
+
+/// Runs `procedure` for `ns` in `dbs` in the service's turn (`gate`); the
 /// reply bytes are ready for a client speaking `protocol`.
 pub async fn run(
     procedure: Procedure,
     ns: &Namespace,
-    mux: &MuxHandle,
+    dbs: &Databases,
     protocol: Protocol,
     gate: &Arc<ProcedureGate>,
 ) -> BatchReply {
+    let mux = &dbs.mux;
+    let scope = match dbs.all {
+        Some(_) => None,
+        None => Some(dbs.current),
+    };
+    let flush_all = |ns: &Namespace, dbs: &Databases| {
+        let muxes: Vec<MuxHandle> = dbs.all.clone().unwrap_or_else(|| vec![dbs.mux.clone()]);
+        let ns = ns.clone();
+        async move {
+            for mux in &muxes {
+                flush(&ns, mux).await?;
+            }
+            Ok(Bytes::from_static(b"+OK\r\n"))
+        }
+    };
     match procedure {
         Procedure::RandomKey => {
             let work = || async { answer(random_key(ns, mux, protocol).await) };
@@ -121,19 +152,19 @@ pub async fn run(
         }
         Procedure::DbSize => {
             let work = || async { answer(db_size(ns, mux).await) };
-            gate.run(Some(Joinable::DbSize), work).await
+            gate.run(Some(Joinable::DbSize(dbs.current)), work).await
         }
         Procedure::Flush {
             asynchronous: false,
         } => {
-            let work = || async { answer(flush(ns, mux).await) };
-            gate.run(Some(Joinable::Flush), work).await
+            let work = || async { answer(flush_all(ns, dbs).await) };
+            gate.run(Some(Joinable::Flush(scope)), work).await
         }
         Procedure::Flush { asynchronous: true } => {
-            let (ns, mux, gate) = (ns.clone(), mux.clone(), gate.clone());
+            let (ns, dbs, gate) = (ns.clone(), dbs.clone(), gate.clone());
             tokio::spawn(async move {
-                let work = || async { answer(flush(&ns, &mux).await) };
-                if let Err(e) = gate.run(Some(Joinable::Flush), work).await {
+                let work = || async { answer(flush_all(&ns, &dbs).await) };
+                if let Err(e) = gate.run(Some(Joinable::Flush(scope)), work).await {
                     tracing::warn!(error = %e, "background flush of a namespace stopped");
                 }
             });

@@ -290,13 +290,9 @@ impl Namespace {
                 edits.sort_unstable_by_key(|(at, _)| *at);
                 Ok(forward(req.splice(&edits)))
             }
-            Rule::Copy => {
-                let db = req.args().skip(3).any(|a| is_keyword(a, b"db"));
-                if db {
-                    return Err(self.refuse(spec, "keygate serves one database"));
-                }
-                Ok(forward(keys(req)?))
-            }
+            // Its DB option is read and confined to the service's databases
+            // by the client side (`client::database`) before it gets here.
+            Rule::Copy => Ok(forward(keys(req)?)),
             Rule::Script => {
                 if !service.allow_scripts {
                     return Err(self.refuse(
@@ -785,7 +781,8 @@ allow_scripts = {allow_scripts}
         // SORT's patterns are confined now (sort_patterns_get_the_prefix).
         assert!(rewrite(&["SORT", "l", "BY", "nosort", "GET", "#"]).is_ok());
         assert!(rewrite(&["EVAL", "return 1", "0"]).is_err());
-        assert!(rewrite(&["COPY", "a", "b", "DB", "1"]).is_err());
+        // COPY's DB option is confined by the client side (client::database).
+        assert!(rewrite(&["COPY", "a", "b", "DB", "1"]).is_ok());
         assert!(rewrite(&["COPY", "a", "b"]).is_ok());
         assert!(rewrite(&["PUBSUB", "NUMPAT"]).is_err());
         assert!(rewrite(&["MIGRATE", "h", "1", "k", "0", "5"]).is_err());
@@ -1081,8 +1078,11 @@ allow_scripts = {allow_scripts}
                 ">"
             ])
         );
-        let copy = rewrite(&["COPY", "a", "b", "DB\0", "1"]);
-        assert!(copy.is_err(), "{copy:?}");
+        // The DB option is confined by the client side; both keys get the prefix.
+        assert_eq!(
+            rewrite(&["COPY", "a", "b", "DB\0", "1"]),
+            v(&["COPY", "billing:a", "billing:b", "DB\0", "1"])
+        );
         assert_eq!(
             rewrite(&["SCAN", "0", "MATCH\0", "x*"]),
             v(&["SCAN", "0", "MATCH", "billing:x*"])

@@ -21,13 +21,15 @@ use tokio::sync::{watch, Semaphore};
 use crate::backend::mux::BatchReply;
 use crate::backend::BackendError;
 
-/// Which requests may share one run's answer.
+/// Which requests may share one run's answer: the same kind, in the same
+/// database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Joinable {
-    /// FLUSHDB/FLUSHALL, SYNC or ASYNC alike.
-    Flush,
-    /// DBSIZE.
-    DbSize,
+    /// FLUSHDB in this database (`None`: FLUSHALL, every database of the
+    /// service), SYNC or ASYNC alike.
+    Flush(Option<u32>),
+    /// DBSIZE of this database.
+    DbSize(u32),
 }
 
 /// The keyspace procedures of one service.
@@ -117,7 +119,7 @@ mod tests {
         let first = {
             let (gate, runs) = (gate.clone(), runs.clone());
             tokio::spawn(async move {
-                gate.run(Some(Joinable::Flush), || async move {
+                gate.run(Some(Joinable::Flush(Some(0))), || async move {
                     runs.fetch_add(1, Ordering::SeqCst);
                     let _ = released.await;
                     ok("+first\r\n")
@@ -132,7 +134,7 @@ mod tests {
             .map(|_| {
                 let (gate, runs) = (gate.clone(), runs.clone());
                 tokio::spawn(async move {
-                    gate.run(Some(Joinable::Flush), || async move {
+                    gate.run(Some(Joinable::Flush(Some(0))), || async move {
                         runs.fetch_add(1, Ordering::SeqCst);
                         ok("+second\r\n")
                     })

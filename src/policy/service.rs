@@ -75,6 +75,8 @@ pub struct Service {
     /// Runs its keyspace procedures one at a time; shared across reloads
     /// while the prefix stays the same.
     pub procedures: Arc<ProcedureGate>,
+    /// The databases its clients may use, sorted; `None`: all the backend has.
+    pub databases: Option<Box<[u32]>>,
     password_sha256: Option<[u8; 32]>,
 }
 
@@ -113,6 +115,12 @@ impl Service {
             max_dedicated: c.max_dedicated.unwrap_or(u32::MAX),
             dedicated: Arc::new(AtomicUsize::new(0)),
             procedures: Arc::new(ProcedureGate::default()),
+            databases: c.databases.as_ref().map(|list| {
+                let mut list = list.clone();
+                list.sort_unstable();
+                list.dedup();
+                list.into_boxed_slice()
+            }),
             password_sha256,
         };
         service.namespace = Namespace::for_service(&service).map(Arc::new);
