@@ -61,30 +61,6 @@ isolation = false
 read_from = "prefer-replica"
 "#;
 
-/// A master with one replica, link up.
-fn master_and_replica() -> (RedisServer, RedisServer) {
-    let master = RedisServer::start();
-    let port = master.port().to_string();
-    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
-    assert!(
-        wait_until(Duration::from_secs(10), || info_field(
-            &replica.cli(&["INFO", "replication"]),
-            "master_link_status"
-        )
-        .as_deref()
-            == Some("up")),
-        "replica never linked"
-    );
-    (master, replica)
-}
-
-fn info_field(info: &str, key: &str) -> Option<String> {
-    info.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k == key).then(|| v.trim().to_string())
-    })
-}
-
 /// `calls=` of `cmdstat_<cmd>` in INFO commandstats (0 when absent).
 fn calls(server: &RedisServer, cmd: &str) -> u64 {
     let stats = server.cli(&["INFO", "commandstats"]);
@@ -126,22 +102,6 @@ fn replica_state(state: &keygate::server::ProxyState, addr: &str) -> Option<Stri
         .iter()
         .find(|r| r["address"] == addr)
         .and_then(|r| r["state"].as_str().map(str::to_string))
-}
-
-/// Waits until the Sentinel lists the replica as a good failover candidate.
-fn wait_sentinel_sees_replica(sentinel: &RedisSentinel) {
-    let ok = wait_until(Duration::from_secs(15), || {
-        let out = sentinel.cli(&["SENTINEL", "REPLICAS", MASTER]);
-        let lines: Vec<&str> = out.lines().collect();
-        let field = |k: &str| {
-            lines
-                .iter()
-                .position(|l| *l == k)
-                .and_then(|i| lines.get(i + 1).copied())
-        };
-        field("flags") == Some("slave") && field("master-link-status") == Some("ok")
-    });
-    assert!(ok, "sentinel never saw a good replica:\n{}", sentinel.log());
 }
 
 fn connect(port: u16, auth: Option<(&str, &str)>) -> redis::Connection {
@@ -365,7 +325,7 @@ fn closed_within(mut s: std::net::TcpStream, limit: Duration) -> bool {
 fn sentinel_failover_under_load(hold: bool) {
     let (master, replica) = master_and_replica();
     let sentinel = RedisSentinel::start(MASTER, master.port());
-    wait_sentinel_sees_replica(&sentinel);
+    sentinel.wait_sees_good_replica(MASTER);
     let extra = format!("failover_hold = {hold}");
     let (kg, state) = start_keygate_observed(&sentinel_config(&[sentinel.addr()], &extra, ""));
     assert!(wait_for_master(&state, &master.addr()), "no master");
@@ -457,7 +417,7 @@ fn sentinel_failover_under_load_without_hold() {
 fn killed_master_is_followed_and_rejoins_as_replica() {
     let (mut master, replica) = master_and_replica();
     let sentinel = RedisSentinel::start(MASTER, master.port());
-    wait_sentinel_sees_replica(&sentinel);
+    sentinel.wait_sees_good_replica(MASTER);
     let (kg, state) =
         start_keygate_observed(&sentinel_config(&[sentinel.addr()], "", REPLICA_SERVICES));
     assert!(wait_for_master(&state, &master.addr()), "no master");
@@ -525,7 +485,7 @@ fn killed_master_is_followed_and_rejoins_as_replica() {
 fn replica_reads_and_fallback() {
     let (master, mut replica) = master_and_replica();
     let sentinel = RedisSentinel::start(MASTER, master.port());
-    wait_sentinel_sees_replica(&sentinel);
+    sentinel.wait_sees_good_replica(MASTER);
     let (kg, state) =
         start_keygate_observed(&sentinel_config(&[sentinel.addr()], "", REPLICA_SERVICES));
     assert!(wait_for_master(&state, &master.addr()), "no master");

@@ -184,6 +184,8 @@ struct Pending {
     count: u32,
     /// The last batch of one write: answering it closes the write's window slot.
     closes_write: bool,
+    /// When the write carrying the batch started: the stall check and the
+    /// backend time (`Replies::backend_time`) count from here.
     sent_at: Instant,
     reply: oneshot::Sender<BatchReply>,
     meter: Option<Arc<ReplyMeter>>,
@@ -425,6 +427,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // Bytes arrived since the last tick: a node still sending is not stalled
     // (a large reply may take longer than `timeout` to arrive whole).
     let mut progressed = false;
+    // When the last read returned: a batch completed by the bytes it
+    // brought was answered then (one clock read per read, not per batch).
+    let mut read_at = Instant::now();
     let mut tick = tokio::time::interval(
         (timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(250)),
     );
@@ -545,6 +550,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 let replies = Replies {
                     bytes,
                     ends: std::mem::take(&mut ends),
+                    backend_time: Some(read_at.saturating_duration_since(p.sent_at)),
                 };
                 let _ = p.reply.send(Ok(replies));
             }
@@ -578,7 +584,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     fail_all(&mut queue, &mut pending_rx, counted, err);
                     return;
                 }
-                Ok(_) => progressed = true,
+                Ok(_) => {
+                    progressed = true;
+                    read_at = Instant::now();
+                }
             },
             _ = tick.tick() => {
                 while let Ok(p) = pending_rx.try_recv() {

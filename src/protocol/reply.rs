@@ -16,6 +16,7 @@
 //! makes the frame end after the following value.
 
 use bytes::{Bytes, BytesMut};
+use std::time::Duration;
 
 use super::decimal::parse_ll;
 use super::encode;
@@ -81,6 +82,10 @@ pub struct Replies {
     pub bytes: Bytes,
     /// Each frame's end in `bytes` and its kind; empty when not delimited.
     pub ends: FrameEnds,
+    /// How long the backend took to answer, when whoever read the frames
+    /// measured it: from the write that carried the requests to the read
+    /// that completed the last frame (the multiplexed reader does).
+    pub backend_time: Option<Duration>,
 }
 
 impl From<Bytes> for Replies {
@@ -89,6 +94,7 @@ impl From<Bytes> for Replies {
         Replies {
             bytes,
             ends: FrameEnds::new(),
+            backend_time: None,
         }
     }
 }
@@ -887,6 +893,7 @@ mod tests {
         let delimited = Replies {
             bytes: Bytes::from_static(run),
             ends,
+            backend_time: None,
         };
         let scanned = Replies::from(Bytes::from_static(run));
         let expected: Vec<(&[u8], ReplyKind)> = vec![
