@@ -185,7 +185,7 @@ struct Pending {
     /// The last batch of one write: answering it closes the write's window slot.
     closes_write: bool,
     /// When the write carrying the batch started: the stall check and the
-    /// backend time (`Replies::backend_time`) count from here.
+    /// backend time (`Replies::written_at`) count from here.
     sent_at: Instant,
     reply: oneshot::Sender<BatchReply>,
     meter: Option<Arc<ReplyMeter>>,
@@ -427,9 +427,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // Bytes arrived since the last tick: a node still sending is not stalled
     // (a large reply may take longer than `timeout` to arrive whole).
     let mut progressed = false;
-    // When the last read returned: a batch completed by the bytes it
-    // brought was answered then (one clock read per read, not per batch).
-    let mut read_at = Instant::now();
     let mut tick = tokio::time::interval(
         (timeout / 4).clamp(Duration::from_millis(10), Duration::from_millis(250)),
     );
@@ -550,7 +547,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 let replies = Replies {
                     bytes,
                     ends: std::mem::take(&mut ends),
-                    backend_time: Some(read_at.saturating_duration_since(p.sent_at)),
+                    written_at: Some(p.sent_at.into_std()),
                 };
                 let _ = p.reply.send(Ok(replies));
             }
@@ -584,10 +581,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     fail_all(&mut queue, &mut pending_rx, counted, err);
                     return;
                 }
-                Ok(_) => {
-                    progressed = true;
-                    read_at = Instant::now();
-                }
+                Ok(_) => progressed = true,
             },
             _ = tick.tick() => {
                 while let Ok(p) = pending_rx.try_recv() {

@@ -543,11 +543,11 @@ fn release(commands: Commands) {
 /// path copies a batch of plain replies whole; otherwise each command's
 /// frames are split off and its plan applied.
 ///
-/// The backend time is what the multiplexed reader measured (from the
-/// write to the read that completed the replies); for a dedicated
-/// connection, from reading the request to its reply's arrival (the request
-/// is written at once). A reply with neither (an error, a keyspace
-/// procedure) records none.
+/// The backend time runs from the write that carried the requests (the
+/// multiplexed writer stamps it) to `now`, the turn that takes the replies
+/// (a clock read the total needs anyway); for a dedicated connection, from
+/// reading the request to its reply's arrival (the request is written at
+/// once). A reply with neither (an error, a keyspace procedure) records none.
 fn write_replies(
     slot: &Slot,
     result: BatchReply,
@@ -560,7 +560,8 @@ fn write_replies(
     let backend = result
         .as_ref()
         .ok()
-        .and_then(|r| r.backend_time)
+        .and_then(|r| r.written_at)
+        .map(|written| now.into_std().saturating_duration_since(written))
         .or_else(|| {
             slot.answered
                 .map(|answered| answered.saturating_duration_since(slot.started))
@@ -859,7 +860,7 @@ mod tests {
             Replies {
                 bytes: Bytes::from_static(RUN),
                 ends: ends(),
-                backend_time: None,
+                written_at: None,
             },
             commands(),
             false,
@@ -909,7 +910,7 @@ mod tests {
         let replies = Replies {
             bytes: bytes.clone(),
             ends,
-            backend_time: None,
+            written_at: None,
         };
         let (out, counters) = written(replies.clone(), two_gets(), false);
         assert_eq!(out, bytes.to_vec());
@@ -928,7 +929,8 @@ mod tests {
         let mut recorder = metrics.recorder();
         let mut queue = ReplyQueue::default();
         let (tx, rx) = oneshot::channel();
-        let started = Instant::now() - std::time::Duration::from_millis(500);
+        let now = Instant::now();
+        let started = now - std::time::Duration::from_millis(500);
         let tag = queue.push_shared(
             rx,
             smallvec::smallvec![CommandReply::plain("get", Some(0))],
@@ -938,7 +940,7 @@ mod tests {
         queue.push_ready(Bytes::from_static(b"+PONG\r\n"), false);
         queue.served_by(tag, Role::Replica);
         let replies = Replies {
-            backend_time: Some(std::time::Duration::from_millis(2)),
+            written_at: Some((now - std::time::Duration::from_millis(2)).into_std()),
             ..Replies::from(Bytes::from_static(b"$1\r\nv\r\n"))
         };
         tx.send(Ok(replies)).unwrap();
@@ -947,12 +949,18 @@ mod tests {
         drop(recorder);
         let text = metrics.render_prometheus(&[]);
         let labels = r#"{service="svc",command="get",role="replica"}"#;
-        assert!(
-            text.contains(&format!(
-                "keygate_backend_duration_seconds_sum{labels} 0.002\n"
-            )),
-            "{text}"
-        );
+        let sum = |name: &str| -> f64 {
+            let prefix = format!("{name}{labels} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+        };
+        let backend = sum("keygate_backend_duration_seconds_sum");
+        let total = sum("keygate_command_duration_seconds_sum");
+        // From the write (2 ms before) to the drain; the total is 500 ms more.
+        assert!((0.002..0.1).contains(&backend), "{backend}");
+        assert!(total >= 0.5, "{total}");
         assert!(
             text.contains(&format!(
                 "keygate_command_duration_seconds_count{labels} 1\n"
