@@ -62,20 +62,17 @@ fn counts_histograms_hits_and_slowlog_match_the_workload() {
         c.cmd_str(&["NOSUCHCOMMAND"]);
     }
     // The connection closed: its samples were handed over on drop.
-    let text = (0..50)
-        .map(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            scrape(&kg)
-        })
-        .find(|t| {
-            sample(
-                t,
-                "keygate_commands_total",
-                &[("service", "cart"), ("command", "blpop")],
-            )
-            .is_some()
-        })
-        .expect("cart's commands show up in /metrics");
+    let mut text = String::new();
+    let shown = wait_until(Duration::from_secs(3), || {
+        text = scrape(&kg);
+        sample(
+            &text,
+            "keygate_commands_total",
+            &[("service", "cart"), ("command", "blpop")],
+        )
+        .is_some()
+    });
+    assert!(shown, "cart's commands show up in /metrics");
     let cart = |name: &str, command: &str| {
         sample(&text, name, &[("service", "cart"), ("command", command)]).unwrap_or(0.0)
     };
@@ -164,7 +161,6 @@ fn redis_cli_sees_the_proxy_section_and_latency_table() {
     let kg = Keygate::start_with(&config(&redis));
     kg.wait_ready();
     assert_eq!(kg.cli(&["SET", "a", "1"]), "OK");
-    std::thread::sleep(Duration::from_millis(100));
     let info = kg.cli(&["INFO", "keygate"]);
     assert!(info.contains("# Proxy"), "{info}");
     assert!(info.contains("keygate_version:"), "{info}");
@@ -355,16 +351,7 @@ fn backend_time_excludes_waiting_behind_another_request() {
     // The second client's read waits in keygate for the write window.
     let mut second = RawConn::connect(kg.port());
     second.send(&resp_command(&["STRLEN", "held"]));
-    let read_by_keygate = || {
-        kg.cli(&["CLIENT", "LIST"])
-            .lines()
-            .any(|l| l.contains("cmd=strlen"))
-    };
-    assert!(
-        wait_until(Duration::from_secs(5), read_by_keygate),
-        "keygate never read the STRLEN: {}",
-        kg.cli(&["CLIENT", "LIST"])
-    );
+    wait_keygate_read(kg.port(), "strlen");
     // The point of the test: the STRLEN waits this long in keygate, so its
     // total is clearly longer than its backend time.
     std::thread::sleep(Duration::from_millis(200));

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,15 +61,8 @@ isolation = false
 read_from = "prefer-replica"
 "#;
 
-/// `calls=` of `cmdstat_<cmd>` in INFO commandstats (0 when absent).
 fn calls(server: &RedisServer, cmd: &str) -> u64 {
-    let stats = server.cli(&["INFO", "commandstats"]);
-    info_field(&stats, &format!("cmdstat_{cmd}"))
-        .and_then(|v| {
-            v.split(',')
-                .find_map(|kv| kv.strip_prefix("calls=").and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
+    server.calls(cmd)
 }
 
 /// `count=` of `errorstat_READONLY` (0 when absent).
@@ -121,8 +114,15 @@ fn connect(port: u16, auth: Option<(&str, &str)>) -> redis::Connection {
 /// What one writer saw: `(elapsed since t0, Ok(value) | Err(message))`.
 type Outcomes = Vec<(Duration, Result<u64, String>)>;
 
-/// RPUSHes 1, 2, 3, ... to `key` through keygate until `stop`.
-fn writer(port: u16, key: String, stop: Arc<AtomicBool>, t0: Instant) -> Outcomes {
+/// RPUSHes 1, 2, 3, ... to `key` through keygate until `stop`, counting
+/// acknowledged writes in `acked`.
+fn writer(
+    port: u16,
+    key: String,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    t0: Instant,
+) -> Outcomes {
     let mut conn = connect(port, None);
     let mut out = Vec::new();
     let mut n = 0u64;
@@ -130,7 +130,10 @@ fn writer(port: u16, key: String, stop: Arc<AtomicBool>, t0: Instant) -> Outcome
         n += 1;
         let r: redis::RedisResult<i64> = redis::cmd("RPUSH").arg(&key).arg(n).query(&mut conn);
         match r {
-            Ok(_) => out.push((t0.elapsed(), Ok(n))),
+            Ok(_) => {
+                out.push((t0.elapsed(), Ok(n)));
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => {
                 out.push((t0.elapsed(), Err(e.to_string())));
                 if e.is_io_error() || e.is_connection_dropped() {
@@ -145,19 +148,32 @@ fn writer(port: u16, key: String, stop: Arc<AtomicBool>, t0: Instant) -> Outcome
 /// A write load of `threads` writers on keys `load:0..`.
 struct Load {
     stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
     handles: Vec<std::thread::JoinHandle<Outcomes>>,
 }
 
 impl Load {
     fn start(port: u16, threads: usize, t0: Instant) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
         let handles = (0..threads)
             .map(|t| {
-                let stop = stop.clone();
-                std::thread::spawn(move || writer(port, format!("load:{t}"), stop, t0))
+                let (stop, acked) = (stop.clone(), acked.clone());
+                std::thread::spawn(move || writer(port, format!("load:{t}"), stop, acked, t0))
             })
             .collect();
-        Load { stop, handles }
+        Load {
+            stop,
+            acked,
+            handles,
+        }
+    }
+
+    /// Waits until `n` more writes are acknowledged than when called;
+    /// returns whether they were within `limit`.
+    fn wait_acked(&self, n: u64, limit: Duration) -> bool {
+        let start = self.acked.load(Ordering::Relaxed);
+        wait_until(limit, || self.acked.load(Ordering::Relaxed) >= start + n)
     }
 
     fn finish(self) -> Vec<Outcomes> {
@@ -340,7 +356,7 @@ fn sentinel_failover_under_load(hold: bool) {
 
     let t0 = Instant::now();
     let load = Load::start(kg.port(), 4, t0);
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(load.wait_acked(100, Duration::from_secs(10)), "no load");
     let at = t0.elapsed();
     let ok = wait_until(Duration::from_secs(10), || {
         sentinel.cli(&["SENTINEL", "FAILOVER", MASTER]) == "OK"
@@ -348,7 +364,9 @@ fn sentinel_failover_under_load(hold: bool) {
     assert!(ok, "SENTINEL FAILOVER refused:\n{}", sentinel.log());
     let followed = wait_for_master(&state, &replica.addr());
     let followed_after = t0.elapsed() - at;
-    std::thread::sleep(Duration::from_millis(500));
+    // The load runs on for a while on the new master (if it resumes: the
+    // figures below say how it went).
+    let _ = load.wait_acked(100, Duration::from_secs(5));
     let outcomes = load.finish();
     assert!(followed, "keygate did not follow: {}", state.health_json());
     assert!(
@@ -424,12 +442,14 @@ fn killed_master_is_followed_and_rejoins_as_replica() {
 
     let t0 = Instant::now();
     let load = Load::start(kg.port(), 4, t0);
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(load.wait_acked(100, Duration::from_secs(10)), "no load");
     let at = t0.elapsed();
     master.kill();
     let followed = wait_for_master(&state, &replica.addr());
     let followed_after = t0.elapsed() - at;
-    std::thread::sleep(Duration::from_millis(500));
+    // The load runs on for a while on the new master (if it resumes: the
+    // figures below say how it went).
+    let _ = load.wait_acked(100, Duration::from_secs(5));
     let outcomes = load.finish();
     assert!(
         followed,

@@ -507,6 +507,77 @@ pub fn master_and_replica() -> (RedisServer, RedisServer) {
     (master, replica)
 }
 
+impl RedisServer {
+    /// `calls=` of `cmdstat_<cmd>` in INFO commandstats (0 when absent).
+    pub fn calls(&self, cmd: &str) -> u64 {
+        let stats = self.cli(&["INFO", "commandstats"]);
+        info_field(&stats, &format!("cmdstat_{cmd}"))
+            .and_then(|v| {
+                v.split(',')
+                    .find_map(|kv| kv.strip_prefix("calls=").and_then(|n| n.parse().ok()))
+            })
+            .unwrap_or(0)
+    }
+
+    /// INFO clients' `blocked_clients`.
+    pub fn blocked_clients(&self) -> u64 {
+        info_field(&self.cli(&["INFO", "clients"]), "blocked_clients")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits (bounded) until exactly `n` clients are blocked (BLPOP, ...),
+    /// and asserts it happened.
+    pub fn wait_blocked(&self, n: u64) {
+        let mut now = 0;
+        let reached = wait_until(Duration::from_secs(10), || {
+            now = self.blocked_clients();
+            now == n
+        });
+        assert!(reached, "blocked_clients stayed {now}, want {n}");
+    }
+}
+
+/// Resident memory of process `pid`, in KiB (0 when it cannot be read).
+pub fn rss_kib_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until process `pid`'s resident memory has not moved for `quiet`
+/// (sampled every 50 ms), at most `limit`; returns it. For memory figures
+/// taken once a process has settled rather than after a guessed pause.
+pub fn settled_rss_kib(pid: u32, quiet: Duration, limit: Duration) -> u64 {
+    let deadline = Instant::now() + limit;
+    let mut last = rss_kib_of(pid);
+    let mut since = Instant::now();
+    while Instant::now() < deadline && since.elapsed() < quiet {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = rss_kib_of(pid);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+    }
+    last
+}
+
+/// Waits (bounded) until one of keygate's clients (its own CLIENT LIST,
+/// as `service` sees it) last ran `command`: keygate has read that request.
+pub fn wait_keygate_read(kg_port: u16, command: &str) {
+    let list = || cli_at(kg_port, &["CLIENT", "LIST"]);
+    let ran = |l: &str| l.contains(&format!(" cmd={command} "));
+    assert!(
+        wait_until(Duration::from_secs(10), || list().lines().any(ran)),
+        "keygate never read a {command}: {}",
+        list()
+    );
+}
+
 /// The value of `key:value` in an INFO text.
 pub fn info_field(info: &str, key: &str) -> Option<String> {
     info.lines().find_map(|l| {
