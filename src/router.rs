@@ -27,6 +27,15 @@ pub enum ConnectionKind {
     Dedicated,
 }
 
+/// Which kind of node a request was routed to (what its metrics are labelled with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Served {
+    /// The master.
+    Master,
+    /// A replica.
+    Replica,
+}
+
 /// What a command does to the state of a dedicated connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionEffect {
@@ -181,20 +190,20 @@ impl Router {
         }
     }
 
-    /// The node for a batch on a shared connection: a replica when the
-    /// service reads from replicas and every command in it is read-only,
-    /// otherwise the master.
+    /// The node for a batch on a shared connection, and whether it is a
+    /// replica: a replica when the service reads from replicas and every
+    /// command in it is read-only, otherwise the master.
     pub async fn node_for_batch(
         &self,
         read_from: ReadFrom,
         read_only: bool,
-    ) -> Result<Arc<Node>, RouteError> {
+    ) -> Result<(Arc<Node>, Served), RouteError> {
         if read_only {
             if let Some(replica) = self.node_for_read(read_from)? {
-                return Ok(replica);
+                return Ok((replica, Served::Replica));
             }
         }
-        self.master_for().await
+        Ok((self.master_for().await?, Served::Master))
     }
 
     /// The topology, for health, readiness and metrics.

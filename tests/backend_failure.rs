@@ -21,6 +21,7 @@ fn wait_until_served(conn: &mut RawConn, within: Duration) -> Duration {
             started.elapsed() < within,
             "service did not resume within {within:?}"
         );
+        // Paces the retries; the loop itself waits for the state (served).
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -30,7 +31,18 @@ fn backend_down_at_start_gives_prompt_error_then_recovers() {
     let mut redis = RedisServer::start();
     redis.kill();
     let kg = Keygate::start(&redis);
-    std::thread::sleep(Duration::from_millis(200));
+    // keygate has tried the backend and failed: /health names the error.
+    let tried = || {
+        let health = http_get(kg.admin_port(), "/health");
+        let body = health.split("\r\n\r\n").nth(1).unwrap_or_default();
+        serde_json::from_str::<serde_json::Value>(body)
+            .is_ok_and(|h| h["backend"]["master"]["last_error"].is_string())
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), tried),
+        "{}",
+        http_get(kg.admin_port(), "/health")
+    );
     let mut c = RawConn::connect(kg.port());
     let started = Instant::now();
     let reply = c.cmd_str(&["GET", "bf:k"]);

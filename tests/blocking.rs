@@ -18,10 +18,10 @@ fn setup() -> (RedisServer, Keygate) {
 
 #[test]
 fn blpop_woken_by_another_clients_lpush() {
-    let (_redis, kg) = setup();
+    let (redis, kg) = setup();
     let mut waiter = RawConn::connect(kg.port());
     waiter.send(&resp_command(&["BLPOP", "bl:q", "5"]));
-    std::thread::sleep(Duration::from_millis(300));
+    redis.wait_blocked(1);
     let mut pusher = RawConn::connect(kg.port());
     assert_eq!(pusher.cmd_str(&["LPUSH", "bl:q", "v1"]), ":1\r\n");
     assert_eq!(
@@ -34,9 +34,12 @@ fn blpop_woken_by_another_clients_lpush() {
 
 #[test]
 fn blpop_with_timeout_zero_outlives_command_timeout() {
-    let (_redis, kg) = setup();
+    let (redis, kg) = setup();
     let mut waiter = RawConn::connect(kg.port());
     waiter.send(&resp_command(&["BLPOP", "bl:long", "0"]));
+    redis.wait_blocked(1);
+    // The point of the test: time passes well beyond command_timeout (1 s)
+    // while the client stays blocked, and keygate must not cut it off.
     std::thread::sleep(Duration::from_millis(2500));
     let mut pusher = RawConn::connect(kg.port());
     assert_eq!(pusher.cmd_str(&["RPUSH", "bl:long", "late"]), ":1\r\n");
@@ -62,22 +65,12 @@ fn blocked_client_disconnecting_leaves_no_blocked_backend_connection() {
     {
         let mut waiter = RawConn::connect(kg.port());
         waiter.send(&resp_command(&["BLPOP", "bl:gone", "0"]));
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(redis
-            .cli(&["INFO", "clients"])
-            .contains("blocked_clients:1"));
+        redis.wait_blocked(1);
     } // dropped: the client disconnects while blocked
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !redis
-        .cli(&["INFO", "clients"])
-        .contains("blocked_clients:0")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the backend connection stayed blocked after its client left"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_until(Duration::from_secs(5), || redis.blocked_clients() == 0),
+        "the backend connection stayed blocked after its client left"
+    );
     let mut other = RawConn::connect(kg.port());
     assert_eq!(other.cmd_str(&["PING"]), "+PONG\r\n");
     // A value pushed now must not be eaten by a leftover BLPOP.
@@ -92,7 +85,7 @@ fn blocked_client_disconnecting_leaves_no_blocked_backend_connection() {
 
 #[test]
 fn many_concurrent_blocked_clients_all_woken() {
-    let (_redis, kg) = setup();
+    let (redis, kg) = setup();
     let mut waiters: Vec<RawConn> = (0..20)
         .map(|_| {
             let mut c = RawConn::connect(kg.port());
@@ -100,7 +93,7 @@ fn many_concurrent_blocked_clients_all_woken() {
             c
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    redis.wait_blocked(20);
     let mut pusher = RawConn::connect(kg.port());
     let values: Vec<String> = (0..20).map(|i| format!("x{i}")).collect();
     let mut args = vec!["RPUSH".to_string(), "bl:many".to_string()];

@@ -76,6 +76,7 @@ fn worker(id: usize, port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     let get = resp_command(&["GET", &key]);
     while !stop.load(Ordering::Relaxed) {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+            // Paces reconnect attempts of this load generator.
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
@@ -101,7 +102,8 @@ fn worker(id: usize, port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
                     let mut first = tally.first_error.lock().expect("lock");
                     first.get_or_insert_with(|| String::from_utf8_lossy(&r).into_owned());
                     drop(first);
-                    // Do not spin on prompt errors while the backend is down.
+                    // Paces the load: no spinning on prompt errors while
+                    // the backend is down.
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Ok(_) => {
@@ -122,22 +124,28 @@ fn worker(id: usize, port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
 /// Waits until every worker has had a successful reply after `since`;
 /// returns how long that took from `since`.
 fn wait_all_served(tally: &Tally, since: Instant, within: Duration) -> Duration {
-    loop {
-        let all = tally
+    let all = || {
+        tally
             .last_ok
             .lock()
             .expect("lock")
             .iter()
-            .all(|t| t.is_some_and(|t| t > since));
-        if all {
-            return since.elapsed();
-        }
-        assert!(
-            since.elapsed() < within,
-            "not every client was served again within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+            .all(|t| t.is_some_and(|t| t > since))
+    };
+    let served = wait_until(within.saturating_sub(since.elapsed()), all);
+    let took = since.elapsed();
+    assert!(
+        served,
+        "not every client was served again within {within:?}"
+    );
+    took
+}
+
+/// Waits until the load has made `n` more requests of `kind` (ok or error
+/// replies) than it had when called.
+fn wait_for_more(counter: &AtomicU64, n: u64, within: Duration) -> bool {
+    let start = counter.load(Ordering::Relaxed);
+    wait_until(within, || counter.load(Ordering::Relaxed) >= start + n)
 }
 
 fn signal(pid: u32, sig: &str) {
@@ -181,23 +189,29 @@ failover_wait = "1s"
         .collect();
     wait_all_served(&tally, Instant::now(), Duration::from_secs(5));
 
-    // 1. SIGKILL, down for a while, then restart on the same port.
-    std::thread::sleep(Duration::from_millis(500));
+    // 1. SIGKILL under load, down until the clients have seen it, then
+    // restart on the same port.
+    assert!(wait_for_more(&tally.ok, 200, Duration::from_secs(10)));
     redis.kill();
-    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        wait_for_more(&tally.errors, (WORKERS * 4) as u64, Duration::from_secs(10)),
+        "the clients never saw the backend down"
+    );
     redis.restart();
     let back = Instant::now();
     let recovered_after_kill = wait_all_served(&tally, back, Duration::from_secs(8));
 
     // 2. SIGSTOP for well over command_timeout, then SIGCONT.
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(wait_for_more(&tally.ok, 200, Duration::from_secs(10)));
     let pid = redis.pid().expect("redis runs");
     signal(pid, "STOP");
+    // The point of this step: the backend stays stopped for longer than
+    // command_timeout, so keygate's stall detection has to answer for it.
     std::thread::sleep(COMMAND_TIMEOUT * 3);
     signal(pid, "CONT");
     let back = Instant::now();
     let recovered_after_pause = wait_all_served(&tally, back, Duration::from_secs(8));
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(wait_for_more(&tally.ok, 200, Duration::from_secs(10)));
 
     stop.store(true, Ordering::Relaxed);
     for w in workers {

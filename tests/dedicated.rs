@@ -24,7 +24,20 @@ fn watch_left_by_a_disconnected_client_does_not_reach_the_next() {
         let mut a = RawConn::connect(kg.port());
         assert_eq!(a.cmd_str(&["WATCH", "dc:k"]), "+OK\r\n");
     }
-    std::thread::sleep(Duration::from_millis(200));
+    // The disconnected client's dedicated connection is given back (clean)
+    // or closed.
+    let held = || {
+        metric_sample(
+            &scrape_metrics(kg.admin_port()),
+            "keygate_dedicated_connections",
+            &[("service", "default")],
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || held() == Some(0.0)),
+        "the dedicated connection is still held: {:?}",
+        held()
+    );
     let mut writer = RawConn::connect(kg.port());
     assert_eq!(writer.cmd_str(&["SET", "dc:k", "changed"]), "+OK\r\n");
     let mut b = RawConn::connect(kg.port());
@@ -77,7 +90,7 @@ fn exhausted_pool_is_a_prompt_error_and_others_keep_working() {
             c
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    redis.wait_blocked(2);
     let mut third = RawConn::connect(kg.port());
     assert_eq!(third.cmd_str(&["AUTH", "other", "pw"]), "+OK\r\n");
     let started = Instant::now();

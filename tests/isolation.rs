@@ -37,12 +37,9 @@ fn setup() -> (RedisServer, Keygate) {
     let redis = RedisServer::start();
     let kg = Keygate::start_with(&standalone_config(&redis.addr(), SERVICES));
     // Ready once a command reaches the backend.
-    for _ in 0..250 {
-        if kg.cli(&["EXISTS", "ready"]) == "0" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _ = wait_until(Duration::from_secs(5), || {
+        kg.cli(&["EXISTS", "ready"]) == "0"
+    });
     (redis, kg)
 }
 
@@ -374,14 +371,9 @@ fn flushdb_deletes_only_own_keys() {
     assert_eq!(billing.read().strings(), set(&["k2"]));
     // ASYNC answers at once and finishes in the background.
     assert_eq!(billing.cmd(&["FLUSHALL", "ASYNC"]), V::Status("OK".into()));
-    let mut empty = false;
-    for _ in 0..100 {
-        if billing.cmd(&["DBSIZE"]) == V::Int(0) {
-            empty = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let empty = wait_until(Duration::from_secs(5), || {
+        billing.cmd(&["DBSIZE"]) == V::Int(0)
+    });
     assert!(empty);
     assert!(billing.cmd(&["FLUSHDB", "NOW"]).text().contains("syntax"));
     assert_eq!(backend_keys(&redis).len(), 6);
@@ -661,13 +653,7 @@ fn every_command_is_confined_or_refused() {
 
 /// `calls` to `cmdstat_<command>` on the backend so far.
 fn backend_calls(redis: &RedisServer, command: &str) -> u64 {
-    let stats = redis.cli(&["INFO", "commandstats"]);
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    redis.calls(command)
 }
 
 #[test]
@@ -707,6 +693,8 @@ fn a_flood_of_flushes_runs_few_scans_and_others_keep_being_served() {
     // Wait for the flushes to finish: SCAN calls stop rising.
     let mut last = backend_calls(&redis, "scan");
     assert!(wait_until(Duration::from_secs(30), || {
+        // "Stopped rising" means unchanged over this interval: the sleep
+        // is the state's definition, not a guess that work has finished.
         std::thread::sleep(Duration::from_millis(300));
         let now = backend_calls(&redis, "scan");
         std::mem::replace(&mut last, now) == now

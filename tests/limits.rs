@@ -101,16 +101,6 @@ impl Drop for KeygateProcess {
     }
 }
 
-/// `VmRSS` of a process, in KiB (0 when unreadable).
-fn rss_kib_of(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// This process's soft limit on open files.
 fn open_files_soft_limit() -> u64 {
     let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
@@ -182,9 +172,12 @@ fn connection_storm_refuses_cleanly_and_idle_connections_are_small() {
     );
     let redis = RedisServer::start();
     let mut kg = KeygateProcess::start(&redis, &format!("max_clients = {max_clients}"));
-    // Let the start-up settle, then take the baseline.
-    std::thread::sleep(Duration::from_millis(1500));
-    let before = kg.rss_kib();
+    // The baseline, once start-up has settled.
+    let before = settled_rss_kib(
+        kg.child.id(),
+        Duration::from_millis(500),
+        Duration::from_secs(10),
+    );
 
     let started = Instant::now();
     let threads = 16;
@@ -208,9 +201,13 @@ fn connection_storm_refuses_cleanly_and_idle_connections_are_small() {
     }
     let storm_time = started.elapsed();
     kg.assert_running();
-    // Idle connections hand their metrics over within a second; wait for it.
-    std::thread::sleep(Duration::from_millis(2500));
-    let after = kg.rss_kib();
+    // Idle connections hand their metrics over within a second
+    // (metrics::FLUSH_INTERVAL): measure once memory has not moved for longer.
+    let after = settled_rss_kib(
+        kg.child.id(),
+        Duration::from_millis(1500),
+        Duration::from_secs(15),
+    );
     let per_conn = (after.saturating_sub(before) * 1024) as f64 / served.len().max(1) as f64;
     println!(
         "storm: {clients} clients, max_clients {max_clients}: {} served, {refused} refused, \
@@ -251,17 +248,13 @@ fn connection_storm_refuses_cleanly_and_idle_connections_are_small() {
         assert_eq!(&buf[..n], b"+PONG\r\n");
     }
     drop(served);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Outcome::Served(_) = storm_one(port) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "keygate kept refusing after the storm"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        wait_until(Duration::from_secs(20), || matches!(
+            storm_one(port),
+            Outcome::Served(_)
+        )),
+        "keygate kept refusing after the storm"
+    );
     kg.assert_running();
 }
 
@@ -277,6 +270,7 @@ fn latency_loop(port: u16, span: Duration) -> Vec<u64> {
         let t = Instant::now();
         assert_eq!(conn.cmd_str(&["GET", "small"]), "$1\r\nx\r\n");
         samples.push(t.elapsed().as_micros() as u64);
+        // Paces this probe client: a sample every few ms, not a flood.
         std::thread::sleep(Duration::from_millis(2));
     }
     samples.sort_unstable();
@@ -327,13 +321,18 @@ fn slow_reader_swarm_keeps_memory_bounded_and_others_served() {
             let mut peak = 0;
             while !stop.load(Ordering::Relaxed) {
                 peak = peak.max(rss_kib_of(pid));
+                // The sampling interval of the RSS sampler.
                 std::thread::sleep(Duration::from_millis(50));
             }
             peak
         })
     };
-    // Let the swarm fill keygate up before measuring the other client.
-    std::thread::sleep(Duration::from_secs(2));
+    // The swarm has filled keygate up (its memory grew, then stopped
+    // moving) before the other client is measured.
+    let pid = kg.child.id();
+    let filling = wait_until(Duration::from_secs(10), || rss_kib_of(pid) > before + 1024);
+    let filled = settled_rss_kib(pid, Duration::from_millis(500), Duration::from_secs(10));
+    println!("swarm: keygate filled up (grew: {filling}) to {filled} KiB");
     let loaded = latency_loop(port, Duration::from_secs(3));
     stop.store(true, Ordering::Relaxed);
     let peak = sampler.join().expect("sampler");
@@ -389,6 +388,7 @@ impl PeakRss {
             let mut peak = 0;
             while !flag.load(Ordering::Relaxed) {
                 peak = peak.max(rss_kib_of(pid));
+                // The sampling interval of the RSS sampler.
                 std::thread::sleep(Duration::from_millis(10));
             }
             peak
@@ -413,6 +413,7 @@ fn watch_other(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Dur
             assert_eq!(conn.cmd_str(&["GET", "small"]), "$1\r\nx\r\n");
             worst = worst.max(t.elapsed());
             n += 1;
+            // Paces this probe client.
             std::thread::sleep(Duration::from_millis(5));
         }
         (worst, n)

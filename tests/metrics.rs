@@ -8,47 +8,34 @@ use common::*;
 use std::collections::HashMap;
 use std::time::Duration;
 
-fn config(backend: &RedisServer) -> String {
-    standalone_config(
-        &backend.addr(),
-        r#"
+/// The `default` service, passwordless, not isolated, admin.
+const ADMIN_DEFAULT: &str = r#"
 [[service]]
 name = "default"
 prefix = ""
 isolation = false
 admin = true
+"#;
 
+fn config(backend: &RedisServer) -> String {
+    standalone_config(
+        &backend.addr(),
+        &(ADMIN_DEFAULT.to_string()
+            + r#"
 [[service]]
 name = "cart"
 password = "cart-pw"
 prefix = "cart:"
-"#,
+"#),
     )
 }
 
 fn scrape(kg: &Keygate) -> String {
-    let resp = http_get(kg.admin_port(), "/metrics");
-    let body = resp
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
-    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    body
+    scrape_metrics(kg.admin_port())
 }
 
-/// The value of the first sample line of `name` whose labels include all of `labels`.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-        .find(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    metric_sample(text, name, labels)
 }
 
 #[test]
@@ -75,20 +62,17 @@ fn counts_histograms_hits_and_slowlog_match_the_workload() {
         c.cmd_str(&["NOSUCHCOMMAND"]);
     }
     // The connection closed: its samples were handed over on drop.
-    let text = (0..50)
-        .map(|_| {
-            std::thread::sleep(Duration::from_millis(50));
-            scrape(&kg)
-        })
-        .find(|t| {
-            sample(
-                t,
-                "keygate_commands_total",
-                &[("service", "cart"), ("command", "blpop")],
-            )
-            .is_some()
-        })
-        .expect("cart's commands show up in /metrics");
+    let mut text = String::new();
+    let shown = wait_until(Duration::from_secs(3), || {
+        text = scrape(&kg);
+        sample(
+            &text,
+            "keygate_commands_total",
+            &[("service", "cart"), ("command", "blpop")],
+        )
+        .is_some()
+    });
+    assert!(shown, "cart's commands show up in /metrics");
     let cart = |name: &str, command: &str| {
         sample(&text, name, &[("service", "cart"), ("command", command)]).unwrap_or(0.0)
     };
@@ -177,7 +161,6 @@ fn redis_cli_sees_the_proxy_section_and_latency_table() {
     let kg = Keygate::start_with(&config(&redis));
     kg.wait_ready();
     assert_eq!(kg.cli(&["SET", "a", "1"]), "OK");
-    std::thread::sleep(Duration::from_millis(100));
     let info = kg.cli(&["INFO", "keygate"]);
     assert!(info.contains("# Proxy"), "{info}");
     assert!(info.contains("keygate_version:"), "{info}");
@@ -188,4 +171,212 @@ fn redis_cli_sees_the_proxy_section_and_latency_table() {
         "--user", "cart", "--pass", "cart-pw", "KEYGATE", "LATENCY", "default",
     ]);
     assert!(denied.contains("NOPERM"), "{denied}");
+}
+
+/// A read of a `read_from = "replica"` service is answered by the replica,
+/// and recorded under `role="replica"`; its writes under `role="master"`.
+#[test]
+fn replica_reads_are_recorded_under_the_replica_role() {
+    let (master, replica) = master_and_replica();
+    let sentinel = RedisSentinel::start("mymaster", master.port());
+    sentinel.wait_sees_good_replica("mymaster");
+    let config = format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+
+[backend]
+sentinels = ["{}"]
+master_name = "mymaster"
+connect_timeout = "1s"
+command_timeout = "5s"
+failover_wait = "5s"
+
+[[service]]
+name = "ro"
+password = "ro-pass"
+prefix = ""
+isolation = false
+read_from = "replica"
+"#,
+        sentinel.addr()
+    );
+    let (kg, state) = start_keygate_observed(&config);
+    let replica_online = || {
+        state.health_json()["backend"]["replicas"]
+            .as_array()
+            .is_some_and(|rs| {
+                rs.iter()
+                    .any(|r| r["address"] == replica.addr() && r["state"] == "online")
+            })
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), replica_online),
+        "replica not online: {}",
+        state.health_json()
+    );
+    {
+        let mut c = RawConn::connect(kg.port());
+        assert_eq!(c.cmd_str(&["AUTH", "ro", "ro-pass"]), "+OK\r\n");
+        assert_eq!(c.cmd_str(&["SET", "k", "v"]), "+OK\r\n");
+        for _ in 0..5 {
+            c.cmd_str(&["GET", "k"]);
+        }
+    }
+    let ro = |t: &str, command: &str, role: &str| {
+        sample(
+            t,
+            "keygate_command_duration_seconds_count",
+            &[("service", "ro"), ("command", command), ("role", role)],
+        )
+    };
+    let mut text = String::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            text = scrape(&kg);
+            ro(&text, "set", "master").is_some()
+        }),
+        "ro's commands never showed up:\n{text}"
+    );
+    assert_eq!(ro(&text, "get", "replica"), Some(5.0), "{text}");
+    assert_eq!(ro(&text, "get", "master"), None, "{text}");
+    assert_eq!(ro(&text, "set", "master"), Some(1.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "keygate_backend_duration_seconds_count",
+            &[("service", "ro"), ("command", "get"), ("role", "replica")]
+        ),
+        Some(5.0),
+        "{text}"
+    );
+}
+
+/// Refused commands are commands: after N refused and M served, errors
+/// over commands is N/(N+M); the isolation-breaking ones among them count
+/// in `keygate_isolation_refusals_total`.
+#[test]
+fn refusals_count_as_commands_and_isolation_refusals_are_counted() {
+    let redis = RedisServer::start();
+    let kg = Keygate::start_with(&config(&redis));
+    kg.wait_ready();
+    let isolation_breaking: &[&[&str]] = &[
+        // A script can compute any key name.
+        &["EVAL", "return 1", "0"],
+        &["EVALSHA", "0123456789012345678901234567890123456789", "0"],
+        // The keys cannot be located: no number of keys.
+        &["ZUNIONSTORE", "dst", "notanumber", "a"],
+    ];
+    let other_refusals: &[&[&str]] = &[&["BGSAVE"], &["NOSUCHCOMMAND"]];
+    let served: &[&[&str]] = &[
+        &["SET", "a", "1"],
+        &["SET", "b", "2"],
+        &["GET", "a"],
+        &["GET", "missing"],
+        &["INCR", "n"],
+        &["EXISTS", "a", "b"],
+        &["DEL", "b"],
+    ];
+    {
+        let mut c = RawConn::connect(kg.port());
+        assert_eq!(c.cmd_str(&["AUTH", "cart", "cart-pw"]), "+OK\r\n");
+        for args in isolation_breaking.iter().chain(other_refusals) {
+            let reply = c.cmd_str(args);
+            assert!(reply.starts_with('-'), "{args:?} refused: {reply}");
+        }
+        for args in served {
+            let reply = c.cmd_str(args);
+            assert!(!reply.starts_with('-'), "{args:?} served: {reply}");
+        }
+    }
+    let refused = (isolation_breaking.len() + other_refusals.len()) as f64;
+    let served = served.len() as f64;
+    let cart = [("service", "cart")];
+    let mut text = String::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            text = scrape(&kg);
+            sample(&text, "keygate_isolation_refusals_total", &cart).unwrap_or(0.0) > 0.0
+        }),
+        "no isolation refusal counted:\n{text}"
+    );
+    assert_eq!(
+        sample(&text, "keygate_isolation_refusals_total", &cart),
+        Some(isolation_breaking.len() as f64),
+        "{text}"
+    );
+    let commands = metric_sum(&text, "keygate_commands_total", &cart);
+    let errors = metric_sum(&text, "keygate_command_errors_total", &cart);
+    assert_eq!((errors, commands), (refused, refused + served), "{text}");
+    assert_eq!(errors / commands, refused / (refused + served));
+    assert_eq!(
+        sample(
+            &text,
+            "keygate_commands_total",
+            &[("service", "cart"), ("command", "eval")]
+        ),
+        Some(1.0),
+        "a refused isolation-breaking command is a command: {text}"
+    );
+}
+
+/// `keygate_backend_duration_seconds` runs from the backend write to the
+/// reply: a request held in keygate behind another client's (one shared
+/// connection, one write in flight) spends that wait outside the backend
+/// time but inside the total.
+#[test]
+fn backend_time_excludes_waiting_behind_another_request() {
+    let redis = RedisServer::start();
+    let kg = Keygate::start_with(&standalone_config(&redis.addr(), ADMIN_DEFAULT).replace(
+        "command_timeout = \"5s\"",
+        "command_timeout = \"20s\"\nconnections = 1\nwrites_in_flight = 1",
+    ));
+    kg.wait_ready();
+    // Redis holds back writes (reads run) until unpaused: the first
+    // client's SET stays on the wire, in flight.
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "20000", "WRITE"]), "OK");
+    let mut first = RawConn::connect(kg.port());
+    first.send(&resp_command(&["SET", "held", "1"]));
+    let mux_holds_set = || {
+        redis
+            .cli(&["CLIENT", "LIST"])
+            .lines()
+            .any(|l| l.contains("name=keygate-mux") && l.contains("cmd=set"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), mux_holds_set),
+        "the SET never reached Redis: {}",
+        redis.cli(&["CLIENT", "LIST"])
+    );
+    // The second client's read waits in keygate for the write window.
+    let mut second = RawConn::connect(kg.port());
+    second.send(&resp_command(&["STRLEN", "held"]));
+    wait_keygate_read(kg.port(), "strlen");
+    // The point of the test: the STRLEN waits this long in keygate, so its
+    // total is clearly longer than its backend time.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(redis.cli(&["CLIENT", "UNPAUSE"]), "OK");
+    assert_eq!(first.read_reply(), b"+OK\r\n");
+    assert_eq!(second.read_reply(), b":1\r\n");
+    drop((first, second));
+    let strlen = [
+        ("service", "default"),
+        ("command", "strlen"),
+        ("role", "master"),
+    ];
+    let mut text = String::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            text = scrape(&kg);
+            sample(&text, "keygate_backend_duration_seconds_count", &strlen).is_some()
+        }),
+        "no backend time for STRLEN:\n{text}"
+    );
+    let total = sample(&text, "keygate_command_duration_seconds_sum", &strlen).unwrap();
+    let backend = sample(&text, "keygate_backend_duration_seconds_sum", &strlen).unwrap();
+    assert!(total >= 0.2, "the total includes the wait: {total}");
+    assert!(
+        backend < total / 2.0,
+        "backend time {backend}s excludes the wait (total {total}s)"
+    );
 }

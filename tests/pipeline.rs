@@ -213,7 +213,8 @@ fn concurrent_pipelines_complete_in_order_whatever_the_write_window() {
             let mut c = RawConn::connect(port);
             c.cmd_str(&["EVAL", &busy_script(300), "0"])
         });
-        std::thread::sleep(Duration::from_millis(50));
+        // The script is on its way to Redis before the pipelines start.
+        wait_keygate_read(port, "eval");
         let clients: Vec<_> = (0..16)
             .map(|t| {
                 std::thread::spawn(move || {

@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,39 +61,8 @@ isolation = false
 read_from = "prefer-replica"
 "#;
 
-/// A master with one replica, link up.
-fn master_and_replica() -> (RedisServer, RedisServer) {
-    let master = RedisServer::start();
-    let port = master.port().to_string();
-    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
-    assert!(
-        wait_until(Duration::from_secs(10), || info_field(
-            &replica.cli(&["INFO", "replication"]),
-            "master_link_status"
-        )
-        .as_deref()
-            == Some("up")),
-        "replica never linked"
-    );
-    (master, replica)
-}
-
-fn info_field(info: &str, key: &str) -> Option<String> {
-    info.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        (k == key).then(|| v.trim().to_string())
-    })
-}
-
-/// `calls=` of `cmdstat_<cmd>` in INFO commandstats (0 when absent).
 fn calls(server: &RedisServer, cmd: &str) -> u64 {
-    let stats = server.cli(&["INFO", "commandstats"]);
-    info_field(&stats, &format!("cmdstat_{cmd}"))
-        .and_then(|v| {
-            v.split(',')
-                .find_map(|kv| kv.strip_prefix("calls=").and_then(|n| n.parse().ok()))
-        })
-        .unwrap_or(0)
+    server.calls(cmd)
 }
 
 /// `count=` of `errorstat_READONLY` (0 when absent).
@@ -128,22 +97,6 @@ fn replica_state(state: &keygate::server::ProxyState, addr: &str) -> Option<Stri
         .and_then(|r| r["state"].as_str().map(str::to_string))
 }
 
-/// Waits until the Sentinel lists the replica as a good failover candidate.
-fn wait_sentinel_sees_replica(sentinel: &RedisSentinel) {
-    let ok = wait_until(Duration::from_secs(15), || {
-        let out = sentinel.cli(&["SENTINEL", "REPLICAS", MASTER]);
-        let lines: Vec<&str> = out.lines().collect();
-        let field = |k: &str| {
-            lines
-                .iter()
-                .position(|l| *l == k)
-                .and_then(|i| lines.get(i + 1).copied())
-        };
-        field("flags") == Some("slave") && field("master-link-status") == Some("ok")
-    });
-    assert!(ok, "sentinel never saw a good replica:\n{}", sentinel.log());
-}
-
 fn connect(port: u16, auth: Option<(&str, &str)>) -> redis::Connection {
     let url = match auth {
         Some((user, pass)) => format!("redis://{user}:{pass}@127.0.0.1:{port}/"),
@@ -161,8 +114,15 @@ fn connect(port: u16, auth: Option<(&str, &str)>) -> redis::Connection {
 /// What one writer saw: `(elapsed since t0, Ok(value) | Err(message))`.
 type Outcomes = Vec<(Duration, Result<u64, String>)>;
 
-/// RPUSHes 1, 2, 3, ... to `key` through keygate until `stop`.
-fn writer(port: u16, key: String, stop: Arc<AtomicBool>, t0: Instant) -> Outcomes {
+/// RPUSHes 1, 2, 3, ... to `key` through keygate until `stop`, counting
+/// acknowledged writes in `acked`.
+fn writer(
+    port: u16,
+    key: String,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+    t0: Instant,
+) -> Outcomes {
     let mut conn = connect(port, None);
     let mut out = Vec::new();
     let mut n = 0u64;
@@ -170,7 +130,10 @@ fn writer(port: u16, key: String, stop: Arc<AtomicBool>, t0: Instant) -> Outcome
         n += 1;
         let r: redis::RedisResult<i64> = redis::cmd("RPUSH").arg(&key).arg(n).query(&mut conn);
         match r {
-            Ok(_) => out.push((t0.elapsed(), Ok(n))),
+            Ok(_) => {
+                out.push((t0.elapsed(), Ok(n)));
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => {
                 out.push((t0.elapsed(), Err(e.to_string())));
                 if e.is_io_error() || e.is_connection_dropped() {
@@ -185,19 +148,32 @@ fn writer(port: u16, key: String, stop: Arc<AtomicBool>, t0: Instant) -> Outcome
 /// A write load of `threads` writers on keys `load:0..`.
 struct Load {
     stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
     handles: Vec<std::thread::JoinHandle<Outcomes>>,
 }
 
 impl Load {
     fn start(port: u16, threads: usize, t0: Instant) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
         let handles = (0..threads)
             .map(|t| {
-                let stop = stop.clone();
-                std::thread::spawn(move || writer(port, format!("load:{t}"), stop, t0))
+                let (stop, acked) = (stop.clone(), acked.clone());
+                std::thread::spawn(move || writer(port, format!("load:{t}"), stop, acked, t0))
             })
             .collect();
-        Load { stop, handles }
+        Load {
+            stop,
+            acked,
+            handles,
+        }
+    }
+
+    /// Waits until `n` more writes are acknowledged than when called;
+    /// returns whether they were within `limit`.
+    fn wait_acked(&self, n: u64, limit: Duration) -> bool {
+        let start = self.acked.load(Ordering::Relaxed);
+        wait_until(limit, || self.acked.load(Ordering::Relaxed) >= start + n)
     }
 
     fn finish(self) -> Vec<Outcomes> {
@@ -365,7 +341,7 @@ fn closed_within(mut s: std::net::TcpStream, limit: Duration) -> bool {
 fn sentinel_failover_under_load(hold: bool) {
     let (master, replica) = master_and_replica();
     let sentinel = RedisSentinel::start(MASTER, master.port());
-    wait_sentinel_sees_replica(&sentinel);
+    sentinel.wait_sees_good_replica(MASTER);
     let extra = format!("failover_hold = {hold}");
     let (kg, state) = start_keygate_observed(&sentinel_config(&[sentinel.addr()], &extra, ""));
     assert!(wait_for_master(&state, &master.addr()), "no master");
@@ -380,7 +356,7 @@ fn sentinel_failover_under_load(hold: bool) {
 
     let t0 = Instant::now();
     let load = Load::start(kg.port(), 4, t0);
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(load.wait_acked(100, Duration::from_secs(10)), "no load");
     let at = t0.elapsed();
     let ok = wait_until(Duration::from_secs(10), || {
         sentinel.cli(&["SENTINEL", "FAILOVER", MASTER]) == "OK"
@@ -388,7 +364,9 @@ fn sentinel_failover_under_load(hold: bool) {
     assert!(ok, "SENTINEL FAILOVER refused:\n{}", sentinel.log());
     let followed = wait_for_master(&state, &replica.addr());
     let followed_after = t0.elapsed() - at;
-    std::thread::sleep(Duration::from_millis(500));
+    // The load runs on for a while on the new master (if it resumes: the
+    // figures below say how it went).
+    let _ = load.wait_acked(100, Duration::from_secs(5));
     let outcomes = load.finish();
     assert!(followed, "keygate did not follow: {}", state.health_json());
     assert!(
@@ -457,19 +435,21 @@ fn sentinel_failover_under_load_without_hold() {
 fn killed_master_is_followed_and_rejoins_as_replica() {
     let (mut master, replica) = master_and_replica();
     let sentinel = RedisSentinel::start(MASTER, master.port());
-    wait_sentinel_sees_replica(&sentinel);
+    sentinel.wait_sees_good_replica(MASTER);
     let (kg, state) =
         start_keygate_observed(&sentinel_config(&[sentinel.addr()], "", REPLICA_SERVICES));
     assert!(wait_for_master(&state, &master.addr()), "no master");
 
     let t0 = Instant::now();
     let load = Load::start(kg.port(), 4, t0);
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(load.wait_acked(100, Duration::from_secs(10)), "no load");
     let at = t0.elapsed();
     master.kill();
     let followed = wait_for_master(&state, &replica.addr());
     let followed_after = t0.elapsed() - at;
-    std::thread::sleep(Duration::from_millis(500));
+    // The load runs on for a while on the new master (if it resumes: the
+    // figures below say how it went).
+    let _ = load.wait_acked(100, Duration::from_secs(5));
     let outcomes = load.finish();
     assert!(
         followed,
@@ -525,7 +505,7 @@ fn killed_master_is_followed_and_rejoins_as_replica() {
 fn replica_reads_and_fallback() {
     let (master, mut replica) = master_and_replica();
     let sentinel = RedisSentinel::start(MASTER, master.port());
-    wait_sentinel_sees_replica(&sentinel);
+    sentinel.wait_sees_good_replica(MASTER);
     let (kg, state) =
         start_keygate_observed(&sentinel_config(&[sentinel.addr()], "", REPLICA_SERVICES));
     assert!(wait_for_master(&state, &master.addr()), "no master");

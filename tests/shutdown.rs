@@ -24,7 +24,14 @@ fn shutdown_answers_in_flight_requests_then_closes() {
         ]));
     }
     piped.send(&bytes);
-    std::thread::sleep(Duration::from_millis(200));
+    // keygate has read the whole pipeline (Redis ran every INCR) and the
+    // BLPOP is blocked on Redis: their replies are what shutdown must deliver.
+    assert!(
+        wait_until(Duration::from_secs(10), || redis.calls("incr") == 2000),
+        "the pipeline never reached Redis: {} INCRs",
+        redis.calls("incr")
+    );
+    redis.wait_blocked(1);
     let started = Instant::now();
     let stopper = std::thread::spawn(move || drop(kg));
     for n in 0..2000 {

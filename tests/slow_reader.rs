@@ -57,6 +57,7 @@ fn slow_reader_memory_stays_bounded_and_others_are_served() {
         assert_eq!(other.cmd_str(&["STRLEN", "big"]), ":10240\r\n");
         worst_get = worst_get.max(t.elapsed());
         peak = peak.max(rss_kib());
+        // Paces the other client's probes over the watch span.
         std::thread::sleep(Duration::from_millis(100));
     }
     let growth_mib = peak.saturating_sub(before) / 1024;

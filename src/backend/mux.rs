@@ -184,6 +184,8 @@ struct Pending {
     count: u32,
     /// The last batch of one write: answering it closes the write's window slot.
     closes_write: bool,
+    /// When the write carrying the batch started: the stall check and the
+    /// backend time (`Replies::written_at`) count from here.
     sent_at: Instant,
     reply: oneshot::Sender<BatchReply>,
     meter: Option<Arc<ReplyMeter>>,
@@ -545,6 +547,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 let replies = Replies {
                     bytes,
                     ends: std::mem::take(&mut ends),
+                    written_at: Some(p.sent_at.into_std()),
                 };
                 let _ = p.reply.send(Ok(replies));
             }

@@ -22,9 +22,11 @@ use super::queue::{CommandReply, Commands};
 use super::Connection;
 use crate::backend::mux::{Batch, Payload, LARGE_PIECE};
 use crate::config::ReadFrom;
+use crate::metrics::Role;
 use crate::policy::namespace::Namespace;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
+use crate::router::Served;
 
 /// A batch is sealed once it holds this many bytes.
 pub(super) const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -59,6 +61,8 @@ pub(super) struct PendingBatch {
 #[derive(Debug)]
 struct Sealed {
     batch: Batch,
+    /// Its slot in the reply queue, told which node answers.
+    slot: u64,
     read_from: ReadFrom,
     read_only: bool,
     protocol: Protocol,
@@ -201,7 +205,8 @@ impl Connection {
         let replies = commands.iter().map(|c| c.frames).sum();
         pending.bytes = 0;
         let (tx, rx) = oneshot::channel();
-        self.queue
+        let slot = self
+            .queue
             .push_shared(rx, commands, pending.suppress, self.read_at);
         let read_only = std::mem::replace(&mut pending.read_only, true);
         let read_from = self
@@ -216,6 +221,7 @@ impl Connection {
                 reply: tx,
                 meter: Some(self.meter.clone()),
             },
+            slot,
             read_from,
             read_only,
             protocol: self.session.protocol,
@@ -239,13 +245,18 @@ impl Connection {
                 .router
                 .node_for_batch(sealed.read_from, sealed.read_only)
                 .await;
+            // metrics: the replies are recorded under the node that answers.
             match node {
-                Ok(node) => {
+                Ok((node, served)) => {
+                    if served == Served::Replica {
+                        self.queue.served_by(sealed.slot, Role::Replica);
+                    }
                     node.mux_in(sealed.protocol, self.session.id, sealed.database)
                         .submit(sealed.batch)
                         .await
                 }
                 Err(e) => {
+                    self.queue.served_by(sealed.slot, Role::Proxy);
                     let _ = sealed.batch.reply.send(Err(e.into()));
                 }
             }

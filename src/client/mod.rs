@@ -54,7 +54,7 @@ use crate::command::keyword::is_keyword;
 use crate::command::state::{self, Treatment};
 use crate::command::{self, CommandSpec, Flags};
 use crate::config::Config;
-use crate::metrics::{ErrorKind, Metrics, Recorder};
+use crate::metrics::{ErrorKind, Metrics, Recorder, Role};
 use crate::policy::access;
 use crate::policy::registry::ServiceRegistry;
 use crate::policy::service::{DedicatedPermit, Service, Services};
@@ -894,6 +894,11 @@ impl Connection {
         suppress: bool,
     ) -> Stopped {
         let service = self.session.service.as_ref().map(|s| s.index);
+        // A refused command is a command too, answered by keygate: the
+        // error rate (errors over commands) stays within 100%.
+        let total = self.read_at.elapsed();
+        self.recorder
+            .command(service, command, Role::Proxy, total, None);
         self.recorder.error(service, command, kind);
         if self.session.tx.open {
             self.session.tx.poisoned = true;
@@ -1117,7 +1122,10 @@ impl Connection {
                 _ => prefix_key = Some(at),
             },
             Ok(Some(Isolated::Procedure(call))) => return Err(Some(Deferred::Procedure(call))),
-            Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
+            Err(msg) => {
+                self.recorder.isolation_refused(Some(service.index));
+                return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
+            }
         }
         let mut follow_ups = Vec::new();
         let mut governed = governance::govern(service, spec, &req, &mut self.recorder);

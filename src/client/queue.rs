@@ -135,8 +135,14 @@ struct Slot {
     suppress: bool,
     /// When the requests were read, for latency.
     started: Instant,
-    /// When the replies arrived from the backend (for backend time).
+    /// When the replies arrived from a dedicated connection (for backend
+    /// time; a shared connection's reader measures it itself).
     answered: Option<Instant>,
+    /// The node that answers: the master unless the batch was routed to a
+    /// replica ([`ReplyQueue::served_by`]).
+    role: Role,
+    /// Names a shared slot for [`ReplyQueue::served_by`] (0 for others).
+    tag: u64,
 }
 
 /// Ordered replies of one client.
@@ -146,6 +152,8 @@ pub struct ReplyQueue {
     /// Commands in `slots` whose replies are not yet written: what a client
     /// has in flight, which bounds the reply bytes keygate may have to hold.
     commands_pending: usize,
+    /// The last tag given to a shared slot.
+    last_tag: u64,
 }
 
 impl ReplyQueue {
@@ -181,25 +189,42 @@ impl ReplyQueue {
             suppress,
             started: Instant::now(),
             answered: None,
+            role: Role::Proxy,
+            tag: 0,
         });
     }
 
-    /// Commands sent together on a multiplexed connection.
+    /// Commands sent together on a multiplexed connection (the master's,
+    /// unless [`Self::served_by`] says otherwise). Returns the slot's tag.
     pub fn push_shared(
         &mut self,
         rx: oneshot::Receiver<BatchReply>,
         commands: Commands,
         suppress: bool,
         started: Instant,
-    ) {
+    ) -> u64 {
         self.commands_pending += commands.len();
+        self.last_tag += 1;
         self.slots.push_back(Slot {
             state: SlotState::Shared(rx),
             commands,
             suppress,
             started,
             answered: None,
+            role: Role::Master,
+            tag: self.last_tag,
         });
+        self.last_tag
+    }
+
+    /// The shared slot `tag` is answered by a node of this role (a replica,
+    /// or keygate itself when no node could be routed to), so its commands
+    /// are recorded under it. The slot is looked for from the back: it was
+    /// sealed moments ago, so it is almost always the last one.
+    pub fn served_by(&mut self, tag: u64, role: Role) {
+        if let Some(slot) = self.slots.iter_mut().rev().find(|s| s.tag == tag) {
+            slot.role = role;
+        }
     }
 
     /// A command sent on the dedicated connection.
@@ -253,6 +278,9 @@ impl ReplyQueue {
             suppress,
             started,
             answered: None,
+            // Dedicated connections are always the master's.
+            role: Role::Master,
+            tag: 0,
         });
     }
 
@@ -362,6 +390,8 @@ impl ReplyQueue {
             suppress: false,
             started: Instant::now(),
             answered: None,
+            role: Role::Master,
+            tag: 0,
         };
         match self.first_waiting_dedicated() {
             Some(i) => self.slots.insert(i, slot),
@@ -423,9 +453,7 @@ impl ReplyQueue {
                 std::task::ready!(std::pin::Pin::new(rx).poll(cx)).map_err(|_| ())
             }
         };
-        // `answered` stays unset: the client loop drains this slot in the
-        // same turn, so the write time stands in for it (one clock read per
-        // turn, not two).
+        // `answered` stays unset: the reader measured the backend time.
         slot.state = SlotState::Answered(result.unwrap_or_else(|_| Err(lost())));
         Poll::Ready(())
     }
@@ -443,7 +471,6 @@ impl ReplyQueue {
             match std::pin::Pin::new(rx).poll(cx) {
                 Poll::Ready(result) => {
                     slot.state = SlotState::Answered(result.unwrap_or_else(|_| Err(lost())));
-                    slot.answered = Some(Instant::now());
                 }
                 Poll::Pending => waiting = true,
             }
@@ -520,8 +547,13 @@ fn release(commands: Commands) {
 
 /// Writes and records one complete slot, before it is released: the fast
 /// path copies a batch of plain replies whole; otherwise each command's
-/// frames are split off and its plan applied. A slot without an `answered`
-/// time was answered in this turn: `now`.
+/// frames are split off and its plan applied.
+///
+/// The backend time runs from the write that carried the requests (the
+/// multiplexed writer stamps it) to `now`, the turn that takes the replies
+/// (a clock read the total needs anyway); for a dedicated connection, from
+/// reading the request to its reply's arrival (the request is written at
+/// once). A reply with neither (an error, a keyspace procedure) records none.
 fn write_replies(
     slot: &Slot,
     result: BatchReply,
@@ -530,12 +562,16 @@ fn write_replies(
     recorder: &mut Recorder,
 ) {
     let total = now.saturating_duration_since(slot.started);
-    // Answered in this turn (no `answered` time): the backend time is the
-    // total, not a second clock subtraction.
-    let backend = Some(match slot.answered {
-        Some(answered) => answered.saturating_duration_since(slot.started),
-        None => total,
-    });
+    let role = slot.role;
+    let backend = result
+        .as_ref()
+        .ok()
+        .and_then(|r| r.written_at)
+        .map(|written| now.into_std().saturating_duration_since(written))
+        .or_else(|| {
+            slot.answered
+                .map(|answered| answered.saturating_duration_since(slot.started))
+        });
     let replies = match result {
         Ok(replies) => replies,
         Err(err) => {
@@ -546,7 +582,7 @@ fn write_replies(
             let line = err.client_message();
             for c in &slot.commands {
                 recorder.error(c.service, c.command, kind);
-                recorder.command(c.service, c.command, Role::Master, total, backend);
+                recorder.command(c.service, c.command, role, total, backend);
                 if !slot.suppress {
                     out.extend_from_slice(b"-");
                     out.extend_from_slice(line.as_bytes());
@@ -579,7 +615,7 @@ fn write_replies(
             // connection delimited it already, so it is all of the bytes.
             let mut tally = Tally::new(c);
             tally.add(replies.first_kind(), &replies.bytes, recorder);
-            tally.record(total, backend, recorder);
+            tally.record(role, total, backend, recorder);
             if write {
                 apply_plan(&c.plan, &replies.bytes, out);
             }
@@ -606,7 +642,7 @@ fn write_replies(
                     let mut next = Tally::new(c);
                     next.add(kind, frame, recorder);
                     if let Some(done) = tally.replace(next) {
-                        done.record(total, backend, recorder);
+                        done.record(role, total, backend, recorder);
                     }
                 }
             }
@@ -616,7 +652,7 @@ fn write_replies(
         }
     }
     if let Some(t) = tally {
-        t.record(total, backend, recorder);
+        t.record(role, total, backend, recorder);
     }
 }
 
@@ -667,19 +703,13 @@ impl<'a> Tally<'a> {
 
     fn record(
         self,
+        role: Role,
         total: std::time::Duration,
         backend: Option<std::time::Duration>,
         recorder: &mut Recorder,
     ) {
         let c = self.command;
-        recorder.commands(
-            c.service,
-            c.command,
-            Role::Master,
-            total,
-            backend,
-            self.count,
-        );
+        recorder.commands(c.service, c.command, role, total, backend, self.count);
         if self.hits > 0 || self.misses > 0 {
             recorder.cache(c.service, c.command, self.hits, self.misses);
         }
@@ -836,6 +866,7 @@ mod tests {
             Replies {
                 bytes: Bytes::from_static(RUN),
                 ends: ends(),
+                written_at: None,
             },
             commands(),
             false,
@@ -885,6 +916,7 @@ mod tests {
         let replies = Replies {
             bytes: bytes.clone(),
             ends,
+            written_at: None,
         };
         let (out, counters) = written(replies.clone(), two_gets(), false);
         assert_eq!(out, bytes.to_vec());
@@ -893,6 +925,55 @@ mod tests {
         let (out, suppressed) = written(replies, two_gets(), true);
         assert!(out.is_empty());
         assert_eq!(suppressed, counters);
+    }
+
+    /// A slot routed to a replica is recorded under `role="replica"`, with
+    /// the backend time the reader measured, not the total.
+    #[test]
+    fn a_replica_slot_records_its_role_and_backend_time() {
+        let metrics = Metrics::new(vec!["svc".into()], true);
+        let mut recorder = metrics.recorder();
+        let mut queue = ReplyQueue::default();
+        let (tx, rx) = oneshot::channel();
+        let now = Instant::now();
+        let started = now - std::time::Duration::from_millis(500);
+        let tag = queue.push_shared(
+            rx,
+            smallvec::smallvec![CommandReply::plain("get", Some(0))],
+            false,
+            started,
+        );
+        queue.push_ready(Bytes::from_static(b"+PONG\r\n"), false);
+        queue.served_by(tag, Role::Replica);
+        let replies = Replies {
+            written_at: Some((now - std::time::Duration::from_millis(2)).into_std()),
+            ..Replies::from(Bytes::from_static(b"$1\r\nv\r\n"))
+        };
+        tx.send(Ok(replies)).unwrap();
+        let mut out = BytesMut::new();
+        queue.drain_ready(&mut out, &mut recorder);
+        drop(recorder);
+        let text = metrics.render_prometheus(&[]);
+        let labels = r#"{service="svc",command="get",role="replica"}"#;
+        let sum = |name: &str| -> f64 {
+            let prefix = format!("{name}{labels} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(&prefix))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+        };
+        let backend = sum("keygate_backend_duration_seconds_sum");
+        let total = sum("keygate_command_duration_seconds_sum");
+        // From the write (2 ms before) to the drain; the total is 500 ms more.
+        assert!((0.002..0.1).contains(&backend), "{backend}");
+        assert!(total >= 0.5, "{total}");
+        assert!(
+            text.contains(&format!(
+                "keygate_command_duration_seconds_count{labels} 1\n"
+            )),
+            "{text}"
+        );
+        assert!(!text.contains(r#"role="master""#), "{text}");
     }
 
     #[test]

@@ -145,7 +145,7 @@ pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
         &mut out,
         "keygate_backend_duration_seconds",
         "histogram",
-        "Time spent waiting for Redis to answer a command.",
+        "Time from writing a command to a backend to its reply arriving (commands a backend answered).",
     );
     for (service, command, s) in series() {
         for role in Role::ALL {
@@ -201,9 +201,11 @@ pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
     }
 
     let counters: [SeriesCounter; 3] = [
-        ("keygate_commands_total", "Commands completed.", |s| {
-            s.commands
-        }),
+        (
+            "keygate_commands_total",
+            "Commands completed, refused ones included.",
+            |s| s.commands,
+        ),
         (
             "keygate_cache_hits_total",
             "Cache hits of read commands (per key for MGET and HMGET).",

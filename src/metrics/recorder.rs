@@ -117,7 +117,8 @@ impl Recorder {
     }
 
     /// One completed command: `total` from reading the request to writing the
-    /// reply, `backend` the part spent waiting for Redis.
+    /// reply, `backend` from writing it to a backend to the reply's arrival
+    /// (`None` when no backend answered it).
     pub fn command(
         &mut self,
         service: Option<usize>,

@@ -16,6 +16,7 @@
 //! makes the frame end after the following value.
 
 use bytes::{Bytes, BytesMut};
+use std::time::Instant;
 
 use super::decimal::parse_ll;
 use super::encode;
@@ -81,6 +82,10 @@ pub struct Replies {
     pub bytes: Bytes,
     /// Each frame's end in `bytes` and its kind; empty when not delimited.
     pub ends: FrameEnds,
+    /// When the write that carried the requests started, if whoever read
+    /// the frames knows it (the multiplexed reader does): the backend time
+    /// runs from here to the replies' arrival at their client.
+    pub written_at: Option<Instant>,
 }
 
 impl From<Bytes> for Replies {
@@ -89,6 +94,7 @@ impl From<Bytes> for Replies {
         Replies {
             bytes,
             ends: FrameEnds::new(),
+            written_at: None,
         }
     }
 }
@@ -887,6 +893,7 @@ mod tests {
         let delimited = Replies {
             bytes: Bytes::from_static(run),
             ends,
+            written_at: None,
         };
         let scanned = Replies::from(Bytes::from_static(run));
         let expected: Vec<(&[u8], ReplyKind)> = vec![

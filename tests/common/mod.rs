@@ -490,6 +490,159 @@ impl Drop for RedisSentinel {
     }
 }
 
+/// A master with one replica, link up.
+pub fn master_and_replica() -> (RedisServer, RedisServer) {
+    let master = RedisServer::start();
+    let port = master.port().to_string();
+    let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]);
+    assert!(
+        wait_until(Duration::from_secs(10), || info_field(
+            &replica.cli(&["INFO", "replication"]),
+            "master_link_status"
+        )
+        .as_deref()
+            == Some("up")),
+        "replica never linked"
+    );
+    (master, replica)
+}
+
+impl RedisServer {
+    /// `calls=` of `cmdstat_<cmd>` in INFO commandstats (0 when absent).
+    pub fn calls(&self, cmd: &str) -> u64 {
+        let stats = self.cli(&["INFO", "commandstats"]);
+        info_field(&stats, &format!("cmdstat_{cmd}"))
+            .and_then(|v| {
+                v.split(',')
+                    .find_map(|kv| kv.strip_prefix("calls=").and_then(|n| n.parse().ok()))
+            })
+            .unwrap_or(0)
+    }
+
+    /// INFO clients' `blocked_clients`.
+    pub fn blocked_clients(&self) -> u64 {
+        info_field(&self.cli(&["INFO", "clients"]), "blocked_clients")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits (bounded) until exactly `n` clients are blocked (BLPOP, ...),
+    /// and asserts it happened.
+    pub fn wait_blocked(&self, n: u64) {
+        let mut now = 0;
+        let reached = wait_until(Duration::from_secs(10), || {
+            now = self.blocked_clients();
+            now == n
+        });
+        assert!(reached, "blocked_clients stayed {now}, want {n}");
+    }
+}
+
+/// Resident memory of process `pid`, in KiB (0 when it cannot be read).
+pub fn rss_kib_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until process `pid`'s resident memory has not moved for `quiet`
+/// (sampled every 50 ms), at most `limit`; returns it. For memory figures
+/// taken once a process has settled rather than after a guessed pause.
+pub fn settled_rss_kib(pid: u32, quiet: Duration, limit: Duration) -> u64 {
+    let deadline = Instant::now() + limit;
+    let mut last = rss_kib_of(pid);
+    let mut since = Instant::now();
+    while Instant::now() < deadline && since.elapsed() < quiet {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = rss_kib_of(pid);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+    }
+    last
+}
+
+/// Waits (bounded) until one of keygate's clients (its own CLIENT LIST,
+/// as `service` sees it) last ran `command`: keygate has read that request.
+pub fn wait_keygate_read(kg_port: u16, command: &str) {
+    let list = || cli_at(kg_port, &["CLIENT", "LIST"]);
+    let ran = |l: &str| l.contains(&format!(" cmd={command} "));
+    assert!(
+        wait_until(Duration::from_secs(10), || list().lines().any(ran)),
+        "keygate never read a {command}: {}",
+        list()
+    );
+}
+
+/// The value of `key:value` in an INFO text.
+pub fn info_field(info: &str, key: &str) -> Option<String> {
+    info.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == key).then(|| v.trim().to_string())
+    })
+}
+
+impl RedisSentinel {
+    /// Waits until the Sentinel lists a replica of `master_name` as a good
+    /// failover candidate (flags `slave`, link ok).
+    pub fn wait_sees_good_replica(&self, master_name: &str) {
+        let ok = wait_until(Duration::from_secs(15), || {
+            let out = self.cli(&["SENTINEL", "REPLICAS", master_name]);
+            let lines: Vec<&str> = out.lines().collect();
+            let field = |k: &str| {
+                lines
+                    .iter()
+                    .position(|l| *l == k)
+                    .and_then(|i| lines.get(i + 1).copied())
+            };
+            field("flags") == Some("slave") && field("master-link-status") == Some("ok")
+        });
+        assert!(ok, "sentinel never saw a good replica:\n{}", self.log());
+    }
+}
+
+/// The body of keygate's `/metrics` (Prometheus text).
+pub fn scrape_metrics(admin_port: u16) -> String {
+    let resp = http_get(admin_port, "/metrics");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    resp.split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The value of the first sample line of metric `name` whose labels
+/// include all of `labels`.
+pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The sum of every sample of metric `name` whose labels include all of `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Polls `check` every 50 ms until it returns true or `limit` passes;
 /// returns whether it did.
 pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
