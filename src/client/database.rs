@@ -28,7 +28,8 @@ use bytes::Bytes;
 
 use super::queue::{CommandReply, ReplyPlan};
 use super::session::Session;
-use super::{error_reply, Connection, Deferred, Stopped};
+use super::stages::{error_reply, Deferred, Stopped};
+use super::Connection;
 use crate::command::keyword::is_keyword;
 use crate::command::{CommandSpec, Flags};
 use crate::metrics::ErrorKind;
