@@ -89,4 +89,68 @@ impl Connection {
         };
         Err(self.queue_in_transaction(spec, answer, suppress))
     }
+
+    /// Inside MULTI, a command keygate answers itself at EXEC: a PING is
+    /// queued in its place (it cannot fail) and `answer` replaces its
+    /// element of EXEC's reply, so the array keeps its shape.
+    pub(super) fn queue_in_transaction(
+        &mut self,
+        spec: &'static CommandSpec,
+        answer: Bytes,
+        suppress: bool,
+    ) -> Stopped {
+        let service = self.session.service.as_ref().map(|s| s.index);
+        let queued = CommandReply {
+            plan: ReplyPlan::Replace(answer),
+            ..CommandReply::plain(spec.name, service)
+        };
+        let reply = self.track_transaction(spec, queued);
+        Some(Deferred::Dedicated {
+            frames: vec![Request::from_args(&["PING"]).into_frame()],
+            effect: ConnectionEffect::None,
+            subscription: None,
+            reply,
+            suppress,
+        })
+    }
+
+    /// Inside MULTI: remembers the queued command's plan for EXEC and
+    /// returns what the `+QUEUED` gets (forwarded); at EXEC, the plan that
+    /// applies the remembered plans element-wise.
+    pub(super) fn track_transaction(
+        &mut self,
+        spec: &'static CommandSpec,
+        reply: CommandReply,
+    ) -> CommandReply {
+        if !self.session.tx.open {
+            return reply;
+        }
+        match spec.name {
+            "exec" => {
+                let queued = std::mem::take(&mut self.session.queued);
+                if queued.iter().all(CommandReply::is_plain) {
+                    reply
+                } else {
+                    CommandReply {
+                        plan: ReplyPlan::Exec(queued),
+                        ..reply
+                    }
+                }
+            }
+            "discard" => {
+                self.session.queued.clear();
+                reply
+            }
+            // Not queued by Redis: answered at once.
+            "multi" | "watch" => reply,
+            _ => {
+                let answer = CommandReply {
+                    plan: ReplyPlan::Forward,
+                    ..reply.clone()
+                };
+                self.session.queued.push(reply);
+                answer
+            }
+        }
+    }
 }
