@@ -72,12 +72,12 @@ use tokio::time::Instant;
 
 use crate::backend::meter::ReplyMeter;
 use crate::config::Config;
+use crate::health::Health;
 use crate::metrics::{Metrics, Recorder};
 use crate::policy::registry::ServiceRegistry;
 use crate::policy::service::{Service, Services};
 use crate::protocol::request::{RequestScanner, ScanLimits};
 use crate::router::Router;
-use crate::server::ProxyState;
 pub use buffers::ClientRead;
 use dedicated::Dedicated;
 use queue::ReplyQueue;
@@ -92,8 +92,8 @@ pub struct Context {
     pub services: ServiceRegistry,
     /// Where requests go: the topology of master and replicas.
     pub router: Router,
-    /// Readiness and health, shared with the admin listener.
-    pub state: Arc<ProxyState>,
+    /// Readiness and uptime, shared with the server and the admin listener.
+    pub state: Arc<Health>,
     /// The registry each connection's recorder hands its samples to.
     pub metrics: Arc<Metrics>,
     /// Request-scanner limits from `[proxy]`.
@@ -124,7 +124,7 @@ impl Context {
     }
 
     /// Builds the shared state and starts the backend connections.
-    pub fn new(config: Arc<Config>, state: Arc<ProxyState>, metrics: Arc<Metrics>) -> Context {
+    pub fn new(config: Arc<Config>, state: Arc<Health>, metrics: Arc<Metrics>) -> Context {
         let scan_limits = ScanLimits {
             max_bulk_len: config.proxy.proto_max_bulk_len,
             ..ScanLimits::default()
