@@ -20,6 +20,8 @@
 //! - [`metrics`] records latency histograms and counters without locks on the data path.
 //! - [`tls`] loads certificates and runs TLS handshakes on both sides.
 //! - [`admin`] serves health and metrics over HTTP, apart from the data path.
+//! - [`health`] is the readiness latch and start time the server sets and
+//!   the admin listener and the client side read.
 //! - [`reload`] re-reads the config file and swaps the services in force.
 
 // The modules that handle client bytes may not panic on them: no `unwrap`,
@@ -42,6 +44,7 @@ pub mod client;
 )]
 pub mod command;
 pub mod config;
+pub mod health;
 pub mod metrics;
 #[cfg_attr(
     not(test),

@@ -8,9 +8,9 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::client::{self, Context};
 use crate::config::Config;
+use crate::health::Health;
 use crate::metrics::{Gauge, Metrics};
 use crate::reload::{ReloadError, ReloadReport, Reloader};
 use crate::tls::acceptor::ClientTlsAcceptor;
@@ -51,10 +52,8 @@ pub struct Listeners {
 /// What the admin listener reads: readiness, health detail and metrics.
 #[derive(Debug)]
 pub struct ProxyState {
-    /// Flips true once a backend master is confirmed reachable.
-    pub ready: AtomicBool,
-    /// When the proxy started, for uptime.
-    pub started: Instant,
+    /// Readiness and uptime, shared with every client task.
+    pub health: Arc<Health>,
     /// The running proxy, once `run` has started it.
     context: OnceLock<Arc<Context>>,
     /// The metrics registry every client records into.
@@ -66,7 +65,7 @@ pub struct ProxyState {
 impl ProxyState {
     /// Whether `/health/ready` is green.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.health.is_ready()
     }
 
     /// The metrics registry, for the client context and admin commands.
@@ -143,7 +142,7 @@ impl ProxyState {
             .map(|ctx| ctx.router.topology().health_json());
         serde_json::json!({
             "ready": self.is_ready(),
-            "uptime_seconds": self.started.elapsed().as_secs(),
+            "uptime_seconds": self.health.started.elapsed().as_secs(),
             "clients": self.context.get().map(|c| c.clients.load(Ordering::Relaxed)),
             "backend": backend,
             "last_reload": self.reloader.status_json(),
@@ -169,8 +168,7 @@ impl Server {
             client_tls,
             config: Arc::new(config),
             state: Arc::new(ProxyState {
-                ready: AtomicBool::new(false),
-                started: Instant::now(),
+                health: Arc::new(Health::new()),
                 context: OnceLock::new(),
                 metrics,
                 reloader: Reloader::default(),
@@ -220,7 +218,7 @@ impl Server {
         }
         let ctx = Arc::new(Context::new(
             self.config.clone(),
-            self.state.clone(),
+            self.state.health.clone(),
             self.state.metrics(),
         ));
         let _ = self.state.context.set(ctx.clone());

@@ -95,7 +95,7 @@ async fn admin_routes_answer_and_shut_down() {
     let detail: serde_json::Value = serde_json::from_str(&health.body).expect("JSON body");
     assert_eq!(detail["ready"], serde_json::Value::Bool(false));
 
-    state.ready.store(true, Ordering::Relaxed);
+    state.health.ready.store(true, Ordering::Relaxed);
     let ready = get(addr, "/health/ready").await;
     assert_eq!(ready.status, 200);
     assert_eq!(ready.body, "ready");

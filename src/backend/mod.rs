@@ -6,11 +6,13 @@
 //! - [`dedicated`] pools connections a single client holds for MULTI/WATCH,
 //!   blocking commands and pub/sub.
 //! - [`meter`] counts the reply bytes held for one client as they arrive.
-//! - [`node`] groups both kinds for one Redis node.
+//! - [`node`] groups both kinds for one Redis node; [`health`] is what its
+//!   connection tasks report about it.
 //! - [`stream`] is the byte stream to a node, plain TCP or TLS.
 
 pub mod connect;
 pub mod dedicated;
+pub mod health;
 pub mod meter;
 pub mod mux;
 pub mod node;

@@ -29,8 +29,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
 use super::connect::{connect, ConnectOptions, Role, REPLY_MAX_DEPTH};
+use super::health::NodeHealth;
 use super::meter::ReplyMeter;
-use super::node::NodeHealth;
 use super::stream::BackendStream;
 use super::BackendError;
 use crate::protocol::reply::{FrameEnds, Replies, ReplyKind, ReplyScanner};

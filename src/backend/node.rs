@@ -8,120 +8,16 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
-
 use super::connect::ConnectOptions;
 use super::dedicated::{DedicatedLease, DedicatedManager, DedicatedPool};
+use super::health::NodeHealth;
 use super::mux::{MuxHandle, MuxOptions};
 use super::BackendError;
 use crate::protocol::Protocol;
-
-/// Connection health of one node, written by its connection tasks.
-///
-/// Besides counters it carries two signals for the topology: `trouble`
-/// (a connection died, a connect failed, or the node answered `-READONLY`,
-/// so its role should be checked again) and `demotions` (the topology
-/// stopped treating the node as master; clients holding dedicated
-/// connections to it close them).
-#[derive(Debug)]
-pub struct NodeHealth {
-    connected: AtomicUsize,
-    // A std Mutex is right here: the critical section is one clone and never awaits.
-    last_error: Mutex<Option<String>>,
-    /// Batches written to a connection and not yet answered.
-    in_flight: AtomicUsize,
-    /// `-READONLY` replies seen on multiplexed connections.
-    readonly_replies: AtomicU64,
-    trouble: Notify,
-    demotions: watch::Sender<u64>,
-}
-
-impl Default for NodeHealth {
-    fn default() -> Self {
-        NodeHealth {
-            connected: AtomicUsize::new(0),
-            last_error: Mutex::new(None),
-            in_flight: AtomicUsize::new(0),
-            readonly_replies: AtomicU64::new(0),
-            trouble: Notify::new(),
-            demotions: watch::Sender::new(0),
-        }
-    }
-}
-
-impl NodeHealth {
-    /// A multiplexed connection completed its handshake.
-    pub fn connection_up(&self) {
-        self.connected.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut e) = self.last_error.lock() {
-            *e = None;
-        }
-    }
-
-    /// A multiplexed connection died.
-    pub fn connection_down(&self) {
-        self.connected.fetch_sub(1, Ordering::Relaxed);
-        self.trouble.notify_one();
-    }
-
-    /// A connect attempt failed.
-    pub fn record_error(&self, err: &BackendError) {
-        if let Ok(mut e) = self.last_error.lock() {
-            *e = Some(err.to_string());
-        }
-        self.trouble.notify_one();
-    }
-
-    /// The node answered `-READONLY`: it is no longer (or not yet) a master.
-    pub fn readonly_reply(&self) {
-        self.readonly_replies.fetch_add(1, Ordering::Relaxed);
-        self.trouble.notify_one();
-    }
-
-    /// `-READONLY` replies seen so far.
-    pub fn readonly_replies(&self) -> u64 {
-        self.readonly_replies.load(Ordering::Relaxed)
-    }
-
-    /// Resolves once something suggests the node's role should be checked.
-    pub async fn trouble(&self) {
-        self.trouble.notified().await
-    }
-
-    /// The topology stopped treating this node as master.
-    pub fn mark_demoted(&self) {
-        self.demotions.send_modify(|n| *n += 1);
-    }
-
-    /// A receiver that changes whenever the node is demoted.
-    pub fn demotions(&self) -> watch::Receiver<u64> {
-        self.demotions.subscribe()
-    }
-
-    /// A batch was written to one of the node's connections.
-    pub(crate) fn batch_sent(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A written batch was answered or failed.
-    pub(crate) fn batch_done(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Live multiplexed connections.
-    pub fn connected(&self) -> usize {
-        self.connected.load(Ordering::Relaxed)
-    }
-
-    /// The last connect error, if the node is not healthy.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().ok().and_then(|e| e.clone())
-    }
-}
 
 /// Settings shared by every connection to a node.
 #[derive(Debug, Clone)]

@@ -26,9 +26,10 @@
 
 use bytes::Bytes;
 
-use super::queue::{CommandReply, ReplyPlan};
+use super::queue::CommandReply;
 use super::session::Session;
-use super::{error_reply, Connection, Deferred, Stopped};
+use super::stages::{error_reply, Deferred, Stopped};
+use super::Connection;
 use crate::command::keyword::is_keyword;
 use crate::command::{CommandSpec, Flags};
 use crate::metrics::ErrorKind;
@@ -267,30 +268,6 @@ impl Connection {
             reply: Bytes::from_static(b"+OK\r\n"),
             suppress,
         }))
-    }
-
-    /// Inside MULTI, a command keygate answers itself at EXEC: a PING is
-    /// queued in its place (it cannot fail) and `answer` replaces its
-    /// element of EXEC's reply, so the array keeps its shape.
-    pub(super) fn queue_in_transaction(
-        &mut self,
-        spec: &'static CommandSpec,
-        answer: Bytes,
-        suppress: bool,
-    ) -> Stopped {
-        let service = self.session.service.as_ref().map(|s| s.index);
-        let queued = CommandReply {
-            plan: ReplyPlan::Replace(answer),
-            ..CommandReply::plain(spec.name, service)
-        };
-        let reply = self.track_transaction(spec, queued);
-        Some(Deferred::Dedicated {
-            frames: vec![Request::from_args(&["PING"]).into_frame()],
-            effect: ConnectionEffect::None,
-            subscription: None,
-            reply,
-            suppress,
-        })
     }
 
     /// Moves the client to database `db` once everything it sent before

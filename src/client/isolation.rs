@@ -177,46 +177,6 @@ impl Connection {
             let _ = running.await;
         }
     }
-
-    /// Inside MULTI: remembers the queued command's plan for EXEC and
-    /// returns what the `+QUEUED` gets (forwarded); at EXEC, the plan that
-    /// applies the remembered plans element-wise.
-    pub(super) fn track_transaction(
-        &mut self,
-        spec: &'static CommandSpec,
-        reply: CommandReply,
-    ) -> CommandReply {
-        if !self.session.tx.open {
-            return reply;
-        }
-        match spec.name {
-            "exec" => {
-                let queued = std::mem::take(&mut self.session.queued);
-                if queued.iter().all(CommandReply::is_plain) {
-                    reply
-                } else {
-                    CommandReply {
-                        plan: ReplyPlan::Exec(queued),
-                        ..reply
-                    }
-                }
-            }
-            "discard" => {
-                self.session.queued.clear();
-                reply
-            }
-            // Not queued by Redis: answered at once.
-            "multi" | "watch" => reply,
-            _ => {
-                let answer = CommandReply {
-                    plan: ReplyPlan::Forward,
-                    ..reply.clone()
-                };
-                self.session.queued.push(reply);
-                answer
-            }
-        }
-    }
 }
 
 /// A frame the dedicated connection sent unasked (pub/sub), confined to the

@@ -1,0 +1,616 @@
+//! The request stages: every complete request the client sent goes
+//! through them in order: the command table, the commands keygate answers
+//! itself (CLIENT, KEYGATE, the login, SELECT, transaction control), the
+//! service's policy (access, connection state, databases, the namespace's
+//! isolation, TTL governance), then routing to the batch for a shared
+//! connection or to the dedicated connection.
+//!
+//! Invariants:
+//! - the stages are synchronous: work that waits on a backend comes back
+//!   as a [`Deferred`] and runs before the next request is taken, so
+//!   nothing overtakes it;
+//! - every request gets exactly one place in the reply order, whether it
+//!   is answered here, refused or forwarded;
+//! - a request the policy cannot fully govern is refused, never forwarded
+//!   ungoverned; a refusal is counted as a command and as an error.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::isolation::{self, Isolated};
+use super::local::{self, LocalAnswer};
+use super::queue::{CommandReply, ReplyPlan};
+use super::{database, governance, pubsub, registry, session, tracking, Connection};
+use crate::command::keyword::is_keyword;
+use crate::command::state::{self, Treatment};
+use crate::command::{self, CommandSpec, Flags};
+use crate::metrics::{ErrorKind, Role};
+use crate::policy::access;
+use crate::protocol::encode;
+use crate::protocol::request::{Request, ScanLimits};
+use crate::router::{self, ConnectionEffect};
+
+/// The reply to a command that needs a login first.
+const NOAUTH: &str = "NOAUTH Authentication required.";
+
+/// Why the stages stopped with a request: `None` when it was answered (or
+/// refused) here, or the work it left that waits on a backend.
+pub(super) type Stopped = Option<Deferred>;
+
+/// Work a request leaves that waits on a backend; it runs before the next
+/// request is taken, so nothing overtakes it.
+pub(super) enum Deferred {
+    /// A request for the client's dedicated connection (leased first if needed).
+    Dedicated {
+        frames: Vec<Bytes>,
+        effect: ConnectionEffect,
+        /// A SUBSCRIBE-family command: how its confirmations are counted.
+        subscription: Option<pubsub::SubscriptionCall>,
+        reply: CommandReply,
+        suppress: bool,
+    },
+    /// A keyspace-wide command of a namespaced service, run as a procedure.
+    Procedure(isolation::ProcedureCall),
+    /// RESET while the dedicated connection still owes replies: they are
+    /// awaited first (Redis, too, runs a pipelined RESET only after the
+    /// commands before it), then the connection is dropped. A client in
+    /// another database is then moved back to the default one.
+    Reset { reply: Bytes, suppress: bool },
+    /// A switch to another database (SELECT, or HELLO back to the default
+    /// one): what the client sent before is answered first, then `reply`.
+    Select {
+        db: u32,
+        reply: Bytes,
+        suppress: bool,
+    },
+}
+
+/// The refusal of a request that the namespace's rewrite (a prefixed key,
+/// channel or pattern) made longer than the backend accepts: Redis would
+/// answer it with a protocol error and close the connection, a shared one
+/// with every other client's requests on it. The client's own arguments
+/// are within `proto_max_bulk_len` already (the request scanner saw to
+/// it), so only a rewritten frame longer than that needs a look at each
+/// argument; `prefix_len` is the prefix still to be written at `prefix_at`.
+fn over_bulk_limit(
+    req: &Request,
+    prefix_at: Option<usize>,
+    prefix_len: usize,
+    limits: ScanLimits,
+) -> Option<String> {
+    let limit = limits.max_bulk_len;
+    if req.frame().len() + prefix_len <= limit {
+        return None;
+    }
+    let longest = (0..req.argc())
+        .filter_map(|i| {
+            let added = if prefix_at == Some(i) { prefix_len } else { 0 };
+            req.arg_len(i).map(|len| len + added)
+        })
+        .max()?;
+    (longest > limit).then(|| {
+        format!(
+            "ERR keygate: an argument of {longest} bytes with the namespace prefix is over proto_max_bulk_len ({limit})"
+        )
+    })
+}
+
+pub(super) fn error_reply(msg: &str) -> Bytes {
+    let mut out = BytesMut::new();
+    encode::error(&mut out, msg);
+    out.freeze()
+}
+
+impl Connection {
+    /// Takes every complete request off `rbuf` through the pipeline.
+    pub(super) async fn on_bytes(&mut self, rbuf: &mut BytesMut) {
+        self.backlog = false;
+        loop {
+            if !self.may_take_requests() {
+                // Over a limit: the rest waits until replies are written.
+                self.backlog = !rbuf.is_empty();
+                break;
+            }
+            match self.scanner.scan(rbuf) {
+                Ok(Some(req)) => {
+                    // The stages are synchronous; only work that waits on a
+                    // backend is awaited, before the next request is taken.
+                    if let Err(Some(deferred)) = self.on_request(req) {
+                        self.run_deferred(deferred).await;
+                    }
+                    if self.batch.has_sealed() {
+                        self.submit_sealed().await;
+                    }
+                    if self.closing {
+                        // QUIT (or lost connection state): like Redis, run
+                        // nothing the client pipelined after it.
+                        rbuf.clear();
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let msg = format!("ERR Protocol error: {e}");
+                    tracing::debug!(client = self.session.id, error = %e, "protocol error; closing");
+                    self.reply(error_reply(&msg), false);
+                    self.closing = true;
+                    rbuf.clear();
+                    break;
+                }
+            }
+        }
+        self.flush_batch().await;
+        self.flush_dedicated().await;
+    }
+
+    /// Takes one request through the stages, in order: `Ok` once it is in
+    /// the batch for a shared connection.
+    fn on_request(&mut self, req: Request) -> Result<(), Stopped> {
+        let revoked = self.follow_reload();
+        let suppress = self.session.take_suppression();
+        if let Some(msg) = revoked {
+            return Err(self.reject("unknown", ErrorKind::Policy, &msg, suppress));
+        }
+        let name = req.get(0).unwrap_or_default();
+        if !self.session.tx.open {
+            if name.eq_ignore_ascii_case(b"client") && self.session.service.is_some() {
+                if let Ok(spec) = command::lookup(&req) {
+                    self.entry.command(spec);
+                }
+                if let Some(LocalAnswer::Reply(reply)) =
+                    local::answer_client(&mut self.session, &req)
+                {
+                    // CLIENT REPLY OFF/SKIP get no reply; CLIENT REPLY ON
+                    // always does, even while replies were off (as in Redis),
+                    // so the suppression taken before it ran does not apply.
+                    let quiet = if req.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"reply")) {
+                        let turned_on = req.get(2).is_some_and(|m| is_keyword(m, b"on"));
+                        self.session.reply_mode != session::ReplyMode::On
+                            || (suppress && !turned_on)
+                    } else {
+                        suppress
+                    };
+                    self.reply(reply, quiet);
+                    // CLIENT SETNAME: the table shows the new name.
+                    self.entry.identify(&self.session);
+                    return Err(None);
+                }
+                if let Some(answer) =
+                    registry::answer(&self.ctx.client_table, &self.session, &self.entry, &req)
+                {
+                    return self.table_answer(answer, suppress);
+                }
+                if self.dedicated.is_none() {
+                    // Tracking state lives on a dedicated connection: a
+                    // client without one has tracking off.
+                    if let Some(reply) = tracking::answer_untracked(&req, self.session.protocol) {
+                        self.reply(reply, suppress);
+                        return Err(None);
+                    }
+                }
+            }
+            if name.eq_ignore_ascii_case(b"keygate") {
+                if let LocalAnswer::Reply(reply) =
+                    local::answer_keygate(&self.ctx, &self.session, &req)
+                {
+                    self.reply(reply, suppress);
+                }
+                return Err(None);
+            }
+        }
+        let spec = match command::lookup(&req) {
+            Ok(spec) => spec,
+            Err(e) => {
+                return Err(self.reject("unknown", ErrorKind::Client, &e.to_string(), suppress))
+            }
+        };
+        self.entry.command(spec);
+        if self.session.service.is_none()
+            && !spec.flags.contains(Flags::NO_AUTH)
+            && spec.name != "quit"
+        {
+            return Err(self.reject(spec.name, ErrorKind::Policy, NOAUTH, suppress));
+        }
+        self.route_transaction_control(spec, suppress)?;
+        let held = self.session.tx.open || self.dedicated.is_some();
+        let forwards_when_held = matches!(spec.name, "ping" | "echo" | "info");
+        if !(held && forwards_when_held) {
+            if spec.name == "hello" && self.dedicated.is_some() {
+                return Err(self.reject(
+                    spec.name,
+                    ErrorKind::Client,
+                    "ERR keygate: HELLO is not allowed while a transaction, subscription or blocking command holds the connection",
+                    suppress,
+                ));
+            }
+            self.answer_locally(spec, &req, suppress)?;
+        }
+        let service = match self.session.service.as_ref() {
+            Some(service) => service,
+            None => return Err(self.reject(spec.name, ErrorKind::Policy, NOAUTH, suppress)),
+        };
+        if let Err(refusal) = access::check(service, spec) {
+            let msg = refusal.to_string();
+            return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
+        }
+        // Connection state is never shared (command::state): what reaches
+        // here is forwarded, so a command keygate answers itself got here
+        // only inside MULTI, where it would run on the transaction's
+        // connection at EXEC.
+        let treatment = state::treatment(spec);
+        match treatment {
+            Some(Treatment::Refused) => {
+                let reason = state::refusal_reason(spec).unwrap_or_default();
+                let msg = format!("NOPERM keygate does not allow '{}': {reason}", spec.name);
+                return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
+            }
+            Some(Treatment::Local) => {
+                let msg = format!("ERR keygate: '{}' cannot be used inside MULTI", spec.name);
+                return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
+            }
+            Some(Treatment::Dedicated | Treatment::Database) | None => {}
+        }
+        // MOVE and COPY ... DB: a destination among the service's databases.
+        let destination = if matches!(spec.name, "move" | "copy") {
+            let (current, databases) =
+                (self.effective_database(), self.ctx.config.backend.databases);
+            match database::destination(service, spec.name, &req, current, databases) {
+                Ok(db) => db,
+                Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
+            }
+        } else {
+            None
+        };
+        if let Err(msg) = database::check_channels(service, spec, &req) {
+            return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
+        }
+        // A client's tracking state is its own: allowed for every service,
+        // confined here rather than by the namespace rewrite.
+        let own_tracking = matches!(
+            spec.name,
+            "client|tracking" | "client|caching" | "client|getredir" | "client|trackinginfo"
+        );
+        let mut plan = if spec.name == "info" && !held {
+            ReplyPlan::AppendProxyInfo(local::proxy_info(&self.ctx, &self.session))
+        } else {
+            ReplyPlan::Forward
+        };
+        // The common case (no namespace, no TTL change) moves nothing.
+        let mut req = req;
+        // The argument the batch puts the namespace's prefix in front of.
+        let mut prefix_key = None;
+        if spec.name == "client|tracking" {
+            match tracking::confine_request(service.namespace.as_deref(), &req) {
+                Ok(None) => {}
+                Ok(Some(confined)) => req = confined,
+                Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, msg, suppress)),
+            }
+        }
+        let isolated = if own_tracking {
+            Ok(None)
+        } else {
+            isolation::isolate(service, spec, &req, &mut plan, &self.session, suppress)
+        };
+        match isolated {
+            Ok(None) => {}
+            Ok(Some(Isolated::Forward(confined, confined_plan))) => {
+                req = confined;
+                plan = confined_plan;
+            }
+            Ok(Some(Isolated::PrefixKey(at))) => match service.namespace.as_ref() {
+                Some(ns) if !governance::governs_before_prefix(service) => {
+                    req = req.prefix_arg(at, ns.prefix_bytes())
+                }
+                _ => prefix_key = Some(at),
+            },
+            Ok(Some(Isolated::Procedure(call))) => return Err(Some(Deferred::Procedure(call))),
+            Err(msg) => {
+                self.recorder.isolation_refused(Some(service.index));
+                return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
+            }
+        }
+        let mut follow_ups = Vec::new();
+        let mut governed = governance::govern(service, spec, &req, &mut self.recorder);
+        if let (Some(at), Ok(Some((request, added)))) = (prefix_key, &mut governed) {
+            // Governed as the client sent it; the prefix is written with the
+            // batch. Should the policy ever move the key, confine first.
+            let prefix = service.namespace.as_ref().map(|ns| ns.prefix_bytes());
+            let prefix = prefix.unwrap_or_default();
+            if !governance::confine_follow_ups(&req, at, request, added, prefix) {
+                req = req.prefix_arg(at, prefix);
+                prefix_key = None;
+                governed = governance::govern(service, spec, &req, &mut self.recorder);
+            }
+        }
+        match governed {
+            Ok(None) => {}
+            Ok(Some((request, added))) => {
+                req = request;
+                follow_ups = added;
+            }
+            Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
+        }
+        if let Some(dst) = destination {
+            // The TTL follow-ups run in the destination database, on the
+            // client's own connection (`dedicated_only` below).
+            if spec.name == "move" {
+                if let Some((at, ns)) = prefix_key.take().zip(service.namespace.as_ref()) {
+                    req = req.prefix_arg(at, ns.prefix_bytes());
+                }
+                follow_ups = database::move_follow_up(service, req.get(1).unwrap_or_default());
+            }
+            follow_ups = database::bracket(follow_ups, dst, self.effective_database());
+        }
+        let prefix_len = prefix_key
+            .and(service.namespace.as_ref())
+            .map_or(0, |ns| ns.prefix_bytes().len());
+        if let Some(msg) = over_bulk_limit(&req, prefix_key, prefix_len, self.ctx.scan_limits) {
+            return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
+        }
+        let effect = router::connection_effect(spec, &req);
+        let subscription = (effect == ConnectionEffect::Subscribe)
+            .then(|| pubsub::SubKind::of_command(spec.name))
+            .flatten()
+            .map(|kind| pubsub::SubscriptionCall {
+                kind,
+                names: u32::try_from(req.argc().saturating_sub(1)).unwrap_or(u32::MAX),
+            });
+        // A state-changing command never goes in a shared batch; a
+        // blocking one without its blocking option (XREAD without BLOCK)
+        // changes nothing and may share.
+        let dedicated_only = treatment == Some(Treatment::Database)
+            || (treatment == Some(Treatment::Dedicated)
+                && (!spec.flags.contains(Flags::BLOCKING) || effect == ConnectionEffect::Block))
+            || (destination.is_some() && !follow_ups.is_empty());
+        let mut reply = CommandReply {
+            plan,
+            frames: 1 + follow_ups.len() as u32,
+            ..CommandReply::plain(spec.name, Some(service.index))
+        };
+        if self.session.tx.open {
+            reply = self.track_transaction(spec, reply);
+        }
+        if held || effect != ConnectionEffect::None || dedicated_only {
+            if let Some((at, ns)) = prefix_key.zip(self.session.namespace()) {
+                req = req.prefix_arg(at, ns.prefix_bytes());
+            }
+            let frames = std::iter::once(req.into_frame())
+                .chain(follow_ups.into_iter().map(Request::into_frame))
+                .collect();
+            return Err(Some(Deferred::Dedicated {
+                frames,
+                effect,
+                subscription,
+                reply,
+                suppress,
+            }));
+        }
+        if !self.batch.takes(suppress) {
+            self.seal_batch();
+        }
+        // topology: a batch may go to a replica only if all of it is read-only.
+        let read_only = spec.flags.contains(Flags::READONLY) && follow_ups.is_empty();
+        let confine = prefix_key.zip(self.session.namespace());
+        self.batch
+            .push(req, confine, follow_ups, reply, suppress, read_only);
+        Ok(())
+    }
+
+    /// Commands keygate answers itself: `Err` when answered here.
+    fn answer_locally(
+        &mut self,
+        spec: &'static CommandSpec,
+        req: &Request,
+        suppress: bool,
+    ) -> Result<(), Stopped> {
+        if spec.name == "info" {
+            let only_proxy = req.argc() > 1
+                && req.args().skip(1).all(|s| {
+                    // Redis reads section names as C strings too.
+                    is_keyword(s, b"keygate") || is_keyword(s, b"proxy")
+                });
+            if !only_proxy {
+                return Ok(());
+            }
+            let text = local::proxy_info(&self.ctx, &self.session);
+            let mut out = BytesMut::new();
+            encode::bulk(&mut out, text.trim_start().as_bytes());
+            self.reply(out.freeze(), suppress);
+            return Err(None);
+        }
+        if spec.name == "select" {
+            return self.select(spec, req, suppress);
+        }
+        if self.session.tx.open && spec.name == "config|get" {
+            return self.queue_config_get(spec, req, suppress);
+        }
+        if self.session.tx.open {
+            // Connection-state commands cannot be queued: refusing them dooms
+            // the transaction, which is what a client sees from Redis for a
+            // command it cannot queue.
+            if matches!(
+                spec.name,
+                "auth"
+                    | "hello"
+                    | "reset"
+                    | "quit"
+                    | "config|get"
+                    | "command|count"
+                    | "command|getkeys"
+                    // Redis puts their several confirmations in EXEC's
+                    // reply beyond the count it announces: no plan fits.
+                    | "subscribe"
+                    | "psubscribe"
+                    | "ssubscribe"
+                    | "unsubscribe"
+                    | "punsubscribe"
+                    | "sunsubscribe"
+            ) {
+                let msg = format!("ERR keygate: '{}' cannot be used inside MULTI", spec.name);
+                return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
+            }
+            return Ok(());
+        }
+        // Only a login or RESET can switch the service: only they pay for
+        // remembering the one before.
+        let before =
+            matches!(spec.name, "auth" | "hello" | "reset").then(|| self.session.service.clone());
+        let Some(answer) = local::answer(&self.ctx, &mut self.session, spec, req) else {
+            return Ok(());
+        };
+        if before.is_some() {
+            self.entry.identify(&self.session);
+        }
+        if let Some(before) = before {
+            let switched = match (&before, &self.session.service) {
+                (Some(a), Some(b)) => !Arc::ptr_eq(a, b),
+                (None, None) => false,
+                _ => true,
+            };
+            if switched {
+                let now = self.session.service.clone();
+                if let Some(new) = &now {
+                    if !new.try_admit() {
+                        // Like Redis's maxclients, but per service: the login
+                        // fails and the client stays what it was.
+                        self.session.service = before;
+                        let msg = format!(
+                            "ERR max number of clients reached for service '{}'",
+                            new.name
+                        );
+                        return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
+                    }
+                }
+                self.ctx.metrics.client_disconnected(self.admitted_index());
+                if let Some(old) = self.admitted.take() {
+                    old.release();
+                }
+                self.admitted = now;
+                self.ctx.metrics.client_connected(self.admitted_index());
+            }
+        }
+        let default = self.default_database();
+        match answer {
+            // HELLO returns the client to the default database.
+            LocalAnswer::Reply(r)
+                if spec.name == "hello"
+                    && self.session.database != default
+                    && r.first() != Some(&b'-') =>
+            {
+                return Err(Some(Deferred::Select {
+                    db: default,
+                    reply: r,
+                    suppress,
+                }));
+            }
+            LocalAnswer::Reply(r) => self.reply(r, suppress),
+            LocalAnswer::ReplyAndClose(r) => {
+                self.reply(r, suppress);
+                self.closing = true;
+            }
+            LocalAnswer::ReplyAfterReset(r) => {
+                self.session.tx_database = None;
+                self.session.exec_database = None;
+                let switches = self.session.database != default;
+                if switches || (self.dedicated.is_some() && self.queue.awaits_dedicated()) {
+                    return Err(Some(Deferred::Reset { reply: r, suppress }));
+                }
+                self.drop_dedicated(true);
+                self.reply(r, suppress);
+            }
+        }
+        Err(None)
+    }
+
+    /// Acts on a CLIENT subcommand answered from the table of clients.
+    fn table_answer(
+        &mut self,
+        answer: registry::TableAnswer,
+        suppress: bool,
+    ) -> Result<(), Stopped> {
+        match answer {
+            registry::TableAnswer::Reply(reply) => self.reply(reply, suppress),
+            registry::TableAnswer::ReplyAndClose(reply) => {
+                self.reply(reply, suppress);
+                self.closing = true;
+            }
+            registry::TableAnswer::Forward(req) => {
+                let service = self.session.service.as_ref().map(|s| s.index);
+                if !self.batch.takes(suppress) {
+                    self.seal_batch();
+                }
+                let reply = CommandReply::plain("client|unblock", service);
+                self.batch
+                    .push(req, None, Vec::new(), reply, suppress, false);
+                return Ok(());
+            }
+        }
+        Err(None)
+    }
+
+    /// A reply keygate made: it goes after everything already queued.
+    pub(super) fn reply(&mut self, reply: Bytes, suppress: bool) {
+        self.seal_batch();
+        self.queue.push_ready(reply, suppress);
+    }
+
+    /// An error reply; inside MULTI it also dooms the transaction, as Redis
+    /// does for a command rejected while queuing. Returns the stages'
+    /// verdict for a request answered here.
+    pub(super) fn reject(
+        &mut self,
+        command: &'static str,
+        kind: ErrorKind,
+        msg: &str,
+        suppress: bool,
+    ) -> Stopped {
+        let service = self.session.service.as_ref().map(|s| s.index);
+        // A refused command is a command too, answered by keygate: the
+        // error rate (errors over commands) stays within 100%.
+        let total = self.read_at.elapsed();
+        self.recorder
+            .command(service, command, Role::Proxy, total, None);
+        self.recorder.error(service, command, kind);
+        if self.session.tx.open {
+            self.session.tx.poisoned = true;
+        }
+        self.reply(error_reply(msg), suppress);
+        None
+    }
+
+    /// Runs what a request left for a backend.
+    async fn run_deferred(&mut self, deferred: Deferred) {
+        match deferred {
+            Deferred::Dedicated {
+                frames,
+                effect,
+                subscription,
+                reply,
+                suppress,
+            } => {
+                self.send_dedicated(frames, effect, subscription, reply, suppress)
+                    .await
+            }
+            Deferred::Procedure(call) => self.run_procedure(call).await,
+            Deferred::Reset { reply, suppress } => {
+                self.flush_dedicated().await;
+                self.await_dedicated_replies().await;
+                self.drop_dedicated(true);
+                let default = self.default_database();
+                if self.session.database != default {
+                    self.switch_database(default).await;
+                }
+                self.reply(reply, suppress);
+            }
+            Deferred::Select {
+                db,
+                reply,
+                suppress,
+            } => {
+                self.switch_database(db).await;
+                self.reply(reply, suppress);
+            }
+        }
+    }
+}
