@@ -166,7 +166,7 @@ impl ClientEntry {
 
     /// Asks the client's task to close the connection.
     fn close(&self) {
-        self.killed.store(true, Ordering::Relaxed);
+        self.killed.store(true, Ordering::Release);
         self.kill.notify_one();
     }
 
@@ -226,10 +226,13 @@ impl ClientEntry {
 }
 
 /// Completes when CLIENT KILL closed the client. Kept across the client
-/// loop's turns: once registered, a turn only loads the flag.
+/// loop's turns: once the wait has registered the task's waker, a turn only
+/// loads the flag (inline) instead of polling the wait again.
 pub(super) struct KillSignal {
     entry: Arc<ClientEntry>,
     notified: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// `notified` was polled and holds the task's waker.
+    registered: bool,
 }
 
 impl KillSignal {
@@ -238,17 +241,30 @@ impl KillSignal {
         KillSignal {
             entry,
             notified: Box::pin(async move { waiter.kill.notified().await }),
+            registered: false,
         }
     }
 
     #[inline]
     pub(super) fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        if self.entry.killed.load(Ordering::Relaxed) {
+        if self.entry.killed.load(Ordering::Acquire) {
             return Poll::Ready(());
         }
+        if self.registered {
+            // The kill sets the flag before it notifies: the registered
+            // waker brings the task back to see it.
+            return Poll::Pending;
+        }
+        self.poll_wait(cx)
+    }
+
+    #[inline(never)]
+    fn poll_wait(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
         // `notify_one` keeps a permit when nobody waits yet, so a kill
         // between the load and this poll is not lost.
-        self.notified.as_mut().poll(cx)
+        let poll = self.notified.as_mut().poll(cx);
+        self.registered = poll.is_pending();
+        poll
     }
 }
 
