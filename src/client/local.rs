@@ -1,6 +1,7 @@
 //! Commands keygate answers itself: connection state (PING, ECHO, HELLO,
 //! AUTH, SELECT, CLIENT, RESET, QUIT), introspection a client asks at start
-//! (COMMAND COUNT/GETKEYS, CONFIG GET), and keygate's INFO section.
+//! (COMMAND COUNT/GETKEYS, CONFIG GET for services that are not `admin`),
+//! and keygate's INFO section.
 //!
 //! None of these touches a backend, so they work while Redis is down.
 
@@ -192,7 +193,11 @@ pub fn answer(
         }
         "command|count" => build(|o| encode::integer(o, command::all().len() as i64)),
         "command|getkeys" => getkeys(req),
-        "config|get" => config_get(ctx, session.protocol, req),
+        // An admin service is trusted with the server: it reads Redis's
+        // own configuration, whole.
+        "config|get" if !session.service.as_ref().is_some_and(|s| s.admin) => {
+            config_get(ctx, session.protocol, req)
+        }
         _ => return None,
     })
 }

@@ -974,14 +974,15 @@ impl Connection {
             // Connection-state commands cannot be queued: refusing them dooms
             // the transaction, which is what a client sees from Redis for a
             // command it cannot queue.
-            if matches!(
-                spec.name,
-                "auth"
+            let admin = self.session.service.as_ref().is_some_and(|s| s.admin);
+            if spec.name == "config|get" && !admin
+                || matches!(
+                    spec.name,
+                    "auth"
                     | "hello"
                     | "select"
                     | "reset"
                     | "quit"
-                    | "config|get"
                     | "command|count"
                     | "command|getkeys"
                     // Redis puts their several confirmations in EXEC's
@@ -992,7 +993,8 @@ impl Connection {
                     | "unsubscribe"
                     | "punsubscribe"
                     | "sunsubscribe"
-            ) {
+                )
+            {
                 let msg = format!("ERR keygate: '{}' cannot be used inside MULTI", spec.name);
                 return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
             }

@@ -2,8 +2,11 @@
 //!
 //! Deny by default for whatever would expose or disturb other services'
 //! clients or the server itself: administration, replication, monitoring,
-//! other databases. A service with `admin = true` may run the
-//! administrative commands; the service's own `deny_commands` come on top.
+//! other databases. A service with `admin = true` is trusted with the
+//! server and may run the administrative commands, except what would break
+//! the shared backend connection it runs on or reach another database
+//! ([`NEVER`], refused for every service); the service's own
+//! `deny_commands` come on top.
 
 use super::service::Service;
 use crate::command::keys::KeysError;
@@ -12,7 +15,7 @@ use crate::command::{self, CommandSpec, Flags};
 /// Why a command was refused; shown to the client as `-NOPERM ...`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    /// Refused for every service that is not `admin`.
+    /// Refused for every service that is not `admin` (or for every service).
     #[error("NOPERM keygate does not allow '{command}': {reason}")]
     Forbidden {
         command: &'static str,
@@ -36,6 +39,27 @@ pub enum Refusal {
     Unlocatable(KeysError),
 }
 
+/// Commands refused for every service, admin or not, with the reason: they
+/// turn the shared backend connection into something else (a replication
+/// stream, a cluster client, a script debugging session) or reach another
+/// database. Matched like [`FORBIDDEN`].
+const NEVER: &[(&str, &str)] = &[
+    ("sync", "it is for replicas"),
+    ("psync", "it is for replicas"),
+    ("replconf", "it is for replicas"),
+    ("cluster", "cluster administration is not proxied"),
+    ("readonly", "cluster administration is not proxied"),
+    ("readwrite", "cluster administration is not proxied"),
+    ("asking", "cluster administration is not proxied"),
+    ("swapdb", "keygate serves one database"),
+    ("move", "keygate serves one database"),
+    ("select", "keygate serves one database"),
+    (
+        "script|debug",
+        "it turns the shared backend connection into a debugging session",
+    ),
+];
+
 /// Commands refused for everybody but admin services, with the reason.
 /// Matched on the table's lower-case full names; a container name covers
 /// every subcommand not listed on its own.
@@ -46,13 +70,6 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("replicaof", "it changes replication of the shared server"),
     ("slaveof", "it changes replication of the shared server"),
     ("failover", "it changes replication of the shared server"),
-    ("sync", "it is for replicas"),
-    ("psync", "it is for replicas"),
-    ("replconf", "it is for replicas"),
-    ("cluster", "cluster administration is not proxied"),
-    ("readonly", "cluster administration is not proxied"),
-    ("readwrite", "cluster administration is not proxied"),
-    ("asking", "cluster administration is not proxied"),
     ("acl", "ACLs of the shared server are not proxied"),
     ("client", "it would expose or disturb other clients"),
     ("config", "the shared server's configuration is not proxied"),
@@ -60,9 +77,6 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("save", "it stalls the shared server"),
     ("bgsave", "it is server administration"),
     ("bgrewriteaof", "it is server administration"),
-    ("swapdb", "keygate serves one database"),
-    ("move", "keygate serves one database"),
-    ("select", "keygate serves one database"),
     ("latency", "it is server administration"),
     ("slowlog", "it shows every service's commands"),
     ("memory|doctor", "it is server administration"),
@@ -76,12 +90,12 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("lastsave", "it is server administration"),
 ];
 
-/// The linear search of the forbidden list, subcommand first, then container.
-fn search_forbidden(name: &'static str) -> Option<&'static str> {
-    let exact = FORBIDDEN.iter().find(|(n, _)| *n == name);
+/// The linear search of a list, subcommand first, then container.
+fn search(list: &[(&'static str, &'static str)], name: &'static str) -> Option<&'static str> {
+    let exact = list.iter().find(|(n, _)| *n == name);
     let container = name
         .split_once('|')
-        .and_then(|(c, _)| FORBIDDEN.iter().find(|(n, _)| *n == c));
+        .and_then(|(c, _)| list.iter().find(|(n, _)| *n == c));
     exact.or(container).map(|(_, reason)| *reason)
 }
 
@@ -124,10 +138,13 @@ fn decide(deny_commands: &[String], admin: bool, spec: &'static CommandSpec) -> 
     if denied {
         return Decision::Denied;
     }
+    if let Some(reason) = search(NEVER, spec.name) {
+        return Decision::Forbidden(reason);
+    }
     if admin {
         return Decision::Allowed;
     }
-    if let Some(reason) = search_forbidden(spec.name) {
+    if let Some(reason) = search(FORBIDDEN, spec.name) {
         return Decision::Forbidden(reason);
     }
     if spec.flags.contains(Flags::ADMIN) {
@@ -189,5 +206,26 @@ mod tests {
             decide(&[], false, spec("memory|stats")),
             Decision::Forbidden(_)
         ));
+        // Trusted with the server, but not with the shared connection.
+        for name in [
+            "sync",
+            "psync",
+            "replconf",
+            "cluster|info",
+            "readonly",
+            "move",
+            "swapdb",
+            "script|debug",
+        ] {
+            assert!(
+                matches!(decide(&[], true, spec(name)), Decision::Forbidden(_)),
+                "{name}"
+            );
+        }
+        assert!(matches!(
+            decide(&[], false, spec("acl|list")),
+            Decision::Forbidden(_)
+        ));
+        assert_eq!(decide(&[], true, spec("acl|list")), Decision::Allowed);
     }
 }

@@ -6,7 +6,9 @@
 //! command added to the table cannot slip through: anything without an
 //! entry is refused. A command either is confined by its key positions,
 //! gets special handling (patterns, channels, keyspace-wide procedures,
-//! INFO), has neither keys nor keyspace information (`Pass`), or is refused.
+//! INFO), has neither keys nor keyspace information (`Pass`), is server
+//! administration that only an `admin = true` service may run (forwarded
+//! as it is, keys inside still prefixed), or is refused.
 
 use super::keyspace::ProcedureKind;
 use crate::command::CommandSpec;
@@ -42,7 +44,17 @@ pub enum Rule {
     Keyspace(ProcedureKind),
     /// INFO: forwarded; the `# Keyspace` section is removed from the reply.
     Info,
-    /// Cannot be confined; the reason is shown to the client.
+    /// Server administration: forwarded as it is for an `admin` service
+    /// (trusted with the server); refused for the others, with the reason.
+    Admin(&'static str),
+    /// Administration that names keys (MIGRATE, PFDEBUG): the keys get the
+    /// prefix for an `admin` service; refused for the others, with the reason.
+    AdminKeys(&'static str),
+    /// DEBUG: for an `admin` service, the keys its subcommands name (OBJECT,
+    /// DIGEST-VALUE, POPULATE's key prefix, ...) get the prefix; refused
+    /// for the others, with the reason.
+    Debug(&'static str),
+    /// Cannot be confined, whatever the service; the reason is shown to the client.
     Refuse(&'static str),
 }
 
@@ -264,52 +276,70 @@ const KEYS: &[&str] = &[
     "zunionstore",
 ];
 
-/// Commands refused for namespaced services, with the reason.
-const REFUSED: &[(&str, &str)] = &[
+/// Server administration: forwarded for `admin` services, refused for the
+/// others with the reason. A container name covers every subcommand not
+/// classified on its own.
+const ADMIN: &[(&str, &str)] = &[
     ("acl", "the shared server's users are not the service's"),
-    ("asking", "cluster commands are not proxied"),
     ("bgrewriteaof", "it is server administration"),
     ("bgsave", "it is server administration"),
-    ("client", "it shows or changes other services' connections"),
-    ("cluster", "cluster commands are not proxied"),
     (
         "config",
         "the shared server's configuration is not the service's",
     ),
-    ("debug", "it reads any key and the whole server"),
     ("failover", "it is server administration"),
-    ("function", "functions are shared by every service"),
     ("lastsave", "it is server administration"),
     ("latency", "it shows every service's commands"),
-    ("memory", "it shows the whole keyspace"),
-    ("migrate", "it moves keys out of keygate's reach"),
+    ("memory|doctor", "it shows the whole keyspace"),
+    ("memory|malloc-stats", "it shows the whole keyspace"),
+    ("memory|purge", "it is server administration"),
+    ("memory|stats", "it shows the whole keyspace"),
     ("module", "it changes the shared server"),
-    ("monitor", "it shows every service's commands"),
-    ("move", "keygate serves one database"),
-    ("object", "unknown OBJECT subcommand"),
-    ("pfdebug", "it is a debugging command"),
     ("pfselftest", "it is a debugging command"),
-    ("psync", "it replicates the whole keyspace"),
-    ("pubsub", "unknown PUBSUB subcommand"),
     (
         "pubsub|numpat",
         "it counts every service's pattern subscriptions",
     ),
-    ("readonly", "cluster commands are not proxied"),
-    ("readwrite", "cluster commands are not proxied"),
-    ("replconf", "it is for replicas"),
     ("replicaof", "it is server administration"),
-    ("restore-asking", "cluster commands are not proxied"),
     ("role", "it is server administration"),
     ("save", "it is server administration"),
-    ("script", "scripts are shared by every service"),
-    ("script|debug", "script debugging reads any key"),
-    ("script|flush", "scripts are shared by every service"),
-    ("script|kill", "scripts are shared by every service"),
-    ("select", "keygate serves one database"),
     ("shutdown", "it is server administration"),
     ("slaveof", "it is server administration"),
     ("slowlog", "it shows every service's commands"),
+];
+
+/// Administration that names keys: their keys get the prefix for `admin`
+/// services; refused for the others with the reason.
+const ADMIN_KEYS: &[(&str, &str)] = &[
+    ("migrate", "it moves keys out of keygate's reach"),
+    ("pfdebug", "it is a debugging command"),
+];
+
+/// Commands refused for every namespaced service, `admin` or not, with the
+/// reason: they would cross databases, turn the shared backend connection
+/// into something else, or are cluster commands. A container name covers
+/// every subcommand not classified on its own.
+const REFUSED: &[(&str, &str)] = &[
+    ("asking", "cluster commands are not proxied"),
+    ("client", "it shows or changes other services' connections"),
+    ("cluster", "cluster commands are not proxied"),
+    ("function", "functions are shared by every service"),
+    ("memory", "unknown MEMORY subcommand"),
+    ("monitor", "it shows every service's commands"),
+    ("move", "keygate serves one database"),
+    ("object", "unknown OBJECT subcommand"),
+    ("psync", "it replicates the whole keyspace"),
+    ("pubsub", "unknown PUBSUB subcommand"),
+    ("readonly", "cluster commands are not proxied"),
+    ("readwrite", "cluster commands are not proxied"),
+    ("replconf", "it is for replicas"),
+    ("restore-asking", "cluster commands are not proxied"),
+    ("script", "scripts are shared by every service"),
+    (
+        "script|debug",
+        "it turns the shared backend connection into a debugging session",
+    ),
+    ("select", "keygate serves one database"),
     ("swapdb", "keygate serves one database"),
     ("sync", "it replicates the whole keyspace"),
     ("xgroup", "unknown XGROUP subcommand"),
@@ -348,6 +378,7 @@ fn classify(name: &str) -> Rule {
             return Rule::Script
         }
         "script|exists" | "script|load" => return Rule::ScriptAdmin,
+        "debug" => return Rule::Debug("it reads any key and the whole server"),
         "keys" => return Rule::KeysPattern,
         "scan" => return Rule::Scan,
         "subscribe" | "unsubscribe" | "ssubscribe" | "sunsubscribe" => {
@@ -369,19 +400,17 @@ fn classify(name: &str) -> Rule {
     if KEYS.contains(&name) {
         return Rule::Keys;
     }
-    if let Some((_, reason)) = REFUSED.iter().find(|(n, _)| *n == name) {
-        return Rule::Refuse(reason);
-    }
-    // Subcommands of a refused container not listed on their own.
-    if let Some((container, _)) = name.split_once('|') {
-        let refused = [
-            "acl", "client", "cluster", "config", "latency", "memory", "module", "slowlog",
-            "function",
-        ];
-        if refused.contains(&container) {
-            if let Some((_, reason)) = REFUSED.iter().find(|(n, _)| *n == container) {
-                return Rule::Refuse(reason);
-            }
+    // A command's own entry first, then its container's.
+    let container = name.split_once('|').map(|(c, _)| c);
+    for wanted in std::iter::once(name).chain(container) {
+        if let Some((_, reason)) = ADMIN.iter().find(|(n, _)| *n == wanted) {
+            return Rule::Admin(reason);
+        }
+        if let Some((_, reason)) = ADMIN_KEYS.iter().find(|(n, _)| *n == wanted) {
+            return Rule::AdminKeys(reason);
+        }
+        if let Some((_, reason)) = REFUSED.iter().find(|(n, _)| *n == wanted) {
+            return Rule::Refuse(reason);
         }
     }
     Rule::Refuse(UNCLASSIFIED)
@@ -428,6 +457,8 @@ mod tests {
             .iter()
             .chain(KEYS.iter())
             .chain(REFUSED.iter().map(|(n, _)| n))
+            .chain(ADMIN.iter().map(|(n, _)| n))
+            .chain(ADMIN_KEYS.iter().map(|(n, _)| n))
         {
             assert!(names.contains(n), "{n} is not in the table");
         }

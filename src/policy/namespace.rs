@@ -312,6 +312,24 @@ impl Namespace {
                 }
                 Ok(forward(req.clone()))
             }
+            Rule::Admin(reason) => {
+                if !service.admin {
+                    return Err(self.refuse(spec, reason));
+                }
+                Ok(forward(req.clone()))
+            }
+            Rule::AdminKeys(reason) => {
+                if !service.admin {
+                    return Err(self.refuse(spec, reason));
+                }
+                Ok(forward(keys(req)?))
+            }
+            Rule::Debug(reason) => {
+                if !service.admin {
+                    return Err(self.refuse(spec, reason));
+                }
+                Ok(forward(self.rewrite_debug(req)))
+            }
             Rule::KeysPattern => {
                 let pattern = self.prefix_pattern(req.get(1).unwrap_or_default());
                 Ok(forward(req.splice(&[(1, &pattern)])))
@@ -358,6 +376,38 @@ impl Namespace {
             Rule::Keyspace(procedure) => Ok(Rewritten::Procedure(procedure.parse(req)?)),
             Rule::Refuse(reason) => Err(self.refuse(spec, reason)),
         }
+    }
+
+    /// DEBUG for an admin service: the keys of the subcommands that read
+    /// keys get the prefix, matched as `debugCommand` (debug.c) matches them
+    /// (the subcommand word as a C string, with its argument count);
+    /// POPULATE's key prefix (default `key`) gets the namespace's in front,
+    /// so the keys it creates are the service's. Every other subcommand
+    /// names no key and goes as it is.
+    fn rewrite_debug(&self, req: &Request) -> Request {
+        let argc = req.argc();
+        let sub = req.get(1).unwrap_or_default();
+        let is = |word: &[u8]| is_keyword(sub, word);
+        let one_key = (is(b"object") || is(b"sdslen") || is(b"listpack") || is(b"htstats-key"))
+            && argc == 3
+            || is(b"quicklist") && (argc == 3 || argc == 4);
+        if one_key {
+            return req.prefix_arg(2, &self.prefix);
+        }
+        if is(b"populate") && (3..=5).contains(&argc) {
+            if argc == 3 {
+                let mut args: Vec<&[u8]> = req.args().collect();
+                let populate_prefix = self.prefix(b"key");
+                args.push(&populate_prefix);
+                return Request::from_args(&args);
+            }
+            return req.prefix_arg(3, &self.prefix);
+        }
+        if is(b"digest-value") {
+            let keys: Vec<usize> = (2..argc).collect();
+            return req.prefix_args(&keys, &self.prefix);
+        }
+        req.clone()
     }
 
     /// SCAN: the client's MATCH (or `*`) behind the escaped prefix; COUNT

@@ -1,0 +1,258 @@
+//! `admin = true` means trusted with the server, also under a prefix: an
+//! admin namespaced service runs administration commands as they are (keys
+//! inside them still get the prefix), compared byte for byte with
+//! redis-server answering the same commands directly; a namespaced service
+//! that is not admin is refused as before; and what would break the shared
+//! backend connection or cross databases is refused for every service.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const SERVICES: &str = r#"
+[[service]]
+name = "root"
+prefix = ""
+isolation = false
+password = "rootpw"
+admin = true
+
+[[service]]
+name = "ops"
+prefix = "ops:"
+password = "opspw"
+admin = true
+allow_scripts = true
+
+[[service]]
+name = "app"
+prefix = "app:"
+password = "apppw"
+allow_scripts = true
+"#;
+
+fn setup() -> (RedisServer, Keygate) {
+    let redis = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    let kg = Keygate::start_with(&standalone_config(&redis.addr(), SERVICES));
+    kg.wait_ready();
+    (redis, kg)
+}
+
+fn login(kg: &Keygate, service: &str) -> RawConn {
+    let mut conn = RawConn::connect(kg.port());
+    let auth = conn.cmd_str(&["AUTH", service, &format!("{service}pw")]);
+    assert_eq!(auth, "+OK\r\n");
+    conn
+}
+
+fn is_noperm(reply: &str) -> bool {
+    reply.starts_with("-NOPERM")
+}
+
+#[test]
+fn an_admin_namespaced_service_administers_the_server_as_redis_answers() {
+    let (redis, kg) = setup();
+    let mut ops = login(&kg, "ops");
+    let mut direct = RawConn::connect(redis.port());
+    // Server-wide commands: the same bytes as straight from Redis.
+    assert_eq!(
+        ops.cmd_str(&["CONFIG", "SET", "slowlog-log-slower-than", "12345"]),
+        "+OK\r\n"
+    );
+    for args in [
+        &["CONFIG", "GET", "slowlog-log-slower-than"][..],
+        &["CONFIG", "GET", "maxmemory"],
+        &["CONFIG", "GET", "databases"],
+        &["SLOWLOG", "LEN"],
+        &["SLOWLOG", "RESET"],
+        &["LATENCY", "LATEST"],
+        &["LATENCY", "RESET"],
+        &["MODULE", "LIST"],
+        &["PUBSUB", "NUMPAT"],
+        &["ACL", "LIST"],
+        &["ACL", "USERS"],
+        &["DEBUG", "SLEEP", "0"],
+        &["DEBUG", "PROTOCOL", "bignum"],
+        &["MEMORY", "PURGE"],
+        &["CONFIG", "RESETSTAT"],
+    ] {
+        assert_eq!(ops.cmd_str(args), direct.cmd_str(args), "{args:?}");
+    }
+    // Figures that change between two calls: the reply's shape.
+    for args in [
+        &["ROLE"][..],
+        &["LASTSAVE"],
+        &["MEMORY", "STATS"],
+        &["MEMORY", "DOCTOR"],
+        &["SAVE"],
+        &["DEBUG", "DIGEST"],
+    ] {
+        let (got, want) = (ops.cmd_str(args), direct.cmd_str(args));
+        assert_eq!(got.get(..1), want.get(..1), "{args:?}: {got} / {want}");
+        assert!(!got.starts_with('-'), "{args:?}: {got}");
+    }
+    assert_eq!(
+        ops.cmd_str(&["ROLE"]).lines().nth(2),
+        Some("master"),
+        "ROLE"
+    );
+    // Keys inside administration commands still get the prefix.
+    assert_eq!(ops.cmd_str(&["RPUSH", "list", "a", "b"]), ":2\r\n");
+    assert_eq!(ops.cmd_str(&["PFADD", "hll", "x"]), ":1\r\n");
+    for (through, direct_args) in [
+        (
+            &["DEBUG", "DIGEST-VALUE", "list", "nokey"][..],
+            &["DEBUG", "DIGEST-VALUE", "ops:list", "ops:nokey"][..],
+        ),
+        (
+            &["DEBUG", "LISTPACK", "list"],
+            &["DEBUG", "LISTPACK", "ops:list"],
+        ),
+        (
+            &["DEBUG", "QUICKLIST", "list"],
+            &["DEBUG", "QUICKLIST", "ops:list"],
+        ),
+        (
+            &["DEBUG", "SDSLEN", "nokey"],
+            &["DEBUG", "SDSLEN", "ops:nokey"],
+        ),
+        (
+            &["MEMORY", "USAGE", "list"],
+            &["MEMORY", "USAGE", "ops:list"],
+        ),
+        (
+            &["OBJECT", "ENCODING", "list"],
+            &["OBJECT", "ENCODING", "ops:list"],
+        ),
+        (
+            &["PFDEBUG", "GETREG", "hll"],
+            &["PFDEBUG", "GETREG", "ops:hll"],
+        ),
+        (
+            &["PFDEBUG", "ENCODING", "nokey"],
+            &["PFDEBUG", "ENCODING", "ops:nokey"],
+        ),
+    ] {
+        assert_eq!(
+            ops.cmd_str(through),
+            direct.cmd_str(direct_args),
+            "{through:?}"
+        );
+    }
+    let object = ops.cmd_str(&["DEBUG", "OBJECT", "list"]);
+    assert!(object.contains("encoding:quicklist"), "{object}");
+    assert!(ops
+        .cmd_str(&["DEBUG", "OBJECT", "nokey"])
+        .starts_with("-ERR no such key"));
+    // DEBUG POPULATE writes the service's keys, under its default key prefix
+    // and under one it names.
+    assert_eq!(ops.cmd_str(&["DEBUG", "POPULATE", "2"]), "+OK\r\n");
+    assert_eq!(
+        ops.cmd_str(&["DEBUG", "POPULATE", "1", "mine", "3"]),
+        "+OK\r\n"
+    );
+    for key in ["ops:key:0", "ops:key:1", "ops:mine:0"] {
+        assert_eq!(redis.cli(&["EXISTS", key]), "1", "{key}");
+    }
+    assert_eq!(ops.cmd_str(&["GET", "mine:0"]), "$3\r\nval\r\n");
+    // MIGRATE moves the service's own key, by its full name.
+    let other = RedisServer::start();
+    let port = other.port().to_string();
+    assert_eq!(
+        ops.cmd_str(&["MIGRATE", "127.0.0.1", &port, "list", "0", "5000"]),
+        "+OK\r\n"
+    );
+    assert_eq!(other.cli(&["LLEN", "ops:list"]), "2");
+    assert_eq!(
+        ops.cmd_str(&[
+            "MIGRATE",
+            "127.0.0.1",
+            &port,
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            "hll"
+        ]),
+        "+OK\r\n"
+    );
+    assert_eq!(other.cli(&["EXISTS", "ops:hll"]), "1");
+    // Inside MULTI too.
+    assert_eq!(ops.cmd_str(&["MULTI"]), "+OK\r\n");
+    assert_eq!(ops.cmd_str(&["CONFIG", "GET", "maxmemory"]), "+QUEUED\r\n");
+    assert_eq!(ops.cmd_str(&["MEMORY", "USAGE", "nokey"]), "+QUEUED\r\n");
+    assert_eq!(
+        ops.cmd_str(&["EXEC"]),
+        "*2\r\n*2\r\n$9\r\nmaxmemory\r\n$1\r\n0\r\n$-1\r\n"
+    );
+    // SHUTDOWN goes to the server, as asked.
+    let reply = ops.cmd_str(&["SHUTDOWN", "NOSAVE"]);
+    assert!(reply.starts_with('-'), "{reply}");
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", redis.port())).is_err()
+    }));
+}
+
+#[test]
+fn a_namespaced_service_that_is_not_admin_is_refused_administration() {
+    let (_redis, kg) = setup();
+    let mut app = login(&kg, "app");
+    for args in [
+        &["CONFIG", "SET", "maxmemory", "0"][..],
+        &["CONFIG", "RESETSTAT"],
+        &["SLOWLOG", "LEN"],
+        &["LATENCY", "LATEST"],
+        &["MODULE", "LIST"],
+        &["PUBSUB", "NUMPAT"],
+        &["ACL", "LIST"],
+        &["DEBUG", "OBJECT", "k"],
+        &["SAVE"],
+        &["BGSAVE"],
+        &["LASTSAVE"],
+        &["MEMORY", "STATS"],
+        &["ROLE"],
+        &["REPLICAOF", "NO", "ONE"],
+        &["SHUTDOWN"],
+        &["MIGRATE", "127.0.0.1", "1", "k", "0", "10"],
+        &["PFDEBUG", "GETREG", "k"],
+        &["PFSELFTEST"],
+    ] {
+        let reply = app.cmd_str(args);
+        assert!(is_noperm(&reply), "{args:?}: {reply}");
+    }
+    // CONFIG GET is still keygate's own view.
+    assert_eq!(
+        app.cmd_str(&["CONFIG", "GET", "cluster-enabled"]),
+        "*2\r\n$15\r\ncluster-enabled\r\n$2\r\nno\r\n"
+    );
+}
+
+#[test]
+fn what_breaks_the_shared_connection_or_crosses_databases_is_refused_for_everyone() {
+    let (_redis, kg) = setup();
+    for service in ["root", "ops", "app"] {
+        let mut conn = login(&kg, service);
+        for args in [
+            &["SYNC"][..],
+            &["PSYNC", "?", "-1"],
+            &["REPLCONF", "listening-port", "1"],
+            &["MOVE", "k", "1"],
+            &["SWAPDB", "0", "1"],
+            &["CLUSTER", "INFO"],
+            &["READONLY"],
+            &["READWRITE"],
+            &["ASKING"],
+            &["SCRIPT", "DEBUG", "YES"],
+            &["COPY", "a", "b", "DB", "1"],
+        ] {
+            let reply = conn.cmd_str(args);
+            let root_copy = service == "root" && args[0] == "COPY";
+            assert!(
+                is_noperm(&reply) || root_copy,
+                "{service} {args:?}: {reply}"
+            );
+        }
+        assert_eq!(conn.cmd_str(&["PING"]), "+PONG\r\n");
+    }
+}
