@@ -30,6 +30,12 @@ name = "app"
 prefix = "app:"
 password = "apppw"
 allow_scripts = true
+
+[[service]]
+name = "adm"
+prefix = "adm:"
+password = "admpw"
+admin = true
 "#;
 
 fn setup() -> (RedisServer, Keygate) {
@@ -254,5 +260,72 @@ fn what_breaks_the_shared_connection_or_crosses_databases_is_refused_for_everyon
             );
         }
         assert_eq!(conn.cmd_str(&["PING"]), "+PONG\r\n");
+    }
+}
+
+const LIBRARY: &str = "#!lua name=lib\nredis.register_function('f', function() return 1 end)";
+
+#[test]
+fn scripts_and_functions_follow_allow_scripts_and_admin() {
+    let (redis, kg) = setup();
+    let mut direct = RawConn::connect(redis.port());
+    let mut ops = login(&kg, "ops");
+    let mut app = login(&kg, "app");
+    let mut adm = login(&kg, "adm");
+    let sha = "e0e1f9fabfc9d4800c877a703b823ac0578ff8db";
+    // allow_scripts: the script cache and the function listing.
+    for conn in [&mut ops, &mut app] {
+        for args in [
+            &["SCRIPT", "LOAD", "return 1"][..],
+            &["SCRIPT", "EXISTS", sha, "0000"],
+            &["SCRIPT", "KILL"],
+            &["FUNCTION", "LIST"],
+            &["FUNCTION", "STATS"],
+            &["SCRIPT", "FLUSH"],
+            &["SCRIPT", "EXISTS", sha],
+        ] {
+            assert_eq!(conn.cmd_str(args), direct.cmd_str(args), "{args:?}");
+        }
+    }
+    // allow_scripts and admin: functions, which every service shares.
+    assert_eq!(ops.cmd_str(&["FUNCTION", "LOAD", LIBRARY]), "$3\r\nlib\r\n");
+    for args in [
+        &["FUNCTION", "LOAD", LIBRARY][..],
+        &["FUNCTION", "LIST", "WITHCODE"],
+        &["FUNCTION", "KILL"],
+    ] {
+        assert_eq!(ops.cmd_str(args), direct.cmd_str(args), "{args:?}");
+    }
+    assert_eq!(ops.cmd_str(&["FCALL", "f", "0"]), ":1\r\n");
+    let dump = ops.cmd(&["FUNCTION", "DUMP"]);
+    assert_eq!(dump, direct.cmd(&["FUNCTION", "DUMP"]));
+    let payload = &dump[dump.iter().position(|&b| b == b'\n').unwrap() + 1..dump.len() - 2];
+    assert_eq!(ops.cmd_str(&["FUNCTION", "DELETE", "lib"]), "+OK\r\n");
+    let restore: [&[u8]; 3] = [b"FUNCTION", b"RESTORE", payload];
+    assert_eq!(ops.cmd_str(&restore), "+OK\r\n");
+    assert_eq!(ops.cmd_str(&["FUNCTION", "FLUSH"]), "+OK\r\n");
+    assert_eq!(direct.cmd_str(&["FUNCTION", "LIST"]), "*0\r\n");
+    // Without admin, or without allow_scripts: refused.
+    for args in [
+        &["FUNCTION", "LOAD", LIBRARY][..],
+        &["FUNCTION", "DELETE", "lib"],
+        &["FUNCTION", "FLUSH"],
+        &["FUNCTION", "RESTORE", "x"],
+        &["FUNCTION", "DUMP"],
+        &["FUNCTION", "KILL"],
+    ] {
+        assert!(is_noperm(&app.cmd_str(args)), "app {args:?}");
+        assert!(is_noperm(&adm.cmd_str(args)), "adm {args:?}");
+    }
+    for args in [
+        &["SCRIPT", "LOAD", "return 1"][..],
+        &["SCRIPT", "FLUSH"],
+        &["SCRIPT", "KILL"],
+        &["SCRIPT", "EXISTS", sha],
+        &["FUNCTION", "LIST"],
+        &["FUNCTION", "STATS"],
+        &["EVAL", "return 1", "0"],
+    ] {
+        assert!(is_noperm(&adm.cmd_str(args)), "adm {args:?}");
     }
 }

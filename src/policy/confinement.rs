@@ -26,8 +26,13 @@ pub enum Rule {
     Copy,
     /// EVAL/FCALL family: declared keys prefixed, only with `allow_scripts`.
     Script,
-    /// SCRIPT EXISTS/LOAD: forwarded only with `allow_scripts`.
+    /// SCRIPT EXISTS/LOAD/FLUSH/KILL, FUNCTION LIST/STATS: forwarded only
+    /// with `allow_scripts` (a flushed script cache only costs other
+    /// services a reload on `NOSCRIPT`).
     ScriptAdmin,
+    /// FUNCTION LOAD/DELETE/FLUSH/RESTORE/DUMP/KILL: functions are shared by
+    /// every service, so forwarded only with `allow_scripts` and `admin`.
+    FunctionAdmin,
     /// KEYS: the pattern gets the escaped prefix.
     KeysPattern,
     /// SCAN: MATCH added or replaced with the escaped prefix.
@@ -323,7 +328,7 @@ const REFUSED: &[(&str, &str)] = &[
     ("asking", "cluster commands are not proxied"),
     ("client", "it shows or changes other services' connections"),
     ("cluster", "cluster commands are not proxied"),
-    ("function", "functions are shared by every service"),
+    ("function", "unknown FUNCTION subcommand"),
     ("memory", "unknown MEMORY subcommand"),
     ("monitor", "it shows every service's commands"),
     ("move", "keygate serves one database"),
@@ -334,7 +339,7 @@ const REFUSED: &[(&str, &str)] = &[
     ("readwrite", "cluster commands are not proxied"),
     ("replconf", "it is for replicas"),
     ("restore-asking", "cluster commands are not proxied"),
-    ("script", "scripts are shared by every service"),
+    ("script", "unknown SCRIPT subcommand"),
     (
         "script|debug",
         "it turns the shared backend connection into a debugging session",
@@ -377,7 +382,10 @@ fn classify(name: &str) -> Rule {
         "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => {
             return Rule::Script
         }
-        "script|exists" | "script|load" => return Rule::ScriptAdmin,
+        "script|exists" | "script|load" | "script|flush" | "script|kill" | "function|list"
+        | "function|stats" => return Rule::ScriptAdmin,
+        "function|load" | "function|delete" | "function|flush" | "function|restore"
+        | "function|dump" | "function|kill" => return Rule::FunctionAdmin,
         "debug" => return Rule::Debug("it reads any key and the whole server"),
         "keys" => return Rule::KeysPattern,
         "scan" => return Rule::Scan,

@@ -312,6 +312,15 @@ impl Namespace {
                 }
                 Ok(forward(req.clone()))
             }
+            Rule::FunctionAdmin => {
+                if !(service.allow_scripts && service.admin) {
+                    return Err(self.refuse(
+                        spec,
+                        "functions are shared by every service; set allow_scripts = true and admin = true to trust this service",
+                    ));
+                }
+                Ok(forward(req.clone()))
+            }
             Rule::Admin(reason) => {
                 if !service.admin {
                     return Err(self.refuse(spec, reason));
