@@ -329,3 +329,52 @@ fn scripts_and_functions_follow_allow_scripts_and_admin() {
         assert!(is_noperm(&adm.cmd_str(args)), "adm {args:?}");
     }
 }
+
+#[test]
+fn acl_whoami_is_the_service_and_cat_and_genpass_are_for_everyone() {
+    let (redis, kg) = setup();
+    let mut direct = RawConn::connect(redis.port());
+    for service in ["root", "ops", "app", "adm"] {
+        let mut conn = login(&kg, service);
+        let name = format!("${}\r\n{service}\r\n", service.len());
+        assert_eq!(conn.cmd_str(&["ACL", "WHOAMI"]), name);
+        for args in [
+            &["ACL", "CAT"][..],
+            &["ACL", "CAT", "string"],
+            &["ACL", "CAT", "nope"],
+            &["ACL", "HELP"],
+            &["ACL", "GENPASS", "x"],
+        ] {
+            assert_eq!(
+                conn.cmd_str(args),
+                direct.cmd_str(args),
+                "{service} {args:?}"
+            );
+        }
+        assert_eq!(
+            conn.cmd(&["ACL", "GENPASS"]).len(),
+            "$64\r\n".len() + 64 + 2
+        );
+        assert_eq!(conn.cmd_str(&["ACL", "GENPASS", "32"]).len(), 4 + 8 + 2);
+        // Queued in a transaction, the answer is the same.
+        assert_eq!(conn.cmd_str(&["MULTI"]), "+OK\r\n");
+        assert_eq!(conn.cmd_str(&["ACL", "WHOAMI"]), "+QUEUED\r\n");
+        assert_eq!(conn.cmd_str(&["PING"]), "+QUEUED\r\n");
+        assert_eq!(conn.cmd_str(&["EXEC"]), format!("*2\r\n{name}+PONG\r\n"));
+        // The rest of ACL is administration.
+        for args in [
+            &["ACL", "LIST"][..],
+            &["ACL", "USERS"],
+            &["ACL", "GETUSER", "default"],
+            &["ACL", "LOG"],
+            &["ACL", "DRYRUN", "default", "GET", "k"],
+        ] {
+            let reply = conn.cmd_str(args);
+            if matches!(service, "app") {
+                assert!(is_noperm(&reply), "{service} {args:?}: {reply}");
+            } else {
+                assert_eq!(reply, direct.cmd_str(args), "{service} {args:?}");
+            }
+        }
+    }
+}

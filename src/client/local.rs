@@ -1,5 +1,5 @@
 //! Commands keygate answers itself: connection state (PING, ECHO, HELLO,
-//! AUTH, SELECT, CLIENT, RESET, QUIT), introspection a client asks at start
+//! AUTH, SELECT, CLIENT, RESET, QUIT, ACL WHOAMI), introspection a client asks at start
 //! (COMMAND COUNT/GETKEYS, CONFIG GET for services that are not `admin`),
 //! and keygate's INFO section.
 //!
@@ -191,6 +191,7 @@ pub fn answer(
                 )),
             }
         }
+        "acl|whoami" => LocalAnswer::Reply(acl_whoami(session)),
         "command|count" => build(|o| encode::integer(o, command::all().len() as i64)),
         "command|getkeys" => getkeys(req),
         // An admin service is trusted with the server: it reads Redis's
@@ -200,6 +201,15 @@ pub fn answer(
         }
         _ => return None,
     })
+}
+
+/// ACL WHOAMI: keygate's login is the service, so its name is the user
+/// (the backend's own user is keygate's, not the client's).
+pub fn acl_whoami(session: &Session) -> Bytes {
+    let name = session.service.as_ref().map_or("", |s| s.name.as_str());
+    let mut out = BytesMut::new();
+    encode::bulk(&mut out, name.as_bytes());
+    out.freeze()
 }
 
 /// Maps AUTH's arguments to a service, counting failures.

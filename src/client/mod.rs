@@ -863,6 +863,9 @@ impl Connection {
         }
         let mut plan = if spec.name == "info" && !held {
             ReplyPlan::AppendProxyInfo(local::proxy_info(&self.ctx, &self.session))
+        } else if spec.name == "acl|whoami" {
+            // Queued in MULTI: EXEC's element is keygate's answer.
+            ReplyPlan::Replace(local::acl_whoami(&self.session))
         } else {
             ReplyPlan::Forward
         };

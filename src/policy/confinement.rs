@@ -65,6 +65,10 @@ pub enum Rule {
 
 /// Commands with neither keys nor keyspace information.
 const PASS: &[&str] = &[
+    "acl|cat",
+    "acl|genpass",
+    "acl|help",
+    "acl|whoami",
     "auth",
     "client|getname",
     "client|help",
