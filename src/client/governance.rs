@@ -10,6 +10,7 @@
 
 use std::time::SystemTime;
 
+use super::Refused;
 use crate::command::{CommandSpec, Flags};
 use crate::metrics::Recorder;
 use crate::policy::service::Service;
@@ -55,13 +56,16 @@ pub(super) fn govern(
     spec: &'static CommandSpec,
     req: &Request,
     recorder: &mut Recorder,
-) -> Result<Option<(Request, Vec<Request>)>, String> {
+) -> Result<Option<(Request, Vec<Request>)>, Refused> {
     if let Some(limit) = service.max_value_bytes {
         if spec.flags.contains(Flags::WRITE) {
             if let Some(len) = req.args().skip(1).map(<[u8]>::len).find(|&l| l > limit) {
-                return Err(format!(
-                    "ERR keygate: value of {len} bytes is over service '{}''s max_value_bytes of {limit}",
-                    service.name
+                return Err(Refused::new(
+                    format!(
+                        "ERR keygate: value of {len} bytes is over service '{}''s max_value_bytes of {limit}",
+                        service.name
+                    ),
+                    false,
                 ));
             }
         }
@@ -80,7 +84,10 @@ pub(super) fn govern(
             if refusal.is_over_max() {
                 recorder.ttl_refused(Some(service.index));
             }
-            Err(refusal.to_string())
+            // Options Redis cannot parse: Redis's own error, which it
+            // answers when it runs the command. max_ttl is keygate's policy.
+            let at_run = !refusal.is_over_max();
+            Err(Refused::new(refusal.to_string(), at_run))
         }
     }
 }

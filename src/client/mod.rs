@@ -683,6 +683,20 @@ enum Deferred {
     Procedure(isolation::ProcedureCall),
 }
 
+/// A request refused by keygate's own stages: the error to answer, and
+/// whether Redis gives that error only when it runs the command (so inside
+/// MULTI it belongs in EXEC's reply, see [`Connection::refuse`]).
+pub(super) struct Refused {
+    text: String,
+    at_run: bool,
+}
+
+impl Refused {
+    pub(super) fn new(text: String, at_run: bool) -> Refused {
+        Refused { text, at_run }
+    }
+}
+
 fn error_reply(msg: &str) -> Bytes {
     let mut out = BytesMut::new();
     encode::error(&mut out, msg);
@@ -776,6 +790,32 @@ impl Connection {
         None
     }
 
+    /// A request keygate refuses itself. Inside MULTI, an error Redis
+    /// answers only when it runs the command (its own errors for arguments
+    /// it cannot parse) is answered as Redis does: the command is queued
+    /// (a PING takes its place, keygate never forwards what it cannot
+    /// read) and its element of EXEC's reply is the error. Anything else
+    /// dooms the transaction, as Redis's refusals while queuing do.
+    fn refuse(&mut self, spec: &'static CommandSpec, refused: Refused, suppress: bool) -> Stopped {
+        if !(refused.at_run && self.session.tx.open) {
+            return self.reject(spec.name, ErrorKind::Policy, &refused.text, suppress);
+        }
+        let service = self.session.service.as_ref().map(|s| s.index);
+        self.recorder.error(service, spec.name, ErrorKind::Policy);
+        let reply = CommandReply {
+            plan: ReplyPlan::Replace(error_reply(&refused.text)),
+            ..CommandReply::plain(spec.name, service)
+        };
+        let reply = self.track_transaction(spec, reply);
+        Some(Deferred::Dedicated {
+            frames: vec![Request::from_args(&["PING"]).into_frame()],
+            effect: ConnectionEffect::None,
+            subscription: None,
+            reply,
+            suppress,
+        })
+    }
+
     /// Runs what a request left for a backend.
     async fn run_deferred(&mut self, deferred: Deferred) {
         match deferred {
@@ -840,6 +880,15 @@ impl Connection {
             return Err(self.reject(spec.name, ErrorKind::Policy, NOAUTH, suppress));
         }
         self.route_transaction_control(spec, suppress)?;
+        if self.session.tx.open && spec.flags.contains(Flags::NO_MULTI) {
+            // Redis refuses these before its ACL check, dooming the transaction.
+            return Err(self.reject(
+                spec.name,
+                ErrorKind::Client,
+                "ERR Command not allowed inside a transaction",
+                suppress,
+            ));
+        }
         let held = self.session.tx.open || self.dedicated.is_some();
         let forwards_when_held = matches!(spec.name, "ping" | "echo" | "info");
         if !(held && forwards_when_held) {
@@ -886,7 +935,7 @@ impl Connection {
                 _ => prefix_key = Some(at),
             },
             Ok(Some(Isolated::Procedure(call))) => return Err(Some(Deferred::Procedure(call))),
-            Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
+            Err(refused) => return Err(self.refuse(spec, refused, suppress)),
         }
         let mut follow_ups = Vec::new();
         let mut governed = governance::govern(service, spec, &req, &mut self.recorder);
@@ -907,7 +956,7 @@ impl Connection {
                 req = request;
                 follow_ups = added;
             }
-            Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
+            Err(refused) => return Err(self.refuse(spec, refused, suppress)),
         }
         let effect = router::connection_effect(spec, &req);
         let subscription = (effect == ConnectionEffect::Subscribe)
