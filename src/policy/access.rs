@@ -47,10 +47,10 @@ const NEVER: &[(&str, &str)] = &[
     ("sync", "it is for replicas"),
     ("psync", "it is for replicas"),
     ("replconf", "it is for replicas"),
-    ("cluster", "cluster administration is not proxied"),
-    ("readonly", "cluster administration is not proxied"),
-    ("readwrite", "cluster administration is not proxied"),
-    ("asking", "cluster administration is not proxied"),
+    ("cluster", "cluster commands are not proxied"),
+    ("readonly", "cluster commands are not proxied"),
+    ("readwrite", "cluster commands are not proxied"),
+    ("asking", "cluster commands are not proxied"),
     ("swapdb", "keygate serves one database"),
     ("move", "keygate serves one database"),
     ("select", "keygate serves one database"),
@@ -94,8 +94,13 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("lastsave", "it is server administration"),
 ];
 
+/// Why a command is refused for every service, admin or not ([`NEVER`]).
+pub fn refused_for_everyone(name: &str) -> Option<&'static str> {
+    search(NEVER, name)
+}
+
 /// The linear search of a list, subcommand first, then container.
-fn search(list: &[(&'static str, &'static str)], name: &'static str) -> Option<&'static str> {
+fn search(list: &[(&'static str, &'static str)], name: &str) -> Option<&'static str> {
     let exact = list.iter().find(|(n, _)| *n == name);
     let container = name
         .split_once('|')

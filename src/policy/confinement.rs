@@ -325,32 +325,20 @@ const ADMIN_KEYS: &[(&str, &str)] = &[
 ];
 
 /// Commands refused for every namespaced service, `admin` or not, with the
-/// reason: they would cross databases, turn the shared backend connection
-/// into something else, or are cluster commands. A container name covers
-/// every subcommand not classified on its own.
+/// reason, beyond those [`super::access`] refuses for every service (which
+/// would cross databases or turn the shared backend connection into
+/// something else). A container name covers every subcommand not
+/// classified on its own; a container's own entry ("unknown ...
+/// subcommand") is never reached, as a request always names a subcommand.
 const REFUSED: &[(&str, &str)] = &[
-    ("asking", "cluster commands are not proxied"),
     ("client", "it shows or changes other services' connections"),
-    ("cluster", "cluster commands are not proxied"),
     ("function", "unknown FUNCTION subcommand"),
     ("memory", "unknown MEMORY subcommand"),
     ("monitor", "it shows every service's commands"),
-    ("move", "keygate serves one database"),
     ("object", "unknown OBJECT subcommand"),
-    ("psync", "it replicates the whole keyspace"),
     ("pubsub", "unknown PUBSUB subcommand"),
-    ("readonly", "cluster commands are not proxied"),
-    ("readwrite", "cluster commands are not proxied"),
-    ("replconf", "it is for replicas"),
     ("restore-asking", "cluster commands are not proxied"),
     ("script", "unknown SCRIPT subcommand"),
-    (
-        "script|debug",
-        "it turns the shared backend connection into a debugging session",
-    ),
-    ("select", "keygate serves one database"),
-    ("swapdb", "keygate serves one database"),
-    ("sync", "it replicates the whole keyspace"),
     ("xgroup", "unknown XGROUP subcommand"),
     ("xinfo", "unknown XINFO subcommand"),
 ];
@@ -380,6 +368,9 @@ pub fn rule_of(spec: &CommandSpec) -> Rule {
 
 /// The rule of one command, from the lists below.
 fn classify(name: &str) -> Rule {
+    if let Some(reason) = super::access::refused_for_everyone(name) {
+        return Rule::Refuse(reason);
+    }
     match name {
         "sort" | "sort_ro" => return Rule::Sort,
         "copy" => return Rule::Copy,
@@ -426,6 +417,124 @@ fn classify(name: &str) -> Rule {
         }
     }
     Rule::Refuse(UNCLASSIFIED)
+}
+
+/// Refusals beyond the per-command rules: an option, a name or a context a
+/// namespaced service cannot use, with the reason (shown in the README's
+/// list after the rules).
+pub const OTHER_REFUSALS: &[(&str, &str)] = &[
+    ("`COPY ... DB`", "keygate serves one database"),
+    (
+        "`__keyevent@<db>__:` channels and patterns",
+        "keyevent notifications carry other services' key names",
+    ),
+    (
+        "`__keyspace@` channels and patterns without a literal database number",
+        "the key part is confined only after `__keyspace@<db>__:`",
+    ),
+    (
+        "DBSIZE, RANDOMKEY, FLUSHDB and FLUSHALL inside MULTI",
+        "they run as procedures of several commands",
+    ),
+    (
+        "SORT BY/GET patterns under a prefix holding `*` or a NUL byte",
+        "Redis substitutes at the first `*`, which would be the prefix's",
+    ),
+    (
+        "a request whose keys cannot be located",
+        "a key keygate cannot find is a key it cannot confine (Redis's own error text)",
+    ),
+];
+
+/// Who a rule refuses a command to, and why; `None` for a rule that
+/// confines the command for every namespaced service.
+fn refused_to(rule: Rule) -> Option<(&'static str, &'static str)> {
+    match rule {
+        // A container's own entry: never reached.
+        Rule::Refuse(reason) if reason.starts_with("unknown ") => None,
+        Rule::Refuse(reason) => Some(("every namespaced service", reason)),
+        Rule::Admin(reason) | Rule::AdminKeys(reason) | Rule::Debug(reason) => {
+            Some(("services without `admin = true`", reason))
+        }
+        Rule::Script => Some((
+            "services without `allow_scripts = true`",
+            "a script can compute any key name",
+        )),
+        Rule::ScriptAdmin => Some((
+            "services without `allow_scripts = true`",
+            "the service is not trusted with scripts",
+        )),
+        Rule::FunctionAdmin => Some((
+            "services without both `allow_scripts` and `admin`",
+            "functions are shared by every service",
+        )),
+        _ => None,
+    }
+}
+
+/// The README's list of what a namespaced service is refused, made from the
+/// rules above (a test keeps the README's copy equal to it): one row per
+/// command, a container's subcommands that share a refusal in one row.
+pub fn refusals_markdown() -> String {
+    let display = |name: &str| name.replace('|', " ").to_uppercase();
+    let mut rows: Vec<(&'static str, String, &'static str)> = Vec::new();
+    for base in crate::command::all() {
+        if !base.is_container() {
+            if let Some((who, why)) = refused_to(rule(base.name)) {
+                rows.push((who, format!("`{}`", display(base.name)), why));
+            }
+            continue;
+        }
+        let refusals: Vec<(&CommandSpec, Option<(&str, &str)>)> = base
+            .subcommands
+            .iter()
+            .map(|sub| (sub, refused_to(rule(sub.name))))
+            .collect();
+        // The refusal most subcommands share becomes the container's row.
+        let common = refusals
+            .iter()
+            .filter_map(|(_, r)| *r)
+            .max_by_key(|r| refusals.iter().filter(|(_, o)| *o == Some(*r)).count())
+            .filter(|r| refusals.iter().filter(|(_, o)| *o == Some(*r)).count() > 1);
+        if let Some((who, why)) = common {
+            let others: Vec<String> = refusals
+                .iter()
+                .filter(|(_, r)| *r != common)
+                .map(|(sub, _)| display(sub.name.split_once('|').map_or("", |(_, s)| s)))
+                .collect();
+            let name = display(base.name);
+            let command = if others.is_empty() {
+                format!("`{name}` (every subcommand)")
+            } else {
+                format!("`{name}` (every subcommand but {})", others.join(", "))
+            };
+            rows.push((who, command, why));
+        }
+        for (sub, refusal) in &refusals {
+            if let Some((who, why)) = refusal.filter(|r| Some(*r) != common) {
+                rows.push((who, format!("`{}`", display(sub.name)), why));
+            }
+        }
+    }
+    let order = |who: &str| {
+        [
+            "every namespaced service",
+            "services without `admin = true`",
+            "services without `allow_scripts = true`",
+            "services without both `allow_scripts` and `admin`",
+        ]
+        .iter()
+        .position(|w| *w == who)
+    };
+    rows.sort_by_cached_key(|(who, command, _)| (order(who), command.replace('`', "")));
+    let mut out = String::from("| Refused | to | why |\n|---|---|---|\n");
+    for (who, command, why) in rows {
+        out.push_str(&format!("| {command} | {who} | {why} |\n"));
+    }
+    for (what, why) in OTHER_REFUSALS {
+        out.push_str(&format!("| {what} | every namespaced service | {why} |\n"));
+    }
+    out
 }
 
 /// The reason given for a command this module has no entry for.
@@ -487,6 +596,25 @@ mod tests {
                 assert_ne!(rule(spec.name), Rule::Pass, "{} has keys", spec.name);
             }
         }
+    }
+
+    /// The README lists what a namespaced service is refused, and nothing
+    /// else: its list is the one the rules make.
+    #[test]
+    fn the_readme_lists_every_refusal() {
+        let readme = include_str!("../../README.md");
+        let begin = "<!-- refusals: begin -->\n";
+        let end = "<!-- refusals: end -->";
+        let listed = readme
+            .split_once(begin)
+            .and_then(|(_, rest)| rest.split_once(end))
+            .map(|(list, _)| list);
+        assert_eq!(
+            listed,
+            Some(refusals_markdown().as_str()),
+            "README.md's list of refusals is stale; between the markers it should read:\n{}",
+            refusals_markdown()
+        );
     }
 
     #[test]
