@@ -378,3 +378,24 @@ fn acl_whoami_is_the_service_and_cat_and_genpass_are_for_everyone() {
         }
     }
 }
+
+/// Nil replies of commands whose replies name keys keep Redis's own bytes
+/// (a null array in RESP2), through a namespaced service.
+#[test]
+fn nil_replies_naming_no_key_are_redis_own() {
+    let (redis, kg) = setup();
+    let mut direct = RawConn::connect(redis.port());
+    let mut app = login(&kg, "app");
+    for args in [
+        &["BLPOP", "nokey", "0.01"][..],
+        &["BZPOPMIN", "nokey", "0.01"],
+        &["LMPOP", "1", "nokey", "LEFT"],
+        &["BLMPOP", "0.01", "1", "nokey", "LEFT"],
+        &["ZMPOP", "1", "nokey", "MIN"],
+        &["BZMPOP", "0.01", "1", "nokey", "MIN"],
+        &["XREAD", "STREAMS", "nokey", "0"],
+        &["RANDOMKEY"],
+    ] {
+        assert_eq!(app.cmd_str(args), direct.cmd_str(args), "{args:?}");
+    }
+}

@@ -476,7 +476,10 @@ impl Namespace {
 
     /// Takes the prefix off the names in one reply frame, per `reply_keys`.
     pub fn strip_reply(&self, reply_keys: ReplyKeys, frame: &[u8], protocol: Protocol) -> Bytes {
-        if reply_keys == ReplyKeys::None || frame.first() == Some(&b'-') {
+        // A nil names no key and keeps its exact bytes: BLPOP & co. answer
+        // a null array (`*-1`), which re-encoding would turn into `$-1`.
+        let nil = matches!(frame, b"*-1\r\n" | b"$-1\r\n" | b"_\r\n");
+        if reply_keys == ReplyKeys::None || frame.first() == Some(&b'-') || nil {
             return Bytes::copy_from_slice(frame);
         }
         let value = match Value::parse(frame) {
@@ -894,10 +897,10 @@ allow_scripts = {allow_scripts}
             ),
             b"*2\r\n$1\r\nl\r\n$1\r\nx\r\n"
         );
-        assert_eq!(
-            strip(ReplyKeys::FirstElement, b"*-1\r\n", Protocol::Resp2),
-            b"$-1\r\n"
-        );
+        // A nil keeps Redis's own bytes.
+        for nil in [&b"*-1\r\n"[..], b"$-1\r\n", b"_\r\n"] {
+            assert_eq!(strip(ReplyKeys::FirstElement, nil, Protocol::Resp2), nil);
+        }
         assert!(strip(
             ReplyKeys::FirstElement,
             b"*2\r\n$6\r\nauth:l\r\n$1\r\nx\r\n",
