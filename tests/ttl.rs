@@ -139,3 +139,62 @@ fn value_size_and_per_service_client_limits() {
         String::from_utf8_lossy(&third)
     );
 }
+
+/// LMOVE & co. modify their source too: an existing immortal source gets
+/// the default TTL, on the shared connection, on a dedicated one (the
+/// blocking forms) and inside MULTI, with the replies Redis gives.
+#[test]
+fn an_immortal_source_gets_the_default_when_a_move_modifies_it() {
+    let redis = RedisServer::start();
+    let kg = Keygate::start_with(&config(&redis));
+    let mut direct = RawConn::connect(redis.port());
+    let mut conn = RawConn::connect(kg.port());
+    for (setup, command, source) in [
+        (
+            &["RPUSH", "legacy:l1", "a", "b"][..],
+            &["LMOVE", "l1", "d1", "LEFT", "RIGHT"][..],
+            "legacy:l1",
+        ),
+        (
+            &["RPUSH", "legacy:l2", "a", "b"],
+            &["BLMOVE", "l2", "d2", "LEFT", "RIGHT", "0"],
+            "legacy:l2",
+        ),
+        (
+            &["RPUSH", "legacy:l3", "a", "b"],
+            &["RPOPLPUSH", "l3", "d3"],
+            "legacy:l3",
+        ),
+        (
+            &["RPUSH", "legacy:l4", "a", "b"],
+            &["BRPOPLPUSH", "l4", "d4", "1"],
+            "legacy:l4",
+        ),
+        (
+            &["SADD", "legacy:s5", "a", "b"],
+            &["SMOVE", "s5", "d5", "a"],
+            "legacy:s5",
+        ),
+    ] {
+        assert!(direct.cmd_str(setup).starts_with(':'));
+        assert_eq!(pttl(&redis, source), -1, "{source} starts immortal");
+        let reply = conn.cmd_str(command);
+        assert!(
+            matches!(reply.as_str(), "$1\r\na\r\n" | "$1\r\nb\r\n" | ":1\r\n"),
+            "{command:?}: {reply}"
+        );
+        let t = pttl(&redis, source);
+        assert!(t > 0 && t <= 60_000, "{command:?}: source PTTL {t}");
+    }
+    assert!(direct
+        .cmd_str(&["RPUSH", "legacy:l6", "a", "b"])
+        .starts_with(':'));
+    assert_eq!(conn.cmd_str(&["MULTI"]), "+OK\r\n");
+    assert_eq!(
+        conn.cmd_str(&["LMOVE", "l6", "d6", "LEFT", "LEFT"]),
+        "+QUEUED\r\n"
+    );
+    assert_eq!(conn.cmd_str(&["EXEC"]), "*1\r\n$1\r\na\r\n");
+    let t = pttl(&redis, "legacy:l6");
+    assert!(t > 0 && t <= 60_000, "MULTI: source PTTL {t}");
+}

@@ -20,6 +20,7 @@
 
 use std::time::SystemTime;
 
+use super::Refused;
 use crate::command::keyword::{c_str, is_keyword};
 use crate::command::{CommandSpec, Flags};
 use crate::metrics::Recorder;
@@ -75,20 +76,29 @@ pub(super) fn govern(
     spec: &'static CommandSpec,
     req: &Request,
     recorder: &mut Recorder,
-) -> Result<Option<(Request, Vec<Request>)>, String> {
+) -> Result<Option<(Request, Vec<Request>)>, Refused> {
     if let Some(limit) = service.max_value_bytes {
         if spec.flags.contains(Flags::WRITE) {
             if let Some(len) = req.args().skip(1).map(<[u8]>::len).find(|&l| l > limit) {
-                return Err(format!(
-                    "ERR keygate: value of {len} bytes is over service '{}''s max_value_bytes of {limit}",
-                    service.name
+                return Err(Refused::new(
+                    format!(
+                        "ERR keygate: value of {len} bytes is over service '{}''s max_value_bytes of {limit}",
+                        service.name
+                    ),
+                    false,
                 ));
             }
-            if let Some(size) = produced_size(spec.name, req)? {
+            // An error here is Redis's own, for arguments it refuses when
+            // it runs the command.
+            let produced = produced_size(spec.name, req).map_err(|e| Refused::new(e, true))?;
+            if let Some(size) = produced {
                 if size > limit as u64 {
-                    return Err(format!(
-                        "ERR keygate: the value would grow to {size} bytes, over service '{}''s max_value_bytes of {limit}",
-                        service.name
+                    return Err(Refused::new(
+                        format!(
+                            "ERR keygate: the value would grow to {size} bytes, over service '{}''s max_value_bytes of {limit}",
+                            service.name
+                        ),
+                        false,
                     ));
                 }
             }
@@ -113,7 +123,7 @@ fn govern_ttl(
     spec: &'static CommandSpec,
     req: &Request,
     recorder: &mut Recorder,
-) -> Result<Option<(Request, Vec<Request>)>, String> {
+) -> Result<Option<(Request, Vec<Request>)>, Refused> {
     if service.ttl.leaves_alone(spec) {
         return Ok(None);
     }
@@ -128,7 +138,10 @@ fn govern_ttl(
             if refusal.is_over_max() {
                 recorder.ttl_refused(Some(service.index));
             }
-            Err(refusal.to_string())
+            // Options Redis cannot parse: Redis's own error, which it
+            // answers when it runs the command. max_ttl is keygate's policy.
+            let at_run = !refusal.is_over_max();
+            Err(Refused::new(refusal.to_string(), at_run))
         }
     }
 }

@@ -18,8 +18,9 @@ use tokio::sync::oneshot;
 
 use super::queue::{CommandReply, ReplyPlan};
 use super::session::Session;
-use super::Connection;
+use super::{Connection, Refused};
 use crate::command::{CommandSpec, ReplyKeys};
+use crate::policy::access::Refusal;
 use crate::policy::keyspace::{self, Procedure};
 use crate::policy::namespace::{Namespace, Rewritten};
 use crate::policy::service::Service;
@@ -56,7 +57,7 @@ pub(super) fn isolate(
     plan: &mut ReplyPlan,
     session: &Session,
     suppress: bool,
-) -> Result<Option<Isolated>, String> {
+) -> Result<Option<Isolated>, Refused> {
     let Some(ns) = &service.namespace else {
         return Ok(None);
     };
@@ -67,11 +68,19 @@ pub(super) fn isolate(
         return Ok(Some(Isolated::PrefixKey(at)));
     }
     let isolated = match ns.rewrite(spec, req, service) {
-        Err(refusal) => return Err(refusal.to_string()),
+        Err(refusal) => {
+            // Keys that cannot be located: Redis's own error for the
+            // command's arguments, which Redis answers when it runs it.
+            let at_run = matches!(refusal, Refusal::Unlocatable(_));
+            return Err(Refused::new(refusal.to_string(), at_run));
+        }
         Ok(Rewritten::Procedure(_)) if session.tx.open => {
-            return Err(format!(
-                "NOPERM keygate: '{}' cannot run inside MULTI for namespaced service '{}'",
-                spec.name, service.name
+            return Err(Refused::new(
+                format!(
+                    "NOPERM keygate: '{}' cannot run inside MULTI for namespaced service '{}'",
+                    spec.name, service.name
+                ),
+                false,
             ))
         }
         Ok(Rewritten::Procedure(procedure)) => Isolated::Procedure(ProcedureCall {

@@ -1,6 +1,7 @@
 //! Commands keygate answers itself: connection state (PING, ECHO, HELLO,
-//! AUTH, CLIENT, RESET, QUIT; SELECT is in `database`), introspection a client asks at start
-//! (COMMAND COUNT/GETKEYS, CONFIG GET), and keygate's INFO section.
+//! AUTH, CLIENT, RESET, QUIT, ACL WHOAMI; SELECT is in `database`),
+//! introspection a client asks at start (COMMAND COUNT/GETKEYS, CONFIG GET
+//! for services that are not `admin`), and keygate's INFO section.
 //!
 //! None of these touches a backend, so they work while Redis is down.
 
@@ -146,6 +147,8 @@ pub fn answer(
     req: &Request,
 ) -> Option<LocalAnswer> {
     Some(match spec.name {
+        // PING's arity is -1, but `pingCommand` takes at most one message.
+        "ping" if req.argc() > 2 => err("ERR wrong number of arguments for 'ping' command"),
         "ping" => match req.get(1) {
             Some(msg) => build(|o| encode::bulk(o, msg)),
             None => simple("PONG"),
@@ -179,11 +182,25 @@ pub fn answer(
         "readonly" | "readwrite" | "asking" => {
             err("ERR This instance has cluster support disabled")
         }
+        "acl|whoami" => LocalAnswer::Reply(acl_whoami(session)),
         "command|count" => build(|o| encode::integer(o, command::all().len() as i64)),
         "command|getkeys" => getkeys(req),
-        "config|get" => config_get(ctx, session.protocol, req),
+        // An admin service is trusted with the server: it reads Redis's
+        // own configuration, whole.
+        "config|get" if !session.service.as_ref().is_some_and(|s| s.admin) => {
+            config_get(ctx, session.protocol, req)
+        }
         _ => return None,
     })
+}
+
+/// ACL WHOAMI: keygate's login is the service, so its name is the user
+/// (the backend's own user is keygate's, not the client's).
+pub fn acl_whoami(session: &Session) -> Bytes {
+    let name = session.service.as_ref().map_or("", |s| s.name.as_str());
+    let mut out = BytesMut::new();
+    encode::bulk(&mut out, name.as_bytes());
+    out.freeze()
 }
 
 /// Maps AUTH's arguments to a service, counting failures.
@@ -278,26 +295,33 @@ fn hello(ctx: &Context, session: &mut Session, req: &Request) -> LocalAnswer {
 }
 
 /// COMMAND GETKEYS from keygate's own table, the same answer the namespace
-/// rewrite relies on.
+/// rewrite relies on, with Redis's errors in Redis's order
+/// (`getKeysSubcommandImpl`, server.c): unknown command, no key arguments,
+/// wrong arity, then keys that cannot be found (an empty list for a
+/// command whose keys are optional).
 fn getkeys(req: &Request) -> LocalAnswer {
     let args: Vec<&[u8]> = req.args().skip(2).collect();
-    if args.is_empty() {
-        return err("ERR Invalid command specified");
-    }
     let inner = Request::from_args(&args);
-    let spec = match command::lookup(&inner) {
-        Ok(spec) => spec,
-        Err(command::LookupError::WrongArity(_)) => {
-            return err("ERR Invalid number of arguments specified for command")
-        }
-        Err(_) => return err("ERR Invalid command specified"),
+    let spec =
+        command::find(inner.get(0).unwrap_or_default()).and_then(|base| match inner.get(1) {
+            Some(sub) if base.is_container() => base.subcommand(sub),
+            _ => Some(base),
+        });
+    let Some(spec) = spec else {
+        return err("ERR Invalid command specified");
     };
-    let positions = match keys::key_positions(spec, &inner) {
-        Ok(p) => p,
-        Err(e) => return err(&e.to_string()),
-    };
-    if positions.is_empty() {
+    if !keys::has_keys(spec) {
         return err("ERR The command has no key arguments");
+    }
+    if !spec.arity_ok(inner.argc()) {
+        return err("ERR Invalid number of arguments specified for command");
+    }
+    let positions = keys::key_positions(spec, &inner).unwrap_or_default();
+    if positions.is_empty() {
+        if spec.flags.contains(command::Flags::NO_MANDATORY_KEYS) {
+            return build(|o| encode::array_header(o, 0));
+        }
+        return err("ERR Invalid arguments specified for command");
     }
     build(|o| {
         encode::array_header(o, positions.len());

@@ -58,6 +58,7 @@ mod rebind;
 pub mod registry;
 pub mod session;
 mod stages;
+use stages::Refused;
 mod tracking;
 mod transaction;
 

@@ -96,6 +96,20 @@ fn over_bulk_limit(
     })
 }
 
+/// A request refused by keygate's own stages: the error to answer, and
+/// whether Redis gives that error only when it runs the command (so inside
+/// MULTI it belongs in EXEC's reply, see [`Connection::refuse`]).
+pub(super) struct Refused {
+    text: String,
+    at_run: bool,
+}
+
+impl Refused {
+    pub(super) fn new(text: String, at_run: bool) -> Refused {
+        Refused { text, at_run }
+    }
+}
+
 pub(super) fn error_reply(msg: &str) -> Bytes {
     let mut out = BytesMut::new();
     encode::error(&mut out, msg);
@@ -213,6 +227,15 @@ impl Connection {
             return Err(self.reject(spec.name, ErrorKind::Policy, NOAUTH, suppress));
         }
         self.route_transaction_control(spec, suppress)?;
+        if self.session.tx.open && spec.flags.contains(Flags::NO_MULTI) {
+            // Redis refuses these before its ACL check, dooming the transaction.
+            return Err(self.reject(
+                spec.name,
+                ErrorKind::Client,
+                "ERR Command not allowed inside a transaction",
+                suppress,
+            ));
+        }
         let held = self.session.tx.open || self.dedicated.is_some();
         let forwards_when_held = matches!(spec.name, "ping" | "echo" | "info");
         if !(held && forwards_when_held) {
@@ -273,6 +296,9 @@ impl Connection {
         );
         let mut plan = if spec.name == "info" && !held {
             ReplyPlan::AppendProxyInfo(local::proxy_info(&self.ctx, &self.session))
+        } else if spec.name == "acl|whoami" {
+            // Queued in MULTI: EXEC's element is keygate's answer.
+            ReplyPlan::Replace(local::acl_whoami(&self.session))
         } else {
             ReplyPlan::Forward
         };
@@ -305,9 +331,9 @@ impl Connection {
                 _ => prefix_key = Some(at),
             },
             Ok(Some(Isolated::Procedure(call))) => return Err(Some(Deferred::Procedure(call))),
-            Err(msg) => {
+            Err(refused) => {
                 self.recorder.isolation_refused(Some(service.index));
-                return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
+                return Err(self.refuse(spec, refused, suppress));
             }
         }
         let mut follow_ups = Vec::new();
@@ -329,7 +355,7 @@ impl Connection {
                 req = request;
                 follow_ups = added;
             }
-            Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
+            Err(refused) => return Err(self.refuse(spec, refused, suppress)),
         }
         if let Some(dst) = destination {
             // The TTL follow-ups run in the destination database, on the
@@ -577,6 +603,37 @@ impl Connection {
         }
         self.reply(error_reply(msg), suppress);
         None
+    }
+
+    /// A request keygate refuses itself. Inside MULTI, an error Redis
+    /// answers only when it runs the command (its own errors for arguments
+    /// it cannot parse) is answered as Redis does: the command is queued
+    /// (a PING takes its place, keygate never forwards what it cannot
+    /// read) and its element of EXEC's reply is the error. Anything else
+    /// dooms the transaction, as Redis's refusals while queuing do.
+    pub(super) fn refuse(
+        &mut self,
+        spec: &'static CommandSpec,
+        refused: Refused,
+        suppress: bool,
+    ) -> Stopped {
+        if !(refused.at_run && self.session.tx.open) {
+            return self.reject(spec.name, ErrorKind::Policy, &refused.text, suppress);
+        }
+        let service = self.session.service.as_ref().map(|s| s.index);
+        self.recorder.error(service, spec.name, ErrorKind::Policy);
+        let reply = CommandReply {
+            plan: ReplyPlan::Replace(error_reply(&refused.text)),
+            ..CommandReply::plain(spec.name, service)
+        };
+        let reply = self.track_transaction(spec, reply);
+        Some(Deferred::Dedicated {
+            frames: vec![Request::from_args(&["PING"]).into_frame()],
+            effect: ConnectionEffect::None,
+            subscription: None,
+            reply,
+            suppress,
+        })
     }
 
     /// Runs what a request left for a backend.

@@ -8,18 +8,21 @@
 //! a key keygate misses is a key it does not confine. Where `COMMAND
 //! GETKEYS` and the command disagree, the command wins: SORT, GEORADIUS,
 //! GEORADIUSBYMEMBER, XREAD, XREADGROUP and MIGRATE have their keys found
-//! by [`own_parser`], which reads the options exactly as the command's own
+//! by [`own_parser`], and so have the commands with a `numkeys` whose own
+//! errors differ from the key finder's (LMPOP, ZMPOP, SINTERCARD, ZUNION &
+//! co., FCALL). Those parsers read the options exactly as the command's own
 //! C code does (the last STORE of GEORADIUS, not the first one its key spec
 //! finds; the STREAMS after `GROUP STREAMS c` of XREADGROUP, not the group
-//! name), and refuses what that code would refuse as a syntax error.
+//! name), and refuse what that code would refuse, with its error text.
 //! Every option word is matched by [`is_keyword`], as `strcasecmp` does.
 //!
 //! Invariants: positions are in argument order without duplicates; a request
 //! whose keys cannot be found is an error, never an empty answer, unless the
 //! command declares its keys optional (`no_mandatory_keys`, e.g. EVAL with
 //! zero keys) or has none at all. One deliberate difference from Redis: a bad
-//! `numkeys` is an error even for optional-key commands, where `COMMAND
-//! GETKEYS` answers an empty list.
+//! `numkeys` is an error even for optional-key commands, where Redis's key
+//! finder answers no keys (keygate's `COMMAND GETKEYS` answers Redis's empty
+//! list there all the same).
 
 use super::keyword::is_keyword;
 use super::{BeginSearch, CommandSpec, FindKeys, Flags, KeySpec, KeySpecFlags};
@@ -43,6 +46,15 @@ pub enum KeysError {
     /// The keys' place could not be found (missing keyword, too few arguments).
     #[error("ERR syntax error")]
     Syntax,
+    /// LMPOP, BLMPOP, ZMPOP, BZMPOP, SINTERCARD: `numkeys` not an integer or < 1.
+    #[error("ERR numkeys should be greater than 0")]
+    NumkeysNotPositive,
+    /// ZUNION, ZINTER, ZDIFF, ZINTERCARD and the *STORE forms: `numkeys` < 1.
+    #[error("ERR at least 1 input key is needed for '{0}' command")]
+    AtLeastOneKey(&'static str),
+    /// FCALL, FCALL_RO: `numkeys` not an integer.
+    #[error("ERR Bad number of keys provided")]
+    BadNumberOfKeys,
     /// XREAD/XREADGROUP with an odd number of arguments after STREAMS.
     #[error(
         "ERR Unbalanced XREAD list of streams: for each stream key an ID or '$' must be specified."
@@ -69,6 +81,16 @@ pub fn key_positions_inline(spec: &CommandSpec, req: &Request) -> Result<KeyPosi
         Some(key) => Ok(smallvec![key]),
         None => search_key_positions(spec, req),
     }
+}
+
+/// Redis's `doesCommandHaveKeys`: a key spec that names keys, or a key
+/// finder of its own.
+pub fn has_keys(spec: &CommandSpec) -> bool {
+    spec.key_specs
+        .iter()
+        .any(|ks| !ks.flags.contains(KeySpecFlags::NOT_KEY))
+        || native_getkeys(spec.name).is_some()
+        || own_parser(spec.name).is_some()
 }
 
 /// The full key search behind [`key_positions_inline`].
@@ -332,12 +354,7 @@ type GetKeys = fn(&Request) -> KeyPositions;
 /// cannot answer (incomplete, unknown or variable-flag specs, or a failure).
 fn native_getkeys(name: &str) -> Option<GetKeys> {
     let getkeys: GetKeys = match name {
-        "zunionstore" | "zinterstore" | "zdiffstore" => |r| numkeys_keys(r, Some(1), 2, 3),
-        "zunion" | "zinter" | "zdiff" | "zintercard" | "sintercard" | "lmpop" | "zmpop" => {
-            |r| numkeys_keys(r, None, 1, 2)
-        }
-        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" | "blmpop"
-        | "bzmpop" => |r| numkeys_keys(r, None, 2, 3),
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" => |r| numkeys_keys(r, None, 2, 3),
         "sort_ro" | "set" | "bitfield" => |r| {
             if r.argc() > 1 {
                 smallvec![1]
@@ -366,9 +383,98 @@ fn own_parser(name: &str) -> Option<OwnParser> {
         "xread" => |r| xread_options(r, false).map(|o| o.keys()),
         "xreadgroup" => |r| xread_options(r, true).map(|o| o.keys()),
         "migrate" => migrate_keys,
+        "lmpop" | "zmpop" => |r| mpop_keys(r, 1),
+        "blmpop" | "bzmpop" => |r| mpop_keys(r, 2),
+        "sintercard" => sintercard_keys,
+        "zunion" => |r| zset_op_keys(r, "zunion", false),
+        "zinter" => |r| zset_op_keys(r, "zinter", false),
+        "zdiff" => |r| zset_op_keys(r, "zdiff", false),
+        "zintercard" => |r| zset_op_keys(r, "zintercard", false),
+        "zunionstore" => |r| zset_op_keys(r, "zunionstore", true),
+        "zinterstore" => |r| zset_op_keys(r, "zinterstore", true),
+        "zdiffstore" => |r| zset_op_keys(r, "zdiffstore", true),
+        "fcall" | "fcall_ro" => fcall_keys,
         _ => return None,
     };
     Some(parse)
+}
+
+/// The `numkeys` keys right after argument `at`, once the caller has
+/// checked that there are at least `numkeys` arguments after it.
+fn keys_after(at: usize, numkeys: i64) -> KeyPositions {
+    let n = usize::try_from(numkeys).unwrap_or_default();
+    (at + 1..=at + n).collect()
+}
+
+/// `lmpopGenericCommand` (t_list.c) and `zmpopGenericCommand` (t_zset.c):
+/// `numkeys` at `at` must be an integer of at least 1, and the LEFT/RIGHT
+/// (MIN/MAX) word must follow the keys. BLMPOP and BZMPOP read their
+/// timeout only after that.
+fn mpop_keys(req: &Request, at: usize) -> Result<KeyPositions, KeysError> {
+    let numkeys = req
+        .get(at)
+        .and_then(parse_ll)
+        .filter(|&n| n >= 1)
+        .ok_or(KeysError::NumkeysNotPositive)?;
+    let args_after = req.argc().saturating_sub(at + 1) as i64;
+    if numkeys >= args_after {
+        return Err(KeysError::Syntax);
+    }
+    Ok(keys_after(at, numkeys))
+}
+
+/// `sinterCardCommand` (t_set.c): `numkeys` must be an integer of at least 1
+/// and no more than the arguments after it.
+fn sintercard_keys(req: &Request) -> Result<KeyPositions, KeysError> {
+    let numkeys = req
+        .get(1)
+        .and_then(parse_ll)
+        .filter(|&n| n >= 1)
+        .ok_or(KeysError::NumkeysNotPositive)?;
+    if numkeys > req.argc().saturating_sub(2) as i64 {
+        return Err(KeysError::TooManyKeys);
+    }
+    Ok(keys_after(1, numkeys))
+}
+
+/// `zunionInterDiffGenericCommand` (t_zset.c) for `name`: `numkeys` (after
+/// the destination for the STORE forms) must be an integer, at least 1,
+/// and no more than the arguments after it.
+fn zset_op_keys(req: &Request, name: &'static str, store: bool) -> Result<KeyPositions, KeysError> {
+    let at = if store { 2 } else { 1 };
+    let numkeys = req
+        .get(at)
+        .and_then(parse_ll)
+        .ok_or(KeysError::NotAnInteger)?;
+    if numkeys < 1 {
+        return Err(KeysError::AtLeastOneKey(name));
+    }
+    if numkeys > req.argc().saturating_sub(at + 1) as i64 {
+        return Err(KeysError::Syntax);
+    }
+    let mut keys = keys_after(at, numkeys);
+    if store {
+        keys.insert(0, 1);
+    }
+    Ok(keys)
+}
+
+/// `fcallCommandGeneric` (functions.c): `numkeys` must be an integer, no
+/// more than the arguments after it, and not negative. (Redis first answers
+/// `Function not found` for a function that does not exist; keygate cannot
+/// know which exist, so it answers as for one that does.)
+fn fcall_keys(req: &Request) -> Result<KeyPositions, KeysError> {
+    let numkeys = req
+        .get(2)
+        .and_then(parse_ll)
+        .ok_or(KeysError::BadNumberOfKeys)?;
+    if numkeys > req.argc().saturating_sub(3) as i64 {
+        return Err(KeysError::TooManyKeys);
+    }
+    if numkeys < 0 {
+        return Err(KeysError::NegativeKeyCount);
+    }
+    Ok(keys_after(2, numkeys))
 }
 
 /// C's `atoi`: optional blanks, an optional sign, then digits; 0 otherwise.
@@ -625,6 +731,35 @@ mod tests {
             keys(&["BLMPOP", "0", "2", "a", "b", "LEFT"]),
             Ok(vec![3, 4])
         );
+    }
+
+    /// Each command's own numkeys errors (checked against redis-server in
+    /// tests/redis_errors.rs).
+    #[test]
+    fn numkeys_errors_are_the_commands_own() {
+        use KeysError::*;
+        for (args, want) in [
+            (&["LMPOP", "x", "a", "LEFT"][..], NumkeysNotPositive),
+            (&["LMPOP", "0", "a", "LEFT"], NumkeysNotPositive),
+            (&["LMPOP", "2", "a", "LEFT"], Syntax),
+            (&["BZMPOP", "0", "-1", "a", "MIN"], NumkeysNotPositive),
+            (&["BZMPOP", "x", "9", "a", "MIN"], Syntax),
+            (&["SINTERCARD", "0", "a"], NumkeysNotPositive),
+            (&["SINTERCARD", "2", "a"], TooManyKeys),
+            (&["ZINTERCARD", "x", "a"], NotAnInteger),
+            (&["ZINTERCARD", "0", "a"], AtLeastOneKey("zintercard")),
+            (&["ZINTERCARD", "2", "a"], Syntax),
+            (&["ZDIFFSTORE", "d", "-1", "a"], AtLeastOneKey("zdiffstore")),
+            (&["FCALL", "f", "x"], BadNumberOfKeys),
+            (&["FCALL_RO", "f", "2", "a"], TooManyKeys),
+            (&["FCALL", "f", "-1"], NegativeKeyCount),
+        ] {
+            assert_eq!(keys(args), Err(want), "{args:?}");
+        }
+        assert_eq!(keys(&["LMPOP", "2", "a", "b", "LEFT"]), Ok(vec![2, 3]));
+        assert_eq!(keys(&["SINTERCARD", "1", "a", "LIMIT", "1"]), Ok(vec![2]));
+        assert_eq!(keys(&["ZINTERSTORE", "d", "1", "a"]), Ok(vec![1, 3]));
+        assert_eq!(keys(&["FCALL", "f", "0"]), Ok(vec![]));
     }
 
     #[test]

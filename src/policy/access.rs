@@ -2,8 +2,11 @@
 //!
 //! Deny by default for whatever would expose or disturb other services'
 //! clients or the server itself: administration, replication, monitoring,
-//! swapping databases. A service with `admin = true` may run the
-//! administrative commands; the service's own `deny_commands` come on top.
+//! other databases. A service with `admin = true` is trusted with the
+//! server and may run the administrative commands, except what would break
+//! the shared backend connection it runs on ([`NEVER`], refused for every
+//! service); the service's own
+//! `deny_commands` come on top.
 
 use super::service::Service;
 use crate::command::keys::KeysError;
@@ -12,7 +15,7 @@ use crate::command::{self, CommandSpec, Flags};
 /// Why a command was refused; shown to the client as `-NOPERM ...`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
-    /// Refused for every service that is not `admin`.
+    /// Refused for every service that is not `admin` (or for every service).
     #[error("NOPERM keygate does not allow '{command}': {reason}")]
     Forbidden {
         command: &'static str,
@@ -36,6 +39,40 @@ pub enum Refusal {
     Unlocatable(KeysError),
 }
 
+/// Commands refused for every service, admin or not, with the reason: they
+/// turn the shared backend connection into something else (a replication
+/// stream, a cluster client, a script debugging session) or reach another
+/// database. Matched like [`FORBIDDEN`].
+const NEVER: &[(&str, &str)] = &[
+    ("sync", "it is for replicas"),
+    ("psync", "it is for replicas"),
+    ("replconf", "it is for replicas"),
+    ("cluster", "cluster commands are not proxied"),
+    ("readonly", "cluster commands are not proxied"),
+    ("readwrite", "cluster commands are not proxied"),
+    ("asking", "cluster commands are not proxied"),
+    (
+        "script|debug",
+        "it turns the shared backend connection into a debugging session",
+    ),
+];
+
+/// ACL subcommands every service may run: they show nothing of the
+/// server's users (keygate answers ACL WHOAMI itself, with the service's name).
+///
+/// A client's own tracking state (client-side caching) is harmless too: it
+/// lives on the client's own dedicated connection.
+const HARMLESS: &[&str] = &[
+    "acl|cat",
+    "acl|genpass",
+    "acl|help",
+    "acl|whoami",
+    "client|tracking",
+    "client|caching",
+    "client|getredir",
+    "client|trackinginfo",
+];
+
 /// Commands refused for everybody but admin services, with the reason.
 /// Matched on the table's lower-case full names; a container name covers
 /// every subcommand not listed on its own.
@@ -46,13 +83,6 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("replicaof", "it changes replication of the shared server"),
     ("slaveof", "it changes replication of the shared server"),
     ("failover", "it changes replication of the shared server"),
-    ("sync", "it is for replicas"),
-    ("psync", "it is for replicas"),
-    ("replconf", "it is for replicas"),
-    ("cluster", "cluster administration is not proxied"),
-    ("readonly", "cluster administration is not proxied"),
-    ("readwrite", "cluster administration is not proxied"),
-    ("asking", "cluster administration is not proxied"),
     ("acl", "ACLs of the shared server are not proxied"),
     ("client", "it would expose or disturb other clients"),
     ("config", "the shared server's configuration is not proxied"),
@@ -74,21 +104,17 @@ const FORBIDDEN: &[(&str, &str)] = &[
     ("lastsave", "it is server administration"),
 ];
 
-/// A client's own tracking state (client-side caching): it lives on the
-/// client's own dedicated connection, so every service may use it.
-const TRACKING: &[&str] = &[
-    "client|tracking",
-    "client|caching",
-    "client|getredir",
-    "client|trackinginfo",
-];
+/// Why a command is refused for every service, admin or not ([`NEVER`]).
+pub fn refused_for_everyone(name: &str) -> Option<&'static str> {
+    search(NEVER, name)
+}
 
-/// The linear search of the forbidden list, subcommand first, then container.
-fn search_forbidden(name: &'static str) -> Option<&'static str> {
-    let exact = FORBIDDEN.iter().find(|(n, _)| *n == name);
+/// The linear search of a list, subcommand first, then container.
+fn search(list: &[(&'static str, &'static str)], name: &str) -> Option<&'static str> {
+    let exact = list.iter().find(|(n, _)| *n == name);
     let container = name
         .split_once('|')
-        .and_then(|(c, _)| FORBIDDEN.iter().find(|(n, _)| *n == c));
+        .and_then(|(c, _)| list.iter().find(|(n, _)| *n == c));
     exact.or(container).map(|(_, reason)| *reason)
 }
 
@@ -131,10 +157,13 @@ fn decide(deny_commands: &[String], admin: bool, spec: &'static CommandSpec) -> 
     if denied {
         return Decision::Denied;
     }
-    if admin || TRACKING.contains(&spec.name) {
+    if let Some(reason) = search(NEVER, spec.name) {
+        return Decision::Forbidden(reason);
+    }
+    if admin || HARMLESS.contains(&spec.name) {
         return Decision::Allowed;
     }
-    if let Some(reason) = search_forbidden(spec.name) {
+    if let Some(reason) = search(FORBIDDEN, spec.name) {
         return Decision::Forbidden(reason);
     }
     if spec.flags.contains(Flags::ADMIN) {
@@ -196,5 +225,27 @@ mod tests {
             decide(&[], false, spec("memory|stats")),
             Decision::Forbidden(_)
         ));
+        // Trusted with the server, but not with the shared connection.
+        for name in [
+            "sync",
+            "psync",
+            "replconf",
+            "cluster|info",
+            "readonly",
+            "script|debug",
+        ] {
+            assert!(
+                matches!(decide(&[], true, spec(name)), Decision::Forbidden(_)),
+                "{name}"
+            );
+        }
+        assert!(matches!(
+            decide(&[], false, spec("acl|list")),
+            Decision::Forbidden(_)
+        ));
+        assert_eq!(decide(&[], true, spec("acl|list")), Decision::Allowed);
+        for name in ["acl|cat", "acl|genpass", "acl|whoami", "acl|help"] {
+            assert_eq!(decide(&[], false, spec(name)), Decision::Allowed, "{name}");
+        }
     }
 }

@@ -6,7 +6,9 @@
 //! command added to the table cannot slip through: anything without an
 //! entry is refused. A command either is confined by its key positions,
 //! gets special handling (patterns, channels, keyspace-wide procedures,
-//! INFO), has neither keys nor keyspace information (`Pass`), or is refused.
+//! INFO), has neither keys nor keyspace information (`Pass`), is server
+//! administration that only an `admin = true` service may run (forwarded
+//! as it is, keys inside still prefixed), or is refused.
 
 use super::keyspace::ProcedureKind;
 use crate::command::CommandSpec;
@@ -24,8 +26,13 @@ pub enum Rule {
     Copy,
     /// EVAL/FCALL family: declared keys prefixed, only with `allow_scripts`.
     Script,
-    /// SCRIPT EXISTS/LOAD: forwarded only with `allow_scripts`.
+    /// SCRIPT EXISTS/LOAD/FLUSH/KILL, FUNCTION LIST/STATS: forwarded only
+    /// with `allow_scripts` (a flushed script cache only costs other
+    /// services a reload on `NOSCRIPT`).
     ScriptAdmin,
+    /// FUNCTION LOAD/DELETE/FLUSH/RESTORE/DUMP/KILL: functions are shared by
+    /// every service, so forwarded only with `allow_scripts` and `admin`.
+    FunctionAdmin,
     /// KEYS: the pattern gets the escaped prefix.
     KeysPattern,
     /// SCAN: MATCH added or replaced with the escaped prefix.
@@ -42,12 +49,26 @@ pub enum Rule {
     Keyspace(ProcedureKind),
     /// INFO: forwarded; the `# Keyspace` section is removed from the reply.
     Info,
-    /// Cannot be confined; the reason is shown to the client.
+    /// Server administration: forwarded as it is for an `admin` service
+    /// (trusted with the server); refused for the others, with the reason.
+    Admin(&'static str),
+    /// Administration that names keys (MIGRATE, PFDEBUG): the keys get the
+    /// prefix for an `admin` service; refused for the others, with the reason.
+    AdminKeys(&'static str),
+    /// DEBUG: for an `admin` service, the keys its subcommands name (OBJECT,
+    /// DIGEST-VALUE, POPULATE's key prefix, ...) get the prefix; refused
+    /// for the others, with the reason.
+    Debug(&'static str),
+    /// Cannot be confined, whatever the service; the reason is shown to the client.
     Refuse(&'static str),
 }
 
 /// Commands with neither keys nor keyspace information.
 const PASS: &[&str] = &[
+    "acl|cat",
+    "acl|genpass",
+    "acl|help",
+    "acl|whoami",
     "auth",
     "client|getname",
     "client|help",
@@ -158,7 +179,6 @@ const KEYS: &[&str] = &[
     "ltrim",
     "memory|usage",
     "mget",
-    // Its database argument is confined to the service's by the client side.
     "move",
     "mset",
     "msetnx",
@@ -266,56 +286,65 @@ const KEYS: &[&str] = &[
     "zunionstore",
 ];
 
-/// Commands refused for namespaced services, with the reason.
-const REFUSED: &[(&str, &str)] = &[
+/// Server administration: forwarded for `admin` services, refused for the
+/// others with the reason. A container name covers every subcommand not
+/// classified on its own.
+const ADMIN: &[(&str, &str)] = &[
     ("acl", "the shared server's users are not the service's"),
-    ("asking", "cluster commands are not proxied"),
     ("bgrewriteaof", "it is server administration"),
     ("bgsave", "it is server administration"),
-    ("client", "it shows or changes other services' connections"),
-    ("cluster", "cluster commands are not proxied"),
     (
         "config",
         "the shared server's configuration is not the service's",
     ),
-    ("debug", "it reads any key and the whole server"),
     ("failover", "it is server administration"),
-    ("function", "functions are shared by every service"),
     ("lastsave", "it is server administration"),
     ("latency", "it shows every service's commands"),
-    ("memory", "it shows the whole keyspace"),
-    ("migrate", "it moves keys out of keygate's reach"),
+    ("memory|doctor", "it shows the whole keyspace"),
+    ("memory|malloc-stats", "it shows the whole keyspace"),
+    ("memory|purge", "it is server administration"),
+    ("memory|stats", "it shows the whole keyspace"),
     ("module", "it changes the shared server"),
-    ("monitor", "it shows every service's commands"),
-    ("object", "unknown OBJECT subcommand"),
-    ("pfdebug", "it is a debugging command"),
     ("pfselftest", "it is a debugging command"),
-    ("psync", "it replicates the whole keyspace"),
-    ("pubsub", "unknown PUBSUB subcommand"),
     (
         "pubsub|numpat",
         "it counts every service's pattern subscriptions",
     ),
-    ("readonly", "cluster commands are not proxied"),
-    ("readwrite", "cluster commands are not proxied"),
-    ("replconf", "it is for replicas"),
     ("replicaof", "it is server administration"),
-    ("restore-asking", "cluster commands are not proxied"),
     ("role", "it is server administration"),
     ("save", "it is server administration"),
-    ("script", "scripts are shared by every service"),
-    ("script|debug", "script debugging reads any key"),
-    ("script|flush", "scripts are shared by every service"),
-    ("script|kill", "scripts are shared by every service"),
+    ("shutdown", "it is server administration"),
+    ("slaveof", "it is server administration"),
+    ("slowlog", "it shows every service's commands"),
+];
+
+/// Administration that names keys: their keys get the prefix for `admin`
+/// services; refused for the others with the reason.
+const ADMIN_KEYS: &[(&str, &str)] = &[
+    ("migrate", "it moves keys out of keygate's reach"),
+    ("pfdebug", "it is a debugging command"),
+];
+
+/// Commands refused for every namespaced service, `admin` or not, with the
+/// reason, beyond those [`super::access`] refuses for every service (which
+/// would cross databases or turn the shared backend connection into
+/// something else). A container name covers every subcommand not
+/// classified on its own; a container's own entry ("unknown ...
+/// subcommand") is never reached, as a request always names a subcommand.
+const REFUSED: &[(&str, &str)] = &[
+    ("client", "it shows or changes other services' connections"),
     (
         "select",
         "answered by keygate, never forwarded as a key command",
     ),
-    ("shutdown", "it is server administration"),
-    ("slaveof", "it is server administration"),
-    ("slowlog", "it shows every service's commands"),
     ("swapdb", "it swaps every service's keys between databases"),
-    ("sync", "it replicates the whole keyspace"),
+    ("function", "unknown FUNCTION subcommand"),
+    ("memory", "unknown MEMORY subcommand"),
+    ("monitor", "it shows every service's commands"),
+    ("object", "unknown OBJECT subcommand"),
+    ("pubsub", "unknown PUBSUB subcommand"),
+    ("restore-asking", "cluster commands are not proxied"),
+    ("script", "unknown SCRIPT subcommand"),
     ("xgroup", "unknown XGROUP subcommand"),
     ("xinfo", "unknown XINFO subcommand"),
 ];
@@ -345,13 +374,20 @@ pub fn rule_of(spec: &CommandSpec) -> Rule {
 
 /// The rule of one command, from the lists below.
 fn classify(name: &str) -> Rule {
+    if let Some(reason) = super::access::refused_for_everyone(name) {
+        return Rule::Refuse(reason);
+    }
     match name {
         "sort" | "sort_ro" => return Rule::Sort,
         "copy" => return Rule::Copy,
         "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => {
             return Rule::Script
         }
-        "script|exists" | "script|load" => return Rule::ScriptAdmin,
+        "script|exists" | "script|load" | "script|flush" | "script|kill" | "function|list"
+        | "function|stats" => return Rule::ScriptAdmin,
+        "function|load" | "function|delete" | "function|flush" | "function|restore"
+        | "function|dump" | "function|kill" => return Rule::FunctionAdmin,
+        "debug" => return Rule::Debug("it reads any key and the whole server"),
         "keys" => return Rule::KeysPattern,
         "scan" => return Rule::Scan,
         "subscribe" | "unsubscribe" | "ssubscribe" | "sunsubscribe" => {
@@ -373,22 +409,138 @@ fn classify(name: &str) -> Rule {
     if KEYS.contains(&name) {
         return Rule::Keys;
     }
-    if let Some((_, reason)) = REFUSED.iter().find(|(n, _)| *n == name) {
-        return Rule::Refuse(reason);
-    }
-    // Subcommands of a refused container not listed on their own.
-    if let Some((container, _)) = name.split_once('|') {
-        let refused = [
-            "acl", "client", "cluster", "config", "latency", "memory", "module", "slowlog",
-            "function",
-        ];
-        if refused.contains(&container) {
-            if let Some((_, reason)) = REFUSED.iter().find(|(n, _)| *n == container) {
-                return Rule::Refuse(reason);
-            }
+    // A command's own entry first, then its container's.
+    let container = name.split_once('|').map(|(c, _)| c);
+    for wanted in std::iter::once(name).chain(container) {
+        if let Some((_, reason)) = ADMIN.iter().find(|(n, _)| *n == wanted) {
+            return Rule::Admin(reason);
+        }
+        if let Some((_, reason)) = ADMIN_KEYS.iter().find(|(n, _)| *n == wanted) {
+            return Rule::AdminKeys(reason);
+        }
+        if let Some((_, reason)) = REFUSED.iter().find(|(n, _)| *n == wanted) {
+            return Rule::Refuse(reason);
         }
     }
     Rule::Refuse(UNCLASSIFIED)
+}
+
+/// Refusals beyond the per-command rules: an option, a name or a context a
+/// namespaced service cannot use, with the reason (shown in the README's
+/// list after the rules).
+pub const OTHER_REFUSALS: &[(&str, &str)] = &[
+    ("`COPY ... DB`", "keygate serves one database"),
+    (
+        "`__keyevent@<db>__:` channels and patterns",
+        "keyevent notifications carry other services' key names",
+    ),
+    (
+        "`__keyspace@` channels and patterns without a literal database number",
+        "the key part is confined only after `__keyspace@<db>__:`",
+    ),
+    (
+        "DBSIZE, RANDOMKEY, FLUSHDB and FLUSHALL inside MULTI",
+        "they run as procedures of several commands",
+    ),
+    (
+        "SORT BY/GET patterns under a prefix holding `*` or a NUL byte",
+        "Redis substitutes at the first `*`, which would be the prefix's",
+    ),
+    (
+        "a request whose keys cannot be located",
+        "a key keygate cannot find is a key it cannot confine (Redis's own error text)",
+    ),
+];
+
+/// Who a rule refuses a command to, and why; `None` for a rule that
+/// confines the command for every namespaced service.
+fn refused_to(rule: Rule) -> Option<(&'static str, &'static str)> {
+    match rule {
+        // A container's own entry: never reached.
+        Rule::Refuse(reason) if reason.starts_with("unknown ") => None,
+        Rule::Refuse(reason) => Some(("every namespaced service", reason)),
+        Rule::Admin(reason) | Rule::AdminKeys(reason) | Rule::Debug(reason) => {
+            Some(("services without `admin = true`", reason))
+        }
+        Rule::Script => Some((
+            "services without `allow_scripts = true`",
+            "a script can compute any key name",
+        )),
+        Rule::ScriptAdmin => Some((
+            "services without `allow_scripts = true`",
+            "the service is not trusted with scripts",
+        )),
+        Rule::FunctionAdmin => Some((
+            "services without both `allow_scripts` and `admin`",
+            "functions are shared by every service",
+        )),
+        _ => None,
+    }
+}
+
+/// The README's list of what a namespaced service is refused, made from the
+/// rules above (a test keeps the README's copy equal to it): one row per
+/// command, a container's subcommands that share a refusal in one row.
+pub fn refusals_markdown() -> String {
+    let display = |name: &str| name.replace('|', " ").to_uppercase();
+    let mut rows: Vec<(&'static str, String, &'static str)> = Vec::new();
+    for base in crate::command::all() {
+        if !base.is_container() {
+            if let Some((who, why)) = refused_to(rule(base.name)) {
+                rows.push((who, format!("`{}`", display(base.name)), why));
+            }
+            continue;
+        }
+        let refusals: Vec<(&CommandSpec, Option<(&str, &str)>)> = base
+            .subcommands
+            .iter()
+            .map(|sub| (sub, refused_to(rule(sub.name))))
+            .collect();
+        // The refusal most subcommands share becomes the container's row.
+        let common = refusals
+            .iter()
+            .filter_map(|(_, r)| *r)
+            .max_by_key(|r| refusals.iter().filter(|(_, o)| *o == Some(*r)).count())
+            .filter(|r| refusals.iter().filter(|(_, o)| *o == Some(*r)).count() > 1);
+        if let Some((who, why)) = common {
+            let others: Vec<String> = refusals
+                .iter()
+                .filter(|(_, r)| *r != common)
+                .map(|(sub, _)| display(sub.name.split_once('|').map_or("", |(_, s)| s)))
+                .collect();
+            let name = display(base.name);
+            let command = if others.is_empty() {
+                format!("`{name}` (every subcommand)")
+            } else {
+                format!("`{name}` (every subcommand but {})", others.join(", "))
+            };
+            rows.push((who, command, why));
+        }
+        for (sub, refusal) in &refusals {
+            if let Some((who, why)) = refusal.filter(|r| Some(*r) != common) {
+                rows.push((who, format!("`{}`", display(sub.name)), why));
+            }
+        }
+    }
+    let order = |who: &str| {
+        [
+            "every namespaced service",
+            "services without `admin = true`",
+            "services without `allow_scripts = true`",
+            "services without both `allow_scripts` and `admin`",
+        ]
+        .iter()
+        .position(|w| *w == who)
+    };
+    rows.sort_by_cached_key(|(who, command, _)| (order(who), command.replace('`', "")));
+    let mut out = String::from("| Refused | to | why |\n|---|---|---|\n");
+    for (who, command, why) in rows {
+        out.push_str(&format!("| {command} | {who} | {why} |\n"));
+    }
+    for (what, why) in OTHER_REFUSALS {
+        out.push_str(&format!("| {what} | every namespaced service | {why} |\n"));
+    }
+    out
 }
 
 /// The reason given for a command this module has no entry for.
@@ -432,6 +584,8 @@ mod tests {
             .iter()
             .chain(KEYS.iter())
             .chain(REFUSED.iter().map(|(n, _)| n))
+            .chain(ADMIN.iter().map(|(n, _)| n))
+            .chain(ADMIN_KEYS.iter().map(|(n, _)| n))
         {
             assert!(names.contains(n), "{n} is not in the table");
         }
@@ -448,6 +602,25 @@ mod tests {
                 assert_ne!(rule(spec.name), Rule::Pass, "{} has keys", spec.name);
             }
         }
+    }
+
+    /// The README lists what a namespaced service is refused, and nothing
+    /// else: its list is the one the rules make.
+    #[test]
+    fn the_readme_lists_every_refusal() {
+        let readme = include_str!("../../README.md");
+        let begin = "<!-- refusals: begin -->\n";
+        let end = "<!-- refusals: end -->";
+        let listed = readme
+            .split_once(begin)
+            .and_then(|(_, rest)| rest.split_once(end))
+            .map(|(list, _)| list);
+        assert_eq!(
+            listed,
+            Some(refusals_markdown().as_str()),
+            "README.md's list of refusals is stale; between the markers it should read:\n{}",
+            refusals_markdown()
+        );
     }
 
     #[test]

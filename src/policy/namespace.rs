@@ -308,6 +308,33 @@ impl Namespace {
                 }
                 Ok(forward(req.clone()))
             }
+            Rule::FunctionAdmin => {
+                if !(service.allow_scripts && service.admin) {
+                    return Err(self.refuse(
+                        spec,
+                        "functions are shared by every service; set allow_scripts = true and admin = true to trust this service",
+                    ));
+                }
+                Ok(forward(req.clone()))
+            }
+            Rule::Admin(reason) => {
+                if !service.admin {
+                    return Err(self.refuse(spec, reason));
+                }
+                Ok(forward(req.clone()))
+            }
+            Rule::AdminKeys(reason) => {
+                if !service.admin {
+                    return Err(self.refuse(spec, reason));
+                }
+                Ok(forward(keys(req)?))
+            }
+            Rule::Debug(reason) => {
+                if !service.admin {
+                    return Err(self.refuse(spec, reason));
+                }
+                Ok(forward(self.rewrite_debug(req)))
+            }
             Rule::KeysPattern => {
                 let pattern = self.prefix_pattern(req.get(1).unwrap_or_default());
                 Ok(forward(req.splice(&[(1, &pattern)])))
@@ -354,6 +381,38 @@ impl Namespace {
             Rule::Keyspace(procedure) => Ok(Rewritten::Procedure(procedure.parse(req)?)),
             Rule::Refuse(reason) => Err(self.refuse(spec, reason)),
         }
+    }
+
+    /// DEBUG for an admin service: the keys of the subcommands that read
+    /// keys get the prefix, matched as `debugCommand` (debug.c) matches them
+    /// (the subcommand word as a C string, with its argument count);
+    /// POPULATE's key prefix (default `key`) gets the namespace's in front,
+    /// so the keys it creates are the service's. Every other subcommand
+    /// names no key and goes as it is.
+    fn rewrite_debug(&self, req: &Request) -> Request {
+        let argc = req.argc();
+        let sub = req.get(1).unwrap_or_default();
+        let is = |word: &[u8]| is_keyword(sub, word);
+        let one_key = (is(b"object") || is(b"sdslen") || is(b"listpack") || is(b"htstats-key"))
+            && argc == 3
+            || is(b"quicklist") && (argc == 3 || argc == 4);
+        if one_key {
+            return req.prefix_arg(2, &self.prefix);
+        }
+        if is(b"populate") && (3..=5).contains(&argc) {
+            if argc == 3 {
+                let mut args: Vec<&[u8]> = req.args().collect();
+                let populate_prefix = self.prefix(b"key");
+                args.push(&populate_prefix);
+                return Request::from_args(&args);
+            }
+            return req.prefix_arg(3, &self.prefix);
+        }
+        if is(b"digest-value") {
+            let keys: Vec<usize> = (2..argc).collect();
+            return req.prefix_args(&keys, &self.prefix);
+        }
+        req.clone()
     }
 
     /// SCAN: the client's MATCH (or `*`) behind the escaped prefix; COUNT
@@ -413,7 +472,10 @@ impl Namespace {
 
     /// Takes the prefix off the names in one reply frame, per `reply_keys`.
     pub fn strip_reply(&self, reply_keys: ReplyKeys, frame: &[u8], protocol: Protocol) -> Bytes {
-        if reply_keys == ReplyKeys::None || frame.first() == Some(&b'-') {
+        // A nil names no key and keeps its exact bytes: BLPOP & co. answer
+        // a null array (`*-1`), which re-encoding would turn into `$-1`.
+        let nil = matches!(frame, b"*-1\r\n" | b"$-1\r\n" | b"_\r\n");
+        if reply_keys == ReplyKeys::None || frame.first() == Some(&b'-') || nil {
             return Bytes::copy_from_slice(frame);
         }
         let value = match Value::parse(frame) {
@@ -832,10 +894,10 @@ allow_scripts = {allow_scripts}
             ),
             b"*2\r\n$1\r\nl\r\n$1\r\nx\r\n"
         );
-        assert_eq!(
-            strip(ReplyKeys::FirstElement, b"*-1\r\n", Protocol::Resp2),
-            b"$-1\r\n"
-        );
+        // A nil keeps Redis's own bytes.
+        for nil in [&b"*-1\r\n"[..], b"$-1\r\n", b"_\r\n"] {
+            assert_eq!(strip(ReplyKeys::FirstElement, nil, Protocol::Resp2), nil);
+        }
         assert!(strip(
             ReplyKeys::FirstElement,
             b"*2\r\n$6\r\nauth:l\r\n$1\r\nx\r\n",

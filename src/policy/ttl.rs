@@ -21,8 +21,10 @@
 //!   specs write: `OW`, `INSERT` or `UPDATE`, minus [`NEVER_CREATES`]; and the
 //!   declared keys of EVAL, EVALSHA and FCALL) gets a `PEXPIRE key <default>
 //!   NX` follow-up per written key. NX leaves an existing TTL alone and does
-//!   nothing to a key that was not created. The client must never see the
-//!   follow-ups' replies.
+//!   nothing to a key that was not created. LMOVE, BLMOVE, RPOPLPUSH,
+//!   BRPOPLPUSH and SMOVE get one for their source as well
+//!   ([`MOVES_OUT_OF_SOURCE`]). The client must never see the follow-ups'
+//!   replies.
 //!
 //! Invariants: options are read exactly as redis-server 7.0 reads them (each
 //! word through [`is_keyword`], the last of repeated expiries winning), and
@@ -135,6 +137,12 @@ pub const OWN_RULES: &[&str] = &[
     "evalsha",
     "fcall",
 ];
+
+/// Commands that modify their source key as well as their destination
+/// (an element moves out of it), so an existing immortal source gets the
+/// TTL too, as an existing key APPEND or HSET modifies does. The source's
+/// key spec says `RW` + `DELETE`, which alone does not count as writing.
+pub const MOVES_OUT_OF_SOURCE: &[&str] = &["lmove", "blmove", "rpoplpush", "brpoplpush", "smove"];
 
 /// Key-spec flags that mean the key can be written (and so created).
 const WRITING_KEY: KeySpecFlags =
@@ -476,9 +484,10 @@ impl TtlPolicy {
             return Ok(Governed::unchanged(req));
         }
         let keys = key_positions_with_flags(spec, req)?;
+        let every_key = MOVES_OUT_OF_SOURCE.contains(&spec.name);
         let written = keys
             .iter()
-            .filter(|(_, flags)| writes(*flags))
+            .filter(|(_, flags)| every_key || writes(*flags))
             .filter_map(|&(pos, _)| req.get(pos));
         Ok(Governed {
             follow_ups: self.follow_ups(written),
@@ -1160,7 +1169,11 @@ mod tests {
             (&["INCR", "n"], &["n"]),
             (&["RENAME", "src", "dst"], &["dst"]),
             (&["COPY", "src", "dst"], &["dst"]),
-            (&["LMOVE", "src", "dst", "LEFT", "RIGHT"], &["dst"]),
+            (&["LMOVE", "src", "dst", "LEFT", "RIGHT"], &["dst", "src"]),
+            (&["BLMOVE", "a", "b", "LEFT", "RIGHT", "0"], &["a", "b"]),
+            (&["RPOPLPUSH", "src", "dst"], &["dst", "src"]),
+            (&["BRPOPLPUSH", "src", "src", "0"], &["src"]),
+            (&["SMOVE", "src", "dst", "m"], &["dst", "src"]),
             (&["SINTERSTORE", "d", "a", "b"], &["d"]),
             (&["ZUNIONSTORE", "d", "2", "a", "b"], &["d"]),
             (&["BITOP", "AND", "d", "a", "b"], &["d"]),

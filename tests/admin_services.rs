@@ -1,0 +1,401 @@
+//! `admin = true` means trusted with the server, also under a prefix: an
+//! admin namespaced service runs administration commands as they are (keys
+//! inside them still get the prefix), compared byte for byte with
+//! redis-server answering the same commands directly; a namespaced service
+//! that is not admin is refused as before; and what would break the shared
+//! backend connection or cross databases is refused for every service.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const SERVICES: &str = r#"
+[[service]]
+name = "root"
+prefix = ""
+isolation = false
+password = "rootpw"
+admin = true
+
+[[service]]
+name = "ops"
+prefix = "ops:"
+password = "opspw"
+admin = true
+allow_scripts = true
+
+[[service]]
+name = "app"
+prefix = "app:"
+password = "apppw"
+allow_scripts = true
+
+[[service]]
+name = "adm"
+prefix = "adm:"
+password = "admpw"
+admin = true
+"#;
+
+fn setup() -> (RedisServer, Keygate) {
+    let redis = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    let kg = Keygate::start_with(&standalone_config(&redis.addr(), SERVICES));
+    kg.wait_ready();
+    (redis, kg)
+}
+
+fn login(kg: &Keygate, service: &str) -> RawConn {
+    let mut conn = RawConn::connect(kg.port());
+    let auth = conn.cmd_str(&["AUTH", service, &format!("{service}pw")]);
+    assert_eq!(auth, "+OK\r\n");
+    conn
+}
+
+fn is_noperm(reply: &str) -> bool {
+    reply.starts_with("-NOPERM")
+}
+
+#[test]
+fn an_admin_namespaced_service_administers_the_server_as_redis_answers() {
+    let (redis, kg) = setup();
+    let mut ops = login(&kg, "ops");
+    let mut direct = RawConn::connect(redis.port());
+    // Server-wide commands: the same bytes as straight from Redis.
+    assert_eq!(
+        ops.cmd_str(&["CONFIG", "SET", "slowlog-log-slower-than", "12345"]),
+        "+OK\r\n"
+    );
+    for args in [
+        &["CONFIG", "GET", "slowlog-log-slower-than"][..],
+        &["CONFIG", "GET", "maxmemory"],
+        &["CONFIG", "GET", "databases"],
+        &["SLOWLOG", "LEN"],
+        &["SLOWLOG", "RESET"],
+        &["LATENCY", "LATEST"],
+        &["LATENCY", "RESET"],
+        &["MODULE", "LIST"],
+        &["PUBSUB", "NUMPAT"],
+        &["ACL", "LIST"],
+        &["ACL", "USERS"],
+        &["DEBUG", "SLEEP", "0"],
+        &["DEBUG", "PROTOCOL", "bignum"],
+        &["MEMORY", "PURGE"],
+        &["CONFIG", "RESETSTAT"],
+    ] {
+        assert_eq!(ops.cmd_str(args), direct.cmd_str(args), "{args:?}");
+    }
+    // Figures that change between two calls: the reply's shape.
+    for args in [
+        &["ROLE"][..],
+        &["LASTSAVE"],
+        &["MEMORY", "STATS"],
+        &["MEMORY", "DOCTOR"],
+        &["SAVE"],
+        &["DEBUG", "DIGEST"],
+    ] {
+        let (got, want) = (ops.cmd_str(args), direct.cmd_str(args));
+        assert_eq!(got.get(..1), want.get(..1), "{args:?}: {got} / {want}");
+        assert!(!got.starts_with('-'), "{args:?}: {got}");
+    }
+    assert_eq!(
+        ops.cmd_str(&["ROLE"]).lines().nth(2),
+        Some("master"),
+        "ROLE"
+    );
+    // Keys inside administration commands still get the prefix.
+    assert_eq!(ops.cmd_str(&["RPUSH", "list", "a", "b"]), ":2\r\n");
+    assert_eq!(ops.cmd_str(&["PFADD", "hll", "x"]), ":1\r\n");
+    for (through, direct_args) in [
+        (
+            &["DEBUG", "DIGEST-VALUE", "list", "nokey"][..],
+            &["DEBUG", "DIGEST-VALUE", "ops:list", "ops:nokey"][..],
+        ),
+        (
+            &["DEBUG", "LISTPACK", "list"],
+            &["DEBUG", "LISTPACK", "ops:list"],
+        ),
+        (
+            &["DEBUG", "QUICKLIST", "list"],
+            &["DEBUG", "QUICKLIST", "ops:list"],
+        ),
+        (
+            &["DEBUG", "SDSLEN", "nokey"],
+            &["DEBUG", "SDSLEN", "ops:nokey"],
+        ),
+        (
+            &["MEMORY", "USAGE", "list"],
+            &["MEMORY", "USAGE", "ops:list"],
+        ),
+        (
+            &["OBJECT", "ENCODING", "list"],
+            &["OBJECT", "ENCODING", "ops:list"],
+        ),
+        (
+            &["PFDEBUG", "GETREG", "hll"],
+            &["PFDEBUG", "GETREG", "ops:hll"],
+        ),
+        (
+            &["PFDEBUG", "ENCODING", "nokey"],
+            &["PFDEBUG", "ENCODING", "ops:nokey"],
+        ),
+    ] {
+        assert_eq!(
+            ops.cmd_str(through),
+            direct.cmd_str(direct_args),
+            "{through:?}"
+        );
+    }
+    let object = ops.cmd_str(&["DEBUG", "OBJECT", "list"]);
+    assert!(object.contains("encoding:quicklist"), "{object}");
+    assert!(ops
+        .cmd_str(&["DEBUG", "OBJECT", "nokey"])
+        .starts_with("-ERR no such key"));
+    // DEBUG POPULATE writes the service's keys, under its default key prefix
+    // and under one it names.
+    assert_eq!(ops.cmd_str(&["DEBUG", "POPULATE", "2"]), "+OK\r\n");
+    assert_eq!(
+        ops.cmd_str(&["DEBUG", "POPULATE", "1", "mine", "3"]),
+        "+OK\r\n"
+    );
+    for key in ["ops:key:0", "ops:key:1", "ops:mine:0"] {
+        assert_eq!(redis.cli(&["EXISTS", key]), "1", "{key}");
+    }
+    assert_eq!(ops.cmd_str(&["GET", "mine:0"]), "$3\r\nval\r\n");
+    // MIGRATE moves the service's own key, by its full name.
+    let other = RedisServer::start();
+    let port = other.port().to_string();
+    assert_eq!(
+        ops.cmd_str(&["MIGRATE", "127.0.0.1", &port, "list", "0", "5000"]),
+        "+OK\r\n"
+    );
+    assert_eq!(other.cli(&["LLEN", "ops:list"]), "2");
+    assert_eq!(
+        ops.cmd_str(&[
+            "MIGRATE",
+            "127.0.0.1",
+            &port,
+            "",
+            "0",
+            "5000",
+            "KEYS",
+            "hll"
+        ]),
+        "+OK\r\n"
+    );
+    assert_eq!(other.cli(&["EXISTS", "ops:hll"]), "1");
+    // Inside MULTI too.
+    assert_eq!(ops.cmd_str(&["MULTI"]), "+OK\r\n");
+    assert_eq!(ops.cmd_str(&["CONFIG", "GET", "maxmemory"]), "+QUEUED\r\n");
+    assert_eq!(ops.cmd_str(&["MEMORY", "USAGE", "nokey"]), "+QUEUED\r\n");
+    assert_eq!(
+        ops.cmd_str(&["EXEC"]),
+        "*2\r\n*2\r\n$9\r\nmaxmemory\r\n$1\r\n0\r\n$-1\r\n"
+    );
+    // SHUTDOWN goes to the server, as asked.
+    let reply = ops.cmd_str(&["SHUTDOWN", "NOSAVE"]);
+    assert!(reply.starts_with('-'), "{reply}");
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", redis.port())).is_err()
+    }));
+}
+
+#[test]
+fn a_namespaced_service_that_is_not_admin_is_refused_administration() {
+    let (_redis, kg) = setup();
+    let mut app = login(&kg, "app");
+    for args in [
+        &["CONFIG", "SET", "maxmemory", "0"][..],
+        &["CONFIG", "RESETSTAT"],
+        &["SLOWLOG", "LEN"],
+        &["LATENCY", "LATEST"],
+        &["MODULE", "LIST"],
+        &["PUBSUB", "NUMPAT"],
+        &["ACL", "LIST"],
+        &["DEBUG", "OBJECT", "k"],
+        &["SAVE"],
+        &["BGSAVE"],
+        &["LASTSAVE"],
+        &["MEMORY", "STATS"],
+        &["ROLE"],
+        &["REPLICAOF", "NO", "ONE"],
+        &["SHUTDOWN"],
+        &["MIGRATE", "127.0.0.1", "1", "k", "0", "10"],
+        &["PFDEBUG", "GETREG", "k"],
+        &["PFSELFTEST"],
+    ] {
+        let reply = app.cmd_str(args);
+        assert!(is_noperm(&reply), "{args:?}: {reply}");
+    }
+    // CONFIG GET is still keygate's own view.
+    assert_eq!(
+        app.cmd_str(&["CONFIG", "GET", "cluster-enabled"]),
+        "*2\r\n$15\r\ncluster-enabled\r\n$2\r\nno\r\n"
+    );
+}
+
+#[test]
+fn what_breaks_the_shared_connection_or_crosses_databases_is_refused_for_everyone() {
+    let (_redis, kg) = setup();
+    for service in ["root", "ops", "app"] {
+        let mut conn = login(&kg, service);
+        for args in [
+            &["SYNC"][..],
+            &["PSYNC", "?", "-1"],
+            &["REPLCONF", "listening-port", "1"],
+            &["MOVE", "k", "1"],
+            &["SWAPDB", "0", "1"],
+            &["CLUSTER", "INFO"],
+            &["READONLY"],
+            &["READWRITE"],
+            &["ASKING"],
+            &["SCRIPT", "DEBUG", "YES"],
+            &["COPY", "a", "b", "DB", "1"],
+        ] {
+            let reply = conn.cmd_str(args);
+            let root_copy = service == "root" && args[0] == "COPY";
+            assert!(
+                is_noperm(&reply) || root_copy,
+                "{service} {args:?}: {reply}"
+            );
+        }
+        assert_eq!(conn.cmd_str(&["PING"]), "+PONG\r\n");
+    }
+}
+
+const LIBRARY: &str = "#!lua name=lib\nredis.register_function('f', function() return 1 end)";
+
+#[test]
+fn scripts_and_functions_follow_allow_scripts_and_admin() {
+    let (redis, kg) = setup();
+    let mut direct = RawConn::connect(redis.port());
+    let mut ops = login(&kg, "ops");
+    let mut app = login(&kg, "app");
+    let mut adm = login(&kg, "adm");
+    let sha = "e0e1f9fabfc9d4800c877a703b823ac0578ff8db";
+    // allow_scripts: the script cache and the function listing.
+    for conn in [&mut ops, &mut app] {
+        for args in [
+            &["SCRIPT", "LOAD", "return 1"][..],
+            &["SCRIPT", "EXISTS", sha, "0000"],
+            &["SCRIPT", "KILL"],
+            &["FUNCTION", "LIST"],
+            &["FUNCTION", "STATS"],
+            &["SCRIPT", "FLUSH"],
+            &["SCRIPT", "EXISTS", sha],
+        ] {
+            assert_eq!(conn.cmd_str(args), direct.cmd_str(args), "{args:?}");
+        }
+    }
+    // allow_scripts and admin: functions, which every service shares.
+    assert_eq!(ops.cmd_str(&["FUNCTION", "LOAD", LIBRARY]), "$3\r\nlib\r\n");
+    for args in [
+        &["FUNCTION", "LOAD", LIBRARY][..],
+        &["FUNCTION", "LIST", "WITHCODE"],
+        &["FUNCTION", "KILL"],
+    ] {
+        assert_eq!(ops.cmd_str(args), direct.cmd_str(args), "{args:?}");
+    }
+    assert_eq!(ops.cmd_str(&["FCALL", "f", "0"]), ":1\r\n");
+    let dump = ops.cmd(&["FUNCTION", "DUMP"]);
+    assert_eq!(dump, direct.cmd(&["FUNCTION", "DUMP"]));
+    let payload = &dump[dump.iter().position(|&b| b == b'\n').unwrap() + 1..dump.len() - 2];
+    assert_eq!(ops.cmd_str(&["FUNCTION", "DELETE", "lib"]), "+OK\r\n");
+    let restore: [&[u8]; 3] = [b"FUNCTION", b"RESTORE", payload];
+    assert_eq!(ops.cmd_str(&restore), "+OK\r\n");
+    assert_eq!(ops.cmd_str(&["FUNCTION", "FLUSH"]), "+OK\r\n");
+    assert_eq!(direct.cmd_str(&["FUNCTION", "LIST"]), "*0\r\n");
+    // Without admin, or without allow_scripts: refused.
+    for args in [
+        &["FUNCTION", "LOAD", LIBRARY][..],
+        &["FUNCTION", "DELETE", "lib"],
+        &["FUNCTION", "FLUSH"],
+        &["FUNCTION", "RESTORE", "x"],
+        &["FUNCTION", "DUMP"],
+        &["FUNCTION", "KILL"],
+    ] {
+        assert!(is_noperm(&app.cmd_str(args)), "app {args:?}");
+        assert!(is_noperm(&adm.cmd_str(args)), "adm {args:?}");
+    }
+    for args in [
+        &["SCRIPT", "LOAD", "return 1"][..],
+        &["SCRIPT", "FLUSH"],
+        &["SCRIPT", "KILL"],
+        &["SCRIPT", "EXISTS", sha],
+        &["FUNCTION", "LIST"],
+        &["FUNCTION", "STATS"],
+        &["EVAL", "return 1", "0"],
+    ] {
+        assert!(is_noperm(&adm.cmd_str(args)), "adm {args:?}");
+    }
+}
+
+#[test]
+fn acl_whoami_is_the_service_and_cat_and_genpass_are_for_everyone() {
+    let (redis, kg) = setup();
+    let mut direct = RawConn::connect(redis.port());
+    for service in ["root", "ops", "app", "adm"] {
+        let mut conn = login(&kg, service);
+        let name = format!("${}\r\n{service}\r\n", service.len());
+        assert_eq!(conn.cmd_str(&["ACL", "WHOAMI"]), name);
+        for args in [
+            &["ACL", "CAT"][..],
+            &["ACL", "CAT", "string"],
+            &["ACL", "CAT", "nope"],
+            &["ACL", "HELP"],
+            &["ACL", "GENPASS", "x"],
+        ] {
+            assert_eq!(
+                conn.cmd_str(args),
+                direct.cmd_str(args),
+                "{service} {args:?}"
+            );
+        }
+        assert_eq!(
+            conn.cmd(&["ACL", "GENPASS"]).len(),
+            "$64\r\n".len() + 64 + 2
+        );
+        assert_eq!(conn.cmd_str(&["ACL", "GENPASS", "32"]).len(), 4 + 8 + 2);
+        // Queued in a transaction, the answer is the same.
+        assert_eq!(conn.cmd_str(&["MULTI"]), "+OK\r\n");
+        assert_eq!(conn.cmd_str(&["ACL", "WHOAMI"]), "+QUEUED\r\n");
+        assert_eq!(conn.cmd_str(&["PING"]), "+QUEUED\r\n");
+        assert_eq!(conn.cmd_str(&["EXEC"]), format!("*2\r\n{name}+PONG\r\n"));
+        // The rest of ACL is administration.
+        for args in [
+            &["ACL", "LIST"][..],
+            &["ACL", "USERS"],
+            &["ACL", "GETUSER", "default"],
+            &["ACL", "LOG"],
+            &["ACL", "DRYRUN", "default", "GET", "k"],
+        ] {
+            let reply = conn.cmd_str(args);
+            if matches!(service, "app") {
+                assert!(is_noperm(&reply), "{service} {args:?}: {reply}");
+            } else {
+                assert_eq!(reply, direct.cmd_str(args), "{service} {args:?}");
+            }
+        }
+    }
+}
+
+/// Nil replies of commands whose replies name keys keep Redis's own bytes
+/// (a null array in RESP2), through a namespaced service.
+#[test]
+fn nil_replies_naming_no_key_are_redis_own() {
+    let (redis, kg) = setup();
+    let mut direct = RawConn::connect(redis.port());
+    let mut app = login(&kg, "app");
+    for args in [
+        &["BLPOP", "nokey", "0.01"][..],
+        &["BZPOPMIN", "nokey", "0.01"],
+        &["LMPOP", "1", "nokey", "LEFT"],
+        &["BLMPOP", "0.01", "1", "nokey", "LEFT"],
+        &["ZMPOP", "1", "nokey", "MIN"],
+        &["BZMPOP", "0.01", "1", "nokey", "MIN"],
+        &["XREAD", "STREAMS", "nokey", "0"],
+        &["RANDOMKEY"],
+    ] {
+        assert_eq!(app.cmd_str(args), direct.cmd_str(args), "{args:?}");
+    }
+}
