@@ -192,22 +192,6 @@ const INTENDED: &[(&[&str], Option<&str>, &str)] = &[
          find the keys first and cannot know which functions exist",
     ),
     (
-        &["SELECT", "1"],
-        None,
-        "keygate serves one database (issue 19 does databases)",
-    ),
-    (
-        &["SELECT", "99999"],
-        None,
-        "keygate serves one database: it names the one it serves",
-    ),
-    (&["MOVE", "k", "1"], None, "keygate serves one database"),
-    (
-        &["COPY", "a", "b", "DB", "1"],
-        Some("ops"),
-        "keygate serves one database",
-    ),
-    (
         &["AUTH", "a", "b", "c"],
         None,
         "keygate answers AUTH itself (the login selects a service) and cannot queue it",
@@ -216,11 +200,6 @@ const INTENDED: &[(&[&str], Option<&str>, &str)] = &[
         &["HELLO", "2"],
         None,
         "keygate answers HELLO itself (protocol and login) and cannot queue it",
-    ),
-    (
-        &["SELECT", "0"],
-        None,
-        "keygate answers SELECT itself and cannot queue it",
     ),
     (
         &["COMMAND", "COUNT"],
