@@ -622,18 +622,7 @@ impl Connection {
         }
         let service = self.session.service.as_ref().map(|s| s.index);
         self.recorder.error(service, spec.name, ErrorKind::Policy);
-        let reply = CommandReply {
-            plan: ReplyPlan::Replace(error_reply(&refused.text)),
-            ..CommandReply::plain(spec.name, service)
-        };
-        let reply = self.track_transaction(spec, reply);
-        Some(Deferred::Dedicated {
-            frames: vec![Request::from_args(&["PING"]).into_frame()],
-            effect: ConnectionEffect::None,
-            subscription: None,
-            reply,
-            suppress,
-        })
+        self.queue_in_transaction(spec, error_reply(&refused.text), suppress)
     }
 
     /// Runs what a request left for a backend.
