@@ -73,6 +73,7 @@ impl From<LogFormatArg> for LogFormat {
 }
 
 fn main() -> ExitCode {
+    purge_freed_memory_soon();
     let cli = Cli::parse();
     let config = match Config::load(&cli.config) {
         Ok(config) => config,
@@ -170,6 +171,7 @@ fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         let shutdown = shutdown_signal().context("cannot install signal handlers")?;
         let hangups = reload_on_hangup(server.state()).context("cannot install signal handlers")?;
         tokio::spawn(hangups);
+        tokio::spawn(return_freed_memory());
         server
             .run_listeners(listeners, shutdown)
             .await
@@ -182,6 +184,50 @@ fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     served?;
     tracing::info!("keygate stopped");
     Ok(())
+}
+
+/// `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (not exported by
+/// libmimalloc-sys); a unit test checks it against the option's default.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// mimalloc keeps freed memory resident for `purge_delay` (1 s by default)
+/// in case it is wanted again. keygate's large allocations are replies held
+/// for slow clients, bounded by `max_pending_reply_bytes_hard` per client;
+/// with the delay, every buffer a growing reply was copied out of stayed
+/// resident too, and RSS reached three times the limit. With mimalloc 2's
+/// default of 10 ms, RSS follows what keygate holds, for a few hundred
+/// `madvise` calls per million pipelined requests. An operator's
+/// `MIMALLOC_PURGE_DELAY` still wins.
+const PURGE_DELAY_MS: std::ffi::c_long = 10;
+
+#[allow(unsafe_code)]
+fn purge_freed_memory_soon() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets an option value; mimalloc allows it at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
+    }
+}
+
+/// How often freed memory is offered back to the system.
+const MEMORY_RETURN_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A page freed by another thread than the one that allocated it (a reply
+/// read on one worker and written by the client's task on another) goes
+/// back only when its owner collects; a proxy that has just dropped a large
+/// reply backlog and then serves only small requests may never do so, and
+/// kept tens of MiB resident for good; and mimalloc purges what expired
+/// only inside a later call that frees a page. A collection once a period
+/// on a worker does both (cheap when there is nothing to do).
+#[allow(unsafe_code)]
+async fn return_freed_memory() {
+    let mut tick = tokio::time::interval(MEMORY_RETURN_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // SAFETY: `mi_collect` takes no pointers and may be called from any
+        // thread that allocates through mimalloc, as tokio's workers do.
+        unsafe { libmimalloc_sys::mi_collect(false) };
+    }
 }
 
 /// File descriptors keygate needs besides client connections: listeners,
@@ -304,4 +350,23 @@ fn reload_on_hangup(
             let _ = tokio::task::spawn_blocking(move || state.reload()).await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn purge_delay_option_is_the_one_set() {
+        // SAFETY: reads an option value.
+        let delay = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        // mimalloc 3's default purge delay (main, which changes it, has not run).
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            assert_eq!(
+                delay, 1000,
+                "option {MI_OPTION_PURGE_DELAY} is not purge_delay"
+            );
+        }
+    }
 }

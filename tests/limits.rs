@@ -473,8 +473,8 @@ fn unread_huge_replies_close_the_client_at_the_hard_limit() {
     kg.assert_running();
     // The hard limit (128 MiB) and one reply in progress (20 MB), held in
     // a read buffer that doubles as a batch's replies gather (old and new
-    // copy both alive while it grows): at most three times that. It was
-    // 5 GB before the limit existed.
+    // copy both alive while it grows): at most three times that (twice,
+    // measured). It was 5 GB before the limit existed.
     assert!(
         growth < 3 * (128 + 20) * MIB,
         "keygate grew {} MiB for one client that does not read",
@@ -486,18 +486,12 @@ fn unread_huge_replies_close_the_client_at_the_hard_limit() {
         worst < Duration::from_secs(5),
         "another client waited {worst:?}"
     );
-    // The memory goes back once the client and its replies are gone (the
-    // allocator keeps some of it cached: less than the hard limit). mimalloc
-    // returns a thread's freed pages when that thread allocates again, so
-    // the wait keeps the proxy busy with small requests meanwhile, as any
-    // live proxy is.
-    let mut nudge = RawConn::connect(port);
-    let settled = wait_until(Duration::from_secs(30), || {
-        for _ in 0..20 {
-            assert_eq!(nudge.cmd_str(&["GET", "small"]), "$1\r\nx\r\n");
-        }
-        kg.rss_kib() < before + 128 * MIB
-    });
+    // The memory goes back once the client and its replies are gone, also
+    // to a proxy that is idle afterwards: keygate has the allocator purge
+    // freed memory after 10 ms and collect freed pages once a second (without
+    // those, mimalloc kept up to the hard limit resident for good). What
+    // stays is the allocator's small-page caches.
+    let settled = wait_until(Duration::from_secs(30), || kg.rss_kib() < before + 16 * MIB);
     println!(
         "after the client closed: RSS +{} MiB",
         kg.rss_kib().saturating_sub(before) / MIB

@@ -193,10 +193,11 @@ struct Pending {
 }
 
 impl Pending {
-    /// Its client is gone (the receiver was dropped): its replies are
+    /// Its client is gone (the receiver was dropped), or is being closed
+    /// because its replies went past the hard limit: its replies are
     /// dropped as they arrive instead of being gathered.
     fn abandoned(&self) -> bool {
-        self.reply.is_closed()
+        self.reply.is_closed() || self.meter.as_ref().is_some_and(|m| m.tripped())
     }
 }
 
@@ -509,15 +510,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
             } else {
                 frame_start = frame.end;
                 ends.push(frame);
-                if frame_start >= COUNT_STEP && front.abandoned() {
-                    // The client left with this batch half gathered.
-                    let _ = buf.split_to(frame_start);
-                    scanner.consume(frame_start);
-                    counted = counted.saturating_sub(frame_start);
-                    frame_start = 0;
-                    ends.clear();
-                    discarding = true;
-                }
             }
             if found == front.count {
                 found = 0;
@@ -564,6 +556,18 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 meter.add(buf.len().saturating_sub(counted));
                 counted = buf.len();
             }
+        }
+        if !discarding && frame_start >= COUNT_STEP && queue.front().is_some_and(Pending::abandoned)
+        {
+            // The client left, or just went past its hard limit, with this
+            // batch half gathered: free what was gathered before the buffer
+            // grows again for the rest.
+            let _ = buf.split_to(frame_start);
+            scanner.consume(frame_start);
+            counted = counted.saturating_sub(frame_start);
+            frame_start = 0;
+            ends.clear();
+            discarding = true;
         }
         if buf.capacity() > RETAINED_READ_BUF && buf.len() < RETAINED_READ_BUF {
             // A large reply grew the buffer and is gone from it: move what
