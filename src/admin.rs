@@ -4,19 +4,21 @@
 //! - `GET /health/live`: 200 `ok` while the process serves HTTP at all.
 //! - `GET /health/ready`: 200 `ready` once a backend master is confirmed,
 //!   503 `not ready` before (load balancers route on this one).
-//! - `GET /health`: the [`ProxyState::health_json`] detail.
+//! - `GET /health`: the `ProxyState::health_json` detail.
 //! - `GET /metrics`: the Prometheus text exposition.
 //! - `POST /reload`: re-reads the config file (see [`crate::reload`]); 200
 //!   with a short JSON when applied, 400 with the error when the new config
 //!   is invalid (the old one stays in force), 409 when keygate has no
-//!   config file or is not serving yet.
+//!   config file.
 //!
-//! Handlers only read [`ProxyState`] (reload swaps the service registry,
-//! which clients pick up lock-free); they never touch the data path, so a
-//! scrape cannot slow clients down beyond rendering the metrics.
+//! Handlers only read [`ProxyState`], the parts of the proxy they report on
+//! (reload swaps the service registry, which clients pick up lock-free);
+//! they never touch the data path, so a scrape cannot slow clients down
+//! beyond rendering the metrics.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -25,11 +27,138 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::reload::ReloadError;
-use crate::server::ProxyState;
+use crate::health::Health;
+use crate::metrics::{Gauge, Metrics};
+use crate::policy::registry::ServiceRegistry;
+use crate::reload::{ReloadError, ReloadReport, Reloader};
+use crate::topology::Topology;
 
 /// Content type of the Prometheus text exposition format 0.0.4.
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the admin listener reads: readiness, health detail and metrics.
+#[derive(Debug)]
+pub struct ProxyState {
+    /// Readiness and uptime, shared with every client task.
+    pub health: Arc<Health>,
+    /// The metrics registry every client records into.
+    metrics: Arc<Metrics>,
+    /// The services in force, for their dedicated-connection gauges.
+    services: Arc<ServiceRegistry>,
+    /// Connected clients, counted by the client side.
+    clients: Arc<AtomicUsize>,
+    /// The backend's master and replicas, once the proxy has started them.
+    topology: OnceLock<Arc<Topology>>,
+    /// Hot reload of the config file (SIGHUP, `POST /reload`).
+    reloader: Reloader,
+}
+
+impl ProxyState {
+    /// The admin view of the given parts; the topology follows with
+    /// [`ProxyState::backend_started`].
+    pub(crate) fn new(
+        health: Arc<Health>,
+        metrics: Arc<Metrics>,
+        services: Arc<ServiceRegistry>,
+        clients: Arc<AtomicUsize>,
+        reloader: Reloader,
+    ) -> ProxyState {
+        ProxyState {
+            health,
+            metrics,
+            services,
+            clients,
+            topology: OnceLock::new(),
+            reloader,
+        }
+    }
+
+    /// The backend is started: `/health` and `/metrics` report on it from now on.
+    pub(crate) fn backend_started(&self, topology: Arc<Topology>) {
+        let _ = self.topology.set(topology);
+    }
+
+    /// Lets reloads re-read `path`; see [`Reloader::set_path`].
+    pub(crate) fn reload_from(&self, path: std::path::PathBuf) {
+        self.reloader.set_path(path);
+    }
+
+    /// Whether `/health/ready` is green.
+    pub fn is_ready(&self) -> bool {
+        self.health.is_ready()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render_metrics(&self) -> String {
+        let mut extra = vec![Gauge {
+            name: "keygate_ready",
+            help: "1 once a backend master is confirmed reachable.",
+            labels: Vec::new(),
+            value: if self.is_ready() { 1.0 } else { 0.0 },
+        }];
+        let mut failovers = None;
+        if let Some(topology) = self.topology.get() {
+            let snapshot = topology.load();
+            extra.push(Gauge {
+                name: "keygate_master_confirmed",
+                help: "1 while a master is confirmed with ROLE.",
+                labels: Vec::new(),
+                value: if snapshot.master.is_some() { 1.0 } else { 0.0 },
+            });
+            if let Some(master) = &snapshot.master {
+                extra.push(Gauge {
+                    name: "keygate_backend_connections",
+                    help: "Open connections to a backend node.",
+                    labels: vec![
+                        ("node", master.addr().to_string()),
+                        ("role", "master".to_string()),
+                    ],
+                    value: master.health().connected() as f64,
+                });
+            }
+            failovers = Some(topology.failovers_total());
+            for service in self.services.current().all() {
+                extra.push(Gauge {
+                    name: "keygate_dedicated_connections",
+                    help: "Dedicated backend connections held by each service's clients.",
+                    labels: vec![("service", service.name.clone())],
+                    value: service.dedicated_held() as f64,
+                });
+            }
+        }
+        let mut text = self.metrics.render_prometheus(&extra);
+        if let Some(n) = failovers {
+            text.push_str(&format!(
+                "# HELP keygate_failovers_total Master changes followed since start.\n\
+                 # TYPE keygate_failovers_total counter\n\
+                 keygate_failovers_total {n}\n"
+            ));
+        }
+        text
+    }
+
+    /// Re-reads the config file and applies its services; see [`crate::reload`].
+    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        self.reloader.reload()
+    }
+
+    /// The `/slowlog` JSON.
+    pub(crate) fn slowlog_json(&self) -> serde_json::Value {
+        self.metrics.slowlog_json()
+    }
+
+    /// The `/health` JSON detail.
+    pub fn health_json(&self) -> serde_json::Value {
+        let started = self.topology.get();
+        serde_json::json!({
+            "ready": self.is_ready(),
+            "uptime_seconds": self.health.started.elapsed().as_secs(),
+            "clients": started.map(|_| self.clients.load(Ordering::Relaxed)),
+            "backend": started.map(|topology| topology.health_json()),
+            "last_reload": self.reloader.status_json(),
+        })
+    }
+}
 
 /// Serves `/metrics`, `/health/live`, `/health/ready` and `/health` until `shutdown`.
 pub async fn serve(
@@ -97,7 +226,7 @@ async fn reload(State(state): State<Arc<ProxyState>>) -> impl IntoResponse {
         Ok(Err(error)) => {
             let status = match error {
                 ReloadError::Invalid { .. } => StatusCode::BAD_REQUEST,
-                ReloadError::NoConfigFile | ReloadError::NotRunning => StatusCode::CONFLICT,
+                ReloadError::NoConfigFile => StatusCode::CONFLICT,
             };
             (
                 status,

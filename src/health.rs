@@ -1,15 +1,14 @@
 //! The proxy's readiness latch and start time.
 //!
-//! The server keeps the latch in step with the backend; the admin listener
-//! (`/health/ready`, `keygate_ready`) and the client side (INFO's uptime)
-//! read it. It sits below both, so the client side needs nothing of the
-//! server's.
+//! The composition root ([`crate::proxy`]) keeps the latch in step with the
+//! backend; the admin listener (`/health/ready`, `keygate_ready`) and the
+//! client side (INFO's uptime) read it. It sits below both, so neither
+//! needs anything of the other's.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-/// Readiness and uptime, shared by the server, the admin listener and
-/// every client task.
+/// Readiness and uptime, shared by the admin listener and every client task.
 #[derive(Debug)]
 pub struct Health {
     /// Flips true once a backend master is confirmed reachable.
@@ -20,7 +19,7 @@ pub struct Health {
 
 impl Health {
     /// Not ready, started now.
-    pub fn new() -> Health {
+    pub(crate) fn new() -> Health {
         Health {
             ready: AtomicBool::new(false),
             started: Instant::now(),
@@ -28,13 +27,7 @@ impl Health {
     }
 
     /// Whether `/health/ready` is green.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
-    }
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Health::new()
     }
 }

@@ -1,6 +1,9 @@
 //! keygate: a Redis-protocol proxy that confines each service to its own key
 //! namespace, governs TTLs, follows Sentinel and measures every command.
 //!
+//! [`proxy`] builds keygate once from its config (TLS, metrics, services,
+//! backend, client settings) and hands each layer below what it uses.
+//!
 //! A command travels through keygate in one direction, one module per stage:
 //!
 //! - [`server`] accepts client connections and owns shutdown.
@@ -20,8 +23,8 @@
 //! - [`metrics`] records latency histograms and counters without locks on the data path.
 //! - [`tls`] loads certificates and runs TLS handshakes on both sides.
 //! - [`admin`] serves health and metrics over HTTP, apart from the data path.
-//! - [`health`] is the readiness latch and start time the server sets and
-//!   the admin listener and the client side read.
+//! - [`health`] is the readiness latch and start time that [`proxy`] keeps in
+//!   step with the backend and the admin listener and the client side read.
 //! - [`reload`] re-reads the config file and swaps the services in force.
 
 // The modules that handle client bytes may not panic on them: no `unwrap`,
@@ -56,6 +59,7 @@ pub mod policy;
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
 )]
 pub mod protocol;
+pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod server;

@@ -24,8 +24,10 @@ use std::thread::JoinHandle;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
+use keygate::admin::ProxyState;
 use keygate::config::{Config, LogFormat};
-use keygate::server::{Listeners, ProxyState, Server};
+use keygate::proxy::Proxy;
+use keygate::server::Listeners;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
@@ -84,7 +86,7 @@ fn main() -> ExitCode {
     };
     if cli.check {
         // The TLS files too: a start would fail on them.
-        if let Err(error) = keygate::server::load_tls(&config) {
+        if let Err(error) = keygate::proxy::load_tls(&config) {
             eprintln!("keygate: invalid config {}:\n{error}", cli.config.display());
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
@@ -160,19 +162,19 @@ fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
 
     log_start(&config, config_path);
     let grace = config.proxy.shutdown_grace;
-    let server = Server::new(config)
+    let proxy = Proxy::new(config)
         .context("cannot build the proxy")?
         .reload_from(config_path.to_path_buf());
     let admin = admin_listener
-        .map(|listener| spawn_admin(listener, server.state()))
+        .map(|listener| spawn_admin(listener, proxy.state()))
         .transpose()?;
 
     let served = runtime.block_on(async {
         let shutdown = shutdown_signal().context("cannot install signal handlers")?;
-        let hangups = reload_on_hangup(server.state()).context("cannot install signal handlers")?;
+        let hangups = reload_on_hangup(proxy.state()).context("cannot install signal handlers")?;
         tokio::spawn(hangups);
         tokio::spawn(return_freed_memory());
-        server
+        proxy
             .run_listeners(listeners, shutdown)
             .await
             .context("proxy stopped")

@@ -2,9 +2,11 @@
 //!
 //! What a reload changes: the `[[service]]` list (names, passwords,
 //! prefixes, isolation, TTL policy, limits, deny lists, read policy). The new
-//! services are put in force by swapping the client context's
-//! [`ServiceRegistry`](crate::policy::registry::ServiceRegistry); no
-//! connection is dropped, and each client follows on its next command.
+//! services are put in force by swapping the
+//! [`ServiceRegistry`] the client side reads; no connection is dropped, and
+//! each client follows on its next command. The [`Reloader`] is handed what
+//! a reload changes (the registry, the metrics that name services, the
+//! start-only limits the services derive from) when keygate is assembled.
 //!
 //! What it does not change: `[proxy]` and `[backend]` (listeners, workers,
 //! backend address, Sentinel set, timeouts, ...) are read once at start. A
@@ -19,12 +21,12 @@
 //! serialized, so generations rise one at a time.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::client::Context;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
+use crate::policy::registry::ServiceRegistry;
 use crate::policy::service::Services;
 
 /// The sections read only at start.
@@ -36,9 +38,6 @@ pub enum ReloadError {
     /// keygate was given its config as text, not as a file.
     #[error("keygate was not started from a config file; nothing to reload")]
     NoConfigFile,
-    /// The proxy is not serving yet.
-    #[error("the proxy is not running yet")]
-    NotRunning,
     /// The new config is unreadable or invalid; the old one stays in force.
     #[error("invalid config {path}:\n{source}")]
     Invalid {
@@ -54,16 +53,16 @@ pub enum ReloadError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadReport {
     /// The registry generation now in force.
-    pub generation: u64,
+    pub(crate) generation: u64,
     /// How many services are in force.
-    pub services: usize,
+    pub(crate) services: usize,
     /// `section.key` names whose change needs a restart (not applied).
-    pub requires_restart: Vec<String>,
+    pub(crate) requires_restart: Vec<String>,
 }
 
 impl ReloadReport {
     /// The JSON `POST /reload` answers with.
-    pub fn to_json(&self) -> serde_json::Value {
+    pub(crate) fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "ok": true,
             "generation": self.generation,
@@ -80,9 +79,15 @@ struct LastReload {
     outcome: Result<ReloadReport, String>,
 }
 
-/// Where reloads read from, and how the last one went.
-#[derive(Debug, Default)]
-pub struct Reloader {
+/// Where reloads read from, what they change, and how the last one went.
+#[derive(Debug)]
+pub(crate) struct Reloader {
+    /// The services in force, which a reload replaces.
+    services: Arc<ServiceRegistry>,
+    /// Counts failed reloads, and gives new services their metrics slots.
+    metrics: Arc<Metrics>,
+    /// `[backend] dedicated_max` as started: services share it out.
+    dedicated_max: u32,
     /// The config file, once the binary (or a test) names it.
     path: OnceLock<PathBuf>,
     /// The start-only sections as the file had them at start.
@@ -92,32 +97,40 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// Reloads will replace the services in `services`, following the
+    /// start-only settings of `config` (the config keygate started with).
+    pub(crate) fn new(
+        config: &Config,
+        services: Arc<ServiceRegistry>,
+        metrics: Arc<Metrics>,
+    ) -> Reloader {
+        Reloader {
+            services,
+            metrics,
+            dedicated_max: config.backend.dedicated_max,
+            path: OnceLock::new(),
+            started_with: OnceLock::new(),
+            last: Mutex::new(None),
+        }
+    }
+
     /// Reloads will read `path`; its current start-only sections become the
     /// baseline for "requires restart". Only the first call counts.
-    pub fn set_path(&self, path: PathBuf) {
+    pub(crate) fn set_path(&self, path: PathBuf) {
         if let Some(table) = read_table(&path) {
             let _ = self.started_with.set(table);
         }
         let _ = self.path.set(path);
     }
 
-    /// The config file reloads read, if any.
-    pub fn path(&self) -> Option<&Path> {
-        self.path.get().map(PathBuf::as_path)
-    }
-
-    /// Re-reads the config file and puts its services in force in `ctx`, or
-    /// changes nothing and records why.
-    pub fn reload(
-        &self,
-        ctx: Option<&Context>,
-        metrics: &Metrics,
-    ) -> Result<ReloadReport, ReloadError> {
+    /// Re-reads the config file and puts its services in force, or changes
+    /// nothing and records why.
+    pub(crate) fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let mut last = self
             .last
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let result = self.apply(ctx);
+        let result = self.apply();
         match &result {
             Ok(report) => {
                 tracing::info!(
@@ -133,7 +146,7 @@ impl Reloader {
                 }
             }
             Err(error) => {
-                metrics.config_reload_failure();
+                self.metrics.config_reload_failure();
                 tracing::error!(
                     "config reload failed; the previous config stays in force: {error}"
                 );
@@ -148,9 +161,8 @@ impl Reloader {
         result
     }
 
-    fn apply(&self, ctx: Option<&Context>) -> Result<ReloadReport, ReloadError> {
+    fn apply(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.path.get().ok_or(ReloadError::NoConfigFile)?;
-        let ctx = ctx.ok_or(ReloadError::NotRunning)?;
         let config = Config::load(path).map_err(|source| ReloadError::Invalid {
             path: path.display().to_string(),
             source,
@@ -159,24 +171,24 @@ impl Reloader {
             (Some(before), Some(now)) => changed_restart_keys(before, &now),
             _ => Vec::new(),
         };
-        let metrics_slot = |name: &str| ctx.metrics.slot_for(name);
+        let metrics_slot = |name: &str| self.metrics.slot_for(name);
         let services = Services::reloaded(
             &config,
-            &ctx.services.current(),
+            &self.services.current(),
             &metrics_slot,
-            ctx.config.backend.dedicated_max,
+            self.dedicated_max,
         );
         let report = ReloadReport {
             generation: services.generation(),
             services: services.all().len(),
             requires_restart,
         };
-        ctx.services.replace(services);
+        self.services.replace(services);
         Ok(report)
     }
 
     /// The `last_reload` field of `/health`: `null` before any reload.
-    pub fn status_json(&self) -> serde_json::Value {
+    pub(crate) fn status_json(&self) -> serde_json::Value {
         let last = self
             .last
             .lock()
@@ -262,9 +274,15 @@ mod tests {
 
     #[test]
     fn reload_without_a_file_is_refused_and_counted() {
-        let reloader = Reloader::default();
+        let config = Config::parse(
+            "[proxy]\nlisten = \"127.0.0.1:0\"\n[backend]\naddress = \"127.0.0.1:1\"\n\
+             [[service]]\nname = \"default\"\nprefix = \"\"\nisolation = false\n",
+        )
+        .expect("config");
+        let services = Arc::new(ServiceRegistry::new(Services::from_config(&config)));
         let metrics = Metrics::new(Vec::new(), true);
-        let error = reloader.reload(None, &metrics).expect_err("no file");
+        let reloader = Reloader::new(&config, services, metrics);
+        let error = reloader.reload().expect_err("no file");
         assert!(matches!(error, ReloadError::NoConfigFile));
         assert_eq!(reloader.status_json()["ok"], serde_json::json!(false));
     }

@@ -97,8 +97,9 @@ pub struct Router {
 
 impl Router {
     /// Starts connections to the configured backend and, with Sentinels,
-    /// the topology monitor. Must be called inside a tokio runtime.
-    pub fn start(config: &Config) -> Router {
+    /// the topology monitor, over `tls` (`[backend.tls]`, loaded at start).
+    /// Must be called inside a tokio runtime.
+    pub fn start(config: &Config, tls: Option<Arc<BackendTls>>) -> Router {
         let b = &config.backend;
         let addr = b
             .address
@@ -106,10 +107,6 @@ impl Router {
             .unwrap_or_else(|| "127.0.0.1:6379".to_string());
         // One TLS setting for data nodes and Sentinels alike: certificates
         // are verified against `server_name`, never an announced address.
-        let tls = b
-            .tls
-            .as_ref()
-            .map(|tls| Arc::new(BackendTls::from_config_or_refusing(tls)));
         let opts = NodeOptions {
             connect: ConnectOptions {
                 addr,
@@ -207,7 +204,7 @@ impl Router {
     }
 
     /// The topology, for health, readiness and metrics.
-    pub fn topology(&self) -> &Topology {
+    pub fn topology(&self) -> &Arc<Topology> {
         &self.topology
     }
 

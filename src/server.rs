@@ -1,15 +1,14 @@
 //! Accepting clients and shutting down.
 //!
-//! `Server::run` takes a bound listener and a shutdown future, so tests bind
-//! `127.0.0.1:0` and run the real server in-process; `Server::run_listeners`
-//! also serves the TLS listener (`listen_tls`). On shutdown it stops
-//! accepting, tells every client to finish what it has in flight, and waits
-//! up to the grace period.
+//! [`Server::run`] takes bound listeners (plain TCP and TLS, `listen_tls`)
+//! and a shutdown future, so tests bind `127.0.0.1:0` and run the real
+//! server in-process. On shutdown it stops accepting, tells every client to
+//! finish what it has in flight, and waits up to the grace period. It is
+//! handed the client side's [`Context`] and the TLS acceptor, built once at
+//! start (see [`crate::proxy`]).
 
 use std::future::Future;
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -18,27 +17,7 @@ use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{self, Context};
-use crate::config::Config;
-use crate::health::Health;
-use crate::metrics::{Gauge, Metrics};
-use crate::reload::{ReloadError, ReloadReport, Reloader};
 use crate::tls::acceptor::ClientTlsAcceptor;
-use crate::tls::connector::BackendTls;
-use crate::tls::TlsError;
-
-/// Why the proxy could not start or stopped abnormally.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    #[error("i/o error: {0}")]
-    /// A listener or socket failed.
-    Io(#[from] std::io::Error),
-    /// A certificate, key or CA file of `[proxy.tls]` or `[backend.tls]` cannot be used.
-    #[error("TLS: {0}")]
-    Tls(#[from] TlsError),
-    /// A TLS listener was given without `[proxy.tls]`.
-    #[error("a TLS listener needs [proxy.tls] (cert, key)")]
-    TlsListenerWithoutCertificate,
-}
 
 /// The client listeners a proxy serves: plain TCP, TLS, or both.
 #[derive(Debug, Default)]
@@ -49,180 +28,23 @@ pub struct Listeners {
     pub tls: Option<TcpListener>,
 }
 
-/// What the admin listener reads: readiness, health detail and metrics.
-#[derive(Debug)]
-pub struct ProxyState {
-    /// Readiness and uptime, shared with every client task.
-    pub health: Arc<Health>,
-    /// The running proxy, once `run` has started it.
-    context: OnceLock<Arc<Context>>,
-    /// The metrics registry every client records into.
-    metrics: Arc<Metrics>,
-    /// Hot reload of the config file (SIGHUP, `POST /reload`).
-    reloader: Reloader,
-}
-
-impl ProxyState {
-    /// Whether `/health/ready` is green.
-    pub fn is_ready(&self) -> bool {
-        self.health.is_ready()
-    }
-
-    /// The metrics registry, for the client context and admin commands.
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.metrics.clone()
-    }
-
-    /// The Prometheus text exposition of every metric.
-    pub fn render_metrics(&self) -> String {
-        let mut extra = vec![Gauge {
-            name: "keygate_ready",
-            help: "1 once a backend master is confirmed reachable.",
-            labels: Vec::new(),
-            value: if self.is_ready() { 1.0 } else { 0.0 },
-        }];
-        let mut failovers = None;
-        if let Some(ctx) = self.context.get() {
-            let topology = ctx.router.topology();
-            let snapshot = topology.load();
-            extra.push(Gauge {
-                name: "keygate_master_confirmed",
-                help: "1 while a master is confirmed with ROLE.",
-                labels: Vec::new(),
-                value: if snapshot.master.is_some() { 1.0 } else { 0.0 },
-            });
-            if let Some(master) = &snapshot.master {
-                extra.push(Gauge {
-                    name: "keygate_backend_connections",
-                    help: "Open connections to a backend node.",
-                    labels: vec![
-                        ("node", master.addr().to_string()),
-                        ("role", "master".to_string()),
-                    ],
-                    value: master.health().connected() as f64,
-                });
-            }
-            failovers = Some(topology.failovers_total());
-            for service in ctx.services.current().all() {
-                extra.push(Gauge {
-                    name: "keygate_dedicated_connections",
-                    help: "Dedicated backend connections held by each service's clients.",
-                    labels: vec![("service", service.name.clone())],
-                    value: service.dedicated_held() as f64,
-                });
-            }
-        }
-        let mut text = self.metrics.render_prometheus(&extra);
-        if let Some(n) = failovers {
-            text.push_str(&format!(
-                "# HELP keygate_failovers_total Master changes followed since start.\n\
-                 # TYPE keygate_failovers_total counter\n\
-                 keygate_failovers_total {n}\n"
-            ));
-        }
-        text
-    }
-
-    /// Re-reads the config file and applies its services; see [`crate::reload`].
-    pub fn reload(&self) -> Result<ReloadReport, ReloadError> {
-        self.reloader
-            .reload(self.context.get().map(Arc::as_ref), &self.metrics)
-    }
-
-    /// The `/slowlog` JSON.
-    pub fn slowlog_json(&self) -> serde_json::Value {
-        self.metrics.slowlog_json()
-    }
-
-    /// The `/health` JSON detail.
-    pub fn health_json(&self) -> serde_json::Value {
-        let backend = self
-            .context
-            .get()
-            .map(|ctx| ctx.router.topology().health_json());
-        serde_json::json!({
-            "ready": self.is_ready(),
-            "uptime_seconds": self.health.started.elapsed().as_secs(),
-            "clients": self.context.get().map(|c| c.clients.load(Ordering::Relaxed)),
-            "backend": backend,
-            "last_reload": self.reloader.status_json(),
-        })
-    }
-}
-
-/// A configured proxy, ready to serve a listener.
-pub struct Server {
-    config: Arc<Config>,
-    state: Arc<ProxyState>,
-    /// Loaded from `[proxy.tls]`, if set.
+/// The accept loop over a running client side.
+pub(crate) struct Server {
+    ctx: Arc<Context>,
+    /// Loaded from `[proxy.tls]`; a TLS listener is served only with it.
     client_tls: Option<ClientTlsAcceptor>,
 }
 
 impl Server {
-    /// Builds the proxy from a validated config; backends connect when it runs.
-    /// TLS files are loaded here, so a bad one fails the start.
-    pub fn new(config: Config) -> Result<Server, ServerError> {
-        let client_tls = load_tls(&config)?;
-        let metrics = Metrics::from_config(&config);
-        Ok(Server {
-            client_tls,
-            config: Arc::new(config),
-            state: Arc::new(ProxyState {
-                health: Arc::new(Health::new()),
-                context: OnceLock::new(),
-                metrics,
-                reloader: Reloader::default(),
-            }),
-        })
+    /// Serves clients with `ctx`, TLS ones with `client_tls`.
+    pub(crate) fn new(ctx: Arc<Context>, client_tls: Option<ClientTlsAcceptor>) -> Server {
+        Server { ctx, client_tls }
     }
 
-    /// Lets SIGHUP and `POST /reload` re-read `path`, the file `config` came from.
-    pub fn reload_from(self, path: PathBuf) -> Server {
-        self.state.reloader.set_path(path);
-        self
-    }
-
-    /// The metrics registry, for the client context.
-    pub fn metrics(&self) -> Arc<Metrics> {
-        self.state.metrics()
-    }
-
-    /// The state shared with the admin listener.
-    pub fn state(&self) -> Arc<ProxyState> {
-        self.state.clone()
-    }
-
-    /// Serves clients on `listener` until `shutdown` completes, then lets
+    /// Serves clients on `listeners` until `shutdown` completes, then lets
     /// in-flight requests finish within the configured grace period.
-    pub async fn run(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), ServerError> {
-        let listeners = Listeners {
-            plain: Some(listener),
-            tls: None,
-        };
-        self.run_listeners(listeners, shutdown).await
-    }
-
-    /// Like [`Server::run`], serving every listener given; the TLS one
-    /// needs `[proxy.tls]` in the config.
-    pub async fn run_listeners(
-        self,
-        listeners: Listeners,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), ServerError> {
-        if listeners.tls.is_some() && self.client_tls.is_none() {
-            return Err(ServerError::TlsListenerWithoutCertificate);
-        }
-        let ctx = Arc::new(Context::new(
-            self.config.clone(),
-            self.state.health.clone(),
-            self.state.metrics(),
-        ));
-        let _ = self.state.context.set(ctx.clone());
-        let readiness = tokio::spawn(watch_readiness(ctx.clone()));
+    pub(crate) async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) {
+        let ctx = self.ctx;
         let (stop_tx, stop_rx) = watch::channel(false);
         let tracker = TaskTracker::new();
         tokio::pin!(shutdown);
@@ -265,30 +87,11 @@ impl Server {
         tracing::info!("shutting down: waiting for clients to finish");
         let _ = stop_tx.send(true);
         tracker.close();
-        let grace = self.config.proxy.shutdown_grace;
+        let grace = ctx.config.proxy.shutdown_grace;
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
             tracing::warn!(?grace, "grace period over; closing remaining clients");
         }
-        readiness.abort();
-        Ok(())
     }
-}
-
-/// Loads the TLS files `config` names (certificates, keys, CAs) as a start
-/// would: the client side's acceptor, if any, and the backend side's
-/// settings. `keygate --check` runs it too, so a missing or bad file is
-/// found before a deployment, not at its start.
-pub fn load_tls(config: &Config) -> Result<Option<ClientTlsAcceptor>, ServerError> {
-    let client_tls = config
-        .proxy
-        .tls
-        .as_ref()
-        .map(ClientTlsAcceptor::from_config)
-        .transpose()?;
-    if let Some(tls) = &config.backend.tls {
-        BackendTls::from_config(tls)?;
-    }
-    Ok(client_tls)
 }
 
 /// Accepts on `listener`; never completes when there is none.
@@ -324,15 +127,4 @@ async fn serve_tls_client(
         return;
     }
     client::serve_io(rd, wr, ctx, stop_rx, addresses).await;
-}
-
-/// Keeps the readiness latch in step with the backend.
-async fn watch_readiness(ctx: Arc<Context>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tick.tick().await;
-        ctx.state
-            .ready
-            .store(ctx.router.is_ready(), Ordering::Relaxed);
-    }
 }

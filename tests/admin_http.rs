@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keygate::config::Config;
-use keygate::server::Server;
+use keygate::proxy::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -71,7 +71,7 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> Response {
 #[tokio::test]
 async fn admin_routes_answer_and_shut_down() {
     let config = Config::parse(CONFIG).expect("valid config");
-    let server = Server::new(config).expect("server");
+    let server = Proxy::new(config).expect("server");
     let state = server.state();
 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

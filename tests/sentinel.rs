@@ -73,23 +73,23 @@ fn readonly_errors(server: &RedisServer) -> u64 {
         .unwrap_or(0)
 }
 
-fn backend_json(state: &keygate::server::ProxyState) -> serde_json::Value {
+fn backend_json(state: &keygate::admin::ProxyState) -> serde_json::Value {
     state.health_json()["backend"].clone()
 }
 
-fn master_addr(state: &keygate::server::ProxyState) -> Option<String> {
+fn master_addr(state: &keygate::admin::ProxyState) -> Option<String> {
     backend_json(state)["master"]["address"]
         .as_str()
         .map(str::to_string)
 }
 
-fn wait_for_master(state: &keygate::server::ProxyState, addr: &str) -> bool {
+fn wait_for_master(state: &keygate::admin::ProxyState, addr: &str) -> bool {
     wait_until(FOLLOW_LIMIT, || {
         master_addr(state).as_deref() == Some(addr) && state.is_ready()
     })
 }
 
-fn replica_state(state: &keygate::server::ProxyState, addr: &str) -> Option<String> {
+fn replica_state(state: &keygate::admin::ProxyState, addr: &str) -> Option<String> {
     backend_json(state)["replicas"]
         .as_array()?
         .iter()

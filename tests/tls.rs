@@ -196,7 +196,7 @@ fn unreadable_certificate_fails_the_start_naming_the_key() {
     let pki = TestPki::generate();
     let text = tls_config(&pki, "127.0.0.1:1", "", "").replace("server.key", "missing.key");
     let config = keygate::config::Config::parse(&text).expect("valid syntax");
-    let err = keygate::server::Server::new(config)
+    let err = keygate::proxy::Proxy::new(config)
         .err()
         .expect("start must fail");
     let text = err.to_string();

@@ -76,7 +76,7 @@ use crate::config::Config;
 use crate::health::Health;
 use crate::metrics::{Metrics, Recorder};
 use crate::policy::registry::ServiceRegistry;
-use crate::policy::service::{Service, Services};
+use crate::policy::service::Service;
 use crate::protocol::request::{RequestScanner, ScanLimits};
 use crate::router::Router;
 pub use buffers::ClientRead;
@@ -90,7 +90,7 @@ pub struct Context {
     /// The configuration in force for the proxy side (services may be reloaded).
     pub config: Arc<Config>,
     /// The services in force; a config reload swaps them (see [`rebind`]).
-    pub services: ServiceRegistry,
+    pub services: Arc<ServiceRegistry>,
     /// Where requests go: the topology of master and replicas.
     pub router: Router,
     /// Readiness and uptime, shared with the server and the admin listener.
@@ -103,10 +103,26 @@ pub struct Context {
     pub next_id: AtomicU64,
     /// Every connected client, by CLIENT ID.
     pub client_table: registry::ClientTable,
-    /// Connected clients.
-    pub clients: AtomicUsize,
+    /// Connected clients (the admin listener's `/health` reads it too).
+    pub clients: Arc<AtomicUsize>,
     /// Failed AUTH and HELLO AUTH attempts.
     pub auth_failures: AtomicU64,
+}
+
+/// The parts of the running proxy a [`Context`] is given: built once, at
+/// start, and shared with whoever else reads them.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The services in force, which a reload replaces.
+    pub(crate) services: Arc<ServiceRegistry>,
+    /// The started backend.
+    pub(crate) router: Router,
+    /// Readiness and uptime.
+    pub(crate) health: Arc<Health>,
+    /// The metrics registry.
+    pub(crate) metrics: Arc<Metrics>,
+    /// The count of connected clients.
+    pub(crate) clients: Arc<AtomicUsize>,
 }
 
 impl Context {
@@ -124,21 +140,21 @@ impl Context {
             .is_ok()
     }
 
-    /// Builds the shared state and starts the backend connections.
-    pub fn new(config: Arc<Config>, state: Arc<Health>, metrics: Arc<Metrics>) -> Context {
+    /// The client side's settings derived from `config`, over the `shared` parts.
+    pub(crate) fn new(config: Arc<Config>, shared: Shared) -> Context {
         let scan_limits = ScanLimits {
             max_bulk_len: config.proxy.proto_max_bulk_len,
             ..ScanLimits::default()
         };
         Context {
-            services: ServiceRegistry::new(Services::from_config(&config)),
-            router: Router::start(&config),
-            state,
-            metrics,
+            services: shared.services,
+            router: shared.router,
+            state: shared.health,
+            metrics: shared.metrics,
             scan_limits,
             next_id: AtomicU64::new(1),
             client_table: registry::ClientTable::default(),
-            clients: AtomicUsize::new(0),
+            clients: shared.clients,
             auth_failures: AtomicU64::new(0),
             config,
         }

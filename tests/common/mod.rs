@@ -249,7 +249,7 @@ impl Keygate {
     }
 
     fn start_config(config: keygate::config::Config, reload_from: Option<PathBuf>) -> Keygate {
-        let mut server = keygate::server::Server::new(config).expect("server");
+        let mut server = keygate::proxy::Proxy::new(config).expect("server");
         if let Some(path) = reload_from {
             server = server.reload_from(path);
         }
@@ -258,7 +258,7 @@ impl Keygate {
 
     /// Runs a built server on its own thread and runtime, with the admin
     /// listener beside it, both on free ports.
-    fn start_server(server: keygate::server::Server) -> Keygate {
+    fn start_server(server: keygate::proxy::Proxy) -> Keygate {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (port_tx, port_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -659,12 +659,12 @@ pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 }
 
 /// Starts keygate like [`Keygate::start_with`] and also returns its
-/// [`keygate::server::ProxyState`] (readiness and `/health` detail).
+/// [`keygate::admin::ProxyState`] (readiness and `/health` detail).
 pub fn start_keygate_observed(
     toml_text: &str,
-) -> (Keygate, std::sync::Arc<keygate::server::ProxyState>) {
+) -> (Keygate, std::sync::Arc<keygate::admin::ProxyState>) {
     let config = keygate::config::Config::parse(toml_text).expect("valid test config");
-    let server = keygate::server::Server::new(config).expect("server");
+    let server = keygate::proxy::Proxy::new(config).expect("server");
     let state = server.state();
     (Keygate::start_server(server), state)
 }
@@ -1066,7 +1066,7 @@ impl Keygate {
                 let admin = bind().await.expect("bind admin");
                 let port = |l: &tokio::net::TcpListener| l.local_addr().expect("addr").port();
                 let ports = (port(&plain), port(&admin), port(&tls));
-                let server = keygate::server::Server::new(config).expect("server");
+                let server = keygate::proxy::Proxy::new(config).expect("server");
                 let state = server.state();
                 let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
                 tokio::spawn(keygate::admin::serve(admin, state, async move {
