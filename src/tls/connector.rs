@@ -21,16 +21,14 @@ pub type BackendTlsStream = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// The TLS settings every backend connection uses, shared by all of them.
 pub struct BackendTls {
-    /// The connector, or why the settings could not be loaded: connections
-    /// then fail with that reason instead of falling back to plain TCP.
-    connector: Result<TlsConnector, TlsError>,
+    /// Loaded once at start (a file that does not load fails the start).
+    connector: TlsConnector,
     server_name: Option<ServerName<'static>>,
 }
 
 impl std::fmt::Debug for BackendTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackendTls")
-            .field("loaded", &self.connector.is_ok())
             .field("server_name", &self.server_name)
             .finish_non_exhaustive()
     }
@@ -40,23 +38,9 @@ impl BackendTls {
     /// Loads the CA (or the built-in web PKI roots) and the optional client certificate.
     pub fn from_config(cfg: &BackendTlsConfig) -> Result<BackendTls, TlsError> {
         Ok(BackendTls {
-            connector: Ok(connector(cfg)?),
+            connector: connector(cfg)?,
             server_name: server_name_override(cfg),
         })
-    }
-
-    /// Like [`BackendTls::from_config`], but settings that do not load make
-    /// every connection fail with the reason (the proxy checked them at
-    /// start, so this only happens when files change under it).
-    pub fn from_config_or_refusing(cfg: &BackendTlsConfig) -> BackendTls {
-        let connector = connector(cfg);
-        if let Err(e) = &connector {
-            tracing::error!(error = %e, "backend TLS settings unusable; backend connections will fail");
-        }
-        BackendTls {
-            connector,
-            server_name: server_name_override(cfg),
-        }
     }
 
     /// The name verified in the certificate of the node at `addr` (`host:port`).
@@ -77,12 +61,8 @@ impl BackendTls {
         stream: TcpStream,
         addr: &str,
     ) -> Result<BackendTlsStream, String> {
-        let connector = self
-            .connector
-            .as_ref()
-            .map_err(|e| format!("TLS settings unusable: {e}"))?;
         let name = self.server_name_for(addr)?;
-        connector
+        self.connector
             .connect(name, stream)
             .await
             .map_err(|e| format!("TLS handshake failed: {e}"))
@@ -165,13 +145,11 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_ca_is_refused_at_load_and_on_every_connect() {
+    fn unreadable_ca_is_refused_at_load() {
         let cfg = BackendTlsConfig {
             ca: Some("/nonexistent/ca.pem".into()),
             ..Default::default()
         };
         assert!(BackendTls::from_config(&cfg).is_err());
-        let refusing = BackendTls::from_config_or_refusing(&cfg);
-        assert!(refusing.connector.is_err());
     }
 }
