@@ -7,8 +7,8 @@
 //!   settings to the [`router`](crate::router);
 //! - the metrics registry, the readiness latch, the count of connected
 //!   clients and the service registry, shared by the client side, the
-//!   [`admin`] listener and the [`reload`](crate::reload)er, which is handed
-//!   the registry and metrics a reload changes;
+//!   [`admin`](crate::admin) listener and the [`reload`](crate::reload)er,
+//!   which is handed the registry and metrics a reload changes;
 //! - when the proxy runs (inside a tokio runtime, which starting backend
 //!   connections needs): the backend and topology, the client side's
 //!   settings ([`client::Context`]), the readiness watch, then the server's

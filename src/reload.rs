@@ -4,7 +4,7 @@
 //! prefixes, isolation, TTL policy, limits, deny lists, read policy). The new
 //! services are put in force by swapping the
 //! [`ServiceRegistry`] the client side reads; no connection is dropped, and
-//! each client follows on its next command. The [`Reloader`] is handed what
+//! each client follows on its next command. The `Reloader` is handed what
 //! a reload changes (the registry, the metrics that name services, the
 //! start-only limits the services derive from) when keygate is assembled.
 //!

@@ -1,6 +1,6 @@
 //! Accepting clients and shutting down.
 //!
-//! [`Server::run`] takes bound listeners (plain TCP and TLS, `listen_tls`)
+//! `Server::run` takes bound listeners (plain TCP and TLS, `listen_tls`)
 //! and a shutdown future, so tests bind `127.0.0.1:0` and run the real
 //! server in-process. On shutdown it stops accepting, tells every client to
 //! finish what it has in flight, and waits up to the grace period. It is
