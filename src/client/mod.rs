@@ -93,7 +93,7 @@ pub struct Context {
     pub services: Arc<ServiceRegistry>,
     /// Where requests go: the topology of master and replicas.
     pub router: Router,
-    /// Readiness and uptime, shared with the server and the admin listener.
+    /// Readiness and uptime, shared with the admin listener.
     pub state: Arc<Health>,
     /// The registry each connection's recorder hands its samples to.
     pub metrics: Arc<Metrics>,
