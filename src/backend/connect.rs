@@ -58,6 +58,9 @@ pub enum Role {
     Dedicated,
     /// Topology discovery: ROLE and INFO probes, Sentinel queries.
     Control,
+    /// One command past a busy script ([`super::urgent`]): AUTH only, as
+    /// Redis refuses SELECT and CLIENT SETNAME while a script runs.
+    Urgent,
 }
 
 impl Role {
@@ -67,6 +70,7 @@ impl Role {
             Role::Mux => "keygate-mux",
             Role::Dedicated => "keygate-dedicated",
             Role::Control => "keygate-control",
+            Role::Urgent => "keygate-urgent",
         }
     }
 }
@@ -207,6 +211,9 @@ fn handshake_requests(opts: &ConnectOptions, role: Role) -> Vec<Request> {
         (Protocol::Resp3, None) => reqs.push(Request::from_args(&["HELLO", "3"])),
         (Protocol::Resp2, Some(pass)) => reqs.push(Request::from_args(&["AUTH", &user, pass])),
         (Protocol::Resp2, None) => {}
+    }
+    if role == Role::Urgent {
+        return reqs;
     }
     if opts.database != 0 {
         reqs.push(Request::from_args(&["SELECT", &opts.database.to_string()]));

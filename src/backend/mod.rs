@@ -9,6 +9,7 @@
 //! - [`node`] groups both kinds for one Redis node; [`health`] is what its
 //!   connection tasks report about it.
 //! - [`stream`] is the byte stream to a node, plain TCP or TLS.
+//! - [`urgent`] sends SCRIPT KILL and FUNCTION KILL past a busy script.
 
 pub mod connect;
 pub mod dedicated;
@@ -17,6 +18,7 @@ pub mod meter;
 pub mod mux;
 pub mod node;
 pub mod stream;
+pub mod urgent;
 
 /// A failure on the backend side, as the client will be told about it.
 ///

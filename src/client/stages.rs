@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use super::isolation::{self, Isolated};
 use super::local::{self, LocalAnswer};
 use super::queue::{CommandReply, ReplyPlan};
+use super::urgent::UrgentCall;
 use super::{database, governance, pubsub, registry, session, tracking, Connection};
 use crate::command::keyword::is_keyword;
 use crate::command::state::{self, Treatment};
@@ -52,6 +53,8 @@ pub(super) enum Deferred {
     },
     /// A keyspace-wide command of a namespaced service, run as a procedure.
     Procedure(isolation::ProcedureCall),
+    /// SCRIPT KILL or FUNCTION KILL, sent past a busy script.
+    Urgent(Box<UrgentCall>),
     /// RESET while the dedicated connection still owes replies: they are
     /// awaited first (Redis, too, runs a pipelined RESET only after the
     /// commands before it), then the connection is dropped. A client in
@@ -412,6 +415,13 @@ impl Connection {
                 suppress,
             }));
         }
+        if matches!(spec.name, "script|kill" | "function|kill") {
+            return Err(Some(Deferred::Urgent(Box::new(UrgentCall {
+                request: req,
+                reply,
+                suppress,
+            }))));
+        }
         if !self.batch.takes(suppress) {
             self.seal_batch();
         }
@@ -639,6 +649,7 @@ impl Connection {
                     .await
             }
             Deferred::Procedure(call) => self.run_procedure(call).await,
+            Deferred::Urgent(call) => self.send_urgent(*call).await,
             Deferred::Reset { reply, suppress } => {
                 self.flush_dedicated().await;
                 self.await_dedicated_replies().await;
