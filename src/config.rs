@@ -7,7 +7,7 @@ mod locate;
 mod validate;
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -295,6 +295,59 @@ pub struct ServiceConfig {
     /// keys to); absent: all of the backend's `databases`.
     #[serde(default)]
     pub databases: Option<Vec<u32>>,
+    /// `[service.token]`: signed tokens accepted as the AUTH password.
+    #[serde(default)]
+    pub token: Option<TokenConfig>,
+}
+
+/// `[service.token]`: a JWT the service already has, presented as its
+/// Redis password (`AUTH <token>`, `AUTH <service> <token>`, `HELLO 3 AUTH
+/// <service> <token>`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The `iss` a token must carry; absent: not checked.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The `aud` a token must carry; absent: not checked.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Environment variable holding the HS256 shared secret.
+    #[serde(default)]
+    pub hs256_secret_env: Option<String>,
+    /// A JWKS file (JSON) with RS256, ES256 or EdDSA public keys; read again
+    /// on every reload.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_token_leeway", with = "duration")]
+    pub leeway: Duration,
+    /// The claim whose value must be the service's name.
+    #[serde(default = "default_service_claim")]
+    pub service_claim: String,
+    /// What a connection logged in by a token does once the token expires.
+    #[serde(default)]
+    pub on_expiry: OnExpiry,
+}
+
+fn default_token_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_service_claim() -> String {
+    "sub".into()
+}
+
+/// What a token-authenticated connection does at the token's expiry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExpiry {
+    /// Every command but AUTH, HELLO, PING, QUIT and RESET gets `-NOAUTH
+    /// token expired` until the client logs in again.
+    #[default]
+    Deny,
+    /// The connection is closed once the replies already due are written.
+    Close,
 }
 
 impl ServiceConfig {

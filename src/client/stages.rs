@@ -34,6 +34,9 @@ use crate::router::{self, ConnectionEffect};
 
 /// The reply to a command that needs a login first.
 const NOAUTH: &str = "NOAUTH Authentication required.";
+/// The reply to a command after the login's token expired (`on_expiry =
+/// "deny"`).
+const TOKEN_EXPIRED: &str = "NOAUTH token expired";
 
 /// Why the stages stopped with a request: `None` when it was answered (or
 /// refused) here, or the work it left that waits on a backend.
@@ -170,6 +173,16 @@ impl Connection {
             return Err(self.reject("unknown", ErrorKind::Policy, &msg, suppress));
         }
         let name = req.get(0).unwrap_or_default();
+        if self.session.token_expiry.is_some() && self.session.expired_token().is_some() {
+            // The login lapsed: only what logs in again or ends the
+            // connection runs, until a fresh token comes.
+            let allowed = ["auth", "hello", "ping", "quit", "reset"]
+                .iter()
+                .any(|c| name.eq_ignore_ascii_case(c.as_bytes()));
+            if !allowed {
+                return Err(self.reject("unknown", ErrorKind::Policy, TOKEN_EXPIRED, suppress));
+            }
+        }
         if !self.session.tx.open {
             if name.eq_ignore_ascii_case(b"client") && self.session.service.is_some() {
                 if let Ok(spec) = command::lookup(&req) {
