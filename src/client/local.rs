@@ -163,6 +163,7 @@ pub fn answer(
             session.name = None;
             session.reply_mode = ReplyMode::On;
             session.tx = Default::default();
+            session.queued.clear();
             LocalAnswer::ReplyAfterReset(Bytes::from_static(b"+RESET\r\n"))
         }
         "auth" => {

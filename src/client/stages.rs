@@ -474,7 +474,9 @@ impl Connection {
         if self.session.tx.open && spec.name == "config|get" {
             return self.queue_config_get(spec, req, suppress);
         }
-        if self.session.tx.open {
+        if self.session.tx.open && spec.name != "reset" {
+            // RESET runs at once inside MULTI too, discarding the
+            // transaction with the rest of the connection's state.
             // Connection-state commands cannot be queued: refusing them dooms
             // the transaction, which is what a client sees from Redis for a
             // command it cannot queue.
@@ -482,7 +484,6 @@ impl Connection {
                 spec.name,
                 "auth"
                     | "hello"
-                    | "reset"
                     | "quit"
                     | "config|get"
                     | "command|count"
