@@ -150,6 +150,10 @@ pub struct BackendConfig {
     /// Environment variable holding the password.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// A file holding the password (a trailing newline is not part of it),
+    /// read at start and again whenever it changes: a rotating credential.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// The database a new client connection starts in (and HELLO and
     /// RESET return it to); SELECT moves a client to another of its
     /// service's `databases`.
@@ -218,13 +222,28 @@ impl ProxyConfig {
     }
 }
 
+/// The password in a `password_file`: its text without a trailing newline;
+/// an empty one is an error.
+pub fn read_password_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let password = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if password.is_empty() {
+        return Err("the file is empty".into());
+    }
+    Ok(password.to_string())
+}
+
 impl BackendConfig {
     /// The backend password, read from `password` or the `password_env` variable.
     pub fn resolved_password(&self) -> Option<String> {
-        match (&self.password, &self.password_env) {
-            (Some(p), _) => Some(p.clone()),
-            (None, Some(var)) => std::env::var(var).ok(),
-            (None, None) => None,
+        match (&self.password, &self.password_env, &self.password_file) {
+            (Some(p), _, _) => Some(p.clone()),
+            (None, Some(var), _) => std::env::var(var).ok(),
+            (None, None, Some(path)) => read_password_file(path).ok(),
+            (None, None, None) => None,
         }
     }
 

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::backend::connect::ConnectOptions;
+use crate::backend::credential::Credential;
 use crate::backend::node::{Node, NodeOptions};
 use crate::command::keyword::is_keyword;
 use crate::command::{CommandSpec, Flags};
@@ -93,6 +94,18 @@ pub fn connection_effect(spec: &CommandSpec, req: &Request) -> ConnectionEffect 
 #[derive(Debug)]
 pub struct Router {
     topology: Arc<Topology>,
+    /// The data nodes' password ([`Credential`]), shared by every connection.
+    credential: Arc<Credential>,
+    /// Reads `[backend] password_file` for new values while the router lives.
+    password_file: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        if let Some(follower) = &self.password_file {
+            follower.abort();
+        }
+    }
 }
 
 impl Router {
@@ -110,11 +123,16 @@ impl Router {
             .tls
             .as_ref()
             .map(|tls| Arc::new(BackendTls::from_config_or_refusing(tls)));
+        let credential = Credential::new(b.resolved_password());
+        let password_file = b
+            .password_file
+            .clone()
+            .map(|path| credential.follow_file(path));
         let opts = NodeOptions {
             connect: ConnectOptions {
                 addr,
                 username: b.username.clone(),
-                password: b.resolved_password(),
+                password: credential.clone(),
                 database: b.database,
                 protocol: Default::default(),
                 connect_timeout: b.connect_timeout,
@@ -129,6 +147,8 @@ impl Router {
         if b.sentinels.is_empty() || master_name.is_empty() {
             return Router {
                 topology: Topology::standalone(opts, b.failover_wait),
+                credential,
+                password_file,
             };
         }
         let topology = Topology::sentinel(
@@ -143,7 +163,7 @@ impl Router {
             .map(|addr| ConnectOptions {
                 addr: addr.clone(),
                 username: b.sentinel_username.clone(),
-                password: b.resolved_sentinel_password(),
+                password: Credential::new(b.resolved_sentinel_password()),
                 database: 0,
                 protocol: Protocol::Resp2,
                 connect_timeout: b.connect_timeout,
@@ -161,7 +181,23 @@ impl Router {
                 max_replica_lag: b.max_replica_lag,
             },
         );
-        Router { topology }
+        Router {
+            topology,
+            credential,
+            password_file,
+        }
+    }
+
+    /// Failed reads of `[backend] password_file`
+    /// (`keygate_backend_credential_errors_total`).
+    pub fn credential_errors(&self) -> u64 {
+        self.credential.errors()
+    }
+
+    /// Times the data nodes' password changed since start
+    /// (`keygate_backend_credential_rotations_total`).
+    pub fn credential_rotations(&self) -> u64 {
+        self.credential.generation()
     }
 
     /// The confirmed master, if any, without waiting (for INFO and health).

@@ -82,7 +82,10 @@ impl ProxyState {
             value: if self.is_ready() { 1.0 } else { 0.0 },
         }];
         let mut failovers = None;
+        let (mut credential_errors, mut credential_rotations) = (0, 0);
         if let Some(ctx) = self.context.get() {
+            credential_errors = ctx.router.credential_errors();
+            credential_rotations = ctx.router.credential_rotations();
             let topology = ctx.router.topology();
             let snapshot = topology.load();
             extra.push(Gauge {
@@ -113,6 +116,14 @@ impl ProxyState {
             }
         }
         let mut text = self.metrics.render_prometheus(&extra);
+        text.push_str(&format!(
+            "# HELP keygate_backend_credential_errors_total Reads of [backend] password_file that failed (the last good password is kept).\n\
+             # TYPE keygate_backend_credential_errors_total counter\n\
+             keygate_backend_credential_errors_total {credential_errors}\n\
+             # HELP keygate_backend_credential_rotations_total Times the backend password changed (password_file).\n\
+             # TYPE keygate_backend_credential_rotations_total counter\n\
+             keygate_backend_credential_rotations_total {credential_rotations}\n"
+        ));
         if let Some(n) = failovers {
             text.push_str(&format!(
                 "# HELP keygate_failovers_total Master changes followed since start.\n\

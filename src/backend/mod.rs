@@ -1,6 +1,7 @@
 //! The backend side: connections from keygate to Redis nodes.
 //!
-//! - [`connect`] dials a node and runs the handshake (AUTH, SELECT, HELLO).
+//! - [`connect`] dials a node and runs the handshake (AUTH, SELECT, HELLO);
+//!   [`credential`] is the password it logs in with, which may rotate.
 //! - [`mux`] runs the multiplexed, pipelined connections that carry ordinary
 //!   commands of many clients, replies matched first in, first out.
 //! - [`dedicated`] pools connections a single client holds for MULTI/WATCH,
@@ -12,6 +13,7 @@
 //! - [`urgent`] sends SCRIPT KILL and FUNCTION KILL past a busy script.
 
 pub mod connect;
+pub mod credential;
 pub mod dedicated;
 pub mod health;
 pub mod meter;

@@ -329,6 +329,20 @@ fn check_backend(backend: &BackendConfig, env_has: &dyn Fn(&str) -> bool, out: &
         env_has,
         out,
     );
+    if let Some(path) = &backend.password_file {
+        if backend.password.is_some() || backend.password_env.is_some() {
+            out.add(
+                at.key("password_file"),
+                "backend.password_file is set beside password or password_env; use one".into(),
+            );
+        }
+        if let Err(e) = super::read_password_file(path) {
+            out.add(
+                at.key("password_file"),
+                format!("backend.password_file {}: {e}", path.display()),
+            );
+        }
+    }
     check_secret_pair(
         &at,
         ("sentinel_password", backend.sentinel_password.as_deref()),
