@@ -277,3 +277,38 @@ fn on_expiry_close_closes_the_connection_after_its_replies() {
         "closed too late"
     );
 }
+
+/// The JWKS is read again on reload: after the key set is replaced and
+/// `POST /reload`, tokens of the new key log in and the old key's do not.
+#[test]
+fn a_replaced_jwks_takes_effect_on_reload() {
+    let (old_key, new_key) = (es256_key(), es256_key());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, &old_key.jwks).expect("jwks");
+    let redis = RedisServer::start();
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(
+        &config,
+        standalone_config(
+            &redis.addr(),
+            &format!(
+                "[[service]]\nname = \"ec\"\nprefix = \"ec:\"\n[service.token]\njwks_file = \"{}\"\n",
+                jwks.display()
+            ),
+        ),
+    )
+    .expect("config");
+    let kg = Keygate::start_from_file(&config);
+    kg.wait_ready();
+    let login = |key: &EcKey| {
+        RawConn::connect(kg.port()).cmd_str(&["AUTH", &es256(key, &claims("ec", 300))])
+    };
+    assert_eq!(login(&old_key), "+OK\r\n");
+    assert_eq!(login(&new_key), WRONGPASS);
+    std::fs::write(&jwks, &new_key.jwks).expect("replace jwks");
+    let response = http_request(kg.admin_port(), "POST", "/reload");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(login(&new_key), "+OK\r\n");
+    assert_eq!(login(&old_key), WRONGPASS);
+}
