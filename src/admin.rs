@@ -27,6 +27,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::backend::credential::Credential;
 use crate::health::Health;
 use crate::metrics::{Gauge, Metrics};
 use crate::policy::registry::ServiceRegistry;
@@ -47,8 +48,8 @@ pub struct ProxyState {
     services: Arc<ServiceRegistry>,
     /// Connected clients, counted by the client side.
     clients: Arc<AtomicUsize>,
-    /// The backend's master and replicas, once the proxy has started them.
-    topology: OnceLock<Arc<Topology>>,
+    /// The backend, once the proxy has started it.
+    backend: OnceLock<Backend>,
     /// Hot reload of the config file (SIGHUP, `POST /reload`).
     reloader: Reloader,
 }
@@ -68,14 +69,17 @@ impl ProxyState {
             metrics,
             services,
             clients,
-            topology: OnceLock::new(),
+            backend: OnceLock::new(),
             reloader,
         }
     }
 
     /// The backend is started: `/health` and `/metrics` report on it from now on.
-    pub(crate) fn backend_started(&self, topology: Arc<Topology>) {
-        let _ = self.topology.set(topology);
+    pub(crate) fn backend_started(&self, topology: Arc<Topology>, credential: Arc<Credential>) {
+        let _ = self.backend.set(Backend {
+            topology,
+            credential,
+        });
     }
 
     /// Lets reloads re-read `path`; see [`Reloader::set_path`].
@@ -97,7 +101,14 @@ impl ProxyState {
             value: if self.is_ready() { 1.0 } else { 0.0 },
         }];
         let mut failovers = None;
-        if let Some(topology) = self.topology.get() {
+        let (mut credential_errors, mut credential_rotations) = (0, 0);
+        if let Some(Backend {
+            topology,
+            credential,
+        }) = self.backend.get()
+        {
+            credential_errors = credential.errors();
+            credential_rotations = credential.generation();
             let snapshot = topology.load();
             extra.push(Gauge {
                 name: "keygate_master_confirmed",
@@ -127,6 +138,14 @@ impl ProxyState {
             }
         }
         let mut text = self.metrics.render_prometheus(&extra);
+        text.push_str(&format!(
+            "# HELP keygate_backend_credential_errors_total Reads of [backend] password_file that failed (the last good password is kept).\n\
+             # TYPE keygate_backend_credential_errors_total counter\n\
+             keygate_backend_credential_errors_total {credential_errors}\n\
+             # HELP keygate_backend_credential_rotations_total Times the backend password changed (password_file).\n\
+             # TYPE keygate_backend_credential_rotations_total counter\n\
+             keygate_backend_credential_rotations_total {credential_rotations}\n"
+        ));
         if let Some(n) = failovers {
             text.push_str(&format!(
                 "# HELP keygate_failovers_total Master changes followed since start.\n\
@@ -149,15 +168,24 @@ impl ProxyState {
 
     /// The `/health` JSON detail.
     pub fn health_json(&self) -> serde_json::Value {
-        let started = self.topology.get();
+        let started = self.backend.get();
         serde_json::json!({
             "ready": self.is_ready(),
             "uptime_seconds": self.health.started.elapsed().as_secs(),
             "clients": started.map(|_| self.clients.load(Ordering::Relaxed)),
-            "backend": started.map(|topology| topology.health_json()),
+            "backend": started.map(|backend| backend.topology.health_json()),
             "last_reload": self.reloader.status_json(),
         })
     }
+}
+
+/// The started backend, as the admin listener reports on it.
+#[derive(Debug)]
+struct Backend {
+    /// The master and replicas.
+    topology: Arc<Topology>,
+    /// The data nodes' password (`[backend] password_file` rotations).
+    credential: Arc<Credential>,
 }
 
 /// Serves `/metrics`, `/health/live`, `/health/ready` and `/health` until `shutdown`.

@@ -7,7 +7,7 @@ mod locate;
 mod validate;
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -150,6 +150,10 @@ pub struct BackendConfig {
     /// Environment variable holding the password.
     #[serde(default)]
     pub password_env: Option<String>,
+    /// A file holding the password (a trailing newline is not part of it),
+    /// read at start and again whenever it changes: a rotating credential.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
     /// The database a new client connection starts in (and HELLO and
     /// RESET return it to); SELECT moves a client to another of its
     /// service's `databases`.
@@ -218,13 +222,28 @@ impl ProxyConfig {
     }
 }
 
+/// The password in a `password_file`: its text without a trailing newline;
+/// an empty one is an error.
+pub fn read_password_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let password = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if password.is_empty() {
+        return Err("the file is empty".into());
+    }
+    Ok(password.to_string())
+}
+
 impl BackendConfig {
     /// The backend password, read from `password` or the `password_env` variable.
     pub fn resolved_password(&self) -> Option<String> {
-        match (&self.password, &self.password_env) {
-            (Some(p), _) => Some(p.clone()),
-            (None, Some(var)) => std::env::var(var).ok(),
-            (None, None) => None,
+        match (&self.password, &self.password_env, &self.password_file) {
+            (Some(p), _, _) => Some(p.clone()),
+            (None, Some(var), _) => std::env::var(var).ok(),
+            (None, None, Some(path)) => read_password_file(path).ok(),
+            (None, None, None) => None,
         }
     }
 
@@ -295,6 +314,59 @@ pub struct ServiceConfig {
     /// keys to); absent: all of the backend's `databases`.
     #[serde(default)]
     pub databases: Option<Vec<u32>>,
+    /// `[service.token]`: signed tokens accepted as the AUTH password.
+    #[serde(default)]
+    pub token: Option<TokenConfig>,
+}
+
+/// `[service.token]`: a JWT the service already has, presented as its
+/// Redis password (`AUTH <token>`, `AUTH <service> <token>`, `HELLO 3 AUTH
+/// <service> <token>`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The `iss` a token must carry; absent: not checked.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The `aud` a token must carry; absent: not checked.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Environment variable holding the HS256 shared secret.
+    #[serde(default)]
+    pub hs256_secret_env: Option<String>,
+    /// A JWKS file (JSON) with RS256, ES256 or EdDSA public keys; read again
+    /// on every reload.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default = "default_token_leeway", with = "duration")]
+    pub leeway: Duration,
+    /// The claim whose value must be the service's name.
+    #[serde(default = "default_service_claim")]
+    pub service_claim: String,
+    /// What a connection logged in by a token does once the token expires.
+    #[serde(default)]
+    pub on_expiry: OnExpiry,
+}
+
+fn default_token_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_service_claim() -> String {
+    "sub".into()
+}
+
+/// What a token-authenticated connection does at the token's expiry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExpiry {
+    /// Every command but AUTH, HELLO, PING, QUIT and RESET gets `-NOAUTH
+    /// token expired` until the client logs in again.
+    #[default]
+    Deny,
+    /// The connection is closed once the replies already due are written.
+    Close,
 }
 
 impl ServiceConfig {

@@ -157,7 +157,8 @@ impl Proxy {
         }
         let router = Router::start(&self.config, self.tls.backend);
         let topology = router.topology().clone();
-        self.admin.backend_started(topology.clone());
+        self.admin
+            .backend_started(topology.clone(), router.credential().clone());
         let readiness = tokio::spawn(watch_readiness(self.health.clone(), topology));
         let shared = client::Shared {
             services: self.services,

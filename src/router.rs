@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::backend::connect::ConnectOptions;
+use crate::backend::credential::Credential;
 use crate::backend::node::{Node, NodeOptions};
 use crate::command::keyword::is_keyword;
 use crate::command::{CommandSpec, Flags};
@@ -93,6 +94,18 @@ pub fn connection_effect(spec: &CommandSpec, req: &Request) -> ConnectionEffect 
 #[derive(Debug)]
 pub struct Router {
     topology: Arc<Topology>,
+    /// The data nodes' password ([`Credential`]), shared by every connection.
+    credential: Arc<Credential>,
+    /// Reads `[backend] password_file` for new values while the router lives.
+    password_file: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        if let Some(follower) = &self.password_file {
+            follower.abort();
+        }
+    }
 }
 
 impl Router {
@@ -107,11 +120,16 @@ impl Router {
             .unwrap_or_else(|| "127.0.0.1:6379".to_string());
         // One TLS setting for data nodes and Sentinels alike: certificates
         // are verified against `server_name`, never an announced address.
+        let credential = Credential::new(b.resolved_password());
+        let password_file = b
+            .password_file
+            .clone()
+            .map(|path| credential.follow_file(path));
         let opts = NodeOptions {
             connect: ConnectOptions {
                 addr,
                 username: b.username.clone(),
-                password: b.resolved_password(),
+                password: credential.clone(),
                 database: b.database,
                 protocol: Default::default(),
                 connect_timeout: b.connect_timeout,
@@ -126,6 +144,8 @@ impl Router {
         if b.sentinels.is_empty() || master_name.is_empty() {
             return Router {
                 topology: Topology::standalone(opts, b.failover_wait),
+                credential,
+                password_file,
             };
         }
         let topology = Topology::sentinel(
@@ -140,7 +160,7 @@ impl Router {
             .map(|addr| ConnectOptions {
                 addr: addr.clone(),
                 username: b.sentinel_username.clone(),
-                password: b.resolved_sentinel_password(),
+                password: Credential::new(b.resolved_sentinel_password()),
                 database: 0,
                 protocol: Protocol::Resp2,
                 connect_timeout: b.connect_timeout,
@@ -158,7 +178,17 @@ impl Router {
                 max_replica_lag: b.max_replica_lag,
             },
         );
-        Router { topology }
+        Router {
+            topology,
+            credential,
+            password_file,
+        }
+    }
+
+    /// The data nodes' password, for its metrics
+    /// (`keygate_backend_credential_errors_total`, `..._rotations_total`).
+    pub fn credential(&self) -> &Arc<Credential> {
+        &self.credential
     }
 
     /// The confirmed master, if any, without waiting (for INFO and health).

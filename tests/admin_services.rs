@@ -399,3 +399,22 @@ fn nil_replies_naming_no_key_are_redis_own() {
         assert_eq!(app.cmd_str(args), direct.cmd_str(args), "{args:?}");
     }
 }
+
+/// MONITOR is server administration: an admin namespaced service watches
+/// the backend's own stream (prefixed keys and all), which a service that
+/// is not admin is refused.
+#[test]
+fn an_admin_namespaced_service_may_monitor() {
+    let (_redis, kg) = setup();
+    let mut app = login(&kg, "app");
+    assert!(is_noperm(&app.cmd_str(&["MONITOR"])));
+    let mut ops = login(&kg, "ops");
+    assert_eq!(ops.cmd_str(&["MONITOR"]), "+OK\r\n");
+    let mut writer = login(&kg, "app");
+    assert_eq!(writer.cmd_str(&["SET", "watched", "1"]), "+OK\r\n");
+    let seen = wait_until(Duration::from_secs(10), || {
+        let line = ops.try_read_reply(Duration::from_millis(200));
+        line.is_some_and(|l| String::from_utf8_lossy(&l).contains("\"app:watched\""))
+    });
+    assert!(seen, "the monitor stream never showed the write");
+}

@@ -325,3 +325,50 @@ fn resp3_replies_while_subscribed_get_their_plans() {
         "{keys}"
     );
 }
+
+/// Redis's "PubSub messages with CLIENT REPLY OFF" (unit/pubsub), byte for
+/// byte against redis-server: subscription confirmations and messages are
+/// pushed even while replies are off (Redis's CLIENT_PUSHING), in RESP3 and
+/// RESP2; keygate dropped the confirmations, and the client waited forever.
+#[test]
+fn subscriptions_are_confirmed_while_replies_are_off() {
+    let (redis, kg) = setup();
+    let run = |port: u16, resp3: bool| -> Vec<String> {
+        let mut sub = RawConn::connect(port);
+        let mut publisher = RawConn::connect(port);
+        let mut seen = Vec::new();
+        let read = |conn: &mut RawConn| {
+            text(
+                conn.try_read_reply(Duration::from_secs(5))
+                    .expect("a frame while replies are off"),
+            )
+        };
+        if resp3 {
+            sub.cmd(&["HELLO", "3"]);
+        }
+        sub.send(&resp_command(&["CLIENT", "REPLY", "OFF"]));
+        sub.send(&resp_command(&["SUBSCRIBE", "channel"]));
+        seen.push(read(&mut sub));
+        sub.send(&resp_command(&["PSUBSCRIBE", "ch*"]));
+        seen.push(read(&mut sub));
+        if resp3 {
+            // RESP2 allows no CLIENT while subscribed.
+            sub.send(&resp_command(&["CLIENT", "REPLY", "OFF"]));
+        }
+        seen.push(publisher.cmd_str(&["PUBLISH", "channel", "hello"]));
+        seen.push(read(&mut sub));
+        seen.push(read(&mut sub));
+        if resp3 {
+            sub.send(&resp_command(&["CLIENT", "REPLY", "OFF"]));
+        }
+        sub.send(&resp_command(&["UNSUBSCRIBE", "channel"]));
+        seen.push(read(&mut sub));
+        sub.send(&resp_command(&["PUNSUBSCRIBE", "ch*"]));
+        seen.push(read(&mut sub));
+        seen
+    };
+    for resp3 in [true, false] {
+        let direct = run(redis.port(), resp3);
+        assert_eq!(run(kg.port(), resp3), direct, "resp3: {resp3}");
+    }
+}

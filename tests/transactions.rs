@@ -147,3 +147,45 @@ fn runtime_error_inside_exec_is_per_command() {
     let direct = session_replies(redis.port(), script);
     assert_eq!(via_keygate, direct);
 }
+
+/// RESET inside MULTI runs at once and discards the transaction (and the
+/// WATCH), as on Redis; keygate refused it (Redis's unit/other, "RESET
+/// clears and discards MULTI state"). Compared with redis-server, one
+/// command at a time and pipelined.
+#[test]
+fn reset_inside_multi_discards_the_transaction_as_redis_does() {
+    let (redis, kg) = setup();
+    let script: [&[&str]; 7] = [
+        &["WATCH", "tx:w"],
+        &["MULTI"],
+        &["SET", "tx:r", "1"],
+        &["RESET"],
+        &["EXEC"],
+        &["GET", "tx:r"],
+        &["SET", "tx:r", "2"],
+    ];
+    let run = |port: u16, pipelined: bool| -> Vec<String> {
+        let mut c = RawConn::connect(port);
+        if pipelined {
+            c.send(
+                &script
+                    .iter()
+                    .flat_map(|a| resp_command(a))
+                    .collect::<Vec<u8>>(),
+            );
+            (0..script.len())
+                .map(|_| String::from_utf8_lossy(&c.read_reply()).into_owned())
+                .collect()
+        } else {
+            script.iter().map(|a| c.cmd_str(a)).collect()
+        }
+    };
+    for pipelined in [false, true] {
+        let direct = run(redis.port(), pipelined);
+        assert_eq!(direct[3], "+RESET\r\n");
+        let mut cleanup = RawConn::connect(redis.port());
+        cleanup.cmd_str(&["DEL", "tx:r"]);
+        assert_eq!(run(kg.port(), pipelined), direct, "pipelined: {pipelined}");
+        cleanup.cmd_str(&["DEL", "tx:r"]);
+    }
+}

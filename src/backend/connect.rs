@@ -14,6 +14,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::credential::Credential;
 use super::stream::BackendStream;
 use super::BackendError;
 use crate::protocol::reply::{ReplyKind, ReplyScanner, Value};
@@ -28,8 +29,9 @@ pub struct ConnectOptions {
     pub addr: String,
     /// ACL user; `default` when only a password is set.
     pub username: Option<String>,
-    /// Password for AUTH at connect, if the node requires one.
-    pub password: Option<String>,
+    /// Password for AUTH at connect, if the node requires one (read at
+    /// each dial: it may rotate).
+    pub password: Arc<Credential>,
     /// The database selected at connect.
     pub database: u32,
     /// RESP version the connection speaks (HELLO 3 for RESP3 clients).
@@ -58,6 +60,9 @@ pub enum Role {
     Dedicated,
     /// Topology discovery: ROLE and INFO probes, Sentinel queries.
     Control,
+    /// One command past a busy script ([`super::urgent`]): AUTH only, as
+    /// Redis refuses SELECT and CLIENT SETNAME while a script runs.
+    Urgent,
 }
 
 impl Role {
@@ -67,6 +72,7 @@ impl Role {
             Role::Mux => "keygate-mux",
             Role::Dedicated => "keygate-dedicated",
             Role::Control => "keygate-control",
+            Role::Urgent => "keygate-urgent",
         }
     }
 }
@@ -196,17 +202,28 @@ pub async fn client_id(stream: &mut BackendStream) -> std::io::Result<i64> {
         .unwrap_or(0))
 }
 
+/// The AUTH that logs a connection dialed with `opts` in again with the
+/// password now, if there is one.
+pub fn reauth_request(opts: &ConnectOptions) -> Option<Request> {
+    let pass = opts.password.password()?;
+    let user = opts.username.as_deref().unwrap_or("default");
+    Some(Request::from_args(&["AUTH", user, &pass]))
+}
+
 /// The requests of the handshake, in the order they are written.
 fn handshake_requests(opts: &ConnectOptions, role: Role) -> Vec<Request> {
     let mut reqs = Vec::new();
     let user = opts.username.clone().unwrap_or_else(|| "default".into());
-    match (opts.protocol, &opts.password) {
+    match (opts.protocol, opts.password.password()) {
         (Protocol::Resp3, Some(pass)) => {
-            reqs.push(Request::from_args(&["HELLO", "3", "AUTH", &user, pass]))
+            reqs.push(Request::from_args(&["HELLO", "3", "AUTH", &user, &pass]))
         }
         (Protocol::Resp3, None) => reqs.push(Request::from_args(&["HELLO", "3"])),
-        (Protocol::Resp2, Some(pass)) => reqs.push(Request::from_args(&["AUTH", &user, pass])),
+        (Protocol::Resp2, Some(pass)) => reqs.push(Request::from_args(&["AUTH", &user, &pass])),
         (Protocol::Resp2, None) => {}
+    }
+    if role == Role::Urgent {
+        return reqs;
     }
     if opts.database != 0 {
         reqs.push(Request::from_args(&["SELECT", &opts.database.to_string()]));

@@ -11,9 +11,12 @@
 
 use bytes::BytesMut;
 
-use super::connect::{connect, ConnectOptions, Role};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::connect::{connect, reauth_request, ConnectOptions, Role, REPLY_MAX_DEPTH};
 use super::stream::{BackendStream, IdleProbe};
 use super::BackendError;
+use crate::protocol::reply::ReplyScanner;
 
 /// A dialed connection owned by one client at a time.
 #[derive(Debug)]
@@ -30,6 +33,8 @@ pub struct DedicatedConn {
     /// The database it is in, as its holders left it (the handshake selects
     /// the configured one); `None` when unknown, which closes it on return.
     pub database: Option<u32>,
+    /// The password generation it is logged in with ([`super::credential`]).
+    logged_in: u64,
 }
 
 /// bb8 manager that dials and checks dedicated connections.
@@ -44,6 +49,7 @@ impl bb8::ManageConnection for DedicatedManager {
     type Error = BackendError;
 
     async fn connect(&self) -> Result<DedicatedConn, BackendError> {
+        let logged_in = self.opts.password.generation();
         let mut stream = connect(&self.opts, Role::Dedicated).await?;
         let backend_id = tokio::time::timeout(
             self.opts.connect_timeout,
@@ -58,6 +64,7 @@ impl bb8::ManageConnection for DedicatedManager {
             broken: false,
             backend_id,
             database: Some(self.opts.database),
+            logged_in,
         })
     }
 
@@ -65,7 +72,7 @@ impl bb8::ManageConnection for DedicatedManager {
         // Nothing may be waiting on an idle connection: data means someone
         // left state behind, EOF means the node closed it.
         match conn.stream.probe_idle() {
-            IdleProbe::Idle if conn.read_buf.is_empty() => Ok(()),
+            IdleProbe::Idle if conn.read_buf.is_empty() => self.log_in_again(conn).await,
             IdleProbe::Idle => Err(self.dirty("unread reply bytes")),
             IdleProbe::Closed => Err(self.dirty("closed by the node")),
             IdleProbe::Data => Err(self.dirty("unexpected data while idle")),
@@ -79,6 +86,45 @@ impl bb8::ManageConnection for DedicatedManager {
 }
 
 impl DedicatedManager {
+    /// Logs an idle connection in with the password now if it rotated
+    /// since, before it is handed out (a refused AUTH closes it: a new one
+    /// is dialed with the new password).
+    async fn log_in_again(&self, conn: &mut DedicatedConn) -> Result<(), BackendError> {
+        let generation = self.opts.password.generation();
+        if conn.logged_in == generation {
+            return Ok(());
+        }
+        let Some(auth) = reauth_request(&self.opts) else {
+            conn.logged_in = generation;
+            return Ok(());
+        };
+        let exchange = async {
+            conn.stream.write_all(auth.frame()).await?;
+            conn.stream.flush().await?;
+            let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);
+            loop {
+                if let Some((frame, _)) = scanner
+                    .scan(&mut conn.read_buf)
+                    .map_err(std::io::Error::other)?
+                {
+                    return Ok::<_, std::io::Error>(frame);
+                }
+                if conn.stream.read_buf(&mut conn.read_buf).await? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+            }
+        };
+        match tokio::time::timeout(self.opts.connect_timeout, exchange).await {
+            Ok(Ok(reply)) if reply.as_ref() == b"+OK\r\n" => {
+                conn.logged_in = generation;
+                Ok(())
+            }
+            Ok(Ok(_)) => Err(self.dirty("AUTH with the new password refused")),
+            Ok(Err(e)) => Err(self.dirty(&e.to_string())),
+            Err(_) => Err(self.dirty("AUTH with the new password timed out")),
+        }
+    }
+
     fn dirty(&self, why: &str) -> BackendError {
         BackendError::ConnectionLost {
             addr: format!("{} ({why})", self.opts.addr),

@@ -1,6 +1,7 @@
 //! The backend side: connections from keygate to Redis nodes.
 //!
-//! - [`connect`] dials a node and runs the handshake (AUTH, SELECT, HELLO).
+//! - [`connect`] dials a node and runs the handshake (AUTH, SELECT, HELLO);
+//!   [`credential`] is the password it logs in with, which may rotate.
 //! - [`mux`] runs the multiplexed, pipelined connections that carry ordinary
 //!   commands of many clients, replies matched first in, first out.
 //! - [`dedicated`] pools connections a single client holds for MULTI/WATCH,
@@ -9,14 +10,17 @@
 //! - [`node`] groups both kinds for one Redis node; [`health`] is what its
 //!   connection tasks report about it.
 //! - [`stream`] is the byte stream to a node, plain TCP or TLS.
+//! - [`urgent`] sends SCRIPT KILL and FUNCTION KILL past a busy script.
 
 pub mod connect;
+pub mod credential;
 pub mod dedicated;
 pub mod health;
 pub mod meter;
 pub mod mux;
 pub mod node;
 pub mod stream;
+pub mod urgent;
 
 /// A failure on the backend side, as the client will be told about it.
 ///

@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 
-use super::connect::{connect, ConnectOptions, Role, REPLY_MAX_DEPTH};
+use super::connect::{connect, reauth_request, ConnectOptions, Role, REPLY_MAX_DEPTH};
 use super::health::NodeHealth;
 use super::meter::ReplyMeter;
 use super::stream::BackendStream;
@@ -150,11 +150,14 @@ impl Backoff {
 async fn supervise(opts: MuxOptions, mut rx: mpsc::Receiver<Batch>, health: Arc<NodeHealth>) {
     let mut backoff = Backoff::new();
     loop {
+        // The password generation the handshake logs in with (read first:
+        // a rotation during the dial is then caught by the next write).
+        let logged_in = opts.connect.password.generation();
         match connect(&opts.connect, Role::Mux).await {
             Ok(stream) => {
                 backoff = Backoff::new();
                 health.connection_up();
-                let open = run(stream, &mut rx, &opts, &health).await;
+                let open = run(stream, &mut rx, &opts, &health, logged_in).await;
                 health.connection_down();
                 if !open {
                     return;
@@ -264,15 +267,16 @@ async fn run(
     rx: &mut mpsc::Receiver<Batch>,
     opts: &MuxOptions,
     health: &Arc<NodeHealth>,
+    logged_in: u64,
 ) -> bool {
     match stream {
         BackendStream::Plain(tcp) => {
             let (rd, wr) = tcp.into_split();
-            run_split(rd, wr, rx, opts, health).await
+            run_split(rd, wr, rx, opts, health, logged_in).await
         }
         BackendStream::Tls(tls) => {
             let (rd, wr) = tokio::io::split(*tls);
-            run_split(rd, wr, rx, opts, health).await
+            run_split(rd, wr, rx, opts, health, logged_in).await
         }
     }
 }
@@ -284,6 +288,7 @@ async fn run_split<R, W>(
     rx: &mut mpsc::Receiver<Batch>,
     opts: &MuxOptions,
     health: &Arc<NodeHealth>,
+    mut logged_in: u64,
 ) -> bool
 where
     R: AsyncRead + Unpin + Send + 'static,
@@ -323,6 +328,27 @@ where
         tokio::task::yield_now().await;
         let mut gathered = 0;
         let sent_at = Instant::now();
+        if opts.connect.password.generation() != logged_in {
+            // The password rotated: log in again in front of this write.
+            // Its reply has no client (the receiver is gone), so the reader
+            // drops it; a refused AUTH leaves the login as it was.
+            logged_in = opts.connect.password.generation();
+            if let Some(auth) = reauth_request(&opts.connect) {
+                small.extend_from_slice(auth.frame());
+                let (reply, _) = oneshot::channel();
+                let pending = Pending {
+                    count: 1,
+                    closes_write: false,
+                    sent_at,
+                    reply,
+                    meter: None,
+                    _in_flight: InFlight::new(health),
+                };
+                if pending_tx.send(pending).is_err() {
+                    break true;
+                }
+            }
+        }
         let mut next = Some(first);
         // Each batch's entry is queued for the reader once the next one is
         // gathered: the last one is marked as closing the write.

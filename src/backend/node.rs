@@ -12,11 +12,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::connect::ConnectOptions;
 use super::dedicated::{DedicatedLease, DedicatedManager, DedicatedPool};
 use super::health::NodeHealth;
 use super::mux::{MuxHandle, MuxOptions};
 use super::BackendError;
+use crate::protocol::request::Request;
 use crate::protocol::Protocol;
 
 /// Settings shared by every connection to a node.
@@ -153,6 +156,13 @@ impl Node {
             .map(MuxHandle::queued)
             .sum();
         queued + self.health.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Sends one command past a busy script on a connection of its own
+    /// ([`super::urgent`]), within the command timeout.
+    pub async fn urgent(&self, req: &Request) -> Result<Bytes, BackendError> {
+        let options = &self.resp2.options;
+        super::urgent::exchange(&options.connect, req, options.command_timeout).await
     }
 
     /// Leases a dedicated connection.

@@ -229,9 +229,11 @@ impl Connection {
             return;
         }
         match subscription {
+            // Redis pushes subscription confirmations even while replies
+            // are off or skipped (CLIENT_PUSHING in its pubsub.c).
             Some(call) => self
                 .queue
-                .push_subscription(reply, call, suppress, self.read_at),
+                .push_subscription(reply, call, false, self.read_at),
             None => {
                 let blocking = effect == ConnectionEffect::Block && !self.session.tx.open;
                 self.queue

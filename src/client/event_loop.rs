@@ -50,6 +50,7 @@ pub(super) async fn run<R, W>(
     let mut dedicated_timer = Timer::default();
     let mut idle_timer = Timer::default();
     let mut housekeeping_timer = Timer::default();
+    let mut expiry_timer = Timer::default();
     let mut housekeeping = Housekeeping::default();
     // Spares polling the client's socket on wake-ups that were not its own.
     let mut read_wake = read_wake::ReadWake::default();
@@ -73,6 +74,11 @@ pub(super) async fn run<R, W>(
             deadline,
             idle_at,
             housekeeping: housekeeping.due(&conn.recorder),
+            closes_at: conn
+                .session
+                .closes_at()
+                .filter(|_| !conn.closing)
+                .map(Instant::from_std),
         };
         let event = std::future::poll_fn(|cx| {
             if watch.shutdown && shutdown_signal.poll(cx).is_ready() {
@@ -114,6 +120,9 @@ pub(super) async fn run<R, W>(
             if idle_timer.poll_fired(cx, watch.idle_at).is_ready() {
                 return Poll::Ready(Event::Idle);
             }
+            if expiry_timer.poll_fired(cx, watch.closes_at).is_ready() {
+                return Poll::Ready(Event::TokenExpired);
+            }
             Poll::Pending
         })
         .await;
@@ -144,6 +153,12 @@ pub(super) async fn run<R, W>(
                 continue;
             }
             Event::Shutdown => conn.closing = true,
+            Event::TokenExpired => {
+                // `on_expiry = "close"`: the replies already due are
+                // written, then the connection ends.
+                tracing::debug!(client = conn.session.id, "token expired; closing");
+                conn.closing = true;
+            }
             Event::OverLimit => {
                 conn.over_limit();
                 break;
@@ -206,6 +221,8 @@ enum Event {
     OverLimit,
     /// CLIENT KILL closed this client.
     Killed,
+    /// The client's token expired and its service closes such connections.
+    TokenExpired,
 }
 
 /// The sources the client loop waits on this turn, worked out once before
@@ -226,6 +243,8 @@ struct Watch {
     idle_at: Option<Instant>,
     /// The housekeeping tick or the metrics hand-over, whichever is first.
     housekeeping: Option<Instant>,
+    /// When the client's token expires, if that closes the connection.
+    closes_at: Option<Instant>,
 }
 
 /// The client loop's periodic chores: handing metrics over and giving back

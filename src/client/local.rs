@@ -11,6 +11,7 @@ use super::session::{ReplyMode, Session};
 use super::Context;
 use crate::command::keyword::{c_str, is_keyword};
 use crate::command::{self, keys, CommandSpec};
+use crate::policy::service::Login;
 use crate::protocol::encode;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
@@ -158,9 +159,11 @@ pub fn answer(
         "reset" => {
             session.protocol = Protocol::Resp2;
             session.service = ctx.services.default_service();
+            session.token_expiry = None;
             session.name = None;
             session.reply_mode = ReplyMode::On;
             session.tx = Default::default();
+            session.queued.clear();
             LocalAnswer::ReplyAfterReset(Bytes::from_static(b"+RESET\r\n"))
         }
         "auth" => {
@@ -170,8 +173,8 @@ pub fn answer(
                 _ => return Some(err("ERR syntax error")),
             };
             match login(ctx, user, pass) {
-                Ok(service) => {
-                    session.service = Some(service);
+                Ok(login) => {
+                    session.log_in(login.service, login.expires);
                     ok()
                 }
                 Err(e) => err(&e),
@@ -203,18 +206,14 @@ pub fn acl_whoami(session: &Session) -> Bytes {
     out.freeze()
 }
 
-/// Maps AUTH's arguments to a service, counting failures.
-fn login(
-    ctx: &Context,
-    user: Option<&[u8]>,
-    pass: &[u8],
-) -> Result<std::sync::Arc<crate::policy::service::Service>, String> {
+/// Maps AUTH's arguments to a service, counting failures by reason.
+fn login(ctx: &Context, user: Option<&[u8]>, pass: &[u8]) -> Result<Login, String> {
     // `AUTH default <password>` is the plain `AUTH <password>` of Redis 6+ clients.
     let user = user.filter(|u| *u != b"default");
     ctx.services.login(user, pass).map_err(|e| {
         ctx.auth_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        ctx.metrics.auth_failure();
+        ctx.metrics.auth_failure(e.reason());
         e.to_string()
     })
 }
@@ -262,7 +261,7 @@ fn hello(ctx: &Context, session: &mut Session, req: &Request) -> LocalAnswer {
     }
     if let Some((user, pass)) = auth {
         match login(ctx, Some(user), pass) {
-            Ok(service) => session.service = Some(service),
+            Ok(login) => session.log_in(login.service, login.expires),
             Err(e) => return err(&e),
         }
     } else if session.service.is_none() {

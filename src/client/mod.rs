@@ -32,7 +32,8 @@
 //!   [`transaction`] MULTI/EXEC/WATCH and the commands queued inside MULTI;
 //! - [`batch`]: requests gathered for a shared connection; [`dedicated`]:
 //!   the client's dedicated connection (lease, send, read, timeout, loss,
-//!   release); [`pubsub`]: subscriptions on it;
+//!   release); [`pubsub`]: subscriptions on it; [`urgent`]: SCRIPT KILL
+//!   and FUNCTION KILL, sent past a busy script;
 //! - [`queue`]: replies in request order; [`budget`] and [`held`]: the
 //!   reply bytes held for the client;
 //! - [`lifecycle`]: the limits on outstanding replies, the state shown in
@@ -61,6 +62,7 @@ mod stages;
 use stages::Refused;
 mod tracking;
 mod transaction;
+mod urgent;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,8 +1,10 @@
 //! What keygate remembers about one client connection between commands.
 
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use super::queue::CommandReply;
+use crate::config::OnExpiry;
 use crate::policy::namespace::Namespace;
 use crate::policy::service::Service;
 use crate::protocol::Protocol;
@@ -58,6 +60,9 @@ pub struct Session {
     /// EXEC was sent for a transaction that SELECTs this database: the
     /// session moves there if EXEC's reply says the transaction ran.
     pub exec_database: Option<u32>,
+    /// When the token the client logged in with expires; `None` for a
+    /// password login (or none).
+    pub token_expiry: Option<Instant>,
 }
 
 impl Session {
@@ -80,7 +85,37 @@ impl Session {
             database,
             tx_database: None,
             exec_database: None,
+            token_expiry: None,
         }
+    }
+
+    /// Logs the client in as `service`, whose token (if one was used)
+    /// expires at `expires`.
+    pub fn log_in(&mut self, service: Arc<Service>, expires: Option<SystemTime>) {
+        self.service = Some(service);
+        self.token_expiry = expires.map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            Instant::now() + left
+        });
+    }
+
+    /// What the client's expired token now means, if it logged in with a
+    /// token that has expired.
+    pub fn expired_token(&self) -> Option<OnExpiry> {
+        let at = self.token_expiry?;
+        if Instant::now() < at {
+            return None;
+        }
+        let token = self.service.as_ref()?.token.as_ref();
+        Some(token.map_or(OnExpiry::Deny, |t| t.on_expiry))
+    }
+
+    /// When the connection is to be closed for its token's expiry
+    /// (`on_expiry = "close"`).
+    pub fn closes_at(&self) -> Option<Instant> {
+        let at = self.token_expiry?;
+        let token = self.service.as_ref()?.token.as_ref()?;
+        (token.on_expiry == OnExpiry::Close).then_some(at)
     }
 
     /// Whether the next reply is to be dropped (CLIENT REPLY OFF/SKIP), and

@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use super::isolation::{self, Isolated};
 use super::local::{self, LocalAnswer};
 use super::queue::{CommandReply, ReplyPlan};
+use super::urgent::UrgentCall;
 use super::{database, governance, pubsub, registry, session, tracking, Connection};
 use crate::command::keyword::is_keyword;
 use crate::command::state::{self, Treatment};
@@ -33,6 +34,9 @@ use crate::router::{self, ConnectionEffect};
 
 /// The reply to a command that needs a login first.
 const NOAUTH: &str = "NOAUTH Authentication required.";
+/// The reply to a command after the login's token expired (`on_expiry =
+/// "deny"`).
+const TOKEN_EXPIRED: &str = "NOAUTH token expired";
 
 /// Why the stages stopped with a request: `None` when it was answered (or
 /// refused) here, or the work it left that waits on a backend.
@@ -52,6 +56,8 @@ pub(super) enum Deferred {
     },
     /// A keyspace-wide command of a namespaced service, run as a procedure.
     Procedure(isolation::ProcedureCall),
+    /// SCRIPT KILL or FUNCTION KILL, sent past a busy script.
+    Urgent(Box<UrgentCall>),
     /// RESET while the dedicated connection still owes replies: they are
     /// awaited first (Redis, too, runs a pipelined RESET only after the
     /// commands before it), then the connection is dropped. A client in
@@ -167,6 +173,16 @@ impl Connection {
             return Err(self.reject("unknown", ErrorKind::Policy, &msg, suppress));
         }
         let name = req.get(0).unwrap_or_default();
+        if self.session.token_expiry.is_some() && self.session.expired_token().is_some() {
+            // The login lapsed: only what logs in again or ends the
+            // connection runs, until a fresh token comes.
+            let allowed = ["auth", "hello", "ping", "quit", "reset"]
+                .iter()
+                .any(|c| name.eq_ignore_ascii_case(c.as_bytes()));
+            if !allowed {
+                return Err(self.reject("unknown", ErrorKind::Policy, TOKEN_EXPIRED, suppress));
+            }
+        }
         if !self.session.tx.open {
             if name.eq_ignore_ascii_case(b"client") && self.session.service.is_some() {
                 if let Ok(spec) = command::lookup(&req) {
@@ -412,6 +428,13 @@ impl Connection {
                 suppress,
             }));
         }
+        if matches!(spec.name, "script|kill" | "function|kill") {
+            return Err(Some(Deferred::Urgent(Box::new(UrgentCall {
+                request: req,
+                reply,
+                suppress,
+            }))));
+        }
         if !self.batch.takes(suppress) {
             self.seal_batch();
         }
@@ -451,7 +474,9 @@ impl Connection {
         if self.session.tx.open && spec.name == "config|get" {
             return self.queue_config_get(spec, req, suppress);
         }
-        if self.session.tx.open {
+        if self.session.tx.open && spec.name != "reset" {
+            // RESET runs at once inside MULTI too, discarding the
+            // transaction with the rest of the connection's state.
             // Connection-state commands cannot be queued: refusing them dooms
             // the transaction, which is what a client sees from Redis for a
             // command it cannot queue.
@@ -459,7 +484,6 @@ impl Connection {
                 spec.name,
                 "auth"
                     | "hello"
-                    | "reset"
                     | "quit"
                     | "config|get"
                     | "command|count"
@@ -639,6 +663,7 @@ impl Connection {
                     .await
             }
             Deferred::Procedure(call) => self.run_procedure(call).await,
+            Deferred::Urgent(call) => self.send_urgent(*call).await,
             Deferred::Reset { reply, suppress } => {
                 self.flush_dedicated().await;
                 self.await_dedicated_replies().await;

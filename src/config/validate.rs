@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use super::locate::KeyPath;
 use super::{
-    BackendConfig, BackendTlsConfig, Config, ProxyConfig, ProxyTlsConfig, ServiceConfig, TtlOverMax,
+    BackendConfig, BackendTlsConfig, Config, ProxyConfig, ProxyTlsConfig, ServiceConfig,
+    TokenConfig, TtlOverMax,
 };
 
 /// Smallest `max_pending_reply_bytes`: below this a single ordinary reply could stall a client.
@@ -328,6 +329,20 @@ fn check_backend(backend: &BackendConfig, env_has: &dyn Fn(&str) -> bool, out: &
         env_has,
         out,
     );
+    if let Some(path) = &backend.password_file {
+        if backend.password.is_some() || backend.password_env.is_some() {
+            out.add(
+                at.key("password_file"),
+                "backend.password_file is set beside password or password_env; use one".into(),
+            );
+        }
+        if let Err(e) = super::read_password_file(path) {
+            out.add(
+                at.key("password_file"),
+                format!("backend.password_file {}: {e}", path.display()),
+            );
+        }
+    }
     check_secret_pair(
         &at,
         ("sentinel_password", backend.sentinel_password.as_deref()),
@@ -552,11 +567,11 @@ fn check_service_password(
                 format!("{at}.{key} is set, but the service named \"default\" is the passwordless login and takes no password"),
             );
         }
-    } else if sources.is_empty() {
+    } else if sources.is_empty() && service.token.is_none() {
         out.add(
             at.clone(),
             format!(
-                "{at} ({:?}) has no password; set one of password, password_sha256, password_env",
+                "{at} ({:?}) has no password; set one of password, password_sha256, password_env, or [service.token]",
                 service.name
             ),
         );
@@ -585,6 +600,65 @@ fn check_service_password(
     }
     if let Some(var) = &service.password_env {
         check_env_var(&at.key("password_env"), var, env_has, out);
+    }
+    if let Some(token) = &service.token {
+        check_service_token(&at.key("token"), service, token, env_has, out);
+    }
+}
+
+/// `[service.token]`: one key source that can be used now, and a claim to
+/// name the service by.
+fn check_service_token(
+    at: &KeyPath,
+    service: &ServiceConfig,
+    token: &TokenConfig,
+    env_has: &dyn Fn(&str) -> bool,
+    out: &mut Findings,
+) {
+    if service.name == DEFAULT_SERVICE {
+        out.add(
+            at.clone(),
+            format!("{at} is set, but the service named \"default\" is the passwordless login"),
+        );
+    }
+    match (&token.hs256_secret_env, &token.jwks_file) {
+        (Some(_), Some(_)) => out.add(
+            at.key("jwks_file"),
+            format!("{at} sets both hs256_secret_env and jwks_file; use one"),
+        ),
+        (None, None) => out.add(
+            at.clone(),
+            format!("{at} needs a key: hs256_secret_env or jwks_file"),
+        ),
+        (Some(var), None) => check_env_var(&at.key("hs256_secret_env"), var, env_has, out),
+        (None, Some(path)) => {
+            let read = std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|text| {
+                    serde_json::from_str::<jsonwebtoken::jwk::JwkSet>(&text)
+                        .map_err(|e| e.to_string())
+                });
+            match read {
+                Ok(set) if set.keys.is_empty() => out.add(
+                    at.key("jwks_file"),
+                    format!("{at}.jwks_file {} holds no key", path.display()),
+                ),
+                Ok(_) => {}
+                Err(e) => out.add(
+                    at.key("jwks_file"),
+                    format!(
+                        "{at}.jwks_file {} is not a readable JWKS: {e}",
+                        path.display()
+                    ),
+                ),
+            }
+        }
+    }
+    if token.service_claim.is_empty() {
+        out.add(
+            at.key("service_claim"),
+            format!("{at}.service_claim must name a claim"),
+        );
     }
 }
 

@@ -173,6 +173,22 @@ impl Collector {
 /// Metric slots kept for services a reload adds.
 const SPARE_SLOTS: usize = 32;
 
+/// The `reason` label values of `keygate_auth_failures_total`: a wrong
+/// password, a bare AUTH with no password configured anywhere, a refused
+/// token by why (`policy::token`), and `other`, last.
+pub const AUTH_FAILURE_REASONS: [&str; 10] = [
+    "wrong_password",
+    "no_password_configured",
+    "bad_signature",
+    "expired",
+    "not_yet_valid",
+    "wrong_issuer",
+    "wrong_audience",
+    "wrong_service",
+    "malformed",
+    "other",
+];
+
 /// The shared metrics registry.
 #[derive(Debug)]
 pub struct Metrics {
@@ -182,7 +198,8 @@ pub struct Metrics {
     /// [`NOT_LOGGED_IN`]. An unclaimed spare slot is empty and never shown.
     service_labels: Vec<OnceLock<String>>,
     per_service: Vec<ServiceCounters>,
-    auth_failures: AtomicU64,
+    /// Failed logins, by [`AUTH_FAILURE_REASONS`].
+    auth_failures: [AtomicU64; AUTH_FAILURE_REASONS.len()],
     config_reload_failures: AtomicU64,
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
@@ -234,7 +251,7 @@ impl Metrics {
             enabled,
             service_labels,
             per_service,
-            auth_failures: AtomicU64::new(0),
+            auth_failures: Default::default(),
             config_reload_failures: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
@@ -334,10 +351,17 @@ impl Metrics {
         prometheus::render(self, &c.registry, extra)
     }
 
-    /// A failed AUTH or HELLO AUTH.
-    pub fn auth_failure(&self) {
+    /// A failed AUTH or HELLO AUTH, by its reason (one of
+    /// [`AUTH_FAILURE_REASONS`]; anything else counts as `other`).
+    pub fn auth_failure(&self, reason: &str) {
         if self.enabled {
-            self.auth_failures.fetch_add(1, Ordering::Relaxed);
+            let at = AUTH_FAILURE_REASONS
+                .iter()
+                .position(|r| *r == reason)
+                .unwrap_or(AUTH_FAILURE_REASONS.len() - 1);
+            if let Some(counter) = self.auth_failures.get(at) {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -547,7 +571,7 @@ mod tests {
         b.bytes_out(50);
         a.ttl_clamped(Some(0));
         b.isolation_refused(Some(1));
-        m.auth_failure();
+        m.auth_failure("expired");
         m.client_connected(Some(0));
         m.client_connected(None);
         m.client_connected(Some(0));
@@ -648,7 +672,10 @@ mod tests {
             ),
             1.0
         );
-        assert_eq!(value(&text, "keygate_auth_failures_total"), 1.0);
+        assert_eq!(
+            value(&text, r#"keygate_auth_failures_total{reason="expired"}"#),
+            1.0
+        );
         assert_eq!(
             value(&text, r#"keygate_client_connections{service="cart"}"#),
             1.0

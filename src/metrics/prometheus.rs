@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use super::histogram::{cumulative_buckets, quantile_seconds, BUCKET_BOUNDS};
 use super::registry::{Latency, Registry, Series};
-use super::{ErrorKind, Metrics, Role, ServiceCounters};
+use super::{ErrorKind, Metrics, Role, ServiceCounters, AUTH_FAILURE_REASONS};
 
 /// A gauge the registry cannot know, supplied by the server at scrape time.
 #[derive(Debug, Clone, PartialEq)]
@@ -313,13 +313,21 @@ pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
         }
     }
 
-    let globals: [(&str, &str, &str, f64); 5] = [
-        (
+    family(
+        &mut out,
+        "keygate_auth_failures_total",
+        "counter",
+        "Failed AUTH and HELLO AUTH attempts, by reason.",
+    );
+    for (reason, counter) in AUTH_FAILURE_REASONS.iter().zip(&m.auth_failures) {
+        sample(
+            &mut out,
             "keygate_auth_failures_total",
-            "counter",
-            "Failed AUTH and HELLO AUTH attempts.",
-            m.auth_failures.load(Ordering::Relaxed) as f64,
-        ),
+            &[("reason", reason)],
+            counter.load(Ordering::Relaxed),
+        );
+    }
+    let globals: [(&str, &str, &str, f64); 4] = [
         (
             "keygate_client_bytes_received_total",
             "counter",

@@ -3,7 +3,8 @@
 //! swappable by reload in [`registry`]),
 //! which commands it may run ([`access`]), the namespace that confines its
 //! keys ([`namespace`], [`confinement`], [`keyspace`], run one at a time
-//! per service by [`procedure_gate`]) and how long its keys live ([`ttl`]).
+//! per service by [`procedure_gate`]) and how long its keys live ([`ttl`]); signed-token logins are checked by
+//! [`token`].
 
 pub mod access;
 pub mod confinement;
@@ -12,4 +13,5 @@ pub mod namespace;
 pub mod procedure_gate;
 pub mod registry;
 pub mod service;
+pub mod token;
 pub mod ttl;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::service::{LoginError, Service, Services};
+use super::service::{Login, LoginError, Service, Services};
 
 /// The services in force right now.
 #[derive(Debug)]
@@ -59,7 +59,7 @@ impl ServiceRegistry {
     }
 
     /// `AUTH [service] password` against the services in force.
-    pub fn login(&self, name: Option<&[u8]>, password: &[u8]) -> Result<Arc<Service>, LoginError> {
+    pub fn login(&self, name: Option<&[u8]>, password: &[u8]) -> Result<Login, LoginError> {
         self.current.load().login(name, password)
     }
 }

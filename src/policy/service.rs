@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -23,6 +23,7 @@ use super::access::AccessTable;
 use super::namespace::Namespace;
 use super::procedure_gate::ProcedureGate;
 use crate::config::{Config, ReadFrom, ServiceConfig, TtlOverMax};
+use crate::policy::token::{self, TokenRefusal, TokenVerifier};
 use crate::policy::ttl::TtlPolicy;
 
 /// The runtime form of one `[[service]]`.
@@ -77,6 +78,8 @@ pub struct Service {
     pub procedures: Arc<ProcedureGate>,
     /// The databases its clients may use, sorted; `None`: all the backend has.
     pub databases: Option<Box<[u32]>>,
+    /// `[service.token]`: the keys and claims a token login is checked with.
+    pub token: Option<TokenVerifier>,
     password_sha256: Option<[u8; 32]>,
 }
 
@@ -121,6 +124,10 @@ impl Service {
                 list.dedup();
                 list.into_boxed_slice()
             }),
+            token: c
+                .token
+                .as_ref()
+                .map(|t| TokenVerifier::from_config(&c.name, t)),
             password_sha256,
         };
         service.namespace = Namespace::for_service(&service).map(Arc::new);
@@ -188,9 +195,27 @@ impl Service {
         self.dedicated.load(Ordering::Relaxed)
     }
 
-    /// Whether this service has a password at all.
+    /// Whether this service has a password (or takes tokens) at all.
     pub fn has_password(&self) -> bool {
-        self.password_sha256.is_some()
+        self.password_sha256.is_some() || self.token.is_some()
+    }
+
+    /// Checks `password` as a token of this service, then as its password:
+    /// the login's expiry (`None`: a password, which does not expire).
+    fn check_login(&self, password: &[u8]) -> Result<Option<SystemTime>, LoginError> {
+        let token_refusal = match &self.token {
+            Some(verifier) if token::looks_like_token(password) => {
+                match verifier.verify(password, &self.name) {
+                    Ok(expiry) => return Ok(Some(expiry)),
+                    Err(refusal) => Some(refusal),
+                }
+            }
+            _ => None,
+        };
+        if self.password_matches(password) {
+            return Ok(None);
+        }
+        Err(token_refusal.map_or(LoginError::WrongPass, LoginError::Token))
     }
 }
 
@@ -231,6 +256,29 @@ pub enum LoginError {
     #[error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?")]
     /// A bare AUTH while no service has a password, as Redis answers it.
     NoPasswordConfigured,
+    /// A token refused: the client sees Redis's `-WRONGPASS`, the metrics
+    /// the reason.
+    #[error("WRONGPASS invalid username-password pair or user is disabled.")]
+    Token(TokenRefusal),
+}
+
+impl LoginError {
+    /// The `reason` label of `keygate_auth_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            LoginError::WrongPass => "wrong_password",
+            LoginError::NoPasswordConfigured => "no_password_configured",
+            LoginError::Token(refusal) => refusal.reason(),
+        }
+    }
+}
+
+/// A successful login: the service, and when the token it used expires.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub service: Arc<Service>,
+    /// `None` for a password login.
+    pub expires: Option<SystemTime>,
 }
 
 /// Every configured service, and the login rules between them.
@@ -332,20 +380,36 @@ impl Services {
     /// With a name, only that service is tried. Without one, every service
     /// with a password is tried (each comparison constant-time), the way a
     /// bare `AUTH password` logs in as `default` in Redis.
-    pub fn login(&self, name: Option<&[u8]>, password: &[u8]) -> Result<Arc<Service>, LoginError> {
+    pub fn login(&self, name: Option<&[u8]>, password: &[u8]) -> Result<Login, LoginError> {
+        let login = |s: &Arc<Service>| {
+            s.check_login(password).map(|expires| Login {
+                service: s.clone(),
+                expires,
+            })
+        };
         match name {
             Some(name) => {
                 let found = std::str::from_utf8(name)
                     .ok()
                     .and_then(|n| self.by_name.get(n));
                 match found {
-                    Some(s) if s.password_matches(password) => Ok(s.clone()),
-                    _ => Err(LoginError::WrongPass),
+                    Some(s) => login(s),
+                    None => Err(LoginError::WrongPass),
                 }
             }
             None => {
                 if !self.ordered.iter().any(|s| s.has_password()) {
                     return Err(LoginError::NoPasswordConfigured);
+                }
+                if token::looks_like_token(password) {
+                    // The token names its service; only that one checks it.
+                    let named = self
+                        .ordered
+                        .iter()
+                        .find(|s| s.token.as_ref().is_some_and(|t| t.names(password, &s.name)));
+                    if let Some(s) = named {
+                        return login(s);
+                    }
                 }
                 let mut hit = None;
                 for s in &self.ordered {
@@ -353,7 +417,18 @@ impl Services {
                         hit = Some(s.clone());
                     }
                 }
-                hit.ok_or(LoginError::WrongPass)
+                match hit {
+                    Some(service) => Ok(Login {
+                        service,
+                        expires: None,
+                    }),
+                    None if token::looks_like_token(password)
+                        && self.ordered.iter().any(|s| s.token.is_some()) =>
+                    {
+                        Err(LoginError::Token(TokenRefusal::WrongService))
+                    }
+                    None => Err(LoginError::WrongPass),
+                }
             }
         }
     }

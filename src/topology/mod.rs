@@ -364,7 +364,7 @@ mod tests {
                 // Nothing listens on port 1; connections fail fast and retry.
                 addr: "127.0.0.1:1".into(),
                 username: None,
-                password: None,
+                password: crate::backend::credential::Credential::new(None),
                 database: 0,
                 protocol: Default::default(),
                 connect_timeout: Duration::from_millis(100),
