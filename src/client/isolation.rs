@@ -16,13 +16,14 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use super::queue::{CommandReply, ReplyPlan};
+use super::queue::CommandReply;
 use super::session::Session;
 use super::{Connection, Refused};
 use crate::command::{CommandSpec, ReplyKeys};
 use crate::policy::access::Refusal;
 use crate::policy::keyspace::{self, Procedure};
 use crate::policy::namespace::{Namespace, Rewritten};
+use crate::policy::reply::ReplyPlan;
 use crate::policy::service::Service;
 use crate::protocol::request::Request;
 

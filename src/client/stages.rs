@@ -20,13 +20,14 @@ use bytes::{Bytes, BytesMut};
 
 use super::isolation::{self, Isolated};
 use super::local::{self, LocalAnswer};
-use super::queue::{CommandReply, ReplyPlan};
+use super::queue::CommandReply;
 use super::{database, governance, pubsub, registry, session, tracking, Connection};
 use crate::command::keyword::is_keyword;
 use crate::command::state::{self, Treatment};
 use crate::command::{self, CommandSpec, Flags};
 use crate::metrics::{ErrorKind, Role};
 use crate::policy::access;
+use crate::policy::reply::ReplyPlan;
 use crate::protocol::encode;
 use crate::protocol::request::{Request, ScanLimits};
 use crate::router::{self, ConnectionEffect};

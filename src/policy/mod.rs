@@ -11,5 +11,6 @@ pub mod keyspace;
 pub mod namespace;
 pub mod procedure_gate;
 pub mod registry;
+pub mod reply;
 pub mod service;
 pub mod ttl;
