@@ -116,60 +116,17 @@ impl Connection {
         self.flush_dedicated().await;
     }
 
-    /// Takes one request through the stages, in order: `Ok` once it is in
-    /// the batch for a shared connection.
+    /// Takes one request through the stages, in order: the commands keygate
+    /// answers itself, one policy decision, then routing by it. `Ok` once
+    /// it is in the batch for a shared connection.
     fn on_request(&mut self, req: Request) -> Result<(), Stopped> {
         let revoked = self.follow_reload();
         let suppress = self.session.take_suppression();
         if let Some(msg) = revoked {
             return Err(self.reject("unknown", ErrorKind::Policy, &msg, suppress));
         }
-        let name = req.get(0).unwrap_or_default();
-        if !self.session.tx.open {
-            if name.eq_ignore_ascii_case(b"client") && self.session.service.is_some() {
-                if let Ok(spec) = command::lookup(&req) {
-                    self.entry.command(spec);
-                }
-                if let Some(LocalAnswer::Reply(reply)) =
-                    local::answer_client(&mut self.session, &req)
-                {
-                    // CLIENT REPLY OFF/SKIP get no reply; CLIENT REPLY ON
-                    // always does, even while replies were off (as in Redis),
-                    // so the suppression taken before it ran does not apply.
-                    let quiet = if req.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"reply")) {
-                        let turned_on = req.get(2).is_some_and(|m| is_keyword(m, b"on"));
-                        self.session.reply_mode != session::ReplyMode::On
-                            || (suppress && !turned_on)
-                    } else {
-                        suppress
-                    };
-                    self.reply(reply, quiet);
-                    // CLIENT SETNAME: the table shows the new name.
-                    self.entry.identify(&self.session);
-                    return Err(None);
-                }
-                if let Some(answer) =
-                    registry::answer(&self.ctx.client_table, &self.session, &self.entry, &req)
-                {
-                    return self.table_answer(answer, suppress);
-                }
-                if self.dedicated.is_none() {
-                    // Tracking state lives on a dedicated connection: a
-                    // client without one has tracking off.
-                    if let Some(reply) = tracking::answer_untracked(&req, self.session.protocol) {
-                        self.reply(reply, suppress);
-                        return Err(None);
-                    }
-                }
-            }
-            if name.eq_ignore_ascii_case(b"keygate") {
-                if let LocalAnswer::Reply(reply) =
-                    local::answer_keygate(&self.ctx, &self.session, &req)
-                {
-                    self.reply(reply, suppress);
-                }
-                return Err(None);
-            }
+        if let Some(answered) = self.answer_client_or_keygate(&req, suppress) {
+            return answered;
         }
         let spec = match command::lookup(&req) {
             Ok(spec) => spec,
@@ -239,6 +196,22 @@ impl Connection {
             }
             Decision::Refuse(refusal) => return Err(self.refuse(spec, &refusal, suppress)),
         };
+        if forward.ttl_clamped {
+            self.recorder.ttl_clamped(Some(service.index));
+        }
+        self.route(spec, forward, held, suppress)
+    }
+
+    /// Routes a request the policy forwards: to the client's dedicated
+    /// connection when the connection is held or the command needs one of
+    /// its own, else into the batch for a shared connection (`Ok`).
+    fn route(
+        &mut self,
+        spec: &'static CommandSpec,
+        forward: Forward,
+        held: bool,
+        suppress: bool,
+    ) -> Result<(), Stopped> {
         let Forward {
             request: mut req,
             prefix_at: prefix_key,
@@ -246,11 +219,9 @@ impl Connection {
             plan,
             treatment,
             destination,
-            ttl_clamped,
+            ..
         } = forward;
-        if ttl_clamped {
-            self.recorder.ttl_clamped(Some(service.index));
-        }
+        let service = self.session.service.as_ref().map(|s| s.index);
         let effect = router::connection_effect(spec, &req);
         let subscription = (effect == ConnectionEffect::Subscribe)
             .then(|| pubsub::SubKind::of_command(spec.name))
@@ -269,7 +240,7 @@ impl Connection {
         let mut reply = CommandReply {
             plan,
             frames: 1 + follow_ups.len() as u32,
-            ..CommandReply::plain(spec.name, Some(service.index))
+            ..CommandReply::plain(spec.name, service)
         };
         if self.session.tx.open {
             reply = self.track_transaction(spec, reply);
@@ -298,6 +269,61 @@ impl Connection {
         self.batch
             .push(req, confine, follow_ups, reply, suppress, read_only);
         Ok(())
+    }
+
+    /// CLIENT subcommands and KEYGATE, answered before the command-table
+    /// lookup (outside MULTI): what [`Self::on_request`] returns when
+    /// answered here (`Ok` for a CLIENT UNBLOCK put in the batch).
+    fn answer_client_or_keygate(
+        &mut self,
+        req: &Request,
+        suppress: bool,
+    ) -> Option<Result<(), Stopped>> {
+        let name = req.get(0).unwrap_or_default();
+        if self.session.tx.open {
+            return None;
+        }
+        if name.eq_ignore_ascii_case(b"client") && self.session.service.is_some() {
+            if let Ok(spec) = command::lookup(req) {
+                self.entry.command(spec);
+            }
+            if let Some(LocalAnswer::Reply(reply)) = local::answer_client(&mut self.session, req) {
+                // CLIENT REPLY OFF/SKIP get no reply; CLIENT REPLY ON
+                // always does, even while replies were off (as in Redis),
+                // so the suppression taken before it ran does not apply.
+                let quiet = if req.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"reply")) {
+                    let turned_on = req.get(2).is_some_and(|m| is_keyword(m, b"on"));
+                    self.session.reply_mode != session::ReplyMode::On || (suppress && !turned_on)
+                } else {
+                    suppress
+                };
+                self.reply(reply, quiet);
+                // CLIENT SETNAME: the table shows the new name.
+                self.entry.identify(&self.session);
+                return Some(Err(None));
+            }
+            if let Some(answer) =
+                registry::answer(&self.ctx.client_table, &self.session, &self.entry, req)
+            {
+                return Some(self.table_answer(answer, suppress));
+            }
+            if self.dedicated.is_none() {
+                // Tracking state lives on a dedicated connection: a
+                // client without one has tracking off.
+                if let Some(reply) = tracking::answer_untracked(req, self.session.protocol) {
+                    self.reply(reply, suppress);
+                    return Some(Err(None));
+                }
+            }
+        }
+        if name.eq_ignore_ascii_case(b"keygate") {
+            if let LocalAnswer::Reply(reply) = local::answer_keygate(&self.ctx, &self.session, req)
+            {
+                self.reply(reply, suppress);
+            }
+            return Some(Err(None));
+        }
+        None
     }
 
     /// Commands keygate answers itself: `Err` when answered here.
