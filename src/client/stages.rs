@@ -184,36 +184,39 @@ impl Connection {
             protocol: self.session.protocol,
             max_bulk_len: self.ctx.scan_limits.max_bulk_len,
         };
-        let forward = match decision::decide(service, &view, spec, req, plan) {
-            Decision::Forward(forward) => forward,
-            Decision::Procedure(planned) => {
-                return Err(Some(Deferred::Procedure(ProcedureCall {
-                    service: service.clone(),
-                    planned,
-                    spec,
-                    suppress,
-                })))
+        let mut req = req;
+        match decision::decide(service, &view, spec, &mut req, plan) {
+            Decision::Forward(forward) => {
+                if forward.ttl_clamped {
+                    let index = Some(service.index);
+                    self.recorder.ttl_clamped(index);
+                }
+                self.route(spec, req, forward, held, suppress)
             }
-            Decision::Refuse(refusal) => return Err(self.refuse(spec, &refusal, suppress)),
-        };
-        if forward.ttl_clamped {
-            self.recorder.ttl_clamped(Some(service.index));
+            Decision::Procedure(planned) => Err(Some(Deferred::Procedure(ProcedureCall {
+                service: service.clone(),
+                planned,
+                spec,
+                suppress,
+            }))),
+            Decision::Refuse(refusal) => Err(self.refuse(spec, &refusal, suppress)),
         }
-        self.route(spec, forward, held, suppress)
     }
 
     /// Routes a request the policy forwards: to the client's dedicated
     /// connection when the connection is held or the command needs one of
     /// its own, else into the batch for a shared connection (`Ok`).
+    /// Inlined into its one caller, so the decision is not copied again.
+    #[inline(always)]
     fn route(
         &mut self,
         spec: &'static CommandSpec,
+        mut req: Request,
         forward: Forward,
         held: bool,
         suppress: bool,
     ) -> Result<(), Stopped> {
         let Forward {
-            request: mut req,
             prefix_at: prefix_key,
             follow_ups,
             plan,

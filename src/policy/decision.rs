@@ -62,11 +62,10 @@ pub(crate) enum Decision {
     Refuse(Refusal),
 }
 
-/// A request to forward, as the policy left it.
+/// A request to forward (rewritten in place by [`decide`]: the common
+/// case moves nothing), with what goes with it.
 #[derive(Debug)]
 pub(crate) struct Forward {
-    /// The request to send.
-    pub(crate) request: Request,
     /// The argument the namespace's prefix is still to be put in front of,
     /// by whoever writes the request out (the one-key shortcut).
     pub(crate) prefix_at: Option<usize>,
@@ -186,31 +185,32 @@ impl Refusal {
     }
 }
 
+/// The value of a stage's `Result`, or the refusal returned as the
+/// decision (`?` would wrap the whole decision in a `Result` and copy it
+/// out again, on every request).
+macro_rules! or_refuse {
+    ($stage:expr) => {
+        match $stage {
+            Ok(value) => value,
+            Err(refusal) => return Decision::Refuse(refusal.into()),
+        }
+    };
+}
+
 /// Decides what happens to `req`, a command of `spec` sent by a client of
-/// `service` whose session is `session`; `plan` is the reply plan the
-/// client gave it (keygate's INFO section, ACL WHOAMI's answer, or none).
+/// `service` whose session is `session`, and rewrites it in place for
+/// [`Decision::Forward`]; `plan` is the reply plan the client gave it
+/// (keygate's INFO section, ACL WHOAMI's answer, or none).
+/// Inlined into its one caller: the decision is then built in place.
+#[inline]
 pub(crate) fn decide(
     service: &Service,
     session: &SessionView,
     spec: &'static CommandSpec,
-    req: Request,
+    req: &mut Request,
     plan: ReplyPlan,
 ) -> Decision {
-    match forward_or_refuse(service, session, spec, req, plan) {
-        Ok(decision) => decision,
-        Err(refusal) => Decision::Refuse(refusal),
-    }
-}
-
-#[inline]
-fn forward_or_refuse(
-    service: &Service,
-    session: &SessionView,
-    spec: &'static CommandSpec,
-    req: Request,
-    plan: ReplyPlan,
-) -> Result<Decision, Refusal> {
-    access::check(service, spec).map_err(Refusal::Access)?;
+    or_refuse!(access::check(service, spec).map_err(Refusal::Access));
     // Connection state is never shared (command::state): what reaches
     // here is forwarded, so a command keygate answers itself got here
     // only inside MULTI, where it would run on the transaction's
@@ -218,23 +218,29 @@ fn forward_or_refuse(
     let treatment = state::treatment(spec);
     match treatment {
         Some(Treatment::Refused) => {
-            return Err(Refusal::Access(access::Refusal::Forbidden {
+            return Decision::Refuse(Refusal::Access(access::Refusal::Forbidden {
                 command: spec.name,
                 reason: state::refusal_reason(spec).unwrap_or_default(),
             }))
         }
-        Some(Treatment::Local) => return Err(Refusal::InsideMulti { command: spec.name }),
+        Some(Treatment::Local) => {
+            return Decision::Refuse(Refusal::InsideMulti { command: spec.name })
+        }
         Some(Treatment::Dedicated | Treatment::Database) | None => {}
     }
     // MOVE and COPY ... DB: a destination among the service's databases.
-    let destination = database::destination(
-        service,
-        spec.name,
-        &req,
-        session.database,
-        session.databases,
-    )?;
-    database::check_channels(service, spec, &req)?;
+    let destination = if matches!(spec.name, "move" | "copy") {
+        or_refuse!(database::destination(
+            service,
+            spec.name,
+            req,
+            session.database,
+            session.databases,
+        ))
+    } else {
+        None
+    };
+    or_refuse!(database::check_channels(service, spec, req));
     // A client's tracking state is its own: allowed for every service,
     // confined here rather than by the namespace rewrite.
     let own_tracking = matches!(
@@ -242,58 +248,66 @@ fn forward_or_refuse(
         "client|tracking" | "client|caching" | "client|getredir" | "client|trackinginfo"
     );
     // The common case (no namespace, no TTL change) moves nothing.
-    let (mut req, mut plan) = (req, plan);
+    let mut plan = plan;
     // The argument the writer puts the namespace's prefix in front of.
     let mut prefix_at = None;
     if spec.name == "client|tracking" {
-        if let Some(confined) = tracking::confine_request(service.namespace.as_deref(), &req)? {
-            req = confined;
+        if let Some(confined) =
+            or_refuse!(tracking::confine_request(service.namespace.as_deref(), req))
+        {
+            *req = confined;
         }
     }
     let isolated = if own_tracking {
-        None
+        Ok(None)
     } else {
-        isolate(service, session, spec, &req, &mut plan)?
+        isolate(service, session, spec, req, &mut plan)
     };
+    // Matched as it is: taking the `Ok` out first would copy it.
     match isolated {
-        None => {}
-        Some(Isolated::Forward(confined, confined_plan)) => {
-            req = confined;
+        Ok(None) => {}
+        Ok(Some(Isolated::Forward(confined, confined_plan))) => {
+            *req = confined;
             plan = confined_plan;
         }
-        Some(Isolated::PrefixKey(at)) => match service.namespace.as_ref() {
+        Ok(Some(Isolated::PrefixKey(at))) => match service.namespace.as_ref() {
             Some(ns) if !governance::governs_before_prefix(service) => {
-                req = req.prefix_arg(at, ns.prefix_bytes())
+                *req = req.prefix_arg(at, ns.prefix_bytes())
             }
             _ => prefix_at = Some(at),
         },
-        Some(Isolated::Procedure(planned)) => return Ok(Decision::Procedure(planned)),
+        Ok(Some(Isolated::Procedure(planned))) => return Decision::Procedure(planned),
+        Err(refusal) => return Decision::Refuse(refusal),
     }
     let mut follow_ups = Vec::new();
     let mut ttl_clamped = false;
-    let mut governed = governance::govern(service, spec, &req);
+    let mut governed = governance::govern(service, spec, req);
     if let (Some(at), Ok(Some(g))) = (prefix_at, &mut governed) {
         // Governed as the client sent it; the prefix is written with the
         // request. Should the policy ever move the key, confine first.
         let prefix = service.namespace.as_ref().map(|ns| ns.prefix_bytes());
         let prefix = prefix.unwrap_or_default();
-        if !governance::confine_follow_ups(&req, at, &g.request, &mut g.follow_ups, prefix) {
-            req = req.prefix_arg(at, prefix);
+        if !governance::confine_follow_ups(req, at, &g.request, &mut g.follow_ups, prefix) {
+            *req = req.prefix_arg(at, prefix);
             prefix_at = None;
-            governed = governance::govern(service, spec, &req);
+            governed = governance::govern(service, spec, req);
         }
     }
-    if let Some(g) = governed? {
-        req = g.request;
-        follow_ups = g.follow_ups;
-        ttl_clamped = g.clamped;
+    match governed {
+        Ok(None) => {}
+        Ok(Some(g)) => {
+            *req = g.request;
+            follow_ups = g.follow_ups;
+            ttl_clamped = g.clamped;
+        }
+        Err(refusal) => return Decision::Refuse(refusal),
     }
     if let Some(dst) = destination {
         // The TTL follow-ups run in the destination database, on the
         // client's own connection.
         if spec.name == "move" {
             if let Some((at, ns)) = prefix_at.take().zip(service.namespace.as_ref()) {
-                req = req.prefix_arg(at, ns.prefix_bytes());
+                *req = req.prefix_arg(at, ns.prefix_bytes());
             }
             follow_ups = database::move_follow_up(service, req.get(1).unwrap_or_default());
         }
@@ -302,16 +316,20 @@ fn forward_or_refuse(
     let prefix_len = prefix_at
         .and(service.namespace.as_ref())
         .map_or(0, |ns| ns.prefix_bytes().len());
-    over_bulk_limit(&req, prefix_at, prefix_len, session.max_bulk_len)?;
-    Ok(Decision::Forward(Forward {
-        request: req,
+    or_refuse!(over_bulk_limit(
+        req,
+        prefix_at,
+        prefix_len,
+        session.max_bulk_len
+    ));
+    Decision::Forward(Forward {
         prefix_at,
         follow_ups,
         plan,
         treatment,
         destination,
         ttl_clamped,
-    }))
+    })
 }
 
 /// Where isolation sends a request of a namespaced service.
@@ -451,9 +469,9 @@ mod tests {
     }
 
     fn decided(service: &Service, in_multi: bool, args: &[&str]) -> Decision {
-        let req = Request::from_args(args);
+        let mut req = Request::from_args(args);
         let spec = crate::command::lookup(&req).expect("a command");
-        decide(service, &view(in_multi), spec, req, ReplyPlan::Forward)
+        decide(service, &view(in_multi), spec, &mut req, ReplyPlan::Forward)
     }
 
     fn refusal(decision: Decision) -> Refusal {
@@ -469,7 +487,6 @@ mod tests {
         let Decision::Forward(f) = decided(&plain, false, &["GET", "k"]) else {
             panic!("not forwarded");
         };
-        assert_eq!(f.request.frame(), Request::from_args(&["GET", "k"]).frame());
         assert_eq!((f.prefix_at, f.follow_ups.len()), (None, 0));
         assert_eq!(f.plan, ReplyPlan::Forward);
         // A one-key command of a namespaced service: the writer prefixes.
@@ -478,7 +495,6 @@ mod tests {
             panic!("not forwarded");
         };
         assert_eq!(f.prefix_at, Some(1));
-        assert_eq!(f.request.get(1), Some(&b"k"[..]));
     }
 
     #[test]
@@ -555,13 +571,13 @@ mod tests {
     #[test]
     fn a_prefix_past_the_bulk_limit_is_refused() {
         let ns = service("prefix = \"billing:\"");
-        let req = Request::from_args(&["GET", "kkkk"]);
+        let mut req = Request::from_args(&["GET", "kkkk"]);
         let spec = crate::command::lookup(&req).expect("GET");
         let tight = SessionView {
             max_bulk_len: 8,
             ..view(false)
         };
-        let refused = refusal(decide(&ns, &tight, spec, req, ReplyPlan::Forward));
+        let refused = refusal(decide(&ns, &tight, spec, &mut req, ReplyPlan::Forward));
         assert_eq!(
             refused.to_string(),
             "ERR keygate: an argument of 12 bytes with the namespace prefix is over proto_max_bulk_len (8)"

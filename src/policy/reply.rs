@@ -5,10 +5,11 @@
 //! appended, a reply replaced, EXEC's elements rewritten one by one.
 //!
 //! Invariants: a plan is applied to one whole reply frame and writes one
-//! whole frame; the frames of follow-ups keygate added behind a command
-//! ([`Queued::frames`]) are dropped, so the client sees exactly one reply
-//! per command it sent. The reply queue (`client::queue`) owns the order
-//! and the writing; this module only rewrites bytes.
+//! whole frame; inside EXEC's reply the elements of follow-ups keygate
+//! queued behind a command ([`Queued::frames`]) are dropped, so the client
+//! sees exactly one element per command it queued. The reply queue
+//! (`client::queue`) owns the order, the slots, dropping the follow-ups'
+//! own frames and the writing; this module only rewrites bytes.
 
 use std::sync::Arc;
 
@@ -59,18 +60,6 @@ impl Queued {
     pub fn is_plain(&self) -> bool {
         self.frames == 1 && matches!(self.plan, ReplyPlan::Forward)
     }
-}
-
-/// A command's own reply frame out of `frames` (the frames of a run of
-/// replies, in order): the first of the `count` it produced; the frames of
-/// its follow-ups are dropped. `None` when the run ends early.
-#[inline]
-pub fn own_frame<F>(frames: &mut impl Iterator<Item = F>, count: u32) -> Option<F> {
-    let own = frames.next();
-    for _ in 1..count {
-        let _ = frames.next();
-    }
-    own
 }
 
 /// Writes one command's reply `frame` to `out`, rewritten by `plan`.
@@ -192,13 +181,5 @@ mod tests {
             rewritten(&plan, b"*1\r\n+OK\r\n"),
             b"-ERR keygate: EXEC reply does not match the queued commands\r\n".to_vec()
         );
-    }
-
-    #[test]
-    fn own_frame_skips_the_follow_ups() {
-        let mut frames = [1, 2, 3, 4].into_iter();
-        assert_eq!(own_frame(&mut frames, 3), Some(1));
-        assert_eq!(own_frame(&mut frames, 1), Some(4));
-        assert_eq!(own_frame(&mut frames, 1), None);
     }
 }
