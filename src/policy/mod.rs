@@ -11,8 +11,9 @@
 //! rewrites each reply by the plan the decision made. Which service a login
 //! maps to is [`service`], kept swappable by reload in [`registry`].
 //!
-//! `policy` does no I/O of its own (the keyspace procedures are given the
-//! connections to run on) and knows nothing of the client side.
+//! `policy` knows nothing of the client side. It does no I/O of its own but
+//! one: a keyspace procedure's steps ([`keyspace::run`]) await replies on
+//! connections the client side leases and hands it.
 
 pub mod access;
 pub mod confinement;
