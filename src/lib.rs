@@ -12,8 +12,10 @@
 //! - [`protocol`] frames bytes: the request scanner turns client bytes into
 //!   [`protocol::request::Request`]s, the reply scanner delimits backend replies.
 //! - [`command`] is the command table: arity, flags and where the keys are.
-//! - [`policy`] applies per-service rules (namespace and TTL) to a request and
-//!   rewrites its reply on the way back.
+//! - [`policy`] applies per-service rules (access, databases, namespace,
+//!   TTL) to a request in one call that returns a typed decision (forward
+//!   with a reply plan, a keyspace procedure, or a refusal), and rewrites
+//!   the reply by that plan on the way back.
 //! - [`router`] picks the backend node and connection kind for a request.
 //! - [`topology`] knows the master and replicas, from Sentinel or config.
 //! - [`backend`] owns connections to Redis: multiplexed pipelined ones for

@@ -2,9 +2,10 @@
 //!
 //! The task reads bytes, scans requests, and takes each through the stages
 //! in order: the command table, the commands keygate answers itself, the
-//! service's policy, then routing to a shared (multiplexed) or dedicated
-//! backend connection. Replies go back through the [`queue`] in request
-//! order.
+//! service's policy (one call, a typed decision), then routing to a shared
+//! (multiplexed) or dedicated backend connection. Replies go back through
+//! the [`queue`] in request order, each rewritten by the reply plan the
+//! policy made ([`crate::policy::reply`]).
 //!
 //! Backpressure: the task stops reading from a client while it has too many
 //! replies outstanding, and it writes replies before reading more, so a
@@ -25,10 +26,12 @@
 //! - [`event_loop`]: the client loop, its events, timers and hand-written
 //!   poll; [`buffers`]: how the read buffer grows and is given back
 //!   ([`ClientRead`]); [`read_wake`]: skipping reads that cannot have news;
-//! - [`stages`]: `on_bytes` and `on_request`, the stages a request takes;
+//! - [`stages`]: `on_bytes` and `on_request`, the stages a request takes:
 //!   [`local`], [`registry`] and [`tracking`] answer what keygate answers
-//!   itself; [`isolation`] and [`governance`] apply the service's policy;
-//!   [`database`] SELECT and the database a request runs in;
+//!   itself, then one call to the policy ([`crate::policy::decision`])
+//!   decides the rest; [`isolation`] runs the keyspace procedures it plans
+//!   and confines pub/sub frames; [`database`] SELECT and the database a
+//!   request runs in;
 //!   [`transaction`] MULTI/EXEC/WATCH and the commands queued inside MULTI;
 //! - [`batch`]: requests gathered for a shared connection; [`dedicated`]:
 //!   the client's dedicated connection (lease, send, read, timeout, loss,
@@ -47,7 +50,6 @@ mod buffers;
 mod database;
 mod dedicated;
 mod event_loop;
-mod governance;
 mod held;
 mod isolation;
 mod lifecycle;
@@ -59,7 +61,6 @@ mod rebind;
 pub mod registry;
 pub mod session;
 mod stages;
-use stages::Refused;
 mod tracking;
 mod transaction;
 mod urgent;

@@ -17,7 +17,6 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::Arc;
 use std::task::Poll;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -25,40 +24,12 @@ use tokio::time::Instant;
 use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::backend::mux::BatchReply;
 use crate::backend::BackendError;
-use crate::command::ReplyKeys;
 use crate::metrics::cache::CacheRule;
 use crate::metrics::{ErrorKind, Recorder, Role};
-use crate::policy::namespace::{self, Namespace};
-use crate::protocol::encode;
-use crate::protocol::reply::{Replies, ReplyKind, ReplyScanner, Value};
-use crate::protocol::Protocol;
+use crate::policy::reply::{self, ReplyPlan};
+use crate::protocol::reply::{Replies, ReplyKind};
 
 use super::pubsub::{Awaited, SubKind, SubscriptionCall};
-
-/// What happens to one command's reply on its way to the client.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ReplyPlan {
-    /// Written as it came.
-    Forward,
-    /// INFO: keygate's own section is appended to the text.
-    AppendProxyInfo(String),
-    /// The backend's reply is replaced by this one (EXEC of a doomed transaction).
-    Replace(Bytes),
-    /// Isolation: the namespace's prefix comes off the key or channel names
-    /// the reply carries (per the command table's `reply_keys`).
-    StripKeys {
-        namespace: Arc<Namespace>,
-        reply_keys: ReplyKeys,
-        protocol: Protocol,
-    },
-    /// INFO for an isolated service: the `# Keyspace` section is removed,
-    /// then keygate's own section (if any) appended.
-    ScopedInfo(Option<String>),
-    /// EXEC: one array element per queued command, in order. Each queued
-    /// command accounts for `frames` elements (its follow-ups were queued
-    /// too); the first gets the command's plan, the rest are dropped.
-    Exec(Vec<CommandReply>),
-}
 
 /// One client command answered by a slot.
 #[derive(Debug, Clone, PartialEq)]
@@ -617,7 +588,7 @@ fn write_replies(
             tally.add(replies.first_kind(), &replies.bytes, recorder);
             tally.record(role, total, backend, recorder);
             if write {
-                apply_plan(&c.plan, &replies.bytes, out);
+                reply::rewrite(&c.plan, &replies.bytes, out);
             }
             return;
         }
@@ -648,7 +619,7 @@ fn write_replies(
             }
         }
         if write {
-            apply_plan(&c.plan, frame, out);
+            reply::rewrite(&c.plan, frame, out);
         }
     }
     if let Some(t) = tally {
@@ -716,99 +687,11 @@ impl<'a> Tally<'a> {
     }
 }
 
-/// Applies a reply plan to one command's reply frame.
-fn apply_plan(plan: &ReplyPlan, frame: &[u8], out: &mut BytesMut) {
-    match plan {
-        ReplyPlan::Forward => out.extend_from_slice(frame),
-        ReplyPlan::Replace(with) => out.extend_from_slice(with),
-        ReplyPlan::AppendProxyInfo(section) => match Value::parse(frame) {
-            Ok(Value::Bulk(text)) => {
-                let mut joined = BytesMut::from(&text[..]);
-                joined.extend_from_slice(section.as_bytes());
-                Value::Bulk(joined.freeze()).encode(out);
-            }
-            Ok(Value::Verbatim(format, text)) => {
-                let mut joined = BytesMut::from(&text[..]);
-                joined.extend_from_slice(section.as_bytes());
-                Value::Verbatim(format, joined.freeze()).encode(out);
-            }
-            _ => out.extend_from_slice(frame),
-        },
-        ReplyPlan::StripKeys {
-            namespace,
-            reply_keys,
-            protocol,
-        } => out.extend_from_slice(&namespace.strip_reply(*reply_keys, frame, *protocol)),
-        ReplyPlan::ScopedInfo(section) => {
-            let scoped = |text: &[u8]| {
-                let mut kept = namespace::remove_keyspace_section(text);
-                if let Some(section) = section {
-                    kept.extend_from_slice(section.as_bytes());
-                }
-                Bytes::from(kept)
-            };
-            match Value::parse(frame) {
-                Ok(Value::Bulk(text)) => Value::Bulk(scoped(&text)).encode(out),
-                Ok(Value::Verbatim(format, text)) => {
-                    Value::Verbatim(format, scoped(&text)).encode(out)
-                }
-                _ => out.extend_from_slice(frame),
-            }
-        }
-        ReplyPlan::Exec(queued) => apply_exec(queued, frame, out),
-    }
-}
-
-/// Applies each queued command's plan to its element of an EXEC reply.
-/// A nil (WATCH abort) or error passes as it is; an array whose length does
-/// not match what was queued becomes an error rather than pass unrewritten.
-fn apply_exec(queued: &[CommandReply], frame: &[u8], out: &mut BytesMut) {
-    let header_end = frame.windows(2).position(|w| w == b"\r\n");
-    let count = header_end
-        .filter(|_| frame.first() == Some(&b'*'))
-        .and_then(|end| frame.get(1..end))
-        .and_then(|n| std::str::from_utf8(n).ok())
-        .and_then(|n| n.parse::<i64>().ok());
-    let (Some(count), Some(header_end)) = (count, header_end) else {
-        return out.extend_from_slice(frame);
-    };
-    let expected: usize = queued.iter().map(|c| c.frames as usize).sum();
-    if count < 0 {
-        return out.extend_from_slice(frame);
-    }
-    let mismatch = b"-ERR keygate: EXEC reply does not match the queued commands\r\n";
-    if count as usize != expected {
-        return out.extend_from_slice(mismatch);
-    }
-    let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);
-    let mut rest = frame.get(header_end + 2..).unwrap_or_default();
-    let mut body = BytesMut::with_capacity(rest.len());
-    for c in queued {
-        let mut first = None;
-        for _ in 0..c.frames {
-            match scanner.next_frame(rest) {
-                Ok(Some(f)) => {
-                    let (element, tail) = rest.split_at(f.end.min(rest.len()));
-                    scanner.consume(f.end);
-                    rest = tail;
-                    first.get_or_insert(element);
-                }
-                _ => return out.extend_from_slice(mismatch),
-            }
-        }
-        if let Some(element) = first {
-            apply_plan(&c.plan, element, &mut body);
-        }
-    }
-    encode::array_header(out, queued.len());
-    out.extend_from_slice(&body);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
-    use crate::protocol::reply::{FrameEnd, FrameEnds};
+    use crate::protocol::reply::{FrameEnd, FrameEnds, ReplyScanner};
 
     /// A pipelined run: GET hit, GET miss (RESP3 null), a SET with a
     /// follow-up frame keygate added, an error, a RESP2-nil GET.

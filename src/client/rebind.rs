@@ -13,6 +13,7 @@
 use std::sync::Arc;
 
 use super::Connection;
+use crate::policy::database;
 use crate::policy::service::Service;
 
 impl Connection {
@@ -51,8 +52,8 @@ impl Connection {
         let db = self.session.database;
         let refusal = now
             .as_ref()
-            .filter(|s| !super::database::allows(s, db))
-            .map(|s| super::database::refusal(s, db));
+            .filter(|s| !database::allows(s, db))
+            .map(|s| database::refusal(s, db).to_string());
         if refusal.is_some() {
             tracing::info!(
                 client = self.session.id,

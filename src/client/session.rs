@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::queue::CommandReply;
 use crate::config::OnExpiry;
 use crate::policy::namespace::Namespace;
+use crate::policy::reply::Queued;
 use crate::policy::service::Service;
 use crate::protocol::Protocol;
 
@@ -52,7 +52,7 @@ pub struct Session {
     pub tx: Transaction,
     /// Inside MULTI: the reply plan of each queued command, applied to its
     /// element of EXEC's reply (the backend answers `+QUEUED` meanwhile).
-    pub queued: Vec<CommandReply>,
+    pub queued: Vec<Queued>,
     /// The database the client is in (SELECT).
     pub database: u32,
     /// Inside MULTI: the database a queued SELECT switches to at EXEC.

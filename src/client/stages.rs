@@ -1,9 +1,10 @@
 //! The request stages: every complete request the client sent goes
 //! through them in order: the command table, the commands keygate answers
-//! itself (CLIENT, KEYGATE, the login, SELECT, transaction control), the
-//! service's policy (access, connection state, databases, the namespace's
-//! isolation, TTL governance), then routing to the batch for a shared
-//! connection or to the dedicated connection.
+//! itself (CLIENT, KEYGATE, the login, SELECT, transaction control, INFO's
+//! proxy section), one call to the service's policy
+//! ([`crate::policy::decision::decide`]), then, by its decision, routing to
+//! the batch for a shared connection or to the dedicated connection, a
+//! keyspace procedure, or the refusal.
 //!
 //! Invariants:
 //! - the stages are synchronous: work that waits on a backend comes back
@@ -18,18 +19,19 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
-use super::isolation::{self, Isolated};
+use super::isolation::ProcedureCall;
 use super::local::{self, LocalAnswer};
-use super::queue::{CommandReply, ReplyPlan};
+use super::queue::CommandReply;
 use super::urgent::UrgentCall;
-use super::{database, governance, pubsub, registry, session, tracking, Connection};
+use super::{pubsub, registry, session, tracking, Connection};
 use crate::command::keyword::is_keyword;
-use crate::command::state::{self, Treatment};
+use crate::command::state::Treatment;
 use crate::command::{self, CommandSpec, Flags};
 use crate::metrics::{ErrorKind, Role};
-use crate::policy::access;
+use crate::policy::decision::{self, Decision, Forward, Refusal, SessionView};
+use crate::policy::reply::ReplyPlan;
 use crate::protocol::encode;
-use crate::protocol::request::{Request, ScanLimits};
+use crate::protocol::request::Request;
 use crate::router::{self, ConnectionEffect};
 
 /// The reply to a command that needs a login first.
@@ -55,7 +57,7 @@ pub(super) enum Deferred {
         suppress: bool,
     },
     /// A keyspace-wide command of a namespaced service, run as a procedure.
-    Procedure(isolation::ProcedureCall),
+    Procedure(ProcedureCall),
     /// SCRIPT KILL or FUNCTION KILL, sent past a busy script.
     Urgent(Box<UrgentCall>),
     /// RESET while the dedicated connection still owes replies: they are
@@ -70,50 +72,6 @@ pub(super) enum Deferred {
         reply: Bytes,
         suppress: bool,
     },
-}
-
-/// The refusal of a request that the namespace's rewrite (a prefixed key,
-/// channel or pattern) made longer than the backend accepts: Redis would
-/// answer it with a protocol error and close the connection, a shared one
-/// with every other client's requests on it. The client's own arguments
-/// are within `proto_max_bulk_len` already (the request scanner saw to
-/// it), so only a rewritten frame longer than that needs a look at each
-/// argument; `prefix_len` is the prefix still to be written at `prefix_at`.
-fn over_bulk_limit(
-    req: &Request,
-    prefix_at: Option<usize>,
-    prefix_len: usize,
-    limits: ScanLimits,
-) -> Option<String> {
-    let limit = limits.max_bulk_len;
-    if req.frame().len() + prefix_len <= limit {
-        return None;
-    }
-    let longest = (0..req.argc())
-        .filter_map(|i| {
-            let added = if prefix_at == Some(i) { prefix_len } else { 0 };
-            req.arg_len(i).map(|len| len + added)
-        })
-        .max()?;
-    (longest > limit).then(|| {
-        format!(
-            "ERR keygate: an argument of {longest} bytes with the namespace prefix is over proto_max_bulk_len ({limit})"
-        )
-    })
-}
-
-/// A request refused by keygate's own stages: the error to answer, and
-/// whether Redis gives that error only when it runs the command (so inside
-/// MULTI it belongs in EXEC's reply, see [`Connection::refuse`]).
-pub(super) struct Refused {
-    text: String,
-    at_run: bool,
-}
-
-impl Refused {
-    pub(super) fn new(text: String, at_run: bool) -> Refused {
-        Refused { text, at_run }
-    }
 }
 
 pub(super) fn error_reply(msg: &str) -> Bytes {
@@ -164,18 +122,19 @@ impl Connection {
         self.flush_dedicated().await;
     }
 
-    /// Takes one request through the stages, in order: `Ok` once it is in
-    /// the batch for a shared connection.
+    /// Takes one request through the stages, in order: the commands keygate
+    /// answers itself, one policy decision, then routing by it. `Ok` once
+    /// it is in the batch for a shared connection.
     fn on_request(&mut self, req: Request) -> Result<(), Stopped> {
         let revoked = self.follow_reload();
         let suppress = self.session.take_suppression();
         if let Some(msg) = revoked {
             return Err(self.reject("unknown", ErrorKind::Policy, &msg, suppress));
         }
-        let name = req.get(0).unwrap_or_default();
         if self.session.token_expiry.is_some() && self.session.expired_token().is_some() {
             // The login lapsed: only what logs in again or ends the
             // connection runs, until a fresh token comes.
+            let name = req.get(0).unwrap_or_default();
             let allowed = ["auth", "hello", "ping", "quit", "reset"]
                 .iter()
                 .any(|c| name.eq_ignore_ascii_case(c.as_bytes()));
@@ -183,51 +142,8 @@ impl Connection {
                 return Err(self.reject("unknown", ErrorKind::Policy, TOKEN_EXPIRED, suppress));
             }
         }
-        if !self.session.tx.open {
-            if name.eq_ignore_ascii_case(b"client") && self.session.service.is_some() {
-                if let Ok(spec) = command::lookup(&req) {
-                    self.entry.command(spec);
-                }
-                if let Some(LocalAnswer::Reply(reply)) =
-                    local::answer_client(&mut self.session, &req)
-                {
-                    // CLIENT REPLY OFF/SKIP get no reply; CLIENT REPLY ON
-                    // always does, even while replies were off (as in Redis),
-                    // so the suppression taken before it ran does not apply.
-                    let quiet = if req.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"reply")) {
-                        let turned_on = req.get(2).is_some_and(|m| is_keyword(m, b"on"));
-                        self.session.reply_mode != session::ReplyMode::On
-                            || (suppress && !turned_on)
-                    } else {
-                        suppress
-                    };
-                    self.reply(reply, quiet);
-                    // CLIENT SETNAME: the table shows the new name.
-                    self.entry.identify(&self.session);
-                    return Err(None);
-                }
-                if let Some(answer) =
-                    registry::answer(&self.ctx.client_table, &self.session, &self.entry, &req)
-                {
-                    return self.table_answer(answer, suppress);
-                }
-                if self.dedicated.is_none() {
-                    // Tracking state lives on a dedicated connection: a
-                    // client without one has tracking off.
-                    if let Some(reply) = tracking::answer_untracked(&req, self.session.protocol) {
-                        self.reply(reply, suppress);
-                        return Err(None);
-                    }
-                }
-            }
-            if name.eq_ignore_ascii_case(b"keygate") {
-                if let LocalAnswer::Reply(reply) =
-                    local::answer_keygate(&self.ctx, &self.session, &req)
-                {
-                    self.reply(reply, suppress);
-                }
-                return Err(None);
-            }
+        if let Some(answered) = self.answer_client_or_keygate(&req, suppress) {
+            return answered;
         }
         let spec = match command::lookup(&req) {
             Ok(spec) => spec,
@@ -269,48 +185,8 @@ impl Connection {
             Some(service) => service,
             None => return Err(self.reject(spec.name, ErrorKind::Policy, NOAUTH, suppress)),
         };
-        if let Err(refusal) = access::check(service, spec) {
-            let msg = refusal.to_string();
-            return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
-        }
-        // Connection state is never shared (command::state): what reaches
-        // here is forwarded, so a command keygate answers itself got here
-        // only inside MULTI, where it would run on the transaction's
-        // connection at EXEC.
-        let treatment = state::treatment(spec);
-        match treatment {
-            Some(Treatment::Refused) => {
-                let reason = state::refusal_reason(spec).unwrap_or_default();
-                let msg = format!("NOPERM keygate does not allow '{}': {reason}", spec.name);
-                return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
-            }
-            Some(Treatment::Local) => {
-                let msg = format!("ERR keygate: '{}' cannot be used inside MULTI", spec.name);
-                return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
-            }
-            Some(Treatment::Dedicated | Treatment::Database) | None => {}
-        }
-        // MOVE and COPY ... DB: a destination among the service's databases.
-        let destination = if matches!(spec.name, "move" | "copy") {
-            let (current, databases) =
-                (self.effective_database(), self.ctx.config.backend.databases);
-            match database::destination(service, spec.name, &req, current, databases) {
-                Ok(db) => db,
-                Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress)),
-            }
-        } else {
-            None
-        };
-        if let Err(msg) = database::check_channels(service, spec, &req) {
-            return Err(self.reject(spec.name, ErrorKind::Policy, &msg, suppress));
-        }
-        // A client's tracking state is its own: allowed for every service,
-        // confined here rather than by the namespace rewrite.
-        let own_tracking = matches!(
-            spec.name,
-            "client|tracking" | "client|caching" | "client|getredir" | "client|trackinginfo"
-        );
-        let mut plan = if spec.name == "info" && !held {
+        // What keygate adds to the reply itself.
+        let plan = if spec.name == "info" && !held {
             ReplyPlan::AppendProxyInfo(local::proxy_info(&self.ctx, &self.session))
         } else if spec.name == "acl|whoami" {
             // Queued in MULTI: EXEC's element is keygate's answer.
@@ -318,78 +194,54 @@ impl Connection {
         } else {
             ReplyPlan::Forward
         };
-        // The common case (no namespace, no TTL change) moves nothing.
-        let mut req = req;
-        // The argument the batch puts the namespace's prefix in front of.
-        let mut prefix_key = None;
-        if spec.name == "client|tracking" {
-            match tracking::confine_request(service.namespace.as_deref(), &req) {
-                Ok(None) => {}
-                Ok(Some(confined)) => req = confined,
-                Err(msg) => return Err(self.reject(spec.name, ErrorKind::Policy, msg, suppress)),
-            }
-        }
-        let isolated = if own_tracking {
-            Ok(None)
-        } else {
-            isolation::isolate(service, spec, &req, &mut plan, &self.session, suppress)
+        let view = SessionView {
+            in_multi: self.session.tx.open,
+            database: self.effective_database(),
+            databases: self.ctx.config.backend.databases,
+            protocol: self.session.protocol,
+            max_bulk_len: self.ctx.scan_limits.max_bulk_len,
         };
-        match isolated {
-            Ok(None) => {}
-            Ok(Some(Isolated::Forward(confined, confined_plan))) => {
-                req = confined;
-                plan = confined_plan;
-            }
-            Ok(Some(Isolated::PrefixKey(at))) => match service.namespace.as_ref() {
-                Some(ns) if !governance::governs_before_prefix(service) => {
-                    req = req.prefix_arg(at, ns.prefix_bytes())
+        let mut req = req;
+        match decision::decide(service, &view, spec, &mut req, plan) {
+            Decision::Forward(forward) => {
+                if forward.ttl_clamped {
+                    let index = Some(service.index);
+                    self.recorder.ttl_clamped(index);
                 }
-                _ => prefix_key = Some(at),
-            },
-            Ok(Some(Isolated::Procedure(call))) => return Err(Some(Deferred::Procedure(call))),
-            Err(refused) => {
-                self.recorder.isolation_refused(Some(service.index));
-                return Err(self.refuse(spec, refused, suppress));
+                self.route(spec, req, forward, held, suppress)
             }
+            Decision::Procedure(planned) => Err(Some(Deferred::Procedure(ProcedureCall {
+                service: service.clone(),
+                planned,
+                spec,
+                suppress,
+            }))),
+            Decision::Refuse(refusal) => Err(self.refuse(spec, &refusal, suppress)),
         }
-        let mut follow_ups = Vec::new();
-        let mut governed = governance::govern(service, spec, &req, &mut self.recorder);
-        if let (Some(at), Ok(Some((request, added)))) = (prefix_key, &mut governed) {
-            // Governed as the client sent it; the prefix is written with the
-            // batch. Should the policy ever move the key, confine first.
-            let prefix = service.namespace.as_ref().map(|ns| ns.prefix_bytes());
-            let prefix = prefix.unwrap_or_default();
-            if !governance::confine_follow_ups(&req, at, request, added, prefix) {
-                req = req.prefix_arg(at, prefix);
-                prefix_key = None;
-                governed = governance::govern(service, spec, &req, &mut self.recorder);
-            }
-        }
-        match governed {
-            Ok(None) => {}
-            Ok(Some((request, added))) => {
-                req = request;
-                follow_ups = added;
-            }
-            Err(refused) => return Err(self.refuse(spec, refused, suppress)),
-        }
-        if let Some(dst) = destination {
-            // The TTL follow-ups run in the destination database, on the
-            // client's own connection (`dedicated_only` below).
-            if spec.name == "move" {
-                if let Some((at, ns)) = prefix_key.take().zip(service.namespace.as_ref()) {
-                    req = req.prefix_arg(at, ns.prefix_bytes());
-                }
-                follow_ups = database::move_follow_up(service, req.get(1).unwrap_or_default());
-            }
-            follow_ups = database::bracket(follow_ups, dst, self.effective_database());
-        }
-        let prefix_len = prefix_key
-            .and(service.namespace.as_ref())
-            .map_or(0, |ns| ns.prefix_bytes().len());
-        if let Some(msg) = over_bulk_limit(&req, prefix_key, prefix_len, self.ctx.scan_limits) {
-            return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
-        }
+    }
+
+    /// Routes a request the policy forwards: to the client's dedicated
+    /// connection when the connection is held or the command needs one of
+    /// its own, else into the batch for a shared connection (`Ok`).
+    /// Inlined into its one caller, so the decision is not copied again.
+    #[inline(always)]
+    fn route(
+        &mut self,
+        spec: &'static CommandSpec,
+        mut req: Request,
+        forward: Forward,
+        held: bool,
+        suppress: bool,
+    ) -> Result<(), Stopped> {
+        let Forward {
+            prefix_at: prefix_key,
+            follow_ups,
+            plan,
+            treatment,
+            destination,
+            ..
+        } = forward;
+        let service = self.session.service.as_ref().map(|s| s.index);
         let effect = router::connection_effect(spec, &req);
         let subscription = (effect == ConnectionEffect::Subscribe)
             .then(|| pubsub::SubKind::of_command(spec.name))
@@ -408,7 +260,7 @@ impl Connection {
         let mut reply = CommandReply {
             plan,
             frames: 1 + follow_ups.len() as u32,
-            ..CommandReply::plain(spec.name, Some(service.index))
+            ..CommandReply::plain(spec.name, service)
         };
         if self.session.tx.open {
             reply = self.track_transaction(spec, reply);
@@ -444,6 +296,61 @@ impl Connection {
         self.batch
             .push(req, confine, follow_ups, reply, suppress, read_only);
         Ok(())
+    }
+
+    /// CLIENT subcommands and KEYGATE, answered before the command-table
+    /// lookup (outside MULTI): what [`Self::on_request`] returns when
+    /// answered here (`Ok` for a CLIENT UNBLOCK put in the batch).
+    fn answer_client_or_keygate(
+        &mut self,
+        req: &Request,
+        suppress: bool,
+    ) -> Option<Result<(), Stopped>> {
+        let name = req.get(0).unwrap_or_default();
+        if self.session.tx.open {
+            return None;
+        }
+        if name.eq_ignore_ascii_case(b"client") && self.session.service.is_some() {
+            if let Ok(spec) = command::lookup(req) {
+                self.entry.command(spec);
+            }
+            if let Some(LocalAnswer::Reply(reply)) = local::answer_client(&mut self.session, req) {
+                // CLIENT REPLY OFF/SKIP get no reply; CLIENT REPLY ON
+                // always does, even while replies were off (as in Redis),
+                // so the suppression taken before it ran does not apply.
+                let quiet = if req.get(1).is_some_and(|s| s.eq_ignore_ascii_case(b"reply")) {
+                    let turned_on = req.get(2).is_some_and(|m| is_keyword(m, b"on"));
+                    self.session.reply_mode != session::ReplyMode::On || (suppress && !turned_on)
+                } else {
+                    suppress
+                };
+                self.reply(reply, quiet);
+                // CLIENT SETNAME: the table shows the new name.
+                self.entry.identify(&self.session);
+                return Some(Err(None));
+            }
+            if let Some(answer) =
+                registry::answer(&self.ctx.client_table, &self.session, &self.entry, req)
+            {
+                return Some(self.table_answer(answer, suppress));
+            }
+            if self.dedicated.is_none() {
+                // Tracking state lives on a dedicated connection: a
+                // client without one has tracking off.
+                if let Some(reply) = tracking::answer_untracked(req, self.session.protocol) {
+                    self.reply(reply, suppress);
+                    return Some(Err(None));
+                }
+            }
+        }
+        if name.eq_ignore_ascii_case(b"keygate") {
+            if let LocalAnswer::Reply(reply) = local::answer_keygate(&self.ctx, &self.session, req)
+            {
+                self.reply(reply, suppress);
+            }
+            return Some(Err(None));
+        }
+        None
     }
 
     /// Commands keygate answers itself: `Err` when answered here.
@@ -497,8 +404,8 @@ impl Connection {
                     | "punsubscribe"
                     | "sunsubscribe"
             ) {
-                let msg = format!("ERR keygate: '{}' cannot be used inside MULTI", spec.name);
-                return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
+                let refusal = Refusal::InsideMulti { command: spec.name };
+                return Err(self.refuse(spec, &refusal, suppress));
             }
             return Ok(());
         }
@@ -629,24 +536,36 @@ impl Connection {
         None
     }
 
-    /// A request keygate refuses itself. Inside MULTI, an error Redis
-    /// answers only when it runs the command (its own errors for arguments
-    /// it cannot parse) is answered as Redis does: the command is queued
-    /// (a PING takes its place, keygate never forwards what it cannot
-    /// read) and its element of EXEC's reply is the error. Anything else
-    /// dooms the transaction, as Redis's refusals while queuing do.
+    /// A request the policy refused. Inside MULTI, an error Redis answers
+    /// only when it runs the command (its own errors for arguments it
+    /// cannot parse) is answered as Redis does: the command is queued (a
+    /// PING takes its place, keygate never forwards what it cannot read)
+    /// and its element of EXEC's reply is the error. Anything else dooms
+    /// the transaction, as Redis's refusals while queuing do.
     pub(super) fn refuse(
         &mut self,
         spec: &'static CommandSpec,
-        refused: Refused,
+        refusal: &Refusal,
         suppress: bool,
     ) -> Stopped {
-        if !(refused.at_run && self.session.tx.open) {
-            return self.reject(spec.name, ErrorKind::Policy, &refused.text, suppress);
-        }
         let service = self.session.service.as_ref().map(|s| s.index);
+        if refusal.is_isolation() {
+            self.recorder.isolation_refused(service);
+        }
+        if refusal.is_over_max_ttl() {
+            self.recorder.ttl_refused(service);
+        }
+        let text = refusal.to_string();
+        if !(refusal.at_run() && self.session.tx.open) {
+            let kind = if refusal.is_clients_mistake() {
+                ErrorKind::Client
+            } else {
+                ErrorKind::Policy
+            };
+            return self.reject(spec.name, kind, &text, suppress);
+        }
         self.recorder.error(service, spec.name, ErrorKind::Policy);
-        self.queue_in_transaction(spec, error_reply(&refused.text), suppress)
+        self.queue_in_transaction(spec, error_reply(&text), suppress)
     }
 
     /// Runs what a request left for a backend.

@@ -6,66 +6,24 @@
 //! pooled (see [`crate::command::state`]). Invalidations come back on that
 //! connection as RESP3 pushes and go to that client only.
 //!
-//! `REDIRECT <id>` is refused: Redis would need the backend id of another
+//! `REDIRECT <id>` is refused (by [`crate::policy::tracking`]): Redis would need the backend id of another
 //! client's connection subscribed to `__redis__:invalidate`, and keygate
 //! does not lease one per redirect target. A client speaks RESP3 (HELLO 3)
 //! to get invalidations as pushes instead.
 //!
 //! For a namespaced service, `BCAST` prefixes get the service's prefix
-//! (BCAST without PREFIX gets `PREFIX <prefix>`), invalidated key names lose
+//! (BCAST without PREFIX gets `PREFIX <prefix>`, both by the policy),
+//! invalidated key names lose
 //! it, and invalidations for keys outside the namespace are dropped, so a
 //! tracking client never learns another service's key names.
 
 use bytes::{Bytes, BytesMut};
 
-use crate::command::keyword::is_keyword;
 use crate::policy::namespace::Namespace;
 use crate::protocol::encode;
 use crate::protocol::reply::Value;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
-
-/// The refusal of `CLIENT TRACKING ... REDIRECT <id>`.
-pub(super) const REDIRECT_REFUSED: &str = "ERR keygate: CLIENT TRACKING REDIRECT is not supported; use RESP3 (HELLO 3) to receive invalidations as push messages";
-
-/// CLIENT TRACKING as it goes to the backend: `None` to send it as it is,
-/// a confined request for a namespaced service, or the refusal. Options are
-/// read as Redis reads them (`networking.c`); what Redis would refuse goes
-/// as it is, for Redis's own error.
-pub(super) fn confine_request(
-    ns: Option<&Namespace>,
-    req: &Request,
-) -> Result<Option<Request>, &'static str> {
-    let argc = req.argc();
-    let mut prefixes = Vec::new();
-    let mut bcast = false;
-    let mut j = 3;
-    while j < argc {
-        let arg = req.get(j).unwrap_or_default();
-        let more = j + 1 < argc;
-        if is_keyword(arg, b"redirect") && more {
-            return Err(REDIRECT_REFUSED);
-        } else if is_keyword(arg, b"prefix") && more {
-            j += 1;
-            prefixes.push(j);
-        } else if is_keyword(arg, b"bcast") {
-            bcast = true;
-        }
-        j += 1;
-    }
-    let Some(ns) = ns else {
-        return Ok(None);
-    };
-    let mut confined = if prefixes.is_empty() {
-        req.clone()
-    } else {
-        req.prefix_args(&prefixes, ns.prefix_bytes())
-    };
-    if bcast && prefixes.is_empty() {
-        confined = confined.append_args(&[b"PREFIX", ns.prefix_bytes()]);
-    }
-    Ok(Some(confined))
-}
 
 /// Whether `frame` is an invalidation push (`>2 invalidate ...`).
 pub(super) fn is_invalidation(frame: &[u8]) -> bool {
@@ -134,41 +92,6 @@ pub(super) fn answer_untracked(req: &Request, protocol: Protocol) -> Option<Byte
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn args(req: &Request) -> Vec<String> {
-        req.args()
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect()
-    }
-
-    #[test]
-    fn bcast_prefixes_are_confined() {
-        let ns = Namespace::new("svc", b"svc:");
-        let req = Request::from_args(&["CLIENT", "TRACKING", "on", "BCAST", "PREFIX", "user:"]);
-        let confined = confine_request(Some(&ns), &req).unwrap().unwrap();
-        assert_eq!(
-            args(&confined),
-            ["CLIENT", "TRACKING", "on", "BCAST", "PREFIX", "svc:user:"]
-        );
-        let req = Request::from_args(&["CLIENT", "TRACKING", "on", "bcast"]);
-        let confined = confine_request(Some(&ns), &req).unwrap().unwrap();
-        assert_eq!(
-            args(&confined),
-            ["CLIENT", "TRACKING", "on", "bcast", "PREFIX", "svc:"]
-        );
-        assert_eq!(confine_request(None, &req), Ok(None));
-    }
-
-    #[test]
-    fn redirect_is_refused_even_as_redis_reads_it() {
-        for opt in ["REDIRECT", "redirect", "ReDiReCt\0x"] {
-            let req = Request::from_args(&["CLIENT", "TRACKING", "on", opt, "7"]);
-            assert_eq!(confine_request(None, &req), Err(REDIRECT_REFUSED));
-        }
-        // No argument after it: Redis's syntax error, from Redis.
-        let req = Request::from_args(&["CLIENT", "TRACKING", "on", "REDIRECT"]);
-        assert_eq!(confine_request(None, &req), Ok(None));
-    }
 
     #[test]
     fn invalidations_lose_the_prefix_and_other_services_keys() {

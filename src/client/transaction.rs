@@ -14,10 +14,11 @@
 use bytes::Bytes;
 
 use super::local::{self, LocalAnswer};
-use super::queue::{CommandReply, ReplyPlan};
+use super::queue::CommandReply;
 use super::stages::{error_reply, Deferred, Stopped};
 use super::Connection;
 use crate::command::CommandSpec;
+use crate::policy::reply::{Queued, ReplyPlan};
 use crate::protocol::request::Request;
 use crate::router::ConnectionEffect;
 
@@ -128,7 +129,7 @@ impl Connection {
         match spec.name {
             "exec" => {
                 let queued = std::mem::take(&mut self.session.queued);
-                if queued.iter().all(CommandReply::is_plain) {
+                if queued.iter().all(Queued::is_plain) {
                     reply
                 } else {
                     CommandReply {
@@ -144,12 +145,19 @@ impl Connection {
             // Not queued by Redis: answered at once.
             "multi" | "watch" => reply,
             _ => {
-                let answer = CommandReply {
+                let CommandReply {
+                    command,
+                    service,
+                    frames,
+                    plan,
+                } = reply;
+                self.session.queued.push(Queued { frames, plan });
+                CommandReply {
+                    command,
+                    service,
+                    frames,
                     plan: ReplyPlan::Forward,
-                    ..reply.clone()
-                };
-                self.session.queued.push(reply);
-                answer
+                }
             }
         }
     }

@@ -1,5 +1,5 @@
-//! The client side of TTL governance and value limits: after a request is
-//! confined to its namespace, the service's TTL policy may rewrite it (a
+//! TTL governance and value limits as one policy stage: after a request is
+//! confined to its namespace, the service's TTL policy ([`super::ttl`]) may rewrite it (a
 //! default TTL added, an over-long TTL clamped) or add follow-ups
 //! (`PEXPIRE key ms NX`) that ride right behind it, on the same connection
 //! and inside the same transaction, with their replies hidden.
@@ -20,13 +20,20 @@
 
 use std::time::SystemTime;
 
-use super::Refused;
+use super::decision::Refusal;
+use super::service::Service;
 use crate::command::keyword::{c_str, is_keyword};
 use crate::command::{CommandSpec, Flags};
-use crate::metrics::Recorder;
-use crate::policy::service::Service;
 use crate::protocol::decimal::parse_ll;
 use crate::protocol::request::Request;
+
+/// A governed request: the request to send instead, its follow-ups, and
+/// whether a TTL was clamped to `max_ttl` (counted by the caller).
+pub(crate) struct Governed {
+    pub(crate) request: Request,
+    pub(crate) follow_ups: Vec<Request>,
+    pub(crate) clamped: bool,
+}
 
 /// APPEND under `max_value_bytes`: appends ARGV[1] to KEYS[1] unless the
 /// result would be longer than ARGV[2] bytes, refused then with ARGV[3].
@@ -40,7 +47,7 @@ return redis.pcall('append', KEYS[1], ARGV[1])";
 /// one-key shortcut) may be governed as the client sent it: the value limit
 /// counts every argument's length, the key's with its prefix, so it needs
 /// the confined request.
-pub(super) fn governs_before_prefix(service: &Service) -> bool {
+pub(crate) fn governs_before_prefix(service: &Service) -> bool {
     service.max_value_bytes.is_none()
 }
 
@@ -49,7 +56,7 @@ pub(super) fn governs_before_prefix(service: &Service) -> bool {
 /// policy never moves a key) and every follow-up names that key at its
 /// argument 1 (`PEXPIRE key ms NX`), which then gets the prefix here.
 /// False leaves the follow-ups alone; the caller confines and governs again.
-pub(super) fn confine_follow_ups(
+pub(crate) fn confine_follow_ups(
     req: &Request,
     at: usize,
     governed: &Request,
@@ -69,49 +76,47 @@ pub(super) fn confine_follow_ups(
 
 /// Applies `max_value_bytes` and the TTL policy: `None` when the request
 /// goes as it is (the common case costs no move), the request to send
-/// instead with its follow-ups, or the refusal to answer with. Clamps and
-/// refusals are counted in `recorder`.
-pub(super) fn govern(
+/// instead with its follow-ups, or the refusal to answer with.
+pub(crate) fn govern(
     service: &Service,
     spec: &'static CommandSpec,
     req: &Request,
-    recorder: &mut Recorder,
-) -> Result<Option<(Request, Vec<Request>)>, Refused> {
+) -> Result<Option<Governed>, Refusal> {
     if let Some(limit) = service.max_value_bytes {
         if spec.flags.contains(Flags::WRITE) {
             if let Some(len) = req.args().skip(1).map(<[u8]>::len).find(|&l| l > limit) {
-                return Err(Refused::new(
-                    format!(
-                        "ERR keygate: value of {len} bytes is over service '{}''s max_value_bytes of {limit}",
-                        service.name
-                    ),
-                    false,
-                ));
+                return Err(Refusal::ValueOverLimit {
+                    len,
+                    service: service.name.clone(),
+                    limit,
+                });
             }
             // An error here is Redis's own, for arguments it refuses when
             // it runs the command.
-            let produced = produced_size(spec.name, req).map_err(|e| Refused::new(e, true))?;
+            let produced = produced_size(spec.name, req).map_err(Refusal::Arguments)?;
             if let Some(size) = produced {
                 if size > limit as u64 {
-                    return Err(Refused::new(
-                        format!(
-                            "ERR keygate: the value would grow to {size} bytes, over service '{}''s max_value_bytes of {limit}",
-                            service.name
-                        ),
-                        false,
-                    ));
+                    return Err(Refusal::ValueWouldGrow {
+                        size,
+                        service: service.name.clone(),
+                        limit,
+                    });
                 }
             }
         }
     }
-    let governed = govern_ttl(service, spec, req, recorder)?;
+    let governed = govern_ttl(service, spec, req)?;
     match service.max_value_bytes {
         Some(limit) if spec.name == "append" => {
-            let (request, follow_ups) = governed.unwrap_or_else(|| (req.clone(), Vec::new()));
-            Ok(Some((
-                append_within(&request, limit, &service.name),
-                follow_ups,
-            )))
+            let governed = governed.unwrap_or_else(|| Governed {
+                request: req.clone(),
+                follow_ups: Vec::new(),
+                clamped: false,
+            });
+            Ok(Some(Governed {
+                request: append_within(&governed.request, limit, &service.name),
+                ..governed
+            }))
         }
         _ => Ok(governed),
     }
@@ -122,27 +127,17 @@ fn govern_ttl(
     service: &Service,
     spec: &'static CommandSpec,
     req: &Request,
-    recorder: &mut Recorder,
-) -> Result<Option<(Request, Vec<Request>)>, Refused> {
+) -> Result<Option<Governed>, Refusal> {
     if service.ttl.leaves_alone(spec) {
         return Ok(None);
     }
     match service.ttl.govern(spec, req, SystemTime::now()) {
-        Ok(governed) => {
-            if governed.clamped {
-                recorder.ttl_clamped(Some(service.index));
-            }
-            Ok(Some((governed.request, governed.follow_ups)))
-        }
-        Err(refusal) => {
-            if refusal.is_over_max() {
-                recorder.ttl_refused(Some(service.index));
-            }
-            // Options Redis cannot parse: Redis's own error, which it
-            // answers when it runs the command. max_ttl is keygate's policy.
-            let at_run = !refusal.is_over_max();
-            Err(Refused::new(refusal.to_string(), at_run))
-        }
+        Ok(governed) => Ok(Some(Governed {
+            request: governed.request,
+            follow_ups: governed.follow_ups,
+            clamped: governed.clamped,
+        })),
+        Err(refusal) => Err(Refusal::Ttl(refusal)),
     }
 }
 
@@ -171,7 +166,7 @@ fn append_within(append: &Request, limit: usize, service: &str) -> Request {
 /// refuses (it writes nothing then). A BITFIELD operation keygate cannot
 /// read is refused with Redis's own error: Redis would refuse the whole
 /// command for it.
-fn produced_size(command: &str, req: &Request) -> Result<Option<u64>, String> {
+fn produced_size(command: &str, req: &Request) -> Result<Option<u64>, &'static str> {
     let offset = |i: usize| {
         req.get(i)
             .and_then(parse_ll)
@@ -189,7 +184,7 @@ fn produced_size(command: &str, req: &Request) -> Result<Option<u64>, String> {
 }
 
 /// The highest byte a BITFIELD's SET and INCRBY operations write, plus one.
-fn bitfield_size(req: &Request) -> Result<Option<u64>, String> {
+fn bitfield_size(req: &Request) -> Result<Option<u64>, &'static str> {
     const SYNTAX: &str = "ERR syntax error";
     const TYPE: &str = "ERR Invalid bitfield type. Use something like i16 u8. Note that u64 is not supported but i64 is.";
     const OFFSET: &str = "ERR bit offset is not an integer or out of range";
@@ -202,10 +197,10 @@ fn bitfield_size(req: &Request) -> Result<Option<u64>, String> {
             continue;
         }
         if !writes && !is_keyword(op, b"get") {
-            return Err(SYNTAX.into());
+            return Err(SYNTAX);
         }
         let (Some(kind), Some(at)) = (req.get(i + 1), req.get(i + 2)) else {
-            return Err(SYNTAX.into());
+            return Err(SYNTAX);
         };
         if writes {
             // As Redis reads them: `i<bits>`/`u<bits>` as a C string, and an
