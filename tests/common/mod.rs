@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod process;
+pub use process::*;
+
 /// How long a freshly spawned server gets to answer PING.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
