@@ -300,42 +300,15 @@ fn discovery_with_a_sentinel_down_then_all_down() {
 }
 
 /// A raw client that sent `bytes` and read at least `expect` back.
-fn raw_client(port: u16, bytes: &[u8], expect: &[u8]) -> std::net::TcpStream {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    s.write_all(bytes).expect("write");
+fn raw_client(port: u16, bytes: &[u8], expect: &[u8]) -> RawConn {
+    let mut conn = RawConn::connect(port);
+    conn.send(bytes);
     let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
     while got.len() < expect.len() {
-        let n = s.read(&mut buf).expect("read");
-        assert!(n > 0, "closed early");
-        got.extend_from_slice(&buf[..n]);
+        got.extend(conn.read_reply());
     }
     assert!(got.starts_with(expect), "{}", String::from_utf8_lossy(&got));
-    s
-}
-
-/// True when keygate closes `s` within `limit` (anything read before is ignored).
-fn closed_within(mut s: std::net::TcpStream, limit: Duration) -> bool {
-    use std::io::Read;
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 1024];
-    while Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                continue
-            }
-            Err(_) => return true,
-        }
-    }
-    false
+    conn
 }
 
 fn sentinel_failover_under_load(hold: bool) {
@@ -347,12 +320,12 @@ fn sentinel_failover_under_load(hold: bool) {
     assert!(wait_for_master(&state, &master.addr()), "no master");
 
     // Clients whose state lives on a dedicated connection to the old master.
-    let subscriber = raw_client(
+    let mut subscriber = raw_client(
         kg.port(),
         b"SUBSCRIBE news\r\n",
         b"*3\r\n$9\r\nsubscribe\r\n",
     );
-    let in_multi = raw_client(kg.port(), b"MULTI\r\nSET tx 1\r\n", b"+OK\r\n+QUEUED\r\n");
+    let mut in_multi = raw_client(kg.port(), b"MULTI\r\nSET tx 1\r\n", b"+OK\r\n+QUEUED\r\n");
 
     let t0 = Instant::now();
     let load = Load::start(kg.port(), 4, t0);
@@ -370,11 +343,11 @@ fn sentinel_failover_under_load(hold: bool) {
     let outcomes = load.finish();
     assert!(followed, "keygate did not follow: {}", state.health_json());
     assert!(
-        closed_within(subscriber, Duration::from_secs(5)),
+        subscriber.closed_within(Duration::from_secs(5)),
         "subscriber to the old master not closed"
     );
     assert!(
-        closed_within(in_multi, Duration::from_secs(5)),
+        in_multi.closed_within(Duration::from_secs(5)),
         "MULTI client on the old master not closed"
     );
 

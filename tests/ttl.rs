@@ -124,12 +124,9 @@ fn value_size_and_per_service_client_limits() {
     let login = b"*3\r\n$4\r\nAUTH\r\n$6\r\nstrict\r\n$9\r\nstrict-pw\r\n";
     let mut held = Vec::new();
     for _ in 0..2 {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", kg.port())).unwrap();
-        s.write_all(login).unwrap();
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"+OK\r\n");
+        let mut s = RawConn::connect(kg.port());
+        s.send(login);
+        assert_eq!(s.read_reply(), b"+OK\r\n");
         held.push(s);
     }
     let third = raw_exchange(kg.port(), login, std::time::Duration::from_millis(300));

@@ -14,7 +14,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod process;
+mod reply;
+// Not every test file uses every part of the harness.
+#[allow(unused_imports)]
 pub use process::*;
+#[allow(unused_imports)]
+pub use reply::*;
 
 /// How long a freshly spawned server gets to answer PING.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
