@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    http_get, http_request, wait_until, ConfigFile, Keygate, KeygateProcess, RawConn, RedisServer,
-    START_TIMEOUT,
+    http_get, http_request, wait_serving_as, wait_until, ConfigFile, Keygate, KeygateProcess,
+    RawConn, RedisServer, START_TIMEOUT,
 };
 
 /// A config file with `services` appended to a standalone `[proxy]`/`[backend]`.
@@ -280,17 +280,6 @@ fn wait_for(what: &str, done: impl FnMut() -> bool) {
         wait_until(START_TIMEOUT, done),
         "timed out waiting for {what}"
     );
-}
-
-/// Waits until the binary serves a backend command for a logged-in client.
-fn wait_serving_as(port: u16, name: &str, password: &str) {
-    wait_for("keygate to serve", || {
-        let Some(mut conn) = RawConn::try_connect(port) else {
-            return false;
-        };
-        conn.cmd_str(&["AUTH", name, password]) == "+OK\r\n"
-            && conn.cmd_str(&["EXISTS", "probe"]).starts_with(':')
-    });
 }
 
 #[test]

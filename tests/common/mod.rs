@@ -38,6 +38,8 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     extra_args: Vec<String>,
+    /// Listens on a TLS port only (`--port 0 --tls-port PORT`).
+    tls_only: bool,
 }
 
 impl RedisServer {
@@ -49,6 +51,29 @@ impl RedisServer {
     /// Starts a server with `extra_args` appended to its command line
     /// (e.g. `&["--requirepass", "secret"]`).
     pub fn start_with(extra_args: &[&str]) -> RedisServer {
+        RedisServer::start_args(extra_args, false)
+    }
+
+    /// Starts a server that listens on a TLS port only, presenting
+    /// `cert`/`key` and trusting `ca` for client certificates, which it
+    /// requires when `auth_clients`. Readiness is a raw TCP connect, so a
+    /// certificate keygate must refuse (expired) still starts.
+    pub fn start_tls(cert: &str, key: &str, ca: &str, auth_clients: bool) -> RedisServer {
+        let auth_clients = if auth_clients { "yes" } else { "no" };
+        let args = [
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            ca,
+            "--tls-auth-clients",
+            auth_clients,
+        ];
+        RedisServer::start_args(&args, true)
+    }
+
+    fn start_args(extra_args: &[&str], tls_only: bool) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("keygate-redis-")
             .tempdir()
@@ -58,6 +83,7 @@ impl RedisServer {
             port: free_port(),
             dir,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            tls_only,
         };
         server.spawn();
         server
@@ -90,13 +116,7 @@ impl RedisServer {
 
     /// Runs `redis-cli -p PORT args...` and returns its stdout, trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        cli_at(self.port, args)
     }
 
     /// Kills the server (SIGKILL) and waits for it; the port and dir stay
@@ -121,8 +141,13 @@ impl RedisServer {
 
     /// Spawns the process and waits until it answers PING.
     fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let ports: &[&str] = match self.tls_only {
+            true => &["--port", "0", "--tls-port", &port],
+            false => &["--port", &port],
+        };
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string()])
+        cmd.args(ports)
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -164,8 +189,11 @@ impl RedisServer {
     }
 
     /// True when the server replies `+PONG` (or `-NOAUTH`, which also proves
-    /// it is up) to an inline PING.
+    /// it is up) to an inline PING; a TLS-only server when it accepts.
     fn answers_ping(&self) -> bool {
+        if self.tls_only {
+            return TcpStream::connect(self.addr()).is_ok();
+        }
         let Ok(mut conn) = TcpStream::connect(self.addr()) else {
             return false;
         };
@@ -838,28 +866,43 @@ impl RawConn {
     }
 }
 
-/// Waits (bounded) until keygate at `port` answers PING with PONG through
-/// the backend path; use instead of `wait_ready` where admin is not needed.
+/// Waits (bounded) until keygate at `port` serves a backend command (EXISTS:
+/// PING is answered locally); use instead of `wait_ready` where admin is not
+/// needed.
 pub fn wait_serving(port: u16) {
-    let deadline = Instant::now() + START_TIMEOUT;
-    while Instant::now() < deadline {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-            // GET goes to the backend (PING is answered locally).
-            if s.write_all(&resp_command(&["EXISTS", "__keygate_probe"]))
-                .is_ok()
-            {
-                let mut buf = [0u8; 256];
-                if let Ok(n) = s.read(&mut buf) {
-                    if buf[..n].starts_with(b":") {
-                        return;
-                    }
-                }
-            }
+    assert!(
+        wait_until(START_TIMEOUT, || serves(port, None)),
+        "keygate on port {port} never served a backend command"
+    );
+}
+
+/// [`wait_serving`] for a client logged in as `name` with `password`.
+pub fn wait_serving_as(port: u16, name: &str, password: &str) {
+    assert!(
+        wait_until(START_TIMEOUT, || serves(port, Some((name, password)))),
+        "keygate on port {port} never served a backend command to {name}"
+    );
+}
+
+/// True when a new connection (logged in when `login` says so) gets an
+/// integer reply to EXISTS.
+fn serves(port: u16, login: Option<(&str, &str)>) -> bool {
+    let Some(mut conn) = RawConn::try_connect(port) else {
+        return false;
+    };
+    let mut ask = |args: &[&str]| match conn.try_send(&resp_command(args)) {
+        true => match conn.next_reply(Duration::from_secs(1)) {
+            NextReply::Frame(frame) => frame,
+            _ => Vec::new(),
+        },
+        false => Vec::new(),
+    };
+    if let Some((name, password)) = login {
+        if ask(&["AUTH", name, password]) != b"+OK\r\n" {
+            return false;
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("keygate on port {port} never served a backend command");
+    ask(&["EXISTS", "__keygate_probe"]).starts_with(b":")
 }
 
 // ---------------------------------------------------------------------------
@@ -953,88 +996,6 @@ impl TestPki {
     /// `(cert, key)` of a server certificate that expired in 2021.
     pub fn expired(&self) -> (String, String) {
         (self.path("expired.pem"), self.path("expired.key"))
-    }
-}
-
-/// A `redis-server` that listens on a TLS port only (`--port 0`).
-pub struct TlsRedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl TlsRedisServer {
-    /// Starts a TLS-only server presenting `cert`/`key`, trusting `ca` for
-    /// client certificates, which it requires when `auth_clients`.
-    /// Readiness is checked with a raw TCP connect, so a certificate keygate
-    /// must refuse (expired) still starts.
-    pub fn start(cert: &str, key: &str, ca: &str, auth_clients: bool) -> TlsRedisServer {
-        let dir = tempfile::Builder::new()
-            .prefix("keygate-redis-tls-")
-            .tempdir()
-            .expect("create temp dir");
-        let port = free_port();
-        let log = dir.path().join("redis.log");
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--tls-cert-file", cert, "--tls-key-file", key])
-            .args(["--tls-ca-cert-file", ca])
-            .args([
-                "--tls-auth-clients",
-                if auth_clients { "yes" } else { "no" },
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--logfile")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn redis-server: {e}"));
-        let mut server = TlsRedisServer {
-            child: Some(child),
-            port,
-            dir,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let exited = server
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || Instant::now() > deadline {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("TLS redis-server on port {port} did not start ({exited:?}); log:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    /// `127.0.0.1:PORT` of the TLS port.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// The TLS port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The server's working directory (its log is `redis.log` there).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for TlsRedisServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
