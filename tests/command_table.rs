@@ -7,19 +7,13 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{RawConn, RedisServer};
+use common::{redis_rs, RawConn, RedisServer};
 use keygate::command::keys::key_positions;
 use keygate::command::{
     self, AclCategories, BeginSearch, CommandSpec, FindKeys, Flags, KeySpec, KeySpecFlags,
 };
 use keygate::protocol::request::Request;
 use redis::Value;
-
-fn connect(server: &RedisServer) -> redis::Connection {
-    redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect to redis-server")
-}
 
 fn text(v: &Value) -> String {
     match v {
@@ -218,7 +212,7 @@ fn check_command(info: &Value, seen: &mut BTreeSet<String>) {
 #[test]
 fn table_matches_the_server_command_by_command() {
     let server = RedisServer::start();
-    let mut con = connect(&server);
+    let mut con = redis_rs(&server.url());
     let reply: Value = redis::cmd("COMMAND").query(&mut con).expect("COMMAND");
     let mut seen = BTreeSet::new();
     for info in array(&reply) {
@@ -429,7 +423,7 @@ const COMMAND_NOT_GETKEYS: &[(&[&str], &[usize])] = &[(
 #[test]
 fn key_positions_match_command_getkeys() {
     let server = RedisServer::start();
-    let mut con = connect(&server);
+    let mut con = redis_rs(&server.url());
     let mut mismatches = Vec::new();
     for args in KEY_SAMPLES {
         let req = Request::from_args(args);

@@ -236,7 +236,7 @@ fn slow_reader_swarm_keeps_memory_bounded_and_others_served() {
     let mut slow = Vec::new();
     let mut writers = Vec::new();
     for _ in 0..swarm {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let s = RawConn::connect(port).stream().try_clone().expect("clone");
         let mut w = s.try_clone().expect("clone");
         let flood = flood.clone();
         // keygate stops reading a client that does not read, so this write

@@ -102,10 +102,7 @@ fn connect(port: u16, auth: Option<(&str, &str)>) -> redis::Connection {
         Some((user, pass)) => format!("redis://{user}:{pass}@127.0.0.1:{port}/"),
         None => format!("redis://127.0.0.1:{port}/"),
     };
-    let client = redis::Client::open(url).expect("client");
-    let conn = client
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .expect("connect to keygate");
+    let conn = redis_rs(&url);
     conn.set_read_timeout(Some(Duration::from_secs(15)))
         .expect("timeout");
     conn

@@ -218,6 +218,14 @@ impl Drop for RedisServer {
     }
 }
 
+/// A redis-rs connection to `url` (`redis://127.0.0.1:PORT/...`), for tests
+/// that exercise a client library or use it as an oracle.
+pub fn redis_rs(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .and_then(|client| client.get_connection_with_timeout(START_TIMEOUT))
+        .unwrap_or_else(|e| panic!("redis-rs cannot connect to {url}: {e}"))
+}
+
 /// Runs `redis-cli` against `port` with `args` and returns trimmed stdout.
 pub fn cli_at(port: u16, args: &[&str]) -> String {
     let out = Command::new("redis-cli")
@@ -366,14 +374,10 @@ impl Keygate {
     /// Waits (bounded) until `/health/ready` would be green, i.e. a backend
     /// connection is up.
     pub fn wait_ready(&self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if http_get(self.admin_port, "/health/ready").starts_with("HTTP/1.1 200") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("keygate never became ready");
+        let ready = wait_until(START_TIMEOUT, || {
+            http_get(self.admin_port, "/health/ready").starts_with("HTTP/1.1 200")
+        });
+        assert!(ready, "keygate never became ready");
     }
 }
 
@@ -504,12 +508,8 @@ impl RedisSentinel {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn redis-sentinel (is it installed?): {e}"));
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if self.cli(&["PING"]) == "PONG" {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if wait_until(START_TIMEOUT, || self.cli(&["PING"]) == "PONG") {
+            return;
         }
         let log = self.log();
         self.kill();
