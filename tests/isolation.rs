@@ -559,11 +559,6 @@ fn every_command_is_confined_or_refused() {
     }
 }
 
-/// `calls` to `cmdstat_<command>` on the backend so far.
-fn backend_calls(redis: &RedisServer, command: &str) -> u64 {
-    redis.calls(command)
-}
-
 #[test]
 fn a_flood_of_flushes_runs_few_scans_and_others_keep_being_served() {
     let (redis, kg) = setup();
@@ -599,19 +594,19 @@ fn a_flood_of_flushes_runs_few_scans_and_others_keep_being_served() {
         || redis.cli(&["EVAL", "return #redis.call('keys', 'billing:*')", "0"]) == "0";
     assert!(wait_until(Duration::from_secs(30), billing_keys));
     // Wait for the flushes to finish: SCAN calls stop rising.
-    let mut last = backend_calls(&redis, "scan");
+    let mut last = redis.calls("scan");
     assert!(wait_until(Duration::from_secs(30), || {
         // "Stopped rising" means unchanged over this interval: the sleep
         // is the state's definition, not a guess that work has finished.
         std::thread::sleep(Duration::from_millis(300));
-        let now = backend_calls(&redis, "scan");
+        let now = redis.calls("scan");
         std::mem::replace(&mut last, now) == now
     }));
     let scans = last;
     latencies.sort();
     println!(
         "300 FLUSHDB ASYNC: {scans} SCAN calls, {} UNLINK calls; auth GET p50 {:?}, p99 {:?}, max {:?}",
-        backend_calls(&redis, "unlink"),
+        redis.calls("unlink"),
         latencies[150],
         latencies[297],
         latencies[299]

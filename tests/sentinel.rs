@@ -61,10 +61,6 @@ isolation = false
 read_from = "prefer-replica"
 "#;
 
-fn calls(server: &RedisServer, cmd: &str) -> u64 {
-    server.calls(cmd)
-}
-
 /// `count=` of `errorstat_READONLY` (0 when absent).
 fn readonly_errors(server: &RedisServer) -> u64 {
     let stats = server.cli(&["INFO", "errorstats"]);
@@ -363,7 +359,7 @@ fn sentinel_failover_under_load(hold: bool) {
     for i in 0..100 {
         assert_eq!(kg.cli(&["SET", &format!("post:{i}"), "1"]), "OK");
     }
-    assert_eq!(calls(&replica, "set"), 100, "new master got every write");
+    assert_eq!(replica.calls("set"), 100, "new master got every write");
     assert_eq!(
         readonly_errors(&master),
         0,
@@ -451,7 +447,7 @@ fn killed_master_is_followed_and_rejoins_as_replica() {
                 // (Its role, read afterwards, races with Sentinel's own
                 // conversions, so the state waited for is its GET count.)
                 assert_eq!(v.as_deref(), Some("1"), "read from a caught-up replica");
-                calls(&master, "get") >= 1
+                master.calls("get") >= 1
             }
             Err(e) => {
                 assert!(e.to_string().contains("no healthy replica"), "{e}");
@@ -466,7 +462,7 @@ fn killed_master_is_followed_and_rejoins_as_replica() {
         state.health_json()
     );
     println!("FIGURES rejoin: replica reads refused while rejoining={refused}");
-    assert!(calls(&master, "get") >= 1);
+    assert!(master.calls("get") >= 1);
 }
 
 #[test]
@@ -511,9 +507,9 @@ fn replica_reads_and_fallback() {
             .query(&mut ro)
             .expect("write via replica service");
     }
-    assert_eq!(calls(&replica, "get"), 100, "reads reach the replica");
-    assert_eq!(calls(&master, "get"), 0, "no read reaches the master");
-    assert_eq!(calls(&master, "set"), 10, "writes reach the master");
+    assert_eq!(replica.calls("get"), 100, "reads reach the replica");
+    assert_eq!(master.calls("get"), 0, "no read reaches the master");
+    assert_eq!(master.calls("set"), 10, "writes reach the master");
     assert_eq!(readonly_errors(&replica), 0, "no write reaches the replica");
 
     // The replica dies: prefer-replica reads move to the master, replica-only ones fail.
@@ -525,12 +521,12 @@ fn replica_reads_and_fallback() {
             && refused.is_err_and(|e| e.to_string().contains("no healthy replica"))
     });
     assert!(moved, "reads did not fall back: {}", state.health_json());
-    let before = calls(&master, "get");
+    let before = master.calls("get");
     for _ in 0..20 {
         let v: String = redis::cmd("GET").arg("k").query(&mut pr).expect("pr get");
         assert_eq!(v, "v");
     }
-    assert_eq!(calls(&master, "get") - before, 20);
+    assert_eq!(master.calls("get") - before, 20);
 }
 
 #[test]

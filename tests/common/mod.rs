@@ -194,20 +194,15 @@ impl RedisServer {
         if self.tls_only {
             return TcpStream::connect(self.addr()).is_ok();
         }
-        let Ok(mut conn) = TcpStream::connect(self.addr()) else {
+        let Some(mut conn) = RawConn::try_connect(self.port) else {
             return false;
         };
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
-        if conn.write_all(b"PING\r\n").is_err() {
+        if !conn.try_send(b"PING\r\n") {
             return false;
         }
-        let mut buf = [0u8; 64];
-        match conn.read(&mut buf) {
-            Ok(n) => {
-                let reply = &buf[..n];
-                reply.starts_with(b"+PONG") || reply.starts_with(b"-NOAUTH")
-            }
-            Err(_) => false,
+        match conn.next_reply(Duration::from_secs(1)) {
+            NextReply::Frame(reply) => reply.starts_with(b"+PONG") || reply.starts_with(b"-NOAUTH"),
+            _ => false,
         }
     }
 }
@@ -553,6 +548,11 @@ impl RedisServer {
                     .find_map(|kv| kv.strip_prefix("calls=").and_then(|n| n.parse().ok()))
             })
             .unwrap_or(0)
+    }
+
+    /// `PTTL key`, read on the server directly.
+    pub fn pttl(&self, key: &str) -> i64 {
+        self.cli(&["PTTL", key]).parse().expect("integer PTTL")
     }
 
     /// INFO clients' `blocked_clients`.
