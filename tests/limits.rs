@@ -45,10 +45,7 @@ fn open_files_soft_limit() -> u64 {
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    env_u64(name).map_or(default, |v| v as usize)
 }
 
 /// How one storm connection ended up.

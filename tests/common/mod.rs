@@ -614,6 +614,19 @@ pub fn wait_keygate_read(kg_port: u16, command: &str) {
     );
 }
 
+/// A numeric knob from the environment (decimal or `0x` hex), `None` when
+/// unset; a value that is not a number fails the test rather than being
+/// ignored.
+pub fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    let v = v.trim();
+    let parsed = match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => v.parse(),
+    };
+    Some(parsed.unwrap_or_else(|_| panic!("{name}={v} is not a number")))
+}
+
 /// The value of `key:value` in an INFO text.
 pub fn info_field(info: &str, key: &str) -> Option<String> {
     info.lines().find_map(|l| {
