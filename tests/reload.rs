@@ -282,10 +282,16 @@ fn wait_for(what: &str, done: impl FnMut() -> bool) {
     );
 }
 
+/// [`config_text`] for the real binary, with an admin listener for `/health`.
+fn binary_config(backend: &RedisServer, services: &str) -> String {
+    config_text(backend, "", services)
+        .replace("[proxy]\n", "[proxy]\nadmin_listen = \"127.0.0.1:0\"\n")
+}
+
 #[test]
 fn sighup_reloads_the_real_binary_without_dropping_clients() {
     let backend = RedisServer::start();
-    let binary = KeygateProcess::start(&config_text(&backend, "", &service_a("a1:", "", "")), &[]);
+    let binary = KeygateProcess::start(&binary_config(&backend, &service_a("a1:", "", "")), &[]);
     let (port, admin) = (binary.port(), binary.admin_port());
     wait_serving_as(port, "a", "pa");
     let (mut client, auth) = login(port, "a", "pa");
@@ -308,7 +314,7 @@ fn sighup_reloads_the_real_binary_without_dropping_clients() {
     assert_eq!(client.cmd_str(&["SET", "k", "v"]), "+OK\r\n");
 
     // Then a good one with a new prefix and a start-only change.
-    let next = config_text(&backend, "", &service_a("a2:", "", ""))
+    let next = binary_config(&backend, &service_a("a2:", "", ""))
         .replace("connect_timeout = \"1s\"", "connect_timeout = \"2s\"");
     binary.write_config(&next);
     binary.signal("HUP");

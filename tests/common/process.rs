@@ -65,34 +65,40 @@ impl ConfigFile {
     }
 }
 
-/// The line in a config that [`KeygateProcess::start`] gives free ports.
+/// The lines in a config that [`KeygateProcess::start`] gives free ports.
 const ANY_PORT_LISTEN: &str = "listen = \"127.0.0.1:0\"";
+const ANY_PORT_ADMIN: &str = "admin_listen = \"127.0.0.1:0\"";
 
 /// A keygate process started from the binary with `--config`, its stderr
 /// in a log file beside the config; killed by its pid on drop.
 pub struct KeygateProcess {
     child: Child,
     config: ConfigFile,
-    /// `(client, admin)` ports when [`KeygateProcess::start`] chose them.
-    ports: Option<(u16, u16)>,
+    /// The ports [`KeygateProcess::start`] chose.
+    ports: Ports,
 }
 
 impl KeygateProcess {
-    /// Starts keygate on a config whose `[proxy]` has `listen =
-    /// "127.0.0.1:0"`: that line becomes free loopback ports for `listen` and
-    /// `admin_listen` (see [`KeygateProcess::port`]), here and in every
+    /// Starts keygate on a config whose `[proxy]` has the line `listen =
+    /// "127.0.0.1:0"` (and, for an admin listener, `admin_listen =
+    /// "127.0.0.1:0"`): each such line gets a free loopback port (see
+    /// [`KeygateProcess::port`]), here and in every
     /// [`KeygateProcess::write_config`]. `env` is added to the environment.
     /// Does not wait: the caller waits for the state it needs
     /// ([`super::wait_serving`], ...).
     pub fn start(config_text: &str, env: &[(&str, &str)]) -> KeygateProcess {
+        let has = |line: &str| config_text.lines().any(|l| l.trim() == line);
         assert!(
-            config_text.contains(ANY_PORT_LISTEN),
-            "config has no `{ANY_PORT_LISTEN}` to give free ports:\n{config_text}"
+            has(ANY_PORT_LISTEN),
+            "config has no `{ANY_PORT_LISTEN}` line to give a free port:\n{config_text}"
         );
-        let ports = (free_port(), free_port());
-        let config = ConfigFile::new(&with_ports(config_text, ports));
+        let ports = Ports {
+            client: Some(free_port()),
+            admin: has(ANY_PORT_ADMIN).then(free_port),
+        };
+        let config = ConfigFile::new(&ports.bind(config_text));
         let mut kg = KeygateProcess::spawn_file(config, env);
-        kg.ports = Some(ports);
+        kg.ports = ports;
         kg
     }
 
@@ -116,18 +122,18 @@ impl KeygateProcess {
         KeygateProcess {
             child,
             config,
-            ports: None,
+            ports: Ports::default(),
         }
     }
 
     /// The client port chosen by [`KeygateProcess::start`].
     pub fn port(&self) -> u16 {
-        self.ports.expect("ports chosen by KeygateProcess::start").0
+        (self.ports.client).expect("a client port chosen by KeygateProcess::start")
     }
 
     /// The admin port chosen by [`KeygateProcess::start`].
     pub fn admin_port(&self) -> u16 {
-        self.ports.expect("ports chosen by KeygateProcess::start").1
+        (self.ports.admin).expect("an admin port chosen by KeygateProcess::start")
     }
 
     /// The process id.
@@ -143,10 +149,7 @@ impl KeygateProcess {
     /// Rewrites the config file (for a SIGHUP reload), with the same free
     /// ports as at start when [`KeygateProcess::start`] chose them.
     pub fn write_config(&self, text: &str) {
-        match self.ports {
-            Some(ports) => self.config.write(&with_ports(text, ports)),
-            None => self.config.write(text),
-        }
+        self.config.write(&self.ports.bind(text));
     }
 
     /// The log path (the binary's stderr).
@@ -205,10 +208,31 @@ impl Drop for KeygateProcess {
     }
 }
 
-/// `config_text` with its any-port `listen` line bound to `ports`.
-fn with_ports(config_text: &str, (port, admin): (u16, u16)) -> String {
-    config_text.replace(
-        ANY_PORT_LISTEN,
-        &format!("listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\""),
-    )
+/// Free ports chosen for a config's any-port listen lines.
+#[derive(Default, Clone, Copy)]
+struct Ports {
+    client: Option<u16>,
+    admin: Option<u16>,
+}
+
+impl Ports {
+    /// `config_text` with each any-port listen line bound to its chosen port.
+    fn bind(&self, config_text: &str) -> String {
+        let bound = |line: &str| {
+            let port = match line.trim() {
+                ANY_PORT_LISTEN => self.client,
+                ANY_PORT_ADMIN => self.admin,
+                _ => None,
+            };
+            match port {
+                Some(port) => line.replace(":0\"", &format!(":{port}\"")),
+                None => line.to_string(),
+            }
+        };
+        let mut out: Vec<String> = config_text.lines().map(bound).collect();
+        if config_text.ends_with('\n') {
+            out.push(String::new());
+        }
+        out.join("\n")
+    }
 }
