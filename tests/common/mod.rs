@@ -5,6 +5,13 @@
 //! is persisted (`--save ''`, `--appendonly no`); a server that does not
 //! answer PING within [`START_TIMEOUT`] panics with its log, so a missing or
 //! broken `redis-server` fails tests loudly instead of skipping them.
+//!
+//! The one way each test reaches a server: [`RedisServer`] (plain or
+//! TLS-only) and [`RedisSentinel`] for Redis; [`Keygate`] in-process, or
+//! [`KeygateProcess`] (`process.rs`) for the built binary; [`RawConn`] as
+//! the RESP client (exact bytes, or a [`Reply`] from `reply.rs`),
+//! [`redis_rs`] where a client library is the point; [`wait_until`] for
+//! every wait.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
