@@ -8,8 +8,6 @@
 mod common;
 use common::*;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,65 +37,33 @@ struct Tally {
     first_error: Mutex<Option<String>>,
 }
 
-/// Reads one reply line-frame (the workers only send SET/GET of short
-/// values, so a reply is one `+`/`-`/`$-1` line or a `$n` line plus data).
-fn read_reply(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Vec<u8>> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = reply_end(buf) {
-            return Ok(buf.drain(..end).collect());
-        }
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// Length of the first complete simple reply in `buf`, if any.
-fn reply_end(buf: &[u8]) -> Option<usize> {
-    let line = buf.windows(2).position(|w| w == b"\r\n")? + 2;
-    if buf.first() != Some(&b'$') {
-        return Some(line);
-    }
-    let len: i64 = std::str::from_utf8(&buf[1..line - 2]).ok()?.parse().ok()?;
-    if len < 0 {
-        return Some(line);
-    }
-    let end = line + len as usize + 2;
-    (buf.len() >= end).then_some(end)
-}
-
 /// One client: SET then GET in a loop, reconnecting when keygate closes it.
 fn worker(id: usize, port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     let key = format!("chaos:{id}");
     let set = resp_command(&["SET", &key, "v"]);
     let get = resp_command(&["GET", &key]);
     while !stop.load(Ordering::Relaxed) {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        let Some(mut conn) = RawConn::try_connect(port) else {
             // Paces reconnect attempts of this load generator.
             std::thread::sleep(Duration::from_millis(50));
             continue;
         };
-        let _ = s.set_read_timeout(Some(HANG));
-        let mut buf = Vec::new();
         let mut n = 0u64;
         while !stop.load(Ordering::Relaxed) {
             let req = if n % 2 == 0 { &set } else { &get };
             n += 1;
             let started = Instant::now();
-            if s.write_all(req).is_err() {
+            if !conn.try_send(req) {
                 tally.closed.fetch_add(1, Ordering::Relaxed);
                 break;
             }
-            let reply = read_reply(&mut s, &mut buf);
+            let reply = conn.next_reply(HANG);
             let took = started.elapsed();
             tally
                 .max_micros
                 .fetch_max(took.as_micros() as u64, Ordering::Relaxed);
             match reply {
-                Ok(r) if r.starts_with(b"-") => {
+                NextReply::Frame(r) if r.starts_with(b"-") => {
                     tally.errors.fetch_add(1, Ordering::Relaxed);
                     let mut first = tally.first_error.lock().expect("lock");
                     first.get_or_insert_with(|| String::from_utf8_lossy(&r).into_owned());
@@ -106,13 +72,13 @@ fn worker(id: usize, port: u16, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
                     // the backend is down.
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Ok(_) => {
+                NextReply::Frame(_) => {
                     tally.ok.fetch_add(1, Ordering::Relaxed);
                     if let Some(slot) = tally.last_ok.lock().expect("lock").get_mut(id) {
                         *slot = Some(Instant::now());
                     }
                 }
-                Err(_) => {
+                NextReply::TimedOut | NextReply::Closed | NextReply::Invalid(_) => {
                     tally.closed.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
@@ -146,15 +112,6 @@ fn wait_all_served(tally: &Tally, since: Instant, within: Duration) -> Duration 
 fn wait_for_more(counter: &AtomicU64, n: u64, within: Duration) -> bool {
     let start = counter.load(Ordering::Relaxed);
     wait_until(within, || counter.load(Ordering::Relaxed) >= start + n)
-}
-
-fn signal(pid: u32, sig: &str) {
-    let status = std::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -{sig} {pid} failed");
 }
 
 #[test]

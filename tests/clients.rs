@@ -12,13 +12,6 @@ fn setup() -> (RedisServer, Keygate) {
     (redis, kg)
 }
 
-fn connect(url: &str) -> redis::Connection {
-    let client = redis::Client::open(url).expect("client");
-    client
-        .get_connection_with_timeout(std::time::Duration::from_secs(5))
-        .expect("connect through keygate")
-}
-
 fn exercise(con: &mut redis::Connection, tag: &str) {
     let key = format!("rs:{tag}:k");
     let _: () = con.set(&key, "value").expect("SET");
@@ -54,7 +47,7 @@ fn exercise(con: &mut redis::Connection, tag: &str) {
 #[test]
 fn redis_rs_resp2() {
     let (_redis, kg) = setup();
-    let mut con = connect(&kg.url());
+    let mut con = redis_rs(&kg.url());
     exercise(&mut con, "resp2");
     let raw: Value = redis::cmd("HGETALL")
         .arg("rs:resp2:h")
@@ -66,7 +59,7 @@ fn redis_rs_resp2() {
 #[test]
 fn redis_rs_resp3() {
     let (_redis, kg) = setup();
-    let mut con = connect(&format!("{}?protocol=resp3", kg.url()));
+    let mut con = redis_rs(&format!("{}?protocol=resp3", kg.url()));
     exercise(&mut con, "resp3");
     let raw: Value = redis::cmd("HGETALL")
         .arg("rs:resp3:h")

@@ -6,22 +6,14 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
 
-use common::RedisServer;
+use common::{redis_rs, RawConn, RedisServer};
 use keygate::command::keys::key_positions;
 use keygate::command::{
     self, AclCategories, BeginSearch, CommandSpec, FindKeys, Flags, KeySpec, KeySpecFlags,
 };
 use keygate::protocol::request::Request;
 use redis::Value;
-
-fn connect(server: &RedisServer) -> redis::Connection {
-    redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect to redis-server")
-}
 
 fn text(v: &Value) -> String {
     match v {
@@ -220,7 +212,7 @@ fn check_command(info: &Value, seen: &mut BTreeSet<String>) {
 #[test]
 fn table_matches_the_server_command_by_command() {
     let server = RedisServer::start();
-    let mut con = connect(&server);
+    let mut con = redis_rs(&server.url());
     let reply: Value = redis::cmd("COMMAND").query(&mut con).expect("COMMAND");
     let mut seen = BTreeSet::new();
     for info in array(&reply) {
@@ -431,7 +423,7 @@ const COMMAND_NOT_GETKEYS: &[(&[&str], &[usize])] = &[(
 #[test]
 fn key_positions_match_command_getkeys() {
     let server = RedisServer::start();
-    let mut con = connect(&server);
+    let mut con = redis_rs(&server.url());
     let mut mismatches = Vec::new();
     for args in KEY_SAMPLES {
         let req = Request::from_args(args);
@@ -469,21 +461,9 @@ fn key_positions_match_command_getkeys() {
 /// Sends `args` as one multibulk over a raw socket and returns the reply's
 /// first line, CRLF removed (an error reply is exactly one line).
 fn raw_first_line(server: &RedisServer, args: &[&[u8]]) -> String {
-    let mut conn = TcpStream::connect(server.addr()).expect("connect");
-    let mut frame = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        frame.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        frame.extend_from_slice(a);
-        frame.extend_from_slice(b"\r\n");
-    }
-    conn.write_all(&frame).expect("write");
-    let mut line = Vec::new();
-    BufReader::new(conn)
-        .read_until(b'\n', &mut line)
-        .expect("read");
-    String::from_utf8_lossy(&line)
-        .trim_end_matches("\r\n")
-        .to_string()
+    let reply = RawConn::connect(server.port()).cmd(args);
+    let text = String::from_utf8_lossy(&reply);
+    text.split("\r\n").next().unwrap_or_default().to_string()
 }
 
 #[test]

@@ -2,13 +2,14 @@
 //! and on broken ones, refusing to start on a bad config, failing clearly on
 //! an unbindable listener, and a clean exit on SIGTERM.
 
-use std::io::Read;
+mod common;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+use common::{free_port, keygate_bin, wait_until, ConfigFile, KeygateProcess};
 
 /// Environment variables `conf/production.toml` reads passwords from.
 const PRODUCTION_ENV: [&str; 2] = ["KEYGATE_BACKEND_PASSWORD", "KEYGATE_CATALOG_PASSWORD"];
@@ -20,34 +21,13 @@ fn repo_file(relative: &str) -> PathBuf {
 /// Runs `keygate --config path --check` with a clean environment for the
 /// production secrets, plus `env`.
 fn check(path: &Path, env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(BIN);
+    let mut command = Command::new(keygate_bin());
     command.arg("--config").arg(path).arg("--check");
     for var in PRODUCTION_ENV {
         command.env_remove(var);
     }
     command.envs(env.iter().copied());
     command.output().expect("run keygate")
-}
-
-/// A config file in a temp dir that lives as long as the value.
-struct TempConfig {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-}
-
-fn temp_config(text: &str) -> TempConfig {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("keygate.toml");
-    std::fs::write(&path, text).expect("write config");
-    TempConfig { _dir: dir, path }
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// A valid config listening on the given loopback ports.
@@ -72,52 +52,6 @@ prefix = "demo:"
 default_ttl = "15m"
 max_ttl = "1h"
 "#
-    )
-}
-
-/// A keygate process killed on drop unless it already exited.
-struct Running(Child);
-
-impl Running {
-    /// Waits up to `limit` for exit; `None` if still running.
-    fn wait_for_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.0.try_wait().expect("try_wait") {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    fn stderr(&mut self) -> String {
-        let mut text = String::new();
-        if let Some(mut err) = self.0.stderr.take() {
-            err.read_to_string(&mut text).expect("read stderr");
-        }
-        text
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn start(path: &Path) -> Running {
-    Running(
-        Command::new(BIN)
-            .arg("--config")
-            .arg(path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn keygate"),
     )
 }
 
@@ -160,7 +94,7 @@ fn production_config_fails_without_its_secrets() {
 /// failing the deployment's start.
 #[test]
 fn check_loads_tls_files() {
-    let config = temp_config(
+    let config = ConfigFile::new(
         r#"[proxy]
 listen = "127.0.0.1:6380"
 listen_tls = "127.0.0.1:6381"
@@ -178,7 +112,7 @@ prefix = ""
 isolation = false
 "#,
     );
-    let out = check(&config.path, &[]);
+    let out = check(&config.path(), &[]);
     assert_eq!(out.status.code(), Some(2), "stdout: {}", text(&out.stdout));
     let err = text(&out.stderr);
     assert!(err.contains("/nonexistent/keygate/server.crt"), "{err}");
@@ -225,8 +159,8 @@ fn bad_configs_fail_check_naming_key_and_line() {
         (base.replace("[backend]", "[backend"), 5, ""),
     ];
     for (config, line, needle) in cases {
-        let file = temp_config(&config);
-        let out = check(&file.path, &[]);
+        let file = ConfigFile::new(&config);
+        let out = check(&file.path(), &[]);
         let err = text(&out.stderr);
         assert_eq!(
             out.status.code(),
@@ -252,13 +186,12 @@ fn missing_config_file_fails_check() {
 fn starting_with_a_bad_config_starts_nothing() {
     let (listen, admin) = (free_port(), free_port());
     let config = valid_config(listen, admin).replace("max_ttl = \"1h\"", "max_ttl = \"30s\"");
-    let file = temp_config(&config);
-    let mut keygate = start(&file.path);
+    let mut keygate = KeygateProcess::spawn(&config, &[]);
     let status = keygate
         .wait_for_exit(Duration::from_secs(10))
         .expect("keygate exits on a bad config");
     assert_eq!(status.code(), Some(2));
-    let err = keygate.stderr();
+    let err = keygate.log();
     assert!(err.contains("line 18: service[1].max_ttl"), "{err}");
     assert!(!err.contains("keygate starting"), "{err}");
     for port in [listen, admin] {
@@ -273,13 +206,12 @@ fn starting_with_a_bad_config_starts_nothing() {
 fn unbindable_listener_fails_start_clearly() {
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("addr").port();
-    let file = temp_config(&valid_config(port, free_port()));
-    let mut keygate = start(&file.path);
+    let mut keygate = KeygateProcess::spawn(&valid_config(port, free_port()), &[]);
     let status = keygate
         .wait_for_exit(Duration::from_secs(10))
         .expect("keygate exits when it cannot bind");
     assert_eq!(status.code(), Some(1));
-    let err = keygate.stderr();
+    let err = keygate.log();
     assert!(
         err.contains("cannot bind the client listener") && err.contains(&port.to_string()),
         "{err}"
@@ -289,28 +221,17 @@ fn unbindable_listener_fails_start_clearly() {
 #[test]
 fn sigterm_shuts_down_cleanly() {
     let admin = free_port();
-    let file = temp_config(&valid_config(free_port(), admin));
-    let mut keygate = start(&file.path);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", admin)).is_err() {
-        assert!(Instant::now() < deadline, "admin listener came up");
-        assert!(
-            keygate.0.try_wait().expect("try_wait").is_none(),
-            "{}",
-            keygate.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let killed = Command::new("kill")
-        .arg("-TERM")
-        .arg(keygate.0.id().to_string())
-        .status()
-        .expect("run kill");
-    assert!(killed.success());
+    let mut keygate = KeygateProcess::spawn(&valid_config(free_port(), admin), &[]);
+    let up = wait_until(Duration::from_secs(10), || {
+        assert!(keygate.exited().is_none(), "{}", keygate.log());
+        TcpStream::connect(("127.0.0.1", admin)).is_ok()
+    });
+    assert!(up, "admin listener came up");
+    keygate.signal("TERM");
     let status = keygate
         .wait_for_exit(Duration::from_secs(15))
         .expect("keygate exits after SIGTERM");
-    let err = keygate.stderr();
+    let err = keygate.log();
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(err.contains("keygate starting"), "{err}");
     assert!(

@@ -40,12 +40,6 @@ fn setup() -> (RedisServer, Keygate) {
     (redis, kg)
 }
 
-fn login(kg: &Keygate, service: &str, password: &str) -> RawConn {
-    let mut c = RawConn::connect(kg.port());
-    assert_eq!(c.cmd_str(&["AUTH", service, password]), "+OK\r\n");
-    c
-}
-
 /// `args` run straight on the backend in database `db`.
 fn backend(redis: &RedisServer, db: u32, args: &[&str]) -> String {
     let mut full = vec!["-n".to_string(), db.to_string()];
@@ -61,7 +55,7 @@ fn bulk(s: &str) -> String {
 #[test]
 fn select_moves_the_client_and_keeps_the_prefix() {
     let (redis, kg) = setup();
-    let mut jobs = login(&kg, "jobs", "jobspw");
+    let mut jobs = RawConn::login(kg.port(), "jobs", "jobspw");
     assert_eq!(jobs.cmd_str(&["SELECT", "4"]), "+OK\r\n");
     assert_eq!(jobs.cmd_str(&["SET", "k", "in4"]), "+OK\r\n");
     assert_eq!(jobs.cmd_str(&["GET", "k"]), bulk("in4"));
@@ -106,7 +100,7 @@ fn select_moves_the_client_and_keeps_the_prefix() {
 #[test]
 fn a_service_limited_to_database_0_is_refused_database_4() {
     let (redis, kg) = setup();
-    let mut narrow = login(&kg, "narrow", "narrowpw");
+    let mut narrow = RawConn::login(kg.port(), "narrow", "narrowpw");
     let refused = narrow.cmd_str(&["SELECT", "4"]);
     assert_eq!(
         refused,
@@ -132,8 +126,8 @@ fn a_service_limited_to_database_0_is_refused_database_4() {
 #[test]
 fn two_services_in_the_same_database_stay_apart() {
     let (redis, kg) = setup();
-    let mut jobs = login(&kg, "jobs", "jobspw");
-    let mut cache = login(&kg, "cache", "cachepw");
+    let mut jobs = RawConn::login(kg.port(), "jobs", "jobspw");
+    let mut cache = RawConn::login(kg.port(), "cache", "cachepw");
     for c in [&mut jobs, &mut cache] {
         assert_eq!(c.cmd_str(&["SELECT", "4"]), "+OK\r\n");
     }
@@ -149,7 +143,7 @@ fn two_services_in_the_same_database_stay_apart() {
 #[test]
 fn flushdb_in_database_4_leaves_database_0_and_flushall_covers_both() {
     let (redis, kg) = setup();
-    let mut jobs = login(&kg, "jobs", "jobspw");
+    let mut jobs = RawConn::login(kg.port(), "jobs", "jobspw");
     assert_eq!(jobs.cmd_str(&["SET", "zero", "0"]), "+OK\r\n");
     assert_eq!(jobs.cmd_str(&["SELECT", "4"]), "+OK\r\n");
     assert_eq!(jobs.cmd_str(&["SET", "four", "4"]), "+OK\r\n");
@@ -170,7 +164,7 @@ fn flushdb_in_database_4_leaves_database_0_and_flushall_covers_both() {
 #[test]
 fn select_inside_multi_takes_effect_when_exec_runs() {
     let (redis, kg) = setup();
-    let mut jobs = login(&kg, "jobs", "jobspw");
+    let mut jobs = RawConn::login(kg.port(), "jobs", "jobspw");
     assert_eq!(jobs.cmd_str(&["MULTI"]), "+OK\r\n");
     assert_eq!(jobs.cmd_str(&["SELECT", "4"]), "+QUEUED\r\n");
     assert_eq!(jobs.cmd_str(&["SET", "t", "v"]), "+QUEUED\r\n");
@@ -183,7 +177,7 @@ fn select_inside_multi_takes_effect_when_exec_runs() {
     // The session is in 4 now, on shared connections too.
     assert_eq!(jobs.cmd_str(&["GET", "t"]), bulk("v"));
     // A transaction a failed WATCH aborts leaves the database alone.
-    let mut other = login(&kg, "jobs", "jobspw");
+    let mut other = RawConn::login(kg.port(), "jobs", "jobspw");
     assert_eq!(other.cmd_str(&["SELECT", "4"]), "+OK\r\n");
     assert_eq!(jobs.cmd_str(&["WATCH", "t"]), "+OK\r\n");
     assert_eq!(other.cmd_str(&["SET", "t", "changed"]), "+OK\r\n");
@@ -211,7 +205,7 @@ fn select_inside_multi_takes_effect_when_exec_runs() {
 #[test]
 fn a_pipeline_across_select_keeps_its_order() {
     let (redis, kg) = setup();
-    let mut jobs = login(&kg, "jobs", "jobspw");
+    let mut jobs = RawConn::login(kg.port(), "jobs", "jobspw");
     for round in 0..50 {
         let mut pipeline = Vec::new();
         let key = format!("p{round}");
@@ -263,7 +257,7 @@ fn a_pipeline_across_select_keeps_its_order() {
 #[test]
 fn move_and_copy_between_allowed_databases_keep_prefix_and_ttl() {
     let (redis, kg) = setup();
-    let mut jobs = login(&kg, "jobs", "jobspw");
+    let mut jobs = RawConn::login(kg.port(), "jobs", "jobspw");
     assert_eq!(jobs.cmd_str(&["SET", "m", "v"]), "+OK\r\n");
     assert_eq!(jobs.cmd_str(&["MOVE", "m", "4"]), ":1\r\n");
     assert_eq!(backend(&redis, 4, &["GET", "jobs:m"]), "v");
@@ -314,7 +308,7 @@ fn move_and_copy_between_allowed_databases_keep_prefix_and_ttl() {
 fn keyspace_notifications_of_an_allowed_database() {
     let (redis, kg) = setup();
     redis.cli(&["CONFIG", "SET", "notify-keyspace-events", "KA"]);
-    let mut sub = login(&kg, "jobs", "jobspw");
+    let mut sub = RawConn::login(kg.port(), "jobs", "jobspw");
     assert_eq!(
         sub.cmd_str(&["SUBSCRIBE", "__keyspace@4__:k"]),
         format!(
@@ -323,7 +317,7 @@ fn keyspace_notifications_of_an_allowed_database() {
             bulk("__keyspace@4__:k")
         )
     );
-    let mut jobs = login(&kg, "jobs", "jobspw");
+    let mut jobs = RawConn::login(kg.port(), "jobs", "jobspw");
     assert_eq!(jobs.cmd_str(&["SELECT", "4"]), "+OK\r\n");
     assert_eq!(jobs.cmd_str(&["SET", "k", "v"]), "+OK\r\n");
     let msg = sub.try_read_reply(Duration::from_secs(5)).expect("event");

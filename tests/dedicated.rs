@@ -154,10 +154,7 @@ max_dedicated = 3
 }
 
 fn login(kg: &Keygate, service: &str) -> RawConn {
-    let mut c = RawConn::connect(kg.port());
-    let password = format!("{service}-pw");
-    assert_eq!(c.cmd_str(&["AUTH", service, &password]), "+OK\r\n");
-    c
+    RawConn::login(kg.port(), service, &format!("{service}-pw"))
 }
 
 /// The value of the `/metrics` sample `line_start` (name and labels).

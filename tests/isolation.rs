@@ -5,11 +5,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
+// The reply type every assertion here compares with.
+use common::Reply as V;
 
 const SERVICES: &str = r#"
 [[service]]
@@ -41,107 +41,6 @@ fn setup() -> (RedisServer, Keygate) {
         kg.cli(&["EXISTS", "ready"]) == "0"
     });
     (redis, kg)
-}
-
-/// A reply, as a test reads it.
-#[derive(Debug, Clone, PartialEq)]
-enum V {
-    Status(String),
-    Error(String),
-    Int(i64),
-    Bulk(String),
-    Nil,
-    Array(Vec<V>),
-}
-
-impl V {
-    fn text(&self) -> String {
-        match self {
-            V::Status(s) | V::Error(s) | V::Bulk(s) => s.clone(),
-            V::Int(n) => n.to_string(),
-            other => format!("{other:?}"),
-        }
-    }
-
-    fn items(&self) -> Vec<V> {
-        match self {
-            V::Array(items) => items.clone(),
-            other => panic!("not an array: {other:?}"),
-        }
-    }
-
-    fn strings(&self) -> BTreeSet<String> {
-        self.items().iter().map(V::text).collect()
-    }
-
-    fn is_noperm(&self) -> bool {
-        matches!(self, V::Error(e) if e.starts_with("NOPERM"))
-    }
-}
-
-/// A raw RESP client (RESP2 and RESP3 shapes; maps flatten to arrays).
-struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Client {
-    fn connect(kg: &Keygate) -> Client {
-        let s = TcpStream::connect(kg.addr()).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        Client {
-            reader: BufReader::new(s.try_clone().expect("clone")),
-            writer: s,
-        }
-    }
-
-    fn login(kg: &Keygate, service: &str, password: &str) -> Client {
-        let mut c = Client::connect(kg);
-        assert_eq!(c.cmd(&["AUTH", service, password]), V::Status("OK".into()));
-        c
-    }
-
-    fn send(&mut self, args: &[&str]) {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            out.extend_from_slice(a.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        self.writer.write_all(&out).expect("write");
-    }
-
-    fn cmd(&mut self, args: &[&str]) -> V {
-        self.send(args);
-        self.read()
-    }
-
-    fn read(&mut self) -> V {
-        let mut line = String::new();
-        self.reader.read_line(&mut line).expect("read line");
-        let line = line.trim_end_matches("\r\n");
-        let (t, rest) = line.split_at(1);
-        let n = || rest.parse::<i64>().expect("length");
-        match t {
-            "+" => V::Status(rest.into()),
-            "-" => V::Error(rest.into()),
-            ":" => V::Int(n()),
-            "_" => V::Nil,
-            "," | "(" | "#" => V::Bulk(rest.into()),
-            "$" | "=" if n() < 0 => V::Nil,
-            "$" | "=" => {
-                let mut buf = vec![0u8; n() as usize + 2];
-                self.reader.read_exact(&mut buf).expect("bulk");
-                buf.truncate(buf.len() - 2);
-                V::Bulk(String::from_utf8_lossy(&buf).into())
-            }
-            "*" | ">" | "~" if n() < 0 => V::Nil,
-            "*" | ">" | "~" => V::Array((0..n()).map(|_| self.read()).collect()),
-            "%" => V::Array((0..n() * 2).map(|_| self.read()).collect()),
-            other => panic!("unexpected reply type {other}: {line}"),
-        }
-    }
 }
 
 fn backend_keys(redis: &RedisServer) -> BTreeSet<String> {
@@ -180,19 +79,19 @@ fn keys_scan_randomkey_dbsize_show_only_own_keys() {
         redis.cli(&["SET", &format!("billing:n{i}"), "v"]);
         redis.cli(&["SET", &format!("auth:n{i}"), "v"]);
     }
-    let mut billing = Client::login(&kg, "billing", "billpw");
-    let keys = billing.cmd(&["KEYS", "*"]).strings();
+    let mut billing = RawConn::login(kg.port(), "billing", "billpw");
+    let keys = billing.call(&["KEYS", "*"]).strings();
     assert_eq!(keys.len(), 62);
     assert!(keys.iter().all(|k| !k.contains(':')), "{keys:?}");
     assert!(keys.contains("a") && keys.contains("n0"));
-    assert_eq!(billing.cmd(&["DBSIZE"]), V::Int(62));
+    assert_eq!(billing.call(&["DBSIZE"]), V::Int(62));
 
     // SCAN pages through with the cursor and sees exactly its own keys.
     let mut seen = BTreeSet::new();
     let mut cursor = "0".to_string();
     let mut rounds = 0;
     loop {
-        let reply = billing.cmd(&["SCAN", &cursor, "COUNT", "7"]).items();
+        let reply = billing.call(&["SCAN", &cursor, "COUNT", "7"]).items();
         cursor = reply[0].text();
         seen.extend(reply[1].strings());
         rounds += 1;
@@ -204,22 +103,22 @@ fn keys_scan_randomkey_dbsize_show_only_own_keys() {
     assert_eq!(seen, keys);
     // MATCH is the client's own pattern, inside the namespace.
     let only_a = billing
-        .cmd(&["SCAN", "0", "MATCH", "a", "COUNT", "1000"])
+        .call(&["SCAN", "0", "MATCH", "a", "COUNT", "1000"])
         .items();
     assert_eq!(only_a[1].strings(), set(&["a"]));
 
     for _ in 0..10 {
-        let k = billing.cmd(&["RANDOMKEY"]).text();
+        let k = billing.call(&["RANDOMKEY"]).text();
         assert!(keys.contains(&k), "{k}");
     }
-    let mut auth = Client::login(&kg, "auth", "authpw");
-    assert_eq!(auth.cmd(&["DBSIZE"]), V::Int(62));
-    let mut legacy = Client::connect(&kg);
-    assert_eq!(legacy.cmd(&["KEYS", "*"]).strings(), set(&["l"]));
-    assert_eq!(legacy.cmd(&["RANDOMKEY"]), V::Bulk("l".into()));
+    let mut auth = RawConn::login(kg.port(), "auth", "authpw");
+    assert_eq!(auth.call(&["DBSIZE"]), V::Int(62));
+    let mut legacy = RawConn::connect(kg.port());
+    assert_eq!(legacy.call(&["KEYS", "*"]).strings(), set(&["l"]));
+    assert_eq!(legacy.call(&["RANDOMKEY"]), V::Bulk("l".into()));
     redis.cli(&["DEL", "legacy:l"]);
-    assert_eq!(legacy.cmd(&["RANDOMKEY"]), V::Nil);
-    assert_eq!(legacy.cmd(&["DBSIZE"]), V::Int(0));
+    assert_eq!(legacy.call(&["RANDOMKEY"]), V::Nil);
+    assert_eq!(legacy.call(&["DBSIZE"]), V::Int(0));
 }
 
 #[test]
@@ -228,7 +127,7 @@ fn pattern_tricks_stay_inside_the_namespace() {
     seed(&redis);
     redis.cli(&["SET", "billing:[x", "v"]);
     redis.cli(&["SET", "billing:\\y", "v"]);
-    let mut billing = Client::login(&kg, "billing", "billpw");
+    let mut billing = RawConn::login(kg.port(), "billing", "billpw");
     for pattern in [
         "*",
         "*:*",
@@ -240,7 +139,7 @@ fn pattern_tricks_stay_inside_the_namespace() {
         "*auth*",
         "../auth:*",
     ] {
-        let keys = billing.cmd(&["KEYS", pattern]);
+        let keys = billing.call(&["KEYS", pattern]);
         if let V::Array(items) = &keys {
             for k in items {
                 let k = k.text();
@@ -253,10 +152,10 @@ fn pattern_tricks_stay_inside_the_namespace() {
     }
     // A prefix with glob characters matches nothing wider: `a*` must not
     // see `abc` (which `a*` as a glob would match).
-    let mut glob = Client::login(&kg, "glob", "globpw");
-    assert_eq!(glob.cmd(&["KEYS", "*"]).strings(), set(&["1"]));
-    assert_eq!(glob.cmd(&["DBSIZE"]), V::Int(1));
-    let scan = glob.cmd(&["SCAN", "0", "COUNT", "1000"]).items();
+    let mut glob = RawConn::login(kg.port(), "glob", "globpw");
+    assert_eq!(glob.call(&["KEYS", "*"]).strings(), set(&["1"]));
+    assert_eq!(glob.call(&["DBSIZE"]), V::Int(1));
+    let scan = glob.call(&["SCAN", "0", "COUNT", "1000"]).items();
     assert_eq!(scan[1].strings(), set(&["1"]));
 }
 
@@ -264,8 +163,8 @@ fn pattern_tricks_stay_inside_the_namespace() {
 fn commands_that_cannot_be_confined_are_refused() {
     let (redis, kg) = setup();
     seed(&redis);
-    let mut billing = Client::login(&kg, "billing", "billpw");
-    billing.cmd(&["RPUSH", "list", "1", "2"]);
+    let mut billing = RawConn::login(kg.port(), "billing", "billpw");
+    billing.call(&["RPUSH", "list", "1", "2"]);
     for args in [
         &["EVAL", "return redis.call('GET', 'auth:x')", "0"][..],
         &["EVAL", "return redis.call('GET', KEYS[1])", "1", "k"],
@@ -285,7 +184,7 @@ fn commands_that_cannot_be_confined_are_refused() {
         &["PSUBSCRIBE", "__keyspace@*__:*"],
         &["OBJECT", "HELP", "x"],
     ] {
-        let reply = billing.cmd(args);
+        let reply = billing.call(args);
         assert!(
             reply.is_noperm() || matches!(&reply, V::Error(e) if e.contains("wrong number")),
             "{args:?}: {reply:?}"
@@ -298,26 +197,26 @@ fn commands_that_cannot_be_confined_are_refused() {
         &["SORT", "list", "GET", "*"],
         &["SORT_RO", "list", "BY", "x_*"],
     ] {
-        let reply = billing.cmd(args);
+        let reply = billing.call(args);
         assert!(matches!(reply, V::Array(_)), "{args:?}: {reply:?}");
     }
     // SORT without patterns is fine, and so is `GET #`.
     assert_eq!(
         billing
-            .cmd(&["SORT", "list", "BY", "nosort", "GET", "#"])
+            .call(&["SORT", "list", "BY", "nosort", "GET", "#"])
             .strings(),
         set(&["1", "2"])
     );
-    assert_eq!(billing.cmd(&["PING"]), V::Status("PONG".into()));
-    assert!(matches!(billing.cmd(&["TIME"]), V::Array(_)));
+    assert_eq!(billing.call(&["PING"]), V::Status("PONG".into()));
+    assert!(matches!(billing.call(&["TIME"]), V::Array(_)));
     // INFO hides the keyspace section (every service's key counts).
-    let info = billing.cmd(&["INFO"]).text();
+    let info = billing.call(&["INFO"]).text();
     assert!(info.contains("redis_version"));
     assert!(
         !info.contains("# Keyspace") && !info.contains("db0:keys"),
         "{info}"
     );
-    let keyspace = billing.cmd(&["INFO", "keyspace"]).text();
+    let keyspace = billing.call(&["INFO", "keyspace"]).text();
     assert!(!keyspace.contains("keys="), "{keyspace}");
 }
 
@@ -325,24 +224,24 @@ fn commands_that_cannot_be_confined_are_refused() {
 fn renames_and_copies_cannot_cross_namespaces() {
     let (redis, kg) = setup();
     seed(&redis);
-    let mut billing = Client::login(&kg, "billing", "billpw");
+    let mut billing = RawConn::login(kg.port(), "billing", "billpw");
     assert_eq!(
-        billing.cmd(&["RENAME", "a", "auth:x"]),
+        billing.call(&["RENAME", "a", "auth:x"]),
         V::Status("OK".into())
     );
-    assert_eq!(billing.cmd(&["COPY", "b", "auth:y"]), V::Int(1));
+    assert_eq!(billing.call(&["COPY", "b", "auth:y"]), V::Int(1));
     assert_eq!(redis.cli(&["GET", "billing:auth:x"]), "v");
     assert_eq!(redis.cli(&["EXISTS", "auth:x", "auth:y"]), "2");
     // Guessed names of other services resolve inside the own namespace.
-    assert_eq!(billing.cmd(&["GET", "x"]), V::Nil);
+    assert_eq!(billing.call(&["GET", "x"]), V::Nil);
     assert_eq!(
-        billing.cmd(&["EXISTS", "auth:x", "x", "legacy:l", "plain"]),
+        billing.call(&["EXISTS", "auth:x", "x", "legacy:l", "plain"]),
         V::Int(1)
     );
-    assert_eq!(billing.cmd(&["OBJECT", "ENCODING", "plain"]), V::Nil);
-    assert_eq!(billing.cmd(&["MEMORY", "USAGE", "x"]), V::Nil);
-    assert_eq!(billing.cmd(&["TYPE", "y"]), V::Status("none".into()));
-    assert_eq!(billing.cmd(&["DEL", "x", "y", "l"]), V::Int(0));
+    assert_eq!(billing.call(&["OBJECT", "ENCODING", "plain"]), V::Nil);
+    assert_eq!(billing.call(&["MEMORY", "USAGE", "x"]), V::Nil);
+    assert_eq!(billing.call(&["TYPE", "y"]), V::Status("none".into()));
+    assert_eq!(billing.call(&["DEL", "x", "y", "l"]), V::Int(0));
     assert_eq!(redis.cli(&["EXISTS", "auth:x", "auth:y", "legacy:l"]), "3");
 }
 
@@ -353,43 +252,43 @@ fn flushdb_deletes_only_own_keys() {
     for i in 0..1200 {
         redis.cli(&["SET", &format!("billing:f{i}"), "v"]);
     }
-    let mut billing = Client::login(&kg, "billing", "billpw");
-    assert_eq!(billing.cmd(&["FLUSHDB"]), V::Status("OK".into()));
-    assert_eq!(billing.cmd(&["DBSIZE"]), V::Int(0));
+    let mut billing = RawConn::login(kg.port(), "billing", "billpw");
+    assert_eq!(billing.call(&["FLUSHDB"]), V::Status("OK".into()));
+    assert_eq!(billing.call(&["DBSIZE"]), V::Int(0));
     assert_eq!(
         backend_keys(&redis),
         set(&["auth:x", "auth:y", "legacy:l", "plain", "a*1", "abc"])
     );
     // Commands after a flush run after it.
-    billing.send(&["SET", "k1", "v"]);
-    billing.send(&["FLUSHALL", "SYNC"]);
-    billing.send(&["SET", "k2", "v"]);
-    billing.send(&["KEYS", "*"]);
-    assert_eq!(billing.read(), V::Status("OK".into()));
-    assert_eq!(billing.read(), V::Status("OK".into()));
-    assert_eq!(billing.read(), V::Status("OK".into()));
-    assert_eq!(billing.read().strings(), set(&["k2"]));
+    billing.send_cmd(&["SET", "k1", "v"]);
+    billing.send_cmd(&["FLUSHALL", "SYNC"]);
+    billing.send_cmd(&["SET", "k2", "v"]);
+    billing.send_cmd(&["KEYS", "*"]);
+    assert_eq!(billing.read_value(), V::Status("OK".into()));
+    assert_eq!(billing.read_value(), V::Status("OK".into()));
+    assert_eq!(billing.read_value(), V::Status("OK".into()));
+    assert_eq!(billing.read_value().strings(), set(&["k2"]));
     // ASYNC answers at once and finishes in the background.
-    assert_eq!(billing.cmd(&["FLUSHALL", "ASYNC"]), V::Status("OK".into()));
+    assert_eq!(billing.call(&["FLUSHALL", "ASYNC"]), V::Status("OK".into()));
     let empty = wait_until(Duration::from_secs(5), || {
-        billing.cmd(&["DBSIZE"]) == V::Int(0)
+        billing.call(&["DBSIZE"]) == V::Int(0)
     });
     assert!(empty);
-    assert!(billing.cmd(&["FLUSHDB", "NOW"]).text().contains("syntax"));
+    assert!(billing.call(&["FLUSHDB", "NOW"]).text().contains("syntax"));
     assert_eq!(backend_keys(&redis).len(), 6);
     // Keyspace procedures cannot run inside MULTI.
-    billing.cmd(&["MULTI"]);
-    assert!(billing.cmd(&["DBSIZE"]).is_noperm());
-    assert!(matches!(billing.cmd(&["EXEC"]), V::Error(e) if e.starts_with("EXECABORT")));
+    billing.call(&["MULTI"]);
+    assert!(billing.call(&["DBSIZE"]).is_noperm());
+    assert!(matches!(billing.call(&["EXEC"]), V::Error(e) if e.starts_with("EXECABORT")));
 }
 
 #[test]
 fn multi_exec_replies_are_stripped_element_wise() {
     let (redis, kg) = setup();
     seed(&redis);
-    let mut billing = Client::login(&kg, "billing", "billpw");
-    billing.cmd(&["RPUSH", "q", "item"]);
-    assert_eq!(billing.cmd(&["MULTI"]), V::Status("OK".into()));
+    let mut billing = RawConn::login(kg.port(), "billing", "billpw");
+    billing.call(&["RPUSH", "q", "item"]);
+    assert_eq!(billing.call(&["MULTI"]), V::Status("OK".into()));
     for args in [
         &["SET", "k", "v"][..],
         &["KEYS", "*"],
@@ -399,9 +298,9 @@ fn multi_exec_replies_are_stripped_element_wise() {
         &["BLPOP", "q", "1"],
         &["INFO", "keyspace"],
     ] {
-        assert_eq!(billing.cmd(args), V::Status("QUEUED".into()), "{args:?}");
+        assert_eq!(billing.call(args), V::Status("QUEUED".into()), "{args:?}");
     }
-    let exec = billing.cmd(&["EXEC"]).items();
+    let exec = billing.call(&["EXEC"]).items();
     assert_eq!(exec.len(), 7);
     assert_eq!(exec[0], V::Status("OK".into()));
     assert_eq!(exec[1].strings(), set(&["a", "b", "k", "q"]));
@@ -416,7 +315,7 @@ fn multi_exec_replies_are_stripped_element_wise() {
 #[test]
 fn pipelined_auth_confines_each_command_to_the_current_service() {
     let (redis, kg) = setup();
-    let mut c = Client::connect(&kg);
+    let mut c = RawConn::connect(kg.port());
     let script: &[&[&str]] = &[
         &["SET", "p", "legacy"],
         &["AUTH", "billing", "billpw"],
@@ -429,9 +328,9 @@ fn pipelined_auth_confines_each_command_to_the_current_service() {
         &["GET", "p"],
     ];
     for args in script {
-        c.send(args);
+        c.send_cmd(args);
     }
-    let replies: Vec<V> = script.iter().map(|_| c.read()).collect();
+    let replies: Vec<V> = script.iter().map(|_| c.read_value()).collect();
     assert_eq!(replies[3].strings(), set(&["p"]));
     assert_eq!(replies[6], V::Bulk("auth".into()));
     assert!(matches!(&replies[7], V::Error(e) if e.starts_with("WRONGPASS")));
@@ -446,76 +345,78 @@ fn pipelined_auth_confines_each_command_to_the_current_service() {
 fn xread_and_blocking_pops_name_keys_without_prefix() {
     let (_redis, kg) = setup();
     for proto in ["2", "3"] {
-        let mut c = Client::connect(&kg);
+        let mut c = RawConn::connect(kg.port());
         assert!(matches!(
-            c.cmd(&["HELLO", proto, "AUTH", "billing", "billpw"]),
+            c.call(&["HELLO", proto, "AUTH", "billing", "billpw"]),
             V::Array(_)
         ));
-        c.cmd(&["DEL", "s", "l", "z"]);
-        c.cmd(&["XADD", "s", "1-1", "f", "v"]);
-        let xread = c.cmd(&["XREAD", "COUNT", "5", "STREAMS", "s", "0"]).items();
+        c.call(&["DEL", "s", "l", "z"]);
+        c.call(&["XADD", "s", "1-1", "f", "v"]);
+        let xread = c
+            .call(&["XREAD", "COUNT", "5", "STREAMS", "s", "0"])
+            .items();
         let name = match proto {
             "2" => xread[0].items()[0].text(),
             _ => xread[0].text(),
         };
         assert_eq!(name, "s");
         let blocking = c
-            .cmd(&["XREAD", "BLOCK", "100", "STREAMS", "s", "0"])
+            .call(&["XREAD", "BLOCK", "100", "STREAMS", "s", "0"])
             .items();
         assert!(
             format!("{blocking:?}").contains("Bulk(\"s\")"),
             "{blocking:?}"
         );
         assert!(!format!("{blocking:?}").contains("billing"));
-        c.cmd(&["RPUSH", "l", "x"]);
+        c.call(&["RPUSH", "l", "x"]);
         assert_eq!(
-            c.cmd(&["BLPOP", "none", "l", "1"]).items(),
+            c.call(&["BLPOP", "none", "l", "1"]).items(),
             vec![V::Bulk("l".into()), V::Bulk("x".into())]
         );
-        c.cmd(&["RPUSH", "l", "y"]);
+        c.call(&["RPUSH", "l", "y"]);
         assert_eq!(
-            c.cmd(&["LMPOP", "1", "l", "LEFT"]).items()[0],
+            c.call(&["LMPOP", "1", "l", "LEFT"]).items()[0],
             V::Bulk("l".into())
         );
-        c.cmd(&["ZADD", "z", "1", "m"]);
+        c.call(&["ZADD", "z", "1", "m"]);
         assert_eq!(
-            c.cmd(&["BZPOPMIN", "z", "1"]).items()[0],
+            c.call(&["BZPOPMIN", "z", "1"]).items()[0],
             V::Bulk("z".into())
         );
-        assert_eq!(c.cmd(&["BLPOP", "none", "0.05"]), V::Nil);
+        assert_eq!(c.call(&["BLPOP", "none", "0.05"]), V::Nil);
     }
 }
 
 /// Reads pub/sub frames until `n` arrive or the read times out.
-fn read_frames(c: &mut Client, n: usize) -> Vec<V> {
-    (0..n).map(|_| c.read()).collect()
+fn read_frames(c: &mut RawConn, n: usize) -> Vec<V> {
+    (0..n).map(|_| c.read_value()).collect()
 }
 
 #[test]
 fn pubsub_sees_only_own_channels() {
     let (_redis, kg) = setup();
-    let mut sub = Client::login(&kg, "billing", "billpw");
-    sub.send(&["PSUBSCRIBE", "*"]);
+    let mut sub = RawConn::login(kg.port(), "billing", "billpw");
+    sub.send_cmd(&["PSUBSCRIBE", "*"]);
     assert_eq!(
-        sub.read(),
+        sub.read_value(),
         V::Array(vec![
             V::Bulk("psubscribe".into()),
             V::Bulk("*".into()),
             V::Int(1)
         ])
     );
-    let mut plain = Client::login(&kg, "billing", "billpw");
-    let mut chan = Client::login(&kg, "billing", "billpw");
-    chan.send(&["SUBSCRIBE", "news"]);
-    assert_eq!(chan.read().items()[1], V::Bulk("news".into()));
-    let mut other = Client::login(&kg, "auth", "authpw");
-    let mut other_sub = Client::login(&kg, "auth", "authpw");
-    other_sub.send(&["SUBSCRIBE", "secret"]);
-    other_sub.read();
-    assert_eq!(other.cmd(&["PUBLISH", "news", "from-auth"]), V::Int(0));
-    assert_eq!(plain.cmd(&["PUBLISH", "news", "hello"]), V::Int(2));
+    let mut plain = RawConn::login(kg.port(), "billing", "billpw");
+    let mut chan = RawConn::login(kg.port(), "billing", "billpw");
+    chan.send_cmd(&["SUBSCRIBE", "news"]);
+    assert_eq!(chan.read_value().items()[1], V::Bulk("news".into()));
+    let mut other = RawConn::login(kg.port(), "auth", "authpw");
+    let mut other_sub = RawConn::login(kg.port(), "auth", "authpw");
+    other_sub.send_cmd(&["SUBSCRIBE", "secret"]);
+    other_sub.read_value();
+    assert_eq!(other.call(&["PUBLISH", "news", "from-auth"]), V::Int(0));
+    assert_eq!(plain.call(&["PUBLISH", "news", "hello"]), V::Int(2));
     assert_eq!(
-        sub.read(),
+        sub.read_value(),
         V::Array(vec![
             V::Bulk("pmessage".into()),
             V::Bulk("*".into()),
@@ -523,15 +424,18 @@ fn pubsub_sees_only_own_channels() {
             V::Bulk("hello".into())
         ])
     );
-    assert_eq!(chan.read().items()[1], V::Bulk("news".into()));
+    assert_eq!(chan.read_value().items()[1], V::Bulk("news".into()));
     // PUBSUB shows only own channels, without the prefix.
-    assert_eq!(plain.cmd(&["PUBSUB", "CHANNELS"]).strings(), set(&["news"]));
     assert_eq!(
-        plain.cmd(&["PUBSUB", "CHANNELS", "*ecre*"]).strings(),
+        plain.call(&["PUBSUB", "CHANNELS"]).strings(),
+        set(&["news"])
+    );
+    assert_eq!(
+        plain.call(&["PUBSUB", "CHANNELS", "*ecre*"]).strings(),
         set(&[])
     );
     assert_eq!(
-        plain.cmd(&["PUBSUB", "NUMSUB", "news", "secret"]).items(),
+        plain.call(&["PUBSUB", "NUMSUB", "news", "secret"]).items(),
         vec![
             V::Bulk("news".into()),
             V::Int(1),
@@ -540,13 +444,13 @@ fn pubsub_sees_only_own_channels() {
         ]
     );
     assert_eq!(
-        other.cmd(&["PUBSUB", "CHANNELS"]).strings(),
+        other.call(&["PUBSUB", "CHANNELS"]).strings(),
         set(&["secret"])
     );
     // Unsubscribe confirmations come back stripped too.
-    sub.send(&["PUNSUBSCRIBE"]);
+    sub.send_cmd(&["PUNSUBSCRIBE"]);
     assert_eq!(
-        sub.read(),
+        sub.read_value(),
         V::Array(vec![
             V::Bulk("punsubscribe".into()),
             V::Bulk("*".into()),
@@ -562,19 +466,22 @@ fn keyspace_notifications_are_confined() {
         redis.cli(&["CONFIG", "SET", "notify-keyspace-events", "KA"]),
         "OK"
     );
-    let mut sub = Client::login(&kg, "billing", "billpw");
-    sub.send(&["PSUBSCRIBE", "__keyspace@0__:*"]);
-    assert_eq!(sub.read().items()[1], V::Bulk("__keyspace@0__:*".into()));
-    sub.send(&["SUBSCRIBE", "__keyspace@0__:watched"]);
+    let mut sub = RawConn::login(kg.port(), "billing", "billpw");
+    sub.send_cmd(&["PSUBSCRIBE", "__keyspace@0__:*"]);
     assert_eq!(
-        sub.read().items()[1],
+        sub.read_value().items()[1],
+        V::Bulk("__keyspace@0__:*".into())
+    );
+    sub.send_cmd(&["SUBSCRIBE", "__keyspace@0__:watched"]);
+    assert_eq!(
+        sub.read_value().items()[1],
         V::Bulk("__keyspace@0__:watched".into())
     );
-    let mut other = Client::login(&kg, "auth", "authpw");
-    other.cmd(&["SET", "watched", "x"]);
+    let mut other = RawConn::login(kg.port(), "auth", "authpw");
+    other.call(&["SET", "watched", "x"]);
     redis.cli(&["SET", "plain", "x"]);
-    let mut billing = Client::login(&kg, "billing", "billpw");
-    billing.cmd(&["SET", "watched", "1"]);
+    let mut billing = RawConn::login(kg.port(), "billing", "billpw");
+    billing.call(&["SET", "watched", "1"]);
     let frames = read_frames(&mut sub, 2);
     let mut kinds = BTreeSet::new();
     for f in &frames {
@@ -617,8 +524,8 @@ fn every_command_is_confined_or_refused() {
             continue;
         }
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut c = Client::login(&kg, "billing", "billpw");
-        let reply = c.cmd(&argv);
+        let mut c = RawConn::login(kg.port(), "billing", "billpw");
+        let reply = c.call(&argv);
         // billing is not admin: administration is refused too.
         if let Rule::Refuse(_) | Rule::Admin(_) | Rule::AdminKeys(_) | Rule::Debug(_) = r {
             // Commands keygate answers itself never reach the backend:
@@ -652,11 +559,6 @@ fn every_command_is_confined_or_refused() {
     }
 }
 
-/// `calls` to `cmdstat_<command>` on the backend so far.
-fn backend_calls(redis: &RedisServer, command: &str) -> u64 {
-    redis.calls(command)
-}
-
 #[test]
 fn a_flood_of_flushes_runs_few_scans_and_others_keep_being_served() {
     let (redis, kg) = setup();
@@ -673,38 +575,38 @@ fn a_flood_of_flushes_runs_few_scans_and_others_keep_being_served() {
         }
     }
     assert_eq!(direct.cmd_str(&["CONFIG", "RESETSTAT"]), "+OK\r\n");
-    let mut billing = Client::login(&kg, "billing", "billpw");
-    let mut auth = Client::login(&kg, "auth", "authpw");
+    let mut billing = RawConn::login(kg.port(), "billing", "billpw");
+    let mut auth = RawConn::login(kg.port(), "auth", "authpw");
     for _ in 0..300 {
-        billing.send(&["FLUSHDB", "ASYNC"]);
+        billing.send_cmd(&["FLUSHDB", "ASYNC"]);
     }
     // auth's requests are served while the flushes run.
     let mut latencies = Vec::new();
     for i in 0..300 {
         let started = std::time::Instant::now();
-        assert_eq!(auth.cmd(&["GET", &format!("o{i}")]), V::Bulk("v".into()));
+        assert_eq!(auth.call(&["GET", &format!("o{i}")]), V::Bulk("v".into()));
         latencies.push(started.elapsed());
     }
     for _ in 0..300 {
-        assert_eq!(billing.read(), V::Status("OK".into()));
+        assert_eq!(billing.read_value(), V::Status("OK".into()));
     }
     let billing_keys =
         || redis.cli(&["EVAL", "return #redis.call('keys', 'billing:*')", "0"]) == "0";
     assert!(wait_until(Duration::from_secs(30), billing_keys));
     // Wait for the flushes to finish: SCAN calls stop rising.
-    let mut last = backend_calls(&redis, "scan");
+    let mut last = redis.calls("scan");
     assert!(wait_until(Duration::from_secs(30), || {
         // "Stopped rising" means unchanged over this interval: the sleep
         // is the state's definition, not a guess that work has finished.
         std::thread::sleep(Duration::from_millis(300));
-        let now = backend_calls(&redis, "scan");
+        let now = redis.calls("scan");
         std::mem::replace(&mut last, now) == now
     }));
     let scans = last;
     latencies.sort();
     println!(
         "300 FLUSHDB ASYNC: {scans} SCAN calls, {} UNLINK calls; auth GET p50 {:?}, p99 {:?}, max {:?}",
-        backend_calls(&redis, "unlink"),
+        redis.calls("unlink"),
         latencies[150],
         latencies[297],
         latencies[299]

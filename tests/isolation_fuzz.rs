@@ -2233,16 +2233,6 @@ fn glob_escape(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    let v = v.trim();
-    let parsed = match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16),
-        None => v.parse(),
-    };
-    Some(parsed.unwrap_or_else(|_| panic!("{name}={v} is not a number")))
-}
-
 /// Distinct findings: the first example of each (command, oracle), counted.
 struct Report {
     distinct: BTreeMap<(String, &'static str), (Finding, String, usize)>,

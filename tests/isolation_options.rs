@@ -259,20 +259,13 @@ fn xread_block_behind_a_nul_does_not_block_a_shared_connection() {
 }
 
 /// TTL of a backend key in ms (-1: none, -2: no key).
-fn pttl(redis: &RedisServer, key: &str) -> i64 {
-    redis
-        .cli(&["PTTL", key])
-        .parse()
-        .expect("PTTL is an integer")
-}
-
 #[test]
 fn ttl_options_behind_a_nul_are_governed() {
     let (redis, kg) = setup();
     let mut c = login(&kg, "ttlpw");
     let max_ms = 3_600_000;
     let governed = |redis: &RedisServer, key: &str| {
-        let ttl = pttl(redis, key);
+        let ttl = redis.pttl(key);
         assert!(ttl > 0 && ttl <= max_ms, "{key}: PTTL {ttl}");
     };
     for (key, opt) in [

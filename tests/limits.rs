@@ -14,8 +14,6 @@ use common::*;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,82 +21,16 @@ use std::time::{Duration, Instant};
 /// The refusal a client past `max_clients` gets, exactly.
 const REFUSAL: &[u8] = b"-ERR max number of clients reached\r\n";
 
-/// A keygate process started from the built binary, killed on drop.
-struct KeygateProcess {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-    log: PathBuf,
-}
-
-impl KeygateProcess {
-    /// Starts keygate in front of `backend` with `proxy_extra` added to `[proxy]`.
-    fn start(backend: &RedisServer, proxy_extra: &str) -> KeygateProcess {
-        let dir = tempfile::Builder::new()
-            .prefix("keygate-limits-")
-            .tempdir()
-            .expect("temp dir");
-        let port = free_port();
-        let config = format!(
-            r#"
-[proxy]
-listen = "127.0.0.1:{port}"
-{proxy_extra}
-
-[backend]
-address = "{}"
-connect_timeout = "1s"
-command_timeout = "5s"
-{DEFAULT_SERVICE}
-"#,
-            backend.addr()
-        );
-        let config_path = dir.path().join("keygate.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        let log = dir.path().join("keygate.log");
-        let log_file = std::fs::File::create(&log).expect("log file");
-        // scripts/storm points KEYGATE_BIN at the release build.
-        let bin = std::env::var_os("KEYGATE_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_keygate")));
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(&config_path)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn keygate");
-        let kg = KeygateProcess {
-            child,
-            port,
-            _dir: dir,
-            log,
-        };
-        wait_serving(kg.port);
-        kg
-    }
-
-    /// keygate's resident memory now, in KiB.
-    fn rss_kib(&self) -> u64 {
-        rss_kib_of(self.child.id())
-    }
-
-    /// Panics with keygate's log when the process has exited.
-    fn assert_running(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            panic!("keygate exited ({status}); log:\n{log}");
-        }
-    }
-}
-
-impl Drop for KeygateProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// keygate (the binary) in front of `backend` with `proxy_extra` added to
+/// `[proxy]`, serving.
+fn start_keygate(backend: &RedisServer, proxy_extra: &str) -> KeygateProcess {
+    let config = standalone_config(&backend.addr(), DEFAULT_SERVICE).replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:0\"\n{proxy_extra}"),
+    );
+    let kg = KeygateProcess::start(&config, &[("RUST_LOG", "warn")]);
+    wait_serving(kg.port());
+    kg
 }
 
 /// This process's soft limit on open files.
@@ -113,10 +45,7 @@ fn open_files_soft_limit() -> u64 {
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    env_u64(name).map_or(default, |v| v as usize)
 }
 
 /// How one storm connection ended up.
@@ -171,17 +100,17 @@ fn connection_storm_refuses_cleanly_and_idle_connections_are_small() {
         "open-files limit {limit} is too low for {clients} clients: raise it (ulimit -n)"
     );
     let redis = RedisServer::start();
-    let mut kg = KeygateProcess::start(&redis, &format!("max_clients = {max_clients}"));
+    let mut kg = start_keygate(&redis, &format!("max_clients = {max_clients}"));
     // The baseline, once start-up has settled.
     let before = settled_rss_kib(
-        kg.child.id(),
+        kg.pid(),
         Duration::from_millis(500),
         Duration::from_secs(10),
     );
 
     let started = Instant::now();
     let threads = 16;
-    let port = kg.port;
+    let port = kg.port();
     let workers: Vec<_> = (0..threads)
         .map(|t| {
             let share = clients / threads + usize::from(t < clients % threads);
@@ -204,7 +133,7 @@ fn connection_storm_refuses_cleanly_and_idle_connections_are_small() {
     // Idle connections hand their metrics over within a second
     // (metrics::FLUSH_INTERVAL): measure once memory has not moved for longer.
     let after = settled_rss_kib(
-        kg.child.id(),
+        kg.pid(),
         Duration::from_millis(1500),
         Duration::from_secs(15),
     );
@@ -288,8 +217,8 @@ fn slow_reader_swarm_keeps_memory_bounded_and_others_served() {
     let per_client = env_usize("SWARM_REQUESTS", 5000);
     let value_len = env_usize("SWARM_VALUE_BYTES", 64 * 1024);
     let redis = RedisServer::start();
-    let kg = KeygateProcess::start(&redis, "");
-    let port = kg.port;
+    let kg = start_keygate(&redis, "");
+    let port = kg.port();
     let mut setup = RawConn::connect(port);
     let big = vec![b'v'; value_len];
     assert_eq!(setup.cmd_str(&[&b"SET"[..], b"big", &big]), "+OK\r\n");
@@ -304,7 +233,7 @@ fn slow_reader_swarm_keeps_memory_bounded_and_others_served() {
     let mut slow = Vec::new();
     let mut writers = Vec::new();
     for _ in 0..swarm {
-        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let s = RawConn::connect(port).stream().try_clone().expect("clone");
         let mut w = s.try_clone().expect("clone");
         let flood = flood.clone();
         // keygate stops reading a client that does not read, so this write
@@ -316,7 +245,7 @@ fn slow_reader_swarm_keeps_memory_bounded_and_others_served() {
     }
     let sampler = {
         let stop = stop.clone();
-        let pid = kg.child.id();
+        let pid = kg.pid();
         std::thread::spawn(move || {
             let mut peak = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -329,7 +258,7 @@ fn slow_reader_swarm_keeps_memory_bounded_and_others_served() {
     };
     // The swarm has filled keygate up (its memory grew, then stopped
     // moving) before the other client is measured.
-    let pid = kg.child.id();
+    let pid = kg.pid();
     let filling = wait_until(Duration::from_secs(10), || rss_kib_of(pid) > before + 1024);
     let filled = settled_rss_kib(pid, Duration::from_millis(500), Duration::from_secs(10));
     println!("swarm: keygate filled up (grew: {filling}) to {filled} KiB");
@@ -432,11 +361,11 @@ fn watch_other(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Dur
 fn unread_huge_replies_close_the_client_at_the_hard_limit() {
     const MIB: u64 = 1024;
     let redis = RedisServer::start();
-    let mut kg = KeygateProcess::start(
+    let mut kg = start_keygate(
         &redis,
         "max_pending_reply_bytes = 67108864\nmax_pending_reply_bytes_hard = 134217728",
     );
-    let port = kg.port;
+    let port = kg.port();
     let mut direct = RawConn::connect(redis.port());
     let value = vec![b'v'; 20 * 1024 * 1024];
     assert_eq!(direct.cmd_str(&[&b"SET"[..], b"big", &value]), "+OK\r\n");
@@ -445,15 +374,13 @@ fn unread_huge_replies_close_the_client_at_the_hard_limit() {
     assert_eq!(warm.cmd_str(&["GET", "small"]), "$1\r\nx\r\n");
     let before = kg.rss_kib();
 
-    let peak = PeakRss::watch(kg.child.id());
+    let peak = PeakRss::watch(kg.pid());
     let stop = Arc::new(AtomicBool::new(false));
     let other = watch_other(port, stop.clone());
     let mut slow = RawConn::connect(port);
     slow.send(&resp_command(&["GET", "big"]).repeat(100));
     let closed = wait_until(Duration::from_secs(30), || {
-        std::fs::read_to_string(&kg.log)
-            .unwrap_or_default()
-            .contains("max_pending_reply_bytes_hard")
+        kg.log().contains("max_pending_reply_bytes_hard")
     });
     assert!(closed, "the slow client was never cut off");
     // Whatever keygate wrote before it closed the client, then end of stream.
@@ -514,17 +441,17 @@ fn a_slow_reader_is_paused_and_then_gets_every_reply() {
     const VALUE: usize = 256 * 1024;
     const GETS: usize = 1000;
     let redis = RedisServer::start();
-    let mut kg = KeygateProcess::start(
+    let mut kg = start_keygate(
         &redis,
         "max_pending_reply_bytes = 16777216\nmax_pending_reply_bytes_hard = 268435456",
     );
-    let port = kg.port;
+    let port = kg.port();
     let mut direct = RawConn::connect(redis.port());
     let value = vec![b'w'; VALUE];
     assert_eq!(direct.cmd_str(&[&b"SET"[..], b"big", &value]), "+OK\r\n");
     assert_eq!(direct.cmd_str(&["SET", "small", "x"]), "+OK\r\n");
     let before = kg.rss_kib();
-    let peak = PeakRss::watch(kg.child.id());
+    let peak = PeakRss::watch(kg.pid());
     let mut slow = RawConn::connect(port);
     let mut writer = slow.stream().try_clone().expect("clone");
     let flood = resp_command(&["GET", "big"]).repeat(GETS);

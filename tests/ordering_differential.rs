@@ -217,10 +217,6 @@ impl Side {
     }
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 #[test]
 fn random_pipelines_answer_as_redis_does() {
     // CI (CI=true) runs the same sequences every time, so a red run is

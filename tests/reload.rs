@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    free_port, http_get, http_request, wait_until, Keygate, RawConn, RedisServer, START_TIMEOUT,
+    http_get, http_request, wait_serving_as, wait_until, ConfigFile, Keygate, KeygateProcess,
+    RawConn, RedisServer, START_TIMEOUT,
 };
 
 /// A config file with `services` appended to a standalone `[proxy]`/`[backend]`.
@@ -28,31 +27,6 @@ fn service_a(prefix: &str, ttl: &str, more: &str) -> String {
 
 const SERVICE_B: &str =
     "[[service]]\nname = \"b\"\npassword = \"pb\"\nprefix = \"b:\"\nmax_clients = 1\n";
-
-/// A config file in its own temp dir.
-struct ConfigFile {
-    dir: tempfile::TempDir,
-}
-
-impl ConfigFile {
-    fn new(text: &str) -> ConfigFile {
-        let dir = tempfile::Builder::new()
-            .prefix("keygate-reload-")
-            .tempdir()
-            .expect("temp dir");
-        let file = ConfigFile { dir };
-        file.write(text);
-        file
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().join("keygate.toml")
-    }
-
-    fn write(&self, text: &str) {
-        std::fs::write(self.path(), text).expect("write config");
-    }
-}
 
 /// `POST /reload`; returns the status line and the body.
 fn post_reload(admin_port: u16) -> (String, String) {
@@ -300,78 +274,25 @@ fn start_only_settings_are_reported_and_services_still_apply() {
     assert_eq!(backend.cli(&["GET", "a2:k"]), "v");
 }
 
-/// The real binary, killed (by its own PID) on drop.
-struct Binary {
-    child: Child,
+/// Waits (bounded) for `done`, naming `what` when it never happens.
+fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    assert!(
+        wait_until(START_TIMEOUT, done),
+        "timed out waiting for {what}"
+    );
 }
 
-impl Drop for Binary {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn send_sighup(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + START_TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Waits until the binary serves a backend command for a logged-in client.
-fn wait_serving_as(port: u16, name: &str, password: &str) {
-    wait_for("keygate to serve", || {
-        let Ok(stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-            return false;
-        };
-        drop(stream);
-        let (mut conn, auth) = login(port, name, password);
-        auth == "+OK\r\n" && conn.cmd_str(&["EXISTS", "probe"]).starts_with(':')
-    });
-}
-
-fn binary_config(backend: &RedisServer, port: u16, admin: u16, services: &str) -> String {
-    config_text(backend, "", services).replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\""),
-    )
-}
-
-fn start_binary(config: &Path, log: &Path) -> Binary {
-    let log = std::fs::File::create(log).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn keygate");
-    Binary { child }
+/// [`config_text`] for the real binary, with an admin listener for `/health`.
+fn binary_config(backend: &RedisServer, services: &str) -> String {
+    config_text(backend, "", services)
+        .replace("[proxy]\n", "[proxy]\nadmin_listen = \"127.0.0.1:0\"\n")
 }
 
 #[test]
 fn sighup_reloads_the_real_binary_without_dropping_clients() {
     let backend = RedisServer::start();
-    let (port, admin) = (free_port(), free_port());
-    let file = ConfigFile::new(&binary_config(
-        &backend,
-        port,
-        admin,
-        &service_a("a1:", "", ""),
-    ));
-    let log = file.dir.path().join("keygate.log");
-    let binary = start_binary(&file.path(), &log);
+    let binary = KeygateProcess::start(&binary_config(&backend, &service_a("a1:", "", "")), &[]);
+    let (port, admin) = (binary.port(), binary.admin_port());
     wait_serving_as(port, "a", "pa");
     let (mut client, auth) = login(port, "a", "pa");
     assert_eq!(auth, "+OK\r\n");
@@ -379,12 +300,12 @@ fn sighup_reloads_the_real_binary_without_dropping_clients() {
     assert_eq!(backend.cli(&["GET", "a1:k"]), "v");
 
     // An invalid file first: refused, logged with its line, counted.
-    file.write("[proxy]\nlisten = 1\n");
-    send_sighup(binary.child.id());
+    binary.write_config("[proxy]\nlisten = 1\n");
+    binary.signal("HUP");
     wait_for("the failed reload in /health", || {
         health(admin)["last_reload"]["ok"] == serde_json::json!(false)
     });
-    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let logged = binary.log();
     assert!(
         logged.contains("config reload failed") && logged.contains("line"),
         "{logged}"
@@ -393,16 +314,16 @@ fn sighup_reloads_the_real_binary_without_dropping_clients() {
     assert_eq!(client.cmd_str(&["SET", "k", "v"]), "+OK\r\n");
 
     // Then a good one with a new prefix and a start-only change.
-    let next = binary_config(&backend, port, admin, &service_a("a2:", "", ""))
+    let next = binary_config(&backend, &service_a("a2:", "", ""))
         .replace("connect_timeout = \"1s\"", "connect_timeout = \"2s\"");
-    file.write(&next);
-    send_sighup(binary.child.id());
+    binary.write_config(&next);
+    binary.signal("HUP");
     wait_for("the applied reload in /health", || {
         health(admin)["last_reload"]["ok"] == serde_json::json!(true)
     });
     assert_eq!(client.cmd_str(&["SET", "k", "v2"]), "+OK\r\n");
     assert_eq!(backend.cli(&["GET", "a2:k"]), "v2");
-    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    let logged = binary.log();
     assert!(logged.contains("config reloaded"), "{logged}");
     assert!(
         logged.contains("require a restart") && logged.contains("backend.connect_timeout"),

@@ -61,10 +61,6 @@ isolation = false
 read_from = "prefer-replica"
 "#;
 
-fn calls(server: &RedisServer, cmd: &str) -> u64 {
-    server.calls(cmd)
-}
-
 /// `count=` of `errorstat_READONLY` (0 when absent).
 fn readonly_errors(server: &RedisServer) -> u64 {
     let stats = server.cli(&["INFO", "errorstats"]);
@@ -102,10 +98,7 @@ fn connect(port: u16, auth: Option<(&str, &str)>) -> redis::Connection {
         Some((user, pass)) => format!("redis://{user}:{pass}@127.0.0.1:{port}/"),
         None => format!("redis://127.0.0.1:{port}/"),
     };
-    let client = redis::Client::open(url).expect("client");
-    let conn = client
-        .get_connection_with_timeout(Duration::from_secs(5))
-        .expect("connect to keygate");
+    let conn = redis_rs(&url);
     conn.set_read_timeout(Some(Duration::from_secs(15)))
         .expect("timeout");
     conn
@@ -300,42 +293,15 @@ fn discovery_with_a_sentinel_down_then_all_down() {
 }
 
 /// A raw client that sent `bytes` and read at least `expect` back.
-fn raw_client(port: u16, bytes: &[u8], expect: &[u8]) -> std::net::TcpStream {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    s.write_all(bytes).expect("write");
+fn raw_client(port: u16, bytes: &[u8], expect: &[u8]) -> RawConn {
+    let mut conn = RawConn::connect(port);
+    conn.send(bytes);
     let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
     while got.len() < expect.len() {
-        let n = s.read(&mut buf).expect("read");
-        assert!(n > 0, "closed early");
-        got.extend_from_slice(&buf[..n]);
+        got.extend(conn.read_reply());
     }
     assert!(got.starts_with(expect), "{}", String::from_utf8_lossy(&got));
-    s
-}
-
-/// True when keygate closes `s` within `limit` (anything read before is ignored).
-fn closed_within(mut s: std::net::TcpStream, limit: Duration) -> bool {
-    use std::io::Read;
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 1024];
-    while Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::TimedOut =>
-            {
-                continue
-            }
-            Err(_) => return true,
-        }
-    }
-    false
+    conn
 }
 
 fn sentinel_failover_under_load(hold: bool) {
@@ -347,12 +313,12 @@ fn sentinel_failover_under_load(hold: bool) {
     assert!(wait_for_master(&state, &master.addr()), "no master");
 
     // Clients whose state lives on a dedicated connection to the old master.
-    let subscriber = raw_client(
+    let mut subscriber = raw_client(
         kg.port(),
         b"SUBSCRIBE news\r\n",
         b"*3\r\n$9\r\nsubscribe\r\n",
     );
-    let in_multi = raw_client(kg.port(), b"MULTI\r\nSET tx 1\r\n", b"+OK\r\n+QUEUED\r\n");
+    let mut in_multi = raw_client(kg.port(), b"MULTI\r\nSET tx 1\r\n", b"+OK\r\n+QUEUED\r\n");
 
     let t0 = Instant::now();
     let load = Load::start(kg.port(), 4, t0);
@@ -370,11 +336,11 @@ fn sentinel_failover_under_load(hold: bool) {
     let outcomes = load.finish();
     assert!(followed, "keygate did not follow: {}", state.health_json());
     assert!(
-        closed_within(subscriber, Duration::from_secs(5)),
+        subscriber.closed_within(Duration::from_secs(5)),
         "subscriber to the old master not closed"
     );
     assert!(
-        closed_within(in_multi, Duration::from_secs(5)),
+        in_multi.closed_within(Duration::from_secs(5)),
         "MULTI client on the old master not closed"
     );
 
@@ -393,7 +359,7 @@ fn sentinel_failover_under_load(hold: bool) {
     for i in 0..100 {
         assert_eq!(kg.cli(&["SET", &format!("post:{i}"), "1"]), "OK");
     }
-    assert_eq!(calls(&replica, "set"), 100, "new master got every write");
+    assert_eq!(replica.calls("set"), 100, "new master got every write");
     assert_eq!(
         readonly_errors(&master),
         0,
@@ -481,7 +447,7 @@ fn killed_master_is_followed_and_rejoins_as_replica() {
                 // (Its role, read afterwards, races with Sentinel's own
                 // conversions, so the state waited for is its GET count.)
                 assert_eq!(v.as_deref(), Some("1"), "read from a caught-up replica");
-                calls(&master, "get") >= 1
+                master.calls("get") >= 1
             }
             Err(e) => {
                 assert!(e.to_string().contains("no healthy replica"), "{e}");
@@ -496,7 +462,7 @@ fn killed_master_is_followed_and_rejoins_as_replica() {
         state.health_json()
     );
     println!("FIGURES rejoin: replica reads refused while rejoining={refused}");
-    assert!(calls(&master, "get") >= 1);
+    assert!(master.calls("get") >= 1);
 }
 
 #[test]
@@ -541,9 +507,9 @@ fn replica_reads_and_fallback() {
             .query(&mut ro)
             .expect("write via replica service");
     }
-    assert_eq!(calls(&replica, "get"), 100, "reads reach the replica");
-    assert_eq!(calls(&master, "get"), 0, "no read reaches the master");
-    assert_eq!(calls(&master, "set"), 10, "writes reach the master");
+    assert_eq!(replica.calls("get"), 100, "reads reach the replica");
+    assert_eq!(master.calls("get"), 0, "no read reaches the master");
+    assert_eq!(master.calls("set"), 10, "writes reach the master");
     assert_eq!(readonly_errors(&replica), 0, "no write reaches the replica");
 
     // The replica dies: prefer-replica reads move to the master, replica-only ones fail.
@@ -555,12 +521,12 @@ fn replica_reads_and_fallback() {
             && refused.is_err_and(|e| e.to_string().contains("no healthy replica"))
     });
     assert!(moved, "reads did not fall back: {}", state.health_json());
-    let before = calls(&master, "get");
+    let before = master.calls("get");
     for _ in 0..20 {
         let v: String = redis::cmd("GET").arg("k").query(&mut pr).expect("pr get");
         assert_eq!(v, "v");
     }
-    assert_eq!(calls(&master, "get") - before, 20);
+    assert_eq!(master.calls("get") - before, 20);
 }
 
 #[test]

@@ -8,12 +8,7 @@ use std::time::{Duration, Instant};
 
 /// Resident memory of this process (keygate runs in-process), in KiB.
 fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    rss_kib_of(std::process::id())
 }
 
 #[test]

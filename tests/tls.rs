@@ -5,8 +5,7 @@
 mod common;
 
 use common::{
-    cli_at, tls_cli_at, wait_serving, Keygate, RawConn, RedisServer, TestPki, TlsRedisServer,
-    DEFAULT_SERVICE,
+    cli_at, tls_cli_at, wait_serving, Keygate, RawConn, RedisServer, TestPki, DEFAULT_SERVICE,
 };
 
 /// A config with both client listeners and `[proxy.tls]` (plus `proxy_tls_extra`
@@ -112,7 +111,7 @@ fn mutual_tls_refuses_clients_without_a_certificate() {
 fn keygate_talks_tls_to_a_tls_only_redis() {
     let pki = TestPki::generate();
     let (cert, key) = pki.server();
-    let redis = TlsRedisServer::start(&cert, &key, &pki.ca(), true);
+    let redis = RedisServer::start_tls(&cert, &key, &pki.ca(), true);
     let backend = backend_tls(&pki, &pki.ca(), "server_name = \"localhost\"");
     let (kg, _tls_port) = Keygate::start_with_tls(&tls_config(&pki, &redis.addr(), "", &backend));
     wait_serving(kg.port());
@@ -141,7 +140,7 @@ fn keygate_talks_tls_to_a_tls_only_redis() {
 fn backend_with_the_address_as_server_name_and_no_client_cert() {
     let pki = TestPki::generate();
     let (cert, key) = pki.server();
-    let redis = TlsRedisServer::start(&cert, &key, &pki.ca(), false);
+    let redis = RedisServer::start_tls(&cert, &key, &pki.ca(), false);
     // No server_name: 127.0.0.1 is verified against the certificate's IP SAN.
     let backend = format!("\n[backend.tls]\nca = \"{}\"\n", pki.ca());
     let (kg, tls_port) = Keygate::start_with_tls(&tls_config(&pki, &redis.addr(), "", &backend));
@@ -166,7 +165,7 @@ fn backend_error(config: &str) -> String {
 fn wrong_backend_ca_gives_the_client_a_clear_error() {
     let pki = TestPki::generate();
     let (cert, key) = pki.server();
-    let redis = TlsRedisServer::start(&cert, &key, &pki.ca(), false);
+    let redis = RedisServer::start_tls(&cert, &key, &pki.ca(), false);
     let backend = backend_tls(&pki, &pki.other_ca(), "");
     let reply = backend_error(&tls_config(&pki, &redis.addr(), "", &backend));
     let expected = format!(
@@ -181,7 +180,7 @@ fn wrong_backend_ca_gives_the_client_a_clear_error() {
 fn expired_backend_certificate_gives_the_client_a_clear_error() {
     let pki = TestPki::generate();
     let (cert, key) = pki.expired();
-    let redis = TlsRedisServer::start(&cert, &key, &pki.ca(), false);
+    let redis = RedisServer::start_tls(&cert, &key, &pki.ca(), false);
     let backend = backend_tls(&pki, &pki.ca(), "");
     let reply = backend_error(&tls_config(&pki, &redis.addr(), "", &backend));
     assert!(

@@ -28,22 +28,18 @@ max_clients = 2
     )
 }
 
-fn pttl(redis: &RedisServer, key: &str) -> i64 {
-    redis.cli(&["PTTL", key]).parse().expect("integer PTTL")
-}
-
 #[test]
 fn a_key_written_without_ttl_gets_the_default() {
     let redis = RedisServer::start();
     let kg = Keygate::start_with(&config(&redis));
     assert_eq!(kg.cli(&["SET", "k", "v"]), "OK");
-    let t = pttl(&redis, "legacy:k");
+    let t = redis.pttl("legacy:k");
     assert!(t > 0 && t <= 60_000, "PTTL {t}");
     assert_eq!(kg.cli(&["LPUSH", "l", "a", "b"]), "2");
-    let t = pttl(&redis, "legacy:l");
+    let t = redis.pttl("legacy:l");
     assert!(t > 0 && t <= 60_000, "PTTL {t}");
     assert_eq!(kg.cli(&["HSET", "h", "f", "v"]), "1");
-    let t = pttl(&redis, "legacy:h");
+    let t = redis.pttl("legacy:h");
     assert!(t > 0 && t <= 60_000, "PTTL {t}");
 }
 
@@ -52,10 +48,10 @@ fn over_max_ttls_are_clamped_or_refused() {
     let redis = RedisServer::start();
     let kg = Keygate::start_with(&config(&redis));
     assert_eq!(kg.cli(&["SET", "k", "v", "EX", "86400"]), "OK");
-    let t = pttl(&redis, "legacy:k");
+    let t = redis.pttl("legacy:k");
     assert!(t > 3_500_000 && t <= 3_600_000, "clamped to 1h, got {t}");
     assert_eq!(kg.cli(&["EXPIRE", "k", "999999"]), "1");
-    let t = pttl(&redis, "legacy:k");
+    let t = redis.pttl("legacy:k");
     assert!(t > 3_500_000 && t <= 3_600_000, "clamped to 1h, got {t}");
     let refused = kg.cli(&[
         "--user",
@@ -79,11 +75,11 @@ fn persist_and_keepttl_never_leave_a_key_immortal() {
     // A key made immortal behind keygate's back, as an old client would have.
     redis.cli(&["SET", "legacy:old", "v"]);
     assert_eq!(kg.cli(&["SET", "old", "w", "KEEPTTL"]), "OK");
-    assert!(pttl(&redis, "legacy:old") > 0);
+    assert!(redis.pttl("legacy:old") > 0);
     assert_eq!(kg.cli(&["PERSIST", "old"]), "1");
-    assert!(pttl(&redis, "legacy:old") > 0);
+    assert!(redis.pttl("legacy:old") > 0);
     assert_eq!(kg.cli(&["GETEX", "old", "PERSIST"]), "w");
-    assert!(pttl(&redis, "legacy:old") > 0);
+    assert!(redis.pttl("legacy:old") > 0);
 }
 
 #[test]
@@ -100,7 +96,7 @@ fn pipelines_and_transactions_see_one_reply_per_command() {
         "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:1\r\n:1\r\n"
     );
     for key in ["legacy:l", "legacy:s", "legacy:s2", "legacy:c"] {
-        let t = pttl(&redis, key);
+        let t = redis.pttl(key);
         assert!(t > 0 && t <= 60_000, "{key}: PTTL {t}");
     }
 }
@@ -124,12 +120,9 @@ fn value_size_and_per_service_client_limits() {
     let login = b"*3\r\n$4\r\nAUTH\r\n$6\r\nstrict\r\n$9\r\nstrict-pw\r\n";
     let mut held = Vec::new();
     for _ in 0..2 {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", kg.port())).unwrap();
-        s.write_all(login).unwrap();
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"+OK\r\n");
+        let mut s = RawConn::connect(kg.port());
+        s.send(login);
+        assert_eq!(s.read_reply(), b"+OK\r\n");
         held.push(s);
     }
     let third = raw_exchange(kg.port(), login, std::time::Duration::from_millis(300));
@@ -177,13 +170,13 @@ fn an_immortal_source_gets_the_default_when_a_move_modifies_it() {
         ),
     ] {
         assert!(direct.cmd_str(setup).starts_with(':'));
-        assert_eq!(pttl(&redis, source), -1, "{source} starts immortal");
+        assert_eq!(redis.pttl(source), -1, "{source} starts immortal");
         let reply = conn.cmd_str(command);
         assert!(
             matches!(reply.as_str(), "$1\r\na\r\n" | "$1\r\nb\r\n" | ":1\r\n"),
             "{command:?}: {reply}"
         );
-        let t = pttl(&redis, source);
+        let t = redis.pttl(source);
         assert!(t > 0 && t <= 60_000, "{command:?}: source PTTL {t}");
     }
     assert!(direct
@@ -195,6 +188,6 @@ fn an_immortal_source_gets_the_default_when_a_move_modifies_it() {
         "+QUEUED\r\n"
     );
     assert_eq!(conn.cmd_str(&["EXEC"]), "*1\r\n$1\r\na\r\n");
-    let t = pttl(&redis, "legacy:l6");
+    let t = redis.pttl("legacy:l6");
     assert!(t > 0 && t <= 60_000, "MULTI: source PTTL {t}");
 }

@@ -9,7 +9,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::RedisServer;
+use common::{redis_rs, RedisServer};
 use keygate::command::{self, CommandSpec, Flags};
 use keygate::config::TtlOverMax;
 use keygate::policy::ttl::{governs, never_creates_reason, TtlPolicy};
@@ -265,12 +265,6 @@ fn policy() -> TtlPolicy {
     TtlPolicy::new(ttl, ttl, TtlOverMax::Clamp)
 }
 
-fn connect(server: &RedisServer) -> redis::Connection {
-    redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect to redis-server")
-}
-
 /// Sends one request as it is.
 fn send(con: &mut redis::Connection, req: &Request) -> redis::RedisResult<Value> {
     let mut cmd = redis::Cmd::new();
@@ -382,7 +376,7 @@ fn every_write_command_is_sampled_or_cannot_create_a_key() {
 #[test]
 fn every_governed_write_leaves_its_keys_with_a_bounded_ttl() {
     let server = RedisServer::start();
-    let mut con = connect(&server);
+    let mut con = redis_rs(&server.url());
     let mut checked: BTreeMap<&str, usize> = BTreeMap::new();
     for sample in samples() {
         let context = sample.command.join(" ");
@@ -427,7 +421,7 @@ type Commands = &'static [&'static [&'static str]];
 #[test]
 fn no_governed_sequence_leaves_a_key_immortal() {
     let server = RedisServer::start();
-    let mut con = connect(&server);
+    let mut con = redis_rs(&server.url());
     // Each sequence starts from raw (ungoverned) setup that may leave a key
     // immortal or with a TTL to remove, then runs governed commands.
     let sequences: &[(Commands, Commands)] = &[
@@ -501,7 +495,7 @@ fn no_governed_sequence_leaves_a_key_immortal() {
 #[test]
 fn commands_listed_as_unable_to_create_a_key_do_not() {
     let server = RedisServer::start();
-    let mut con = connect(&server);
+    let mut con = redis_rs(&server.url());
     // The entries that the table alone would call writing (UPDATE/INSERT).
     let attempts: &[&[&str]] = &[
         &["LSET", "l", "0", "x"],

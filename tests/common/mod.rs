@@ -5,6 +5,13 @@
 //! is persisted (`--save ''`, `--appendonly no`); a server that does not
 //! answer PING within [`START_TIMEOUT`] panics with its log, so a missing or
 //! broken `redis-server` fails tests loudly instead of skipping them.
+//!
+//! The one way each test reaches a server: [`RedisServer`] (plain or
+//! TLS-only) and [`RedisSentinel`] for Redis; [`Keygate`] in-process, or
+//! [`KeygateProcess`] (`process.rs`) for the built binary; [`RawConn`] as
+//! the RESP client (exact bytes, or a [`Reply`] from `reply.rs`),
+//! [`redis_rs`] where a client library is the point; [`wait_until`] for
+//! every wait.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -12,6 +19,14 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod process;
+mod reply;
+// Not every test file uses every part of the harness.
+#[allow(unused_imports)]
+pub use process::*;
+#[allow(unused_imports)]
+pub use reply::*;
 
 /// How long a freshly spawned server gets to answer PING.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,6 +45,8 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     extra_args: Vec<String>,
+    /// Listens on a TLS port only (`--port 0 --tls-port PORT`).
+    tls_only: bool,
 }
 
 impl RedisServer {
@@ -41,6 +58,29 @@ impl RedisServer {
     /// Starts a server with `extra_args` appended to its command line
     /// (e.g. `&["--requirepass", "secret"]`).
     pub fn start_with(extra_args: &[&str]) -> RedisServer {
+        RedisServer::start_args(extra_args, false)
+    }
+
+    /// Starts a server that listens on a TLS port only, presenting
+    /// `cert`/`key` and trusting `ca` for client certificates, which it
+    /// requires when `auth_clients`. Readiness is a raw TCP connect, so a
+    /// certificate keygate must refuse (expired) still starts.
+    pub fn start_tls(cert: &str, key: &str, ca: &str, auth_clients: bool) -> RedisServer {
+        let auth_clients = if auth_clients { "yes" } else { "no" };
+        let args = [
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            ca,
+            "--tls-auth-clients",
+            auth_clients,
+        ];
+        RedisServer::start_args(&args, true)
+    }
+
+    fn start_args(extra_args: &[&str], tls_only: bool) -> RedisServer {
         let dir = tempfile::Builder::new()
             .prefix("keygate-redis-")
             .tempdir()
@@ -50,6 +90,7 @@ impl RedisServer {
             port: free_port(),
             dir,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            tls_only,
         };
         server.spawn();
         server
@@ -82,13 +123,7 @@ impl RedisServer {
 
     /// Runs `redis-cli -p PORT args...` and returns its stdout, trimmed.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run redis-cli");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        cli_at(self.port, args)
     }
 
     /// Kills the server (SIGKILL) and waits for it; the port and dir stay
@@ -113,8 +148,13 @@ impl RedisServer {
 
     /// Spawns the process and waits until it answers PING.
     fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let ports: &[&str] = match self.tls_only {
+            true => &["--port", "0", "--tls-port", &port],
+            false => &["--port", &port],
+        };
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.port.to_string()])
+        cmd.args(ports)
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -156,22 +196,20 @@ impl RedisServer {
     }
 
     /// True when the server replies `+PONG` (or `-NOAUTH`, which also proves
-    /// it is up) to an inline PING.
+    /// it is up) to an inline PING; a TLS-only server when it accepts.
     fn answers_ping(&self) -> bool {
-        let Ok(mut conn) = TcpStream::connect(self.addr()) else {
+        if self.tls_only {
+            return TcpStream::connect(self.addr()).is_ok();
+        }
+        let Some(mut conn) = RawConn::try_connect(self.port) else {
             return false;
         };
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
-        if conn.write_all(b"PING\r\n").is_err() {
+        if !conn.try_send(b"PING\r\n") {
             return false;
         }
-        let mut buf = [0u8; 64];
-        match conn.read(&mut buf) {
-            Ok(n) => {
-                let reply = &buf[..n];
-                reply.starts_with(b"+PONG") || reply.starts_with(b"-NOAUTH")
-            }
-            Err(_) => false,
+        match conn.next_reply(Duration::from_secs(1)) {
+            NextReply::Frame(reply) => reply.starts_with(b"+PONG") || reply.starts_with(b"-NOAUTH"),
+            _ => false,
         }
     }
 }
@@ -180,6 +218,14 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A redis-rs connection to `url` (`redis://127.0.0.1:PORT/...`), for tests
+/// that exercise a client library or use it as an oracle.
+pub fn redis_rs(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .and_then(|client| client.get_connection_with_timeout(START_TIMEOUT))
+        .unwrap_or_else(|e| panic!("redis-rs cannot connect to {url}: {e}"))
 }
 
 /// Runs `redis-cli` against `port` with `args` and returns trimmed stdout.
@@ -330,14 +376,10 @@ impl Keygate {
     /// Waits (bounded) until `/health/ready` would be green, i.e. a backend
     /// connection is up.
     pub fn wait_ready(&self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if http_get(self.admin_port, "/health/ready").starts_with("HTTP/1.1 200") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("keygate never became ready");
+        let ready = wait_until(START_TIMEOUT, || {
+            http_get(self.admin_port, "/health/ready").starts_with("HTTP/1.1 200")
+        });
+        assert!(ready, "keygate never became ready");
     }
 }
 
@@ -468,12 +510,8 @@ impl RedisSentinel {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn redis-sentinel (is it installed?): {e}"));
         self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        while Instant::now() < deadline {
-            if self.cli(&["PING"]) == "PONG" {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if wait_until(START_TIMEOUT, || self.cli(&["PING"]) == "PONG") {
+            return;
         }
         let log = self.log();
         self.kill();
@@ -517,6 +555,11 @@ impl RedisServer {
                     .find_map(|kv| kv.strip_prefix("calls=").and_then(|n| n.parse().ok()))
             })
             .unwrap_or(0)
+    }
+
+    /// `PTTL key`, read on the server directly.
+    pub fn pttl(&self, key: &str) -> i64 {
+        self.cli(&["PTTL", key]).parse().expect("integer PTTL")
     }
 
     /// INFO clients' `blocked_clients`.
@@ -576,6 +619,19 @@ pub fn wait_keygate_read(kg_port: u16, command: &str) {
         "keygate never read a {command}: {}",
         list()
     );
+}
+
+/// A numeric knob from the environment (decimal or `0x` hex), `None` when
+/// unset; a value that is not a number fails the test rather than being
+/// ignored.
+pub fn env_u64(name: &str) -> Option<u64> {
+    let v = std::env::var(name).ok()?;
+    let v = v.trim();
+    let parsed = match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => v.parse(),
+    };
+    Some(parsed.unwrap_or_else(|_| panic!("{name}={v} is not a number")))
 }
 
 /// The value of `key:value` in an INFO text.
@@ -830,28 +886,43 @@ impl RawConn {
     }
 }
 
-/// Waits (bounded) until keygate at `port` answers PING with PONG through
-/// the backend path; use instead of `wait_ready` where admin is not needed.
+/// Waits (bounded) until keygate at `port` serves a backend command (EXISTS:
+/// PING is answered locally); use instead of `wait_ready` where admin is not
+/// needed.
 pub fn wait_serving(port: u16) {
-    let deadline = Instant::now() + START_TIMEOUT;
-    while Instant::now() < deadline {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-            // GET goes to the backend (PING is answered locally).
-            if s.write_all(&resp_command(&["EXISTS", "__keygate_probe"]))
-                .is_ok()
-            {
-                let mut buf = [0u8; 256];
-                if let Ok(n) = s.read(&mut buf) {
-                    if buf[..n].starts_with(b":") {
-                        return;
-                    }
-                }
-            }
+    assert!(
+        wait_until(START_TIMEOUT, || serves(port, None)),
+        "keygate on port {port} never served a backend command"
+    );
+}
+
+/// [`wait_serving`] for a client logged in as `name` with `password`.
+pub fn wait_serving_as(port: u16, name: &str, password: &str) {
+    assert!(
+        wait_until(START_TIMEOUT, || serves(port, Some((name, password)))),
+        "keygate on port {port} never served a backend command to {name}"
+    );
+}
+
+/// True when a new connection (logged in when `login` says so) gets an
+/// integer reply to EXISTS.
+fn serves(port: u16, login: Option<(&str, &str)>) -> bool {
+    let Some(mut conn) = RawConn::try_connect(port) else {
+        return false;
+    };
+    let mut ask = |args: &[&str]| match conn.try_send(&resp_command(args)) {
+        true => match conn.next_reply(Duration::from_secs(1)) {
+            NextReply::Frame(frame) => frame,
+            _ => Vec::new(),
+        },
+        false => Vec::new(),
+    };
+    if let Some((name, password)) = login {
+        if ask(&["AUTH", name, password]) != b"+OK\r\n" {
+            return false;
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("keygate on port {port} never served a backend command");
+    ask(&["EXISTS", "__keygate_probe"]).starts_with(b":")
 }
 
 // ---------------------------------------------------------------------------
@@ -945,88 +1016,6 @@ impl TestPki {
     /// `(cert, key)` of a server certificate that expired in 2021.
     pub fn expired(&self) -> (String, String) {
         (self.path("expired.pem"), self.path("expired.key"))
-    }
-}
-
-/// A `redis-server` that listens on a TLS port only (`--port 0`).
-pub struct TlsRedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl TlsRedisServer {
-    /// Starts a TLS-only server presenting `cert`/`key`, trusting `ca` for
-    /// client certificates, which it requires when `auth_clients`.
-    /// Readiness is checked with a raw TCP connect, so a certificate keygate
-    /// must refuse (expired) still starts.
-    pub fn start(cert: &str, key: &str, ca: &str, auth_clients: bool) -> TlsRedisServer {
-        let dir = tempfile::Builder::new()
-            .prefix("keygate-redis-tls-")
-            .tempdir()
-            .expect("create temp dir");
-        let port = free_port();
-        let log = dir.path().join("redis.log");
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--tls-cert-file", cert, "--tls-key-file", key])
-            .args(["--tls-ca-cert-file", ca])
-            .args([
-                "--tls-auth-clients",
-                if auth_clients { "yes" } else { "no" },
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--logfile")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot spawn redis-server: {e}"));
-        let mut server = TlsRedisServer {
-            child: Some(child),
-            port,
-            dir,
-        };
-        let deadline = Instant::now() + START_TIMEOUT;
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let exited = server
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            if exited.is_some() || Instant::now() > deadline {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                panic!("TLS redis-server on port {port} did not start ({exited:?}); log:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        server
-    }
-
-    /// `127.0.0.1:PORT` of the TLS port.
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// The TLS port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The server's working directory (its log is `redis.log` there).
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for TlsRedisServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
     }
 }
 
