@@ -331,6 +331,10 @@ impl PeakRss {
     }
 }
 
+/// A wait longer than this is a client left hanging, not a busy machine
+/// (timings are measured in scripts/bench, not asserted here).
+const HUNG: Duration = Duration::from_secs(30);
+
 /// Another client's round trips while something else goes on; returns the
 /// worst latency and how many ran.
 fn watch_other(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(Duration, usize)> {
@@ -408,11 +412,10 @@ fn unread_huge_replies_close_the_client_at_the_hard_limit() {
         growth / MIB
     );
     // A client on the same shared connection as the slow one waits behind
-    // its replies while Redis sends them (about 1 GB/s here), never failing.
-    assert!(
-        worst < Duration::from_secs(5),
-        "another client waited {worst:?}"
-    );
+    // its replies while Redis sends them (about 1 s here), never failing
+    // (watch_other checks every reply). The bound only tells a stuck client
+    // from a slow machine; how long it waits is a figure, printed above.
+    assert!(worst < HUNG, "another client waited {worst:?}");
     // The memory goes back once the client and its replies are gone, also
     // to a proxy that is idle afterwards: keygate has the allocator purge
     // freed memory after 10 ms and collect freed pages once a second (without
@@ -503,9 +506,6 @@ fn a_slow_reader_is_paused_and_then_gets_every_reply() {
         VALUE / 1024,
         growth / MIB
     );
-    assert!(
-        worst < Duration::from_secs(2),
-        "another client waited {worst:?}"
-    );
+    assert!(worst < HUNG, "another client waited {worst:?}");
     assert!(growth < 300 * MIB, "keygate grew {} MiB", growth / MIB);
 }
