@@ -41,10 +41,7 @@ fn setup() -> (RedisServer, Keygate) {
 }
 
 fn login(kg: &Keygate, service: &str) -> RawConn {
-    let mut conn = RawConn::connect(kg.port());
-    let auth = conn.cmd_str(&["AUTH", service, &format!("{service}pw")]);
-    assert_eq!(auth, "+OK\r\n");
-    conn
+    RawConn::login(kg.port(), service, &format!("{service}pw"))
 }
 
 /// Waits until Redis answers other clients with `-BUSY`.
