@@ -11,12 +11,9 @@
 
 use bytes::BytesMut;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use super::connect::{connect, reauth_request, ConnectOptions, Role, REPLY_MAX_DEPTH};
+use super::connect::{connect, reauth_request, ConnectOptions, Role};
 use super::stream::{BackendStream, IdleProbe};
 use super::BackendError;
-use crate::protocol::reply::ReplyScanner;
 
 /// A dialed connection owned by one client at a time.
 #[derive(Debug)]
@@ -98,22 +95,7 @@ impl DedicatedManager {
             conn.logged_in = generation;
             return Ok(());
         };
-        let exchange = async {
-            conn.stream.write_all(auth.frame()).await?;
-            conn.stream.flush().await?;
-            let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);
-            loop {
-                if let Some((frame, _)) = scanner
-                    .scan(&mut conn.read_buf)
-                    .map_err(std::io::Error::other)?
-                {
-                    return Ok::<_, std::io::Error>(frame);
-                }
-                if conn.stream.read_buf(&mut conn.read_buf).await? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-            }
-        };
+        let exchange = conn.stream.round_trip(auth.frame(), &mut conn.read_buf);
         match tokio::time::timeout(self.opts.connect_timeout, exchange).await {
             Ok(Ok(reply)) if reply.as_ref() == b"+OK\r\n" => {
                 conn.logged_in = generation;

@@ -9,9 +9,12 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::connect::REPLY_MAX_DEPTH;
+use crate::protocol::reply::ReplyScanner;
 use crate::tls::connector::BackendTlsStream;
 
 /// A connection to a backend node, handshake done.
@@ -37,6 +40,24 @@ pub enum IdleProbe {
 }
 
 impl BackendStream {
+    /// Writes one request frame and reads its one reply, on a connection
+    /// with nothing else in flight; `buf` holds what was read and not yet
+    /// taken (empty, for a connection whose replies are all taken).
+    pub async fn round_trip(&mut self, frame: &[u8], buf: &mut BytesMut) -> io::Result<Bytes> {
+        self.write_all(frame).await?;
+        // TLS holds records until flushed; plain TCP's flush is a no-op.
+        self.flush().await?;
+        let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);
+        loop {
+            if let Some((reply, _)) = scanner.scan(buf).map_err(io::Error::other)? {
+                return Ok(reply);
+            }
+            if self.read_buf(buf).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
     /// Looks for unread bytes or EOF without waiting.
     ///
     /// Plain TCP uses `try_read`. TLS polls one read with a no-op waker:

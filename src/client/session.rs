@@ -99,15 +99,10 @@ impl Session {
         });
     }
 
-    /// What the client's expired token now means, if it logged in with a
-    /// token that has expired.
-    pub fn expired_token(&self) -> Option<OnExpiry> {
-        let at = self.token_expiry?;
-        if Instant::now() < at {
-            return None;
-        }
-        let token = self.service.as_ref()?.token.as_ref();
-        Some(token.map_or(OnExpiry::Deny, |t| t.on_expiry))
+    /// Whether the client logged in with a token that has expired (a
+    /// `close` service's connection is closed by then; see [`Self::closes_at`]).
+    pub fn token_expired(&self) -> bool {
+        self.token_expiry.is_some_and(|at| Instant::now() >= at)
     }
 
     /// When the connection is to be closed for its token's expiry

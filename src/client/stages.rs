@@ -131,7 +131,7 @@ impl Connection {
         if let Some(msg) = revoked {
             return Err(self.reject("unknown", ErrorKind::Policy, &msg, suppress));
         }
-        if self.session.token_expiry.is_some() && self.session.expired_token().is_some() {
+        if self.session.token_expired() {
             // The login lapsed: only what logs in again or ends the
             // connection runs, until a fresh token comes.
             let name = req.get(0).unwrap_or_default();

@@ -485,6 +485,36 @@ mod tests {
         assert!(bool::from(digest(&[1; 32], &[1; 32])));
     }
 
+    /// Every reason a login can fail for has its own label value in
+    /// `keygate_auth_failures_total` (metrics keeps the list; an unknown
+    /// reason would be counted as `other`).
+    #[test]
+    fn every_login_failure_reason_is_a_metric_label() {
+        use crate::policy::token::TokenRefusal::*;
+        let reasons = [LoginError::WrongPass, LoginError::NoPasswordConfigured]
+            .into_iter()
+            .chain(
+                [
+                    BadSignature,
+                    Expired,
+                    NotYetValid,
+                    WrongIssuer,
+                    WrongAudience,
+                    WrongService,
+                    Malformed,
+                ]
+                .into_iter()
+                .map(LoginError::Token),
+            );
+        for e in reasons {
+            assert!(
+                crate::metrics::AUTH_FAILURE_REASONS.contains(&e.reason()),
+                "{}",
+                e.reason()
+            );
+        }
+    }
+
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
