@@ -60,8 +60,8 @@ pub enum Role {
     Dedicated,
     /// Topology discovery: ROLE and INFO probes, Sentinel queries.
     Control,
-    /// One command past a busy script ([`super::urgent`]): AUTH only, as
-    /// Redis refuses SELECT and CLIENT SETNAME while a script runs.
+    /// One command past a busy script ([`super::urgent`]): HELLO and AUTH
+    /// only, as Redis refuses SELECT and CLIENT SETNAME while a script runs.
     Urgent,
 }
 

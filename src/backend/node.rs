@@ -159,9 +159,9 @@ impl Node {
     }
 
     /// Sends one command past a busy script on a connection of its own
-    /// ([`super::urgent`]), within the command timeout.
-    pub async fn urgent(&self, req: &Request) -> Result<Bytes, BackendError> {
-        let options = &self.resp2.options;
+    /// ([`super::urgent`]) speaking `protocol`, within the command timeout.
+    pub async fn urgent(&self, req: &Request, protocol: Protocol) -> Result<Bytes, BackendError> {
+        let options = &self.side(protocol).options;
         super::urgent::exchange(&options.connect, req, options.command_timeout).await
     }
 

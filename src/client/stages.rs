@@ -58,7 +58,8 @@ pub(super) enum Deferred {
     },
     /// A keyspace-wide command of a namespaced service, run as a procedure.
     Procedure(ProcedureCall),
-    /// SCRIPT KILL or FUNCTION KILL, sent past a busy script.
+    /// A command Redis runs while a script is busy (SCRIPT KILL, FUNCTION
+    /// KILL and STATS, SHUTDOWN), sent past a busy script.
     Urgent(Box<UrgentCall>),
     /// RESET while the dedicated connection still owes replies: they are
     /// awaited first (Redis, too, runs a pipelined RESET only after the
@@ -280,7 +281,9 @@ impl Connection {
                 suppress,
             }));
         }
-        if matches!(spec.name, "script|kill" | "function|kill") {
+        if spec.flags.contains(Flags::ALLOW_BUSY) {
+            // Redis runs it while a script is busy, which may be on this
+            // client's shared connection: it goes on one of its own.
             return Err(Some(Deferred::Urgent(Box::new(UrgentCall {
                 request: req,
                 reply,

@@ -1,6 +1,7 @@
-//! SCRIPT KILL and FUNCTION KILL, sent past a busy script on a connection
-//! of their own ([`crate::backend::urgent`]): on the client's shared
-//! connection they would wait behind the very script they are meant to stop.
+//! The commands Redis runs while a script is busy (ALLOW_BUSY in the
+//! command table: SCRIPT KILL, FUNCTION KILL and STATS, SHUTDOWN), sent on
+//! a connection of their own ([`crate::backend::urgent`]): on the client's
+//! shared connection they would wait behind the very script they are about.
 //!
 //! Invariant: the client's earlier commands are answered first, so a KILL
 //! pipelined after the client's own EVAL finds it finished, as on Redis
@@ -13,7 +14,8 @@ use super::Connection;
 use crate::protocol::reply::Replies;
 use crate::protocol::request::Request;
 
-/// A KILL waiting to be sent, with its place in the reply order.
+/// A command waiting to be sent past a busy script, with its place in
+/// the reply order.
 pub(super) struct UrgentCall {
     pub(super) request: Request,
     pub(super) reply: CommandReply,
@@ -21,7 +23,7 @@ pub(super) struct UrgentCall {
 }
 
 impl Connection {
-    /// Runs the call's KILL on an urgent connection to the master; its
+    /// Runs the call's command on an urgent connection to the master; its
     /// reply takes the request's place in the reply order.
     pub(super) async fn send_urgent(&mut self, call: UrgentCall) {
         let UrgentCall {
@@ -33,12 +35,13 @@ impl Connection {
         self.await_procedure().await;
         std::future::poll_fn(|cx| self.queue.poll_shared_answered(cx)).await;
         let (tx, rx) = oneshot::channel();
+        let protocol = self.session.protocol;
         // topology: a script runs on the master.
         match self.ctx.router.master_for().await {
             Ok(node) => {
                 let meter = self.meter.clone();
                 tokio::spawn(async move {
-                    let answer = node.urgent(&req).await.map(Replies::from);
+                    let answer = node.urgent(&req, protocol).await.map(Replies::from);
                     // Held for the client like any backend reply, and taken
                     // off the meter once written.
                     if let Ok(replies) = &answer {
