@@ -78,6 +78,15 @@ pub struct ProxyConfig {
     /// Commands at least this slow go to the slow log.
     #[serde(default = "defaults::slowlog_threshold", with = "duration")]
     pub slowlog_threshold: Duration,
+    /// Answer `CLUSTER SLOTS`/`SHARDS`/`NODES`/`INFO`/`MYID` as a one-node
+    /// cluster owning every slot at keygate's own address, for clients that
+    /// insist on cluster mode.
+    #[serde(default)]
+    pub cluster_emulation: bool,
+    /// The `host:port` cluster emulation announces, when clients reach
+    /// keygate by another address than `listen`.
+    #[serde(default)]
+    pub announce: Option<String>,
     /// Most slow log entries kept; 0 turns the slow log off.
     #[serde(default = "defaults::slowlog_max_len")]
     pub slowlog_max_len: usize,
@@ -141,6 +150,18 @@ pub struct BackendConfig {
     /// The Sentinel-monitored master to follow; with `sentinels`.
     #[serde(default)]
     pub master_name: Option<String>,
+    /// Redis Cluster seed nodes, `host:port`; instead of `address` and
+    /// `sentinels`. The rest of the cluster is discovered from them.
+    #[serde(default)]
+    pub cluster: Option<Vec<String>>,
+    /// How often the cluster's slot map is read again when nothing asked
+    /// for it sooner.
+    #[serde(default = "defaults::cluster_refresh", with = "duration")]
+    pub cluster_refresh: Duration,
+    /// Most times one request follows `MOVED`, `ASK` or `-TRYAGAIN` before
+    /// the client gets Redis's error.
+    #[serde(default = "defaults::max_redirects")]
+    pub max_redirects: u32,
     /// ACL user for the data nodes.
     #[serde(default)]
     pub username: Option<String>,
@@ -237,6 +258,11 @@ pub fn read_password_file(path: &Path) -> Result<String, String> {
 }
 
 impl BackendConfig {
+    /// True when the backend is a Redis Cluster (`cluster` seed nodes).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
+    }
+
     /// The backend password, read from `password` or the `password_env` variable.
     pub fn resolved_password(&self) -> Option<String> {
         match (&self.password, &self.password_env, &self.password_file) {
@@ -595,6 +621,12 @@ mod defaults {
     pub fn max_replica_lag() -> Duration {
         Duration::from_secs(10)
     }
+    pub fn cluster_refresh() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn max_redirects() -> u32 {
+        5
+    }
 }
 
 /// Durations written as `"15m"`, `"500ms"`, `"1h"`.
@@ -786,7 +818,11 @@ max_ttl = "1h"
     #[test]
     fn backend_needs_exactly_one_topology() {
         let none = replace("address = \"127.0.0.1:6390\"", "database = 0");
-        assert_problem(&none, 5, "backend needs either address or sentinels");
+        assert_problem(
+            &none,
+            5,
+            "backend needs one of address, sentinels + master_name, or cluster",
+        );
         let both = replace(
             "address = \"127.0.0.1:6390\"",
             "address = \"127.0.0.1:6390\"\nsentinels = [\"s1:26379\"]\nmaster_name = \"m\"",
@@ -804,6 +840,126 @@ max_ttl = "1h"
             "sentinels = [\"s1.example:26379\", \"[::1]:26379\"]\nmaster_name = \"m\"",
         );
         assert!(parse(&sentinel).is_ok());
+    }
+
+    /// `BASE` on a cluster backend: `backend` replaces the `address` line (line 6).
+    fn cluster_with(backend: &str) -> String {
+        replace("address = \"127.0.0.1:6390\"", backend)
+    }
+
+    #[test]
+    fn cluster_backend_takes_seeds_and_defaults() {
+        let config = parse(&cluster_with(
+            "cluster = [\"127.0.0.1:7000\", \"redis-1.internal:7001\"]",
+        ))
+        .expect("valid");
+        let b = &config.backend;
+        assert!(b.is_cluster());
+        assert_eq!(b.cluster.as_ref().map(Vec::len), Some(2));
+        assert_eq!(b.cluster_refresh, Duration::from_secs(5));
+        assert_eq!(b.max_redirects, 5);
+        assert!(!config.proxy.cluster_emulation);
+        assert_eq!(config.proxy.announce, None);
+        assert!(!parse(BASE).expect("valid").backend.is_cluster());
+        let set = parse(&cluster_with(
+            "cluster = [\"127.0.0.1:7000\"]\ncluster_refresh = \"750ms\"\nmax_redirects = 3",
+        ))
+        .expect("valid");
+        assert_eq!(set.backend.cluster_refresh, Duration::from_millis(750));
+        assert_eq!(set.backend.max_redirects, 3);
+    }
+
+    #[test]
+    fn cluster_is_exclusive_with_address_and_sentinels() {
+        let pick = "use exactly one of address (standalone), sentinels + master_name (Sentinel), cluster (Redis Cluster)";
+        let with_address =
+            cluster_with("address = \"127.0.0.1:6390\"\ncluster = [\"127.0.0.1:7000\"]");
+        assert_problem(
+            &with_address,
+            7,
+            "backend.cluster is set together with address",
+        );
+        assert_problem(&with_address, 7, pick);
+        let with_sentinels = cluster_with(
+            "sentinels = [\"s1:26379\"]\nmaster_name = \"m\"\ncluster = [\"127.0.0.1:7000\"]",
+        );
+        assert_problem(
+            &with_sentinels,
+            8,
+            "backend.cluster is set together with sentinels/master_name",
+        );
+        assert_problem(&with_sentinels, 8, pick);
+    }
+
+    #[test]
+    fn cluster_keys_are_checked() {
+        assert_problem(
+            &cluster_with("cluster = []"),
+            6,
+            "backend.cluster must list at least one seed node",
+        );
+        assert_problem(
+            &cluster_with("cluster = [\"127.0.0.1:7000\", \"nope\"]"),
+            6,
+            "backend.cluster[1] (\"nope\") is not host:port",
+        );
+        for (line, problem) in [
+            (
+                "cluster_refresh = \"0s\"",
+                "backend.cluster_refresh must be greater than 0",
+            ),
+            (
+                "max_redirects = 0",
+                "backend.max_redirects (0) must be between 1 and 100",
+            ),
+            ("max_redirects = 101", "backend.max_redirects (101)"),
+        ] {
+            let text = cluster_with(&format!("cluster = [\"127.0.0.1:7000\"]\n{line}"));
+            assert_problem(&text, 7, problem);
+        }
+    }
+
+    #[test]
+    fn cluster_refuses_braces_in_prefixes_naming_the_service() {
+        for prefix in ["demo{", "de}mo:", "{demo}:"] {
+            let text = cluster_with("cluster = [\"127.0.0.1:7000\"]")
+                .replace("prefix = \"demo:\"", &format!("prefix = {prefix:?}"));
+            assert_problem(
+                &text,
+                16,
+                &format!(
+                    "service[1].prefix ({prefix:?}) of service \"demo\" contains '{{' or '}}'"
+                ),
+            );
+        }
+        // Braces are only a problem where keys hash to slots.
+        let standalone = replace("prefix = \"demo:\"", "prefix = \"{demo}:\"");
+        assert!(parse(&standalone).is_ok());
+    }
+
+    #[test]
+    fn cluster_emulation_and_announce_parse() {
+        let text = BASE.replace(
+            "[backend]",
+            "cluster_emulation = true\nannounce = \"keygate.internal:6380\"\n[backend]",
+        );
+        let config = parse(&text).expect("valid");
+        assert!(config.proxy.cluster_emulation);
+        assert_eq!(
+            config.proxy.announce.as_deref(),
+            Some("keygate.internal:6380")
+        );
+        let bad = BASE.replace(
+            "[backend]",
+            "cluster_emulation = true\nannounce = \"keygate\"\n[backend]",
+        );
+        assert_problem(&bad, 6, "proxy.announce (\"keygate\") is not host:port");
+        let alone = BASE.replace("[backend]", "announce = \"keygate:6380\"\n[backend]");
+        assert_problem(
+            &alone,
+            5,
+            "proxy.announce is set but proxy.cluster_emulation is not",
+        );
     }
 
     #[test]

@@ -120,6 +120,12 @@ fn init_tracing(format: LogFormat) {
 
 /// Binds the listeners, starts the admin thread and serves until a signal.
 fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
+    // The cluster keys are read and checked, but requests are not routed
+    // by slot yet: refuse to start rather than serve one node as if it
+    // were the whole cluster.
+    if config.backend.is_cluster() {
+        anyhow::bail!("[backend] cluster: Redis Cluster backends are not served by this build yet");
+    }
     raise_open_files_limit(&config);
     // One worker is one thread either way; the current-thread scheduler
     // does it without the work-stealing machinery (no cross-thread wake-ups
@@ -265,7 +271,10 @@ fn log_start(config: &Config, config_path: &Path) {
             "sentinel master {master:?} via {}",
             backend.sentinels.join(",")
         ),
-        (None, None) => "none".to_owned(),
+        (None, None) => match &backend.cluster {
+            Some(seeds) => format!("cluster via {}", seeds.join(",")),
+            None => "none".to_owned(),
+        },
     };
     tracing::info!(
         config = %config_path.display(),

@@ -25,6 +25,8 @@ const MAX_BULK_LEN: usize = 4 * 1024 * 1024 * 1024;
 const MAX_CONNECTIONS: usize = 64;
 /// Most writes a multiplexed connection may keep awaiting replies, when limited.
 const MAX_WRITES_IN_FLIGHT: usize = 1024;
+/// Most redirects one request may follow on a cluster backend.
+const MAX_REDIRECTS: u32 = 100;
 /// The service name that is the passwordless login.
 const DEFAULT_SERVICE: &str = "default";
 
@@ -55,7 +57,30 @@ pub fn validate(config: &Config, env_has: &dyn Fn(&str) -> bool) -> Vec<Finding>
     check_services(&config.services, env_has, &mut findings);
     check_max_dedicated(config, &mut findings);
     check_databases(config, &mut findings);
+    check_cluster_prefixes(config, &mut findings);
     findings.0
+}
+
+/// On a cluster backend a prefix may hold no `{` or `}`: keygate puts it in
+/// front of the key, and a brace in it would become (or close) the key's
+/// hash tag, moving the service's keys to other slots or pinning all of
+/// them to one.
+fn check_cluster_prefixes(config: &Config, out: &mut Findings) {
+    if !config.backend.is_cluster() {
+        return;
+    }
+    for (i, service) in config.services.iter().enumerate() {
+        if service.prefix.contains(['{', '}']) {
+            let at = KeyPath::root("service").index(i);
+            out.add(
+                at.key("prefix"),
+                format!(
+                    "{at}.prefix ({:?}) of service {:?} contains '{{' or '}}', which a cluster backend does not allow: it would change or pin the slots of the service's keys",
+                    service.prefix, service.name
+                ),
+            );
+        }
+    }
 }
 
 /// `[backend] databases` is at least 1 and holds the default `database`;
@@ -170,6 +195,16 @@ fn check_proxy(proxy: &ProxyConfig, out: &mut Findings) {
             ),
         );
     }
+    if let Some(announce) = &proxy.announce {
+        if proxy.cluster_emulation {
+            check_host_port(&at.key("announce"), announce, out);
+        } else {
+            out.add(
+                at.key("announce"),
+                "proxy.announce is set but proxy.cluster_emulation is not, so nothing would announce it".into(),
+            );
+        }
+    }
     if proxy.workers == Some(0) {
         out.add(
             at.key("workers"),
@@ -269,18 +304,7 @@ fn check_listen_address(path: &KeyPath, value: &str, out: &mut Findings) {
 fn check_backend(backend: &BackendConfig, env_has: &dyn Fn(&str) -> bool, out: &mut Findings) {
     let at = KeyPath::root("backend");
     let sentinel_mode = !backend.sentinels.is_empty() || backend.master_name.is_some();
-    match (&backend.address, sentinel_mode) {
-        (Some(_), true) => out.add(
-            at.key("address"),
-            "backend.address is set together with sentinels/master_name; use exactly one of the two"
-                .into(),
-        ),
-        (None, false) => out.add(
-            at.clone(),
-            "backend needs either address or sentinels + master_name".into(),
-        ),
-        _ => {}
-    }
+    check_backend_kind(&at, backend, sentinel_mode, out);
     if let Some(address) = &backend.address {
         check_host_port(&at.key("address"), address, out);
     }
@@ -388,6 +412,65 @@ fn check_backend(backend: &BackendConfig, env_has: &dyn Fn(&str) -> bool, out: &
         if value.is_zero() {
             out.add(at.key(key), format!("backend.{key} must be greater than 0"));
         }
+    }
+}
+
+/// Exactly one backend kind: `address` (standalone), `sentinels` +
+/// `master_name`, or `cluster`; the cluster's own keys are checked here too.
+fn check_backend_kind(
+    at: &KeyPath,
+    backend: &BackendConfig,
+    sentinel_mode: bool,
+    out: &mut Findings,
+) {
+    const PICK: &str = "use exactly one of address (standalone), sentinels + master_name (Sentinel), cluster (Redis Cluster)";
+    match (&backend.address, sentinel_mode, &backend.cluster) {
+        (None, false, None) => out.add(
+            at.clone(),
+            "backend needs one of address, sentinels + master_name, or cluster".into(),
+        ),
+        (Some(_), true, _) => out.add(
+            at.key("address"),
+            format!("backend.address is set together with sentinels/master_name; {PICK}"),
+        ),
+        (Some(_), false, Some(_)) => out.add(
+            at.key("cluster"),
+            format!("backend.cluster is set together with address; {PICK}"),
+        ),
+        _ => {}
+    }
+    let Some(seeds) = &backend.cluster else {
+        return;
+    };
+    if sentinel_mode {
+        out.add(
+            at.key("cluster"),
+            format!("backend.cluster is set together with sentinels/master_name; {PICK}"),
+        );
+    }
+    if seeds.is_empty() {
+        out.add(
+            at.key("cluster"),
+            "backend.cluster must list at least one seed node (host:port)".into(),
+        );
+    }
+    for (i, seed) in seeds.iter().enumerate() {
+        check_host_port(&at.key("cluster").index(i), seed, out);
+    }
+    if backend.cluster_refresh.is_zero() {
+        out.add(
+            at.key("cluster_refresh"),
+            "backend.cluster_refresh must be greater than 0".into(),
+        );
+    }
+    if backend.max_redirects == 0 || backend.max_redirects > MAX_REDIRECTS {
+        out.add(
+            at.key("max_redirects"),
+            format!(
+                "backend.max_redirects ({}) must be between 1 and {MAX_REDIRECTS}",
+                backend.max_redirects
+            ),
+        );
     }
 }
 
