@@ -5,6 +5,7 @@
 //! - [`control`] is a one-request-at-a-time RESP connection for control traffic.
 //! - [`probe`] asks a data node its role and replication state.
 //! - [`sentinel`] asks Sentinels for the master and replicas and follows their events.
+//! - [`slot`] is the Redis Cluster key slot function (CRC16, hash tags).
 //! - [`monitor`] is the task that combines all of it and publishes [`Snapshot`]s.
 //!
 //! Invariants:
@@ -34,6 +35,7 @@ pub mod control;
 pub mod monitor;
 pub mod probe;
 pub mod sentinel;
+pub mod slot;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -7,8 +7,8 @@
 //! broken `redis-server` fails tests loudly instead of skipping them.
 //!
 //! The one way each test reaches a server: [`RedisServer`] (plain or
-//! TLS-only) and [`RedisSentinel`] for Redis; [`Keygate`] in-process, or
-//! [`KeygateProcess`] (`process.rs`) for the built binary; [`RawConn`] as
+//! TLS-only), [`RedisSentinel`] and [`RedisCluster`] (`cluster.rs`) for
+//! Redis; [`Keygate`] in-process, or [`KeygateProcess`] (`process.rs`) for the built binary; [`RawConn`] as
 //! the RESP client (exact bytes, or a [`Reply`] from `reply.rs`),
 //! [`redis_rs`] where a client library is the point; [`wait_until`] for
 //! every wait.
@@ -20,9 +20,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod cluster;
 mod process;
 mod reply;
 // Not every test file uses every part of the harness.
+#[allow(unused_imports)]
+pub use cluster::*;
 #[allow(unused_imports)]
 pub use process::*;
 #[allow(unused_imports)]

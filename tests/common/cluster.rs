@@ -1,0 +1,127 @@
+//! A local Redis Cluster for tests: six `redis-server --cluster-enabled yes`
+//! processes (three masters, three replicas) joined by `redis-cli --cluster
+//! create`.
+//!
+//! Invariants: every node is a [`RedisServer`] (free loopback port, its own
+//! temp dir, killed by pid on drop), with its cluster bus on a second free
+//! port (`--cluster-port`), since a free port plus 10000 may pass 65535;
+//! [`RedisCluster::start`] returns only once every node says
+//! `cluster_state:ok` and knows all six nodes.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::{free_port, info_field, wait_until, RedisServer};
+
+/// Masters in the test cluster; each has one replica.
+pub const CLUSTER_MASTERS: usize = 3;
+
+/// How long the cluster gets to form.
+const FORM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running six-node cluster.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts six nodes, creates the cluster (three masters, one replica
+    /// each) and waits until every node reports it healthy.
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..CLUSTER_MASTERS * 2)
+            .map(|_| {
+                let bus = free_port().to_string();
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-port",
+                    &bus,
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(RedisServer::addr).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_healthy();
+        cluster
+    }
+
+    /// Waits until every node says `cluster_state:ok` and knows every node.
+    pub fn wait_healthy(&self) {
+        let total = self.nodes.len().to_string();
+        let healthy = wait_until(FORM_TIMEOUT, || {
+            self.nodes.iter().all(|node| {
+                let info = node.cli(&["CLUSTER", "INFO"]);
+                info_field(&info, "cluster_state").as_deref() == Some("ok")
+                    && info_field(&info, "cluster_known_nodes").as_deref() == Some(&total)
+            })
+        });
+        assert!(
+            healthy,
+            "the cluster did not reach cluster_state:ok on every node within {FORM_TIMEOUT:?}"
+        );
+    }
+
+    /// Every node, masters and replicas, in start order.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// Every node's `127.0.0.1:PORT`, to use as seeds.
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::addr).collect()
+    }
+
+    /// The nodes that are masters now (by `ROLE`).
+    pub fn masters(&self) -> Vec<&RedisServer> {
+        self.nodes
+            .iter()
+            .filter(|node| node.cli(&["ROLE"]).starts_with("master"))
+            .collect()
+    }
+
+    /// The node serving `slot` as master now (by `CLUSTER NODES` on any
+    /// master): its node id and port.
+    pub fn slot_owner(&self, slot: u16) -> (String, u16) {
+        let nodes = self.nodes[0].cli(&["CLUSTER", "NODES"]);
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if fields.len() < 9 || !fields[2].contains("master") {
+                continue;
+            }
+            let owns = fields[8..].iter().any(|range| {
+                if range.starts_with('[') {
+                    return false;
+                }
+                let (from, to) = range.split_once('-').unwrap_or((range, range));
+                let (from, to): (u16, u16) = (from.parse().unwrap(), to.parse().unwrap());
+                (from..=to).contains(&slot)
+            });
+            if owns {
+                let port = fields[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .expect("node address");
+                return (fields[0].to_string(), port);
+            }
+        }
+        panic!("no master serves slot {slot}:\n{nodes}");
+    }
+}
