@@ -101,6 +101,7 @@ impl ProxyState {
             value: if self.is_ready() { 1.0 } else { 0.0 },
         }];
         let mut failovers = None;
+        let mut refreshes = None;
         let (mut credential_errors, mut credential_rotations) = (0, 0);
         if let Some(Backend {
             topology,
@@ -128,6 +129,15 @@ impl ProxyState {
                 });
             }
             failovers = Some(topology.failovers_total());
+            if let Some(cluster) = topology.cluster_side() {
+                extra.push(Gauge {
+                    name: "keygate_slots_covered",
+                    help: "Cluster slots with a master in keygate's slot map (16384 when whole).",
+                    labels: Vec::new(),
+                    value: cluster.map().covered as f64,
+                });
+                refreshes = Some(cluster.refreshes());
+            }
             for service in self.services.current().all() {
                 extra.push(Gauge {
                     name: "keygate_dedicated_connections",
@@ -152,6 +162,18 @@ impl ProxyState {
                  # TYPE keygate_failovers_total counter\n\
                  keygate_failovers_total {n}\n"
             ));
+        }
+        if let Some(refreshes) = refreshes {
+            text.push_str(
+                "# HELP keygate_topology_refreshes_total Cluster slot map refreshes, by what asked for them.\n\
+                 # TYPE keygate_topology_refreshes_total counter\n",
+            );
+            for (reason, n) in refreshes {
+                text.push_str(&format!(
+                    "keygate_topology_refreshes_total{{reason=\"{}\"}} {n}\n",
+                    reason.label()
+                ));
+            }
         }
         text
     }

@@ -16,6 +16,7 @@ use crate::config::{Config, ReadFrom};
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
 use crate::tls::connector::BackendTls;
+use crate::topology::cluster::{self, Cluster};
 use crate::topology::monitor::{self, MonitorSettings};
 use crate::topology::{RouteError, Topology};
 
@@ -114,9 +115,11 @@ impl Router {
     /// Must be called inside a tokio runtime.
     pub fn start(config: &Config, tls: Option<Arc<BackendTls>>) -> Router {
         let b = &config.backend;
+        // The template address of a cluster's nodes is replaced per node.
         let addr = b
             .address
             .clone()
+            .or_else(|| b.cluster.as_ref().and_then(|seeds| seeds.first().cloned()))
             .unwrap_or_else(|| "127.0.0.1:6379".to_string());
         // One TLS setting for data nodes and Sentinels alike: certificates
         // are verified against `server_name`, never an announced address.
@@ -140,6 +143,16 @@ impl Router {
             dedicated_max: b.dedicated_max,
             command_timeout: b.command_timeout,
         };
+        if let Some(seeds) = &b.cluster {
+            let cluster = Cluster::new(seeds.clone(), b.cluster_refresh, b.max_redirects);
+            let topology = Topology::cluster(cluster, opts, b.failover_wait);
+            cluster::spawn(&topology, b.connect_timeout);
+            return Router {
+                topology,
+                credential,
+                password_file,
+            };
+        }
         let master_name = b.master_name.clone().unwrap_or_default();
         if b.sentinels.is_empty() || master_name.is_empty() {
             return Router {

@@ -1,10 +1,15 @@
-//! keygate in front of a Redis Cluster: the slot function against the
-//! cluster's own answers, on the local six-node cluster of
-//! `tests/common/cluster.rs`.
+//! keygate in front of a Redis Cluster, on the local six-node cluster of
+//! `tests/common/cluster.rs`: the slot function against the cluster's own
+//! answers, and the slot map keygate reads and reports.
 
 mod common;
 
-use common::{resp_command, RawConn, RedisCluster, Reply};
+use std::time::Duration;
+
+use common::{
+    cli_at, cluster_config, http_get, metric_sample, resp_command, scrape_metrics, wait_until,
+    Keygate, RawConn, RedisCluster, Reply, CLUSTER_MASTERS, DEFAULT_SERVICE,
+};
 use keygate::topology::slot::{key_slot, prefixed_key_slot};
 
 /// Keys compared against `CLUSTER KEYSLOT`, each also with every prefix.
@@ -99,5 +104,77 @@ fn slot_function_agrees_with_cluster_keyslot() {
         differences.len(),
         cases.len(),
         differences.first()
+    );
+}
+
+/// keygate's `/health` backend section.
+fn backend_health(kg: &Keygate) -> serde_json::Value {
+    let response = http_get(kg.admin_port(), "/health");
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let health: serde_json::Value = serde_json::from_str(body).expect("health JSON");
+    health["backend"].clone()
+}
+
+fn is_ready(kg: &Keygate) -> bool {
+    http_get(kg.admin_port(), "/health/ready").starts_with("HTTP/1.1 200")
+}
+
+#[test]
+fn health_lists_the_shards_and_readiness_follows_slot_coverage() {
+    let cluster = RedisCluster::start();
+    let kg = Keygate::start_with(&cluster_config(&cluster, DEFAULT_SERVICE));
+    kg.wait_ready();
+    let backend = backend_health(&kg);
+    assert_eq!(backend["mode"], "cluster", "{backend:#}");
+    assert_eq!(backend["slots_covered"], 16384, "{backend:#}");
+    let masters: Vec<String> = cluster.masters().iter().map(|m| m.addr()).collect();
+    let shards = backend["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), CLUSTER_MASTERS, "{backend:#}");
+    let mut slots = 0;
+    for shard in shards {
+        let master = shard["master"]["address"].as_str().expect("address");
+        assert!(
+            masters.iter().any(|m| m == master),
+            "{master} not in {masters:?}"
+        );
+        assert_eq!(shard["replicas"].as_array().map(Vec::len), Some(1));
+        for range in shard["slots"].as_array().expect("slots") {
+            let (from, to) = range
+                .as_str()
+                .and_then(|r| r.split_once('-'))
+                .expect("range");
+            slots += to.parse::<usize>().unwrap() - from.parse::<usize>().unwrap() + 1;
+        }
+    }
+    assert_eq!(slots, 16384);
+    let metrics = scrape_metrics(kg.admin_port());
+    assert_eq!(
+        metric_sample(&metrics, "keygate_slots_covered", &[]),
+        Some(16384.0)
+    );
+    let started = metric_sample(
+        &metrics,
+        "keygate_topology_refreshes_total",
+        &[("reason", "start")],
+    );
+    assert_eq!(started, Some(1.0), "{metrics}");
+
+    // Slot 0 served by nobody, in every node's view: not ready.
+    let (_, owner_port) = cluster.slot_owner(0);
+    for node in cluster.nodes() {
+        assert_eq!(node.cli(&["CLUSTER", "DELSLOTS", "0"]), "OK");
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || !is_ready(&kg)),
+        "still ready with slot 0 uncovered: {:#}",
+        backend_health(&kg)
+    );
+    assert_eq!(backend_health(&kg)["slots_covered"], 16383);
+    // Its owner takes it back: ready again.
+    assert_eq!(cli_at(owner_port, &["CLUSTER", "ADDSLOTS", "0"]), "OK");
+    assert!(
+        wait_until(Duration::from_secs(10), || is_ready(&kg)),
+        "not ready again: {:#}",
+        backend_health(&kg)
     );
 }

@@ -6,6 +6,7 @@
 //! - [`probe`] asks a data node its role and replication state.
 //! - [`sentinel`] asks Sentinels for the master and replicas and follows their events.
 //! - [`slot`] is the Redis Cluster key slot function (CRC16, hash tags).
+//! - [`cluster`] reads a Redis Cluster's slot map and keeps it current.
 //! - [`monitor`] is the task that combines all of it and publishes [`Snapshot`]s.
 //!
 //! Invariants:
@@ -31,6 +32,7 @@
 //! acknowledges after a replica was promoted are discarded when it rejoins;
 //! `tests/sentinel.rs` measures the difference.
 
+pub mod cluster;
 pub mod control;
 pub mod monitor;
 pub mod probe;
@@ -140,6 +142,8 @@ pub struct Topology {
     /// Template for new nodes; `connect.addr` is replaced per node.
     node_options: NodeOptions,
     failovers: AtomicU64,
+    /// The slot map, on a cluster backend.
+    cluster: Option<cluster::Cluster>,
 }
 
 impl Topology {
@@ -184,7 +188,26 @@ impl Topology {
             nodes: Mutex::new(HashMap::new()),
             node_options,
             failovers: AtomicU64::new(0),
+            cluster: None,
         }
+    }
+
+    /// A topology a cluster refresh task ([`cluster::spawn`]) fills from
+    /// `cluster`'s seeds; its snapshot's master is a master of the cluster,
+    /// for commands without keys.
+    pub fn cluster(
+        cluster: cluster::Cluster,
+        opts: NodeOptions,
+        failover_wait: Duration,
+    ) -> Arc<Topology> {
+        let mut topology = Topology::new("cluster".into(), false, opts, failover_wait);
+        topology.cluster = Some(cluster);
+        Arc::new(topology)
+    }
+
+    /// The cluster side, on a cluster backend.
+    pub fn cluster_side(&self) -> Option<&cluster::Cluster> {
+        self.cluster.as_ref()
     }
 
     /// The Sentinel master name.
@@ -299,8 +322,19 @@ impl Topology {
     }
 
     /// Whether `/health/ready` should be green: a master is confirmed and
-    /// connected, and (with Sentinel) at least one Sentinel answered lately.
+    /// connected, and (with Sentinel) at least one Sentinel answered lately;
+    /// on a cluster backend, every slot has a master with a live connection.
     pub fn is_ready(&self) -> bool {
+        if let Some(cluster) = &self.cluster {
+            // Every slot has a master with a live connection.
+            let map = cluster.map();
+            return map.is_complete()
+                && map
+                    .shards
+                    .iter()
+                    .filter(|s| !s.ranges.is_empty())
+                    .all(|s| s.master.health().connected() > 0);
+        }
         let snap = self.snapshot.load();
         let master_up = snap
             .master
@@ -311,6 +345,11 @@ impl Topology {
 
     /// The `/health` JSON for the backend.
     pub fn health_json(&self) -> serde_json::Value {
+        if let Some(cluster) = &self.cluster {
+            let mut json = cluster.health_json();
+            json["mode"] = "cluster".into();
+            return json;
+        }
         let snap = self.snapshot.load();
         let master = snap.master.as_ref().map(|m| {
             serde_json::json!({

@@ -6,7 +6,7 @@
 //! temp dir, killed by pid on drop), with its cluster bus on a second free
 //! port (`--cluster-port`), since a free port plus 10000 may pass 65535;
 //! [`RedisCluster::start`] returns only once every node says
-//! `cluster_state:ok` and knows all six nodes.
+//! `cluster_state:ok`, knows all six nodes and sees the three replicas.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -62,14 +62,21 @@ impl RedisCluster {
         cluster
     }
 
-    /// Waits until every node says `cluster_state:ok` and knows every node.
+    /// Waits until every node says `cluster_state:ok`, knows every node
+    /// and sees every replica attached.
     pub fn wait_healthy(&self) {
         let total = self.nodes.len().to_string();
         let healthy = wait_until(FORM_TIMEOUT, || {
             self.nodes.iter().all(|node| {
                 let info = node.cli(&["CLUSTER", "INFO"]);
+                let replicas = node
+                    .cli(&["CLUSTER", "NODES"])
+                    .lines()
+                    .filter(|l| l.split(' ').nth(2).is_some_and(|f| f.contains("slave")))
+                    .count();
                 info_field(&info, "cluster_state").as_deref() == Some("ok")
                     && info_field(&info, "cluster_known_nodes").as_deref() == Some(&total)
+                    && replicas == CLUSTER_MASTERS
             })
         });
         assert!(
@@ -124,4 +131,25 @@ impl RedisCluster {
         }
         panic!("no master serves slot {slot}:\n{nodes}");
     }
+}
+
+/// A config for keygate in front of `cluster` (every node a seed), its
+/// map read again every 500 ms; `extra` is appended (services, ...).
+pub fn cluster_config(cluster: &RedisCluster, extra: &str) -> String {
+    let seeds: Vec<String> = cluster.addrs().iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+
+[backend]
+cluster = [{}]
+cluster_refresh = "500ms"
+connect_timeout = "1s"
+command_timeout = "5s"
+
+{extra}
+"#,
+        seeds.join(", ")
+    )
 }

@@ -1,0 +1,698 @@
+//! Redis Cluster topology: which master serves each of the 16384 slots,
+//! read with `CLUSTER SHARDS` and kept up to date.
+//!
+//! A refresh asks two nodes at once (the known masters first, then their
+//! replicas, then the configured seeds); when their answers disagree, or
+//! one does not answer, it asks more, and takes the answer of the node with
+//! the highest `cluster_current_epoch` (ties: the layout most nodes gave).
+//! Each shard's nodes are named by `endpoint`, or by the answering node's
+//! own host when the endpoint is empty or `?` (Redis's "unknown endpoint").
+//!
+//! Invariants:
+//! - the data path reads the slot map lock-free (one `ArcSwap` load);
+//! - a map is never replaced by one from an older epoch, so an answer from
+//!   a node that has not heard of a failover or a slot move yet cannot
+//!   take keygate back;
+//! - refreshes are debounced: one runs at a time, the next starts at least
+//!   [`MIN_REFRESH_GAP`] after the last one began, and any number of
+//!   requests for one meanwhile (each `MOVED` asks) make one refresh;
+//! - nodes are keyed by address and reused across maps ([`Topology::node`]),
+//!   so a promoted replica or a shard that gains slots keeps its warm
+//!   connections.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use super::control::{info_field, items, text, ControlConn};
+use super::slot::SLOTS;
+use super::{Snapshot, Topology};
+use crate::backend::connect::ConnectOptions;
+use crate::backend::node::Node;
+use crate::protocol::reply::Value;
+
+/// The shortest time between the starts of two refreshes.
+pub const MIN_REFRESH_GAP: Duration = Duration::from_millis(100);
+/// Most nodes one refresh asks.
+const MOST_ASKED: usize = 4;
+/// Marks a slot no shard serves in [`SlotMap`].
+const UNCOVERED: u16 = u16::MAX;
+
+/// Why a refresh ran (the `reason` label of `keygate_topology_refreshes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshReason {
+    /// The first map, at start.
+    Start,
+    /// `cluster_refresh` passed.
+    Periodic,
+    /// A `MOVED` named another node for a slot.
+    Moved,
+    /// A connection to a node was lost.
+    ConnectionLost,
+    /// A node answered `-CLUSTERDOWN`.
+    ClusterDown,
+}
+
+impl RefreshReason {
+    /// Every reason, in label order.
+    pub const ALL: [RefreshReason; 5] = [
+        RefreshReason::Start,
+        RefreshReason::Periodic,
+        RefreshReason::Moved,
+        RefreshReason::ConnectionLost,
+        RefreshReason::ClusterDown,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RefreshReason::Start => "start",
+            RefreshReason::Periodic => "periodic",
+            RefreshReason::Moved => "moved",
+            RefreshReason::ConnectionLost => "connection_lost",
+            RefreshReason::ClusterDown => "clusterdown",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn from_index(index: u8) -> RefreshReason {
+        RefreshReason::ALL
+            .get(usize::from(index))
+            .copied()
+            .unwrap_or(RefreshReason::Periodic)
+    }
+}
+
+/// One node of a shard as a `CLUSTER SHARDS` answer names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    /// `host:port` keygate dials.
+    pub addr: String,
+    /// `online`, `loading` or `fail`.
+    pub health: String,
+}
+
+/// One shard as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardView {
+    /// Its master.
+    pub master: NodeView,
+    /// Its replicas.
+    pub replicas: Vec<NodeView>,
+    /// Its slot ranges, inclusive, in the order given.
+    pub ranges: Vec<(u16, u16)>,
+}
+
+/// One node's answer: its current epoch and the shards it knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// `cluster_current_epoch` of the answering node.
+    pub epoch: u64,
+    /// The shards, masters without slots included.
+    pub shards: Vec<ShardView>,
+}
+
+impl Answer {
+    /// The slots and their masters, comparable between answers: sorted
+    /// (master, ranges) of the shards that serve slots.
+    fn layout(&self) -> Vec<(&str, Vec<(u16, u16)>)> {
+        let mut layout: Vec<(&str, Vec<(u16, u16)>)> = self
+            .shards
+            .iter()
+            .filter(|s| !s.ranges.is_empty())
+            .map(|s| {
+                let mut ranges = s.ranges.clone();
+                ranges.sort_unstable();
+                (s.master.addr.as_str(), ranges)
+            })
+            .collect();
+        layout.sort();
+        layout
+    }
+}
+
+/// A shard keygate routes to.
+#[derive(Debug)]
+pub struct Shard {
+    /// Its master.
+    pub master: Arc<Node>,
+    /// Its replicas and their health as last read.
+    pub replicas: Vec<(Arc<Node>, String)>,
+    /// Its slot ranges, inclusive.
+    pub ranges: Vec<(u16, u16)>,
+}
+
+/// Which shard serves each slot; replaced whole, never mutated.
+#[derive(Debug)]
+pub struct SlotMap {
+    /// Per slot, the index of its shard in `shards`, or [`UNCOVERED`].
+    owner: Box<[u16]>,
+    /// The shards, masters without slots included.
+    pub shards: Vec<Shard>,
+    /// The epoch of the answer this map was built from.
+    pub epoch: u64,
+    /// Slots some shard serves.
+    pub covered: usize,
+}
+
+impl Default for SlotMap {
+    fn default() -> Self {
+        SlotMap {
+            owner: vec![UNCOVERED; SLOTS].into_boxed_slice(),
+            shards: Vec::new(),
+            epoch: 0,
+            covered: 0,
+        }
+    }
+}
+
+impl SlotMap {
+    /// Builds the map of `answer`, its nodes from `node` (by address).
+    fn build(answer: &Answer, node: impl Fn(&str) -> Arc<Node>) -> SlotMap {
+        let mut map = SlotMap {
+            epoch: answer.epoch,
+            ..SlotMap::default()
+        };
+        for view in &answer.shards {
+            let Ok(index) = u16::try_from(map.shards.len()) else {
+                break;
+            };
+            for &(from, to) in &view.ranges {
+                let to = usize::from(to).min(SLOTS - 1);
+                for slot in usize::from(from)..=to {
+                    if let Some(owner) = map.owner.get_mut(slot) {
+                        *owner = index;
+                    }
+                }
+            }
+            map.shards.push(Shard {
+                master: node(&view.master.addr),
+                replicas: view
+                    .replicas
+                    .iter()
+                    .map(|r| (node(&r.addr), r.health.clone()))
+                    .collect(),
+                ranges: view.ranges.clone(),
+            });
+        }
+        map.covered = map.owner.iter().filter(|&&o| o != UNCOVERED).count();
+        map
+    }
+
+    /// The master serving `slot`, if any shard does.
+    pub fn master(&self, slot: u16) -> Option<&Arc<Node>> {
+        let index = *self.owner.get(usize::from(slot))?;
+        self.shards.get(usize::from(index)).map(|s| &s.master)
+    }
+
+    /// Whether every slot has a shard.
+    pub fn is_complete(&self) -> bool {
+        self.covered == SLOTS
+    }
+
+    /// A master serving slots, for commands without keys.
+    pub fn any_master(&self) -> Option<&Arc<Node>> {
+        self.shards
+            .iter()
+            .find(|s| !s.ranges.is_empty())
+            .map(|s| &s.master)
+    }
+}
+
+/// The cluster side of a [`Topology`]: seeds, the published slot map and
+/// the refresh requests.
+#[derive(Debug)]
+pub struct Cluster {
+    seeds: Vec<String>,
+    period: Duration,
+    max_redirects: u32,
+    map: ArcSwap<SlotMap>,
+    /// Wakes the refresh task; its one stored permit coalesces requests.
+    wanted: Notify,
+    /// The reason of the latest request, as [`RefreshReason`]'s index.
+    wanted_reason: AtomicU8,
+    refreshes: [AtomicU64; RefreshReason::ALL.len()],
+}
+
+impl Cluster {
+    /// The cluster side for `seeds`, refreshed every `period`.
+    pub fn new(seeds: Vec<String>, period: Duration, max_redirects: u32) -> Cluster {
+        Cluster {
+            seeds,
+            period,
+            max_redirects,
+            map: ArcSwap::from_pointee(SlotMap::default()),
+            wanted: Notify::new(),
+            wanted_reason: AtomicU8::new(RefreshReason::Start as u8),
+            refreshes: Default::default(),
+        }
+    }
+
+    /// The current slot map.
+    pub fn map(&self) -> arc_swap::Guard<Arc<SlotMap>> {
+        self.map.load()
+    }
+
+    /// Most redirects one request follows.
+    pub fn max_redirects(&self) -> u32 {
+        self.max_redirects
+    }
+
+    /// Asks for a refresh soon; requests while one is due make one refresh.
+    pub fn request_refresh(&self, reason: RefreshReason) {
+        self.wanted_reason.store(reason as u8, Ordering::Relaxed);
+        self.wanted.notify_one();
+    }
+
+    /// Refreshes run since start, by reason, in [`RefreshReason::ALL`] order.
+    pub fn refreshes(&self) -> [(RefreshReason, u64); RefreshReason::ALL.len()] {
+        RefreshReason::ALL.map(|r| (r, self.refreshes[r.index()].load(Ordering::Relaxed)))
+    }
+
+    /// Addresses to ask, most likely current first, without repeats: the
+    /// masters, their replicas, then the seeds.
+    fn candidates(&self) -> Vec<String> {
+        let map = self.map.load();
+        let masters = map.shards.iter().map(|s| s.master.addr().to_string());
+        let replicas = map
+            .shards
+            .iter()
+            .flat_map(|s| s.replicas.iter().map(|(r, _)| r.addr().to_string()));
+        let mut seen = HashSet::new();
+        masters
+            .chain(replicas)
+            .chain(self.seeds.iter().cloned())
+            .filter(|a| seen.insert(a.clone()))
+            .collect()
+    }
+
+    /// Publishes `map` unless it is older than the current one; returns
+    /// whether it did.
+    fn publish(&self, map: SlotMap) -> bool {
+        let current = self.map.load();
+        if map.epoch < current.epoch {
+            tracing::warn!(
+                current = current.epoch,
+                answered = map.epoch,
+                "cluster: ignoring a slot map from an older epoch"
+            );
+            return false;
+        }
+        self.map.store(Arc::new(map));
+        true
+    }
+
+    /// The `/health` shards.
+    pub fn health_json(&self) -> serde_json::Value {
+        let map = self.map.load();
+        let shards: Vec<_> = map
+            .shards
+            .iter()
+            .map(|s| {
+                let ranges: Vec<String> = s
+                    .ranges
+                    .iter()
+                    .map(|&(from, to)| format!("{from}-{to}"))
+                    .collect();
+                let replicas: Vec<_> = s
+                    .replicas
+                    .iter()
+                    .map(|(node, health)| {
+                        serde_json::json!({
+                            "address": node.addr(),
+                            "health": health,
+                            "connections": node.health().connected(),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({
+                    "master": {
+                        "address": s.master.addr(),
+                        "connections": s.master.health().connected(),
+                        "last_error": s.master.health().last_error(),
+                        "pending": s.master.pending(),
+                    },
+                    "replicas": replicas,
+                    "slots": ranges,
+                })
+            })
+            .collect();
+        let refreshes: serde_json::Map<String, serde_json::Value> = self
+            .refreshes()
+            .iter()
+            .map(|(r, n)| (r.label().to_string(), serde_json::json!(n)))
+            .collect();
+        serde_json::json!({
+            "seeds": self.seeds,
+            "epoch": map.epoch,
+            "slots_covered": map.covered,
+            "shards": shards,
+            "refreshes": refreshes,
+        })
+    }
+}
+
+/// Starts the task that keeps `topology`'s slot map up to date; it ends
+/// when the topology is dropped.
+pub fn spawn(topology: &Arc<Topology>, timeout: Duration) {
+    let weak = Arc::downgrade(topology);
+    tokio::spawn(async move {
+        let mut reason = RefreshReason::Start;
+        loop {
+            let Some(topology) = weak.upgrade() else {
+                return;
+            };
+            let Some(cluster) = topology.cluster_side() else {
+                return;
+            };
+            let started = tokio::time::Instant::now();
+            cluster.refreshes[reason.index()].fetch_add(1, Ordering::Relaxed);
+            refresh(&topology, cluster, timeout).await;
+            let period = cluster.period;
+            let wanted = async {
+                cluster.wanted.notified().await;
+                RefreshReason::from_index(cluster.wanted_reason.load(Ordering::Relaxed))
+            };
+            // A map without every slot is looked at again soon: a cluster
+            // still forming or failing over.
+            let period = if cluster.map().is_complete() {
+                period
+            } else {
+                period.min(Duration::from_secs(1))
+            };
+            reason = tokio::select! {
+                r = wanted => r,
+                () = tokio::time::sleep(period) => RefreshReason::Periodic,
+            };
+            drop(topology);
+            tokio::time::sleep_until(started + MIN_REFRESH_GAP).await;
+        }
+    });
+}
+
+/// One refresh: ask nodes, pick the answer, publish it.
+async fn refresh(topology: &Topology, cluster: &Cluster, timeout: Duration) {
+    let mut candidates = cluster.candidates().into_iter();
+    let mut answers: Vec<(String, Answer)> = Vec::new();
+    let mut asked = 0;
+    while asked < MOST_ASKED {
+        // Two at first, so a disagreement shows at once; then one more at a time.
+        let wave: Vec<String> = candidates
+            .by_ref()
+            .take(if asked == 0 { 2 } else { 1 })
+            .collect();
+        if wave.is_empty() {
+            break;
+        }
+        asked += wave.len();
+        let mut tasks = JoinSet::new();
+        for addr in wave {
+            let opts = topology.probe_options(&addr);
+            tasks.spawn(async move { (addr, ask(&opts, timeout).await) });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((addr, Ok(answer))) => answers.push((addr, answer)),
+                Ok((addr, Err(reason))) => {
+                    tracing::debug!(node = %addr, %reason, "cluster: no slot map from node");
+                }
+                Err(_) => {}
+            }
+        }
+        let agree = answers.len() >= 2
+            && answers
+                .windows(2)
+                .all(|w| w[0].1.layout() == w[1].1.layout());
+        if agree {
+            break;
+        }
+    }
+    let Some(best) = choose(&answers) else {
+        tracing::warn!(asked, "cluster: no node answered CLUSTER SHARDS");
+        return;
+    };
+    let map = SlotMap::build(best, |addr| topology.node(addr));
+    let first_master = map.any_master().cloned();
+    if cluster.publish(map) {
+        // Commands without keys go to a master of the cluster.
+        topology.publish(Snapshot {
+            master: first_master,
+            ..Snapshot::default()
+        });
+    }
+}
+
+/// The answer to trust: the highest epoch, then the layout most nodes gave.
+fn choose(answers: &[(String, Answer)]) -> Option<&Answer> {
+    answers.iter().map(|(_, a)| a).max_by_key(|a| {
+        let agreeing = answers
+            .iter()
+            .filter(|(_, b)| b.layout() == a.layout())
+            .count();
+        (a.epoch, agreeing)
+    })
+}
+
+/// Asks one node for its epoch and shards.
+async fn ask(opts: &ConnectOptions, timeout: Duration) -> Result<Answer, String> {
+    let mut conn = ControlConn::open(opts, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let info = conn
+        .call(&["CLUSTER", "INFO"])
+        .await
+        .map_err(|e| e.to_string())?;
+    let info = text(&info).ok_or("CLUSTER INFO is not text")?;
+    let epoch = info_field(&info, "cluster_current_epoch")
+        .and_then(|e| e.parse().ok())
+        .ok_or("CLUSTER INFO has no cluster_current_epoch")?;
+    let shards = conn
+        .call(&["CLUSTER", "SHARDS"])
+        .await
+        .map_err(|e| e.to_string())?;
+    let host = host_of(&opts.addr);
+    let shards = parse_shards(&shards, host)?;
+    Ok(Answer { epoch, shards })
+}
+
+/// The host part of `host:port` (an IPv6 address keeps its brackets).
+fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+}
+
+/// Reads a `CLUSTER SHARDS` reply (RESP2 arrays of name/value pairs, or
+/// RESP3 maps); nodes with an empty or `?` endpoint are named by
+/// `answering_host`.
+pub fn parse_shards(reply: &Value, answering_host: &str) -> Result<Vec<ShardView>, String> {
+    if let Value::Error(e) = reply {
+        return Err(String::from_utf8_lossy(e).into_owned());
+    }
+    let shards = items(reply).ok_or("CLUSTER SHARDS is not an array")?;
+    let mut out = Vec::with_capacity(shards.len());
+    for shard in shards {
+        let fields = pairs(shard).ok_or("a shard is not a map")?;
+        let mut ranges = Vec::new();
+        let mut master = None;
+        let mut replicas = Vec::new();
+        for (name, value) in fields {
+            match text(name).as_deref() {
+                Some("slots") => {
+                    let bounds: Vec<u16> = items(value)
+                        .ok_or("slots is not an array")?
+                        .iter()
+                        .map(|b| match b {
+                            Value::Integer(i) => u16::try_from(*i).ok(),
+                            _ => None,
+                        })
+                        .collect::<Option<_>>()
+                        .ok_or("a slot bound is not a slot")?;
+                    for pair in bounds.chunks(2) {
+                        if let [from, to] = *pair {
+                            if from <= to && usize::from(to) < SLOTS {
+                                ranges.push((from, to));
+                            }
+                        }
+                    }
+                }
+                Some("nodes") => {
+                    for node in items(value).ok_or("nodes is not an array")? {
+                        let (view, role) = parse_node(node, answering_host)?;
+                        if role == "master" {
+                            master = Some(view);
+                        } else {
+                            replicas.push(view);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        // A shard whose master failed and has no successor yet lists only
+        // replicas; its slots stay uncovered until one is promoted.
+        if let Some(master) = master {
+            out.push(ShardView {
+                master,
+                replicas,
+                ranges,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// One node of a shard: its address and health, and its role.
+fn parse_node(node: &Value, answering_host: &str) -> Result<(NodeView, String), String> {
+    let mut endpoint = None;
+    let mut port = None;
+    let mut role = String::new();
+    let mut health = String::new();
+    for (name, value) in pairs(node).ok_or("a node is not a map")? {
+        match text(name).as_deref() {
+            Some("endpoint") => endpoint = text(value),
+            Some("port") => port = text(value),
+            Some("role") => role = text(value).unwrap_or_default(),
+            Some("health") => health = text(value).unwrap_or_default(),
+            _ => {}
+        }
+    }
+    let port = port.ok_or("a node has no port")?;
+    let host = match endpoint.as_deref() {
+        None | Some("") | Some("?") => answering_host.to_string(),
+        Some(host) if host.contains(':') && !host.starts_with('[') => format!("[{host}]"),
+        Some(host) => host.to_string(),
+    };
+    Ok((
+        NodeView {
+            addr: format!("{host}:{port}"),
+            health,
+        },
+        role,
+    ))
+}
+
+/// The name/value pairs of a RESP3 map or a RESP2 flat array.
+fn pairs(v: &Value) -> Option<Vec<(&Value, &Value)>> {
+    match v {
+        Value::Map(m) => Some(m.iter().map(|(k, v)| (k, v)).collect()),
+        Value::Array(a) if a.len() % 2 == 0 => Some(
+            a.chunks(2)
+                .filter_map(|p| Some((p.first()?, p.get(1)?)))
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn bulk(s: &str) -> Value {
+        Value::Bulk(Bytes::copy_from_slice(s.as_bytes()))
+    }
+
+    fn node(endpoint: &str, port: i64, role: &str) -> Value {
+        Value::Array(vec![
+            bulk("id"),
+            bulk("a1b2"),
+            bulk("port"),
+            Value::Integer(port),
+            bulk("ip"),
+            bulk("10.0.0.1"),
+            bulk("endpoint"),
+            bulk(endpoint),
+            bulk("role"),
+            bulk(role),
+            bulk("replication-offset"),
+            Value::Integer(10),
+            bulk("health"),
+            bulk("online"),
+        ])
+    }
+
+    fn shard(slots: &[i64], nodes: Vec<Value>) -> Value {
+        Value::Array(vec![
+            bulk("slots"),
+            Value::Array(slots.iter().map(|&s| Value::Integer(s)).collect()),
+            bulk("nodes"),
+            Value::Array(nodes),
+        ])
+    }
+
+    #[test]
+    fn shards_are_read_with_endpoints_and_fallbacks() {
+        let reply = Value::Array(vec![
+            shard(
+                &[0, 5460, 10923, 10999],
+                vec![node("10.0.0.1", 7000, "master"), node("?", 7003, "replica")],
+            ),
+            shard(&[], vec![node("", 7001, "master")]),
+            shard(&[5461, 5470], vec![node("::1", 7002, "master")]),
+            // A master that failed with no replica promoted yet.
+            shard(&[11000, 16383], vec![node("10.0.0.4", 7004, "replica")]),
+        ]);
+        let shards = parse_shards(&reply, "127.0.0.1").expect("parsed");
+        assert_eq!(shards.len(), 3);
+        assert_eq!(shards[0].master.addr, "10.0.0.1:7000");
+        assert_eq!(shards[0].replicas[0].addr, "127.0.0.1:7003");
+        assert_eq!(shards[0].ranges, vec![(0, 5460), (10923, 10999)]);
+        assert_eq!(shards[1].master.addr, "127.0.0.1:7001");
+        assert!(shards[1].ranges.is_empty());
+        assert_eq!(shards[2].master.addr, "[::1]:7002");
+        assert!(parse_shards(&Value::Error(Bytes::from_static(b"ERR x")), "h").is_err());
+    }
+
+    fn answer(epoch: u64, masters: &[(&str, u16, u16)]) -> Answer {
+        Answer {
+            epoch,
+            shards: masters
+                .iter()
+                .map(|&(addr, from, to)| ShardView {
+                    master: NodeView {
+                        addr: addr.into(),
+                        health: "online".into(),
+                    },
+                    replicas: Vec::new(),
+                    ranges: vec![(from, to)],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_newest_epoch_wins_then_the_majority() {
+        let old = answer(5, &[("a:1", 0, 16383)]);
+        let new = answer(6, &[("b:1", 0, 16383)]);
+        let answers = vec![
+            ("x".to_string(), old.clone()),
+            ("y".to_string(), old.clone()),
+            ("z".to_string(), new.clone()),
+        ];
+        assert_eq!(choose(&answers), Some(&new));
+        let tied = vec![
+            ("x".to_string(), answer(6, &[("a:1", 0, 16383)])),
+            ("y".to_string(), new.clone()),
+            ("z".to_string(), new.clone()),
+        ];
+        assert_eq!(choose(&tied), Some(&new));
+        assert_eq!(choose(&[]), None);
+    }
+
+    #[test]
+    fn layouts_ignore_shard_and_range_order() {
+        let a = answer(1, &[("a:1", 0, 99), ("b:1", 100, 16383)]);
+        let mut b = answer(2, &[("b:1", 100, 16383), ("a:1", 0, 99)]);
+        assert_eq!(a.layout(), b.layout());
+        b.shards[0].ranges = vec![(100, 200)];
+        assert_ne!(a.layout(), b.layout());
+    }
+}
