@@ -246,6 +246,18 @@ impl Router {
         Ok((self.master_for().await?, Served::Master))
     }
 
+    /// The cluster side, on a cluster backend: requests with keys go to
+    /// the master of their slot.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.topology.cluster_side()
+    }
+
+    /// The master serving cluster `slot` (waiting while none does, for at
+    /// most `failover_wait`).
+    pub async fn master_for_slot(&self, slot: u16) -> Result<Arc<Node>, RouteError> {
+        self.topology.slot_master(slot).await
+    }
+
     /// The topology, for health, readiness and metrics.
     pub fn topology(&self) -> &Arc<Topology> {
         &self.topology

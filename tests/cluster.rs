@@ -178,3 +178,95 @@ fn health_lists_the_shards_and_readiness_follows_slot_coverage() {
         backend_health(&kg)
     );
 }
+
+/// A namespaced service with a default TTL, beside the plain `default` one.
+const TENANT: &str = r#"
+[[service]]
+name = "default"
+prefix = ""
+isolation = false
+
+[[service]]
+name = "tenant"
+password = "pw"
+prefix = "t1:"
+default_ttl = "1h"
+"#;
+
+/// What a key the tenant writes is called on the cluster.
+fn tenant_key(key: &str) -> String {
+    format!("t1:{key}")
+}
+
+#[test]
+fn single_slot_commands_go_to_their_slots_master_in_order() {
+    let cluster = RedisCluster::start();
+    let kg = Keygate::start_with(&cluster_config(&cluster, TENANT));
+    kg.wait_ready();
+    let mut conn = RawConn::login(kg.port(), "tenant", "pw");
+
+    // One pipelined write of keys spread over every master: each SET is
+    // answered in order, none with a redirect.
+    const KEYS: usize = 300;
+    let mut pipeline = Vec::new();
+    for i in 0..KEYS {
+        pipeline.extend(resp_command(&["SET", &format!("k{i}"), &format!("v{i}")]));
+        pipeline.extend(resp_command(&["GET", &format!("k{i}")]));
+    }
+    conn.send(&pipeline);
+    for i in 0..KEYS {
+        assert_eq!(conn.read_value(), Reply::Status("OK".into()), "SET k{i}");
+        assert_eq!(conn.read_value(), Reply::Bulk(format!("v{i}")), "GET k{i}");
+    }
+    // Each key is on its slot's master under the service's prefix, with
+    // the default TTL the write's follow-up gave it.
+    let mut owners = std::collections::HashSet::new();
+    for i in (0..KEYS).step_by(7) {
+        let key = tenant_key(&format!("k{i}"));
+        let (_, port) = cluster.slot_owner(key_slot(key.as_bytes()));
+        owners.insert(port);
+        assert_eq!(cli_at(port, &["GET", &key]), format!("v{i}"));
+        let ttl: i64 = cli_at(port, &["TTL", &key]).parse().unwrap();
+        assert!((3500..=3600).contains(&ttl), "TTL of {key}: {ttl}");
+    }
+    assert_eq!(owners.len(), CLUSTER_MASTERS, "keys reached every master");
+
+    // Keys in one slot (a shared hash tag) work together; across slots,
+    // Redis's CROSSSLOT.
+    assert_eq!(
+        conn.call(&["MSET", "{u1}:a", "1", "{u1}:b", "2"]),
+        Reply::Status("OK".into())
+    );
+    assert_eq!(
+        conn.call(&["MGET", "{u1}:a", "{u1}:b"]),
+        Reply::Array(vec![Reply::Bulk("1".into()), Reply::Bulk("2".into())])
+    );
+    let crossslot = Reply::Error("CROSSSLOT Keys in request don't hash to the same slot".into());
+    assert_eq!(conn.call(&["MSET", "a", "1", "b", "2"]), crossslot);
+    assert_eq!(conn.call(&["MGET", "k1", "k2"]), crossslot);
+    // The tag keeps its slot under the prefix.
+    let tagged = key_slot(tenant_key("{u1}:a").as_bytes());
+    assert_eq!(tagged, key_slot(b"u1"));
+
+    // Commands without keys: any master, or refused where one master
+    // cannot answer for the keyspace.
+    assert_eq!(conn.call(&["PING"]), Reply::Status("PONG".into()));
+    for command in [
+        &["DBSIZE"][..],
+        &["KEYS", "*"],
+        &["MULTI"],
+        &["BLPOP", "q", "1"],
+    ] {
+        match conn.call(command) {
+            Reply::Error(e) => assert!(e.starts_with("ERR keygate:"), "{command:?}: {e}"),
+            other => panic!("{command:?} answered {other:?}"),
+        }
+    }
+    // The unprefixed service reaches the same keys by their full names.
+    let mut plain = RawConn::connect(kg.port());
+    assert_eq!(plain.call(&["GET", "t1:k5"]), Reply::Bulk("v5".into()));
+    assert_eq!(
+        plain.call(&["DBSIZE"]).text(),
+        "ERR keygate: 'dbsize' is not served on a cluster backend yet"
+    );
+}

@@ -43,6 +43,10 @@ pub enum BackendError {
     /// `failover_wait`, or no healthy replica for a replica-only service).
     #[error("{reason}")]
     NoRoute { reason: String },
+    /// No master serves the request's cluster slot (none did within
+    /// `failover_wait`): Redis's own error for it.
+    #[error("CLUSTERDOWN Hash slot not served")]
+    ClusterDown,
     /// No dedicated connection could be had in time.
     #[error("no dedicated backend connection to {addr} available: {reason}")]
     PoolExhausted { addr: String, reason: String },
@@ -51,7 +55,10 @@ pub enum BackendError {
 impl BackendError {
     /// The RESP error line the client gets (without the leading `-`).
     pub fn client_message(&self) -> String {
-        format!("ERR keygate: {self}")
+        match self {
+            BackendError::ClusterDown => self.to_string(),
+            _ => format!("ERR keygate: {self}"),
+        }
     }
 
     /// True when the request certainly never reached Redis, so a retry is safe.
@@ -61,6 +68,7 @@ impl BackendError {
             BackendError::Unavailable { .. }
                 | BackendError::PoolExhausted { .. }
                 | BackendError::NoRoute { .. }
+                | BackendError::ClusterDown
         )
     }
 }

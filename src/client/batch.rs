@@ -14,6 +14,7 @@
 //! in the same read must not move it), in the database it was sealed in.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
@@ -21,6 +22,7 @@ use tokio::sync::oneshot;
 use super::queue::{CommandReply, Commands};
 use super::Connection;
 use crate::backend::mux::{Batch, Payload, LARGE_PIECE};
+use crate::backend::node::Node;
 use crate::config::ReadFrom;
 use crate::metrics::Role;
 use crate::policy::namespace::Namespace;
@@ -53,8 +55,22 @@ pub(super) struct PendingBatch {
     suppress: bool,
     /// Every command in the batch is READONLY (topology: may go to a replica).
     read_only: bool,
+    /// On a cluster backend, the slot of its first command with keys and
+    /// the master that served it when that command joined; `None` while it
+    /// holds only commands without keys (and always on other backends).
+    route: Option<SlotRoute>,
     /// Sealed, waiting to be submitted.
     sealed: VecDeque<Sealed>,
+}
+
+/// Where a cluster batch goes: every command in it was for this slot's
+/// master when it joined.
+#[derive(Debug)]
+pub(super) struct SlotRoute {
+    /// The slot of the batch's first command with keys.
+    pub(super) slot: u16,
+    /// Its master in the slot map then; `None` while no map covers it.
+    pub(super) node: Option<Arc<Node>>,
 }
 
 /// A sealed batch and where it goes.
@@ -68,6 +84,8 @@ struct Sealed {
     protocol: Protocol,
     /// The database its client was in: it goes to a connection of that one.
     database: u32,
+    /// On a cluster backend, the slot whose master it goes to.
+    key_slot: Option<u16>,
 }
 
 impl Default for PendingBatch {
@@ -79,6 +97,7 @@ impl Default for PendingBatch {
             bytes: 0,
             suppress: false,
             read_only: true,
+            route: None,
             sealed: VecDeque::new(),
         }
     }
@@ -95,6 +114,25 @@ impl PendingBatch {
     /// and a batch stays within [`MAX_BATCH_BYTES`]).
     pub(super) fn takes(&self, suppress: bool) -> bool {
         self.is_empty() || (self.suppress == suppress && self.bytes < MAX_BATCH_BYTES)
+    }
+
+    /// Whether a command for cluster slot `route.slot` may join, or the
+    /// batch must be sealed first: a batch goes to one node, so a command
+    /// joins only a batch for the same master (or one for the same slot
+    /// while no map covers it), or one with no keys yet.
+    pub(super) fn takes_route(&self, route: &SlotRoute) -> bool {
+        match (&self.route, &route.node) {
+            (None, _) => true,
+            (Some(ours), Some(node)) => ours.node.as_ref().is_some_and(|n| Arc::ptr_eq(n, node)),
+            (Some(ours), None) => ours.node.is_none() && ours.slot == route.slot,
+        }
+    }
+
+    /// Sets where the batch goes, if no command with keys set it before.
+    pub(super) fn set_route(&mut self, route: SlotRoute) {
+        if self.route.is_none() {
+            self.route = Some(route);
+        }
     }
 
     /// Nothing is gathered (every command has a frame, so no bytes means none).
@@ -209,6 +247,7 @@ impl Connection {
             .queue
             .push_shared(rx, commands, pending.suppress, self.read_at);
         let read_only = std::mem::replace(&mut pending.read_only, true);
+        let key_slot = pending.route.take().map(|r| r.slot);
         let read_from = self
             .session
             .service
@@ -226,6 +265,7 @@ impl Connection {
             read_only,
             protocol: self.session.protocol,
             database: self.session.database,
+            key_slot,
         });
     }
 
@@ -240,11 +280,18 @@ impl Connection {
             // topology: route through the router (replica for read-only
             // batches of replica-reading services; the master otherwise,
             // waiting through a failover hold for at most failover_wait).
-            let node = self
-                .ctx
-                .router
-                .node_for_batch(sealed.read_from, sealed.read_only)
-                .await;
+            let node = match sealed.key_slot {
+                // A cluster batch goes to the master its slot has now.
+                Some(slot) => {
+                    (self.ctx.router.master_for_slot(slot).await).map(|node| (node, Served::Master))
+                }
+                None => {
+                    self.ctx
+                        .router
+                        .node_for_batch(sealed.read_from, sealed.read_only)
+                        .await
+                }
+            };
             // metrics: the replies are recorded under the node that answers.
             match node {
                 Ok((node, served)) => {

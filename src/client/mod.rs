@@ -33,6 +33,8 @@
 //!   and confines pub/sub frames; [`database`] SELECT and the database a
 //!   request runs in;
 //!   [`transaction`] MULTI/EXEC/WATCH and the commands queued inside MULTI;
+//! - [`slots`]: on a cluster backend, the slot a request goes to (or its
+//!   `CROSSSLOT` refusal);
 //! - [`batch`]: requests gathered for a shared connection; [`dedicated`]:
 //!   the client's dedicated connection (lease, send, read, timeout, loss,
 //!   release); [`pubsub`]: subscriptions on it; [`urgent`]: SCRIPT KILL
@@ -60,6 +62,7 @@ mod read_wake;
 mod rebind;
 pub mod registry;
 pub mod session;
+mod slots;
 mod stages;
 mod tracking;
 mod transaction;

@@ -23,7 +23,7 @@ use super::isolation::ProcedureCall;
 use super::local::{self, LocalAnswer};
 use super::queue::CommandReply;
 use super::urgent::UrgentCall;
-use super::{pubsub, registry, session, tracking, Connection};
+use super::{pubsub, registry, session, slots, tracking, Connection};
 use crate::command::keyword::is_keyword;
 use crate::command::state::Treatment;
 use crate::command::{self, CommandSpec, Flags};
@@ -211,6 +211,12 @@ impl Connection {
                 }
                 self.route(spec, req, forward, held, suppress)
             }
+            Decision::Procedure(_) if self.ctx.router.cluster().is_some() => Err(self.reject(
+                spec.name,
+                ErrorKind::Client,
+                &slots::not_served(spec),
+                suppress,
+            )),
             Decision::Procedure(planned) => Err(Some(Deferred::Procedure(ProcedureCall {
                 service: service.clone(),
                 planned,
@@ -267,6 +273,14 @@ impl Connection {
             reply = self.track_transaction(spec, reply);
         }
         if held || effect != ConnectionEffect::None || dedicated_only {
+            if self.ctx.router.cluster().is_some() {
+                return Err(self.reject(
+                    spec.name,
+                    ErrorKind::Client,
+                    slots::HELD_ON_CLUSTER,
+                    suppress,
+                ));
+            }
             if let Some((at, ns)) = prefix_key.zip(self.session.namespace()) {
                 req = req.prefix_arg(at, ns.prefix_bytes());
             }
@@ -292,6 +306,19 @@ impl Connection {
         }
         if !self.batch.takes(suppress) {
             self.seal_batch();
+        }
+        if self.ctx.router.cluster().is_some() {
+            // A cluster batch goes to one node: a command for another seals it.
+            match self.cluster_route(spec, &req, prefix_key) {
+                Ok(Some(route)) => {
+                    if !self.batch.takes_route(&route) {
+                        self.seal_batch();
+                    }
+                    self.batch.set_route(route);
+                }
+                Ok(None) => {}
+                Err(msg) => return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress)),
+            }
         }
         // topology: a batch may go to a replica only if all of it is read-only.
         let read_only = spec.flags.contains(Flags::READONLY) && follow_ups.is_empty();

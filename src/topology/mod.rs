@@ -63,12 +63,18 @@ pub enum RouteError {
     /// A replica-only service has no healthy replica.
     #[error("no healthy replica for '{name}' (read_from = \"replica\")")]
     NoReplica { name: String },
+    /// No master serves a cluster slot (none did within `failover_wait`).
+    #[error("no master serves slot {slot}")]
+    SlotUncovered { slot: u16 },
 }
 
 impl From<RouteError> for BackendError {
     fn from(e: RouteError) -> BackendError {
-        BackendError::NoRoute {
-            reason: e.to_string(),
+        match e {
+            RouteError::SlotUncovered { .. } => BackendError::ClusterDown,
+            _ => BackendError::NoRoute {
+                reason: e.to_string(),
+            },
         }
     }
 }
@@ -300,6 +306,32 @@ impl Topology {
             match tokio::time::timeout_at(wake, changes.changed()).await {
                 Ok(Ok(())) | Err(_) => continue,
                 Ok(Err(_)) => return Err(self.no_master()),
+            }
+        }
+    }
+
+    /// The master serving cluster `slot`, waiting while no map covers it
+    /// (at start, or while a failed master's replica is promoted) for at
+    /// most `failover_wait`.
+    pub async fn slot_master(&self, slot: u16) -> Result<Arc<Node>, RouteError> {
+        let Some(cluster) = &self.cluster else {
+            return self.master().await;
+        };
+        if let Some(node) = cluster.map().master(slot) {
+            return Ok(node.clone());
+        }
+        let deadline = Instant::now() + self.failover_wait;
+        let mut changes = self.changes.subscribe();
+        loop {
+            if let Some(node) = cluster.map().master(slot) {
+                return Ok(node.clone());
+            }
+            if Instant::now() >= deadline {
+                return Err(RouteError::SlotUncovered { slot });
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) | Err(_) => continue,
+                Ok(Err(_)) => return Err(RouteError::SlotUncovered { slot }),
             }
         }
     }
