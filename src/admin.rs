@@ -136,7 +136,7 @@ impl ProxyState {
                     labels: Vec::new(),
                     value: cluster.map().covered as f64,
                 });
-                refreshes = Some(cluster.refreshes());
+                refreshes = Some((cluster.refreshes(), cluster.redirects()));
             }
             for service in self.services.current().all() {
                 extra.push(Gauge {
@@ -163,7 +163,14 @@ impl ProxyState {
                  keygate_failovers_total {n}\n"
             ));
         }
-        if let Some(refreshes) = refreshes {
+        if let Some((refreshes, redirects)) = refreshes {
+            text.push_str(
+                "# HELP keygate_redirects_total Cluster redirects keygate followed for its clients, by kind.\n\
+                 # TYPE keygate_redirects_total counter\n",
+            );
+            for (kind, n) in redirects {
+                text.push_str(&format!("keygate_redirects_total{{kind=\"{kind}\"}} {n}\n"));
+            }
             text.push_str(
                 "# HELP keygate_topology_refreshes_total Cluster slot map refreshes, by what asked for them.\n\
                  # TYPE keygate_topology_refreshes_total counter\n",

@@ -120,12 +120,6 @@ fn init_tracing(format: LogFormat) {
 
 /// Binds the listeners, starts the admin thread and serves until a signal.
 fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
-    // The cluster keys are read and checked, but requests are not routed
-    // by slot yet: refuse to start rather than serve one node as if it
-    // were the whole cluster.
-    if config.backend.is_cluster() {
-        anyhow::bail!("[backend] cluster: Redis Cluster backends are not served by this build yet");
-    }
     raise_open_files_limit(&config);
     // One worker is one thread either way; the current-thread scheduler
     // does it without the work-stealing machinery (no cross-thread wake-ups

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
@@ -269,4 +271,171 @@ fn single_slot_commands_go_to_their_slots_master_in_order() {
         plain.call(&["DBSIZE"]).text(),
         "ERR keygate: 'dbsize' is not served on a cluster backend yet"
     );
+}
+
+/// What the loader saw: INCR replies in order and anything unexpected.
+#[derive(Default)]
+struct Seen {
+    rounds: u64,
+    last_incr: i64,
+    problems: Vec<String>,
+}
+
+/// Pipelines rounds of INCR, SET and GET on keys of one hash tag through
+/// keygate until `stop`, checking every reply as it comes.
+fn load(port: u16, tag: &str, stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>) {
+    let mut conn = RawConn::login(port, "tenant", "pw");
+    let counter = format!("{{{tag}}}:ctr");
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let mut pipeline = Vec::new();
+        for i in 0..10 {
+            let key = format!("{{{tag}}}:x{}", n * 10 + i);
+            pipeline.extend(resp_command(&["INCR", &counter]));
+            pipeline.extend(resp_command(&["SET", &key, &key]));
+            pipeline.extend(resp_command(&["GET", &key]));
+        }
+        conn.send(&pipeline);
+        let mut seen = seen.lock().unwrap();
+        for i in 0..10 {
+            let key = format!("{{{tag}}}:x{}", n * 10 + i);
+            match conn.read_value() {
+                Reply::Int(v) if v == seen.last_incr + 1 => seen.last_incr = v,
+                other => seen.problems.push(format!("INCR: {other:?}")),
+            }
+            let set = conn.read_value();
+            if set != Reply::Status("OK".into()) {
+                seen.problems.push(format!("SET {key}: {set:?}"));
+            }
+            let got = conn.read_value();
+            if got != Reply::Bulk(key.clone()) {
+                seen.problems.push(format!("GET {key}: {got:?}"));
+            }
+        }
+        seen.rounds += 1;
+        n += 1;
+    }
+}
+
+/// Waits until the loader has done `more` rounds past now.
+fn wait_rounds(seen: &Mutex<Seen>, more: u64) {
+    let target = seen.lock().unwrap().rounds + more;
+    assert!(
+        wait_until(Duration::from_secs(20), || seen.lock().unwrap().rounds
+            >= target),
+        "the loader stalled: {:?}",
+        seen.lock().unwrap().problems.first()
+    );
+}
+
+#[test]
+fn a_slot_moving_under_load_is_followed_without_a_redirect_reaching_the_client() {
+    let cluster = RedisCluster::start();
+    // A map read only at start and when a MOVED asks: the move is found by
+    // redirects, not by a timely refresh.
+    let config = cluster_config(&cluster, TENANT)
+        .replace("cluster_refresh = \"500ms\"", "cluster_refresh = \"1h\"");
+    let kg = Keygate::start_with(&config);
+    kg.wait_ready();
+    let tag = "mv";
+    let slot = key_slot(tag.as_bytes());
+    let (source_id, source_port) = cluster.slot_owner(slot);
+    let target = cluster
+        .masters()
+        .into_iter()
+        .find(|m| m.port() != source_port)
+        .expect("another master");
+    let target_id = target.cli(&["CLUSTER", "MYID"]);
+    let source = cluster
+        .nodes()
+        .iter()
+        .find(|n| n.port() == source_port)
+        .expect("source");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let loader = {
+        let (stop, seen, port) = (stop.clone(), seen.clone(), kg.port());
+        std::thread::spawn(move || load(port, tag, stop, seen))
+    };
+    wait_rounds(&seen, 20);
+
+    // Migration: new keys go to the target (ASK), existing ones move key by key.
+    let slot_arg = slot.to_string();
+    assert_eq!(
+        target.cli(&["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &source_id]),
+        "OK"
+    );
+    assert_eq!(
+        source.cli(&["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &target_id]),
+        "OK"
+    );
+    wait_rounds(&seen, 20);
+    let target_port = target.port().to_string();
+    loop {
+        let keys = source.cli(&["CLUSTER", "GETKEYSINSLOT", &slot_arg, "100"]);
+        if keys.is_empty() {
+            break;
+        }
+        let mut migrate = vec![
+            "MIGRATE",
+            "127.0.0.1",
+            &target_port,
+            "",
+            "0",
+            "5000",
+            "KEYS",
+        ];
+        migrate.extend(keys.lines());
+        assert_eq!(source.cli(&migrate), "OK");
+        wait_rounds(&seen, 2);
+    }
+    wait_rounds(&seen, 20);
+    // The slot is the target's: requests to the source are MOVED.
+    for node in [target, source] {
+        assert_eq!(
+            node.cli(&["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id]),
+            "OK"
+        );
+    }
+    for master in cluster.masters() {
+        master.cli(&["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id]);
+    }
+    wait_rounds(&seen, 40);
+    stop.store(true, Ordering::Relaxed);
+    loader.join().expect("loader");
+
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.problems.is_empty(),
+        "{} problems, first: {:?}",
+        seen.problems.len(),
+        seen.problems.first()
+    );
+    let counter = format!("t1:{{{tag}}}:ctr");
+    assert_eq!(target.cli(&["GET", &counter]), seen.last_incr.to_string());
+    assert_eq!(source.cli(&["CLUSTER", "COUNTKEYSINSLOT", &slot_arg]), "0");
+    let ttl: i64 = target.cli(&["TTL", &counter]).parse().unwrap();
+    assert!(ttl > 0, "the TTL follow-up travelled with the write: {ttl}");
+    let metrics = scrape_metrics(kg.admin_port());
+    let moved = metric_sample(
+        &metrics,
+        "keygate_topology_refreshes_total",
+        &[("reason", "moved")],
+    );
+    assert!(moved.is_some_and(|n| n >= 1.0), "{metrics}");
+    for kind in ["moved", "ask"] {
+        let followed = metric_sample(&metrics, "keygate_redirects_total", &[("kind", kind)]);
+        assert!(
+            followed.is_some_and(|n| n >= 1.0),
+            "no {kind} followed: {metrics}"
+        );
+    }
+    println!(
+        "rounds {}, INCR acknowledged {}, redirects {:?}",
+        seen.rounds,
+        seen.last_incr,
+        backend_health(&kg)["redirects"]
+    );
+    assert_eq!(backend_health(&kg)["slots_covered"], 16384);
 }

@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
 use super::queue::{CommandReply, Commands};
-use super::Connection;
+use super::{redirect, Connection};
 use crate::backend::mux::{Batch, Payload, LARGE_PIECE};
 use crate::backend::node::Node;
 use crate::config::ReadFrom;
@@ -59,8 +59,19 @@ pub(super) struct PendingBatch {
     /// the master that served it when that command joined; `None` while it
     /// holds only commands without keys (and always on other backends).
     route: Option<SlotRoute>,
+    /// On a cluster backend, each gathered request frame's length (the
+    /// redirect follower pairs request frames with reply frames) and the
+    /// client's chain of followers; `None` on other backends.
+    cluster: Option<Box<ClusterBatching>>,
     /// Sealed, waiting to be submitted.
     sealed: VecDeque<Sealed>,
+}
+
+/// What a client's batches carry on a cluster backend.
+#[derive(Debug, Default)]
+struct ClusterBatching {
+    frame_lens: Vec<u32>,
+    chain: redirect::Chain,
 }
 
 /// Where a cluster batch goes: every command in it was for this slot's
@@ -86,6 +97,8 @@ struct Sealed {
     database: u32,
     /// On a cluster backend, the slot whose master it goes to.
     key_slot: Option<u16>,
+    /// On a cluster backend, each request frame's length.
+    frame_lens: Vec<u32>,
 }
 
 impl Default for PendingBatch {
@@ -98,12 +111,30 @@ impl Default for PendingBatch {
             suppress: false,
             read_only: true,
             route: None,
+            cluster: None,
             sealed: VecDeque::new(),
         }
     }
 }
 
 impl PendingBatch {
+    /// The batch of a client of a cluster backend (`cluster`) or another.
+    pub(super) fn for_backend(cluster: bool) -> PendingBatch {
+        PendingBatch {
+            cluster: cluster.then(Box::default),
+            ..PendingBatch::default()
+        }
+    }
+
+    /// Notes a request frame's length, on a cluster backend.
+    fn note_frame(&mut self, len: usize) {
+        if let Some(cluster) = &mut self.cluster {
+            cluster
+                .frame_lens
+                .push(u32::try_from(len).unwrap_or(u32::MAX));
+        }
+    }
+
     /// Commands gathered and not yet sealed (they count as in flight).
     pub(super) fn commands(&self) -> usize {
         self.commands.len()
@@ -170,7 +201,9 @@ impl PendingBatch {
                     self.make_room(most);
                     let before = self.staged.len();
                     ns.write_confined(&request, at, &mut self.staged);
-                    self.bytes += self.staged.len() - before;
+                    let written = self.staged.len() - before;
+                    self.bytes += written;
+                    self.note_frame(written);
                 }
             }
             None => self.add_frame(request.into_frame()),
@@ -186,6 +219,7 @@ impl PendingBatch {
 
     fn add_frame(&mut self, frame: Bytes) {
         self.bytes += frame.len();
+        self.note_frame(frame.len());
         if frame.len() >= LARGE_PIECE {
             self.unstage();
             self.payload.push(frame);
@@ -248,6 +282,11 @@ impl Connection {
             .push_shared(rx, commands, pending.suppress, self.read_at);
         let read_only = std::mem::replace(&mut pending.read_only, true);
         let key_slot = pending.route.take().map(|r| r.slot);
+        let frame_lens = pending
+            .cluster
+            .as_mut()
+            .map(|c| std::mem::take(&mut c.frame_lens))
+            .unwrap_or_default();
         let read_from = self
             .session
             .service
@@ -266,6 +305,7 @@ impl Connection {
             protocol: self.session.protocol,
             database: self.session.database,
             key_slot,
+            frame_lens,
         });
     }
 
@@ -280,18 +320,15 @@ impl Connection {
             // topology: route through the router (replica for read-only
             // batches of replica-reading services; the master otherwise,
             // waiting through a failover hold for at most failover_wait).
-            let node = match sealed.key_slot {
-                // A cluster batch goes to the master its slot has now.
-                Some(slot) => {
-                    (self.ctx.router.master_for_slot(slot).await).map(|node| (node, Served::Master))
-                }
-                None => {
-                    self.ctx
-                        .router
-                        .node_for_batch(sealed.read_from, sealed.read_only)
-                        .await
-                }
-            };
+            if self.batch.cluster.is_some() {
+                self.submit_to_cluster(sealed).await;
+                continue;
+            }
+            let node = self
+                .ctx
+                .router
+                .node_for_batch(sealed.read_from, sealed.read_only)
+                .await;
             // metrics: the replies are recorded under the node that answers.
             match node {
                 Ok((node, served)) => {
@@ -308,6 +345,45 @@ impl Connection {
                 }
             }
         }
+    }
+
+    /// Hands a sealed batch to the master of its slot (any master when it
+    /// has no keys), with a follower that absorbs the cluster's redirects
+    /// ([`redirect`]); first waits for the client's batches routed by an
+    /// older slot map, so none of its requests overtakes a retried one.
+    async fn submit_to_cluster(&mut self, sealed: Sealed) {
+        let ctx = self.ctx.clone();
+        // Read before routing: a batch is never marked newer than its route.
+        let generation = ctx.router.cluster().map_or(0, |c| c.generation());
+        let node = match sealed.key_slot {
+            Some(slot) => ctx.router.master_for_slot(slot).await,
+            None => ctx.router.master_for().await,
+        };
+        let node = match node {
+            Ok(node) => node,
+            Err(e) => {
+                self.queue.served_by(sealed.slot, Role::Proxy);
+                let _ = sealed.batch.reply.send(Err(e.into()));
+                return;
+            }
+        };
+        let Some(cluster) = self.batch.cluster.as_mut() else {
+            return;
+        };
+        if let Some(tail) = cluster.chain.must_wait(generation) {
+            redirect::wait_done(tail).await;
+        }
+        let follow = redirect::Follow {
+            ctx,
+            node,
+            protocol: sealed.protocol,
+            client_id: self.session.id,
+            database: sealed.database,
+            payload: sealed.batch.payload.clone(),
+            frame_lens: sealed.frame_lens,
+            meter: self.meter.clone(),
+        };
+        redirect::submit(&mut cluster.chain, generation, sealed.batch, follow).await;
     }
 
     /// Seals the gathered batch and submits everything sealed.

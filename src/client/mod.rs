@@ -34,7 +34,7 @@
 //!   request runs in;
 //!   [`transaction`] MULTI/EXEC/WATCH and the commands queued inside MULTI;
 //! - [`slots`]: on a cluster backend, the slot a request goes to (or its
-//!   `CROSSSLOT` refusal);
+//!   `CROSSSLOT` refusal); [`redirect`]: the cluster's redirects, absorbed;
 //! - [`batch`]: requests gathered for a shared connection; [`dedicated`]:
 //!   the client's dedicated connection (lease, send, read, timeout, loss,
 //!   release); [`pubsub`]: subscriptions on it; [`urgent`]: SCRIPT KILL
@@ -60,6 +60,7 @@ mod pubsub;
 pub mod queue;
 mod read_wake;
 mod rebind;
+mod redirect;
 pub mod registry;
 pub mod session;
 mod slots;
@@ -233,7 +234,7 @@ pub async fn serve_io<R, W>(
         scanner: RequestScanner::new(ctx.scan_limits),
         queue: ReplyQueue::default(),
         dedicated: None,
-        batch: batch::PendingBatch::default(),
+        batch: batch::PendingBatch::for_backend(ctx.router.cluster().is_some()),
         read_at: Instant::now(),
         recorder: ctx.metrics.recorder(),
         admitted: None,

@@ -240,6 +240,10 @@ pub struct Cluster {
     /// The reason of the latest request, as [`RefreshReason`]'s index.
     wanted_reason: AtomicU8,
     refreshes: [AtomicU64; RefreshReason::ALL.len()],
+    /// Bumped whenever a map with another layout is published.
+    generation: AtomicU64,
+    /// Redirects followed, by kind: moved, ask, tryagain.
+    redirects: [AtomicU64; 3],
 }
 
 impl Cluster {
@@ -253,7 +257,33 @@ impl Cluster {
             wanted: Notify::new(),
             wanted_reason: AtomicU8::new(RefreshReason::Start as u8),
             refreshes: Default::default(),
+            generation: AtomicU64::new(0),
+            redirects: Default::default(),
         }
+    }
+
+    /// Counts a redirect followed.
+    pub fn count_redirect(&self, redirect: &Redirect) {
+        let index = match redirect {
+            Redirect::Moved { .. } => 0,
+            Redirect::Ask { .. } => 1,
+            Redirect::TryAgain => 2,
+            Redirect::ClusterDown => return,
+        };
+        self.redirects[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Redirects followed since start, by kind (the `kind` label of
+    /// `keygate_redirects_total`).
+    pub fn redirects(&self) -> [(&'static str, u64); 3] {
+        let n = |i: usize| self.redirects[i].load(Ordering::Relaxed);
+        [("moved", n(0)), ("ask", n(1)), ("tryagain", n(2))]
+    }
+
+    /// Changes whenever a map with another layout is published: a request
+    /// routed by an older one may be answered with a redirect.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The current slot map.
@@ -306,7 +336,11 @@ impl Cluster {
             );
             return false;
         }
+        let moved = !same_layout(&current, &map);
         self.map.store(Arc::new(map));
+        if moved {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         true
     }
 
@@ -356,6 +390,9 @@ impl Cluster {
             "slots_covered": map.covered,
             "shards": shards,
             "refreshes": refreshes,
+            "redirects": serde_json::Map::from_iter(
+                self.redirects().iter().map(|(k, n)| (k.to_string(), serde_json::json!(n)))
+            ),
         })
     }
 }
@@ -450,6 +487,72 @@ async fn refresh(topology: &Topology, cluster: &Cluster, timeout: Duration) {
     }
 }
 
+/// Whether two maps send every slot to the same master.
+fn same_layout(a: &SlotMap, b: &SlotMap) -> bool {
+    a.owner.iter().zip(b.owner.iter()).all(|(&x, &y)| {
+        let master = |map: &SlotMap, index: u16| {
+            map.shards
+                .get(usize::from(index))
+                .map(|s| Arc::as_ptr(&s.master))
+        };
+        master(a, x) == master(b, y)
+    })
+}
+
+/// A cluster's answer that the request belongs elsewhere, or may be
+/// retried: read from an error reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Redirect {
+    /// `MOVED slot host:port`: the slot lives there now.
+    Moved { addr: String },
+    /// `ASK slot host:port`: this key is being imported there; ask once,
+    /// preceded by `ASKING`.
+    Ask { addr: String },
+    /// `TRYAGAIN`: a multi-key request during a slot's migration.
+    TryAgain,
+    /// `CLUSTERDOWN`: the cluster cannot serve the slot now.
+    ClusterDown,
+}
+
+impl Redirect {
+    /// The redirect an error reply `frame` is, if any; an address without a
+    /// host (Redis's unknown endpoint) is on `answering_host`.
+    pub fn parse(frame: &[u8], answering_host: &str) -> Option<Redirect> {
+        let line = frame.strip_prefix(b"-")?;
+        let line = line.strip_suffix(b"\r\n").unwrap_or(line);
+        if line.starts_with(b"TRYAGAIN") {
+            return Some(Redirect::TryAgain);
+        }
+        if line.starts_with(b"CLUSTERDOWN") {
+            return Some(Redirect::ClusterDown);
+        }
+        let (ask, rest) = if let Some(rest) = line.strip_prefix(b"MOVED ") {
+            (false, rest)
+        } else {
+            (true, line.strip_prefix(b"ASK ")?)
+        };
+        let rest = std::str::from_utf8(rest).ok()?;
+        let (_slot, addr) = rest.split_once(' ')?;
+        let (host, port) = addr.rsplit_once(':')?;
+        let host = if host.is_empty() || host == "?" {
+            answering_host
+        } else {
+            host
+        };
+        let addr = format!("{host}:{port}");
+        Some(if ask {
+            Redirect::Ask { addr }
+        } else {
+            Redirect::Moved { addr }
+        })
+    }
+}
+
+/// The host part of `host:port` (an IPv6 address keeps its brackets).
+pub fn host_of(addr: &str) -> &str {
+    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
+}
+
 /// The answer to trust: the highest epoch, then the layout most nodes gave.
 fn choose(answers: &[(String, Answer)]) -> Option<&Answer> {
     answers.iter().map(|(_, a)| a).max_by_key(|a| {
@@ -481,11 +584,6 @@ async fn ask(opts: &ConnectOptions, timeout: Duration) -> Result<Answer, String>
     let host = host_of(&opts.addr);
     let shards = parse_shards(&shards, host)?;
     Ok(Answer { epoch, shards })
-}
-
-/// The host part of `host:port` (an IPv6 address keeps its brackets).
-fn host_of(addr: &str) -> &str {
-    addr.rsplit_once(':').map_or(addr, |(host, _)| host)
 }
 
 /// Reads a `CLUSTER SHARDS` reply (RESP2 arrays of name/value pairs, or
@@ -685,6 +783,34 @@ mod tests {
         ];
         assert_eq!(choose(&tied), Some(&new));
         assert_eq!(choose(&[]), None);
+    }
+
+    #[test]
+    fn redirects_are_read_from_error_replies() {
+        let parse = |frame: &[u8]| Redirect::parse(frame, "10.0.0.9");
+        assert_eq!(
+            parse(b"-MOVED 3999 127.0.0.1:6381\r\n"),
+            Some(Redirect::Moved {
+                addr: "127.0.0.1:6381".into()
+            })
+        );
+        assert_eq!(
+            parse(b"-ASK 3999 :6381\r\n"),
+            Some(Redirect::Ask {
+                addr: "10.0.0.9:6381".into()
+            })
+        );
+        assert_eq!(
+            parse(b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n"),
+            Some(Redirect::TryAgain)
+        );
+        assert_eq!(
+            parse(b"-CLUSTERDOWN Hash slot not served\r\n"),
+            Some(Redirect::ClusterDown)
+        );
+        assert_eq!(parse(b"-ERR wrong\r\n"), None);
+        assert_eq!(parse(b"+MOVED 1 a:1\r\n"), None);
+        assert_eq!(parse(b"-MOVED nonsense\r\n"), None);
     }
 
     #[test]

@@ -1,0 +1,437 @@
+//! Following a cluster's redirects for one client's batches, so the client
+//! never sees `MOVED` or `ASK`.
+//!
+//! A batch for a cluster goes out with a follower: a task that takes the
+//! node's replies first. When none is a redirect (`MOVED`, `ASK`,
+//! `TRYAGAIN`), it hands them on untouched. Otherwise it sends each
+//! redirected request again (request frames and reply frames pair one to
+//! one, TTL follow-ups included, so a follow-up is retried with its write
+//! or alone when only it was redirected): `MOVED` to the named node, after
+//! asking for a map refresh; `ASK` to the named node with `ASKING` in
+//! front, in the same write, leaving the map alone; `TRYAGAIN` to the same
+//! node after a short pause. At most `max_redirects` times per request,
+//! then the client gets Redis's `TRYAGAIN` error. The replies are put back
+//! in place, so the client still gets one reply per command, in order.
+//!
+//! Ordering invariants (a later command of the client for the same key
+//! never runs before a retried one):
+//! - a client's followers form a chain: each retries only after the one
+//!   before it is done, so retries leave in request order;
+//! - a batch routed by a newer slot map than a batch still in flight waits
+//!   for that chain to finish before it is sent ([`Chain::must_wait`]);
+//!   batches routed by the same map send a slot's requests to the same
+//!   node, where a stale one is redirected too and retried in turn.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{oneshot, watch};
+
+use super::Context;
+use crate::backend::meter::ReplyMeter;
+use crate::backend::mux::{Batch, BatchReply, Payload};
+use crate::backend::node::Node;
+use crate::backend::BackendError;
+use crate::protocol::reply::{FrameEnd, FrameEnds, Replies, ReplyKind, DEFAULT_MAX_DEPTH};
+use crate::protocol::request::Request;
+use crate::protocol::Protocol;
+use crate::topology::cluster::{host_of, Redirect, RefreshReason};
+
+/// The pause before a `TRYAGAIN` is retried.
+const TRYAGAIN_PAUSE: Duration = Duration::from_millis(20);
+
+/// What a client answers when its request was redirected more than
+/// `max_redirects` times (Redis's text for a slot in migration).
+const EXHAUSTED: &[u8] = b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n";
+
+/// The tail of a client's chain of followers, and the map generation its
+/// batches were routed by.
+#[derive(Debug, Default)]
+pub(super) struct Chain {
+    tail: Option<watch::Receiver<bool>>,
+    generation: u64,
+}
+
+impl Chain {
+    /// Whether a batch routed by map `generation` must wait for the
+    /// followers in flight first: they were routed by another map.
+    pub(super) fn must_wait(&self, generation: u64) -> Option<watch::Receiver<bool>> {
+        let tail = self.tail.as_ref()?;
+        (self.generation != generation && !*tail.borrow()).then(|| tail.clone())
+    }
+
+    /// Links a new follower routed by `generation`: returns the previous
+    /// tail to wait for and the sender that marks the new one done.
+    fn link(&mut self, generation: u64) -> (Option<watch::Receiver<bool>>, watch::Sender<bool>) {
+        let (done, tail) = watch::channel(false);
+        self.generation = generation;
+        (self.tail.replace(tail), done)
+    }
+}
+
+/// Waits until a follower is done (or gone).
+pub(super) async fn wait_done(mut tail: watch::Receiver<bool>) {
+    let _ = tail.wait_for(|done| *done).await;
+}
+
+/// Everything a follower needs to resend a batch's requests.
+pub(super) struct Follow {
+    pub(super) ctx: Arc<Context>,
+    /// The node the batch went to.
+    pub(super) node: Arc<Node>,
+    pub(super) protocol: Protocol,
+    pub(super) client_id: u64,
+    pub(super) database: u32,
+    /// The batch's request bytes, and each request frame's length.
+    pub(super) payload: Payload,
+    pub(super) frame_lens: Vec<u32>,
+    pub(super) meter: Arc<ReplyMeter>,
+}
+
+/// Sends `batch` to `follow.node` with a follower in front of its replies,
+/// linked into `chain`.
+pub(super) async fn submit(chain: &mut Chain, generation: u64, mut batch: Batch, follow: Follow) {
+    let (tx, rx) = oneshot::channel();
+    // The client's reply queue now waits on the follower.
+    let reply = std::mem::replace(&mut batch.reply, tx);
+    let (previous, done) = chain.link(generation);
+    let mux = follow
+        .node
+        .mux_in(follow.protocol, follow.client_id, follow.database)
+        .into_owned();
+    tokio::spawn(run(rx, previous, done, follow, reply));
+    mux.submit(batch).await;
+}
+
+/// The follower: the first replies, the previous follower, then retries.
+async fn run(
+    first: oneshot::Receiver<BatchReply>,
+    previous: Option<watch::Receiver<bool>>,
+    done: watch::Sender<bool>,
+    follow: Follow,
+    reply: oneshot::Sender<BatchReply>,
+) {
+    let first = first.await.unwrap_or_else(|_| {
+        Err(BackendError::ConnectionLost {
+            addr: follow.node.addr().to_string(),
+        })
+    });
+    if let Some(previous) = previous {
+        wait_done(previous).await;
+    }
+    let cluster = follow.ctx.router.cluster();
+    let result = match first {
+        Ok(replies) if !has_redirect(&replies) => Ok(replies),
+        Ok(replies) => Ok(retry(&follow, replies).await),
+        Err(e) => {
+            if matches!(e, BackendError::ConnectionLost { .. }) {
+                if let Some(cluster) = cluster {
+                    cluster.request_refresh(RefreshReason::ConnectionLost);
+                }
+            }
+            Err(e)
+        }
+    };
+    let _ = reply.send(result);
+    let _ = done.send(true);
+}
+
+/// Whether any reply is an error a cluster uses to send a request elsewhere
+/// (or to say it is down).
+fn has_redirect(replies: &Replies) -> bool {
+    replies
+        .frames(DEFAULT_MAX_DEPTH)
+        .any(|(frame, kind)| kind == ReplyKind::Error && is_cluster_error(frame))
+}
+
+fn is_cluster_error(frame: &[u8]) -> bool {
+    [&b"-MOVED "[..], b"-ASK ", b"-TRYAGAIN", b"-CLUSTERDOWN"]
+        .iter()
+        .any(|p| frame.starts_with(p))
+}
+
+/// One request being retried: its index in the batch, and where it goes next.
+struct Pending {
+    index: usize,
+    node: Arc<Node>,
+    asking: bool,
+    /// It was answered `TRYAGAIN`: wait a moment first.
+    pause: bool,
+}
+
+/// Retries every redirected request of a batch and returns its replies with
+/// the retried ones in place.
+async fn retry(follow: &Follow, replies: Replies) -> Replies {
+    let mut frames: Vec<Bytes> = replies
+        .frames(DEFAULT_MAX_DEPTH)
+        .map(|(frame, _)| replies.bytes.slice_ref(frame))
+        .collect();
+    let requests = split_requests(&follow.payload, &follow.frame_lens);
+    let arrived: usize = frames.iter().map(Bytes::len).sum();
+    let cluster = follow.ctx.router.cluster();
+    let max = if frames.len() == requests.len() {
+        cluster.map_or(0, |c| c.max_redirects())
+    } else {
+        // Requests cannot be paired with replies: none is retried, and the
+        // redirects are answered as exhausted rather than passed on.
+        tracing::warn!(
+            requests = requests.len(),
+            replies = frames.len(),
+            "cluster: a batch's requests and replies do not pair up"
+        );
+        0
+    };
+    let mut pending = redirects(
+        follow,
+        &frames,
+        (0..frames.len()).map(|i| (i, &follow.node, false)),
+    );
+    for attempt in 0..max {
+        if pending.is_empty() {
+            break;
+        }
+        tracing::debug!(
+            attempt,
+            requests = pending.len(),
+            "cluster: following redirects"
+        );
+        // Requests to one node (with or without ASKING) go in one write.
+        let mut next = Vec::new();
+        for group in pending.chunk_by(|a, b| Arc::ptr_eq(&a.node, &b.node)) {
+            let answers = resend(follow, group, &requests).await;
+            for (p, answer) in group.iter().zip(answers) {
+                if let Some(frame) = frames.get_mut(p.index) {
+                    *frame = answer;
+                }
+            }
+            let again = redirects(
+                follow,
+                &frames,
+                group.iter().map(|p| (p.index, &p.node, p.asking)),
+            );
+            next.extend(again);
+        }
+        pending = next;
+    }
+    for p in &pending {
+        if let Some(frame) = frames.get_mut(p.index) {
+            *frame = Bytes::from_static(EXHAUSTED);
+        }
+    }
+    let rebuilt = rebuild(&frames, replies.written_at);
+    // The meter counted what arrived first; the client is handed this.
+    let handed = rebuilt.bytes.len();
+    if handed > arrived {
+        follow.meter.add(handed - arrived);
+    } else {
+        follow.meter.sub(arrived - handed);
+    }
+    rebuilt
+}
+
+/// The requests among `candidates` (index, node it went to, whether with
+/// ASKING) whose replies in `frames` say to go elsewhere or try again, and
+/// where to; `CLUSTERDOWN` is left to the client and asks for a refresh.
+fn redirects<'a>(
+    follow: &Follow,
+    frames: &[Bytes],
+    candidates: impl Iterator<Item = (usize, &'a Arc<Node>, bool)>,
+) -> Vec<Pending> {
+    let topology = follow.ctx.router.topology();
+    let cluster = follow.ctx.router.cluster();
+    let mut out = Vec::new();
+    for (index, node, asking) in candidates {
+        let Some(frame) = frames.get(index) else {
+            continue;
+        };
+        let Some(redirect) = Redirect::parse(frame, host_of(node.addr())) else {
+            continue;
+        };
+        if let Some(cluster) = cluster {
+            cluster.count_redirect(&redirect);
+        }
+        let (node, asking, pause) = match redirect {
+            Redirect::Moved { addr } => {
+                if let Some(cluster) = cluster {
+                    cluster.request_refresh(RefreshReason::Moved);
+                }
+                (topology.node(&addr), false, false)
+            }
+            Redirect::Ask { addr } => (topology.node(&addr), true, false),
+            Redirect::TryAgain => (node.clone(), asking, true),
+            Redirect::ClusterDown => {
+                if let Some(cluster) = cluster {
+                    cluster.request_refresh(RefreshReason::ClusterDown);
+                }
+                continue;
+            }
+        };
+        out.push(Pending {
+            index,
+            node,
+            asking,
+            pause,
+        });
+    }
+    out
+}
+
+/// Sends one node's share of the retries in one write (`ASKING` in front of
+/// each request that needs it) and returns their replies, in order; a
+/// failure answers each with its error.
+async fn resend(follow: &Follow, group: &[Pending], requests: &[Bytes]) -> Vec<Bytes> {
+    let Some(first) = group.first() else {
+        return Vec::new();
+    };
+    let asking = Request::from_args(&["ASKING"]);
+    let mut payload = BytesMut::new();
+    let mut count = 0u32;
+    for p in group {
+        let Some(request) = requests.get(p.index) else {
+            continue;
+        };
+        if p.asking {
+            payload.extend_from_slice(asking.frame());
+            count += 1;
+        }
+        payload.extend_from_slice(request);
+        count += 1;
+    }
+    let (tx, rx) = oneshot::channel();
+    let batch = Batch {
+        payload: Payload::from_iter([payload.freeze()]),
+        count,
+        reply: tx,
+        meter: None,
+    };
+    if group.iter().any(|p| p.pause) {
+        tokio::time::sleep(TRYAGAIN_PAUSE).await;
+    }
+    first
+        .node
+        .mux_in(follow.protocol, follow.client_id, follow.database)
+        .submit(batch)
+        .await;
+    let answer = rx.await.unwrap_or_else(|_| {
+        Err(BackendError::ConnectionLost {
+            addr: first.node.addr().to_string(),
+        })
+    });
+    match answer {
+        Ok(replies) => {
+            let mut frames = replies
+                .frames(DEFAULT_MAX_DEPTH)
+                .map(|(frame, _)| replies.bytes.slice_ref(frame));
+            group
+                .iter()
+                .map(|p| {
+                    if p.asking {
+                        // ASKING's own +OK.
+                        let _ = frames.next();
+                    }
+                    frames
+                        .next()
+                        .unwrap_or_else(|| Bytes::from_static(EXHAUSTED))
+                })
+                .collect()
+        }
+        Err(e) => {
+            let mut line = BytesMut::new();
+            crate::protocol::encode::error(&mut line, &e.client_message());
+            let line = line.freeze();
+            group.iter().map(|_| line.clone()).collect()
+        }
+    }
+}
+
+/// The batch's request frames, one by one, cut from its payload by length.
+fn split_requests(payload: &Payload, lens: &[u32]) -> Vec<Bytes> {
+    let whole: Bytes = match payload.as_slice() {
+        [only] => only.clone(),
+        pieces => {
+            let mut all = BytesMut::new();
+            for piece in pieces {
+                all.extend_from_slice(piece);
+            }
+            all.freeze()
+        }
+    };
+    let mut out = Vec::with_capacity(lens.len());
+    let mut at = 0usize;
+    for &len in lens {
+        let end = at + len as usize;
+        let Some(frame) = whole.get(at..end) else {
+            break;
+        };
+        out.push(whole.slice_ref(frame));
+        at = end;
+    }
+    out
+}
+
+/// Frames back to back, with their boundaries.
+fn rebuild(frames: &[Bytes], written_at: Option<std::time::Instant>) -> Replies {
+    let mut bytes = BytesMut::with_capacity(frames.iter().map(Bytes::len).sum());
+    let mut ends = FrameEnds::new();
+    for frame in frames {
+        bytes.extend_from_slice(frame);
+        ends.push(FrameEnd {
+            end: bytes.len(),
+            kind: ReplyKind::of_frame(frame),
+        });
+    }
+    Replies {
+        bytes: bytes.freeze(),
+        ends,
+        written_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_cut_by_length_across_pieces() {
+        let payload = Payload::from_iter([
+            Bytes::from_static(b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET"),
+            Bytes::from_static(b"\r\n$1\r\nk\r\n"),
+        ]);
+        let requests = split_requests(&payload, &[14, 20]);
+        assert_eq!(requests[0], &b"*1\r\n$4\r\nPING\r\n"[..]);
+        assert_eq!(requests[1], &b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..]);
+        // Lengths past the bytes stop the cut (and the pairing then fails).
+        assert_eq!(split_requests(&payload, &[14, 40]).len(), 1);
+    }
+
+    #[test]
+    fn rebuilt_replies_keep_frames_and_kinds() {
+        let frames = [
+            Bytes::from_static(b"+OK\r\n"),
+            Bytes::from_static(b"-ERR x\r\n"),
+            Bytes::from_static(b"$-1\r\n"),
+        ];
+        let replies = rebuild(&frames, None);
+        assert_eq!(&replies.bytes[..], b"+OK\r\n-ERR x\r\n$-1\r\n");
+        let kinds: Vec<ReplyKind> = replies.ends.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [ReplyKind::Value, ReplyKind::Error, ReplyKind::Nil]);
+        assert!(!has_redirect(&replies));
+        assert!(has_redirect(&rebuild(
+            &[Bytes::from_static(b"-ASK 1 h:1\r\n")],
+            None
+        )));
+    }
+
+    #[test]
+    fn a_batch_of_a_newer_map_waits_for_the_chain() {
+        let mut chain = Chain::default();
+        assert!(chain.must_wait(1).is_none(), "nothing in flight");
+        let (previous, done) = chain.link(1);
+        assert!(previous.is_none());
+        assert!(chain.must_wait(1).is_none(), "same map: no wait");
+        assert!(chain.must_wait(2).is_some(), "newer map: wait");
+        done.send(true).expect("receiver alive");
+        assert!(chain.must_wait(2).is_none(), "chain done");
+    }
+}
