@@ -182,6 +182,7 @@ pub struct BackendConfig {
     pub database: u32,
     /// How many databases the backend has (its own `databases` setting):
     /// SELECT of a number at or past it is `ERR DB index is out of range`.
+    /// Always 1 on a cluster backend (Redis Cluster has database 0 only).
     #[serde(default = "defaults::databases")]
     pub databases: u32,
     /// Multiplexed connections per backend node and protocol; absent means
@@ -515,8 +516,13 @@ impl Config {
     /// Parses and validates config text, asking `env_has` whether an
     /// environment variable exists.
     fn parse_with_env(text: &str, env_has: &dyn Fn(&str) -> bool) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
+        let mut config: Config = toml::from_str(text)
             .map_err(|e| ConfigError::Invalid(Problems(vec![toml_problem(text, &e)])))?;
+        if config.backend.is_cluster() {
+            // Redis Cluster serves database 0 only: SELECT of any other is
+            // refused as out of range, and a service may list no other.
+            config.backend.databases = 1;
+        }
         let findings = validate::validate(&config, env_has);
         if findings.is_empty() {
             return Ok(config);
@@ -935,6 +941,24 @@ max_ttl = "1h"
         // Braces are only a problem where keys hash to slots.
         let standalone = replace("prefix = \"demo:\"", "prefix = \"{demo}:\"");
         assert!(parse(&standalone).is_ok());
+    }
+
+    #[test]
+    fn a_cluster_has_database_zero_only() {
+        let config = parse(&cluster_with("cluster = [\"127.0.0.1:7000\"]")).expect("valid");
+        assert_eq!(config.backend.databases, 1);
+        let listed = cluster_with("cluster = [\"127.0.0.1:7000\"]")
+            .replace("max_ttl = \"1h\"", "max_ttl = \"1h\"\ndatabases = [0, 4]");
+        assert_problem(
+            &listed,
+            19,
+            "service[1].databases lists 4, past the backend's databases (1)",
+        );
+        assert_problem(
+            &cluster_with("cluster = [\"127.0.0.1:7000\"]\ndatabase = 2"),
+            7,
+            "backend.database (2) must be below backend.databases (1)",
+        );
     }
 
     #[test]

@@ -71,6 +71,36 @@ fn local_config_checks_ok() {
 }
 
 #[test]
+fn cluster_config_checks_ok() {
+    let out = check(&repo_file("conf/cluster.toml"), &[]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+}
+
+#[test]
+fn check_names_the_braced_prefix_and_the_backend_kind_to_pick() {
+    let config = valid_config(free_port(), free_port())
+        .replace(
+            "address = \"127.0.0.1:1\"",
+            "address = \"127.0.0.1:1\"\ncluster = [\"127.0.0.1:7000\"]",
+        )
+        .replace("prefix = \"demo:\"", "prefix = \"{demo}:\"");
+    let file = ConfigFile::new(&config);
+    let out = check(&file.path(), &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("line 7: backend.cluster is set together with address; use exactly one of address (standalone), sentinels + master_name (Sentinel), cluster (Redis Cluster)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "line 17: service[1].prefix (\"{demo}:\") of service \"demo\" contains '{' or '}'"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn production_config_checks_ok_with_its_secrets_set() {
     let path = repo_file("conf/production.toml");
     let env: Vec<(&str, &str)> = PRODUCTION_ENV.iter().map(|v| (*v, "s3cret")).collect();
