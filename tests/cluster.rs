@@ -439,3 +439,54 @@ fn a_slot_moving_under_load_is_followed_without_a_redirect_reaching_the_client()
     );
     assert_eq!(backend_health(&kg)["slots_covered"], 16384);
 }
+
+#[test]
+fn a_killed_master_is_replaced_and_the_other_masters_never_fail() {
+    let mut cluster = RedisCluster::start();
+    let kg = Keygate::start_with(&cluster_config(&cluster, DEFAULT_SERVICE));
+    kg.wait_ready();
+    let mut conn = RawConn::connect(kg.port());
+    // One key per master.
+    let mut keys: Vec<(String, u16)> = Vec::new();
+    for i in 0.. {
+        let key = format!("f{i}");
+        let (_, port) = cluster.slot_owner(key_slot(key.as_bytes()));
+        if keys.iter().all(|(_, p)| *p != port) {
+            assert_eq!(conn.call(&["SET", &key, &key]), Reply::Status("OK".into()));
+            keys.push((key, port));
+        }
+        if keys.len() == CLUSTER_MASTERS {
+            break;
+        }
+    }
+    // Replicas have the keys before their master dies.
+    for (key, port) in &keys {
+        assert_eq!(cli_at(*port, &["WAIT", "1", "5000"]), "1", "{key}");
+    }
+    let (victim_key, victim_port) = keys[0].clone();
+    cluster.kill_node(victim_port);
+    let mut failures = 0;
+    let recovered = wait_until(Duration::from_secs(30), || {
+        for (key, _) in &keys[1..] {
+            assert_eq!(
+                conn.call(&["GET", key]),
+                Reply::Bulk(key.clone()),
+                "another master's key"
+            );
+        }
+        match conn.call(&["GET", &victim_key]) {
+            Reply::Bulk(v) => v == victim_key,
+            _ => {
+                failures += 1;
+                false
+            }
+        }
+    });
+    assert!(
+        recovered,
+        "the promoted replica never served {victim_key}: {:#}",
+        backend_health(&kg)
+    );
+    println!("errors for the dead master's slot before the promotion: {failures}");
+    assert!(wait_until(Duration::from_secs(10), || is_ready(&kg)));
+}

@@ -125,10 +125,15 @@ async fn run(
         Ok(replies) if !has_redirect(&replies) => Ok(replies),
         Ok(replies) => Ok(retry(&follow, replies).await),
         Err(e) => {
-            if matches!(e, BackendError::ConnectionLost { .. }) {
-                if let Some(cluster) = cluster {
-                    cluster.request_refresh(RefreshReason::ConnectionLost);
-                }
+            // A master that died may have been replaced: look now.
+            let lost = matches!(
+                e,
+                BackendError::ConnectionLost { .. }
+                    | BackendError::Unavailable { .. }
+                    | BackendError::Timeout { .. }
+            );
+            if let Some(cluster) = cluster.filter(|_| lost) {
+                cluster.request_refresh(RefreshReason::ConnectionLost);
             }
             Err(e)
         }

@@ -40,6 +40,11 @@ impl RedisCluster {
                     &bus,
                     "--cluster-node-timeout",
                     "2000",
+                    // A failed master's slots alone stop being served
+                    // until its replica takes over, as in production
+                    // setups that keep the rest of the cluster up.
+                    "--cluster-require-full-coverage",
+                    "no",
                 ])
             })
             .collect();
@@ -93,6 +98,16 @@ impl RedisCluster {
     /// Every node's `127.0.0.1:PORT`, to use as seeds.
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::addr).collect()
+    }
+
+    /// Kills the node on `port` (SIGKILL).
+    pub fn kill_node(&mut self, port: u16) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port() == port)
+            .expect("a node on that port");
+        node.kill();
     }
 
     /// The nodes that are masters now (by `ROLE`).
