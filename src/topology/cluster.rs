@@ -813,6 +813,74 @@ mod tests {
         assert_eq!(parse(b"-MOVED nonsense\r\n"), None);
     }
 
+    /// A cluster topology whose seed nothing listens on.
+    fn unreachable_cluster() -> Arc<Topology> {
+        Topology::cluster(
+            Cluster::new(vec!["127.0.0.1:1".into()], Duration::from_secs(3600), 5),
+            crate::topology::tests::opts(),
+            Duration::from_millis(10),
+        )
+    }
+
+    #[tokio::test]
+    async fn maps_route_slots_and_never_go_back_an_epoch() {
+        let topology = unreachable_cluster();
+        let cluster = topology.cluster_side().expect("cluster");
+        let node = |addr: &str| topology.node(addr);
+        let split = answer(7, &[("a:1", 0, 8000), ("b:1", 8001, 16383)]);
+        assert!(cluster.publish(SlotMap::build(&split, node)));
+        let map = cluster.map();
+        assert!(map.is_complete());
+        assert_eq!(map.master(0).map(|n| n.addr()), Some("a:1"));
+        assert_eq!(map.master(8001).map(|n| n.addr()), Some("b:1"));
+        assert_eq!(map.master(16383).map(|n| n.addr()), Some("b:1"));
+        let generation = cluster.generation();
+        // An older epoch is ignored, whatever it says.
+        let stale = answer(6, &[("a:1", 0, 16383)]);
+        assert!(!cluster.publish(SlotMap::build(&stale, node)));
+        assert_eq!(cluster.map().master(9000).map(|n| n.addr()), Some("b:1"));
+        // The same layout again does not count as a move.
+        assert!(cluster.publish(SlotMap::build(&split, node)));
+        assert_eq!(cluster.generation(), generation);
+        // A newer one with a slot missing: published, incomplete, moved.
+        let partial = answer(8, &[("a:1", 0, 8000), ("b:1", 8002, 16383)]);
+        assert!(cluster.publish(SlotMap::build(&partial, node)));
+        let map = cluster.map();
+        assert_eq!(map.covered, 16383);
+        assert!(map.master(8001).is_none());
+        assert_ne!(cluster.generation(), generation);
+        // Nodes are shared across maps by address.
+        assert!(Arc::ptr_eq(
+            map.master(0).expect("a"),
+            &topology.node("a:1")
+        ));
+        assert_eq!(
+            topology.slot_master(8001).await.err(),
+            Some(crate::topology::RouteError::SlotUncovered { slot: 8001 })
+        );
+    }
+
+    #[tokio::test]
+    async fn refresh_requests_are_debounced() {
+        let topology = unreachable_cluster();
+        spawn(&topology, Duration::from_millis(50));
+        let cluster = topology.cluster_side().expect("cluster");
+        let started = tokio::time::Instant::now();
+        let mut asked = 0;
+        while started.elapsed() < Duration::from_millis(500) {
+            cluster.request_refresh(RefreshReason::Moved);
+            asked += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let moved = cluster.refreshes()[RefreshReason::Moved.index()].1;
+        // At most one per 100 ms (plus the one in flight when asking began).
+        assert!(asked > 100, "{asked}");
+        assert!(
+            (1..=7).contains(&moved),
+            "{moved} refreshes for {asked} requests"
+        );
+    }
+
     #[test]
     fn layouts_ignore_shard_and_range_order() {
         let a = answer(1, &[("a:1", 0, 99), ("b:1", 100, 16383)]);

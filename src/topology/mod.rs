@@ -431,7 +431,9 @@ mod tests {
     use super::*;
     use crate::backend::connect::ConnectOptions;
 
-    fn opts() -> NodeOptions {
+    /// Options for nodes nothing listens for (port 1): connections fail
+    /// fast and retry.
+    pub(super) fn opts() -> NodeOptions {
         NodeOptions {
             connect: ConnectOptions {
                 // Nothing listens on port 1; connections fail fast and retry.
