@@ -938,6 +938,17 @@ max_ttl = "1h"
                 ),
             );
         }
+        let replica = cluster_with("cluster = [\"127.0.0.1:7000\"]").replace(
+            "max_ttl = \"1h\"",
+            "max_ttl = \"1h\"\nread_from = \"replica\"",
+        );
+        assert_problem(
+            &replica,
+            19,
+            "service[1].read_from = \"replica\" is not served on a cluster backend yet",
+        );
+        let prefer = replica.replace("\"replica\"", "\"prefer-replica\"");
+        assert!(parse(&prefer).is_ok());
         // Braces are only a problem where keys hash to slots.
         let standalone = replace("prefix = \"demo:\"", "prefix = \"{demo}:\"");
         assert!(parse(&standalone).is_ok());

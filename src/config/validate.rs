@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::locate::KeyPath;
 use super::{
-    BackendConfig, BackendTlsConfig, Config, ProxyConfig, ProxyTlsConfig, ServiceConfig,
+    BackendConfig, BackendTlsConfig, Config, ProxyConfig, ProxyTlsConfig, ReadFrom, ServiceConfig,
     TokenConfig, TtlOverMax,
 };
 
@@ -61,7 +61,8 @@ pub fn validate(config: &Config, env_has: &dyn Fn(&str) -> bool) -> Vec<Finding>
     findings.0
 }
 
-/// On a cluster backend a prefix may hold no `{` or `}`: keygate puts it in
+/// On a cluster backend a service may not insist on replica reads (not
+/// served there yet), and a prefix may hold no `{` or `}`: keygate puts it in
 /// front of the key, and a brace in it would become (or close) the key's
 /// hash tag, moving the service's keys to other slots or pinning all of
 /// them to one.
@@ -70,6 +71,13 @@ fn check_cluster_prefixes(config: &Config, out: &mut Findings) {
         return;
     }
     for (i, service) in config.services.iter().enumerate() {
+        if service.read_from == ReadFrom::Replica {
+            let at = KeyPath::root("service").index(i);
+            out.add(
+                at.key("read_from"),
+                format!("{at}.read_from = \"replica\" is not served on a cluster backend yet (reads go to each slot's master; \"prefer-replica\" falls back to it)"),
+            );
+        }
         if service.prefix.contains(['{', '}']) {
             let at = KeyPath::root("service").index(i);
             out.add(
