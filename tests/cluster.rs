@@ -490,3 +490,64 @@ fn a_killed_master_is_replaced_and_the_other_masters_never_fail() {
     println!("errors for the dead master's slot before the promotion: {failures}");
     assert!(wait_until(Duration::from_secs(10), || is_ready(&kg)));
 }
+
+#[test]
+fn tryagain_is_retried_then_answered_with_redis_text() {
+    let cluster = RedisCluster::start();
+    let config = cluster_config(&cluster, DEFAULT_SERVICE).replace(
+        "cluster_refresh = \"500ms\"",
+        "cluster_refresh = \"500ms\"\nmax_redirects = 3",
+    );
+    let kg = Keygate::start_with(&config);
+    kg.wait_ready();
+    let mut conn = RawConn::connect(kg.port());
+    assert_eq!(
+        conn.call(&["MSET", "{t}a", "1", "{t}b", "2"]),
+        Reply::Status("OK".into())
+    );
+    let slot = key_slot(b"t");
+    let (source_id, source_port) = cluster.slot_owner(slot);
+    let target = cluster
+        .masters()
+        .into_iter()
+        .find(|m| m.port() != source_port)
+        .expect("another master");
+    let target_id = target.cli(&["CLUSTER", "MYID"]);
+    let slot_arg = slot.to_string();
+    assert_eq!(
+        target.cli(&["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &source_id]),
+        "OK"
+    );
+    assert_eq!(
+        cli_at(
+            source_port,
+            &["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &target_id]
+        ),
+        "OK"
+    );
+    let target_port = target.port().to_string();
+    let migrate = |key: &str| {
+        cli_at(
+            source_port,
+            &["MIGRATE", "127.0.0.1", &target_port, key, "0", "5000"],
+        )
+    };
+    // Half the keys moved: Redis says TRYAGAIN until the move completes.
+    assert_eq!(migrate("{t}a"), "OK");
+    assert_eq!(
+        conn.call(&["MGET", "{t}a", "{t}b"]),
+        Reply::Error("TRYAGAIN Multiple keys request during rehashing of slot".into())
+    );
+    let metrics = scrape_metrics(kg.admin_port());
+    assert_eq!(
+        metric_sample(&metrics, "keygate_redirects_total", &[("kind", "tryagain")]),
+        Some(3.0),
+        "{metrics}"
+    );
+    // Both moved: the request is asked of the target.
+    assert_eq!(migrate("{t}b"), "OK");
+    assert_eq!(
+        conn.call(&["MGET", "{t}a", "{t}b"]),
+        Reply::Array(vec![Reply::Bulk("1".into()), Reply::Bulk("2".into())])
+    );
+}

@@ -163,6 +163,8 @@ struct Pending {
     asking: bool,
     /// It was answered `TRYAGAIN`: wait a moment first.
     pause: bool,
+    /// What it was answered, counted when it is followed.
+    redirect: Redirect,
 }
 
 /// Retries every redirected request of a batch and returns its replies with
@@ -201,6 +203,11 @@ async fn retry(follow: &Follow, replies: Replies) -> Replies {
             requests = pending.len(),
             "cluster: following redirects"
         );
+        if let Some(cluster) = cluster {
+            for p in &pending {
+                cluster.count_redirect(&p.redirect);
+            }
+        }
         // Requests to one node (with or without ASKING) go in one write.
         let mut next = Vec::new();
         for group in pending.chunk_by(|a, b| Arc::ptr_eq(&a.node, &b.node)) {
@@ -253,17 +260,14 @@ fn redirects<'a>(
         let Some(redirect) = Redirect::parse(frame, host_of(node.addr())) else {
             continue;
         };
-        if let Some(cluster) = cluster {
-            cluster.count_redirect(&redirect);
-        }
-        let (node, asking, pause) = match redirect {
+        let (node, asking, pause) = match &redirect {
             Redirect::Moved { addr } => {
                 if let Some(cluster) = cluster {
                     cluster.request_refresh(RefreshReason::Moved);
                 }
-                (topology.node(&addr), false, false)
+                (topology.node(addr), false, false)
             }
-            Redirect::Ask { addr } => (topology.node(&addr), true, false),
+            Redirect::Ask { addr } => (topology.node(addr), true, false),
             Redirect::TryAgain => (node.clone(), asking, true),
             Redirect::ClusterDown => {
                 if let Some(cluster) = cluster {
@@ -277,6 +281,7 @@ fn redirects<'a>(
             node,
             asking,
             pause,
+            redirect,
         });
     }
     out
