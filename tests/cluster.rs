@@ -340,12 +340,7 @@ fn a_slot_moving_under_load_is_followed_without_a_redirect_reaching_the_client()
     let tag = "mv";
     let slot = key_slot(tag.as_bytes());
     let (source_id, source_port) = cluster.slot_owner(slot);
-    let target = cluster
-        .masters()
-        .into_iter()
-        .find(|m| m.port() != source_port)
-        .expect("another master");
-    let target_id = target.cli(&["CLUSTER", "MYID"]);
+    let (target, target_id) = cluster.other_master(source_port);
     let source = cluster
         .nodes()
         .iter()
@@ -507,12 +502,7 @@ fn tryagain_is_retried_then_answered_with_redis_text() {
     );
     let slot = key_slot(b"t");
     let (source_id, source_port) = cluster.slot_owner(slot);
-    let target = cluster
-        .masters()
-        .into_iter()
-        .find(|m| m.port() != source_port)
-        .expect("another master");
-    let target_id = target.cli(&["CLUSTER", "MYID"]);
+    let (target, target_id) = cluster.other_master(source_port);
     let slot_arg = slot.to_string();
     assert_eq!(
         target.cli(&["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &source_id]),

@@ -118,6 +118,16 @@ impl RedisCluster {
             .collect()
     }
 
+    /// A master other than the one on `port`, and its node id.
+    pub fn other_master(&self, port: u16) -> (&RedisServer, String) {
+        let master = self
+            .masters()
+            .into_iter()
+            .find(|m| m.port() != port)
+            .expect("another master");
+        (master, master.cli(&["CLUSTER", "MYID"]))
+    }
+
     /// The node serving `slot` as master now (by `CLUSTER NODES` on any
     /// master): its node id and port.
     pub fn slot_owner(&self, slot: u16) -> (String, u16) {
