@@ -16,8 +16,10 @@
 //!   TTL) to a request in one call that returns a typed decision (forward
 //!   with a reply plan, a keyspace procedure, or a refusal), and rewrites
 //!   the reply by that plan on the way back.
-//! - [`router`] picks the backend node and connection kind for a request.
-//! - [`topology`] knows the master and replicas, from Sentinel or config.
+//! - [`router`] picks the backend node and connection kind for a request
+//!   (on a cluster backend, the master of its keys' slot).
+//! - [`topology`] knows the master and replicas, from Sentinel or config,
+//!   or a Redis Cluster's slot map.
 //! - [`backend`] owns connections to Redis: multiplexed pipelined ones for
 //!   ordinary commands and a pool of dedicated ones for MULTI, blocking and
 //!   pub/sub.
