@@ -53,6 +53,8 @@ pub(super) struct PendingBatch {
     suppress: bool,
     /// Every command in the batch is READONLY (topology: may go to a replica).
     read_only: bool,
+    /// A command in the batch runs a script.
+    script: bool,
     /// Sealed, waiting to be submitted.
     sealed: VecDeque<Sealed>,
 }
@@ -79,6 +81,7 @@ impl Default for PendingBatch {
             bytes: 0,
             suppress: false,
             read_only: true,
+            script: false,
             sealed: VecDeque::new(),
         }
     }
@@ -169,6 +172,11 @@ impl PendingBatch {
         }
     }
 
+    /// The command just pushed runs a script (see [`Batch::script`]).
+    pub(super) fn mark_script(&mut self) {
+        self.script = true;
+    }
+
     /// Moves the staged frames into the payload as one piece, so a piece
     /// pushed after them goes out after them.
     fn unstage(&mut self) {
@@ -209,6 +217,7 @@ impl Connection {
             .queue
             .push_shared(rx, commands, pending.suppress, self.read_at);
         let read_only = std::mem::replace(&mut pending.read_only, true);
+        let script = std::mem::take(&mut pending.script);
         let read_from = self
             .session
             .service
@@ -220,6 +229,7 @@ impl Connection {
                 count: replies,
                 reply: tx,
                 meter: Some(self.meter.clone()),
+                script,
             },
             slot,
             read_from,

@@ -40,6 +40,12 @@ const NOAUTH: &str = "NOAUTH Authentication required.";
 /// "deny"`).
 const TOKEN_EXPIRED: &str = "NOAUTH token expired";
 
+/// How long the master may be silent with a script batch unanswered
+/// before a PING goes to Redis instead of being answered here: a script
+/// that long may be one Redis answers `-BUSY` about. Shorter silences are
+/// ordinary latency, and a PING sent on costs a dial.
+const SCRIPT_SILENCE: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Why the stages stopped with a request: `None` when it was answered (or
 /// refused) here, or the work it left that waits on a backend.
 pub(super) type Stopped = Option<Deferred>;
@@ -170,6 +176,16 @@ impl Connection {
             ));
         }
         let held = self.session.tx.open || self.dedicated.is_some();
+        if !held && spec.name == "ping" && req.argc() <= 2 && self.master_in_script() {
+            // Redis answers a PING while a script holds it with `-BUSY`,
+            // or once the script ends: its own answer, past the script.
+            let service = self.session.service.as_ref().map(|s| s.index);
+            return Err(Some(Deferred::Urgent(Box::new(UrgentCall {
+                request: req,
+                reply: CommandReply::plain(spec.name, service),
+                suppress,
+            }))));
+        }
         let forwards_when_held = matches!(spec.name, "ping" | "echo" | "info");
         if !(held && forwards_when_held) {
             if spec.name == "hello" && self.dedicated.is_some() {
@@ -298,6 +314,12 @@ impl Connection {
         let confine = prefix_key.zip(self.session.namespace());
         self.batch
             .push(req, confine, follow_ups, reply, suppress, read_only);
+        if matches!(
+            spec.name,
+            "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro"
+        ) {
+            self.batch.mark_script();
+        }
         Ok(())
     }
 
@@ -354,6 +376,16 @@ impl Connection {
             return Some(Err(None));
         }
         None
+    }
+
+    /// Whether the master may be running a long script: a script batch is
+    /// unanswered and the master has sent nothing for [`SCRIPT_SILENCE`].
+    fn master_in_script(&self) -> bool {
+        self.ctx.router.master().is_some_and(|node| {
+            node.health()
+                .script_silence()
+                .is_some_and(|quiet| quiet >= SCRIPT_SILENCE)
+        })
     }
 
     /// Commands keygate answers itself: `Err` when answered here.
