@@ -224,6 +224,9 @@ pub enum ReplyKeys {
     ChannelArray,
     /// Alternating `[channel, count, ...]` (PUBSUB NUMSUB / SHARDNUMSUB).
     ChannelCounts,
+    /// SLOWLOG GET: entries whose fourth element is the logged command's
+    /// arguments, keys among them.
+    SlowlogEntries,
 }
 
 /// One command or subcommand of the table.

@@ -591,9 +591,48 @@ impl Namespace {
                     .filter_map(|(ch, n)| self.strip_channel_value(ch).map(|ch| (ch, n)))
                     .collect(),
             ),
+            (ReplyKeys::SlowlogEntries, Value::Array(entries)) => Value::Array(
+                entries
+                    .into_iter()
+                    .map(|entry| self.strip_slowlog_entry(entry))
+                    .collect(),
+            ),
             // A shape the table does not announce: nothing to show safely.
             _ => return None,
         })
+    }
+
+    /// A slow log entry as an admin service sees it: the prefix comes off
+    /// this namespace's keys among the logged arguments, found by the
+    /// command table as for a request. Other services' keys stay as Redis
+    /// logged them (an admin service sees the whole server), and so do
+    /// arguments Redis trimmed where the table cannot place them.
+    fn strip_slowlog_entry(&self, entry: Value) -> Value {
+        let Value::Array(mut fields) = entry else {
+            return entry;
+        };
+        if let Some(Value::Array(args)) = fields.get_mut(3) {
+            let words: Vec<Bytes> = args
+                .iter()
+                .map(|a| match a {
+                    Value::Bulk(b) | Value::Simple(b) => b.clone(),
+                    _ => Bytes::new(),
+                })
+                .collect();
+            let req = Request::from_args(&words);
+            let positions = crate::command::lookup(&req)
+                .ok()
+                .and_then(|spec| key_positions(spec, &req).ok())
+                .unwrap_or_default();
+            for at in positions {
+                if let Some(Value::Bulk(key)) = args.get_mut(at) {
+                    if key.starts_with(&self.prefix) {
+                        *key = key.slice(self.prefix.len()..);
+                    }
+                }
+            }
+        }
+        Value::Array(fields)
     }
 
     /// Rewrites a frame a subscribed connection sent unasked: pub/sub
