@@ -29,6 +29,7 @@ use crate::command::state::Treatment;
 use crate::command::{self, CommandSpec, Flags};
 use crate::metrics::{ErrorKind, Role};
 use crate::policy::decision::{self, Decision, Forward, Refusal, SessionView};
+use crate::policy::namespace::Namespace;
 use crate::policy::reply::ReplyPlan;
 use crate::protocol::encode;
 use crate::protocol::request::Request;
@@ -219,13 +220,23 @@ impl Connection {
             max_bulk_len: self.ctx.scan_limits.max_bulk_len,
         };
         let mut req = req;
+        // The client's patterns, before the policy prefixes them.
+        let patterns = matches!(spec.name, "psubscribe" | "punsubscribe")
+            .then(|| service.namespace.clone())
+            .flatten()
+            .map(|ns| (ns, req.clone()));
         match decision::decide(service, &view, spec, &mut req, plan) {
             Decision::Forward(forward) => {
                 if forward.ttl_clamped {
                     let index = Some(service.index);
                     self.recorder.ttl_clamped(index);
                 }
-                self.route(spec, req, forward, held, suppress)
+                let mut names = None;
+                if let Some((ns, original)) = patterns {
+                    req = self.catch_notifications(&ns, spec, &original, req);
+                    names = u32::try_from(original.argc().saturating_sub(1)).ok();
+                }
+                self.route(spec, req, forward, held, suppress, names)
             }
             Decision::Procedure(planned) => Err(Some(Deferred::Procedure(ProcedureCall {
                 service: service.clone(),
@@ -249,6 +260,7 @@ impl Connection {
         forward: Forward,
         held: bool,
         suppress: bool,
+        names: Option<u32>,
     ) -> Result<(), Stopped> {
         let Forward {
             prefix_at: prefix_key,
@@ -265,7 +277,11 @@ impl Connection {
             .flatten()
             .map(|kind| pubsub::SubscriptionCall {
                 kind,
-                names: u32::try_from(req.argc().saturating_sub(1)).unwrap_or(u32::MAX),
+                // The client's names: hidden patterns keygate adds are
+                // confirmed apart (see `pubsub::PatternAliases`).
+                names: names.unwrap_or_else(|| {
+                    u32::try_from(req.argc().saturating_sub(1)).unwrap_or(u32::MAX)
+                }),
             });
         // A state-changing command never goes in a shared batch; a
         // blocking one without its blocking option (XREAD without BLOCK)
@@ -376,6 +392,48 @@ impl Connection {
             return Some(Err(None));
         }
         None
+    }
+
+    /// PSUBSCRIBE or PUNSUBSCRIBE of a namespaced client (`original` as
+    /// it wrote it, `req` as the policy confined it): each pattern that may
+    /// match keyspace notifications without naming them is followed by its
+    /// hidden pattern ([`pubsub::PatternAliases`]).
+    fn catch_notifications(
+        &mut self,
+        ns: &Namespace,
+        spec: &CommandSpec,
+        original: &Request,
+        req: Request,
+    ) -> Request {
+        let subscribe = spec.name == "psubscribe";
+        let mut hidden = Vec::new();
+        for i in 1..original.argc() {
+            let Some(pattern) = original.get(i) else {
+                continue;
+            };
+            if !ns.catches_notifications(pattern) {
+                continue;
+            }
+            let alias = if subscribe {
+                Some(self.patterns.alias(pattern))
+            } else {
+                self.patterns.existing(pattern)
+            };
+            if let Some(alias) = alias {
+                hidden.push((i, alias));
+            }
+        }
+        if hidden.is_empty() {
+            return req;
+        }
+        let mut args: Vec<&[u8]> = Vec::with_capacity(req.argc() + hidden.len());
+        for (i, arg) in req.args().enumerate() {
+            args.push(arg);
+            if let Some((_, alias)) = hidden.iter().find(|(at, _)| *at == i) {
+                args.push(alias);
+            }
+        }
+        Request::from_args(&args)
     }
 
     /// Whether the master may be running a long script: a script batch is

@@ -4,6 +4,7 @@
 //! The table is an allow-list: a command that is not in it is unknown, and
 //! the policy stage refuses what it cannot confine.
 
+pub mod glob;
 pub mod keys;
 pub mod keyword;
 pub mod state;
