@@ -330,10 +330,14 @@ impl Connection {
         let confine = prefix_key.zip(self.session.namespace());
         self.batch
             .push(req, confine, follow_ups, reply, suppress, read_only);
-        if matches!(
-            spec.name,
-            "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro"
-        ) {
+        // Scripts carry NOSCRIPT (a bit test first keeps GET and SET from
+        // comparing names).
+        if spec.flags.contains(Flags::NOSCRIPT)
+            && matches!(
+                spec.name,
+                "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro"
+            )
+        {
             self.batch.mark_script();
         }
         Ok(())
