@@ -415,3 +415,83 @@ fn an_admin_namespaced_service_may_monitor() {
     });
     assert!(seen, "the monitor stream never showed the write");
 }
+
+/// SLOWLOG GET for an admin namespaced service shows its own keys without
+/// the prefix, as the service wrote them (Redis's suite compares the logged
+/// arguments with what it sent), trimmed arguments included; other
+/// services' keys stay as Redis logged them.
+#[test]
+fn slowlog_shows_the_services_own_keys_as_it_wrote_them() {
+    let (redis, kg) = setup();
+    let mut direct = RawConn::connect(redis.port());
+    let mut ops = login(&kg, "ops");
+    let mut app = login(&kg, "app");
+    assert_eq!(
+        ops.cmd_str(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]),
+        "+OK\r\n"
+    );
+    assert_eq!(ops.cmd_str(&["SLOWLOG", "RESET"]), "+OK\r\n");
+    let long = "A".repeat(200);
+    let many: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+    let mut sadd_many = vec!["SADD", "set"];
+    sadd_many.extend(many.iter().map(String::as_str));
+    assert_eq!(ops.cmd_str(&["SADD", "set", "foo", &long]), ":2\r\n");
+    assert_eq!(ops.cmd_str(&sadd_many), ":40\r\n");
+    assert_eq!(ops.cmd_str(&["MSET", "a", "1", "b", "2"]), "+OK\r\n");
+    assert_eq!(app.cmd_str(&["SET", "mine", "1"]), "+OK\r\n");
+    assert_eq!(
+        ops.cmd_str(&["CONFIG", "SET", "slowlog-log-slower-than", "-1"]),
+        "+OK\r\n"
+    );
+    let logged = |conn: &mut RawConn| -> Vec<Vec<String>> {
+        let Reply::Array(entries) = conn.call(&["SLOWLOG", "GET", "-1"]) else {
+            panic!("SLOWLOG GET is an array")
+        };
+        entries
+            .into_iter()
+            .filter_map(|e| match e {
+                Reply::Array(fields) => match fields.into_iter().nth(3) {
+                    Some(Reply::Array(args)) => Some(
+                        args.into_iter()
+                            .map(|a| match a {
+                                Reply::Bulk(b) => b,
+                                other => format!("{other:?}"),
+                            })
+                            .collect(),
+                    ),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    };
+    let through = logged(&mut ops);
+    let backend = logged(&mut direct);
+    let find = |entries: &[Vec<String>], first: &str, second: &str| {
+        entries
+            .iter()
+            .find(|a| a.len() > 1 && a[0].eq_ignore_ascii_case(first) && a[1] == second)
+            .cloned()
+    };
+    // Redis logged the prefixed names; the service sees its own.
+    let sadd = through
+        .iter()
+        .find(|a| a.len() == 4 && a[1] == "set")
+        .expect("SADD set foo logged");
+    assert_eq!(sadd[2], "foo");
+    assert!(sadd[3].ends_with("... (72 more bytes)"), "{:?}", sadd[3]);
+    let logged_sadd = backend
+        .iter()
+        .find(|a| a.len() == 4 && a[1] == "ops:set")
+        .expect("Redis logged the prefixed key");
+    assert_eq!(logged_sadd[2..], sadd[2..]);
+    let trimmed = through
+        .iter()
+        .find(|a| a.len() == 32 && a[1] == "set")
+        .expect("the trimmed SADD");
+    assert!(trimmed[31].contains("more arguments"), "{trimmed:?}");
+    let mset = find(&through, "mset", "a").expect("MSET logged");
+    assert_eq!(mset, ["MSET", "a", "1", "b", "2"]);
+    // Another service's key is not this namespace's: shown as logged.
+    assert!(find(&through, "set", "app:mine").is_some(), "{through:?}");
+}

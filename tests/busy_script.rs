@@ -153,3 +153,32 @@ fn a_kill_after_the_clients_own_script_waits_for_it_as_on_redis() {
     assert_eq!([app.read_reply(), app.read_reply()], expected);
     assert_eq!(direct.cmd_str(&["GET", "app:k"]), "$1\r\nx\r\n");
 }
+
+/// A PING from another client while a script holds Redis gets Redis's own
+/// answer, `-BUSY` (keygate answers PING itself otherwise), as the same
+/// PING sent directly does; once the script is killed, PONG again.
+#[test]
+fn ping_while_a_script_is_busy_gets_redis_busy_error() {
+    let (redis, kg) = setup();
+    let mut spinner = login(&kg, "app");
+    let mut other = login(&kg, "app");
+    assert_eq!(other.cmd_str(&["PING"]), "+PONG\r\n");
+    spinner.send(&resp_command(&["EVAL", SPIN, "0"]));
+    wait_busy(&redis);
+    let mut direct = RawConn::connect(redis.port());
+    let expected = direct.cmd_str(&["PING"]);
+    assert!(expected.starts_with("-BUSY"), "{expected}");
+    // keygate learns the script is busy from the master's silence: wait for
+    // that state, then the reply must be Redis's, byte for byte.
+    assert!(
+        wait_until(Duration::from_secs(10), || other.cmd_str(&["PING"])
+            == expected),
+        "PING through keygate never got Redis's -BUSY"
+    );
+    assert_eq!(other.cmd_str(&["PING", "hello"]), expected);
+    let mut killer = login(&kg, "app");
+    let killed = kill_while_busy(&redis, &mut spinner, &[], &mut killer, &["SCRIPT", "KILL"]);
+    assert!(killed.contains("Script killed"), "{killed}");
+    assert_eq!(other.cmd_str(&["PING"]), "+PONG\r\n");
+    assert_eq!(other.cmd_str(&["PING", "hello"]), "$5\r\nhello\r\n");
+}

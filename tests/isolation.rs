@@ -179,8 +179,11 @@ fn commands_that_cannot_be_confined_are_refused() {
         &["SWAPDB", "0", "1"],
         &["MIGRATE", "127.0.0.1", "1", "a", "0", "10"],
         &["MEMORY", "STATS"],
-        &["SUBSCRIBE", "__keyevent@0__:set"],
-        &["PSUBSCRIBE", "__keyevent@0__:*"],
+        // Keyevent channels may be subscribed (their messages are filtered
+        // to the service's keys), never published to or counted.
+        &["PUBLISH", "__keyevent@0__:set", "billing:x"],
+        &["PUBSUB", "NUMSUB", "__keyevent@0__:set"],
+        &["PUBSUB", "CHANNELS", "__keyevent@*"],
         &["PSUBSCRIBE", "__keyspace@*__:*"],
         &["OBJECT", "HELP", "x"],
     ] {

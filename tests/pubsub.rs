@@ -372,3 +372,102 @@ fn subscriptions_are_confirmed_while_replies_are_off() {
         assert_eq!(run(kg.port(), resp3), direct, "resp3: {resp3}");
     }
 }
+
+const NOTIFIED: &str = r#"
+[[service]]
+name = "app"
+prefix = "app:"
+password = "apppw"
+
+[[service]]
+name = "other"
+prefix = "other:"
+password = "otherpw"
+"#;
+
+/// Keyspace notifications for a namespaced service, as Redis sends them to
+/// a client of its own keyspace: `PSUBSCRIBE *` gets the keyspace and
+/// keyevent messages of the service's keys (without the prefix) and its
+/// own channels' messages, nothing of another service's; SUBSCRIBE of a
+/// keyevent channel gets the service's keys only. The same commands sent
+/// directly to Redis by a client whose keys have no prefix are the
+/// reference, byte for byte, in RESP2 and RESP3.
+#[test]
+fn keyspace_notifications_reach_a_namespace_for_its_own_keys() {
+    let redis = RedisServer::start();
+    redis.cli(&["CONFIG", "SET", "notify-keyspace-events", "KEA"]);
+    let kg = Keygate::start_with(&standalone_config(&redis.addr(), NOTIFIED));
+    kg.wait_ready();
+    for protocol in ["2", "3"] {
+        let mut direct = RawConn::connect(redis.port());
+        let mut direct_writer = RawConn::connect(redis.port());
+        let mut app = RawConn::login(kg.port(), "app", "apppw");
+        let mut app_writer = RawConn::login(kg.port(), "app", "apppw");
+        let mut other = RawConn::login(kg.port(), "other", "otherpw");
+        for c in [&mut direct, &mut app] {
+            c.cmd_str(&["HELLO", protocol]);
+        }
+        let subscribe = |c: &mut RawConn| {
+            c.send(&resp_command(&["PSUBSCRIBE", "*", "n*"]));
+            let mut replies = vec![text(c.read_reply()), text(c.read_reply())];
+            c.send(&resp_command(&["SUBSCRIBE", "__keyevent@0__:expired"]));
+            replies.push(text(c.read_reply()));
+            replies
+        };
+        assert_eq!(subscribe(&mut app), subscribe(&mut direct));
+        let writes: [&[&str]; 3] = [
+            &["SET", "foo", "bar"],
+            &["PEXPIRE", "foo", "1"],
+            &["PUBLISH", "news", "hi"],
+        ];
+        let mut seen = Vec::new();
+        let mut unsubscribed = Vec::new();
+        let rounds = [
+            (&mut direct, &mut direct_writer),
+            (&mut app, &mut app_writer),
+        ];
+        for (through_keygate, (c, w)) in rounds.into_iter().enumerate() {
+            if through_keygate == 1 {
+                // Another service's keys and channels come first: if
+                // anything of them leaked, it would be read before the
+                // service's own.
+                other.cmd_str(&["SET", "foo", "x"]);
+                // The service's hidden patterns match no other service's
+                // channel: nobody receives this.
+                assert_eq!(other.cmd_str(&["PUBLISH", "news", "theirs"]), ":0\r\n");
+            }
+            for cmd in writes {
+                w.cmd_str(cmd);
+            }
+            // set: keyspace + keyevent; pexpire: both; expired: both, and the
+            // SUBSCRIBE; news: one per pattern.
+            let got: Vec<String> = (0..9)
+                .map(|_| {
+                    text(
+                        c.try_read_reply(Duration::from_secs(10))
+                            .expect("a message"),
+                    )
+                })
+                .collect();
+            seen.push(got);
+            assert!(c.try_read_reply(Duration::from_millis(200)).is_none());
+            unsubscribed.push(c.cmd_str(&["PUNSUBSCRIBE", "*"]));
+            c.send(&resp_command(&["PUNSUBSCRIBE"]));
+            unsubscribed.push(text(c.read_reply()));
+            unsubscribed.push(c.cmd_str(&["UNSUBSCRIBE"]));
+        }
+        let direct_seen = seen[0].clone();
+        let app_seen = seen[1].clone();
+        // Expiry happens when Redis gets to it: compare as sets of messages.
+        let sorted = |mut v: Vec<String>| {
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(app_seen), sorted(direct_seen), "RESP{protocol}");
+        assert_eq!(unsubscribed[3..], unsubscribed[..3]);
+        // Cleaned up for the next round; the other service's key stays theirs.
+        redis.cli(&["DEL", "foo", "app:foo"]);
+        assert_eq!(redis.cli(&["GET", "other:foo"]), "x");
+        redis.cli(&["DEL", "other:foo"]);
+    }
+}

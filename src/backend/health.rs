@@ -3,8 +3,9 @@
 //! connection to it. Below both [`super::mux`] (which reports into it) and
 //! [`super::node`] (which owns it), so neither imports the other for it.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Notify};
 
@@ -28,6 +29,22 @@ pub struct NodeHealth {
     readonly_replies: AtomicU64,
     trouble: Notify,
     demotions: watch::Sender<u64>,
+    /// Script batches (EVAL, FCALL and their kin) written to a multiplexed
+    /// connection and not yet answered.
+    scripts_in_flight: AtomicU32,
+    /// When the node last sent a byte while a script batch was in flight,
+    /// in microseconds since [`clock_origin`].
+    script_progress: AtomicU64,
+}
+
+/// The origin of the microsecond timestamps kept in atomics.
+fn clock_origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+fn micros_now() -> u64 {
+    u64::try_from(clock_origin().elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
 impl Default for NodeHealth {
@@ -39,6 +56,8 @@ impl Default for NodeHealth {
             readonly_replies: AtomicU64::new(0),
             trouble: Notify::new(),
             demotions: watch::Sender::new(0),
+            scripts_in_flight: AtomicU32::new(0),
+            script_progress: AtomicU64::new(0),
         }
     }
 }
@@ -102,6 +121,37 @@ impl NodeHealth {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// A script batch was written to one of the node's connections.
+    pub(crate) fn script_sent(&self) {
+        if self.scripts_in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.script_progress.store(micros_now(), Ordering::Release);
+        }
+    }
+
+    /// A script batch was answered or failed.
+    pub(crate) fn script_done(&self) {
+        self.scripts_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A connection of the node read bytes: it is not stuck in a script.
+    pub(crate) fn progressed(&self) {
+        if self.scripts_in_flight.load(Ordering::Relaxed) > 0 {
+            self.script_progress.store(micros_now(), Ordering::Release);
+        }
+    }
+
+    /// How long the node has sent nothing while a script batch was in
+    /// flight: a script that long still running holds Redis, which answers
+    /// other clients only with `-BUSY` (past `busy-reply-threshold`) or
+    /// once it ends. `None` when no script batch is in flight.
+    pub fn script_silence(&self) -> Option<Duration> {
+        if self.scripts_in_flight.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let since = self.script_progress.load(Ordering::Acquire);
+        Some(Duration::from_micros(micros_now().saturating_sub(since)))
+    }
+
     /// Live multiplexed connections.
     pub fn connected(&self) -> usize {
         self.connected.load(Ordering::Relaxed)
@@ -110,5 +160,30 @@ impl NodeHealth {
     /// The last connect error, if the node is not healthy.
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Silence is measured only while a script is in flight, from the last
+    /// byte the node sent.
+    #[test]
+    fn script_silence_counts_from_the_last_progress() {
+        let health = NodeHealth::default();
+        health.progressed();
+        assert_eq!(health.script_silence(), None);
+        health.script_sent();
+        health.script_sent();
+        std::thread::sleep(Duration::from_millis(5));
+        let quiet = health.script_silence().expect("a script is in flight");
+        assert!(quiet >= Duration::from_millis(5), "{quiet:?}");
+        health.progressed();
+        assert!(health.script_silence().expect("still in flight") < quiet);
+        health.script_done();
+        assert!(health.script_silence().is_some());
+        health.script_done();
+        assert_eq!(health.script_silence(), None);
     }
 }

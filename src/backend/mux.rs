@@ -64,6 +64,9 @@ pub struct Batch {
     pub reply: oneshot::Sender<BatchReply>,
     /// Counts the replies' bytes for their client as they arrive.
     pub meter: Option<Arc<ReplyMeter>>,
+    /// It carries a script (EVAL, FCALL, ...): while it is unanswered and
+    /// the node silent, the node may be busy running it.
+    pub script: bool,
 }
 
 /// Settings of a multiplexed connection.
@@ -193,6 +196,7 @@ struct Pending {
     reply: oneshot::Sender<BatchReply>,
     meter: Option<Arc<ReplyMeter>>,
     _in_flight: InFlight,
+    _script: Option<ScriptInFlight>,
 }
 
 impl Pending {
@@ -218,6 +222,24 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.batch_done();
+    }
+}
+
+/// Counts a written script batch in its node's health until dropped.
+struct ScriptInFlight(Arc<NodeHealth>);
+
+impl ScriptInFlight {
+    fn new(health: &Arc<NodeHealth>, script: bool) -> Option<ScriptInFlight> {
+        script.then(|| {
+            health.script_sent();
+            ScriptInFlight(health.clone())
+        })
+    }
+}
+
+impl Drop for ScriptInFlight {
+    fn drop(&mut self) {
+        self.0.script_done();
     }
 }
 
@@ -343,6 +365,7 @@ where
                     reply,
                     meter: None,
                     _in_flight: InFlight::new(health),
+                    _script: None,
                 };
                 if pending_tx.send(pending).is_err() {
                     break true;
@@ -372,6 +395,7 @@ where
                 reply: batch.reply,
                 meter: batch.meter,
                 _in_flight: InFlight::new(health),
+                _script: ScriptInFlight::new(health, batch.script),
             };
             if let Some(prev) = held.replace(pending) {
                 if pending_tx.send(prev).is_err() {
@@ -611,7 +635,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     fail_all(&mut queue, &mut pending_rx, counted, err);
                     return;
                 }
-                Ok(_) => progressed = true,
+                Ok(_) => {
+                    progressed = true;
+                    health.progressed();
+                }
             },
             _ = tick.tick() => {
                 while let Ok(p) = pending_rx.try_recv() {

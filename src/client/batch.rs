@@ -63,6 +63,8 @@ pub(super) struct PendingBatch {
     /// redirect follower pairs request frames with reply frames) and the
     /// client's chain of followers; `None` on other backends.
     cluster: Option<Box<ClusterBatching>>,
+    /// A command in the batch runs a script.
+    script: bool,
     /// Sealed, waiting to be submitted.
     sealed: VecDeque<Sealed>,
 }
@@ -112,6 +114,7 @@ impl Default for PendingBatch {
             read_only: true,
             route: None,
             cluster: None,
+            script: false,
             sealed: VecDeque::new(),
         }
     }
@@ -241,6 +244,11 @@ impl PendingBatch {
         }
     }
 
+    /// The command just pushed runs a script (see [`Batch::script`]).
+    pub(super) fn mark_script(&mut self) {
+        self.script = true;
+    }
+
     /// Moves the staged frames into the payload as one piece, so a piece
     /// pushed after them goes out after them.
     fn unstage(&mut self) {
@@ -287,6 +295,7 @@ impl Connection {
             .as_mut()
             .map(|c| std::mem::take(&mut c.frame_lens))
             .unwrap_or_default();
+        let script = std::mem::take(&mut pending.script);
         let read_from = self
             .session
             .service
@@ -298,6 +307,7 @@ impl Connection {
                 count: replies,
                 reply: tx,
                 meter: Some(self.meter.clone()),
+                script,
             },
             slot,
             read_from,
@@ -382,6 +392,7 @@ impl Connection {
             payload: sealed.batch.payload.clone(),
             frame_lens: sealed.frame_lens,
             meter: self.meter.clone(),
+            script: sealed.batch.script,
         };
         redirect::submit(&mut cluster.chain, generation, sealed.batch, follow).await;
     }

@@ -300,6 +300,10 @@ impl Connection {
             let conn = &mut *d.lease;
             match d.scanner.scan(&mut conn.read_buf) {
                 Ok(Some((frame, kind))) => {
+                    let frame = match self.patterns.before_route(frame) {
+                        pubsub::Hidden::Confirmation => continue,
+                        pubsub::Hidden::Visible(frame) => frame,
+                    };
                     let awaited = self.queue.awaited_dedicated();
                     let protocol = self.session.protocol;
                     // Pub/sub frames (messages and confirmations) are
@@ -327,7 +331,7 @@ impl Connection {
                             self.queue.dedicated_reply(frame);
                         }
                         pubsub::Route::Confirms { all } => {
-                            let frame = isolation::confine_unasked(service, frame);
+                            let frame = isolation::confine_unasked(service, &self.patterns, frame);
                             let held = self
                                 .queue
                                 .subscription_frame(frame.as_deref().unwrap_or_default(), all);
@@ -338,7 +342,9 @@ impl Connection {
                             self.meter.add(held);
                         }
                         pubsub::Route::Unasked => {
-                            if let Some(frame) = isolation::confine_unasked(service, frame) {
+                            if let Some(frame) =
+                                isolation::confine_unasked(service, &self.patterns, frame)
+                            {
                                 self.meter.add(frame.len());
                                 self.queue.dedicated_push(frame);
                             }
@@ -397,6 +403,7 @@ impl Connection {
     }
 
     fn end_connection_state(&mut self) {
+        self.patterns.clear();
         self.session.tx_database = None;
         self.session.exec_database = None;
         let tx = self.session.tx;

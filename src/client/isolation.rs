@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use super::pubsub::PatternAliases;
 use super::queue::CommandReply;
 use super::Connection;
 use crate::command::CommandSpec;
@@ -95,12 +96,19 @@ impl Connection {
 
 /// A frame the dedicated connection sent unasked (pub/sub), confined to the
 /// session's current namespace; `None` drops it.
-pub(super) fn confine_unasked(service: Option<&Service>, frame: Bytes) -> Option<Bytes> {
+pub(super) fn confine_unasked(
+    service: Option<&Service>,
+    aliases: &PatternAliases,
+    frame: Bytes,
+) -> Option<Bytes> {
     match service.and_then(|s| s.namespace.as_ref()) {
         Some(ns) if super::tracking::is_invalidation(&frame) => {
             super::tracking::confine_invalidation(ns, &frame)
         }
-        Some(ns) => ns.strip_pubsub(&frame),
+        Some(ns) => match aliases.translate(ns, &frame) {
+            Some(translated) => translated,
+            None => ns.strip_pubsub(&frame),
+        },
         None => Some(frame),
     }
 }

@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::session::{ReplyMode, Session};
 use super::Context;
+use crate::command::glob::{self, Case};
 use crate::command::keyword::{c_str, is_keyword};
 use crate::command::{self, keys, CommandSpec};
 use crate::policy::service::Login;
@@ -351,7 +352,7 @@ fn config_get(ctx: &Context, protocol: Protocol, req: &Request) -> LocalAnswer {
         .filter(|(name, _)| {
             patterns
                 .iter()
-                .any(|pat| glob_matches(pat, name.as_bytes()))
+                .any(|pat| glob::matches(pat, name.as_bytes(), Case::Insensitive))
         })
         .collect();
     build(|o| {
@@ -361,88 +362,6 @@ fn config_get(ctx: &Context, protocol: Protocol, req: &Request) -> LocalAnswer {
             encode::bulk(o, value.as_bytes());
         }
     })
-}
-
-/// Redis-style glob match (`*`, `?`, `[...]`, `\` escapes), case-insensitive
-/// as CONFIG GET is.
-///
-/// Iterative, backtracking only to the last `*`: time is O(pattern × text)
-/// and the stack is constant, whatever the client's pattern (a recursive
-/// matcher overflowed the stack on a pattern of many `*` and took
-/// exponential time on `*a*a*a...`).
-fn glob_matches(pattern: &[u8], text: &[u8]) -> bool {
-    let (mut p, mut t) = (0, 0);
-    // Pattern position after the last `*`, and the text position it was tried at.
-    let mut star: Option<(usize, usize)> = None;
-    loop {
-        if pattern.get(p) == Some(&b'*') {
-            p += 1;
-            star = Some((p, t));
-            continue;
-        }
-        match text.get(t) {
-            Some(&c) => {
-                if let Some(next) = glob_step(pattern, p, c) {
-                    p = next;
-                    t += 1;
-                    continue;
-                }
-            }
-            None if p >= pattern.len() => return true,
-            None => {}
-        }
-        // Mismatch: let the last `*` swallow one more byte, if it can.
-        match star {
-            Some((after_star, tried)) if tried < text.len() => {
-                star = Some((after_star, tried + 1));
-                p = after_star;
-                t = tried + 1;
-            }
-            _ => return false,
-        }
-    }
-}
-
-/// Matches text byte `c` against the single-byte pattern item at `p` (not
-/// `*`); the position after the item when it matches.
-fn glob_step(pattern: &[u8], p: usize, c: u8) -> Option<usize> {
-    let rest = pattern.get(p + 1..).unwrap_or_default();
-    match *pattern.get(p)? {
-        b'?' => Some(p + 1),
-        b'[' => {
-            let close = rest.iter().position(|&b| b == b']')?;
-            let class = rest.get(..close).unwrap_or_default();
-            let (negate, class) = match class.split_first() {
-                Some((b'^', c)) => (true, c),
-                _ => (false, class),
-            };
-            let c = c.to_ascii_lowercase();
-            let mut hit = false;
-            let mut k = 0;
-            while k < class.len() {
-                let lo = class
-                    .get(k)
-                    .copied()
-                    .unwrap_or_default()
-                    .to_ascii_lowercase();
-                if class.get(k + 1) == Some(&b'-') && k + 2 < class.len() {
-                    let hi = class
-                        .get(k + 2)
-                        .copied()
-                        .unwrap_or_default()
-                        .to_ascii_lowercase();
-                    hit |= (lo..=hi).contains(&c);
-                    k += 3;
-                } else {
-                    hit |= lo == c;
-                    k += 1;
-                }
-            }
-            (hit != negate).then_some(p + 2 + close)
-        }
-        b'\\' if !rest.is_empty() => (rest.first() == Some(&c)).then_some(p + 2),
-        lit => lit.eq_ignore_ascii_case(&c).then_some(p + 1),
-    }
 }
 
 /// keygate's `# Proxy` INFO section. Services that are not `admin` see
@@ -537,43 +456,5 @@ pub fn answer_keygate(ctx: &Context, session: &Session, req: &Request) -> LocalA
         _ => err(
             "ERR unknown subcommand or wrong number of arguments for 'keygate'. Try KEYGATE HELP.",
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob_matches;
-
-    /// Found by the audit: the recursive matcher overflowed the stack (a
-    /// process abort) on many `*` and took exponential time on `*a*a...`.
-    #[test]
-    fn glob_patterns_from_the_network_cannot_exhaust_stack_or_time() {
-        let stars = vec![b'*'; 1_000_000];
-        assert!(glob_matches(&stars, b"proto-max-bulk-len"));
-        let mut nasty = b"*a".repeat(10_000);
-        nasty.push(b'z');
-        assert!(!glob_matches(
-            &nasty,
-            b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-        ));
-    }
-
-    #[test]
-    fn glob_matches_config_names() {
-        assert!(glob_matches(b"*", b"save"));
-        assert!(glob_matches(b"SAVE", b"save"));
-        assert!(glob_matches(b"app*", b"appendonly"));
-        assert!(glob_matches(b"s?ve", b"save"));
-        assert!(glob_matches(b"[rs]ave", b"save"));
-        assert!(!glob_matches(b"[^s]ave", b"save"));
-        assert!(!glob_matches(b"sav", b"save"));
-        assert!(glob_matches(b"*ave", b"save"));
-        assert!(glob_matches(b"s*e*", b"save"));
-        assert!(glob_matches(b"*-*-*", b"proto-max-bulk-len"));
-        assert!(!glob_matches(b"*-*-x", b"proto-max-bulk-len"));
-        assert!(glob_matches(b"\\s*", b"save"));
-        assert!(!glob_matches(b"[s", b"save"));
-        assert!(glob_matches(b"", b""));
-        assert!(glob_matches(b"*", b""));
     }
 }

@@ -175,6 +175,9 @@ struct Connection {
     scanner: RequestScanner,
     queue: ReplyQueue,
     dedicated: Option<Dedicated>,
+    /// Catch-all patterns standing for the client's patterns that may
+    /// match keyspace notifications (see [`pubsub::PatternAliases`]).
+    patterns: pubsub::PatternAliases,
     /// Requests gathered for a shared-connection batch, and batches sealed
     /// but not yet submitted.
     batch: batch::PendingBatch,
@@ -234,6 +237,7 @@ pub async fn serve_io<R, W>(
         scanner: RequestScanner::new(ctx.scan_limits),
         queue: ReplyQueue::default(),
         dedicated: None,
+        patterns: Default::default(),
         batch: batch::PendingBatch::for_backend(ctx.router.cluster().is_some()),
         read_at: Instant::now(),
         recorder: ctx.metrics.recorder(),

@@ -18,6 +18,10 @@
 //! subscribed) or is a reply. RESP3 marks messages and confirmations as
 //! pushes.
 
+use bytes::{Bytes, BytesMut};
+
+use crate::command::glob::{self, Case};
+use crate::policy::namespace::Namespace;
 use crate::protocol::reply::{ReplyKind, Value};
 use crate::protocol::Protocol;
 
@@ -178,6 +182,177 @@ impl Subscriptions {
     }
 }
 
+/// Patterns of a namespaced client that could match keyspace or keyevent
+/// channels without naming them (`*`, `_*`). The prefixed pattern matches
+/// none of those, so each such pattern also gets a hidden pattern of its
+/// own on Redis, `__key` and stars (`__key*`, `__key**`, ...: distinct, so
+/// Redis holds one per client pattern), which matches only notification
+/// channels: other services' channels never reach it, and their PUBLISH
+/// counts never include it. keygate judges every message the hidden
+/// pattern brings ([`Namespace::notification_view`] and the client's
+/// pattern) and shows it under the client's pattern.
+///
+/// Invariant: the client sees the subscriptions it made and no other.
+/// Hidden patterns' confirmations are dropped before anything counts them,
+/// and the counts in the confirmations it sees are Redis's less the hidden
+/// patterns Redis holds at that point.
+#[derive(Debug, Default)]
+pub struct PatternAliases {
+    /// The client's pattern, its hidden pattern, and whether Redis holds it.
+    aliases: Vec<(Bytes, Bytes, bool)>,
+    /// Hidden patterns Redis holds.
+    held: u32,
+}
+
+/// What a frame from a subscribed connection is, as far as hidden patterns go.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hidden {
+    /// A hidden pattern's confirmation: nobody sees it.
+    Confirmation,
+    /// Anything else, its count made the client's where it is a confirmation.
+    Visible(Bytes),
+}
+
+/// Start of every hidden pattern.
+const HIDDEN_START: &[u8] = b"__key";
+
+impl PatternAliases {
+    /// The hidden pattern for `pattern`: the one it has, or a new one.
+    pub fn alias(&mut self, pattern: &[u8]) -> Bytes {
+        if let Some(alias) = self.existing(pattern) {
+            return alias;
+        }
+        let stars = (1..)
+            .find(|&n| {
+                !self
+                    .aliases
+                    .iter()
+                    .any(|(_, a, _)| a.len() == HIDDEN_START.len() + n)
+            })
+            .unwrap_or(1);
+        let mut alias = HIDDEN_START.to_vec();
+        alias.resize(HIDDEN_START.len() + stars, b'*');
+        let alias = Bytes::from(alias);
+        self.aliases
+            .push((Bytes::copy_from_slice(pattern), alias.clone(), false));
+        alias
+    }
+
+    /// The hidden pattern `pattern` has, if any.
+    pub fn existing(&self, pattern: &[u8]) -> Option<Bytes> {
+        self.aliases
+            .iter()
+            .find(|(p, _, _)| p[..] == *pattern)
+            .map(|(_, a, _)| a.clone())
+    }
+
+    /// Forgets every hidden pattern (the connection's subscriptions are gone).
+    pub fn clear(&mut self) {
+        self.aliases.clear();
+        self.held = 0;
+    }
+
+    /// Sorts out a frame read from the subscribed connection before it is
+    /// routed: hidden confirmations are taken out (and counted), the
+    /// others' counts lose the hidden patterns.
+    pub fn before_route(&mut self, frame: Bytes) -> Hidden {
+        if self.aliases.is_empty() && self.held == 0 {
+            return Hidden::Visible(frame);
+        }
+        let Some(PubsubFrame::Confirmation(kind, count)) = pubsub_frame(&frame) else {
+            return Hidden::Visible(frame);
+        };
+        let Ok(Value::Array(mut items) | Value::Push(mut items)) = Value::parse(&frame) else {
+            return Hidden::Visible(frame);
+        };
+        let push = frame.first() == Some(&b'>');
+        let hidden = match items.get(1) {
+            Some(Value::Bulk(name)) => self.aliases.iter().position(|(_, a, _)| a == name),
+            _ => None,
+        };
+        match (kind, hidden) {
+            (SubKind::PSubscribe, Some(at)) => {
+                if let Some((_, _, held)) = self.aliases.get_mut(at) {
+                    if !*held {
+                        *held = true;
+                        self.held += 1;
+                    }
+                }
+                Hidden::Confirmation
+            }
+            (SubKind::PUnsubscribe, Some(at)) => {
+                let (_, _, held) = self.aliases.swap_remove(at);
+                if held {
+                    self.held = self.held.saturating_sub(1);
+                }
+                Hidden::Confirmation
+            }
+            (SubKind::SSubscribe | SubKind::SUnsubscribe, _) => Hidden::Visible(frame),
+            _ if self.held == 0 => Hidden::Visible(frame),
+            _ => {
+                if let Some(slot) = items.get_mut(2) {
+                    *slot = Value::Integer(count.saturating_sub(i64::from(self.held)));
+                }
+                Hidden::Visible(encode(items, push, frame.len()))
+            }
+        }
+    }
+
+    /// A message a hidden pattern brought, as the client sees it under its
+    /// own pattern: `None` when the frame is not one, `Some(None)` to drop
+    /// it (not the namespace's, or not matching the client's pattern).
+    pub fn translate(&self, ns: &Namespace, frame: &Bytes) -> Option<Option<Bytes>> {
+        if self.aliases.is_empty() {
+            return None;
+        }
+        let (push, mut items) = match Value::parse(frame).ok()? {
+            Value::Push(items) => (true, items),
+            Value::Array(items) => (false, items),
+            _ => return None,
+        };
+        let is_pmessage = matches!(items.first(), Some(Value::Bulk(w) | Value::Simple(w))
+            if w.eq_ignore_ascii_case(b"pmessage"));
+        if !is_pmessage || items.len() != 4 {
+            return None;
+        }
+        let Some(Value::Bulk(alias)) = items.get(1) else {
+            return None;
+        };
+        let (pattern, _, _) = self.aliases.iter().find(|(_, a, _)| a == alias)?;
+        let (Some(Value::Bulk(channel)), Some(Value::Bulk(payload))) = (items.get(2), items.get(3))
+        else {
+            return Some(None);
+        };
+        if !Namespace::is_notification(channel) {
+            // The client's prefixed pattern brings the namespace's own
+            // channels; this one would bring them twice.
+            return Some(None);
+        }
+        let Some((channel, payload)) = ns.notification_view(channel, payload) else {
+            return Some(None);
+        };
+        if !glob::matches(pattern, &channel, Case::Sensitive) {
+            return Some(None);
+        }
+        items.truncate(1);
+        items.push(Value::Bulk(pattern.clone()));
+        items.push(Value::Bulk(channel.into()));
+        items.push(Value::Bulk(payload));
+        Some(Some(encode(items, push, frame.len())))
+    }
+}
+
+/// A pub/sub frame written again, in the shape it came in.
+fn encode(items: Vec<Value>, push: bool, size: usize) -> Bytes {
+    let mut out = BytesMut::with_capacity(size);
+    if push {
+        Value::Push(items).encode(&mut out);
+    } else {
+        Value::Array(items).encode(&mut out);
+    }
+    out.freeze()
+}
+
 enum PubsubFrame {
     /// `[kind, name, count]`.
     Confirmation(SubKind, i64),
@@ -242,6 +417,68 @@ mod tests {
         assert!(!s.active());
         assert_eq!(route(&mut s, MESSAGE, reply), Route::Reply);
         assert_eq!(route(&mut s, b"+OK\r\n", None), Route::Unexpected);
+    }
+
+    /// Hidden patterns' confirmations are taken out and the client's
+    /// counts lose them; their messages show the client's pattern, only
+    /// for notification channels of the namespace that match it.
+    #[test]
+    fn hidden_patterns_stay_hidden() {
+        let ns = Namespace::new("app", b"app:");
+        let mut aliases = PatternAliases::default();
+        let star = aliases.alias(b"*");
+        assert_eq!(&star[..], b"__key*");
+        assert_eq!(aliases.alias(b"*"), star);
+        assert_eq!(&aliases.alias(b"_*")[..], b"__key**");
+        let frame = |s: &'static [u8]| Bytes::from_static(s);
+        // PSUBSCRIBE * _*: app:*, __key*, app:_*, __key**.
+        assert_eq!(
+            aliases.before_route(frame(b"*3\r\n$10\r\npsubscribe\r\n$5\r\napp:*\r\n:1\r\n")),
+            Hidden::Visible(frame(b"*3\r\n$10\r\npsubscribe\r\n$5\r\napp:*\r\n:1\r\n"))
+        );
+        assert_eq!(
+            aliases.before_route(frame(b"*3\r\n$10\r\npsubscribe\r\n$6\r\n__key*\r\n:2\r\n")),
+            Hidden::Confirmation
+        );
+        assert_eq!(
+            aliases.before_route(frame(b">3\r\n$10\r\npsubscribe\r\n$6\r\napp:_*\r\n:3\r\n")),
+            Hidden::Visible(frame(b">3\r\n$10\r\npsubscribe\r\n$6\r\napp:_*\r\n:2\r\n"))
+        );
+        let message = frame(
+            b"*4\r\n$8\r\npmessage\r\n$6\r\n__key*\r\n$20\r\n__keyspace@0__:app:k\r\n$3\r\nset\r\n",
+        );
+        assert_eq!(
+            aliases.translate(&ns, &message),
+            Some(Some(frame(
+                b"*4\r\n$8\r\npmessage\r\n$1\r\n*\r\n$16\r\n__keyspace@0__:k\r\n$3\r\nset\r\n"
+            )))
+        );
+        let foreign = frame(
+            b"*4\r\n$8\r\npmessage\r\n$6\r\n__key*\r\n$18\r\n__keyevent@0__:set\r\n$5\r\nbus:k\r\n",
+        );
+        assert_eq!(aliases.translate(&ns, &foreign), Some(None));
+        // A notification the client's own pattern does not match is dropped.
+        let mut narrow = PatternAliases::default();
+        narrow.alias(b"?x*");
+        let keyevent = frame(
+            b"*4\r\n$8\r\npmessage\r\n$6\r\n__key*\r\n$18\r\n__keyevent@0__:set\r\n$5\r\napp:k\r\n",
+        );
+        assert_eq!(narrow.translate(&ns, &keyevent), Some(None));
+        // An ordinary message passes by.
+        assert_eq!(aliases.translate(&ns, &frame(MESSAGE)), None);
+        // PUNSUBSCRIBE *: app:* then __key*.
+        assert_eq!(
+            aliases.before_route(frame(b"*3\r\n$12\r\npunsubscribe\r\n$5\r\napp:*\r\n:2\r\n")),
+            Hidden::Visible(frame(b"*3\r\n$12\r\npunsubscribe\r\n$5\r\napp:*\r\n:1\r\n"))
+        );
+        assert_eq!(
+            aliases.before_route(frame(
+                b"*3\r\n$12\r\npunsubscribe\r\n$6\r\n__key*\r\n:1\r\n"
+            )),
+            Hidden::Confirmation
+        );
+        assert_eq!(aliases.existing(b"*"), None);
+        assert_eq!(aliases.held, 0, "__key** was never confirmed in this test");
     }
 
     #[test]

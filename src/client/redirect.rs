@@ -87,6 +87,8 @@ pub(super) struct Follow {
     pub(super) payload: Payload,
     pub(super) frame_lens: Vec<u32>,
     pub(super) meter: Arc<ReplyMeter>,
+    /// The batch carries a script (see [`Batch::script`]); so do its retries.
+    pub(super) script: bool,
 }
 
 /// Sends `batch` to `follow.node` with a follower in front of its replies,
@@ -314,6 +316,7 @@ async fn resend(follow: &Follow, group: &[Pending], requests: &[Bytes]) -> Vec<B
         count,
         reply: tx,
         meter: None,
+        script: follow.script,
     };
     if group.iter().any(|p| p.pause) {
         tokio::time::sleep(TRYAGAIN_PAUSE).await;

@@ -29,6 +29,7 @@ use crate::command::state::Treatment;
 use crate::command::{self, CommandSpec, Flags};
 use crate::metrics::{ErrorKind, Role};
 use crate::policy::decision::{self, Decision, Forward, Refusal, SessionView};
+use crate::policy::namespace::Namespace;
 use crate::policy::reply::ReplyPlan;
 use crate::protocol::encode;
 use crate::protocol::request::Request;
@@ -39,6 +40,12 @@ const NOAUTH: &str = "NOAUTH Authentication required.";
 /// The reply to a command after the login's token expired (`on_expiry =
 /// "deny"`).
 const TOKEN_EXPIRED: &str = "NOAUTH token expired";
+
+/// How long the master may be silent with a script batch unanswered
+/// before a PING goes to Redis instead of being answered here: a script
+/// that long may be one Redis answers `-BUSY` about. Shorter silences are
+/// ordinary latency, and a PING sent on costs a dial.
+const SCRIPT_SILENCE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Why the stages stopped with a request: `None` when it was answered (or
 /// refused) here, or the work it left that waits on a backend.
@@ -170,6 +177,16 @@ impl Connection {
             ));
         }
         let held = self.session.tx.open || self.dedicated.is_some();
+        if !held && spec.name == "ping" && req.argc() <= 2 && self.master_in_script() {
+            // Redis answers a PING while a script holds it with `-BUSY`,
+            // or once the script ends: its own answer, past the script.
+            let service = self.session.service.as_ref().map(|s| s.index);
+            return Err(Some(Deferred::Urgent(Box::new(UrgentCall {
+                request: req,
+                reply: CommandReply::plain(spec.name, service),
+                suppress,
+            }))));
+        }
         let forwards_when_held = matches!(spec.name, "ping" | "echo" | "info");
         if !(held && forwards_when_held) {
             if spec.name == "hello" && self.dedicated.is_some() {
@@ -203,13 +220,23 @@ impl Connection {
             max_bulk_len: self.ctx.scan_limits.max_bulk_len,
         };
         let mut req = req;
+        // The client's patterns, before the policy prefixes them.
+        let patterns = matches!(spec.name, "psubscribe" | "punsubscribe")
+            .then(|| service.namespace.clone())
+            .flatten()
+            .map(|ns| (ns, req.clone()));
         match decision::decide(service, &view, spec, &mut req, plan) {
             Decision::Forward(forward) => {
                 if forward.ttl_clamped {
                     let index = Some(service.index);
                     self.recorder.ttl_clamped(index);
                 }
-                self.route(spec, req, forward, held, suppress)
+                let mut names = None;
+                if let Some((ns, original)) = patterns {
+                    req = self.catch_notifications(&ns, spec, &original, req);
+                    names = u32::try_from(original.argc().saturating_sub(1)).ok();
+                }
+                self.route(spec, req, forward, held, suppress, names)
             }
             Decision::Procedure(_) if self.ctx.router.cluster().is_some() => Err(self.reject(
                 spec.name,
@@ -239,6 +266,7 @@ impl Connection {
         forward: Forward,
         held: bool,
         suppress: bool,
+        names: Option<u32>,
     ) -> Result<(), Stopped> {
         let Forward {
             prefix_at: prefix_key,
@@ -255,7 +283,11 @@ impl Connection {
             .flatten()
             .map(|kind| pubsub::SubscriptionCall {
                 kind,
-                names: u32::try_from(req.argc().saturating_sub(1)).unwrap_or(u32::MAX),
+                // The client's names: hidden patterns keygate adds are
+                // confirmed apart (see `pubsub::PatternAliases`).
+                names: names.unwrap_or_else(|| {
+                    u32::try_from(req.argc().saturating_sub(1)).unwrap_or(u32::MAX)
+                }),
             });
         // A state-changing command never goes in a shared batch; a
         // blocking one without its blocking option (XREAD without BLOCK)
@@ -325,6 +357,16 @@ impl Connection {
         let confine = prefix_key.zip(self.session.namespace());
         self.batch
             .push(req, confine, follow_ups, reply, suppress, read_only);
+        // Scripts carry NOSCRIPT (a bit test first keeps GET and SET from
+        // comparing names).
+        if spec.flags.contains(Flags::NOSCRIPT)
+            && matches!(
+                spec.name,
+                "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro"
+            )
+        {
+            self.batch.mark_script();
+        }
         Ok(())
     }
 
@@ -381,6 +423,58 @@ impl Connection {
             return Some(Err(None));
         }
         None
+    }
+
+    /// PSUBSCRIBE or PUNSUBSCRIBE of a namespaced client (`original` as
+    /// it wrote it, `req` as the policy confined it): each pattern that may
+    /// match keyspace notifications without naming them is followed by its
+    /// hidden pattern ([`pubsub::PatternAliases`]).
+    fn catch_notifications(
+        &mut self,
+        ns: &Namespace,
+        spec: &CommandSpec,
+        original: &Request,
+        req: Request,
+    ) -> Request {
+        let subscribe = spec.name == "psubscribe";
+        let mut hidden = Vec::new();
+        for i in 1..original.argc() {
+            let Some(pattern) = original.get(i) else {
+                continue;
+            };
+            if !ns.catches_notifications(pattern) {
+                continue;
+            }
+            let alias = if subscribe {
+                Some(self.patterns.alias(pattern))
+            } else {
+                self.patterns.existing(pattern)
+            };
+            if let Some(alias) = alias {
+                hidden.push((i, alias));
+            }
+        }
+        if hidden.is_empty() {
+            return req;
+        }
+        let mut args: Vec<&[u8]> = Vec::with_capacity(req.argc() + hidden.len());
+        for (i, arg) in req.args().enumerate() {
+            args.push(arg);
+            if let Some((_, alias)) = hidden.iter().find(|(at, _)| *at == i) {
+                args.push(alias);
+            }
+        }
+        Request::from_args(&args)
+    }
+
+    /// Whether the master may be running a long script: a script batch is
+    /// unanswered and the master has sent nothing for [`SCRIPT_SILENCE`].
+    fn master_in_script(&self) -> bool {
+        self.ctx.router.master().is_some_and(|node| {
+            node.health()
+                .script_silence()
+                .is_some_and(|quiet| quiet >= SCRIPT_SILENCE)
+        })
     }
 
     /// Commands keygate answers itself: `Err` when answered here.

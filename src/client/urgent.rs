@@ -2,6 +2,8 @@
 //! command table: SCRIPT KILL, FUNCTION KILL and STATS, SHUTDOWN), sent on
 //! a connection of their own ([`crate::backend::urgent`]): on the client's
 //! shared connection they would wait behind the very script they are about.
+//! A PING that keygate would answer itself goes this way too while the
+//! master may be busy with a script, so the client gets Redis's answer.
 //!
 //! Invariant: the client's earlier commands are answered first, so a KILL
 //! pipelined after the client's own EVAL finds it finished, as on Redis

@@ -4,6 +4,7 @@
 //! The table is an allow-list: a command that is not in it is unknown, and
 //! the policy stage refuses what it cannot confine.
 
+pub mod glob;
 pub mod keys;
 pub mod keyword;
 pub mod state;
@@ -224,6 +225,9 @@ pub enum ReplyKeys {
     ChannelArray,
     /// Alternating `[channel, count, ...]` (PUBSUB NUMSUB / SHARDNUMSUB).
     ChannelCounts,
+    /// SLOWLOG GET: entries whose fourth element is the logged command's
+    /// arguments, keys among them.
+    SlowlogEntries,
 }
 
 /// One command or subcommand of the table.

@@ -5048,7 +5048,7 @@ pub static COMMANDS: &[CommandSpec] = &[
                 step: 0,
                 key_specs: &[],
                 subcommands: &[],
-                reply_keys: ReplyKeys::None,
+                reply_keys: ReplyKeys::SlowlogEntries,
             },
             CommandSpec {
                 name: "slowlog|help",

@@ -431,8 +431,8 @@ fn classify(name: &str) -> Rule {
 pub const OTHER_REFUSALS: &[(&str, &str)] = &[
     ("`COPY ... DB`", "keygate serves one database"),
     (
-        "`__keyevent@<db>__:` channels and patterns",
-        "keyevent notifications carry other services' key names",
+        "PUBLISH to, and PUBSUB NUMSUB/CHANNELS of, `__keyevent@` channels",
+        "keyevent notifications carry other services' key names (subscribing is allowed: only the service's keys reach it)",
     ),
     (
         "`__keyspace@` channels and patterns without a literal database number",

@@ -23,8 +23,14 @@
 //!
 //! Keyspace notifications: `__keyspace@<db>__:<key>` names are rewritten to
 //! `__keyspace@<db>__:<prefix><key>` (the key part of a pattern gets the
-//! escaped prefix; `<db>` must be plain digits). `__keyevent@` names are
-//! refused: their messages carry other services' key names.
+//! escaped prefix; `<db>` must be plain digits). `__keyevent@` channels and
+//! patterns may be subscribed as they are: their messages carry a key name,
+//! and only those naming a key of the namespace reach the client, without
+//! the prefix. PUBLISH, PUBSUB NUMSUB and PUBSUB CHANNELS still refuse them.
+//! A pattern that could match notification channels without naming them
+//! (`*`, `_*`) also gets a hidden pattern that matches only notification
+//! channels, from the client layer, which judges each message it brings by
+//! [`Namespace::notification_view`] and the client's pattern.
 //!
 //! [`key_positions`]: crate::command::keys::key_positions
 
@@ -34,6 +40,7 @@ use super::access::Refusal;
 use super::confinement::{self, Rule};
 use super::keyspace::Procedure;
 use super::service::Service;
+use crate::command::glob;
 use crate::command::keys::{
     key_positions, key_positions_inline, single_fixed_key, sort_options, KeysError,
 };
@@ -190,6 +197,53 @@ impl Namespace {
         Ok(self.prefix(channel))
     }
 
+    /// A channel name SUBSCRIBE and UNSUBSCRIBE send: keyevent channels
+    /// go as they are (their messages are filtered on the way back).
+    pub fn subscription_channel(&self, channel: &[u8]) -> Result<Vec<u8>, &'static str> {
+        if channel.starts_with(KEYEVENT) {
+            return Ok(channel.to_vec());
+        }
+        self.channel(channel)
+    }
+
+    /// A pattern PSUBSCRIBE and PUNSUBSCRIBE send: keyevent patterns go as
+    /// they are (every channel they match starts with `__keyevent@`, and
+    /// messages are filtered on the way back).
+    pub fn subscription_pattern(&self, pattern: &[u8]) -> Result<Vec<u8>, &'static str> {
+        if pattern.starts_with(KEYEVENT) {
+            return Ok(pattern.to_vec());
+        }
+        self.channel_pattern(pattern)
+    }
+
+    /// Whether a client's pattern could match keyspace or keyevent
+    /// channels without naming them (`*`, `_*`, `?_key*`): the prefixed
+    /// pattern would match none, so the client layer subscribes it as a
+    /// catch-all and judges each message itself.
+    pub fn catches_notifications(&self, pattern: &[u8]) -> bool {
+        !pattern.starts_with(KEYSPACE)
+            && !pattern.starts_with(KEYEVENT)
+            && (glob::may_match_text_starting_with(pattern, KEYSPACE)
+                || glob::may_match_text_starting_with(pattern, KEYEVENT))
+    }
+
+    /// Whether a channel is one Redis sends keyspace notifications on.
+    pub fn is_notification(channel: &[u8]) -> bool {
+        channel.starts_with(KEYSPACE) || channel.starts_with(KEYEVENT)
+    }
+
+    /// A message's channel and payload as the client sees them, `None` when
+    /// it is not the namespace's: a keyevent message names one of its keys
+    /// (shown without the prefix), a keyspace channel one of its keys, any
+    /// other channel carries the prefix.
+    pub fn notification_view(&self, channel: &[u8], payload: &Bytes) -> Option<(Vec<u8>, Bytes)> {
+        if channel.starts_with(KEYEVENT) {
+            let key = self.strip(payload)?;
+            return Some((channel.to_vec(), payload.slice_ref(key)));
+        }
+        Some((self.strip_channel(channel)?, payload.clone()))
+    }
+
     /// A channel pattern as the backend gets it.
     pub fn channel_pattern(&self, pattern: &[u8]) -> Result<Vec<u8>, &'static str> {
         if pattern.starts_with(KEYEVENT) {
@@ -218,6 +272,9 @@ impl Namespace {
 
     /// A backend channel pattern as the client wrote it; `None` if not ours.
     pub fn strip_channel_pattern(&self, pattern: &[u8]) -> Option<Vec<u8>> {
+        if pattern.starts_with(KEYEVENT) {
+            return Some(pattern.to_vec());
+        }
         if let Some((head, key)) = split_keyspace(pattern) {
             if let Some(own) = self.strip_pattern(key) {
                 return Some(concat(head, own));
@@ -341,10 +398,16 @@ impl Namespace {
             }
             Rule::Scan => Ok(forward(self.rewrite_scan(req)?)),
             Rule::Channels { first } => {
+                let subscription = matches!(spec.name, "subscribe" | "unsubscribe");
                 let channels = (first..req.argc())
                     .map(|i| {
                         let name = req.get(i).unwrap_or_default();
-                        self.channel(name).map(|c| (i, c))
+                        let channel = if subscription {
+                            self.subscription_channel(name)
+                        } else {
+                            self.channel(name)
+                        };
+                        channel.map(|c| (i, c))
                     })
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|reason| self.refuse(spec, reason))?;
@@ -362,7 +425,7 @@ impl Namespace {
                 let patterns = (1..req.argc())
                     .map(|i| {
                         let pattern = req.get(i).unwrap_or_default();
-                        self.channel_pattern(pattern).map(|p| (i, p))
+                        self.subscription_pattern(pattern).map(|p| (i, p))
                     })
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|reason| self.refuse(spec, reason))?;
@@ -591,9 +654,48 @@ impl Namespace {
                     .filter_map(|(ch, n)| self.strip_channel_value(ch).map(|ch| (ch, n)))
                     .collect(),
             ),
+            (ReplyKeys::SlowlogEntries, Value::Array(entries)) => Value::Array(
+                entries
+                    .into_iter()
+                    .map(|entry| self.strip_slowlog_entry(entry))
+                    .collect(),
+            ),
             // A shape the table does not announce: nothing to show safely.
             _ => return None,
         })
+    }
+
+    /// A slow log entry as an admin service sees it: the prefix comes off
+    /// this namespace's keys among the logged arguments, found by the
+    /// command table as for a request. Other services' keys stay as Redis
+    /// logged them (an admin service sees the whole server), and so do
+    /// arguments Redis trimmed where the table cannot place them.
+    fn strip_slowlog_entry(&self, entry: Value) -> Value {
+        let Value::Array(mut fields) = entry else {
+            return entry;
+        };
+        if let Some(Value::Array(args)) = fields.get_mut(3) {
+            let words: Vec<Bytes> = args
+                .iter()
+                .map(|a| match a {
+                    Value::Bulk(b) | Value::Simple(b) => b.clone(),
+                    _ => Bytes::new(),
+                })
+                .collect();
+            let req = Request::from_args(&words);
+            let positions = crate::command::lookup(&req)
+                .ok()
+                .and_then(|spec| key_positions(spec, &req).ok())
+                .unwrap_or_default();
+            for at in positions {
+                if let Some(Value::Bulk(key)) = args.get_mut(at) {
+                    if key.starts_with(&self.prefix) {
+                        *key = key.slice(self.prefix.len()..);
+                    }
+                }
+            }
+        }
+        Value::Array(fields)
     }
 
     /// Rewrites a frame a subscribed connection sent unasked: pub/sub
@@ -630,6 +732,17 @@ impl Namespace {
         };
         let is_nil = |items: &[Value], i: usize| matches!(items.get(i), Some(Value::Nil));
         match &kind[..] {
+            b"message" if self.keyevent_message(&mut items, 1) => {
+                if is_nil(&items, 2) {
+                    return None;
+                }
+            }
+            b"pmessage" if self.keyevent_message(&mut items, 2) => {
+                name_at(&mut items, 1, true)?;
+                if is_nil(&items, 1) || is_nil(&items, 3) {
+                    return None;
+                }
+            }
             b"message" | b"smessage" => {
                 name_at(&mut items, 1, false)?;
                 if is_nil(&items, 1) {
@@ -643,7 +756,14 @@ impl Namespace {
                     return None;
                 }
             }
-            b"subscribe" | b"unsubscribe" | b"ssubscribe" | b"sunsubscribe" => {
+            b"subscribe" | b"unsubscribe" => {
+                let keyevent =
+                    matches!(items.get(1), Some(Value::Bulk(c)) if c.starts_with(KEYEVENT));
+                if !keyevent {
+                    name_at(&mut items, 1, false)?;
+                }
+            }
+            b"ssubscribe" | b"sunsubscribe" => {
                 name_at(&mut items, 1, false)?;
             }
             b"psubscribe" | b"punsubscribe" => {
@@ -661,6 +781,28 @@ impl Namespace {
             Value::Array(items).encode(&mut out);
         }
         Some(out.freeze())
+    }
+}
+
+impl Namespace {
+    /// A message on a keyevent channel (the channel at `at`, the payload
+    /// after it): its payload loses the prefix when it names one of the
+    /// namespace's keys, and is replaced by nil otherwise (the caller drops
+    /// the frame). False when the channel is not a keyevent one.
+    fn keyevent_message(&self, items: &mut [Value], at: usize) -> bool {
+        let keyevent = matches!(items.get(at), Some(Value::Bulk(c)) if c.starts_with(KEYEVENT));
+        if !keyevent {
+            return false;
+        }
+        if let Some(slot) = items.get_mut(at + 1) {
+            *slot = match std::mem::replace(slot, Value::Nil) {
+                Value::Bulk(payload) => self
+                    .strip(&payload)
+                    .map_or(Value::Nil, |key| Value::Bulk(payload.slice_ref(key))),
+                _ => Value::Nil,
+            };
+        }
+        true
     }
 }
 
@@ -816,7 +958,12 @@ allow_scripts = {allow_scripts}
             rewrite(&["PSUBSCRIBE", "*", "__keyspace@0__:*"]),
             v(&["PSUBSCRIBE", "billing:*", "__keyspace@0__:billing:*"])
         );
-        assert!(rewrite(&["PSUBSCRIBE", "__keyevent@0__:*"]).is_err());
+        // Keyevent patterns go as they are; their messages are filtered.
+        assert_eq!(
+            rewrite(&["PSUBSCRIBE", "__keyevent@0__:*"]),
+            v(&["PSUBSCRIBE", "__keyevent@0__:*"])
+        );
+        assert!(rewrite(&["PUBSUB", "CHANNELS", "__keyevent@*"]).is_err());
         assert!(rewrite(&["PSUBSCRIBE", "__keyspace@*__:*"]).is_err());
         assert_eq!(
             rewrite(&["PUBSUB", "CHANNELS"]),
@@ -835,7 +982,13 @@ allow_scripts = {allow_scripts}
             rewrite(&["SUBSCRIBE", "c", "__keyspace@0__:k"]),
             v(&["SUBSCRIBE", "billing:c", "__keyspace@0__:billing:k"])
         );
-        assert!(rewrite(&["SUBSCRIBE", "__keyevent@0__:set"]).is_err());
+        assert_eq!(
+            rewrite(&["SUBSCRIBE", "__keyevent@0__:set"]),
+            v(&["SUBSCRIBE", "__keyevent@0__:set"])
+        );
+        assert!(rewrite(&["PUBLISH", "__keyevent@0__:set", "billing:k"]).is_err());
+        assert!(rewrite(&["PUBSUB", "NUMSUB", "__keyevent@0__:set"]).is_err());
+        assert!(rewrite(&["SSUBSCRIBE", "__keyevent@0__:set"]).is_err());
     }
 
     #[test]
@@ -951,6 +1104,58 @@ allow_scripts = {allow_scripts}
             n.strip_pubsub(&sub).as_deref(),
             Some(&b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n:0\r\n"[..])
         );
+    }
+
+    /// Keyevent messages reach the client only when they name one of the
+    /// namespace's keys, without the prefix; the channel and a client's
+    /// keyevent pattern stay as they are.
+    #[test]
+    fn keyevent_messages_name_only_the_namespaces_keys() {
+        let n = ns();
+        let own = Bytes::from_static(
+            b"*3\r\n$7\r\nmessage\r\n$18\r\n__keyevent@0__:set\r\n$12\r\nbilling:key1\r\n",
+        );
+        assert_eq!(
+            n.strip_pubsub(&own).as_deref(),
+            Some(&b"*3\r\n$7\r\nmessage\r\n$18\r\n__keyevent@0__:set\r\n$4\r\nkey1\r\n"[..])
+        );
+        let foreign = Bytes::from_static(
+            b"*3\r\n$7\r\nmessage\r\n$18\r\n__keyevent@0__:set\r\n$6\r\nauth:k\r\n",
+        );
+        assert_eq!(n.strip_pubsub(&foreign), None);
+        let pmsg = Bytes::from_static(b">4\r\n$8\r\npmessage\r\n$14\r\n__keyevent@*__\r\n$18\r\n__keyevent@0__:del\r\n$9\r\nbilling:x\r\n");
+        assert_eq!(
+            n.strip_pubsub(&pmsg).as_deref(),
+            Some(&b">4\r\n$8\r\npmessage\r\n$14\r\n__keyevent@*__\r\n$18\r\n__keyevent@0__:del\r\n$1\r\nx\r\n"[..])
+        );
+        let sub =
+            Bytes::from_static(b"*3\r\n$9\r\nsubscribe\r\n$18\r\n__keyevent@0__:set\r\n:1\r\n");
+        assert_eq!(n.strip_pubsub(&sub).as_deref(), Some(&sub[..]));
+        // What a catch-all pattern receives, judged message by message.
+        let view = |c: &[u8], m: &'static [u8]| {
+            n.notification_view(c, &Bytes::from_static(m))
+                .map(|(c, m)| (c, m.to_vec()))
+        };
+        assert_eq!(
+            view(b"__keyevent@0__:set", b"billing:k"),
+            Some((b"__keyevent@0__:set".to_vec(), b"k".to_vec()))
+        );
+        assert_eq!(view(b"__keyevent@0__:set", b"auth:k"), None);
+        assert_eq!(
+            view(b"__keyspace@0__:billing:k", b"set"),
+            Some((b"__keyspace@0__:k".to_vec(), b"set".to_vec()))
+        );
+        assert_eq!(view(b"__keyspace@0__:auth:k", b"set"), None);
+        assert_eq!(
+            view(b"billing:news", b"hi"),
+            Some((b"news".to_vec(), b"hi".to_vec()))
+        );
+        assert_eq!(view(b"auth:news", b"hi"), None);
+        assert!(n.catches_notifications(b"*"));
+        assert!(n.catches_notifications(b"__k*"));
+        assert!(!n.catches_notifications(b"news.*"));
+        assert!(!n.catches_notifications(b"__keyspace@0__:*"));
+        assert!(!n.catches_notifications(b"__keyevent@0__:*"));
     }
 
     #[test]
