@@ -116,6 +116,16 @@ fn value_size_and_per_service_client_limits() {
         &big,
     ]);
     assert!(refused.contains("max_value_bytes"), "{refused}");
+    // redis-cli has exited; keygate counts its connection until it reads
+    // the close: wait for that, or the second login below would be refused.
+    let strict = [("service", "strict")];
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || {
+            let metrics = scrape_metrics(kg.admin_port());
+            metric_sample(&metrics, "keygate_client_connections", &strict).unwrap_or(0.0) == 0.0
+        }),
+        "redis-cli's connection was never let go"
+    );
     // Two logged-in clients are allowed, the third is refused.
     let login = b"*3\r\n$4\r\nAUTH\r\n$6\r\nstrict\r\n$9\r\nstrict-pw\r\n";
     let mut held = Vec::new();
