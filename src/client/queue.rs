@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::backend::mux::BatchReply;
 use crate::backend::BackendError;
+use crate::hotkeys::Sample;
 use crate::metrics::cache::CacheRule;
 use crate::metrics::{ErrorKind, Recorder, Role};
 use crate::policy::reply::{self, ReplyPlan};
@@ -43,6 +44,10 @@ pub struct CommandReply {
     pub frames: u32,
     /// How the command's reply is rewritten on its way back.
     pub plan: ReplyPlan,
+    /// A read sampled for the service's hot keys: counted with its reply's
+    /// value sizes when the reply is written (boxed: most commands carry
+    /// none).
+    pub hot: Option<Box<Sample>>,
 }
 
 impl CommandReply {
@@ -53,6 +58,7 @@ impl CommandReply {
             service,
             frames: 1,
             plan: ReplyPlan::Forward,
+            hot: None,
         }
     }
 
@@ -563,6 +569,9 @@ fn write_replies(
             return;
         }
     };
+    if slot.commands.iter().any(|c| c.hot.is_some()) {
+        record_hot_keys(&slot.commands, &replies);
+    }
     if slot.commands.is_empty() {
         if !slot.suppress {
             out.extend_from_slice(&replies.bytes);
@@ -624,6 +633,29 @@ fn write_replies(
     }
     if let Some(t) = tally {
         t.record(role, total, backend, recorder);
+    }
+}
+
+/// Counts the sampled reads among `commands` for their services' hot keys,
+/// each with its own reply frame (where the value sizes are).
+fn record_hot_keys(commands: &[CommandReply], replies: &Replies) {
+    if let [c] = commands {
+        if let (1, Some(sample)) = (c.frames, &c.hot) {
+            sample.record(&replies.bytes);
+            return;
+        }
+    }
+    let mut frames = replies.frames(REPLY_MAX_DEPTH);
+    for c in commands {
+        let Some((frame, _)) = frames.next() else {
+            return;
+        };
+        for _ in 1..c.frames {
+            let _ = frames.next();
+        }
+        if let Some(sample) = &c.hot {
+            sample.record(frame);
+        }
     }
 }
 
