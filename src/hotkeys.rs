@@ -105,14 +105,20 @@ impl HotKeys {
     }
 }
 
-/// A Space-Saving sketch: at most [`CAPACITY`] keys in a min-heap on their
-/// count, with each key's place in the heap. A new key, when the heap is
-/// full, takes the place of the least-counted one and inherits its count
-/// (so counts are upper bounds); its own reads and bytes start at zero.
+/// A Space-Saving sketch: at most [`CAPACITY`] keys, each in a slot of its
+/// own, and a min-heap of slots on their count. A new key, when every slot
+/// is taken, takes the least-counted key's slot and inherits its count (so
+/// counts are upper bounds); its own reads and bytes start at zero. The
+/// heap moves slot numbers and their places in plain arrays: counting a
+/// read costs one hash lookup, a new key two more.
 #[derive(Debug, Default)]
 struct SpaceSaving {
-    heap: Vec<Entry>,
-    place: HashMap<Bytes, usize>,
+    slots: Vec<Entry>,
+    /// Slot numbers, a min-heap on their entries' counts.
+    heap: Vec<u32>,
+    /// Each slot's place in `heap`.
+    place: Vec<u32>,
+    by_key: HashMap<Bytes, u32>,
 }
 
 #[derive(Debug)]
@@ -127,41 +133,48 @@ struct Entry {
 
 impl SpaceSaving {
     fn add(&mut self, key: &[u8], reads: u64, bytes: u64, weight: u64) {
-        if let Some(&i) = self.place.get(key) {
-            if let Some(e) = self.heap.get_mut(i) {
+        if let Some(&slot) = self.by_key.get(key) {
+            if let Some(e) = self.slots.get_mut(slot as usize) {
                 e.count = e.count.saturating_add(weight);
                 e.reads = e.reads.saturating_add(reads);
                 e.bytes = e.bytes.saturating_add(bytes);
             }
-            self.sift_down(i);
+            self.sift_down(self.place_of(slot));
             return;
         }
         let key = Bytes::copy_from_slice(key);
-        if self.heap.len() < CAPACITY {
-            self.place.insert(key.clone(), self.heap.len());
-            self.heap.push(Entry {
+        if self.slots.len() < CAPACITY {
+            // CAPACITY fits in u32.
+            let slot = self.slots.len() as u32;
+            self.by_key.insert(key.clone(), slot);
+            self.slots.push(Entry {
                 key,
                 count: weight,
                 reads,
                 bytes,
             });
+            self.place.push(self.heap.len() as u32);
+            self.heap.push(slot);
             self.sift_up(self.heap.len() - 1);
             return;
         }
-        let Some(min) = self.heap.first_mut() else {
+        let Some(&slot) = self.heap.first() else {
+            return;
+        };
+        let Some(min) = self.slots.get_mut(slot as usize) else {
             return;
         };
         let evicted = std::mem::replace(&mut min.key, key.clone());
         min.count = min.count.saturating_add(weight);
         min.reads = reads;
         min.bytes = bytes;
-        self.place.remove(&evicted);
-        self.place.insert(key, 0);
+        self.by_key.remove(&evicted);
+        self.by_key.insert(key, slot);
         self.sift_down(0);
     }
 
     fn top(&self, rank: Rank, count: usize) -> Vec<HotKey> {
-        let mut order: Vec<&Entry> = self.heap.iter().collect();
+        let mut order: Vec<&Entry> = self.slots.iter().collect();
         order.sort_unstable_by(|a, b| b.count.cmp(&a.count).then_with(|| a.key.cmp(&b.key)));
         order
             .into_iter()
@@ -181,16 +194,24 @@ impl SpaceSaving {
             .collect()
     }
 
+    fn place_of(&self, slot: u32) -> usize {
+        self.place.get(slot as usize).map_or(0, |&p| p as usize)
+    }
+
+    /// The count of the entry at heap place `i`; past the end, more than any.
     fn count_at(&self, i: usize) -> u64 {
-        self.heap.get(i).map_or(u64::MAX, |e| e.count)
+        self.heap
+            .get(i)
+            .and_then(|&slot| self.slots.get(slot as usize))
+            .map_or(u64::MAX, |e| e.count)
     }
 
     fn swap(&mut self, a: usize, b: usize) {
         self.heap.swap(a, b);
         for i in [a, b] {
-            if let Some(e) = self.heap.get(i) {
-                if let Some(p) = self.place.get_mut(&e.key) {
-                    *p = i;
+            if let Some(&slot) = self.heap.get(i) {
+                if let Some(p) = self.place.get_mut(slot as usize) {
+                    *p = i as u32;
                 }
             }
         }
@@ -428,10 +449,15 @@ mod tests {
         assert_eq!(hot.top(Rank::Bytes, 1)[0].key, Bytes::from("large"));
         assert_eq!(hot.top(Rank::Bytes, 1)[0].bytes, 100_000);
         let sketches = hot.lock();
-        assert_eq!(sketches.by_reads.heap.len(), CAPACITY);
-        assert_eq!(sketches.by_reads.place.len(), CAPACITY);
-        for (i, e) in sketches.by_reads.heap.iter().enumerate() {
-            assert_eq!(sketches.by_reads.place[&e.key], i);
+        let sketch = &sketches.by_reads;
+        assert_eq!(sketch.slots.len(), CAPACITY);
+        assert_eq!(sketch.by_key.len(), CAPACITY);
+        for (i, &slot) in sketch.heap.iter().enumerate() {
+            assert_eq!(sketch.place[slot as usize] as usize, i);
+            assert_eq!(sketch.by_key[&sketch.slots[slot as usize].key], slot);
+            if i > 0 {
+                assert!(sketch.count_at((i - 1) / 2) <= sketch.count_at(i));
+            }
         }
         drop(sketches);
         assert_eq!(hot.top(Rank::Reads, 5000).len(), MAX_COUNT);

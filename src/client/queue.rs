@@ -569,9 +569,6 @@ fn write_replies(
             return;
         }
     };
-    if slot.commands.iter().any(|c| c.hot.is_some()) {
-        record_hot_keys(&slot.commands, &replies);
-    }
     if slot.commands.is_empty() {
         if !slot.suppress {
             out.extend_from_slice(&replies.bytes);
@@ -586,6 +583,11 @@ fn write_replies(
     }
     let record_each = recorder.enabled();
     if all_plain && !record_each {
+        // Sampled reads are counted below, where the frames are split
+        // anyway; here they are split for them alone.
+        if slot.commands.iter().any(|c| c.hot.is_some()) {
+            record_hot_keys(&slot.commands, &replies);
+        }
         return;
     }
     let write = !slot.suppress && !all_plain;
@@ -596,6 +598,9 @@ fn write_replies(
             let mut tally = Tally::new(c);
             tally.add(replies.first_kind(), &replies.bytes, recorder);
             tally.record(role, total, backend, recorder);
+            if let Some(sample) = &c.hot {
+                sample.record(&replies.bytes);
+            }
             if write {
                 reply::rewrite(&c.plan, &replies.bytes, out);
             }
@@ -614,6 +619,9 @@ fn write_replies(
         ));
         for _ in 1..c.frames {
             let _ = frames.next();
+        }
+        if let Some(sample) = &c.hot {
+            sample.record(frame);
         }
         if record_each {
             match &mut tally {
