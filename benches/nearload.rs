@@ -274,6 +274,8 @@ impl Conn {
 
 #[derive(Default)]
 struct Stats {
+    /// Replies read, the warm-up's included (what CPU time is divided by).
+    all: u64,
     gets: u64,
     sets: u64,
     nils: u64,
@@ -326,6 +328,7 @@ async fn run_conn(
         let measured = sent >= measure_from;
         for &get in &is_get {
             let reply = conn.read_reply().await?;
+            stats.all += 1;
             if !measured {
                 continue;
             }
@@ -370,6 +373,7 @@ async fn run(args: Arc<Args>, port: u16) -> anyhow::Result<()> {
     let mut hist = new_hist();
     for task in tasks {
         let r = task.await.context("connection task")??;
+        total.all += r.stats.all;
         total.gets += r.stats.gets;
         total.sets += r.stats.sets;
         total.nils += r.stats.nils;
@@ -388,7 +392,7 @@ async fn run(args: Arc<Args>, port: u16) -> anyhow::Result<()> {
     println!(
         "nearload label={} target={}:{} dist={:?} keys={} connections={} pipeline={} \
          duration_s={:.2} ops={} ops_per_sec={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} \
-         gets={} sets={} get_nil={} errors={}",
+         gets={} sets={} get_nil={} errors={} all_ops={}",
         args.label,
         args.host,
         port,
@@ -405,7 +409,8 @@ async fn run(args: Arc<Args>, port: u16) -> anyhow::Result<()> {
         total.gets,
         total.sets,
         total.nils,
-        total.errors
+        total.errors,
+        total.all
     );
     Ok(())
 }
