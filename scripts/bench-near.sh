@@ -21,11 +21,11 @@ NEAR_KEYS="${BENCH_NEAR_KEYS:-1000000}"
 NEAR_CLIENTS="${BENCH_NEAR_CLIENTS:-50}"
 NEAR_MAX_BYTES="${BENCH_NEAR_MAX_BYTES:-134217728}"
 NEAR_UNIFORM="${BENCH_NEAR_UNIFORM:-0}"
-UNIFORM_KEYS="${BENCH_NEAR_UNIFORM_KEYS:-10000000}"
+NEAR_UNIFORM_KEYS="${BENCH_NEAR_UNIFORM_KEYS:-10000000}"
 NETEM="${BENCH_NETEM:-auto}"
 NETEM_DELAY="${BENCH_NETEM_DELAY:-0.5ms}"
 NEAR_PASSWORD="benchpw"
-for knob in DURATION NEAR_KEYS NEAR_CLIENTS NEAR_MAX_BYTES UNIFORM_KEYS; do
+for knob in DURATION NEAR_KEYS NEAR_CLIENTS NEAR_MAX_BYTES NEAR_UNIFORM_KEYS; do
     [[ ${!knob} =~ ^[1-9][0-9]*$ ]] || kg_die "BENCH_$knob must be a positive integer, not '${!knob}'"
 done
 [[ $NETEM == auto || $NETEM == 0 || $NETEM == 1 ]] || kg_die "BENCH_NETEM must be auto, 0 or 1, not '$NETEM'"
@@ -180,8 +180,8 @@ for net in "${!NET_REDIS_ADDR[@]}"; do
     nearload --host "${addr%:*}" --port "${addr##*:}" --prefill --keys "$NEAR_KEYS" --key-prefix z: >&2 ||
         kg_die "pre-filling the $net Redis failed"
     if [[ $NEAR_UNIFORM == 1 ]]; then
-        kg_info "pre-filling $UNIFORM_KEYS keys in the $net Redis (uniform workload)"
-        nearload --host "${addr%:*}" --port "${addr##*:}" --prefill --keys "$UNIFORM_KEYS" --key-prefix u: >&2 ||
+        kg_info "pre-filling $NEAR_UNIFORM_KEYS keys in the $net Redis (uniform workload)"
+        nearload --host "${addr%:*}" --port "${addr##*:}" --prefill --keys "$NEAR_UNIFORM_KEYS" --key-prefix u: >&2 ||
             kg_die "pre-filling the $net Redis failed"
     fi
 done
@@ -193,8 +193,8 @@ NEAR_WORKLOADS=(
 )
 if [[ $NEAR_UNIFORM == 1 ]]; then
     NEAR_WORKLOADS+=(
-        "uniform P1|--dist uniform --keys $UNIFORM_KEYS --key-prefix u: --pipeline 1"
-        "uniform P16|--dist uniform --keys $UNIFORM_KEYS --key-prefix u: --pipeline 16"
+        "uniform P1|--dist uniform --keys $NEAR_UNIFORM_KEYS --key-prefix u: --pipeline 1"
+        "uniform P16|--dist uniform --keys $NEAR_UNIFORM_KEYS --key-prefix u: --pipeline 16"
     )
 fi
 
@@ -326,7 +326,7 @@ print("- date: $(date -u '+%Y-%m-%d %H:%M UTC'), keygate commit: $commit")
 print("- host: $(nproc) cores, $(uname -srm); keygate, Redis and the load generator share them")
 print("- layout: $LAYOUT")
 print("- workload: benches/nearload.rs, $NEAR_CLIENTS connections, 95% GET / 5% SET, 64-byte values, "
-      "zipf: Zipf(0.99) over $NEAR_KEYS keys; uniform: over $UNIFORM_KEYS keys; "
+      "zipf: Zipf(0.99) over $NEAR_KEYS keys; uniform: over $NEAR_UNIFORM_KEYS keys; "
       "P1/P16: requests in flight per connection; $DURATION s measured after 1 s of warm-up")
 print("- keygate: one worker; keygate-nc: the same with [service.near_cache] enabled, max_bytes = $NEAR_MAX_BYTES")
 for n in notes:
