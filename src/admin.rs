@@ -6,6 +6,8 @@
 //!   503 `not ready` before (load balancers route on this one).
 //! - `GET /health`: the `ProxyState::health_json` detail.
 //! - `GET /metrics`: the Prometheus text exposition.
+//! - `GET /hotkeys`: each service's most-read keys, by reads and by bytes
+//!   (JSON; `?service=NAME` for one service, `&count=N` for more than ten).
 //! - `POST /reload`: re-reads the config file (see [`crate::reload`]); 200
 //!   with a short JSON when applied, 400 with the error when the new config
 //!   is invalid (the old one stays in force), 409 when keygate has no
@@ -21,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, StatusCode, Uri};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
@@ -29,6 +31,7 @@ use tokio::net::TcpListener;
 
 use crate::backend::credential::Credential;
 use crate::health::Health;
+use crate::hotkeys::{self, HotKeys, Rank};
 use crate::metrics::{Gauge, Metrics};
 use crate::policy::registry::ServiceRegistry;
 use crate::reload::{ReloadError, ReloadReport, Reloader};
@@ -195,6 +198,45 @@ impl ProxyState {
         self.metrics.slowlog_json()
     }
 
+    /// The `/hotkeys` JSON: per service, its top `count` keys by reads and
+    /// by bytes (`None` for a service whose hot keys are not counted).
+    /// Key names are shown here, on the admin listener, and nowhere else.
+    pub fn hot_keys_json(&self, service: Option<&str>, count: usize) -> serde_json::Value {
+        let listing = |rank| {
+            move |hot: &HotKeys| {
+                hot.top(rank, count)
+                    .iter()
+                    .map(|h| {
+                        serde_json::json!({
+                            "key": String::from_utf8_lossy(&h.key),
+                            "reads": h.reads,
+                            "bytes": h.bytes,
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        let services = self.services.current();
+        let mut out = serde_json::Map::new();
+        for s in services.all() {
+            if service.is_some_and(|wanted| wanted != s.name) {
+                continue;
+            }
+            let hot = s.hot_keys.as_deref();
+            out.insert(
+                s.name.clone(),
+                serde_json::json!({
+                    "by_reads": hot.map(listing(Rank::Reads)),
+                    "by_bytes": hot.map(listing(Rank::Bytes)),
+                }),
+            );
+        }
+        serde_json::json!({
+            "sample_every": hotkeys::SAMPLE_EVERY,
+            "services": out,
+        })
+    }
+
     /// The `/health` JSON detail.
     pub fn health_json(&self) -> serde_json::Value {
         let started = self.backend.get();
@@ -236,6 +278,7 @@ fn router(state: Arc<ProxyState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/slowlog", get(slowlog))
+        .route("/hotkeys", get(hot_keys))
         .route("/reload", post(reload))
         .with_state(state)
 }
@@ -271,6 +314,42 @@ async fn slowlog(State(state): State<Arc<ProxyState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
         state.slowlog_json().to_string(),
+    )
+}
+
+/// `GET /hotkeys[?service=NAME][&count=N]`: 404 for an unknown service,
+/// 400 for a count that is not a positive number.
+async fn hot_keys(State(state): State<Arc<ProxyState>>, uri: Uri) -> impl IntoResponse {
+    let (mut service, mut count) = (None, hotkeys::DEFAULT_COUNT);
+    for pair in uri.query().unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            Some(("service", name)) => service = Some(name.to_string()),
+            Some(("count", n)) => match n.parse::<usize>() {
+                Ok(n) if n > 0 => count = n.min(hotkeys::MAX_COUNT),
+                _ => {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        [(header::CONTENT_TYPE, "application/json")],
+                        r#"{"error":"count must be a positive number"}"#.to_string(),
+                    )
+                }
+            },
+            _ => {}
+        }
+    }
+    if let Some(name) = &service {
+        if state.services.current().get(name).is_none() {
+            return (
+                StatusCode::NOT_FOUND,
+                [(header::CONTENT_TYPE, "application/json")],
+                r#"{"error":"no such service"}"#.to_string(),
+            );
+        }
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        state.hot_keys_json(service.as_deref(), count).to_string(),
     )
 }
 

@@ -29,6 +29,8 @@
 //! - [`admin`] serves health and metrics over HTTP, apart from the data path.
 //! - [`health`] is the readiness latch and start time that [`proxy`] keeps in
 //!   step with the backend and the admin listener and the client side read.
+//! - [`hotkeys`] ranks each service's most-read keys from a sample of its
+//!   reads, for `KEYGATE HOTKEYS` and the admin listener's `/hotkeys`.
 //! - [`reload`] re-reads the config file and swaps the services in force.
 
 // The modules that handle client bytes may not panic on them: no `unwrap`,
@@ -52,6 +54,11 @@ pub mod client;
 pub mod command;
 pub mod config;
 pub mod health;
+#[cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)
+)]
+pub mod hotkeys;
 pub mod metrics;
 #[cfg_attr(
     not(test),

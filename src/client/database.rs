@@ -87,7 +87,7 @@ impl Connection {
                 frames: vec![select_frame(db)],
                 effect: ConnectionEffect::None,
                 subscription: None,
-                reply,
+                reply: Box::new(reply),
                 suppress,
             }));
         }

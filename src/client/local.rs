@@ -5,6 +5,8 @@
 //!
 //! None of these touches a backend, so they work while Redis is down.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 
 use super::session::{ReplyMode, Session};
@@ -12,7 +14,9 @@ use super::Context;
 use crate::command::glob::{self, Case};
 use crate::command::keyword::{c_str, is_keyword};
 use crate::command::{self, keys, CommandSpec};
-use crate::policy::service::Login;
+use crate::hotkeys;
+use crate::policy::service::{Login, Service};
+use crate::protocol::decimal;
 use crate::protocol::encode;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
@@ -443,10 +447,12 @@ pub fn answer_keygate(ctx: &Context, session: &Session, req: &Request) -> LocalA
             }
             build(|o| encode::bulk(o, text.as_bytes()))
         }
+        Some("hotkeys") => hot_keys(ctx, service, req),
         Some("help") => build(|o| {
             let lines = [
                 "KEYGATE LATENCY [service] [command] -- p50/p90/p99/p99.9/max over the recent window",
                 "KEYGATE SLOWLOG -- commands slower than slowlog_threshold (no argument values)",
+                "KEYGATE HOTKEYS [service] [COUNT n] [BY reads|bytes] -- the most-read keys: [key, reads, bytes] (estimates from a sample of reads)",
             ];
             encode::array_header(o, lines.len());
             for l in lines {
@@ -457,4 +463,63 @@ pub fn answer_keygate(ctx: &Context, session: &Session, req: &Request) -> LocalA
             "ERR unknown subcommand or wrong number of arguments for 'keygate'. Try KEYGATE HELP.",
         ),
     }
+}
+
+/// `KEYGATE HOTKEYS [service] [COUNT n] [BY reads|bytes]`: a service's
+/// most-read keys as `[key, reads, bytes]`, highest first, keys as its
+/// clients name them. Without a name, the caller's own service; a service
+/// that is not `admin` may name only itself.
+fn hot_keys(ctx: &Context, service: &Arc<Service>, req: &Request) -> LocalAnswer {
+    let mut at = 2;
+    let named = req
+        .get(at)
+        .filter(|a| !is_keyword(a, b"count") && !is_keyword(a, b"by"));
+    if named.is_some() {
+        at += 1;
+    }
+    let (mut count, mut rank) = (hotkeys::DEFAULT_COUNT, hotkeys::Rank::Reads);
+    while let Some(option) = req.get(at) {
+        let Some(value) = req.get(at + 1) else {
+            return err("ERR syntax error");
+        };
+        if is_keyword(option, b"count") {
+            match decimal::parse_ll(value) {
+                Some(n) if n > 0 => count = usize::try_from(n).unwrap_or(usize::MAX),
+                _ => return err("ERR value is out of range, must be positive"),
+            }
+        } else if is_keyword(option, b"by") && is_keyword(value, b"reads") {
+            rank = hotkeys::Rank::Reads;
+        } else if is_keyword(option, b"by") && is_keyword(value, b"bytes") {
+            rank = hotkeys::Rank::Bytes;
+        } else {
+            return err("ERR syntax error");
+        }
+        at += 2;
+    }
+    let services = ctx.services.current();
+    let target = match named {
+        None => service.clone(),
+        Some(name) if name == service.name.as_bytes() => service.clone(),
+        Some(_) if !service.admin => {
+            return err("NOPERM keygate: only admin services may see other services' hot keys")
+        }
+        Some(name) => match services.get(&String::from_utf8_lossy(name)) {
+            Some(found) => found.clone(),
+            None => return err("ERR keygate: no such service"),
+        },
+    };
+    let top = target
+        .hot_keys
+        .as_ref()
+        .map(|h| h.top(rank, count))
+        .unwrap_or_default();
+    build(|o| {
+        encode::array_header(o, top.len());
+        for hot in &top {
+            encode::array_header(o, 3);
+            encode::bulk(o, &hot.key);
+            encode::integer(o, i64::try_from(hot.reads).unwrap_or(i64::MAX));
+            encode::integer(o, i64::try_from(hot.bytes).unwrap_or(i64::MAX));
+        }
+    })
 }

@@ -203,6 +203,8 @@ struct Connection {
     backlog: bool,
     /// This client's entry in the context's table of clients.
     entry: Arc<registry::ClientEntry>,
+    /// Which of its reads are sampled for the service's hot keys.
+    hot_keys: crate::hotkeys::Sampler,
 }
 
 /// Serves one client until it disconnects, QUITs, breaks the protocol or
@@ -246,6 +248,7 @@ pub async fn serve_io<R, W>(
         closing: *shutdown.borrow(),
         out: BytesMut::new(),
         procedure: None,
+        hot_keys: crate::hotkeys::Sampler::default(),
         budget: budget::ReplyBudget::new(ctx.config.proxy.max_pending_reply_bytes),
         meter: Arc::new(ReplyMeter::new(ctx.config.proxy.pending_reply_hard_limit())),
         backlog: false,

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::backend::mux::BatchReply;
 use crate::backend::BackendError;
+use crate::hotkeys::Sample;
 use crate::metrics::cache::CacheRule;
 use crate::metrics::{ErrorKind, Recorder, Role};
 use crate::policy::reply::{self, ReplyPlan};
@@ -43,6 +44,10 @@ pub struct CommandReply {
     pub frames: u32,
     /// How the command's reply is rewritten on its way back.
     pub plan: ReplyPlan,
+    /// A read sampled for the service's hot keys: counted with its reply's
+    /// value sizes when the reply is written (boxed: most commands carry
+    /// none).
+    pub hot: Option<Box<Sample>>,
 }
 
 impl CommandReply {
@@ -53,6 +58,7 @@ impl CommandReply {
             service,
             frames: 1,
             plan: ReplyPlan::Forward,
+            hot: None,
         }
     }
 
@@ -577,6 +583,11 @@ fn write_replies(
     }
     let record_each = recorder.enabled();
     if all_plain && !record_each {
+        // Sampled reads are counted below, where the frames are split
+        // anyway; here they are split for them alone.
+        if slot.commands.iter().any(|c| c.hot.is_some()) {
+            record_hot_keys(&slot.commands, &replies);
+        }
         return;
     }
     let write = !slot.suppress && !all_plain;
@@ -587,6 +598,9 @@ fn write_replies(
             let mut tally = Tally::new(c);
             tally.add(replies.first_kind(), &replies.bytes, recorder);
             tally.record(role, total, backend, recorder);
+            if let Some(sample) = &c.hot {
+                sample.record(&replies.bytes);
+            }
             if write {
                 reply::rewrite(&c.plan, &replies.bytes, out);
             }
@@ -606,6 +620,9 @@ fn write_replies(
         for _ in 1..c.frames {
             let _ = frames.next();
         }
+        if let Some(sample) = &c.hot {
+            sample.record(frame);
+        }
         if record_each {
             match &mut tally {
                 Some(t) if t.same_series(c) => t.add(kind, frame, recorder),
@@ -624,6 +641,29 @@ fn write_replies(
     }
     if let Some(t) = tally {
         t.record(role, total, backend, recorder);
+    }
+}
+
+/// Counts the sampled reads among `commands` for their services' hot keys,
+/// each with its own reply frame (where the value sizes are).
+fn record_hot_keys(commands: &[CommandReply], replies: &Replies) {
+    if let [c] = commands {
+        if let (1, Some(sample)) = (c.frames, &c.hot) {
+            sample.record(&replies.bytes);
+            return;
+        }
+    }
+    let mut frames = replies.frames(REPLY_MAX_DEPTH);
+    for c in commands {
+        let Some((frame, _)) = frames.next() else {
+            return;
+        };
+        for _ in 1..c.frames {
+            let _ = frames.next();
+        }
+        if let Some(sample) = &c.hot {
+            sample.record(frame);
+        }
     }
 }
 

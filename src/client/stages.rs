@@ -60,7 +60,8 @@ pub(super) enum Deferred {
         effect: ConnectionEffect,
         /// A SUBSCRIBE-family command: how its confirmations are counted.
         subscription: Option<pubsub::SubscriptionCall>,
-        reply: CommandReply,
+        /// Boxed: it keeps every `Stopped` small.
+        reply: Box<CommandReply>,
         suppress: bool,
     },
     /// A keyspace-wide command of a namespaced service, run as a procedure.
@@ -323,7 +324,7 @@ impl Connection {
                 frames,
                 effect,
                 subscription,
-                reply,
+                reply: Box::new(reply),
                 suppress,
             }));
         }
@@ -354,6 +355,16 @@ impl Connection {
         }
         // topology: a batch may go to a replica only if all of it is read-only.
         let read_only = spec.flags.contains(Flags::READONLY) && follow_ups.is_empty();
+        if let Some(service) = self.session.service.as_ref() {
+            let prefix = service.namespace.as_ref().map(|ns| ns.prefix_bytes());
+            reply.hot = self.hot_keys.sample(
+                service.hot_keys.as_ref(),
+                spec.name,
+                &req,
+                prefix_key,
+                prefix.unwrap_or_default(),
+            );
+        }
         let confine = prefix_key.zip(self.session.namespace());
         self.batch
             .push(req, confine, follow_ups, reply, suppress, read_only);
@@ -702,7 +713,7 @@ impl Connection {
                 reply,
                 suppress,
             } => {
-                self.send_dedicated(frames, effect, subscription, reply, suppress)
+                self.send_dedicated(frames, effect, subscription, *reply, suppress)
                     .await
             }
             Deferred::Procedure(call) => self.run_procedure(call).await,

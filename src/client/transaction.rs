@@ -55,7 +55,7 @@ impl Connection {
                     frames: vec![discard.into_frame()],
                     effect: ConnectionEffect::EndTransaction,
                     subscription: None,
-                    reply,
+                    reply: Box::new(reply),
                     suppress,
                 }))
             }
@@ -110,7 +110,7 @@ impl Connection {
             frames: vec![Request::from_args(&["PING"]).into_frame()],
             effect: ConnectionEffect::None,
             subscription: None,
-            reply,
+            reply: Box::new(reply),
             suppress,
         })
     }
@@ -150,13 +150,12 @@ impl Connection {
                     service,
                     frames,
                     plan,
+                    ..
                 } = reply;
                 self.session.queued.push(Queued { frames, plan });
                 CommandReply {
-                    command,
-                    service,
                     frames,
-                    plan: ReplyPlan::Forward,
+                    ..CommandReply::plain(command, service)
                 }
             }
         }

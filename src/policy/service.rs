@@ -23,6 +23,7 @@ use super::access::AccessTable;
 use super::namespace::Namespace;
 use super::procedure_gate::ProcedureGate;
 use crate::config::{Config, ReadFrom, ServiceConfig, TtlOverMax};
+use crate::hotkeys::HotKeys;
 use crate::policy::token::{self, TokenRefusal, TokenVerifier};
 use crate::policy::ttl::TtlPolicy;
 
@@ -80,6 +81,9 @@ pub struct Service {
     pub databases: Option<Box<[u32]>>,
     /// `[service.token]`: the keys and claims a token login is checked with.
     pub token: Option<TokenVerifier>,
+    /// Its hot keys, when they are counted (`None`: its reads are not
+    /// sampled); shared across reloads while the prefix stays the same.
+    pub hot_keys: Option<Arc<HotKeys>>,
     password_sha256: Option<[u8; 32]>,
 }
 
@@ -128,6 +132,9 @@ impl Service {
                 .token
                 .as_ref()
                 .map(|t| TokenVerifier::from_config(&c.name, t)),
+            // Every service's reads are sampled for now; the near cache
+            // (`[service.near_cache]`) is what will turn this on.
+            hot_keys: Some(Arc::new(HotKeys::default())),
             password_sha256,
         };
         service.namespace = Namespace::for_service(&service).map(Arc::new);
@@ -333,6 +340,9 @@ impl Services {
                     service.dedicated = before.dedicated.clone();
                     if before.prefix == service.prefix {
                         service.procedures = before.procedures.clone();
+                        if service.hot_keys.is_some() {
+                            service.hot_keys = before.hot_keys.clone().or(service.hot_keys);
+                        }
                     }
                 }
                 Arc::new(service)

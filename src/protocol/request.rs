@@ -235,6 +235,12 @@ impl Request {
         self.frame.get(span.start()..span.end())
     }
 
+    /// Argument `i` as a slice of the frame (no copy), or `None` past the end.
+    pub fn arg_bytes(&self, i: usize) -> Option<Bytes> {
+        let span = self.args.get(i)?;
+        (span.end() <= self.frame.len()).then(|| self.frame.slice(span.start()..span.end()))
+    }
+
     /// All arguments in order.
     pub fn args(&self) -> impl Iterator<Item = &[u8]> + '_ {
         (0..self.args.len()).filter_map(move |i| self.get(i))
