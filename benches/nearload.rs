@@ -12,7 +12,8 @@
 //!
 //! The result is one line on stdout, `nearload key=value ...` (ops_per_sec,
 //! p50_us, p99_us, ...), for scripts/bench to read. `--prefill` instead SETs
-//! every key once, pipelined, and exits.
+//! every key once, pipelined, and exits. `--delay-line L` instead relays
+//! 127.0.0.1:L to the target with a fixed delay each way.
 //!
 //! Run by `cargo bench --bench nearload -- --port P ...`; without `--port`
 //! (as `cargo test --all-targets` runs it, with whatever arguments) it only
@@ -82,9 +83,63 @@ struct Args {
     /// Echoed in the result line.
     #[arg(long, default_value = "-")]
     label: String,
+    /// Instead of loading: relay 127.0.0.1:<this port> to --host:--port,
+    /// holding every chunk --delay-us in each direction (a distant Redis
+    /// where the kernel has no netem qdisc). Runs until killed.
+    #[arg(long)]
+    delay_line: Option<u16>,
+    /// One-way delay of --delay-line, microseconds.
+    #[arg(long, default_value_t = 500)]
+    delay_us: u64,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+/// `--delay-line`: a TCP relay that delays each direction by `delay`. A
+/// reader thread stamps every chunk with the time it is due; a writer
+/// thread sleeps until then and writes it, so chunks keep their order and
+/// spacing and a pipelined stream is delayed, not throttled.
+fn delay_line(host: &str, port: u16, listen: u16, delay: Duration) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", listen))
+        .with_context(|| format!("binding the delay line on 127.0.0.1:{listen}"))?;
+    for down in listener.incoming() {
+        let down = down?;
+        let up = std::net::TcpStream::connect((host, port))
+            .with_context(|| format!("connecting the delay line to {host}:{port}"))?;
+        down.set_nodelay(true)?;
+        up.set_nodelay(true)?;
+        delay_direction(down.try_clone()?, up.try_clone()?, delay);
+        delay_direction(up, down, delay);
+    }
+    Ok(())
+}
+
+fn delay_direction(mut from: std::net::TcpStream, mut to: std::net::TcpStream, delay: Duration) {
+    use std::io::{Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf) {
+            if tx
+                .send((Instant::now() + delay, buf[..n].to_vec()))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        while let Ok((due, bytes)) = rx.recv() {
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            if to.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    });
 }
 
 /// Key index sampler: Zipf by inverse transform over a precomputed CDF
@@ -499,6 +554,14 @@ fn main() -> anyhow::Result<()> {
     let Some(port) = args.port else {
         return self_check();
     };
+    if let Some(listen) = args.delay_line {
+        return delay_line(
+            &args.host,
+            port,
+            listen,
+            Duration::from_micros(args.delay_us),
+        );
+    }
     if args.keys == 0 || args.connections == 0 || args.pipeline == 0 || args.threads == 0 {
         bail!("--keys, --connections, --pipeline and --threads must be positive");
     }

@@ -134,6 +134,37 @@ netem_setup() {
     kg_info "netem: PING round trip to $NETEM_HOST (min max avg samples, ms): $latency"
 }
 
+# ---- without netem: a second Redis behind nearload's delay line ----
+# The same distance in user space: every chunk is held BENCH_NETEM_DELAY in
+# each direction by a relay on loopback, for the direct client and for
+# keygate alike.
+delay_line_setup() {
+    local us rport
+    case "$NETEM_DELAY" in
+    *ms) us="$(awk -v d="${NETEM_DELAY%ms}" 'BEGIN {printf "%d", d * 1000}')" ;;
+    *us) us="${NETEM_DELAY%us}" ;;
+    *) return 1 ;;
+    esac
+    rport="$(free_port)"
+    DELAY_PORT="$(free_port)"
+    mkdir -p "$WORK/redis-delay"
+    "${SERVER_PIN[@]}" redis-server --bind 127.0.0.1 --port "$rport" --dir "$WORK/redis-delay" \
+        --save '' --appendonly no --logfile "$WORK/redis-delay.log" &
+    DELAY_REDIS_PID=$!
+    STARTED_PIDS+=("$DELAY_REDIS_PID")
+    kg_wait_until 20 "redis-server on $rport" \
+        bash -c "[[ \$(timeout 3 redis-cli -p $rport PING 2>/dev/null) == PONG ]]" || return 1
+    "${SERVER_PIN[@]}" "$NEARLOAD" --delay-line "$DELAY_PORT" --delay-us "$us" --port "$rport" \
+        >"$WORK/delay-line.log" 2>&1 &
+    STARTED_PIDS+=("$!")
+    kg_wait_until 20 "the delay line on $DELAY_PORT" \
+        bash -c "[[ \$(timeout 3 redis-cli -p $DELAY_PORT PING 2>/dev/null) == PONG ]]" || return 1
+    local latency
+    latency="$(timeout 10 redis-cli -p "$DELAY_PORT" --latency --raw 2>/dev/null)"
+    NOTES+=("delay: no netem qdisc here, so Redis sits behind nearload's delay line on loopback, $NETEM_DELAY each way; PING round trip (redis-cli --latency: min max avg samples) $latency ms")
+    kg_info "delay line: PING round trip (min max avg samples, ms): $latency"
+}
+
 run_netem=0
 if [[ $NETEM != 0 ]]; then
     if ((EUID != 0)); then
@@ -155,6 +186,8 @@ if ((run_netem)); then
         else
             add_network netem "$NETEM_HOST" 6379 "$NETEM_REDIS_PID"
         fi
+    elif [[ $NETEM_WHY == *"no netem qdisc"* ]] && delay_line_setup; then
+        add_network delay 127.0.0.1 "$DELAY_PORT" "$DELAY_REDIS_PID"
     else
         [[ $NETEM == 1 ]] && kg_die "BENCH_NETEM=1 but $NETEM_WHY"
         kg_warn "netem skipped: $NETEM_WHY"
