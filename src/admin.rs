@@ -138,6 +138,13 @@ impl ProxyState {
             }
         }
         let mut text = self.metrics.render_prometheus(&extra);
+        let services = self.services.current();
+        let near: Vec<(&str, &crate::near_cache::NearCache)> = services
+            .all()
+            .iter()
+            .filter_map(|s| s.near_cache.as_deref().map(|c| (s.name.as_str(), c)))
+            .collect();
+        crate::near_cache::metrics::render(&near, &mut text);
         text.push_str(&format!(
             "# HELP keygate_backend_credential_errors_total Reads of [backend] password_file that failed (the last good password is kept).\n\
              # TYPE keygate_backend_credential_errors_total counter\n\

@@ -51,6 +51,7 @@ pub mod command;
 pub mod config;
 pub mod health;
 pub mod metrics;
+pub mod near_cache;
 #[cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)

@@ -13,6 +13,7 @@ use crate::backend::node::{Node, NodeOptions};
 use crate::command::keyword::is_keyword;
 use crate::command::{CommandSpec, Flags};
 use crate::config::{Config, ReadFrom};
+use crate::near_cache::NearCaches;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
 use crate::tls::connector::BackendTls;
@@ -112,7 +113,12 @@ impl Router {
     /// Starts connections to the configured backend and, with Sentinels,
     /// the topology monitor, over `tls` (`[backend.tls]`, loaded at start).
     /// Must be called inside a tokio runtime.
-    pub fn start(config: &Config, tls: Option<Arc<BackendTls>>) -> Router {
+    /// `near_caches`: every service's near cache, when any is enabled.
+    pub fn start(
+        config: &Config,
+        tls: Option<Arc<BackendTls>>,
+        near_caches: Option<Arc<NearCaches>>,
+    ) -> Router {
         let b = &config.backend;
         let addr = b
             .address
@@ -139,6 +145,7 @@ impl Router {
             writes_in_flight: b.writes_in_flight,
             dedicated_max: b.dedicated_max,
             command_timeout: b.command_timeout,
+            near_caches,
         };
         let master_name = b.master_name.clone().unwrap_or_default();
         if b.sentinels.is_empty() || master_name.is_empty() {

@@ -14,6 +14,7 @@
 //! in the same read must not move it), in the database it was sealed in.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
@@ -23,6 +24,7 @@ use super::Connection;
 use crate::backend::mux::{Batch, Payload, LARGE_PIECE};
 use crate::config::ReadFrom;
 use crate::metrics::Role;
+use crate::near_cache::tracking::Stamp;
 use crate::policy::namespace::Namespace;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
@@ -30,6 +32,9 @@ use crate::router::Served;
 
 /// A batch is sealed once it holds this many bytes.
 pub(super) const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// Put in front of a read that fills the near cache.
+const CACHING_YES: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nCACHING\r\n$3\r\nYES\r\n";
 
 /// The staging buffer grows by at least this much.
 const STAGE_CHUNK: usize = 4 * 1024;
@@ -55,6 +60,8 @@ pub(super) struct PendingBatch {
     read_only: bool,
     /// Sealed, waiting to be submitted.
     sealed: VecDeque<Sealed>,
+    /// Near-cache fills in the batch learn their tracking session here.
+    stamp: Option<Arc<Stamp>>,
 }
 
 /// A sealed batch and where it goes.
@@ -80,6 +87,7 @@ impl Default for PendingBatch {
             suppress: false,
             read_only: true,
             sealed: VecDeque::new(),
+            stamp: None,
         }
     }
 }
@@ -144,6 +152,30 @@ impl PendingBatch {
         }
         self.read_only &= read_only;
         self.commands.push(reply);
+    }
+
+    /// Adds a read that fills the near cache: `CLIENT CACHING YES` in
+    /// front of it (so Redis tracks its key for this connection) and a
+    /// `PTTL` of its key behind it, in the same write; `reply.near` says so.
+    /// Returns the stamp the connection tells its tracking session on.
+    pub(super) fn push_fill(
+        &mut self,
+        request: Request,
+        confine: Option<(usize, &Namespace)>,
+        pttl: Request,
+        reply: CommandReply,
+        suppress: bool,
+    ) {
+        if self.is_empty() {
+            self.suppress = suppress;
+        }
+        self.add_frame(Bytes::from_static(CACHING_YES));
+        self.push(request, confine, vec![pttl], reply, suppress, false);
+    }
+
+    /// The stamp of the batch being gathered, for a fill's reply.
+    pub(super) fn stamp(&mut self) -> Arc<Stamp> {
+        self.stamp.get_or_insert_with(Default::default).clone()
     }
 
     fn add_frame(&mut self, frame: Bytes) {
@@ -220,6 +252,7 @@ impl Connection {
                 count: replies,
                 reply: tx,
                 meter: Some(self.meter.clone()),
+                stamp: pending.stamp.take(),
             },
             slot,
             read_from,

@@ -54,6 +54,7 @@ mod held;
 mod isolation;
 mod lifecycle;
 pub mod local;
+mod near;
 mod pubsub;
 pub mod queue;
 mod read_wake;

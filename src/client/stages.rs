@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::isolation::ProcedureCall;
 use super::local::{self, LocalAnswer};
+use super::near::NearRead;
 use super::queue::CommandReply;
 use super::urgent::UrgentCall;
 use super::{pubsub, registry, session, tracking, Connection};
@@ -243,6 +244,14 @@ impl Connection {
             ..
         } = forward;
         let service = self.session.service.as_ref().map(|s| s.index);
+        let near = self
+            .session
+            .service
+            .as_ref()
+            .and_then(|s| s.near_cache.clone());
+        if let Some(cache) = &near {
+            self.near_write(cache, spec, &req, prefix_key);
+        }
         let effect = router::connection_effect(spec, &req);
         let subscription = (effect == ConnectionEffect::Subscribe)
             .then(|| pubsub::SubKind::of_command(spec.name))
@@ -292,6 +301,27 @@ impl Connection {
         }
         if !self.batch.takes(suppress) {
             self.seal_batch();
+        }
+        if let Some(cache) = near.filter(|_| follow_ups.is_empty() && !held) {
+            if matches!(reply.plan, ReplyPlan::Forward) {
+                match self.near_read(&cache, spec, &req, prefix_key) {
+                    NearRead::Hit(frame) => {
+                        self.reply(frame, suppress);
+                        return Err(None);
+                    }
+                    NearRead::Fill(fill, pttl) => {
+                        let reply = CommandReply {
+                            frames: 3,
+                            plan: ReplyPlan::NearFill(fill),
+                            ..reply
+                        };
+                        let confine = prefix_key.zip(self.session.namespace());
+                        self.batch.push_fill(req, confine, pttl, reply, suppress);
+                        return Ok(());
+                    }
+                    NearRead::Plain => {}
+                }
+            }
         }
         // topology: a batch may go to a replica only if all of it is read-only.
         let read_only = spec.flags.contains(Flags::READONLY) && follow_ups.is_empty();

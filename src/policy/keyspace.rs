@@ -189,6 +189,7 @@ async fn round_trip(mux: &MuxHandle, req: Request) -> Result<Bytes, Stop> {
         count: 1,
         reply: tx,
         meter: None,
+        stamp: None,
     })
     .await;
     let reply = rx

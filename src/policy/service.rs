@@ -23,6 +23,7 @@ use super::access::AccessTable;
 use super::namespace::Namespace;
 use super::procedure_gate::ProcedureGate;
 use crate::config::{Config, ReadFrom, ServiceConfig, TtlOverMax};
+use crate::near_cache::NearCache;
 use crate::policy::token::{self, TokenRefusal, TokenVerifier};
 use crate::policy::ttl::TtlPolicy;
 
@@ -80,6 +81,9 @@ pub struct Service {
     pub databases: Option<Box<[u32]>>,
     /// `[service.token]`: the keys and claims a token login is checked with.
     pub token: Option<TokenVerifier>,
+    /// `[service.near_cache]` when enabled; shared with the same-named
+    /// service of earlier and later reloads (a reload reconfigures it).
+    pub near_cache: Option<Arc<NearCache>>,
     password_sha256: Option<[u8; 32]>,
 }
 
@@ -128,6 +132,11 @@ impl Service {
                 .token
                 .as_ref()
                 .map(|t| TokenVerifier::from_config(&c.name, t)),
+            near_cache: c
+                .near_cache
+                .as_ref()
+                .filter(|n| n.enabled)
+                .map(NearCache::new),
             password_sha256,
         };
         service.namespace = Namespace::for_service(&service).map(Arc::new);
@@ -333,6 +342,14 @@ impl Services {
                     service.dedicated = before.dedicated.clone();
                     if before.prefix == service.prefix {
                         service.procedures = before.procedures.clone();
+                        // The entries are keyed by prefixed key: they stay
+                        // right while the prefix does.
+                        if let (Some(kept), Some(near)) = (&before.near_cache, &c.near_cache) {
+                            if service.near_cache.is_some() {
+                                kept.reconfigure(near);
+                                service.near_cache = Some(kept.clone());
+                            }
+                        }
                     }
                 }
                 Arc::new(service)

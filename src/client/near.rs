@@ -1,0 +1,123 @@
+//! The client side of the near cache ([`crate::near_cache`]): what a
+//! request does to its service's cache on its way through the stages.
+//!
+//! - A cacheable read (GET, outside MULTI, off a dedicated connection, in
+//!   the configured database) is looked up by its prefixed key: a hit is
+//!   answered here, in order with the client's other replies; a miss of a
+//!   key read before is sent as a fill (`CLIENT CACHING YES`, the read,
+//!   `PTTL`), whose reply fills the cache ([`Fill::complete`]).
+//! - A write's keys (every key of a command that is not read-only, queued
+//!   in MULTI or not, on any connection) go out of the cache when it is
+//!   queued, before its reply: a client always reads its own writes.
+//!
+//! Only the service's own cache is used, keyed by the prefixed key, so an
+//! entry is never served to another service. Services without a near cache
+//! pay one branch on an `Option`.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::Connection;
+use crate::command::keys::key_positions_inline;
+use crate::command::{CommandSpec, Flags};
+use crate::config::ReadFrom;
+use crate::metrics::Role;
+use crate::near_cache::fill::Fill;
+use crate::near_cache::{Lookup, NearCache};
+use crate::protocol::request::Request;
+use crate::protocol::Protocol;
+
+/// What the near cache makes of a read.
+pub(super) enum NearRead {
+    /// Answered from the cache: this frame.
+    Hit(Bytes),
+    /// Sent with a fill.
+    Fill(Box<Fill>, Request),
+    /// Sent as it is.
+    Plain,
+}
+
+impl Connection {
+    /// The key at `at` as stored on the backend: with the namespace's
+    /// prefix when it is still to be put in front (`prefix_at`).
+    fn stored_key(&self, req: &Request, at: usize, prefix_at: Option<usize>) -> Option<Bytes> {
+        let arg = req.get(at)?;
+        match (prefix_at == Some(at), self.session.namespace()) {
+            (true, Some(ns)) => {
+                let mut key = BytesMut::with_capacity(ns.prefix_bytes().len() + arg.len());
+                key.extend_from_slice(ns.prefix_bytes());
+                key.extend_from_slice(arg);
+                Some(key.freeze())
+            }
+            _ => Some(Bytes::copy_from_slice(arg)),
+        }
+    }
+
+    /// A command that may write: its keys go out of the service's near
+    /// cache now, before it is sent (fills of reads already on their way
+    /// for those keys are dropped too).
+    pub(super) fn near_write(
+        &self,
+        cache: &NearCache,
+        spec: &'static CommandSpec,
+        req: &Request,
+        prefix_at: Option<usize>,
+    ) {
+        if spec.flags.contains(Flags::READONLY) {
+            return;
+        }
+        let Ok(positions) = key_positions_inline(spec, req) else {
+            return;
+        };
+        for at in positions {
+            if let Some(key) = self.stored_key(req, at, prefix_at) {
+                cache.invalidate(&key);
+            }
+        }
+    }
+
+    /// A read the near cache may answer or fill: GET of one key, not held,
+    /// in the configured database.
+    pub(super) fn near_read(
+        &mut self,
+        cache: &Arc<NearCache>,
+        spec: &'static CommandSpec,
+        req: &Request,
+        prefix_at: Option<usize>,
+    ) -> NearRead {
+        if spec.name != "get"
+            || req.argc() != 2
+            || !cache.keeps_get()
+            || self.session.database != self.default_database()
+        {
+            return NearRead::Plain;
+        }
+        let Some(key) = self.stored_key(req, 1, prefix_at) else {
+            return NearRead::Plain;
+        };
+        match cache.lookup(&key) {
+            Lookup::Hit(frame) => {
+                let service = self.session.service.as_ref().map(|s| s.index);
+                self.recorder
+                    .command(service, spec.name, Role::Proxy, self.read_at.elapsed(), None);
+                self.recorder.cache(service, spec.name, 1, 0);
+                NearRead::Hit(frame)
+            }
+            Lookup::Miss(Some(ticket))
+                // Only RESP2 connections to the master track for the cache.
+                if self.session.protocol == Protocol::Resp2
+                    && self
+                        .session
+                        .service
+                        .as_ref()
+                        .is_some_and(|s| s.read_from == ReadFrom::Master) =>
+            {
+                let pttl = Request::from_args(&[&b"PTTL"[..], &key]);
+                let fill = Fill::new(cache.clone(), key, ticket, self.batch.stamp());
+                NearRead::Fill(Box::new(fill), pttl)
+            }
+            Lookup::Miss(_) => NearRead::Plain,
+        }
+    }
+}

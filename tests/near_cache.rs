@@ -1,0 +1,194 @@
+//! The near cache against real redis-server: hits, and each coherence rule
+//! of issue 17 (invalidations, own writes, lost connections, flushes, TTL).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const SERVICE: &str = r#"
+[[service]]
+name = "app"
+password = "pw"
+prefix = "app:"
+
+[service.near_cache]
+enabled = true
+max_bytes = 1048576
+max_age = "10s"
+"#;
+
+fn start(redis: &RedisServer) -> Keygate {
+    let kg = Keygate::start_with(&standalone_config(&redis.addr(), SERVICE));
+    kg.wait_ready();
+    kg
+}
+
+fn login(kg: &Keygate) -> RawConn {
+    let mut c = RawConn::connect(kg.port());
+    assert_eq!(c.cmd_str(&["AUTH", "app", "pw"]), "+OK\r\n");
+    c
+}
+
+fn bulk(v: &str) -> String {
+    format!("${}\r\n{v}\r\n", v.len())
+}
+
+/// Reads `key` until a GET is answered without reaching Redis (a hit),
+/// and checks the value; bounded.
+fn wait_hit(redis: &RedisServer, c: &mut RawConn, key: &str, want: &str) {
+    let hit = wait_until(Duration::from_secs(10), || {
+        let before = redis.calls("get");
+        let got = c.cmd_str(&["GET", key]);
+        assert_eq!(got, bulk(want));
+        redis.calls("get") == before
+    });
+    assert!(hit, "{key} never became a near-cache hit");
+}
+
+/// The invalidation connection is up: Redis lists it.
+fn wait_tracking(redis: &RedisServer) {
+    assert!(
+        wait_until(Duration::from_secs(10), || redis
+            .cli(&["CLIENT", "LIST"])
+            .contains("name=keygate-invalidation")),
+        "no invalidation connection"
+    );
+}
+
+#[test]
+fn a_key_read_again_is_answered_from_memory() {
+    let redis = RedisServer::start();
+    let kg = start(&redis);
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    assert_eq!(c.cmd_str(&["SET", "k", "v1"]), "+OK\r\n");
+    wait_hit(&redis, &mut c, "k", "v1");
+    // Redis tracks it for keygate, towards the invalidation connection.
+    let tracking = redis.cli(&["CLIENT", "LIST"]);
+    assert!(tracking.contains("flags=t"), "{tracking}");
+    // Another service never sees it (its own prefix, its own cache).
+    let metrics = scrape_metrics(kg.admin_port());
+    assert!(
+        metric_sample(
+            &metrics,
+            "keygate_near_cache_hits_total",
+            &[("service", "app")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_write_through_keygate_is_read_back_at_once() {
+    let redis = RedisServer::start();
+    let kg = start(&redis);
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    c.cmd_str(&["SET", "k", "v0"]);
+    wait_hit(&redis, &mut c, "k", "v0");
+    for i in 1..200 {
+        let v = format!("v{i}");
+        // Every shape of write: plain, TTL follow-up, RENAME target,
+        // *STORE destination, MULTI.
+        match i % 5 {
+            0 => assert_eq!(c.cmd_str(&["SET", "k", &v]), "+OK\r\n"),
+            1 => assert_eq!(c.cmd_str(&["SET", "k", &v, "EX", "100"]), "+OK\r\n"),
+            2 => {
+                c.cmd_str(&["SET", "tmp", &v]);
+                assert_eq!(c.cmd_str(&["RENAME", "tmp", "k"]), "+OK\r\n");
+            }
+            3 => {
+                c.cmd_str(&["SET", "tmp", &v]);
+                assert_eq!(c.cmd_str(&["COPY", "tmp", "k", "REPLACE"]), ":1\r\n");
+            }
+            _ => {
+                assert_eq!(c.cmd_str(&["MULTI"]), "+OK\r\n");
+                assert_eq!(c.cmd_str(&["SET", "k", &v]), "+QUEUED\r\n");
+                assert!(c.cmd_str(&["EXEC"]).starts_with("*1\r\n"));
+            }
+        }
+        assert_eq!(c.cmd_str(&["GET", "k"]), bulk(&v), "after write {i}");
+        assert_eq!(c.cmd_str(&["GET", "k"]), bulk(&v), "after write {i}");
+    }
+}
+
+#[test]
+fn a_direct_write_on_redis_invalidates() {
+    let redis = RedisServer::start();
+    let kg = start(&redis);
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    c.cmd_str(&["SET", "k", "old"]);
+    wait_hit(&redis, &mut c, "k", "old");
+    redis.cli(&["SET", "app:k", "new"]);
+    assert!(wait_until(Duration::from_secs(5), || c
+        .cmd_str(&["GET", "k"])
+        == bulk("new")));
+    // FLUSHALL: a null invalidation flushes the cache.
+    wait_hit(&redis, &mut c, "k", "new");
+    redis.cli(&["FLUSHALL"]);
+    assert!(wait_until(Duration::from_secs(5), || c
+        .cmd_str(&["GET", "k"])
+        == "$-1\r\n"));
+}
+
+#[test]
+fn no_entry_outlives_its_key_ttl() {
+    let redis = RedisServer::start();
+    let kg = start(&redis);
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    c.cmd_str(&["SET", "k", "v", "PX", "1500"]);
+    wait_hit(&redis, &mut c, "k", "v");
+    // Redis expires the key lazily on access only: no invalidation comes
+    // unless someone touches it, so the entry must expire on its own.
+    assert!(wait_until(Duration::from_secs(5), || c
+        .cmd_str(&["GET", "k"])
+        == "$-1\r\n"));
+}
+
+/// Finds the ids of Redis clients named `name`.
+fn ids_named(redis: &RedisServer, name: &str) -> Vec<String> {
+    redis
+        .cli(&["CLIENT", "LIST"])
+        .lines()
+        .filter(|l| l.contains(&format!("name={name} ")))
+        .filter_map(|l| {
+            l.split(' ')
+                .find_map(|kv| kv.strip_prefix("id="))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+#[test]
+fn a_lost_invalidation_connection_or_data_connection_stops_hits() {
+    let redis = RedisServer::start();
+    let kg = start(&redis);
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    c.cmd_str(&["SET", "k", "v1"]);
+    wait_hit(&redis, &mut c, "k", "v1");
+    // The invalidation connection dies: the cache is flushed, and a write
+    // made while it is down is never hidden by an old entry.
+    for id in ids_named(&redis, "keygate-invalidation") {
+        redis.cli(&["CLIENT", "KILL", "ID", &id]);
+    }
+    redis.cli(&["SET", "app:k", "v2"]);
+    assert_eq!(c.cmd_str(&["GET", "k"]), bulk("v2"));
+    wait_tracking(&redis);
+    wait_hit(&redis, &mut c, "k", "v2");
+    // The data connections die: Redis forgets what they tracked, so
+    // entries they filled are never served again.
+    for id in ids_named(&redis, "keygate-mux") {
+        redis.cli(&["CLIENT", "KILL", "ID", &id]);
+    }
+    redis.cli(&["SET", "app:k", "v3"]);
+    assert!(wait_until(Duration::from_secs(5), || c
+        .cmd_str(&["GET", "k"])
+        == bulk("v3")));
+    wait_hit(&redis, &mut c, "k", "v3");
+}
