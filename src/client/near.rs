@@ -8,7 +8,8 @@
 //!   `PTTL`), whose reply fills the cache ([`Fill::complete`]).
 //! - A write's keys (every key of a command that is not read-only, queued
 //!   in MULTI or not, on any connection) go out of the cache when it is
-//!   queued, before its reply: a client always reads its own writes.
+//!   queued and again when its reply is taken, and are not filled in
+//!   between: a client always reads its own writes.
 //!
 //! Only the service's own cache is used, keyed by the prefixed key, so an
 //! entry is never served to another service. Services without a near cache
@@ -24,7 +25,7 @@ use crate::command::{CommandSpec, Flags};
 use crate::config::ReadFrom;
 use crate::metrics::Role;
 use crate::near_cache::fill::Fill;
-use crate::near_cache::{Lookup, NearCache};
+use crate::near_cache::{Lookup, NearCache, Writing};
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
 
@@ -55,26 +56,24 @@ impl Connection {
     }
 
     /// A command that may write: its keys go out of the service's near
-    /// cache now, before it is sent (fills of reads already on their way
-    /// for those keys are dropped too).
+    /// cache now, before it is sent, and stay unfilled until the returned
+    /// guard goes with its reply (inside MULTI, with EXEC's).
     pub(super) fn near_write(
         &self,
-        cache: &NearCache,
+        cache: &Arc<NearCache>,
         spec: &'static CommandSpec,
         req: &Request,
         prefix_at: Option<usize>,
-    ) {
+    ) -> Option<Writing> {
         if spec.flags.contains(Flags::READONLY) {
-            return;
+            return None;
         }
-        let Ok(positions) = key_positions_inline(spec, req) else {
-            return;
-        };
-        for at in positions {
-            if let Some(key) = self.stored_key(req, at, prefix_at) {
-                cache.invalidate(&key);
-            }
-        }
+        let positions = key_positions_inline(spec, req).ok()?;
+        let keys: Vec<Bytes> = positions
+            .into_iter()
+            .filter_map(|at| self.stored_key(req, at, prefix_at))
+            .collect();
+        (!keys.is_empty()).then(|| cache.begin_write(keys))
     }
 
     /// A read the near cache may answer or fill: GET of one key, not held,

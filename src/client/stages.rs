@@ -212,12 +212,19 @@ impl Connection {
                 }
                 self.route(spec, req, forward, held, suppress)
             }
-            Decision::Procedure(planned) => Err(Some(Deferred::Procedure(ProcedureCall {
-                service: service.clone(),
-                planned,
-                spec,
-                suppress,
-            }))),
+            Decision::Procedure(planned) => {
+                if let Some(cache) = &service.near_cache {
+                    // A keyspace-wide command (FLUSHDB, ...) of the service:
+                    // its cache starts over, as Redis's invalidations will say.
+                    cache.flush(crate::near_cache::Evicted::Flush);
+                }
+                Err(Some(Deferred::Procedure(ProcedureCall {
+                    service: service.clone(),
+                    planned,
+                    spec,
+                    suppress,
+                })))
+            }
             Decision::Refuse(refusal) => Err(self.refuse(spec, &refusal, suppress)),
         }
     }
@@ -249,8 +256,11 @@ impl Connection {
             .service
             .as_ref()
             .and_then(|s| s.near_cache.clone());
+        let mut plan = plan;
         if let Some(cache) = &near {
-            self.near_write(cache, spec, &req, prefix_key);
+            if let Some(writing) = self.near_write(cache, spec, &req, prefix_key) {
+                plan = ReplyPlan::NearWrite(Box::new((writing, plan)));
+            }
         }
         let effect = router::connection_effect(spec, &req);
         let subscription = (effect == ConnectionEffect::Subscribe)

@@ -22,8 +22,11 @@
 //!   before it removes the entry, both under the shard's lock, and a fill
 //!   whose ticket no longer matches is dropped: a read that raced an
 //!   invalidation is never cached;
-//! - a write through keygate invalidates its keys when it is queued, before
-//!   its reply ([`NearCache::invalidate`]);
+//! - a write through keygate invalidates its keys when it is queued, and
+//!   again when its reply is taken, before the client sees it; in between
+//!   its keys are not filled ([`Writing`]): a read of another client that
+//!   ran before the write cannot fill the old value after the write's
+//!   acknowledgement;
 //! - an entry is served only while the session that filled it is live
 //!   ([`tracking::Session::is_live`]) and before its expiry (`max_age`, or
 //!   the key's TTL learned by a `PTTL` in the same write);
@@ -187,6 +190,8 @@ pub struct NearCache {
     hasher: std::collections::hash_map::RandomState,
     sketch: Sketch,
     seqs: Box<[AtomicU64]>,
+    /// Writes through keygate in flight, per sequence slot: no fills there.
+    writing: Box<[std::sync::atomic::AtomicU32]>,
     epoch: AtomicU64,
     /// Hits, misses and evictions.
     pub counters: Counters,
@@ -214,6 +219,7 @@ impl NearCache {
             // Sized for entries of some 128 bytes on average.
             sketch: Sketch::new(config.max_bytes / 128),
             seqs: (0..SEQ_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            writing: (0..SEQ_SLOTS).map(|_| Default::default()).collect(),
             epoch: AtomicU64::new(0),
             counters: Counters::default(),
         };
@@ -259,6 +265,26 @@ impl NearCache {
 
     fn seq(&self, hash: u64) -> &AtomicU64 {
         &self.seqs[((hash >> 32) as usize) & (SEQ_SLOTS - 1)]
+    }
+
+    fn writing(&self, hash: u64) -> &std::sync::atomic::AtomicU32 {
+        &self.writing[((hash >> 32) as usize) & (SEQ_SLOTS - 1)]
+    }
+
+    /// A write of `keys` (as stored) is being sent: they go out of the
+    /// cache now, and are not filled until the returned guard is dropped
+    /// (when the write's reply is taken, or never comes), which removes
+    /// them once more.
+    pub fn begin_write(self: &Arc<NearCache>, keys: Vec<Bytes>) -> Writing {
+        for key in &keys {
+            self.writing(self.hasher.hash_one(key))
+                .fetch_add(1, Ordering::AcqRel);
+            self.invalidate(key);
+        }
+        Writing(Arc::new(WritingKeys {
+            cache: self.clone(),
+            keys,
+        }))
     }
 
     /// Looks a cacheable read's (prefixed) key up.
@@ -314,6 +340,7 @@ impl NearCache {
         let mut shard = locked(self.shard(ticket.hash));
         if self.seq(ticket.hash).load(Ordering::Acquire) != ticket.seq
             || self.epoch.load(Ordering::Acquire) != ticket.epoch
+            || self.writing(ticket.hash).load(Ordering::Acquire) > 0
         {
             return;
         }
@@ -360,6 +387,35 @@ impl NearCache {
     /// Entries now.
     pub fn entries(&self) -> usize {
         self.shards.iter().map(|s| locked(s).len()).sum()
+    }
+}
+
+/// Keys of a write through keygate whose reply is not taken yet: see
+/// [`NearCache::begin_write`]. Clones share one guard.
+#[derive(Debug, Clone)]
+pub struct Writing(Arc<WritingKeys>);
+
+impl PartialEq for Writing {
+    fn eq(&self, other: &Writing) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+#[derive(Debug)]
+struct WritingKeys {
+    cache: Arc<NearCache>,
+    keys: Vec<Bytes>,
+}
+
+impl Drop for WritingKeys {
+    fn drop(&mut self) {
+        for key in &self.keys {
+            // Removed (and the sequence bumped) before fills may resume.
+            self.cache.invalidate(key);
+            self.cache
+                .writing(self.cache.hasher.hash_one(key))
+                .fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -506,6 +562,27 @@ mod tests {
         cache.flush(Evicted::Flush);
         cache.fill(Bytes::from_static(b"k"), b"$1\r\nv\r\n", -1, t, live());
         assert_eq!(cache.entries(), 0);
+    }
+
+    /// A read that ran before a write and fills after the write was sent
+    /// is dropped, whether it fills before or after the write's reply.
+    #[tokio::test]
+    async fn no_fill_while_a_write_is_in_flight_or_raced_it() {
+        let cache = NearCache::new(&config(1 << 20));
+        let frame = b"$3\r\nold\r\n";
+        let _ = ticket(&cache, b"k");
+        let before = ticket(&cache, b"k");
+        let writing = cache.begin_write(vec![Bytes::from_static(b"k")]);
+        let during = ticket(&cache, b"k");
+        cache.fill(Bytes::from_static(b"k"), frame, -1, during, live());
+        assert_eq!(cache.entries(), 0, "no fill while the write is in flight");
+        drop(writing);
+        cache.fill(Bytes::from_static(b"k"), frame, -1, during, live());
+        cache.fill(Bytes::from_static(b"k"), frame, -1, before, live());
+        assert_eq!(cache.entries(), 0, "tickets from before the reply are void");
+        let after = ticket(&cache, b"k");
+        cache.fill(Bytes::from_static(b"k"), frame, -1, after, live());
+        assert_eq!(cache.entries(), 1);
     }
 
     #[tokio::test(start_paused = true)]

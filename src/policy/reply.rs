@@ -19,6 +19,7 @@ use super::namespace::{self, Namespace};
 use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::command::ReplyKeys;
 use crate::near_cache::fill::Fill;
+use crate::near_cache::Writing;
 use crate::protocol::encode;
 use crate::protocol::reply::{ReplyScanner, Value};
 use crate::protocol::Protocol;
@@ -48,6 +49,10 @@ pub enum ReplyPlan {
     /// YES`'s reply (dropped), the command's (written as it came), then
     /// `PTTL`'s (dropped), which the fill reads.
     NearFill(Box<Fill>),
+    /// A write of a service with a near cache: rewritten by the plan
+    /// inside; the guard keeps its keys from being filled until the reply
+    /// is taken ([`crate::near_cache::NearCache::begin_write`]).
+    NearWrite(Box<(Writing, ReplyPlan)>),
 }
 
 /// A command queued inside MULTI, as EXEC's reply plan sees it.
@@ -107,6 +112,7 @@ pub fn rewrite(plan: &ReplyPlan, frame: &[u8], out: &mut BytesMut) {
             }
         }
         ReplyPlan::Exec(queued) => rewrite_exec(queued, frame, out),
+        ReplyPlan::NearWrite(inner) => rewrite(&inner.1, frame, out),
     }
 }
 
