@@ -7,20 +7,8 @@ use std::time::Duration;
 
 use common::*;
 
-const SERVICE: &str = r#"
-[[service]]
-name = "app"
-password = "pw"
-prefix = "app:"
-
-[service.near_cache]
-enabled = true
-max_bytes = 1048576
-max_age = "10s"
-"#;
-
 fn start(redis: &RedisServer) -> Keygate {
-    let kg = Keygate::start_with(&standalone_config(&redis.addr(), SERVICE));
+    let kg = Keygate::start_with(&standalone_config(&redis.addr(), NEAR_CACHE_SERVICE));
     kg.wait_ready();
     kg
 }
@@ -150,20 +138,6 @@ fn no_entry_outlives_its_key_ttl() {
         == "$-1\r\n"));
 }
 
-/// Finds the ids of Redis clients named `name`.
-fn ids_named(redis: &RedisServer, name: &str) -> Vec<String> {
-    redis
-        .cli(&["CLIENT", "LIST"])
-        .lines()
-        .filter(|l| l.contains(&format!("name={name} ")))
-        .filter_map(|l| {
-            l.split(' ')
-                .find_map(|kv| kv.strip_prefix("id="))
-                .map(str::to_string)
-        })
-        .collect()
-}
-
 #[test]
 fn a_lost_invalidation_connection_or_data_connection_stops_hits() {
     let redis = RedisServer::start();
@@ -174,7 +148,7 @@ fn a_lost_invalidation_connection_or_data_connection_stops_hits() {
     wait_hit(&redis, &mut c, "k", "v1");
     // The invalidation connection dies: the cache is flushed, and a write
     // made while it is down is never hidden by an old entry.
-    for id in ids_named(&redis, "keygate-invalidation") {
+    for id in client_ids_named(redis.port(), "keygate-invalidation") {
         redis.cli(&["CLIENT", "KILL", "ID", &id]);
     }
     redis.cli(&["SET", "app:k", "v2"]);
@@ -183,7 +157,7 @@ fn a_lost_invalidation_connection_or_data_connection_stops_hits() {
     wait_hit(&redis, &mut c, "k", "v2");
     // The data connections die: Redis forgets what they tracked, so
     // entries they filled are never served again.
-    for id in ids_named(&redis, "keygate-mux") {
+    for id in client_ids_named(redis.port(), "keygate-mux") {
         redis.cli(&["CLIENT", "KILL", "ID", &id]);
     }
     redis.cli(&["SET", "app:k", "v3"]);
