@@ -56,7 +56,16 @@ fn a_key_read_again_is_answered_from_memory() {
     // Redis tracks it for keygate, towards the invalidation connection.
     let tracking = redis.cli(&["CLIENT", "LIST"]);
     assert!(tracking.contains("flags=t"), "{tracking}");
-    // Another service never sees it (its own prefix, its own cache).
+    // /health says how many keys Redis tracks for keygate.
+    let health: serde_json::Value = serde_json::from_str(
+        http_get(kg.admin_port(), "/health")
+            .split("\r\n\r\n")
+            .last()
+            .unwrap_or_default(),
+    )
+    .expect("health JSON");
+    let tracked = &health["near_cache"]["nodes"][0]["tracking_total_keys"];
+    assert!(tracked.as_u64().is_some_and(|n| n >= 1), "{health}");
     let metrics = scrape_metrics(kg.admin_port());
     assert!(
         metric_sample(
