@@ -109,6 +109,14 @@ fn a_write_through_keygate_is_read_back_at_once() {
         }
         assert_eq!(c.cmd_str(&["GET", "k"]), bulk(&v), "after write {i}");
         assert_eq!(c.cmd_str(&["GET", "k"]), bulk(&v), "after write {i}");
+        // Pipelined: the GET is taken before the write's reply came back.
+        let p = format!("p{i}");
+        let mut both = resp_command(&["SET", "k", &p]);
+        both.extend(resp_command(&["GET", "k"]));
+        c.send(&both);
+        assert_eq!(c.read_reply(), b"+OK\r\n");
+        assert_eq!(c.read_reply(), bulk(&p).into_bytes(), "pipelined {i}");
+        c.cmd_str(&["GET", "k"]);
     }
 }
 
@@ -174,4 +182,79 @@ fn a_lost_invalidation_connection_or_data_connection_stops_hits() {
         .cmd_str(&["GET", "k"])
         == bulk("v3")));
     wait_hit(&redis, &mut c, "k", "v3");
+}
+
+/// Reload applies `[service.near_cache]` to the cache in use: a smaller
+/// budget evicts at once, and the entries left keep being served.
+#[test]
+fn reload_shrinks_the_budget_and_evicts() {
+    let redis = RedisServer::start();
+    let text = standalone_config(&redis.addr(), NEAR_CACHE_SERVICE);
+    let file = ConfigFile::new(&text);
+    let kg = Keygate::start_from_file(&file.path());
+    kg.wait_ready();
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    let value = "v".repeat(200);
+    for i in 0..40 {
+        let key = format!("k{i}");
+        c.cmd_str(&["SET", &key, &value]);
+        wait_hit(&redis, &mut c, &key, &value);
+    }
+    let bytes = |kg: &Keygate| {
+        metric_sum(
+            &scrape_metrics(kg.admin_port()),
+            "keygate_near_cache_bytes",
+            &[("service", "app")],
+        )
+    };
+    assert!(bytes(&kg) > 8000.0, "{}", bytes(&kg));
+    file.write(&text.replace(
+        "max_bytes = 1048576",
+        "max_bytes = 4096\nmax_value_bytes = 1024",
+    ));
+    let response = http_request(kg.admin_port(), "POST", "/reload");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(bytes(&kg) <= 4096.0, "{}", bytes(&kg));
+    let metrics = scrape_metrics(kg.admin_port());
+    let budget = metric_sum(
+        &metrics,
+        "keygate_near_cache_evictions_total",
+        &[("service", "app"), ("reason", "budget")],
+    );
+    assert!(budget >= 1.0, "{metrics}");
+    // Still a near cache: a key read again is a hit.
+    wait_hit(&redis, &mut c, "k0", &value);
+}
+
+/// FLUSHDB through keygate (an unprefixed service forwards it): the next
+/// read never sees a value from before it, even before Redis's null
+/// invalidation arrives (pipelined right behind it, too).
+#[test]
+fn a_flush_through_keygate_is_read_back_at_once() {
+    let redis = RedisServer::start();
+    let service = NEAR_CACHE_SERVICE
+        .replace("prefix = \"app:\"", "prefix = \"\"\nisolation = false")
+        .replace("name = \"app\"", "name = \"app\"\nadmin = true");
+    let kg = Keygate::start_with(&standalone_config(&redis.addr(), &service));
+    kg.wait_ready();
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    for i in 0..50 {
+        let v = format!("v{i}");
+        c.cmd_str(&["SET", "k", &v]);
+        wait_hit(&redis, &mut c, "k", &v);
+        let flush = if i % 2 == 0 { "FLUSHDB" } else { "FLUSHALL" };
+        if i % 3 == 0 {
+            // Pipelined: the GET is taken before any reply came back.
+            let mut both = resp_command(&[flush]);
+            both.extend(resp_command(&["GET", "k"]));
+            c.send(&both);
+            assert_eq!(c.read_reply(), b"+OK\r\n");
+        } else {
+            assert_eq!(c.cmd_str(&[flush]), "+OK\r\n");
+            c.send(&resp_command(&["GET", "k"]));
+        }
+        assert_eq!(c.read_reply(), b"$-1\r\n", "after {flush} {i}");
+    }
 }

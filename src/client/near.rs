@@ -68,6 +68,9 @@ impl Connection {
         if spec.flags.contains(Flags::READONLY) {
             return None;
         }
+        if matches!(spec.name, "flushall" | "flushdb" | "swapdb") {
+            return Some(cache.begin_flush());
+        }
         let positions = key_positions_inline(spec, req).ok()?;
         let keys: Vec<Bytes> = positions
             .into_iter()

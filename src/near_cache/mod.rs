@@ -52,8 +52,8 @@ use admission::Sketch;
 use store::{Entry, Found, Store};
 use tracking::Session;
 
-/// Shards per service cache (a power of two).
-const SHARDS: usize = 16;
+/// Most shards per service cache (a power of two).
+const MAX_SHARDS: usize = 16;
 /// Invalidation sequence counters per cache (a power of two).
 pub const SEQ_SLOTS: usize = 4096;
 /// Reads of a key (this one included) before it is filled.
@@ -181,7 +181,7 @@ impl Counters {
 #[derive(Debug)]
 pub struct NearCache {
     settings: Mutex<Settings>,
-    /// `max_bytes / SHARDS`, read on every insert without the settings lock.
+    /// `max_bytes / shards`, read on every insert without the settings lock.
     shard_budget: AtomicUsize,
     max_value_bytes: AtomicUsize,
     max_age_ms: AtomicU64,
@@ -208,13 +208,19 @@ impl NearCache {
     /// A cache with these settings (validated already).
     pub fn new(config: &NearCacheConfig) -> Arc<NearCache> {
         let settings = Settings::of(config);
+        // Each shard holds its share of the budget: as many shards as
+        // leave room for four of the largest entries in each.
+        let mut shards = MAX_SHARDS;
+        while shards > 1 && config.max_bytes / shards < 4 * config.max_value_bytes {
+            shards /= 2;
+        }
         let cache = NearCache {
             settings: Mutex::new(settings),
             shard_budget: AtomicUsize::new(0),
             max_value_bytes: AtomicUsize::new(0),
             max_age_ms: AtomicU64::new(0),
             keeps_get: Default::default(),
-            shards: (0..SHARDS).map(|_| Mutex::new(Store::default())).collect(),
+            shards: (0..shards).map(|_| Mutex::new(Store::default())).collect(),
             hasher: Default::default(),
             // Sized for entries of some 128 bytes on average.
             sketch: Sketch::new(config.max_bytes / 128),
@@ -229,7 +235,7 @@ impl NearCache {
 
     fn apply(&self, s: Settings) {
         self.shard_budget
-            .store(s.max_bytes / SHARDS, Ordering::Relaxed);
+            .store(s.max_bytes / self.shards.len(), Ordering::Relaxed);
         self.max_value_bytes
             .store(s.max_value_bytes, Ordering::Relaxed);
         self.max_age_ms.store(
@@ -247,7 +253,7 @@ impl NearCache {
             Err(poisoned) => *poisoned.into_inner() = s,
         }
         self.apply(s);
-        let budget = s.max_bytes / SHARDS;
+        let budget = s.max_bytes / self.shards.len();
         let now = Instant::now();
         for shard in self.shards.iter() {
             locked(shard).shrink(budget, now, &mut |r| self.counters.evicted(r, 1));
@@ -260,7 +266,7 @@ impl NearCache {
     }
 
     fn shard(&self, hash: u64) -> &Mutex<Store> {
-        &self.shards[(hash as usize) & (SHARDS - 1)]
+        &self.shards[(hash as usize) & (self.shards.len() - 1)]
     }
 
     fn seq(&self, hash: u64) -> &AtomicU64 {
@@ -284,6 +290,20 @@ impl NearCache {
         Writing(Arc::new(WritingKeys {
             cache: self.clone(),
             keys,
+            flush: false,
+        }))
+    }
+
+    /// A command that empties or swaps whole databases (FLUSHALL, FLUSHDB,
+    /// SWAPDB) is being sent: the cache is flushed now, and again when the
+    /// returned guard goes with its reply (Redis's null invalidation may
+    /// come after the acknowledgement).
+    pub fn begin_flush(self: &Arc<NearCache>) -> Writing {
+        self.flush(Evicted::Flush);
+        Writing(Arc::new(WritingKeys {
+            cache: self.clone(),
+            keys: Vec::new(),
+            flush: true,
         }))
     }
 
@@ -405,10 +425,14 @@ impl PartialEq for Writing {
 struct WritingKeys {
     cache: Arc<NearCache>,
     keys: Vec<Bytes>,
+    flush: bool,
 }
 
 impl Drop for WritingKeys {
     fn drop(&mut self) {
+        if self.flush {
+            self.cache.flush(Evicted::Flush);
+        }
         for key in &self.keys {
             // Removed (and the sequence bumped) before fills may resume.
             self.cache.invalidate(key);
