@@ -258,3 +258,80 @@ fn a_flush_through_keygate_is_read_back_at_once() {
         assert_eq!(c.read_reply(), b"$-1\r\n", "after {flush} {i}");
     }
 }
+
+/// Single flight: while a fill's read of a key is on its way (Redis is
+/// paused), other clients' reads of the key wait for its reply instead of
+/// sending their own.
+#[test]
+fn reads_of_a_key_in_flight_wait_for_its_reply() {
+    let redis = RedisServer::start();
+    let kg = start(&redis);
+    wait_tracking(&redis);
+    let mut leader = login(&kg);
+    let mut followers = [login(&kg), login(&kg), login(&kg)];
+    leader.cmd_str(&["SET", "k", "v"]);
+    assert_eq!(leader.cmd_str(&["GET", "k"]), bulk("v"));
+    let misses = |n: f64| {
+        wait_until(Duration::from_secs(10), || {
+            metric_sum(
+                &scrape_metrics(kg.admin_port()),
+                "keygate_near_cache_misses_total",
+                &[("service", "app")],
+            ) >= n
+        })
+    };
+    assert!(misses(1.0));
+    let gets = redis.calls("get");
+    let pid = redis.pid().expect("redis pid");
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    // The second read fills, and leads the flight.
+    leader.send(&resp_command(&["GET", "k"]));
+    assert!(misses(2.0), "the leader's read never came");
+    for f in followers.iter_mut() {
+        f.send(&resp_command(&["GET", "k"]));
+    }
+    let aboard = misses(5.0);
+    signal("-CONT");
+    assert!(aboard, "the followers' reads never came");
+    assert_eq!(leader.read_reply(), bulk("v").into_bytes());
+    for f in followers.iter_mut() {
+        assert_eq!(f.read_reply(), bulk("v").into_bytes());
+    }
+    assert_eq!(redis.calls("get"), gets + 1, "one GET for four reads");
+    // A follower's own write pipelined behind its read waits for the
+    // read it follows: the read never returns the write's value.
+    leader.cmd_str(&["SET", "j", "v1"]);
+    assert_eq!(leader.cmd_str(&["GET", "j"]), bulk("v1"));
+    assert!(misses(6.0));
+    signal("-STOP");
+    leader.send(&resp_command(&["GET", "j"]));
+    assert!(misses(7.0), "the leader's read never came");
+    let mut both = resp_command(&["GET", "j"]);
+    both.extend(resp_command(&["SET", "j", "v2"]));
+    followers[0].send(&both);
+    let aboard = misses(8.0);
+    signal("-CONT");
+    assert!(aboard, "the follower's read never came");
+    assert_eq!(leader.read_reply(), bulk("v1").into_bytes());
+    assert_eq!(followers[0].read_reply(), bulk("v1").into_bytes());
+    assert_eq!(followers[0].read_reply(), b"+OK\r\n");
+    assert_eq!(followers[0].cmd_str(&["GET", "j"]), bulk("v2"));
+    // A client may follow its own read (a pipeline of the same GET).
+    leader.cmd_str(&["SET", "q", "w"]);
+    leader.cmd_str(&["GET", "q"]);
+    let mut three = Vec::new();
+    for _ in 0..3 {
+        three.extend(resp_command(&["GET", "q"]));
+    }
+    leader.send(&three);
+    for _ in 0..3 {
+        assert_eq!(leader.read_reply(), bulk("w").into_bytes());
+    }
+}

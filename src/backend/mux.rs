@@ -33,6 +33,7 @@ use super::health::NodeHealth;
 use super::meter::ReplyMeter;
 use super::stream::BackendStream;
 use super::BackendError;
+use crate::near_cache::flight::Landings;
 use crate::near_cache::tracking::{NodeTracking, Session, Stamp};
 use crate::near_cache::Evicted;
 use crate::protocol::reply::{FrameEnds, Replies, ReplyKind, ReplyScanner};
@@ -70,6 +71,9 @@ pub struct Batch {
     /// The batch fills the near cache: told the tracking session it is
     /// written under (none: its reads are not tracked, nothing is filled).
     pub stamp: Option<Arc<Stamp>>,
+    /// Near-cache flights its reads lead, by the index of the reply frame
+    /// that lands each: landed by the reader as soon as the replies are in.
+    pub landings: Landings,
 }
 
 /// Settings of a multiplexed connection.
@@ -205,6 +209,7 @@ struct Pending {
     meter: Option<Arc<ReplyMeter>>,
     /// An injected `CLIENT TRACKING ON`: its `+OK` confirms this session.
     confirms: Option<Arc<Session>>,
+    landings: Landings,
     _in_flight: InFlight,
 }
 
@@ -225,6 +230,7 @@ impl Pending {
             reply,
             meter: None,
             confirms,
+            landings: Landings::default(),
             _in_flight: InFlight::new(health),
         }
     }
@@ -433,6 +439,7 @@ where
                 reply: batch.reply,
                 meter: batch.meter,
                 confirms: None,
+                landings: batch.landings,
                 _in_flight: InFlight::new(health),
             };
             if let Some(prev) = held.replace(pending) {
@@ -642,6 +649,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     ends: std::mem::take(&mut ends),
                     written_at: Some(p.sent_at.into_std()),
                 };
+                p.landings.land(|i| {
+                    let start = match i.checked_sub(1) {
+                        Some(before) => replies.ends.get(before)?.end,
+                        None => 0,
+                    };
+                    let end = replies.ends.get(i)?.end;
+                    (start <= end && end <= replies.bytes.len())
+                        .then(|| replies.bytes.slice(start..end))
+                });
                 let _ = p.reply.send(Ok(replies));
             }
         }

@@ -24,8 +24,10 @@ use super::Connection;
 use crate::backend::mux::{Batch, Payload, LARGE_PIECE};
 use crate::config::ReadFrom;
 use crate::metrics::Role;
+use crate::near_cache::flight::Landings;
 use crate::near_cache::tracking::Stamp;
 use crate::policy::namespace::Namespace;
+use crate::policy::reply::ReplyPlan;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
 use crate::router::Served;
@@ -62,6 +64,10 @@ pub(super) struct PendingBatch {
     sealed: VecDeque<Sealed>,
     /// Near-cache fills in the batch learn their tracking session here.
     stamp: Option<Arc<Stamp>>,
+    /// Reply frames gathered so far.
+    frames: u32,
+    /// Near-cache flights the batch's reads lead, by reply frame.
+    landings: Landings,
 }
 
 /// A sealed batch and where it goes.
@@ -88,6 +94,8 @@ impl Default for PendingBatch {
             read_only: true,
             sealed: VecDeque::new(),
             stamp: None,
+            frames: 0,
+            landings: Landings::default(),
         }
     }
 }
@@ -151,6 +159,7 @@ impl PendingBatch {
             }
         }
         self.read_only &= read_only;
+        self.frames += reply.frames;
         self.commands.push(reply);
     }
 
@@ -168,6 +177,12 @@ impl PendingBatch {
     ) {
         if self.is_empty() {
             self.suppress = suppress;
+        }
+        if let ReplyPlan::NearFill(fill) = &reply.plan {
+            if let Some(landing) = fill.landing() {
+                // The read's own reply, behind CLIENT CACHING's.
+                self.landings.push(self.frames + 1, landing);
+            }
         }
         self.add_frame(Bytes::from_static(CACHING_YES));
         self.push(request, confine, vec![pttl], reply, suppress, false);
@@ -234,7 +249,7 @@ impl Connection {
         let (frames, count) = (pending.payload.len(), pending.commands.len());
         let payload = std::mem::replace(&mut pending.payload, Payload::with_capacity(frames));
         let commands = std::mem::replace(&mut pending.commands, Commands::with_capacity(count));
-        let replies = commands.iter().map(|c| c.frames).sum();
+        let replies = std::mem::take(&mut pending.frames);
         pending.bytes = 0;
         let (tx, rx) = oneshot::channel();
         let slot = self
@@ -253,6 +268,7 @@ impl Connection {
                 reply: tx,
                 meter: Some(self.meter.clone()),
                 stamp: pending.stamp.take(),
+                landings: std::mem::take(&mut pending.landings),
             },
             slot,
             read_from,

@@ -19,13 +19,17 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::queue::CommandReply;
 use super::Connection;
 use crate::command::keys::key_positions_inline;
 use crate::command::{CommandSpec, Flags};
 use crate::config::ReadFrom;
+use crate::metrics::ErrorKind;
 use crate::metrics::Role;
 use crate::near_cache::fill::Fill;
+use crate::near_cache::flight::Boarding;
 use crate::near_cache::{Lookup, NearCache, Writing};
+use crate::protocol::reply::ReplyKind;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
 
@@ -35,6 +39,8 @@ pub(super) enum NearRead {
     Hit(Bytes),
     /// Sent with a fill.
     Fill(Box<Fill>, Request),
+    /// Waits for another client's read of the key, already on its way.
+    Follow(Boarding),
     /// Sent as it is.
     Plain,
 }
@@ -98,28 +104,84 @@ impl Connection {
         let Some(key) = self.stored_key(req, 1, prefix_at) else {
             return NearRead::Plain;
         };
-        match cache.lookup(&key) {
+        // Only RESP2 connections to the master track for the cache, and
+        // only a RESP2 client takes a RESP2 leader's reply as it is.
+        let fills = self.session.protocol == Protocol::Resp2
+            && self
+                .session
+                .service
+                .as_ref()
+                .is_some_and(|s| s.read_from == ReadFrom::Master);
+        match cache.lookup(&key, fills) {
             Lookup::Hit(frame) => {
                 let service = self.session.service.as_ref().map(|s| s.index);
-                self.recorder
-                    .command(service, spec.name, Role::Proxy, self.read_at.elapsed(), None);
+                self.recorder.command(
+                    service,
+                    spec.name,
+                    Role::Proxy,
+                    self.read_at.elapsed(),
+                    None,
+                );
                 self.recorder.cache(service, spec.name, 1, 0);
                 NearRead::Hit(frame)
             }
-            Lookup::Miss(Some(ticket))
-                // Only RESP2 connections to the master track for the cache.
-                if self.session.protocol == Protocol::Resp2
-                    && self
-                        .session
-                        .service
-                        .as_ref()
-                        .is_some_and(|s| s.read_from == ReadFrom::Master) =>
-            {
+            Lookup::Follow(boarding) => NearRead::Follow(boarding),
+            Lookup::Miss(Some(ticket)) => {
                 let pttl = Request::from_args(&[&b"PTTL"[..], &key]);
                 let fill = Fill::new(cache.clone(), key, ticket, self.batch.stamp());
                 NearRead::Fill(Box::new(fill), pttl)
             }
-            Lookup::Miss(_) => NearRead::Plain,
+            Lookup::Miss(None) => NearRead::Plain,
         }
     }
+
+    /// A read waiting for another read's reply ([`crate::near_cache::flight`]):
+    /// what the client sent before goes first; the client's next request
+    /// waits for this answer, so nothing it sends later (its own write of
+    /// the key) can reach Redis before the read it follows. If the leader
+    /// goes without a reply, the read is sent on its own.
+    pub(super) async fn follow(&mut self, call: FollowCall) {
+        self.flush_batch().await;
+        let FollowCall {
+            boarding,
+            request,
+            prefix_at,
+            reply,
+            suppress,
+        } = call;
+        match boarding.await {
+            Ok(frame) => {
+                let service = reply.service;
+                let elapsed = self.read_at.elapsed();
+                self.recorder
+                    .command(service, reply.command, Role::Master, elapsed, None);
+                match ReplyKind::of_frame(&frame) {
+                    ReplyKind::Error => {
+                        self.recorder
+                            .error(service, reply.command, ErrorKind::Backend)
+                    }
+                    ReplyKind::Nil => self.recorder.cache(service, reply.command, 0, 1),
+                    _ => self.recorder.cache(service, reply.command, 1, 0),
+                }
+                self.reply(frame, suppress);
+            }
+            Err(_) => {
+                if !self.batch.takes(suppress) {
+                    self.seal_batch();
+                }
+                let confine = prefix_at.zip(self.session.namespace());
+                self.batch
+                    .push(request, confine, Vec::new(), reply, suppress, true);
+            }
+        }
+    }
+}
+
+/// A read that follows another's flight, deferred until it lands.
+pub(super) struct FollowCall {
+    pub(super) boarding: Boarding,
+    pub(super) request: Request,
+    pub(super) prefix_at: Option<usize>,
+    pub(super) reply: CommandReply,
+    pub(super) suppress: bool,
 }

@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::isolation::ProcedureCall;
 use super::local::{self, LocalAnswer};
-use super::near::NearRead;
+use super::near::{FollowCall, NearRead};
 use super::queue::CommandReply;
 use super::urgent::UrgentCall;
 use super::{pubsub, registry, session, tracking, Connection};
@@ -62,6 +62,9 @@ pub(super) enum Deferred {
     /// A command Redis runs while a script is busy (SCRIPT KILL, FUNCTION
     /// KILL and STATS, SHUTDOWN), sent past a busy script.
     Urgent(Box<UrgentCall>),
+    /// A read waiting for another client's read of the same key, already
+    /// on its way to Redis ([`crate::near_cache::flight`]).
+    Follow(Box<FollowCall>),
     /// RESET while the dedicated connection still owes replies: they are
     /// awaited first (Redis, too, runs a pipelined RESET only after the
     /// commands before it), then the connection is dropped. A client in
@@ -328,6 +331,15 @@ impl Connection {
                         let confine = prefix_key.zip(self.session.namespace());
                         self.batch.push_fill(req, confine, pttl, reply, suppress);
                         return Ok(());
+                    }
+                    NearRead::Follow(boarding) => {
+                        return Err(Some(Deferred::Follow(Box::new(FollowCall {
+                            boarding,
+                            request: req,
+                            prefix_at: prefix_key,
+                            reply,
+                            suppress,
+                        }))));
                     }
                     NearRead::Plain => {}
                 }
@@ -626,6 +638,7 @@ impl Connection {
             }
             Deferred::Procedure(call) => self.run_procedure(call).await,
             Deferred::Urgent(call) => self.send_urgent(*call).await,
+            Deferred::Follow(call) => self.follow(*call).await,
             Deferred::Reset { reply, suppress } => {
                 self.flush_dedicated().await;
                 self.await_dedicated_replies().await;

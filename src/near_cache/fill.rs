@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::flight::Landing;
 use super::tracking::Stamp;
 use super::{NearCache, Ticket};
 use crate::protocol::reply::ReplyKind;
@@ -18,6 +19,8 @@ pub struct Fill {
     ticket: Ticket,
     /// The tracking session the read was written under, once written.
     stamp: Arc<Stamp>,
+    /// The flight the read leads, landed by its connection's reader.
+    landing: Option<Arc<Landing>>,
 }
 
 impl PartialEq for Fill {
@@ -32,17 +35,26 @@ impl Fill {
     /// A fill of `key` (as stored) into `cache`, by the read `ticket` was
     /// taken for; `stamp` learns the session it is written under.
     pub fn new(cache: Arc<NearCache>, key: Bytes, ticket: Ticket, stamp: Arc<Stamp>) -> Fill {
+        let landing = ticket
+            .flight
+            .map(|_| Arc::new(Landing::new(cache.clone(), key.clone(), ticket)));
         Fill {
             cache,
             key,
             ticket,
             stamp,
+            landing,
         }
     }
 
+    /// The flight the read leads, for its batch to carry to the reader.
+    pub fn landing(&self) -> Option<Arc<Landing>> {
+        self.landing.clone()
+    }
+
     /// The read's reply arrived: `frame` of `kind`, and `pttl`, the frame
-    /// `PTTL` answered. Only a bulk string is kept, and only when the
-    /// read was written under a tracking session.
+    /// `PTTL` answered. Only a bulk string is kept, and only when the read
+    /// was written under a tracking session.
     pub fn complete(&self, kind: ReplyKind, frame: &[u8], pttl: &[u8]) {
         if kind != ReplyKind::Value || frame.first() != Some(&b'$') {
             return;

@@ -5,6 +5,7 @@
 //! - [`admission`]: the frequency sketch that decides what is filled;
 //! - [`tracking`]: which Redis tracking session an entry depends on;
 //! - [`fill`]: a read whose reply fills the cache, on its way;
+//! - [`flight`]: reads of a key waiting for the fill already on its way;
 //! - [`metrics`]: its Prometheus series, read from its counters at scrape.
 //!
 //! The cache structure is keygate's own rather than a crate's (moka's
@@ -35,6 +36,7 @@
 
 pub mod admission;
 pub mod fill;
+pub mod flight;
 pub mod metrics;
 pub mod store;
 pub mod tracking;
@@ -144,6 +146,9 @@ pub enum Lookup {
     /// Not cached; fill from the reply when a ticket is given (the key was
     /// read before, [`admission`]).
     Miss(Option<Ticket>),
+    /// Not cached, but a fill's read of the key is on its way: wait for its
+    /// reply ([`flight`]); a closed channel means: read on your own.
+    Follow(flight::Boarding),
 }
 
 /// Taken when a read is queued; a fill is kept only if it still matches.
@@ -154,6 +159,8 @@ pub struct Ticket {
     epoch: u64,
     /// When the read was queued: the entry's age counts from here.
     queued: Instant,
+    /// The flight the read leads, if any.
+    pub(crate) flight: Option<u64>,
 }
 
 /// Counters of one cache, read when metrics are scraped.
@@ -190,6 +197,8 @@ pub struct NearCache {
     hasher: std::collections::hash_map::RandomState,
     sketch: Sketch,
     seqs: Box<[AtomicU64]>,
+    /// Flight ids.
+    flights: AtomicU64,
     /// Writes through keygate in flight, per sequence slot: no fills there.
     writing: Box<[std::sync::atomic::AtomicU32]>,
     epoch: AtomicU64,
@@ -225,6 +234,7 @@ impl NearCache {
             // Sized for entries of some 128 bytes on average.
             sketch: Sketch::new(config.max_bytes / 128),
             seqs: (0..SEQ_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            flights: AtomicU64::new(0),
             writing: (0..SEQ_SLOTS).map(|_| Default::default()).collect(),
             epoch: AtomicU64::new(0),
             counters: Counters::default(),
@@ -307,13 +317,16 @@ impl NearCache {
         }))
     }
 
-    /// Looks a cacheable read's (prefixed) key up.
-    pub fn lookup(&self, key: &[u8]) -> Lookup {
+    /// Looks a cacheable read's (prefixed) key up. `fills`: the read may
+    /// fill the cache, or wait for another read's fill (its connection
+    /// tracks and takes the leader's reply as it is).
+    pub fn lookup(&self, key: &[u8], fills: bool) -> Lookup {
         let hash = self.hasher.hash_one(key);
-        let found = locked(self.shard(hash)).get(key, Instant::now());
         let reads = self.sketch.record(hash);
-        match found {
+        let mut shard = locked(self.shard(hash));
+        match shard.get(key, Instant::now()) {
             Found::Hit(frame) => {
+                drop(shard);
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
                 return Lookup::Hit(frame);
             }
@@ -321,9 +334,17 @@ impl NearCache {
             Found::Absent => {}
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        if !fills {
+            return Lookup::Miss(None);
+        }
+        if let Some(boarding) = shard.flights.join(key) {
+            return Lookup::Follow(boarding);
+        }
         if reads < ADMIT_AFTER {
             return Lookup::Miss(None);
         }
+        let id = self.flights.fetch_add(1, Ordering::Relaxed);
+        let flight = shard.flights.lead(key, id).then_some(id);
         // The ticket is read after the lookup: an invalidation between
         // the two only makes the fill be dropped.
         Lookup::Miss(Some(Ticket {
@@ -331,7 +352,22 @@ impl NearCache {
             seq: self.seq(hash).load(Ordering::Acquire),
             epoch: self.epoch.load(Ordering::Acquire),
             queued: Instant::now(),
+            flight,
         }))
+    }
+
+    /// A leading read's reply (any reply: followers get what it got).
+    pub(crate) fn land(&self, key: &[u8], ticket: &Ticket, frame: &[u8]) {
+        if let Some(id) = ticket.flight {
+            locked(self.shard(ticket.hash)).flights.land(key, id, frame);
+        }
+    }
+
+    /// A leading read will not be answered: its followers read on their own.
+    pub(crate) fn abort(&self, key: &[u8], ticket: &Ticket) {
+        if let Some(id) = ticket.flight {
+            locked(self.shard(ticket.hash)).flights.abort(key, id);
+        }
     }
 
     /// Keeps a read's reply: `frame` is the whole reply frame, `pttl` the
@@ -554,9 +590,20 @@ mod tests {
         s
     }
 
+    /// A lookup that lets go of any flight it leads (nobody follows here).
+    fn look(cache: &NearCache, key: &[u8]) -> Lookup {
+        let found = cache.lookup(key, true);
+        if let Lookup::Miss(Some(t)) = &found {
+            cache.abort(key, t);
+        }
+        found
+    }
+
     fn ticket(cache: &NearCache, key: &[u8]) -> Ticket {
         loop {
-            if let Lookup::Miss(Some(t)) = cache.lookup(key) {
+            if let Lookup::Miss(Some(t)) = cache.lookup(key, true) {
+                // Nobody follows in these tests: the flight is let go.
+                cache.abort(key, &t);
                 return t;
             }
         }
@@ -565,10 +612,10 @@ mod tests {
     #[tokio::test]
     async fn a_key_is_filled_on_its_second_read_and_then_hit() {
         let cache = NearCache::new(&config(1 << 20));
-        assert!(matches!(cache.lookup(b"k"), Lookup::Miss(None)));
+        assert!(matches!(look(&cache, b"k"), Lookup::Miss(None)));
         let t = ticket(&cache, b"k");
         cache.fill(Bytes::from_static(b"k"), b"$1\r\nv\r\n", -1, t, live());
-        match cache.lookup(b"k") {
+        match look(&cache, b"k") {
             Lookup::Hit(f) => assert_eq!(&f[..], b"$1\r\nv\r\n"),
             other => panic!("{other:?}"),
         }
@@ -581,7 +628,7 @@ mod tests {
         let t = ticket(&cache, b"k");
         cache.invalidate(b"k");
         cache.fill(Bytes::from_static(b"k"), b"$1\r\nv\r\n", -1, t, live());
-        assert!(matches!(cache.lookup(b"k"), Lookup::Miss(_)));
+        assert!(matches!(look(&cache, b"k"), Lookup::Miss(_)));
         let t = ticket(&cache, b"k");
         cache.flush(Evicted::Flush);
         cache.fill(Bytes::from_static(b"k"), b"$1\r\nv\r\n", -1, t, live());
@@ -616,12 +663,12 @@ mod tests {
         cache.fill(Bytes::from_static(b"short"), b"$1\r\nv\r\n", 50, t, live());
         let t = ticket(&cache, b"long");
         cache.fill(Bytes::from_static(b"long"), b"$1\r\nv\r\n", -1, t, live());
-        assert!(matches!(cache.lookup(b"short"), Lookup::Hit(_)));
+        assert!(matches!(look(&cache, b"short"), Lookup::Hit(_)));
         tokio::time::advance(Duration::from_millis(60)).await;
-        assert!(matches!(cache.lookup(b"short"), Lookup::Miss(_)));
-        assert!(matches!(cache.lookup(b"long"), Lookup::Hit(_)));
+        assert!(matches!(look(&cache, b"short"), Lookup::Miss(_)));
+        assert!(matches!(look(&cache, b"long"), Lookup::Hit(_)));
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(matches!(cache.lookup(b"long"), Lookup::Miss(_)));
+        assert!(matches!(look(&cache, b"long"), Lookup::Miss(_)));
         assert_eq!(cache.counters.evictions(Evicted::MaxAge), 2);
     }
 
@@ -636,7 +683,7 @@ mod tests {
         for round in 0..3 {
             for i in 0..5000 {
                 let key = format!("key:{i}");
-                if let Lookup::Miss(Some(t)) = cache.lookup(key.as_bytes()) {
+                if let Lookup::Miss(Some(t)) = look(&cache, key.as_bytes()) {
                     cache.fill(Bytes::from(key), value.as_bytes(), -1, t, session.clone());
                 }
                 assert!(cache.bytes() <= max, "round {round}");
@@ -664,7 +711,7 @@ mod tests {
             cache.fill(Bytes::copy_from_slice(key), frame, -1, t, session.clone());
         }
         session.end(&caches);
-        assert!(matches!(cache.lookup(b"k"), Lookup::Miss(_)));
+        assert!(matches!(look(&cache, b"k"), Lookup::Miss(_)));
         cache.sweep();
         assert_eq!(cache.entries(), 0);
         assert_eq!(cache.counters.evictions(Evicted::Connection), 2);

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::flight::Flights;
 use super::tracking::Session;
 use super::Evicted;
 
@@ -93,6 +94,8 @@ pub(crate) struct Store {
     bytes: usize,
     clock: u64,
     rng: u64,
+    /// Reads on their way whose reply other reads of the key wait for.
+    pub(crate) flights: Flights,
 }
 
 impl Store {
@@ -121,8 +124,9 @@ impl Store {
         Found::Hit(entry.value.clone())
     }
 
-    /// Removes the key's entry; true if there was one.
+    /// Removes the key's entry (and grounds its flight); true if there was one.
     pub(crate) fn remove(&mut self, key: &[u8]) -> bool {
+        self.flights.ground(key);
         match self.index.get(key) {
             Some(&i) => {
                 self.remove_at(i);
@@ -150,6 +154,7 @@ impl Store {
     /// Removes every entry; returns how many there were.
     pub(crate) fn clear(&mut self) -> usize {
         let n = self.entries.len();
+        self.flights.ground_all();
         self.entries.clear();
         self.index.clear();
         self.bytes = 0;

@@ -190,6 +190,7 @@ async fn round_trip(mux: &MuxHandle, req: Request) -> Result<Bytes, Stop> {
         reply: tx,
         meter: None,
         stamp: None,
+        landings: Default::default(),
     })
     .await;
     let reply = rx
