@@ -4,6 +4,14 @@
 use std::fmt::Write;
 
 use super::{Evicted, NearCache};
+use crate::metrics::prometheus::labels_into;
+
+/// Appends one sample: `name{labels} value`.
+fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+    out.push_str(name);
+    labels_into(out, labels);
+    let _ = writeln!(out, " {value}");
+}
 
 /// Appends every near-cache series for `caches` (service name, cache).
 pub fn render(caches: &[(&str, &NearCache)], out: &mut String) {
@@ -13,7 +21,7 @@ pub fn render(caches: &[(&str, &NearCache)], out: &mut String) {
     let counter = |out: &mut String, name: &str, help: &str, value: &dyn Fn(&NearCache) -> u64| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         for (service, cache) in caches {
-            let _ = writeln!(out, "{name}{{service=\"{service}\"}} {}", value(cache));
+            sample(out, name, &[("service", service)], value(cache));
         }
     };
     counter(
@@ -35,12 +43,8 @@ pub fn render(caches: &[(&str, &NearCache)], out: &mut String) {
     );
     for (service, cache) in caches {
         for reason in Evicted::ALL {
-            let _ = writeln!(
-                out,
-                "{name}{{service=\"{service}\",reason=\"{}\"}} {}",
-                reason.label(),
-                cache.counters.evictions(reason)
-            );
+            let labels = [("service", *service), ("reason", reason.label())];
+            sample(out, name, &labels, cache.counters.evictions(reason));
         }
     }
     for (name, help, bytes) in [
@@ -62,7 +66,7 @@ pub fn render(caches: &[(&str, &NearCache)], out: &mut String) {
             } else {
                 cache.entries()
             };
-            let _ = writeln!(out, "{name}{{service=\"{service}\"}} {v}");
+            sample(out, name, &[("service", service)], v);
         }
     }
 }
