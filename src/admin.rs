@@ -151,6 +151,13 @@ impl ProxyState {
             }
         }
         let mut text = self.metrics.render_prometheus(&extra);
+        let services = self.services.current();
+        let near: Vec<(&str, &crate::near_cache::NearCache)> = services
+            .all()
+            .iter()
+            .filter_map(|s| s.near_cache.as_deref().map(|c| (s.name.as_str(), c)))
+            .collect();
+        crate::near_cache::metrics::render(&near, &mut text);
         text.push_str(&format!(
             "# HELP keygate_backend_credential_errors_total Reads of [backend] password_file that failed (the last good password is kept).\n\
              # TYPE keygate_backend_credential_errors_total counter\n\
@@ -237,6 +244,32 @@ impl ProxyState {
         })
     }
 
+    /// The near cache's part of `/health`, when a service has one: how
+    /// many keys Redis tracks for keygate (`tracking_total_keys` of the
+    /// master's `INFO stats`, asked on a connection of its own, within a
+    /// second; `null` when it does not answer).
+    pub async fn near_cache_json(&self) -> Option<serde_json::Value> {
+        if self.services.near_caches().is_empty() {
+            return None;
+        }
+        let master = self.backend.get()?.topology.load().master.clone()?;
+        let info = crate::protocol::request::Request::from_args(&["INFO", "stats"]);
+        let asked = master.urgent(&info, crate::protocol::Protocol::Resp2);
+        let keys = tokio::time::timeout(std::time::Duration::from_secs(1), asked)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|reply| {
+                String::from_utf8_lossy(&reply).lines().find_map(|l| {
+                    l.strip_prefix("tracking_total_keys:")
+                        .and_then(|n| n.trim().parse::<u64>().ok())
+                })
+            });
+        Some(serde_json::json!({
+            "nodes": [{ "address": master.addr(), "tracking_total_keys": keys }],
+        }))
+    }
+
     /// The `/health` JSON detail.
     pub fn health_json(&self) -> serde_json::Value {
         let started = self.backend.get();
@@ -296,9 +329,13 @@ async fn ready(State(state): State<Arc<ProxyState>>) -> (StatusCode, &'static st
 }
 
 async fn health(State(state): State<Arc<ProxyState>>) -> impl IntoResponse {
+    let mut json = state.health_json();
+    if let Some(near) = state.near_cache_json().await {
+        json["near_cache"] = near;
+    }
     (
         [(header::CONTENT_TYPE, "application/json")],
-        state.health_json().to_string(),
+        json.to_string(),
     )
 }
 

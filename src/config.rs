@@ -344,6 +344,33 @@ pub struct ServiceConfig {
     /// `[service.token]`: signed tokens accepted as the AUTH password.
     #[serde(default)]
     pub token: Option<TokenConfig>,
+    /// `[service.near_cache]`: hot reads answered from keygate's memory.
+    #[serde(default)]
+    pub near_cache: Option<NearCacheConfig>,
+}
+
+/// `[service.near_cache]`: a per-service cache of read replies in keygate's
+/// memory, kept coherent by Redis's client-side caching invalidations
+/// (see [`crate::near_cache`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NearCacheConfig {
+    /// Off unless spelled out.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The service's budget: key plus value bytes plus a fixed per-entry
+    /// overhead, summed over its entries.
+    #[serde(default = "defaults::near_cache_max_bytes")]
+    pub max_bytes: usize,
+    /// The longest an entry lives, even if no invalidation comes.
+    #[serde(default = "defaults::near_cache_max_age", with = "duration")]
+    pub max_age: Duration,
+    /// The commands whose replies are kept (names as Redis spells them).
+    #[serde(default = "defaults::near_cache_commands")]
+    pub commands: Vec<String>,
+    /// Larger values are not kept.
+    #[serde(default = "defaults::near_cache_max_value_bytes")]
+    pub max_value_bytes: usize,
 }
 
 /// `[service.token]`: a JWT the service already has, presented as its
@@ -581,6 +608,18 @@ fn toml_problem(text: &str, error: &toml::de::Error) -> Problem {
 
 /// Defaults for keys left out.
 mod defaults {
+    pub fn near_cache_max_bytes() -> usize {
+        64 * 1024 * 1024
+    }
+    pub fn near_cache_max_age() -> std::time::Duration {
+        std::time::Duration::from_secs(10)
+    }
+    pub fn near_cache_commands() -> Vec<String> {
+        vec!["GET".to_string()]
+    }
+    pub fn near_cache_max_value_bytes() -> usize {
+        64 * 1024
+    }
     use std::time::Duration;
     pub fn databases() -> u32 {
         16
@@ -1255,6 +1294,37 @@ max_ttl = "1h"
         );
         let text = format!("{BASE}deny_commands = [\"CONFIG SET\"]\n");
         assert_problem(&text, 19, "service[1].deny_commands[0]");
+    }
+
+    #[test]
+    fn near_cache_defaults_and_checks() {
+        let text = format!("{BASE}[service.near_cache]\nenabled = true\n");
+        let config = parse(&text).expect("valid");
+        let near = config.services[1].near_cache.as_ref().expect("near_cache");
+        assert_eq!(near.max_age, Duration::from_secs(10));
+        assert_eq!(near.commands, vec!["GET".to_string()]);
+        assert_eq!(near.max_value_bytes, 64 * 1024);
+        assert!(config.services[0].near_cache.is_none());
+        let text = format!(
+            "{BASE}[service.near_cache]\nenabled = true\ncommands = [\"GET\", \"HGET\"]\nmax_age = \"0s\"\nmax_bytes = 0\n"
+        );
+        assert_problem(
+            &text,
+            21,
+            "service[1].near_cache.commands[1] (\"HGET\") is not a command the near cache keeps (supported: GET)",
+        );
+        assert_problem(
+            &text,
+            22,
+            "service[1].near_cache.max_age must be greater than 0",
+        );
+        assert_problem(
+            &text,
+            23,
+            "service[1].near_cache.max_bytes must be greater than 0",
+        );
+        let text = format!("{BASE}[service.near_cache]\nmax_sizes = 1\n");
+        assert!(parse(&text).is_err(), "unknown keys are refused");
     }
 
     #[test]

@@ -16,6 +16,9 @@
 //!   TTL) to a request in one call that returns a typed decision (forward
 //!   with a reply plan, a keyspace procedure, or a refusal), and rewrites
 //!   the reply by that plan on the way back.
+//! - [`near_cache`] answers a service's hot reads from keygate's memory
+//!   (after the policy's decision, before routing), kept coherent by
+//!   Redis's client-side caching invalidations.
 //! - [`router`] picks the backend node and connection kind for a request
 //!   (on a cluster backend, the master of its keys' slot).
 //! - [`topology`] knows the master and replicas, from Sentinel or config,
@@ -60,6 +63,7 @@ pub mod health;
 )]
 pub mod hotkeys;
 pub mod metrics;
+pub mod near_cache;
 #[cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)

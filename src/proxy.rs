@@ -155,7 +155,12 @@ impl Proxy {
         if listeners.tls.is_some() && self.tls.client.is_none() {
             return Err(StartError::TlsListenerWithoutCertificate);
         }
-        let router = Router::start(&self.config, self.tls.backend);
+        let near_caches = self.services.near_caches();
+        let near_caches = (!near_caches.is_empty()).then(|| near_caches.clone());
+        if let Some(caches) = &near_caches {
+            caches.spawn_sweeper();
+        }
+        let router = Router::start(&self.config, self.tls.backend, near_caches);
         let topology = router.topology().clone();
         self.admin
             .backend_started(topology.clone(), router.credential().clone());

@@ -13,6 +13,7 @@ use crate::backend::node::{Node, NodeOptions};
 use crate::command::keyword::is_keyword;
 use crate::command::{CommandSpec, Flags};
 use crate::config::{Config, ReadFrom};
+use crate::near_cache::NearCaches;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
 use crate::tls::connector::BackendTls;
@@ -113,7 +114,12 @@ impl Router {
     /// Starts connections to the configured backend and, with Sentinels,
     /// the topology monitor, over `tls` (`[backend.tls]`, loaded at start).
     /// Must be called inside a tokio runtime.
-    pub fn start(config: &Config, tls: Option<Arc<BackendTls>>) -> Router {
+    /// `near_caches`: every service's near cache, when any is enabled.
+    pub fn start(
+        config: &Config,
+        tls: Option<Arc<BackendTls>>,
+        near_caches: Option<Arc<NearCaches>>,
+    ) -> Router {
         let b = &config.backend;
         // The template address of a cluster's nodes is replaced per node.
         let addr = b
@@ -142,6 +148,7 @@ impl Router {
             writes_in_flight: b.writes_in_flight,
             dedicated_max: b.dedicated_max,
             command_timeout: b.command_timeout,
+            near_caches,
         };
         if let Some(seeds) = &b.cluster {
             let cluster = Cluster::new(seeds.clone(), b.cluster_refresh, b.max_redirects);

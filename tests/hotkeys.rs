@@ -15,11 +15,13 @@ const SERVICES: &str = r#"
 name = "a"
 prefix = "a:"
 password = "apw"
+near_cache = { enabled = true }
 
 [[service]]
 name = "b"
 prefix = "b:"
 password = "bpw"
+near_cache = { enabled = true }
 
 [[service]]
 name = "root"
@@ -27,6 +29,7 @@ prefix = ""
 isolation = false
 password = "rootpw"
 admin = true
+near_cache = { enabled = true }
 "#;
 
 /// `runs` runs of eight identical reads, pipelined.

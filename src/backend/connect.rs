@@ -63,6 +63,9 @@ pub enum Role {
     /// One command past a busy script ([`super::urgent`]): HELLO and AUTH
     /// only, as Redis refuses SELECT and CLIENT SETNAME while a script runs.
     Urgent,
+    /// A node's invalidation connection for the near cache
+    /// ([`super::invalidation`]).
+    Invalidation,
 }
 
 impl Role {
@@ -73,6 +76,7 @@ impl Role {
             Role::Dedicated => "keygate-dedicated",
             Role::Control => "keygate-control",
             Role::Urgent => "keygate-urgent",
+            Role::Invalidation => "keygate-invalidation",
         }
     }
 }

@@ -10,12 +10,15 @@
 //! - [`node`] groups both kinds for one Redis node; [`health`] is what its
 //!   connection tasks report about it.
 //! - [`stream`] is the byte stream to a node, plain TCP or TLS.
+//! - [`invalidation`] is a node's invalidation connection for the near
+//!   cache: Redis's `__redis__:invalidate` messages for what keygate holds.
 //! - [`urgent`] sends SCRIPT KILL and FUNCTION KILL past a busy script.
 
 pub mod connect;
 pub mod credential;
 pub mod dedicated;
 pub mod health;
+pub mod invalidation;
 pub mod meter;
 pub mod mux;
 pub mod node;

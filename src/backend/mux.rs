@@ -33,7 +33,11 @@ use super::health::NodeHealth;
 use super::meter::ReplyMeter;
 use super::stream::BackendStream;
 use super::BackendError;
+use crate::near_cache::flight::Landings;
+use crate::near_cache::tracking::{NodeTracking, Session, Stamp};
+use crate::near_cache::Evicted;
 use crate::protocol::reply::{FrameEnds, Replies, ReplyKind, ReplyScanner};
+use crate::protocol::request::Request;
 
 /// Frame ends reserved up front for one batch at most (a deeper batch
 /// grows past it as usual).
@@ -67,6 +71,12 @@ pub struct Batch {
     /// It carries a script (EVAL, FCALL, ...): while it is unanswered and
     /// the node silent, the node may be busy running it.
     pub script: bool,
+    /// The batch fills the near cache: told the tracking session it is
+    /// written under (none: its reads are not tracked, nothing is filled).
+    pub stamp: Option<Arc<Stamp>>,
+    /// Near-cache flights its reads lead, by the index of the reply frame
+    /// that lands each: landed by the reader as soon as the replies are in.
+    pub landings: Landings,
 }
 
 /// Settings of a multiplexed connection.
@@ -80,6 +90,11 @@ pub struct MuxOptions {
     pub queue_depth: usize,
     /// Writes kept awaiting replies before the next one waits (0: no limit).
     pub writes_in_flight: usize,
+    /// The node's near-cache tracking, when this connection reads for the
+    /// near cache: it runs `CLIENT TRACKING ON REDIRECT <id> OPTIN`
+    /// towards the node's invalidation connection before its first write,
+    /// and again before the next write whenever that connection changed.
+    pub tracking: Option<Arc<NodeTracking>>,
 }
 
 /// A cheap handle to one multiplexed connection.
@@ -195,11 +210,36 @@ struct Pending {
     sent_at: Instant,
     reply: oneshot::Sender<BatchReply>,
     meter: Option<Arc<ReplyMeter>>,
+    /// An injected `CLIENT TRACKING ON`: its `+OK` confirms this session.
+    confirms: Option<Arc<Session>>,
+    landings: Landings,
     _in_flight: InFlight,
     _script: Option<ScriptInFlight>,
 }
 
 impl Pending {
+    /// A request keygate puts in front of a write itself (re-AUTH, CLIENT
+    /// TRACKING): its reply has no client (the receiver is gone), so the
+    /// reader drops it, after confirming `confirms` on success.
+    fn injected(
+        sent_at: Instant,
+        health: &Arc<NodeHealth>,
+        confirms: Option<Arc<Session>>,
+    ) -> Pending {
+        let (reply, _) = oneshot::channel();
+        Pending {
+            count: 1,
+            closes_write: false,
+            sent_at,
+            reply,
+            meter: None,
+            confirms,
+            landings: Landings::default(),
+            _in_flight: InFlight::new(health),
+            _script: None,
+        }
+    }
+
     /// Its client is gone (the receiver was dropped), or is being closed
     /// because its replies went past the hard limit: its replies are
     /// dropped as they arrive instead of being gathered.
@@ -326,9 +366,14 @@ where
         addr.clone(),
         opts.command_timeout,
         health.clone(),
+        opts.tracking.clone(),
     ));
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut small = BytesMut::with_capacity(16 * 1024);
+    // The tracking generation this connection tracks towards (none yet),
+    // and the session its reads are tracked under.
+    let mut tracked = 0u64;
+    let mut session: Option<Arc<Session>> = None;
     let open = loop {
         let first = tokio::select! {
             biased;
@@ -357,18 +402,37 @@ where
             logged_in = opts.connect.password.generation();
             if let Some(auth) = reauth_request(&opts.connect) {
                 small.extend_from_slice(auth.frame());
-                let (reply, _) = oneshot::channel();
-                let pending = Pending {
-                    count: 1,
-                    closes_write: false,
-                    sent_at,
-                    reply,
-                    meter: None,
-                    _in_flight: InFlight::new(health),
-                    _script: None,
-                };
+                let pending = Pending::injected(sent_at, health, None);
                 if pending_tx.send(pending).is_err() {
                     break true;
+                }
+            }
+        }
+        if let Some(t) = &opts.tracking {
+            if t.generation() != tracked {
+                // The invalidation connection changed (or this connection
+                // is new): track towards the current one, in front of this
+                // write; what was filled under the old session is stale.
+                tracked = t.generation();
+                if let Some(old) = session.take() {
+                    old.end(&t.caches);
+                }
+                if let Some((id, link)) = t.redirect() {
+                    let track = Request::from_args(&[
+                        "CLIENT",
+                        "TRACKING",
+                        "ON",
+                        "REDIRECT",
+                        &id.to_string(),
+                        "OPTIN",
+                    ]);
+                    small.extend_from_slice(track.frame());
+                    let fresh = Session::new(link);
+                    let pending = Pending::injected(sent_at, health, Some(fresh.clone()));
+                    session = Some(fresh);
+                    if pending_tx.send(pending).is_err() {
+                        break true;
+                    }
                 }
             }
         }
@@ -377,6 +441,9 @@ where
         // gathered: the last one is marked as closing the write.
         let mut held: Option<Pending> = None;
         while let Some(batch) = next.take() {
+            if let (Some(stamp), Some(session)) = (&batch.stamp, &session) {
+                let _ = stamp.set(session.clone());
+            }
             for piece in batch.payload {
                 gathered += piece.len();
                 if piece.len() >= LARGE_PIECE {
@@ -394,6 +461,8 @@ where
                 sent_at,
                 reply: batch.reply,
                 meter: batch.meter,
+                confirms: None,
+                landings: batch.landings,
                 _in_flight: InFlight::new(health),
                 _script: ScriptInFlight::new(health, batch.script),
             };
@@ -434,6 +503,10 @@ where
         }
     };
     reader.abort();
+    if let (Some(session), Some(t)) = (session, &opts.tracking) {
+        // Redis forgets what a closed connection tracked, silently.
+        session.end(&t.caches);
+    }
     open
 }
 
@@ -461,6 +534,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     addr: Arc<str>,
     timeout: Duration,
     health: Arc<NodeHealth>,
+    tracking: Option<Arc<NodeTracking>>,
 ) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scanner = ReplyScanner::new(REPLY_MAX_DEPTH);
@@ -543,8 +617,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
             {
                 // The node was demoted under us: the topology re-checks roles.
                 health.readonly_reply();
+                if let Some(t) = &tracking {
+                    t.caches.flush_all(Evicted::Flush);
+                }
             }
             if found == 0 {
+                if let Some(session) = &front.confirms {
+                    if frame.kind != ReplyKind::Error {
+                        session.confirm();
+                    }
+                }
                 discarding = front.abandoned();
                 if !discarding {
                     // One allocation for a pipelined batch, none for one or two frames.
@@ -591,6 +673,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     ends: std::mem::take(&mut ends),
                     written_at: Some(p.sent_at.into_std()),
                 };
+                p.landings.land(|i| {
+                    let start = match i.checked_sub(1) {
+                        Some(before) => replies.ends.get(before)?.end,
+                        None => 0,
+                    };
+                    let end = replies.ends.get(i)?.end;
+                    (start <= end && end <= replies.bytes.len())
+                        .then(|| replies.bytes.slice(start..end))
+                });
                 let _ = p.reply.send(Ok(replies));
             }
         }

@@ -17,8 +17,11 @@ use bytes::Bytes;
 use super::connect::ConnectOptions;
 use super::dedicated::{DedicatedLease, DedicatedManager, DedicatedPool};
 use super::health::NodeHealth;
+use super::invalidation;
 use super::mux::{MuxHandle, MuxOptions};
 use super::BackendError;
+use crate::near_cache::tracking::NodeTracking;
+use crate::near_cache::NearCaches;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
 
@@ -35,6 +38,10 @@ pub struct NodeOptions {
     pub dedicated_max: u32,
     /// A shared connection whose oldest request waits longer is replaced.
     pub command_timeout: Duration,
+    /// Every service's near cache, when any is enabled: the node then keeps
+    /// an invalidation connection, and its RESP2 multiplexed connections of
+    /// the configured database read for the caches.
+    pub near_caches: Option<Arc<NearCaches>>,
 }
 
 /// Per-protocol connections of a node.
@@ -65,6 +72,11 @@ impl Node {
     /// Starts the node's multiplexed connections; dedicated ones are dialed on demand.
     pub fn start(opts: NodeOptions) -> Arc<Node> {
         let health = Arc::new(NodeHealth::default());
+        let tracking = opts.near_caches.clone().map(|caches| {
+            let tracking = NodeTracking::new(caches);
+            invalidation::spawn(opts.connect.clone(), tracking.clone());
+            tracking
+        });
         let side = |protocol: Protocol| {
             let connect = ConnectOptions {
                 protocol,
@@ -75,9 +87,17 @@ impl Node {
                 command_timeout: opts.command_timeout,
                 queue_depth: 1024,
                 writes_in_flight: opts.writes_in_flight,
+                tracking: None,
+            };
+            // Only RESP2 connections track: with REDIRECT, Redis tells a
+            // RESP3 one that its redirect is gone with a push in the middle
+            // of its replies. RESP3 clients are still answered from the cache.
+            let tracked = MuxOptions {
+                tracking: tracking.clone().filter(|_| protocol == Protocol::Resp2),
+                ..options.clone()
             };
             let mux = (0..opts.connections.max(1))
-                .map(|_| MuxHandle::spawn(options.clone(), health.clone()))
+                .map(|_| MuxHandle::spawn(tracked.clone(), health.clone()))
                 .collect();
             let dedicated = bb8::Pool::builder()
                 .max_size(opts.dedicated_max.max(1))

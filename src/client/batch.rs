@@ -25,13 +25,19 @@ use crate::backend::mux::{Batch, Payload, LARGE_PIECE};
 use crate::backend::node::Node;
 use crate::config::ReadFrom;
 use crate::metrics::Role;
+use crate::near_cache::flight::Landings;
+use crate::near_cache::tracking::Stamp;
 use crate::policy::namespace::Namespace;
+use crate::policy::reply::ReplyPlan;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
 use crate::router::Served;
 
 /// A batch is sealed once it holds this many bytes.
 pub(super) const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// Put in front of a read that fills the near cache.
+const CACHING_YES: &[u8] = b"*3\r\n$6\r\nCLIENT\r\n$7\r\nCACHING\r\n$3\r\nYES\r\n";
 
 /// The staging buffer grows by at least this much.
 const STAGE_CHUNK: usize = 4 * 1024;
@@ -67,6 +73,12 @@ pub(super) struct PendingBatch {
     script: bool,
     /// Sealed, waiting to be submitted.
     sealed: VecDeque<Sealed>,
+    /// Near-cache fills in the batch learn their tracking session here.
+    stamp: Option<Arc<Stamp>>,
+    /// Reply frames gathered so far.
+    frames: u32,
+    /// Near-cache flights the batch's reads lead, by reply frame.
+    landings: Landings,
 }
 
 /// What a client's batches carry on a cluster backend.
@@ -116,6 +128,9 @@ impl Default for PendingBatch {
             cluster: None,
             script: false,
             sealed: VecDeque::new(),
+            stamp: None,
+            frames: 0,
+            landings: Landings::default(),
         }
     }
 }
@@ -217,7 +232,38 @@ impl PendingBatch {
             }
         }
         self.read_only &= read_only;
+        self.frames += reply.frames;
         self.commands.push(reply);
+    }
+
+    /// Adds a read that fills the near cache: `CLIENT CACHING YES` in
+    /// front of it (so Redis tracks its key for this connection) and a
+    /// `PTTL` of its key behind it, in the same write; `reply.near` says so.
+    /// Returns the stamp the connection tells its tracking session on.
+    pub(super) fn push_fill(
+        &mut self,
+        request: Request,
+        confine: Option<(usize, &Namespace)>,
+        pttl: Request,
+        reply: CommandReply,
+        suppress: bool,
+    ) {
+        if self.is_empty() {
+            self.suppress = suppress;
+        }
+        if let ReplyPlan::NearFill(fill) = &reply.plan {
+            if let Some(landing) = fill.landing() {
+                // The read's own reply, behind CLIENT CACHING's.
+                self.landings.push(self.frames + 1, landing);
+            }
+        }
+        self.add_frame(Bytes::from_static(CACHING_YES));
+        self.push(request, confine, vec![pttl], reply, suppress, false);
+    }
+
+    /// The stamp of the batch being gathered, for a fill's reply.
+    pub(super) fn stamp(&mut self) -> Arc<Stamp> {
+        self.stamp.get_or_insert_with(Default::default).clone()
     }
 
     fn add_frame(&mut self, frame: Bytes) {
@@ -282,7 +328,7 @@ impl Connection {
         let (frames, count) = (pending.payload.len(), pending.commands.len());
         let payload = std::mem::replace(&mut pending.payload, Payload::with_capacity(frames));
         let commands = std::mem::replace(&mut pending.commands, Commands::with_capacity(count));
-        let replies = commands.iter().map(|c| c.frames).sum();
+        let replies = std::mem::take(&mut pending.frames);
         pending.bytes = 0;
         let (tx, rx) = oneshot::channel();
         let slot = self
@@ -308,6 +354,8 @@ impl Connection {
                 reply: tx,
                 meter: Some(self.meter.clone()),
                 script,
+                stamp: pending.stamp.take(),
+                landings: std::mem::take(&mut pending.landings),
             },
             slot,
             read_from,

@@ -56,6 +56,7 @@ mod held;
 mod isolation;
 mod lifecycle;
 pub mod local;
+mod near;
 mod pubsub;
 pub mod queue;
 mod read_wake;

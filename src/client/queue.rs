@@ -610,6 +610,15 @@ fn write_replies(
     let mut frames = replies.frames(REPLY_MAX_DEPTH);
     let mut tally: Option<Tally<'_>> = None;
     for c in &slot.commands {
+        // The reply to the `CLIENT CACHING YES` in front of a near-cache fill.
+        let near = match &c.plan {
+            ReplyPlan::NearFill(fill) => Some(fill),
+            _ => None,
+        };
+        let lead = u32::from(near.is_some());
+        if lead == 1 {
+            let _ = frames.next();
+        }
         // The command's own frame; the follow-ups keygate added are dropped.
         let (frame, kind) = frames.next().unwrap_or((
             // The connection delimited these frames already; a failure
@@ -617,8 +626,11 @@ fn write_replies(
             &b"-ERR keygate: internal error splitting a reply\r\n"[..],
             ReplyKind::Error,
         ));
-        for _ in 1..c.frames {
-            let _ = frames.next();
+        for i in (1 + lead)..c.frames {
+            let follow_up = frames.next();
+            if let (Some(near), Some((pttl, _)), true) = (near, follow_up, i == 1 + lead) {
+                near.complete(kind, frame, pttl);
+            }
         }
         if let Some(sample) = &c.hot {
             sample.record(frame);

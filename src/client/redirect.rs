@@ -317,6 +317,8 @@ async fn resend(follow: &Follow, group: &[Pending], requests: &[Bytes]) -> Vec<B
         reply: tx,
         meter: None,
         script: follow.script,
+        stamp: None,
+        landings: Default::default(),
     };
     if group.iter().any(|p| p.pause) {
         tokio::time::sleep(TRYAGAIN_PAUSE).await;

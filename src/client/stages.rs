@@ -21,12 +21,14 @@ use bytes::{Bytes, BytesMut};
 
 use super::isolation::ProcedureCall;
 use super::local::{self, LocalAnswer};
+use super::near::{FollowCall, NearRead};
 use super::queue::CommandReply;
 use super::urgent::UrgentCall;
 use super::{pubsub, registry, session, slots, tracking, Connection};
 use crate::command::keyword::is_keyword;
 use crate::command::state::Treatment;
 use crate::command::{self, CommandSpec, Flags};
+use crate::hotkeys;
 use crate::metrics::{ErrorKind, Role};
 use crate::policy::decision::{self, Decision, Forward, Refusal, SessionView};
 use crate::policy::namespace::Namespace;
@@ -69,6 +71,9 @@ pub(super) enum Deferred {
     /// A command Redis runs while a script is busy (SCRIPT KILL, FUNCTION
     /// KILL and STATS, SHUTDOWN), sent past a busy script.
     Urgent(Box<UrgentCall>),
+    /// A read waiting for another client's read of the same key, already
+    /// on its way to Redis ([`crate::near_cache::flight`]).
+    Follow(Box<FollowCall>),
     /// RESET while the dedicated connection still owes replies: they are
     /// awaited first (Redis, too, runs a pipelined RESET only after the
     /// commands before it), then the connection is dropped. A client in
@@ -245,12 +250,19 @@ impl Connection {
                 &slots::not_served(spec),
                 suppress,
             )),
-            Decision::Procedure(planned) => Err(Some(Deferred::Procedure(ProcedureCall {
-                service: service.clone(),
-                planned,
-                spec,
-                suppress,
-            }))),
+            Decision::Procedure(planned) => {
+                if let Some(cache) = &service.near_cache {
+                    // A keyspace-wide command (FLUSHDB, ...) of the service:
+                    // its cache starts over, as Redis's invalidations will say.
+                    cache.flush(crate::near_cache::Evicted::Flush);
+                }
+                Err(Some(Deferred::Procedure(ProcedureCall {
+                    service: service.clone(),
+                    planned,
+                    spec,
+                    suppress,
+                })))
+            }
             Decision::Refuse(refusal) => Err(self.refuse(spec, &refusal, suppress)),
         }
     }
@@ -278,6 +290,17 @@ impl Connection {
             ..
         } = forward;
         let service = self.session.service.as_ref().map(|s| s.index);
+        let near = self
+            .session
+            .service
+            .as_ref()
+            .and_then(|s| s.near_cache.clone());
+        let mut plan = plan;
+        if let Some(cache) = &near {
+            if let Some(writing) = self.near_write(cache, spec, &req, prefix_key) {
+                plan = ReplyPlan::NearWrite(Box::new((writing, plan)));
+            }
+        }
         let effect = router::connection_effect(spec, &req);
         let subscription = (effect == ConnectionEffect::Subscribe)
             .then(|| pubsub::SubKind::of_command(spec.name))
@@ -353,18 +376,47 @@ impl Connection {
                 Err(msg) => return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress)),
             }
         }
+        // The near cache keeps one master's reads: not a cluster's (yet).
+        let cluster = self.ctx.router.cluster().is_some();
+        if let Some(cache) = near.filter(|_| follow_ups.is_empty() && !held && !cluster) {
+            if matches!(reply.plan, ReplyPlan::Forward) {
+                match self.near_read(&cache, spec, &req, prefix_key) {
+                    NearRead::Hit(frame) => {
+                        // Hits are most of a hot key's reads: counted here.
+                        if let Some(sample) = self.sample_hot_key(spec, &req, prefix_key) {
+                            sample.record(&frame);
+                        }
+                        self.reply(frame, suppress);
+                        return Err(None);
+                    }
+                    NearRead::Fill(fill, pttl) => {
+                        let hot = self.sample_hot_key(spec, &req, prefix_key);
+                        let reply = CommandReply {
+                            frames: 3,
+                            plan: ReplyPlan::NearFill(fill),
+                            hot,
+                            ..reply
+                        };
+                        let confine = prefix_key.zip(self.session.namespace());
+                        self.batch.push_fill(req, confine, pttl, reply, suppress);
+                        return Ok(());
+                    }
+                    NearRead::Follow(boarding) => {
+                        return Err(Some(Deferred::Follow(Box::new(FollowCall {
+                            boarding,
+                            request: req,
+                            prefix_at: prefix_key,
+                            reply,
+                            suppress,
+                        }))));
+                    }
+                    NearRead::Plain => {}
+                }
+            }
+        }
         // topology: a batch may go to a replica only if all of it is read-only.
         let read_only = spec.flags.contains(Flags::READONLY) && follow_ups.is_empty();
-        if let Some(service) = self.session.service.as_ref() {
-            let prefix = service.namespace.as_ref().map(|ns| ns.prefix_bytes());
-            reply.hot = self.hot_keys.sample(
-                service.hot_keys.as_ref(),
-                spec.name,
-                &req,
-                prefix_key,
-                prefix.unwrap_or_default(),
-            );
-        }
+        reply.hot = self.sample_hot_key(spec, &req, prefix_key);
         let confine = prefix_key.zip(self.session.namespace());
         self.batch
             .push(req, confine, follow_ups, reply, suppress, read_only);
@@ -476,6 +528,25 @@ impl Connection {
             }
         }
         Request::from_args(&args)
+    }
+
+    /// One read in [`hotkeys::SAMPLE_EVERY`] of a service whose hot keys
+    /// are counted, to be counted with its reply.
+    fn sample_hot_key(
+        &mut self,
+        spec: &CommandSpec,
+        req: &Request,
+        prefix_key: Option<usize>,
+    ) -> Option<Box<hotkeys::Sample>> {
+        let service = self.session.service.as_ref()?;
+        let prefix = service.namespace.as_ref().map(|ns| ns.prefix_bytes());
+        self.hot_keys.sample(
+            service.hot_keys.as_ref(),
+            spec.name,
+            req,
+            prefix_key,
+            prefix.unwrap_or_default(),
+        )
     }
 
     /// Whether the master may be running a long script: a script batch is
@@ -718,6 +789,7 @@ impl Connection {
             }
             Deferred::Procedure(call) => self.run_procedure(call).await,
             Deferred::Urgent(call) => self.send_urgent(*call).await,
+            Deferred::Follow(call) => self.follow(*call).await,
             Deferred::Reset { reply, suppress } => {
                 self.flush_dedicated().await;
                 self.await_dedicated_replies().await;

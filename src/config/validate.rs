@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use super::locate::KeyPath;
 use super::{
-    BackendConfig, BackendTlsConfig, Config, ProxyConfig, ProxyTlsConfig, ReadFrom, ServiceConfig,
-    TokenConfig, TtlOverMax,
+    BackendConfig, BackendTlsConfig, Config, NearCacheConfig, ProxyConfig, ProxyTlsConfig,
+    ReadFrom, ServiceConfig, TokenConfig, TtlOverMax,
 };
 
 /// Smallest `max_pending_reply_bytes`: below this a single ordinary reply could stall a client.
@@ -61,8 +61,8 @@ pub fn validate(config: &Config, env_has: &dyn Fn(&str) -> bool) -> Vec<Finding>
     findings.0
 }
 
-/// On a cluster backend a service may not insist on replica reads (not
-/// served there yet), and a prefix may hold no `{` or `}`: keygate puts it in
+/// On a cluster backend a service may not insist on replica reads nor keep
+/// a near cache (neither served there yet), and a prefix may hold no `{` or `}`: keygate puts it in
 /// front of the key, and a brace in it would become (or close) the key's
 /// hash tag, moving the service's keys to other slots or pinning all of
 /// them to one.
@@ -76,6 +76,13 @@ fn check_cluster_prefixes(config: &Config, out: &mut Findings) {
             out.add(
                 at.key("read_from"),
                 format!("{at}.read_from = \"replica\" is not served on a cluster backend yet (reads go to each slot's master; \"prefer-replica\" falls back to it)"),
+            );
+        }
+        if service.near_cache.as_ref().is_some_and(|n| n.enabled) {
+            let at = KeyPath::root("service").index(i);
+            out.add(
+                at.key("near_cache").key("enabled"),
+                format!("{at}.near_cache is not served on a cluster backend yet (its invalidations are followed for one master)"),
             );
         }
         if service.prefix.contains(['{', '}']) {
@@ -625,6 +632,9 @@ fn check_service(
         }
     }
 
+    if let Some(near) = &service.near_cache {
+        check_near_cache(&at.key("near_cache"), near, out);
+    }
     for (key, value) in [
         ("max_value_bytes", service.max_value_bytes),
         ("max_clients", service.max_clients),
@@ -694,6 +704,46 @@ fn check_service_password(
     }
     if let Some(token) = &service.token {
         check_service_token(&at.key("token"), service, token, env_has, out);
+    }
+}
+
+/// `[service.near_cache]`: budgets above zero, and only commands the near
+/// cache knows how to keep.
+fn check_near_cache(at: &KeyPath, near: &NearCacheConfig, out: &mut Findings) {
+    for (key, value) in [
+        ("max_bytes", near.max_bytes),
+        ("max_value_bytes", near.max_value_bytes),
+    ] {
+        if value == 0 {
+            out.add(at.key(key), format!("{at}.{key} must be greater than 0"));
+        }
+    }
+    if near.max_value_bytes > near.max_bytes {
+        out.add(
+            at.key("max_value_bytes"),
+            format!(
+                "{at}.max_value_bytes ({}) is above max_bytes ({})",
+                near.max_value_bytes, near.max_bytes
+            ),
+        );
+    }
+    if near.max_age.is_zero() {
+        out.add(
+            at.key("max_age"),
+            format!("{at}.max_age must be greater than 0"),
+        );
+    }
+    for (i, command) in near.commands.iter().enumerate() {
+        if crate::near_cache::Cacheable::from_name(command).is_none() {
+            let path = at.key("commands").index(i);
+            out.add(
+                path.clone(),
+                format!(
+                    "{path} ({command:?}) is not a command the near cache keeps (supported: {})",
+                    crate::near_cache::Cacheable::SUPPORTED
+                ),
+            );
+        }
     }
 }
 

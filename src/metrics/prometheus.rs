@@ -52,7 +52,7 @@ fn escape_into(out: &mut String, value: &str) {
 }
 
 /// Appends `{a="x",b="y"}` (nothing for no labels).
-fn labels_into(out: &mut String, labels: &[(&str, &str)]) {
+pub(crate) fn labels_into(out: &mut String, labels: &[(&str, &str)]) {
     if labels.is_empty() {
         return;
     }

@@ -190,6 +190,8 @@ async fn round_trip(mux: &MuxHandle, req: Request) -> Result<Bytes, Stop> {
         reply: tx,
         meter: None,
         script: false,
+        stamp: None,
+        landings: Default::default(),
     })
     .await;
     let reply = rx

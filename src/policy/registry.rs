@@ -13,22 +13,34 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::service::{Login, LoginError, Service, Services};
+use crate::near_cache::NearCaches;
 
 /// The services in force right now.
 #[derive(Debug)]
 pub struct ServiceRegistry {
     current: ArcSwap<Services>,
     generation: AtomicU64,
+    /// Every service's near cache, of every generation still in use: what
+    /// Redis's invalidations and flushes apply to.
+    near_caches: Arc<NearCaches>,
 }
 
 impl ServiceRegistry {
     /// A registry starting with `services`.
     pub fn new(services: Services) -> ServiceRegistry {
         let generation = AtomicU64::new(services.generation());
+        let near_caches = NearCaches::new();
+        adopt_near_caches(&near_caches, &services);
         ServiceRegistry {
             current: ArcSwap::from_pointee(services),
             generation,
+            near_caches,
         }
+    }
+
+    /// Every service's near cache (empty when none is enabled).
+    pub fn near_caches(&self) -> &Arc<NearCaches> {
+        &self.near_caches
     }
 
     /// The generation in force: one atomic load, for the per-command check.
@@ -44,6 +56,7 @@ impl ServiceRegistry {
     /// Puts `services` in force for every later lookup.
     pub fn replace(&self, services: Services) {
         let generation = services.generation();
+        adopt_near_caches(&self.near_caches, &services);
         self.current.store(Arc::new(services));
         self.generation.store(generation, Ordering::Release);
     }
@@ -61,6 +74,12 @@ impl ServiceRegistry {
     /// `AUTH [service] password` against the services in force.
     pub fn login(&self, name: Option<&[u8]>, password: &[u8]) -> Result<Login, LoginError> {
         self.current.load().login(name, password)
+    }
+}
+
+fn adopt_near_caches(near_caches: &NearCaches, services: &Services) {
+    for cache in services.all().iter().filter_map(|s| s.near_cache.as_ref()) {
+        near_caches.adopt(cache);
     }
 }
 

@@ -18,6 +18,8 @@ use bytes::{Bytes, BytesMut};
 use super::namespace::{self, Namespace};
 use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::command::ReplyKeys;
+use crate::near_cache::fill::Fill;
+use crate::near_cache::Writing;
 use crate::protocol::encode;
 use crate::protocol::reply::{ReplyScanner, Value};
 use crate::protocol::Protocol;
@@ -43,6 +45,14 @@ pub enum ReplyPlan {
     ScopedInfo(Option<String>),
     /// EXEC: one array element per queued command, in order.
     Exec(Vec<Queued>),
+    /// A read that fills the near cache: its frames are `CLIENT CACHING
+    /// YES`'s reply (dropped), the command's (written as it came), then
+    /// `PTTL`'s (dropped), which the fill reads.
+    NearFill(Box<Fill>),
+    /// A write of a service with a near cache: rewritten by the plan
+    /// inside; the guard keeps its keys from being filled until the reply
+    /// is taken ([`crate::near_cache::NearCache::begin_write`]).
+    NearWrite(Box<(Writing, ReplyPlan)>),
 }
 
 /// A command queued inside MULTI, as EXEC's reply plan sees it.
@@ -65,7 +75,7 @@ impl Queued {
 /// Writes one command's reply `frame` to `out`, rewritten by `plan`.
 pub fn rewrite(plan: &ReplyPlan, frame: &[u8], out: &mut BytesMut) {
     match plan {
-        ReplyPlan::Forward => out.extend_from_slice(frame),
+        ReplyPlan::Forward | ReplyPlan::NearFill(_) => out.extend_from_slice(frame),
         ReplyPlan::Replace(with) => out.extend_from_slice(with),
         ReplyPlan::AppendProxyInfo(section) => match Value::parse(frame) {
             Ok(Value::Bulk(text)) => {
@@ -102,6 +112,7 @@ pub fn rewrite(plan: &ReplyPlan, frame: &[u8], out: &mut BytesMut) {
             }
         }
         ReplyPlan::Exec(queued) => rewrite_exec(queued, frame, out),
+        ReplyPlan::NearWrite(inner) => rewrite(&inner.1, frame, out),
     }
 }
 

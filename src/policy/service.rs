@@ -24,6 +24,7 @@ use super::namespace::Namespace;
 use super::procedure_gate::ProcedureGate;
 use crate::config::{Config, ReadFrom, ServiceConfig, TtlOverMax};
 use crate::hotkeys::HotKeys;
+use crate::near_cache::NearCache;
 use crate::policy::token::{self, TokenRefusal, TokenVerifier};
 use crate::policy::ttl::TtlPolicy;
 
@@ -84,6 +85,9 @@ pub struct Service {
     /// Its hot keys, when they are counted (`None`: its reads are not
     /// sampled); shared across reloads while the prefix stays the same.
     pub hot_keys: Option<Arc<HotKeys>>,
+    /// `[service.near_cache]` when enabled; shared with the same-named
+    /// service of earlier and later reloads (a reload reconfigures it).
+    pub near_cache: Option<Arc<NearCache>>,
     password_sha256: Option<[u8; 32]>,
 }
 
@@ -132,9 +136,18 @@ impl Service {
                 .token
                 .as_ref()
                 .map(|t| TokenVerifier::from_config(&c.name, t)),
-            // Every service's reads are sampled for now; the near cache
-            // (`[service.near_cache]`) is what will turn this on.
-            hot_keys: Some(Arc::new(HotKeys::default())),
+            near_cache: c
+                .near_cache
+                .as_ref()
+                .filter(|n| n.enabled)
+                .map(NearCache::new),
+            // The hot keys are counted for services with a near cache,
+            // which warms its cache from them after a failover.
+            hot_keys: c
+                .near_cache
+                .as_ref()
+                .filter(|n| n.enabled)
+                .map(|_| Arc::new(HotKeys::default())),
             password_sha256,
         };
         service.namespace = Namespace::for_service(&service).map(Arc::new);
@@ -342,6 +355,14 @@ impl Services {
                         service.procedures = before.procedures.clone();
                         if service.hot_keys.is_some() {
                             service.hot_keys = before.hot_keys.clone().or(service.hot_keys);
+                        }
+                        // The entries are keyed by prefixed key: they stay
+                        // right while the prefix does.
+                        if let (Some(kept), Some(near)) = (&before.near_cache, &c.near_cache) {
+                            if service.near_cache.is_some() {
+                                kept.reconfigure(near);
+                                service.near_cache = Some(kept.clone());
+                            }
                         }
                     }
                 }

@@ -233,6 +233,19 @@ impl Topology {
 
     /// Replaces the snapshot and wakes requests waiting for a master.
     pub(crate) fn publish(&self, snapshot: Snapshot) {
+        let before = self.snapshot.load();
+        let same_master = match (&before.master, &snapshot.master) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_master {
+            // What the old master's invalidations covered is no proof of
+            // anything on the new one: the near caches start empty.
+            if let Some(caches) = &self.node_options.near_caches {
+                caches.flush_all(crate::near_cache::Evicted::Flush);
+            }
+        }
         self.snapshot.store(Arc::new(snapshot));
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
@@ -448,6 +461,7 @@ mod tests {
             connections: 1,
             writes_in_flight: 2,
             dedicated_max: 1,
+            near_caches: None,
             command_timeout: Duration::from_secs(1),
         }
     }

@@ -1089,3 +1089,30 @@ impl Keygate {
         (keygate, tls_port)
     }
 }
+
+/// The ids of the backend's clients named `name` (CLIENT SETNAME), from
+/// `CLIENT LIST` on `port`: keygate names its connections by role.
+pub fn client_ids_named(port: u16, name: &str) -> Vec<String> {
+    cli_at(port, &["CLIENT", "LIST"])
+        .lines()
+        .filter(|l| l.contains(&format!("name={name} ")))
+        .filter_map(|l| {
+            l.split(' ')
+                .find_map(|kv| kv.strip_prefix("id="))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// A service `app` (password `pw`, prefix `app:`) with the near cache on.
+pub const NEAR_CACHE_SERVICE: &str = r#"
+[[service]]
+name = "app"
+password = "pw"
+prefix = "app:"
+
+[service.near_cache]
+enabled = true
+max_bytes = 1048576
+max_age = "10s"
+"#;

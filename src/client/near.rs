@@ -1,0 +1,187 @@
+//! The client side of the near cache ([`crate::near_cache`]): what a
+//! request does to its service's cache on its way through the stages.
+//!
+//! - A cacheable read (GET, outside MULTI, off a dedicated connection, in
+//!   the configured database) is looked up by its prefixed key: a hit is
+//!   answered here, in order with the client's other replies; a miss of a
+//!   key read before is sent as a fill (`CLIENT CACHING YES`, the read,
+//!   `PTTL`), whose reply fills the cache ([`Fill::complete`]).
+//! - A write's keys (every key of a command that is not read-only, queued
+//!   in MULTI or not, on any connection) go out of the cache when it is
+//!   queued and again when its reply is taken, and are not filled in
+//!   between: a client always reads its own writes.
+//!
+//! Only the service's own cache is used, keyed by the prefixed key, so an
+//! entry is never served to another service. Services without a near cache
+//! pay one branch on an `Option`.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::queue::CommandReply;
+use super::Connection;
+use crate::command::keys::key_positions_inline;
+use crate::command::{CommandSpec, Flags};
+use crate::config::ReadFrom;
+use crate::metrics::ErrorKind;
+use crate::metrics::Role;
+use crate::near_cache::fill::Fill;
+use crate::near_cache::flight::Boarding;
+use crate::near_cache::{Lookup, NearCache, Writing};
+use crate::protocol::reply::ReplyKind;
+use crate::protocol::request::Request;
+use crate::protocol::Protocol;
+
+/// What the near cache makes of a read.
+pub(super) enum NearRead {
+    /// Answered from the cache: this frame.
+    Hit(Bytes),
+    /// Sent with a fill.
+    Fill(Box<Fill>, Request),
+    /// Waits for another client's read of the key, already on its way.
+    Follow(Boarding),
+    /// Sent as it is.
+    Plain,
+}
+
+impl Connection {
+    /// The key at `at` as stored on the backend: with the namespace's
+    /// prefix when it is still to be put in front (`prefix_at`).
+    fn stored_key(&self, req: &Request, at: usize, prefix_at: Option<usize>) -> Option<Bytes> {
+        let arg = req.get(at)?;
+        match (prefix_at == Some(at), self.session.namespace()) {
+            (true, Some(ns)) => {
+                let mut key = BytesMut::with_capacity(ns.prefix_bytes().len() + arg.len());
+                key.extend_from_slice(ns.prefix_bytes());
+                key.extend_from_slice(arg);
+                Some(key.freeze())
+            }
+            _ => Some(Bytes::copy_from_slice(arg)),
+        }
+    }
+
+    /// A command that may write: its keys go out of the service's near
+    /// cache now, before it is sent, and stay unfilled until the returned
+    /// guard goes with its reply (inside MULTI, with EXEC's).
+    pub(super) fn near_write(
+        &self,
+        cache: &Arc<NearCache>,
+        spec: &'static CommandSpec,
+        req: &Request,
+        prefix_at: Option<usize>,
+    ) -> Option<Writing> {
+        if spec.flags.contains(Flags::READONLY) {
+            return None;
+        }
+        if matches!(spec.name, "flushall" | "flushdb" | "swapdb") {
+            return Some(cache.begin_flush());
+        }
+        let positions = key_positions_inline(spec, req).ok()?;
+        let keys: Vec<Bytes> = positions
+            .into_iter()
+            .filter_map(|at| self.stored_key(req, at, prefix_at))
+            .collect();
+        (!keys.is_empty()).then(|| cache.begin_write(keys))
+    }
+
+    /// A read the near cache may answer or fill: GET of one key, not held,
+    /// in the configured database.
+    pub(super) fn near_read(
+        &mut self,
+        cache: &Arc<NearCache>,
+        spec: &'static CommandSpec,
+        req: &Request,
+        prefix_at: Option<usize>,
+    ) -> NearRead {
+        if spec.name != "get"
+            || req.argc() != 2
+            || !cache.keeps_get()
+            || self.session.database != self.default_database()
+        {
+            return NearRead::Plain;
+        }
+        let Some(key) = self.stored_key(req, 1, prefix_at) else {
+            return NearRead::Plain;
+        };
+        // Only RESP2 connections to the master track for the cache, and
+        // only a RESP2 client takes a RESP2 leader's reply as it is.
+        let fills = self.session.protocol == Protocol::Resp2
+            && self
+                .session
+                .service
+                .as_ref()
+                .is_some_and(|s| s.read_from == ReadFrom::Master);
+        match cache.lookup(&key, fills) {
+            Lookup::Hit(frame) => {
+                let service = self.session.service.as_ref().map(|s| s.index);
+                self.recorder.command(
+                    service,
+                    spec.name,
+                    Role::Proxy,
+                    self.read_at.elapsed(),
+                    None,
+                );
+                self.recorder.cache(service, spec.name, 1, 0);
+                NearRead::Hit(frame)
+            }
+            Lookup::Follow(boarding) => NearRead::Follow(boarding),
+            Lookup::Miss(Some(ticket)) => {
+                let pttl = Request::from_args(&[&b"PTTL"[..], &key]);
+                let fill = Fill::new(cache.clone(), key, ticket, self.batch.stamp());
+                NearRead::Fill(Box::new(fill), pttl)
+            }
+            Lookup::Miss(None) => NearRead::Plain,
+        }
+    }
+
+    /// A read waiting for another read's reply ([`crate::near_cache::flight`]):
+    /// what the client sent before goes first; the client's next request
+    /// waits for this answer, so nothing it sends later (its own write of
+    /// the key) can reach Redis before the read it follows. If the leader
+    /// goes without a reply, the read is sent on its own.
+    pub(super) async fn follow(&mut self, call: FollowCall) {
+        self.flush_batch().await;
+        let FollowCall {
+            boarding,
+            request,
+            prefix_at,
+            reply,
+            suppress,
+        } = call;
+        match boarding.await {
+            Ok(frame) => {
+                let service = reply.service;
+                let elapsed = self.read_at.elapsed();
+                self.recorder
+                    .command(service, reply.command, Role::Master, elapsed, None);
+                match ReplyKind::of_frame(&frame) {
+                    ReplyKind::Error => {
+                        self.recorder
+                            .error(service, reply.command, ErrorKind::Backend)
+                    }
+                    ReplyKind::Nil => self.recorder.cache(service, reply.command, 0, 1),
+                    _ => self.recorder.cache(service, reply.command, 1, 0),
+                }
+                self.reply(frame, suppress);
+            }
+            Err(_) => {
+                if !self.batch.takes(suppress) {
+                    self.seal_batch();
+                }
+                let confine = prefix_at.zip(self.session.namespace());
+                self.batch
+                    .push(request, confine, Vec::new(), reply, suppress, true);
+            }
+        }
+    }
+}
+
+/// A read that follows another's flight, deferred until it lands.
+pub(super) struct FollowCall {
+    pub(super) boarding: Boarding,
+    pub(super) request: Request,
+    pub(super) prefix_at: Option<usize>,
+    pub(super) reply: CommandReply,
+    pub(super) suppress: bool,
+}

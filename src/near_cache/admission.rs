@@ -1,0 +1,147 @@
+//! Admission: a count-min sketch of how often each key was read lately.
+//!
+//! A key is filled only once the sketch says it was read before (a
+//! uniform random stream of keys seldom is, so it does not churn the
+//! cache), and a full cache takes a new entry only in place of one read
+//! less often (TinyLFU). Counters are 4-bit-ish saturating bytes, halved
+//! every `10 × width` reads so that yesterday's hot keys fade.
+//!
+//! Counters are atomics updated with relaxed loads and stores: a lost
+//! increment under contention only makes the estimate a little low.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+
+/// Rows of the sketch (independent hash functions).
+const ROWS: usize = 4;
+/// Counters saturate here.
+const MAX_COUNT: u8 = 15;
+
+/// A count-min sketch over key hashes.
+#[derive(Debug)]
+pub(crate) struct Sketch {
+    counters: Box<[AtomicU8]>,
+    /// `width - 1`; the width is a power of two.
+    mask: u64,
+    /// Reads recorded since the last halving.
+    reads: AtomicU64,
+    /// Reads between halvings.
+    period: u64,
+}
+
+impl Sketch {
+    /// A sketch sized for about `entries` cached keys.
+    pub(crate) fn new(entries: usize) -> Sketch {
+        let width = (entries.saturating_mul(8))
+            .clamp(1024, 1 << 20)
+            .next_power_of_two();
+        Sketch {
+            counters: (0..width * ROWS).map(|_| AtomicU8::new(0)).collect(),
+            mask: width as u64 - 1,
+            reads: AtomicU64::new(0),
+            period: width as u64 * 10,
+        }
+    }
+
+    fn slots(&self, hash: u64) -> [usize; ROWS] {
+        let width = self.mask as usize + 1;
+        let mut out = [0; ROWS];
+        for (row, slot) in out.iter_mut().enumerate() {
+            // Each row takes the hash through its own odd multiplier.
+            const SEEDS: [u64; ROWS] = [
+                0x9E37_79B9_7F4A_7C15,
+                0xC2B2_AE3D_27D4_EB4F,
+                0x1656_67B1_9E37_79F9,
+                0x27D4_EB2F_1656_67C5,
+            ];
+            let h = hash.wrapping_mul(SEEDS[row]).rotate_left(31);
+            *slot = row * width + (h & self.mask) as usize;
+        }
+        out
+    }
+
+    /// How often the key was read lately (an over-estimate at worst).
+    pub(crate) fn estimate(&self, hash: u64) -> u8 {
+        self.min_of(&self.slots(hash))
+    }
+
+    fn min_of(&self, slots: &[usize; ROWS]) -> u8 {
+        slots
+            .iter()
+            .map(|&i| {
+                self.counters
+                    .get(i)
+                    .map_or(0, |c| c.load(Ordering::Relaxed))
+            })
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Records one read of the key and returns its estimate, this read included.
+    pub(crate) fn record(&self, hash: u64) -> u8 {
+        let slots = self.slots(hash);
+        let now = self.min_of(&slots);
+        if now < MAX_COUNT {
+            // Conservative update: only the counters at the minimum grow.
+            for &i in &slots {
+                if let Some(c) = self.counters.get(i) {
+                    if c.load(Ordering::Relaxed) == now {
+                        c.store(now + 1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        if self.reads.fetch_add(1, Ordering::Relaxed) + 1 >= self.period {
+            self.reads.store(0, Ordering::Relaxed);
+            for c in self.counters.iter() {
+                c.store(c.load(Ordering::Relaxed) / 2, Ordering::Relaxed);
+            }
+        }
+        now.saturating_add(1).min(MAX_COUNT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_read_again_counts_more_than_a_key_read_once() {
+        let sketch = Sketch::new(1000);
+        assert_eq!(sketch.record(42), 1);
+        assert_eq!(sketch.record(42), 2);
+        assert_eq!(sketch.estimate(42), 2);
+        assert_eq!(sketch.estimate(43), 0);
+    }
+
+    /// Keys read once, as many as the sketch is sized for, rarely look
+    /// "read again" (what keeps a uniform stream from churning the cache
+    /// beyond that is the victim comparison in [`super::super::store`]).
+    #[test]
+    fn a_uniform_stream_seldom_looks_repeated() {
+        let sketch = Sketch::new(1000);
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let mut repeated = 0;
+        for _ in 0..1000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if sketch.record(x) >= 2 {
+                repeated += 1;
+            }
+        }
+        assert!(repeated < 1000 / 20, "{repeated}");
+    }
+
+    #[test]
+    fn counts_fade_by_halving() {
+        let sketch = Sketch::new(1);
+        for _ in 0..10 {
+            sketch.record(7);
+        }
+        assert!(sketch.estimate(7) >= 10);
+        for i in 0..sketch.period {
+            sketch.record(1_000_000 + i);
+        }
+        assert!(sketch.estimate(7) <= 5, "{}", sketch.estimate(7));
+    }
+}

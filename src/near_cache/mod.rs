@@ -1,0 +1,721 @@
+//! The near cache: hot read replies kept in keygate's memory, per service,
+//! never served stale (issue 17).
+//!
+//! - [`store`]: one shard's entries, the byte budget and sampled LRU eviction;
+//! - [`admission`]: the frequency sketch that decides what is filled;
+//! - [`tracking`]: which Redis tracking session an entry depends on;
+//! - [`fill`]: a read whose reply fills the cache, on its way;
+//! - [`flight`]: reads of a key waiting for the fill already on its way;
+//! - [`metrics`]: its Prometheus series, read from its counters at scrape.
+//!
+//! The cache structure is keygate's own rather than a crate's (moka's
+//! W-TinyLFU was the candidate): a hit must check the entry's tracking
+//! session and expiry under the same lookup, a fill must be refused when an
+//! invalidation for its key arrived after the read was sent, and the byte
+//! budget must hold at every insert, not eventually; a sharded map behind
+//! std mutexes (never held across an await) does all three in one short
+//! critical section.
+//!
+//! Coherence, in order of the rules:
+//! - a fill carries a [`Ticket`] taken when the read was queued: the key's
+//!   invalidation sequence (one of [`SEQ_SLOTS`] counters the key hashes
+//!   to) and the cache's flush epoch. An invalidation bumps the sequence
+//!   before it removes the entry, both under the shard's lock, and a fill
+//!   whose ticket no longer matches is dropped: a read that raced an
+//!   invalidation is never cached;
+//! - a write through keygate invalidates its keys when it is queued, and
+//!   again when its reply is taken, before the client sees it; in between
+//!   its keys are not filled ([`Writing`]): a read of another client that
+//!   ran before the write cannot fill the old value after the write's
+//!   acknowledgement;
+//! - an entry is served only while the session that filled it is live
+//!   ([`tracking::Session::is_live`]) and before its expiry (`max_age`, or
+//!   the key's TTL learned by a `PTTL` in the same write);
+//! - a lost invalidation link, a master change, `-READONLY` or a null
+//!   invalidation (FLUSHALL) flush every cache ([`NearCaches::flush_all`]).
+
+pub mod admission;
+pub mod fill;
+pub mod flight;
+pub mod metrics;
+pub mod store;
+pub mod tracking;
+
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use crate::config::NearCacheConfig;
+use admission::Sketch;
+use store::{Entry, Found, Store};
+use tracking::Session;
+
+/// Most shards per service cache (a power of two).
+const MAX_SHARDS: usize = 16;
+/// Invalidation sequence counters per cache (a power of two).
+pub const SEQ_SLOTS: usize = 4096;
+/// Reads of a key (this one included) before it is filled.
+const ADMIT_AFTER: u8 = 2;
+
+/// A command whose replies the near cache keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cacheable {
+    /// GET: a bulk string per key.
+    Get,
+}
+
+impl Cacheable {
+    /// The names `commands` accepts, for `--check`'s message.
+    pub const SUPPORTED: &'static str = "GET";
+
+    /// The command named in `[service.near_cache] commands`, if kept.
+    pub fn from_name(name: &str) -> Option<Cacheable> {
+        name.eq_ignore_ascii_case("get").then_some(Cacheable::Get)
+    }
+}
+
+/// Why entries left the cache (`keygate_near_cache_evictions_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evicted {
+    /// Room for another entry, or a smaller budget.
+    Budget,
+    /// Redis invalidated the key, or keygate wrote it.
+    Invalidation,
+    /// Older than `max_age` or its key's TTL.
+    MaxAge,
+    /// The connection that filled it closed (Redis stopped tracking it).
+    Connection,
+    /// The whole cache: invalidation link lost, master changed, FLUSHALL.
+    Flush,
+}
+
+impl Evicted {
+    /// Every reason, in label order.
+    pub const ALL: [Evicted; 5] = [
+        Evicted::Budget,
+        Evicted::Invalidation,
+        Evicted::MaxAge,
+        Evicted::Connection,
+        Evicted::Flush,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Evicted::Budget => "budget",
+            Evicted::Invalidation => "invalidation",
+            Evicted::MaxAge => "max_age",
+            Evicted::Connection => "connection",
+            Evicted::Flush => "flush",
+        }
+    }
+}
+
+/// The settings in force (a reload replaces them).
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    max_bytes: usize,
+    max_age: Duration,
+    max_value_bytes: usize,
+    get: bool,
+}
+
+impl Settings {
+    fn of(c: &NearCacheConfig) -> Settings {
+        Settings {
+            max_bytes: c.max_bytes,
+            max_age: c.max_age,
+            max_value_bytes: c.max_value_bytes,
+            get: c
+                .commands
+                .iter()
+                .any(|n| Cacheable::from_name(n) == Some(Cacheable::Get)),
+        }
+    }
+}
+
+/// What a cacheable read's lookup found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The reply frame to answer with.
+    Hit(Bytes),
+    /// Not cached; fill from the reply when a ticket is given (the key was
+    /// read before, [`admission`]).
+    Miss(Option<Ticket>),
+    /// Not cached, but a fill's read of the key is on its way: wait for its
+    /// reply ([`flight`]); a closed channel means: read on your own.
+    Follow(flight::Boarding),
+}
+
+/// Taken when a read is queued; a fill is kept only if it still matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    hash: u64,
+    seq: u64,
+    epoch: u64,
+    /// When the read was queued: the entry's age counts from here.
+    queued: Instant,
+    /// The flight the read leads, if any.
+    pub(crate) flight: Option<u64>,
+}
+
+/// Counters of one cache, read when metrics are scraped.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Reads answered from the cache.
+    pub hits: AtomicU64,
+    /// Cacheable reads sent to Redis.
+    pub misses: AtomicU64,
+    evictions: [AtomicU64; 5],
+}
+
+impl Counters {
+    /// Entries evicted for `reason` since start.
+    pub fn evictions(&self, reason: Evicted) -> u64 {
+        self.evictions[reason as usize].load(Ordering::Relaxed)
+    }
+
+    fn evicted(&self, reason: Evicted, n: u64) {
+        self.evictions[reason as usize].fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// One service's near cache.
+#[derive(Debug)]
+pub struct NearCache {
+    settings: Mutex<Settings>,
+    /// `max_bytes / shards`, read on every insert without the settings lock.
+    shard_budget: AtomicUsize,
+    max_value_bytes: AtomicUsize,
+    max_age_ms: AtomicU64,
+    keeps_get: std::sync::atomic::AtomicBool,
+    shards: Box<[Mutex<Store>]>,
+    hasher: std::collections::hash_map::RandomState,
+    sketch: Sketch,
+    seqs: Box<[AtomicU64]>,
+    /// Flight ids.
+    flights: AtomicU64,
+    /// Writes through keygate in flight, per sequence slot: no fills there.
+    writing: Box<[std::sync::atomic::AtomicU32]>,
+    epoch: AtomicU64,
+    /// Hits, misses and evictions.
+    pub counters: Counters,
+}
+
+fn locked(m: &Mutex<Store>) -> MutexGuard<'_, Store> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl NearCache {
+    /// A cache with these settings (validated already).
+    pub fn new(config: &NearCacheConfig) -> Arc<NearCache> {
+        let settings = Settings::of(config);
+        // Each shard holds its share of the budget: as many shards as
+        // leave room for four of the largest entries in each.
+        let mut shards = MAX_SHARDS;
+        while shards > 1 && config.max_bytes / shards < 4 * config.max_value_bytes {
+            shards /= 2;
+        }
+        let cache = NearCache {
+            settings: Mutex::new(settings),
+            shard_budget: AtomicUsize::new(0),
+            max_value_bytes: AtomicUsize::new(0),
+            max_age_ms: AtomicU64::new(0),
+            keeps_get: Default::default(),
+            shards: (0..shards).map(|_| Mutex::new(Store::default())).collect(),
+            hasher: Default::default(),
+            // Sized for entries of some 128 bytes on average.
+            sketch: Sketch::new(config.max_bytes / 128),
+            seqs: (0..SEQ_SLOTS).map(|_| AtomicU64::new(0)).collect(),
+            flights: AtomicU64::new(0),
+            writing: (0..SEQ_SLOTS).map(|_| Default::default()).collect(),
+            epoch: AtomicU64::new(0),
+            counters: Counters::default(),
+        };
+        cache.apply(settings);
+        Arc::new(cache)
+    }
+
+    fn apply(&self, s: Settings) {
+        self.shard_budget
+            .store(s.max_bytes / self.shards.len(), Ordering::Relaxed);
+        self.max_value_bytes
+            .store(s.max_value_bytes, Ordering::Relaxed);
+        self.max_age_ms.store(
+            u64::try_from(s.max_age.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        self.keeps_get.store(s.get, Ordering::Relaxed);
+    }
+
+    /// Applies reloaded settings; a smaller budget evicts at once.
+    pub fn reconfigure(&self, config: &NearCacheConfig) {
+        let s = Settings::of(config);
+        match self.settings.lock() {
+            Ok(mut g) => *g = s,
+            Err(poisoned) => *poisoned.into_inner() = s,
+        }
+        self.apply(s);
+        let budget = s.max_bytes / self.shards.len();
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            locked(shard).shrink(budget, now, &mut |r| self.counters.evicted(r, 1));
+        }
+    }
+
+    /// Whether GET replies are kept.
+    pub fn keeps_get(&self) -> bool {
+        self.keeps_get.load(Ordering::Relaxed)
+    }
+
+    fn shard(&self, hash: u64) -> &Mutex<Store> {
+        &self.shards[(hash as usize) & (self.shards.len() - 1)]
+    }
+
+    fn seq(&self, hash: u64) -> &AtomicU64 {
+        &self.seqs[((hash >> 32) as usize) & (SEQ_SLOTS - 1)]
+    }
+
+    fn writing(&self, hash: u64) -> &std::sync::atomic::AtomicU32 {
+        &self.writing[((hash >> 32) as usize) & (SEQ_SLOTS - 1)]
+    }
+
+    /// A write of `keys` (as stored) is being sent: they go out of the
+    /// cache now, and are not filled until the returned guard is dropped
+    /// (when the write's reply is taken, or never comes), which removes
+    /// them once more.
+    pub fn begin_write(self: &Arc<NearCache>, keys: Vec<Bytes>) -> Writing {
+        for key in &keys {
+            self.writing(self.hasher.hash_one(key))
+                .fetch_add(1, Ordering::AcqRel);
+            self.invalidate(key);
+        }
+        Writing(Arc::new(WritingKeys {
+            cache: self.clone(),
+            keys,
+            flush: false,
+        }))
+    }
+
+    /// A command that empties or swaps whole databases (FLUSHALL, FLUSHDB,
+    /// SWAPDB) is being sent: the cache is flushed now, and again when the
+    /// returned guard goes with its reply (Redis's null invalidation may
+    /// come after the acknowledgement).
+    pub fn begin_flush(self: &Arc<NearCache>) -> Writing {
+        self.flush(Evicted::Flush);
+        Writing(Arc::new(WritingKeys {
+            cache: self.clone(),
+            keys: Vec::new(),
+            flush: true,
+        }))
+    }
+
+    /// Looks a cacheable read's (prefixed) key up. `fills`: the read may
+    /// fill the cache, or wait for another read's fill (its connection
+    /// tracks and takes the leader's reply as it is).
+    pub fn lookup(&self, key: &[u8], fills: bool) -> Lookup {
+        let hash = self.hasher.hash_one(key);
+        let reads = self.sketch.record(hash);
+        let mut shard = locked(self.shard(hash));
+        match shard.get(key, Instant::now()) {
+            Found::Hit(frame) => {
+                drop(shard);
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                return Lookup::Hit(frame);
+            }
+            Found::Stale(reason) => self.counters.evicted(reason, 1),
+            Found::Absent => {}
+        }
+        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        if !fills {
+            return Lookup::Miss(None);
+        }
+        if let Some(boarding) = shard.flights.join(key) {
+            return Lookup::Follow(boarding);
+        }
+        if reads < ADMIT_AFTER {
+            return Lookup::Miss(None);
+        }
+        let id = self.flights.fetch_add(1, Ordering::Relaxed);
+        let flight = shard.flights.lead(key, id).then_some(id);
+        // The ticket is read after the lookup: an invalidation between
+        // the two only makes the fill be dropped.
+        Lookup::Miss(Some(Ticket {
+            hash,
+            seq: self.seq(hash).load(Ordering::Acquire),
+            epoch: self.epoch.load(Ordering::Acquire),
+            queued: Instant::now(),
+            flight,
+        }))
+    }
+
+    /// A leading read's reply (any reply: followers get what it got).
+    pub(crate) fn land(&self, key: &[u8], ticket: &Ticket, frame: &[u8]) {
+        if let Some(id) = ticket.flight {
+            locked(self.shard(ticket.hash)).flights.land(key, id, frame);
+        }
+    }
+
+    /// A leading read will not be answered: its followers read on their own.
+    pub(crate) fn abort(&self, key: &[u8], ticket: &Ticket) {
+        if let Some(id) = ticket.flight {
+            locked(self.shard(ticket.hash)).flights.abort(key, id);
+        }
+    }
+
+    /// Keeps a read's reply: `frame` is the whole reply frame, `pttl` the
+    /// key's TTL in ms as `PTTL` answered in the same write (-1: none),
+    /// `session` the tracking session the read was written under. Dropped
+    /// when an invalidation or flush came after the ticket was taken.
+    pub fn fill(&self, key: Bytes, frame: &[u8], pttl: i64, ticket: Ticket, session: Arc<Session>) {
+        if frame.len() > self.max_value_bytes.load(Ordering::Relaxed) || !session.is_live() {
+            return;
+        }
+        let max_age = Duration::from_millis(self.max_age_ms.load(Ordering::Relaxed));
+        let ttl = match pttl {
+            -1 => max_age,
+            ms if ms > 0 => max_age.min(Duration::from_millis(ms as u64)),
+            // -2: the key was gone by the PTTL; 0: about to expire.
+            _ => return,
+        };
+        let entry = Entry::new(
+            key,
+            Bytes::copy_from_slice(frame),
+            ticket.queued + ttl,
+            session,
+            ticket.hash,
+        );
+        let budget = self.shard_budget.load(Ordering::Relaxed);
+        let mut shard = locked(self.shard(ticket.hash));
+        if self.seq(ticket.hash).load(Ordering::Acquire) != ticket.seq
+            || self.epoch.load(Ordering::Acquire) != ticket.epoch
+            || self.writing(ticket.hash).load(Ordering::Acquire) > 0
+        {
+            return;
+        }
+        let freq = |h: u64| self.sketch.estimate(h);
+        shard.insert(entry, budget, Instant::now(), &freq, &mut |r| {
+            self.counters.evicted(r, 1)
+        });
+    }
+
+    /// The key changed (Redis said so, or keygate is writing it): its entry
+    /// goes, and fills of reads already on their way are dropped.
+    pub fn invalidate(&self, key: &[u8]) {
+        let hash = self.hasher.hash_one(key);
+        let mut shard = locked(self.shard(hash));
+        self.seq(hash).fetch_add(1, Ordering::AcqRel);
+        if shard.remove(key) {
+            self.counters.evicted(Evicted::Invalidation, 1);
+        }
+    }
+
+    /// Drops every entry, and the fills of reads already on their way.
+    pub fn flush(&self, reason: Evicted) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        for shard in self.shards.iter() {
+            let n = locked(shard).clear();
+            self.counters.evicted(reason, n as u64);
+        }
+    }
+
+    /// Removes entries that may not be served any more (expired, or filled
+    /// through a session that ended), so they stop taking budget.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            locked(shard).sweep(now, &mut |r| self.counters.evicted(r, 1));
+        }
+    }
+
+    /// Bytes charged to the budget now.
+    pub fn bytes(&self) -> usize {
+        self.shards.iter().map(|s| locked(s).bytes()).sum()
+    }
+
+    /// Entries now.
+    pub fn entries(&self) -> usize {
+        self.shards.iter().map(|s| locked(s).len()).sum()
+    }
+}
+
+/// Keys of a write through keygate whose reply is not taken yet: see
+/// [`NearCache::begin_write`]. Clones share one guard.
+#[derive(Debug, Clone)]
+pub struct Writing(Arc<WritingKeys>);
+
+impl PartialEq for Writing {
+    fn eq(&self, other: &Writing) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+#[derive(Debug)]
+struct WritingKeys {
+    cache: Arc<NearCache>,
+    keys: Vec<Bytes>,
+    flush: bool,
+}
+
+impl Drop for WritingKeys {
+    fn drop(&mut self) {
+        if self.flush {
+            self.cache.flush(Evicted::Flush);
+        }
+        for key in &self.keys {
+            // Removed (and the sequence bumped) before fills may resume.
+            self.cache.invalidate(key);
+            self.cache
+                .writing(self.cache.hasher.hash_one(key))
+                .fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Every service's near cache, for what applies to all of them:
+/// invalidations from Redis (keys are prefixed, so a key only ever matches
+/// the entries of the service it belongs to), flushes, and the sweep.
+#[derive(Debug, Default)]
+pub struct NearCaches {
+    // A std Mutex is right: pushes at start and reload, clones otherwise.
+    caches: Mutex<Vec<Weak<NearCache>>>,
+    /// Sessions ended since the last sweep.
+    ended: AtomicU64,
+}
+
+impl NearCaches {
+    /// An empty registry.
+    pub fn new() -> Arc<NearCaches> {
+        Arc::new(NearCaches::default())
+    }
+
+    /// Adds a cache (services built at start or by a reload).
+    pub fn adopt(&self, cache: &Arc<NearCache>) {
+        let mut caches = self.lock();
+        caches.retain(|c| c.strong_count() > 0);
+        if !caches
+            .iter()
+            .any(|c| std::ptr::eq(c.as_ptr(), Arc::as_ptr(cache)))
+        {
+            caches.push(Arc::downgrade(cache));
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Weak<NearCache>>> {
+        match self.caches.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn live(&self) -> Vec<Arc<NearCache>> {
+        self.lock().iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Whether any cache is registered.
+    pub fn is_empty(&self) -> bool {
+        self.lock().iter().all(|c| c.strong_count() == 0)
+    }
+
+    /// Redis invalidated `key` (as stored, prefix included).
+    pub fn invalidate(&self, key: &[u8]) {
+        for cache in self.live() {
+            cache.invalidate(key);
+        }
+    }
+
+    /// Flushes every cache.
+    pub fn flush_all(&self, reason: Evicted) {
+        for cache in self.live() {
+            cache.flush(reason);
+        }
+    }
+
+    pub(crate) fn session_ended(&self) {
+        self.ended.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Sweeps every cache once a second, and soon after a session ended
+    /// (its entries are dead weight in the budget). Runs until the
+    /// registry is dropped.
+    pub fn spawn_sweeper(self: &Arc<NearCaches>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut seen = 0;
+            let mut ticks = 0u32;
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let Some(caches) = weak.upgrade() else {
+                    return;
+                };
+                ticks += 1;
+                let ended = caches.ended.load(Ordering::Relaxed);
+                if ended != seen || ticks >= 10 {
+                    seen = ended;
+                    ticks = 0;
+                    for cache in caches.live() {
+                        cache.sweep();
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tracking::Link;
+    use super::*;
+
+    fn config(max_bytes: usize) -> NearCacheConfig {
+        NearCacheConfig {
+            enabled: true,
+            max_bytes,
+            max_age: Duration::from_secs(10),
+            commands: vec!["GET".into()],
+            max_value_bytes: 64 * 1024,
+        }
+    }
+
+    fn live() -> Arc<Session> {
+        let s = Session::new(Arc::new(Link::new_up()));
+        s.confirm();
+        s
+    }
+
+    /// A lookup that lets go of any flight it leads (nobody follows here).
+    fn look(cache: &NearCache, key: &[u8]) -> Lookup {
+        let found = cache.lookup(key, true);
+        if let Lookup::Miss(Some(t)) = &found {
+            cache.abort(key, t);
+        }
+        found
+    }
+
+    fn ticket(cache: &NearCache, key: &[u8]) -> Ticket {
+        loop {
+            if let Lookup::Miss(Some(t)) = cache.lookup(key, true) {
+                // Nobody follows in these tests: the flight is let go.
+                cache.abort(key, &t);
+                return t;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_is_filled_on_its_second_read_and_then_hit() {
+        let cache = NearCache::new(&config(1 << 20));
+        assert!(matches!(look(&cache, b"k"), Lookup::Miss(None)));
+        let t = ticket(&cache, b"k");
+        cache.fill(Bytes::from_static(b"k"), b"$1\r\nv\r\n", -1, t, live());
+        match look(&cache, b"k") {
+            Lookup::Hit(f) => assert_eq!(&f[..], b"$1\r\nv\r\n"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cache.counters.hits.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_fill_racing_an_invalidation_is_dropped() {
+        let cache = NearCache::new(&config(1 << 20));
+        let t = ticket(&cache, b"k");
+        cache.invalidate(b"k");
+        cache.fill(Bytes::from_static(b"k"), b"$1\r\nv\r\n", -1, t, live());
+        assert!(matches!(look(&cache, b"k"), Lookup::Miss(_)));
+        let t = ticket(&cache, b"k");
+        cache.flush(Evicted::Flush);
+        cache.fill(Bytes::from_static(b"k"), b"$1\r\nv\r\n", -1, t, live());
+        assert_eq!(cache.entries(), 0);
+    }
+
+    /// A read that ran before a write and fills after the write was sent
+    /// is dropped, whether it fills before or after the write's reply.
+    #[tokio::test]
+    async fn no_fill_while_a_write_is_in_flight_or_raced_it() {
+        let cache = NearCache::new(&config(1 << 20));
+        let frame = b"$3\r\nold\r\n";
+        let _ = ticket(&cache, b"k");
+        let before = ticket(&cache, b"k");
+        let writing = cache.begin_write(vec![Bytes::from_static(b"k")]);
+        let during = ticket(&cache, b"k");
+        cache.fill(Bytes::from_static(b"k"), frame, -1, during, live());
+        assert_eq!(cache.entries(), 0, "no fill while the write is in flight");
+        drop(writing);
+        cache.fill(Bytes::from_static(b"k"), frame, -1, during, live());
+        cache.fill(Bytes::from_static(b"k"), frame, -1, before, live());
+        assert_eq!(cache.entries(), 0, "tickets from before the reply are void");
+        let after = ticket(&cache, b"k");
+        cache.fill(Bytes::from_static(b"k"), frame, -1, after, live());
+        assert_eq!(cache.entries(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_entry_outlives_its_ttl_or_max_age() {
+        let cache = NearCache::new(&config(1 << 20));
+        let t = ticket(&cache, b"short");
+        cache.fill(Bytes::from_static(b"short"), b"$1\r\nv\r\n", 50, t, live());
+        let t = ticket(&cache, b"long");
+        cache.fill(Bytes::from_static(b"long"), b"$1\r\nv\r\n", -1, t, live());
+        assert!(matches!(look(&cache, b"short"), Lookup::Hit(_)));
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert!(matches!(look(&cache, b"short"), Lookup::Miss(_)));
+        assert!(matches!(look(&cache, b"long"), Lookup::Hit(_)));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(matches!(look(&cache, b"long"), Lookup::Miss(_)));
+        assert_eq!(cache.counters.evictions(Evicted::MaxAge), 2);
+    }
+
+    /// The budget holds within 5% (entries are charged exactly, and each
+    /// shard holds its share), and shrinking it on reload evicts.
+    #[tokio::test]
+    async fn the_byte_budget_holds_and_shrinks() {
+        let max = 256 * 1024;
+        let cache = NearCache::new(&config(max));
+        let session = live();
+        let value = format!("${}\r\n{}\r\n", 100, "v".repeat(100));
+        for round in 0..3 {
+            for i in 0..5000 {
+                let key = format!("key:{i}");
+                if let Lookup::Miss(Some(t)) = look(&cache, key.as_bytes()) {
+                    cache.fill(Bytes::from(key), value.as_bytes(), -1, t, session.clone());
+                }
+                assert!(cache.bytes() <= max, "round {round}");
+            }
+        }
+        assert!(
+            cache.bytes() as f64 >= max as f64 * 0.95 - 16.0 * 300.0,
+            "{}",
+            cache.bytes()
+        );
+        cache.reconfigure(&config(max / 4));
+        assert!(cache.bytes() <= max / 4);
+        assert!(cache.counters.evictions(Evicted::Budget) > 0);
+    }
+
+    #[tokio::test]
+    async fn entries_of_an_ended_session_are_never_served_and_are_swept() {
+        let caches = NearCaches::new();
+        let cache = NearCache::new(&config(1 << 20));
+        caches.adopt(&cache);
+        let session = live();
+        for key in [&b"k"[..], b"j"] {
+            let t = ticket(&cache, key);
+            let frame = b"$1\r\nv\r\n";
+            cache.fill(Bytes::copy_from_slice(key), frame, -1, t, session.clone());
+        }
+        session.end(&caches);
+        assert!(matches!(look(&cache, b"k"), Lookup::Miss(_)));
+        cache.sweep();
+        assert_eq!(cache.entries(), 0);
+        assert_eq!(cache.counters.evictions(Evicted::Connection), 2);
+        caches.flush_all(Evicted::Flush);
+        caches.invalidate(b"k");
+    }
+}

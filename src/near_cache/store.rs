@@ -1,0 +1,373 @@
+//! One shard of a service's entries, with its share of the byte budget.
+//!
+//! Entries live in a vector indexed by a hash map (removal swaps the last
+//! entry into the hole), so a victim can be sampled at random in O(1):
+//! eviction looks at a few random entries and takes a stale one (expired,
+//! or filled through a session that ended) if there is one, else the least
+//! recently used, as Redis's own approximated LRU does. A full shard takes
+//! a new entry only in place of a victim read less often (the admission
+//! sketch decides, [`super::admission`]).
+//!
+//! Invariant: `bytes` is the sum of the entries' charges (key + value +
+//! [`ENTRY_OVERHEAD`]) and stays within the budget after every insert.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::flight::Flights;
+use super::tracking::Session;
+use super::Evicted;
+
+/// Bytes charged per entry beyond its key and value: the entry, its index
+/// slot and the allocations' headers, rounded up.
+pub const ENTRY_OVERHEAD: usize = 96;
+/// Entries looked at per eviction.
+const SAMPLES: usize = 5;
+
+/// A cached reply.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) key: Bytes,
+    /// The reply frame, as the client gets it.
+    pub(crate) value: Bytes,
+    /// `max_age` after the read was sent, or the key's own expiry if sooner.
+    pub(crate) expires: Instant,
+    /// The session the read was written under.
+    pub(crate) session: Arc<Session>,
+    /// Key-sketch hash, for admission comparisons.
+    pub(crate) hash: u64,
+    /// The store's clock when last read.
+    used: u64,
+}
+
+impl Entry {
+    pub(crate) fn new(
+        key: Bytes,
+        value: Bytes,
+        expires: Instant,
+        session: Arc<Session>,
+        hash: u64,
+    ) -> Entry {
+        Entry {
+            key,
+            value,
+            expires,
+            session,
+            hash,
+            used: 0,
+        }
+    }
+
+    pub(crate) fn charge(&self) -> usize {
+        self.key.len() + self.value.len() + ENTRY_OVERHEAD
+    }
+
+    /// Why it may not be served any more, if so.
+    fn stale(&self, now: Instant) -> Option<Evicted> {
+        if !self.session.is_live() {
+            Some(Evicted::Connection)
+        } else if now >= self.expires {
+            Some(Evicted::MaxAge)
+        } else {
+            None
+        }
+    }
+}
+
+/// What a lookup found.
+#[derive(Debug)]
+pub(crate) enum Found {
+    Hit(Bytes),
+    Absent,
+    /// There was an entry, removed now for this reason.
+    Stale(Evicted),
+}
+
+/// Entries of one shard.
+#[derive(Debug, Default)]
+pub(crate) struct Store {
+    index: HashMap<Bytes, usize>,
+    entries: Vec<Entry>,
+    bytes: usize,
+    clock: u64,
+    rng: u64,
+    /// Reads on their way whose reply other reads of the key wait for.
+    pub(crate) flights: Flights,
+}
+
+impl Store {
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(crate) fn get(&mut self, key: &[u8], now: Instant) -> Found {
+        let Some(&i) = self.index.get(key) else {
+            return Found::Absent;
+        };
+        self.clock += 1;
+        let clock = self.clock;
+        let Some(entry) = self.entries.get_mut(i) else {
+            return Found::Absent;
+        };
+        if let Some(reason) = entry.stale(now) {
+            self.remove_at(i);
+            return Found::Stale(reason);
+        }
+        entry.used = clock;
+        Found::Hit(entry.value.clone())
+    }
+
+    /// Removes the key's entry (and grounds its flight); true if there was one.
+    pub(crate) fn remove(&mut self, key: &[u8]) -> bool {
+        self.flights.ground(key);
+        match self.index.get(key) {
+            Some(&i) => {
+                self.remove_at(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove_at(&mut self, i: usize) -> Option<Entry> {
+        if i >= self.entries.len() {
+            return None;
+        }
+        let entry = self.entries.swap_remove(i);
+        self.index.remove(&entry.key);
+        if let Some(moved) = self.entries.get(i) {
+            if let Some(slot) = self.index.get_mut(&moved.key) {
+                *slot = i;
+            }
+        }
+        self.bytes -= entry.charge();
+        Some(entry)
+    }
+
+    /// Removes every entry; returns how many there were.
+    pub(crate) fn clear(&mut self) -> usize {
+        let n = self.entries.len();
+        self.flights.ground_all();
+        self.entries.clear();
+        self.index.clear();
+        self.bytes = 0;
+        n
+    }
+
+    /// Removes entries that may not be served any more; counts each by reason.
+    pub(crate) fn sweep(&mut self, now: Instant, evicted: &mut dyn FnMut(Evicted)) {
+        let mut i = 0;
+        while i < self.entries.len() {
+            match self.entries.get(i).and_then(|e| e.stale(now)) {
+                Some(reason) => {
+                    self.remove_at(i);
+                    evicted(reason);
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    /// Evicts until the shard holds at most `budget` bytes.
+    pub(crate) fn shrink(&mut self, budget: usize, now: Instant, evicted: &mut dyn FnMut(Evicted)) {
+        while self.bytes > budget {
+            let Some((i, reason)) = self.victim(now) else {
+                return;
+            };
+            self.remove_at(i);
+            evicted(reason);
+        }
+    }
+
+    /// Inserts `entry` (replacing one for the same key) within `budget`.
+    /// A full shard evicts for it only victims the sketch says are read no
+    /// more often than it (`freq` estimates a hash's reads); otherwise the
+    /// entry is not kept. Returns whether it was kept.
+    pub(crate) fn insert(
+        &mut self,
+        mut entry: Entry,
+        budget: usize,
+        now: Instant,
+        freq: &dyn Fn(u64) -> u8,
+        evicted: &mut dyn FnMut(Evicted),
+    ) -> bool {
+        let charge = entry.charge();
+        if charge > budget {
+            return false;
+        }
+        if let Some(&i) = self.index.get(&entry.key) {
+            self.remove_at(i);
+        }
+        let wanted = freq(entry.hash);
+        while self.bytes + charge > budget {
+            let Some((i, reason)) = self.victim(now) else {
+                return false;
+            };
+            if reason == Evicted::Budget {
+                let victim = self.entries.get(i).map_or(0, |e| freq(e.hash));
+                if victim > wanted {
+                    return false;
+                }
+            }
+            self.remove_at(i);
+            evicted(reason);
+        }
+        self.clock += 1;
+        entry.used = self.clock;
+        self.bytes += charge;
+        self.index.insert(entry.key.clone(), self.entries.len());
+        self.entries.push(entry);
+        true
+    }
+
+    /// A sampled victim: a stale entry if one is sampled, else the least
+    /// recently used of the sample.
+    fn victim(&mut self, now: Instant) -> Option<(usize, Evicted)> {
+        let n = self.entries.len();
+        if n == 0 {
+            return None;
+        }
+        let mut best: Option<(usize, u64)> = None;
+        for _ in 0..SAMPLES.min(n) {
+            let i = (self.next_random() % n as u64) as usize;
+            let entry = self.entries.get(i)?;
+            if let Some(reason) = entry.stale(now) {
+                return Some((i, reason));
+            }
+            if best.is_none_or(|(_, used)| entry.used < used) {
+                best = Some((i, entry.used));
+            }
+        }
+        best.map(|(i, _)| (i, Evicted::Budget))
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: cheap and good enough to pick eviction samples.
+        if self.rng == 0 {
+            self.rng = 0x2545_F491_4F6C_DD1D ^ (self as *const Store as u64);
+        }
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tracking::{Link, Session};
+    use super::*;
+    use std::time::Duration;
+
+    fn live() -> Arc<Session> {
+        let s = Session::new(Arc::new(Link::new_up()));
+        s.confirm();
+        s
+    }
+
+    fn entry(key: &str, len: usize, session: &Arc<Session>, now: Instant) -> Entry {
+        Entry::new(
+            Bytes::copy_from_slice(key.as_bytes()),
+            Bytes::from(vec![b'v'; len]),
+            now + Duration::from_secs(10),
+            session.clone(),
+            key.len() as u64,
+        )
+    }
+
+    #[test]
+    fn the_budget_holds_and_lru_goes_first() {
+        let now = Instant::now();
+        let s = live();
+        let mut store = Store::default();
+        let budget = 10 * (100 + 2 + ENTRY_OVERHEAD);
+        let mut evictions = 0;
+        for i in 0..50 {
+            let kept = store.insert(
+                entry(&format!("k{i:01}"), 100, &s, now),
+                budget,
+                now,
+                &|_| 1,
+                &mut |_| evictions += 1,
+            );
+            assert!(kept);
+            assert!(store.bytes() <= budget);
+        }
+        assert!(evictions >= 40, "{evictions}");
+        assert_eq!(
+            store.bytes(),
+            store.entries.iter().map(Entry::charge).sum::<usize>()
+        );
+    }
+
+    #[test]
+    fn stale_entries_are_not_served() {
+        let now = Instant::now();
+        let s = live();
+        let mut store = Store::default();
+        let mut e = entry("a", 1, &s, now);
+        e.expires = now;
+        store.insert(e, 10_000, now, &|_| 1, &mut |_| {});
+        assert!(matches!(
+            store.get(b"a", now),
+            Found::Stale(Evicted::MaxAge)
+        ));
+        assert_eq!(store.len(), 0);
+        let dead = Session::new(Arc::new(Link::default()));
+        store.insert(entry("b", 1, &dead, now), 10_000, now, &|_| 1, &mut |_| {});
+        assert!(matches!(
+            store.get(b"b", now),
+            Found::Stale(Evicted::Connection)
+        ));
+        assert_eq!(store.bytes(), 0);
+    }
+
+    #[test]
+    fn a_colder_candidate_does_not_displace_hotter_entries() {
+        let now = Instant::now();
+        let s = live();
+        let mut store = Store::default();
+        let budget = 2 * (1 + 1 + ENTRY_OVERHEAD);
+        store.insert(entry("a", 1, &s, now), budget, now, &|_| 5, &mut |_| {});
+        store.insert(entry("b", 1, &s, now), budget, now, &|_| 5, &mut |_| {});
+        let freq = |h: u64| if h == 1 { 5 } else { 2 };
+        let kept = store.insert(entry("cc", 0, &s, now), budget, now, &freq, &mut |_| {});
+        assert!(!kept);
+        assert_eq!(store.len(), 2);
+    }
+
+    #[test]
+    fn shrink_and_remove_keep_the_index_right() {
+        let now = Instant::now();
+        let s = live();
+        let mut store = Store::default();
+        for i in 0..20 {
+            store.insert(
+                entry(&format!("k{i}"), 10, &s, now),
+                1 << 20,
+                now,
+                &|_| 1,
+                &mut |_| {},
+            );
+        }
+        assert!(store.remove(b"k3"));
+        assert!(!store.remove(b"k3"));
+        assert!(matches!(store.get(b"k19", now), Found::Hit(_)));
+        let mut n = 0;
+        store.shrink(5 * (13 + ENTRY_OVERHEAD), now, &mut |_| n += 1);
+        assert!(store.len() <= 5);
+        assert_eq!(n + store.len(), 19);
+        for (key, &i) in &store.index {
+            assert_eq!(&store.entries[i].key, key);
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The near cache against real redis-server: hits, and each coherence rule
+//! of issue 17 (invalidations, own writes, lost connections, flushes, TTL).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn start(redis: &RedisServer) -> Keygate {
+    let kg = Keygate::start_with(&standalone_config(&redis.addr(), NEAR_CACHE_SERVICE));
+    kg.wait_ready();
+    kg
+}
+
+fn login(kg: &Keygate) -> RawConn {
+    let mut c = RawConn::connect(kg.port());
+    assert_eq!(c.cmd_str(&["AUTH", "app", "pw"]), "+OK\r\n");
+    c
+}
+
+fn bulk(v: &str) -> String {
+    format!("${}\r\n{v}\r\n", v.len())
+}
+
+/// Reads `key` until a GET is answered without reaching Redis (a hit),
+/// and checks the value; bounded.
+fn wait_hit(redis: &RedisServer, c: &mut RawConn, key: &str, want: &str) {
+    let hit = wait_until(Duration::from_secs(10), || {
+        let before = redis.calls("get");
+        let got = c.cmd_str(&["GET", key]);
+        assert_eq!(got, bulk(want));
+        redis.calls("get") == before
+    });
+    assert!(hit, "{key} never became a near-cache hit");
+}
+
+/// The invalidation connection is up: Redis lists it.
+fn wait_tracking(redis: &RedisServer) {
+    assert!(
+        wait_until(Duration::from_secs(10), || redis
+            .cli(&["CLIENT", "LIST"])
+            .contains("name=keygate-invalidation")),
+        "no invalidation connection"
+    );
+}
+
+#[test]
+fn a_key_read_again_is_answered_from_memory() {
+    let redis = RedisServer::start();
+    let kg = start(&redis);
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    assert_eq!(c.cmd_str(&["SET", "k", "v1"]), "+OK\r\n");
+    wait_hit(&redis, &mut c, "k", "v1");
+    // Redis tracks it for keygate, towards the invalidation connection.
+    let tracking = redis.cli(&["CLIENT", "LIST"]);
+    assert!(tracking.contains("flags=t"), "{tracking}");
+    // /health says how many keys Redis tracks for keygate.
+    let health: serde_json::Value = serde_json::from_str(
+        http_get(kg.admin_port(), "/health")
+            .split("\r\n\r\n")
+            .last()
+            .unwrap_or_default(),
+    )
+    .expect("health JSON");
+    let tracked = &health["near_cache"]["nodes"][0]["tracking_total_keys"];
+    assert!(tracked.as_u64().is_some_and(|n| n >= 1), "{health}");
+    let metrics = scrape_metrics(kg.admin_port());
+    assert!(
+        metric_sample(
+            &metrics,
+            "keygate_near_cache_hits_total",
+            &[("service", "app")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_write_through_keygate_is_read_back_at_once() {
+    let redis = RedisServer::start();
+    let kg = start(&redis);
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    c.cmd_str(&["SET", "k", "v0"]);
+    wait_hit(&redis, &mut c, "k", "v0");
+    for i in 1..200 {
+        let v = format!("v{i}");
+        // Every shape of write: plain, TTL follow-up, RENAME target,
+        // *STORE destination, MULTI.
+        match i % 5 {
+            0 => assert_eq!(c.cmd_str(&["SET", "k", &v]), "+OK\r\n"),
+            1 => assert_eq!(c.cmd_str(&["SET", "k", &v, "EX", "100"]), "+OK\r\n"),
+            2 => {
+                c.cmd_str(&["SET", "tmp", &v]);
+                assert_eq!(c.cmd_str(&["RENAME", "tmp", "k"]), "+OK\r\n");
+            }
+            3 => {
+                c.cmd_str(&["SET", "tmp", &v]);
+                assert_eq!(c.cmd_str(&["COPY", "tmp", "k", "REPLACE"]), ":1\r\n");
+            }
+            _ => {
+                assert_eq!(c.cmd_str(&["MULTI"]), "+OK\r\n");
+                assert_eq!(c.cmd_str(&["SET", "k", &v]), "+QUEUED\r\n");
+                assert!(c.cmd_str(&["EXEC"]).starts_with("*1\r\n"));
+            }
+        }
+        assert_eq!(c.cmd_str(&["GET", "k"]), bulk(&v), "after write {i}");
+        assert_eq!(c.cmd_str(&["GET", "k"]), bulk(&v), "after write {i}");
+        // Pipelined: the GET is taken before the write's reply came back.
+        let p = format!("p{i}");
+        let mut both = resp_command(&["SET", "k", &p]);
+        both.extend(resp_command(&["GET", "k"]));
+        c.send(&both);
+        assert_eq!(c.read_reply(), b"+OK\r\n");
+        assert_eq!(c.read_reply(), bulk(&p).into_bytes(), "pipelined {i}");
+        c.cmd_str(&["GET", "k"]);
+    }
+}
+
+#[test]
+fn a_direct_write_on_redis_invalidates() {
+    let redis = RedisServer::start();
+    let kg = start(&redis);
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    c.cmd_str(&["SET", "k", "old"]);
+    wait_hit(&redis, &mut c, "k", "old");
+    redis.cli(&["SET", "app:k", "new"]);
+    assert!(wait_until(Duration::from_secs(5), || c
+        .cmd_str(&["GET", "k"])
+        == bulk("new")));
+    // FLUSHALL: a null invalidation flushes the cache.
+    wait_hit(&redis, &mut c, "k", "new");
+    redis.cli(&["FLUSHALL"]);
+    assert!(wait_until(Duration::from_secs(5), || c
+        .cmd_str(&["GET", "k"])
+        == "$-1\r\n"));
+}
+
+#[test]
+fn no_entry_outlives_its_key_ttl() {
+    let redis = RedisServer::start();
+    let kg = start(&redis);
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    c.cmd_str(&["SET", "k", "v", "PX", "1500"]);
+    wait_hit(&redis, &mut c, "k", "v");
+    // Redis expires the key lazily on access only: no invalidation comes
+    // unless someone touches it, so the entry must expire on its own.
+    assert!(wait_until(Duration::from_secs(5), || c
+        .cmd_str(&["GET", "k"])
+        == "$-1\r\n"));
+}
+
+#[test]
+fn a_lost_invalidation_connection_or_data_connection_stops_hits() {
+    let redis = RedisServer::start();
+    let kg = start(&redis);
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    c.cmd_str(&["SET", "k", "v1"]);
+    wait_hit(&redis, &mut c, "k", "v1");
+    // The invalidation connection dies: the cache is flushed, and a write
+    // made while it is down is never hidden by an old entry.
+    for id in client_ids_named(redis.port(), "keygate-invalidation") {
+        redis.cli(&["CLIENT", "KILL", "ID", &id]);
+    }
+    redis.cli(&["SET", "app:k", "v2"]);
+    assert_eq!(c.cmd_str(&["GET", "k"]), bulk("v2"));
+    wait_tracking(&redis);
+    wait_hit(&redis, &mut c, "k", "v2");
+    // The data connections die: Redis forgets what they tracked, so
+    // entries they filled are never served again.
+    for id in client_ids_named(redis.port(), "keygate-mux") {
+        redis.cli(&["CLIENT", "KILL", "ID", &id]);
+    }
+    redis.cli(&["SET", "app:k", "v3"]);
+    assert!(wait_until(Duration::from_secs(5), || c
+        .cmd_str(&["GET", "k"])
+        == bulk("v3")));
+    wait_hit(&redis, &mut c, "k", "v3");
+}
+
+/// Reload applies `[service.near_cache]` to the cache in use: a smaller
+/// budget evicts at once, and the entries left keep being served.
+#[test]
+fn reload_shrinks_the_budget_and_evicts() {
+    let redis = RedisServer::start();
+    let text = standalone_config(&redis.addr(), NEAR_CACHE_SERVICE);
+    let file = ConfigFile::new(&text);
+    let kg = Keygate::start_from_file(&file.path());
+    kg.wait_ready();
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    let value = "v".repeat(200);
+    for i in 0..40 {
+        let key = format!("k{i}");
+        c.cmd_str(&["SET", &key, &value]);
+        wait_hit(&redis, &mut c, &key, &value);
+    }
+    let bytes = |kg: &Keygate| {
+        metric_sum(
+            &scrape_metrics(kg.admin_port()),
+            "keygate_near_cache_bytes",
+            &[("service", "app")],
+        )
+    };
+    assert!(bytes(&kg) > 8000.0, "{}", bytes(&kg));
+    file.write(&text.replace(
+        "max_bytes = 1048576",
+        "max_bytes = 4096\nmax_value_bytes = 1024",
+    ));
+    let response = http_request(kg.admin_port(), "POST", "/reload");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(bytes(&kg) <= 4096.0, "{}", bytes(&kg));
+    let metrics = scrape_metrics(kg.admin_port());
+    let budget = metric_sum(
+        &metrics,
+        "keygate_near_cache_evictions_total",
+        &[("service", "app"), ("reason", "budget")],
+    );
+    assert!(budget >= 1.0, "{metrics}");
+    // Still a near cache: a key read again is a hit.
+    wait_hit(&redis, &mut c, "k0", &value);
+}
+
+/// FLUSHDB through keygate (an unprefixed service forwards it): the next
+/// read never sees a value from before it, even before Redis's null
+/// invalidation arrives (pipelined right behind it, too).
+#[test]
+fn a_flush_through_keygate_is_read_back_at_once() {
+    let redis = RedisServer::start();
+    let service = NEAR_CACHE_SERVICE
+        .replace("prefix = \"app:\"", "prefix = \"\"\nisolation = false")
+        .replace("name = \"app\"", "name = \"app\"\nadmin = true");
+    let kg = Keygate::start_with(&standalone_config(&redis.addr(), &service));
+    kg.wait_ready();
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    for i in 0..50 {
+        let v = format!("v{i}");
+        c.cmd_str(&["SET", "k", &v]);
+        wait_hit(&redis, &mut c, "k", &v);
+        let flush = if i % 2 == 0 { "FLUSHDB" } else { "FLUSHALL" };
+        if i % 3 == 0 {
+            // Pipelined: the GET is taken before any reply came back.
+            let mut both = resp_command(&[flush]);
+            both.extend(resp_command(&["GET", "k"]));
+            c.send(&both);
+            assert_eq!(c.read_reply(), b"+OK\r\n");
+        } else {
+            assert_eq!(c.cmd_str(&[flush]), "+OK\r\n");
+            c.send(&resp_command(&["GET", "k"]));
+        }
+        assert_eq!(c.read_reply(), b"$-1\r\n", "after {flush} {i}");
+    }
+}
+
+/// Single flight: while a fill's read of a key is on its way (Redis is
+/// paused), other clients' reads of the key wait for its reply instead of
+/// sending their own.
+#[test]
+fn reads_of_a_key_in_flight_wait_for_its_reply() {
+    let redis = RedisServer::start();
+    let kg = start(&redis);
+    wait_tracking(&redis);
+    let mut leader = login(&kg);
+    let mut followers = [login(&kg), login(&kg), login(&kg)];
+    leader.cmd_str(&["SET", "k", "v"]);
+    assert_eq!(leader.cmd_str(&["GET", "k"]), bulk("v"));
+    let misses = |n: f64| {
+        wait_until(Duration::from_secs(10), || {
+            metric_sum(
+                &scrape_metrics(kg.admin_port()),
+                "keygate_near_cache_misses_total",
+                &[("service", "app")],
+            ) >= n
+        })
+    };
+    assert!(misses(1.0));
+    let gets = redis.calls("get");
+    let pid = redis.pid().expect("redis pid");
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    // The second read fills, and leads the flight.
+    leader.send(&resp_command(&["GET", "k"]));
+    assert!(misses(2.0), "the leader's read never came");
+    for f in followers.iter_mut() {
+        f.send(&resp_command(&["GET", "k"]));
+    }
+    let aboard = misses(5.0);
+    signal("-CONT");
+    assert!(aboard, "the followers' reads never came");
+    assert_eq!(leader.read_reply(), bulk("v").into_bytes());
+    for f in followers.iter_mut() {
+        assert_eq!(f.read_reply(), bulk("v").into_bytes());
+    }
+    assert_eq!(redis.calls("get"), gets + 1, "one GET for four reads");
+    // A follower's own write pipelined behind its read waits for the
+    // read it follows: the read never returns the write's value.
+    leader.cmd_str(&["SET", "j", "v1"]);
+    assert_eq!(leader.cmd_str(&["GET", "j"]), bulk("v1"));
+    assert!(misses(6.0));
+    signal("-STOP");
+    leader.send(&resp_command(&["GET", "j"]));
+    assert!(misses(7.0), "the leader's read never came");
+    let mut both = resp_command(&["GET", "j"]);
+    both.extend(resp_command(&["SET", "j", "v2"]));
+    followers[0].send(&both);
+    let aboard = misses(8.0);
+    signal("-CONT");
+    assert!(aboard, "the follower's read never came");
+    assert_eq!(leader.read_reply(), bulk("v1").into_bytes());
+    assert_eq!(followers[0].read_reply(), bulk("v1").into_bytes());
+    assert_eq!(followers[0].read_reply(), b"+OK\r\n");
+    assert_eq!(followers[0].cmd_str(&["GET", "j"]), bulk("v2"));
+    // A client may follow its own read (a pipeline of the same GET).
+    leader.cmd_str(&["SET", "q", "w"]);
+    leader.cmd_str(&["GET", "q"]);
+    let mut three = Vec::new();
+    for _ in 0..3 {
+        three.extend(resp_command(&["GET", "q"]));
+    }
+    leader.send(&three);
+    for _ in 0..3 {
+        assert_eq!(leader.read_reply(), bulk("w").into_bytes());
+    }
+}
