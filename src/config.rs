@@ -371,6 +371,10 @@ pub struct NearCacheConfig {
     /// Larger values are not kept.
     #[serde(default = "defaults::near_cache_max_value_bytes")]
     pub max_value_bytes: usize,
+    /// After a failover flushed the cache, this many of the service's
+    /// hottest keys are read again from the new master (0: none).
+    #[serde(default = "defaults::near_cache_warm_keys")]
+    pub warm_keys: usize,
 }
 
 /// `[service.token]`: a JWT the service already has, presented as its
@@ -619,6 +623,9 @@ mod defaults {
     }
     pub fn near_cache_max_value_bytes() -> usize {
         64 * 1024
+    }
+    pub fn near_cache_warm_keys() -> usize {
+        1000
     }
     use std::time::Duration;
     pub fn databases() -> u32 {

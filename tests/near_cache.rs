@@ -335,3 +335,75 @@ fn reads_of_a_key_in_flight_wait_for_its_reply() {
         assert_eq!(leader.read_reply(), bulk("w").into_bytes());
     }
 }
+
+/// After a Sentinel failover flushed the cache, the service's hottest keys
+/// are read again from the new master without any client asking: entries
+/// come back, the new master tracks them for keygate, and the next client
+/// read of a hot key is a hit.
+#[test]
+fn a_failover_warms_the_hottest_keys_from_the_new_master() {
+    const MASTER: &str = "warm";
+    let (master, replica) = master_and_replica();
+    let sentinel = RedisSentinel::start(MASTER, master.port());
+    sentinel.wait_sees_good_replica(MASTER);
+    let kg = Keygate::start_with(&format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+
+[backend]
+sentinels = ["{}"]
+master_name = "{MASTER}"
+connect_timeout = "1s"
+failover_wait = "5s"
+{NEAR_CACHE_SERVICE}warm_keys = 20
+"#,
+        sentinel.addr()
+    ));
+    kg.wait_ready();
+    wait_tracking(&master);
+    let mut c = login(&kg);
+    for i in 0..40 {
+        assert_eq!(c.cmd_str(&["SET", &format!("k{i}"), "v"]), "+OK\r\n");
+    }
+    // Twenty-three hot keys (a count prime to the hot-key sample's 1 in 8,
+    // so every key is sampled), read often enough for it.
+    for _ in 0..40 {
+        for i in 0..23 {
+            assert_eq!(c.cmd_str(&["GET", &format!("k{i}")]), bulk("v"));
+        }
+    }
+    master.cli(&["WAIT", "1", "5000"]);
+    let entries = |kg: &Keygate| {
+        metric_sample(
+            &scrape_metrics(kg.admin_port()),
+            "keygate_near_cache_entries",
+            &[("service", "app")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(entries(&kg) >= 20.0, "the hot keys were never cached");
+    let ok = wait_until(Duration::from_secs(10), || {
+        sentinel.cli(&["SENTINEL", "FAILOVER", MASTER]) == "OK"
+    });
+    assert!(ok, "SENTINEL FAILOVER refused:\n{}", sentinel.log());
+    // keygate follows, flushes, and reads the hot keys from the new master
+    // on its own: the new master tracks them for keygate.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            replica
+                .cli(&["INFO", "stats"])
+                .lines()
+                .find_map(|l| l.strip_prefix("tracking_total_keys:"))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .is_some_and(|n| n >= 20)
+        }),
+        "the new master never tracked the warmed keys: {}",
+        replica.cli(&["INFO", "stats"])
+    );
+    assert!(entries(&kg) >= 20.0, "warmed keys are not in the cache");
+    // The next read of a hot key does not reach the new master.
+    let before = replica.calls("get");
+    assert_eq!(c.cmd_str(&["GET", "k3"]), bulk("v"));
+    assert_eq!(replica.calls("get"), before, "a warmed key missed");
+}

@@ -64,6 +64,8 @@ struct ProtocolSide {
 pub struct Node {
     addr: String,
     health: Arc<NodeHealth>,
+    /// The near caches' tracking of this node, when any service has one.
+    tracking: Option<Arc<NodeTracking>>,
     resp2: ProtocolSide,
     resp3: ProtocolSide,
 }
@@ -117,12 +119,21 @@ impl Node {
             resp2: side(Protocol::Resp2),
             resp3: side(Protocol::Resp3),
             health,
+            tracking,
         })
     }
 
     /// `host:port` of the node.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// Whether the node's invalidation connection is subscribed, so reads
+    /// written now can fill the near caches.
+    pub fn tracking_up(&self) -> bool {
+        self.tracking
+            .as_ref()
+            .is_some_and(|t| t.redirect().is_some())
     }
 
     /// The node's connection health.

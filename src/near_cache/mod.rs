@@ -50,6 +50,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::config::NearCacheConfig;
+use crate::hotkeys::{HotKeys, Rank};
 use admission::Sketch;
 use store::{Entry, Found, Store};
 use tracking::Session;
@@ -122,6 +123,7 @@ struct Settings {
     max_age: Duration,
     max_value_bytes: usize,
     get: bool,
+    warm_keys: usize,
 }
 
 impl Settings {
@@ -130,6 +132,7 @@ impl Settings {
             max_bytes: c.max_bytes,
             max_age: c.max_age,
             max_value_bytes: c.max_value_bytes,
+            warm_keys: c.warm_keys,
             get: c
                 .commands
                 .iter()
@@ -204,6 +207,10 @@ pub struct NearCache {
     epoch: AtomicU64,
     /// Hits, misses and evictions.
     pub counters: Counters,
+    /// How many hot keys a warm-up after a failover reads again.
+    warm_keys: AtomicUsize,
+    /// The service's hot keys and prefix, which the warm-up reads.
+    warm_source: Mutex<Option<(Arc<HotKeys>, Bytes)>>,
 }
 
 fn locked(m: &Mutex<Store>) -> MutexGuard<'_, Store> {
@@ -238,6 +245,8 @@ impl NearCache {
             writing: (0..SEQ_SLOTS).map(|_| Default::default()).collect(),
             epoch: AtomicU64::new(0),
             counters: Counters::default(),
+            warm_keys: AtomicUsize::new(0),
+            warm_source: Mutex::new(None),
         };
         cache.apply(settings);
         Arc::new(cache)
@@ -253,6 +262,61 @@ impl NearCache {
             Ordering::Relaxed,
         );
         self.keeps_get.store(s.get, Ordering::Relaxed);
+        self.warm_keys.store(s.warm_keys, Ordering::Relaxed);
+    }
+
+    /// The service's hot keys (unprefixed) and its prefix: what a warm-up
+    /// after a failover reads again.
+    pub fn set_warm_source(&self, hot: Arc<HotKeys>, prefix: &[u8]) {
+        let source = Some((hot, Bytes::copy_from_slice(prefix)));
+        match self.warm_source.lock() {
+            Ok(mut g) => *g = source,
+            Err(poisoned) => *poisoned.into_inner() = source,
+        }
+    }
+
+    /// The keys (as stored, prefixed) a warm-up reads: the service's
+    /// hottest by reads, at most `warm_keys`.
+    pub fn warm_keys(&self) -> Vec<Bytes> {
+        let count = self.warm_keys.load(Ordering::Relaxed);
+        let source = match self.warm_source.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let Some((hot, prefix)) = source.filter(|_| count > 0) else {
+            return Vec::new();
+        };
+        hot.top(Rank::Reads, count)
+            .into_iter()
+            .map(|h| {
+                let mut key = Vec::with_capacity(prefix.len() + h.key.len());
+                key.extend_from_slice(&prefix);
+                key.extend_from_slice(&h.key);
+                Bytes::from(key)
+            })
+            .collect()
+    }
+
+    /// A ticket for a warm-up's read of `key`: none when the key is cached
+    /// already or a write of it is on its way. Unlike a client's read, it
+    /// counts no read, miss or admission: the key is known to be hot.
+    pub fn warm_ticket(&self, key: &[u8]) -> Option<Ticket> {
+        let hash = self.hasher.hash_one(key);
+        if self.writing(hash).load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        match locked(self.shard(hash)).get(key, Instant::now()) {
+            Found::Hit(_) => return None,
+            Found::Stale(reason) => self.counters.evicted(reason, 1),
+            Found::Absent => {}
+        }
+        Some(Ticket {
+            hash,
+            seq: self.seq(hash).load(Ordering::Acquire),
+            epoch: self.epoch.load(Ordering::Acquire),
+            queued: Instant::now(),
+            flight: None,
+        })
     }
 
     /// Applies reloaded settings; a smaller budget evicts at once.
@@ -515,7 +579,8 @@ impl NearCaches {
         }
     }
 
-    fn live(&self) -> Vec<Arc<NearCache>> {
+    /// The caches still in use.
+    pub fn live(&self) -> Vec<Arc<NearCache>> {
         self.lock().iter().filter_map(Weak::upgrade).collect()
     }
 
@@ -581,6 +646,7 @@ mod tests {
             max_age: Duration::from_secs(10),
             commands: vec!["GET".into()],
             max_value_bytes: 64 * 1024,
+            warm_keys: 1000,
         }
     }
 

@@ -92,6 +92,13 @@ pub struct Service {
 }
 
 impl Service {
+    /// The near cache warms from this service's hot keys after a failover.
+    fn link_warm_source(&self) {
+        if let (Some(cache), Some(hot)) = (&self.near_cache, &self.hot_keys) {
+            cache.set_warm_source(hot.clone(), &self.prefix);
+        }
+    }
+
     /// Builds the runtime service; the config was validated already.
     pub fn from_config(index: usize, c: &ServiceConfig) -> Service {
         let password = c.password.clone().or_else(|| {
@@ -152,6 +159,7 @@ impl Service {
         };
         service.namespace = Namespace::for_service(&service).map(Arc::new);
         service.access = AccessTable::new(&service.deny_commands, service.admin);
+        service.link_warm_source();
         service
     }
 
@@ -364,6 +372,7 @@ impl Services {
                                 service.near_cache = Some(kept.clone());
                             }
                         }
+                        service.link_warm_source();
                     }
                 }
                 Arc::new(service)

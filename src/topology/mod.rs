@@ -38,6 +38,7 @@ pub mod monitor;
 pub mod probe;
 pub mod sentinel;
 pub mod slot;
+mod warm;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -244,6 +245,11 @@ impl Topology {
             // anything on the new one: the near caches start empty.
             if let Some(caches) = &self.node_options.near_caches {
                 caches.flush_all(crate::near_cache::Evicted::Flush);
+                // ... and the hottest keys are read again from the new one.
+                // (At start there are no hot keys yet: nothing is read.)
+                if let Some(master) = &snapshot.master {
+                    warm::spawn(master.clone(), caches.clone());
+                }
             }
         }
         self.snapshot.store(Arc::new(snapshot));
