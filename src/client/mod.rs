@@ -32,6 +32,7 @@
 //!   decides the rest; [`isolation`] runs the keyspace procedures it plans
 //!   and confines pub/sub frames; [`database`] SELECT and the database a
 //!   request runs in;
+//!   [`cluster_emulation`] the one-node cluster a cluster-mode client sees;
 //!   [`transaction`] MULTI/EXEC/WATCH and the commands queued inside MULTI;
 //! - [`slots`]: on a cluster backend, the slot a request goes to (or its
 //!   `CROSSSLOT` refusal); [`redirect`]: the cluster's redirects, absorbed;
@@ -49,6 +50,7 @@
 mod batch;
 mod budget;
 mod buffers;
+mod cluster_emulation;
 mod database;
 mod dedicated;
 mod event_loop;

@@ -107,6 +107,11 @@ pub struct ClientEntry {
 }
 
 impl ClientEntry {
+    /// keygate's address the client connected to.
+    pub(super) fn laddr(&self) -> &str {
+        &self.peer.laddr
+    }
+
     /// keygate's id of the client.
     pub fn id(&self) -> u64 {
         self.id

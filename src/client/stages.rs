@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::cluster_emulation;
 use super::isolation::ProcedureCall;
 use super::local::{self, LocalAnswer};
 use super::queue::CommandReply;
@@ -532,6 +533,15 @@ impl Connection {
                 return Err(self.refuse(spec, &refusal, suppress));
             }
             return Ok(());
+        }
+        if self.ctx.config.proxy.cluster_emulation {
+            let node =
+                cluster_emulation::Node::for_client(&self.ctx.config.proxy, self.entry.laddr());
+            if let Some(reply) = cluster_emulation::answer(spec.name, &node, self.session.protocol)
+            {
+                self.reply(reply, suppress);
+                return Err(None);
+            }
         }
         // Only a login or RESET can switch the service: only they pay for
         // remembering the one before.
