@@ -406,6 +406,8 @@ fn reshard_failover_and_kill_under_load() {
         conn: None,
     };
     let mut total = Tally::default();
+    // Increments that errored but were applied after all.
+    let mut applied_unknown = 0;
     for (id, tally) in tallies.iter().enumerate() {
         let t = tally.lock().unwrap().clone();
         let value: i64 = reader
@@ -421,6 +423,7 @@ fn reshard_failover_and_kill_under_load() {
             "client {id}: rounds {}, INCR acked {acked}, unknown {unknown}, counter {value}, errors {:?}, first {:?}",
             t.rounds, t.errors, t.first_errors
         );
+        applied_unknown += value - acked;
         total.rounds += t.rounds;
         total.incr_acked += t.incr_acked;
         total.incr_unknown += t.incr_unknown;
@@ -434,11 +437,12 @@ fn reshard_failover_and_kill_under_load() {
     }
     println!(
         "drill: {:?} in all, reshard of {moved} slots {reshard_took:?}, promotion after SIGKILL {promotion_took:?}; \
-         rounds {}, INCR acked {} unknown {}, SET acked {}, GET checked {}, MOVED/ASK seen {}; keygate redirects {}",
+         rounds {}, INCR acked {} unknown {} (applied {}), SET acked {}, GET checked {}, MOVED/ASK seen {}; keygate redirects {}",
         drill_start.elapsed(),
         total.rounds,
         total.incr_acked,
         total.incr_unknown,
+        applied_unknown,
         total.sets_acked,
         total.gets_checked,
         total.redirects_seen,
