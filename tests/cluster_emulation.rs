@@ -165,3 +165,42 @@ fn cluster_clients_through_a_cluster_backend() {
         "7"
     );
 }
+
+#[test]
+fn a_tls_listener_is_announced_as_a_tls_cluster_does() {
+    let pki = TestPki::generate();
+    let redis = RedisServer::start();
+    let (cert, key) = pki.server();
+    let config = format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nlisten_tls = \"127.0.0.1:1\"\ncluster_emulation = true\n\
+         [proxy.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+         [backend]\naddress = \"{}\"\n{DEFAULT_SERVICE}",
+        redis.addr()
+    );
+    let (kg, tls_port) = Keygate::start_with_tls(&config);
+    wait_serving(kg.port());
+    let ca = pki.ca();
+    let tls = ["--cacert", ca.as_str()];
+    // SLOTS and NODES: the port of the listener the client came in by.
+    let over_tls = tls_cli_at(tls_port, &tls, &["CLUSTER", "SLOTS"]);
+    let plain = cli_at(kg.port(), &["CLUSTER", "SLOTS"]);
+    let port_line = |text: &str| text.lines().nth(3).map(str::to_string);
+    assert_eq!(
+        port_line(&over_tls),
+        Some(tls_port.to_string()),
+        "{over_tls}"
+    );
+    assert_eq!(port_line(&plain), Some(kg.port().to_string()), "{plain}");
+    let nodes = tls_cli_at(tls_port, &tls, &["CLUSTER", "NODES"]);
+    assert!(
+        nodes.contains(&format!(" 127.0.0.1:{tls_port}@0 ")),
+        "{nodes}"
+    );
+    // SHARDS: both, as `port` and `tls-port`.
+    let shards = cli_at(kg.port(), &["CLUSTER", "SHARDS"]);
+    assert!(
+        shards.contains(&format!("port\n{}\ntls-port\n{tls_port}\n", kg.port())),
+        "{shards}"
+    );
+    assert_eq!(tls_cli_at(tls_port, &tls, &["SET", "k", "v"]), "OK");
+}

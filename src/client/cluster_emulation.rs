@@ -21,6 +21,8 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 
+use super::registry::Peer;
+use super::ListenPorts;
 use crate::config::ProxyConfig;
 use crate::protocol::encode;
 use crate::protocol::Protocol;
@@ -46,23 +48,20 @@ pub(super) struct Node {
 }
 
 impl Node {
-    /// The node a client that connected to `laddr` (keygate's side of its
-    /// socket) is told about: that address, or `announce`, whose port is
-    /// the plain listener's (the TLS one's when keygate listens with TLS only).
-    pub(super) fn for_client(proxy: &ProxyConfig, laddr: &str) -> Node {
-        let local: Option<SocketAddr> = laddr.parse().ok();
+    /// The node a client is told about: the address it connected to
+    /// (keygate's side of its socket), or `announce`, whose port is the
+    /// plain listener's (the TLS one's when keygate listens with TLS only).
+    /// `bound` are the listeners' ports once serving, else the config's count.
+    pub(super) fn for_client(proxy: &ProxyConfig, bound: ListenPorts, peer: &Peer) -> Node {
+        let local: Option<SocketAddr> = peer.laddr.parse().ok();
+        let client_tls = peer.tls;
         let port_of = |a: &Option<String>| {
             a.as_deref()
                 .and_then(|a| a.rsplit_once(':'))
                 .and_then(|(_, p)| p.parse::<u16>().ok())
         };
-        let (listen, listen_tls) = (port_of(&proxy.listen), port_of(&proxy.listen_tls));
-        // The listener the client came in by: TLS when keygate listens only
-        // with TLS, or when the client reached the TLS listener's port.
-        let client_tls = listen_tls.is_some()
-            && (listen.is_none()
-                || local.is_some_and(|l| Some(l.port()) == listen_tls && l.port() != 0));
-        let (mut plain, mut tls_port) = (listen, listen_tls);
+        let mut plain = bound.plain.or_else(|| port_of(&proxy.listen));
+        let mut tls_port = bound.tls.or_else(|| port_of(&proxy.listen_tls));
         if let Some(l) = local {
             // The port the client reached is right even for a `:0` listener.
             if client_tls {
@@ -247,6 +246,15 @@ mod tests {
         toml::from_str::<File>(&text).expect("proxy config").proxy
     }
 
+    /// A client of the plain (or TLS) listener that reached `laddr`.
+    fn peer(laddr: &str, tls: bool) -> Peer {
+        Peer {
+            laddr: laddr.into(),
+            tls,
+            ..Peer::default()
+        }
+    }
+
     fn text(b: &Bytes) -> String {
         String::from_utf8_lossy(b).into_owned()
     }
@@ -254,7 +262,7 @@ mod tests {
     #[test]
     fn slots_name_the_address_the_client_reached() {
         let p = proxy(Some("0.0.0.0:6380"), None, None);
-        let node = Node::for_client(&p, "10.1.2.3:6380");
+        let node = Node::for_client(&p, ListenPorts::default(), &peer("10.1.2.3:6380", false));
         assert_eq!(node.id.len(), 40);
         let reply = answer("cluster|slots", &node, Protocol::Resp2).unwrap();
         let want = format!(
@@ -265,13 +273,16 @@ mod tests {
         let reply = answer("cluster|slots", &node, Protocol::Resp3).unwrap();
         assert!(text(&reply).ends_with("\r\n%0\r\n"));
         // Same configuration, same id.
-        assert_eq!(Node::for_client(&p, "127.0.0.1:6380").id, node.id);
+        assert_eq!(
+            Node::for_client(&p, ListenPorts::default(), &peer("127.0.0.1:6380", false)).id,
+            node.id
+        );
     }
 
     #[test]
     fn announce_replaces_host_and_port() {
         let p = proxy(Some("0.0.0.0:6380"), None, Some("keygate.internal:7000"));
-        let node = Node::for_client(&p, "10.1.2.3:6380");
+        let node = Node::for_client(&p, ListenPorts::default(), &peer("10.1.2.3:6380", false));
         let nodes = answer("cluster|nodes", &node, Protocol::Resp2).unwrap();
         let line = format!(
             "{} keygate.internal:7000@0 myself,master - 0 0 0 connected 0-16383\n",
@@ -285,8 +296,8 @@ mod tests {
     #[test]
     fn tls_ports_as_a_tls_cluster_gives_them() {
         let p = proxy(Some("127.0.0.1:6380"), Some("127.0.0.1:6443"), None);
-        let plain = Node::for_client(&p, "127.0.0.1:6380");
-        let tls = Node::for_client(&p, "127.0.0.1:6443");
+        let plain = Node::for_client(&p, ListenPorts::default(), &peer("127.0.0.1:6380", false));
+        let tls = Node::for_client(&p, ListenPorts::default(), &peer("127.0.0.1:6443", true));
         assert_eq!((plain.client_port(), tls.client_port()), (6380, 6443));
         let shards = text(&answer("cluster|shards", &plain, Protocol::Resp2).unwrap());
         assert!(shards.contains("$4\r\nport\r\n:6380\r\n$8\r\ntls-port\r\n:6443\r\n"));
@@ -295,9 +306,17 @@ mod tests {
         let shards = text(&answer("cluster|shards", &tls, Protocol::Resp3).unwrap());
         assert!(shards.starts_with("*1\r\n%2\r\n"));
         assert!(shards.contains("*1\r\n%8\r\n$2\r\nid\r\n"));
+        // The bound ports, once serving, over the config's (`:0`).
+        let bound = ListenPorts {
+            plain: Some(7000),
+            tls: Some(7443),
+        };
+        let node = Node::for_client(&p, bound, &peer("127.0.0.1:7000", false));
+        let shards = text(&answer("cluster|shards", &node, Protocol::Resp2).unwrap());
+        assert!(shards.contains("$4\r\nport\r\n:7000\r\n$8\r\ntls-port\r\n:7443\r\n"));
         // TLS only: the port is the TLS one, no plain port is listed.
         let only = proxy(None, Some("127.0.0.1:6443"), None);
-        let node = Node::for_client(&only, "127.0.0.1:6443");
+        let node = Node::for_client(&only, ListenPorts::default(), &peer("127.0.0.1:6443", true));
         let shards = text(&answer("cluster|shards", &node, Protocol::Resp2).unwrap());
         assert!(!shards.contains("$4\r\nport\r\n"));
         assert!(shards.contains("*14\r\n"));
@@ -306,7 +325,7 @@ mod tests {
     #[test]
     fn info_myid_and_flags() {
         let p = proxy(Some("127.0.0.1:6380"), None, None);
-        let node = Node::for_client(&p, "127.0.0.1:6380");
+        let node = Node::for_client(&p, ListenPorts::default(), &peer("127.0.0.1:6380", false));
         let info = text(&answer("cluster|info", &node, Protocol::Resp2).unwrap());
         assert!(info.contains("cluster_state:ok\r\ncluster_slots_assigned:16384\r\n"));
         let id = text(&answer("cluster|myid", &node, Protocol::Resp2).unwrap());

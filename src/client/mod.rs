@@ -116,6 +116,19 @@ pub struct Context {
     pub clients: Arc<AtomicUsize>,
     /// Failed AUTH and HELLO AUTH attempts.
     pub auth_failures: AtomicU64,
+    /// The ports the plain and TLS listeners are bound to, once serving
+    /// (a `:0` in the config is known only then): cluster emulation
+    /// announces them.
+    pub listening: std::sync::OnceLock<ListenPorts>,
+}
+
+/// The ports keygate's client listeners are bound to.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ListenPorts {
+    /// The plain-TCP listener's.
+    pub plain: Option<u16>,
+    /// The TLS listener's.
+    pub tls: Option<u16>,
 }
 
 /// The parts of the running proxy a [`Context`] is given: built once, at
@@ -165,6 +178,7 @@ impl Context {
             client_table: registry::ClientTable::default(),
             clients: shared.clients,
             auth_failures: AtomicU64::new(0),
+            listening: std::sync::OnceLock::new(),
             config,
         }
     }

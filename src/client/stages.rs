@@ -535,8 +535,11 @@ impl Connection {
             return Ok(());
         }
         if self.ctx.config.proxy.cluster_emulation {
-            let node =
-                cluster_emulation::Node::for_client(&self.ctx.config.proxy, self.entry.laddr());
+            let node = cluster_emulation::Node::for_client(
+                &self.ctx.config.proxy,
+                self.ctx.listening.get().copied().unwrap_or_default(),
+                self.entry.peer(),
+            );
             if let Some(reply) = cluster_emulation::answer(spec.name, &node, self.session.protocol)
             {
                 self.reply(reply, suppress);
