@@ -165,7 +165,7 @@ kg_stop_pid() {
 kg_ensure_redis_py() {
     command -v python3 >/dev/null 2>&1 || kg_die "python3 is missing: install it (apt-get install python3 python3-pip)"
     python3 -c 'import redis, sys; sys.exit(0 if int(redis.__version__.split(".")[0]) >= 5 else 1)' 2>/dev/null && return 0
-    kg_info "installing redis-py (pip) for tests/python_client.rs"
+    kg_info "installing redis-py (pip) for tests/python_client.rs and tests/cluster_emulation.rs"
     if ! python3 -m pip --version >/dev/null 2>&1; then
         kg_ensure_commands pip3:python3-pip
     fi
@@ -192,7 +192,7 @@ kg_ensure_ioredis() {
             if (installed.version !== entry.version) process.exit(1);
         }
     ' "$dir" 2>/dev/null && return 0
-    kg_info "installing ioredis (npm ci in tests/node) for tests/node_client.rs"
+    kg_info "installing ioredis (npm ci in tests/node) for tests/node_client.rs and tests/cluster_emulation.rs"
     npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error ||
         kg_die "npm ci in $dir failed"
 }

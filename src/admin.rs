@@ -120,7 +120,26 @@ impl ProxyState {
                 labels: Vec::new(),
                 value: if snapshot.master.is_some() { 1.0 } else { 0.0 },
             });
-            if let Some(master) = &snapshot.master {
+            let cluster = topology.cluster_side();
+            if let Some(cluster) = cluster {
+                // One series per node of the slot map, so bounded by the
+                // cluster's nodes; read at scrape time, off the data path.
+                let map = cluster.map();
+                for shard in &map.shards {
+                    let replicas = shard.replicas.iter().map(|(n, _)| (n, "replica"));
+                    for (node, role) in std::iter::once((&shard.master, "master")).chain(replicas) {
+                        extra.push(Gauge {
+                            name: "keygate_backend_connections",
+                            help: "Open connections to a backend node.",
+                            labels: vec![
+                                ("node", node.addr().to_string()),
+                                ("role", role.to_string()),
+                            ],
+                            value: node.health().connected() as f64,
+                        });
+                    }
+                }
+            } else if let Some(master) = &snapshot.master {
                 extra.push(Gauge {
                     name: "keygate_backend_connections",
                     help: "Open connections to a backend node.",
@@ -132,7 +151,7 @@ impl ProxyState {
                 });
             }
             failovers = Some(topology.failovers_total());
-            if let Some(cluster) = topology.cluster_side() {
+            if let Some(cluster) = cluster {
                 extra.push(Gauge {
                     name: "keygate_slots_covered",
                     help: "Cluster slots with a master in keygate's slot map (16384 when whole).",

@@ -45,6 +45,11 @@ impl Server {
     /// in-flight requests finish within the configured grace period.
     pub(crate) async fn run(self, listeners: Listeners, shutdown: impl Future<Output = ()> + Send) {
         let ctx = self.ctx;
+        let port = |l: Option<&TcpListener>| l.and_then(|l| l.local_addr().ok()).map(|a| a.port());
+        let _ = ctx.listening.set(client::ListenPorts {
+            plain: port(listeners.plain.as_ref()),
+            tls: port(listeners.tls.as_ref()),
+        });
         let (stop_tx, stop_rx) = watch::channel(false);
         let tracker = TaskTracker::new();
         tokio::pin!(shutdown);
@@ -113,7 +118,10 @@ async fn serve_tls_client(
     ctx: Arc<Context>,
     stop_rx: watch::Receiver<bool>,
 ) {
-    let addresses = client::registry::Peer::of(&stream);
+    let addresses = client::registry::Peer {
+        tls: true,
+        ..client::registry::Peer::of(&stream)
+    };
     let Some(stream) = acceptor.accept(stream, peer).await else {
         return;
     };

@@ -6,26 +6,7 @@ mod common;
 use common::*;
 
 fn config(backend: &RedisServer) -> String {
-    standalone_config(
-        &backend.addr(),
-        r#"
-[[service]]
-name = "default"
-prefix = "legacy:"
-default_ttl = "60s"
-max_ttl = "1h"
-
-[[service]]
-name = "strict"
-password = "strict-pw"
-prefix = "strict:"
-default_ttl = "30s"
-max_ttl = "2m"
-ttl_over_max = "reject"
-max_value_bytes = 1024
-max_clients = 2
-"#,
-    )
+    standalone_config(&backend.addr(), TTL_SERVICES)
 }
 
 #[test]

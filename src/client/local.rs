@@ -186,7 +186,8 @@ pub fn answer(
             }
         }
         "hello" => hello(ctx, session, req),
-        // The backend never runs in cluster mode: Redis's own answer.
+        // Without cluster emulation keygate is no cluster node: Redis's
+        // own answer (with it, `cluster_emulation` answers first).
         "readonly" | "readwrite" | "asking" => {
             err("ERR This instance has cluster support disabled")
         }
@@ -290,7 +291,15 @@ fn hello(ctx: &Context, session: &mut Session, req: &Request) -> LocalAnswer {
         encode::bulk(o, b"id");
         encode::integer(o, session.id as i64);
         encode::bulk(o, b"mode");
-        encode::bulk(o, b"standalone");
+        // A cluster-mode client is told what cluster emulation answers.
+        encode::bulk(
+            o,
+            if ctx.config.proxy.cluster_emulation {
+                b"cluster"
+            } else {
+                b"standalone"
+            },
+        );
         encode::bulk(o, b"role");
         encode::bulk(o, b"master");
         encode::bulk(o, b"modules");
@@ -348,7 +357,10 @@ fn config_get(ctx: &Context, protocol: Protocol, req: &Request) -> LocalAnswer {
             p.idle_timeout.map_or(0, |t| t.as_secs()).to_string(),
         ),
         ("proto-max-bulk-len", p.proto_max_bulk_len.to_string()),
-        ("cluster-enabled", "no".into()),
+        (
+            "cluster-enabled",
+            if p.cluster_emulation { "yes" } else { "no" }.into(),
+        ),
     ];
     let patterns: Vec<&[u8]> = req.args().skip(2).collect();
     let hits: Vec<&(&str, String)> = params

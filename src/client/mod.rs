@@ -32,6 +32,7 @@
 //!   decides the rest; [`isolation`] runs the keyspace procedures it plans
 //!   and confines pub/sub frames; [`database`] SELECT and the database a
 //!   request runs in;
+//!   [`cluster_emulation`] the one-node cluster a cluster-mode client sees;
 //!   [`transaction`] MULTI/EXEC/WATCH and the commands queued inside MULTI;
 //! - [`slots`]: on a cluster backend, the slot a request goes to (or its
 //!   `CROSSSLOT` refusal); [`redirect`]: the cluster's redirects, absorbed;
@@ -49,6 +50,7 @@
 mod batch;
 mod budget;
 mod buffers;
+mod cluster_emulation;
 mod database;
 mod dedicated;
 mod event_loop;
@@ -115,6 +117,19 @@ pub struct Context {
     pub clients: Arc<AtomicUsize>,
     /// Failed AUTH and HELLO AUTH attempts.
     pub auth_failures: AtomicU64,
+    /// The ports the plain and TLS listeners are bound to, once serving
+    /// (a `:0` in the config is known only then): cluster emulation
+    /// announces them.
+    pub listening: std::sync::OnceLock<ListenPorts>,
+}
+
+/// The ports keygate's client listeners are bound to.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ListenPorts {
+    /// The plain-TCP listener's.
+    pub plain: Option<u16>,
+    /// The TLS listener's.
+    pub tls: Option<u16>,
 }
 
 /// The parts of the running proxy a [`Context`] is given: built once, at
@@ -164,6 +179,7 @@ impl Context {
             client_table: registry::ClientTable::default(),
             clients: shared.clients,
             auth_failures: AtomicU64::new(0),
+            listening: std::sync::OnceLock::new(),
             config,
         }
     }

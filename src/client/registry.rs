@@ -40,6 +40,8 @@ pub struct Peer {
     pub laddr: String,
     /// The socket's descriptor (`fd=`), -1 when unknown.
     pub fd: i64,
+    /// The client came in by the TLS listener.
+    pub tls: bool,
 }
 
 impl Peer {
@@ -59,6 +61,7 @@ impl Peer {
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
             fd,
+            tls: false,
         }
     }
 }
@@ -107,6 +110,11 @@ pub struct ClientEntry {
 }
 
 impl ClientEntry {
+    /// Where the client connected from and to.
+    pub(super) fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
     /// keygate's id of the client.
     pub fn id(&self) -> u64 {
         self.id

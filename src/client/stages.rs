@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
+use super::cluster_emulation;
 use super::isolation::ProcedureCall;
 use super::local::{self, LocalAnswer};
 use super::near::{FollowCall, NearRead};
@@ -614,6 +615,18 @@ impl Connection {
                 return Err(self.refuse(spec, &refusal, suppress));
             }
             return Ok(());
+        }
+        if self.ctx.config.proxy.cluster_emulation {
+            let node = cluster_emulation::Node::for_client(
+                &self.ctx.config.proxy,
+                self.ctx.listening.get().copied().unwrap_or_default(),
+                self.entry.peer(),
+            );
+            if let Some(reply) = cluster_emulation::answer(spec.name, &node, self.session.protocol)
+            {
+                self.reply(reply, suppress);
+                return Err(None);
+            }
         }
         // Only a login or RESET can switch the service: only they pay for
         // remembering the one before.

@@ -269,6 +269,27 @@ command_timeout = "5s"
     )
 }
 
+/// The TTL-governed services of tests/ttl.rs (and its cluster variant):
+/// `default` with `legacy:`, a 60 s default and a 1 h maximum that clamps;
+/// `strict` (password `strict-pw`) whose over-long TTLs are refused.
+pub const TTL_SERVICES: &str = r#"
+[[service]]
+name = "default"
+prefix = "legacy:"
+default_ttl = "60s"
+max_ttl = "1h"
+
+[[service]]
+name = "strict"
+password = "strict-pw"
+prefix = "strict:"
+default_ttl = "30s"
+max_ttl = "2m"
+ttl_over_max = "reject"
+max_value_bytes = 1024
+max_clients = 2
+"#;
+
 /// The `default` service block most tests want.
 pub const DEFAULT_SERVICE: &str = r#"
 [[service]]
