@@ -28,12 +28,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{oneshot, watch};
 
+use super::queue::Following;
 use super::Context;
 use crate::backend::meter::ReplyMeter;
 use crate::backend::mux::{Batch, BatchReply, Payload};
 use crate::backend::node::Node;
 use crate::backend::BackendError;
-use crate::protocol::reply::{FrameEnd, FrameEnds, Replies, ReplyKind, DEFAULT_MAX_DEPTH};
+use crate::protocol::reply::{FrameEnd, FrameEnds, Frames, Replies, ReplyKind, DEFAULT_MAX_DEPTH};
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
 use crate::topology::cluster::{host_of, Redirect, RefreshReason};
@@ -91,58 +92,136 @@ pub(super) struct Follow {
     pub(super) script: bool,
 }
 
-/// Sends `batch` to `follow.node` with a follower in front of its replies,
-/// linked into `chain`.
-pub(super) async fn submit(chain: &mut Chain, generation: u64, mut batch: Batch, follow: Follow) {
-    let (tx, rx) = oneshot::channel();
-    // The client's reply queue now waits on the follower.
-    let reply = std::mem::replace(&mut batch.reply, tx);
-    let (previous, done) = chain.link(generation);
-    let mux = follow
-        .node
-        .mux_in(follow.protocol, follow.client_id, follow.database)
-        .into_owned();
-    tokio::spawn(run(rx, previous, done, follow, reply));
-    mux.submit(batch).await;
+/// A part of a client batch: sent to its node, with what its follower
+/// needs to resend it, or not sent because no node could be routed to.
+pub(super) enum Sent {
+    Part(oneshot::Receiver<BatchReply>, Follow),
+    Failed(BackendError),
 }
 
-/// The follower: the first replies, the previous follower, then retries.
-async fn run(
-    first: oneshot::Receiver<BatchReply>,
-    previous: Option<watch::Receiver<bool>>,
-    done: watch::Sender<bool>,
-    follow: Follow,
-    reply: oneshot::Sender<BatchReply>,
-) {
-    let first = first.await.unwrap_or_else(|_| {
-        Err(BackendError::ConnectionLost {
-            addr: follow.node.addr().to_string(),
-        })
-    });
-    if let Some(previous) = previous {
-        wait_done(previous).await;
-    }
-    let cluster = follow.ctx.router.cluster();
-    let result = match first {
-        Ok(replies) if !has_redirect(&replies) => Ok(replies),
-        Ok(replies) => Ok(retry(&follow, replies).await),
-        Err(e) => {
-            // A master that died may have been replaced: look now.
-            let lost = matches!(
-                e,
-                BackendError::ConnectionLost { .. }
-                    | BackendError::Unavailable { .. }
-                    | BackendError::Timeout { .. }
-            );
-            if let Some(cluster) = cluster.filter(|_| lost) {
-                cluster.request_refresh(RefreshReason::ConnectionLost);
-            }
-            Err(e)
+/// The follower of one client batch, linked into `chain`: it takes each
+/// part's replies, retries what was redirected (only then doing more than
+/// looking at the reply kinds the reader recorded), and puts every reply
+/// back in the client's order (`order`: each request frame's part). It is
+/// polled by the client's reply queue, so a batch without redirects costs
+/// no task of its own.
+pub(super) fn follow(
+    chain: &mut Chain,
+    generation: u64,
+    parts: Vec<Sent>,
+    order: Vec<u8>,
+    meter: &Arc<ReplyMeter>,
+) -> Following {
+    let (previous, done) = chain.link(generation);
+    let meter = meter.clone();
+    Following::new(async move {
+        let mut firsts = Vec::with_capacity(parts.len());
+        for part in parts {
+            firsts.push(match part {
+                Sent::Part(rx, follow) => {
+                    let first = rx.await.unwrap_or_else(|_| {
+                        Err(BackendError::ConnectionLost {
+                            addr: follow.node.addr().to_string(),
+                        })
+                    });
+                    (first, Some(follow))
+                }
+                Sent::Failed(e) => (Err(e), None),
+            });
         }
-    };
-    let _ = reply.send(result);
-    let _ = done.send(true);
+        if let Some(previous) = previous {
+            wait_done(previous).await;
+        }
+        let mut results = Vec::with_capacity(firsts.len());
+        for (first, follow) in firsts {
+            results.push(match (first, follow) {
+                (Ok(replies), Some(follow)) if has_redirect(&replies) => {
+                    Ok(retry(&follow, replies).await)
+                }
+                (Err(e), Some(follow)) => {
+                    // A master that died may have been replaced: look now.
+                    let lost = matches!(
+                        e,
+                        BackendError::ConnectionLost { .. }
+                            | BackendError::Unavailable { .. }
+                            | BackendError::Timeout { .. }
+                    );
+                    if let Some(cluster) = follow.ctx.router.cluster().filter(|_| lost) {
+                        cluster.request_refresh(RefreshReason::ConnectionLost);
+                    }
+                    Err(e)
+                }
+                (result, _) => result,
+            });
+        }
+        let merged = if results.len() == 1 {
+            results.pop().unwrap_or_else(|| Ok(Replies::default()))
+        } else {
+            Ok(merge(results, &order, &meter))
+        };
+        let _ = done.send(true);
+        merged
+    })
 }
+
+/// The parts' replies in the client's order: request frame `i` is
+/// answered by the next frame of part `order[i]`. A failed part answers
+/// each of its requests with its error. The client's meter is set to what
+/// is handed on (the queue takes every handed byte off it).
+fn merge(results: Vec<BatchReply>, order: &[u8], meter: &ReplyMeter) -> Replies {
+    let parts: Vec<Result<Replies, Bytes>> = results
+        .into_iter()
+        .map(|r| {
+            r.map_err(|e| {
+                let mut line = BytesMut::new();
+                crate::protocol::encode::error(&mut line, &e.client_message());
+                line.freeze()
+            })
+        })
+        .collect();
+    let written_at = parts
+        .iter()
+        .filter_map(|p| p.as_ref().ok().and_then(|r| r.written_at))
+        .min();
+    let total: usize = parts
+        .iter()
+        .map(|p| p.as_ref().map_or(0, |r| r.bytes.len()))
+        .sum();
+    let mut bytes = BytesMut::with_capacity(total);
+    let mut ends = FrameEnds::new();
+    // Each part's frames, walked in step with `order`.
+    let mut frames: Vec<Result<Frames<'_>, &Bytes>> = parts
+        .iter()
+        .map(|p| p.as_ref().map(|r| r.frames(DEFAULT_MAX_DEPTH)))
+        .collect();
+    for &part in order {
+        let (frame, kind): (&[u8], ReplyKind) = match frames.get_mut(usize::from(part)) {
+            Some(Ok(frames)) => frames.next().unwrap_or((INTERNAL, ReplyKind::Error)),
+            Some(Err(line)) => (&line[..], ReplyKind::Error),
+            None => (INTERNAL, ReplyKind::Error),
+        };
+        bytes.extend_from_slice(frame);
+        ends.push(FrameEnd {
+            end: bytes.len(),
+            kind,
+        });
+    }
+    // The meter counted what arrived; the client is handed this.
+    let handed = bytes.len();
+    if handed > total {
+        meter.add(handed - total);
+    } else {
+        meter.sub(total - handed);
+    }
+    Replies {
+        bytes: bytes.freeze(),
+        ends,
+        written_at,
+    }
+}
+
+/// A frame the parts do not hold (keygate miscounted): said so, not a desync.
+const INTERNAL: &[u8] = b"-ERR keygate: internal error merging replies\r\n";
 
 /// Whether any reply is an error a cluster uses to send a request elsewhere
 /// (or to say it is down).
@@ -434,6 +513,41 @@ mod tests {
             &[Bytes::from_static(b"-ASK 1 h:1\r\n")],
             None
         )));
+    }
+
+    /// Parts' replies go back in the client's order; a failed part's
+    /// requests get its error, and the meter says what is handed on.
+    #[test]
+    fn parts_merge_in_client_order() {
+        let meter = ReplyMeter::new(1 << 20);
+        let a = Bytes::from_static(b"$1\r\n1\r\n$1\r\n3\r\n");
+        let b = Bytes::from_static(b"$1\r\n2\r\n");
+        meter.add(a.len() + b.len());
+        let results = vec![
+            Ok(Replies::from(a)),
+            Ok(Replies::from(b)),
+            Err(BackendError::ConnectionLost { addr: "x".into() }),
+        ];
+        let merged = merge(results, &[0, 1, 2, 0], &meter);
+        let want_err = {
+            let mut line = BytesMut::new();
+            let e = BackendError::ConnectionLost { addr: "x".into() };
+            crate::protocol::encode::error(&mut line, &e.client_message());
+            line.freeze()
+        };
+        let want = [&b"$1\r\n1\r\n$1\r\n2\r\n"[..], &want_err, b"$1\r\n3\r\n"].concat();
+        assert_eq!(&merged.bytes[..], &want[..]);
+        let kinds: Vec<ReplyKind> = merged.ends.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                ReplyKind::Value,
+                ReplyKind::Value,
+                ReplyKind::Error,
+                ReplyKind::Value
+            ]
+        );
+        assert_eq!(meter.held(), want.len());
     }
 
     #[test]

@@ -340,13 +340,13 @@ impl Connection {
             self.seal_batch();
         }
         if self.ctx.router.cluster().is_some() {
-            // A cluster batch goes to one node: a command for another seals it.
+            // A cluster batch gathers one part per node.
             match self.cluster_route(spec, &req, prefix_key) {
                 Ok(Some(route)) => {
-                    if !self.batch.takes_route(&route) {
+                    if let Err(route) = self.batch.route_to(route) {
                         self.seal_batch();
+                        let _ = self.batch.route_to(route);
                     }
-                    self.batch.set_route(route);
                 }
                 Ok(None) => {}
                 Err(msg) => return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress)),
