@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
 use super::queue::{CommandReply, Commands};
-use super::{redirect, Connection};
+use super::{redirect, split, Connection};
 use crate::backend::mux::{Batch, Payload, LARGE_PIECE};
 use crate::backend::node::Node;
 use crate::config::ReadFrom;
@@ -87,6 +87,17 @@ struct ClusterBatching {
     current: u8,
     /// The part of each request frame, in the client's order.
     order: Vec<u8>,
+    /// The commands split by slot, by where their frames start in `order`.
+    splits: Vec<SplitAt>,
+}
+
+/// A command split by slot ([`split`]): its `count` request frames start at
+/// frame `start` of the batch, and their replies merge into one.
+#[derive(Debug)]
+pub(super) struct SplitAt {
+    pub(super) start: usize,
+    pub(super) count: usize,
+    pub(super) merge: split::Merge,
 }
 
 /// One node's share of a cluster batch, while another part is added to.
@@ -129,11 +140,13 @@ struct Sealed {
     cluster: Option<Box<SealedParts>>,
 }
 
-/// A sealed cluster batch's parts, and the part of each request frame.
+/// A sealed cluster batch's parts, the part of each request frame, and
+/// the commands split by slot.
 #[derive(Debug)]
 struct SealedParts {
     parts: Vec<SealedPart>,
     order: Vec<u8>,
+    splits: Vec<SplitAt>,
 }
 
 /// One node's share of a sealed cluster batch.
@@ -245,6 +258,47 @@ impl PendingBatch {
         Ok(())
     }
 
+    /// Whether the batch has room for the parts of `split`'s nodes, or it
+    /// must be sealed first (a fresh batch may still have none: then the
+    /// command is refused).
+    pub(super) fn has_room_for(&self, split: &split::Split) -> bool {
+        let mut nodes: Vec<&SlotRoute> = Vec::new();
+        for (route, _) in &split.parts {
+            if !nodes.iter().any(|n| takes_route(Some(n), route)) {
+                nodes.push(route);
+            }
+        }
+        let parked = self.cluster.as_ref().map_or(usize::MAX, |c| c.parked.len());
+        parked.max(1).saturating_add(nodes.len()) <= MAX_PARTS
+    }
+
+    /// Adds a command split by slot (see [`Self::has_room_for`]): each
+    /// slot's request joins its node's part, and their replies merge into
+    /// the one `reply` answers.
+    pub(super) fn push_split(&mut self, split: split::Split, reply: CommandReply, suppress: bool) {
+        if self.is_empty() {
+            self.suppress = suppress;
+        }
+        let start = self.cluster.as_ref().map_or(0, |c| c.order.len());
+        let count = split.parts.len();
+        for (route, request) in split.parts {
+            if self.route_to(route).is_err() {
+                // Room was checked: not reached.
+                tracing::warn!("cluster: no part for a split command's slot");
+            }
+            self.add_frame(request.into_frame());
+        }
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.splits.push(SplitAt {
+                start,
+                count,
+                merge: split.merge,
+            });
+        }
+        self.read_only = false;
+        self.commands.push(reply);
+    }
+
     /// Parks the current part and makes part `next` the current one (the
     /// current part's fields go to its entry, then `next`'s come out).
     fn switch_part(&mut self, next: usize) {
@@ -288,7 +342,12 @@ impl PendingBatch {
         let cluster = self.cluster.as_mut()?;
         cluster.parked.clear();
         let order = std::mem::take(&mut cluster.order);
-        Some(Box::new(SealedParts { parts, order }))
+        let splits = std::mem::take(&mut cluster.splits);
+        Some(Box::new(SealedParts {
+            parts,
+            order,
+            splits,
+        }))
     }
 
     /// Nothing is gathered (every command has a frame, so no bytes means none).
@@ -481,7 +540,12 @@ impl Connection {
     /// older slot map, so none of its requests overtakes a retried one.
     async fn submit_to_cluster(&mut self, sealed: Sealed) {
         let ctx = self.ctx.clone();
-        let Some(SealedParts { parts, order }) = sealed.cluster.map(|c| *c) else {
+        let Some(SealedParts {
+            parts,
+            order,
+            splits,
+        }) = sealed.cluster.map(|c| *c)
+        else {
             return;
         };
         // Read before routing: a batch is never marked newer than its route.
@@ -550,7 +614,13 @@ impl Connection {
         let Some(cluster) = self.batch.cluster.as_mut() else {
             return;
         };
-        let follower = redirect::follow(&mut cluster.chain, generation, sent, order, &self.meter);
+        let follower = redirect::follow(
+            &mut cluster.chain,
+            generation,
+            sent,
+            (order, splits),
+            &self.meter,
+        );
         self.queue.follow(sealed.slot, follower);
     }
 

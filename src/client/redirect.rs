@@ -28,8 +28,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{oneshot, watch};
 
+use super::batch::SplitAt;
 use super::queue::Following;
-use super::Context;
+use super::{split, Context};
 use crate::backend::meter::ReplyMeter;
 use crate::backend::mux::{Batch, BatchReply, Payload};
 use crate::backend::node::Node;
@@ -109,7 +110,7 @@ pub(super) fn follow(
     chain: &mut Chain,
     generation: u64,
     parts: Vec<Sent>,
-    order: Vec<u8>,
+    (order, splits): (Vec<u8>, Vec<SplitAt>),
     meter: &Arc<ReplyMeter>,
 ) -> Following {
     let (previous, done) = chain.link(generation);
@@ -154,10 +155,10 @@ pub(super) fn follow(
                 (result, _) => result,
             });
         }
-        let merged = if results.len() == 1 {
+        let merged = if results.len() == 1 && splits.is_empty() {
             results.pop().unwrap_or_else(|| Ok(Replies::default()))
         } else {
-            Ok(merge(results, &order, &meter))
+            Ok(merge(results, &order, &splits, &meter))
         };
         let _ = done.send(true);
         merged
@@ -168,7 +169,12 @@ pub(super) fn follow(
 /// answered by the next frame of part `order[i]`. A failed part answers
 /// each of its requests with its error. The client's meter is set to what
 /// is handed on (the queue takes every handed byte off it).
-fn merge(results: Vec<BatchReply>, order: &[u8], meter: &ReplyMeter) -> Replies {
+fn merge(
+    results: Vec<BatchReply>,
+    order: &[u8],
+    splits: &[SplitAt],
+    meter: &ReplyMeter,
+) -> Replies {
     let parts: Vec<Result<Replies, Bytes>> = results
         .into_iter()
         .map(|r| {
@@ -194,17 +200,39 @@ fn merge(results: Vec<BatchReply>, order: &[u8], meter: &ReplyMeter) -> Replies 
         .iter()
         .map(|p| p.as_ref().map(|r| r.frames(DEFAULT_MAX_DEPTH)))
         .collect();
-    for &part in order {
-        let (frame, kind): (&[u8], ReplyKind) = match frames.get_mut(usize::from(part)) {
+    let mut next = |part: u8| -> (&[u8], ReplyKind) {
+        match frames.get_mut(usize::from(part)) {
             Some(Ok(frames)) => frames.next().unwrap_or((INTERNAL, ReplyKind::Error)),
             Some(Err(line)) => (&line[..], ReplyKind::Error),
             None => (INTERNAL, ReplyKind::Error),
-        };
-        bytes.extend_from_slice(frame);
-        ends.push(FrameEnd {
-            end: bytes.len(),
-            kind,
-        });
+        }
+    };
+    let mut splits = splits.iter().peekable();
+    let mut i = 0;
+    while let Some(&part) = order.get(i) {
+        match splits.next_if(|s| s.start == i) {
+            Some(split) => {
+                // A command split by slot: its parts' replies become one.
+                let parts = order.get(i..i + split.count).unwrap_or_default();
+                let replies: Vec<&[u8]> = parts.iter().map(|&p| next(p).0).collect();
+                let one = split::merge(&split.merge, &replies);
+                bytes.extend_from_slice(&one);
+                ends.push(FrameEnd {
+                    end: bytes.len(),
+                    kind: ReplyKind::of_frame(&one),
+                });
+                i += split.count.max(1);
+            }
+            None => {
+                let (frame, kind) = next(part);
+                bytes.extend_from_slice(frame);
+                ends.push(FrameEnd {
+                    end: bytes.len(),
+                    kind,
+                });
+                i += 1;
+            }
+        }
     }
     // The meter counted what arrived; the client is handed this.
     let handed = bytes.len();
@@ -528,7 +556,7 @@ mod tests {
             Ok(Replies::from(b)),
             Err(BackendError::ConnectionLost { addr: "x".into() }),
         ];
-        let merged = merge(results, &[0, 1, 2, 0], &meter);
+        let merged = merge(results, &[0, 1, 2, 0], &[], &meter);
         let want_err = {
             let mut line = BytesMut::new();
             let e = BackendError::ConnectionLost { addr: "x".into() };

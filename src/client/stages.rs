@@ -349,6 +349,20 @@ impl Connection {
                     }
                 }
                 Ok(None) => {}
+                Err(msg) if msg == slots::CROSSSLOT && follow_ups.is_empty() => {
+                    // MGET, MSET, DEL and the like are split by slot.
+                    let Some(split) = self.split_by_slot(spec, &req) else {
+                        return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
+                    };
+                    if !self.batch.has_room_for(&split) {
+                        self.seal_batch();
+                        if !self.batch.has_room_for(&split) {
+                            return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
+                        }
+                    }
+                    self.batch.push_split(split, reply, suppress);
+                    return Ok(());
+                }
                 Err(msg) => return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress)),
             }
         }
