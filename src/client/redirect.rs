@@ -1,9 +1,12 @@
 //! Following a cluster's redirects for one client's batches, so the client
 //! never sees `MOVED` or `ASK`.
 //!
-//! A batch for a cluster goes out with a follower: a task that takes the
-//! node's replies first. When none is a redirect (`MOVED`, `ASK`,
-//! `TRYAGAIN`), it hands them on untouched. Otherwise it sends each
+//! A batch for a cluster goes out as one part per node, with a follower:
+//! a future in the client's reply queue (polled by the client's own task,
+//! no task of its own) that takes each part's replies first. When none is
+//! a redirect (`MOVED`, `ASK`, `TRYAGAIN`; only error kinds the reader
+//! recorded are looked at), it hands them on, merged back in the client's
+//! order when the batch had several parts. Otherwise it sends each
 //! redirected request again (request frames and reply frames pair one to
 //! one, TTL follow-ups included, so a follow-up is retried with its write
 //! or alone when only it was redirected): `MOVED` to the named node, after
@@ -18,7 +21,9 @@
 //! - a client's followers form a chain: each retries only after the one
 //!   before it is done, so retries leave in request order;
 //! - a batch routed by a newer slot map than a batch still in flight waits
-//!   for that chain to finish before it is sent ([`Chain::must_wait`]);
+//!   for that chain to finish before it is sent ([`Chain::must_wait`]; the
+//!   client's task polls its queue's followers meanwhile);
+//! - a slot's requests in one batch are in one part, retried in order.
 //!   batches routed by the same map send a slot's requests to the same
 //!   node, where a stale one is redirected too and retried in turn.
 
