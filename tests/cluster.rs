@@ -243,9 +243,18 @@ fn single_slot_commands_go_to_their_slots_master_in_order() {
         conn.call(&["MGET", "{u1}:a", "{u1}:b"]),
         Reply::Array(vec![Reply::Bulk("1".into()), Reply::Bulk("2".into())])
     );
+    // Commands that must stay in one slot get Redis's CROSSSLOT across
+    // slots (MGET, MSET, DEL and the like are split instead: below).
     let crossslot = Reply::Error("CROSSSLOT Keys in request don't hash to the same slot".into());
-    assert_eq!(conn.call(&["MSET", "a", "1", "b", "2"]), crossslot);
-    assert_eq!(conn.call(&["MGET", "k1", "k2"]), crossslot);
+    assert_eq!(conn.call(&["MSETNX", "a", "1", "b", "2"]), crossslot);
+    assert_eq!(conn.call(&["RENAME", "k1", "k2"]), crossslot);
+    assert_eq!(conn.call(&["SUNIONSTORE", "k1", "k2", "k3"]), crossslot);
+    assert_eq!(conn.call(&["PFCOUNT", "k1", "k2"]), crossslot);
+    let mut plain = RawConn::connect(kg.port());
+    assert_eq!(
+        plain.call(&["EVAL", "return 1", "2", "k1", "k2"]),
+        crossslot
+    );
     // The tag keeps its slot under the prefix.
     let tagged = key_slot(tenant_key("{u1}:a").as_bytes());
     assert_eq!(tagged, key_slot(b"u1"));
@@ -265,12 +274,132 @@ fn single_slot_commands_go_to_their_slots_master_in_order() {
         }
     }
     // The unprefixed service reaches the same keys by their full names.
-    let mut plain = RawConn::connect(kg.port());
     assert_eq!(plain.call(&["GET", "t1:k5"]), Reply::Bulk("v5".into()));
     assert_eq!(
         plain.call(&["DBSIZE"]).text(),
         "ERR keygate: 'dbsize' is not served on a cluster backend yet"
     );
+}
+
+/// Hash tags whose slots are on different masters, one per master, with
+/// that master's port.
+fn tag_per_master(cluster: &RedisCluster) -> Vec<(String, u16)> {
+    let mut tags: Vec<(String, u16)> = Vec::new();
+    for i in 0.. {
+        if tags.len() == CLUSTER_MASTERS {
+            break;
+        }
+        let tag = format!("t{i}");
+        let (_, port) = cluster.slot_owner(key_slot(tag.as_bytes()));
+        if !tags.iter().any(|(_, p)| *p == port) {
+            tags.push((tag, port));
+        }
+    }
+    tags
+}
+
+#[test]
+fn multi_key_commands_are_split_by_slot_and_merged_in_order() {
+    let cluster = RedisCluster::start();
+    let kg = Keygate::start_with(&cluster_config(&cluster, TENANT));
+    kg.wait_ready();
+    let mut conn = RawConn::connect(kg.port());
+
+    // 100 keys over three hash tags, one per master, interleaved; every
+    // tenth is left unset. MSET is split by slot too.
+    let tags = tag_per_master(&cluster);
+    let keys: Vec<String> = (0..100)
+        .map(|i| format!("{{{}}}:k{i}", tags[i % CLUSTER_MASTERS].0))
+        .collect();
+    let mut mset = vec!["MSET".to_string()];
+    for (i, key) in keys.iter().enumerate().filter(|(i, _)| i % 10 != 0) {
+        mset.push(key.clone());
+        mset.push(format!("v{i}"));
+    }
+    assert_eq!(conn.call(&mset), Reply::Status("OK".into()));
+    for (_, port) in &tags {
+        assert_eq!(cli_at(*port, &["CONFIG", "RESETSTAT"]), "OK");
+    }
+    let mut mget = vec!["MGET".to_string()];
+    mget.extend(keys.iter().cloned());
+    let want: Vec<Reply> = (0..100)
+        .map(|i| match i % 10 {
+            0 => Reply::Nil,
+            _ => Reply::Bulk(format!("v{i}")),
+        })
+        .collect();
+    assert_eq!(conn.call(&mget), Reply::Array(want));
+    // Each master got the MGET as one command (one slot each).
+    for (tag, port) in &tags {
+        let stats = cli_at(*port, &["INFO", "commandstats"]);
+        assert!(
+            stats.contains("cmdstat_mget:calls=1,"),
+            "{{{tag}}} on {port}: {stats}"
+        );
+    }
+
+    // Keys in slots of their own: one request per slot, merged.
+    let spread: Vec<String> = (0..60).map(|i| format!("spread{i}")).collect();
+    let mut pipeline = Vec::new();
+    for (i, key) in spread.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+        pipeline.extend(resp_command(&["SET", key, &format!("s{i}")]));
+    }
+    conn.send(&pipeline);
+    for _ in 0..30 {
+        assert_eq!(conn.read_value(), Reply::Status("OK".into()));
+    }
+    let with = |name: &str, keys: &[String]| -> Vec<String> {
+        std::iter::once(name.to_string())
+            .chain(keys.iter().cloned())
+            .collect()
+    };
+    let got = conn.call(&with("MGET", &spread));
+    let want: Vec<Reply> = (0..60)
+        .map(|i| match i % 2 {
+            0 => Reply::Bulk(format!("s{i}")),
+            _ => Reply::Nil,
+        })
+        .collect();
+    assert_eq!(got, Reply::Array(want));
+    assert_eq!(conn.call(&with("EXISTS", &spread)), Reply::Int(30));
+    assert_eq!(conn.call(&with("TOUCH", &spread)), Reply::Int(30));
+    assert_eq!(conn.call(&with("UNLINK", &spread[..20])), Reply::Int(10));
+    assert_eq!(conn.call(&with("DEL", &spread)), Reply::Int(20));
+    assert_eq!(conn.call(&with("EXISTS", &spread)), Reply::Int(0));
+
+    // Pipelined between single-key commands, replies keep request order.
+    let mut pipeline = Vec::new();
+    pipeline.extend(resp_command(&["SET", "spread1", "a"]));
+    pipeline.extend(resp_command(&["MGET", "spread1", "spread2", "spread3"]));
+    pipeline.extend(resp_command(&["SET", "spread3", "c"]));
+    pipeline.extend(resp_command(&["MGET", "spread3", "spread1"]));
+    conn.send(&pipeline);
+    assert_eq!(conn.read_value(), Reply::Status("OK".into()));
+    assert_eq!(
+        conn.read_value(),
+        Reply::Array(vec![Reply::Bulk("a".into()), Reply::Nil, Reply::Nil])
+    );
+    assert_eq!(conn.read_value(), Reply::Status("OK".into()));
+    assert_eq!(
+        conn.read_value(),
+        Reply::Array(vec![Reply::Bulk("c".into()), Reply::Bulk("a".into())])
+    );
+
+    // A namespaced service: its keys, under its prefix, split the same way.
+    let mut tenant = RawConn::login(kg.port(), "tenant", "pw");
+    for key in ["x1", "x2", "x3"] {
+        assert_eq!(tenant.call(&["SET", key, key]), Reply::Status("OK".into()));
+    }
+    assert_eq!(
+        tenant.call(&["MGET", "x1", "x9", "x3", "x2"]),
+        Reply::Array(vec![
+            Reply::Bulk("x1".into()),
+            Reply::Nil,
+            Reply::Bulk("x3".into()),
+            Reply::Bulk("x2".into()),
+        ])
+    );
+    assert_eq!(tenant.call(&["DEL", "x1", "x2", "x3", "x9"]), Reply::Int(3));
 }
 
 /// What the loader saw: INCR replies in order and anything unexpected.

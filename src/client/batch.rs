@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
 use super::queue::{CommandReply, Commands};
-use super::{redirect, Connection};
+use super::{redirect, split, Connection};
 use crate::backend::mux::{Batch, Payload, LARGE_PIECE};
 use crate::backend::node::Node;
 use crate::config::ReadFrom;
@@ -82,11 +82,49 @@ pub(super) struct PendingBatch {
 }
 
 /// What a client's batches carry on a cluster backend.
+///
+/// A batch gathers one part per node (a payload for each, many commands
+/// each), all submitted together, and one slot in the reply queue that
+/// merges the parts' replies back in the client's order. The part being
+/// added to lives in the batch's own fields (payload, staged, route,
+/// script, `frame_lens`); the others wait in `parked`.
 #[derive(Debug, Default)]
 struct ClusterBatching {
+    /// The current part's request frame lengths.
     frame_lens: Vec<u32>,
     chain: redirect::Chain,
+    /// Every part by its index; the current one's entry is a placeholder.
+    parked: Vec<Part>,
+    /// The current part's index.
+    current: u8,
+    /// The part of each request frame, in the client's order.
+    order: Vec<u8>,
+    /// The commands split by slot, by where their frames start in `order`.
+    splits: Vec<SplitAt>,
 }
+
+/// A command split by slot ([`split`]): its `count` request frames start at
+/// frame `start` of the batch, and their replies merge into one.
+#[derive(Debug)]
+pub(super) struct SplitAt {
+    pub(super) start: usize,
+    pub(super) count: usize,
+    pub(super) merge: split::Merge,
+}
+
+/// One node's share of a cluster batch, while another part is added to.
+#[derive(Debug, Default)]
+struct Part {
+    route: Option<SlotRoute>,
+    payload: Payload,
+    staged: BytesMut,
+    frame_lens: Vec<u32>,
+    script: bool,
+}
+
+/// At most this many parts (nodes, or slots while no map covers them) in
+/// one batch; a command for another seals it.
+const MAX_PARTS: usize = 16;
 
 /// Where a cluster batch goes: every command in it was for this slot's
 /// master when it joined.
@@ -109,10 +147,41 @@ struct Sealed {
     protocol: Protocol,
     /// The database its client was in: it goes to a connection of that one.
     database: u32,
-    /// On a cluster backend, the slot whose master it goes to.
+    /// On a cluster backend, its parts (`batch` then carries no payload:
+    /// its sender answers the queue slot only when no part can be sent).
+    cluster: Option<Box<SealedParts>>,
+}
+
+/// A sealed cluster batch's parts, the part of each request frame, and
+/// the commands split by slot.
+#[derive(Debug)]
+struct SealedParts {
+    parts: Vec<SealedPart>,
+    order: Vec<u8>,
+    splits: Vec<SplitAt>,
+}
+
+/// One node's share of a sealed cluster batch.
+#[derive(Debug)]
+struct SealedPart {
+    payload: Payload,
+    /// The slot whose master it goes to (`None`: no keys, any master).
     key_slot: Option<u16>,
-    /// On a cluster backend, each request frame's length.
+    /// Each request frame's length.
     frame_lens: Vec<u32>,
+    script: bool,
+}
+
+/// Whether a command for `route` may join a part routed by `ours`: a part
+/// goes to one node, so only a command for the same master (or the same
+/// slot while no map covers it) joins one, or any command one with no keys
+/// yet.
+fn takes_route(ours: Option<&SlotRoute>, route: &SlotRoute) -> bool {
+    match (ours, &route.node) {
+        (None, _) => true,
+        (Some(ours), Some(node)) => ours.node.as_ref().is_some_and(|n| Arc::ptr_eq(n, node)),
+        (Some(ours), None) => ours.node.is_none() && ours.slot == route.slot,
+    }
 }
 
 impl Default for PendingBatch {
@@ -150,6 +219,7 @@ impl PendingBatch {
             cluster
                 .frame_lens
                 .push(u32::try_from(len).unwrap_or(u32::MAX));
+            cluster.order.push(cluster.current);
         }
     }
 
@@ -165,26 +235,138 @@ impl PendingBatch {
         self.is_empty() || (self.suppress == suppress && self.bytes < MAX_BATCH_BYTES)
     }
 
-    /// Whether a command for cluster slot `route.slot` may join, or the
-    /// batch must be sealed first: a batch goes to one node, so a command
-    /// joins only a batch for the same master (or one for the same slot
-    /// while no map covers it), or one with no keys yet.
-    pub(super) fn takes_route(&self, route: &SlotRoute) -> bool {
-        match (&self.route, &route.node) {
-            (None, _) => true,
-            (Some(ours), Some(node)) => ours.node.as_ref().is_some_and(|n| Arc::ptr_eq(n, node)),
-            (Some(ours), None) => ours.node.is_none() && ours.slot == route.slot,
-        }
-    }
-
-    /// Sets where the batch goes, if no command with keys set it before.
-    pub(super) fn set_route(&mut self, route: SlotRoute) {
+    /// Makes the part for cluster slot `route.slot` the one the next
+    /// command joins: the current part when it goes to the same master (or
+    /// is for the same slot while no map covers it) or has no keys yet,
+    /// else the part for that master, else a new one. `Err` gives the route
+    /// back when the batch holds [`MAX_PARTS`] parts already: seal it first.
+    pub(super) fn route_to(&mut self, route: SlotRoute) -> Result<(), SlotRoute> {
         if self.route.is_none() {
             self.route = Some(route);
+            return Ok(());
         }
+        if takes_route(self.route.as_ref(), &route) {
+            return Ok(());
+        }
+        let Some(cluster) = self.cluster.as_mut() else {
+            return Err(route);
+        };
+        let found = cluster
+            .parked
+            .iter()
+            .position(|p| p.route.is_some() && takes_route(p.route.as_ref(), &route));
+        let next = match found {
+            Some(i) => i,
+            None if cluster.parked.len().max(1) < MAX_PARTS => {
+                if cluster.parked.is_empty() {
+                    cluster.parked.push(Part::default());
+                }
+                cluster.parked.push(Part {
+                    route: Some(route),
+                    ..Part::default()
+                });
+                cluster.parked.len() - 1
+            }
+            None => return Err(route),
+        };
+        self.switch_part(next);
+        Ok(())
+    }
+
+    /// Whether the batch has room for the parts of `split`'s nodes, or it
+    /// must be sealed first (a fresh batch may still have none: then the
+    /// command is refused).
+    pub(super) fn has_room_for(&self, split: &split::Split) -> bool {
+        let mut nodes: Vec<&SlotRoute> = Vec::new();
+        for (route, _) in &split.parts {
+            if !nodes.iter().any(|n| takes_route(Some(n), route)) {
+                nodes.push(route);
+            }
+        }
+        let parked = self.cluster.as_ref().map_or(usize::MAX, |c| c.parked.len());
+        parked.max(1).saturating_add(nodes.len()) <= MAX_PARTS
+    }
+
+    /// Adds a command split by slot (see [`Self::has_room_for`]): each
+    /// slot's request joins its node's part, and their replies merge into
+    /// the one `reply` answers.
+    pub(super) fn push_split(&mut self, split: split::Split, reply: CommandReply, suppress: bool) {
+        if self.is_empty() {
+            self.suppress = suppress;
+        }
+        let start = self.cluster.as_ref().map_or(0, |c| c.order.len());
+        let count = split.parts.len();
+        for (route, request) in split.parts {
+            if self.route_to(route).is_err() {
+                // Room was checked: not reached.
+                tracing::warn!("cluster: no part for a split command's slot");
+            }
+            self.add_frame(request.into_frame());
+        }
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.splits.push(SplitAt {
+                start,
+                count,
+                merge: split.merge,
+            });
+        }
+        self.read_only = false;
+        self.commands.push(reply);
+    }
+
+    /// Parks the current part and makes part `next` the current one (the
+    /// current part's fields go to its entry, then `next`'s come out).
+    fn switch_part(&mut self, next: usize) {
+        let Some(cluster) = self.cluster.as_mut() else {
+            return;
+        };
+        let current = usize::from(cluster.current);
+        if current == next {
+            return;
+        }
+        for i in [current, next] {
+            if let Some(part) = cluster.parked.get_mut(i) {
+                std::mem::swap(&mut part.route, &mut self.route);
+                std::mem::swap(&mut part.payload, &mut self.payload);
+                std::mem::swap(&mut part.staged, &mut self.staged);
+                std::mem::swap(&mut part.frame_lens, &mut cluster.frame_lens);
+                std::mem::swap(&mut part.script, &mut self.script);
+            }
+        }
+        cluster.current = u8::try_from(next).unwrap_or(u8::MAX);
+    }
+
+    /// The gathered cluster parts, sealed (the batch keeps none of them).
+    fn take_parts(&mut self) -> Option<Box<SealedParts>> {
+        self.cluster.as_ref()?;
+        let mut parts = Vec::new();
+        let count = self.cluster.as_ref().map_or(0, |c| c.parked.len()).max(1);
+        for i in 0..count {
+            self.switch_part(i);
+            self.unstage();
+            let frames = self.payload.len();
+            let cluster = self.cluster.as_mut()?;
+            parts.push(SealedPart {
+                payload: std::mem::replace(&mut self.payload, Payload::with_capacity(frames)),
+                key_slot: self.route.take().map(|r| r.slot),
+                frame_lens: std::mem::take(&mut cluster.frame_lens),
+                script: std::mem::take(&mut self.script),
+            });
+        }
+        self.switch_part(0);
+        let cluster = self.cluster.as_mut()?;
+        cluster.parked.clear();
+        let order = std::mem::take(&mut cluster.order);
+        let splits = std::mem::take(&mut cluster.splits);
+        Some(Box::new(SealedParts {
+            parts,
+            order,
+            splits,
+        }))
     }
 
     /// Nothing is gathered (every command has a frame, so no bytes means none).
+    /// On a cluster backend this covers every part.
     fn is_empty(&self) -> bool {
         self.bytes == 0
     }
@@ -322,6 +504,7 @@ impl Connection {
         if pending.is_empty() {
             return;
         }
+        let cluster = pending.take_parts();
         pending.unstage();
         // The next batch likely looks like this one (a client pipelines the
         // same depth again): size it once instead of growing it step by step.
@@ -335,12 +518,6 @@ impl Connection {
             .queue
             .push_shared(rx, commands, pending.suppress, self.read_at);
         let read_only = std::mem::replace(&mut pending.read_only, true);
-        let key_slot = pending.route.take().map(|r| r.slot);
-        let frame_lens = pending
-            .cluster
-            .as_mut()
-            .map(|c| std::mem::take(&mut c.frame_lens))
-            .unwrap_or_default();
         let script = std::mem::take(&mut pending.script);
         let read_from = self
             .session
@@ -362,8 +539,7 @@ impl Connection {
             read_only,
             protocol: self.session.protocol,
             database: self.session.database,
-            key_slot,
-            frame_lens,
+            cluster,
         });
     }
 
@@ -405,44 +581,98 @@ impl Connection {
         }
     }
 
-    /// Hands a sealed batch to the master of its slot (any master when it
-    /// has no keys), with a follower that absorbs the cluster's redirects
+    /// Hands each part of a sealed batch to the master of its slot (any
+    /// master when it has no keys), and gives its queue slot the follower
+    /// that merges the parts' replies and absorbs the cluster's redirects
     /// ([`redirect`]); first waits for the client's batches routed by an
     /// older slot map, so none of its requests overtakes a retried one.
     async fn submit_to_cluster(&mut self, sealed: Sealed) {
         let ctx = self.ctx.clone();
+        let Some(SealedParts {
+            parts,
+            order,
+            splits,
+        }) = sealed.cluster.map(|c| *c)
+        else {
+            return;
+        };
         // Read before routing: a batch is never marked newer than its route.
         let generation = ctx.router.cluster().map_or(0, |c| c.generation());
-        let node = match sealed.key_slot {
-            Some(slot) => ctx.router.master_for_slot(slot).await,
-            None => ctx.router.master_for().await,
-        };
-        let node = match node {
-            Ok(node) => node,
-            Err(e) => {
+        let mut routed = Vec::with_capacity(parts.len());
+        for part in parts {
+            let node = match part.key_slot {
+                Some(slot) => ctx.router.master_for_slot(slot).await,
+                None => ctx.router.master_for().await,
+            };
+            routed.push((part, node));
+        }
+        if let [(_, Err(_))] = routed.as_slice() {
+            if let Some((_, Err(e))) = routed.pop() {
                 self.queue.served_by(sealed.slot, Role::Proxy);
                 let _ = sealed.batch.reply.send(Err(e.into()));
-                return;
             }
-        };
+            return;
+        }
+        let must_wait = self
+            .batch
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.chain.must_wait(generation).is_some());
+        if must_wait {
+            // The followers in flight are this client's own queue slots:
+            // they run as it polls them.
+            let tag = sealed.slot;
+            std::future::poll_fn(|cx| self.queue.poll_shared_answered_before(tag, cx)).await;
+        }
+        let mut sent = Vec::with_capacity(routed.len());
+        for (part, node) in routed {
+            let node = match node {
+                Ok(node) => node,
+                Err(e) => {
+                    sent.push(redirect::Sent::Failed(e.into()));
+                    continue;
+                }
+            };
+            let (tx, rx) = oneshot::channel();
+            let batch = Batch {
+                payload: part.payload,
+                count: u32::try_from(part.frame_lens.len()).unwrap_or(u32::MAX),
+                reply: tx,
+                meter: Some(self.meter.clone()),
+                script: part.script,
+                // No near cache on a cluster backend (--check refuses it).
+                stamp: None,
+                landings: Default::default(),
+            };
+            let follow = redirect::Follow {
+                ctx: ctx.clone(),
+                node,
+                protocol: sealed.protocol,
+                client_id: self.session.id,
+                database: sealed.database,
+                payload: batch.payload.clone(),
+                frame_lens: part.frame_lens,
+                meter: self.meter.clone(),
+                script: part.script,
+            };
+            follow
+                .node
+                .mux_in(sealed.protocol, self.session.id, sealed.database)
+                .submit(batch)
+                .await;
+            sent.push(redirect::Sent::Part(rx, follow));
+        }
         let Some(cluster) = self.batch.cluster.as_mut() else {
             return;
         };
-        if let Some(tail) = cluster.chain.must_wait(generation) {
-            redirect::wait_done(tail).await;
-        }
-        let follow = redirect::Follow {
-            ctx,
-            node,
-            protocol: sealed.protocol,
-            client_id: self.session.id,
-            database: sealed.database,
-            payload: sealed.batch.payload.clone(),
-            frame_lens: sealed.frame_lens,
-            meter: self.meter.clone(),
-            script: sealed.batch.script,
-        };
-        redirect::submit(&mut cluster.chain, generation, sealed.batch, follow).await;
+        let follower = redirect::follow(
+            &mut cluster.chain,
+            generation,
+            sent,
+            (order, splits),
+            &self.meter,
+        );
+        self.queue.follow(sealed.slot, follower);
     }
 
     /// Seals the gathered batch and submits everything sealed.
@@ -511,5 +741,39 @@ mod tests {
         let pieces = pieces_of(&mut batch);
         assert_eq!(pieces.len(), 1);
         assert_eq!(pieces[0].as_ptr(), req.frame().as_ptr());
+    }
+
+    /// On a cluster backend a read's commands gather into one part per
+    /// node (here per slot: no map covers them), each in its client's
+    /// order, and the order says which part answers each frame.
+    #[test]
+    fn cluster_commands_gather_one_part_per_node() {
+        let mut batch = PendingBatch::for_backend(true);
+        let gets: Vec<Request> = ["a", "b", "c", "d"]
+            .iter()
+            .map(|k| Request::from_args(&["GET", k]))
+            .collect();
+        for (req, slot) in gets.iter().zip([1u16, 2, 1, 3]) {
+            batch
+                .route_to(SlotRoute { slot, node: None })
+                .expect("room for parts");
+            push(&mut batch, req, None);
+        }
+        assert_eq!(batch.commands(), 4);
+        let sealed = batch.take_parts().expect("a cluster batch");
+        assert_eq!(sealed.order, [0, 1, 0, 2]);
+        let slots: Vec<Option<u16>> = sealed.parts.iter().map(|p| p.key_slot).collect();
+        assert_eq!(slots, [Some(1), Some(2), Some(3)]);
+        let first = &sealed.parts[0];
+        assert_eq!(first.frame_lens.len(), 2);
+        assert_eq!(
+            first.payload.concat(),
+            [gets[0].frame().clone(), gets[2].frame().clone()].concat()
+        );
+        assert_eq!(sealed.parts[1].payload.concat(), gets[1].frame().to_vec());
+        // Nothing is left behind for the next batch.
+        let next = batch.take_parts().expect("a cluster batch");
+        assert_eq!(next.parts.len(), 1);
+        assert!(next.parts[0].frame_lens.is_empty() && next.order.is_empty());
     }
 }

@@ -67,6 +67,7 @@ mod redirect;
 pub mod registry;
 pub mod session;
 mod slots;
+mod split;
 mod stages;
 mod tracking;
 mod transaction;

@@ -17,6 +17,7 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::task::Poll;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -77,6 +78,9 @@ enum SlotState {
     Pushed(Bytes),
     /// Waiting on a multiplexed connection.
     Shared(oneshot::Receiver<BatchReply>),
+    /// Waiting on a cluster batch's follower (its parts on several nodes'
+    /// multiplexed connections, and any redirects).
+    Following(Following),
     /// Waiting on the client's dedicated connection for `remaining` frames.
     Dedicated {
         remaining: u32,
@@ -87,6 +91,26 @@ enum SlotState {
     },
     /// The backend answered; plans are not applied yet.
     Answered(BatchReply),
+}
+
+/// A cluster batch's follower (see [`super::redirect`]): a future, polled
+/// by the client's own task as it polls its reply queue.
+pub struct Following(Pin<Box<dyn Future<Output = BatchReply> + Send>>);
+
+impl Following {
+    pub fn new(future: impl Future<Output = BatchReply> + Send + 'static) -> Following {
+        Following(Box::pin(future))
+    }
+
+    fn poll(&mut self, cx: &mut std::task::Context<'_>) -> Poll<BatchReply> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl std::fmt::Debug for Following {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Following")
+    }
 }
 
 /// What a subscription command's slot waits for.
@@ -201,6 +225,14 @@ impl ReplyQueue {
     pub fn served_by(&mut self, tag: u64, role: Role) {
         if let Some(slot) = self.slots.iter_mut().rev().find(|s| s.tag == tag) {
             slot.role = role;
+        }
+    }
+
+    /// The shared slot `tag` waits on this follower instead (a cluster
+    /// batch; looked for from the back, like [`Self::served_by`]).
+    pub fn follow(&mut self, tag: u64, follower: Following) {
+        if let Some(slot) = self.slots.iter_mut().rev().find(|s| s.tag == tag) {
+            slot.state = SlotState::Following(follower);
         }
     }
 
@@ -398,7 +430,7 @@ impl ReplyQueue {
         matches!(
             self.slots.front(),
             Some(Slot {
-                state: SlotState::Shared(_),
+                state: SlotState::Shared(_) | SlotState::Following(_),
                 ..
             })
         )
@@ -417,8 +449,14 @@ impl ReplyQueue {
         let Some(slot) = self.slots.front_mut() else {
             return Poll::Pending;
         };
-        let SlotState::Shared(rx) = &mut slot.state else {
-            return Poll::Pending;
+        let rx = match &mut slot.state {
+            SlotState::Shared(rx) => rx,
+            SlotState::Following(follower) => {
+                let result = std::task::ready!(follower.poll(cx));
+                slot.state = SlotState::Answered(result);
+                return Poll::Ready(());
+            }
+            _ => return Poll::Pending,
         };
         // Looked at first: an arrived reply is taken without the
         // cooperative-budget bookkeeping a poll does; only a pending one is
@@ -440,15 +478,28 @@ impl ReplyQueue {
     /// client's next request must wait for before it goes on another
     /// connection, so that it cannot overtake them on the backend.
     pub fn poll_shared_answered(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        self.poll_shared_answered_before(u64::MAX, cx)
+    }
+
+    /// [`Self::poll_shared_answered`] for the shared slots pushed before
+    /// the one tagged `tag` only.
+    pub fn poll_shared_answered_before(
+        &mut self,
+        tag: u64,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
         let mut waiting = false;
         for slot in self.slots.iter_mut() {
-            let SlotState::Shared(rx) = &mut slot.state else {
-                continue;
+            let polled = match &mut slot.state {
+                SlotState::Shared(_) | SlotState::Following(_) if slot.tag >= tag => break,
+                SlotState::Shared(rx) => std::pin::Pin::new(rx)
+                    .poll(cx)
+                    .map(|r| r.unwrap_or_else(|_| Err(lost()))),
+                SlotState::Following(follower) => follower.poll(cx),
+                _ => continue,
             };
-            match std::pin::Pin::new(rx).poll(cx) {
-                Poll::Ready(result) => {
-                    slot.state = SlotState::Answered(result.unwrap_or_else(|_| Err(lost())));
-                }
+            match polled {
+                Poll::Ready(result) => slot.state = SlotState::Answered(result),
                 Poll::Pending => waiting = true,
             }
         }
@@ -478,6 +529,15 @@ impl ReplyQueue {
                     Err(oneshot::error::TryRecvError::Empty) => return metered,
                     Err(oneshot::error::TryRecvError::Closed) => Err(lost()),
                 },
+                SlotState::Following(follower) => {
+                    // Looked at without a waker: the event loop polls the
+                    // front with its own when this one is still waiting.
+                    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                    match follower.poll(&mut cx) {
+                        Poll::Ready(r) => r,
+                        Poll::Pending => return metered,
+                    }
+                }
                 SlotState::Dedicated { remaining, acc, .. } => {
                     if *remaining > 0 {
                         return metered;

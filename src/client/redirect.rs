@@ -1,9 +1,12 @@
 //! Following a cluster's redirects for one client's batches, so the client
 //! never sees `MOVED` or `ASK`.
 //!
-//! A batch for a cluster goes out with a follower: a task that takes the
-//! node's replies first. When none is a redirect (`MOVED`, `ASK`,
-//! `TRYAGAIN`), it hands them on untouched. Otherwise it sends each
+//! A batch for a cluster goes out as one part per node, with a follower:
+//! a future in the client's reply queue (polled by the client's own task,
+//! no task of its own) that takes each part's replies first. When none is
+//! a redirect (`MOVED`, `ASK`, `TRYAGAIN`; only error kinds the reader
+//! recorded are looked at), it hands them on, merged back in the client's
+//! order when the batch had several parts. Otherwise it sends each
 //! redirected request again (request frames and reply frames pair one to
 //! one, TTL follow-ups included, so a follow-up is retried with its write
 //! or alone when only it was redirected): `MOVED` to the named node, after
@@ -18,7 +21,9 @@
 //! - a client's followers form a chain: each retries only after the one
 //!   before it is done, so retries leave in request order;
 //! - a batch routed by a newer slot map than a batch still in flight waits
-//!   for that chain to finish before it is sent ([`Chain::must_wait`]);
+//!   for that chain to finish before it is sent ([`Chain::must_wait`]; the
+//!   client's task polls its queue's followers meanwhile);
+//! - a slot's requests in one batch are in one part, retried in order.
 //!   batches routed by the same map send a slot's requests to the same
 //!   node, where a stale one is redirected too and retried in turn.
 
@@ -28,12 +33,14 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{oneshot, watch};
 
-use super::Context;
+use super::batch::SplitAt;
+use super::queue::Following;
+use super::{split, Context};
 use crate::backend::meter::ReplyMeter;
 use crate::backend::mux::{Batch, BatchReply, Payload};
 use crate::backend::node::Node;
 use crate::backend::BackendError;
-use crate::protocol::reply::{FrameEnd, FrameEnds, Replies, ReplyKind, DEFAULT_MAX_DEPTH};
+use crate::protocol::reply::{FrameEnd, FrameEnds, Frames, Replies, ReplyKind, DEFAULT_MAX_DEPTH};
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
 use crate::topology::cluster::{host_of, Redirect, RefreshReason};
@@ -91,58 +98,163 @@ pub(super) struct Follow {
     pub(super) script: bool,
 }
 
-/// Sends `batch` to `follow.node` with a follower in front of its replies,
-/// linked into `chain`.
-pub(super) async fn submit(chain: &mut Chain, generation: u64, mut batch: Batch, follow: Follow) {
-    let (tx, rx) = oneshot::channel();
-    // The client's reply queue now waits on the follower.
-    let reply = std::mem::replace(&mut batch.reply, tx);
-    let (previous, done) = chain.link(generation);
-    let mux = follow
-        .node
-        .mux_in(follow.protocol, follow.client_id, follow.database)
-        .into_owned();
-    tokio::spawn(run(rx, previous, done, follow, reply));
-    mux.submit(batch).await;
+/// A part of a client batch: sent to its node, with what its follower
+/// needs to resend it, or not sent because no node could be routed to.
+pub(super) enum Sent {
+    Part(oneshot::Receiver<BatchReply>, Follow),
+    Failed(BackendError),
 }
 
-/// The follower: the first replies, the previous follower, then retries.
-async fn run(
-    first: oneshot::Receiver<BatchReply>,
-    previous: Option<watch::Receiver<bool>>,
-    done: watch::Sender<bool>,
-    follow: Follow,
-    reply: oneshot::Sender<BatchReply>,
-) {
-    let first = first.await.unwrap_or_else(|_| {
-        Err(BackendError::ConnectionLost {
-            addr: follow.node.addr().to_string(),
+/// The follower of one client batch, linked into `chain`: it takes each
+/// part's replies, retries what was redirected (only then doing more than
+/// looking at the reply kinds the reader recorded), and puts every reply
+/// back in the client's order (`order`: each request frame's part). It is
+/// polled by the client's reply queue, so a batch without redirects costs
+/// no task of its own.
+pub(super) fn follow(
+    chain: &mut Chain,
+    generation: u64,
+    parts: Vec<Sent>,
+    (order, splits): (Vec<u8>, Vec<SplitAt>),
+    meter: &Arc<ReplyMeter>,
+) -> Following {
+    let (previous, done) = chain.link(generation);
+    let meter = meter.clone();
+    Following::new(async move {
+        let mut firsts = Vec::with_capacity(parts.len());
+        for part in parts {
+            firsts.push(match part {
+                Sent::Part(rx, follow) => {
+                    let first = rx.await.unwrap_or_else(|_| {
+                        Err(BackendError::ConnectionLost {
+                            addr: follow.node.addr().to_string(),
+                        })
+                    });
+                    (first, Some(follow))
+                }
+                Sent::Failed(e) => (Err(e), None),
+            });
+        }
+        if let Some(previous) = previous {
+            wait_done(previous).await;
+        }
+        let mut results = Vec::with_capacity(firsts.len());
+        for (first, follow) in firsts {
+            results.push(match (first, follow) {
+                (Ok(replies), Some(follow)) if has_redirect(&replies) => {
+                    Ok(retry(&follow, replies).await)
+                }
+                (Err(e), Some(follow)) => {
+                    // A master that died may have been replaced: look now.
+                    let lost = matches!(
+                        e,
+                        BackendError::ConnectionLost { .. }
+                            | BackendError::Unavailable { .. }
+                            | BackendError::Timeout { .. }
+                    );
+                    if let Some(cluster) = follow.ctx.router.cluster().filter(|_| lost) {
+                        cluster.request_refresh(RefreshReason::ConnectionLost);
+                    }
+                    Err(e)
+                }
+                (result, _) => result,
+            });
+        }
+        let merged = if results.len() == 1 && splits.is_empty() {
+            results.pop().unwrap_or_else(|| Ok(Replies::default()))
+        } else {
+            Ok(merge(results, &order, &splits, &meter))
+        };
+        let _ = done.send(true);
+        merged
+    })
+}
+
+/// The parts' replies in the client's order: request frame `i` is
+/// answered by the next frame of part `order[i]`. A failed part answers
+/// each of its requests with its error. The client's meter is set to what
+/// is handed on (the queue takes every handed byte off it).
+fn merge(
+    results: Vec<BatchReply>,
+    order: &[u8],
+    splits: &[SplitAt],
+    meter: &ReplyMeter,
+) -> Replies {
+    let parts: Vec<Result<Replies, Bytes>> = results
+        .into_iter()
+        .map(|r| {
+            r.map_err(|e| {
+                let mut line = BytesMut::new();
+                crate::protocol::encode::error(&mut line, &e.client_message());
+                line.freeze()
+            })
         })
-    });
-    if let Some(previous) = previous {
-        wait_done(previous).await;
-    }
-    let cluster = follow.ctx.router.cluster();
-    let result = match first {
-        Ok(replies) if !has_redirect(&replies) => Ok(replies),
-        Ok(replies) => Ok(retry(&follow, replies).await),
-        Err(e) => {
-            // A master that died may have been replaced: look now.
-            let lost = matches!(
-                e,
-                BackendError::ConnectionLost { .. }
-                    | BackendError::Unavailable { .. }
-                    | BackendError::Timeout { .. }
-            );
-            if let Some(cluster) = cluster.filter(|_| lost) {
-                cluster.request_refresh(RefreshReason::ConnectionLost);
-            }
-            Err(e)
+        .collect();
+    let written_at = parts
+        .iter()
+        .filter_map(|p| p.as_ref().ok().and_then(|r| r.written_at))
+        .min();
+    let total: usize = parts
+        .iter()
+        .map(|p| p.as_ref().map_or(0, |r| r.bytes.len()))
+        .sum();
+    let mut bytes = BytesMut::with_capacity(total);
+    let mut ends = FrameEnds::new();
+    // Each part's frames, walked in step with `order`.
+    let mut frames: Vec<Result<Frames<'_>, &Bytes>> = parts
+        .iter()
+        .map(|p| p.as_ref().map(|r| r.frames(DEFAULT_MAX_DEPTH)))
+        .collect();
+    let mut next = |part: u8| -> (&[u8], ReplyKind) {
+        match frames.get_mut(usize::from(part)) {
+            Some(Ok(frames)) => frames.next().unwrap_or((INTERNAL, ReplyKind::Error)),
+            Some(Err(line)) => (&line[..], ReplyKind::Error),
+            None => (INTERNAL, ReplyKind::Error),
         }
     };
-    let _ = reply.send(result);
-    let _ = done.send(true);
+    let mut splits = splits.iter().peekable();
+    let mut i = 0;
+    while let Some(&part) = order.get(i) {
+        match splits.next_if(|s| s.start == i) {
+            Some(split) => {
+                // A command split by slot: its parts' replies become one.
+                let parts = order.get(i..i + split.count).unwrap_or_default();
+                let replies: Vec<&[u8]> = parts.iter().map(|&p| next(p).0).collect();
+                let one = split::merge(&split.merge, &replies);
+                bytes.extend_from_slice(&one);
+                ends.push(FrameEnd {
+                    end: bytes.len(),
+                    kind: ReplyKind::of_frame(&one),
+                });
+                i += split.count.max(1);
+            }
+            None => {
+                let (frame, kind) = next(part);
+                bytes.extend_from_slice(frame);
+                ends.push(FrameEnd {
+                    end: bytes.len(),
+                    kind,
+                });
+                i += 1;
+            }
+        }
+    }
+    // The meter counted what arrived; the client is handed this.
+    let handed = bytes.len();
+    if handed > total {
+        meter.add(handed - total);
+    } else {
+        meter.sub(total - handed);
+    }
+    Replies {
+        bytes: bytes.freeze(),
+        ends,
+        written_at,
+    }
 }
+
+/// A frame the parts do not hold (keygate miscounted): said so, not a desync.
+const INTERNAL: &[u8] = b"-ERR keygate: internal error merging replies\r\n";
 
 /// Whether any reply is an error a cluster uses to send a request elsewhere
 /// (or to say it is down).
@@ -436,6 +548,41 @@ mod tests {
             &[Bytes::from_static(b"-ASK 1 h:1\r\n")],
             None
         )));
+    }
+
+    /// Parts' replies go back in the client's order; a failed part's
+    /// requests get its error, and the meter says what is handed on.
+    #[test]
+    fn parts_merge_in_client_order() {
+        let meter = ReplyMeter::new(1 << 20);
+        let a = Bytes::from_static(b"$1\r\n1\r\n$1\r\n3\r\n");
+        let b = Bytes::from_static(b"$1\r\n2\r\n");
+        meter.add(a.len() + b.len());
+        let results = vec![
+            Ok(Replies::from(a)),
+            Ok(Replies::from(b)),
+            Err(BackendError::ConnectionLost { addr: "x".into() }),
+        ];
+        let merged = merge(results, &[0, 1, 2, 0], &[], &meter);
+        let want_err = {
+            let mut line = BytesMut::new();
+            let e = BackendError::ConnectionLost { addr: "x".into() };
+            crate::protocol::encode::error(&mut line, &e.client_message());
+            line.freeze()
+        };
+        let want = [&b"$1\r\n1\r\n$1\r\n2\r\n"[..], &want_err, b"$1\r\n3\r\n"].concat();
+        assert_eq!(&merged.bytes[..], &want[..]);
+        let kinds: Vec<ReplyKind> = merged.ends.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                ReplyKind::Value,
+                ReplyKind::Value,
+                ReplyKind::Error,
+                ReplyKind::Value
+            ]
+        );
+        assert_eq!(meter.held(), want.len());
     }
 
     #[test]

@@ -365,15 +365,29 @@ impl Connection {
             self.seal_batch();
         }
         if self.ctx.router.cluster().is_some() {
-            // A cluster batch goes to one node: a command for another seals it.
+            // A cluster batch gathers one part per node.
             match self.cluster_route(spec, &req, prefix_key) {
                 Ok(Some(route)) => {
-                    if !self.batch.takes_route(&route) {
+                    if let Err(route) = self.batch.route_to(route) {
                         self.seal_batch();
+                        let _ = self.batch.route_to(route);
                     }
-                    self.batch.set_route(route);
                 }
                 Ok(None) => {}
+                Err(msg) if msg == slots::CROSSSLOT && follow_ups.is_empty() => {
+                    // MGET, MSET, DEL and the like are split by slot.
+                    let Some(split) = self.split_by_slot(spec, &req) else {
+                        return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
+                    };
+                    if !self.batch.has_room_for(&split) {
+                        self.seal_batch();
+                        if !self.batch.has_room_for(&split) {
+                            return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
+                        }
+                    }
+                    self.batch.push_split(split, reply, suppress);
+                    return Ok(());
+                }
                 Err(msg) => return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress)),
             }
         }
