@@ -89,6 +89,7 @@ impl Connection {
                 subscription: None,
                 reply,
                 suppress,
+                slot: None,
             }));
         }
         if db == self.session.database {

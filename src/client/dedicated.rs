@@ -10,6 +10,11 @@
 //! - the move from shared connections to a dedicated one waits until every
 //!   reply awaited on the shared ones has arrived, so nothing overtakes;
 //! - it is always the master's; its node's demotion counts as losing it;
+//! - on a cluster backend it is the master's of the slot of the first keys
+//!   sent on it, and while a transaction or watched keys live on it every
+//!   later key must be in that slot (else Redis's `CROSSSLOT`, dooming the
+//!   transaction as Redis does); a slot that moves away under it answers
+//!   keygate's own error, never the cluster's `MOVED` or `ASK`;
 //! - losing it fails every reply awaited on it and closes a client whose
 //!   state lived there, so its library reconnects instead of trusting lost
 //!   state.
@@ -25,15 +30,29 @@ use tokio::time::Instant;
 
 use super::buffers::RETAIN_LIMIT;
 use super::queue::CommandReply;
-use super::{database, isolation, pubsub, Connection};
+use super::stages::{error_reply, Stopped};
+use super::{database, isolation, pubsub, slots, Connection};
 use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::backend::dedicated::DedicatedLease;
 use crate::backend::node::Node;
 use crate::backend::BackendError;
+use crate::command::CommandSpec;
 use crate::metrics::ErrorKind;
 use crate::policy::service::DedicatedPermit;
 use crate::protocol::reply::ReplyScanner;
+use crate::protocol::request::Request;
 use crate::router::ConnectionEffect;
+use crate::topology::cluster::{Cluster, RefreshReason};
+
+/// The client's error for a `MOVED` or `ASK` inside a transaction: Redis
+/// has doomed it (EXEC answers `EXECABORT`, or was refused itself).
+const MOVED_IN_TRANSACTION: &str = "ERR keygate: slot moved during the transaction";
+
+/// The client's error for a `MOVED` or `ASK` to a command sent on a
+/// dedicated connection outside a transaction (a blocked command whose
+/// slot moved away): nothing ran, the client may send it again.
+const MOVED_WHILE_HELD: &str =
+    "ERR keygate: slot moved while the command waited on its node; send it again";
 
 /// The client's dedicated backend connection and its reading state.
 pub(super) struct Dedicated {
@@ -54,6 +73,9 @@ pub(super) struct Dedicated {
     deadline: Option<Instant>,
     /// The node it is connected to (always the master when leased).
     node: Arc<Node>,
+    /// On a cluster backend, the slot whose master it was leased from
+    /// (`None` until a command with keys is sent on it).
+    slot: Option<u16>,
     /// Counts it against the service's `max_dedicated` while held.
     _permit: Option<DedicatedPermit>,
     /// When it was leased or last answered: idle time starts here (or at
@@ -82,6 +104,24 @@ impl Dedicated {
     pub(super) fn pinned(&self) -> bool {
         self.subscriptions.active() || self.monitor || self.tracking
     }
+}
+
+/// A cluster's `MOVED` or `ASK` answered on the dedicated connection
+/// becomes keygate's error (and the map is refreshed): the connection
+/// follows one slot, and what was queued on it cannot move.
+fn absorb_redirect(cluster: Option<&Cluster>, in_transaction: bool, frame: Bytes) -> Bytes {
+    let Some(cluster) = cluster else {
+        return frame;
+    };
+    if !(frame.starts_with(b"-MOVED ") || frame.starts_with(b"-ASK ")) {
+        return frame;
+    }
+    cluster.request_refresh(RefreshReason::Moved);
+    error_reply(if in_transaction {
+        MOVED_IN_TRANSACTION
+    } else {
+        MOVED_WHILE_HELD
+    })
 }
 
 /// Completes when `demotions` changes (or its sender is gone).
@@ -127,9 +167,22 @@ impl Connection {
         subscription: Option<pubsub::SubscriptionCall>,
         reply: CommandReply,
         suppress: bool,
+        slot: Option<u16>,
     ) {
         self.flush_batch().await;
         self.await_procedure().await;
+        if slot.is_some() && self.dedicated.as_ref().is_some_and(|d| d.slot != slot) {
+            // A held connection to another slot's master (a blocking
+            // command's, now answered) is given back first; one a
+            // transaction lives on was refused CROSSSLOT before this.
+            self.flush_dedicated().await;
+            self.await_dedicated_replies().await;
+            self.release_dedicated_if_clean();
+        }
+        // On a cluster, MULTI was answered here and is sent with the
+        // first command queued after it, to that command's slot's master.
+        let deferred_multi =
+            self.dedicated.is_none() && self.session.tx.open && self.ctx.router.cluster().is_some();
         if self.dedicated.is_none() {
             // Isolation: one service cannot hold the dedicated connections
             // the others are entitled to.
@@ -155,8 +208,13 @@ impl Connection {
             // the way back is ordered already, as the dedicated connection
             // is kept until every reply awaited on it has arrived.
             std::future::poll_fn(|cx| self.queue.poll_shared_answered(cx)).await;
-            // topology: dedicated connections always go to the master.
-            let leased = match self.ctx.router.master_for().await {
+            // topology: dedicated connections always go to the master (on a
+            // cluster, the master of their keys' slot).
+            let master = match slot {
+                Some(slot) => self.ctx.router.master_for_slot(slot).await,
+                None => self.ctx.router.master_for().await,
+            };
+            let leased = match master {
                 Ok(node) => node
                     .lease(self.session.protocol)
                     .await
@@ -175,6 +233,7 @@ impl Connection {
                         deadline: None,
                         demoted: Some(demotion_of(node.health().demotions())),
                         node,
+                        slot,
                         _permit: permit,
                         idle_since: Instant::now(),
                     })
@@ -191,6 +250,28 @@ impl Connection {
         let Some(d) = self.dedicated.as_mut() else {
             return;
         };
+        if let (Some(slot), None) = (slot, d.slot) {
+            // The first keys on a connection leased for keyless commands:
+            // they must be served where it goes.
+            let here = self
+                .ctx
+                .router
+                .cluster()
+                .and_then(|c| c.map().master(slot).cloned())
+                .is_some_and(|master| master.addr() == d.node.addr());
+            if !here {
+                self.reject(reply.command, ErrorKind::Client, slots::CROSSSLOT, suppress);
+                return;
+            }
+            d.slot = Some(slot);
+        }
+        if deferred_multi {
+            let multi = CommandReply::plain("multi", reply.service);
+            d.out
+                .extend_from_slice(&Request::from_args(&["MULTI"]).into_frame());
+            // Its `+OK` was the client's already.
+            self.queue.push_dedicated(multi, false, true, self.read_at);
+        }
         for frame in &frames {
             d.out.extend_from_slice(frame);
         }
@@ -320,6 +401,10 @@ impl Connection {
                         // Every frame the queue keeps is held for the client
                         // until written: counted on its reply meter.
                         pubsub::Route::Reply => {
+                            let in_transaction = self.session.tx.open
+                                || self.queue.awaited_command() == Some("exec");
+                            let frame =
+                                absorb_redirect(self.ctx.router.cluster(), in_transaction, frame);
                             if self.session.exec_database.is_some()
                                 && self.queue.awaited_command() == Some("exec")
                             {
@@ -393,6 +478,45 @@ impl Connection {
         self.meter.sub(dropped);
         self.drop_dedicated(true);
         self.end_connection_state();
+    }
+
+    /// On a cluster backend, the slot a command for the dedicated connection
+    /// goes to (`None`: no keys, any master), or its refusal. MULTI with no
+    /// connection held is answered here (`Err(None)`): its connection is
+    /// leased for the first command queued in it, whose slot is then known.
+    pub(super) fn dedicated_slot(
+        &mut self,
+        spec: &'static CommandSpec,
+        req: &Request,
+        prefix_at: Option<usize>,
+        effect: ConnectionEffect,
+        suppress: bool,
+    ) -> Result<Option<u16>, Stopped> {
+        let refused = match effect {
+            ConnectionEffect::Subscribe | ConnectionEffect::Monitor | ConnectionEffect::Track => {
+                Err(slots::HELD_ON_CLUSTER.to_string())
+            }
+            ConnectionEffect::BeginTransaction if self.dedicated.is_none() => {
+                self.begin_transaction_here(suppress);
+                return Err(None);
+            }
+            _ => self
+                .cluster_route(spec, req, prefix_at)
+                .map(|route| route.map(|r| r.slot)),
+        };
+        let slot = match refused {
+            Ok(slot) => slot,
+            Err(msg) => return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress)),
+        };
+        let tx = self.session.tx;
+        let pinned = self.dedicated.as_ref().and_then(|d| d.slot);
+        if let (Some(slot), Some(pinned)) = (slot, pinned) {
+            if slot != pinned && (tx.open || tx.watching) {
+                let crossslot = slots::CROSSSLOT;
+                return Err(self.reject(spec.name, ErrorKind::Client, crossslot, suppress));
+            }
+        }
+        Ok(slot)
     }
 
     /// The address of the dedicated connection's node, for error messages.

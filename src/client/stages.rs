@@ -62,6 +62,9 @@ pub(super) enum Deferred {
         subscription: Option<pubsub::SubscriptionCall>,
         reply: CommandReply,
         suppress: bool,
+        /// On a cluster backend, the slot of its keys: the connection
+        /// goes to (and stays with) that slot's master.
+        slot: Option<u16>,
     },
     /// A keyspace-wide command of a namespaced service, run as a procedure.
     Procedure(ProcedureCall),
@@ -305,14 +308,10 @@ impl Connection {
             reply = self.track_transaction(spec, reply);
         }
         if held || effect != ConnectionEffect::None || dedicated_only {
-            if self.ctx.router.cluster().is_some() {
-                return Err(self.reject(
-                    spec.name,
-                    ErrorKind::Client,
-                    slots::HELD_ON_CLUSTER,
-                    suppress,
-                ));
-            }
+            let slot = match self.ctx.router.cluster() {
+                Some(_) => self.dedicated_slot(spec, &req, prefix_key, effect, suppress)?,
+                None => None,
+            };
             if let Some((at, ns)) = prefix_key.zip(self.session.namespace()) {
                 req = req.prefix_arg(at, ns.prefix_bytes());
             }
@@ -325,6 +324,7 @@ impl Connection {
                 subscription,
                 reply,
                 suppress,
+                slot,
             }));
         }
         if spec.flags.contains(Flags::ALLOW_BUSY) {
@@ -701,8 +701,9 @@ impl Connection {
                 subscription,
                 reply,
                 suppress,
+                slot,
             } => {
-                self.send_dedicated(frames, effect, subscription, reply, suppress)
+                self.send_dedicated(frames, effect, subscription, reply, suppress, slot)
                     .await
             }
             Deferred::Procedure(call) => self.run_procedure(call).await,

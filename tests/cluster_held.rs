@@ -1,0 +1,178 @@
+//! keygate in front of a Redis Cluster, for what holds a connection of
+//! its own: transactions and blocking commands on the master of their
+//! keys' slot, `CROSSSLOT` across slots, and a slot moving under a
+//! transaction.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{cluster_config, wait_until, Keygate, RawConn, RedisCluster, RedisServer, Reply};
+use keygate::topology::slot::key_slot;
+
+/// A namespaced service beside the plain `default` one.
+const TENANT: &str = r#"
+[[service]]
+name = "default"
+prefix = ""
+isolation = false
+
+[[service]]
+name = "tenant"
+password = "pw"
+prefix = "t1:"
+allow_scripts = true
+"#;
+
+fn ok() -> Reply {
+    Reply::Status("OK".into())
+}
+
+fn queued() -> Reply {
+    Reply::Status("QUEUED".into())
+}
+
+fn crossslot() -> Reply {
+    Reply::Error("CROSSSLOT Keys in request don't hash to the same slot".into())
+}
+
+/// The node serving the tenant's `key` as master.
+fn owner<'a>(cluster: &'a RedisCluster, key: &str) -> &'a RedisServer {
+    let (_, port) = cluster.slot_owner(key_slot(format!("t1:{key}").as_bytes()));
+    cluster
+        .nodes()
+        .iter()
+        .find(|n| n.port() == port)
+        .expect("owner")
+}
+
+#[test]
+fn transactions_and_blocking_commands_run_on_their_slots_master() {
+    let cluster = RedisCluster::start();
+    let kg = Keygate::start_with(&cluster_config(&cluster, TENANT));
+    kg.wait_ready();
+    let mut conn = RawConn::login(kg.port(), "tenant", "pw");
+
+    // MULTI/EXEC in one slot, the connection leased for its first key.
+    assert_eq!(conn.call(&["MULTI"]), ok());
+    assert_eq!(conn.call(&["SET", "{u1}:a", "1"]), queued());
+    assert_eq!(conn.call(&["INCR", "{u1}:b"]), queued());
+    assert_eq!(
+        conn.call(&["EXEC"]),
+        Reply::Array(vec![ok(), Reply::Int(1)])
+    );
+    assert_eq!(owner(&cluster, "{u1}:a").cli(&["GET", "t1:{u1}:a"]), "1");
+    // Empty transactions never reach a node.
+    assert_eq!(conn.call(&["MULTI"]), ok());
+    assert_eq!(conn.call(&["EXEC"]), Reply::Array(vec![]));
+    assert_eq!(conn.call(&["MULTI"]), ok());
+    assert_eq!(conn.call(&["DISCARD"]), ok());
+    // WATCH pins the slot; a conflicting write aborts EXEC as in Redis.
+    assert_eq!(conn.call(&["WATCH", "{u2}:x"]), ok());
+    assert_eq!(conn.call(&["MULTI"]), ok());
+    assert_eq!(conn.call(&["SET", "{u2}:x", "1"]), queued());
+    assert_eq!(conn.call(&["EXEC"]), Reply::Array(vec![ok()]));
+    assert_eq!(conn.call(&["WATCH", "{u2}:x"]), ok());
+    owner(&cluster, "{u2}:x").cli(&["SET", "t1:{u2}:x", "other"]);
+    assert_eq!(conn.call(&["MULTI"]), ok());
+    assert_eq!(conn.call(&["GET", "{u2}:x"]), queued());
+    assert_eq!(conn.call(&["EXEC"]), Reply::Nil);
+
+    // Across slots: CROSSSLOT, and the transaction is doomed.
+    assert_eq!(conn.call(&["MULTI"]), ok());
+    assert_eq!(conn.call(&["SET", "{u1}:a", "2"]), queued());
+    assert_eq!(conn.call(&["SET", "{u3}:a", "2"]), crossslot());
+    match conn.call(&["EXEC"]) {
+        Reply::Error(e) => assert!(e.starts_with("EXECABORT"), "{e}"),
+        other => panic!("EXEC answered {other:?}"),
+    }
+    assert_eq!(owner(&cluster, "{u1}:a").cli(&["GET", "t1:{u1}:a"]), "1");
+    assert_eq!(conn.call(&["WATCH", "{u1}:a", "{u3}:a"]), crossslot());
+    assert_eq!(conn.call(&["WATCH", "{u1}:a"]), ok());
+    assert_eq!(conn.call(&["WATCH", "{u3}:a"]), crossslot());
+    assert_eq!(conn.call(&["UNWATCH"]), ok());
+
+    // EVAL in one slot, and across slots.
+    let script = "return redis.call('INCR', KEYS[1]) + redis.call('INCR', KEYS[2])";
+    assert_eq!(
+        conn.call(&["EVAL", script, "2", "{u4}:a", "{u4}:b"]),
+        Reply::Int(2)
+    );
+    assert_eq!(
+        conn.call(&["EVAL", script, "2", "{u4}:a", "{u5}:b"]),
+        crossslot()
+    );
+
+    // Blocking commands block on their slot's master, one after another
+    // on slots of different masters.
+    let mut pusher = RawConn::login(kg.port(), "tenant", "pw");
+    let (q1, q2) = ("{q1}:list", "{q2}:list");
+    assert_ne!(
+        owner(&cluster, q1).port(),
+        owner(&cluster, q2).port(),
+        "the queues are on two masters"
+    );
+    for queue in [q1, q2, q1] {
+        let node = owner(&cluster, queue);
+        conn.send(&common::resp_command(&["BLPOP", queue, "10"]));
+        assert!(
+            wait_until(Duration::from_secs(5), || node.blocked_clients() == 1),
+            "BLPOP {queue} blocks on its master"
+        );
+        assert_eq!(pusher.call(&["RPUSH", queue, "x"]), Reply::Int(1));
+        assert_eq!(
+            conn.read_value(),
+            Reply::Array(vec![Reply::Bulk(queue.into()), Reply::Bulk("x".into())])
+        );
+    }
+    assert_eq!(conn.call(&["BLPOP", q1, q2, "1"]), crossslot());
+    // The plain service, too, and shared commands after held ones.
+    assert_eq!(conn.call(&["GET", "{u1}:a"]), Reply::Bulk("1".into()));
+}
+
+#[test]
+fn a_slot_moving_under_a_transaction_aborts_it_without_a_redirect() {
+    let cluster = RedisCluster::start();
+    let kg = Keygate::start_with(&cluster_config(&cluster, TENANT));
+    kg.wait_ready();
+    let mut conn = RawConn::login(kg.port(), "tenant", "pw");
+
+    let key = "{mv}:a";
+    let slot = key_slot(format!("t1:{key}").as_bytes());
+    let source = owner(&cluster, key);
+    let (target, target_id) = cluster.other_master(source.port());
+    assert_eq!(conn.call(&["MULTI"]), ok());
+    assert_eq!(conn.call(&["SET", key, "1"]), queued());
+    // The slot (empty: nothing ran yet) moves to another master.
+    let slot_arg = slot.to_string();
+    for node in [target, source] {
+        assert_eq!(
+            node.cli(&["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id]),
+            "OK"
+        );
+    }
+    for master in cluster.masters() {
+        master.cli(&["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id]);
+    }
+    assert_eq!(
+        conn.call(&["SET", "{mv}:b", "1"]),
+        Reply::Error("ERR keygate: slot moved during the transaction".into())
+    );
+    // Redis refuses EXEC itself with a redirect (keygate's error) or, had
+    // the queued keys stayed, with EXECABORT: never a half-applied EXEC.
+    match conn.call(&["EXEC"]) {
+        Reply::Error(e) => assert!(
+            e.starts_with("EXECABORT") || e == "ERR keygate: slot moved during the transaction",
+            "{e}"
+        ),
+        other => panic!("EXEC answered {other:?}"),
+    }
+    // Nothing was applied; the next transaction runs on the new owner.
+    assert_eq!(target.cli(&["EXISTS", "t1:{mv}:a"]), "0");
+    assert!(wait_until(Duration::from_secs(5), || {
+        conn.call(&["MULTI"]);
+        conn.call(&["SET", key, "2"]);
+        conn.call(&["EXEC"]) == Reply::Array(vec![ok()])
+    }));
+    assert_eq!(target.cli(&["GET", "t1:{mv}:a"]), "2");
+}
