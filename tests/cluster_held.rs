@@ -126,8 +126,18 @@ fn transactions_and_blocking_commands_run_on_their_slots_master() {
         );
     }
     assert_eq!(conn.call(&["BLPOP", q1, q2, "1"]), crossslot());
-    // The plain service, too, and shared commands after held ones.
+    // Shared commands after held ones.
     assert_eq!(conn.call(&["GET", "{u1}:a"]), Reply::Bulk("1".into()));
+
+    // CLUSTER KEYSLOT answers the slot of the key as the cluster has it.
+    for key in ["k", "{u1}:a", "{}x", "a{b"] {
+        let expected = owner(&cluster, key).cli(&["CLUSTER", "KEYSLOT", &format!("t1:{key}")]);
+        assert_eq!(
+            conn.call(&["CLUSTER", "KEYSLOT", key]),
+            Reply::Int(expected.parse().unwrap()),
+            "{key}"
+        );
+    }
 }
 
 #[test]
