@@ -186,3 +186,77 @@ fn a_slot_moving_under_a_transaction_aborts_it_without_a_redirect() {
     }));
     assert_eq!(target.cli(&["GET", "t1:{mv}:a"]), "2");
 }
+
+#[test]
+fn pubsub_reaches_subscribers_on_any_node_and_shard_channels_on_their_slot() {
+    let cluster = RedisCluster::start();
+    let kg = Keygate::start_with(&cluster_config(&cluster, TENANT));
+    kg.wait_ready();
+    let mut sub = RawConn::login(kg.port(), "tenant", "pw");
+    let mut publisher = RawConn::login(kg.port(), "tenant", "pw");
+
+    // Classic pub/sub: the cluster carries a message to every node.
+    assert_eq!(
+        sub.call(&["SUBSCRIBE", "news"]),
+        Reply::Array(vec![
+            Reply::Bulk("subscribe".into()),
+            Reply::Bulk("news".into()),
+            Reply::Int(1)
+        ])
+    );
+    for node in cluster.masters() {
+        node.cli(&["PUBLISH", "t1:news", "direct"]);
+        assert_eq!(
+            sub.read_value(),
+            Reply::Array(vec![
+                Reply::Bulk("message".into()),
+                Reply::Bulk("news".into()),
+                Reply::Bulk("direct".into())
+            ])
+        );
+    }
+    assert_eq!(publisher.call(&["PUBLISH", "news", "m1"]), Reply::Int(1));
+    assert_eq!(
+        sub.read_value(),
+        Reply::Array(vec![
+            Reply::Bulk("message".into()),
+            Reply::Bulk("news".into()),
+            Reply::Bulk("m1".into())
+        ])
+    );
+    assert_eq!(
+        sub.call(&["UNSUBSCRIBE"]),
+        Reply::Array(vec![
+            Reply::Bulk("unsubscribe".into()),
+            Reply::Bulk("news".into()),
+            Reply::Int(0)
+        ])
+    );
+
+    // Shard channels: on the master of the prefixed channel's slot.
+    let channel = "{s1}:ch";
+    let node = owner(&cluster, channel);
+    assert_eq!(
+        sub.call(&["SSUBSCRIBE", channel]),
+        Reply::Array(vec![
+            Reply::Bulk("ssubscribe".into()),
+            Reply::Bulk(channel.into()),
+            Reply::Int(1)
+        ])
+    );
+    assert_eq!(
+        node.cli(&["PUBSUB", "SHARDCHANNELS"]),
+        format!("t1:{channel}")
+    );
+    assert_eq!(publisher.call(&["SPUBLISH", channel, "s1"]), Reply::Int(1));
+    assert_eq!(
+        sub.read_value(),
+        Reply::Array(vec![
+            Reply::Bulk("smessage".into()),
+            Reply::Bulk(channel.into()),
+            Reply::Bulk("s1".into())
+        ])
+    );
+    // Channels of two slots in one SSUBSCRIBE: Redis's CROSSSLOT.
+    assert_eq!(sub.call(&["SSUBSCRIBE", "{s1}:a", "{s2}:b"]), crossslot());
+}

@@ -48,6 +48,10 @@ use crate::topology::cluster::{Cluster, RefreshReason};
 /// has doomed it (EXEC answers `EXECABORT`, or was refused itself).
 const MOVED_IN_TRANSACTION: &str = "ERR keygate: slot moved during the transaction";
 
+/// The client's error for shard channels (or keys) of a slot another
+/// node serves than the one the client's subscriptions live on.
+const SHARD_CHANNELS_ELSEWHERE: &str = "ERR keygate: on a cluster backend, a subscribed client's shard channels must all be in one slot, served by the node of its other subscriptions";
+
 /// The client's error for a `MOVED` or `ASK` to a command sent on a
 /// dedicated connection outside a transaction (a blocked command whose
 /// slot moved away): nothing ran, the client may send it again.
@@ -178,6 +182,12 @@ impl Connection {
             self.flush_dedicated().await;
             self.await_dedicated_replies().await;
             self.release_dedicated_if_clean();
+            if self.dedicated.as_ref().is_some_and(|d| d.slot.is_some()) {
+                // Subscriptions to another slot's shard channels live on it.
+                let msg = SHARD_CHANNELS_ELSEWHERE;
+                self.reject(reply.command, ErrorKind::Client, msg, suppress);
+                return;
+            }
         }
         // On a cluster, MULTI was answered here and is sent with the
         // first command queued after it, to that command's slot's master.
@@ -260,7 +270,11 @@ impl Connection {
                 .and_then(|c| c.map().master(slot).cloned())
                 .is_some_and(|master| master.addr() == d.node.addr());
             if !here {
-                self.reject(reply.command, ErrorKind::Client, slots::CROSSSLOT, suppress);
+                let msg = match effect {
+                    ConnectionEffect::Subscribe => SHARD_CHANNELS_ELSEWHERE,
+                    _ => slots::CROSSSLOT,
+                };
+                self.reject(reply.command, ErrorKind::Client, msg, suppress);
                 return;
             }
             d.slot = Some(slot);
@@ -493,7 +507,7 @@ impl Connection {
         suppress: bool,
     ) -> Result<Option<u16>, Stopped> {
         let refused = match effect {
-            ConnectionEffect::Subscribe | ConnectionEffect::Monitor | ConnectionEffect::Track => {
+            ConnectionEffect::Monitor | ConnectionEffect::Track => {
                 Err(slots::HELD_ON_CLUSTER.to_string())
             }
             ConnectionEffect::BeginTransaction if self.dedicated.is_none() => {

@@ -19,9 +19,9 @@ use crate::topology::slot::{key_slot, prefixed_key_slot};
 pub(super) const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
 /// The reply to what keygate does not serve on a cluster backend yet:
-/// a subscription or monitor stream would have to follow every node.
+/// a monitor or tracking stream would have to follow every node.
 pub(super) const HELD_ON_CLUSTER: &str =
-    "ERR keygate: pub/sub, MONITOR and CLIENT TRACKING are not served on a cluster backend yet";
+    "ERR keygate: MONITOR and CLIENT TRACKING are not served on a cluster backend yet";
 
 /// Commands without keys that read or change the whole keyspace (or every
 /// node's scripts), which no single master holds.
