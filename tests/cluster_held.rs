@@ -36,6 +36,15 @@ fn crossslot() -> Reply {
     Reply::Error("CROSSSLOT Keys in request don't hash to the same slot".into())
 }
 
+/// A subscription command's confirmation of `name`, with the count.
+fn confirmation(kind: &str, name: &str, count: i64) -> Reply {
+    Reply::Array(vec![
+        Reply::Bulk(kind.into()),
+        Reply::Bulk(name.into()),
+        Reply::Int(count),
+    ])
+}
+
 /// The node serving the tenant's `key` as master.
 fn owner<'a>(cluster: &'a RedisCluster, key: &str) -> &'a RedisServer {
     let (_, port) = cluster.slot_owner(key_slot(format!("t1:{key}").as_bytes()));
@@ -44,6 +53,37 @@ fn owner<'a>(cluster: &'a RedisCluster, key: &str) -> &'a RedisServer {
         .iter()
         .find(|n| n.port() == port)
         .expect("owner")
+}
+
+/// Moves `slot`, which holds no keys, from `source` to `target` (node id
+/// `target_id`) as a resharding does (importing and migrating first, so
+/// the target's config epoch is bumped), telling every master.
+fn move_empty_slot(
+    cluster: &RedisCluster,
+    slot: u16,
+    source: &RedisServer,
+    target: &RedisServer,
+    target_id: &str,
+) {
+    let (source_id, _) = cluster.slot_owner(slot);
+    let slot = slot.to_string();
+    assert_eq!(
+        target.cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id]),
+        "OK"
+    );
+    assert_eq!(
+        source.cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", target_id]),
+        "OK"
+    );
+    for node in [target, source] {
+        assert_eq!(
+            node.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", target_id]),
+            "OK"
+        );
+    }
+    for master in cluster.masters() {
+        master.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", target_id]);
+    }
 }
 
 #[test]
@@ -154,16 +194,7 @@ fn a_slot_moving_under_a_transaction_aborts_it_without_a_redirect() {
     assert_eq!(conn.call(&["MULTI"]), ok());
     assert_eq!(conn.call(&["SET", key, "1"]), queued());
     // The slot (empty: nothing ran yet) moves to another master.
-    let slot_arg = slot.to_string();
-    for node in [target, source] {
-        assert_eq!(
-            node.cli(&["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id]),
-            "OK"
-        );
-    }
-    for master in cluster.masters() {
-        master.cli(&["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id]);
-    }
+    move_empty_slot(&cluster, slot, source, target, &target_id);
     assert_eq!(
         conn.call(&["SET", "{mv}:b", "1"]),
         Reply::Error("ERR keygate: slot moved during the transaction".into())
@@ -198,11 +229,7 @@ fn pubsub_reaches_subscribers_on_any_node_and_shard_channels_on_their_slot() {
     // Classic pub/sub: the cluster carries a message to every node.
     assert_eq!(
         sub.call(&["SUBSCRIBE", "news"]),
-        Reply::Array(vec![
-            Reply::Bulk("subscribe".into()),
-            Reply::Bulk("news".into()),
-            Reply::Int(1)
-        ])
+        confirmation("subscribe", "news", 1)
     );
     for node in cluster.masters() {
         node.cli(&["PUBLISH", "t1:news", "direct"]);
@@ -226,11 +253,7 @@ fn pubsub_reaches_subscribers_on_any_node_and_shard_channels_on_their_slot() {
     );
     assert_eq!(
         sub.call(&["UNSUBSCRIBE"]),
-        Reply::Array(vec![
-            Reply::Bulk("unsubscribe".into()),
-            Reply::Bulk("news".into()),
-            Reply::Int(0)
-        ])
+        confirmation("unsubscribe", "news", 0)
     );
 
     // Shard channels: on the master of the prefixed channel's slot.
@@ -238,11 +261,7 @@ fn pubsub_reaches_subscribers_on_any_node_and_shard_channels_on_their_slot() {
     let node = owner(&cluster, channel);
     assert_eq!(
         sub.call(&["SSUBSCRIBE", channel]),
-        Reply::Array(vec![
-            Reply::Bulk("ssubscribe".into()),
-            Reply::Bulk(channel.into()),
-            Reply::Int(1)
-        ])
+        confirmation("ssubscribe", channel, 1)
     );
     assert_eq!(
         node.cli(&["PUBSUB", "SHARDCHANNELS"]),
@@ -259,4 +278,58 @@ fn pubsub_reaches_subscribers_on_any_node_and_shard_channels_on_their_slot() {
     );
     // Channels of two slots in one SSUBSCRIBE: Redis's CROSSSLOT.
     assert_eq!(sub.call(&["SSUBSCRIBE", "{s1}:a", "{s2}:b"]), crossslot());
+}
+
+#[test]
+fn a_shard_subscriber_keeps_receiving_across_a_move_of_its_slot() {
+    let cluster = RedisCluster::start();
+    let kg = Keygate::start_with(&cluster_config(&cluster, TENANT));
+    kg.wait_ready();
+    let mut sub = RawConn::login(kg.port(), "tenant", "pw");
+    let mut publisher = RawConn::login(kg.port(), "tenant", "pw");
+
+    let channel = "{mv}:ch";
+    let slot = key_slot(format!("t1:{channel}").as_bytes());
+    let source = owner(&cluster, channel);
+    let (target, target_id) = cluster.other_master(source.port());
+    let smessage = |text: &str| {
+        Reply::Array(vec![
+            Reply::Bulk("smessage".into()),
+            Reply::Bulk(channel.into()),
+            Reply::Bulk(text.into()),
+        ])
+    };
+    assert_eq!(
+        sub.call(&["SSUBSCRIBE", channel]),
+        confirmation("ssubscribe", channel, 1)
+    );
+    assert_eq!(
+        publisher.call(&["SPUBLISH", channel, "before"]),
+        Reply::Int(1)
+    );
+    assert_eq!(sub.read_value(), smessage("before"));
+
+    // The (empty) slot moves: Redis unsubscribes the channel on the source.
+    move_empty_slot(&cluster, slot, source, target, &target_id);
+    // keygate subscribes again on the target; the client sees no
+    // sunsubscribe, only the next message.
+    assert!(
+        wait_until(Duration::from_secs(5), || target
+            .cli(&["PUBSUB", "SHARDCHANNELS"])
+            == format!("t1:{channel}")),
+        "the subscription follows its slot: source {:?} target {:?} owner {:?}",
+        source.cli(&["PUBSUB", "SHARDCHANNELS"]),
+        target.cli(&["PUBSUB", "SHARDCHANNELS"]),
+        cluster.slot_owner(slot),
+    );
+    assert_eq!(
+        publisher.call(&["SPUBLISH", channel, "after"]),
+        Reply::Int(1)
+    );
+    assert_eq!(sub.read_value(), smessage("after"));
+    assert_eq!(
+        sub.call(&["SUNSUBSCRIBE"]),
+        confirmation("sunsubscribe", channel, 0)
+    );
+    assert_eq!(sub.call(&["PING"]), Reply::Status("PONG".into()));
 }

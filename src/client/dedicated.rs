@@ -14,7 +14,9 @@
 //!   sent on it, and while a transaction or watched keys live on it every
 //!   later key must be in that slot (else Redis's `CROSSSLOT`, dooming the
 //!   transaction as Redis does); a slot that moves away under it answers
-//!   keygate's own error, never the cluster's `MOVED` or `ASK`;
+//!   keygate's own error, never the cluster's `MOVED` or `ASK`; shard
+//!   channels whose slot moves away (Redis unsubscribes them unasked) are
+//!   subscribed again on the slot's new master, unseen by the client;
 //! - losing it fails every reply awaited on it and closes a client whose
 //!   state lived there, so its library reconnects instead of trusting lost
 //!   state.
@@ -39,10 +41,11 @@ use crate::backend::BackendError;
 use crate::command::CommandSpec;
 use crate::metrics::ErrorKind;
 use crate::policy::service::DedicatedPermit;
-use crate::protocol::reply::ReplyScanner;
+use crate::protocol::reply::{ReplyScanner, Value};
 use crate::protocol::request::Request;
 use crate::router::ConnectionEffect;
 use crate::topology::cluster::{Cluster, RefreshReason};
+use crate::topology::slot::{key_slot, prefixed_key_slot};
 
 /// The client's error for a `MOVED` or `ASK` inside a transaction: Redis
 /// has doomed it (EXEC answers `EXECABORT`, or was refused itself).
@@ -80,6 +83,12 @@ pub(super) struct Dedicated {
     /// On a cluster backend, the slot whose master it was leased from
     /// (`None` until a command with keys is sent on it).
     slot: Option<u16>,
+    /// Shard channels (as Redis names them) the cluster unsubscribed
+    /// unasked as their slot moved away: to subscribe again on its new
+    /// master (see `follow_moved_shard_channels`).
+    moved: Vec<Bytes>,
+    /// Confirmations of such a new subscription still to come: hidden.
+    hidden_confirms: usize,
     /// Counts it against the service's `max_dedicated` while held.
     _permit: Option<DedicatedPermit>,
     /// When it was leased or last answered: idle time starts here (or at
@@ -106,7 +115,7 @@ impl Dedicated {
     /// disconnect (MONITOR, tracking): never pooled again. Subscriptions
     /// pin it only while they last (see `pubsub`).
     pub(super) fn pinned(&self) -> bool {
-        self.subscriptions.active() || self.monitor || self.tracking
+        self.subscriptions.active() || self.monitor || self.tracking || !self.moved.is_empty()
     }
 }
 
@@ -126,6 +135,30 @@ fn absorb_redirect(cluster: Option<&Cluster>, in_transaction: bool, frame: Bytes
     } else {
         MOVED_WHILE_HELD
     })
+}
+
+/// On a cluster backend, a frame of a shard subscriber that moves with
+/// its slot, taken here (`true`): Redis's unasked `sunsubscribe` of a
+/// channel whose slot it no longer serves (noted in `moved`), and the
+/// confirmations of keygate's own `SSUBSCRIBE` on the new master.
+fn shard_moved(d: &mut Dedicated, frame: &[u8]) -> bool {
+    let Ok(Value::Array(items) | Value::Push(items)) = Value::parse(frame) else {
+        return false;
+    };
+    let (Some(Value::Bulk(word) | Value::Simple(word)), Some(Value::Bulk(channel)), 3) =
+        (items.first(), items.get(1), items.len())
+    else {
+        return false;
+    };
+    if word.eq_ignore_ascii_case(b"sunsubscribe") {
+        d.moved.push(Bytes::copy_from_slice(channel));
+        return true;
+    }
+    if word.eq_ignore_ascii_case(b"ssubscribe") && d.hidden_confirms > 0 {
+        d.hidden_confirms -= 1;
+        return true;
+    }
+    false
 }
 
 /// Completes when `demotions` changes (or its sender is gone).
@@ -244,6 +277,8 @@ impl Connection {
                         demoted: Some(demotion_of(node.health().demotions())),
                         node,
                         slot,
+                        moved: Vec::new(),
+                        hidden_confirms: 0,
                         _permit: permit,
                         idle_since: Instant::now(),
                     })
@@ -440,6 +475,10 @@ impl Connection {
                             let held = self.queue.end_subscription(&frame);
                             self.meter.add(held);
                         }
+                        pubsub::Route::Unasked
+                            if self.ctx.router.cluster().is_some()
+                                && d.subscriptions.shard_only()
+                                && shard_moved(d, &frame) => {}
                         pubsub::Route::Unasked => {
                             if let Some(frame) =
                                 isolation::confine_unasked(service, &self.patterns, frame)
@@ -494,6 +533,98 @@ impl Connection {
         self.end_connection_state();
     }
 
+    /// Moves a shard subscriber whose slot moved (see `shard_moved`) to the
+    /// slot's new master once the map names it: a new connection there,
+    /// subscribed to the same shard channels, replaces the old one. A
+    /// subscriber that cannot follow (no new master within
+    /// `failover_wait`, no connection) is closed, as on a lost connection,
+    /// so its library subscribes again.
+    pub(super) async fn follow_moved_shard_channels(&mut self) {
+        let Some(d) = self.dedicated.as_ref() else {
+            return;
+        };
+        if d.moved.is_empty() || self.queue.awaits_dedicated() {
+            return;
+        }
+        let (Some(cluster), Some(slot)) = (self.ctx.router.cluster(), d.slot) else {
+            return;
+        };
+        // The slot's master in a map read after Redis unsubscribed: the
+        // second one published from now on (the first may have been read
+        // before). It may be the same node: `CLUSTER SETSLOT slot NODE`
+        // on the slot's own master drops and adds the slot again.
+        let deadline = Instant::now() + self.ctx.config.backend.failover_wait;
+        let mut last = Arc::clone(&*cluster.map());
+        let mut fresh = 0;
+        let node = loop {
+            let map = cluster.map();
+            if !Arc::ptr_eq(&*map, &last) {
+                fresh += 1;
+                last = Arc::clone(&*map);
+            }
+            if let Some(master) = map.master(slot).filter(|_| fresh >= 2) {
+                break Some(master.clone());
+            }
+            if Instant::now() >= deadline {
+                break None;
+            }
+            cluster.request_refresh(RefreshReason::Moved);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        let leased = match node {
+            Some(node) => node
+                .lease(self.session.protocol)
+                .await
+                .ok()
+                .map(|lease| (lease, node)),
+            None => None,
+        };
+        let Some(Dedicated {
+            mut lease,
+            mut subscriptions,
+            moved,
+            _permit,
+            ..
+        }) = self.dedicated.take()
+        else {
+            return;
+        };
+        lease.broken = true;
+        drop(lease);
+        let Some((lease, node)) = leased else {
+            tracing::info!(
+                client = self.session.id,
+                slot,
+                "shard channels could not follow their slot; closing the subscriber"
+            );
+            self.closing = true;
+            self.end_connection_state();
+            return;
+        };
+        subscriptions.resubscribed_shard_channels(u32::try_from(moved.len()).unwrap_or(u32::MAX));
+        let mut args = vec![Bytes::from_static(b"SSUBSCRIBE")];
+        args.extend(moved.iter().cloned());
+        let mut out = BytesMut::new();
+        out.extend_from_slice(&Request::from_args(&args).into_frame());
+        self.dedicated = Some(Dedicated {
+            lease,
+            scanner: ReplyScanner::new(REPLY_MAX_DEPTH),
+            out,
+            subscriptions,
+            monitor: false,
+            tracking: false,
+            deadline: None,
+            demoted: Some(demotion_of(node.health().demotions())),
+            node,
+            slot: Some(slot),
+            moved: Vec::new(),
+            hidden_confirms: moved.len(),
+            _permit,
+            idle_since: Instant::now(),
+        });
+        self.flush_dedicated().await;
+    }
+
     /// On a cluster backend, the slot a command for the dedicated connection
     /// goes to (`None`: no keys, any master), or its refusal. MULTI with no
     /// connection held is answered here (`Err(None)`): its connection is
@@ -514,6 +645,11 @@ impl Connection {
                 self.begin_transaction_here(suppress);
                 return Err(None);
             }
+            // Shard channels are no keys to the command table (NOT_KEY),
+            // but the cluster serves each on its slot's master.
+            _ if matches!(spec.name, "ssubscribe" | "sunsubscribe") => {
+                self.shard_channels_slot(req, prefix_at)
+            }
             _ => self
                 .cluster_route(spec, req, prefix_at)
                 .map(|route| route.map(|r| r.slot)),
@@ -531,6 +667,29 @@ impl Connection {
             }
         }
         Ok(slot)
+    }
+
+    /// The one slot of an SSUBSCRIBE's or SUNSUBSCRIBE's shard channels
+    /// as Redis names them (`prefix_at`: the one still to be prefixed), or
+    /// Redis's `CROSSSLOT`.
+    fn shard_channels_slot(
+        &self,
+        req: &Request,
+        prefix_at: Option<usize>,
+    ) -> Result<Option<u16>, String> {
+        let prefix = self.session.namespace().map(|ns| ns.prefix_bytes());
+        let mut each = (1..req.argc()).map(|at| {
+            let channel = req.get(at).unwrap_or_default();
+            match prefix {
+                Some(prefix) if prefix_at == Some(at) => prefixed_key_slot(prefix, channel),
+                _ => key_slot(channel),
+            }
+        });
+        let first = each.next();
+        match first {
+            Some(first) if each.any(|s| s != first) => Err(slots::CROSSSLOT.to_string()),
+            _ => Ok(first),
+        }
     }
 
     /// The address of the dedicated connection's node, for error messages.
