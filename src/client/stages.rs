@@ -23,7 +23,7 @@ use super::isolation::ProcedureCall;
 use super::local::{self, LocalAnswer};
 use super::queue::CommandReply;
 use super::urgent::UrgentCall;
-use super::{pubsub, registry, session, slots, tracking, Connection};
+use super::{pubsub, registry, session, tracking, Connection};
 use crate::command::keyword::is_keyword;
 use crate::command::state::Treatment;
 use crate::command::{self, CommandSpec, Flags};
@@ -241,12 +241,6 @@ impl Connection {
                 }
                 self.route(spec, req, forward, held, suppress, names)
             }
-            Decision::Procedure(_) if self.ctx.router.cluster().is_some() => Err(self.reject(
-                spec.name,
-                ErrorKind::Client,
-                &slots::not_served(spec),
-                suppress,
-            )),
             Decision::Procedure(planned) => Err(Some(Deferred::Procedure(ProcedureCall {
                 service: service.clone(),
                 planned,
