@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
 use common::{cluster_config, Keygate, RawConn, RedisCluster, Reply, CLUSTER_MASTERS};
 use keygate::topology::slot::key_slot;
 
@@ -42,6 +44,31 @@ fn dbsize_randomkey_and_flush_cover_every_master() {
     assert_eq!(owners.len(), CLUSTER_MASTERS, "keys on every master");
 
     assert_eq!(tenant.call(&["DBSIZE"]), Reply::Int(KEYS as i64));
+    let expected: BTreeSet<String> = (0..KEYS).map(|i| format!("k{i}")).collect();
+    let Reply::Array(listed) = tenant.call(&["KEYS", "*"]) else {
+        panic!("KEYS answered no array");
+    };
+    let listed: BTreeSet<String> = listed.iter().map(Reply::text).collect();
+    assert_eq!(listed, expected, "KEYS merges every master's");
+    // An ordinary SCAN loop walks every master.
+    let (mut cursor, mut scanned, mut calls) = ("0".to_string(), BTreeSet::new(), 0);
+    loop {
+        calls += 1;
+        assert!(calls < 1000, "SCAN ends");
+        let Reply::Array(page) = tenant.call(&["SCAN", &cursor, "COUNT", "7"]) else {
+            panic!("SCAN answered no array");
+        };
+        let [Reply::Bulk(next), Reply::Array(keys)] = &page[..] else {
+            panic!("SCAN answered {page:?}");
+        };
+        scanned.extend(keys.iter().map(Reply::text));
+        cursor = next.clone();
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(scanned, expected, "SCAN saw every key of the namespace");
+    assert!(matches!(tenant.call(&["SCAN", "x"]), Reply::Error(e) if e == "ERR invalid cursor"));
     match tenant.call(&["RANDOMKEY"]) {
         Reply::Bulk(key) => assert!(key.starts_with('k') && !key.contains(':'), "{key}"),
         other => panic!("RANDOMKEY answered {other:?}"),

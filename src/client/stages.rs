@@ -23,7 +23,7 @@ use super::isolation::ProcedureCall;
 use super::local::{self, LocalAnswer};
 use super::queue::CommandReply;
 use super::urgent::UrgentCall;
-use super::{pubsub, registry, session, tracking, Connection};
+use super::{fan_out, pubsub, registry, session, tracking, Connection};
 use crate::command::keyword::is_keyword;
 use crate::command::state::Treatment;
 use crate::command::{self, CommandSpec, Flags};
@@ -68,6 +68,8 @@ pub(super) enum Deferred {
     },
     /// A keyspace-wide command of a namespaced service, run as a procedure.
     Procedure(ProcedureCall),
+    /// SCAN or KEYS on a cluster backend: sent to every master.
+    FanOut(Box<fan_out::FanOutCall>),
     /// A command Redis runs while a script is busy (SCRIPT KILL, FUNCTION
     /// KILL and STATS, SHUTDOWN), sent past a busy script.
     Urgent(Box<UrgentCall>),
@@ -332,6 +334,13 @@ impl Connection {
         }
         if !self.batch.takes(suppress) {
             self.seal_batch();
+        }
+        if self.ctx.router.cluster().is_some() && matches!(spec.name, "scan" | "keys") {
+            return Err(Some(Deferred::FanOut(Box::new(fan_out::FanOutCall {
+                req,
+                reply,
+                suppress,
+            }))));
         }
         if self.ctx.router.cluster().is_some() {
             // A cluster batch goes to one node: a command for another seals it.
@@ -701,6 +710,7 @@ impl Connection {
                     .await
             }
             Deferred::Procedure(call) => self.run_procedure(call).await,
+            Deferred::FanOut(call) => self.run_fan_out(*call).await,
             Deferred::Urgent(call) => self.send_urgent(*call).await,
             Deferred::Reset { reply, suppress } => {
                 self.flush_dedicated().await;

@@ -189,8 +189,8 @@ fn answer(result: Result<Bytes, Stop>) -> BatchReply {
     }
 }
 
-/// One request, one reply frame.
-async fn round_trip(mux: &MuxHandle, req: Request) -> Result<Bytes, Stop> {
+/// One request, one reply frame (an error reply included).
+pub async fn submit_one(mux: &MuxHandle, req: &Request) -> Result<Bytes, BackendError> {
     let (tx, rx) = oneshot::channel();
     mux.submit(Batch {
         payload: smallvec::smallvec![req.frame().clone()],
@@ -200,12 +200,15 @@ async fn round_trip(mux: &MuxHandle, req: Request) -> Result<Bytes, Stop> {
         script: false,
     })
     .await;
-    let reply = rx
-        .await
-        .map_err(|_| BackendError::ConnectionLost {
-            addr: "backend".into(),
-        })??
-        .bytes;
+    let replies = rx.await.map_err(|_| BackendError::ConnectionLost {
+        addr: "backend".into(),
+    })??;
+    Ok(replies.bytes)
+}
+
+/// One request, one reply frame; an error reply stops the procedure.
+async fn round_trip(mux: &MuxHandle, req: Request) -> Result<Bytes, Stop> {
+    let reply = submit_one(mux, &req).await?;
     if reply.first() == Some(&b'-') {
         return Err(Stop::Reply(reply));
     }
