@@ -89,6 +89,7 @@ impl Connection {
                 subscription: None,
                 reply: Box::new(reply),
                 suppress,
+                slot: None,
             }));
         }
         if db == self.session.database {

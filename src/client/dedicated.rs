@@ -10,6 +10,13 @@
 //! - the move from shared connections to a dedicated one waits until every
 //!   reply awaited on the shared ones has arrived, so nothing overtakes;
 //! - it is always the master's; its node's demotion counts as losing it;
+//! - on a cluster backend it is the master's of the slot of the first keys
+//!   sent on it, and while a transaction or watched keys live on it every
+//!   later key must be in that slot (else Redis's `CROSSSLOT`, dooming the
+//!   transaction as Redis does); a slot that moves away under it answers
+//!   keygate's own error, never the cluster's `MOVED` or `ASK`; shard
+//!   channels whose slot moves away (Redis unsubscribes them unasked) are
+//!   subscribed again on the slot's new master, unseen by the client;
 //! - losing it fails every reply awaited on it and closes a client whose
 //!   state lived there, so its library reconnects instead of trusting lost
 //!   state.
@@ -25,15 +32,34 @@ use tokio::time::Instant;
 
 use super::buffers::RETAIN_LIMIT;
 use super::queue::CommandReply;
-use super::{database, isolation, pubsub, Connection};
+use super::stages::{error_reply, Stopped};
+use super::{database, isolation, pubsub, slots, Connection};
 use crate::backend::connect::REPLY_MAX_DEPTH;
 use crate::backend::dedicated::DedicatedLease;
 use crate::backend::node::Node;
 use crate::backend::BackendError;
+use crate::command::CommandSpec;
 use crate::metrics::ErrorKind;
 use crate::policy::service::DedicatedPermit;
-use crate::protocol::reply::ReplyScanner;
+use crate::protocol::reply::{ReplyScanner, Value};
+use crate::protocol::request::Request;
 use crate::router::ConnectionEffect;
+use crate::topology::cluster::{Cluster, RefreshReason};
+use crate::topology::slot::{key_slot, prefixed_key_slot};
+
+/// The client's error for a `MOVED` or `ASK` inside a transaction: Redis
+/// has doomed it (EXEC answers `EXECABORT`, or was refused itself).
+const MOVED_IN_TRANSACTION: &str = "ERR keygate: slot moved during the transaction";
+
+/// The client's error for shard channels (or keys) of a slot another
+/// node serves than the one the client's subscriptions live on.
+const SHARD_CHANNELS_ELSEWHERE: &str = "ERR keygate: on a cluster backend, a subscribed client's shard channels must all be in one slot, served by the node of its other subscriptions";
+
+/// The client's error for a `MOVED` or `ASK` to a command sent on a
+/// dedicated connection outside a transaction (a blocked command whose
+/// slot moved away): nothing ran, the client may send it again.
+const MOVED_WHILE_HELD: &str =
+    "ERR keygate: slot moved while the command waited on its node; send it again";
 
 /// The client's dedicated backend connection and its reading state.
 pub(super) struct Dedicated {
@@ -54,6 +80,15 @@ pub(super) struct Dedicated {
     deadline: Option<Instant>,
     /// The node it is connected to (always the master when leased).
     node: Arc<Node>,
+    /// On a cluster backend, the slot whose master it was leased from
+    /// (`None` until a command with keys is sent on it).
+    slot: Option<u16>,
+    /// Shard channels (as Redis names them) the cluster unsubscribed
+    /// unasked as their slot moved away: to subscribe again on its new
+    /// master (see `follow_moved_shard_channels`).
+    moved: Vec<Bytes>,
+    /// Confirmations of such a new subscription still to come: hidden.
+    hidden_confirms: usize,
     /// Counts it against the service's `max_dedicated` while held.
     _permit: Option<DedicatedPermit>,
     /// When it was leased or last answered: idle time starts here (or at
@@ -80,8 +115,50 @@ impl Dedicated {
     /// disconnect (MONITOR, tracking): never pooled again. Subscriptions
     /// pin it only while they last (see `pubsub`).
     pub(super) fn pinned(&self) -> bool {
-        self.subscriptions.active() || self.monitor || self.tracking
+        self.subscriptions.active() || self.monitor || self.tracking || !self.moved.is_empty()
     }
+}
+
+/// A cluster's `MOVED` or `ASK` answered on the dedicated connection
+/// becomes keygate's error (and the map is refreshed): the connection
+/// follows one slot, and what was queued on it cannot move.
+fn absorb_redirect(cluster: Option<&Cluster>, in_transaction: bool, frame: Bytes) -> Bytes {
+    let Some(cluster) = cluster else {
+        return frame;
+    };
+    if !(frame.starts_with(b"-MOVED ") || frame.starts_with(b"-ASK ")) {
+        return frame;
+    }
+    cluster.request_refresh(RefreshReason::Moved);
+    error_reply(if in_transaction {
+        MOVED_IN_TRANSACTION
+    } else {
+        MOVED_WHILE_HELD
+    })
+}
+
+/// On a cluster backend, a frame of a shard subscriber that moves with
+/// its slot, taken here (`true`): Redis's unasked `sunsubscribe` of a
+/// channel whose slot it no longer serves (noted in `moved`), and the
+/// confirmations of keygate's own `SSUBSCRIBE` on the new master.
+fn shard_moved(d: &mut Dedicated, frame: &[u8]) -> bool {
+    let Ok(Value::Array(items) | Value::Push(items)) = Value::parse(frame) else {
+        return false;
+    };
+    let (Some(Value::Bulk(word) | Value::Simple(word)), Some(Value::Bulk(channel)), 3) =
+        (items.first(), items.get(1), items.len())
+    else {
+        return false;
+    };
+    if word.eq_ignore_ascii_case(b"sunsubscribe") {
+        d.moved.push(Bytes::copy_from_slice(channel));
+        return true;
+    }
+    if word.eq_ignore_ascii_case(b"ssubscribe") && d.hidden_confirms > 0 {
+        d.hidden_confirms -= 1;
+        return true;
+    }
+    false
 }
 
 /// Completes when `demotions` changes (or its sender is gone).
@@ -127,9 +204,28 @@ impl Connection {
         subscription: Option<pubsub::SubscriptionCall>,
         reply: CommandReply,
         suppress: bool,
+        slot: Option<u16>,
     ) {
         self.flush_batch().await;
         self.await_procedure().await;
+        if slot.is_some() && self.dedicated.as_ref().is_some_and(|d| d.slot != slot) {
+            // A held connection to another slot's master (a blocking
+            // command's, now answered) is given back first; one a
+            // transaction lives on was refused CROSSSLOT before this.
+            self.flush_dedicated().await;
+            self.await_dedicated_replies().await;
+            self.release_dedicated_if_clean();
+            if self.dedicated.as_ref().is_some_and(|d| d.slot.is_some()) {
+                // Subscriptions to another slot's shard channels live on it.
+                let msg = SHARD_CHANNELS_ELSEWHERE;
+                self.reject(reply.command, ErrorKind::Client, msg, suppress);
+                return;
+            }
+        }
+        // On a cluster, MULTI was answered here and is sent with the
+        // first command queued after it, to that command's slot's master.
+        let deferred_multi =
+            self.dedicated.is_none() && self.session.tx.open && self.ctx.router.cluster().is_some();
         if self.dedicated.is_none() {
             // Isolation: one service cannot hold the dedicated connections
             // the others are entitled to.
@@ -155,8 +251,13 @@ impl Connection {
             // the way back is ordered already, as the dedicated connection
             // is kept until every reply awaited on it has arrived.
             std::future::poll_fn(|cx| self.queue.poll_shared_answered(cx)).await;
-            // topology: dedicated connections always go to the master.
-            let leased = match self.ctx.router.master_for().await {
+            // topology: dedicated connections always go to the master (on a
+            // cluster, the master of their keys' slot).
+            let master = match slot {
+                Some(slot) => self.ctx.router.master_for_slot(slot).await,
+                None => self.ctx.router.master_for().await,
+            };
+            let leased = match master {
                 Ok(node) => node
                     .lease(self.session.protocol)
                     .await
@@ -175,6 +276,9 @@ impl Connection {
                         deadline: None,
                         demoted: Some(demotion_of(node.health().demotions())),
                         node,
+                        slot,
+                        moved: Vec::new(),
+                        hidden_confirms: 0,
                         _permit: permit,
                         idle_since: Instant::now(),
                     })
@@ -191,6 +295,32 @@ impl Connection {
         let Some(d) = self.dedicated.as_mut() else {
             return;
         };
+        if let (Some(slot), None) = (slot, d.slot) {
+            // The first keys on a connection leased for keyless commands:
+            // they must be served where it goes.
+            let here = self
+                .ctx
+                .router
+                .cluster()
+                .and_then(|c| c.map().master(slot).cloned())
+                .is_some_and(|master| master.addr() == d.node.addr());
+            if !here {
+                let msg = match effect {
+                    ConnectionEffect::Subscribe => SHARD_CHANNELS_ELSEWHERE,
+                    _ => slots::CROSSSLOT,
+                };
+                self.reject(reply.command, ErrorKind::Client, msg, suppress);
+                return;
+            }
+            d.slot = Some(slot);
+        }
+        if deferred_multi {
+            let multi = CommandReply::plain("multi", reply.service);
+            d.out
+                .extend_from_slice(&Request::from_args(&["MULTI"]).into_frame());
+            // Its `+OK` was the client's already.
+            self.queue.push_dedicated(multi, false, true, self.read_at);
+        }
         for frame in &frames {
             d.out.extend_from_slice(frame);
         }
@@ -320,6 +450,10 @@ impl Connection {
                         // Every frame the queue keeps is held for the client
                         // until written: counted on its reply meter.
                         pubsub::Route::Reply => {
+                            let in_transaction = self.session.tx.open
+                                || self.queue.awaited_command() == Some("exec");
+                            let frame =
+                                absorb_redirect(self.ctx.router.cluster(), in_transaction, frame);
                             if self.session.exec_database.is_some()
                                 && self.queue.awaited_command() == Some("exec")
                             {
@@ -341,6 +475,10 @@ impl Connection {
                             let held = self.queue.end_subscription(&frame);
                             self.meter.add(held);
                         }
+                        pubsub::Route::Unasked
+                            if self.ctx.router.cluster().is_some()
+                                && d.subscriptions.shard_only()
+                                && shard_moved(d, &frame) => {}
                         pubsub::Route::Unasked => {
                             if let Some(frame) =
                                 isolation::confine_unasked(service, &self.patterns, frame)
@@ -393,6 +531,165 @@ impl Connection {
         self.meter.sub(dropped);
         self.drop_dedicated(true);
         self.end_connection_state();
+    }
+
+    /// Moves a shard subscriber whose slot moved (see `shard_moved`) to the
+    /// slot's new master once the map names it: a new connection there,
+    /// subscribed to the same shard channels, replaces the old one. A
+    /// subscriber that cannot follow (no new master within
+    /// `failover_wait`, no connection) is closed, as on a lost connection,
+    /// so its library subscribes again.
+    pub(super) async fn follow_moved_shard_channels(&mut self) {
+        let Some(d) = self.dedicated.as_ref() else {
+            return;
+        };
+        if d.moved.is_empty() || self.queue.awaits_dedicated() {
+            return;
+        }
+        let (Some(cluster), Some(slot)) = (self.ctx.router.cluster(), d.slot) else {
+            return;
+        };
+        // The slot's master in a map read after Redis unsubscribed: the
+        // second one published from now on (the first may have been read
+        // before). It may be the same node: `CLUSTER SETSLOT slot NODE`
+        // on the slot's own master drops and adds the slot again.
+        let deadline = Instant::now() + self.ctx.config.backend.failover_wait;
+        let mut last = Arc::clone(&*cluster.map());
+        let mut fresh = 0;
+        let node = loop {
+            let map = cluster.map();
+            if !Arc::ptr_eq(&*map, &last) {
+                fresh += 1;
+                last = Arc::clone(&*map);
+            }
+            if let Some(master) = map.master(slot).filter(|_| fresh >= 2) {
+                break Some(master.clone());
+            }
+            if Instant::now() >= deadline {
+                break None;
+            }
+            cluster.request_refresh(RefreshReason::Moved);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        let leased = match node {
+            Some(node) => node
+                .lease(self.session.protocol)
+                .await
+                .ok()
+                .map(|lease| (lease, node)),
+            None => None,
+        };
+        let Some(Dedicated {
+            mut lease,
+            mut subscriptions,
+            moved,
+            _permit,
+            ..
+        }) = self.dedicated.take()
+        else {
+            return;
+        };
+        lease.broken = true;
+        drop(lease);
+        let Some((lease, node)) = leased else {
+            tracing::info!(
+                client = self.session.id,
+                slot,
+                "shard channels could not follow their slot; closing the subscriber"
+            );
+            self.closing = true;
+            self.end_connection_state();
+            return;
+        };
+        subscriptions.resubscribed_shard_channels(u32::try_from(moved.len()).unwrap_or(u32::MAX));
+        let mut args = vec![Bytes::from_static(b"SSUBSCRIBE")];
+        args.extend(moved.iter().cloned());
+        let mut out = BytesMut::new();
+        out.extend_from_slice(&Request::from_args(&args).into_frame());
+        self.dedicated = Some(Dedicated {
+            lease,
+            scanner: ReplyScanner::new(REPLY_MAX_DEPTH),
+            out,
+            subscriptions,
+            monitor: false,
+            tracking: false,
+            deadline: None,
+            demoted: Some(demotion_of(node.health().demotions())),
+            node,
+            slot: Some(slot),
+            moved: Vec::new(),
+            hidden_confirms: moved.len(),
+            _permit,
+            idle_since: Instant::now(),
+        });
+        self.flush_dedicated().await;
+    }
+
+    /// On a cluster backend, the slot a command for the dedicated connection
+    /// goes to (`None`: no keys, any master), or its refusal. MULTI with no
+    /// connection held is answered here (`Err(None)`): its connection is
+    /// leased for the first command queued in it, whose slot is then known.
+    pub(super) fn dedicated_slot(
+        &mut self,
+        spec: &'static CommandSpec,
+        req: &Request,
+        prefix_at: Option<usize>,
+        effect: ConnectionEffect,
+        suppress: bool,
+    ) -> Result<Option<u16>, Stopped> {
+        let refused = match effect {
+            ConnectionEffect::Monitor | ConnectionEffect::Track => {
+                Err(slots::HELD_ON_CLUSTER.to_string())
+            }
+            ConnectionEffect::BeginTransaction if self.dedicated.is_none() => {
+                self.begin_transaction_here(suppress);
+                return Err(None);
+            }
+            // Shard channels are no keys to the command table (NOT_KEY),
+            // but the cluster serves each on its slot's master.
+            _ if matches!(spec.name, "ssubscribe" | "sunsubscribe") => {
+                self.shard_channels_slot(req, prefix_at)
+            }
+            _ => self
+                .cluster_route(spec, req, prefix_at)
+                .map(|route| route.map(|r| r.slot)),
+        };
+        let slot = match refused {
+            Ok(slot) => slot,
+            Err(msg) => return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress)),
+        };
+        let tx = self.session.tx;
+        let pinned = self.dedicated.as_ref().and_then(|d| d.slot);
+        if let (Some(slot), Some(pinned)) = (slot, pinned) {
+            if slot != pinned && (tx.open || tx.watching) {
+                let crossslot = slots::CROSSSLOT;
+                return Err(self.reject(spec.name, ErrorKind::Client, crossslot, suppress));
+            }
+        }
+        Ok(slot)
+    }
+
+    /// The one slot of an SSUBSCRIBE's or SUNSUBSCRIBE's shard channels
+    /// as Redis names them (`prefix_at`: the one still to be prefixed), or
+    /// Redis's `CROSSSLOT`.
+    fn shard_channels_slot(
+        &self,
+        req: &Request,
+        prefix_at: Option<usize>,
+    ) -> Result<Option<u16>, String> {
+        let prefix = self.session.namespace().map(|ns| ns.prefix_bytes());
+        let mut each = (1..req.argc()).map(|at| {
+            let channel = req.get(at).unwrap_or_default();
+            match prefix {
+                Some(prefix) if prefix_at == Some(at) => prefixed_key_slot(prefix, channel),
+                _ => key_slot(channel),
+            }
+        });
+        let first = each.next();
+        match first {
+            Some(first) if each.any(|s| s != first) => Err(slots::CROSSSLOT.to_string()),
+            _ => Ok(first),
+        }
     }
 
     /// The address of the dedicated connection's node, for error messages.

@@ -171,6 +171,7 @@ pub(super) async fn run<R, W>(
             conn.out.len().saturating_sub(out_before),
             pending_before.saturating_sub(conn.queue.commands_pending()),
         );
+        conn.follow_moved_shard_channels().await;
         conn.release_dedicated_if_clean();
         conn.publish_state();
         if !conn.out.is_empty() {

@@ -49,10 +49,23 @@ impl Connection {
                         .map(|db| node.mux_in(protocol, id, db).into_owned())
                         .collect()
                 });
+                // topology: on a cluster, every master with slots.
+                let masters = self.ctx.router.cluster().map(|cluster| {
+                    let map = cluster.map();
+                    let shards = map.shards.iter().filter(|s| !s.ranges.is_empty());
+                    shards
+                        .map(|s| s.master.mux_in(protocol, id, current).into_owned())
+                        .collect::<Vec<_>>()
+                });
+                let all = match &masters {
+                    Some(masters) if call.spec.name != "randomkey" => Some(masters.clone()),
+                    _ => all,
+                };
                 let dbs = keyspace::Databases {
                     current,
                     mux: node.mux_in(protocol, id, current).into_owned(),
                     all,
+                    masters,
                 };
                 let Planned {
                     procedure,

@@ -20,6 +20,7 @@ use crate::protocol::decimal;
 use crate::protocol::encode;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
+use crate::topology::slot::prefixed_key_slot;
 
 /// The Redis version keygate reports in HELLO; its behaviour is 7.0's.
 pub const REDIS_VERSION: &str = "7.0.15";
@@ -190,6 +191,13 @@ pub fn answer(
         // own answer (with it, `cluster_emulation` answers first).
         "readonly" | "readwrite" | "asking" => {
             err("ERR This instance has cluster support disabled")
+        }
+        // The slot of the key as the cluster stores it: with the prefix.
+        "cluster|keyslot" if ctx.router.cluster().is_some() && session.service.is_some() => {
+            let prefix = session.namespace().map(|ns| ns.prefix_bytes());
+            let slot =
+                prefixed_key_slot(prefix.unwrap_or_default(), req.get(2).unwrap_or_default());
+            build(|o| encode::integer(o, i64::from(slot)))
         }
         "acl|whoami" => LocalAnswer::Reply(acl_whoami(session)),
         "command|count" => build(|o| encode::integer(o, command::all().len() as i64)),

@@ -36,6 +36,7 @@
 //!   [`transaction`] MULTI/EXEC/WATCH and the commands queued inside MULTI;
 //! - [`slots`]: on a cluster backend, the slot a request goes to (or its
 //!   `CROSSSLOT` refusal); [`redirect`]: the cluster's redirects, absorbed;
+//!   [`fan_out`]: SCAN and KEYS over every master;
 //! - [`batch`]: requests gathered for a shared connection; [`dedicated`]:
 //!   the client's dedicated connection (lease, send, read, timeout, loss,
 //!   release); [`pubsub`]: subscriptions on it; [`urgent`]: SCRIPT KILL
@@ -54,6 +55,7 @@ mod cluster_emulation;
 mod database;
 mod dedicated;
 mod event_loop;
+mod fan_out;
 mod held;
 mod isolation;
 mod lifecycle;

@@ -111,6 +111,19 @@ impl Subscriptions {
         self.channels + self.patterns + self.shard_channels > 0
     }
 
+    /// Whether it holds no channel or pattern subscriptions (shard
+    /// channels only, or nothing).
+    pub fn shard_only(&self) -> bool {
+        self.channels + self.patterns == 0
+    }
+
+    /// Counts `n` shard channels subscribed again on a new connection
+    /// before Redis confirms them, so their confirmations are read as a
+    /// subscriber's frames.
+    pub fn resubscribed_shard_channels(&mut self, n: u32) {
+        self.shard_channels = n;
+    }
+
     /// Where `frame` (of `kind`) goes, with `awaited` first in line; a
     /// confirmation updates the counts.
     pub fn route(

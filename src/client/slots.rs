@@ -19,9 +19,9 @@ use crate::topology::slot::{key_slot, prefixed_key_slot};
 pub(super) const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
 /// The reply to what keygate does not serve on a cluster backend yet:
-/// a connection a client holds (MULTI/WATCH, blocking commands, pub/sub)
-/// would have to follow one slot's master.
-pub(super) const HELD_ON_CLUSTER: &str = "ERR keygate: MULTI/WATCH, blocking commands, pub/sub and MONITOR are not served on a cluster backend yet";
+/// a monitor or tracking stream would have to follow every node.
+pub(super) const HELD_ON_CLUSTER: &str =
+    "ERR keygate: MONITOR and CLIENT TRACKING are not served on a cluster backend yet";
 
 /// Commands without keys that read or change the whole keyspace (or every
 /// node's scripts), which no single master holds.

@@ -25,7 +25,7 @@ use super::local::{self, LocalAnswer};
 use super::near::{FollowCall, NearRead};
 use super::queue::CommandReply;
 use super::urgent::UrgentCall;
-use super::{pubsub, registry, session, slots, tracking, Connection};
+use super::{fan_out, pubsub, registry, session, slots, tracking, Connection};
 use crate::command::keyword::is_keyword;
 use crate::command::state::Treatment;
 use crate::command::{self, CommandSpec, Flags};
@@ -66,9 +66,14 @@ pub(super) enum Deferred {
         /// Boxed: it keeps every `Stopped` small.
         reply: Box<CommandReply>,
         suppress: bool,
+        /// On a cluster backend, the slot of its keys: the connection
+        /// goes to (and stays with) that slot's master.
+        slot: Option<u16>,
     },
     /// A keyspace-wide command of a namespaced service, run as a procedure.
     Procedure(ProcedureCall),
+    /// SCAN or KEYS on a cluster backend: sent to every master.
+    FanOut(Box<fan_out::FanOutCall>),
     /// A command Redis runs while a script is busy (SCRIPT KILL, FUNCTION
     /// KILL and STATS, SHUTDOWN), sent past a busy script.
     Urgent(Box<UrgentCall>),
@@ -245,12 +250,6 @@ impl Connection {
                 }
                 self.route(spec, req, forward, held, suppress, names)
             }
-            Decision::Procedure(_) if self.ctx.router.cluster().is_some() => Err(self.reject(
-                spec.name,
-                ErrorKind::Client,
-                &slots::not_served(spec),
-                suppress,
-            )),
             Decision::Procedure(planned) => {
                 if let Some(cache) = &service.near_cache {
                     // A keyspace-wide command (FLUSHDB, ...) of the service:
@@ -330,14 +329,10 @@ impl Connection {
             reply = self.track_transaction(spec, reply);
         }
         if held || effect != ConnectionEffect::None || dedicated_only {
-            if self.ctx.router.cluster().is_some() {
-                return Err(self.reject(
-                    spec.name,
-                    ErrorKind::Client,
-                    slots::HELD_ON_CLUSTER,
-                    suppress,
-                ));
-            }
+            let slot = match self.ctx.router.cluster() {
+                Some(_) => self.dedicated_slot(spec, &req, prefix_key, effect, suppress)?,
+                None => None,
+            };
             if let Some((at, ns)) = prefix_key.zip(self.session.namespace()) {
                 req = req.prefix_arg(at, ns.prefix_bytes());
             }
@@ -350,6 +345,7 @@ impl Connection {
                 subscription,
                 reply: Box::new(reply),
                 suppress,
+                slot,
             }));
         }
         if spec.flags.contains(Flags::ALLOW_BUSY) {
@@ -363,6 +359,13 @@ impl Connection {
         }
         if !self.batch.takes(suppress) {
             self.seal_batch();
+        }
+        if self.ctx.router.cluster().is_some() && matches!(spec.name, "scan" | "keys") {
+            return Err(Some(Deferred::FanOut(Box::new(fan_out::FanOutCall {
+                req,
+                reply,
+                suppress,
+            }))));
         }
         if self.ctx.router.cluster().is_some() {
             // A cluster batch gathers one part per node.
@@ -810,11 +813,13 @@ impl Connection {
                 subscription,
                 reply,
                 suppress,
+                slot,
             } => {
-                self.send_dedicated(frames, effect, subscription, *reply, suppress)
+                self.send_dedicated(frames, effect, subscription, *reply, suppress, slot)
                     .await
             }
             Deferred::Procedure(call) => self.run_procedure(call).await,
+            Deferred::FanOut(call) => self.run_fan_out(*call).await,
             Deferred::Urgent(call) => self.send_urgent(*call).await,
             Deferred::Follow(call) => self.follow(*call).await,
             Deferred::Reset { reply, suppress } => {

@@ -43,6 +43,23 @@ impl Connection {
                 self.reply(error_reply(&msg), suppress);
                 Err(None)
             }
+            "exec" | "discard"
+                if self.dedicated.is_none() && self.ctx.router.cluster().is_some() =>
+            {
+                // A cluster transaction nothing was queued in yet: its MULTI
+                // was never sent (see `begin_transaction_here`).
+                self.session.tx = Default::default();
+                self.session.queued.clear();
+                let reply = match spec.name {
+                    "discard" => Bytes::from_static(b"+OK\r\n"),
+                    _ if tx.poisoned => {
+                        error_reply("EXECABORT Transaction discarded because of previous errors.")
+                    }
+                    _ => Bytes::from_static(b"*0\r\n"),
+                };
+                self.reply(reply, suppress);
+                Err(None)
+            }
             "exec" if tx.poisoned => {
                 let discard = Request::from_args(&["DISCARD"]);
                 let abort =
@@ -57,6 +74,7 @@ impl Connection {
                     subscription: None,
                     reply: Box::new(reply),
                     suppress,
+                    slot: None,
                 }))
             }
             "unwatch" if self.dedicated.is_none() && !tx.open => {
@@ -65,6 +83,18 @@ impl Connection {
             }
             _ => Ok(()),
         }
+    }
+
+    /// MULTI on a cluster backend with no connection held: answered here,
+    /// and sent with the first command queued in it, to the master of that
+    /// command's slot (which no MULTI names).
+    pub(super) fn begin_transaction_here(&mut self, suppress: bool) {
+        let tx = &mut self.session.tx;
+        tx.open = true;
+        tx.poisoned = false;
+        self.session.queued.clear();
+        self.session.tx_database = None;
+        self.reply(Bytes::from_static(b"+OK\r\n"), suppress);
     }
 
     /// CONFIG GET inside MULTI. An admin service's goes to Redis in the
@@ -112,6 +142,7 @@ impl Connection {
             subscription: None,
             reply: Box::new(reply),
             suppress,
+            slot: None,
         })
     }
 

@@ -45,6 +45,7 @@ use crate::protocol::encode;
 use crate::protocol::reply::Value;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
+use crate::topology::slot::key_slot;
 
 /// Keys asked of each SCAN call.
 pub const SCAN_COUNT: &str = "1000";
@@ -117,8 +118,13 @@ pub struct Databases {
     /// A multiplexed connection of `current`.
     pub mux: MuxHandle,
     /// FLUSHALL: a connection of every database of the service; `None`
-    /// for the other procedures, which run in `current` only.
+    /// for the other procedures, which run in `current` only. On a
+    /// cluster backend, FLUSHDB and FLUSHALL: a connection of every master.
     pub all: Option<Vec<MuxHandle>>,
+    /// On a cluster backend, a connection of every master: RANDOMKEY and
+    /// DBSIZE cover them all (`mux` is one of them), and a flush unlinks
+    /// the keys of one slot per UNLINK.
+    pub masters: Option<Vec<MuxHandle>>,
 }
 
 /// Runs `procedure` for `ns` in `dbs` in the service's turn (`gate`); the
@@ -131,6 +137,7 @@ pub async fn run(
     gate: &Arc<ProcedureGate>,
 ) -> BatchReply {
     let mux = &dbs.mux;
+    let nodes = dbs.masters.as_deref().unwrap_or(std::slice::from_ref(mux));
     let scope = match dbs.all {
         Some(_) => None,
         None => Some(dbs.current),
@@ -138,20 +145,21 @@ pub async fn run(
     let flush_all = |ns: &Namespace, dbs: &Databases| {
         let muxes: Vec<MuxHandle> = dbs.all.clone().unwrap_or_else(|| vec![dbs.mux.clone()]);
         let ns = ns.clone();
+        let by_slot = dbs.masters.is_some();
         async move {
             for mux in &muxes {
-                flush(&ns, mux).await?;
+                flush(&ns, mux, by_slot).await?;
             }
             Ok(Bytes::from_static(b"+OK\r\n"))
         }
     };
     match procedure {
         Procedure::RandomKey => {
-            let work = || async { answer(random_key(ns, mux, protocol).await) };
+            let work = || async { answer(random_key(ns, nodes, protocol).await) };
             gate.run(None, work).await
         }
         Procedure::DbSize => {
-            let work = || async { answer(db_size(ns, mux).await) };
+            let work = || async { answer(db_size(ns, nodes).await) };
             gate.run(Some(Joinable::DbSize(dbs.current)), work).await
         }
         Procedure::Flush {
@@ -181,8 +189,8 @@ fn answer(result: Result<Bytes, Stop>) -> BatchReply {
     }
 }
 
-/// One request, one reply frame.
-async fn round_trip(mux: &MuxHandle, req: Request) -> Result<Bytes, Stop> {
+/// One request, one reply frame (an error reply included).
+pub async fn submit_one(mux: &MuxHandle, req: &Request) -> Result<Bytes, BackendError> {
     let (tx, rx) = oneshot::channel();
     mux.submit(Batch {
         payload: smallvec::smallvec![req.frame().clone()],
@@ -194,12 +202,15 @@ async fn round_trip(mux: &MuxHandle, req: Request) -> Result<Bytes, Stop> {
         landings: Default::default(),
     })
     .await;
-    let reply = rx
-        .await
-        .map_err(|_| BackendError::ConnectionLost {
-            addr: "backend".into(),
-        })??
-        .bytes;
+    let replies = rx.await.map_err(|_| BackendError::ConnectionLost {
+        addr: "backend".into(),
+    })??;
+    Ok(replies.bytes)
+}
+
+/// One request, one reply frame; an error reply stops the procedure.
+async fn round_trip(mux: &MuxHandle, req: Request) -> Result<Bytes, Stop> {
+    let reply = submit_one(mux, &req).await?;
     if reply.first() == Some(&b'-') {
         return Err(Stop::Reply(reply));
     }
@@ -252,46 +263,66 @@ fn random_index(len: usize) -> usize {
     (h.finish() % len.max(1) as u64) as usize
 }
 
-async fn random_key(ns: &Namespace, mux: &MuxHandle, protocol: Protocol) -> Result<Bytes, Stop> {
-    let mut cursor = Bytes::from_static(b"0");
-    for _ in 0..RANDOMKEY_MAX_ROUNDS {
-        let (next, keys) = scan_page(ns, mux, &cursor).await?;
-        if let Some(key) = keys.get(random_index(keys.len())) {
-            let mut out = BytesMut::new();
-            encode::bulk(&mut out, ns.strip(key).unwrap_or_default());
-            return Ok(out.freeze());
+/// A key of the first node in `nodes` (from a random one on) that holds
+/// one of the namespace's.
+async fn random_key(
+    ns: &Namespace,
+    nodes: &[MuxHandle],
+    protocol: Protocol,
+) -> Result<Bytes, Stop> {
+    let first = random_index(nodes.len());
+    let mut rounds = 0;
+    for mux in nodes.iter().cycle().skip(first).take(nodes.len()) {
+        let mut cursor = Bytes::from_static(b"0");
+        while rounds < RANDOMKEY_MAX_ROUNDS {
+            rounds += 1;
+            let (next, keys) = scan_page(ns, mux, &cursor).await?;
+            if let Some(key) = keys.get(random_index(keys.len())) {
+                let mut out = BytesMut::new();
+                encode::bulk(&mut out, ns.strip(key).unwrap_or_default());
+                return Ok(out.freeze());
+            }
+            if &next[..] == b"0" {
+                break;
+            }
+            cursor = next;
         }
-        if &next[..] == b"0" {
-            break;
-        }
-        cursor = next;
     }
     let mut out = BytesMut::new();
     encode::nil(&mut out, protocol);
     Ok(out.freeze())
 }
 
-async fn db_size(ns: &Namespace, mux: &MuxHandle) -> Result<Bytes, Stop> {
-    let mut cursor = Bytes::from_static(b"0");
+/// The namespace's keys over `nodes` (the masters of a cluster).
+async fn db_size(ns: &Namespace, nodes: &[MuxHandle]) -> Result<Bytes, Stop> {
     let mut count: i64 = 0;
-    loop {
-        let (next, keys) = scan_page(ns, mux, &cursor).await?;
-        count += keys.len() as i64;
-        if &next[..] == b"0" {
-            break;
+    for mux in nodes {
+        let mut cursor = Bytes::from_static(b"0");
+        loop {
+            let (next, keys) = scan_page(ns, mux, &cursor).await?;
+            count += keys.len() as i64;
+            if &next[..] == b"0" {
+                break;
+            }
+            cursor = next;
         }
-        cursor = next;
     }
     let mut out = BytesMut::new();
     encode::integer(&mut out, count);
     Ok(out.freeze())
 }
 
-async fn flush(ns: &Namespace, mux: &MuxHandle) -> Result<Bytes, Stop> {
+/// Unlinks the namespace's keys on `mux`; `by_slot` (a cluster's master)
+/// puts only keys of one slot in each UNLINK, as the cluster demands.
+async fn flush(ns: &Namespace, mux: &MuxHandle, by_slot: bool) -> Result<Bytes, Stop> {
     let mut cursor = Bytes::from_static(b"0");
     loop {
-        let (next, keys) = scan_page(ns, mux, &cursor).await?;
-        for chunk in keys.chunks(UNLINK_BATCH) {
+        let (next, mut keys) = scan_page(ns, mux, &cursor).await?;
+        if by_slot {
+            keys.sort_by_key(|k| key_slot(k));
+        }
+        let groups = keys.chunk_by(|a, b| !by_slot || key_slot(a) == key_slot(b));
+        for chunk in groups.flat_map(|group| group.chunks(UNLINK_BATCH)) {
             let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
             args.push(b"UNLINK");
             args.extend(chunk.iter().map(|k| &k[..]));
