@@ -377,6 +377,23 @@ pub struct NearCacheConfig {
     pub warm_keys: usize,
 }
 
+/// A command whose replies the near cache keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cacheable {
+    /// GET: a bulk string per key.
+    Get,
+}
+
+impl Cacheable {
+    /// The names `commands` accepts, for `--check`'s message.
+    pub const SUPPORTED: &'static str = "GET";
+
+    /// The command named in `[service.near_cache] commands`, if kept.
+    pub fn from_name(name: &str) -> Option<Cacheable> {
+        name.eq_ignore_ascii_case("get").then_some(Cacheable::Get)
+    }
+}
+
 /// `[service.token]`: a JWT the service already has, presented as its
 /// Redis password (`AUTH <token>`, `AUTH <service> <token>`, `HELLO 3 AUTH
 /// <service> <token>`).

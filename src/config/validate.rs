@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use super::locate::KeyPath;
 use super::{
-    BackendConfig, BackendTlsConfig, Config, NearCacheConfig, ProxyConfig, ProxyTlsConfig,
-    ReadFrom, ServiceConfig, TokenConfig, TtlOverMax,
+    BackendConfig, BackendTlsConfig, Cacheable, Config, NearCacheConfig, ProxyConfig,
+    ProxyTlsConfig, ReadFrom, ServiceConfig, TokenConfig, TtlOverMax,
 };
 
 /// Smallest `max_pending_reply_bytes`: below this a single ordinary reply could stall a client.
@@ -734,13 +734,13 @@ fn check_near_cache(at: &KeyPath, near: &NearCacheConfig, out: &mut Findings) {
         );
     }
     for (i, command) in near.commands.iter().enumerate() {
-        if crate::near_cache::Cacheable::from_name(command).is_none() {
+        if Cacheable::from_name(command).is_none() {
             let path = at.key("commands").index(i);
             out.add(
                 path.clone(),
                 format!(
                     "{path} ({command:?}) is not a command the near cache keeps (supported: {})",
-                    crate::near_cache::Cacheable::SUPPORTED
+                    Cacheable::SUPPORTED
                 ),
             );
         }

@@ -49,7 +49,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::config::NearCacheConfig;
+use crate::config::{Cacheable, NearCacheConfig};
 use crate::hotkeys::{HotKeys, Rank};
 use admission::Sketch;
 use store::{Entry, Found, Store};
@@ -61,23 +61,6 @@ const MAX_SHARDS: usize = 16;
 pub const SEQ_SLOTS: usize = 4096;
 /// Reads of a key (this one included) before it is filled.
 const ADMIT_AFTER: u8 = 2;
-
-/// A command whose replies the near cache keeps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cacheable {
-    /// GET: a bulk string per key.
-    Get,
-}
-
-impl Cacheable {
-    /// The names `commands` accepts, for `--check`'s message.
-    pub const SUPPORTED: &'static str = "GET";
-
-    /// The command named in `[service.near_cache] commands`, if kept.
-    pub fn from_name(name: &str) -> Option<Cacheable> {
-        name.eq_ignore_ascii_case("get").then_some(Cacheable::Get)
-    }
-}
 
 /// Why entries left the cache (`keygate_near_cache_evictions_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
