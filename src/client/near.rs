@@ -163,6 +163,9 @@ impl Connection {
                     ReplyKind::Nil => self.recorder.cache(service, reply.command, 0, 1),
                     _ => self.recorder.cache(service, reply.command, 1, 0),
                 }
+                if let Some(sample) = &reply.hot {
+                    sample.record(&frame);
+                }
                 self.reply(frame, suppress);
             }
             Err(_) => {

@@ -420,11 +420,13 @@ impl Connection {
                         return Ok(());
                     }
                     NearRead::Follow(boarding) => {
+                        // Counted with the reply it takes (or its own).
+                        let hot = self.sample_hot_key(spec, &req, prefix_key);
                         return Err(Some(Deferred::Follow(Box::new(FollowCall {
                             boarding,
                             request: req,
                             prefix_at: prefix_key,
-                            reply,
+                            reply: CommandReply { hot, ..reply },
                             suppress,
                         }))));
                     }
