@@ -23,6 +23,17 @@ fn bulk(v: &str) -> String {
     format!("${}\r\n{v}\r\n", v.len())
 }
 
+/// keygate in front of `redis`, and a client of it whose key `k` (`v1`)
+/// is answered from the near cache.
+fn cached_k(redis: &RedisServer) -> (Keygate, RawConn) {
+    let kg = start(redis);
+    wait_tracking(redis);
+    let mut c = login(&kg);
+    c.cmd_str(&["SET", "k", "v1"]);
+    wait_hit(redis, &mut c, "k", "v1");
+    (kg, c)
+}
+
 /// Reads `key` until a GET is answered without reaching Redis (a hit),
 /// and checks the value; bounded.
 fn wait_hit(redis: &RedisServer, c: &mut RawConn, key: &str, want: &str) {
@@ -75,6 +86,48 @@ fn a_key_read_again_is_answered_from_memory() {
         )
         .is_some_and(|n| n >= 1.0),
         "{metrics}"
+    );
+}
+
+/// Hits answered in the middle of a pipeline keep their place among the
+/// replies Redis gives, and only the misses reach Redis.
+#[test]
+fn hits_in_a_pipeline_keep_their_place() {
+    let redis = RedisServer::start();
+    let (_kg, mut c) = cached_k(&redis);
+    let before = redis.calls("get");
+    let mut pipeline = Vec::new();
+    for args in [
+        &["GET", "k"][..],
+        &["GET", "absent"],
+        &["SET", "j", "x"],
+        &["GET", "k"],
+        &["GET", "j"],
+        &["GET", "k"],
+        &["GET", "absent2"],
+        &["GET", "k"],
+    ] {
+        pipeline.extend(resp_command(args));
+    }
+    c.send(&pipeline);
+    let replies: Vec<String> = (0..8)
+        .map(|_| String::from_utf8_lossy(&c.read_reply()).into_owned())
+        .collect();
+    let want = [
+        bulk("v1"),
+        "$-1\r\n".to_string(),
+        "+OK\r\n".to_string(),
+        bulk("v1"),
+        bulk("x"),
+        bulk("v1"),
+        "$-1\r\n".to_string(),
+        bulk("v1"),
+    ];
+    assert_eq!(replies, want);
+    assert_eq!(
+        redis.calls("get") - before,
+        3,
+        "only the misses reach Redis"
     );
 }
 
@@ -158,11 +211,7 @@ fn no_entry_outlives_its_key_ttl() {
 #[test]
 fn a_lost_invalidation_connection_or_data_connection_stops_hits() {
     let redis = RedisServer::start();
-    let kg = start(&redis);
-    wait_tracking(&redis);
-    let mut c = login(&kg);
-    c.cmd_str(&["SET", "k", "v1"]);
-    wait_hit(&redis, &mut c, "k", "v1");
+    let (_kg, mut c) = cached_k(&redis);
     // The invalidation connection dies: the cache is flushed, and a write
     // made while it is down is never hidden by an old entry.
     for id in client_ids_named(redis.port(), "keygate-invalidation") {

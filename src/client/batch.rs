@@ -443,6 +443,27 @@ impl PendingBatch {
         self.push(request, confine, vec![pttl], reply, suppress, false);
     }
 
+    /// Whether a reply keygate already has may join the batch in its place
+    /// in the client's order, instead of sealing the batch around it: only
+    /// when the batch already holds a command for the backend (a batch of
+    /// nothing but such replies would wait on no one).
+    pub(super) fn takes_answered(&self, suppress: bool) -> bool {
+        !self.is_empty() && self.takes(suppress)
+    }
+
+    /// Adds a command keygate answered itself (see [`Self::takes_answered`]):
+    /// it sends nothing and takes no reply frame, and its answer is written
+    /// between its neighbours' replies. Its bytes count towards the batch's
+    /// size, which bounds what a batch holds.
+    pub(super) fn push_answered(&mut self, answer: Bytes, reply: CommandReply) {
+        self.bytes += answer.len();
+        self.commands.push(CommandReply {
+            frames: 0,
+            plan: ReplyPlan::Answered(answer),
+            ..reply
+        });
+    }
+
     /// The stamp of the batch being gathered, for a fill's reply.
     pub(super) fn stamp(&mut self) -> Arc<Stamp> {
         self.stamp.get_or_insert_with(Default::default).clone()

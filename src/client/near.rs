@@ -37,6 +37,9 @@ use crate::protocol::Protocol;
 pub(super) enum NearRead {
     /// Answered from the cache: this frame.
     Hit(Bytes),
+    /// Answered from the cache, and the entry refreshed by a fill sent
+    /// with the batch (its reply goes to no one).
+    Refresh(Bytes, Box<Fill>, Request),
     /// Sent with a fill.
     Fill(Box<Fill>, Request),
     /// Waits for another client's read of the key, already on its way.
@@ -114,16 +117,14 @@ impl Connection {
                 .is_some_and(|s| s.read_from == ReadFrom::Master);
         match cache.lookup(&key, fills) {
             Lookup::Hit(frame) => {
-                let service = self.session.service.as_ref().map(|s| s.index);
-                self.recorder.command(
-                    service,
-                    spec.name,
-                    Role::Proxy,
-                    self.read_at.elapsed(),
-                    None,
-                );
-                self.recorder.cache(service, spec.name, 1, 0);
+                self.record_hit(spec);
                 NearRead::Hit(frame)
+            }
+            Lookup::Refresh(frame, ticket) => {
+                self.record_hit(spec);
+                let pttl = Request::from_args(&[&b"PTTL"[..], &key]);
+                let fill = Fill::new(cache.clone(), key, ticket, self.batch.stamp());
+                NearRead::Refresh(frame, Box::new(fill), pttl)
             }
             Lookup::Follow(boarding) => NearRead::Follow(boarding),
             Lookup::Miss(Some(ticket)) => {
@@ -133,6 +134,19 @@ impl Connection {
             }
             Lookup::Miss(None) => NearRead::Plain,
         }
+    }
+
+    /// A read the near cache answered, recorded as keygate's own answer.
+    fn record_hit(&mut self, spec: &'static CommandSpec) {
+        let service = self.session.service.as_ref().map(|s| s.index);
+        self.recorder.command(
+            service,
+            spec.name,
+            Role::Proxy,
+            self.read_at.elapsed(),
+            None,
+        );
+        self.recorder.cache(service, spec.name, 1, 0);
     }
 
     /// A read waiting for another read's reply ([`crate::near_cache::flight`]):

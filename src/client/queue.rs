@@ -618,6 +618,18 @@ fn write_replies(
             };
             let line = err.client_message();
             for c in &slot.commands {
+                match &c.plan {
+                    ReplyPlan::Answered(answer) => {
+                        // Answered and recorded by keygate before the batch went.
+                        if !slot.suppress {
+                            out.extend_from_slice(answer);
+                        }
+                        continue;
+                    }
+                    // Keygate's own read: no client waits for it.
+                    ReplyPlan::NearRefresh(_) => continue,
+                    _ => {}
+                }
                 recorder.error(c.service, c.command, kind);
                 recorder.command(c.service, c.command, role, total, backend);
                 if !slot.suppress {
@@ -670,9 +682,16 @@ fn write_replies(
     let mut frames = replies.frames(REPLY_MAX_DEPTH);
     let mut tally: Option<Tally<'_>> = None;
     for c in &slot.commands {
+        if c.frames == 0 {
+            // Answered by keygate (a near-cache hit), recorded when it was.
+            if write {
+                reply::rewrite(&c.plan, &[], out);
+            }
+            continue;
+        }
         // The reply to the `CLIENT CACHING YES` in front of a near-cache fill.
         let near = match &c.plan {
-            ReplyPlan::NearFill(fill) => Some(fill),
+            ReplyPlan::NearFill(fill) | ReplyPlan::NearRefresh(fill) => Some(fill),
             _ => None,
         };
         let lead = u32::from(near.is_some());
@@ -691,6 +710,10 @@ fn write_replies(
             if let (Some(near), Some((pttl, _)), true) = (near, follow_up, i == 1 + lead) {
                 near.complete(kind, frame, pttl);
             }
+        }
+        if matches!(c.plan, ReplyPlan::NearRefresh(_)) {
+            // Keygate's own read: neither written nor counted.
+            continue;
         }
         if let Some(sample) = &c.hot {
             sample.record(frame);
@@ -851,6 +874,47 @@ mod tests {
             .map(str::to_string)
             .collect();
         (out.to_vec(), counters)
+    }
+
+    /// A near-cache hit gathered between commands sent to the backend.
+    fn answered(at: usize, commands: &mut Commands) {
+        let hit = CommandReply {
+            frames: 0,
+            plan: ReplyPlan::Answered(Bytes::from_static(b"$3\r\nhit\r\n")),
+            ..CommandReply::plain("get", Some(0))
+        };
+        commands.insert(at, hit);
+    }
+
+    #[test]
+    fn an_answered_command_takes_its_place_and_no_frame() {
+        let mut with_hits = commands();
+        answered(1, &mut with_hits);
+        answered(5, &mut with_hits);
+        let (out, counters) = written(Bytes::from_static(RUN).into(), with_hits, false);
+        assert_eq!(
+            out,
+            b"$1\r\nv\r\n$3\r\nhit\r\n_\r\n+OK\r\n-ERR no\r\n$3\r\nhit\r\n$-1\r\n".to_vec()
+        );
+        // Hits are recorded when they are answered, not again here.
+        let text = counters.join("\n");
+        assert!(
+            text.contains(r#"keygate_cache_hits_total{service="svc",command="get"} 1"#),
+            "{text}"
+        );
+        // A batch that fails still answers what keygate answered.
+        let mut failed = ReplyQueue::default();
+        let (tx, rx) = oneshot::channel();
+        let mut one = Commands::new();
+        one.push(CommandReply::plain("get", Some(0)));
+        answered(1, &mut one);
+        failed.push_shared(rx, one, false, Instant::now());
+        tx.send(Err(lost())).unwrap();
+        let metrics = Metrics::new(vec!["svc".into()], true);
+        let mut out = BytesMut::new();
+        failed.drain_ready(&mut out, &mut metrics.recorder());
+        assert!(out.starts_with(b"-"), "{out:?}");
+        assert!(out.ends_with(b"\r\n$3\r\nhit\r\n"), "{out:?}");
     }
 
     #[test]

@@ -404,6 +404,30 @@ impl Connection {
                         if let Some(sample) = self.sample_hot_key(spec, &req, prefix_key) {
                             sample.record(&frame);
                         }
+                        // In the batch it was read with: a pipeline of hits
+                        // and misses still reaches Redis as one write.
+                        if self.batch.takes_answered(suppress) {
+                            self.batch.push_answered(frame, reply);
+                            return Ok(());
+                        }
+                        self.reply(frame, suppress);
+                        return Err(None);
+                    }
+                    NearRead::Refresh(frame, fill, pttl) => {
+                        if let Some(sample) = self.sample_hot_key(spec, &req, prefix_key) {
+                            sample.record(&frame);
+                        }
+                        let refresh = CommandReply {
+                            frames: 3,
+                            plan: ReplyPlan::NearRefresh(fill),
+                            ..reply.clone()
+                        };
+                        let confine = prefix_key.zip(self.session.namespace());
+                        self.batch.push_fill(req, confine, pttl, refresh, suppress);
+                        if self.batch.takes_answered(suppress) {
+                            self.batch.push_answered(frame, reply);
+                            return Ok(());
+                        }
                         self.reply(frame, suppress);
                         return Err(None);
                     }

@@ -129,6 +129,9 @@ impl Settings {
 pub enum Lookup {
     /// The reply frame to answer with.
     Hit(Bytes),
+    /// A hit whose entry is due for refreshing: answer with the frame and
+    /// send a fill of the key with the ticket (its reply goes to no one).
+    Refresh(Bytes, Ticket),
     /// Not cached; fill from the reply when a ticket is given (the key was
     /// read before, [`admission`]).
     Miss(Option<Ticket>),
@@ -289,7 +292,7 @@ impl NearCache {
             return None;
         }
         match locked(self.shard(hash)).get(key, Instant::now()) {
-            Found::Hit(_) => return None,
+            Found::Hit(_) | Found::Refresh(_) => return None,
             Found::Stale(reason) => self.counters.evicted(reason, 1),
             Found::Absent => {}
         }
@@ -377,6 +380,22 @@ impl NearCache {
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
                 return Lookup::Hit(frame);
             }
+            Found::Refresh(frame) => {
+                drop(shard);
+                self.counters.hits.fetch_add(1, Ordering::Relaxed);
+                if !fills {
+                    return Lookup::Hit(frame);
+                }
+                // No flight: the entry still answers other reads meanwhile.
+                let ticket = Ticket {
+                    hash,
+                    seq: self.seq(hash).load(Ordering::Acquire),
+                    epoch: self.epoch.load(Ordering::Acquire),
+                    queued: Instant::now(),
+                    flight: None,
+                };
+                return Lookup::Refresh(frame, ticket);
+            }
             Found::Stale(reason) => self.counters.evicted(reason, 1),
             Found::Absent => {}
         }
@@ -432,13 +451,17 @@ impl NearCache {
             // -2: the key was gone by the PTTL; 0: about to expire.
             _ => return,
         };
-        let entry = Entry::new(
+        let mut entry = Entry::new(
             key,
             Bytes::copy_from_slice(frame),
             ticket.queued + ttl,
             session,
             ticket.hash,
         );
+        if ttl == max_age {
+            // Refreshed in the last quarter of its life if it is read then.
+            entry.refresh_at = ticket.queued + max_age * 3 / 4;
+        }
         let budget = self.shard_budget.load(Ordering::Relaxed);
         let mut shard = locked(self.shard(ticket.hash));
         if self.seq(ticket.hash).load(Ordering::Acquire) != ticket.seq
@@ -721,6 +744,33 @@ mod tests {
         assert_eq!(cache.counters.evictions(Evicted::MaxAge), 2);
     }
 
+    /// A hit in the last quarter of an entry's `max_age` asks, once, for a
+    /// fill that replaces it; a hot key is then never dropped at `max_age`.
+    #[tokio::test(start_paused = true)]
+    async fn a_hot_entry_is_refreshed_before_max_age() {
+        let cache = NearCache::new(&config(1 << 20));
+        let t = ticket(&cache, b"k");
+        cache.fill(Bytes::from_static(b"k"), b"$1\r\nv\r\n", -1, t, live());
+        assert!(matches!(look(&cache, b"k"), Lookup::Hit(_)));
+        tokio::time::advance(Duration::from_millis(7600)).await;
+        let Lookup::Refresh(frame, t) = look(&cache, b"k") else {
+            panic!("no refresh asked for");
+        };
+        assert_eq!(&frame[..], b"$1\r\nv\r\n");
+        assert!(matches!(look(&cache, b"k"), Lookup::Hit(_)), "asked once");
+        cache.fill(Bytes::from_static(b"k"), b"$1\r\nw\r\n", -1, t, live());
+        tokio::time::advance(Duration::from_secs(5)).await;
+        match look(&cache, b"k") {
+            Lookup::Hit(f) => assert_eq!(&f[..], b"$1\r\nw\r\n"),
+            other => panic!("{other:?}"),
+        }
+        // A key's own TTL is not refreshed past.
+        let t = ticket(&cache, b"ttl");
+        cache.fill(Bytes::from_static(b"ttl"), b"$1\r\nv\r\n", 2000, t, live());
+        tokio::time::advance(Duration::from_millis(1900)).await;
+        assert!(matches!(look(&cache, b"ttl"), Lookup::Hit(_)));
+    }
+
     /// The budget holds within 5% (entries are charged exactly, and each
     /// shard holds its share), and shrinking it on reload evicts.
     #[tokio::test]
@@ -732,6 +782,8 @@ mod tests {
         for round in 0..3 {
             for i in 0..5000 {
                 let key = format!("key:{i}");
+                // Read twice in a row: admitted whatever the sketch forgot.
+                let _ = look(&cache, key.as_bytes());
                 if let Lookup::Miss(Some(t)) = look(&cache, key.as_bytes()) {
                     cache.fill(Bytes::from(key), value.as_bytes(), -1, t, session.clone());
                 }

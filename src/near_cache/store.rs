@@ -41,6 +41,10 @@ pub(crate) struct Entry {
     pub(crate) hash: u64,
     /// The store's clock when last read.
     used: u64,
+    /// From then on, a hit also reads the key again for a fresh entry
+    /// (once): a hot key is not dropped at `max_age` and missed.
+    pub(crate) refresh_at: Instant,
+    refreshing: bool,
 }
 
 impl Entry {
@@ -58,6 +62,8 @@ impl Entry {
             session,
             hash,
             used: 0,
+            refresh_at: expires,
+            refreshing: false,
         }
     }
 
@@ -81,6 +87,9 @@ impl Entry {
 #[derive(Debug)]
 pub(crate) enum Found {
     Hit(Bytes),
+    /// A hit on an entry due for refreshing ([`Entry::refresh_at`]); it is
+    /// told so once.
+    Refresh(Bytes),
     Absent,
     /// There was an entry, removed now for this reason.
     Stale(Evicted),
@@ -121,6 +130,10 @@ impl Store {
             return Found::Stale(reason);
         }
         entry.used = clock;
+        if now >= entry.refresh_at && !entry.refreshing {
+            entry.refreshing = true;
+            return Found::Refresh(entry.value.clone());
+        }
         Found::Hit(entry.value.clone())
     }
 

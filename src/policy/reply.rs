@@ -53,6 +53,12 @@ pub enum ReplyPlan {
     /// inside; the guard keeps its keys from being filled until the reply
     /// is taken ([`crate::near_cache::NearCache::begin_write`]).
     NearWrite(Box<(Writing, ReplyPlan)>),
+    /// A fill keygate sent to refresh a near-cache entry, beside the hit it
+    /// answered: its frames (as [`ReplyPlan::NearFill`]'s) go to no one.
+    NearRefresh(Box<Fill>),
+    /// Answered by keygate, with no backend frame of its own: a near-cache
+    /// hit gathered into the batch it was read with, written in its place.
+    Answered(Bytes),
 }
 
 /// A command queued inside MULTI, as EXEC's reply plan sees it.
@@ -76,7 +82,8 @@ impl Queued {
 pub fn rewrite(plan: &ReplyPlan, frame: &[u8], out: &mut BytesMut) {
     match plan {
         ReplyPlan::Forward | ReplyPlan::NearFill(_) => out.extend_from_slice(frame),
-        ReplyPlan::Replace(with) => out.extend_from_slice(with),
+        ReplyPlan::Replace(with) | ReplyPlan::Answered(with) => out.extend_from_slice(with),
+        ReplyPlan::NearRefresh(_) => {}
         ReplyPlan::AppendProxyInfo(section) => match Value::parse(frame) {
             Ok(Value::Bulk(text)) => {
                 let mut joined = BytesMut::from(&text[..]);
