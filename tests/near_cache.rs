@@ -129,6 +129,23 @@ fn hits_in_a_pipeline_keep_their_place() {
         3,
         "only the misses reach Redis"
     );
+    // Hits alone, and a hit whose reply is skipped (CLIENT REPLY SKIP).
+    let mut pipeline = Vec::new();
+    for args in [
+        &["GET", "k"][..],
+        &["GET", "k"],
+        &["CLIENT", "REPLY", "SKIP"],
+        &["GET", "k"],
+        &["GET", "k"],
+        &["PING"],
+    ] {
+        pipeline.extend(resp_command(args));
+    }
+    c.send(&pipeline);
+    for want in [bulk("v1"), bulk("v1"), bulk("v1"), "+PONG\r\n".to_string()] {
+        assert_eq!(String::from_utf8_lossy(&c.read_reply()), want);
+    }
+    assert_eq!(redis.calls("get") - before, 3, "hits alone reach no one");
 }
 
 #[test]

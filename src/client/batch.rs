@@ -57,7 +57,11 @@ pub(super) struct PendingBatch {
     /// Small frames copied end to end; they follow `payload`'s pieces.
     staged: BytesMut,
     commands: Commands,
+    /// Bytes of the request frames gathered.
     bytes: usize,
+    /// Bytes of the replies keygate answered itself among them
+    /// ([`Self::push_answered`]).
+    answered: usize,
     suppress: bool,
     /// Every command in the batch is READONLY (topology: may go to a replica).
     read_only: bool,
@@ -191,6 +195,7 @@ impl Default for PendingBatch {
             staged: BytesMut::new(),
             commands: Commands::new(),
             bytes: 0,
+            answered: 0,
             suppress: false,
             read_only: true,
             route: None,
@@ -232,7 +237,8 @@ impl PendingBatch {
     /// batch must be sealed first (replies of one slot share suppression,
     /// and a batch stays within [`MAX_BATCH_BYTES`]).
     pub(super) fn takes(&self, suppress: bool) -> bool {
-        self.is_empty() || (self.suppress == suppress && self.bytes < MAX_BATCH_BYTES)
+        self.is_empty()
+            || (self.suppress == suppress && self.bytes + self.answered < MAX_BATCH_BYTES)
     }
 
     /// Makes the part for cluster slot `route.slot` the one the next
@@ -365,10 +371,10 @@ impl PendingBatch {
         }))
     }
 
-    /// Nothing is gathered (every command has a frame, so no bytes means none).
-    /// On a cluster backend this covers every part.
+    /// Nothing is gathered: no request frame (on a cluster backend, in
+    /// any part) and no answer of keygate's own.
     fn is_empty(&self) -> bool {
-        self.bytes == 0
+        self.bytes == 0 && self.answered == 0
     }
 
     /// Whether sealed batches wait to be submitted.
@@ -443,20 +449,17 @@ impl PendingBatch {
         self.push(request, confine, vec![pttl], reply, suppress, false);
     }
 
-    /// Whether a reply keygate already has may join the batch in its place
-    /// in the client's order, instead of sealing the batch around it: only
-    /// when the batch already holds a command for the backend (a batch of
-    /// nothing but such replies would wait on no one).
-    pub(super) fn takes_answered(&self, suppress: bool) -> bool {
-        !self.is_empty() && self.takes(suppress)
-    }
-
-    /// Adds a command keygate answered itself (see [`Self::takes_answered`]):
-    /// it sends nothing and takes no reply frame, and its answer is written
-    /// between its neighbours' replies. Its bytes count towards the batch's
-    /// size, which bounds what a batch holds.
-    pub(super) fn push_answered(&mut self, answer: Bytes, reply: CommandReply) {
-        self.bytes += answer.len();
+    /// Adds a command keygate answered itself (a near-cache hit) instead
+    /// of sealing the batch around it (see [`Self::takes`] first): it sends
+    /// nothing and takes no reply frame, and its answer is written between
+    /// its neighbours' replies, so a pipeline of hits and misses is one
+    /// write each way. A batch of nothing but such answers is sealed as
+    /// one ready reply. Their bytes count towards the batch's size.
+    pub(super) fn push_answered(&mut self, answer: Bytes, reply: CommandReply, suppress: bool) {
+        if self.is_empty() {
+            self.suppress = suppress;
+        }
+        self.answered += answer.len();
         self.commands.push(CommandReply {
             frames: 0,
             plan: ReplyPlan::Answered(answer),
@@ -525,6 +528,20 @@ impl Connection {
         if pending.is_empty() {
             return;
         }
+        if pending.bytes == 0 {
+            // Only keygate's own answers: one reply, ready now.
+            let mut ready = BytesMut::with_capacity(pending.answered);
+            for command in pending.commands.drain(..) {
+                if let ReplyPlan::Answered(answer) = &command.plan {
+                    ready.extend_from_slice(answer);
+                }
+            }
+            pending.answered = 0;
+            let suppress = pending.suppress;
+            self.queue.push_ready(ready.freeze(), suppress);
+            return;
+        }
+        pending.answered = 0;
         let cluster = pending.take_parts();
         pending.unstage();
         // The next batch likely looks like this one (a client pipelines the

@@ -18,6 +18,7 @@
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
 
 use super::queue::CommandReply;
 use super::Connection;
@@ -104,9 +105,15 @@ impl Connection {
         {
             return NearRead::Plain;
         }
-        let Some(key) = self.stored_key(req, 1, prefix_at) else {
+        let Some(arg) = req.get(1) else {
             return NearRead::Plain;
         };
+        // Looked up from the stack: only a fill keeps the key.
+        let mut key: SmallVec<[u8; 128]> = SmallVec::new();
+        if let (true, Some(ns)) = (prefix_at == Some(1), self.session.namespace()) {
+            key.extend_from_slice(ns.prefix_bytes());
+        }
+        key.extend_from_slice(arg);
         // Only RESP2 connections to the master track for the cache, and
         // only a RESP2 client takes a RESP2 leader's reply as it is.
         let fills = self.session.protocol == Protocol::Resp2
@@ -122,18 +129,30 @@ impl Connection {
             }
             Lookup::Refresh(frame, ticket) => {
                 self.record_hit(spec);
-                let pttl = Request::from_args(&[&b"PTTL"[..], &key]);
-                let fill = Fill::new(cache.clone(), key, ticket, self.batch.stamp());
-                NearRead::Refresh(frame, Box::new(fill), pttl)
+                let (fill, pttl) = self.fill_of(cache, &key, ticket);
+                NearRead::Refresh(frame, fill, pttl)
             }
             Lookup::Follow(boarding) => NearRead::Follow(boarding),
             Lookup::Miss(Some(ticket)) => {
-                let pttl = Request::from_args(&[&b"PTTL"[..], &key]);
-                let fill = Fill::new(cache.clone(), key, ticket, self.batch.stamp());
-                NearRead::Fill(Box::new(fill), pttl)
+                let (fill, pttl) = self.fill_of(cache, &key, ticket);
+                NearRead::Fill(fill, pttl)
             }
             Lookup::Miss(None) => NearRead::Plain,
         }
+    }
+
+    /// The fill of a read of `key` (as stored) that `ticket` was taken
+    /// for, and the `PTTL` that goes with it.
+    fn fill_of(
+        &mut self,
+        cache: &Arc<NearCache>,
+        key: &[u8],
+        ticket: crate::near_cache::Ticket,
+    ) -> (Box<Fill>, Request) {
+        let pttl = Request::from_args(&[&b"PTTL"[..], key]);
+        let key = Bytes::copy_from_slice(key);
+        let fill = Fill::new(cache.clone(), key, ticket, self.batch.stamp());
+        (Box::new(fill), pttl)
     }
 
     /// A read the near cache answered, recorded as keygate's own answer.

@@ -405,13 +405,9 @@ impl Connection {
                             sample.record(&frame);
                         }
                         // In the batch it was read with: a pipeline of hits
-                        // and misses still reaches Redis as one write.
-                        if self.batch.takes_answered(suppress) {
-                            self.batch.push_answered(frame, reply);
-                            return Ok(());
-                        }
-                        self.reply(frame, suppress);
-                        return Err(None);
+                        // and misses is still one write each way.
+                        self.batch.push_answered(frame, reply, suppress);
+                        return Ok(());
                     }
                     NearRead::Refresh(frame, fill, pttl) => {
                         if let Some(sample) = self.sample_hot_key(spec, &req, prefix_key) {
@@ -424,12 +420,11 @@ impl Connection {
                         };
                         let confine = prefix_key.zip(self.session.namespace());
                         self.batch.push_fill(req, confine, pttl, refresh, suppress);
-                        if self.batch.takes_answered(suppress) {
-                            self.batch.push_answered(frame, reply);
-                            return Ok(());
+                        if !self.batch.takes(suppress) {
+                            self.seal_batch();
                         }
-                        self.reply(frame, suppress);
-                        return Err(None);
+                        self.batch.push_answered(frame, reply, suppress);
+                        return Ok(());
                     }
                     NearRead::Fill(fill, pttl) => {
                         let hot = self.sample_hot_key(spec, &req, prefix_key);
