@@ -373,7 +373,7 @@ impl PendingBatch {
 
     /// Nothing is gathered: no request frame (on a cluster backend, in
     /// any part) and no answer of keygate's own.
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.bytes == 0 && self.answered == 0
     }
 

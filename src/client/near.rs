@@ -122,7 +122,12 @@ impl Connection {
                 .service
                 .as_ref()
                 .is_some_and(|s| s.read_from == ReadFrom::Master);
-        match cache.lookup(&key, fills) {
+        // A follower waits for its leader before anything it sends after:
+        // only a client with nothing else on its way (not pipelining)
+        // follows; a pipelined read is sent (a fill of its own, or as it
+        // is) rather than stall the pipeline behind another's round trip.
+        let follows = fills && self.batch.is_empty() && self.queue.is_empty();
+        match cache.lookup(&key, fills, follows) {
             Lookup::Hit(frame) => {
                 self.record_hit(spec);
                 NearRead::Hit(frame)

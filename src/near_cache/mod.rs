@@ -368,9 +368,10 @@ impl NearCache {
     }
 
     /// Looks a cacheable read's (prefixed) key up. `fills`: the read may
-    /// fill the cache, or wait for another read's fill (its connection
-    /// tracks and takes the leader's reply as it is).
-    pub fn lookup(&self, key: &[u8], fills: bool) -> Lookup {
+    /// fill the cache (its connection tracks and takes a leader's reply as
+    /// it is); `follows`: it may also wait for another read's fill, else
+    /// while one is on its way it is sent as it is.
+    pub fn lookup(&self, key: &[u8], fills: bool, follows: bool) -> Lookup {
         let hash = self.hasher.hash_one(key);
         let reads = self.sketch.record(hash);
         let mut shard = locked(self.shard(hash));
@@ -403,8 +404,10 @@ impl NearCache {
         if !fills {
             return Lookup::Miss(None);
         }
-        if let Some(boarding) = shard.flights.join(key) {
-            return Lookup::Follow(boarding);
+        if follows {
+            if let Some(boarding) = shard.flights.join(key) {
+                return Lookup::Follow(boarding);
+            }
         }
         if reads < ADMIT_AFTER {
             return Lookup::Miss(None);
@@ -664,7 +667,7 @@ mod tests {
 
     /// A lookup that lets go of any flight it leads (nobody follows here).
     fn look(cache: &NearCache, key: &[u8]) -> Lookup {
-        let found = cache.lookup(key, true);
+        let found = cache.lookup(key, true, true);
         if let Lookup::Miss(Some(t)) = &found {
             cache.abort(key, t);
         }
@@ -673,7 +676,7 @@ mod tests {
 
     fn ticket(cache: &NearCache, key: &[u8]) -> Ticket {
         loop {
-            if let Lookup::Miss(Some(t)) = cache.lookup(key, true) {
+            if let Lookup::Miss(Some(t)) = cache.lookup(key, true, true) {
                 // Nobody follows in these tests: the flight is let go.
                 cache.abort(key, &t);
                 return t;
