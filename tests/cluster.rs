@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    cli_at, cluster_config, http_get, metric_sample, resp_command, scrape_metrics, wait_until,
-    Keygate, RawConn, RedisCluster, Reply, CLUSTER_MASTERS, DEFAULT_SERVICE,
+    backend_health, cli_at, cluster_config, http_get, metric_sample, resp_command, scrape_metrics,
+    wait_until, Keygate, RawConn, RedisCluster, Reply, CLUSTER_MASTERS, DEFAULT_SERVICE,
 };
 use keygate::topology::slot::{key_slot, prefixed_key_slot};
 
@@ -107,14 +107,6 @@ fn slot_function_agrees_with_cluster_keyslot() {
         cases.len(),
         differences.first()
     );
-}
-
-/// keygate's `/health` backend section.
-fn backend_health(kg: &Keygate) -> serde_json::Value {
-    let response = http_get(kg.admin_port(), "/health");
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let health: serde_json::Value = serde_json::from_str(body).expect("health JSON");
-    health["backend"].clone()
 }
 
 fn is_ready(kg: &Keygate) -> bool {

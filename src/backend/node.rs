@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -56,6 +56,9 @@ struct ProtocolSide {
     other: Mutex<HashMap<(u32, usize), MuxHandle>>,
     /// How to start one of `other` (the database aside).
     options: MuxOptions,
+    /// Connections of the configured database that send `READONLY` at
+    /// connect, for reads of a cluster replica; started on first use.
+    reads: OnceLock<Vec<MuxHandle>>,
     dedicated: DedicatedPool,
 }
 
@@ -111,6 +114,7 @@ impl Node {
                 mux,
                 other: Mutex::new(HashMap::new()),
                 options,
+                reads: OnceLock::new(),
                 dedicated,
             }
         };
@@ -173,6 +177,26 @@ impl Node {
             MuxHandle::spawn(options, self.health.clone())
         });
         Cow::Owned(handle.clone())
+    }
+
+    /// The multiplexed connection a client's reads of this node as a
+    /// cluster replica go on: like [`Node::mux`], but `READONLY` was sent
+    /// when it connected (see [`ConnectOptions::readonly`]); the node's
+    /// first such read starts them. Reads in another database take
+    /// [`Node::mux_in`]: the replica redirects them to its master.
+    pub fn mux_reads(&self, protocol: Protocol, client_id: u64, db: u32) -> Cow<'_, MuxHandle> {
+        let side = self.side(protocol);
+        if db != side.options.connect.database {
+            return self.mux_in(protocol, client_id, db);
+        }
+        let reads = side.reads.get_or_init(|| {
+            let mut options = side.options.clone();
+            options.connect.readonly = true;
+            (0..side.mux.len())
+                .map(|_| MuxHandle::spawn(options.clone(), self.health.clone()))
+                .collect()
+        });
+        Cow::Borrowed(&reads[(client_id as usize) % reads.len()])
     }
 
     /// Batches queued for or in flight on the node's multiplexed connections

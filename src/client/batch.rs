@@ -603,9 +603,10 @@ impl Connection {
     }
 
     /// Hands each part of a sealed batch to the master of its slot (any
-    /// master when it has no keys), and gives its queue slot the follower
-    /// that merges the parts' replies and absorbs the cluster's redirects
-    /// ([`redirect`]); first waits for the client's batches routed by an
+    /// master when it has no keys; a replica of the slot's shard for a
+    /// read-only batch of a replica-reading service), and gives its queue
+    /// slot the follower that merges the parts' replies and absorbs the
+    /// cluster's redirects ([`redirect`]); first waits for the client's batches routed by an
     /// older slot map, so none of its requests overtakes a retried one.
     async fn submit_to_cluster(&mut self, sealed: Sealed) {
         let ctx = self.ctx.clone();
@@ -619,11 +620,19 @@ impl Connection {
         };
         // Read before routing: a batch is never marked newer than its route.
         let generation = ctx.router.cluster().map_or(0, |c| c.generation());
+        // topology: a read-only batch of a replica-reading service reads
+        // each slot from a replica of its shard (by `read_from`'s rule).
+        let reads = sealed.read_only && sealed.read_from != ReadFrom::Master;
         let mut routed = Vec::with_capacity(parts.len());
         for part in parts {
             let node = match part.key_slot {
-                Some(slot) => ctx.router.master_for_slot(slot).await,
-                None => ctx.router.master_for().await,
+                Some(slot) if reads => match ctx.router.replica_for_slot(sealed.read_from, slot) {
+                    Ok(Some(replica)) => Ok((replica, Some(slot))),
+                    Ok(None) => ctx.router.master_for_slot(slot).await.map(|n| (n, None)),
+                    Err(e) => Err(e),
+                },
+                Some(slot) => ctx.router.master_for_slot(slot).await.map(|n| (n, None)),
+                None => ctx.router.master_for().await.map(|n| (n, None)),
             };
             routed.push((part, node));
         }
@@ -633,6 +642,13 @@ impl Connection {
                 let _ = sealed.batch.reply.send(Err(e.into()));
             }
             return;
+        }
+        // metrics: a batch read from replicas alone is recorded as theirs.
+        if routed
+            .iter()
+            .all(|(_, node)| matches!(node, Ok((_, Some(_)))))
+        {
+            self.queue.served_by(sealed.slot, Role::Replica);
         }
         let must_wait = self
             .batch
@@ -647,7 +663,7 @@ impl Connection {
         }
         let mut sent = Vec::with_capacity(routed.len());
         for (part, node) in routed {
-            let node = match node {
+            let (node, read_slot) = match node {
                 Ok(node) => node,
                 Err(e) => {
                     sent.push(redirect::Sent::Failed(e.into()));
@@ -675,12 +691,14 @@ impl Connection {
                 frame_lens: part.frame_lens,
                 meter: self.meter.clone(),
                 script: part.script,
+                read_slot,
             };
-            follow
-                .node
-                .mux_in(sealed.protocol, self.session.id, sealed.database)
-                .submit(batch)
-                .await;
+            let (id, db) = (self.session.id, sealed.database);
+            let mux = match read_slot {
+                Some(_) => follow.node.mux_reads(sealed.protocol, id, db),
+                None => follow.node.mux_in(sealed.protocol, id, db),
+            };
+            mux.submit(batch).await;
             sent.push(redirect::Sent::Part(rx, follow));
         }
         let Some(cluster) = self.batch.cluster.as_mut() else {

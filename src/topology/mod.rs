@@ -277,6 +277,7 @@ impl Topology {
         crate::backend::connect::ConnectOptions {
             addr: addr.to_string(),
             protocol: crate::protocol::Protocol::Resp2,
+            readonly: false,
             ..self.node_options.connect.clone()
         }
     }
@@ -463,6 +464,7 @@ mod tests {
                 protocol: Default::default(),
                 connect_timeout: Duration::from_millis(100),
                 tls: None,
+                readonly: false,
             },
             connections: 1,
             writes_in_flight: 2,
