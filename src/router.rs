@@ -168,6 +168,7 @@ impl Router {
             dedicated_max: b.dedicated_max,
             command_timeout: b.command_timeout,
             near_caches,
+            label: 0,
         };
         if let Some(seeds) = &b.cluster {
             let cluster = Cluster::new(

@@ -224,6 +224,31 @@ fn single_slot_commands_go_to_their_slots_master_in_order() {
         assert!((3500..=3600).contains(&ttl), "TTL of {key}: {ttl}");
     }
     assert_eq!(owners.len(), CLUSTER_MASTERS, "keys reached every master");
+    // Backend times carry the node that answered: every master, by the
+    // address the slot map names it by, and nothing without a node.
+    let masters: Vec<String> = cluster.masters().iter().map(|m| m.addr()).collect();
+    let by_node = || {
+        let metrics = scrape_metrics(kg.admin_port());
+        backend_counts_by_node(&metrics, "tenant", "get")
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || by_node()
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<f64>()
+            >= KEYS as f64),
+        "{:?}",
+        by_node()
+    );
+    let counted = by_node();
+    assert_eq!(counted.len(), CLUSTER_MASTERS, "{counted:?}");
+    for (node, _) in &counted {
+        let node = node.as_deref().expect("a node label on a cluster backend");
+        assert!(
+            masters.iter().any(|m| m == node),
+            "{node} not in {masters:?}"
+        );
+    }
 
     // Keys in one slot (a shared hash tag) work together; across slots,
     // Redis's CROSSSLOT.
@@ -259,6 +284,29 @@ fn single_slot_commands_go_to_their_slots_master_in_order() {
         plain.call(&["DBSIZE"]).text(),
         "ERR keygate: 'dbsize' is not served on a cluster backend yet"
     );
+}
+
+/// The `keygate_backend_duration_seconds_count` samples of `service`'s
+/// `command`: each one's `node` label (if any) and value.
+fn backend_counts_by_node(
+    metrics: &str,
+    service: &str,
+    command: &str,
+) -> Vec<(Option<String>, f64)> {
+    let wanted = format!("service=\"{service}\",command=\"{command}\",");
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("keygate_backend_duration_seconds_count{"))
+        .filter(|l| l.starts_with(&wanted))
+        .map(|l| {
+            let (labels, value) = l.rsplit_once(' ').expect("a sample");
+            let node = labels
+                .split_once("node=\"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(node, _)| node.to_string());
+            (node, value.parse().expect("a number"))
+        })
+        .collect()
 }
 
 /// Hash tags whose slots are on different masters, one per master, with

@@ -42,6 +42,9 @@ pub struct NodeOptions {
     /// an invalidation connection, and its RESP2 multiplexed connections of
     /// the configured database read for the caches.
     pub near_caches: Option<Arc<NearCaches>>,
+    /// The node's index among its topology's nodes: its `node` label in
+    /// metrics (see [`crate::topology::Topology::node_addrs`]).
+    pub label: u16,
 }
 
 /// Per-protocol connections of a node.
@@ -66,6 +69,8 @@ struct ProtocolSide {
 #[derive(Debug)]
 pub struct Node {
     addr: String,
+    /// See [`NodeOptions::label`].
+    label: u16,
     health: Arc<NodeHealth>,
     /// The near caches' tracking of this node, when any service has one.
     tracking: Option<Arc<NodeTracking>>,
@@ -120,6 +125,7 @@ impl Node {
         };
         Arc::new(Node {
             addr: opts.connect.addr.clone(),
+            label: opts.label,
             resp2: side(Protocol::Resp2),
             resp3: side(Protocol::Resp3),
             health,
@@ -130,6 +136,11 @@ impl Node {
     /// `host:port` of the node.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The node's `node` label index in metrics ([`NodeOptions::label`]).
+    pub fn label(&self) -> u16 {
+        self.label
     }
 
     /// Whether the node's invalidation connection is subscribed, so reads
