@@ -689,7 +689,7 @@ impl Connection {
         }
         let mut sent = Vec::with_capacity(routed.len());
         // metrics: each part's node, for the `node` label of backend times.
-        let mut labels = Vec::with_capacity(routed.len());
+        let mut labels: smallvec::SmallVec<[u16; MAX_PARTS]> = smallvec::SmallVec::new();
         for (part, node) in routed {
             let (node, read_slot) = match node {
                 Ok(node) => node,

@@ -999,6 +999,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn replicas_serve_reads_by_their_verdict_for_their_master() {
+        let topology = unreachable_cluster();
+        let node = |addr: &str| topology.node(addr);
+        let mut two = answer(3, &[("a:1", 0, 8000), ("b:1", 8001, 16383)]);
+        for (shard, replica) in two.shards.iter_mut().zip(["ra:1", "rb:1"]) {
+            shard.replicas.push(NodeView {
+                addr: replica.into(),
+                health: "online".into(),
+            });
+        }
+        let verdict = |state: &str, addr: &str| ReplicaState {
+            addr: addr.into(),
+            state: state.into(),
+            lag_seconds: Some(0),
+            lag_bytes: Some(0),
+        };
+        let mut verdicts = Verdicts::new();
+        verdicts.insert(("a:1".into(), "ra:1".into()), verdict("online", "ra:1"));
+        // Judged against another master: no verdict for this shard.
+        verdicts.insert(("x:1".into(), "rb:1".into()), verdict("online", "rb:1"));
+        let map = SlotMap::build(&two, node, &verdicts);
+        let reads: Vec<Vec<&str>> = map
+            .shards
+            .iter()
+            .map(|s| s.reads.iter().map(|n| n.addr()).collect())
+            .collect();
+        assert_eq!(reads, [vec!["ra:1"], vec![]]);
+        assert_eq!(map.shards[1].replica_states[0].state, "unknown");
+        // The next map starts from this one's verdicts.
+        assert_eq!(map.verdicts().len(), 2);
+        // Nothing listens there: no connected replica to read from.
+        assert!(map.replica(0).is_none());
+        assert!(map.replica(9000).is_none());
+    }
+
+    #[tokio::test]
     async fn refresh_requests_are_debounced() {
         let topology = unreachable_cluster();
         spawn(&topology, Duration::from_millis(50));
