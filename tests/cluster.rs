@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    backend_health, cli_at, cluster_config, http_get, metric_sample, resp_command, scrape_metrics,
-    wait_until, Keygate, RawConn, RedisCluster, Reply, CLUSTER_MASTERS, DEFAULT_SERVICE,
+    backend_counts_by_node, backend_health, cli_at, cluster_config, http_get, metric_sample,
+    resp_command, scrape_metrics, wait_until, Keygate, RawConn, RedisCluster, Reply,
+    CLUSTER_MASTERS, DEFAULT_SERVICE,
 };
 use keygate::topology::slot::{key_slot, prefixed_key_slot};
 
@@ -284,29 +285,6 @@ fn single_slot_commands_go_to_their_slots_master_in_order() {
         plain.call(&["DBSIZE"]).text(),
         "ERR keygate: 'dbsize' is not served on a cluster backend yet"
     );
-}
-
-/// The `keygate_backend_duration_seconds_count` samples of `service`'s
-/// `command`: each one's `node` label (if any) and value.
-fn backend_counts_by_node(
-    metrics: &str,
-    service: &str,
-    command: &str,
-) -> Vec<(Option<String>, f64)> {
-    let wanted = format!("service=\"{service}\",command=\"{command}\",");
-    metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("keygate_backend_duration_seconds_count{"))
-        .filter(|l| l.starts_with(&wanted))
-        .map(|l| {
-            let (labels, value) = l.rsplit_once(' ').expect("a sample");
-            let node = labels
-                .split_once("node=\"")
-                .and_then(|(_, rest)| rest.split_once('"'))
-                .map(|(node, _)| node.to_string());
-            (node, value.parse().expect("a number"))
-        })
-        .collect()
 }
 
 /// Hash tags whose slots are on different masters, one per master, with

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{
-    backend_health, cluster_config, metric_sample, move_empty_slot, resp_command, scrape_metrics,
-    wait_until, Keygate, RawConn, RedisCluster, RedisServer, Reply, CLUSTER_MASTERS,
-    DEFAULT_SERVICE,
+    backend_counts_by_node, backend_health, cluster_config, metric_sample, move_empty_slot,
+    resp_command, scrape_metrics, wait_until, Keygate, RawConn, RedisCluster, RedisServer, Reply,
+    CLUSTER_MASTERS, DEFAULT_SERVICE,
 };
 use keygate::topology::slot::key_slot;
 
@@ -183,6 +183,16 @@ fn a_replica_reading_service_reads_from_replicas_and_writes_to_masters() {
         "replica reads recorded: {:?}",
         replica_gets()
     );
+    // ... with the replica that answered as their backend times' node.
+    let metrics = scrape_metrics(kg.admin_port());
+    let addrs: Vec<String> = replicas.iter().map(|r| r.addr()).collect();
+    let by_node = backend_counts_by_node(&metrics, "reader", "get");
+    let on_replicas: Vec<&str> = by_node
+        .iter()
+        .filter_map(|(node, _)| node.as_deref())
+        .filter(|node| addrs.iter().any(|a| a == node))
+        .collect();
+    assert_eq!(on_replicas.len(), CLUSTER_MASTERS, "{by_node:?}");
 }
 
 #[test]

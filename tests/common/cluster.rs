@@ -217,3 +217,26 @@ pub fn backend_health(kg: &Keygate) -> serde_json::Value {
     let health: serde_json::Value = serde_json::from_str(body).expect("health JSON");
     health["backend"].clone()
 }
+
+/// The `keygate_backend_duration_seconds_count` samples of `service`'s
+/// `command`: each one's `node` label (if any) and value.
+pub fn backend_counts_by_node(
+    metrics: &str,
+    service: &str,
+    command: &str,
+) -> Vec<(Option<String>, f64)> {
+    let wanted = format!("service=\"{service}\",command=\"{command}\",");
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("keygate_backend_duration_seconds_count{"))
+        .filter(|l| l.starts_with(&wanted))
+        .map(|l| {
+            let (labels, value) = l.rsplit_once(' ').expect("a sample");
+            let node = labels
+                .split_once("node=\"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(node, _)| node.to_string());
+            (node, value.parse().expect("a number"))
+        })
+        .collect()
+}
