@@ -105,6 +105,8 @@ impl ProxyState {
         }];
         let mut failovers = None;
         let mut refreshes = None;
+        // On a cluster backend, the `node` label values of backend times.
+        let mut nodes = Vec::new();
         let (mut credential_errors, mut credential_rotations) = (0, 0);
         if let Some(Backend {
             topology,
@@ -159,6 +161,7 @@ impl ProxyState {
                     value: cluster.map().covered as f64,
                 });
                 refreshes = Some((cluster.refreshes(), cluster.redirects()));
+                nodes = topology.node_addrs();
             }
             for service in self.services.current().all() {
                 extra.push(Gauge {
@@ -169,7 +172,7 @@ impl ProxyState {
                 });
             }
         }
-        let mut text = self.metrics.render_prometheus(&extra);
+        let mut text = self.metrics.render_prometheus_with_nodes(&extra, &nodes);
         let services = self.services.current();
         let near: Vec<(&str, &crate::near_cache::NearCache)> = services
             .all()

@@ -1005,11 +1005,8 @@ max_ttl = "1h"
             "max_ttl = \"1h\"",
             "max_ttl = \"1h\"\nread_from = \"replica\"",
         );
-        assert_problem(
-            &replica,
-            19,
-            "service[1].read_from = \"replica\" is not served on a cluster backend yet",
-        );
+        // Both replica modes read from each slot's replicas.
+        assert!(parse(&replica).is_ok());
         let prefer = replica.replace("\"replica\"", "\"prefer-replica\"");
         assert!(parse(&prefer).is_ok());
         // Braces are only a problem where keys hash to slots.

@@ -20,7 +20,8 @@
 //!   (after the policy's decision, before routing), kept coherent by
 //!   Redis's client-side caching invalidations.
 //! - [`router`] picks the backend node and connection kind for a request
-//!   (on a cluster backend, the master of its keys' slot).
+//!   (on a cluster backend, the master of its keys' slot, or one of its
+//!   shard's replicas for a replica-reading service's reads).
 //! - [`topology`] knows the master and replicas, from Sentinel or config,
 //!   or a Redis Cluster's slot map.
 //! - [`backend`] owns connections to Redis: multiplexed pipelined ones for

@@ -91,6 +91,24 @@ pub fn connection_effect(spec: &CommandSpec, req: &Request) -> ConnectionEffect 
     }
 }
 
+/// The replica for a read by `read_from`'s rule: none for the master;
+/// `replica()` or the master for "prefer-replica"; `replica()` or
+/// [`RouteError::NoReplica`] (naming `name()`) for "replica".
+fn pick_read(
+    read_from: ReadFrom,
+    replica: impl FnOnce() -> Option<Arc<Node>>,
+    name: impl FnOnce() -> String,
+) -> Result<Option<Arc<Node>>, RouteError> {
+    match read_from {
+        ReadFrom::Master => Ok(None),
+        ReadFrom::PreferReplica => Ok(replica()),
+        ReadFrom::Replica => match replica() {
+            Some(node) => Ok(Some(node)),
+            None => Err(RouteError::NoReplica { name: name() }),
+        },
+    }
+}
+
 /// The backend topology keygate routes to: a fixed standalone node, or
 /// whatever Sentinel says (see [`crate::topology`]).
 #[derive(Debug)]
@@ -143,15 +161,22 @@ impl Router {
                 protocol: Default::default(),
                 connect_timeout: b.connect_timeout,
                 tls: tls.clone(),
+                readonly: false,
             },
             connections: config.backend_connections(),
             writes_in_flight: b.writes_in_flight,
             dedicated_max: b.dedicated_max,
             command_timeout: b.command_timeout,
             near_caches,
+            label: 0,
         };
         if let Some(seeds) = &b.cluster {
-            let cluster = Cluster::new(seeds.clone(), b.cluster_refresh, b.max_redirects);
+            let cluster = Cluster::new(
+                seeds.clone(),
+                b.cluster_refresh,
+                b.max_redirects,
+                b.max_replica_lag,
+            );
             let topology = Topology::cluster(cluster, opts, b.failover_wait);
             cluster::spawn(&topology, b.connect_timeout);
             return Router {
@@ -185,6 +210,7 @@ impl Router {
                 protocol: Protocol::Resp2,
                 connect_timeout: b.connect_timeout,
                 tls: tls.clone(),
+                readonly: false,
             })
             .collect();
         monitor::spawn(
@@ -225,16 +251,30 @@ impl Router {
     /// The replica a read of a `read_from` service goes to; `Ok(None)` means
     /// the master serves it.
     pub fn node_for_read(&self, read_from: ReadFrom) -> Result<Option<Arc<Node>>, RouteError> {
-        match read_from {
-            ReadFrom::Master => Ok(None),
-            ReadFrom::PreferReplica => Ok(self.topology.replica()),
-            ReadFrom::Replica => match self.topology.replica() {
-                Some(node) => Ok(Some(node)),
-                None => Err(RouteError::NoReplica {
-                    name: self.topology.master_name().to_string(),
-                }),
-            },
-        }
+        pick_read(
+            read_from,
+            || self.topology.replica(),
+            || self.topology.master_name().to_string(),
+        )
+    }
+
+    /// On a cluster backend, the replica a read of cluster `slot` by a
+    /// `read_from` service goes to, by the same rules as
+    /// [`Router::node_for_read`] among the replicas of the slot's shard;
+    /// `Ok(None)` means the slot's master serves it.
+    pub fn replica_for_slot(
+        &self,
+        read_from: ReadFrom,
+        slot: u16,
+    ) -> Result<Option<Arc<Node>>, RouteError> {
+        let Some(cluster) = self.cluster() else {
+            return self.node_for_read(read_from);
+        };
+        pick_read(
+            read_from,
+            || cluster.map().replica(slot).cloned(),
+            || format!("cluster slot {slot}"),
+        )
     }
 
     /// The node for a batch on a shared connection, and whether it is a

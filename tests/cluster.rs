@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    cli_at, cluster_config, http_get, metric_sample, resp_command, scrape_metrics, wait_until,
-    Keygate, RawConn, RedisCluster, Reply, CLUSTER_MASTERS, DEFAULT_SERVICE,
+    backend_counts_by_node, backend_health, cli_at, cluster_config, http_get, metric_sample,
+    resp_command, scrape_metrics, wait_until, Keygate, RawConn, RedisCluster, Reply,
+    CLUSTER_MASTERS, DEFAULT_SERVICE,
 };
 use keygate::topology::slot::{key_slot, prefixed_key_slot};
 
@@ -107,14 +108,6 @@ fn slot_function_agrees_with_cluster_keyslot() {
         cases.len(),
         differences.first()
     );
-}
-
-/// keygate's `/health` backend section.
-fn backend_health(kg: &Keygate) -> serde_json::Value {
-    let response = http_get(kg.admin_port(), "/health");
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let health: serde_json::Value = serde_json::from_str(body).expect("health JSON");
-    health["backend"].clone()
 }
 
 fn is_ready(kg: &Keygate) -> bool {
@@ -232,6 +225,31 @@ fn single_slot_commands_go_to_their_slots_master_in_order() {
         assert!((3500..=3600).contains(&ttl), "TTL of {key}: {ttl}");
     }
     assert_eq!(owners.len(), CLUSTER_MASTERS, "keys reached every master");
+    // Backend times carry the node that answered: every master, by the
+    // address the slot map names it by, and nothing without a node.
+    let masters: Vec<String> = cluster.masters().iter().map(|m| m.addr()).collect();
+    let by_node = || {
+        let metrics = scrape_metrics(kg.admin_port());
+        backend_counts_by_node(&metrics, "tenant", "get")
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || by_node()
+            .iter()
+            .map(|(_, n)| n)
+            .sum::<f64>()
+            >= KEYS as f64),
+        "{:?}",
+        by_node()
+    );
+    let counted = by_node();
+    assert_eq!(counted.len(), CLUSTER_MASTERS, "{counted:?}");
+    for (node, _) in &counted {
+        let node = node.as_deref().expect("a node label on a cluster backend");
+        assert!(
+            masters.iter().any(|m| m == node),
+            "{node} not in {masters:?}"
+        );
+    }
 
     // Keys in one slot (a shared hash tag) work together; across slots,
     // Redis's CROSSSLOT.

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{cli_at, cluster_config, http_get, Keygate, RedisCluster, DEFAULT_SERVICE};
+use common::{backend_health, cli_at, cluster_config, Keygate, RedisCluster, DEFAULT_SERVICE};
 use keygate::topology::slot::key_slot;
 
 /// Client threads, each with its own counter and keys.
@@ -200,14 +200,6 @@ fn lowest_slot(port: u16) -> u16 {
         .and_then(|r| r.split('-').next())
         .and_then(|s| s.parse().ok())
         .expect("the node serves slots")
-}
-
-/// `keygate`'s `/health` backend section.
-fn backend_health(kg: &Keygate) -> serde_json::Value {
-    let response = http_get(kg.admin_port(), "/health");
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let health: serde_json::Value = serde_json::from_str(body).expect("health JSON");
-    health["backend"].clone()
 }
 
 /// The masters in keygate's slot map (`/health` shards that serve slots).

@@ -7,7 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{cluster_config, wait_until, Keygate, RawConn, RedisCluster, RedisServer, Reply};
+use common::{
+    cluster_config, move_empty_slot, wait_until, Keygate, RawConn, RedisCluster, RedisServer, Reply,
+};
 use keygate::topology::slot::key_slot;
 
 /// A namespaced service beside the plain `default` one.
@@ -53,37 +55,6 @@ fn owner<'a>(cluster: &'a RedisCluster, key: &str) -> &'a RedisServer {
         .iter()
         .find(|n| n.port() == port)
         .expect("owner")
-}
-
-/// Moves `slot`, which holds no keys, from `source` to `target` (node id
-/// `target_id`) as a resharding does (importing and migrating first, so
-/// the target's config epoch is bumped), telling every master.
-fn move_empty_slot(
-    cluster: &RedisCluster,
-    slot: u16,
-    source: &RedisServer,
-    target: &RedisServer,
-    target_id: &str,
-) {
-    let (source_id, _) = cluster.slot_owner(slot);
-    let slot = slot.to_string();
-    assert_eq!(
-        target.cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id]),
-        "OK"
-    );
-    assert_eq!(
-        source.cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", target_id]),
-        "OK"
-    );
-    for node in [target, source] {
-        assert_eq!(
-            node.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", target_id]),
-            "OK"
-        );
-    }
-    for master in cluster.masters() {
-        master.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", target_id]);
-    }
 }
 
 #[test]

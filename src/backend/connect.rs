@@ -1,5 +1,6 @@
 //! Dialing a Redis node: TCP connect, the TLS handshake when `tls` is set,
-//! then AUTH, SELECT, HELLO and CLIENT SETNAME pipelined in one round trip.
+//! then AUTH, SELECT, HELLO, READONLY (a cluster replica's read
+//! connections) and CLIENT SETNAME pipelined in one round trip.
 //! The name tells the connection's role, so the backend's `CLIENT LIST`
 //! shows which connections many clients share (a shared one blocked by one
 //! client stalls everybody; a dedicated one may block).
@@ -41,6 +42,12 @@ pub struct ConnectOptions {
     /// TLS settings; plain TCP when `None`. Shared by every connection,
     /// data node or Sentinel, dialed with these options.
     pub tls: Option<Arc<BackendTls>>,
+    /// Send `READONLY` at connect: a cluster replica then serves reads of
+    /// its master's slots on this connection instead of redirecting them.
+    /// Only a replica's read connections set it: on one that routes by the
+    /// slot map, a master demoted meanwhile would answer reads itself
+    /// instead of redirecting them to its successor.
+    pub readonly: bool,
 }
 
 /// Nesting cap for backend replies: none. Replies are trusted and must be
@@ -231,6 +238,9 @@ fn handshake_requests(opts: &ConnectOptions, role: Role) -> Vec<Request> {
     }
     if opts.database != 0 {
         reqs.push(Request::from_args(&["SELECT", &opts.database.to_string()]));
+    }
+    if opts.readonly {
+        reqs.push(Request::from_args(&["READONLY"]));
     }
     reqs.push(Request::from_args(&[
         "CLIENT",

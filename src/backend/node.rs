@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,6 +42,9 @@ pub struct NodeOptions {
     /// an invalidation connection, and its RESP2 multiplexed connections of
     /// the configured database read for the caches.
     pub near_caches: Option<Arc<NearCaches>>,
+    /// The node's index among its topology's nodes: its `node` label in
+    /// metrics (see [`crate::topology::Topology::node_addrs`]).
+    pub label: u16,
 }
 
 /// Per-protocol connections of a node.
@@ -56,6 +59,9 @@ struct ProtocolSide {
     other: Mutex<HashMap<(u32, usize), MuxHandle>>,
     /// How to start one of `other` (the database aside).
     options: MuxOptions,
+    /// Connections of the configured database that send `READONLY` at
+    /// connect, for reads of a cluster replica; started on first use.
+    reads: OnceLock<Vec<MuxHandle>>,
     dedicated: DedicatedPool,
 }
 
@@ -63,6 +69,8 @@ struct ProtocolSide {
 #[derive(Debug)]
 pub struct Node {
     addr: String,
+    /// See [`NodeOptions::label`].
+    label: u16,
     health: Arc<NodeHealth>,
     /// The near caches' tracking of this node, when any service has one.
     tracking: Option<Arc<NodeTracking>>,
@@ -111,11 +119,13 @@ impl Node {
                 mux,
                 other: Mutex::new(HashMap::new()),
                 options,
+                reads: OnceLock::new(),
                 dedicated,
             }
         };
         Arc::new(Node {
             addr: opts.connect.addr.clone(),
+            label: opts.label,
             resp2: side(Protocol::Resp2),
             resp3: side(Protocol::Resp3),
             health,
@@ -126,6 +136,11 @@ impl Node {
     /// `host:port` of the node.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The node's `node` label index in metrics ([`NodeOptions::label`]).
+    pub fn label(&self) -> u16 {
+        self.label
     }
 
     /// Whether the node's invalidation connection is subscribed, so reads
@@ -173,6 +188,26 @@ impl Node {
             MuxHandle::spawn(options, self.health.clone())
         });
         Cow::Owned(handle.clone())
+    }
+
+    /// The multiplexed connection a client's reads of this node as a
+    /// cluster replica go on: like [`Node::mux`], but `READONLY` was sent
+    /// when it connected (see [`ConnectOptions::readonly`]); the node's
+    /// first such read starts them. Reads in another database take
+    /// [`Node::mux_in`]: the replica redirects them to its master.
+    pub fn mux_reads(&self, protocol: Protocol, client_id: u64, db: u32) -> Cow<'_, MuxHandle> {
+        let side = self.side(protocol);
+        if db != side.options.connect.database {
+            return self.mux_in(protocol, client_id, db);
+        }
+        let reads = side.reads.get_or_init(|| {
+            let mut options = side.options.clone();
+            options.connect.readonly = true;
+            (0..side.mux.len())
+                .map(|_| MuxHandle::spawn(options.clone(), self.health.clone()))
+                .collect()
+        });
+        Cow::Borrowed(&reads[(client_id as usize) % reads.len()])
     }
 
     /// Batches queued for or in flight on the node's multiplexed connections

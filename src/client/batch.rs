@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use super::queue::{CommandReply, Commands};
+use super::queue::{Answering, CommandReply, Commands};
 use super::{redirect, split, Connection};
 use crate::backend::mux::{Batch, Payload, LARGE_PIECE};
 use crate::backend::node::Node;
@@ -138,6 +138,32 @@ pub(super) struct SlotRoute {
     pub(super) slot: u16,
     /// Its master in the slot map then; `None` while no map covers it.
     pub(super) node: Option<Arc<Node>>,
+}
+
+/// The label of a part no node was routed to (its replies are keygate's).
+const NO_LABEL: u16 = u16::MAX;
+
+/// Which node answers each reply frame of a cluster batch, by the node
+/// label of each part (`labels`): a request frame's part's (`order`), the
+/// first part's for a command split by slot (its frames merge into one).
+/// A request that was redirected counts under the node it was sent to.
+fn answering(order: &[u8], splits: &[SplitAt], labels: &[u16]) -> Answering {
+    match labels {
+        [] => return Answering::Unknown,
+        [first, rest @ ..] if rest.iter().all(|l| l == first) => return Answering::One(*first),
+        _ => {}
+    }
+    let label = |part: u8| labels.get(usize::from(part)).copied().unwrap_or(NO_LABEL);
+    let mut frames = Vec::with_capacity(order.len());
+    let mut splits = splits.iter().peekable();
+    let mut i = 0;
+    while let Some(&part) = order.get(i) {
+        frames.push(label(part));
+        i += splits
+            .next_if(|s| s.start == i)
+            .map_or(1, |s| s.count.max(1));
+    }
+    Answering::ByFrame(frames.into_boxed_slice())
 }
 
 /// A sealed batch and where it goes.
@@ -620,9 +646,10 @@ impl Connection {
     }
 
     /// Hands each part of a sealed batch to the master of its slot (any
-    /// master when it has no keys), and gives its queue slot the follower
-    /// that merges the parts' replies and absorbs the cluster's redirects
-    /// ([`redirect`]); first waits for the client's batches routed by an
+    /// master when it has no keys; a replica of the slot's shard for a
+    /// read-only batch of a replica-reading service), and gives its queue
+    /// slot the follower that merges the parts' replies and absorbs the
+    /// cluster's redirects ([`redirect`]); first waits for the client's batches routed by an
     /// older slot map, so none of its requests overtakes a retried one.
     async fn submit_to_cluster(&mut self, sealed: Sealed) {
         let ctx = self.ctx.clone();
@@ -636,11 +663,19 @@ impl Connection {
         };
         // Read before routing: a batch is never marked newer than its route.
         let generation = ctx.router.cluster().map_or(0, |c| c.generation());
+        // topology: a read-only batch of a replica-reading service reads
+        // each slot from a replica of its shard (by `read_from`'s rule).
+        let reads = sealed.read_only && sealed.read_from != ReadFrom::Master;
         let mut routed = Vec::with_capacity(parts.len());
         for part in parts {
             let node = match part.key_slot {
-                Some(slot) => ctx.router.master_for_slot(slot).await,
-                None => ctx.router.master_for().await,
+                Some(slot) if reads => match ctx.router.replica_for_slot(sealed.read_from, slot) {
+                    Ok(Some(replica)) => Ok((replica, Some(slot))),
+                    Ok(None) => ctx.router.master_for_slot(slot).await.map(|n| (n, None)),
+                    Err(e) => Err(e),
+                },
+                Some(slot) => ctx.router.master_for_slot(slot).await.map(|n| (n, None)),
+                None => ctx.router.master_for().await.map(|n| (n, None)),
             };
             routed.push((part, node));
         }
@@ -650,6 +685,13 @@ impl Connection {
                 let _ = sealed.batch.reply.send(Err(e.into()));
             }
             return;
+        }
+        // metrics: a batch read from replicas alone is recorded as theirs.
+        if routed
+            .iter()
+            .all(|(_, node)| matches!(node, Ok((_, Some(_)))))
+        {
+            self.queue.served_by(sealed.slot, Role::Replica);
         }
         let must_wait = self
             .batch
@@ -663,14 +705,18 @@ impl Connection {
             std::future::poll_fn(|cx| self.queue.poll_shared_answered_before(tag, cx)).await;
         }
         let mut sent = Vec::with_capacity(routed.len());
+        // metrics: each part's node, for the `node` label of backend times.
+        let mut labels: smallvec::SmallVec<[u16; MAX_PARTS]> = smallvec::SmallVec::new();
         for (part, node) in routed {
-            let node = match node {
+            let (node, read_slot) = match node {
                 Ok(node) => node,
                 Err(e) => {
+                    labels.push(NO_LABEL);
                     sent.push(redirect::Sent::Failed(e.into()));
                     continue;
                 }
             };
+            labels.push(node.label());
             let (tx, rx) = oneshot::channel();
             let batch = Batch {
                 payload: part.payload,
@@ -692,17 +738,21 @@ impl Connection {
                 frame_lens: part.frame_lens,
                 meter: self.meter.clone(),
                 script: part.script,
+                read_slot,
             };
-            follow
-                .node
-                .mux_in(sealed.protocol, self.session.id, sealed.database)
-                .submit(batch)
-                .await;
+            let (id, db) = (self.session.id, sealed.database);
+            let mux = match read_slot {
+                Some(_) => follow.node.mux_reads(sealed.protocol, id, db),
+                None => follow.node.mux_in(sealed.protocol, id, db),
+            };
+            mux.submit(batch).await;
             sent.push(redirect::Sent::Part(rx, follow));
         }
         let Some(cluster) = self.batch.cluster.as_mut() else {
             return;
         };
+        let nodes = answering(&order, &splits, &labels);
+        self.queue.answered_by(sealed.slot, nodes);
         let follower = redirect::follow(
             &mut cluster.chain,
             generation,
@@ -779,6 +829,26 @@ mod tests {
         let pieces = pieces_of(&mut batch);
         assert_eq!(pieces.len(), 1);
         assert_eq!(pieces[0].as_ptr(), req.frame().as_ptr());
+    }
+
+    /// The node of each reply frame: one node for a batch of one part;
+    /// else each frame's part's, a split command once (its first part's).
+    #[test]
+    fn cluster_reply_frames_are_labelled_by_their_parts_node() {
+        let split = |start, count| SplitAt {
+            start,
+            count,
+            merge: split::Merge::Sum,
+        };
+        assert!(matches!(
+            answering(&[0, 1, 0], &[], &[7, 7]),
+            Answering::One(7)
+        ));
+        // GET (part 0), a DEL split over parts 1 and 0, GET (part 1).
+        let Answering::ByFrame(frames) = answering(&[0, 1, 0, 1], &[split(1, 2)], &[4, 9]) else {
+            panic!("labelled by frame");
+        };
+        assert_eq!(&frames[..], [4, 9, 9]);
     }
 
     /// On a cluster backend a read's commands gather into one part per

@@ -144,6 +144,34 @@ struct Slot {
     role: Role,
     /// Names a shared slot for [`ReplyQueue::served_by`] (0 for others).
     tag: u64,
+    /// On a cluster backend, the nodes that answered ([`ReplyQueue::answered_by`]).
+    nodes: Answering,
+}
+
+/// The cluster nodes (metrics label indexes, [`crate::backend::node::Node::label`])
+/// a slot's replies came from, for the `node` label of backend times.
+#[derive(Debug, Default)]
+pub enum Answering {
+    /// Not a cluster batch: recorded without a node.
+    #[default]
+    Unknown,
+    /// One node answered every reply.
+    One(u16),
+    /// Each reply frame's node, in order.
+    ByFrame(Box<[u16]>),
+}
+
+impl Answering {
+    /// The node that answered reply frame `frame`.
+    fn at(&self, frame: usize) -> Option<u16> {
+        match self {
+            Answering::Unknown => None,
+            Answering::One(node) => Some(*node),
+            Answering::ByFrame(nodes) => nodes.get(frame).copied(),
+        }
+        // A part no node was routed to is answered by keygate.
+        .filter(|&node| node != u16::MAX)
+    }
 }
 
 /// Ordered replies of one client.
@@ -192,6 +220,7 @@ impl ReplyQueue {
             answered: None,
             role: Role::Proxy,
             tag: 0,
+            nodes: Answering::Unknown,
         });
     }
 
@@ -214,6 +243,7 @@ impl ReplyQueue {
             answered: None,
             role: Role::Master,
             tag: self.last_tag,
+            nodes: Answering::Unknown,
         });
         self.last_tag
     }
@@ -225,6 +255,14 @@ impl ReplyQueue {
     pub fn served_by(&mut self, tag: u64, role: Role) {
         if let Some(slot) = self.slots.iter_mut().rev().find(|s| s.tag == tag) {
             slot.role = role;
+        }
+    }
+
+    /// The shared slot `tag` is answered by these cluster nodes (looked for
+    /// from the back, like [`Self::served_by`]).
+    pub fn answered_by(&mut self, tag: u64, nodes: Answering) {
+        if let Some(slot) = self.slots.iter_mut().rev().find(|s| s.tag == tag) {
+            slot.nodes = nodes;
         }
     }
 
@@ -290,6 +328,7 @@ impl ReplyQueue {
             // Dedicated connections are always the master's.
             role: Role::Master,
             tag: 0,
+            nodes: Answering::Unknown,
         });
     }
 
@@ -401,6 +440,7 @@ impl ReplyQueue {
             answered: None,
             role: Role::Master,
             tag: 0,
+            nodes: Answering::Unknown,
         };
         match self.first_waiting_dedicated() {
             Some(i) => self.slots.insert(i, slot),
@@ -667,7 +707,7 @@ fn write_replies(
         if c.frames == 1 {
             // One command, one frame (a client that does not pipeline): the
             // connection delimited it already, so it is all of the bytes.
-            let mut tally = Tally::new(c);
+            let mut tally = Tally::new(c, slot.nodes.at(0));
             tally.add(replies.first_kind(), &replies.bytes, recorder);
             tally.record(role, total, backend, recorder);
             if let Some(sample) = &c.hot {
@@ -681,6 +721,8 @@ fn write_replies(
     }
     let mut frames = replies.frames(REPLY_MAX_DEPTH);
     let mut tally: Option<Tally<'_>> = None;
+    // The reply frame each command starts at (for the node that answered).
+    let mut at = 0;
     for c in &slot.commands {
         if c.frames == 0 {
             // Answered by keygate (a near-cache hit), recorded when it was.
@@ -689,6 +731,8 @@ fn write_replies(
             }
             continue;
         }
+        let node = slot.nodes.at(at);
+        at += c.frames as usize;
         // The reply to the `CLIENT CACHING YES` in front of a near-cache fill.
         let near = match &c.plan {
             ReplyPlan::NearFill(fill) | ReplyPlan::NearRefresh(fill) => Some(fill),
@@ -720,9 +764,9 @@ fn write_replies(
         }
         if record_each {
             match &mut tally {
-                Some(t) if t.same_series(c) => t.add(kind, frame, recorder),
+                Some(t) if t.same_series(c, node) => t.add(kind, frame, recorder),
                 _ => {
-                    let mut next = Tally::new(c);
+                    let mut next = Tally::new(c, node);
                     next.add(kind, frame, recorder);
                     if let Some(done) = tally.replace(next) {
                         done.record(role, total, backend, recorder);
@@ -768,6 +812,8 @@ fn record_hot_keys(commands: &[CommandReply], replies: &Replies) {
 /// histogram update, not 16).
 struct Tally<'a> {
     command: &'a CommandReply,
+    /// The cluster node that answered, when known.
+    node: Option<u16>,
     count: u64,
     /// How the run's replies count as cache hits and misses.
     cache: CacheRule,
@@ -776,9 +822,10 @@ struct Tally<'a> {
 }
 
 impl<'a> Tally<'a> {
-    fn new(command: &'a CommandReply) -> Tally<'a> {
+    fn new(command: &'a CommandReply, node: Option<u16>) -> Tally<'a> {
         Tally {
             command,
+            node,
             count: 0,
             cache: CacheRule::of(command.command),
             hits: 0,
@@ -786,11 +833,11 @@ impl<'a> Tally<'a> {
         }
     }
 
-    fn same_series(&self, c: &CommandReply) -> bool {
+    fn same_series(&self, c: &CommandReply, node: Option<u16>) -> bool {
         // Names are the command table's: equal names are almost always the
         // same pointer, which spares the byte comparison.
         let (a, b) = (self.command.command, c.command);
-        self.command.service == c.service && (std::ptr::eq(a, b) || a == b)
+        self.command.service == c.service && (std::ptr::eq(a, b) || a == b) && self.node == node
     }
 
     /// One more command of the run, answered by `frame` (a whole frame of
@@ -815,7 +862,8 @@ impl<'a> Tally<'a> {
         recorder: &mut Recorder,
     ) {
         let c = self.command;
-        recorder.commands(c.service, c.command, role, total, backend, self.count);
+        let (node, count) = (self.node, self.count);
+        recorder.commands_on(c.service, c.command, role, node, total, backend, count);
         if self.hits > 0 || self.misses > 0 {
             recorder.cache(c.service, c.command, self.hits, self.misses);
         }

@@ -96,6 +96,43 @@ pub(super) struct Follow {
     pub(super) meter: Arc<ReplyMeter>,
     /// The batch carries a script (see [`Batch::script`]); so do its retries.
     pub(super) script: bool,
+    /// It went to a replica for reads of this slot: when that connection
+    /// is lost, it is read again from the slot's master.
+    pub(super) read_slot: Option<u16>,
+}
+
+impl Follow {
+    /// A read-only part whose replica connection failed, sent again to
+    /// its slot's master: reads run twice harmlessly, and a replica that
+    /// died is no error of the client's. Its replies are counted on the
+    /// client's meter as they arrive, as the first attempt's would have been.
+    async fn read_from_master(mut self, slot: u16) -> (BatchReply, Follow) {
+        let node = match self.ctx.router.master_for_slot(slot).await {
+            Ok(node) => node,
+            Err(e) => return (Err(e.into()), self),
+        };
+        let (tx, rx) = oneshot::channel();
+        let batch = Batch {
+            payload: self.payload.clone(),
+            count: u32::try_from(self.frame_lens.len()).unwrap_or(u32::MAX),
+            reply: tx,
+            meter: Some(self.meter.clone()),
+            script: self.script,
+            stamp: None,
+            landings: Default::default(),
+        };
+        node.mux_in(self.protocol, self.client_id, self.database)
+            .submit(batch)
+            .await;
+        let reply = rx.await.unwrap_or_else(|_| {
+            Err(BackendError::ConnectionLost {
+                addr: node.addr().to_string(),
+            })
+        });
+        self.node = node;
+        self.read_slot = None;
+        (reply, self)
+    }
 }
 
 /// A part of a client batch: sent to its node, with what its follower
@@ -140,19 +177,23 @@ pub(super) fn follow(
         }
         let mut results = Vec::with_capacity(firsts.len());
         for (first, follow) in firsts {
+            let (first, follow) = match (first, follow) {
+                (Err(e), Some(follow)) if lost(&e) => match follow.read_slot {
+                    Some(slot) => {
+                        let (again, follow) = follow.read_from_master(slot).await;
+                        (again, Some(follow))
+                    }
+                    None => (Err(e), Some(follow)),
+                },
+                other => other,
+            };
             results.push(match (first, follow) {
                 (Ok(replies), Some(follow)) if has_redirect(&replies) => {
                     Ok(retry(&follow, replies).await)
                 }
                 (Err(e), Some(follow)) => {
                     // A master that died may have been replaced: look now.
-                    let lost = matches!(
-                        e,
-                        BackendError::ConnectionLost { .. }
-                            | BackendError::Unavailable { .. }
-                            | BackendError::Timeout { .. }
-                    );
-                    if let Some(cluster) = follow.ctx.router.cluster().filter(|_| lost) {
+                    if let Some(cluster) = follow.ctx.router.cluster().filter(|_| lost(&e)) {
                         cluster.request_refresh(RefreshReason::ConnectionLost);
                     }
                     Err(e)
@@ -168,6 +209,16 @@ pub(super) fn follow(
         let _ = done.send(true);
         merged
     })
+}
+
+/// Whether the node may be gone: the connection failed or stalled.
+fn lost(e: &BackendError) -> bool {
+    matches!(
+        e,
+        BackendError::ConnectionLost { .. }
+            | BackendError::Unavailable { .. }
+            | BackendError::Timeout { .. }
+    )
 }
 
 /// The parts' replies in the client's order: request frame `i` is

@@ -64,6 +64,9 @@ impl Connection {
                     .unwrap_or_default();
                 Some(prefixed_key_slot(prefix, req.get(at).unwrap_or_default()))
             }
+            // A shard channel is no key to the command table (NOT_KEY),
+            // but the cluster serves it on its slot's master.
+            None if spec.name == "spublish" => Some(key_slot(req.get(1).unwrap_or_default())),
             None => {
                 let positions = key_positions_inline(spec, req).map_err(|e| e.to_string())?;
                 let mut slots = positions

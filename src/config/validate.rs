@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::locate::KeyPath;
 use super::{
     BackendConfig, BackendTlsConfig, Cacheable, Config, NearCacheConfig, ProxyConfig,
-    ProxyTlsConfig, ReadFrom, ServiceConfig, TokenConfig, TtlOverMax,
+    ProxyTlsConfig, ServiceConfig, TokenConfig, TtlOverMax,
 };
 
 /// Smallest `max_pending_reply_bytes`: below this a single ordinary reply could stall a client.
@@ -61,8 +61,8 @@ pub fn validate(config: &Config, env_has: &dyn Fn(&str) -> bool) -> Vec<Finding>
     findings.0
 }
 
-/// On a cluster backend a service may not insist on replica reads nor keep
-/// a near cache (neither served there yet), and a prefix may hold no `{` or `}`: keygate puts it in
+/// On a cluster backend a service may not keep a near cache (not served
+/// there yet), and a prefix may hold no `{` or `}`: keygate puts it in
 /// front of the key, and a brace in it would become (or close) the key's
 /// hash tag, moving the service's keys to other slots or pinning all of
 /// them to one.
@@ -71,13 +71,6 @@ fn check_cluster_prefixes(config: &Config, out: &mut Findings) {
         return;
     }
     for (i, service) in config.services.iter().enumerate() {
-        if service.read_from == ReadFrom::Replica {
-            let at = KeyPath::root("service").index(i);
-            out.add(
-                at.key("read_from"),
-                format!("{at}.read_from = \"replica\" is not served on a cluster backend yet (reads go to each slot's master; \"prefer-replica\" falls back to it)"),
-            );
-        }
         if service.near_cache.as_ref().is_some_and(|n| n.enabled) {
             let at = KeyPath::root("service").index(i);
             out.add(

@@ -13,7 +13,9 @@
 //! loop calls [`Recorder::flush_if_due`] after its work and on a periodic tick.
 //!
 //! Label values are bounded: services are the configured ones plus
-//! [`NOT_LOGGED_IN`], commands are the command table's `&'static str` names.
+//! [`NOT_LOGGED_IN`], commands are the command table's `&'static str` names,
+//! a cluster backend's `node`s the nodes its topology has known (recorded
+//! as a small index, named at scrape time).
 //!
 //! Cache hits and misses: see [`cache`] for which commands count and how.
 //! Histogram buckets: see [`histogram::BUCKET_BOUNDS`] (100 µs to 60 s).
@@ -347,8 +349,14 @@ impl Metrics {
     /// The Prometheus text exposition, with `extra` gauges the server knows
     /// (backend connections, pending requests) appended.
     pub fn render_prometheus(&self, extra: &[Gauge]) -> String {
+        self.render_prometheus_with_nodes(extra, &[])
+    }
+
+    /// [`Self::render_prometheus`] on a cluster backend: backend times
+    /// recorded by node carry the `node` label `nodes[index]` (host:port).
+    pub fn render_prometheus_with_nodes(&self, extra: &[Gauge], nodes: &[String]) -> String {
         let c = self.collected();
-        prometheus::render(self, &c.registry, extra)
+        prometheus::render(self, &c.registry, extra, nodes)
     }
 
     /// A failed AUTH or HELLO AUTH, by its reason (one of

@@ -109,7 +109,9 @@ fn histogram(out: &mut String, name: &str, labels: &[(&str, &str)], latency: &La
 }
 
 /// Renders every metric of `m` from `reg`, then `extra`.
-pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
+/// Backend times recorded by cluster node are labelled `node` with
+/// `nodes[index]` (a node without an address there is left out).
+pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge], nodes: &[String]) -> String {
     let mut out = String::with_capacity(4096 + reg.series.len() * 4096);
     let series = || {
         reg.series
@@ -149,20 +151,33 @@ pub(super) fn render(m: &Metrics, reg: &Registry, extra: &[Gauge]) -> String {
     );
     for (service, command, s) in series() {
         for role in Role::ALL {
-            if let Some(Some(r)) = s.roles.get(role.index()) {
-                if r.backend.histogram.is_empty() {
-                    continue;
-                }
-                let labels = [
-                    ("service", service),
-                    ("command", command),
-                    ("role", role.label()),
-                ];
+            let Some(Some(r)) = s.roles.get(role.index()) else {
+                continue;
+            };
+            let labels = [
+                ("service", service),
+                ("command", command),
+                ("role", role.label()),
+            ];
+            if !r.backend.histogram.is_empty() {
                 histogram(
                     &mut out,
                     "keygate_backend_duration_seconds",
                     &labels,
                     &r.backend,
+                );
+            }
+            for (index, latency) in &r.nodes {
+                let Some(node) = nodes.get(usize::from(*index)) else {
+                    continue;
+                };
+                let [service, command, role] = labels;
+                let labels = [service, command, role, ("node", node.as_str())];
+                histogram(
+                    &mut out,
+                    "keygate_backend_duration_seconds",
+                    &labels,
+                    latency,
                 );
             }
         }

@@ -19,6 +19,20 @@ use super::{ErrorKind, Metrics, Role};
 /// Shortest time between two hand-overs of one recorder.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The latency of cluster node `node` among `nodes`, added if new (a
+/// cluster has a few nodes: a short list).
+fn node_latency(nodes: &mut Vec<(u16, Latency<u32>)>, node: u16) -> &mut Latency<u32> {
+    let index = match nodes.iter().position(|(n, _)| *n == node) {
+        Some(i) => i,
+        None => {
+            nodes.push((node, Latency::new()));
+            nodes.len() - 1
+        }
+    };
+    // In bounds: found by position or just pushed.
+    &mut nodes[index].1
+}
+
 /// Per-service counters that are not per command.
 #[derive(Debug, Default, Clone, Copy)]
 struct ServiceCounts {
@@ -141,6 +155,22 @@ impl Recorder {
         backend: Option<Duration>,
         count: u64,
     ) {
+        self.commands_on(service, command, role, None, total, backend, count);
+    }
+
+    /// [`Self::commands`] answered by the cluster node of label index
+    /// `node`, when known: the backend time is recorded under it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn commands_on(
+        &mut self,
+        service: Option<usize>,
+        command: &'static str,
+        role: Role,
+        node: Option<u16>,
+        total: Duration,
+        backend: Option<Duration>,
+        count: u64,
+    ) {
         if !self.enabled || count == 0 {
             return;
         }
@@ -158,7 +188,10 @@ impl Recorder {
             .saturating_add(total_us.saturating_mul(count));
         if let Some(backend) = backend {
             let backend_us = micros(backend);
-            let b = r.backend.get_or_insert_with(Latency::new);
+            let b = match node {
+                None => r.backend.get_or_insert_with(Latency::new),
+                Some(node) => node_latency(&mut r.nodes, node),
+            };
             record_n(&mut b.histogram, backend_us, count);
             b.sum_micros = b
                 .sum_micros

@@ -68,6 +68,9 @@ pub struct RoleDelta {
     pub total: Latency<u32>,
     /// Time waiting for Redis, for commands that went to Redis.
     pub backend: Option<Latency<u32>>,
+    /// On a cluster backend the backend time goes here instead, by the
+    /// node's label index (see [`super::Metrics::render_prometheus_with_nodes`]).
+    pub nodes: Vec<(u16, Latency<u32>)>,
 }
 
 /// One hand-over from a recorder.
@@ -103,6 +106,8 @@ pub struct RoleSeries {
     pub total: Latency<u64>,
     /// Backend part since start.
     pub backend: Latency<u64>,
+    /// Backend part since start by cluster node label index.
+    pub nodes: BTreeMap<u16, Latency<u64>>,
     /// Recent samples of `total`.
     pub window: Window,
 }
@@ -152,6 +157,11 @@ impl Registry {
                 if let Some(b) = &role.backend {
                     add_widening(&mut merged.backend.histogram, &b.histogram);
                     merged.backend.sum_micros += b.sum_micros;
+                }
+                for (node, b) in &role.nodes {
+                    let into = merged.nodes.entry(*node).or_default();
+                    add_widening(&mut into.histogram, &b.histogram);
+                    into.sum_micros += b.sum_micros;
                 }
             }
         }

@@ -8,6 +8,12 @@
 //! Each shard's nodes are named by `endpoint`, or by the answering node's
 //! own host when the endpoint is empty or `?` (Redis's "unknown endpoint").
 //!
+//! Each refresh also probes every shard's replicas the way the Sentinel
+//! monitor does ([`super::probe`]: role, link, loading, and the master's
+//! acknowledgement lag within `max_replica_lag`); a map takes over the
+//! previous map's verdicts until its own probe is in, so reads do not
+//! fall back to the masters at every refresh.
+//!
 //! Invariants:
 //! - the data path reads the slot map lock-free (one `ArcSwap` load);
 //! - a map is never replaced by one from an older epoch, so an answer from
@@ -20,7 +26,7 @@
 //!   so a promoted replica or a shard that gains slots keeps its warm
 //!   connections.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,8 +36,9 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::control::{info_field, items, text, ControlConn};
+use super::probe;
 use super::slot::SLOTS;
-use super::{Snapshot, Topology};
+use super::{ReplicaState, Snapshot, Topology};
 use crate::backend::connect::ConnectOptions;
 use crate::backend::node::Node;
 use crate::protocol::reply::Value;
@@ -148,7 +155,15 @@ pub struct Shard {
     pub replicas: Vec<(Arc<Node>, String)>,
     /// Its slot ranges, inclusive.
     pub ranges: Vec<(u16, u16)>,
+    /// What the last probe said of each replica, in `replicas`' order.
+    pub replica_states: Vec<ReplicaState>,
+    /// The replicas that may serve reads (probed `online`).
+    pub reads: Vec<Arc<Node>>,
 }
+
+/// Probe verdicts by (master, replica) address: a verdict holds only for
+/// a replica of the master it was judged against.
+type Verdicts = HashMap<(String, String), ReplicaState>;
 
 /// Which shard serves each slot; replaced whole, never mutated.
 #[derive(Debug)]
@@ -175,8 +190,9 @@ impl Default for SlotMap {
 }
 
 impl SlotMap {
-    /// Builds the map of `answer`, its nodes from `node` (by address).
-    fn build(answer: &Answer, node: impl Fn(&str) -> Arc<Node>) -> SlotMap {
+    /// Builds the map of `answer`, its nodes from `node` (by address), its
+    /// replicas judged by `verdicts` (unknown ones serve no reads).
+    fn build(answer: &Answer, node: impl Fn(&str) -> Arc<Node>, verdicts: &Verdicts) -> SlotMap {
         let mut map = SlotMap {
             epoch: answer.epoch,
             ..SlotMap::default()
@@ -193,14 +209,38 @@ impl SlotMap {
                     }
                 }
             }
+            let replica_states: Vec<ReplicaState> = view
+                .replicas
+                .iter()
+                .map(|r| {
+                    verdicts
+                        .get(&(view.master.addr.clone(), r.addr.clone()))
+                        .cloned()
+                        .unwrap_or_else(|| ReplicaState {
+                            addr: r.addr.clone(),
+                            state: "unknown".into(),
+                            lag_seconds: None,
+                            lag_bytes: None,
+                        })
+                })
+                .collect();
+            let replicas: Vec<(Arc<Node>, String)> = view
+                .replicas
+                .iter()
+                .map(|r| (node(&r.addr), r.health.clone()))
+                .collect();
+            let reads = replicas
+                .iter()
+                .zip(&replica_states)
+                .filter(|(_, state)| state.serves_reads())
+                .map(|((n, _), _)| n.clone())
+                .collect();
             map.shards.push(Shard {
                 master: node(&view.master.addr),
-                replicas: view
-                    .replicas
-                    .iter()
-                    .map(|r| (node(&r.addr), r.health.clone()))
-                    .collect(),
+                replicas,
                 ranges: view.ranges.clone(),
+                replica_states,
+                reads,
             });
         }
         map.covered = map.owner.iter().filter(|&&o| o != UNCOVERED).count();
@@ -211,6 +251,32 @@ impl SlotMap {
     pub fn master(&self, slot: u16) -> Option<&Arc<Node>> {
         let index = *self.owner.get(usize::from(slot))?;
         self.shards.get(usize::from(index)).map(|s| &s.master)
+    }
+
+    /// The replica a read of `slot` goes to: of those of its shard that
+    /// may serve reads, a connected one with the fewest pending requests
+    /// (as [`Topology::replica`] picks under Sentinel); `None` also when
+    /// no shard serves the slot.
+    pub fn replica(&self, slot: u16) -> Option<&Arc<Node>> {
+        let index = *self.owner.get(usize::from(slot))?;
+        self.shards
+            .get(usize::from(index))?
+            .reads
+            .iter()
+            .filter(|n| n.health().connected() > 0)
+            .min_by_key(|n| n.pending())
+    }
+
+    /// The verdicts this map holds, for the next map to start from.
+    fn verdicts(&self) -> Verdicts {
+        let mut verdicts = Verdicts::new();
+        for shard in &self.shards {
+            for state in &shard.replica_states {
+                let key = (shard.master.addr().to_string(), state.addr.clone());
+                verdicts.insert(key, state.clone());
+            }
+        }
+        verdicts
     }
 
     /// Whether every slot has a shard.
@@ -234,6 +300,8 @@ pub struct Cluster {
     seeds: Vec<String>,
     period: Duration,
     max_redirects: u32,
+    /// Replicas further behind their master serve no reads.
+    max_replica_lag: Duration,
     map: ArcSwap<SlotMap>,
     /// Wakes the refresh task; its one stored permit coalesces requests.
     wanted: Notify,
@@ -247,12 +315,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// The cluster side for `seeds`, refreshed every `period`.
-    pub fn new(seeds: Vec<String>, period: Duration, max_redirects: u32) -> Cluster {
+    /// The cluster side for `seeds`, refreshed every `period`; replicas
+    /// more than `max_replica_lag` behind serve no reads.
+    pub fn new(
+        seeds: Vec<String>,
+        period: Duration,
+        max_redirects: u32,
+        max_replica_lag: Duration,
+    ) -> Cluster {
         Cluster {
             seeds,
             period,
             max_redirects,
+            max_replica_lag,
             map: ArcSwap::from_pointee(SlotMap::default()),
             wanted: Notify::new(),
             wanted_reason: AtomicU8::new(RefreshReason::Start as u8),
@@ -359,11 +434,15 @@ impl Cluster {
                 let replicas: Vec<_> = s
                     .replicas
                     .iter()
-                    .map(|(node, health)| {
+                    .zip(&s.replica_states)
+                    .map(|((node, health), probed)| {
                         serde_json::json!({
                             "address": node.addr(),
                             "health": health,
                             "connections": node.health().connected(),
+                            "state": probed.state,
+                            "lag_seconds": probed.lag_seconds,
+                            "lag_bytes": probed.lag_bytes,
                         })
                     })
                     .collect();
@@ -419,12 +498,17 @@ pub fn spawn(topology: &Arc<Topology>, timeout: Duration) {
                 RefreshReason::from_index(cluster.wanted_reason.load(Ordering::Relaxed))
             };
             // A map without every slot is looked at again soon: a cluster
-            // still forming or failing over.
-            let period = if cluster.map().is_complete() {
-                period
-            } else {
+            // still forming or failing over; so is a replica unfit for
+            // reads, as often as the Sentinel monitor polls.
+            let map = cluster.map();
+            let period = if !map.is_complete() {
                 period.min(Duration::from_secs(1))
+            } else if map.shards.iter().any(|s| s.reads.len() < s.replicas.len()) {
+                period.min(super::monitor::POLL_INTERVAL)
+            } else {
+                period
             };
+            drop(map);
             reason = tokio::select! {
                 r = wanted => r,
                 () = tokio::time::sleep(period) => RefreshReason::Periodic,
@@ -436,7 +520,7 @@ pub fn spawn(topology: &Arc<Topology>, timeout: Duration) {
 }
 
 /// One refresh: ask nodes, pick the answer, publish it.
-async fn refresh(topology: &Topology, cluster: &Cluster, timeout: Duration) {
+async fn refresh(topology: &Arc<Topology>, cluster: &Cluster, timeout: Duration) {
     let mut candidates = cluster.candidates().into_iter();
     let mut answers: Vec<(String, Answer)> = Vec::new();
     let mut asked = 0;
@@ -476,15 +560,64 @@ async fn refresh(topology: &Topology, cluster: &Cluster, timeout: Duration) {
         tracing::warn!(asked, "cluster: no node answered CLUSTER SHARDS");
         return;
     };
-    let map = SlotMap::build(best, |addr| topology.node(addr));
+    let node = |addr: &str| topology.node(addr);
+    let map = SlotMap::build(best, node, &cluster.map().verdicts());
     let first_master = map.any_master().cloned();
-    if cluster.publish(map) {
-        // Commands without keys go to a master of the cluster.
-        topology.publish(Snapshot {
-            master: first_master,
-            ..Snapshot::default()
+    if !cluster.publish(map) {
+        return;
+    }
+    // Commands without keys go to a master of the cluster.
+    topology.publish(Snapshot {
+        master: first_master,
+        ..Snapshot::default()
+    });
+    // The same map again, with what its replicas say now (one refresh
+    // runs at a time, so no newer map was published meanwhile).
+    let verdicts = probe_replicas(topology, best, timeout, cluster.max_replica_lag).await;
+    cluster.publish(SlotMap::build(best, node, &verdicts));
+}
+
+/// Probes every shard's master and replicas at once and judges whether
+/// each replica may serve reads, as under Sentinel ([`probe`]).
+async fn probe_replicas(
+    topology: &Arc<Topology>,
+    answer: &Answer,
+    timeout: Duration,
+    max_lag: Duration,
+) -> Verdicts {
+    let mut shards = JoinSet::new();
+    for shard in answer.shards.iter().filter(|s| !s.replicas.is_empty()) {
+        let topology = topology.clone();
+        let master = shard.master.addr.clone();
+        // A replica the cluster flags as failed is not asked.
+        let replicas: Vec<(String, bool)> = shard
+            .replicas
+            .iter()
+            .map(|r| (r.addr.clone(), r.health == "fail"))
+            .collect();
+        shards.spawn(async move {
+            let opts = topology.probe_options(&master);
+            let report = probe::probe_master(&opts, timeout).await.ok().flatten();
+            let states = probe::judge_replicas(
+                &topology,
+                &replicas,
+                Some(&master),
+                report.as_ref(),
+                timeout,
+                max_lag,
+            )
+            .await;
+            (master, states)
         });
     }
+    let mut verdicts = Verdicts::new();
+    while let Some(done) = shards.join_next().await {
+        let Ok((master, states)) = done else { continue };
+        for state in states {
+            verdicts.insert((master.clone(), state.addr.clone()), state);
+        }
+    }
+    verdicts
 }
 
 /// Whether two maps send every slot to the same master.
@@ -816,7 +949,12 @@ mod tests {
     /// A cluster topology whose seed nothing listens on.
     fn unreachable_cluster() -> Arc<Topology> {
         Topology::cluster(
-            Cluster::new(vec!["127.0.0.1:1".into()], Duration::from_secs(3600), 5),
+            Cluster::new(
+                vec!["127.0.0.1:1".into()],
+                Duration::from_secs(3600),
+                5,
+                Duration::from_secs(10),
+            ),
             crate::topology::tests::opts(),
             Duration::from_millis(10),
         )
@@ -828,7 +966,7 @@ mod tests {
         let cluster = topology.cluster_side().expect("cluster");
         let node = |addr: &str| topology.node(addr);
         let split = answer(7, &[("a:1", 0, 8000), ("b:1", 8001, 16383)]);
-        assert!(cluster.publish(SlotMap::build(&split, node)));
+        assert!(cluster.publish(SlotMap::build(&split, node, &Verdicts::new())));
         let map = cluster.map();
         assert!(map.is_complete());
         assert_eq!(map.master(0).map(|n| n.addr()), Some("a:1"));
@@ -837,14 +975,14 @@ mod tests {
         let generation = cluster.generation();
         // An older epoch is ignored, whatever it says.
         let stale = answer(6, &[("a:1", 0, 16383)]);
-        assert!(!cluster.publish(SlotMap::build(&stale, node)));
+        assert!(!cluster.publish(SlotMap::build(&stale, node, &Verdicts::new())));
         assert_eq!(cluster.map().master(9000).map(|n| n.addr()), Some("b:1"));
         // The same layout again does not count as a move.
-        assert!(cluster.publish(SlotMap::build(&split, node)));
+        assert!(cluster.publish(SlotMap::build(&split, node, &Verdicts::new())));
         assert_eq!(cluster.generation(), generation);
         // A newer one with a slot missing: published, incomplete, moved.
         let partial = answer(8, &[("a:1", 0, 8000), ("b:1", 8002, 16383)]);
-        assert!(cluster.publish(SlotMap::build(&partial, node)));
+        assert!(cluster.publish(SlotMap::build(&partial, node, &Verdicts::new())));
         let map = cluster.map();
         assert_eq!(map.covered, 16383);
         assert!(map.master(8001).is_none());
@@ -858,6 +996,42 @@ mod tests {
             topology.slot_master(8001).await.err(),
             Some(crate::topology::RouteError::SlotUncovered { slot: 8001 })
         );
+    }
+
+    #[tokio::test]
+    async fn replicas_serve_reads_by_their_verdict_for_their_master() {
+        let topology = unreachable_cluster();
+        let node = |addr: &str| topology.node(addr);
+        let mut two = answer(3, &[("a:1", 0, 8000), ("b:1", 8001, 16383)]);
+        for (shard, replica) in two.shards.iter_mut().zip(["ra:1", "rb:1"]) {
+            shard.replicas.push(NodeView {
+                addr: replica.into(),
+                health: "online".into(),
+            });
+        }
+        let verdict = |state: &str, addr: &str| ReplicaState {
+            addr: addr.into(),
+            state: state.into(),
+            lag_seconds: Some(0),
+            lag_bytes: Some(0),
+        };
+        let mut verdicts = Verdicts::new();
+        verdicts.insert(("a:1".into(), "ra:1".into()), verdict("online", "ra:1"));
+        // Judged against another master: no verdict for this shard.
+        verdicts.insert(("x:1".into(), "rb:1".into()), verdict("online", "rb:1"));
+        let map = SlotMap::build(&two, node, &verdicts);
+        let reads: Vec<Vec<&str>> = map
+            .shards
+            .iter()
+            .map(|s| s.reads.iter().map(|n| n.addr()).collect())
+            .collect();
+        assert_eq!(reads, [vec!["ra:1"], vec![]]);
+        assert_eq!(map.shards[1].replica_states[0].state, "unknown");
+        // The next map starts from this one's verdicts.
+        assert_eq!(map.verdicts().len(), 2);
+        // Nothing listens there: no connected replica to read from.
+        assert!(map.replica(0).is_none());
+        assert!(map.replica(9000).is_none());
     }
 
     #[tokio::test]

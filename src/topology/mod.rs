@@ -262,14 +262,32 @@ impl Topology {
             Ok(n) => n,
             Err(poisoned) => poisoned.into_inner(),
         };
+        let label = u16::try_from(nodes.len()).unwrap_or(u16::MAX);
         nodes
             .entry(addr.to_string())
             .or_insert_with(|| {
                 let mut opts = self.node_options.clone();
                 opts.connect.addr = addr.to_string();
+                opts.label = label;
                 Node::start(opts)
             })
             .clone()
+    }
+
+    /// Every node's address by its label index ([`Node::label`]), for the
+    /// `node` label of metrics: bounded by the nodes the topology has known.
+    pub fn node_addrs(&self) -> Vec<String> {
+        let nodes = match self.nodes.lock() {
+            Ok(n) => n,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut addrs = vec![String::new(); nodes.len()];
+        for (addr, node) in nodes.iter() {
+            if let Some(slot) = addrs.get_mut(usize::from(node.label())) {
+                slot.clone_from(addr);
+            }
+        }
+        addrs
     }
 
     /// Connection settings for probing `addr` (the data nodes' credentials).
@@ -277,6 +295,7 @@ impl Topology {
         crate::backend::connect::ConnectOptions {
             addr: addr.to_string(),
             protocol: crate::protocol::Protocol::Resp2,
+            readonly: false,
             ..self.node_options.connect.clone()
         }
     }
@@ -463,12 +482,14 @@ mod tests {
                 protocol: Default::default(),
                 connect_timeout: Duration::from_millis(100),
                 tls: None,
+                readonly: false,
             },
             connections: 1,
             writes_in_flight: 2,
             dedicated_max: 1,
             near_caches: None,
             command_timeout: Duration::from_secs(1),
+            label: 0,
         }
     }
 

@@ -343,45 +343,15 @@ impl Monitor {
 
     async fn probe_replicas(&mut self) {
         let master_addr = self.master.as_ref().map(|m| m.addr().to_string());
-        let mut probes = JoinSet::new();
-        for (addr, down) in &self.known_replicas {
-            if Some(addr) == master_addr.as_ref() {
-                continue;
-            }
-            let opts = self.topology.probe_options(addr);
-            let timeout = self.settings.timeout;
-            let addr = addr.clone();
-            let down = *down;
-            probes.spawn(async move {
-                let report = if down {
-                    None
-                } else {
-                    Some(probe::probe_replica(&opts, timeout).await)
-                };
-                (addr, report)
-            });
-        }
-        let mut states = Vec::new();
-        while let Some(done) = probes.join_next().await {
-            let Ok((addr, report)) = done else { continue };
-            let state = match &report {
-                None => ReplicaState {
-                    addr: addr.clone(),
-                    state: "down".into(),
-                    lag_seconds: None,
-                    lag_bytes: None,
-                },
-                Some(r) => probe::judge_replica(
-                    &addr,
-                    r.as_ref(),
-                    master_addr.as_deref(),
-                    self.master_report.as_ref(),
-                    self.settings.max_replica_lag,
-                ),
-            };
-            states.push(state);
-        }
-        states.sort_by(|a, b| a.addr.cmp(&b.addr));
+        let states = probe::judge_replicas(
+            &self.topology,
+            &self.known_replicas,
+            master_addr.as_deref(),
+            self.master_report.as_ref(),
+            self.settings.timeout,
+            self.settings.max_replica_lag,
+        )
+        .await;
         self.replicas = states
             .iter()
             .filter(|s| s.serves_reads())

@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::control::{info_field, items, text, ControlConn};
-use super::ReplicaState;
+use tokio::task::JoinSet;
+
+use super::{ReplicaState, Topology};
 use crate::backend::connect::ConnectOptions;
 use crate::backend::BackendError;
 use crate::protocol::reply::Value;
@@ -167,6 +169,52 @@ pub fn parse_replica_info(info: &str) -> ReplicaReport {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
     }
+}
+
+/// Probes `replicas` at once (each with whether Sentinel or the cluster
+/// flags it down: it is not asked then) and judges each against
+/// `master_addr` and its report; by address, the master itself left out.
+pub async fn judge_replicas(
+    topology: &Topology,
+    replicas: &[(String, bool)],
+    master_addr: Option<&str>,
+    master: Option<&MasterReport>,
+    timeout: Duration,
+    max_lag: Duration,
+) -> Vec<ReplicaState> {
+    let mut probes = JoinSet::new();
+    for (addr, down) in replicas {
+        if Some(addr.as_str()) == master_addr {
+            continue;
+        }
+        let opts = topology.probe_options(addr);
+        let addr = addr.clone();
+        let down = *down;
+        probes.spawn(async move {
+            let report = if down {
+                None
+            } else {
+                Some(probe_replica(&opts, timeout).await)
+            };
+            (addr, report)
+        });
+    }
+    let mut states = Vec::new();
+    while let Some(done) = probes.join_next().await {
+        let Ok((addr, report)) = done else { continue };
+        let state = match &report {
+            None => ReplicaState {
+                addr: addr.clone(),
+                state: "down".into(),
+                lag_seconds: None,
+                lag_bytes: None,
+            },
+            Some(r) => judge_replica(&addr, r.as_ref(), master_addr, master, max_lag),
+        };
+        states.push(state);
+    }
+    states.sort_by(|a, b| a.addr.cmp(&b.addr));
+    states
 }
 
 /// Decides whether a probed replica may serve reads.

@@ -11,7 +11,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, info_field, wait_until, RedisServer};
+use super::{free_port, http_get, info_field, wait_until, Keygate, RedisServer};
 
 /// Masters in the test cluster; each has one replica.
 pub const CLUSTER_MASTERS: usize = 3;
@@ -177,4 +177,66 @@ command_timeout = "5s"
 "#,
         seeds.join(", ")
     )
+}
+
+/// Moves `slot`, which holds no keys, from `source` to `target` (node id
+/// `target_id`) as a resharding does (importing and migrating first, so
+/// the target's config epoch is bumped), telling every master.
+pub fn move_empty_slot(
+    cluster: &RedisCluster,
+    slot: u16,
+    source: &RedisServer,
+    target: &RedisServer,
+    target_id: &str,
+) {
+    let (source_id, _) = cluster.slot_owner(slot);
+    let slot = slot.to_string();
+    assert_eq!(
+        target.cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id]),
+        "OK"
+    );
+    assert_eq!(
+        source.cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", target_id]),
+        "OK"
+    );
+    for node in [target, source] {
+        assert_eq!(
+            node.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", target_id]),
+            "OK"
+        );
+    }
+    for master in cluster.masters() {
+        master.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", target_id]);
+    }
+}
+
+/// keygate's `/health` backend section.
+pub fn backend_health(kg: &Keygate) -> serde_json::Value {
+    let response = http_get(kg.admin_port(), "/health");
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let health: serde_json::Value = serde_json::from_str(body).expect("health JSON");
+    health["backend"].clone()
+}
+
+/// The `keygate_backend_duration_seconds_count` samples of `service`'s
+/// `command`: each one's `node` label (if any) and value.
+pub fn backend_counts_by_node(
+    metrics: &str,
+    service: &str,
+    command: &str,
+) -> Vec<(Option<String>, f64)> {
+    let wanted = format!("service=\"{service}\",command=\"{command}\",");
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("keygate_backend_duration_seconds_count{"))
+        .filter(|l| l.starts_with(&wanted))
+        .map(|l| {
+            let (labels, value) = l.rsplit_once(' ').expect("a sample");
+            let node = labels
+                .split_once("node=\"")
+                .and_then(|(_, rest)| rest.split_once('"'))
+                .map(|(node, _)| node.to_string());
+            (node, value.parse().expect("a number"))
+        })
+        .collect()
 }
