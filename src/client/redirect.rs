@@ -27,11 +27,12 @@
 //!   batches routed by the same map send a slot's requests to the same
 //!   node, where a stale one is redirected too and retried in turn.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, Notify};
 
 use super::batch::SplitAt;
 use super::queue::Following;
@@ -56,30 +57,65 @@ const EXHAUSTED: &[u8] = b"-TRYAGAIN Multiple keys request during rehashing of s
 /// batches were routed by.
 #[derive(Debug, Default)]
 pub(super) struct Chain {
-    tail: Option<watch::Receiver<bool>>,
+    tail: Option<Arc<Link>>,
     generation: u64,
+}
+
+/// One follower's place in its client's chain: done once it and every
+/// follower before it are done (or gone).
+///
+/// One flag and one wake-up rather than a watch channel: a batch sets it
+/// once and at most its successor waits on it, so this is all a follower
+/// pays when nothing was redirected.
+#[derive(Debug, Default)]
+struct Link {
+    done: AtomicBool,
+    /// Wakes the successor waiting in [`Link::wait`]; its permit covers a
+    /// wake-up sent before the successor waits.
+    wake: Notify,
+}
+
+impl Link {
+    fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    async fn wait(&self) {
+        while !self.is_done() {
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// Marks its follower's link done when dropped: when the follower
+/// finishes, and when it is dropped unfinished (its client went away), so
+/// a successor never waits on a gone follower.
+struct Done(Arc<Link>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.done.store(true, Ordering::Release);
+        self.0.wake.notify_one();
+    }
 }
 
 impl Chain {
     /// Whether a batch routed by map `generation` must wait for the
     /// followers in flight first: they were routed by another map.
-    pub(super) fn must_wait(&self, generation: u64) -> Option<watch::Receiver<bool>> {
-        let tail = self.tail.as_ref()?;
-        (self.generation != generation && !*tail.borrow()).then(|| tail.clone())
+    pub(super) fn must_wait(&self, generation: u64) -> bool {
+        self.tail
+            .as_ref()
+            .is_some_and(|tail| self.generation != generation && !tail.is_done())
     }
 
     /// Links a new follower routed by `generation`: returns the previous
-    /// tail to wait for and the sender that marks the new one done.
-    fn link(&mut self, generation: u64) -> (Option<watch::Receiver<bool>>, watch::Sender<bool>) {
-        let (done, tail) = watch::channel(false);
+    /// tail to wait for and the guard that marks the new one done.
+    fn link(&mut self, generation: u64) -> (Option<Arc<Link>>, Done) {
+        let link = Arc::new(Link::default());
         self.generation = generation;
-        (self.tail.replace(tail), done)
+        let previous = self.tail.replace(link.clone());
+        (previous, Done(link))
     }
-}
-
-/// Waits until a follower is done (or gone).
-pub(super) async fn wait_done(mut tail: watch::Receiver<bool>) {
-    let _ = tail.wait_for(|done| *done).await;
 }
 
 /// Everything a follower needs to resend a batch's requests.
@@ -136,7 +172,7 @@ pub(super) fn follow(
             });
         }
         if let Some(previous) = previous {
-            wait_done(previous).await;
+            previous.wait().await;
         }
         let mut results = Vec::with_capacity(firsts.len());
         for (first, follow) in firsts {
@@ -165,7 +201,7 @@ pub(super) fn follow(
         } else {
             Ok(merge(results, &order, &splits, &meter))
         };
-        let _ = done.send(true);
+        drop(done);
         merged
     })
 }
@@ -588,12 +624,30 @@ mod tests {
     #[test]
     fn a_batch_of_a_newer_map_waits_for_the_chain() {
         let mut chain = Chain::default();
-        assert!(chain.must_wait(1).is_none(), "nothing in flight");
+        assert!(!chain.must_wait(1), "nothing in flight");
         let (previous, done) = chain.link(1);
         assert!(previous.is_none());
-        assert!(chain.must_wait(1).is_none(), "same map: no wait");
-        assert!(chain.must_wait(2).is_some(), "newer map: wait");
-        done.send(true).expect("receiver alive");
-        assert!(chain.must_wait(2).is_none(), "chain done");
+        assert!(!chain.must_wait(1), "same map: no wait");
+        assert!(chain.must_wait(2), "newer map: wait");
+        drop(done);
+        assert!(!chain.must_wait(2), "chain done");
+    }
+
+    /// A follower waiting on the one before it wakes when that one is
+    /// done, whether it started waiting before or after.
+    #[tokio::test]
+    async fn a_follower_waits_for_the_one_before() {
+        let mut chain = Chain::default();
+        let (_, first) = chain.link(1);
+        let (previous, second) = chain.link(1);
+        let previous = previous.expect("the first link");
+        let waiter = tokio::spawn(async move { previous.wait().await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(first);
+        waiter.await.expect("woken");
+        let (previous, _third) = chain.link(1);
+        drop(second);
+        previous.expect("the second link").wait().await;
     }
 }
