@@ -64,18 +64,19 @@ fn crc16_update(crc: u16, bytes: &[u8]) -> u16 {
 fn crc16_scan(crc: u16, bytes: &[u8]) -> (u16, bool) {
     const ONES: u32 = 0x0101_0101;
     let [t0, t1, t2, t3] = &CRC16_TABLES;
-    let mut chunks = bytes.chunks_exact(4);
-    let mut brace = false;
-    let mut crc = chunks.by_ref().fold(crc, |crc, chunk| {
-        let bytes = <[u8; 4]>::try_from(chunk).unwrap_or_default();
-        // A zero byte in `word ^ "{{{{"` is a `{` in the chunk.
-        let word = u32::from_ne_bytes(bytes) ^ (ONES * u32::from(b'{'));
+    let (mut crc, mut brace, mut rest) = (crc, false, bytes);
+    while let [a, b, c, d, tail @ ..] = rest {
+        // A zero byte in `word ^ "{{{{"` is a `{` in the four.
+        let word = u32::from_ne_bytes([*a, *b, *c, *d]) ^ (ONES * u32::from(b'{'));
         brace |= word.wrapping_sub(ONES) & !word & (ONES << 7) != 0;
-        let [a, b, c, d] = bytes;
         let [hi, lo] = crc.to_be_bytes();
-        t3[usize::from(hi ^ a)] ^ t2[usize::from(lo ^ b)] ^ t1[usize::from(c)] ^ t0[usize::from(d)]
-    });
-    for &b in chunks.remainder() {
+        crc = t3[usize::from(hi ^ a)]
+            ^ t2[usize::from(lo ^ b)]
+            ^ t1[usize::from(*c)]
+            ^ t0[usize::from(*d)];
+        rest = tail;
+    }
+    for &b in rest {
         brace |= b == b'{';
         crc = (crc << 8) ^ t0[usize::from(((crc >> 8) as u8) ^ b)];
     }
