@@ -376,8 +376,15 @@ impl PendingBatch {
         }
         cluster.active = 1;
         cluster.current = 0;
-        let order = std::mem::take(&mut cluster.order);
         let splits = std::mem::take(&mut cluster.splits);
+        // One part's replies need no merge, so not the order either: it
+        // stays, with its storage, for the next batch.
+        let order = if active > 1 || !splits.is_empty() {
+            std::mem::take(&mut cluster.order)
+        } else {
+            cluster.order.clear();
+            Vec::new()
+        };
         Some(Box::new(SealedParts {
             parts,
             order,
