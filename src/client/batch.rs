@@ -65,13 +65,9 @@ pub(super) struct PendingBatch {
     suppress: bool,
     /// Every command in the batch is READONLY (topology: may go to a replica).
     read_only: bool,
-    /// On a cluster backend, the slot of its first command with keys and
-    /// the master that served it when that command joined; `None` while it
-    /// holds only commands without keys (and always on other backends).
-    route: Option<SlotRoute>,
-    /// On a cluster backend, each gathered request frame's length (the
-    /// redirect follower pairs request frames with reply frames) and the
-    /// client's chain of followers; `None` on other backends.
+    /// On a cluster backend, the batch's parts (its frames go to theirs,
+    /// not to `payload` and `staged`) and the client's chain of followers;
+    /// `None` on other backends.
     cluster: Option<Box<ClusterBatching>>,
     /// A command in the batch runs a script.
     script: bool,
@@ -89,17 +85,20 @@ pub(super) struct PendingBatch {
 ///
 /// A batch gathers one part per node (a payload for each, many commands
 /// each), all submitted together, and one slot in the reply queue that
-/// merges the parts' replies back in the client's order. The part being
-/// added to lives in the batch's own fields (payload, staged, route,
-/// script, `frame_lens`); the others wait in `parked`.
-#[derive(Debug, Default)]
+/// merges the parts' replies back in the client's order. Each part stays
+/// in its place in `parts`: a command for another node than the last one
+/// changes only the `current` index (random keys change node at almost
+/// every command), and a sealed batch leaves the parts' staging buffers
+/// for the next one.
+#[derive(Debug)]
 struct ClusterBatching {
-    /// The current part's request frame lengths.
-    frame_lens: Vec<u32>,
     chain: redirect::Chain,
-    /// Every part by its index; the current one's entry is a placeholder.
-    parked: Vec<Part>,
-    /// The current part's index.
+    /// The batch's parts (the first `active`; at least one), then spares
+    /// whose staging buffers the next parts reuse.
+    parts: Vec<Part>,
+    /// How many parts the batch uses.
+    active: u8,
+    /// The index of the part the next command joins.
     current: u8,
     /// The part of each request frame, in the client's order.
     order: Vec<u8>,
@@ -116,14 +115,37 @@ pub(super) struct SplitAt {
     pub(super) merge: split::Merge,
 }
 
-/// One node's share of a cluster batch, while another part is added to.
+/// One node's share of a cluster batch, being gathered.
 #[derive(Debug, Default)]
 struct Part {
+    /// The slot of its first command with keys and the master that served
+    /// it when that command joined; `None` while it holds only commands
+    /// without keys.
     route: Option<SlotRoute>,
+    /// As [`PendingBatch`]'s `payload` and `staged`, for this part.
     payload: Payload,
     staged: BytesMut,
+    /// Each request frame's length (the redirect follower pairs request
+    /// frames with reply frames).
     frame_lens: Vec<u32>,
     script: bool,
+}
+
+impl ClusterBatching {
+    fn new() -> ClusterBatching {
+        ClusterBatching {
+            chain: redirect::Chain::default(),
+            parts: vec![Part::default()],
+            active: 1,
+            current: 0,
+            order: Vec::new(),
+            splits: Vec::new(),
+        }
+    }
+
+    fn current(&mut self) -> Option<&mut Part> {
+        self.parts.get_mut(usize::from(self.current))
+    }
 }
 
 /// At most this many parts (nodes, or slots while no map covers them) in
@@ -224,7 +246,6 @@ impl Default for PendingBatch {
             answered: 0,
             suppress: false,
             read_only: true,
-            route: None,
             cluster: None,
             script: false,
             sealed: VecDeque::new(),
@@ -239,19 +260,33 @@ impl PendingBatch {
     /// The batch of a client of a cluster backend (`cluster`) or another.
     pub(super) fn for_backend(cluster: bool) -> PendingBatch {
         PendingBatch {
-            cluster: cluster.then(Box::default),
+            cluster: cluster.then(|| Box::new(ClusterBatching::new())),
             ..PendingBatch::default()
         }
     }
 
     /// Notes a request frame's length, on a cluster backend.
     fn note_frame(&mut self, len: usize) {
-        if let Some(cluster) = &mut self.cluster {
-            cluster
-                .frame_lens
-                .push(u32::try_from(len).unwrap_or(u32::MAX));
-            cluster.order.push(cluster.current);
+        if let Some(cluster) = self.cluster.as_deref_mut() {
+            let current = cluster.current;
+            cluster.order.push(current);
+            if let Some(part) = cluster.current() {
+                part.frame_lens.push(u32::try_from(len).unwrap_or(u32::MAX));
+            }
         }
+    }
+
+    /// Where the next frame goes: the current part's payload and staging
+    /// buffer on a cluster backend, else the batch's.
+    fn buffers(&mut self) -> (&mut Payload, &mut BytesMut) {
+        if let Some(part) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(ClusterBatching::current)
+        {
+            return (&mut part.payload, &mut part.staged);
+        }
+        (&mut self.payload, &mut self.staged)
     }
 
     /// Commands gathered and not yet sealed (they count as in flight).
@@ -273,35 +308,41 @@ impl PendingBatch {
     /// else the part for that master, else a new one. `Err` gives the route
     /// back when the batch holds [`MAX_PARTS`] parts already: seal it first.
     pub(super) fn route_to(&mut self, route: SlotRoute) -> Result<(), SlotRoute> {
-        if self.route.is_none() {
-            self.route = Some(route);
+        let Some(cluster) = self.cluster.as_deref_mut() else {
             return Ok(());
-        }
-        if takes_route(self.route.as_ref(), &route) {
-            return Ok(());
-        }
-        let Some(cluster) = self.cluster.as_mut() else {
-            return Err(route);
         };
+        if let Some(part) = cluster.current() {
+            match &part.route {
+                None => {
+                    part.route = Some(route);
+                    return Ok(());
+                }
+                ours @ Some(_) if takes_route(ours.as_ref(), &route) => return Ok(()),
+                Some(_) => {}
+            }
+        }
+        let active = usize::from(cluster.active);
         let found = cluster
-            .parked
+            .parts
             .iter()
+            .take(active)
             .position(|p| p.route.is_some() && takes_route(p.route.as_ref(), &route));
         let next = match found {
             Some(i) => i,
-            None if cluster.parked.len().max(1) < MAX_PARTS => {
-                if cluster.parked.is_empty() {
-                    cluster.parked.push(Part::default());
+            None if active < MAX_PARTS => {
+                match cluster.parts.get_mut(active) {
+                    Some(spare) => spare.route = Some(route),
+                    None => cluster.parts.push(Part {
+                        route: Some(route),
+                        ..Part::default()
+                    }),
                 }
-                cluster.parked.push(Part {
-                    route: Some(route),
-                    ..Part::default()
-                });
-                cluster.parked.len() - 1
+                cluster.active += 1;
+                active
             }
             None => return Err(route),
         };
-        self.switch_part(next);
+        cluster.current = u8::try_from(next).unwrap_or(u8::MAX);
         Ok(())
     }
 
@@ -315,8 +356,11 @@ impl PendingBatch {
                 nodes.push(route);
             }
         }
-        let parked = self.cluster.as_ref().map_or(usize::MAX, |c| c.parked.len());
-        parked.max(1).saturating_add(nodes.len()) <= MAX_PARTS
+        let active = self
+            .cluster
+            .as_ref()
+            .map_or(usize::MAX, |c| usize::from(c.active));
+        active.saturating_add(nodes.len()) <= MAX_PARTS
     }
 
     /// Adds a command split by slot (see [`Self::has_room_for`]): each
@@ -346,50 +390,33 @@ impl PendingBatch {
         self.commands.push(reply);
     }
 
-    /// Parks the current part and makes part `next` the current one (the
-    /// current part's fields go to its entry, then `next`'s come out).
-    fn switch_part(&mut self, next: usize) {
-        let Some(cluster) = self.cluster.as_mut() else {
-            return;
-        };
-        let current = usize::from(cluster.current);
-        if current == next {
-            return;
-        }
-        for i in [current, next] {
-            if let Some(part) = cluster.parked.get_mut(i) {
-                std::mem::swap(&mut part.route, &mut self.route);
-                std::mem::swap(&mut part.payload, &mut self.payload);
-                std::mem::swap(&mut part.staged, &mut self.staged);
-                std::mem::swap(&mut part.frame_lens, &mut cluster.frame_lens);
-                std::mem::swap(&mut part.script, &mut self.script);
-            }
-        }
-        cluster.current = u8::try_from(next).unwrap_or(u8::MAX);
-    }
-
     /// The gathered cluster parts, sealed (the batch keeps none of them).
     fn take_parts(&mut self) -> Option<Box<SealedParts>> {
-        self.cluster.as_ref()?;
-        let mut parts = Vec::new();
-        let count = self.cluster.as_ref().map_or(0, |c| c.parked.len()).max(1);
-        for i in 0..count {
-            self.switch_part(i);
-            self.unstage();
-            let frames = self.payload.len();
-            let cluster = self.cluster.as_mut()?;
+        let cluster = self.cluster.as_deref_mut()?;
+        let active = usize::from(cluster.active);
+        let mut parts = Vec::with_capacity(active);
+        for part in cluster.parts.iter_mut().take(active) {
+            unstage(&mut part.payload, &mut part.staged);
+            // The next batch's part likely looks like this one.
+            let (pieces, frames) = (part.payload.len(), part.frame_lens.len());
             parts.push(SealedPart {
-                payload: std::mem::replace(&mut self.payload, Payload::with_capacity(frames)),
-                key_slot: self.route.take().map(|r| r.slot),
-                frame_lens: std::mem::take(&mut cluster.frame_lens),
-                script: std::mem::take(&mut self.script),
+                payload: std::mem::replace(&mut part.payload, Payload::with_capacity(pieces)),
+                key_slot: part.route.take().map(|r| r.slot),
+                frame_lens: std::mem::replace(&mut part.frame_lens, Vec::with_capacity(frames)),
+                script: std::mem::take(&mut part.script),
             });
         }
-        self.switch_part(0);
-        let cluster = self.cluster.as_mut()?;
-        cluster.parked.clear();
-        let order = std::mem::take(&mut cluster.order);
+        cluster.active = 1;
+        cluster.current = 0;
         let splits = std::mem::take(&mut cluster.splits);
+        // One part's replies need no merge, so not the order either: it
+        // stays, with its storage, for the next batch.
+        let order = if active > 1 || !splits.is_empty() {
+            std::mem::take(&mut cluster.order)
+        } else {
+            cluster.order.clear();
+            Vec::new()
+        };
         Some(Box::new(SealedParts {
             parts,
             order,
@@ -430,10 +457,11 @@ impl PendingBatch {
                 if most >= LARGE_PIECE {
                     self.add_frame(request.prefix_arg(at, ns.prefix_bytes()).into_frame());
                 } else {
-                    self.make_room(most);
-                    let before = self.staged.len();
-                    ns.write_confined(&request, at, &mut self.staged);
-                    let written = self.staged.len() - before;
+                    let (_, staged) = self.buffers();
+                    make_room(staged, most);
+                    let before = staged.len();
+                    ns.write_confined(&request, at, staged);
+                    let written = staged.len() - before;
                     self.bytes += written;
                     self.note_frame(written);
                 }
@@ -501,38 +529,37 @@ impl PendingBatch {
     fn add_frame(&mut self, frame: Bytes) {
         self.bytes += frame.len();
         self.note_frame(frame.len());
+        let (payload, staged) = self.buffers();
         if frame.len() >= LARGE_PIECE {
-            self.unstage();
-            self.payload.push(frame);
-        } else if self.staged.is_empty() && self.payload.is_empty() {
+            unstage(payload, staged);
+            payload.push(frame);
+        } else if staged.is_empty() && payload.is_empty() {
             // Alone it needs no copy; with the staged frames that may follow
             // it, the payload stays within its inline pieces.
-            self.payload.push(frame);
+            payload.push(frame);
         } else {
-            self.make_room(frame.len());
-            self.staged.extend_from_slice(&frame);
-        }
-    }
-
-    /// Room for `len` more staged bytes, grown a chunk at a time: once its
-    /// earlier bytes are sent and released, the buffer reuses its storage.
-    fn make_room(&mut self, len: usize) {
-        if self.staged.capacity() - self.staged.len() < len {
-            self.staged.reserve(len.max(STAGE_CHUNK));
+            make_room(staged, frame.len());
+            staged.extend_from_slice(&frame);
         }
     }
 
     /// The command just pushed runs a script (see [`Batch::script`]).
     pub(super) fn mark_script(&mut self) {
-        self.script = true;
+        match self
+            .cluster
+            .as_deref_mut()
+            .and_then(ClusterBatching::current)
+        {
+            Some(part) => part.script = true,
+            None => self.script = true,
+        }
     }
 
     /// Moves the staged frames into the payload as one piece, so a piece
     /// pushed after them goes out after them.
     fn unstage(&mut self) {
-        if !self.staged.is_empty() {
-            self.payload.push(self.staged.split().freeze());
-        }
+        let (payload, staged) = self.buffers();
+        unstage(payload, staged);
     }
 
     /// Gives back the storage a burst grew; only while nothing waits in it.
@@ -542,7 +569,29 @@ impl PendingBatch {
         }
         if self.is_empty() {
             self.staged = BytesMut::new();
+            if let Some(cluster) = self.cluster.as_deref_mut() {
+                cluster.parts.truncate(1);
+                for part in &mut cluster.parts {
+                    part.staged = BytesMut::new();
+                }
+            }
         }
+    }
+}
+
+/// Room for `len` more staged bytes, grown a chunk at a time: once its
+/// earlier bytes are sent and released, the buffer reuses its storage.
+fn make_room(staged: &mut BytesMut, len: usize) {
+    if staged.capacity() - staged.len() < len {
+        staged.reserve(len.max(STAGE_CHUNK));
+    }
+}
+
+/// Moves the staged frames into the payload as one piece, so a piece
+/// pushed after them goes out after them.
+fn unstage(payload: &mut Payload, staged: &mut BytesMut) {
+    if !staged.is_empty() {
+        payload.push(staged.split().freeze());
     }
 }
 
@@ -697,7 +746,7 @@ impl Connection {
             .batch
             .cluster
             .as_ref()
-            .is_some_and(|c| c.chain.must_wait(generation).is_some());
+            .is_some_and(|c| c.chain.must_wait(generation));
         if must_wait {
             // The followers in flight are this client's own queue slots:
             // they run as it polls them.

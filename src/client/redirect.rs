@@ -27,11 +27,12 @@
 //!   batches routed by the same map send a slot's requests to the same
 //!   node, where a stale one is redirected too and retried in turn.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{oneshot, Notify};
 
 use super::batch::SplitAt;
 use super::queue::Following;
@@ -56,30 +57,65 @@ const EXHAUSTED: &[u8] = b"-TRYAGAIN Multiple keys request during rehashing of s
 /// batches were routed by.
 #[derive(Debug, Default)]
 pub(super) struct Chain {
-    tail: Option<watch::Receiver<bool>>,
+    tail: Option<Arc<Link>>,
     generation: u64,
+}
+
+/// One follower's place in its client's chain: done once it and every
+/// follower before it are done (or gone).
+///
+/// One flag and one wake-up rather than a watch channel: a batch sets it
+/// once and at most its successor waits on it, so this is all a follower
+/// pays when nothing was redirected.
+#[derive(Debug, Default)]
+struct Link {
+    done: AtomicBool,
+    /// Wakes the successor waiting in [`Link::wait`]; its permit covers a
+    /// wake-up sent before the successor waits.
+    wake: Notify,
+}
+
+impl Link {
+    fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    async fn wait(&self) {
+        while !self.is_done() {
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// Marks its follower's link done when dropped: when the follower
+/// finishes, and when it is dropped unfinished (its client went away), so
+/// a successor never waits on a gone follower.
+struct Done(Arc<Link>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.done.store(true, Ordering::Release);
+        self.0.wake.notify_one();
+    }
 }
 
 impl Chain {
     /// Whether a batch routed by map `generation` must wait for the
     /// followers in flight first: they were routed by another map.
-    pub(super) fn must_wait(&self, generation: u64) -> Option<watch::Receiver<bool>> {
-        let tail = self.tail.as_ref()?;
-        (self.generation != generation && !*tail.borrow()).then(|| tail.clone())
+    pub(super) fn must_wait(&self, generation: u64) -> bool {
+        self.tail
+            .as_ref()
+            .is_some_and(|tail| self.generation != generation && !tail.is_done())
     }
 
     /// Links a new follower routed by `generation`: returns the previous
-    /// tail to wait for and the sender that marks the new one done.
-    fn link(&mut self, generation: u64) -> (Option<watch::Receiver<bool>>, watch::Sender<bool>) {
-        let (done, tail) = watch::channel(false);
+    /// tail to wait for and the guard that marks the new one done.
+    fn link(&mut self, generation: u64) -> (Option<Arc<Link>>, Done) {
+        let link = Arc::new(Link::default());
         self.generation = generation;
-        (self.tail.replace(tail), done)
+        let previous = self.tail.replace(link.clone());
+        (previous, Done(link))
     }
-}
-
-/// Waits until a follower is done (or gone).
-pub(super) async fn wait_done(mut tail: watch::Receiver<bool>) {
-    let _ = tail.wait_for(|done| *done).await;
 }
 
 /// Everything a follower needs to resend a batch's requests.
@@ -158,67 +194,109 @@ pub(super) fn follow(
     let (previous, done) = chain.link(generation);
     let meter = meter.clone();
     Following::new(async move {
-        let mut firsts = Vec::with_capacity(parts.len());
-        for part in parts {
-            firsts.push(match part {
-                Sent::Part(rx, follow) => {
-                    let first = rx.await.unwrap_or_else(|_| {
-                        Err(BackendError::ConnectionLost {
-                            addr: follow.node.addr().to_string(),
-                        })
-                    });
-                    (first, Some(follow))
-                }
-                Sent::Failed(e) => (Err(e), None),
-            });
-        }
-        if let Some(previous) = previous {
-            wait_done(previous).await;
-        }
-        let mut results = Vec::with_capacity(firsts.len());
-        for (first, follow) in firsts {
-            let (first, follow) = match (first, follow) {
-                (Err(e), Some(follow)) if lost(&e) => match follow.read_slot {
-                    Some(slot) => {
-                        let (again, follow) = follow.read_from_master(slot).await;
-                        (again, Some(follow))
-                    }
-                    None => (Err(e), Some(follow)),
-                },
-                other => other,
+        let merged = if let ([_], true) = (parts.as_slice(), splits.is_empty()) {
+            // One part (the usual batch): its replies as they are.
+            let mut parts = parts;
+            let (first, follow) = match parts.pop() {
+                Some(Sent::Part(rx, follow)) => (
+                    rx.await.unwrap_or_else(|_| Err(lost(&follow))),
+                    Some(follow),
+                ),
+                Some(Sent::Failed(e)) => (Err(e), None),
+                None => (Ok(Replies::default()), None),
             };
-            results.push(match (first, follow) {
-                (Ok(replies), Some(follow)) if has_redirect(&replies) => {
-                    Ok(retry(&follow, replies).await)
-                }
-                (Err(e), Some(follow)) => {
-                    // A master that died may have been replaced: look now.
-                    if let Some(cluster) = follow.ctx.router.cluster().filter(|_| lost(&e)) {
-                        cluster.request_refresh(RefreshReason::ConnectionLost);
-                    }
-                    Err(e)
-                }
-                (result, _) => result,
-            });
-        }
-        let merged = if results.len() == 1 && splits.is_empty() {
-            results.pop().unwrap_or_else(|| Ok(Replies::default()))
+            if let Some(previous) = previous {
+                previous.wait().await;
+            }
+            let (first, follow) = reread(first, follow).await;
+            match settle(first, follow) {
+                Settled::Done(result) => result,
+                Settled::Retry(replies, follow) => Ok(retry(&follow, replies).await),
+            }
         } else {
+            let mut firsts = Vec::with_capacity(parts.len());
+            for part in parts {
+                firsts.push(match part {
+                    Sent::Part(rx, follow) => (
+                        rx.await.unwrap_or_else(|_| Err(lost(&follow))),
+                        Some(follow),
+                    ),
+                    Sent::Failed(e) => (Err(e), None),
+                });
+            }
+            if let Some(previous) = previous {
+                previous.wait().await;
+            }
+            let mut results = Vec::with_capacity(firsts.len());
+            for (first, follow) in firsts {
+                let (first, follow) = reread(first, follow).await;
+                results.push(match settle(first, follow) {
+                    Settled::Done(result) => result,
+                    Settled::Retry(replies, follow) => Ok(retry(&follow, replies).await),
+                });
+            }
             Ok(merge(results, &order, &splits, &meter))
         };
-        let _ = done.send(true);
+        drop(done);
         merged
     })
 }
 
 /// Whether the node may be gone: the connection failed or stalled.
-fn lost(e: &BackendError) -> bool {
+fn is_lost(e: &BackendError) -> bool {
     matches!(
         e,
         BackendError::ConnectionLost { .. }
             | BackendError::Unavailable { .. }
             | BackendError::Timeout { .. }
     )
+}
+
+/// A part a replica's lost connection left unanswered: its read goes to the
+/// slot's master instead ([`Follow::read_from_master`]).
+async fn reread(first: BatchReply, follow: Option<Follow>) -> (BatchReply, Option<Follow>) {
+    match (first, follow) {
+        (Err(e), Some(follow)) if is_lost(&e) => match follow.read_slot {
+            Some(slot) => {
+                let (again, follow) = follow.read_from_master(slot).await;
+                (again, Some(follow))
+            }
+            None => (Err(e), Some(follow)),
+        },
+        other => other,
+    }
+}
+
+/// A part whose connection went before it answered.
+fn lost(follow: &Follow) -> BackendError {
+    BackendError::ConnectionLost {
+        addr: follow.node.addr().to_string(),
+    }
+}
+
+/// What a part's first replies need.
+enum Settled {
+    /// Nothing more: the part's result.
+    Done(BatchReply),
+    /// Its redirected requests retried ([`retry`]).
+    Retry(Replies, Follow),
+}
+
+/// Whether a part's first replies hold redirects (only the reply kinds the
+/// reader recorded are looked at, then the error lines); a lost master
+/// asks for a map refresh.
+fn settle(first: BatchReply, follow: Option<Follow>) -> Settled {
+    match (first, follow) {
+        (Ok(replies), Some(follow)) if has_redirect(&replies) => Settled::Retry(replies, follow),
+        (Err(e), Some(follow)) => {
+            // A master that died may have been replaced: look now.
+            if let Some(cluster) = follow.ctx.router.cluster().filter(|_| is_lost(&e)) {
+                cluster.request_refresh(RefreshReason::ConnectionLost);
+            }
+            Settled::Done(Err(e))
+        }
+        (result, _) => Settled::Done(result),
+    }
 }
 
 /// The parts' replies in the client's order: request frame `i` is
@@ -250,7 +328,7 @@ fn merge(
         .map(|p| p.as_ref().map_or(0, |r| r.bytes.len()))
         .sum();
     let mut bytes = BytesMut::with_capacity(total);
-    let mut ends = FrameEnds::new();
+    let mut ends = FrameEnds::with_capacity(order.len());
     // Each part's frames, walked in step with `order`.
     let mut frames: Vec<Result<Frames<'_>, &Bytes>> = parts
         .iter()
@@ -280,13 +358,31 @@ fn merge(
                 i += split.count.max(1);
             }
             None => {
-                let (frame, kind) = next(part);
-                bytes.extend_from_slice(frame);
+                // A run of one part's frames lies end to end in its
+                // bytes: copied at once (`run`, not yet in `bytes`).
+                let whole = parts.get(usize::from(part)).and_then(|p| p.as_ref().ok());
+                let (mut run, kind) = next(part);
                 ends.push(FrameEnd {
-                    end: bytes.len(),
+                    end: bytes.len() + run.len(),
                     kind,
                 });
                 i += 1;
+                while order.get(i) == Some(&part) && splits.peek().is_none_or(|s| s.start != i) {
+                    let (frame, kind) = next(part);
+                    match whole.and_then(|w| joined(&w.bytes, run, frame)) {
+                        Some(longer) => run = longer,
+                        None => {
+                            bytes.extend_from_slice(run);
+                            run = frame;
+                        }
+                    }
+                    ends.push(FrameEnd {
+                        end: bytes.len() + run.len(),
+                        kind,
+                    });
+                    i += 1;
+                }
+                bytes.extend_from_slice(run);
             }
         }
     }
@@ -304,12 +400,29 @@ fn merge(
     }
 }
 
+/// `a` and then `b` as one slice of `whole`, when `b` starts where `a`
+/// ends and both lie in `whole`.
+fn joined<'a>(whole: &'a [u8], a: &[u8], b: &[u8]) -> Option<&'a [u8]> {
+    let base = whole.as_ptr() as usize;
+    let start = (a.as_ptr() as usize).checked_sub(base)?;
+    let middle = start.checked_add(a.len())?;
+    if (b.as_ptr() as usize).checked_sub(base)? != middle {
+        return None;
+    }
+    whole.get(start..middle.checked_add(b.len())?)
+}
+
 /// A frame the parts do not hold (keygate miscounted): said so, not a desync.
 const INTERNAL: &[u8] = b"-ERR keygate: internal error merging replies\r\n";
 
 /// Whether any reply is an error a cluster uses to send a request elsewhere
 /// (or to say it is down).
 fn has_redirect(replies: &Replies) -> bool {
+    // The kinds the reader recorded say first whether any reply is an
+    // error at all (almost never): only then are frames looked at.
+    if !replies.ends.is_empty() && replies.ends.iter().all(|e| e.kind != ReplyKind::Error) {
+        return false;
+    }
     replies
         .frames(DEFAULT_MAX_DEPTH)
         .any(|(frame, kind)| kind == ReplyKind::Error && is_cluster_error(frame))
@@ -636,15 +749,102 @@ mod tests {
         assert_eq!(meter.held(), want.len());
     }
 
+    /// Runs of one part's frames are copied at once, with every frame's
+    /// own end and kind; a failed part's error repeats in a run too.
+    #[test]
+    fn runs_of_one_part_merge_frame_by_frame() {
+        let meter = ReplyMeter::new(1 << 20);
+        let a = Bytes::from_static(b"$1\r\n1\r\n-ERR e\r\n$-1\r\n$1\r\n5\r\n");
+        let b = Bytes::from_static(b":4\r\n");
+        let delimited = |bytes: &Bytes| {
+            let mut replies = Replies::from(bytes.clone());
+            replies.ends = rebuild(
+                &replies
+                    .frames(DEFAULT_MAX_DEPTH)
+                    .map(|(f, _)| bytes.slice_ref(f))
+                    .collect::<Vec<_>>(),
+                None,
+            )
+            .ends;
+            replies
+        };
+        meter.add(a.len() + b.len());
+        let lost = BackendError::ConnectionLost { addr: "x".into() };
+        let results = vec![Ok(delimited(&a)), Ok(delimited(&b)), Err(lost)];
+        let merged = merge(results, &[0, 0, 0, 1, 2, 2, 0], &[], &meter);
+        let err = {
+            let mut line = BytesMut::new();
+            let e = BackendError::ConnectionLost { addr: "x".into() };
+            crate::protocol::encode::error(&mut line, &e.client_message());
+            line.freeze()
+        };
+        let want = [
+            &b"$1\r\n1\r\n-ERR e\r\n$-1\r\n:4\r\n"[..],
+            &err,
+            &err,
+            b"$1\r\n5\r\n",
+        ]
+        .concat();
+        assert_eq!(&merged.bytes[..], &want[..]);
+        let frames: Vec<&[u8]> = merged.frames(DEFAULT_MAX_DEPTH).map(|(f, _)| f).collect();
+        assert_eq!(frames.len(), 7);
+        assert_eq!(frames[1], b"-ERR e\r\n");
+        assert_eq!(frames[5], &err[..]);
+        let kinds: Vec<ReplyKind> = merged.ends.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                ReplyKind::Value,
+                ReplyKind::Error,
+                ReplyKind::Nil,
+                ReplyKind::Value,
+                ReplyKind::Error,
+                ReplyKind::Error,
+                ReplyKind::Value
+            ]
+        );
+    }
+
+    #[test]
+    fn slices_join_only_end_to_end_inside_the_whole() {
+        let whole = b"abcdef";
+        assert_eq!(
+            joined(whole, &whole[0..2], &whole[2..5]),
+            Some(&b"abcde"[..])
+        );
+        assert_eq!(joined(whole, &whole[0..2], &whole[3..5]), None);
+        assert_eq!(joined(whole, &whole[2..4], &whole[0..2]), None);
+        let elsewhere = b"cd";
+        assert_eq!(joined(whole, &whole[0..2], elsewhere), None);
+    }
+
     #[test]
     fn a_batch_of_a_newer_map_waits_for_the_chain() {
         let mut chain = Chain::default();
-        assert!(chain.must_wait(1).is_none(), "nothing in flight");
+        assert!(!chain.must_wait(1), "nothing in flight");
         let (previous, done) = chain.link(1);
         assert!(previous.is_none());
-        assert!(chain.must_wait(1).is_none(), "same map: no wait");
-        assert!(chain.must_wait(2).is_some(), "newer map: wait");
-        done.send(true).expect("receiver alive");
-        assert!(chain.must_wait(2).is_none(), "chain done");
+        assert!(!chain.must_wait(1), "same map: no wait");
+        assert!(chain.must_wait(2), "newer map: wait");
+        drop(done);
+        assert!(!chain.must_wait(2), "chain done");
+    }
+
+    /// A follower waiting on the one before it wakes when that one is
+    /// done, whether it started waiting before or after.
+    #[tokio::test]
+    async fn a_follower_waits_for_the_one_before() {
+        let mut chain = Chain::default();
+        let (_, first) = chain.link(1);
+        let (previous, second) = chain.link(1);
+        let previous = previous.expect("the first link");
+        let waiter = tokio::spawn(async move { previous.wait().await });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        drop(first);
+        waiter.await.expect("woken");
+        let (previous, _third) = chain.link(1);
+        drop(second);
+        previous.expect("the second link").wait().await;
     }
 }
