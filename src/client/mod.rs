@@ -225,6 +225,8 @@ struct Connection {
     entry: Arc<registry::ClientEntry>,
     /// Which of its reads are sampled for the service's hot keys.
     hot_keys: crate::hotkeys::Sampler,
+    /// Near-cache hits not yet recorded (recorded once per read).
+    near_hits: near::HitTally,
 }
 
 /// Serves one client until it disconnects, QUITs, breaks the protocol or
@@ -269,6 +271,7 @@ pub async fn serve_io<R, W>(
         out: BytesMut::new(),
         procedure: None,
         hot_keys: crate::hotkeys::Sampler::default(),
+        near_hits: Default::default(),
         budget: budget::ReplyBudget::new(ctx.config.proxy.max_pending_reply_bytes),
         meter: Arc::new(ReplyMeter::new(ctx.config.proxy.pending_reply_hard_limit())),
         backlog: false,

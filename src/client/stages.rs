@@ -138,6 +138,7 @@ impl Connection {
                 }
             }
         }
+        self.record_near_hits();
         self.flush_batch().await;
         self.flush_dedicated().await;
     }
