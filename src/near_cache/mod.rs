@@ -291,7 +291,7 @@ impl NearCache {
         if self.writing(hash).load(Ordering::Acquire) > 0 {
             return None;
         }
-        match locked(self.shard(hash)).get(key, Instant::now()) {
+        match locked(self.shard(hash)).get(key, hash, Instant::now()) {
             Found::Hit(_) | Found::Refresh(_) => return None,
             Found::Stale(reason) => self.counters.evicted(reason, 1),
             Found::Absent => {}
@@ -375,7 +375,7 @@ impl NearCache {
         let hash = self.hasher.hash_one(key);
         let reads = self.sketch.record(hash);
         let mut shard = locked(self.shard(hash));
-        match shard.get(key, Instant::now()) {
+        match shard.get(key, hash, Instant::now()) {
             Found::Hit(frame) => {
                 drop(shard);
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
@@ -485,7 +485,7 @@ impl NearCache {
         let hash = self.hasher.hash_one(key);
         let mut shard = locked(self.shard(hash));
         self.seq(hash).fetch_add(1, Ordering::AcqRel);
-        if shard.remove(key) {
+        if shard.remove(key, hash) {
             self.counters.evicted(Evicted::Invalidation, 1);
         }
     }

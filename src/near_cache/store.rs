@@ -12,6 +12,7 @@
 //! [`ENTRY_OVERHEAD`]) and stays within the budget after every insert.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -83,6 +84,30 @@ impl Entry {
     }
 }
 
+/// The index's hasher: its keys are hashes already (SipHash with the
+/// cache's random keys), taken as they are instead of hashed again.
+#[derive(Debug, Default)]
+pub(crate) struct KeyHash(u64);
+
+impl Hasher for KeyHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else in anyway.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // The low bits chose the shard (every key here shares them), and
+        // the table places a key by its low bits: the high half goes there.
+        self.0 = n.rotate_left(32);
+    }
+}
+
 /// What a lookup found.
 #[derive(Debug)]
 pub(crate) enum Found {
@@ -98,7 +123,10 @@ pub(crate) enum Found {
 /// Entries of one shard.
 #[derive(Debug, Default)]
 pub(crate) struct Store {
-    index: HashMap<Bytes, usize>,
+    /// Entry positions by the key's hash ([`Entry::hash`], computed once per
+    /// lookup with the cache's random keys); the entry's key is compared,
+    /// so two keys whose hashes collide only displace each other.
+    index: HashMap<u64, usize, BuildHasherDefault<KeyHash>>,
     entries: Vec<Entry>,
     bytes: usize,
     clock: u64,
@@ -116,13 +144,13 @@ impl Store {
         self.entries.len()
     }
 
-    pub(crate) fn get(&mut self, key: &[u8], now: Instant) -> Found {
-        let Some(&i) = self.index.get(key) else {
+    pub(crate) fn get(&mut self, key: &[u8], hash: u64, now: Instant) -> Found {
+        let Some(&i) = self.index.get(&hash) else {
             return Found::Absent;
         };
         self.clock += 1;
         let clock = self.clock;
-        let Some(entry) = self.entries.get_mut(i) else {
+        let Some(entry) = self.entries.get_mut(i).filter(|e| e.key == key) else {
             return Found::Absent;
         };
         if let Some(reason) = entry.stale(now) {
@@ -138,14 +166,14 @@ impl Store {
     }
 
     /// Removes the key's entry (and grounds its flight); true if there was one.
-    pub(crate) fn remove(&mut self, key: &[u8]) -> bool {
+    pub(crate) fn remove(&mut self, key: &[u8], hash: u64) -> bool {
         self.flights.ground(key);
-        match self.index.get(key) {
-            Some(&i) => {
+        match self.index.get(&hash) {
+            Some(&i) if self.entries.get(i).is_some_and(|e| e.key == key) => {
                 self.remove_at(i);
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -154,9 +182,9 @@ impl Store {
             return None;
         }
         let entry = self.entries.swap_remove(i);
-        self.index.remove(&entry.key);
+        self.index.remove(&entry.hash);
         if let Some(moved) = self.entries.get(i) {
-            if let Some(slot) = self.index.get_mut(&moved.key) {
+            if let Some(slot) = self.index.get_mut(&moved.hash) {
                 *slot = i;
             }
         }
@@ -215,7 +243,8 @@ impl Store {
         if charge > budget {
             return false;
         }
-        if let Some(&i) = self.index.get(&entry.key) {
+        if let Some(&i) = self.index.get(&entry.hash) {
+            // The same key, or one whose hash collides: it makes way.
             self.remove_at(i);
         }
         let wanted = freq(entry.hash);
@@ -235,7 +264,7 @@ impl Store {
         self.clock += 1;
         entry.used = self.clock;
         self.bytes += charge;
-        self.index.insert(entry.key.clone(), self.entries.len());
+        self.index.insert(entry.hash, self.entries.len());
         self.entries.push(entry);
         true
     }
@@ -287,13 +316,20 @@ mod tests {
         s
     }
 
+    /// A key's hash, as the cache computes one (a fixed hasher here).
+    fn h(key: &str) -> u64 {
+        use std::hash::BuildHasher;
+        std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default()
+            .hash_one(key.as_bytes())
+    }
+
     fn entry(key: &str, len: usize, session: &Arc<Session>, now: Instant) -> Entry {
         Entry::new(
             Bytes::copy_from_slice(key.as_bytes()),
             Bytes::from(vec![b'v'; len]),
             now + Duration::from_secs(10),
             session.clone(),
-            key.len() as u64,
+            h(key),
         )
     }
 
@@ -331,14 +367,14 @@ mod tests {
         e.expires = now;
         store.insert(e, 10_000, now, &|_| 1, &mut |_| {});
         assert!(matches!(
-            store.get(b"a", now),
+            store.get(b"a", h("a"), now),
             Found::Stale(Evicted::MaxAge)
         ));
         assert_eq!(store.len(), 0);
         let dead = Session::new(Arc::new(Link::default()));
         store.insert(entry("b", 1, &dead, now), 10_000, now, &|_| 1, &mut |_| {});
         assert!(matches!(
-            store.get(b"b", now),
+            store.get(b"b", h("b"), now),
             Found::Stale(Evicted::Connection)
         ));
         assert_eq!(store.bytes(), 0);
@@ -352,7 +388,8 @@ mod tests {
         let budget = 2 * (1 + 1 + ENTRY_OVERHEAD);
         store.insert(entry("a", 1, &s, now), budget, now, &|_| 5, &mut |_| {});
         store.insert(entry("b", 1, &s, now), budget, now, &|_| 5, &mut |_| {});
-        let freq = |h: u64| if h == 1 { 5 } else { 2 };
+        let cold = h("cc");
+        let freq = |x: u64| if x == cold { 2 } else { 5 };
         let kept = store.insert(entry("cc", 0, &s, now), budget, now, &freq, &mut |_| {});
         assert!(!kept);
         assert_eq!(store.len(), 2);
@@ -372,15 +409,17 @@ mod tests {
                 &mut |_| {},
             );
         }
-        assert!(store.remove(b"k3"));
-        assert!(!store.remove(b"k3"));
-        assert!(matches!(store.get(b"k19", now), Found::Hit(_)));
+        assert!(store.remove(b"k3", h("k3")));
+        assert!(!store.remove(b"k3", h("k3")));
+        assert!(!store.remove(b"k4", h("k3")), "another key under its hash");
+        assert!(matches!(store.get(b"k19", h("k19"), now), Found::Hit(_)));
         let mut n = 0;
         store.shrink(5 * (13 + ENTRY_OVERHEAD), now, &mut |_| n += 1);
         assert!(store.len() <= 5);
         assert_eq!(n + store.len(), 19);
-        for (key, &i) in &store.index {
-            assert_eq!(&store.entries[i].key, key);
+        for (hash, &i) in &store.index {
+            assert_eq!(store.entries[i].hash, *hash);
         }
+        assert_eq!(store.index.len(), store.len());
     }
 }
