@@ -108,12 +108,19 @@ impl Connection {
         let Some(arg) = req.get(1) else {
             return NearRead::Plain;
         };
-        // Looked up from the stack: only a fill keeps the key.
-        let mut key: SmallVec<[u8; 128]> = SmallVec::new();
-        if let (true, Some(ns)) = (prefix_at == Some(1), self.session.namespace()) {
-            key.extend_from_slice(ns.prefix_bytes());
-        }
-        key.extend_from_slice(arg);
+        // Looked up as the client sent it, or with the prefix in front on
+        // the stack: only a fill keeps the key.
+        let prefixed: SmallVec<[u8; 128]>;
+        let key: &[u8] = match (prefix_at == Some(1), self.session.namespace()) {
+            (true, Some(ns)) => {
+                let mut key = SmallVec::new();
+                key.extend_from_slice(ns.prefix_bytes());
+                key.extend_from_slice(arg);
+                prefixed = key;
+                &prefixed
+            }
+            _ => arg,
+        };
         // Only RESP2 connections to the master track for the cache, and
         // only a RESP2 client takes a RESP2 leader's reply as it is.
         let fills = self.session.protocol == Protocol::Resp2
@@ -127,19 +134,19 @@ impl Connection {
         // follows; a pipelined read is sent (a fill of its own, or as it
         // is) rather than stall the pipeline behind another's round trip.
         let follows = fills && self.batch.is_empty() && self.queue.is_empty();
-        match cache.lookup(&key, fills, follows) {
+        match cache.lookup(key, fills, follows) {
             Lookup::Hit(frame) => {
                 self.record_hit(spec);
                 NearRead::Hit(frame)
             }
             Lookup::Refresh(frame, ticket) => {
                 self.record_hit(spec);
-                let (fill, pttl) = self.fill_of(cache, &key, ticket);
+                let (fill, pttl) = self.fill_of(cache, key, ticket);
                 NearRead::Refresh(frame, fill, pttl)
             }
             Lookup::Follow(boarding) => NearRead::Follow(boarding),
             Lookup::Miss(Some(ticket)) => {
-                let (fill, pttl) = self.fill_of(cache, &key, ticket);
+                let (fill, pttl) = self.fill_of(cache, key, ticket);
                 NearRead::Fill(fill, pttl)
             }
             Lookup::Miss(None) => NearRead::Plain,
