@@ -281,10 +281,8 @@ fn single_slot_commands_go_to_their_slots_master_in_order() {
     assert_eq!(conn.call(&["PING"]), Reply::Status("PONG".into()));
     // The unprefixed service reaches the same keys by their full names.
     assert_eq!(plain.call(&["GET", "t1:k5"]), Reply::Bulk("v5".into()));
-    assert_eq!(
-        plain.call(&["DBSIZE"]).text(),
-        "ERR keygate: 'dbsize' is not served on a cluster backend yet"
-    );
+    // Its DBSIZE is every master's (tests/cluster_keyspace.rs counts them).
+    assert!(matches!(plain.call(&["DBSIZE"]), Reply::Int(n) if n >= 1));
 }
 
 /// Hash tags whose slots are on different masters, one per master, with

@@ -81,3 +81,89 @@ fn dbsize_randomkey_and_flush_cover_every_master() {
     assert_eq!(other.call(&["FLUSHALL"]), Reply::Status("OK".into()));
     assert_eq!(other.call(&["DBSIZE"]), Reply::Int(0));
 }
+
+/// A service without a namespace that may run scripts.
+const WHOLE: &str = r#"
+[[service]]
+name = "whole"
+password = "pw"
+prefix = ""
+isolation = false
+allow_scripts = true
+"#;
+
+/// A service without a namespace: its keyspace-wide
+/// commands and its script and function loads cover every master.
+#[test]
+fn a_service_without_a_namespace_runs_keyspace_and_script_commands_on_every_master() {
+    let cluster = RedisCluster::start();
+    let kg = Keygate::start_with(&cluster_config(&cluster, WHOLE));
+    kg.wait_ready();
+    let mut c = RawConn::login(kg.port(), "whole", "pw");
+
+    const KEYS: usize = 60;
+    for i in 0..KEYS {
+        assert_eq!(
+            c.call(&["SET", &format!("k{i}"), "v"]),
+            Reply::Status("OK".into())
+        );
+    }
+    assert_eq!(c.call(&["DBSIZE"]), Reply::Int(KEYS as i64));
+    assert!(matches!(c.call(&["RANDOMKEY"]), Reply::Bulk(k) if k.starts_with('k')));
+
+    // A script loaded through keygate runs by its digest on every slot.
+    let Reply::Bulk(sha) = c.call(&["SCRIPT", "LOAD", "return redis.call('GET', KEYS[1])"]) else {
+        panic!("SCRIPT LOAD answered no digest");
+    };
+    for i in 0..KEYS {
+        assert_eq!(
+            c.call(&["EVALSHA", &sha, "1", &format!("k{i}")]),
+            Reply::Bulk("v".into()),
+            "k{i}"
+        );
+    }
+    let missing = "0".repeat(40);
+    assert_eq!(
+        c.call(&["SCRIPT", "EXISTS", &sha, &missing]),
+        Reply::Array(vec![Reply::Int(1), Reply::Int(0)])
+    );
+    // A script on one master only is not on the cluster.
+    let first = cluster
+        .masters()
+        .first()
+        .expect("a master")
+        .cli(&["SCRIPT", "LOAD", "return 7"]);
+    assert_eq!(
+        c.call(&["SCRIPT", "EXISTS", first.trim()]),
+        Reply::Array(vec![Reply::Int(0)])
+    );
+
+    // So does a function library.
+    let library = "#!lua name=kglib\nredis.register_function('kgget', function(keys) return redis.call('GET', keys[1]) end)";
+    assert_eq!(
+        c.call(&["FUNCTION", "LOAD", library]),
+        Reply::Bulk("kglib".into())
+    );
+    for i in 0..KEYS {
+        assert_eq!(
+            c.call(&["FCALL", "kgget", "1", &format!("k{i}")]),
+            Reply::Bulk("v".into())
+        );
+    }
+    assert!(matches!(c.call(&["FUNCTION", "LIST"]), Reply::Array(libs) if libs.len() == 1));
+    assert_eq!(
+        c.call(&["FUNCTION", "DELETE", "kglib"]),
+        Reply::Status("OK".into())
+    );
+    assert!(matches!(
+        c.call(&["FCALL", "kgget", "1", "k0"]),
+        Reply::Error(_)
+    ));
+
+    assert_eq!(c.call(&["FLUSHALL"]), Reply::Status("OK".into()));
+    assert_eq!(c.call(&["DBSIZE"]), Reply::Int(0));
+    assert_eq!(c.call(&["RANDOMKEY"]), Reply::Nil);
+    for master in cluster.masters() {
+        assert_eq!(master.cli(&["DBSIZE"]), "0");
+    }
+}

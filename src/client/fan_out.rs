@@ -1,6 +1,11 @@
 //! SCAN and KEYS on a cluster backend: no master holds the whole keyspace,
 //! so each goes to every master and their replies are merged before the
-//! command's reply plan (the namespace's confinement) applies.
+//! command's reply plan (the namespace's confinement) applies. So do the
+//! keyspace-wide commands of a service without a namespace (DBSIZE summed,
+//! RANDOMKEY from any master that has a key, FLUSHDB and FLUSHALL on
+//! every master) and the commands that load or drop scripts and functions,
+//! which every master must hold for EVALSHA and FCALL to run on any slot
+//! ([`Everywhere`]).
 //!
 //! SCAN's cursor names the master it is on: `redis_cursor << 14 | slot`,
 //! where `slot` is the lowest slot of that master (the master's first in
@@ -55,13 +60,13 @@ impl Connection {
             .iter()
             .map(|(slot, node)| (*slot, node.mux_in(protocol, id, 0).into_owned()))
             .collect();
-        let is_scan = reply.command == "scan";
+        let command = reply.command;
         let meter = self.meter.clone();
         tokio::spawn(async move {
-            let merged = if is_scan {
-                scan(&req, &muxes).await
-            } else {
-                keys(&req, &muxes).await
+            let merged = match (command, Everywhere::of(command)) {
+                ("scan", _) => scan(&req, &muxes).await,
+                (_, Some(how)) => everywhere(how, &req, &muxes).await,
+                _ => keys(&req, &muxes).await,
             };
             // Held for the client like any backend reply, and taken off
             // the meter once written.
@@ -90,6 +95,120 @@ impl Connection {
             .collect();
         masters.sort_by_key(|m| m.0);
         masters
+    }
+}
+
+/// A command without keys that every master runs on a cluster backend, by
+/// how their replies merge into the client's one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Everywhere {
+    /// DBSIZE: the masters' integers summed.
+    Sum,
+    /// RANDOMKEY: the first key from the masters, asked from a random one on.
+    AnyKey,
+    /// FLUSHDB, FLUSHALL, SCRIPT LOAD and FLUSH, FUNCTION LOAD, DELETE,
+    /// FLUSH and RESTORE: run on every master; the first error, else the
+    /// reply they all gave (they agree when every master was changed
+    /// through keygate; if not, an error says so).
+    Agree,
+    /// SCRIPT EXISTS: each element 1 only where every master has it.
+    AndEach,
+    /// FUNCTION DUMP and LIST: read from one master (functions are loaded
+    /// on every master alike).
+    One,
+}
+
+impl Everywhere {
+    /// How `command` (the table's name) runs over the masters, if it does.
+    pub(super) fn of(command: &str) -> Option<Everywhere> {
+        Some(match command {
+            "dbsize" => Everywhere::Sum,
+            "randomkey" => Everywhere::AnyKey,
+            "flushdb" | "flushall" | "script|load" | "script|flush" | "function|load"
+            | "function|delete" | "function|flush" | "function|restore" => Everywhere::Agree,
+            "script|exists" => Everywhere::AndEach,
+            "function|dump" | "function|list" => Everywhere::One,
+            _ => return None,
+        })
+    }
+}
+
+/// `req` on the masters as `how` says, one reply for the client.
+async fn everywhere(how: Everywhere, req: &Request, muxes: &[(u16, MuxHandle)]) -> BatchReply {
+    if muxes.is_empty() {
+        return error("CLUSTERDOWN Hash slot not served");
+    }
+    let start = match how {
+        // Any master may be first: a cheap random start from the
+        // process's random hasher keys.
+        Everywhere::AnyKey => {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(0u8) as usize % muxes.len()
+        }
+        _ => 0,
+    };
+    let asked = match how {
+        Everywhere::One => 1,
+        _ => muxes.len(),
+    };
+    let mut replies = Vec::with_capacity(asked);
+    for (_, mux) in muxes.iter().cycle().skip(start).take(asked) {
+        let reply = submit_one(mux, req).await?;
+        if reply.first() == Some(&b'-') {
+            return own(reply);
+        }
+        if how == Everywhere::AnyKey && !matches!(Value::parse(&reply), Ok(Value::Nil)) {
+            return own(reply);
+        }
+        replies.push(reply);
+    }
+    match how {
+        Everywhere::Sum => {
+            let mut sum = 0i64;
+            for reply in &replies {
+                match Value::parse(reply) {
+                    Ok(Value::Integer(n)) => sum = sum.saturating_add(n),
+                    _ => return own(reply.clone()),
+                }
+            }
+            let mut out = BytesMut::new();
+            encode::integer(&mut out, sum);
+            own(out.freeze())
+        }
+        Everywhere::AndEach => {
+            let mut each: Option<Vec<i64>> = None;
+            for reply in &replies {
+                let Ok(Value::Array(items)) = Value::parse(reply) else {
+                    return own(reply.clone());
+                };
+                let flags: Vec<i64> = items
+                    .iter()
+                    .map(|v| match v {
+                        Value::Integer(n) => *n,
+                        _ => 0,
+                    })
+                    .collect();
+                each = Some(match each {
+                    Some(acc) => acc.iter().zip(&flags).map(|(a, b)| *a.min(b)).collect(),
+                    None => flags,
+                });
+            }
+            let each = each.unwrap_or_default();
+            let mut out = BytesMut::new();
+            encode::array_header(&mut out, each.len());
+            for flag in each {
+                encode::integer(&mut out, flag);
+            }
+            own(out.freeze())
+        }
+        Everywhere::Agree if replies.iter().any(|r| Some(r) != replies.first()) => {
+            error("ERR keygate: the cluster's masters answered differently")
+        }
+        // The last master's nil (AnyKey: none had a key), the one
+        // master's reply (One), or the reply all agreed on.
+        _ => replies
+            .pop()
+            .map_or_else(|| error("CLUSTERDOWN Hash slot not served"), own),
     }
 }
 

@@ -24,7 +24,9 @@ pub(super) const HELD_ON_CLUSTER: &str =
     "ERR keygate: MONITOR and CLIENT TRACKING are not served on a cluster backend yet";
 
 /// Commands without keys that read or change the whole keyspace (or every
-/// node's scripts), which no single master holds.
+/// node's scripts), which no single master holds: outside a transaction
+/// most go to every master ([`super::fan_out`]); here they are refused
+/// (inside MULTI, or SWAPDB).
 const KEYSPACE_WIDE: &[&str] = &[
     "keys",
     "scan",

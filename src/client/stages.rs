@@ -361,7 +361,10 @@ impl Connection {
         if !self.batch.takes(suppress) {
             self.seal_batch();
         }
-        if self.ctx.router.cluster().is_some() && matches!(spec.name, "scan" | "keys") {
+        if self.ctx.router.cluster().is_some()
+            && (matches!(spec.name, "scan" | "keys")
+                || fan_out::Everywhere::of(spec.name).is_some())
+        {
             return Err(Some(Deferred::FanOut(Box::new(fan_out::FanOutCall {
                 req,
                 reply,
