@@ -446,7 +446,18 @@ fn killed_master_is_followed_and_rejoins_as_replica() {
                 // restarted master's answer: it is the acknowledged value.
                 // (Its role, read afterwards, races with Sentinel's own
                 // conversions, so the state waited for is its GET count.)
-                assert_eq!(v.as_deref(), Some("1"), "read from a caught-up replica");
+                if v.as_deref() != Some("1") {
+                    // Seen once (session 9) and not explained: say which
+                    // node keygate judged what when it happened.
+                    panic!(
+                        "a replica read got {v:?}, not the acknowledged value\n\
+                         keygate: {}\nold master: {}\nnew master: {}\n{}",
+                        state.health_json(),
+                        master.cli(&["INFO", "replication"]),
+                        replica.cli(&["INFO", "replication"]),
+                        sentinel.log()
+                    );
+                }
                 master.calls("get") >= 1
             }
             Err(e) => {
