@@ -412,19 +412,10 @@ fn a_failover_warms_the_hottest_keys_from_the_new_master() {
     let (master, replica) = master_and_replica();
     let sentinel = RedisSentinel::start(MASTER, master.port());
     sentinel.wait_sees_good_replica(MASTER);
-    let kg = Keygate::start_with(&format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:0"
-
-[backend]
-sentinels = ["{}"]
-master_name = "{MASTER}"
-connect_timeout = "1s"
-failover_wait = "5s"
-{NEAR_CACHE_SERVICE}warm_keys = 20
-"#,
-        sentinel.addr()
+    let kg = Keygate::start_with(&sentinel_backend_config(
+        &sentinel.addr(),
+        MASTER,
+        &format!("{NEAR_CACHE_SERVICE}warm_keys = 20"),
     ));
     kg.wait_ready();
     wait_tracking(&master);

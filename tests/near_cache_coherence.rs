@@ -208,21 +208,7 @@ fn reads_are_never_older_than_acknowledged_writes_under_faults() {
     let (master, replica) = master_and_replica();
     let sentinel = RedisSentinel::start(MASTER, master.port());
     sentinel.wait_sees_good_replica(MASTER);
-    let config = format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:0"
-
-[backend]
-sentinels = ["{}"]
-master_name = "{MASTER}"
-connect_timeout = "1s"
-command_timeout = "5s"
-failover_wait = "5s"
-{NEAR_CACHE_SERVICE}
-"#,
-        sentinel.addr()
-    );
+    let config = sentinel_backend_config(&sentinel.addr(), MASTER, NEAR_CACHE_SERVICE);
     let (kg, state) = start_keygate_observed(&config);
     assert!(
         wait_until(Duration::from_secs(20), || master_addr(&state).as_deref()

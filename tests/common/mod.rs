@@ -269,6 +269,27 @@ command_timeout = "5s"
     )
 }
 
+/// keygate in front of the master that the Sentinel at `sentinel` names
+/// `master`, holding writes through a failover for up to 5 s, with `extra`
+/// (services) after the backend.
+pub fn sentinel_backend_config(sentinel: &str, master: &str, extra: &str) -> String {
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+
+[backend]
+sentinels = ["{sentinel}"]
+master_name = "{master}"
+connect_timeout = "1s"
+command_timeout = "5s"
+failover_wait = "5s"
+
+{extra}
+"#
+    )
+}
+
 /// The TTL-governed services of tests/ttl.rs (and its cluster variant):
 /// `default` with `legacy:`, a 60 s default and a 1 h maximum that clamps;
 /// `strict` (password `strict-pw`) whose over-long TTLs are refused.
