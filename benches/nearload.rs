@@ -91,6 +91,12 @@ struct Args {
     /// One-way delay of --delay-line, microseconds.
     #[arg(long, default_value_t = 500)]
     delay_us: u64,
+    /// Seed of the connections' key streams. By default each run takes a
+    /// new one from the clock: a run after another (the measured run after
+    /// a warm-up) must not replay its keys, or a cache looks better than
+    /// the workload makes it.
+    #[arg(long)]
+    seed: Option<u64>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -413,9 +419,14 @@ async fn run(args: Arc<Args>, port: u16) -> anyhow::Result<()> {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let end = measure_from + Duration::from_secs_f64(args.duration);
+    let base = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0x5EED_0000_0000, |d| d.as_nanos() as u64)
+    });
     let mut tasks = Vec::new();
     for i in 0..args.connections {
-        let seed = 0x5EED_0000_0000 + i as u64 * 7919;
+        let seed = Rng(base ^ (i as u64).wrapping_mul(0xA24B_AED4_963E_E407)).next_u64();
         tasks.push(tokio::spawn(run_conn(
             args.clone(),
             port,
@@ -448,7 +459,7 @@ async fn run(args: Arc<Args>, port: u16) -> anyhow::Result<()> {
     println!(
         "nearload label={} target={}:{} dist={:?} keys={} connections={} pipeline={} \
          duration_s={:.2} ops={} ops_per_sec={:.0} p50_us={:.1} p99_us={:.1} p999_us={:.1} \
-         gets={} sets={} get_nil={} errors={} all_ops={}",
+         gets={} sets={} get_nil={} errors={} all_ops={} seed={}",
         args.label,
         args.host,
         port,
@@ -466,7 +477,8 @@ async fn run(args: Arc<Args>, port: u16) -> anyhow::Result<()> {
         total.sets,
         total.nils,
         total.errors,
-        total.all
+        total.all,
+        base
     );
     Ok(())
 }
