@@ -1,37 +1,70 @@
-//! Admission: a count-min sketch of how often each key was read lately.
+//! Admission: how often each key was read lately (TinyLFU's two parts).
 //!
-//! A key is filled only once the sketch says it was read before (a
-//! uniform random stream of keys seldom is, so it does not churn the
-//! cache), and a full cache takes a new entry only in place of one read
-//! less often (TinyLFU). Counters are 4-bit-ish saturating bytes, halved
-//! every `width / 4` reads: yesterday's hot keys fade, and a stream of keys
-//! read once never fills the counters enough that a new key looks read
-//! before (at a quarter of a read per counter, all four rows collide for
-//! about one key in a thousand; at ten, the old period, for nearly all).
+//! - A **doorkeeper**, a Bloom filter: a key's first read in a period only
+//!   sets its bits. A uniform random stream of keys is mostly first reads,
+//!   so it touches one cache line per read and leaves the counters alone.
+//! - A **count-min sketch** of the reads after the first: a key's estimate
+//!   is its doorkeeper bit plus its counters' minimum.
 //!
-//! A key's four counters (one per row) lie in one 64-byte block chosen by
-//! its hash, each row a 16-counter quarter of it, so a lookup touches one
-//! cache line instead of four (a blocked count-min sketch, as Caffeine's
-//! frequency sketch is). Counters are atomics updated with relaxed loads
-//! and stores: a lost increment under contention only makes the estimate
-//! a little low.
+//! A key is filled once its estimate reaches the cache's threshold (two
+//! reads, [`super::NearCache`] raises it while fills do not pay), and a
+//! full cache takes a new entry only in place of one read less often.
+//!
+//! Every `period` reads (four times the entries the cache is sized for)
+//! the doorkeeper is cleared and the counters are halved, so yesterday's
+//! hot keys fade. The period is long enough that a key of a Zipf
+//! workload's tail, read every few seconds, is still known at its second
+//! read; the doorkeeper has eight bits per read of a period, so a key
+//! never read before looks read before about once in a hundred reads at
+//! worst.
+//!
+//! Both are blocked: a key's doorkeeper bits lie in one 64-byte line, and
+//! its four counters (one per row) in another, as Caffeine's frequency
+//! sketch does. Counters are bytes in 64-bit words, updated with relaxed
+//! loads and stores: a lost increment under contention only makes an
+//! estimate a little low, and halving is one shift per word.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Rows of the sketch (independent hash functions).
 const ROWS: usize = 4;
 /// Counters saturate here.
 const MAX_COUNT: u8 = 15;
-/// Counters per block: a cache line, a quarter per row.
-const BLOCK: usize = 64;
-/// Counters of one row in a block.
-const ROW_SPAN: usize = BLOCK / ROWS;
+/// Words of a block: one 64-byte cache line.
+const BLOCK_WORDS: usize = 8;
+/// Counters (bytes) of one row in a block.
+const ROW_SPAN: u64 = (BLOCK_WORDS * 8 / ROWS) as u64;
+/// Bits a key sets in the doorkeeper.
+const DOOR_BITS: usize = 4;
+/// Doorkeeper bits per read of a period.
+const DOOR_BITS_PER_READ: usize = 8;
+/// Each byte of a word halved.
+const HALF_MASK: u64 = 0x7F7F_7F7F_7F7F_7F7F;
 
-/// A count-min sketch over key hashes.
+const SEEDS: [u64; ROWS] = [
+    0x9E37_79B9_7F4A_7C15,
+    0xC2B2_AE3D_27D4_EB4F,
+    0x1656_67B1_9E37_79F9,
+    0x27D4_EB2F_1656_67C5,
+];
+
+/// A read recorded in the sketch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Recorded {
+    /// How often the key was read lately, this read included.
+    pub(crate) estimate: u8,
+    /// This read ended a period: the sketch has just forgotten half.
+    pub(crate) new_period: bool,
+}
+
+/// A doorkeeper and a count-min sketch over key hashes.
 #[derive(Debug)]
 pub(crate) struct Sketch {
-    counters: Box<[AtomicU8]>,
-    /// Blocks of [`BLOCK`] counters, less one (a power of two).
+    door: Box<[AtomicU64]>,
+    /// Doorkeeper blocks, less one (a power of two).
+    door_mask: u64,
+    counters: Box<[AtomicU64]>,
+    /// Counter blocks, less one (a power of two).
     block_mask: u64,
     /// Reads recorded since the last halving.
     reads: AtomicU64,
@@ -39,76 +72,129 @@ pub(crate) struct Sketch {
     period: u64,
 }
 
+fn zeroed(words: usize) -> Box<[AtomicU64]> {
+    (0..words).map(|_| AtomicU64::new(0)).collect()
+}
+
 impl Sketch {
-    /// A sketch sized for about `entries` cached keys.
+    /// A sketch for a cache of about `entries` keys.
     pub(crate) fn new(entries: usize) -> Sketch {
-        let width = (entries.saturating_mul(8))
-            .clamp(1024, 1 << 21)
-            .next_power_of_two();
+        let entries = entries.clamp(1024, 1 << 22).next_power_of_two();
+        let period = 4 * entries;
+        let door_blocks = (period * DOOR_BITS_PER_READ / 512).max(1);
+        // A row as wide as the entries: the counters only see keys read
+        // twice within a period.
+        let counter_blocks = entries * ROWS / (BLOCK_WORDS * 8);
         Sketch {
-            counters: (0..width * ROWS).map(|_| AtomicU8::new(0)).collect(),
-            block_mask: (width * ROWS / BLOCK) as u64 - 1,
+            door: zeroed(door_blocks * BLOCK_WORDS),
+            door_mask: door_blocks as u64 - 1,
+            counters: zeroed(counter_blocks * BLOCK_WORDS),
+            block_mask: counter_blocks as u64 - 1,
             reads: AtomicU64::new(0),
-            period: width as u64 / 4,
+            period: period as u64,
         }
     }
 
-    fn slots(&self, hash: u64) -> [usize; ROWS] {
-        const SEEDS: [u64; ROWS] = [
-            0x9E37_79B9_7F4A_7C15,
-            0xC2B2_AE3D_27D4_EB4F,
-            0x1656_67B1_9E37_79F9,
-            0x27D4_EB2F_1656_67C5,
-        ];
-        // The block from the hash's low bits; each row's counter in it
-        // from the top bits of the hash through the row's odd multiplier.
-        let block = (hash & self.block_mask) as usize * BLOCK;
-        let mut out = [0; ROWS];
-        for (row, slot) in out.iter_mut().enumerate() {
-            let h = hash.wrapping_mul(SEEDS[row]) >> 60;
-            *slot = block + row * ROW_SPAN + h as usize % ROW_SPAN;
+    /// The key's doorkeeper bits: (word, mask) each.
+    fn door_bits(&self, hash: u64) -> [(usize, u64); DOOR_BITS] {
+        // Bits other than those that choose the counter block.
+        let block = (hash.rotate_right(24) & self.door_mask) as usize * BLOCK_WORDS;
+        let mut out = [(0, 0); DOOR_BITS];
+        for (i, bit) in out.iter_mut().enumerate() {
+            let b = hash.wrapping_mul(SEEDS[i] ^ 0x5555_5555_5555_5555) >> 55;
+            *bit = (block + (b / 64) as usize, 1 << (b % 64));
         }
         out
     }
 
-    /// How often the key was read lately (an over-estimate at worst).
-    pub(crate) fn estimate(&self, hash: u64) -> u8 {
-        self.min_of(&self.slots(hash))
+    fn in_door(&self, bits: &[(usize, u64); DOOR_BITS]) -> bool {
+        bits.iter().all(|&(w, m)| {
+            self.door
+                .get(w)
+                .is_some_and(|x| x.load(Ordering::Relaxed) & m != 0)
+        })
     }
 
-    fn min_of(&self, slots: &[usize; ROWS]) -> u8 {
+    /// The key's counters: (word, shift) each.
+    fn slots(&self, hash: u64) -> [(usize, u32); ROWS] {
+        let block = (hash & self.block_mask) as usize * BLOCK_WORDS;
+        let mut out = [(0, 0); ROWS];
+        for (row, slot) in out.iter_mut().enumerate() {
+            let at = row as u64 * ROW_SPAN + (hash.wrapping_mul(SEEDS[row]) >> 60) % ROW_SPAN;
+            *slot = (block + (at / 8) as usize, (at % 8) as u32 * 8);
+        }
+        out
+    }
+
+    fn min_of(&self, slots: &[(usize, u32); ROWS]) -> u8 {
         slots
             .iter()
-            .map(|&i| {
+            .map(|&(w, shift)| {
                 self.counters
-                    .get(i)
-                    .map_or(0, |c| c.load(Ordering::Relaxed))
+                    .get(w)
+                    .map_or(0, |c| (c.load(Ordering::Relaxed) >> shift) as u8)
             })
             .min()
             .unwrap_or(0)
     }
 
-    /// Records one read of the key and returns its estimate, this read included.
-    pub(crate) fn record(&self, hash: u64) -> u8 {
-        let slots = self.slots(hash);
-        let now = self.min_of(&slots);
-        if now < MAX_COUNT {
-            // Conservative update: only the counters at the minimum grow.
-            for &i in &slots {
-                if let Some(c) = self.counters.get(i) {
-                    if c.load(Ordering::Relaxed) == now {
-                        c.store(now + 1, Ordering::Relaxed);
+    /// How often the key was read lately (an over-estimate at worst).
+    pub(crate) fn estimate(&self, hash: u64) -> u8 {
+        if !self.in_door(&self.door_bits(hash)) {
+            return 0;
+        }
+        1 + self.min_of(&self.slots(hash))
+    }
+
+    /// Records one read of the key.
+    pub(crate) fn record(&self, hash: u64) -> Recorded {
+        let bits = self.door_bits(hash);
+        let estimate = if self.in_door(&bits) {
+            let slots = self.slots(hash);
+            let now = self.min_of(&slots);
+            if now < MAX_COUNT - 1 {
+                // Conservative update: only the counters at the minimum grow.
+                for &(w, shift) in &slots {
+                    if let Some(c) = self.counters.get(w) {
+                        let word = c.load(Ordering::Relaxed);
+                        if (word >> shift) as u8 == now {
+                            c.store(word + (1 << shift), Ordering::Relaxed);
+                        }
                     }
                 }
             }
-        }
-        if self.reads.fetch_add(1, Ordering::Relaxed) + 1 >= self.period {
+            (now + 2).min(MAX_COUNT)
+        } else {
+            for &(w, m) in &bits {
+                if let Some(x) = self.door.get(w) {
+                    x.fetch_or(m, Ordering::Relaxed);
+                }
+            }
+            1
+        };
+        let new_period = self.reads.fetch_add(1, Ordering::Relaxed) + 1 >= self.period;
+        if new_period {
             self.reads.store(0, Ordering::Relaxed);
+            for x in self.door.iter() {
+                x.store(0, Ordering::Relaxed);
+            }
             for c in self.counters.iter() {
-                c.store(c.load(Ordering::Relaxed) / 2, Ordering::Relaxed);
+                c.store(
+                    (c.load(Ordering::Relaxed) >> 1) & HALF_MASK,
+                    Ordering::Relaxed,
+                );
             }
         }
-        now.saturating_add(1).min(MAX_COUNT)
+        Recorded {
+            estimate,
+            new_period,
+        }
+    }
+
+    /// Reads between halvings.
+    #[cfg(test)]
+    pub(crate) fn period(&self) -> u64 {
+        self.period
     }
 }
 
@@ -116,64 +202,96 @@ impl Sketch {
 mod tests {
     use super::*;
 
+    fn xorshift(x: &mut u64) -> u64 {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
     #[test]
     fn a_key_read_again_counts_more_than_a_key_read_once() {
         let sketch = Sketch::new(1000);
-        assert_eq!(sketch.record(42), 1);
-        assert_eq!(sketch.record(42), 2);
-        assert_eq!(sketch.estimate(42), 2);
+        assert_eq!(sketch.record(42).estimate, 1);
+        assert_eq!(sketch.record(42).estimate, 2);
+        assert_eq!(sketch.record(42).estimate, 3);
+        assert_eq!(sketch.estimate(42), 3);
         assert_eq!(sketch.estimate(43), 0);
     }
 
-    /// Keys read once, as many as the sketch is sized for, rarely look
-    /// "read again" (what keeps a uniform stream from churning the cache
-    /// beyond that is the victim comparison in [`super::super::store`]).
+    #[test]
+    fn counts_saturate() {
+        let sketch = Sketch::new(1000);
+        for _ in 0..100 {
+            sketch.record(9);
+        }
+        assert_eq!(sketch.estimate(9), MAX_COUNT);
+    }
+
+    /// Keys read once, as many as a period holds, rarely look "read
+    /// again" (what keeps a uniform stream from churning the cache beyond
+    /// that is the victim comparison in [`super::super::store`] and the
+    /// threshold in [`super::super::NearCache`]).
     #[test]
     fn a_uniform_stream_seldom_looks_repeated() {
         let sketch = Sketch::new(1000);
         let mut x = 0x1234_5678_9abc_def0u64;
         let mut repeated = 0;
-        for _ in 0..1000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            if sketch.record(x) >= 2 {
-                repeated += 1;
-            }
-        }
-        assert!(repeated < 1000 / 20, "{repeated}");
-    }
-
-    /// A long stream of keys read once (many times the sketch's width, as
-    /// uniform reads over millions of keys are) keeps looking new.
-    #[test]
-    fn a_long_uniform_stream_keeps_looking_new() {
-        let sketch = Sketch::new(1000);
-        // 200 times the width (the period is a quarter of it).
-        let reads = 800 * sketch.period;
-        let mut x = 0x0fed_cba9_8765_4321u64;
-        let mut repeated = 0;
+        let reads = sketch.period() - 1;
         for _ in 0..reads {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            if sketch.record(x) >= 2 {
+            if sketch.record(xorshift(&mut x)).estimate >= 2 {
                 repeated += 1;
             }
         }
         assert!(repeated < reads / 100, "{repeated} of {reads}");
     }
 
+    /// A long stream of keys read once (many periods, as uniform reads
+    /// over millions of keys are) keeps looking new.
+    #[test]
+    fn a_long_uniform_stream_keeps_looking_new() {
+        let sketch = Sketch::new(1000);
+        let reads = 50 * sketch.period();
+        let mut x = 0x0fed_cba9_8765_4321u64;
+        let mut repeated = 0;
+        for _ in 0..reads {
+            if sketch.record(xorshift(&mut x)).estimate >= 2 {
+                repeated += 1;
+            }
+        }
+        assert!(repeated < reads / 100, "{repeated} of {reads}");
+    }
+
+    /// A key read again after many other keys (a Zipf tail's key, read
+    /// every few seconds) is still known within a period.
+    #[test]
+    fn a_key_read_again_late_in_a_period_is_known() {
+        let sketch = Sketch::new(1000);
+        let mut x = 0x0bad_cafe_dead_beefu64;
+        sketch.record(7);
+        for _ in 0..sketch.period() / 2 {
+            sketch.record(xorshift(&mut x));
+        }
+        assert!(sketch.record(7).estimate >= 2);
+    }
+
     #[test]
     fn counts_fade_by_halving() {
         let sketch = Sketch::new(1);
-        for _ in 0..10 {
+        for _ in 0..12 {
             sketch.record(7);
         }
-        assert!(sketch.estimate(7) >= 10);
-        for i in 0..sketch.period {
-            sketch.record(1_000_000 + i);
+        assert!(sketch.estimate(7) >= 12);
+        let mut ended = 0;
+        for i in 0..sketch.period() {
+            if sketch.record(1_000_000 + i).new_period {
+                ended += 1;
+            }
         }
-        assert!(sketch.estimate(7) <= 5, "{}", sketch.estimate(7));
+        assert_eq!(ended, 1);
+        // The doorkeeper forgot it, and its counters were halved.
+        assert_eq!(sketch.estimate(7), 0);
+        assert!(sketch.record(7).estimate == 1);
+        assert!(sketch.record(7).estimate <= 8, "{}", sketch.estimate(7));
     }
 }

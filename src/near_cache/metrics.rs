@@ -69,4 +69,12 @@ pub fn render(caches: &[(&str, &NearCache)], out: &mut String) {
             sample(out, name, &[("service", service)], v);
         }
     }
+    let name = "keygate_near_cache_admit_after_reads";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Reads of a key before the near cache keeps it (raised while fills do not pay).\n# TYPE {name} gauge"
+    );
+    for (service, cache) in caches {
+        sample(out, name, &[("service", service)], cache.admit_after());
+    }
 }

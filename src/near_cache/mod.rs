@@ -42,7 +42,7 @@ pub mod store;
 pub mod tracking;
 
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -59,8 +59,10 @@ use tracking::Session;
 const MAX_SHARDS: usize = 16;
 /// Invalidation sequence counters per cache (a power of two).
 pub const SEQ_SLOTS: usize = 4096;
-/// Reads of a key (this one included) before it is filled.
+/// Reads of a key (this one included) before it is filled, at least.
 const ADMIT_AFTER: u8 = 2;
+/// The most the threshold is raised to while fills do not pay.
+const ADMIT_AFTER_MAX: u8 = 8;
 
 /// Why entries left the cache (`keygate_near_cache_evictions_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +199,12 @@ pub struct NearCache {
     warm_keys: AtomicUsize,
     /// The service's hot keys and prefix, which the warm-up reads.
     warm_source: Mutex<Option<(Arc<HotKeys>, Bytes)>>,
+    /// Reads of a key before it is filled now ([`NearCache::adapt`]).
+    admit_after: AtomicU8,
+    /// Entries filled since start.
+    kept: AtomicU64,
+    /// Hits, misses and entries filled when the sketch's last period ended.
+    period_mark: Mutex<[u64; 3]>,
 }
 
 fn locked(m: &Mutex<Store>) -> MutexGuard<'_, Store> {
@@ -233,6 +241,9 @@ impl NearCache {
             counters: Counters::default(),
             warm_keys: AtomicUsize::new(0),
             warm_source: Mutex::new(None),
+            admit_after: AtomicU8::new(ADMIT_AFTER),
+            kept: AtomicU64::new(0),
+            period_mark: Mutex::new([0; 3]),
         };
         cache.apply(settings);
         Arc::new(cache)
@@ -373,7 +384,10 @@ impl NearCache {
     /// while one is on its way it is sent as it is.
     pub fn lookup(&self, key: &[u8], fills: bool, follows: bool) -> Lookup {
         let hash = self.hasher.hash_one(key);
-        let reads = self.sketch.record(hash);
+        let recorded = self.sketch.record(hash);
+        if recorded.new_period {
+            self.adapt();
+        }
         let mut shard = locked(self.shard(hash));
         match shard.get(key, hash, Instant::now()) {
             Found::Hit(frame) => {
@@ -409,7 +423,7 @@ impl NearCache {
                 return Lookup::Follow(boarding);
             }
         }
-        if reads < ADMIT_AFTER {
+        if recorded.estimate < self.admit_after.load(Ordering::Relaxed) {
             return Lookup::Miss(None);
         }
         let id = self.flights.fetch_add(1, Ordering::Relaxed);
@@ -474,9 +488,49 @@ impl NearCache {
             return;
         }
         let freq = |h: u64| self.sketch.estimate(h);
-        shard.insert(entry, budget, Instant::now(), &freq, &mut |r| {
+        let kept = shard.insert(entry, budget, Instant::now(), &freq, &mut |r| {
             self.counters.evicted(r, 1)
         });
+        if kept {
+            self.kept.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// At the end of each of the sketch's periods: fills that did not pay
+    /// in it (fewer than two hits per entry filled, and fills a noticeable
+    /// share of the reads, as under uniformly random keys) raise the reads
+    /// a key needs before it is filled; a period in which most reads hit
+    /// lowers it again.
+    fn adapt(&self) {
+        let now = [
+            self.counters.hits.load(Ordering::Relaxed),
+            self.counters.misses.load(Ordering::Relaxed),
+            self.kept.load(Ordering::Relaxed),
+        ];
+        let [hits, misses, kept] = {
+            let mut mark = match self.period_mark.lock() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let delta = [0, 1, 2].map(|i| now[i].saturating_sub(mark[i]));
+            *mark = now;
+            delta
+        };
+        let reads = hits + misses;
+        let threshold = self.admit_after.load(Ordering::Relaxed);
+        let next = if kept.saturating_mul(100) >= reads && hits < kept.saturating_mul(2) {
+            (threshold + 1).min(ADMIT_AFTER_MAX)
+        } else if hits.saturating_mul(2) >= reads {
+            threshold.saturating_sub(1).max(ADMIT_AFTER)
+        } else {
+            threshold
+        };
+        self.admit_after.store(next, Ordering::Relaxed);
+    }
+
+    /// Reads of a key before it is filled now.
+    pub fn admit_after(&self) -> u8 {
+        self.admit_after.load(Ordering::Relaxed)
     }
 
     /// The key changed (Redis said so, or keygate is writing it): its entry
@@ -695,6 +749,32 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(cache.counters.hits.load(Ordering::Relaxed), 1);
+    }
+
+    /// Uniformly random keys: each fill is seldom read again, so the reads
+    /// a key needs before it is filled go up; a period of mostly hits
+    /// brings them back down.
+    #[tokio::test]
+    async fn fills_that_do_not_pay_raise_the_threshold_and_hits_lower_it() {
+        let cache = NearCache::new(&config(1 << 20));
+        let period = cache.sketch.period();
+        let mut n = 0u64;
+        // Every key read twice and filled, never hit: a period of that.
+        while cache.admit_after() == ADMIT_AFTER && n < 2 * period {
+            let key = n.to_be_bytes();
+            look(&cache, &key);
+            let t = ticket(&cache, &key);
+            cache.fill(Bytes::copy_from_slice(&key), b"$1\r\nv\r\n", -1, t, live());
+            n += 1;
+        }
+        assert_eq!(cache.admit_after(), ADMIT_AFTER + 1);
+        // One hot key, hit for a whole period.
+        let t = ticket(&cache, b"hot");
+        cache.fill(Bytes::from_static(b"hot"), b"$1\r\nv\r\n", -1, t, live());
+        for _ in 0..period + 1 {
+            look(&cache, b"hot");
+        }
+        assert_eq!(cache.admit_after(), ADMIT_AFTER);
     }
 
     #[tokio::test]
