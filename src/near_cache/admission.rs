@@ -53,8 +53,9 @@ const SEEDS: [u64; ROWS] = [
 pub(crate) struct Recorded {
     /// How often the key was read lately, this read included.
     pub(crate) estimate: u8,
-    /// This read ended a period: the sketch has just forgotten half.
-    pub(crate) new_period: bool,
+    /// This read ended an eighth of a period: time for the cache to review
+    /// its admission threshold.
+    pub(crate) review: bool,
 }
 
 /// A doorkeeper and a count-min sketch over key hashes.
@@ -146,10 +147,16 @@ impl Sketch {
         1 + self.min_of(&self.slots(hash))
     }
 
-    /// Records one read of the key.
-    pub(crate) fn record(&self, hash: u64) -> Recorded {
-        let bits = self.door_bits(hash);
-        let estimate = if self.in_door(&bits) {
+    /// Whether the key's first read in this period was recorded already:
+    /// one load of its doorkeeper line, taken apart from [`Self::record`]
+    /// so that a caller can have it in flight beside another lookup.
+    pub(crate) fn seen(&self, hash: u64) -> bool {
+        self.in_door(&self.door_bits(hash))
+    }
+
+    /// Records one read of the key; `seen` is [`Self::seen`] for it.
+    pub(crate) fn record(&self, hash: u64, seen: bool) -> Recorded {
+        let estimate = if seen {
             let slots = self.slots(hash);
             let now = self.min_of(&slots);
             if now < MAX_COUNT - 1 {
@@ -165,14 +172,15 @@ impl Sketch {
             }
             (now + 2).min(MAX_COUNT)
         } else {
-            for &(w, m) in &bits {
+            for &(w, m) in &self.door_bits(hash) {
                 if let Some(x) = self.door.get(w) {
                     x.fetch_or(m, Ordering::Relaxed);
                 }
             }
             1
         };
-        let new_period = self.reads.fetch_add(1, Ordering::Relaxed) + 1 >= self.period;
+        let reads = self.reads.fetch_add(1, Ordering::Relaxed) + 1;
+        let new_period = reads >= self.period;
         if new_period {
             self.reads.store(0, Ordering::Relaxed);
             for x in self.door.iter() {
@@ -187,7 +195,7 @@ impl Sketch {
         }
         Recorded {
             estimate,
-            new_period,
+            review: new_period || reads % (self.period / 8) == 0,
         }
     }
 
@@ -202,6 +210,12 @@ impl Sketch {
 mod tests {
     use super::*;
 
+    impl Sketch {
+        fn read(&self, hash: u64) -> Recorded {
+            self.record(hash, self.seen(hash))
+        }
+    }
+
     fn xorshift(x: &mut u64) -> u64 {
         *x ^= *x << 13;
         *x ^= *x >> 7;
@@ -212,9 +226,9 @@ mod tests {
     #[test]
     fn a_key_read_again_counts_more_than_a_key_read_once() {
         let sketch = Sketch::new(1000);
-        assert_eq!(sketch.record(42).estimate, 1);
-        assert_eq!(sketch.record(42).estimate, 2);
-        assert_eq!(sketch.record(42).estimate, 3);
+        assert_eq!(sketch.read(42).estimate, 1);
+        assert_eq!(sketch.read(42).estimate, 2);
+        assert_eq!(sketch.read(42).estimate, 3);
         assert_eq!(sketch.estimate(42), 3);
         assert_eq!(sketch.estimate(43), 0);
     }
@@ -223,7 +237,7 @@ mod tests {
     fn counts_saturate() {
         let sketch = Sketch::new(1000);
         for _ in 0..100 {
-            sketch.record(9);
+            sketch.read(9);
         }
         assert_eq!(sketch.estimate(9), MAX_COUNT);
     }
@@ -239,7 +253,7 @@ mod tests {
         let mut repeated = 0;
         let reads = sketch.period() - 1;
         for _ in 0..reads {
-            if sketch.record(xorshift(&mut x)).estimate >= 2 {
+            if sketch.read(xorshift(&mut x)).estimate >= 2 {
                 repeated += 1;
             }
         }
@@ -255,7 +269,7 @@ mod tests {
         let mut x = 0x0fed_cba9_8765_4321u64;
         let mut repeated = 0;
         for _ in 0..reads {
-            if sketch.record(xorshift(&mut x)).estimate >= 2 {
+            if sketch.read(xorshift(&mut x)).estimate >= 2 {
                 repeated += 1;
             }
         }
@@ -268,30 +282,30 @@ mod tests {
     fn a_key_read_again_late_in_a_period_is_known() {
         let sketch = Sketch::new(1000);
         let mut x = 0x0bad_cafe_dead_beefu64;
-        sketch.record(7);
+        sketch.read(7);
         for _ in 0..sketch.period() / 2 {
-            sketch.record(xorshift(&mut x));
+            sketch.read(xorshift(&mut x));
         }
-        assert!(sketch.record(7).estimate >= 2);
+        assert!(sketch.read(7).estimate >= 2);
     }
 
     #[test]
     fn counts_fade_by_halving() {
         let sketch = Sketch::new(1);
         for _ in 0..12 {
-            sketch.record(7);
+            sketch.read(7);
         }
         assert!(sketch.estimate(7) >= 12);
-        let mut ended = 0;
+        let mut reviews = 0;
         for i in 0..sketch.period() {
-            if sketch.record(1_000_000 + i).new_period {
-                ended += 1;
+            if sketch.read(1_000_000 + i).review {
+                reviews += 1;
             }
         }
-        assert_eq!(ended, 1);
+        assert_eq!(reviews, 8);
         // The doorkeeper forgot it, and its counters were halved.
         assert_eq!(sketch.estimate(7), 0);
-        assert!(sketch.record(7).estimate == 1);
-        assert!(sketch.record(7).estimate <= 8, "{}", sketch.estimate(7));
+        assert!(sketch.read(7).estimate == 1);
+        assert!(sketch.read(7).estimate <= 8, "{}", sketch.estimate(7));
     }
 }
