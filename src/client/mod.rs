@@ -227,6 +227,8 @@ struct Connection {
     hot_keys: crate::hotkeys::Sampler,
     /// Near-cache hits not yet recorded (recorded once per read).
     near_hits: near::HitTally,
+    /// Near-cache hits are copied here and split off as their answers.
+    near_answers: BytesMut,
 }
 
 /// Serves one client until it disconnects, QUITs, breaks the protocol or
@@ -272,6 +274,7 @@ pub async fn serve_io<R, W>(
         procedure: None,
         hot_keys: crate::hotkeys::Sampler::default(),
         near_hits: Default::default(),
+        near_answers: BytesMut::new(),
         budget: budget::ReplyBudget::new(ctx.config.proxy.max_pending_reply_bytes),
         meter: Arc::new(ReplyMeter::new(ctx.config.proxy.pending_reply_hard_limit())),
         backlog: false,

@@ -134,7 +134,7 @@ impl Connection {
         // follows; a pipelined read is sent (a fill of its own, or as it
         // is) rather than stall the pipeline behind another's round trip.
         let follows = fills && self.batch.is_empty() && self.queue.is_empty();
-        match cache.lookup(key, fills, follows, self.read_at) {
+        match cache.lookup(key, fills, follows, self.read_at, &mut self.near_answers) {
             Lookup::Hit(frame) => {
                 self.record_hit(spec);
                 NearRead::Hit(frame)

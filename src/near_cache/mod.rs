@@ -46,7 +46,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use crate::config::{Cacheable, NearCacheConfig};
@@ -61,6 +61,10 @@ const MAX_SHARDS: usize = 16;
 pub const SEQ_SLOTS: usize = 4096;
 /// Reads of a key (this one included) before it is filled, at least.
 const ADMIT_AFTER: u8 = 2;
+/// A hit's answer is copied into the caller's buffer; below this much
+/// room, it takes a new chunk of [`ANSWERS_CHUNK`] first.
+const ANSWER_ROOM: usize = 1024;
+const ANSWERS_CHUNK: usize = 16 * 1024;
 /// The most the threshold is raised to while fills do not pay.
 const ADMIT_AFTER_MAX: u8 = 8;
 
@@ -302,8 +306,8 @@ impl NearCache {
         if self.writing(hash).load(Ordering::Acquire) > 0 {
             return None;
         }
-        match locked(self.shard(hash)).get(key, hash, Instant::now()) {
-            Found::Hit(_) | Found::Refresh(_) => return None,
+        match locked(self.shard(hash)).get(key, hash, Instant::now(), &mut BytesMut::new()) {
+            Found::Hit | Found::Refresh => return None,
             Found::Stale(reason) => self.counters.evicted(reason, 1),
             Found::Absent => {}
         }
@@ -383,27 +387,40 @@ impl NearCache {
     /// it is); `follows`: it may also wait for another read's fill, else
     /// while one is on its way it is sent as it is. `now`: when the read's
     /// bytes were read (an entry is served if it was live then; its fill's
-    /// age counts from then, which only shortens it).
-    pub fn lookup(&self, key: &[u8], fills: bool, follows: bool, now: Instant) -> Lookup {
+    /// age counts from then, which only shortens it). A hit's frame is
+    /// copied into `answers` (kept by the caller from one hit to the next,
+    /// so hits share its allocation) and split off as the answer.
+    pub fn lookup(
+        &self,
+        key: &[u8],
+        fills: bool,
+        follows: bool,
+        now: Instant,
+        answers: &mut BytesMut,
+    ) -> Lookup {
         let hash = self.hasher.hash_one(key);
         let mut shard = locked(self.shard(hash));
         // The doorkeeper's line and the index's are loaded one beside the
         // other, after the lock: a key read seldom misses both caches, and
         // the two misses then overlap instead of following each other.
         let seen = self.sketch.seen(hash);
-        let found = shard.get(key, hash, now);
+        if answers.capacity() - answers.len() < ANSWER_ROOM {
+            answers.reserve(ANSWERS_CHUNK);
+        }
+        let found = shard.get(key, hash, now, answers);
         let recorded = self.sketch.record(hash, seen);
         if recorded.review {
             self.adapt();
         }
         match found {
-            Found::Hit(frame) => {
+            Found::Hit => {
                 drop(shard);
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
-                return Lookup::Hit(frame);
+                return Lookup::Hit(answers.split().freeze());
             }
-            Found::Refresh(frame) => {
+            Found::Refresh => {
                 drop(shard);
+                let frame = answers.split().freeze();
                 self.counters.hits.fetch_add(1, Ordering::Relaxed);
                 if !fills {
                     return Lookup::Hit(frame);
@@ -475,13 +492,7 @@ impl NearCache {
             // -2: the key was gone by the PTTL; 0: about to expire.
             _ => return,
         };
-        let mut entry = Entry::new(
-            key,
-            Bytes::copy_from_slice(frame),
-            ticket.queued + ttl,
-            session,
-            ticket.hash,
-        );
+        let mut entry = Entry::new(&key, frame, ticket.queued + ttl, session, ticket.hash);
         if ttl == max_age {
             // Refreshed in the last quarter of its life if it is read then.
             entry.refresh_at = ticket.queued + max_age * 3 / 4;
@@ -728,7 +739,7 @@ mod tests {
 
     /// A lookup that lets go of any flight it leads (nobody follows here).
     fn look(cache: &NearCache, key: &[u8]) -> Lookup {
-        let found = cache.lookup(key, true, true, Instant::now());
+        let found = cache.lookup(key, true, true, Instant::now(), &mut BytesMut::new());
         if let Lookup::Miss(Some(t)) = &found {
             cache.abort(key, t);
         }
@@ -737,7 +748,9 @@ mod tests {
 
     fn ticket(cache: &NearCache, key: &[u8]) -> Ticket {
         loop {
-            if let Lookup::Miss(Some(t)) = cache.lookup(key, true, true, Instant::now()) {
+            if let Lookup::Miss(Some(t)) =
+                cache.lookup(key, true, true, Instant::now(), &mut BytesMut::new())
+            {
                 // Nobody follows in these tests: the flight is let go.
                 cache.abort(key, &t);
                 return t;
