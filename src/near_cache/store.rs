@@ -1,6 +1,6 @@
 //! One shard of a service's entries, with its share of the byte budget.
 //!
-//! Entries live in a vector indexed by a hash map (removal swaps the last
+//! Entries live in a vector indexed by their hashes ([`Index`]; removal swaps the last
 //! entry into the hole), so a victim can be sampled at random in O(1):
 //! eviction looks at a few random entries and takes a stale one (expired,
 //! or filled through a session that ended) if there is one, else the least
@@ -11,8 +11,6 @@
 //! Invariant: `bytes` is the sum of the entries' charges (key + value +
 //! [`ENTRY_OVERHEAD`]) and stays within the budget after every insert.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -104,27 +102,147 @@ impl Entry {
     }
 }
 
-/// The index's hasher: its keys are hashes already (SipHash with the
-/// cache's random keys), taken as they are instead of hashed again.
+/// The index from a key's hash to its entry: open addressing with linear
+/// probing over one array of (hash, entry) slots, so a lookup reads one
+/// cache line where a `HashMap` read its control bytes and then its bucket
+/// (two misses for a key read seldom). Its keys are hashes already (SipHash
+/// with the cache's random keys), placed by their high half (the low bits
+/// chose the shard, so every key here shares them). Deletion shifts the
+/// following slots back, so no tombstones build up.
 #[derive(Debug, Default)]
-pub(crate) struct KeyHash(u64);
+pub(crate) struct Index {
+    slots: Vec<Slot>,
+    len: usize,
+}
 
-impl Hasher for KeyHash {
-    fn finish(&self) -> u64 {
-        self.0
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    hash: u64,
+    /// The entry's position, or [`EMPTY`].
+    at: usize,
+}
+
+const EMPTY: usize = usize::MAX;
+const FREE: Slot = Slot { hash: 0, at: EMPTY };
+
+impl Index {
+    fn mask(&self) -> usize {
+        self.slots.len().wrapping_sub(1)
     }
 
-    fn write(&mut self, bytes: &[u8]) {
-        // Only u64 keys are hashed here; fold anything else in anyway.
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+    fn home(&self, hash: u64) -> usize {
+        (hash.rotate_left(32) as usize) & self.mask()
+    }
+
+    /// The slot holding `hash`, if any.
+    fn find(&self, hash: u64) -> Option<usize> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mut i = self.home(hash);
+        loop {
+            let slot = self.slots.get(i)?;
+            if slot.at == EMPTY {
+                return None;
+            }
+            if slot.hash == hash {
+                return Some(i);
+            }
+            i = (i + 1) & self.mask();
         }
     }
 
-    fn write_u64(&mut self, n: u64) {
-        // The low bits chose the shard (every key here shares them), and
-        // the table places a key by its low bits: the high half goes there.
-        self.0 = n.rotate_left(32);
+    pub(crate) fn get(&self, hash: u64) -> Option<usize> {
+        self.find(hash)
+            .and_then(|i| self.slots.get(i))
+            .map(|s| s.at)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Points `hash` at entry `at`, replacing what it pointed at.
+    pub(crate) fn insert(&mut self, hash: u64, at: usize) {
+        // At most five slots in eight in use: probes stay short.
+        if (self.len + 1) * 8 > self.slots.len() * 5 {
+            self.grow();
+        }
+        let mut i = self.home(hash);
+        loop {
+            let Some(slot) = self.slots.get_mut(i) else {
+                return;
+            };
+            if slot.at == EMPTY {
+                *slot = Slot { hash, at };
+                self.len += 1;
+                return;
+            }
+            if slot.hash == hash {
+                slot.at = at;
+                return;
+            }
+            i = (i + 1) & self.mask();
+        }
+    }
+
+    fn grow(&mut self) {
+        let size = (self.slots.len() * 2).max(16);
+        let old = std::mem::replace(&mut self.slots, vec![FREE; size]);
+        self.len = 0;
+        for slot in old.into_iter().filter(|s| s.at != EMPTY) {
+            self.insert(slot.hash, slot.at);
+        }
+    }
+
+    /// Takes `hash` out; what followed it in its run moves back.
+    pub(crate) fn remove(&mut self, hash: u64) -> Option<usize> {
+        let mut hole = self.find(hash)?;
+        let removed = self.slots.get(hole)?.at;
+        let mask = self.mask();
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let Some(&next) = self.slots.get(j) else {
+                break;
+            };
+            if next.at == EMPTY {
+                break;
+            }
+            // `next` stays unless its home lies cyclically outside (hole, j].
+            let home = self.home(next.hash);
+            let stays = if hole <= j {
+                hole < home && home <= j
+            } else {
+                hole < home || home <= j
+            };
+            if !stays {
+                if let Some(h) = self.slots.get_mut(hole) {
+                    *h = next;
+                }
+                hole = j;
+            }
+        }
+        if let Some(h) = self.slots.get_mut(hole) {
+            *h = FREE;
+        }
+        self.len -= 1;
+        Some(removed)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.slots.clear();
+        self.len = 0;
+    }
+
+    /// Every (hash, entry) pair.
+    #[cfg(test)]
+    fn pairs(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
+        self.slots
+            .iter()
+            .filter(|s| s.at != EMPTY)
+            .map(|s| (s.hash, s.at))
     }
 }
 
@@ -147,7 +265,7 @@ pub(crate) struct Store {
     /// Entry positions by the key's hash ([`Entry::hash`], computed once per
     /// lookup with the cache's random keys); the entry's key is compared,
     /// so two keys whose hashes collide only displace each other.
-    index: HashMap<u64, usize, BuildHasherDefault<KeyHash>>,
+    index: Index,
     entries: Vec<Entry>,
     bytes: usize,
     clock: u64,
@@ -166,7 +284,7 @@ impl Store {
     }
 
     pub(crate) fn get(&mut self, key: &[u8], hash: u64, now: Instant, out: &mut BytesMut) -> Found {
-        let Some(&i) = self.index.get(&hash) else {
+        let Some(i) = self.index.get(hash) else {
             return Found::Absent;
         };
         self.clock += 1;
@@ -190,8 +308,8 @@ impl Store {
     /// Removes the key's entry (and grounds its flight); true if there was one.
     pub(crate) fn remove(&mut self, key: &[u8], hash: u64) -> bool {
         self.flights.ground(key);
-        match self.index.get(&hash) {
-            Some(&i) if self.entries.get(i).is_some_and(|e| e.key() == key) => {
+        match self.index.get(hash) {
+            Some(i) if self.entries.get(i).is_some_and(|e| e.key() == key) => {
                 self.remove_at(i);
                 true
             }
@@ -204,11 +322,9 @@ impl Store {
             return None;
         }
         let entry = self.entries.swap_remove(i);
-        self.index.remove(&entry.hash);
+        self.index.remove(entry.hash);
         if let Some(moved) = self.entries.get(i) {
-            if let Some(slot) = self.index.get_mut(&moved.hash) {
-                *slot = i;
-            }
+            self.index.insert(moved.hash, i);
         }
         self.bytes -= entry.charge();
         Some(entry)
@@ -265,7 +381,7 @@ impl Store {
         if charge > budget {
             return false;
         }
-        if let Some(&i) = self.index.get(&entry.hash) {
+        if let Some(i) = self.index.get(entry.hash) {
             // The same key, or one whose hash collides: it makes way.
             self.remove_at(i);
         }
@@ -417,6 +533,33 @@ mod tests {
         assert_eq!(store.len(), 2);
     }
 
+    /// The index against a `HashMap` over inserts and removes whose
+    /// hashes crowd a few homes (runs that wrap around the table's end).
+    #[test]
+    fn the_index_agrees_with_a_hash_map() {
+        let mut index = Index::default();
+        let mut model = std::collections::HashMap::new();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for step in 0..4_000usize {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Few distinct homes: the high half takes 8 values.
+            let hash = ((x % 8) << 32 | (x >> 40)) & 0x0000_0007_00FF_FFFF;
+            if x % 3 == 0 {
+                assert_eq!(index.remove(hash), model.remove(&hash), "step {step}");
+            } else {
+                index.insert(hash, step);
+                model.insert(hash, step);
+            }
+            assert_eq!(index.len(), model.len());
+        }
+        for (hash, at) in &model {
+            assert_eq!(index.get(*hash), Some(*at));
+        }
+        assert_eq!(index.pairs().count(), model.len());
+    }
+
     #[test]
     fn shrink_and_remove_keep_the_index_right() {
         let now = Instant::now();
@@ -442,8 +585,8 @@ mod tests {
         store.shrink(5 * (13 + ENTRY_OVERHEAD), now, &mut |_| n += 1);
         assert!(store.len() <= 5);
         assert_eq!(n + store.len(), 19);
-        for (hash, &i) in &store.index {
-            assert_eq!(store.entries[i].hash, *hash);
+        for (hash, i) in store.index.pairs() {
+            assert_eq!(store.entries[i].hash, hash);
         }
         assert_eq!(store.index.len(), store.len());
     }
