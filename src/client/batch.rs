@@ -32,6 +32,7 @@ use crate::policy::reply::ReplyPlan;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
 use crate::router::Served;
+use crate::topology::cluster::{Cluster, SlotMap};
 
 /// A batch is sealed once it holds this many bytes.
 pub(super) const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -93,6 +94,11 @@ pub(super) struct PendingBatch {
 #[derive(Debug)]
 struct ClusterBatching {
     chain: redirect::Chain,
+    /// The slot map commands are grouped by, loaded again only when the
+    /// cluster's map generation changes (maps of one generation give every
+    /// slot the same master), and that generation.
+    map: Option<Arc<SlotMap>>,
+    generation: u64,
     /// The batch's parts (the first `active`; at least one), then spares
     /// whose staging buffers the next parts reuse.
     parts: Vec<Part>,
@@ -135,6 +141,8 @@ impl ClusterBatching {
     fn new() -> ClusterBatching {
         ClusterBatching {
             chain: redirect::Chain::default(),
+            map: None,
+            generation: 0,
             parts: vec![Part::default()],
             active: 1,
             current: 0,
@@ -152,14 +160,16 @@ impl ClusterBatching {
 /// one batch; a command for another seals it.
 const MAX_PARTS: usize = 16;
 
-/// Where a cluster batch goes: every command in it was for this slot's
-/// master when it joined.
+/// Where a part of a cluster batch goes: every command in it was for this
+/// slot's master when it joined.
 #[derive(Debug)]
-pub(super) struct SlotRoute {
-    /// The slot of the batch's first command with keys.
-    pub(super) slot: u16,
+struct SlotRoute {
+    /// The slot of the part's first command with keys.
+    slot: u16,
     /// Its master in the slot map then; `None` while no map covers it.
-    pub(super) node: Option<Arc<Node>>,
+    node: Option<Arc<Node>>,
+    /// The map generation `node` was read in.
+    generation: u64,
 }
 
 /// The label of a part no node was routed to (its replies are keygate's).
@@ -219,20 +229,38 @@ struct SealedPart {
     payload: Payload,
     /// The slot whose master it goes to (`None`: no keys, any master).
     key_slot: Option<u16>,
+    /// That master when the part was gathered, and the map generation it
+    /// was read in: still the master while the generation is the same.
+    master: Option<(Arc<Node>, u64)>,
     /// Each request frame's length.
     frame_lens: Vec<u32>,
     script: bool,
 }
 
-/// Whether a command for `route` may join a part routed by `ours`: a part
-/// goes to one node, so only a command for the same master (or the same
-/// slot while no map covers it) joins one, or any command one with no keys
-/// yet.
-fn takes_route(ours: Option<&SlotRoute>, route: &SlotRoute) -> bool {
-    match (ours, &route.node) {
-        (None, _) => true,
-        (Some(ours), Some(node)) => ours.node.as_ref().is_some_and(|n| Arc::ptr_eq(n, node)),
-        (Some(ours), None) => ours.node.is_none() && ours.slot == route.slot,
+/// Whether a command for `slot`, whose master is `node`, may join a part
+/// routed by `ours`: a part goes to one node, so only a command for the
+/// same master (or the same slot while no map covers it) joins one.
+fn takes_route(ours: &SlotRoute, slot: u16, node: Option<&Arc<Node>>) -> bool {
+    match (&ours.node, node) {
+        (Some(ours), Some(node)) => Arc::ptr_eq(ours, node),
+        (None, None) => ours.slot == slot,
+        _ => false,
+    }
+}
+
+impl ClusterBatching {
+    /// Makes `map` the one to group commands by: the one loaded before
+    /// unless the cluster published a map of another layout since. Returns
+    /// its generation.
+    fn load_map(&mut self, cluster: &Cluster) -> u64 {
+        // The generation is read first: a map loaded after it is at least
+        // as new, so the pair is never marked newer than the map it holds.
+        let generation = cluster.generation();
+        if self.map.is_none() || self.generation != generation {
+            self.map = Some(arc_swap::Guard::into_inner(cluster.map()));
+            self.generation = generation;
+        }
+        generation
     }
 }
 
@@ -302,78 +330,106 @@ impl PendingBatch {
             || (self.suppress == suppress && self.bytes + self.answered < MAX_BATCH_BYTES)
     }
 
-    /// Makes the part for cluster slot `route.slot` the one the next
-    /// command joins: the current part when it goes to the same master (or
-    /// is for the same slot while no map covers it) or has no keys yet,
-    /// else the part for that master, else a new one. `Err` gives the route
-    /// back when the batch holds [`MAX_PARTS`] parts already: seal it first.
-    pub(super) fn route_to(&mut self, route: SlotRoute) -> Result<(), SlotRoute> {
-        let Some(cluster) = self.cluster.as_deref_mut() else {
+    /// Makes the part for cluster slot `slot` the one the next command
+    /// joins: the current part when it goes to the slot's master in
+    /// `cluster`'s map (or is for the same slot while no map covers it) or
+    /// has no keys yet, else the part for that master, else a new one.
+    /// `Err` when the batch holds [`MAX_PARTS`] parts already: seal it
+    /// first.
+    pub(super) fn route_to(&mut self, slot: u16, cluster: Option<&Cluster>) -> Result<(), ()> {
+        let (Some(batching), Some(cluster)) = (self.cluster.as_deref_mut(), cluster) else {
             return Ok(());
         };
-        if let Some(part) = cluster.current() {
+        let generation = batching.load_map(cluster);
+        let ClusterBatching {
+            map,
+            parts,
+            active,
+            current,
+            ..
+        } = batching;
+        let node = map.as_deref().and_then(|m| m.master(slot));
+        let route = || SlotRoute {
+            slot,
+            node: node.cloned(),
+            generation,
+        };
+        if let Some(part) = parts.get_mut(usize::from(*current)) {
             match &part.route {
                 None => {
-                    part.route = Some(route);
+                    part.route = Some(route());
                     return Ok(());
                 }
-                ours @ Some(_) if takes_route(ours.as_ref(), &route) => return Ok(()),
+                Some(ours) if takes_route(ours, slot, node) => return Ok(()),
                 Some(_) => {}
             }
         }
-        let active = usize::from(cluster.active);
-        let found = cluster
-            .parts
-            .iter()
-            .take(active)
-            .position(|p| p.route.is_some() && takes_route(p.route.as_ref(), &route));
+        let used = usize::from(*active);
+        let found = parts.iter().take(used).position(|p| {
+            p.route
+                .as_ref()
+                .is_some_and(|ours| takes_route(ours, slot, node))
+        });
         let next = match found {
             Some(i) => i,
-            None if active < MAX_PARTS => {
-                match cluster.parts.get_mut(active) {
-                    Some(spare) => spare.route = Some(route),
-                    None => cluster.parts.push(Part {
-                        route: Some(route),
+            None if used < MAX_PARTS => {
+                match parts.get_mut(used) {
+                    Some(spare) => spare.route = Some(route()),
+                    None => parts.push(Part {
+                        route: Some(route()),
                         ..Part::default()
                     }),
                 }
-                cluster.active += 1;
-                active
+                *active += 1;
+                used
             }
-            None => return Err(route),
+            None => return Err(()),
         };
-        cluster.current = u8::try_from(next).unwrap_or(u8::MAX);
+        *current = u8::try_from(next).unwrap_or(u8::MAX);
         Ok(())
     }
 
-    /// Whether the batch has room for the parts of `split`'s nodes, or it
-    /// must be sealed first (a fresh batch may still have none: then the
-    /// command is refused).
-    pub(super) fn has_room_for(&self, split: &split::Split) -> bool {
-        let mut nodes: Vec<&SlotRoute> = Vec::new();
-        for (route, _) in &split.parts {
-            if !nodes.iter().any(|n| takes_route(Some(n), route)) {
-                nodes.push(route);
+    /// Whether the batch has room for the parts of `split`'s nodes in
+    /// `cluster`'s map, or it must be sealed first (a fresh batch may still
+    /// have none: then the command is refused).
+    pub(super) fn has_room_for(&mut self, split: &split::Split, cluster: Option<&Cluster>) -> bool {
+        let (Some(batching), Some(cluster)) = (self.cluster.as_deref_mut(), cluster) else {
+            return true;
+        };
+        let active = usize::from(batching.active);
+        let generation = batching.load_map(cluster);
+        let map = batching.map.as_deref();
+        let mut nodes: Vec<SlotRoute> = Vec::new();
+        for &(slot, _) in &split.parts {
+            let node = map.and_then(|m| m.master(slot));
+            if !nodes.iter().any(|n| takes_route(n, slot, node)) {
+                nodes.push(SlotRoute {
+                    slot,
+                    node: node.cloned(),
+                    generation,
+                });
             }
         }
-        let active = self
-            .cluster
-            .as_ref()
-            .map_or(usize::MAX, |c| usize::from(c.active));
         active.saturating_add(nodes.len()) <= MAX_PARTS
     }
 
     /// Adds a command split by slot (see [`Self::has_room_for`]): each
-    /// slot's request joins its node's part, and their replies merge into
-    /// the one `reply` answers.
-    pub(super) fn push_split(&mut self, split: split::Split, reply: CommandReply, suppress: bool) {
+    /// slot's request joins its node's part in `cluster`'s map, and their
+    /// replies merge into the one `reply` answers.
+    pub(super) fn push_split(
+        &mut self,
+        split: split::Split,
+        cluster: Option<&Cluster>,
+        reply: CommandReply,
+        suppress: bool,
+    ) {
         if self.is_empty() {
             self.suppress = suppress;
         }
         let start = self.cluster.as_ref().map_or(0, |c| c.order.len());
         let count = split.parts.len();
-        for (route, request) in split.parts {
-            if self.route_to(route).is_err() {
+        for (slot, request) in split.parts {
+            if self.route_to(slot, cluster).is_err() {
                 // Room was checked: not reached.
                 tracing::warn!("cluster: no part for a split command's slot");
             }
@@ -399,9 +455,11 @@ impl PendingBatch {
             unstage(&mut part.payload, &mut part.staged);
             // The next batch's part likely looks like this one.
             let (pieces, frames) = (part.payload.len(), part.frame_lens.len());
+            let route = part.route.take();
             parts.push(SealedPart {
                 payload: std::mem::replace(&mut part.payload, Payload::with_capacity(pieces)),
-                key_slot: part.route.take().map(|r| r.slot),
+                key_slot: route.as_ref().map(|r| r.slot),
+                master: route.and_then(|r| Some((r.node?, r.generation))),
                 frame_lens: std::mem::replace(&mut part.frame_lens, Vec::with_capacity(frames)),
                 script: std::mem::take(&mut part.script),
             });
@@ -570,6 +628,8 @@ impl PendingBatch {
         if self.is_empty() {
             self.staged = BytesMut::new();
             if let Some(cluster) = self.cluster.as_deref_mut() {
+                // An idle client keeps no map alive.
+                cluster.map = None;
                 cluster.parts.truncate(1);
                 for part in &mut cluster.parts {
                     part.staged = BytesMut::new();
@@ -716,15 +776,21 @@ impl Connection {
         // each slot from a replica of its shard (by `read_from`'s rule).
         let reads = sealed.read_only && sealed.read_from != ReadFrom::Master;
         let mut routed = Vec::with_capacity(parts.len());
-        for part in parts {
-            let node = match part.key_slot {
-                Some(slot) if reads => match ctx.router.replica_for_slot(sealed.read_from, slot) {
-                    Ok(Some(replica)) => Ok((replica, Some(slot))),
-                    Ok(None) => ctx.router.master_for_slot(slot).await.map(|n| (n, None)),
-                    Err(e) => Err(e),
-                },
-                Some(slot) => ctx.router.master_for_slot(slot).await.map(|n| (n, None)),
-                None => ctx.router.master_for().await.map(|n| (n, None)),
+        for mut part in parts {
+            // The master it was gathered for, while the map's layout is
+            // the one that was read in.
+            let gathered = part.master.take().filter(|(_, g)| *g == generation);
+            let node = match (part.key_slot, gathered) {
+                (Some(slot), _) if reads => {
+                    match ctx.router.replica_for_slot(sealed.read_from, slot) {
+                        Ok(Some(replica)) => Ok((replica, Some(slot))),
+                        Ok(None) => ctx.router.master_for_slot(slot).await.map(|n| (n, None)),
+                        Err(e) => Err(e),
+                    }
+                }
+                (Some(_), Some((master, _))) => Ok((master, None)),
+                (Some(slot), None) => ctx.router.master_for_slot(slot).await.map(|n| (n, None)),
+                (None, _) => ctx.router.master_for().await.map(|n| (n, None)),
             };
             routed.push((part, node));
         }
@@ -906,13 +972,15 @@ mod tests {
     #[test]
     fn cluster_commands_gather_one_part_per_node() {
         let mut batch = PendingBatch::for_backend(true);
+        let hour = std::time::Duration::from_secs(3600);
+        let cluster = Cluster::new(vec!["127.0.0.1:1".into()], hour, 5, hour);
         let gets: Vec<Request> = ["a", "b", "c", "d"]
             .iter()
             .map(|k| Request::from_args(&["GET", k]))
             .collect();
         for (req, slot) in gets.iter().zip([1u16, 2, 1, 3]) {
             batch
-                .route_to(SlotRoute { slot, node: None })
+                .route_to(slot, Some(&cluster))
                 .expect("room for parts");
             push(&mut batch, req, None);
         }
