@@ -194,52 +194,57 @@ pub(super) fn follow(
     let (previous, done) = chain.link(generation);
     let meter = meter.clone();
     Following::new(async move {
-        let merged = if let ([_], true) = (parts.as_slice(), splits.is_empty()) {
-            // One part (the usual batch): its replies as they are.
-            let mut parts = parts;
-            let (first, follow) = match parts.pop() {
-                Some(Sent::Part(rx, follow)) => (
-                    rx.await.unwrap_or_else(|_| Err(lost(&follow))),
-                    Some(follow),
-                ),
-                Some(Sent::Failed(e)) => (Err(e), None),
-                None => (Ok(Replies::default()), None),
-            };
-            if let Some(previous) = previous {
-                previous.wait().await;
-            }
-            let (first, follow) = reread(first, follow).await;
-            match settle(first, follow) {
-                Settled::Done(result) => result,
-                Settled::Retry(replies, follow) => Ok(retry(&follow, replies).await),
-            }
+        let mut parts = parts;
+        // Each part's first replies, taken where the part lies: what to
+        // resend stays in place unless a reply asks for it.
+        let mut firsts: Vec<BatchReply> = Vec::with_capacity(parts.len());
+        for part in &mut parts {
+            firsts.push(match part {
+                Sent::Part(rx, follow) => rx.await.unwrap_or_else(|_| Err(lost(follow))),
+                // Its error is taken below.
+                Sent::Failed(_) => Ok(Replies::default()),
+            });
+        }
+        if let Some(previous) = previous {
+            previous.wait().await;
+        }
+        let answered = parts.iter().zip(&firsts).all(|part| match part {
+            (Sent::Part(..), Ok(replies)) => !has_redirect(replies),
+            _ => false,
+        });
+        let mut results = if answered {
+            // The usual batch: every part answered, nothing redirected.
+            drop(parts);
+            firsts
         } else {
-            let mut firsts = Vec::with_capacity(parts.len());
-            for part in parts {
-                firsts.push(match part {
-                    Sent::Part(rx, follow) => (
-                        rx.await.unwrap_or_else(|_| Err(lost(&follow))),
-                        Some(follow),
-                    ),
-                    Sent::Failed(e) => (Err(e), None),
-                });
-            }
-            if let Some(previous) = previous {
-                previous.wait().await;
-            }
-            let mut results = Vec::with_capacity(firsts.len());
-            for (first, follow) in firsts {
-                let (first, follow) = reread(first, follow).await;
-                results.push(match settle(first, follow) {
-                    Settled::Done(result) => result,
-                    Settled::Retry(replies, follow) => Ok(retry(&follow, replies).await),
-                });
-            }
-            Ok(merge(results, &order, &splits, &meter))
+            Box::pin(settle_parts(parts, firsts)).await
+        };
+        let merged = match (results.len(), splits.is_empty()) {
+            // One part: its replies as they are.
+            (1, true) => results.pop().unwrap_or_else(|| Ok(Replies::default())),
+            _ => Ok(merge(results, &order, &splits, &meter)),
         };
         drop(done);
         merged
     })
+}
+
+/// The parts' results once what failed or was redirected is settled: a
+/// replica's lost read read again from the master, redirected requests
+/// retried ([`retry`]), a failed part's error its result.
+async fn settle_parts(parts: Vec<Sent>, firsts: Vec<BatchReply>) -> Vec<BatchReply> {
+    let mut results = Vec::with_capacity(parts.len());
+    for (part, first) in parts.into_iter().zip(firsts) {
+        let (first, follow) = match part {
+            Sent::Part(_, follow) => reread(first, Some(follow)).await,
+            Sent::Failed(e) => (Err(e), None),
+        };
+        results.push(match settle(first, follow) {
+            Settled::Done(result) => result,
+            Settled::Retry(replies, follow) => Ok(retry(&follow, replies).await),
+        });
+    }
+    results
 }
 
 /// Whether the node may be gone: the connection failed or stalled.
