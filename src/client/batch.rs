@@ -131,9 +131,9 @@ struct Part {
     /// As [`PendingBatch`]'s `payload` and `staged`, for this part.
     payload: Payload,
     staged: BytesMut,
-    /// Each request frame's length (the redirect follower pairs request
-    /// frames with reply frames).
-    frame_lens: Vec<u32>,
+    /// Its request frames (the redirect follower pairs them with reply
+    /// frames).
+    frames: u32,
     script: bool,
 }
 
@@ -232,8 +232,8 @@ struct SealedPart {
     /// That master when the part was gathered, and the map generation it
     /// was read in: still the master while the generation is the same.
     master: Option<(Arc<Node>, u64)>,
-    /// Each request frame's length.
-    frame_lens: Vec<u32>,
+    /// Its request frames.
+    frames: u32,
     script: bool,
 }
 
@@ -293,13 +293,13 @@ impl PendingBatch {
         }
     }
 
-    /// Notes a request frame's length, on a cluster backend.
-    fn note_frame(&mut self, len: usize) {
+    /// Notes a request frame in its part, on a cluster backend.
+    fn note_frame(&mut self) {
         if let Some(cluster) = self.cluster.as_deref_mut() {
             let current = cluster.current;
             cluster.order.push(current);
             if let Some(part) = cluster.current() {
-                part.frame_lens.push(u32::try_from(len).unwrap_or(u32::MAX));
+                part.frames += 1;
             }
         }
     }
@@ -454,13 +454,13 @@ impl PendingBatch {
         for part in cluster.parts.iter_mut().take(active) {
             unstage(&mut part.payload, &mut part.staged);
             // The next batch's part likely looks like this one.
-            let (pieces, frames) = (part.payload.len(), part.frame_lens.len());
+            let pieces = part.payload.len();
             let route = part.route.take();
             parts.push(SealedPart {
                 payload: std::mem::replace(&mut part.payload, Payload::with_capacity(pieces)),
                 key_slot: route.as_ref().map(|r| r.slot),
                 master: route.and_then(|r| Some((r.node?, r.generation))),
-                frame_lens: std::mem::replace(&mut part.frame_lens, Vec::with_capacity(frames)),
+                frames: std::mem::take(&mut part.frames),
                 script: std::mem::take(&mut part.script),
             });
         }
@@ -521,7 +521,7 @@ impl PendingBatch {
                     ns.write_confined(&request, at, staged);
                     let written = staged.len() - before;
                     self.bytes += written;
-                    self.note_frame(written);
+                    self.note_frame();
                 }
             }
             None => self.add_frame(request.into_frame()),
@@ -586,7 +586,7 @@ impl PendingBatch {
 
     fn add_frame(&mut self, frame: Bytes) {
         self.bytes += frame.len();
-        self.note_frame(frame.len());
+        self.note_frame();
         let (payload, staged) = self.buffers();
         if frame.len() >= LARGE_PIECE {
             unstage(payload, staged);
@@ -835,7 +835,7 @@ impl Connection {
             let (tx, rx) = oneshot::channel();
             let batch = Batch {
                 payload: part.payload,
-                count: u32::try_from(part.frame_lens.len()).unwrap_or(u32::MAX),
+                count: part.frames,
                 reply: tx,
                 meter: Some(self.meter.clone()),
                 script: part.script,
@@ -850,7 +850,7 @@ impl Connection {
                 client_id: self.session.id,
                 database: sealed.database,
                 payload: batch.payload.clone(),
-                frame_lens: part.frame_lens,
+                frames: part.frames,
                 meter: self.meter.clone(),
                 script: part.script,
                 read_slot,
@@ -990,7 +990,7 @@ mod tests {
         let slots: Vec<Option<u16>> = sealed.parts.iter().map(|p| p.key_slot).collect();
         assert_eq!(slots, [Some(1), Some(2), Some(3)]);
         let first = &sealed.parts[0];
-        assert_eq!(first.frame_lens.len(), 2);
+        assert_eq!(first.frames, 2);
         assert_eq!(
             first.payload.concat(),
             [gets[0].frame().clone(), gets[2].frame().clone()].concat()
@@ -999,6 +999,6 @@ mod tests {
         // Nothing is left behind for the next batch.
         let next = batch.take_parts().expect("a cluster batch");
         assert_eq!(next.parts.len(), 1);
-        assert!(next.parts[0].frame_lens.is_empty() && next.order.is_empty());
+        assert!(next.parts[0].frames == 0 && next.order.is_empty());
     }
 }

@@ -42,7 +42,7 @@ use crate::backend::mux::{Batch, BatchReply, Payload};
 use crate::backend::node::Node;
 use crate::backend::BackendError;
 use crate::protocol::reply::{FrameEnd, FrameEnds, Frames, Replies, ReplyKind, DEFAULT_MAX_DEPTH};
-use crate::protocol::request::Request;
+use crate::protocol::request::{Request, RequestScanner, ScanLimits};
 use crate::protocol::Protocol;
 use crate::topology::cluster::{host_of, Redirect, RefreshReason};
 
@@ -126,9 +126,9 @@ pub(super) struct Follow {
     pub(super) protocol: Protocol,
     pub(super) client_id: u64,
     pub(super) database: u32,
-    /// The batch's request bytes, and each request frame's length.
+    /// The batch's request bytes, and how many request frames they hold.
     pub(super) payload: Payload,
-    pub(super) frame_lens: Vec<u32>,
+    pub(super) frames: u32,
     pub(super) meter: Arc<ReplyMeter>,
     /// The batch carries a script (see [`Batch::script`]); so do its retries.
     pub(super) script: bool,
@@ -150,7 +150,7 @@ impl Follow {
         let (tx, rx) = oneshot::channel();
         let batch = Batch {
             payload: self.payload.clone(),
-            count: u32::try_from(self.frame_lens.len()).unwrap_or(u32::MAX),
+            count: self.frames,
             reply: tx,
             meter: Some(self.meter.clone()),
             script: self.script,
@@ -457,7 +457,7 @@ async fn retry(follow: &Follow, replies: Replies) -> Replies {
         .frames(DEFAULT_MAX_DEPTH)
         .map(|(frame, _)| replies.bytes.slice_ref(frame))
         .collect();
-    let requests = split_requests(&follow.payload, &follow.frame_lens);
+    let requests = split_requests(&follow.payload);
     let arrived: usize = frames.iter().map(Bytes::len).sum();
     let cluster = follow.ctx.router.cluster();
     let max = if frames.len() == requests.len() {
@@ -641,27 +641,23 @@ async fn resend(follow: &Follow, group: &[Pending], requests: &[Bytes]) -> Vec<B
     }
 }
 
-/// The batch's request frames, one by one, cut from its payload by length.
-fn split_requests(payload: &Payload, lens: &[u32]) -> Vec<Bytes> {
-    let whole: Bytes = match payload.as_slice() {
-        [only] => only.clone(),
-        pieces => {
-            let mut all = BytesMut::new();
-            for piece in pieces {
-                all.extend_from_slice(piece);
-            }
-            all.freeze()
-        }
-    };
-    let mut out = Vec::with_capacity(lens.len());
-    let mut at = 0usize;
-    for &len in lens {
-        let end = at + len as usize;
-        let Some(frame) = whole.get(at..end) else {
-            break;
-        };
-        out.push(whole.slice_ref(frame));
-        at = end;
+/// The batch's request frames, one by one, read back from its payload
+/// (keygate wrote them: only a retry needs them apart); as many as could be
+/// read (then the pairing with replies fails).
+fn split_requests(payload: &Payload) -> Vec<Bytes> {
+    let mut whole = BytesMut::new();
+    for piece in payload.iter() {
+        whole.extend_from_slice(piece);
+    }
+    // Whatever keygate sent is read back, however large.
+    let mut scanner = RequestScanner::new(ScanLimits {
+        max_bulk_len: usize::MAX,
+        max_args: usize::MAX,
+        max_inline_len: usize::MAX,
+    });
+    let mut out = Vec::new();
+    while let Ok(Some(request)) = scanner.scan(&mut whole) {
+        out.push(request.into_frame());
     }
     out
 }
@@ -689,16 +685,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_are_cut_by_length_across_pieces() {
+    fn requests_are_read_back_across_pieces() {
         let payload = Payload::from_iter([
             Bytes::from_static(b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET"),
             Bytes::from_static(b"\r\n$1\r\nk\r\n"),
         ]);
-        let requests = split_requests(&payload, &[14, 20]);
+        let requests = split_requests(&payload);
+        assert_eq!(requests.len(), 2);
         assert_eq!(requests[0], &b"*1\r\n$4\r\nPING\r\n"[..]);
         assert_eq!(requests[1], &b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..]);
-        // Lengths past the bytes stop the cut (and the pairing then fails).
-        assert_eq!(split_requests(&payload, &[14, 40]).len(), 1);
+        // A cut-off frame is not a request (and the pairing then fails).
+        let short = Payload::from_iter([Bytes::from_static(b"*1\r\n$4\r\nPING\r\n*2\r\n$3")]);
+        assert_eq!(split_requests(&short).len(), 1);
+        // A large value is read back whole.
+        let large = Request::from_args(&[&b"SET"[..], b"k", &vec![b'v'; 1 << 20]]);
+        let payload = Payload::from_iter([large.frame().clone()]);
+        assert_eq!(split_requests(&payload), [large.frame().clone()]);
     }
 
     #[test]
