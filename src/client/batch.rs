@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 use super::queue::{Answering, CommandReply, Commands};
@@ -470,7 +471,9 @@ impl PendingBatch {
         // One part's replies need no merge, so not the order either: it
         // stays, with its storage, for the next batch.
         let order = if active > 1 || !splits.is_empty() {
-            std::mem::take(&mut cluster.order)
+            // Sized for the next batch once rather than grown step by step.
+            let len = cluster.order.len();
+            std::mem::replace(&mut cluster.order, Vec::with_capacity(len))
         } else {
             cluster.order.clear();
             Vec::new()
@@ -821,7 +824,7 @@ impl Connection {
         }
         let mut sent = Vec::with_capacity(routed.len());
         // metrics: each part's node, for the `node` label of backend times.
-        let mut labels: smallvec::SmallVec<[u16; MAX_PARTS]> = smallvec::SmallVec::new();
+        let mut labels: SmallVec<[u16; MAX_PARTS]> = SmallVec::new();
         for (part, node) in routed {
             let (node, read_slot) = match node {
                 Ok(node) => node,

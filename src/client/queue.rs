@@ -869,7 +869,6 @@ impl<'a> Tally<'a> {
     }
 
     /// A command of the run answered by another node than its first one.
-    #[cold]
     fn add_other(&mut self, node: Option<u16>) {
         match self.others.iter_mut().find(|(n, _)| *n == node) {
             Some((_, count)) => *count += 1,

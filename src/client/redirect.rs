@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
 use tokio::sync::{oneshot, Notify};
 
 use super::batch::SplitAt;
@@ -170,6 +171,10 @@ impl Follow {
         (reply, self)
     }
 }
+
+/// Parts whose replies a merge walks without a heap allocation (a small
+/// cluster's masters).
+const INLINE_PARTS: usize = 4;
 
 /// A part of a client batch: sent to its node, with what its follower
 /// needs to resend it, or not sent because no node could be routed to.
@@ -314,7 +319,7 @@ fn merge(
     splits: &[SplitAt],
     meter: &ReplyMeter,
 ) -> Replies {
-    let parts: Vec<Result<Replies, Bytes>> = results
+    let parts: SmallVec<[Result<Replies, Bytes>; INLINE_PARTS]> = results
         .into_iter()
         .map(|r| {
             r.map_err(|e| {
@@ -335,7 +340,7 @@ fn merge(
     let mut bytes = BytesMut::with_capacity(total);
     let mut ends = FrameEnds::with_capacity(order.len());
     // Each part's frames, walked in step with `order`.
-    let mut frames: Vec<Result<Frames<'_>, &Bytes>> = parts
+    let mut frames: SmallVec<[Result<Frames<'_>, &Bytes>; INLINE_PARTS]> = parts
         .iter()
         .map(|p| p.as_ref().map(|r| r.frames(DEFAULT_MAX_DEPTH)))
         .collect();
