@@ -17,6 +17,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 use super::queue::{Answering, CommandReply, Commands};
@@ -32,6 +33,7 @@ use crate::policy::reply::ReplyPlan;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
 use crate::router::Served;
+use crate::topology::cluster::{Cluster, SlotMap};
 
 /// A batch is sealed once it holds this many bytes.
 pub(super) const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -93,6 +95,11 @@ pub(super) struct PendingBatch {
 #[derive(Debug)]
 struct ClusterBatching {
     chain: redirect::Chain,
+    /// The slot map commands are grouped by, loaded again only when the
+    /// cluster's map generation changes (maps of one generation give every
+    /// slot the same master), and that generation.
+    map: Option<Arc<SlotMap>>,
+    generation: u64,
     /// The batch's parts (the first `active`; at least one), then spares
     /// whose staging buffers the next parts reuse.
     parts: Vec<Part>,
@@ -125,9 +132,9 @@ struct Part {
     /// As [`PendingBatch`]'s `payload` and `staged`, for this part.
     payload: Payload,
     staged: BytesMut,
-    /// Each request frame's length (the redirect follower pairs request
-    /// frames with reply frames).
-    frame_lens: Vec<u32>,
+    /// Its request frames (the redirect follower pairs them with reply
+    /// frames).
+    frames: u32,
     script: bool,
 }
 
@@ -135,6 +142,8 @@ impl ClusterBatching {
     fn new() -> ClusterBatching {
         ClusterBatching {
             chain: redirect::Chain::default(),
+            map: None,
+            generation: 0,
             parts: vec![Part::default()],
             active: 1,
             current: 0,
@@ -152,14 +161,16 @@ impl ClusterBatching {
 /// one batch; a command for another seals it.
 const MAX_PARTS: usize = 16;
 
-/// Where a cluster batch goes: every command in it was for this slot's
-/// master when it joined.
+/// Where a part of a cluster batch goes: every command in it was for this
+/// slot's master when it joined.
 #[derive(Debug)]
-pub(super) struct SlotRoute {
-    /// The slot of the batch's first command with keys.
-    pub(super) slot: u16,
+struct SlotRoute {
+    /// The slot of the part's first command with keys.
+    slot: u16,
     /// Its master in the slot map then; `None` while no map covers it.
-    pub(super) node: Option<Arc<Node>>,
+    node: Option<Arc<Node>>,
+    /// The map generation `node` was read in.
+    generation: u64,
 }
 
 /// The label of a part no node was routed to (its replies are keygate's).
@@ -219,20 +230,38 @@ struct SealedPart {
     payload: Payload,
     /// The slot whose master it goes to (`None`: no keys, any master).
     key_slot: Option<u16>,
-    /// Each request frame's length.
-    frame_lens: Vec<u32>,
+    /// That master when the part was gathered, and the map generation it
+    /// was read in: still the master while the generation is the same.
+    master: Option<(Arc<Node>, u64)>,
+    /// Its request frames.
+    frames: u32,
     script: bool,
 }
 
-/// Whether a command for `route` may join a part routed by `ours`: a part
-/// goes to one node, so only a command for the same master (or the same
-/// slot while no map covers it) joins one, or any command one with no keys
-/// yet.
-fn takes_route(ours: Option<&SlotRoute>, route: &SlotRoute) -> bool {
-    match (ours, &route.node) {
-        (None, _) => true,
-        (Some(ours), Some(node)) => ours.node.as_ref().is_some_and(|n| Arc::ptr_eq(n, node)),
-        (Some(ours), None) => ours.node.is_none() && ours.slot == route.slot,
+/// Whether a command for `slot`, whose master is `node`, may join a part
+/// routed by `ours`: a part goes to one node, so only a command for the
+/// same master (or the same slot while no map covers it) joins one.
+fn takes_route(ours: &SlotRoute, slot: u16, node: Option<&Arc<Node>>) -> bool {
+    match (&ours.node, node) {
+        (Some(ours), Some(node)) => Arc::ptr_eq(ours, node),
+        (None, None) => ours.slot == slot,
+        _ => false,
+    }
+}
+
+impl ClusterBatching {
+    /// Makes `map` the one to group commands by: the one loaded before
+    /// unless the cluster published a map of another layout since. Returns
+    /// its generation.
+    fn load_map(&mut self, cluster: &Cluster) -> u64 {
+        // The generation is read first: a map loaded after it is at least
+        // as new, so the pair is never marked newer than the map it holds.
+        let generation = cluster.generation();
+        if self.map.is_none() || self.generation != generation {
+            self.map = Some(arc_swap::Guard::into_inner(cluster.map()));
+            self.generation = generation;
+        }
+        generation
     }
 }
 
@@ -265,13 +294,13 @@ impl PendingBatch {
         }
     }
 
-    /// Notes a request frame's length, on a cluster backend.
-    fn note_frame(&mut self, len: usize) {
+    /// Notes a request frame in its part, on a cluster backend.
+    fn note_frame(&mut self) {
         if let Some(cluster) = self.cluster.as_deref_mut() {
             let current = cluster.current;
             cluster.order.push(current);
             if let Some(part) = cluster.current() {
-                part.frame_lens.push(u32::try_from(len).unwrap_or(u32::MAX));
+                part.frames += 1;
             }
         }
     }
@@ -302,78 +331,106 @@ impl PendingBatch {
             || (self.suppress == suppress && self.bytes + self.answered < MAX_BATCH_BYTES)
     }
 
-    /// Makes the part for cluster slot `route.slot` the one the next
-    /// command joins: the current part when it goes to the same master (or
-    /// is for the same slot while no map covers it) or has no keys yet,
-    /// else the part for that master, else a new one. `Err` gives the route
-    /// back when the batch holds [`MAX_PARTS`] parts already: seal it first.
-    pub(super) fn route_to(&mut self, route: SlotRoute) -> Result<(), SlotRoute> {
-        let Some(cluster) = self.cluster.as_deref_mut() else {
+    /// Makes the part for cluster slot `slot` the one the next command
+    /// joins: the current part when it goes to the slot's master in
+    /// `cluster`'s map (or is for the same slot while no map covers it) or
+    /// has no keys yet, else the part for that master, else a new one.
+    /// `Err` when the batch holds [`MAX_PARTS`] parts already: seal it
+    /// first.
+    pub(super) fn route_to(&mut self, slot: u16, cluster: Option<&Cluster>) -> Result<(), ()> {
+        let (Some(batching), Some(cluster)) = (self.cluster.as_deref_mut(), cluster) else {
             return Ok(());
         };
-        if let Some(part) = cluster.current() {
+        let generation = batching.load_map(cluster);
+        let ClusterBatching {
+            map,
+            parts,
+            active,
+            current,
+            ..
+        } = batching;
+        let node = map.as_deref().and_then(|m| m.master(slot));
+        let route = || SlotRoute {
+            slot,
+            node: node.cloned(),
+            generation,
+        };
+        if let Some(part) = parts.get_mut(usize::from(*current)) {
             match &part.route {
                 None => {
-                    part.route = Some(route);
+                    part.route = Some(route());
                     return Ok(());
                 }
-                ours @ Some(_) if takes_route(ours.as_ref(), &route) => return Ok(()),
+                Some(ours) if takes_route(ours, slot, node) => return Ok(()),
                 Some(_) => {}
             }
         }
-        let active = usize::from(cluster.active);
-        let found = cluster
-            .parts
-            .iter()
-            .take(active)
-            .position(|p| p.route.is_some() && takes_route(p.route.as_ref(), &route));
+        let used = usize::from(*active);
+        let found = parts.iter().take(used).position(|p| {
+            p.route
+                .as_ref()
+                .is_some_and(|ours| takes_route(ours, slot, node))
+        });
         let next = match found {
             Some(i) => i,
-            None if active < MAX_PARTS => {
-                match cluster.parts.get_mut(active) {
-                    Some(spare) => spare.route = Some(route),
-                    None => cluster.parts.push(Part {
-                        route: Some(route),
+            None if used < MAX_PARTS => {
+                match parts.get_mut(used) {
+                    Some(spare) => spare.route = Some(route()),
+                    None => parts.push(Part {
+                        route: Some(route()),
                         ..Part::default()
                     }),
                 }
-                cluster.active += 1;
-                active
+                *active += 1;
+                used
             }
-            None => return Err(route),
+            None => return Err(()),
         };
-        cluster.current = u8::try_from(next).unwrap_or(u8::MAX);
+        *current = u8::try_from(next).unwrap_or(u8::MAX);
         Ok(())
     }
 
-    /// Whether the batch has room for the parts of `split`'s nodes, or it
-    /// must be sealed first (a fresh batch may still have none: then the
-    /// command is refused).
-    pub(super) fn has_room_for(&self, split: &split::Split) -> bool {
-        let mut nodes: Vec<&SlotRoute> = Vec::new();
-        for (route, _) in &split.parts {
-            if !nodes.iter().any(|n| takes_route(Some(n), route)) {
-                nodes.push(route);
+    /// Whether the batch has room for the parts of `split`'s nodes in
+    /// `cluster`'s map, or it must be sealed first (a fresh batch may still
+    /// have none: then the command is refused).
+    pub(super) fn has_room_for(&mut self, split: &split::Split, cluster: Option<&Cluster>) -> bool {
+        let (Some(batching), Some(cluster)) = (self.cluster.as_deref_mut(), cluster) else {
+            return true;
+        };
+        let active = usize::from(batching.active);
+        let generation = batching.load_map(cluster);
+        let map = batching.map.as_deref();
+        let mut nodes: Vec<SlotRoute> = Vec::new();
+        for &(slot, _) in &split.parts {
+            let node = map.and_then(|m| m.master(slot));
+            if !nodes.iter().any(|n| takes_route(n, slot, node)) {
+                nodes.push(SlotRoute {
+                    slot,
+                    node: node.cloned(),
+                    generation,
+                });
             }
         }
-        let active = self
-            .cluster
-            .as_ref()
-            .map_or(usize::MAX, |c| usize::from(c.active));
         active.saturating_add(nodes.len()) <= MAX_PARTS
     }
 
     /// Adds a command split by slot (see [`Self::has_room_for`]): each
-    /// slot's request joins its node's part, and their replies merge into
-    /// the one `reply` answers.
-    pub(super) fn push_split(&mut self, split: split::Split, reply: CommandReply, suppress: bool) {
+    /// slot's request joins its node's part in `cluster`'s map, and their
+    /// replies merge into the one `reply` answers.
+    pub(super) fn push_split(
+        &mut self,
+        split: split::Split,
+        cluster: Option<&Cluster>,
+        reply: CommandReply,
+        suppress: bool,
+    ) {
         if self.is_empty() {
             self.suppress = suppress;
         }
         let start = self.cluster.as_ref().map_or(0, |c| c.order.len());
         let count = split.parts.len();
-        for (route, request) in split.parts {
-            if self.route_to(route).is_err() {
+        for (slot, request) in split.parts {
+            if self.route_to(slot, cluster).is_err() {
                 // Room was checked: not reached.
                 tracing::warn!("cluster: no part for a split command's slot");
             }
@@ -398,11 +455,13 @@ impl PendingBatch {
         for part in cluster.parts.iter_mut().take(active) {
             unstage(&mut part.payload, &mut part.staged);
             // The next batch's part likely looks like this one.
-            let (pieces, frames) = (part.payload.len(), part.frame_lens.len());
+            let pieces = part.payload.len();
+            let route = part.route.take();
             parts.push(SealedPart {
                 payload: std::mem::replace(&mut part.payload, Payload::with_capacity(pieces)),
-                key_slot: part.route.take().map(|r| r.slot),
-                frame_lens: std::mem::replace(&mut part.frame_lens, Vec::with_capacity(frames)),
+                key_slot: route.as_ref().map(|r| r.slot),
+                master: route.and_then(|r| Some((r.node?, r.generation))),
+                frames: std::mem::take(&mut part.frames),
                 script: std::mem::take(&mut part.script),
             });
         }
@@ -412,7 +471,9 @@ impl PendingBatch {
         // One part's replies need no merge, so not the order either: it
         // stays, with its storage, for the next batch.
         let order = if active > 1 || !splits.is_empty() {
-            std::mem::take(&mut cluster.order)
+            // Sized for the next batch once rather than grown step by step.
+            let len = cluster.order.len();
+            std::mem::replace(&mut cluster.order, Vec::with_capacity(len))
         } else {
             cluster.order.clear();
             Vec::new()
@@ -463,7 +524,7 @@ impl PendingBatch {
                     ns.write_confined(&request, at, staged);
                     let written = staged.len() - before;
                     self.bytes += written;
-                    self.note_frame(written);
+                    self.note_frame();
                 }
             }
             None => self.add_frame(request.into_frame()),
@@ -528,7 +589,7 @@ impl PendingBatch {
 
     fn add_frame(&mut self, frame: Bytes) {
         self.bytes += frame.len();
-        self.note_frame(frame.len());
+        self.note_frame();
         let (payload, staged) = self.buffers();
         if frame.len() >= LARGE_PIECE {
             unstage(payload, staged);
@@ -570,6 +631,8 @@ impl PendingBatch {
         if self.is_empty() {
             self.staged = BytesMut::new();
             if let Some(cluster) = self.cluster.as_deref_mut() {
+                // An idle client keeps no map alive.
+                cluster.map = None;
                 cluster.parts.truncate(1);
                 for part in &mut cluster.parts {
                     part.staged = BytesMut::new();
@@ -716,15 +779,21 @@ impl Connection {
         // each slot from a replica of its shard (by `read_from`'s rule).
         let reads = sealed.read_only && sealed.read_from != ReadFrom::Master;
         let mut routed = Vec::with_capacity(parts.len());
-        for part in parts {
-            let node = match part.key_slot {
-                Some(slot) if reads => match ctx.router.replica_for_slot(sealed.read_from, slot) {
-                    Ok(Some(replica)) => Ok((replica, Some(slot))),
-                    Ok(None) => ctx.router.master_for_slot(slot).await.map(|n| (n, None)),
-                    Err(e) => Err(e),
-                },
-                Some(slot) => ctx.router.master_for_slot(slot).await.map(|n| (n, None)),
-                None => ctx.router.master_for().await.map(|n| (n, None)),
+        for mut part in parts {
+            // The master it was gathered for, while the map's layout is
+            // the one that was read in.
+            let gathered = part.master.take().filter(|(_, g)| *g == generation);
+            let node = match (part.key_slot, gathered) {
+                (Some(slot), _) if reads => {
+                    match ctx.router.replica_for_slot(sealed.read_from, slot) {
+                        Ok(Some(replica)) => Ok((replica, Some(slot))),
+                        Ok(None) => ctx.router.master_for_slot(slot).await.map(|n| (n, None)),
+                        Err(e) => Err(e),
+                    }
+                }
+                (Some(_), Some((master, _))) => Ok((master, None)),
+                (Some(slot), None) => ctx.router.master_for_slot(slot).await.map(|n| (n, None)),
+                (None, _) => ctx.router.master_for().await.map(|n| (n, None)),
             };
             routed.push((part, node));
         }
@@ -755,7 +824,7 @@ impl Connection {
         }
         let mut sent = Vec::with_capacity(routed.len());
         // metrics: each part's node, for the `node` label of backend times.
-        let mut labels: smallvec::SmallVec<[u16; MAX_PARTS]> = smallvec::SmallVec::new();
+        let mut labels: SmallVec<[u16; MAX_PARTS]> = SmallVec::new();
         for (part, node) in routed {
             let (node, read_slot) = match node {
                 Ok(node) => node,
@@ -769,7 +838,7 @@ impl Connection {
             let (tx, rx) = oneshot::channel();
             let batch = Batch {
                 payload: part.payload,
-                count: u32::try_from(part.frame_lens.len()).unwrap_or(u32::MAX),
+                count: part.frames,
                 reply: tx,
                 meter: Some(self.meter.clone()),
                 script: part.script,
@@ -784,7 +853,7 @@ impl Connection {
                 client_id: self.session.id,
                 database: sealed.database,
                 payload: batch.payload.clone(),
-                frame_lens: part.frame_lens,
+                frames: part.frames,
                 meter: self.meter.clone(),
                 script: part.script,
                 read_slot,
@@ -906,13 +975,15 @@ mod tests {
     #[test]
     fn cluster_commands_gather_one_part_per_node() {
         let mut batch = PendingBatch::for_backend(true);
+        let hour = std::time::Duration::from_secs(3600);
+        let cluster = Cluster::new(vec!["127.0.0.1:1".into()], hour, 5, hour);
         let gets: Vec<Request> = ["a", "b", "c", "d"]
             .iter()
             .map(|k| Request::from_args(&["GET", k]))
             .collect();
         for (req, slot) in gets.iter().zip([1u16, 2, 1, 3]) {
             batch
-                .route_to(SlotRoute { slot, node: None })
+                .route_to(slot, Some(&cluster))
                 .expect("room for parts");
             push(&mut batch, req, None);
         }
@@ -922,7 +993,7 @@ mod tests {
         let slots: Vec<Option<u16>> = sealed.parts.iter().map(|p| p.key_slot).collect();
         assert_eq!(slots, [Some(1), Some(2), Some(3)]);
         let first = &sealed.parts[0];
-        assert_eq!(first.frame_lens.len(), 2);
+        assert_eq!(first.frames, 2);
         assert_eq!(
             first.payload.concat(),
             [gets[0].frame().clone(), gets[2].frame().clone()].concat()
@@ -931,6 +1002,6 @@ mod tests {
         // Nothing is left behind for the next batch.
         let next = batch.take_parts().expect("a cluster batch");
         assert_eq!(next.parts.len(), 1);
-        assert!(next.parts[0].frame_lens.is_empty() && next.order.is_empty());
+        assert!(next.parts[0].frames == 0 && next.order.is_empty());
     }
 }

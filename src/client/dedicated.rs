@@ -650,9 +650,7 @@ impl Connection {
             _ if matches!(spec.name, "ssubscribe" | "sunsubscribe") => {
                 self.shard_channels_slot(req, prefix_at)
             }
-            _ => self
-                .cluster_route(spec, req, prefix_at)
-                .map(|route| route.map(|r| r.slot)),
+            _ => self.cluster_slot(spec, req, prefix_at),
         };
         let slot = match refused {
             Ok(slot) => slot,

@@ -708,7 +708,12 @@ fn write_replies(
             // One command, one frame (a client that does not pipeline): the
             // connection delimited it already, so it is all of the bytes.
             let mut tally = Tally::new(c, slot.nodes.at(0));
-            tally.add(replies.first_kind(), &replies.bytes, recorder);
+            tally.add(
+                slot.nodes.at(0),
+                replies.first_kind(),
+                &replies.bytes,
+                recorder,
+            );
             tally.record(role, total, backend, recorder);
             if let Some(sample) = &c.hot {
                 sample.record(&replies.bytes);
@@ -764,10 +769,10 @@ fn write_replies(
         }
         if record_each {
             match &mut tally {
-                Some(t) if t.same_series(c, node) => t.add(kind, frame, recorder),
+                Some(t) if t.same_series(c) => t.add(node, kind, frame, recorder),
                 _ => {
                     let mut next = Tally::new(c, node);
-                    next.add(kind, frame, recorder);
+                    next.add(node, kind, frame, recorder);
                     if let Some(done) = tally.replace(next) {
                         done.record(role, total, backend, recorder);
                     }
@@ -809,12 +814,16 @@ fn record_hot_keys(commands: &[CommandReply], replies: &Replies) {
 /// A run of consecutive commands of one slot for the same (service,
 /// command): they were read and answered together, so they share one
 /// latency, recorded once with their count (a pipeline of 16 GETs costs one
-/// histogram update, not 16).
+/// histogram update, not 16). On a cluster backend the run's commands may
+/// have been answered by several nodes: the backend time is recorded once
+/// per node, with that node's count.
 struct Tally<'a> {
     command: &'a CommandReply,
-    /// The cluster node that answered, when known.
+    /// The cluster node that answered the run's first command, when known.
     node: Option<u16>,
     count: u64,
+    /// Of `count`, the commands other cluster nodes answered, by node.
+    others: SmallVec<[(Option<u16>, u64); 3]>,
     /// How the run's replies count as cache hits and misses.
     cache: CacheRule,
     hits: u32,
@@ -827,30 +836,43 @@ impl<'a> Tally<'a> {
             command,
             node,
             count: 0,
+            others: SmallVec::new(),
             cache: CacheRule::of(command.command),
             hits: 0,
             misses: 0,
         }
     }
 
-    fn same_series(&self, c: &CommandReply, node: Option<u16>) -> bool {
+    fn same_series(&self, c: &CommandReply) -> bool {
         // Names are the command table's: equal names are almost always the
         // same pointer, which spares the byte comparison.
         let (a, b) = (self.command.command, c.command);
-        self.command.service == c.service && (std::ptr::eq(a, b) || a == b) && self.node == node
+        self.command.service == c.service && (std::ptr::eq(a, b) || a == b)
     }
 
-    /// One more command of the run, answered by `frame` (a whole frame of
-    /// kind `kind`); errors are recorded at once (rare).
+    /// One more command of the run, answered by cluster node `node` with
+    /// `frame` (a whole frame of kind `kind`); errors are recorded at once
+    /// (rare).
     #[inline]
-    fn add(&mut self, kind: ReplyKind, frame: &[u8], recorder: &mut Recorder) {
+    fn add(&mut self, node: Option<u16>, kind: ReplyKind, frame: &[u8], recorder: &mut Recorder) {
         self.count += 1;
+        if node != self.node {
+            self.add_other(node);
+        }
         let c = self.command;
         if kind == ReplyKind::Error {
             recorder.error(c.service, c.command, ErrorKind::Backend);
         } else if let Some((hits, misses)) = self.cache.outcome(kind, frame) {
             self.hits = self.hits.saturating_add(hits);
             self.misses = self.misses.saturating_add(misses);
+        }
+    }
+
+    /// A command of the run answered by another node than its first one.
+    fn add_other(&mut self, node: Option<u16>) {
+        match self.others.iter_mut().find(|(n, _)| *n == node) {
+            Some((_, count)) => *count += 1,
+            None => self.others.push((node, 1)),
         }
     }
 
@@ -863,7 +885,20 @@ impl<'a> Tally<'a> {
     ) {
         let c = self.command;
         let (node, count) = (self.node, self.count);
-        recorder.commands_on(c.service, c.command, role, node, total, backend, count);
+        if self.others.is_empty() {
+            recorder.commands_on(c.service, c.command, role, node, total, backend, count);
+        } else {
+            // The total time once for the run; the backend time per node.
+            recorder.commands_on(c.service, c.command, role, None, total, None, count);
+            if let Some(backend) = backend {
+                let others: u64 = self.others.iter().map(|(_, n)| n).sum();
+                let firsts = count.saturating_sub(others);
+                let others = self.others.iter().copied();
+                for (node, n) in std::iter::once((node, firsts)).chain(others) {
+                    recorder.backend_on(c.service, c.command, role, node, backend, n);
+                }
+            }
+        }
         if self.hits > 0 || self.misses > 0 {
             recorder.cache(c.service, c.command, self.hits, self.misses);
         }
@@ -963,6 +998,51 @@ mod tests {
         failed.drain_ready(&mut out, &mut metrics.recorder());
         assert!(out.starts_with(b"-"), "{out:?}");
         assert!(out.ends_with(b"\r\n$3\r\nhit\r\n"), "{out:?}");
+    }
+
+    /// A run of one command answered by several cluster nodes: its
+    /// commands and total time once, each node's backend time with its
+    /// own count (a frame no node answered: without a node).
+    #[test]
+    fn a_run_over_cluster_nodes_records_backend_time_per_node() {
+        let metrics = Metrics::new(vec!["svc".into()], true);
+        let mut recorder = metrics.recorder();
+        let mut queue = ReplyQueue::default();
+        let (tx, rx) = oneshot::channel();
+        let gets: Commands = (0..5)
+            .map(|_| CommandReply::plain("get", Some(0)))
+            .collect();
+        let tag = queue.push_shared(rx, gets, false, Instant::now());
+        let frames = Box::new([4, 9, 4, u16::MAX, 4]);
+        queue.answered_by(tag, Answering::ByFrame(frames));
+        let replies = Replies {
+            bytes: Bytes::from_static(b"$1\r\na\r\n$1\r\nb\r\n$-1\r\n$1\r\nc\r\n$1\r\nd\r\n"),
+            ends: FrameEnds::new(),
+            written_at: Some(std::time::Instant::now()),
+        };
+        tx.send(Ok(replies)).unwrap();
+        let mut out = BytesMut::new();
+        queue.drain_ready(&mut out, &mut recorder);
+        drop(recorder);
+        let mut nodes = vec![String::new(); 10];
+        nodes[4] = "a:1".into();
+        nodes[9] = "b:1".into();
+        let text = metrics.render_prometheus_with_nodes(&[], &nodes);
+        let count = |metric: &str, node: &str| {
+            let labels = r#"{service="svc",command="get",role="master""#;
+            let head = format!("{metric}_count{labels}{node}}} ");
+            let line = text.lines().find(|l| l.starts_with(&head));
+            line.and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        };
+        assert_eq!(
+            count("keygate_command_duration_seconds", ""),
+            Some(5),
+            "{text}"
+        );
+        let backend = "keygate_backend_duration_seconds";
+        assert_eq!(count(backend, r#",node="a:1""#), Some(3), "{text}");
+        assert_eq!(count(backend, r#",node="b:1""#), Some(1), "{text}");
+        assert_eq!(count(backend, ""), Some(1), "{text}");
     }
 
     #[test]

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
 use tokio::sync::{oneshot, Notify};
 
 use super::batch::SplitAt;
@@ -42,7 +43,7 @@ use crate::backend::mux::{Batch, BatchReply, Payload};
 use crate::backend::node::Node;
 use crate::backend::BackendError;
 use crate::protocol::reply::{FrameEnd, FrameEnds, Frames, Replies, ReplyKind, DEFAULT_MAX_DEPTH};
-use crate::protocol::request::Request;
+use crate::protocol::request::{Request, RequestScanner, ScanLimits};
 use crate::protocol::Protocol;
 use crate::topology::cluster::{host_of, Redirect, RefreshReason};
 
@@ -126,9 +127,9 @@ pub(super) struct Follow {
     pub(super) protocol: Protocol,
     pub(super) client_id: u64,
     pub(super) database: u32,
-    /// The batch's request bytes, and each request frame's length.
+    /// The batch's request bytes, and how many request frames they hold.
     pub(super) payload: Payload,
-    pub(super) frame_lens: Vec<u32>,
+    pub(super) frames: u32,
     pub(super) meter: Arc<ReplyMeter>,
     /// The batch carries a script (see [`Batch::script`]); so do its retries.
     pub(super) script: bool,
@@ -150,7 +151,7 @@ impl Follow {
         let (tx, rx) = oneshot::channel();
         let batch = Batch {
             payload: self.payload.clone(),
-            count: u32::try_from(self.frame_lens.len()).unwrap_or(u32::MAX),
+            count: self.frames,
             reply: tx,
             meter: Some(self.meter.clone()),
             script: self.script,
@@ -170,6 +171,10 @@ impl Follow {
         (reply, self)
     }
 }
+
+/// Parts whose replies a merge walks without a heap allocation (a small
+/// cluster's masters).
+const INLINE_PARTS: usize = 4;
 
 /// A part of a client batch: sent to its node, with what its follower
 /// needs to resend it, or not sent because no node could be routed to.
@@ -194,52 +199,57 @@ pub(super) fn follow(
     let (previous, done) = chain.link(generation);
     let meter = meter.clone();
     Following::new(async move {
-        let merged = if let ([_], true) = (parts.as_slice(), splits.is_empty()) {
-            // One part (the usual batch): its replies as they are.
-            let mut parts = parts;
-            let (first, follow) = match parts.pop() {
-                Some(Sent::Part(rx, follow)) => (
-                    rx.await.unwrap_or_else(|_| Err(lost(&follow))),
-                    Some(follow),
-                ),
-                Some(Sent::Failed(e)) => (Err(e), None),
-                None => (Ok(Replies::default()), None),
-            };
-            if let Some(previous) = previous {
-                previous.wait().await;
-            }
-            let (first, follow) = reread(first, follow).await;
-            match settle(first, follow) {
-                Settled::Done(result) => result,
-                Settled::Retry(replies, follow) => Ok(retry(&follow, replies).await),
-            }
+        let mut parts = parts;
+        // Each part's first replies, taken where the part lies: what to
+        // resend stays in place unless a reply asks for it.
+        let mut firsts: Vec<BatchReply> = Vec::with_capacity(parts.len());
+        for part in &mut parts {
+            firsts.push(match part {
+                Sent::Part(rx, follow) => rx.await.unwrap_or_else(|_| Err(lost(follow))),
+                // Its error is taken below.
+                Sent::Failed(_) => Ok(Replies::default()),
+            });
+        }
+        if let Some(previous) = previous {
+            previous.wait().await;
+        }
+        let answered = parts.iter().zip(&firsts).all(|part| match part {
+            (Sent::Part(..), Ok(replies)) => !has_redirect(replies),
+            _ => false,
+        });
+        let mut results = if answered {
+            // The usual batch: every part answered, nothing redirected.
+            drop(parts);
+            firsts
         } else {
-            let mut firsts = Vec::with_capacity(parts.len());
-            for part in parts {
-                firsts.push(match part {
-                    Sent::Part(rx, follow) => (
-                        rx.await.unwrap_or_else(|_| Err(lost(&follow))),
-                        Some(follow),
-                    ),
-                    Sent::Failed(e) => (Err(e), None),
-                });
-            }
-            if let Some(previous) = previous {
-                previous.wait().await;
-            }
-            let mut results = Vec::with_capacity(firsts.len());
-            for (first, follow) in firsts {
-                let (first, follow) = reread(first, follow).await;
-                results.push(match settle(first, follow) {
-                    Settled::Done(result) => result,
-                    Settled::Retry(replies, follow) => Ok(retry(&follow, replies).await),
-                });
-            }
-            Ok(merge(results, &order, &splits, &meter))
+            Box::pin(settle_parts(parts, firsts)).await
+        };
+        let merged = match (results.len(), splits.is_empty()) {
+            // One part: its replies as they are.
+            (1, true) => results.pop().unwrap_or_else(|| Ok(Replies::default())),
+            _ => Ok(merge(results, &order, &splits, &meter)),
         };
         drop(done);
         merged
     })
+}
+
+/// The parts' results once what failed or was redirected is settled: a
+/// replica's lost read read again from the master, redirected requests
+/// retried ([`retry`]), a failed part's error its result.
+async fn settle_parts(parts: Vec<Sent>, firsts: Vec<BatchReply>) -> Vec<BatchReply> {
+    let mut results = Vec::with_capacity(parts.len());
+    for (part, first) in parts.into_iter().zip(firsts) {
+        let (first, follow) = match part {
+            Sent::Part(_, follow) => reread(first, Some(follow)).await,
+            Sent::Failed(e) => (Err(e), None),
+        };
+        results.push(match settle(first, follow) {
+            Settled::Done(result) => result,
+            Settled::Retry(replies, follow) => Ok(retry(&follow, replies).await),
+        });
+    }
+    results
 }
 
 /// Whether the node may be gone: the connection failed or stalled.
@@ -309,7 +319,7 @@ fn merge(
     splits: &[SplitAt],
     meter: &ReplyMeter,
 ) -> Replies {
-    let parts: Vec<Result<Replies, Bytes>> = results
+    let parts: SmallVec<[Result<Replies, Bytes>; INLINE_PARTS]> = results
         .into_iter()
         .map(|r| {
             r.map_err(|e| {
@@ -330,7 +340,7 @@ fn merge(
     let mut bytes = BytesMut::with_capacity(total);
     let mut ends = FrameEnds::with_capacity(order.len());
     // Each part's frames, walked in step with `order`.
-    let mut frames: Vec<Result<Frames<'_>, &Bytes>> = parts
+    let mut frames: SmallVec<[Result<Frames<'_>, &Bytes>; INLINE_PARTS]> = parts
         .iter()
         .map(|p| p.as_ref().map(|r| r.frames(DEFAULT_MAX_DEPTH)))
         .collect();
@@ -452,7 +462,7 @@ async fn retry(follow: &Follow, replies: Replies) -> Replies {
         .frames(DEFAULT_MAX_DEPTH)
         .map(|(frame, _)| replies.bytes.slice_ref(frame))
         .collect();
-    let requests = split_requests(&follow.payload, &follow.frame_lens);
+    let requests = split_requests(&follow.payload);
     let arrived: usize = frames.iter().map(Bytes::len).sum();
     let cluster = follow.ctx.router.cluster();
     let max = if frames.len() == requests.len() {
@@ -636,27 +646,23 @@ async fn resend(follow: &Follow, group: &[Pending], requests: &[Bytes]) -> Vec<B
     }
 }
 
-/// The batch's request frames, one by one, cut from its payload by length.
-fn split_requests(payload: &Payload, lens: &[u32]) -> Vec<Bytes> {
-    let whole: Bytes = match payload.as_slice() {
-        [only] => only.clone(),
-        pieces => {
-            let mut all = BytesMut::new();
-            for piece in pieces {
-                all.extend_from_slice(piece);
-            }
-            all.freeze()
-        }
-    };
-    let mut out = Vec::with_capacity(lens.len());
-    let mut at = 0usize;
-    for &len in lens {
-        let end = at + len as usize;
-        let Some(frame) = whole.get(at..end) else {
-            break;
-        };
-        out.push(whole.slice_ref(frame));
-        at = end;
+/// The batch's request frames, one by one, read back from its payload
+/// (keygate wrote them: only a retry needs them apart); as many as could be
+/// read (then the pairing with replies fails).
+fn split_requests(payload: &Payload) -> Vec<Bytes> {
+    let mut whole = BytesMut::new();
+    for piece in payload.iter() {
+        whole.extend_from_slice(piece);
+    }
+    // Whatever keygate sent is read back, however large.
+    let mut scanner = RequestScanner::new(ScanLimits {
+        max_bulk_len: usize::MAX,
+        max_args: usize::MAX,
+        max_inline_len: usize::MAX,
+    });
+    let mut out = Vec::new();
+    while let Ok(Some(request)) = scanner.scan(&mut whole) {
+        out.push(request.into_frame());
     }
     out
 }
@@ -684,16 +690,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn requests_are_cut_by_length_across_pieces() {
+    fn requests_are_read_back_across_pieces() {
         let payload = Payload::from_iter([
             Bytes::from_static(b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET"),
             Bytes::from_static(b"\r\n$1\r\nk\r\n"),
         ]);
-        let requests = split_requests(&payload, &[14, 20]);
+        let requests = split_requests(&payload);
+        assert_eq!(requests.len(), 2);
         assert_eq!(requests[0], &b"*1\r\n$4\r\nPING\r\n"[..]);
         assert_eq!(requests[1], &b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..]);
-        // Lengths past the bytes stop the cut (and the pairing then fails).
-        assert_eq!(split_requests(&payload, &[14, 40]).len(), 1);
+        // A cut-off frame is not a request (and the pairing then fails).
+        let short = Payload::from_iter([Bytes::from_static(b"*1\r\n$4\r\nPING\r\n*2\r\n$3")]);
+        assert_eq!(split_requests(&short).len(), 1);
+        // A large value is read back whole.
+        let large = Request::from_args(&[&b"SET"[..], b"k", &vec![b'v'; 1 << 20]]);
+        let payload = Payload::from_iter([large.frame().clone()]);
+        assert_eq!(split_requests(&payload), [large.frame().clone()]);
     }
 
     #[test]

@@ -8,9 +8,8 @@
 //! keys goes to any master unless its meaning is the whole keyspace, which
 //! one master does not hold.
 
-use super::batch::SlotRoute;
 use super::Connection;
-use crate::command::keys::key_positions_inline;
+use crate::command::keys::{key_positions_inline, single_fixed_key};
 use crate::command::CommandSpec;
 use crate::protocol::request::Request;
 use crate::topology::slot::{key_slot, prefixed_key_slot};
@@ -47,16 +46,16 @@ const KEYSPACE_WIDE: &[&str] = &[
 ];
 
 impl Connection {
-    /// Where a forwarded request goes on a cluster backend: its slot and
-    /// that slot's master in the current map; `Ok(None)` when it has no
+    /// Where a forwarded request goes on a cluster backend: the slot of its
+    /// keys (the batch finds that slot's master); `Ok(None)` when it has no
     /// keys. `prefix_at` is the key the namespace's prefix is still to be
     /// put in front of (the others are final). `Err` is the client's error.
-    pub(super) fn cluster_route(
+    pub(super) fn cluster_slot(
         &self,
         spec: &'static CommandSpec,
         req: &Request,
         prefix_at: Option<usize>,
-    ) -> Result<Option<SlotRoute>, String> {
+    ) -> Result<Option<u16>, String> {
         let slot = match prefix_at {
             Some(at) => {
                 let prefix = self
@@ -69,19 +68,23 @@ impl Connection {
             // A shard channel is no key to the command table (NOT_KEY),
             // but the cluster serves it on its slot's master.
             None if spec.name == "spublish" => Some(key_slot(req.get(1).unwrap_or_default())),
-            None => {
-                let positions = key_positions_inline(spec, req).map_err(|e| e.to_string())?;
-                let mut slots = positions
-                    .iter()
-                    .map(|&at| key_slot(req.get(at).unwrap_or_default()));
-                let first = slots.next();
-                if let Some(first) = first {
-                    if slots.any(|s| s != first) {
-                        return Err(CROSSSLOT.to_string());
+            // One key at a fixed place (GET, SET and most others): no search.
+            None => match single_fixed_key(spec, req) {
+                Some(at) => Some(key_slot(req.get(at).unwrap_or_default())),
+                None => {
+                    let positions = key_positions_inline(spec, req).map_err(|e| e.to_string())?;
+                    let mut slots = positions
+                        .iter()
+                        .map(|&at| key_slot(req.get(at).unwrap_or_default()));
+                    let first = slots.next();
+                    if let Some(first) = first {
+                        if slots.any(|s| s != first) {
+                            return Err(CROSSSLOT.to_string());
+                        }
                     }
+                    first
                 }
-                first
-            }
+            },
         };
         let Some(slot) = slot else {
             if KEYSPACE_WIDE.contains(&spec.name) {
@@ -89,12 +92,7 @@ impl Connection {
             }
             return Ok(None);
         };
-        let node = self
-            .ctx
-            .router
-            .cluster()
-            .and_then(|cluster| cluster.map().master(slot).cloned());
-        Ok(Some(SlotRoute { slot, node }))
+        Ok(Some(slot))
     }
 }
 

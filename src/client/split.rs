@@ -13,7 +13,6 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::batch::SlotRoute;
 use super::Connection;
 use crate::command::keys::key_positions_inline;
 use crate::command::CommandSpec;
@@ -32,10 +31,11 @@ pub(super) enum Merge {
     AllOk,
 }
 
-/// A command split by slot: one request per slot, and its merge.
+/// A command split by slot: one request per slot (with its slot), and its
+/// merge.
 #[derive(Debug)]
 pub(super) struct Split {
-    pub(super) parts: Vec<(SlotRoute, Request)>,
+    pub(super) parts: Vec<(u16, Request)>,
     pub(super) merge: Merge,
 }
 
@@ -66,7 +66,6 @@ impl Connection {
             }
         }
         let name = req.get(0)?;
-        let map = self.ctx.router.cluster().map(|c| c.map());
         let mut parts = Vec::with_capacity(slots.len());
         let mut places = Vec::new();
         for (slot, ats) in &slots {
@@ -87,8 +86,7 @@ impl Connection {
                 };
                 places.push(ats.iter().filter_map(index).collect());
             }
-            let node = map.as_ref().and_then(|m| m.master(*slot).cloned());
-            parts.push((SlotRoute { slot: *slot, node }, Request::from_args(&args)));
+            parts.push((*slot, Request::from_args(&args)));
         }
         let merge = match merge {
             Merge::Elements { .. } => Merge::Elements {

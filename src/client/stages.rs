@@ -373,11 +373,15 @@ impl Connection {
         }
         if self.ctx.router.cluster().is_some() {
             // A cluster batch gathers one part per node.
-            match self.cluster_route(spec, &req, prefix_key) {
-                Ok(Some(route)) => {
-                    if let Err(route) = self.batch.route_to(route) {
+            match self.cluster_slot(spec, &req, prefix_key) {
+                Ok(Some(slot)) => {
+                    if self
+                        .batch
+                        .route_to(slot, self.ctx.router.cluster())
+                        .is_err()
+                    {
                         self.seal_batch();
-                        let _ = self.batch.route_to(route);
+                        let _ = self.batch.route_to(slot, self.ctx.router.cluster());
                     }
                 }
                 Ok(None) => {}
@@ -386,13 +390,14 @@ impl Connection {
                     let Some(split) = self.split_by_slot(spec, &req) else {
                         return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
                     };
-                    if !self.batch.has_room_for(&split) {
+                    if !self.batch.has_room_for(&split, self.ctx.router.cluster()) {
                         self.seal_batch();
-                        if !self.batch.has_room_for(&split) {
+                        if !self.batch.has_room_for(&split, self.ctx.router.cluster()) {
                             return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress));
                         }
                     }
-                    self.batch.push_split(split, reply, suppress);
+                    let cluster = self.ctx.router.cluster();
+                    self.batch.push_split(split, cluster, reply, suppress);
                     return Ok(());
                 }
                 Err(msg) => return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress)),

@@ -33,6 +33,20 @@ fn node_latency(nodes: &mut Vec<(u16, Latency<u32>)>, node: u16) -> &mut Latency
     &mut nodes[index].1
 }
 
+/// Records the backend time of `count` commands in `r`, under the cluster
+/// node of label index `node` when known.
+fn record_backend(r: &mut RoleDelta, node: Option<u16>, backend: Duration, count: u64) {
+    let backend_us = micros(backend);
+    let b = match node {
+        None => r.backend.get_or_insert_with(Latency::new),
+        Some(node) => node_latency(&mut r.nodes, node),
+    };
+    record_n(&mut b.histogram, backend_us, count);
+    b.sum_micros = b
+        .sum_micros
+        .saturating_add(backend_us.saturating_mul(count));
+}
+
 /// Per-service counters that are not per command.
 #[derive(Debug, Default, Clone, Copy)]
 struct ServiceCounts {
@@ -187,18 +201,32 @@ impl Recorder {
             .sum_micros
             .saturating_add(total_us.saturating_mul(count));
         if let Some(backend) = backend {
-            let backend_us = micros(backend);
-            let b = match node {
-                None => r.backend.get_or_insert_with(Latency::new),
-                Some(node) => node_latency(&mut r.nodes, node),
-            };
-            record_n(&mut b.histogram, backend_us, count);
-            b.sum_micros = b
-                .sum_micros
-                .saturating_add(backend_us.saturating_mul(count));
+            record_backend(r, node, backend, count);
         }
         if total_us >= self.metrics.slowlog_threshold_micros {
             self.slow_command(service, command, role, total_us);
+        }
+    }
+
+    /// The backend time of `count` commands answered by the cluster node
+    /// of label index `node` (when known), whose commands and total time
+    /// [`Self::commands_on`] recorded without it.
+    pub fn backend_on(
+        &mut self,
+        service: Option<usize>,
+        command: &'static str,
+        role: Role,
+        node: Option<u16>,
+        backend: Duration,
+        count: u64,
+    ) {
+        if !self.enabled || count == 0 {
+            return;
+        }
+        let series = self.series(service, command);
+        if let Some(r) = series.roles.get_mut(role.index()) {
+            let r = r.get_or_insert_with(|| Box::new(RoleDelta::default()));
+            record_backend(r, node, backend, count);
         }
     }
 
