@@ -83,6 +83,7 @@ impl Connection {
     /// queue's and the batch's, and the read buffer if it holds nothing.
     pub(super) fn release_buffers(&mut self, rbuf: &mut BytesMut) {
         self.out = BytesMut::new();
+        self.near_answers = BytesMut::new();
         self.queue.release_memory();
         self.batch.release_memory();
         if rbuf.is_empty() {

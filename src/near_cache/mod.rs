@@ -61,10 +61,10 @@ const MAX_SHARDS: usize = 16;
 pub const SEQ_SLOTS: usize = 4096;
 /// Reads of a key (this one included) before it is filled, at least.
 const ADMIT_AFTER: u8 = 2;
-/// A hit's answer is copied into the caller's buffer; below this much
-/// room, it takes a new chunk of [`ANSWERS_CHUNK`] first.
-const ANSWER_ROOM: usize = 1024;
-const ANSWERS_CHUNK: usize = 16 * 1024;
+/// A hit's answer is copied into the caller's buffer, which grows by at
+/// least this much at a time (only on a hit: a connection that never hits
+/// keeps no buffer, and an idle one gives it back).
+const ANSWERS_CHUNK: usize = 4 * 1024;
 /// The most the threshold is raised to while fills do not pay.
 const ADMIT_AFTER_MAX: u8 = 8;
 
@@ -306,7 +306,7 @@ impl NearCache {
         if self.writing(hash).load(Ordering::Acquire) > 0 {
             return None;
         }
-        match locked(self.shard(hash)).get(key, hash, Instant::now(), &mut BytesMut::new()) {
+        match locked(self.shard(hash)).get(key, hash, Instant::now(), &mut BytesMut::new(), 0) {
             Found::Hit | Found::Refresh => return None,
             Found::Stale(reason) => self.counters.evicted(reason, 1),
             Found::Absent => {}
@@ -404,10 +404,7 @@ impl NearCache {
         // other, after the lock: a key read seldom misses both caches, and
         // the two misses then overlap instead of following each other.
         let seen = self.sketch.seen(hash);
-        if answers.capacity() - answers.len() < ANSWER_ROOM {
-            answers.reserve(ANSWERS_CHUNK);
-        }
-        let found = shard.get(key, hash, now, answers);
+        let found = shard.get(key, hash, now, answers, ANSWERS_CHUNK);
         let recorded = self.sketch.record(hash, seen);
         if recorded.review {
             self.adapt();

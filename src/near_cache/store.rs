@@ -283,7 +283,17 @@ impl Store {
         self.entries.len()
     }
 
-    pub(crate) fn get(&mut self, key: &[u8], hash: u64, now: Instant, out: &mut BytesMut) -> Found {
+    /// Looks `key` up; on a hit its frame is appended to `out`, which
+    /// grows by at least `chunk` bytes when it must (hits then share an
+    /// allocation).
+    pub(crate) fn get(
+        &mut self,
+        key: &[u8],
+        hash: u64,
+        now: Instant,
+        out: &mut BytesMut,
+        chunk: usize,
+    ) -> Found {
         let Some(i) = self.index.get(hash) else {
             return Found::Absent;
         };
@@ -297,7 +307,11 @@ impl Store {
             return Found::Stale(reason);
         }
         entry.used = clock;
-        out.extend_from_slice(entry.frame());
+        let frame = entry.frame();
+        if out.capacity() - out.len() < frame.len() {
+            out.reserve(frame.len().max(chunk));
+        }
+        out.extend_from_slice(frame);
         if now >= entry.refresh_at && !entry.refreshing {
             entry.refreshing = true;
             return Found::Refresh;
@@ -505,14 +519,14 @@ mod tests {
         e.expires = now;
         store.insert(e, 10_000, now, &|_| 1, &mut |_| {});
         assert!(matches!(
-            store.get(b"a", h("a"), now, &mut BytesMut::new()),
+            store.get(b"a", h("a"), now, &mut BytesMut::new(), 0),
             Found::Stale(Evicted::MaxAge)
         ));
         assert_eq!(store.len(), 0);
         let dead = Session::new(Arc::new(Link::default()));
         store.insert(entry("b", 1, &dead, now), 10_000, now, &|_| 1, &mut |_| {});
         assert!(matches!(
-            store.get(b"b", h("b"), now, &mut BytesMut::new()),
+            store.get(b"b", h("b"), now, &mut BytesMut::new(), 0),
             Found::Stale(Evicted::Connection)
         ));
         assert_eq!(store.bytes(), 0);
@@ -578,7 +592,7 @@ mod tests {
         assert!(!store.remove(b"k3", h("k3")));
         assert!(!store.remove(b"k4", h("k3")), "another key under its hash");
         assert!(matches!(
-            store.get(b"k19", h("k19"), now, &mut BytesMut::new()),
+            store.get(b"k19", h("k19"), now, &mut BytesMut::new(), 0),
             Found::Hit
         ));
         let mut n = 0;
