@@ -370,7 +370,23 @@ fn reads_of_a_key_in_flight_wait_for_its_reply() {
     for f in followers.iter_mut() {
         assert_eq!(f.read_reply(), bulk("v").into_bytes());
     }
-    assert_eq!(redis.calls("get"), gets + 1, "one GET for four reads");
+    let sent = redis.calls("get");
+    if sent != gets + 1 {
+        let metrics = scrape_metrics(kg.admin_port());
+        let near: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("keygate_near_cache") || l.starts_with("keygate_backend_connections")
+            })
+            .collect();
+        panic!(
+            "one GET for four reads, {} reached Redis\n{}\n{}\n{}",
+            sent - gets,
+            near.join("\n"),
+            redis.cli(&["INFO", "commandstats"]),
+            redis.cli(&["CLIENT", "LIST"]),
+        );
+    }
     // A follower's own write pipelined behind its read waits for the
     // read it follows: the read never returns the write's value.
     leader.cmd_str(&["SET", "j", "v1"]);

@@ -41,7 +41,7 @@ pub mod slot;
 mod warm;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -149,6 +149,9 @@ pub struct Topology {
     /// Template for new nodes; `connect.addr` is replaced per node.
     node_options: NodeOptions,
     failovers: AtomicU64,
+    /// A master was published before: a master published now replaces one
+    /// (a failover), so there is something to warm again.
+    had_master: AtomicBool,
     /// The slot map, on a cluster backend.
     cluster: Option<cluster::Cluster>,
 }
@@ -195,6 +198,7 @@ impl Topology {
             nodes: Mutex::new(HashMap::new()),
             node_options,
             failovers: AtomicU64::new(0),
+            had_master: AtomicBool::new(false),
             cluster: None,
         }
     }
@@ -246,11 +250,17 @@ impl Topology {
             if let Some(caches) = &self.node_options.near_caches {
                 caches.flush_all(crate::near_cache::Evicted::Flush);
                 // ... and the hottest keys are read again from the new one.
-                // (At start there are no hot keys yet: nothing is read.)
-                if let Some(master) = &snapshot.master {
+                // Not the first master: nothing was flushed then, and the
+                // hot keys it would read are the clients' first reads,
+                // racing them (a read of its own beside a client's fill).
+                let replaces = self.had_master.load(Ordering::Relaxed);
+                if let (Some(master), true) = (&snapshot.master, replaces) {
                     warm::spawn(master.clone(), caches.clone());
                 }
             }
+        }
+        if snapshot.master.is_some() {
+            self.had_master.store(true, Ordering::Relaxed);
         }
         self.snapshot.store(Arc::new(snapshot));
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
