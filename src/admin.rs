@@ -267,29 +267,57 @@ impl ProxyState {
     }
 
     /// The near cache's part of `/health`, when a service has one: how
-    /// many keys Redis tracks for keygate (`tracking_total_keys` of the
-    /// master's `INFO stats`, asked on a connection of its own, within a
-    /// second; `null` when it does not answer).
+    /// many keys Redis tracks for keygate on each master (the master, or
+    /// every master of a cluster): `tracking_total_keys` of its `INFO
+    /// stats`, asked on a connection of its own, all at once, within a
+    /// second; `null` for a master that does not answer.
     pub async fn near_cache_json(&self) -> Option<serde_json::Value> {
         if self.services.near_caches().is_empty() {
             return None;
         }
-        let master = self.backend.get()?.topology.load().master.clone()?;
-        let info = crate::protocol::request::Request::from_args(&["INFO", "stats"]);
-        let asked = master.urgent(&info, crate::protocol::Protocol::Resp2);
-        let keys = tokio::time::timeout(std::time::Duration::from_secs(1), asked)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .and_then(|reply| {
-                String::from_utf8_lossy(&reply).lines().find_map(|l| {
-                    l.strip_prefix("tracking_total_keys:")
-                        .and_then(|n| n.trim().parse::<u64>().ok())
-                })
+        let topology = &self.backend.get()?.topology;
+        let masters: Vec<Arc<crate::backend::node::Node>> = match topology.cluster_side() {
+            Some(cluster) => cluster
+                .map()
+                .shards
+                .iter()
+                .map(|s| s.master.clone())
+                .collect(),
+            None => vec![topology.load().master.clone()?],
+        };
+        let mut asked = tokio::task::JoinSet::new();
+        for (i, master) in masters.iter().enumerate() {
+            let master = master.clone();
+            asked.spawn(async move {
+                let info = crate::protocol::request::Request::from_args(&["INFO", "stats"]);
+                let reply = master.urgent(&info, crate::protocol::Protocol::Resp2);
+                let keys = tokio::time::timeout(std::time::Duration::from_secs(1), reply)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .and_then(|reply| {
+                        String::from_utf8_lossy(&reply).lines().find_map(|l| {
+                            l.strip_prefix("tracking_total_keys:")
+                                .and_then(|n| n.trim().parse::<u64>().ok())
+                        })
+                    });
+                (i, keys)
             });
-        Some(serde_json::json!({
-            "nodes": [{ "address": master.addr(), "tracking_total_keys": keys }],
-        }))
+        }
+        let mut keys = vec![None; masters.len()];
+        while let Some(done) = asked.join_next().await {
+            if let Some((slot, n)) = done.ok().and_then(|(i, n)| Some((keys.get_mut(i)?, n))) {
+                *slot = n;
+            }
+        }
+        let nodes: Vec<serde_json::Value> = masters
+            .iter()
+            .zip(keys)
+            .map(
+                |(m, keys)| serde_json::json!({ "address": m.addr(), "tracking_total_keys": keys }),
+            )
+            .collect();
+        Some(serde_json::json!({ "nodes": nodes }))
     }
 
     /// The `/health` JSON detail.

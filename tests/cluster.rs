@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    backend_counts_by_node, backend_health, cli_at, cluster_config, http_get, metric_sample,
-    resp_command, scrape_metrics, wait_until, Keygate, RawConn, RedisCluster, Reply,
+    backend_counts_by_node, backend_health, cli_at, cluster_config, give_slot, http_get,
+    metric_sample, resp_command, scrape_metrics, wait_until, Keygate, RawConn, RedisCluster, Reply,
     CLUSTER_MASTERS, DEFAULT_SERVICE,
 };
 use keygate::topology::slot::{key_slot, prefixed_key_slot};
@@ -520,15 +520,7 @@ fn a_slot_moving_under_load_is_followed_without_a_redirect_reaching_the_client()
     }
     wait_rounds(&seen, 20);
     // The slot is the target's: requests to the source are MOVED.
-    for node in [target, source] {
-        assert_eq!(
-            node.cli(&["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id]),
-            "OK"
-        );
-    }
-    for master in cluster.masters() {
-        master.cli(&["CLUSTER", "SETSLOT", &slot_arg, "NODE", &target_id]);
-    }
+    give_slot(&cluster, &slot_arg, source, target, &target_id);
     wait_rounds(&seen, 40);
     stop.store(true, Ordering::Relaxed);
     loader.join().expect("loader");

@@ -68,13 +68,7 @@ fn a_key_read_again_is_answered_from_memory() {
     let tracking = redis.cli(&["CLIENT", "LIST"]);
     assert!(tracking.contains("flags=t"), "{tracking}");
     // /health says how many keys Redis tracks for keygate.
-    let health: serde_json::Value = serde_json::from_str(
-        http_get(kg.admin_port(), "/health")
-            .split("\r\n\r\n")
-            .last()
-            .unwrap_or_default(),
-    )
-    .expect("health JSON");
+    let health = health(&kg);
     let tracked = &health["near_cache"]["nodes"][0]["tracking_total_keys"];
     assert!(tracked.as_u64().is_some_and(|n| n >= 1), "{health}");
     let metrics = scrape_metrics(kg.admin_port());
@@ -479,4 +473,187 @@ fn a_failover_warms_the_hottest_keys_from_the_new_master() {
     let before = replica.calls("get");
     assert_eq!(c.cmd_str(&["GET", "k3"]), bulk("v"));
     assert_eq!(replica.calls("get"), before, "a warmed key missed");
+}
+
+/// The master serving `stored` (a key as Redis has it) in `cluster` now.
+fn owner<'a>(cluster: &'a RedisCluster, stored: &str) -> &'a RedisServer {
+    let (_, port) = cluster.slot_owner(keygate::topology::slot::key_slot(stored.as_bytes()));
+    cluster
+        .nodes()
+        .iter()
+        .find(|n| n.port() == port)
+        .expect("the owner is a node of the cluster")
+}
+
+/// Moves `stored`'s slot, with the key, from `source` to `target` as a
+/// resharding does: importing and migrating, `MIGRATE`, then the slot's
+/// new owner told to every master.
+fn migrate_key(cluster: &RedisCluster, stored: &str, source: &RedisServer, target: &RedisServer) {
+    let slot = keygate::topology::slot::key_slot(stored.as_bytes()).to_string();
+    let source_id = source.cli(&["CLUSTER", "MYID"]);
+    let target_id = target.cli(&["CLUSTER", "MYID"]);
+    assert_eq!(
+        target.cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id]),
+        "OK"
+    );
+    assert_eq!(
+        source.cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id]),
+        "OK"
+    );
+    let port = target.port().to_string();
+    let migrate = [
+        "MIGRATE",
+        "127.0.0.1",
+        &port,
+        "",
+        "0",
+        "5000",
+        "KEYS",
+        stored,
+    ];
+    assert_eq!(source.cli(&migrate), "OK");
+    give_slot(cluster, &slot, source, target, &target_id);
+}
+
+/// On a cluster backend each master tracks the reads keygate filled from
+/// it, towards its own invalidation connection: fills of keys on every
+/// master in one pipeline, hits, a data connection of one master lost
+/// (only its entries go), a direct write on a master, and a slot moved
+/// with its key to another master, whose value is then read from there
+/// and invalidated by it. The client never sees a redirect.
+#[test]
+fn a_cluster_backend_keeps_every_masters_reads_coherent() {
+    let cluster = RedisCluster::start();
+    // Entries outlive every wait below: only invalidations end them.
+    let service = NEAR_CACHE_SERVICE.replace("max_age = \"10s\"", "max_age = \"60s\"");
+    assert_ne!(service, NEAR_CACHE_SERVICE);
+    let kg = Keygate::start_with(&cluster_config(&cluster, &service));
+    kg.wait_ready();
+    for master in cluster.masters() {
+        wait_tracking(master);
+    }
+    let mut c = login(&kg);
+    let keys: Vec<String> = (0..12).map(|i| format!("k{i}")).collect();
+    let stored = |k: &str| format!("app:{k}");
+    let ports: std::collections::BTreeSet<u16> = keys
+        .iter()
+        .map(|k| owner(&cluster, &stored(k)).port())
+        .collect();
+    assert_eq!(ports.len(), CLUSTER_MASTERS, "keys on every master");
+    for k in &keys {
+        assert_eq!(c.cmd_str(&["SET", k, "v1"]), "+OK\r\n");
+    }
+    // Two reads fill (the first is only counted), the third is a hit:
+    // each pipeline goes out as one part per master.
+    let mut pipeline = Vec::new();
+    for k in &keys {
+        pipeline.extend(resp_command(&["GET", k]));
+    }
+    let gets =
+        |cluster: &RedisCluster| -> u64 { cluster.masters().iter().map(|m| m.calls("get")).sum() };
+    for _ in 0..2 {
+        c.send(&pipeline);
+        for _ in &keys {
+            assert_eq!(c.read_reply(), bulk("v1").into_bytes());
+        }
+    }
+    let before = gets(&cluster);
+    c.send(&pipeline);
+    for _ in &keys {
+        assert_eq!(c.read_reply(), bulk("v1").into_bytes());
+    }
+    assert_eq!(
+        gets(&cluster),
+        before,
+        "every read of the third pipeline a hit"
+    );
+    // /health says how many keys each master tracks for keygate.
+    let health = health(&kg);
+    let nodes = health["near_cache"]["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), CLUSTER_MASTERS, "{health}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["tracking_total_keys"].as_u64().is_some_and(|k| k >= 1)),
+        "{health}"
+    );
+
+    // One master's data connections close: Redis stops tracking what they
+    // read, so those entries go; the other masters' stay.
+    let lost = owner(&cluster, &stored(&keys[0]));
+    let killed = lost.cli(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+    assert_ne!(killed.trim(), "0", "keygate's connections killed");
+    let on_lost: Vec<&String> = keys
+        .iter()
+        .filter(|k| owner(&cluster, &stored(k)).port() == lost.port())
+        .collect();
+    let elsewhere = keys
+        .iter()
+        .find(|k| owner(&cluster, &stored(k)).port() != lost.port())
+        .expect("a key on another master");
+    let other = owner(&cluster, &stored(elsewhere));
+    let other_gets = other.calls("get");
+    assert_eq!(c.cmd_str(&["GET", elsewhere]), bulk("v1"));
+    assert_eq!(
+        other.calls("get"),
+        other_gets,
+        "another master's entry kept"
+    );
+    for k in &on_lost {
+        let lost_gets = lost.calls("get");
+        assert_eq!(c.cmd_str(&["GET", k]), bulk("v1"));
+        assert_eq!(
+            lost.calls("get"),
+            lost_gets + 1,
+            "{k}: read from its master again"
+        );
+    }
+
+    // A direct write on a master reaches keygate as that master's
+    // invalidation.
+    let k = &keys[1];
+    owner(&cluster, &stored(k)).cli(&["SET", &stored(k), "v2"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || c.cmd_str(&["GET", k])
+            == bulk("v2")),
+        "the direct write was never read"
+    );
+
+    // The slot of a cached key moves, with the key, to another master,
+    // where it is written directly: keygate reads the new value (the old
+    // owner invalidated the key when MIGRATE deleted it; the read it sends
+    // there is redirected), then fills it from the new owner, which
+    // invalidates it in turn.
+    let k = &keys[2];
+    let source = owner(&cluster, &stored(k));
+    wait_hit(source, &mut c, k, "v1");
+    let (target, _) = cluster.other_master(source.port());
+    migrate_key(&cluster, &stored(k), source, target);
+    assert_eq!(target.cli(&["SET", &stored(k), "v3"]), "OK");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let got = c.cmd_str(&["GET", k]);
+            assert!(
+                got.starts_with('$'),
+                "a redirect or error reached the client: {got}"
+            );
+            got == bulk("v3")
+        }),
+        "the moved key's new value was never read"
+    );
+    wait_hit(target, &mut c, k, "v3");
+    assert_eq!(target.cli(&["SET", &stored(k), "v4"]), "OK");
+    assert!(
+        wait_until(Duration::from_secs(10), || c.cmd_str(&["GET", k])
+            == bulk("v4")),
+        "the new owner's invalidation never came"
+    );
+    let metrics = scrape_metrics(kg.admin_port());
+    assert!(
+        metric_sum(
+            &metrics,
+            "keygate_near_cache_hits_total",
+            &[("service", "app")]
+        ) >= 14.0
+    );
 }

@@ -136,6 +136,9 @@ struct Part {
     /// frames).
     frames: u32,
     script: bool,
+    /// Near-cache fills in the part learn the tracking session of the
+    /// node's connection here (each node tracks its own reads).
+    stamp: Option<Arc<Stamp>>,
 }
 
 impl ClusterBatching {
@@ -236,6 +239,8 @@ struct SealedPart {
     /// Its request frames.
     frames: u32,
     script: bool,
+    /// See [`Part`]'s.
+    stamp: Option<Arc<Stamp>>,
 }
 
 /// Whether a command for `slot`, whose master is `node`, may join a part
@@ -463,6 +468,7 @@ impl PendingBatch {
                 master: route.and_then(|r| Some((r.node?, r.generation))),
                 frames: std::mem::take(&mut part.frames),
                 script: std::mem::take(&mut part.script),
+                stamp: part.stamp.take(),
             });
         }
         cluster.active = 1;
@@ -554,7 +560,9 @@ impl PendingBatch {
         if self.is_empty() {
             self.suppress = suppress;
         }
-        if let ReplyPlan::NearFill(fill) = &reply.plan {
+        // Not on a cluster backend: a reply frame there may be a redirect,
+        // which no follower may be handed (its flight is let go instead).
+        if let (ReplyPlan::NearFill(fill), None) = (&reply.plan, &self.cluster) {
             if let Some(landing) = fill.landing() {
                 // The read's own reply, behind CLIENT CACHING's.
                 self.landings.push(self.frames + 1, landing);
@@ -582,9 +590,23 @@ impl PendingBatch {
         });
     }
 
-    /// The stamp of the batch being gathered, for a fill's reply.
+    /// The stamp of the batch being gathered (on a cluster backend, of
+    /// the part the next command joins), for a fill's reply.
     pub(super) fn stamp(&mut self) -> Arc<Stamp> {
-        self.stamp.get_or_insert_with(Default::default).clone()
+        let stamp = match self
+            .cluster
+            .as_deref_mut()
+            .and_then(ClusterBatching::current)
+        {
+            Some(part) => &mut part.stamp,
+            None => &mut self.stamp,
+        };
+        stamp.get_or_insert_with(Default::default).clone()
+    }
+
+    /// Whether the batch goes to a cluster's nodes.
+    pub(super) fn is_cluster(&self) -> bool {
+        self.cluster.is_some()
     }
 
     fn add_frame(&mut self, frame: Bytes) {
@@ -842,8 +864,7 @@ impl Connection {
                 reply: tx,
                 meter: Some(self.meter.clone()),
                 script: part.script,
-                // No near cache on a cluster backend (--check refuses it).
-                stamp: None,
+                stamp: part.stamp,
                 landings: Default::default(),
             };
             let follow = redirect::Follow {

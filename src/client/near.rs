@@ -133,7 +133,10 @@ impl Connection {
         // only a client with nothing else on its way (not pipelining)
         // follows; a pipelined read is sent (a fill of its own, or as it
         // is) rather than stall the pipeline behind another's round trip.
-        let follows = fills && self.batch.is_empty() && self.queue.is_empty();
+        // Not on a cluster backend: the leader's reply may be a redirect,
+        // settled only in its client's queue.
+        let follows =
+            fills && self.batch.is_empty() && self.queue.is_empty() && !self.batch.is_cluster();
         match cache.lookup(key, fills, follows, self.read_at, &mut self.near_answers) {
             Lookup::Hit(frame) => {
                 self.record_hit(spec);

@@ -42,6 +42,7 @@ use crate::backend::meter::ReplyMeter;
 use crate::backend::mux::{Batch, BatchReply, Payload};
 use crate::backend::node::Node;
 use crate::backend::BackendError;
+use crate::near_cache::Evicted;
 use crate::protocol::reply::{FrameEnd, FrameEnds, Frames, Replies, ReplyKind, DEFAULT_MAX_DEPTH};
 use crate::protocol::request::{Request, RequestScanner, ScanLimits};
 use crate::protocol::Protocol;
@@ -482,6 +483,15 @@ async fn retry(follow: &Follow, replies: Replies) -> Replies {
         &frames,
         (0..frames.len()).map(|i| (i, &follow.node, false)),
     );
+    if !pending.is_empty() {
+        // A redirected read is sent again without `CLIENT CACHING YES`, to
+        // a node that may track nothing of it, and a redirect means a slot
+        // is moving: the near caches are flushed, which also drops the
+        // fill of every read already on its way, this one's included.
+        if let Some(caches) = follow.ctx.router.topology().near_caches() {
+            caches.flush_all(Evicted::Flush);
+        }
+    }
     for attempt in 0..max {
         if pending.is_empty() {
             break;

@@ -403,9 +403,7 @@ impl Connection {
                 Err(msg) => return Err(self.reject(spec.name, ErrorKind::Client, &msg, suppress)),
             }
         }
-        // The near cache keeps one master's reads: not a cluster's (yet).
-        let cluster = self.ctx.router.cluster().is_some();
-        if let Some(cache) = near.filter(|_| follow_ups.is_empty() && !held && !cluster) {
+        if let Some(cache) = near.filter(|_| follow_ups.is_empty() && !held) {
             if matches!(reply.plan, ReplyPlan::Forward) {
                 match self.near_read(&cache, spec, &req, prefix_key) {
                     NearRead::Hit(frame) => {

@@ -61,23 +61,15 @@ pub fn validate(config: &Config, env_has: &dyn Fn(&str) -> bool) -> Vec<Finding>
     findings.0
 }
 
-/// On a cluster backend a service may not keep a near cache (not served
-/// there yet), and a prefix may hold no `{` or `}`: keygate puts it in
-/// front of the key, and a brace in it would become (or close) the key's
-/// hash tag, moving the service's keys to other slots or pinning all of
-/// them to one.
+/// On a cluster backend a prefix may hold no `{` or `}`: keygate puts it
+/// in front of the key, and a brace in it would become (or close) the
+/// key's hash tag, moving the service's keys to other slots or pinning all
+/// of them to one.
 fn check_cluster_prefixes(config: &Config, out: &mut Findings) {
     if !config.backend.is_cluster() {
         return;
     }
     for (i, service) in config.services.iter().enumerate() {
-        if service.near_cache.as_ref().is_some_and(|n| n.enabled) {
-            let at = KeyPath::root("service").index(i);
-            out.add(
-                at.key("near_cache").key("enabled"),
-                format!("{at}.near_cache is not served on a cluster backend yet (its invalidations are followed for one master)"),
-            );
-        }
         if service.prefix.contains(['{', '}']) {
             let at = KeyPath::root("service").index(i);
             out.add(

@@ -41,6 +41,7 @@ use super::slot::SLOTS;
 use super::{ReplicaState, Snapshot, Topology};
 use crate::backend::connect::ConnectOptions;
 use crate::backend::node::Node;
+use crate::near_cache::Evicted;
 use crate::protocol::reply::Value;
 
 /// The shortest time between the starts of two refreshes.
@@ -563,8 +564,16 @@ async fn refresh(topology: &Arc<Topology>, cluster: &Cluster, timeout: Duration)
     let node = |addr: &str| topology.node(addr);
     let map = SlotMap::build(best, node, &cluster.map().verdicts());
     let first_master = map.any_master().cloned();
+    let generation = cluster.generation();
     if !cluster.publish(map) {
         return;
+    }
+    if cluster.generation() != generation {
+        // A slot moved (or its master changed): what a node's invalidations
+        // covered for it proves nothing on its new owner.
+        if let Some(caches) = topology.near_caches() {
+            caches.flush_all(Evicted::Flush);
+        }
     }
     // Commands without keys go to a master of the cluster.
     topology.publish(Snapshot {

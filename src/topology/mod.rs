@@ -216,6 +216,11 @@ impl Topology {
         Arc::new(topology)
     }
 
+    /// Every service's near cache, when any is enabled.
+    pub fn near_caches(&self) -> Option<&Arc<crate::near_cache::NearCaches>> {
+        self.node_options.near_caches.as_ref()
+    }
+
     /// The cluster side, on a cluster backend.
     pub fn cluster_side(&self) -> Option<&cluster::Cluster> {
         self.cluster.as_ref()
@@ -253,7 +258,9 @@ impl Topology {
                 // Not the first master: nothing was flushed then, and the
                 // hot keys it would read are the clients' first reads,
                 // racing them (a read of its own beside a client's fill).
-                let replaces = self.had_master.load(Ordering::Relaxed);
+                // (On a cluster backend this master is one of many; its
+                // slot moves flush the caches instead: see `cluster`.)
+                let replaces = self.had_master.load(Ordering::Relaxed) && self.cluster.is_none();
                 if let (Some(master), true) = (&snapshot.master, replaces) {
                     warm::spawn(master.clone(), caches.clone());
                 }

@@ -199,23 +199,39 @@ pub fn move_empty_slot(
         source.cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", target_id]),
         "OK"
     );
+    give_slot(cluster, &slot, source, target, target_id);
+}
+
+/// Ends a slot's move from `source` to `target` (node id `target_id`):
+/// both, then every master, are told the slot is the target's.
+pub fn give_slot(
+    cluster: &RedisCluster,
+    slot: &str,
+    source: &RedisServer,
+    target: &RedisServer,
+    target_id: &str,
+) {
     for node in [target, source] {
         assert_eq!(
-            node.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", target_id]),
+            node.cli(&["CLUSTER", "SETSLOT", slot, "NODE", target_id]),
             "OK"
         );
     }
     for master in cluster.masters() {
-        master.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", target_id]);
+        master.cli(&["CLUSTER", "SETSLOT", slot, "NODE", target_id]);
     }
 }
 
 /// keygate's `/health` backend section.
 pub fn backend_health(kg: &Keygate) -> serde_json::Value {
+    health(kg)["backend"].clone()
+}
+
+/// keygate's `/health`.
+pub fn health(kg: &Keygate) -> serde_json::Value {
     let response = http_get(kg.admin_port(), "/health");
     let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let health: serde_json::Value = serde_json::from_str(body).expect("health JSON");
-    health["backend"].clone()
+    serde_json::from_str(body).expect("health JSON")
 }
 
 /// The `keygate_backend_duration_seconds_count` samples of `service`'s
