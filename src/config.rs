@@ -382,15 +382,38 @@ pub struct NearCacheConfig {
 pub enum Cacheable {
     /// GET: a bulk string per key.
     Get,
+    /// HGETALL: the hash's fields and values (an array; a map to a RESP3
+    /// client).
+    HGetAll,
 }
 
 impl Cacheable {
     /// The names `commands` accepts, for `--check`'s message.
-    pub const SUPPORTED: &'static str = "GET";
+    pub const SUPPORTED: &'static str = "GET, HGETALL";
 
     /// The command named in `[service.near_cache] commands`, if kept.
     pub fn from_name(name: &str) -> Option<Cacheable> {
-        name.eq_ignore_ascii_case("get").then_some(Cacheable::Get)
+        if name.eq_ignore_ascii_case("get") {
+            Some(Cacheable::Get)
+        } else if name.eq_ignore_ascii_case("hgetall") {
+            Some(Cacheable::HGetAll)
+        } else {
+            None
+        }
+    }
+
+    /// Its bit in a set of kept commands.
+    pub fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
+    /// Whether `frame`, a reply of this command that is neither an error
+    /// nor a nil, has the shape the near cache keeps.
+    pub fn keeps(self, frame: &[u8]) -> bool {
+        match self {
+            Cacheable::Get => frame.first() == Some(&b'$'),
+            Cacheable::HGetAll => frame.first() == Some(&b'*'),
+        }
     }
 }
 
@@ -1332,7 +1355,7 @@ max_ttl = "1h"
         assert_problem(
             &text,
             21,
-            "service[1].near_cache.commands[1] (\"HGET\") is not a command the near cache keeps (supported: GET)",
+            "service[1].near_cache.commands[1] (\"HGET\") is not a command the near cache keeps (supported: GET, HGETALL)",
         );
         assert_problem(
             &text,

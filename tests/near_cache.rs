@@ -657,3 +657,66 @@ fn a_cluster_backend_keeps_every_masters_reads_coherent() {
         ) >= 14.0
     );
 }
+
+/// Reads `cmd` until it is answered without reaching Redis (a hit), each
+/// reply checked against `want`; bounded.
+fn wait_hit_of(redis: &RedisServer, c: &mut RawConn, cmd: &[&str], want: &str) {
+    let name = cmd[0].to_ascii_lowercase();
+    let hit = wait_until(Duration::from_secs(10), || {
+        let before = redis.calls(&name);
+        assert_eq!(c.cmd_str(cmd), want);
+        redis.calls(&name) == before
+    });
+    assert!(hit, "{cmd:?} never became a near-cache hit");
+}
+
+/// `commands = ["GET", "HGETALL"]`: HGETALL's reply is kept too (one
+/// entry per key, answering only the command that filled it), a RESP3
+/// client reads it as a map, and writes through keygate or directly on
+/// Redis are read back as for GET. Errors and absent keys are not kept.
+#[test]
+fn hgetall_is_kept_when_listed() {
+    let redis = RedisServer::start();
+    let service = format!("{NEAR_CACHE_SERVICE}commands = [\"GET\", \"HGETALL\"]\n");
+    let kg = Keygate::start_with(&standalone_config(&redis.addr(), &service));
+    kg.wait_ready();
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    assert_eq!(c.cmd_str(&["HSET", "h", "a", "1", "b", "2"]), ":2\r\n");
+    let two = "*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n";
+    wait_hit_of(&redis, &mut c, &["HGETALL", "h"], two);
+    // A RESP3 client is answered from the same entry, as a map.
+    let mut r3 = RawConn::connect(kg.port());
+    r3.cmd_str(&["HELLO", "3", "AUTH", "app", "pw"]);
+    let calls = redis.calls("hgetall");
+    assert_eq!(
+        r3.cmd_str(&["HGETALL", "h"]),
+        "%2\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n"
+    );
+    assert_eq!(redis.calls("hgetall"), calls, "a hit");
+    // A write through keygate is read back at once.
+    assert_eq!(c.cmd_str(&["HSET", "h", "c", "3"]), ":1\r\n");
+    let three = "*6\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n$1\r\nc\r\n$1\r\n3\r\n";
+    assert_eq!(c.cmd_str(&["HGETALL", "h"]), three);
+    wait_hit_of(&redis, &mut c, &["HGETALL", "h"], three);
+    // A direct write on Redis reaches keygate as an invalidation.
+    redis.cli(&["HDEL", "app:h", "c"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || c.cmd_str(&["HGETALL", "h"])
+            == two),
+        "the direct write was never read"
+    );
+    // An absent key's empty reply is not kept (its PTTL says -2), and
+    // an entry answers only the command that filled it.
+    let calls = redis.calls("hgetall");
+    for _ in 0..3 {
+        assert_eq!(c.cmd_str(&["HGETALL", "none"]), "*0\r\n");
+    }
+    assert_eq!(redis.calls("hgetall"), calls + 3);
+    // GET of a hash is Redis's error, never kept.
+    let gets = redis.calls("get");
+    for _ in 0..3 {
+        assert!(c.cmd_str(&["GET", "h"]).starts_with("-WRONGTYPE"));
+    }
+    assert_eq!(redis.calls("get"), gets + 3);
+}

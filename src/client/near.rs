@@ -24,7 +24,7 @@ use super::queue::CommandReply;
 use super::Connection;
 use crate::command::keys::key_positions_inline;
 use crate::command::{CommandSpec, Flags};
-use crate::config::ReadFrom;
+use crate::config::{Cacheable, ReadFrom};
 use crate::metrics::ErrorKind;
 use crate::metrics::Role;
 use crate::near_cache::fill::Fill;
@@ -98,10 +98,12 @@ impl Connection {
         req: &Request,
         prefix_at: Option<usize>,
     ) -> NearRead {
-        if spec.name != "get"
-            || req.argc() != 2
-            || !cache.keeps_get()
-            || self.session.database != self.default_database()
+        let kind = match spec.name {
+            "get" => Cacheable::Get,
+            "hgetall" => Cacheable::HGetAll,
+            _ => return NearRead::Plain,
+        };
+        if req.argc() != 2 || !cache.keeps(kind) || self.session.database != self.default_database()
         {
             return NearRead::Plain;
         }
@@ -137,15 +139,23 @@ impl Connection {
         // settled only in its client's queue.
         let follows =
             fills && self.batch.is_empty() && self.queue.is_empty() && !self.batch.is_cluster();
-        match cache.lookup(key, fills, follows, self.read_at, &mut self.near_answers) {
+        let resp3 = self.session.protocol == Protocol::Resp3;
+        match cache.lookup(
+            key,
+            kind,
+            fills,
+            follows,
+            self.read_at,
+            &mut self.near_answers,
+        ) {
             Lookup::Hit(frame) => {
                 self.record_hit(spec);
-                NearRead::Hit(frame)
+                NearRead::Hit(as_client_reads(kind, resp3, frame))
             }
             Lookup::Refresh(frame, ticket) => {
                 self.record_hit(spec);
                 let (fill, pttl) = self.fill_of(cache, key, ticket);
-                NearRead::Refresh(frame, fill, pttl)
+                NearRead::Refresh(as_client_reads(kind, resp3, frame), fill, pttl)
             }
             Lookup::Follow(boarding) => NearRead::Follow(boarding),
             Lookup::Miss(Some(ticket)) => {
@@ -250,6 +260,30 @@ impl Connection {
     }
 }
 
+/// A kept reply frame as the client reads it: entries hold RESP2 frames
+/// (only RESP2 connections fill), and a RESP3 client reads HGETALL's
+/// fields and values as a map (`%n`) where RESP2 has an array of twice as
+/// many (`*2n`); the elements are the same bulk strings.
+fn as_client_reads(kind: Cacheable, resp3: bool, frame: Bytes) -> Bytes {
+    if kind != Cacheable::HGetAll || !resp3 {
+        return frame;
+    }
+    let header = frame
+        .strip_prefix(b"*")
+        .and_then(|rest| Some((rest, rest.iter().position(|&b| b == b'\r')?)))
+        .and_then(|(rest, end)| {
+            let n: usize = std::str::from_utf8(rest.get(..end)?).ok()?.parse().ok()?;
+            Some((n, end + 1))
+        });
+    let Some((items, digits_end)) = header else {
+        return frame;
+    };
+    let mut map = BytesMut::with_capacity(frame.len());
+    map.extend_from_slice(format!("%{}", items / 2).as_bytes());
+    map.extend_from_slice(frame.get(digits_end..).unwrap_or_default());
+    map.freeze()
+}
+
 /// Near-cache hits of one read of the client's bytes, for one service and
 /// command: they were read and answered together, so they share one
 /// latency, recorded once with their count (as the reply queue does for a
@@ -268,4 +302,27 @@ pub(super) struct FollowCall {
     pub(super) prefix_at: Option<usize>,
     pub(super) reply: CommandReply,
     pub(super) suppress: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resp3_client_reads_hgetall_as_a_map() {
+        let array = Bytes::from_static(b"*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n");
+        let map = as_client_reads(Cacheable::HGetAll, true, array.clone());
+        assert_eq!(
+            &map[..],
+            b"%2\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$1\r\n2\r\n"
+        );
+        assert_eq!(
+            as_client_reads(Cacheable::HGetAll, false, array.clone()),
+            array
+        );
+        let empty = as_client_reads(Cacheable::HGetAll, true, Bytes::from_static(b"*0\r\n"));
+        assert_eq!(&empty[..], b"%0\r\n");
+        let value = Bytes::from_static(b"$1\r\nv\r\n");
+        assert_eq!(as_client_reads(Cacheable::Get, true, value.clone()), value);
+    }
 }

@@ -56,7 +56,7 @@ impl Fill {
     /// `PTTL` answered. Only a bulk string is kept, and only when the read
     /// was written under a tracking session.
     pub fn complete(&self, kind: ReplyKind, frame: &[u8], pttl: &[u8]) {
-        if kind != ReplyKind::Value || frame.first() != Some(&b'$') {
+        if kind != ReplyKind::Value || !self.ticket.kind.keeps(frame) {
             return;
         }
         let Some(session) = self.stamp.get() else {

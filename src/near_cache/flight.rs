@@ -18,6 +18,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::{NearCache, Ticket};
+use crate::config::Cacheable;
 
 /// A led flight, landed by the multiplexed reader as soon as the leader's
 /// reply frame arrives (never by a client task, which may itself be
@@ -89,6 +90,8 @@ pub type Boarding = oneshot::Receiver<Bytes>;
 #[derive(Debug)]
 struct Flight {
     id: u64,
+    /// The command read: only a read of the same one follows.
+    kind: Cacheable,
     followers: Vec<oneshot::Sender<Bytes>>,
 }
 
@@ -102,15 +105,15 @@ pub(crate) struct Flights {
 
 impl Flights {
     /// Joins the key's flight, if one is on its way.
-    pub(crate) fn join(&mut self, key: &[u8]) -> Option<Boarding> {
-        let flight = self.by_key.get_mut(key)?;
+    pub(crate) fn join(&mut self, key: &[u8], kind: Cacheable) -> Option<Boarding> {
+        let flight = self.by_key.get_mut(key).filter(|f| f.kind == kind)?;
         let (tx, rx) = oneshot::channel();
         flight.followers.push(tx);
         Some(rx)
     }
 
     /// Registers a leader's flight `id` for `key`, unless one is on its way.
-    pub(crate) fn lead(&mut self, key: &[u8], id: u64) -> bool {
+    pub(crate) fn lead(&mut self, key: &[u8], id: u64, kind: Cacheable) -> bool {
         if self.by_key.contains_key(key) {
             return false;
         }
@@ -118,6 +121,7 @@ impl Flights {
             Bytes::copy_from_slice(key),
             Flight {
                 id,
+                kind,
                 followers: Vec::new(),
             },
         );
@@ -176,29 +180,41 @@ impl Flights {
 mod tests {
     use super::*;
 
+    const GET: Cacheable = Cacheable::Get;
+
     #[test]
     fn followers_get_the_leaders_reply_or_read_on_their_own() {
         let mut flights = Flights::default();
-        assert!(flights.join(b"k").is_none(), "no flight, nothing to join");
-        assert!(flights.lead(b"k", 1));
-        assert!(!flights.lead(b"k", 2), "one leader per key");
-        let mut a = flights.join(b"k").expect("aboard");
+        assert!(
+            flights.join(b"k", GET).is_none(),
+            "no flight, nothing to join"
+        );
+        assert!(flights.lead(b"k", 1, GET));
+        assert!(!flights.lead(b"k", 2, GET), "one leader per key");
+        assert!(
+            flights.join(b"k", Cacheable::HGetAll).is_none(),
+            "another command's read does not follow"
+        );
+        let mut a = flights.join(b"k", GET).expect("aboard");
         flights.land(b"k", 1, b"$1\r\nv\r\n");
         assert_eq!(&a.try_recv().expect("landed")[..], b"$1\r\nv\r\n");
-        assert!(flights.join(b"k").is_none(), "landed flights take no one");
+        assert!(
+            flights.join(b"k", GET).is_none(),
+            "landed flights take no one"
+        );
 
-        assert!(flights.lead(b"k", 3));
-        let mut b = flights.join(b"k").expect("aboard");
+        assert!(flights.lead(b"k", 3, GET));
+        let mut b = flights.join(b"k", GET).expect("aboard");
         flights.ground(b"k");
         assert!(
-            flights.join(b"k").is_none(),
+            flights.join(b"k", GET).is_none(),
             "grounded: never across a write"
         );
         flights.land(b"k", 3, b"$1\r\nw\r\n");
         assert_eq!(&b.try_recv().expect("still landed")[..], b"$1\r\nw\r\n");
 
-        assert!(flights.lead(b"k", 4));
-        let mut c = flights.join(b"k").expect("aboard");
+        assert!(flights.lead(b"k", 4, GET));
+        let mut c = flights.join(b"k", GET).expect("aboard");
         flights.abort(b"k", 4);
         assert!(matches!(
             c.try_recv(),

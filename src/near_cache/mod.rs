@@ -111,7 +111,8 @@ struct Settings {
     max_bytes: usize,
     max_age: Duration,
     max_value_bytes: usize,
-    get: bool,
+    /// Kept commands, by [`Cacheable::bit`].
+    kept: u8,
     warm_keys: usize,
 }
 
@@ -122,10 +123,11 @@ impl Settings {
             max_age: c.max_age,
             max_value_bytes: c.max_value_bytes,
             warm_keys: c.warm_keys,
-            get: c
+            kept: c
                 .commands
                 .iter()
-                .any(|n| Cacheable::from_name(n) == Some(Cacheable::Get)),
+                .filter_map(|n| Cacheable::from_name(n))
+                .fold(0, |kept, c| kept | c.bit()),
         }
     }
 }
@@ -156,6 +158,8 @@ pub struct Ticket {
     queued: Instant,
     /// The flight the read leads, if any.
     pub(crate) flight: Option<u64>,
+    /// The command read: its entry answers only that command.
+    pub(crate) kind: Cacheable,
 }
 
 /// Counters of one cache, read when metrics are scraped.
@@ -187,7 +191,8 @@ pub struct NearCache {
     shard_budget: AtomicUsize,
     max_value_bytes: AtomicUsize,
     max_age_ms: AtomicU64,
-    keeps_get: std::sync::atomic::AtomicBool,
+    /// Kept commands, by [`Cacheable::bit`].
+    kept_commands: std::sync::atomic::AtomicU8,
     shards: Box<[Mutex<Store>]>,
     hasher: std::collections::hash_map::RandomState,
     sketch: Sketch,
@@ -233,7 +238,7 @@ impl NearCache {
             shard_budget: AtomicUsize::new(0),
             max_value_bytes: AtomicUsize::new(0),
             max_age_ms: AtomicU64::new(0),
-            keeps_get: Default::default(),
+            kept_commands: Default::default(),
             shards: (0..shards).map(|_| Mutex::new(Store::default())).collect(),
             hasher: Default::default(),
             // Sized for entries of some 128 bytes on average.
@@ -262,7 +267,7 @@ impl NearCache {
             u64::try_from(s.max_age.as_millis()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        self.keeps_get.store(s.get, Ordering::Relaxed);
+        self.kept_commands.store(s.kept, Ordering::Relaxed);
         self.warm_keys.store(s.warm_keys, Ordering::Relaxed);
     }
 
@@ -303,10 +308,13 @@ impl NearCache {
     /// counts no read, miss or admission: the key is known to be hot.
     pub fn warm_ticket(&self, key: &[u8]) -> Option<Ticket> {
         let hash = self.hasher.hash_one(key);
-        if self.writing(hash).load(Ordering::Acquire) > 0 {
+        // Hot keys are read again with GET: their types are not known.
+        if !self.keeps(Cacheable::Get) || self.writing(hash).load(Ordering::Acquire) > 0 {
             return None;
         }
-        match locked(self.shard(hash)).get(key, hash, Instant::now(), &mut BytesMut::new(), 0) {
+        let kind = Cacheable::Get;
+        match locked(self.shard(hash)).get(key, hash, kind, Instant::now(), &mut BytesMut::new(), 0)
+        {
             Found::Hit | Found::Refresh => return None,
             Found::Stale(reason) => self.counters.evicted(reason, 1),
             Found::Absent => {}
@@ -317,6 +325,7 @@ impl NearCache {
             epoch: self.epoch.load(Ordering::Acquire),
             queued: Instant::now(),
             flight: None,
+            kind,
         })
     }
 
@@ -335,9 +344,9 @@ impl NearCache {
         }
     }
 
-    /// Whether GET replies are kept.
-    pub fn keeps_get(&self) -> bool {
-        self.keeps_get.load(Ordering::Relaxed)
+    /// Whether `command`'s replies are kept.
+    pub fn keeps(&self, command: Cacheable) -> bool {
+        self.kept_commands.load(Ordering::Relaxed) & command.bit() != 0
     }
 
     fn shard(&self, hash: u64) -> &Mutex<Store> {
@@ -393,6 +402,7 @@ impl NearCache {
     pub fn lookup(
         &self,
         key: &[u8],
+        kind: Cacheable,
         fills: bool,
         follows: bool,
         now: Instant,
@@ -404,7 +414,7 @@ impl NearCache {
         // other, after the lock: a key read seldom misses both caches, and
         // the two misses then overlap instead of following each other.
         let seen = self.sketch.seen(hash);
-        let found = shard.get(key, hash, now, answers, ANSWERS_CHUNK);
+        let found = shard.get(key, hash, kind, now, answers, ANSWERS_CHUNK);
         let recorded = self.sketch.record(hash, seen);
         if recorded.review {
             self.adapt();
@@ -429,6 +439,7 @@ impl NearCache {
                     epoch: self.epoch.load(Ordering::Acquire),
                     queued: now,
                     flight: None,
+                    kind,
                 };
                 return Lookup::Refresh(frame, ticket);
             }
@@ -440,7 +451,7 @@ impl NearCache {
             return Lookup::Miss(None);
         }
         if follows {
-            if let Some(boarding) = shard.flights.join(key) {
+            if let Some(boarding) = shard.flights.join(key, kind) {
                 return Lookup::Follow(boarding);
             }
         }
@@ -448,7 +459,7 @@ impl NearCache {
             return Lookup::Miss(None);
         }
         let id = self.flights.fetch_add(1, Ordering::Relaxed);
-        let flight = shard.flights.lead(key, id).then_some(id);
+        let flight = shard.flights.lead(key, id, kind).then_some(id);
         // The ticket is read after the lookup: an invalidation between
         // the two only makes the fill be dropped.
         Lookup::Miss(Some(Ticket {
@@ -457,6 +468,7 @@ impl NearCache {
             epoch: self.epoch.load(Ordering::Acquire),
             queued: now,
             flight,
+            kind,
         }))
     }
 
@@ -489,7 +501,8 @@ impl NearCache {
             // -2: the key was gone by the PTTL; 0: about to expire.
             _ => return,
         };
-        let mut entry = Entry::new(&key, frame, ticket.queued + ttl, session, ticket.hash);
+        let expires = ticket.queued + ttl;
+        let mut entry = Entry::new(&key, ticket.kind, frame, expires, session, ticket.hash);
         if ttl == max_age {
             // Refreshed in the last quarter of its life if it is read then.
             entry.refresh_at = ticket.queued + max_age * 3 / 4;
@@ -736,7 +749,14 @@ mod tests {
 
     /// A lookup that lets go of any flight it leads (nobody follows here).
     fn look(cache: &NearCache, key: &[u8]) -> Lookup {
-        let found = cache.lookup(key, true, true, Instant::now(), &mut BytesMut::new());
+        let found = cache.lookup(
+            key,
+            Cacheable::Get,
+            true,
+            true,
+            Instant::now(),
+            &mut BytesMut::new(),
+        );
         if let Lookup::Miss(Some(t)) = &found {
             cache.abort(key, t);
         }
@@ -745,11 +765,7 @@ mod tests {
 
     fn ticket(cache: &NearCache, key: &[u8]) -> Ticket {
         loop {
-            if let Lookup::Miss(Some(t)) =
-                cache.lookup(key, true, true, Instant::now(), &mut BytesMut::new())
-            {
-                // Nobody follows in these tests: the flight is let go.
-                cache.abort(key, &t);
+            if let Lookup::Miss(Some(t)) = look(cache, key) {
                 return t;
             }
         }

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::flight::Flights;
 use super::tracking::Session;
 use super::Evicted;
+use crate::config::Cacheable;
 
 /// Bytes charged per entry beyond its key and value: the entry, its index
 /// slot and the allocations' headers, rounded up.
@@ -41,6 +42,8 @@ pub(crate) struct Entry {
     /// frame's header that was missed again when the answer was dropped.)
     data: SmallVec<[u8; INLINE_DATA]>,
     key_len: usize,
+    /// The command whose reply `data` holds: it answers only that one.
+    kind: Cacheable,
     /// `max_age` after the read was sent, or the key's own expiry if sooner.
     pub(crate) expires: Instant,
     /// The session the read was written under.
@@ -58,6 +61,7 @@ pub(crate) struct Entry {
 impl Entry {
     pub(crate) fn new(
         key: &[u8],
+        kind: Cacheable,
         frame: &[u8],
         expires: Instant,
         session: Arc<Session>,
@@ -69,6 +73,7 @@ impl Entry {
         Entry {
             data,
             key_len: key.len(),
+            kind,
             expires,
             session,
             hash,
@@ -290,6 +295,7 @@ impl Store {
         &mut self,
         key: &[u8],
         hash: u64,
+        kind: Cacheable,
         now: Instant,
         out: &mut BytesMut,
         chunk: usize,
@@ -299,7 +305,13 @@ impl Store {
         };
         self.clock += 1;
         let clock = self.clock;
-        let Some(entry) = self.entries.get_mut(i).filter(|e| e.key() == key) else {
+        // Another command's reply is not this read's: HGETALL's empty
+        // array for an absent key must not answer its GET.
+        let Some(entry) = self
+            .entries
+            .get_mut(i)
+            .filter(|e| e.key() == key && e.kind == kind)
+        else {
             return Found::Absent;
         };
         if let Some(reason) = entry.stale(now) {
@@ -478,6 +490,7 @@ mod tests {
     fn entry(key: &str, len: usize, session: &Arc<Session>, now: Instant) -> Entry {
         Entry::new(
             key.as_bytes(),
+            Cacheable::Get,
             &vec![b'v'; len],
             now + Duration::from_secs(10),
             session.clone(),
@@ -519,17 +532,38 @@ mod tests {
         e.expires = now;
         store.insert(e, 10_000, now, &|_| 1, &mut |_| {});
         assert!(matches!(
-            store.get(b"a", h("a"), now, &mut BytesMut::new(), 0),
+            store.get(b"a", h("a"), Cacheable::Get, now, &mut BytesMut::new(), 0),
             Found::Stale(Evicted::MaxAge)
         ));
         assert_eq!(store.len(), 0);
         let dead = Session::new(Arc::new(Link::default()));
         store.insert(entry("b", 1, &dead, now), 10_000, now, &|_| 1, &mut |_| {});
         assert!(matches!(
-            store.get(b"b", h("b"), now, &mut BytesMut::new(), 0),
+            store.get(b"b", h("b"), Cacheable::Get, now, &mut BytesMut::new(), 0),
             Found::Stale(Evicted::Connection)
         ));
         assert_eq!(store.bytes(), 0);
+    }
+
+    #[test]
+    fn an_entry_answers_only_the_command_that_filled_it() {
+        let now = Instant::now();
+        let s = live();
+        let mut store = Store::default();
+        let mut e = entry("h", 1, &s, now);
+        e.kind = Cacheable::HGetAll;
+        store.insert(e, 10_000, now, &|_| 1, &mut |_| {});
+        let mut out = BytesMut::new();
+        assert!(matches!(
+            store.get(b"h", h("h"), Cacheable::Get, now, &mut out, 0),
+            Found::Absent
+        ));
+        assert!(out.is_empty());
+        assert!(matches!(
+            store.get(b"h", h("h"), Cacheable::HGetAll, now, &mut out, 0),
+            Found::Hit
+        ));
+        assert_eq!(&out[..], b"v");
     }
 
     #[test]
@@ -592,7 +626,14 @@ mod tests {
         assert!(!store.remove(b"k3", h("k3")));
         assert!(!store.remove(b"k4", h("k3")), "another key under its hash");
         assert!(matches!(
-            store.get(b"k19", h("k19"), now, &mut BytesMut::new(), 0),
+            store.get(
+                b"k19",
+                h("k19"),
+                Cacheable::Get,
+                now,
+                &mut BytesMut::new(),
+                0
+            ),
             Found::Hit
         ));
         let mut n = 0;
