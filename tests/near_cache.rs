@@ -520,7 +520,8 @@ fn migrate_key(cluster: &RedisCluster, stored: &str, source: &RedisServer, targe
 /// master in one pipeline, hits, a data connection of one master lost
 /// (only its entries go), a direct write on a master, and a slot moved
 /// with its key to another master, whose value is then read from there
-/// and invalidated by it. The client never sees a redirect.
+/// and invalidated by it, and a manual failover. The client never sees a
+/// redirect.
 #[test]
 fn a_cluster_backend_keeps_every_masters_reads_coherent() {
     let cluster = RedisCluster::start();
@@ -628,7 +629,21 @@ fn a_cluster_backend_keeps_every_masters_reads_coherent() {
     let source = owner(&cluster, &stored(k));
     wait_hit(source, &mut c, k, "v1");
     let (target, _) = cluster.other_master(source.port());
+    let invalidated = || {
+        metric_sum(
+            &scrape_metrics(kg.admin_port()),
+            "keygate_near_cache_evictions_total",
+            &[("service", "app"), ("reason", "invalidation")],
+        )
+    };
+    let before = invalidated();
     migrate_key(&cluster, &stored(k), source, target);
+    // The old owner's invalidation is in: the next read is a miss whose
+    // fill goes to the old owner, is redirected, and must not be kept.
+    assert!(
+        wait_until(Duration::from_secs(10), || invalidated() > before),
+        "MIGRATE's invalidation never came"
+    );
     assert_eq!(target.cli(&["SET", &stored(k), "v3"]), "OK");
     assert!(
         wait_until(Duration::from_secs(10), || {
@@ -647,6 +662,35 @@ fn a_cluster_backend_keeps_every_masters_reads_coherent() {
         wait_until(Duration::from_secs(10), || c.cmd_str(&["GET", k])
             == bulk("v4")),
         "the new owner's invalidation never came"
+    );
+
+    // A manual failover: a master's replica takes over its slots. A write
+    // on the new master is read (the old one, now its replica, invalidates
+    // the replicated write; the new layout flushes the caches).
+    let k = &keys[3];
+    let old = owner(&cluster, &stored(k));
+    wait_hit(old, &mut c, k, "v1");
+    let old_id = old.cli(&["CLUSTER", "MYID"]);
+    let heir: u16 = old
+        .cli(&["CLUSTER", "NODES"])
+        .lines()
+        .find(|l| l.contains(&format!("slave {old_id}")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|addr| addr.split(['@', ':']).nth(1))
+        .and_then(|port| port.parse().ok())
+        .expect("the master has a replica");
+    assert_eq!(cli_at(heir, &["CLUSTER", "FAILOVER"]), "OK");
+    let slot = keygate::topology::slot::key_slot(stored(k).as_bytes());
+    assert!(
+        wait_until(Duration::from_secs(20), || cluster.slot_owner(slot).1
+            == heir),
+        "the replica never took over"
+    );
+    assert_eq!(cli_at(heir, &["SET", &stored(k), "v5"]), "OK");
+    assert!(
+        wait_until(Duration::from_secs(10), || c.cmd_str(&["GET", k])
+            == bulk("v5")),
+        "the new master's write was never read"
     );
     let metrics = scrape_metrics(kg.admin_port());
     assert!(

@@ -689,7 +689,10 @@ impl Connection {
             return;
         }
         if pending.bytes == 0 {
-            // Only keygate's own answers: one reply, ready now.
+            // Only keygate's own answers: one reply, ready now. The parts
+            // their commands were routed to stay empty: none is kept for
+            // the next batch.
+            drop(pending.take_parts());
             let mut ready = BytesMut::with_capacity(pending.answered);
             for command in pending.commands.drain(..) {
                 if let ReplyPlan::Answered(answer) = &command.plan {
@@ -884,7 +887,13 @@ impl Connection {
                 Some(_) => follow.node.mux_reads(sealed.protocol, id, db),
                 None => follow.node.mux_in(sealed.protocol, id, db),
             };
-            mux.submit(batch).await;
+            if batch.count == 0 {
+                // Every command routed to it was answered by keygate (near-
+                // cache hits): nothing to send, no reply to wait for.
+                let _ = batch.reply.send(Ok(Default::default()));
+            } else {
+                mux.submit(batch).await;
+            }
             sent.push(redirect::Sent::Part(rx, follow));
         }
         let Some(cluster) = self.batch.cluster.as_mut() else {

@@ -249,7 +249,10 @@ impl Topology {
             (None, None) => true,
             _ => false,
         };
-        if !same_master {
+        // On a cluster backend this master is only one of many, whichever
+        // comes first in the answer: slot moves flush the caches instead
+        // (see `cluster`).
+        if !same_master && self.cluster.is_none() {
             // What the old master's invalidations covered is no proof of
             // anything on the new one: the near caches start empty.
             if let Some(caches) = &self.node_options.near_caches {
@@ -258,9 +261,7 @@ impl Topology {
                 // Not the first master: nothing was flushed then, and the
                 // hot keys it would read are the clients' first reads,
                 // racing them (a read of its own beside a client's fill).
-                // (On a cluster backend this master is one of many; its
-                // slot moves flush the caches instead: see `cluster`.)
-                let replaces = self.had_master.load(Ordering::Relaxed) && self.cluster.is_none();
+                let replaces = self.had_master.load(Ordering::Relaxed);
                 if let (Some(master), true) = (&snapshot.master, replaces) {
                     warm::spawn(master.clone(), caches.clone());
                 }
