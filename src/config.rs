@@ -385,11 +385,13 @@ pub enum Cacheable {
     /// HGETALL: the hash's fields and values (an array; a map to a RESP3
     /// client).
     HGetAll,
+    /// MGET: answered when GET's entries hold every key (it fills nothing).
+    MGet,
 }
 
 impl Cacheable {
     /// The names `commands` accepts, for `--check`'s message.
-    pub const SUPPORTED: &'static str = "GET, HGETALL";
+    pub const SUPPORTED: &'static str = "GET, HGETALL, MGET";
 
     /// The command named in `[service.near_cache] commands`, if kept.
     pub fn from_name(name: &str) -> Option<Cacheable> {
@@ -397,6 +399,8 @@ impl Cacheable {
             Some(Cacheable::Get)
         } else if name.eq_ignore_ascii_case("hgetall") {
             Some(Cacheable::HGetAll)
+        } else if name.eq_ignore_ascii_case("mget") {
+            Some(Cacheable::MGet)
         } else {
             None
         }
@@ -413,6 +417,7 @@ impl Cacheable {
         match self {
             Cacheable::Get => frame.first() == Some(&b'$'),
             Cacheable::HGetAll => frame.first() == Some(&b'*'),
+            Cacheable::MGet => false,
         }
     }
 }
@@ -1355,7 +1360,7 @@ max_ttl = "1h"
         assert_problem(
             &text,
             21,
-            "service[1].near_cache.commands[1] (\"HGET\") is not a command the near cache keeps (supported: GET, HGETALL)",
+            "service[1].near_cache.commands[1] (\"HGET\") is not a command the near cache keeps (supported: GET, HGETALL, MGET)",
         );
         assert_problem(
             &text,

@@ -764,3 +764,36 @@ fn hgetall_is_kept_when_listed() {
     }
     assert_eq!(redis.calls("get"), gets + 3);
 }
+
+/// `commands = ["GET", "MGET"]`: an MGET whose keys GET's entries all
+/// hold is answered from them, in its keys' order; one key missing sends
+/// it to Redis as it is; a write is read back at once.
+#[test]
+fn mget_is_answered_when_every_key_is_kept() {
+    let redis = RedisServer::start();
+    let service = format!("{NEAR_CACHE_SERVICE}commands = [\"GET\", \"MGET\"]\n");
+    let kg = Keygate::start_with(&standalone_config(&redis.addr(), &service));
+    kg.wait_ready();
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    c.cmd_str(&["SET", "a", "1"]);
+    c.cmd_str(&["SET", "b", "22"]);
+    wait_hit(&redis, &mut c, "a", "1");
+    wait_hit(&redis, &mut c, "b", "22");
+    let calls = redis.calls("mget");
+    assert_eq!(
+        c.cmd_str(&["MGET", "b", "a", "b"]),
+        "*3\r\n$2\r\n22\r\n$1\r\n1\r\n$2\r\n22\r\n"
+    );
+    assert_eq!(redis.calls("mget"), calls, "answered from memory");
+    assert_eq!(
+        c.cmd_str(&["MGET", "a", "nope"]),
+        "*2\r\n$1\r\n1\r\n$-1\r\n"
+    );
+    assert_eq!(redis.calls("mget"), calls + 1, "a key not kept: sent");
+    c.cmd_str(&["SET", "a", "3"]);
+    assert_eq!(
+        c.cmd_str(&["MGET", "a", "b"]),
+        "*2\r\n$1\r\n3\r\n$2\r\n22\r\n"
+    );
+}

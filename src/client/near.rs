@@ -89,8 +89,9 @@ impl Connection {
         (!keys.is_empty()).then(|| cache.begin_write(keys))
     }
 
-    /// A read the near cache may answer or fill: GET of one key, not held,
-    /// in the configured database.
+    /// A read the near cache may answer or fill: GET or HGETALL of one
+    /// key (or an MGET it may answer), not held, in the configured
+    /// database, of a command the service's cache keeps.
     pub(super) fn near_read(
         &mut self,
         cache: &Arc<NearCache>,
@@ -101,6 +102,7 @@ impl Connection {
         let kind = match spec.name {
             "get" => Cacheable::Get,
             "hgetall" => Cacheable::HGetAll,
+            "mget" => return self.near_mget(cache, spec, req, prefix_at),
             _ => return NearRead::Plain,
         };
         if req.argc() != 2 || !cache.keeps(kind) || self.session.database != self.default_database()
@@ -163,6 +165,34 @@ impl Connection {
                 NearRead::Fill(fill, pttl)
             }
             Lookup::Miss(None) => NearRead::Plain,
+        }
+    }
+
+    /// An MGET answered from GET's entries when they hold every key (in
+    /// the configured database, its keys already prefixed in the request);
+    /// else sent as it is.
+    fn near_mget(
+        &mut self,
+        cache: &Arc<NearCache>,
+        spec: &'static CommandSpec,
+        req: &Request,
+        prefix_at: Option<usize>,
+    ) -> NearRead {
+        if prefix_at.is_some()
+            || req.argc() < 2
+            || !cache.keeps(Cacheable::MGet)
+            || self.session.database != self.default_database()
+        {
+            return NearRead::Plain;
+        }
+        let keys = (1..req.argc()).filter_map(|i| req.get(i));
+        let keys: SmallVec<[&[u8]; 8]> = keys.collect();
+        match cache.lookup_all(keys.into_iter(), self.read_at, &mut self.near_answers) {
+            Some(answer) => {
+                self.record_hit(spec);
+                NearRead::Hit(answer)
+            }
+            None => NearRead::Plain,
         }
     }
 

@@ -344,6 +344,41 @@ impl NearCache {
         }
     }
 
+    /// An MGET's answer, when GET's entries hold every one of `keys` (as
+    /// stored): `*n` and their frames, copied into `answers` and split off
+    /// as for a hit; each key then counts as a hit. Otherwise nothing is
+    /// counted or recorded (the MGET goes to Redis as it is, and fills
+    /// nothing).
+    pub fn lookup_all<'k>(
+        &self,
+        keys: impl ExactSizeIterator<Item = &'k [u8]>,
+        now: Instant,
+        answers: &mut BytesMut,
+    ) -> Option<Bytes> {
+        let n = keys.len();
+        let start = answers.len();
+        answers.extend_from_slice(format!("*{n}\r\n").as_bytes());
+        for key in keys {
+            let hash = self.hasher.hash_one(key);
+            let found = locked(self.shard(hash)).get(
+                key,
+                hash,
+                Cacheable::Get,
+                now,
+                answers,
+                ANSWERS_CHUNK,
+            );
+            if !matches!(found, Found::Hit | Found::Refresh) {
+                answers.truncate(start);
+                return None;
+            }
+        }
+        self.counters
+            .hits
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+        Some(answers.split().freeze())
+    }
+
     /// Whether `command`'s replies are kept.
     pub fn keeps(&self, command: Cacheable) -> bool {
         self.kept_commands.load(Ordering::Relaxed) & command.bit() != 0
