@@ -34,12 +34,38 @@ pub use reply::*;
 /// How long a freshly spawned server gets to answer PING.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A loopback port nobody listens on right now (the OS picks it).
+/// Ports [`free_port`] hands out: below Linux's ephemeral range (32768
+/// and up), and low enough that a cluster node's bus port (10000 above)
+/// stays valid.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port nobody listens on right now, never handed out before
+/// in this process.
+///
+/// Not one the OS picks for `bind(0)`: the OS may hand the same port to a
+/// test's own `bind(0)` or to an outgoing connection between this check
+/// and the server's bind (seen in CI: "Address already in use"). Ports
+/// below the ephemeral range are only ever taken here, from a start that
+/// differs between processes, one after the other.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(PORTS.end - PORTS.start);
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let start = (std::process::id().wrapping_mul(7919) ^ nanos) % span;
+        let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = PORTS.start + u16::try_from(offset).unwrap_or(0);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {PORTS:?}");
 }
 
 /// A `redis-server` child process owned by a test.
