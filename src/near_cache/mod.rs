@@ -368,9 +368,17 @@ impl NearCache {
                 answers,
                 ANSWERS_CHUNK,
             );
-            if !matches!(found, Found::Hit | Found::Refresh) {
-                answers.truncate(start);
-                return None;
+            match found {
+                Found::Hit | Found::Refresh => {}
+                Found::Stale(reason) => {
+                    self.counters.evicted(reason, 1);
+                    answers.truncate(start);
+                    return None;
+                }
+                Found::Absent => {
+                    answers.truncate(start);
+                    return None;
+                }
             }
         }
         self.counters
