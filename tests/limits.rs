@@ -420,8 +420,10 @@ fn unread_huge_replies_close_the_client_at_the_hard_limit() {
     // to a proxy that is idle afterwards: keygate has the allocator purge
     // freed memory after 10 ms and collect freed pages once a second (without
     // those, mimalloc kept up to the hard limit resident for good). What
-    // stays is the allocator's small-page caches.
-    let settled = wait_until(Duration::from_secs(30), || kg.rss_kib() < before + 16 * MIB);
+    // stays is the allocator's caches: 0 to 15 MiB in runs on an idle
+    // machine, 25 MiB once in CI, so the bound is a quarter of the hard
+    // limit (the failure it catches keeps the hard limit or more).
+    let settled = wait_until(Duration::from_secs(30), || kg.rss_kib() < before + 32 * MIB);
     println!(
         "after the client closed: RSS +{} MiB",
         kg.rss_kib().saturating_sub(before) / MIB

@@ -549,6 +549,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut counted = 0usize;
     // The front batch's client is gone: its frames are dropped as found.
     let mut discarding = false;
+    // `buf`'s allocation grew past RETAINED_READ_BUF: its capacity cannot
+    // tell (after `split_to` it counts only what lies past the frames
+    // handed out, which can be little while the allocation is large).
+    let mut grown = false;
     // Bytes arrived since the last tick: a node still sending is not stalled
     // (a large reply may take longer than `timeout` to arrive whole).
     let mut progressed = false;
@@ -710,13 +714,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
             ends.clear();
             discarding = true;
         }
-        if buf.capacity() > RETAINED_READ_BUF && buf.len() < RETAINED_READ_BUF {
+        if grown && buf.len() < RETAINED_READ_BUF {
             // A large reply grew the buffer and is gone from it: move what
             // little followed it to a small one, so the large allocation is
             // freed once its replies are written (or at once if dropped).
             let mut small = BytesMut::with_capacity(READ_CHUNK.max(buf.len()));
             small.extend_from_slice(&buf);
             buf = small;
+            grown = false;
         }
         tokio::select! {
             read = rd.read_buf(&mut buf) => match read {
@@ -751,6 +756,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             // with replies handed out is copied on growth, and growing it a
             // chunk at a time would copy the reply over and over.
             buf.reserve(buf.len().max(READ_CHUNK));
+            grown |= buf.capacity() > RETAINED_READ_BUF;
         }
     }
 }
