@@ -309,8 +309,9 @@ fn as_client_reads(kind: Cacheable, resp3: bool, frame: Bytes) -> Bytes {
         return frame;
     };
     let mut map = BytesMut::with_capacity(frame.len());
-    map.extend_from_slice(format!("%{}", items / 2).as_bytes());
-    map.extend_from_slice(frame.get(digits_end..).unwrap_or_default());
+    crate::protocol::encode::map_header(&mut map, items / 2, Protocol::Resp3);
+    // The elements, after the array header's CRLF.
+    map.extend_from_slice(frame.get(digits_end + 2..).unwrap_or_default());
     map.freeze()
 }
 

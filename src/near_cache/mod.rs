@@ -357,7 +357,7 @@ impl NearCache {
     ) -> Option<Bytes> {
         let n = keys.len();
         let start = answers.len();
-        answers.extend_from_slice(format!("*{n}\r\n").as_bytes());
+        crate::protocol::encode::array_header(answers, n);
         for key in keys {
             let hash = self.hasher.hash_one(key);
             let found = locked(self.shard(hash)).get(
