@@ -22,6 +22,8 @@ NEAR_CLIENTS="${BENCH_NEAR_CLIENTS:-50}"
 NEAR_MAX_BYTES="${BENCH_NEAR_MAX_BYTES:-134217728}"
 NEAR_MAX_AGE="${BENCH_NEAR_MAX_AGE:-10s}"
 NEAR_WARM="${BENCH_NEAR_WARM:-10}"
+NEAR_WARM_MAX="${BENCH_NEAR_WARM_MAX:-$NEAR_WARM}"
+NEAR_SETTLE="${BENCH_NEAR_SETTLE:-0.5}"
 NEAR_UNIFORM="${BENCH_NEAR_UNIFORM:-0}"
 NEAR_UNIFORM_KEYS="${BENCH_NEAR_UNIFORM_KEYS:-10000000}"
 NETEM="${BENCH_NETEM:-auto}"
@@ -29,6 +31,8 @@ NETEM_DELAY="${BENCH_NETEM_DELAY:-0.5ms}"
 NEAR_PASSWORD="benchpw"
 [[ $NEAR_MAX_AGE =~ ^[1-9][0-9]*(ms|s|m)$ ]] || kg_die "BENCH_NEAR_MAX_AGE must look like 10s, 500ms or 2m, not '$NEAR_MAX_AGE'"
 [[ $NEAR_WARM =~ ^[0-9]+$ ]] || kg_die "BENCH_NEAR_WARM must be a whole number of seconds, not '$NEAR_WARM'"
+[[ $NEAR_WARM_MAX =~ ^[0-9]+$ ]] || kg_die "BENCH_NEAR_WARM_MAX must be a whole number of seconds, not '$NEAR_WARM_MAX'"
+[[ $NEAR_SETTLE =~ ^[0-9]+(\.[0-9]+)?$ ]] || kg_die "BENCH_NEAR_SETTLE must be a number of points, like 0.5, not '$NEAR_SETTLE'"
 for knob in DURATION NEAR_KEYS NEAR_CLIENTS NEAR_MAX_BYTES NEAR_UNIFORM_KEYS; do
     [[ ${!knob} =~ ^[1-9][0-9]*$ ]] || kg_die "BENCH_$knob must be a positive integer, not '${!knob}'"
 done
@@ -258,7 +262,7 @@ metric_total() {
 }
 
 RAW="$WORK/near.csv"
-printf 'round,network,target,workload,ops_per_sec,p50_us,p99_us,ops,errors,hits,misses,proxy_cpu_us_per_req,redis_cpu_us_per_req\n' >"$RAW"
+printf 'round,network,target,workload,ops_per_sec,p50_us,p99_us,ops,errors,hits,misses,proxy_cpu_us_per_req,redis_cpu_us_per_req,warm_s\n' >"$RAW"
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 
 near_run() {
@@ -268,13 +272,30 @@ near_run() {
     local redis_pid="${NET_REDIS_PID[$net]}" proxy_pid="${TARGET_PID[$name]:-}"
     local -a auth=()
     [[ -n ${TARGET_PASSWORD[$name]} ]] && auth=(--auth "${TARGET_PASSWORD[$name]}")
-    local hits0 misses0 r0 p0 hits1 misses1 r1 p1
+    local hits0 misses0 r0 p0 hits1 misses1 r1 p1 warmed=0 last="" now
     if [[ -n $admin && $NEAR_WARM != 0 ]] && [[ $name == keygate-nc* ]]; then
         # The cache's steady state is measured, not its filling: the same
-        # load, unmeasured, first (counted in neither ops nor hit ratio).
-        nearload --host "${TARGET_HOST[$name]}" --port "${TARGET_PORT[$name]}" "${auth[@]}" \
-            --connections "$NEAR_CLIENTS" --duration "$NEAR_WARM" --warmup 0 --label warm "$@" \
-            >/dev/null 2>"$WORK/near.err" || true
+        # load, unmeasured, first (counted in neither ops nor hit ratio),
+        # in windows until a window's hit ratio stops rising (or
+        # BENCH_NEAR_WARM_MAX): a cache over 1M Zipf keys fills its tail
+        # for minutes, and a fixed warm-up measured a point on that slope.
+        while ((warmed < NEAR_WARM_MAX || warmed == 0)); do
+            hits0="$(metric_total "$admin" keygate_near_cache_hits_total)"
+            misses0="$(metric_total "$admin" keygate_near_cache_misses_total)"
+            nearload --host "${TARGET_HOST[$name]}" --port "${TARGET_PORT[$name]}" "${auth[@]}" \
+                --connections "$NEAR_CLIENTS" --duration "$NEAR_WARM" --warmup 0 --label warm "$@" \
+                >/dev/null 2>"$WORK/near.err" || true
+            warmed=$((warmed + NEAR_WARM))
+            hits1="$(metric_total "$admin" keygate_near_cache_hits_total)"
+            misses1="$(metric_total "$admin" keygate_near_cache_misses_total)"
+            now="$(python3 -c "h, m = $hits1 - $hits0, $misses1 - $misses0; print(f'{100 * h / (h + m):.2f}' if h + m else '')" 2>/dev/null)" || now=""
+            [[ -n $now ]] || break
+            if [[ -n $last ]] && python3 -c "import sys; sys.exit(0 if $now - $last < $NEAR_SETTLE else 1)"; then
+                break
+            fi
+            last="$now"
+        done
+        kg_info "$name warmed for $warmed s (last window's hit ratio ${now:-?}%)"
     fi
     hits0="$(metric_total "$admin" keygate_near_cache_hits_total)"
     misses0="$(metric_total "$admin" keygate_near_cache_misses_total)"
@@ -292,9 +313,9 @@ near_run() {
     hits1="$(metric_total "$admin" keygate_near_cache_hits_total)"
     misses1="$(metric_total "$admin" keygate_near_cache_misses_total)"
     python3 - "$out" "$round" "$net" "$name" "$label" "$((r1 - r0))" "$((p1 - p0))" "$TICK_US" \
-        "$hits0" "$hits1" "$misses0" "$misses1" "$([[ -n $proxy_pid ]] && echo 1 || echo 0)" >>"$RAW" <<'EOF'
+        "$hits0" "$hits1" "$misses0" "$misses1" "$([[ -n $proxy_pid ]] && echo 1 || echo 0)" "$warmed" >>"$RAW" <<'EOF'
 import sys
-out, rnd, net, name, label, rt, pt, tick, h0, h1, m0, m1, has_proxy = sys.argv[1:]
+out, rnd, net, name, label, rt, pt, tick, h0, h1, m0, m1, has_proxy, warmed = sys.argv[1:]
 line = next(l for l in open(out) if l.startswith("nearload "))
 f = dict(kv.split("=", 1) for kv in line.split()[1:])
 ops = int(f["ops"])
@@ -303,7 +324,7 @@ all_ops = int(f["all_ops"])
 per = lambda ticks: f"{int(ticks) * int(tick) / all_ops:.2f}" if all_ops else ""
 delta = lambda a, b: str(int(float(b) - float(a))) if a and b else ""
 print(",".join([rnd, net, name, f'"{label}"', f["ops_per_sec"], f["p50_us"], f["p99_us"], f["ops"],
-                f["errors"], delta(h0, h1), delta(m0, m1), per(pt) if has_proxy == "1" else "", per(rt)]))
+                f["errors"], delta(h0, h1), delta(m0, m1), per(pt) if has_proxy == "1" else "", per(rt), warmed]))
 EOF
     if [[ $(grep -o 'errors=[0-9]*' "$out") != errors=0 ]]; then
         kg_warn "$name answered with errors: $(cat "$WORK/near.err")"
@@ -393,6 +414,13 @@ for net, workload, target in seen:
           f"| {ratio(ops, med((net, workload, 'keygate' + suffix), 'ops_per_sec'))} | {hit_ratio(key)} "
           f"| {fmt(med(key, 'proxy_cpu_us_per_req'), '.2f')} | {fmt(med(key, 'redis_cpu_us_per_req'), '.2f')} "
           f"| {len(groups[key])} |")
+warm = [(k, [r.get("warm_s") or "0" for r in groups[k]]) for k in seen if any(r.get("warm_s") not in (None, "", "0") for r in groups[k])]
+if warm:
+    print()
+    print(f"Warm-up before each run, by round (windows of $NEAR_WARM s until one gains under $NEAR_SETTLE points of hit ratio, at most $NEAR_WARM_MAX s):")
+    print()
+    for (net, workload, target), secs in warm:
+        print(f"- {net} {workload} {target}: {', '.join(s + ' s' for s in secs)}")
 EOF
 
 cat "$REPORT"
