@@ -387,11 +387,14 @@ pub enum Cacheable {
     HGetAll,
     /// MGET: answered when GET's entries hold every key (it fills nothing).
     MGet,
+    /// HGET: a bulk string per field; one entry per key holds the fields
+    /// read, so an invalidation of the key takes them all.
+    HGet,
 }
 
 impl Cacheable {
     /// The names `commands` accepts, for `--check`'s message.
-    pub const SUPPORTED: &'static str = "GET, HGETALL, MGET";
+    pub const SUPPORTED: &'static str = "GET, HGET, HGETALL, MGET";
 
     /// The command named in `[service.near_cache] commands`, if kept.
     pub fn from_name(name: &str) -> Option<Cacheable> {
@@ -401,6 +404,8 @@ impl Cacheable {
             Some(Cacheable::HGetAll)
         } else if name.eq_ignore_ascii_case("mget") {
             Some(Cacheable::MGet)
+        } else if name.eq_ignore_ascii_case("hget") {
+            Some(Cacheable::HGet)
         } else {
             None
         }
@@ -415,7 +420,7 @@ impl Cacheable {
     /// nor a nil, has the shape the near cache keeps.
     pub fn keeps(self, frame: &[u8]) -> bool {
         match self {
-            Cacheable::Get => frame.first() == Some(&b'$'),
+            Cacheable::Get | Cacheable::HGet => frame.first() == Some(&b'$'),
             Cacheable::HGetAll => frame.first() == Some(&b'*'),
             Cacheable::MGet => false,
         }
@@ -1355,12 +1360,12 @@ max_ttl = "1h"
         assert_eq!(near.max_value_bytes, 64 * 1024);
         assert!(config.services[0].near_cache.is_none());
         let text = format!(
-            "{BASE}[service.near_cache]\nenabled = true\ncommands = [\"GET\", \"HGET\"]\nmax_age = \"0s\"\nmax_bytes = 0\n"
+            "{BASE}[service.near_cache]\nenabled = true\ncommands = [\"GET\", \"HSCAN\"]\nmax_age = \"0s\"\nmax_bytes = 0\n"
         );
         assert_problem(
             &text,
             21,
-            "service[1].near_cache.commands[1] (\"HGET\") is not a command the near cache keeps (supported: GET, HGETALL, MGET)",
+            "service[1].near_cache.commands[1] (\"HSCAN\") is not a command the near cache keeps (supported: GET, HGET, HGETALL, MGET)",
         );
         assert_problem(
             &text,

@@ -765,6 +765,51 @@ fn hgetall_is_kept_when_listed() {
     assert_eq!(redis.calls("get"), gets + 3);
 }
 
+/// `commands = ["HGET"]`: each field read is kept in its key's entry and
+/// answered alone; a write of any field through keygate, or directly on
+/// Redis, takes the key's fields with it. A field the hash lacks (nil),
+/// and HGET of another type (Redis's error), are not kept.
+#[test]
+fn hget_is_kept_per_field_when_listed() {
+    let redis = RedisServer::start();
+    let service = format!("{NEAR_CACHE_SERVICE}commands = [\"HGET\"]\n");
+    let kg = Keygate::start_with(&standalone_config(&redis.addr(), &service));
+    kg.wait_ready();
+    wait_tracking(&redis);
+    let mut c = login(&kg);
+    assert_eq!(c.cmd_str(&["HSET", "h", "a", "1", "b", "22"]), ":2\r\n");
+    wait_hit_of(&redis, &mut c, &["HGET", "h", "a"], "$1\r\n1\r\n");
+    wait_hit_of(&redis, &mut c, &["HGET", "h", "b"], "$2\r\n22\r\n");
+    // Both fields answer from one entry, each with its own value.
+    let calls = redis.calls("hget");
+    assert_eq!(c.cmd_str(&["HGET", "h", "a"]), "$1\r\n1\r\n");
+    assert_eq!(c.cmd_str(&["HGET", "h", "b"]), "$2\r\n22\r\n");
+    assert_eq!(redis.calls("hget"), calls, "both fields were hits");
+    // A write of another field through keygate is read back at once.
+    assert_eq!(c.cmd_str(&["HSET", "h", "b", "3"]), ":0\r\n");
+    assert_eq!(c.cmd_str(&["HGET", "h", "b"]), "$1\r\n3\r\n");
+    wait_hit_of(&redis, &mut c, &["HGET", "h", "a"], "$1\r\n1\r\n");
+    // A direct write on Redis reaches keygate as an invalidation of the key.
+    redis.cli(&["HSET", "app:h", "a", "4"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || c.cmd_str(&["HGET", "h", "a"])
+            == "$1\r\n4\r\n"),
+        "the direct write was never read"
+    );
+    // Nil for a missing field, and another type's error, go to Redis each time.
+    let calls = redis.calls("hget");
+    for _ in 0..3 {
+        assert_eq!(c.cmd_str(&["HGET", "h", "none"]), "$-1\r\n");
+    }
+    assert_eq!(redis.calls("hget"), calls + 3);
+    c.cmd_str(&["SET", "s", "v"]);
+    let calls = redis.calls("hget");
+    for _ in 0..3 {
+        assert!(c.cmd_str(&["HGET", "s", "a"]).starts_with("-WRONGTYPE"));
+    }
+    assert_eq!(redis.calls("hget"), calls + 3);
+}
+
 /// `commands = ["GET", "MGET"]`: an MGET whose keys GET's entries all
 /// hold is answered from them, in its keys' order; one key missing sends
 /// it to Redis as it is; a write is read back at once.

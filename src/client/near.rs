@@ -1,8 +1,9 @@
 //! The client side of the near cache ([`crate::near_cache`]): what a
 //! request does to its service's cache on its way through the stages.
 //!
-//! - A cacheable read (GET, outside MULTI, off a dedicated connection, in
-//!   the configured database) is looked up by its prefixed key: a hit is
+//! - A cacheable read (GET, or HGET or HGETALL when the service lists
+//!   them, outside MULTI, off a dedicated connection, in the configured
+//!   database) is looked up by its prefixed key: a hit is
 //!   answered here, in order with the client's other replies; a miss of a
 //!   key read before is sent as a fill (`CLIENT CACHING YES`, the read,
 //!   `PTTL`), whose reply fills the cache ([`Fill::complete`]).
@@ -89,8 +90,8 @@ impl Connection {
         (!keys.is_empty()).then(|| cache.begin_write(keys))
     }
 
-    /// A read the near cache may answer or fill: GET or HGETALL of one
-    /// key (or an MGET it may answer), not held, in the configured
+    /// A read the near cache may answer or fill: GET, HGET or HGETALL of
+    /// one key (or an MGET it may answer), not held, in the configured
     /// database, of a command the service's cache keeps.
     pub(super) fn near_read(
         &mut self,
@@ -99,18 +100,26 @@ impl Connection {
         req: &Request,
         prefix_at: Option<usize>,
     ) -> NearRead {
-        let kind = match spec.name {
-            "get" => Cacheable::Get,
-            "hgetall" => Cacheable::HGetAll,
+        let (kind, argc) = match spec.name {
+            "get" => (Cacheable::Get, 2),
+            "hgetall" => (Cacheable::HGetAll, 2),
+            "hget" => (Cacheable::HGet, 3),
             "mget" => return self.near_mget(cache, spec, req, prefix_at),
             _ => return NearRead::Plain,
         };
-        if req.argc() != 2 || !cache.keeps(kind) || self.session.database != self.default_database()
+        if req.argc() != argc
+            || !cache.keeps(kind)
+            || self.session.database != self.default_database()
         {
             return NearRead::Plain;
         }
         let Some(arg) = req.get(1) else {
             return NearRead::Plain;
+        };
+        let field = if kind == Cacheable::HGet {
+            req.get(2)
+        } else {
+            None
         };
         // Looked up as the client sent it, or with the prefix in front on
         // the stack: only a fill keeps the key.
@@ -145,6 +154,7 @@ impl Connection {
         match cache.lookup(
             key,
             kind,
+            field,
             fills,
             follows,
             self.read_at,
@@ -161,7 +171,10 @@ impl Connection {
             }
             Lookup::Follow(boarding) => NearRead::Follow(boarding),
             Lookup::Miss(Some(ticket)) => {
-                let (fill, pttl) = self.fill_of(cache, key, ticket);
+                let (mut fill, pttl) = self.fill_of(cache, key, ticket);
+                if let Some(field) = field {
+                    fill.set_field(Bytes::copy_from_slice(field));
+                }
                 NearRead::Fill(fill, pttl)
             }
             Lookup::Miss(None) => NearRead::Plain,

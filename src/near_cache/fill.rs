@@ -16,6 +16,8 @@ pub struct Fill {
     cache: Arc<NearCache>,
     /// The key as stored (prefixed).
     key: Bytes,
+    /// HGET's field.
+    field: Option<Bytes>,
     ticket: Ticket,
     /// The tracking session the read was written under, once written.
     stamp: Arc<Stamp>,
@@ -27,6 +29,7 @@ impl PartialEq for Fill {
     fn eq(&self, other: &Fill) -> bool {
         Arc::ptr_eq(&self.cache, &other.cache)
             && self.key == other.key
+            && self.field == other.field
             && self.ticket == other.ticket
     }
 }
@@ -41,10 +44,16 @@ impl Fill {
         Fill {
             cache,
             key,
+            field: None,
             ticket,
             stamp,
             landing,
         }
+    }
+
+    /// Makes it the fill of HGET's `field` of the key.
+    pub fn set_field(&mut self, field: Bytes) {
+        self.field = Some(field);
     }
 
     /// The flight the read leads, for its batch to carry to the reader.
@@ -70,7 +79,12 @@ impl Fill {
         else {
             return;
         };
-        self.cache
-            .fill(self.key.clone(), frame, ms, self.ticket, session.clone());
+        let (key, session) = (self.key.clone(), session.clone());
+        match &self.field {
+            Some(field) => self
+                .cache
+                .fill_field(key, field, frame, ms, self.ticket, session),
+            None => self.cache.fill(key, frame, ms, self.ticket, session),
+        }
     }
 }

@@ -442,10 +442,14 @@ impl NearCache {
     /// age counts from then, which only shortens it). A hit's frame is
     /// copied into `answers` (kept by the caller from one hit to the next,
     /// so hits share its allocation) and split off as the answer.
+    /// `field`: HGET's field (its reads neither lead nor follow flights,
+    /// which are per key).
+    #[allow(clippy::too_many_arguments)]
     pub fn lookup(
         &self,
         key: &[u8],
         kind: Cacheable,
+        field: Option<&[u8]>,
         fills: bool,
         follows: bool,
         now: Instant,
@@ -457,7 +461,10 @@ impl NearCache {
         // other, after the lock: a key read seldom misses both caches, and
         // the two misses then overlap instead of following each other.
         let seen = self.sketch.seen(hash);
-        let found = shard.get(key, hash, kind, now, answers, ANSWERS_CHUNK);
+        let found = match field {
+            Some(field) => shard.get_field(key, hash, field, now, answers, ANSWERS_CHUNK),
+            None => shard.get(key, hash, kind, now, answers, ANSWERS_CHUNK),
+        };
         let recorded = self.sketch.record(hash, seen);
         if recorded.review {
             self.adapt();
@@ -493,7 +500,7 @@ impl NearCache {
         if !fills {
             return Lookup::Miss(None);
         }
-        if follows {
+        if follows && field.is_none() {
             if let Some(boarding) = shard.flights.join(key, kind) {
                 return Lookup::Follow(boarding);
             }
@@ -502,7 +509,7 @@ impl NearCache {
             return Lookup::Miss(None);
         }
         let id = self.flights.fetch_add(1, Ordering::Relaxed);
-        let flight = shard.flights.lead(key, id, kind).then_some(id);
+        let flight = (field.is_none() && shard.flights.lead(key, id, kind)).then_some(id);
         // The ticket is read after the lookup: an invalidation between
         // the two only makes the fill be dropped.
         Lookup::Miss(Some(Ticket {
@@ -534,7 +541,34 @@ impl NearCache {
     /// `session` the tracking session the read was written under. Dropped
     /// when an invalidation or flush came after the ticket was taken.
     pub fn fill(&self, key: Bytes, frame: &[u8], pttl: i64, ticket: Ticket, session: Arc<Session>) {
-        if frame.len() > self.max_value_bytes.load(Ordering::Relaxed) || !session.is_live() {
+        self.fill_reply(&key, None, frame, pttl, ticket, session);
+    }
+
+    /// Keeps an HGET's reply as [`NearCache::fill`] keeps a read's: the
+    /// field joins those its key's entry holds.
+    pub fn fill_field(
+        &self,
+        key: Bytes,
+        field: &[u8],
+        frame: &[u8],
+        pttl: i64,
+        ticket: Ticket,
+        session: Arc<Session>,
+    ) {
+        self.fill_reply(&key, Some(field), frame, pttl, ticket, session);
+    }
+
+    fn fill_reply(
+        &self,
+        key: &[u8],
+        field: Option<&[u8]>,
+        frame: &[u8],
+        pttl: i64,
+        ticket: Ticket,
+        session: Arc<Session>,
+    ) {
+        let max_value_bytes = self.max_value_bytes.load(Ordering::Relaxed);
+        if frame.len() > max_value_bytes || !session.is_live() {
             return;
         }
         let max_age = Duration::from_millis(self.max_age_ms.load(Ordering::Relaxed));
@@ -545,11 +579,24 @@ impl NearCache {
             _ => return,
         };
         let expires = ticket.queued + ttl;
-        let mut entry = Entry::new(&key, ticket.kind, frame, expires, session, ticket.hash);
-        if ttl == max_age {
-            // Refreshed in the last quarter of its life if it is read then.
-            entry.refresh_at = ticket.queued + max_age * 3 / 4;
-        }
+        let mut entry = match field {
+            Some(_) => None,
+            None => {
+                let mut entry = Entry::new(
+                    key,
+                    ticket.kind,
+                    frame,
+                    expires,
+                    session.clone(),
+                    ticket.hash,
+                );
+                if ttl == max_age {
+                    // Refreshed in the last quarter of its life if it is read then.
+                    entry.refresh_at = ticket.queued + max_age * 3 / 4;
+                }
+                Some(entry)
+            }
+        };
         let budget = self.shard_budget.load(Ordering::Relaxed);
         let mut shard = locked(self.shard(ticket.hash));
         if self.seq(ticket.hash).load(Ordering::Acquire) != ticket.seq
@@ -558,6 +605,31 @@ impl NearCache {
         {
             return;
         }
+        if let Some(field) = field {
+            // The fields kept so far are as good as this one: nothing
+            // invalidated the key since either was read (that would have
+            // removed the entry, or changed the sequence).
+            let (fields, joined) = shard.merged_fields(
+                key,
+                ticket.hash,
+                &session,
+                Instant::now(),
+                (field, frame),
+                max_value_bytes,
+            );
+            let expires = joined.map_or(expires, |e| e.min(expires));
+            entry = Some(Entry::new(
+                key,
+                ticket.kind,
+                &fields,
+                expires,
+                session,
+                ticket.hash,
+            ));
+        }
+        let Some(entry) = entry else {
+            return;
+        };
         let freq = |h: u64| self.sketch.estimate(h);
         let kept = shard.insert(entry, budget, Instant::now(), &freq, &mut |r| {
             self.counters.evicted(r, 1)
@@ -795,6 +867,7 @@ mod tests {
         let found = cache.lookup(
             key,
             Cacheable::Get,
+            None,
             true,
             true,
             Instant::now(),
@@ -825,6 +898,53 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(cache.counters.hits.load(Ordering::Relaxed), 1);
+    }
+
+    fn look_field(cache: &NearCache, field: &[u8]) -> Lookup {
+        cache.lookup(
+            b"h",
+            Cacheable::HGet,
+            Some(field),
+            true,
+            true,
+            Instant::now(),
+            &mut BytesMut::new(),
+        )
+    }
+
+    /// HGET's fields of one key join one entry, each answered by its own
+    /// frame, and an invalidation of the key takes them all; a field read
+    /// before the key changed does not join the entry after.
+    #[tokio::test]
+    async fn hget_fields_share_their_keys_entry_and_go_with_it() {
+        let mut c = config(1 << 20);
+        c.commands = vec!["HGET".into()];
+        let cache = NearCache::new(&c);
+        let session = live();
+        let field_ticket = |field: &[u8]| loop {
+            if let Lookup::Miss(Some(t)) = look_field(&cache, field) {
+                assert!(t.flight.is_none(), "HGET leads no flight");
+                return t;
+            }
+        };
+        let (ta, tb) = (field_ticket(b"a"), field_ticket(b"b"));
+        let h = Bytes::from_static(b"h");
+        cache.fill_field(h.clone(), b"a", b"$1\r\n1\r\n", -1, ta, session.clone());
+        cache.fill_field(h.clone(), b"b", b"$2\r\n22\r\n", -1, tb, session.clone());
+        match (look_field(&cache, b"a"), look_field(&cache, b"b")) {
+            (Lookup::Hit(a), Lookup::Hit(b)) => {
+                assert_eq!(&a[..], b"$1\r\n1\r\n");
+                assert_eq!(&b[..], b"$2\r\n22\r\n");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cache.entries(), 1);
+        assert!(matches!(look_field(&cache, b"c"), Lookup::Miss(_)));
+        let before = field_ticket(b"c");
+        cache.invalidate(b"h");
+        assert!(matches!(look_field(&cache, b"a"), Lookup::Miss(_)));
+        cache.fill_field(h, b"c", b"$1\r\n3\r\n", -1, before, session);
+        assert_eq!(cache.entries(), 0, "a read that raced the invalidation");
     }
 
     /// Uniformly random keys: each fill is seldom read again, so the reads

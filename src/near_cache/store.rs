@@ -107,6 +107,48 @@ impl Entry {
     }
 }
 
+/// Appends `frame` to `out`, which grows by at least `chunk` bytes when it must.
+fn copy_out(frame: &[u8], out: &mut BytesMut, chunk: usize) {
+    if out.capacity() - out.len() < frame.len() {
+        out.reserve(frame.len().max(chunk));
+    }
+    out.extend_from_slice(frame);
+}
+
+/// Appends one HGET field and its reply frame to an entry's fields, each
+/// behind its length (four bytes, little-endian).
+fn encode_field(out: &mut Vec<u8>, field: &[u8], frame: &[u8]) {
+    for part in [field, frame] {
+        out.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(part);
+    }
+}
+
+/// An HGET entry's (field, frame) pairs, as [`encode_field`] wrote them.
+fn field_frames(data: &[u8]) -> FieldFrames<'_> {
+    FieldFrames(data)
+}
+
+struct FieldFrames<'a>(&'a [u8]);
+
+impl<'a> FieldFrames<'a> {
+    fn part(&mut self) -> Option<&'a [u8]> {
+        let (len, rest) = self.0.split_first_chunk::<4>()?;
+        let len = u32::from_le_bytes(*len) as usize;
+        let part = rest.get(..len)?;
+        self.0 = rest.get(len..)?;
+        Some(part)
+    }
+}
+
+impl<'a> Iterator for FieldFrames<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        Some((self.part()?, self.part()?))
+    }
+}
+
 /// The index from a key's hash to its entry: open addressing with linear
 /// probing over one array of (hash, entry) slots, so a lookup reads one
 /// cache line where a `HashMap` read its control bytes and then its bucket
@@ -300,35 +342,115 @@ impl Store {
         out: &mut BytesMut,
         chunk: usize,
     ) -> Found {
-        let Some(i) = self.index.get(hash) else {
-            return Found::Absent;
+        let i = match self.servable(key, hash, kind, now) {
+            Ok(i) => i,
+            Err(found) => return found,
         };
         self.clock += 1;
         let clock = self.clock;
-        // Another command's reply is not this read's: HGETALL's empty
-        // array for an absent key must not answer its GET.
-        let Some(entry) = self
-            .entries
-            .get_mut(i)
-            .filter(|e| e.key() == key && e.kind == kind)
-        else {
+        let Some(entry) = self.entries.get_mut(i) else {
             return Found::Absent;
         };
-        if let Some(reason) = entry.stale(now) {
-            self.remove_at(i);
-            return Found::Stale(reason);
-        }
         entry.used = clock;
-        let frame = entry.frame();
-        if out.capacity() - out.len() < frame.len() {
-            out.reserve(frame.len().max(chunk));
-        }
-        out.extend_from_slice(frame);
+        copy_out(entry.frame(), out, chunk);
         if now >= entry.refresh_at && !entry.refreshing {
             entry.refreshing = true;
             return Found::Refresh;
         }
         Found::Hit
+    }
+
+    /// Looks up HGET's `field` of `key` as [`Store::get`] looks up a key:
+    /// absent when the key's entry does not hold that field.
+    pub(crate) fn get_field(
+        &mut self,
+        key: &[u8],
+        hash: u64,
+        field: &[u8],
+        now: Instant,
+        out: &mut BytesMut,
+        chunk: usize,
+    ) -> Found {
+        let i = match self.servable(key, hash, Cacheable::HGet, now) {
+            Ok(i) => i,
+            Err(found) => return found,
+        };
+        self.clock += 1;
+        let clock = self.clock;
+        let Some(entry) = self.entries.get_mut(i) else {
+            return Found::Absent;
+        };
+        let Some((_, frame)) = field_frames(entry.frame()).find(|(f, _)| *f == field) else {
+            return Found::Absent;
+        };
+        copy_out(frame, out, chunk);
+        entry.used = clock;
+        Found::Hit
+    }
+
+    /// The position of `key`'s entry filled by `kind`, if it may still be
+    /// served at `now` (a stale one is removed, and the reason returned).
+    fn servable(
+        &mut self,
+        key: &[u8],
+        hash: u64,
+        kind: Cacheable,
+        now: Instant,
+    ) -> Result<usize, Found> {
+        let Some(i) = self.index.get(hash) else {
+            return Err(Found::Absent);
+        };
+        // Another command's reply is not this read's: HGETALL's empty
+        // array for an absent key must not answer its GET.
+        let Some(entry) = self
+            .entries
+            .get(i)
+            .filter(|e| e.key() == key && e.kind == kind)
+        else {
+            return Err(Found::Absent);
+        };
+        if let Some(reason) = entry.stale(now) {
+            self.remove_at(i);
+            return Err(Found::Stale(reason));
+        }
+        Ok(i)
+    }
+
+    /// The fields an HGET entry of `key` holds after `field`'s reply
+    /// `frame` (the pair) joins them (encoded for [`Entry::new`]), and the expiry of
+    /// the entry it joined. It joins only an entry that may still be
+    /// served and was filled through the same tracking `session` (Redis
+    /// tracks the key, not the field, for that connection), and only
+    /// while the fields stay within `max_bytes`; otherwise it starts a new
+    /// entry alone.
+    pub(crate) fn merged_fields(
+        &self,
+        key: &[u8],
+        hash: u64,
+        session: &Arc<Session>,
+        now: Instant,
+        (field, frame): (&[u8], &[u8]),
+        max_bytes: usize,
+    ) -> (Vec<u8>, Option<Instant>) {
+        let mut fields = Vec::with_capacity(8 + field.len() + frame.len());
+        let joined = self
+            .index
+            .get(hash)
+            .and_then(|i| self.entries.get(i))
+            .filter(|e| {
+                e.key() == key
+                    && e.kind == Cacheable::HGet
+                    && Arc::ptr_eq(&e.session, session)
+                    && e.stale(now).is_none()
+                    && e.frame().len() + 8 + field.len() + frame.len() <= max_bytes
+            });
+        if let Some(entry) = joined {
+            for (f, v) in field_frames(entry.frame()).filter(|(f, _)| *f != field) {
+                encode_field(&mut fields, f, v);
+            }
+        }
+        encode_field(&mut fields, field, frame);
+        (fields, joined.map(|e| e.expires))
     }
 
     /// Removes the key's entry (and grounds its flight); true if there was one.
@@ -564,6 +686,63 @@ mod tests {
             Found::Hit
         ));
         assert_eq!(&out[..], b"v");
+    }
+
+    #[test]
+    fn an_hget_entry_answers_the_fields_it_holds() {
+        let now = Instant::now();
+        let s = live();
+        let mut store = Store::default();
+        let hash = h("h");
+        let add = |store: &mut Store, field: &[u8], frame: &[u8], session: &Arc<Session>, max| {
+            let (fields, joined) =
+                store.merged_fields(b"h", hash, session, now, (field, frame), max);
+            let expires = joined.unwrap_or(now + Duration::from_secs(10));
+            let e = Entry::new(
+                b"h",
+                Cacheable::HGet,
+                &fields,
+                expires,
+                session.clone(),
+                hash,
+            );
+            store.insert(e, 10_000, now, &|_| 1, &mut |_| {});
+        };
+        let field = |store: &mut Store, field: &[u8]| {
+            let mut out = BytesMut::new();
+            match store.get_field(b"h", hash, field, now, &mut out, 0) {
+                Found::Hit => Some(out.to_vec()),
+                _ => None,
+            }
+        };
+        add(&mut store, b"a", b"$1\r\n1\r\n", &s, 1024);
+        add(&mut store, b"b", b"$2\r\n22\r\n", &s, 1024);
+        add(&mut store, b"a", b"$1\r\n3\r\n", &s, 1024);
+        assert_eq!(
+            field(&mut store, b"a").as_deref(),
+            Some(&b"$1\r\n3\r\n"[..])
+        );
+        assert_eq!(
+            field(&mut store, b"b").as_deref(),
+            Some(&b"$2\r\n22\r\n"[..])
+        );
+        assert_eq!(field(&mut store, b"c"), None);
+        assert_eq!(field(&mut store, b""), None);
+        assert!(matches!(
+            store.get(b"h", hash, Cacheable::Get, now, &mut BytesMut::new(), 0),
+            Found::Absent
+        ));
+        // Another tracking session, or fields past the byte limit, start
+        // the entry afresh.
+        let other = live();
+        add(&mut store, b"c", b"$1\r\nc\r\n", &other, 1024);
+        assert_eq!(field(&mut store, b"a"), None);
+        add(&mut store, b"d", b"$1\r\nd\r\n", &other, 20);
+        assert_eq!(field(&mut store, b"c"), None);
+        assert!(field(&mut store, b"d").is_some());
+        assert_eq!(store.len(), 1);
+        assert!(store.remove(b"h", hash));
+        assert_eq!(field(&mut store, b"d"), None);
     }
 
     #[test]
