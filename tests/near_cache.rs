@@ -244,6 +244,114 @@ fn a_lost_invalidation_connection_or_data_connection_stops_hits() {
     wait_hit(&redis, &mut c, "k", "v3");
 }
 
+/// A RESP3 client fills the cache as a RESP2 client does (keygate's RESP3
+/// connections to Redis track too) and reads its own writes. With the
+/// invalidation connection killed, Redis pushes `tracking-redir-broken` on
+/// the RESP3 connection when a key it tracks changes: its replies stay in
+/// order, the direct write is read, and the key is kept again once the
+/// invalidation connection is back.
+#[test]
+fn a_resp3_client_fills_and_steps_over_a_broken_redirect() {
+    let redis = RedisServer::start();
+    let kg = start(&redis);
+    wait_tracking(&redis);
+    let mut r3 = RawConn::connect(kg.port());
+    assert!(r3
+        .cmd_str(&["HELLO", "3", "AUTH", "app", "pw"])
+        .starts_with('%'));
+    assert_eq!(r3.cmd_str(&["SET", "k", "v1"]), "+OK\r\n");
+    wait_hit(&redis, &mut r3, "k", "v1");
+    assert_eq!(r3.cmd_str(&["SET", "k", "v2"]), "+OK\r\n");
+    assert_eq!(r3.cmd_str(&["GET", "k"]), bulk("v2"));
+    wait_hit(&redis, &mut r3, "k", "v2");
+    // A nil is RESP3's own, never a RESP2 leader's.
+    assert_eq!(r3.cmd_str(&["GET", "none"]), "_\r\n");
+    for id in client_ids_named(redis.port(), "keygate-invalidation") {
+        redis.cli(&["CLIENT", "KILL", "ID", &id]);
+    }
+    redis.cli(&["SET", "app:k", "v3"]);
+    redis.cli(&["SET", "app:j", "w"]);
+    let mut pipeline = Vec::new();
+    for key in ["k", "j", "none", "k"] {
+        pipeline.extend_from_slice(&resp_command(&["GET", key]));
+    }
+    r3.send(&pipeline);
+    let replies: Vec<Vec<u8>> = (0..4).map(|_| r3.read_reply()).collect();
+    let k_now = String::from_utf8_lossy(&replies[0]).into_owned();
+    assert_eq!(
+        k_now,
+        bulk("v3"),
+        "the direct write, read after the redirect broke"
+    );
+    assert_eq!(replies[1], bulk("w").into_bytes());
+    assert_eq!(replies[2], b"_\r\n");
+    assert_eq!(replies[3], bulk("v3").into_bytes());
+    wait_tracking(&redis);
+    wait_hit(&redis, &mut r3, "k", "v3");
+    redis.cli(&["SET", "app:k", "v4"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || r3.cmd_str(&["GET", "k"])
+            == bulk("v4")),
+        "the direct write was never read"
+    );
+}
+
+/// The same push in the middle of a pipelined batch: while a RESP3 client
+/// pipelines reads of tracked keys, the invalidation connection is killed
+/// and the keys are written directly (with the values they hold), again and
+/// again. Every reply arrives, in order, with its value.
+#[test]
+fn a_resp3_pipeline_keeps_its_replies_through_broken_redirects() {
+    let redis = RedisServer::start();
+    let kg = start(&redis);
+    wait_tracking(&redis);
+    let mut r3 = RawConn::connect(kg.port());
+    r3.cmd_str(&["HELLO", "3", "AUTH", "app", "pw"]);
+    let keys: Vec<String> = (0..8).map(|i| format!("k{i}")).collect();
+    for key in &keys {
+        r3.cmd_str(&["SET", key, &format!("v-{key}")]);
+    }
+    let mut pipeline = Vec::new();
+    for _ in 0..250 {
+        for key in &keys {
+            pipeline.extend_from_slice(&resp_command(&["GET", key]));
+        }
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, port, keys) = (stop.clone(), redis.port(), keys.clone());
+        std::thread::spawn(move || {
+            let mut direct = RawConn::connect(port);
+            let mut rounds = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && rounds < 200 {
+                for id in client_ids_named(port, "keygate-invalidation") {
+                    direct.cmd_str(&["CLIENT", "KILL", "ID", &id]);
+                }
+                for key in &keys {
+                    direct.cmd_str(&["SET", &format!("app:{key}"), &format!("v-{key}")]);
+                }
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    for round in 0..40 {
+        r3.send(&pipeline);
+        for i in 0..250 * keys.len() {
+            let key = &keys[i % keys.len()];
+            let got = r3.read_reply();
+            assert_eq!(
+                String::from_utf8_lossy(&got),
+                bulk(&format!("v-{key}")),
+                "round {round}, reply {i}"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = writer.join().expect("writer");
+    eprintln!("FIGURES resp3 pipeline: {rounds} rounds of killed invalidation connections and direct writes");
+}
+
 /// Reload applies `[service.near_cache]` to the cache in use: a smaller
 /// budget evicts at once, and the entries left keep being served.
 #[test]

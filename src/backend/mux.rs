@@ -588,11 +588,24 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     return;
                 }
             };
-            if frame.kind == ReplyKind::Push && found == 0 {
-                // Out-of-band push on a shared connection: nobody asked for it.
-                let _ = buf.split_to(frame.end);
-                scanner.consume(frame.end);
-                let pushed = counted.min(frame.end);
+            if frame.kind == ReplyKind::Push {
+                // Out-of-band push on a shared connection: nobody asked for
+                // it, and it is no reply. The only one a connection here
+                // gets is RESP3 tracking's `tracking-redir-broken` (the
+                // invalidation connection is gone, which keygate learns on
+                // that connection), and Redis may put it between two replies
+                // of a batch: it is cut out of the batch's bytes.
+                let start = if discarding { 0 } else { frame_start };
+                let len = frame.end - start;
+                if start == 0 {
+                    let _ = buf.split_to(frame.end);
+                } else {
+                    let rest = buf.split_off(frame.end);
+                    buf.truncate(start);
+                    buf.unsplit(rest);
+                }
+                scanner.consume(len);
+                let pushed = counted.saturating_sub(start).min(len);
                 uncount(queue.front(), pushed);
                 counted -= pushed;
                 continue;
@@ -606,14 +619,6 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 tracing::warn!(backend = %addr, "backend sent a reply nobody asked for");
                 return;
             };
-            if frame.kind == ReplyKind::Push {
-                let err = BackendError::Protocol {
-                    addr: addr.to_string(),
-                    reason: "push frame inside a pipelined reply".into(),
-                };
-                fail_all(&mut queue, &mut pending_rx, counted, err);
-                return;
-            }
             if frame.kind == ReplyKind::Error
                 && buf
                     .get(frame_start..frame.end)
@@ -771,6 +776,54 @@ fn uncount(front: Option<&Pending>, n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RESP3 tracking's `tracking-redir-broken` push between two replies of
+    /// one batch, whole or arriving in pieces, is cut out of the batch's
+    /// bytes; one between batches is dropped.
+    #[tokio::test]
+    async fn a_push_between_replies_is_cut_out() {
+        use tokio::io::AsyncWriteExt;
+        let (mut node, rd) = tokio::io::duplex(4096);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let health = Arc::new(NodeHealth::default());
+        let reader = tokio::spawn(read_loop(
+            rd,
+            rx,
+            Arc::new(WriteWindow::default()),
+            Arc::from("node"),
+            Duration::from_secs(5),
+            health.clone(),
+            None,
+        ));
+        let batch = |count| {
+            let (reply, answer) = oneshot::channel();
+            let mut p = Pending::injected(Instant::now(), &health, None);
+            p.count = count;
+            p.reply = reply;
+            tx.send(p).expect("reader");
+            answer
+        };
+        let (first, second) = (batch(3), batch(1));
+        const PUSH: &[u8] = b">2\r\n$21\r\ntracking-redir-broken\r\n:7\r\n";
+        let mut bytes = b"+OK\r\n".to_vec();
+        bytes.extend_from_slice(PUSH);
+        bytes.extend_from_slice(b"$1\r\nv\r\n");
+        bytes.extend_from_slice(PUSH);
+        bytes.extend_from_slice(b":1\r\n");
+        bytes.extend_from_slice(PUSH);
+        bytes.extend_from_slice(b":5\r\n");
+        let (a, b) = bytes.split_at(12);
+        node.write_all(a).await.expect("write");
+        tokio::task::yield_now().await;
+        node.write_all(b).await.expect("write");
+        let replies = first.await.expect("answered").expect("replies");
+        assert_eq!(&replies.bytes[..], b"+OK\r\n$1\r\nv\r\n:1\r\n");
+        let ends: Vec<usize> = replies.ends.iter().map(|e| e.end).collect();
+        assert_eq!(ends, [5, 12, 16]);
+        let replies = second.await.expect("answered").expect("replies");
+        assert_eq!(&replies.bytes[..], b":5\r\n");
+        reader.abort();
+    }
 
     /// The writer waits only while the window is full, and an answer made
     /// before it started waiting still lets it through.

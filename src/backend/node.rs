@@ -99,11 +99,11 @@ impl Node {
                 writes_in_flight: opts.writes_in_flight,
                 tracking: None,
             };
-            // Only RESP2 connections track: with REDIRECT, Redis tells a
-            // RESP3 one that its redirect is gone with a push in the middle
-            // of its replies. RESP3 clients are still answered from the cache.
+            // RESP3 connections track too: Redis tells a RESP3 one that
+            // its redirect is gone with a push, which may come in the middle
+            // of its replies, and the reader steps over pushes.
             let tracked = MuxOptions {
-                tracking: tracking.clone().filter(|_| protocol == Protocol::Resp2),
+                tracking: tracking.clone(),
                 ..options.clone()
             };
             let mux = (0..opts.connections.max(1))

@@ -30,7 +30,7 @@ use crate::metrics::ErrorKind;
 use crate::metrics::Role;
 use crate::near_cache::fill::Fill;
 use crate::near_cache::flight::Boarding;
-use crate::near_cache::{Lookup, NearCache, Writing};
+use crate::near_cache::{Lookup, NearCache, Sharing, Writing};
 use crate::protocol::reply::ReplyKind;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
@@ -134,29 +134,37 @@ impl Connection {
             }
             _ => arg,
         };
-        // Only RESP2 connections to the master track for the cache, and
-        // only a RESP2 client takes a RESP2 leader's reply as it is.
-        let fills = self.session.protocol == Protocol::Resp2
-            && self
-                .session
-                .service
-                .as_ref()
-                .is_some_and(|s| s.read_from == ReadFrom::Master);
+        let resp3 = self.session.protocol == Protocol::Resp3;
+        // Connections to the master track for the cache, RESP2 and RESP3
+        // alike; a RESP3 HGETALL reply is a map, and entries hold RESP2's
+        // array, so it fills nothing.
+        let tracks = self
+            .session
+            .service
+            .as_ref()
+            .is_some_and(|s| s.read_from == ReadFrom::Master);
         // A follower waits for its leader before anything it sends after:
         // only a client with nothing else on its way (not pipelining)
         // follows; a pipelined read is sent (a fill of its own, or as it
         // is) rather than stall the pipeline behind another's round trip.
         // Not on a cluster backend: the leader's reply may be a redirect,
-        // settled only in its client's queue.
-        let follows =
-            fills && self.batch.is_empty() && self.queue.is_empty() && !self.batch.is_cluster();
-        let resp3 = self.session.protocol == Protocol::Resp3;
+        // settled only in its client's queue. A RESP3 reply is handed to
+        // no RESP2 follower (their nils differ), and HGET's flights would
+        // have to be per field: those fill alone.
+        let sharing = if !tracks || (resp3 && kind == Cacheable::HGetAll) {
+            Sharing::None
+        } else if resp3 || field.is_some() {
+            Sharing::Alone
+        } else if self.batch.is_empty() && self.queue.is_empty() && !self.batch.is_cluster() {
+            Sharing::LeadsOrFollows
+        } else {
+            Sharing::Leads
+        };
         match cache.lookup(
             key,
             kind,
             field,
-            fills,
-            follows,
+            sharing,
             self.read_at,
             &mut self.near_answers,
         ) {
@@ -304,7 +312,8 @@ impl Connection {
 }
 
 /// A kept reply frame as the client reads it: entries hold RESP2 frames
-/// (only RESP2 connections fill), and a RESP3 client reads HGETALL's
+/// (a RESP3 connection fills only GET and HGET, whose bulk strings the
+/// two protocols share), and a RESP3 client reads HGETALL's
 /// fields and values as a map (`%n`) where RESP2 has an array of twice as
 /// many (`*2n`); the elements are the same bulk strings.
 fn as_client_reads(kind: Cacheable, resp3: bool, frame: Bytes) -> Bytes {

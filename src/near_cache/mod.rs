@@ -148,6 +148,23 @@ pub enum Lookup {
     Follow(flight::Boarding),
 }
 
+/// How a cacheable read shares a fill with identical reads ([`flight`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// It only may be answered from the cache: its connection does not
+    /// track, so its reply fills nothing.
+    None,
+    /// It fills on its own: it neither waits for another read's fill nor
+    /// hands its reply to reads waiting (a RESP3 reply, whose nil differs
+    /// from RESP2's; HGET, whose flights would have to be per field).
+    Alone,
+    /// Reads waiting for its key may take its reply as it is.
+    Leads,
+    /// It leads, or while another read of the key is on its way it waits
+    /// for that one's reply instead of being sent.
+    LeadsOrFollows,
+}
+
 /// Taken when a read is queued; a fill is kept only if it still matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ticket {
@@ -434,27 +451,23 @@ impl NearCache {
         }))
     }
 
-    /// Looks a cacheable read's (prefixed) key up. `fills`: the read may
-    /// fill the cache (its connection tracks and takes a leader's reply as
-    /// it is); `follows`: it may also wait for another read's fill, else
-    /// while one is on its way it is sent as it is. `now`: when the read's
-    /// bytes were read (an entry is served if it was live then; its fill's
-    /// age counts from then, which only shortens it). A hit's frame is
-    /// copied into `answers` (kept by the caller from one hit to the next,
-    /// so hits share its allocation) and split off as the answer.
-    /// `field`: HGET's field (its reads neither lead nor follow flights,
-    /// which are per key).
-    #[allow(clippy::too_many_arguments)]
+    /// Looks a cacheable read's (prefixed) key up. `field`: HGET's field.
+    /// `sharing`: whether the read may fill the cache, and how it shares
+    /// its fill ([`Sharing`]). `now`: when the read's bytes were read (an
+    /// entry is served if it was live then; its fill's age counts from
+    /// then, which only shortens it). A hit's frame is copied into
+    /// `answers` (kept by the caller from one hit to the next, so hits
+    /// share its allocation) and split off as the answer.
     pub fn lookup(
         &self,
         key: &[u8],
         kind: Cacheable,
         field: Option<&[u8]>,
-        fills: bool,
-        follows: bool,
+        sharing: Sharing,
         now: Instant,
         answers: &mut BytesMut,
     ) -> Lookup {
+        let fills = sharing != Sharing::None;
         let hash = self.hasher.hash_one(key);
         let mut shard = locked(self.shard(hash));
         // The doorkeeper's line and the index's are loaded one beside the
@@ -500,7 +513,7 @@ impl NearCache {
         if !fills {
             return Lookup::Miss(None);
         }
-        if follows && field.is_none() {
+        if sharing == Sharing::LeadsOrFollows {
             if let Some(boarding) = shard.flights.join(key, kind) {
                 return Lookup::Follow(boarding);
             }
@@ -509,7 +522,8 @@ impl NearCache {
             return Lookup::Miss(None);
         }
         let id = self.flights.fetch_add(1, Ordering::Relaxed);
-        let flight = (field.is_none() && shard.flights.lead(key, id, kind)).then_some(id);
+        let leads = matches!(sharing, Sharing::Leads | Sharing::LeadsOrFollows);
+        let flight = (leads && shard.flights.lead(key, id, kind)).then_some(id);
         // The ticket is read after the lookup: an invalidation between
         // the two only makes the fill be dropped.
         Lookup::Miss(Some(Ticket {
@@ -868,8 +882,7 @@ mod tests {
             key,
             Cacheable::Get,
             None,
-            true,
-            true,
+            Sharing::LeadsOrFollows,
             Instant::now(),
             &mut BytesMut::new(),
         );
@@ -905,8 +918,7 @@ mod tests {
             b"h",
             Cacheable::HGet,
             Some(field),
-            true,
-            true,
+            Sharing::Alone,
             Instant::now(),
             &mut BytesMut::new(),
         )
@@ -923,7 +935,7 @@ mod tests {
         let session = live();
         let field_ticket = |field: &[u8]| loop {
             if let Lookup::Miss(Some(t)) = look_field(&cache, field) {
-                assert!(t.flight.is_none(), "HGET leads no flight");
+                assert!(t.flight.is_none(), "a read alone leads no flight");
                 return t;
             }
         };
