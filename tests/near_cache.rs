@@ -810,6 +810,74 @@ fn a_cluster_backend_keeps_every_masters_reads_coherent() {
     );
 }
 
+/// Warm after failover on a cluster backend: a manual failover of one
+/// master changes the slot map, which flushes the cache, and keygate then
+/// reads the hot keys that master served from its heir on its own (the
+/// heir, a replica until then, tracked nothing for keygate), so the next
+/// client read of one is a hit.
+#[test]
+fn a_cluster_failover_warms_the_hottest_keys_from_the_new_master() {
+    let cluster = RedisCluster::start();
+    let service = format!("{NEAR_CACHE_SERVICE}warm_keys = 20");
+    let kg = Keygate::start_with(&cluster_config(&cluster, &service));
+    kg.wait_ready();
+    for master in cluster.masters() {
+        wait_tracking(master);
+    }
+    let mut c = login(&kg);
+    for i in 0..40 {
+        assert_eq!(c.cmd_str(&["SET", &format!("k{i}"), "v"]), "+OK\r\n");
+    }
+    // Twenty-three hot keys (prime to the hot-key sample's 1 in 8).
+    for _ in 0..40 {
+        for i in 0..23 {
+            assert_eq!(c.cmd_str(&["GET", &format!("k{i}")]), bulk("v"));
+        }
+    }
+    let old = owner(&cluster, "app:k0");
+    old.cli(&["WAIT", "1", "5000"]);
+    let old_id = old.cli(&["CLUSTER", "MYID"]);
+    let heir: u16 = old
+        .cli(&["CLUSTER", "NODES"])
+        .lines()
+        .find(|l| l.contains(&format!("slave {old_id}")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|addr| addr.split(['@', ':']).nth(1))
+        .and_then(|port| port.parse().ok())
+        .expect("the master has a replica");
+    let tracked = |port: u16| {
+        cli_at(port, &["INFO", "stats"])
+            .lines()
+            .find_map(|l| l.strip_prefix("tracking_total_keys:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(tracked(heir), 0, "a replica tracks nothing");
+    assert_eq!(cli_at(heir, &["CLUSTER", "FAILOVER"]), "OK");
+    let slot = keygate::topology::slot::key_slot(b"app:k0");
+    assert!(
+        wait_until(Duration::from_secs(20), || cluster.slot_owner(slot).1
+            == heir),
+        "the replica never took over"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || tracked(heir) >= 1),
+        "the new master never tracked a warmed key"
+    );
+    let gets = cli_at(heir, &["INFO", "commandstats"]);
+    assert_eq!(c.cmd_str(&["GET", "k0"]), bulk("v"));
+    assert_eq!(
+        cli_at(heir, &["INFO", "commandstats"])
+            .lines()
+            .find(|l| l.starts_with("cmdstat_get:"))
+            .map(str::to_owned),
+        gets.lines()
+            .find(|l| l.starts_with("cmdstat_get:"))
+            .map(str::to_owned),
+        "the first read after the failover was a hit"
+    );
+}
+
 /// Reads `cmd` until it is answered without reaching Redis (a hit), each
 /// reply checked against `want`; bounded.
 fn wait_hit_of(redis: &RedisServer, c: &mut RawConn, cmd: &[&str], want: &str) {

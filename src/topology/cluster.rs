@@ -565,6 +565,9 @@ async fn refresh(topology: &Arc<Topology>, cluster: &Cluster, timeout: Duration)
     let map = SlotMap::build(best, node, &cluster.map().verdicts());
     let first_master = map.any_master().cloned();
     let generation = cluster.generation();
+    // Only a change of a map that served slots is worth warming after: at
+    // start nothing was flushed.
+    let served = cluster.map().any_master().is_some();
     if !cluster.publish(map) {
         return;
     }
@@ -573,6 +576,9 @@ async fn refresh(topology: &Arc<Topology>, cluster: &Cluster, timeout: Duration)
         // covered for it proves nothing on its new owner.
         if let Some(caches) = topology.near_caches() {
             caches.flush_all(Evicted::Flush);
+            if served {
+                super::warm::spawn_cluster(Arc::clone(&cluster.map()), caches.clone());
+            }
         }
     }
     // Commands without keys go to a master of the cluster.

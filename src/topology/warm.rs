@@ -8,6 +8,10 @@
 //! a tracked shared connection of the default database), under the same
 //! tickets, so a write or invalidation meanwhile drops the fill. They are
 //! rate-limited: [`BATCH`] keys, then a [`PAUSE`].
+//!
+//! On a cluster backend the same follows a change of the slot map (a slot
+//! moved, or a shard's master changed, which flushed the caches): each
+//! key is read from its slot's master in the new map.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +27,8 @@ use crate::near_cache::tracking::Stamp;
 use crate::near_cache::{NearCache, NearCaches};
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
+use crate::topology::cluster::SlotMap;
+use crate::topology::slot::key_slot;
 
 /// Keys read in one write.
 const BATCH: usize = 50;
@@ -39,13 +45,8 @@ pub(crate) fn spawn(master: Arc<Node>, caches: Arc<NearCaches>) {
 }
 
 async fn warm(master: Arc<Node>, caches: Arc<NearCaches>) {
-    let deadline = tokio::time::Instant::now() + TRACKING_WAIT;
-    while !master.tracking_up() {
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(master = %master.addr(), "near cache not warmed: the new master's invalidation connection did not come up");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if !tracking_comes_up(&master).await {
+        return;
     }
     for cache in caches.live() {
         let keys = cache.warm_keys();
@@ -61,6 +62,58 @@ async fn warm(master: Arc<Node>, caches: Arc<NearCaches>) {
             tracing::info!(master = %master.addr(), keys = keys.len(), read = filled, "near cache warmed after a master change");
         }
     }
+}
+
+/// Starts warming the caches from the masters of `map`, each key from its
+/// slot's, if a runtime is there to run it.
+pub(crate) fn spawn_cluster(map: Arc<SlotMap>, caches: Arc<NearCaches>) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(warm_cluster(map, caches));
+    }
+}
+
+async fn warm_cluster(map: Arc<SlotMap>, caches: Arc<NearCaches>) {
+    for cache in caches.live() {
+        // The hottest keys, grouped by master in the order of their heat.
+        let mut by_master: Vec<(Arc<Node>, Vec<Bytes>)> = Vec::new();
+        for key in cache.warm_keys() {
+            let Some(master) = map.master(key_slot(&key)) else {
+                continue;
+            };
+            match by_master.iter_mut().find(|(m, _)| Arc::ptr_eq(m, master)) {
+                Some((_, keys)) => keys.push(key),
+                None => by_master.push((master.clone(), vec![key])),
+            }
+        }
+        for (master, keys) in by_master {
+            if !tracking_comes_up(&master).await {
+                continue;
+            }
+            let mut filled = 0usize;
+            for chunk in keys.chunks(BATCH) {
+                match warm_batch(&master, &cache, chunk).await {
+                    Some(n) => filled += n,
+                    None => break,
+                }
+                tokio::time::sleep(PAUSE).await;
+            }
+            tracing::info!(master = %master.addr(), keys = keys.len(), read = filled, "near cache warmed after a slot map change");
+        }
+    }
+}
+
+/// Waits (at most [`TRACKING_WAIT`]) for `master`'s invalidation
+/// connection; false if it did not come up.
+async fn tracking_comes_up(master: &Node) -> bool {
+    let deadline = tokio::time::Instant::now() + TRACKING_WAIT;
+    while !master.tracking_up() {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(master = %master.addr(), "near cache not warmed: the master's invalidation connection did not come up");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
 }
 
 /// Reads `keys` in one write and fills what comes back; how many were
