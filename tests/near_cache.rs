@@ -818,7 +818,8 @@ fn a_cluster_backend_keeps_every_masters_reads_coherent() {
 #[test]
 fn a_cluster_failover_warms_the_hottest_keys_from_the_new_master() {
     let cluster = RedisCluster::start();
-    let service = format!("{NEAR_CACHE_SERVICE}warm_keys = 20");
+    // Room for every hot key below.
+    let service = format!("{NEAR_CACHE_SERVICE}warm_keys = 30");
     let kg = Keygate::start_with(&cluster_config(&cluster, &service));
     kg.wait_ready();
     for master in cluster.masters() {
@@ -835,6 +836,9 @@ fn a_cluster_failover_warms_the_hottest_keys_from_the_new_master() {
         }
     }
     let old = owner(&cluster, "app:k0");
+    let owned = (0..23)
+        .filter(|i| owner(&cluster, &format!("app:k{i}")).port() == old.port())
+        .count() as u64;
     old.cli(&["WAIT", "1", "5000"]);
     let old_id = old.cli(&["CLUSTER", "MYID"]);
     let heir: u16 = old
@@ -860,9 +864,23 @@ fn a_cluster_failover_warms_the_hottest_keys_from_the_new_master() {
             == heir),
         "the replica never took over"
     );
+    // Only the warm reads the heir's keys for keygate: no client reads.
     assert!(
-        wait_until(Duration::from_secs(30), || tracked(heir) >= 1),
-        "the new master never tracked a warmed key"
+        wait_until(Duration::from_secs(30), || tracked(heir) >= owned),
+        "the new master never tracked the {owned} warmed keys it serves (it tracks {})",
+        tracked(heir)
+    );
+    let entries = || {
+        metric_sample(
+            &scrape_metrics(kg.admin_port()),
+            "keygate_near_cache_entries",
+            &[("service", "app")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || entries() >= 23.0),
+        "the warmed keys were never kept"
     );
     let gets = cli_at(heir, &["INFO", "commandstats"]);
     assert_eq!(c.cmd_str(&["GET", "k0"]), bulk("v"));
