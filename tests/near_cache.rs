@@ -810,6 +810,64 @@ fn a_cluster_backend_keeps_every_masters_reads_coherent() {
     );
 }
 
+/// Single flight on a cluster backend: while a fill's read of a key is on
+/// its way (its master is stopped), other clients' reads of the key wait
+/// for its reply, and the master sees one GET for the four reads.
+#[test]
+fn cluster_reads_of_a_key_in_flight_wait_for_its_reply() {
+    let cluster = RedisCluster::start();
+    let kg = Keygate::start_with(&cluster_config(&cluster, NEAR_CACHE_SERVICE));
+    kg.wait_ready();
+    for master in cluster.masters() {
+        wait_tracking(master);
+    }
+    let mut leader = login(&kg);
+    let mut followers = [login(&kg), login(&kg), login(&kg)];
+    leader.cmd_str(&["SET", "k", "v"]);
+    assert_eq!(leader.cmd_str(&["GET", "k"]), bulk("v"));
+    let misses = |n: f64| {
+        wait_until(Duration::from_secs(10), || {
+            metric_sum(
+                &scrape_metrics(kg.admin_port()),
+                "keygate_near_cache_misses_total",
+                &[("service", "app")],
+            ) >= n
+        })
+    };
+    assert!(misses(1.0));
+    // No failover while the master is stopped, however long that takes.
+    for node in cluster.nodes() {
+        assert_eq!(
+            node.cli(&["CONFIG", "SET", "cluster-node-timeout", "60000"]),
+            "OK"
+        );
+    }
+    let master = owner(&cluster, "app:k");
+    let gets = master.calls("get");
+    let pid = master.pid().expect("the master's pid");
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    leader.send(&resp_command(&["GET", "k"]));
+    let led = misses(2.0);
+    for f in followers.iter_mut() {
+        f.send(&resp_command(&["GET", "k"]));
+    }
+    let aboard = led && misses(5.0);
+    signal("-CONT");
+    assert!(aboard, "the reads never came");
+    assert_eq!(leader.read_reply(), bulk("v").into_bytes());
+    for f in followers.iter_mut() {
+        assert_eq!(f.read_reply(), bulk("v").into_bytes());
+    }
+    assert_eq!(master.calls("get"), gets + 1, "one GET for four reads");
+}
+
 /// Warm after failover on a cluster backend: a manual failover of one
 /// master changes the slot map, which flushes the cache, and keygate then
 /// reads the hot keys that master served from its heir on its own (the

@@ -139,6 +139,9 @@ struct Part {
     /// Near-cache fills in the part learn the tracking session of the
     /// node's connection here (each node tracks its own reads).
     stamp: Option<Arc<Stamp>>,
+    /// The flights its fills lead, by the part's reply frame that lands
+    /// each (a redirect lands none: see [`Landings::land`]).
+    landings: Landings,
 }
 
 impl ClusterBatching {
@@ -241,6 +244,8 @@ struct SealedPart {
     script: bool,
     /// See [`Part`]'s.
     stamp: Option<Arc<Stamp>>,
+    /// See [`Part`]'s.
+    landings: Landings,
 }
 
 /// Whether a command for `slot`, whose master is `node`, may join a part
@@ -469,6 +474,7 @@ impl PendingBatch {
                 frames: std::mem::take(&mut part.frames),
                 script: std::mem::take(&mut part.script),
                 stamp: part.stamp.take(),
+                landings: std::mem::take(&mut part.landings),
             });
         }
         cluster.active = 1;
@@ -560,12 +566,20 @@ impl PendingBatch {
         if self.is_empty() {
             self.suppress = suppress;
         }
-        // Not on a cluster backend: a reply frame there may be a redirect,
-        // which no follower may be handed (its flight is let go instead).
-        if let (ReplyPlan::NearFill(fill), None) = (&reply.plan, &self.cluster) {
-            if let Some(landing) = fill.landing() {
-                // The read's own reply, behind CLIENT CACHING's.
-                self.landings.push(self.frames + 1, landing);
+        if let Some(landing) = match &reply.plan {
+            ReplyPlan::NearFill(fill) => fill.landing(),
+            _ => None,
+        } {
+            // The read's own reply, behind CLIENT CACHING's: on a cluster
+            // backend in its node's part (a redirect there lands nothing,
+            // and the followers read on their own).
+            match self.cluster.as_deref_mut() {
+                Some(cluster) => {
+                    if let Some(part) = cluster.current() {
+                        part.landings.push(part.frames + 1, landing);
+                    }
+                }
+                None => self.landings.push(self.frames + 1, landing),
             }
         }
         self.add_frame(Bytes::from_static(CACHING_YES));
@@ -602,11 +616,6 @@ impl PendingBatch {
             None => &mut self.stamp,
         };
         stamp.get_or_insert_with(Default::default).clone()
-    }
-
-    /// Whether the batch goes to a cluster's nodes.
-    pub(super) fn is_cluster(&self) -> bool {
-        self.cluster.is_some()
     }
 
     fn add_frame(&mut self, frame: Bytes) {
@@ -868,7 +877,7 @@ impl Connection {
                 meter: Some(self.meter.clone()),
                 script: part.script,
                 stamp: part.stamp,
-                landings: Default::default(),
+                landings: part.landings,
             };
             let follow = redirect::Follow {
                 ctx: ctx.clone(),

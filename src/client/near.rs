@@ -34,6 +34,7 @@ use crate::near_cache::{Lookup, NearCache, Sharing, Writing};
 use crate::protocol::reply::ReplyKind;
 use crate::protocol::request::Request;
 use crate::protocol::Protocol;
+use crate::topology::slot::{key_slot, prefixed_key_slot};
 
 /// What the near cache makes of a read.
 pub(super) enum NearRead {
@@ -147,15 +148,15 @@ impl Connection {
         // only a client with nothing else on its way (not pipelining)
         // follows; a pipelined read is sent (a fill of its own, or as it
         // is) rather than stall the pipeline behind another's round trip.
-        // Not on a cluster backend: the leader's reply may be a redirect,
-        // settled only in its client's queue. A RESP3 reply is handed to
+        // On a cluster backend a leader's redirect lands nothing (its
+        // followers then read on their own). A RESP3 reply is handed to
         // no RESP2 follower (their nils differ), and HGET's flights would
         // have to be per field: those fill alone.
         let sharing = if !tracks || (resp3 && kind == Cacheable::HGetAll) {
             Sharing::None
         } else if resp3 || field.is_some() {
             Sharing::Alone
-        } else if self.batch.is_empty() && self.queue.is_empty() && !self.batch.is_cluster() {
+        } else if self.batch.is_empty() && self.queue.is_empty() {
             Sharing::LeadsOrFollows
         } else {
             Sharing::Leads
@@ -302,6 +303,23 @@ impl Connection {
             Err(_) => {
                 if !self.batch.takes(suppress) {
                     self.seal_batch();
+                }
+                if self.ctx.router.cluster().is_some() {
+                    // To its key's master, as it would have gone.
+                    let slot = match (prefix_at, self.session.namespace()) {
+                        (Some(_), Some(ns)) => {
+                            prefixed_key_slot(ns.prefix_bytes(), request.get(1).unwrap_or_default())
+                        }
+                        _ => key_slot(request.get(1).unwrap_or_default()),
+                    };
+                    if self
+                        .batch
+                        .route_to(slot, self.ctx.router.cluster())
+                        .is_err()
+                    {
+                        self.seal_batch();
+                        let _ = self.batch.route_to(slot, self.ctx.router.cluster());
+                    }
                 }
                 let confine = prefix_at.zip(self.session.namespace());
                 self.batch

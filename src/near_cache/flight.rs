@@ -60,14 +60,25 @@ impl Landings {
         self.0.push((frame, landing));
     }
 
-    /// Lands each flight with its frame, found by `frame_at`.
+    /// Lands each flight with its frame, found by `frame_at`. A cluster's
+    /// redirect (or its refusal to serve the slot now) is no reply to hand
+    /// a follower: the flight is let go, and its followers read on their own.
     pub fn land(&self, frame_at: impl Fn(usize) -> Option<Bytes>) {
         for (i, landing) in &self.0 {
-            if let Some(frame) = frame_at(*i as usize) {
-                landing.land(&frame);
+            match frame_at(*i as usize) {
+                Some(frame) if !is_cluster_redirect(&frame) => landing.land(&frame),
+                _ => landing.abort(),
             }
         }
     }
+}
+
+/// `-MOVED`, `-ASK`, `-TRYAGAIN` or `-CLUSTERDOWN`: settled by the
+/// leader's client, not a reply of the key.
+fn is_cluster_redirect(frame: &[u8]) -> bool {
+    [&b"-MOVED "[..], b"-ASK ", b"-TRYAGAIN", b"-CLUSTERDOWN"]
+        .iter()
+        .any(|p| frame.starts_with(p))
 }
 
 impl Drop for Landings {

@@ -913,6 +913,54 @@ mod tests {
         assert_eq!(cache.counters.hits.load(Ordering::Relaxed), 1);
     }
 
+    /// A cluster's redirect of the leader's read lands nothing: its
+    /// followers read on their own; a reply lands as it is.
+    #[tokio::test]
+    async fn a_redirected_leader_lets_its_followers_go() {
+        let cache = NearCache::new(&config(1 << 20));
+        let _ = look(&cache, b"k");
+        for (frame, lands) in [
+            (&b"-MOVED 3999 127.0.0.1:7001\r\n"[..], false),
+            (b"-ASK 3999 127.0.0.1:7001\r\n", false),
+            (
+                b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+                false,
+            ),
+            (b"$1\r\nv\r\n", true),
+        ] {
+            let lead = |cache: &NearCache| {
+                cache.lookup(
+                    b"k",
+                    Cacheable::Get,
+                    None,
+                    Sharing::LeadsOrFollows,
+                    Instant::now(),
+                    &mut BytesMut::new(),
+                )
+            };
+            let Lookup::Miss(Some(ticket)) = lead(&cache) else {
+                panic!("no leader");
+            };
+            let Lookup::Follow(mut boarding) = lead(&cache) else {
+                panic!("no follower");
+            };
+            let mut landings = flight::Landings::default();
+            landings.push(
+                0,
+                Arc::new(flight::Landing::new(
+                    cache.clone(),
+                    Bytes::from_static(b"k"),
+                    ticket,
+                )),
+            );
+            landings.land(|_| Some(Bytes::copy_from_slice(frame)));
+            match boarding.try_recv() {
+                Ok(got) => assert!(lands && got[..] == frame[..]),
+                Err(_) => assert!(!lands, "{frame:?} was not handed on"),
+            }
+        }
+    }
+
     fn look_field(cache: &NearCache, field: &[u8]) -> Lookup {
         cache.lookup(
             b"h",
