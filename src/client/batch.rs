@@ -690,6 +690,20 @@ fn unstage(payload: &mut Payload, staged: &mut BytesMut) {
 }
 
 impl Connection {
+    /// On a cluster backend, makes `slot`'s master's part the one the next
+    /// command joins, sealing the batch first when it holds as many parts
+    /// as it may.
+    pub(super) fn route_batch_to(&mut self, slot: u16) {
+        if self
+            .batch
+            .route_to(slot, self.ctx.router.cluster())
+            .is_err()
+        {
+            self.seal_batch();
+            let _ = self.batch.route_to(slot, self.ctx.router.cluster());
+        }
+    }
+
     /// Closes the gathered batch: its replies take their place in the reply
     /// order now, and it waits to be submitted.
     pub(super) fn seal_batch(&mut self) {

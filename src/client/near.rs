@@ -312,14 +312,7 @@ impl Connection {
                         }
                         _ => key_slot(request.get(1).unwrap_or_default()),
                     };
-                    if self
-                        .batch
-                        .route_to(slot, self.ctx.router.cluster())
-                        .is_err()
-                    {
-                        self.seal_batch();
-                        let _ = self.batch.route_to(slot, self.ctx.router.cluster());
-                    }
+                    self.route_batch_to(slot);
                 }
                 let confine = prefix_at.zip(self.session.namespace());
                 self.batch

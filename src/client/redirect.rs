@@ -43,7 +43,9 @@ use crate::backend::mux::{Batch, BatchReply, Payload};
 use crate::backend::node::Node;
 use crate::backend::BackendError;
 use crate::near_cache::Evicted;
-use crate::protocol::reply::{FrameEnd, FrameEnds, Frames, Replies, ReplyKind, DEFAULT_MAX_DEPTH};
+use crate::protocol::reply::{
+    is_cluster_redirect, FrameEnd, FrameEnds, Frames, Replies, ReplyKind, DEFAULT_MAX_DEPTH,
+};
 use crate::protocol::request::{Request, RequestScanner, ScanLimits};
 use crate::protocol::Protocol;
 use crate::topology::cluster::{host_of, Redirect, RefreshReason};
@@ -436,13 +438,7 @@ fn has_redirect(replies: &Replies) -> bool {
     }
     replies
         .frames(DEFAULT_MAX_DEPTH)
-        .any(|(frame, kind)| kind == ReplyKind::Error && is_cluster_error(frame))
-}
-
-fn is_cluster_error(frame: &[u8]) -> bool {
-    [&b"-MOVED "[..], b"-ASK ", b"-TRYAGAIN", b"-CLUSTERDOWN"]
-        .iter()
-        .any(|p| frame.starts_with(p))
+        .any(|(frame, kind)| kind == ReplyKind::Error && is_cluster_redirect(frame))
 }
 
 /// One request being retried: its index in the batch, and where it goes next.

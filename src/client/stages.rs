@@ -374,16 +374,7 @@ impl Connection {
         if self.ctx.router.cluster().is_some() {
             // A cluster batch gathers one part per node.
             match self.cluster_slot(spec, &req, prefix_key) {
-                Ok(Some(slot)) => {
-                    if self
-                        .batch
-                        .route_to(slot, self.ctx.router.cluster())
-                        .is_err()
-                    {
-                        self.seal_batch();
-                        let _ = self.batch.route_to(slot, self.ctx.router.cluster());
-                    }
-                }
+                Ok(Some(slot)) => self.route_batch_to(slot),
                 Ok(None) => {}
                 Err(msg) if msg == slots::CROSSSLOT && follow_ups.is_empty() => {
                     // MGET, MSET, DEL and the like are split by slot.

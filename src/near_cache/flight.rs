@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 
 use super::{NearCache, Ticket};
 use crate::config::Cacheable;
+use crate::protocol::reply::is_cluster_redirect;
 
 /// A led flight, landed by the multiplexed reader as soon as the leader's
 /// reply frame arrives (never by a client task, which may itself be
@@ -71,14 +72,6 @@ impl Landings {
             }
         }
     }
-}
-
-/// `-MOVED`, `-ASK`, `-TRYAGAIN` or `-CLUSTERDOWN`: settled by the
-/// leader's client, not a reply of the key.
-fn is_cluster_redirect(frame: &[u8]) -> bool {
-    [&b"-MOVED "[..], b"-ASK ", b"-TRYAGAIN", b"-CLUSTERDOWN"]
-        .iter()
-        .any(|p| frame.starts_with(p))
 }
 
 impl Drop for Landings {

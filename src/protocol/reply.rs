@@ -43,6 +43,15 @@ pub enum ReplyKind {
     Value,
 }
 
+/// Whether an error reply `frame` is a Redis Cluster node's redirect or
+/// refusal (`-MOVED`, `-ASK`, `-TRYAGAIN`, `-CLUSTERDOWN`): settled by
+/// whoever sent the request, never the key's own reply.
+pub fn is_cluster_redirect(frame: &[u8]) -> bool {
+    [&b"-MOVED "[..], b"-ASK ", b"-TRYAGAIN", b"-CLUSTERDOWN"]
+        .iter()
+        .any(|p| frame.starts_with(p))
+}
+
 impl ReplyKind {
     /// The kind of `frame`, a whole reply frame already delimited by a
     /// scanner: read off its first line without scanning it again.

@@ -50,18 +50,25 @@ async fn warm(master: Arc<Node>, caches: Arc<NearCaches>) {
     }
     for cache in caches.live() {
         let keys = cache.warm_keys();
-        let mut filled = 0usize;
-        for chunk in keys.chunks(BATCH) {
-            match warm_batch(&master, &cache, chunk).await {
-                Some(n) => filled += n,
-                None => break,
-            }
-            tokio::time::sleep(PAUSE).await;
-        }
         if !keys.is_empty() {
+            let filled = read_from(&master, &cache, &keys).await;
             tracing::info!(master = %master.addr(), keys = keys.len(), read = filled, "near cache warmed after a master change");
         }
     }
+}
+
+/// Reads `keys` from `master` for `cache`, [`BATCH`] at a time with a
+/// [`PAUSE`] after each; how many were read.
+async fn read_from(master: &Node, cache: &Arc<NearCache>, keys: &[Bytes]) -> usize {
+    let mut filled = 0usize;
+    for chunk in keys.chunks(BATCH) {
+        match warm_batch(master, cache, chunk).await {
+            Some(n) => filled += n,
+            None => break,
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+    filled
 }
 
 /// Starts warming the caches from the masters of `map`, each key from its
@@ -89,14 +96,7 @@ async fn warm_cluster(map: Arc<SlotMap>, caches: Arc<NearCaches>) {
             if !tracking_comes_up(&master).await {
                 continue;
             }
-            let mut filled = 0usize;
-            for chunk in keys.chunks(BATCH) {
-                match warm_batch(&master, &cache, chunk).await {
-                    Some(n) => filled += n,
-                    None => break,
-                }
-                tokio::time::sleep(PAUSE).await;
-            }
+            let filled = read_from(&master, &cache, &keys).await;
             tracing::info!(master = %master.addr(), keys = keys.len(), read = filled, "near cache warmed after a slot map change");
         }
     }
