@@ -19,9 +19,16 @@
 //! - key names leave only through the two answers above, each of which
 //!   shows a service its own keys (admin services and the admin listener
 //!   see every service's): never through metric labels or logs;
-//! - recording takes one short lock per sampled read that never awaits.
+//! - recording takes one short lock per sampled read that never awaits;
+//! - once a sketch is full, a key it does not hold enters only when its
+//!   doorkeeper ([`Door`]) saw the key sampled before, and then with that
+//!   sample's count too: a stream of keys read once (uniform keys over a
+//!   large keyspace) no longer replaces a slot at every sample, and a key
+//!   read more often than 1 / [`CAPACITY`] is sampled twice well within
+//!   the doorkeeper's memory ([`DOOR_MEMORY`] samples).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -42,6 +49,12 @@ pub const CAPACITY: usize = 2 * MAX_COUNT;
 /// Longer keys are not counted: they would make the bound on memory a
 /// bound on the client's key length.
 pub const MAX_KEY_BYTES: usize = 1024;
+/// Bits of the doorkeeper, two set per key.
+const DOOR_BITS: usize = 1 << 16;
+/// Keys the doorkeeper takes before it forgets them all: about 1 in 60 of
+/// the keys it never saw then look seen, and its window stays twice
+/// [`CAPACITY`].
+pub const DOOR_MEMORY: u32 = 4096;
 
 /// One key of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,12 +79,58 @@ pub enum Rank {
 #[derive(Debug, Default)]
 pub struct HotKeys {
     sketches: Mutex<Sketches>,
+    /// Keyed: clients choose the keys, and the doorkeeper's bits.
+    hasher: RandomState,
 }
 
 #[derive(Debug, Default)]
 struct Sketches {
     by_reads: SpaceSaving,
     by_bytes: SpaceSaving,
+    door: Door,
+}
+
+/// A Bloom filter of the keys sampled lately that no full sketch held:
+/// the second sample of a key lets it in.
+#[derive(Debug)]
+struct Door {
+    bits: Box<[u64]>,
+    /// Keys let through since the bits were last cleared.
+    taken: u32,
+}
+
+impl Default for Door {
+    fn default() -> Door {
+        Door {
+            bits: vec![0; DOOR_BITS / 64].into_boxed_slice(),
+            taken: 0,
+        }
+    }
+}
+
+impl Door {
+    /// Whether the key of `hash` was seen since the last clearing; it is
+    /// from now on.
+    fn pass(&mut self, hash: u64) -> bool {
+        let at = |h: u64| ((h as usize) % DOOR_BITS / 64, 1u64 << (h % 64));
+        let (a, b) = (at(hash), at(hash >> 32));
+        let set =
+            |bits: &[u64], (word, bit): (usize, u64)| bits.get(word).is_some_and(|w| w & bit != 0);
+        let seen = set(&self.bits, a) && set(&self.bits, b);
+        if !seen {
+            if self.taken >= DOOR_MEMORY {
+                self.bits.fill(0);
+                self.taken = 0;
+            }
+            for (word, bit) in [a, b] {
+                if let Some(w) = self.bits.get_mut(word) {
+                    *w |= bit;
+                }
+            }
+            self.taken += 1;
+        }
+        seen
+    }
 }
 
 impl HotKeys {
@@ -80,10 +139,12 @@ impl HotKeys {
         if key.len() > MAX_KEY_BYTES {
             return;
         }
-        let mut sketches = self.lock();
-        sketches.by_reads.add(key, reads, bytes, reads);
+        let mut guard = self.lock();
+        let sketches = &mut *guard;
+        let mut door = Admit::Unasked(&mut sketches.door, &self.hasher);
+        sketches.by_reads.add(key, reads, bytes, reads, &mut door);
         if bytes > 0 {
-            sketches.by_bytes.add(key, reads, bytes, bytes);
+            sketches.by_bytes.add(key, reads, bytes, bytes, &mut door);
         }
     }
 
@@ -131,8 +192,28 @@ struct Entry {
     bytes: u64,
 }
 
+/// The doorkeeper's answer for one sampled read, asked at most once
+/// whatever the number of sketches that need it.
+enum Admit<'a> {
+    Unasked(&'a mut Door, &'a RandomState),
+    Answered(bool),
+}
+
+impl Admit<'_> {
+    fn seen(&mut self, key: &[u8]) -> bool {
+        match self {
+            Admit::Answered(seen) => *seen,
+            Admit::Unasked(door, hasher) => {
+                let seen = door.pass(hasher.hash_one(key));
+                *self = Admit::Answered(seen);
+                seen
+            }
+        }
+    }
+}
+
 impl SpaceSaving {
-    fn add(&mut self, key: &[u8], reads: u64, bytes: u64, weight: u64) {
+    fn add(&mut self, key: &[u8], reads: u64, bytes: u64, weight: u64, door: &mut Admit<'_>) {
         if let Some(&slot) = self.by_key.get(key) {
             if let Some(e) = self.slots.get_mut(slot as usize) {
                 e.count = e.count.saturating_add(weight);
@@ -142,8 +223,8 @@ impl SpaceSaving {
             self.sift_down(self.place_of(slot));
             return;
         }
-        let key = Bytes::copy_from_slice(key);
         if self.slots.len() < CAPACITY {
+            let key = Bytes::copy_from_slice(key);
             // CAPACITY fits in u32.
             let slot = self.slots.len() as u32;
             self.by_key.insert(key.clone(), slot);
@@ -158,6 +239,16 @@ impl SpaceSaving {
             self.sift_up(self.heap.len() - 1);
             return;
         }
+        if !door.seen(key) {
+            return;
+        }
+        let key = Bytes::copy_from_slice(key);
+        // The sample that opened the door counts too.
+        let (reads, bytes, weight) = (
+            reads.saturating_mul(2),
+            bytes.saturating_mul(2),
+            weight.saturating_mul(2),
+        );
         let Some(&slot) = self.heap.first() else {
             return;
         };
@@ -430,6 +521,46 @@ mod tests {
                 "{h:?}"
             );
         }
+    }
+
+    /// Once full, keys read once leave the sketch as it was; a key sampled
+    /// a second time gets in, counted for both samples.
+    #[test]
+    fn keys_read_once_do_not_churn_a_full_sketch() {
+        let hot = HotKeys::default();
+        for i in 0..CAPACITY {
+            hot.record(format!("first{i}").as_bytes(), 1, 1);
+        }
+        let before = hot.top(Rank::Reads, MAX_COUNT);
+        let mut state = 11;
+        let mut let_in = 0;
+        for _ in 0..(DOOR_MEMORY / 2) {
+            let key = format!("once{}", next(&mut state));
+            hot.record(key.as_bytes(), 1, 1);
+            let_in += usize::from(hot.lock().by_reads.by_key.contains_key(key.as_bytes()));
+        }
+        // Only the doorkeeper's false positives get in (about 1 in 60 at
+        // its fullest, fewer before).
+        assert!(let_in < 40, "{let_in} of {} let in", DOOR_MEMORY / 2);
+        let after = hot.top(Rank::Reads, MAX_COUNT);
+        let kept = before.iter().filter(|k| after.contains(k)).count();
+        assert!(kept + 40 >= before.len(), "{kept} of {} kept", before.len());
+
+        hot.record(b"twice", 8, 80);
+        assert!(hot
+            .top(Rank::Reads, MAX_COUNT)
+            .iter()
+            .all(|k| k.key != "twice"));
+        hot.record(b"twice", 8, 80);
+        let top = hot.top(Rank::Reads, 1);
+        assert_eq!(top[0].key, Bytes::from("twice"));
+        // Inherited from the least-counted slot (1) plus both samples.
+        assert_eq!(top[0].reads, 1 + 16);
+        let by_bytes = hot.top(Rank::Bytes, 1);
+        assert_eq!(
+            (by_bytes[0].key.as_ref(), by_bytes[0].bytes),
+            (&b"twice"[..], 1 + 160)
+        );
     }
 
     #[test]
