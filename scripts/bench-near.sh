@@ -11,7 +11,8 @@
 # Networks: loopback, and with BENCH_NETEM a second redis-server in a
 # network namespace behind a veth pair with `tc netem` delay each way.
 # Workloads: Zipf(0.99) over BENCH_NEAR_KEYS at 1 and 16 in flight, and
-# with BENCH_NEAR_UNIFORM uniform keys over BENCH_NEAR_UNIFORM_KEYS.
+# with BENCH_NEAR_UNIFORM=1 uniform keys over BENCH_NEAR_UNIFORM_KEYS too
+# (=only: the uniform rows alone).
 # Every (round, workload, network, target) run is one benches/nearload.rs
 # run of BENCH_DURATION seconds, interleaved round-robin. BENCH_BASELINE
 # adds another keygate build as `keygate-baseline`, configured as `keygate`.
@@ -25,6 +26,7 @@ NEAR_WARM="${BENCH_NEAR_WARM:-10}"
 NEAR_WARM_MAX="${BENCH_NEAR_WARM_MAX:-$NEAR_WARM}"
 NEAR_SETTLE="${BENCH_NEAR_SETTLE:-0.5}"
 NEAR_UNIFORM="${BENCH_NEAR_UNIFORM:-0}"
+[[ $NEAR_UNIFORM == 0 || $NEAR_UNIFORM == 1 || $NEAR_UNIFORM == only ]] || kg_die "BENCH_NEAR_UNIFORM must be 0, 1 or only, not '$NEAR_UNIFORM'"
 NEAR_UNIFORM_KEYS="${BENCH_NEAR_UNIFORM_KEYS:-10000000}"
 NETEM="${BENCH_NETEM:-auto}"
 NETEM_DELAY="${BENCH_NETEM_DELAY:-0.5ms}"
@@ -217,10 +219,12 @@ nearload() {
 }
 for net in "${!NET_REDIS_ADDR[@]}"; do
     addr="${NET_REDIS_ADDR[$net]}"
-    kg_info "pre-filling $NEAR_KEYS keys in the $net Redis ($addr)"
-    nearload --host "${addr%:*}" --port "${addr##*:}" --prefill --keys "$NEAR_KEYS" --key-prefix z: >&2 ||
-        kg_die "pre-filling the $net Redis failed"
-    if [[ $NEAR_UNIFORM == 1 ]]; then
+    if [[ $NEAR_UNIFORM != only ]]; then
+        kg_info "pre-filling $NEAR_KEYS keys in the $net Redis ($addr)"
+        nearload --host "${addr%:*}" --port "${addr##*:}" --prefill --keys "$NEAR_KEYS" --key-prefix z: >&2 ||
+            kg_die "pre-filling the $net Redis failed"
+    fi
+    if [[ $NEAR_UNIFORM != 0 ]]; then
         kg_info "pre-filling $NEAR_UNIFORM_KEYS keys in the $net Redis (uniform workload)"
         nearload --host "${addr%:*}" --port "${addr##*:}" --prefill --keys "$NEAR_UNIFORM_KEYS" --key-prefix u: >&2 ||
             kg_die "pre-filling the $net Redis failed"
@@ -228,11 +232,14 @@ for net in "${!NET_REDIS_ADDR[@]}"; do
 done
 
 # Workloads: label|nearload arguments.
-NEAR_WORKLOADS=(
-    "zipf P1|--dist zipf --keys $NEAR_KEYS --key-prefix z: --pipeline 1"
-    "zipf P16|--dist zipf --keys $NEAR_KEYS --key-prefix z: --pipeline 16"
-)
-if [[ $NEAR_UNIFORM == 1 ]]; then
+NEAR_WORKLOADS=()
+if [[ $NEAR_UNIFORM != only ]]; then
+    NEAR_WORKLOADS+=(
+        "zipf P1|--dist zipf --keys $NEAR_KEYS --key-prefix z: --pipeline 1"
+        "zipf P16|--dist zipf --keys $NEAR_KEYS --key-prefix z: --pipeline 16"
+    )
+fi
+if [[ $NEAR_UNIFORM != 0 ]]; then
     NEAR_WORKLOADS+=(
         "uniform P1|--dist uniform --keys $NEAR_UNIFORM_KEYS --key-prefix u: --pipeline 1"
         "uniform P16|--dist uniform --keys $NEAR_UNIFORM_KEYS --key-prefix u: --pipeline 16"
