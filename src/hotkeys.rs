@@ -51,7 +51,7 @@ pub const CAPACITY: usize = 2 * MAX_COUNT;
 pub const MAX_KEY_BYTES: usize = 1024;
 /// Bits of the doorkeeper, two set per key.
 const DOOR_BITS: usize = 1 << 16;
-/// Keys the doorkeeper takes before it forgets them all: about 1 in 60 of
+/// Keys the doorkeeper takes before it forgets them all: about 1 in 70 of
 /// the keys it never saw then look seen, and its window stays twice
 /// [`CAPACITY`].
 pub const DOOR_MEMORY: u32 = 4096;
@@ -539,7 +539,7 @@ mod tests {
             hot.record(key.as_bytes(), 1, 1);
             let_in += usize::from(hot.lock().by_reads.by_key.contains_key(key.as_bytes()));
         }
-        // Only the doorkeeper's false positives get in (about 1 in 60 at
+        // Only the doorkeeper's false positives get in (about 1 in 70 at
         // its fullest, fewer before).
         assert!(let_in < 40, "{let_in} of {} let in", DOOR_MEMORY / 2);
         let after = hot.top(Rank::Reads, MAX_COUNT);
