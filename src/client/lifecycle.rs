@@ -110,11 +110,14 @@ impl Drop for Connection {
             || self.dedicated.as_ref().is_some_and(Dedicated::pinned)
             || self.holds_subscriptions();
         self.drop_dedicated(dirty || std::thread::panicking());
-        if std::mem::take(&mut self.counted) {
-            self.ctx.metrics.client_disconnected(self.admitted_index());
-        }
+        // The slot before the gauge: a gauge that no longer counts this
+        // client means its slot is free.
+        let index = self.admitted_index();
         if let Some(service) = self.admitted.take() {
             service.release();
+        }
+        if std::mem::take(&mut self.counted) {
+            self.ctx.metrics.client_disconnected(index);
         }
         self.ctx.client_table.remove(self.session.id);
         self.ctx.clients.fetch_sub(1, Ordering::Relaxed);
