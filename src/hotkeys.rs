@@ -54,7 +54,7 @@ const DOOR_BITS: usize = 1 << 16;
 /// Keys the doorkeeper takes before it forgets them all: about 1 in 70 of
 /// the keys it never saw then look seen, and its window stays twice
 /// [`CAPACITY`].
-pub const DOOR_MEMORY: u32 = 4096;
+const DOOR_MEMORY: u32 = 4096;
 
 /// One key of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
