@@ -452,15 +452,6 @@ fn misses_reach(kg: &Keygate, n: f64) -> bool {
     })
 }
 
-/// Sends `sig` (`-STOP`, `-CONT`) to the process `pid` this test started.
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig}");
-}
-
 /// Single flight: while a fill's read of a key is on its way (Redis is
 /// paused), other clients' reads of the key wait for its reply instead of
 /// sending their own.
@@ -478,7 +469,7 @@ fn reads_of_a_key_in_flight_wait_for_its_reply() {
     let gets = redis.calls("get");
     let pid = redis.pid().expect("redis pid");
     let signal = |sig: &str| signal(pid, sig);
-    signal("-STOP");
+    signal("STOP");
     // The second read fills, and leads the flight.
     leader.send(&resp_command(&["GET", "k"]));
     assert!(misses(2.0), "the leader's read never came");
@@ -486,7 +477,7 @@ fn reads_of_a_key_in_flight_wait_for_its_reply() {
         f.send(&resp_command(&["GET", "k"]));
     }
     let aboard = misses(5.0);
-    signal("-CONT");
+    signal("CONT");
     assert!(aboard, "the followers' reads never came");
     assert_eq!(leader.read_reply(), bulk("v").into_bytes());
     for f in followers.iter_mut() {
@@ -514,14 +505,14 @@ fn reads_of_a_key_in_flight_wait_for_its_reply() {
     leader.cmd_str(&["SET", "j", "v1"]);
     assert_eq!(leader.cmd_str(&["GET", "j"]), bulk("v1"));
     assert!(misses(6.0));
-    signal("-STOP");
+    signal("STOP");
     leader.send(&resp_command(&["GET", "j"]));
     assert!(misses(7.0), "the leader's read never came");
     let mut both = resp_command(&["GET", "j"]);
     both.extend(resp_command(&["SET", "j", "v2"]));
     followers[0].send(&both);
     let aboard = misses(8.0);
-    signal("-CONT");
+    signal("CONT");
     assert!(aboard, "the follower's read never came");
     assert_eq!(leader.read_reply(), bulk("v1").into_bytes());
     assert_eq!(followers[0].read_reply(), bulk("v1").into_bytes());
@@ -858,14 +849,14 @@ fn cluster_reads_of_a_key_in_flight_wait_for_its_reply() {
     let gets = master.calls("get");
     let pid = master.pid().expect("the master's pid");
     let signal = |sig: &str| signal(pid, sig);
-    signal("-STOP");
+    signal("STOP");
     leader.send(&resp_command(&["GET", "k"]));
     let led = misses(2.0);
     for f in followers.iter_mut() {
         f.send(&resp_command(&["GET", "k"]));
     }
     let aboard = led && misses(5.0);
-    signal("-CONT");
+    signal("CONT");
     assert!(aboard, "the reads never came");
     assert_eq!(leader.read_reply(), bulk("v").into_bytes());
     for f in followers.iter_mut() {

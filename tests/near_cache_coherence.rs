@@ -181,14 +181,6 @@ fn kill_named(port: u16, name: &str) {
     }
 }
 
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "kill {sig} {pid}");
-}
-
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -277,9 +269,9 @@ fn reads_are_never_older_than_acknowledged_writes_under_faults() {
     faults.push("data connections killed");
     at(9);
     let pid = master.pid().expect("master pid");
-    signal(pid, "-STOP");
+    signal(pid, "STOP");
     std::thread::sleep(Duration::from_millis(300));
-    signal(pid, "-CONT");
+    signal(pid, "CONT");
     faults.push("master paused 300 ms (SIGSTOP)");
     at(12);
     {
