@@ -373,6 +373,17 @@ fn reshard_failover_and_kill_under_load() {
     // 3. SIGKILL a master: its replica is promoted after the node timeout.
     let victim = to_port;
     let heir = replica_of(from_port, &to_id);
+    // Redis promotes only a replica that was in sync when its master went
+    // (one still loading its first full sync never asks for votes): wait
+    // for that state before the kill.
+    assert!(
+        common::wait_until(STEP_LIMIT, || {
+            let info = cli_at(heir, &["INFO", "replication"]);
+            info.contains("master_link_status:up")
+                && cli_at(heir, &["INFO", "persistence"]).contains("loading:0")
+        }),
+        "the replica {heir} never came in sync with its master"
+    );
     phase.store(3, Ordering::Relaxed);
     cluster.kill_node(victim);
     live.retain(|&p| p != victim);
