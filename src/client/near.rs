@@ -51,7 +51,91 @@ pub(super) enum NearRead {
     Plain,
 }
 
+/// Requests looked at ahead for [`Connection::near_prefetch`], at most.
+const PREFETCH_MAX: usize = 32;
+
+/// The argument count, the first two arguments and the length of the
+/// complete request at the front of `buf`, if it is one in the multibulk
+/// form clients send. A hint for [`Connection::near_prefetch`] only: the
+/// request's meaning comes from the scanner and the stages as always.
+fn peek_request(buf: &[u8]) -> Option<(usize, &[u8], &[u8], usize)> {
+    fn line(buf: &[u8], at: usize, marker: u8) -> Option<(usize, usize)> {
+        if buf.get(at) != Some(&marker) {
+            return None;
+        }
+        let mut n = 0usize;
+        let mut i = at + 1;
+        loop {
+            match buf.get(i)? {
+                d @ b'0'..=b'9' if i - at <= 10 => n = n * 10 + usize::from(d - b'0'),
+                b'\r' if i > at + 1 => break,
+                _ => return None,
+            }
+            i += 1;
+        }
+        (buf.get(i + 1) == Some(&b'\n')).then_some((n, i + 2))
+    }
+    let (argc, mut at) = line(buf, 0, b'*')?;
+    let (mut first, mut second): (&[u8], &[u8]) = (&[], &[]);
+    for arg in 0..argc {
+        let (len, start) = line(buf, at, b'$')?;
+        let end = start.checked_add(len)?;
+        let data = buf.get(start..end)?;
+        match arg {
+            0 => first = data,
+            1 => second = data,
+            _ => {}
+        }
+        at = end + 2;
+    }
+    (at <= buf.len()).then_some((argc, first, second, at))
+}
+
 impl Connection {
+    /// Prefetches the near-cache lookups of the GETs among the first
+    /// complete requests in `rbuf`, when there are several: a pipeline's
+    /// lookups of keys read seldom then wait on memory together instead
+    /// of one after the other.
+    pub(super) fn near_prefetch(&self, rbuf: &[u8]) {
+        let Some(cache) = self
+            .session
+            .service
+            .as_ref()
+            .and_then(|s| s.near_cache.as_deref())
+        else {
+            return;
+        };
+        if !cache.keeps(Cacheable::Get) || self.session.database != self.default_database() {
+            return;
+        }
+        let mut keys: SmallVec<[&[u8]; PREFETCH_MAX]> = SmallVec::new();
+        let mut rest = rbuf;
+        for _ in 0..PREFETCH_MAX {
+            let Some((argc, name, key, len)) = peek_request(rest) else {
+                break;
+            };
+            if argc == 2 && name.eq_ignore_ascii_case(b"get") {
+                keys.push(key);
+            }
+            rest = rest.get(len..).unwrap_or_default();
+        }
+        if keys.len() < 2 {
+            return;
+        }
+        let prefix = self.session.namespace().map(|ns| ns.prefix_bytes());
+        for key in keys {
+            match prefix {
+                Some(prefix) if !prefix.is_empty() => {
+                    let mut stored: SmallVec<[u8; 128]> = SmallVec::new();
+                    stored.extend_from_slice(prefix);
+                    stored.extend_from_slice(key);
+                    cache.prefetch(&stored);
+                }
+                _ => cache.prefetch(key),
+            }
+        }
+    }
+
     /// The key at `at` as stored on the backend: with the namespace's
     /// prefix when it is still to be put in front (`prefix_at`).
     fn stored_key(&self, req: &Request, at: usize, prefix_at: Option<usize>) -> Option<Bytes> {
@@ -388,5 +472,40 @@ mod tests {
         assert_eq!(&empty[..], b"%0\r\n");
         let value = Bytes::from_static(b"$1\r\nv\r\n");
         assert_eq!(as_client_reads(Cacheable::Get, true, value.clone()), value);
+    }
+
+    /// The look ahead takes complete multibulk requests and nothing else,
+    /// and a hostile length or count costs it no more than the buffer.
+    #[test]
+    fn peek_request_takes_only_complete_multibulk_requests() {
+        let get = b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n";
+        assert_eq!(
+            peek_request(get),
+            Some((2, &b"GET"[..], &b"key"[..], get.len()))
+        );
+        let two = [&get[..], b"*1\r\n$4\r\nPING\r\n"].concat();
+        assert_eq!(peek_request(&two).map(|p| p.3), Some(get.len()));
+        let ping = b"*1\r\n$4\r\nPING\r\n";
+        assert_eq!(peek_request(ping), Some((1, &b"PING"[..], &b""[..], 14)));
+        for bad in [
+            &b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r"[..],
+            b"*2\r\n$3\r\nGET\r\n$3\r\nke",
+            b"GET key\r\n",
+            b"*\r\n",
+            b"*-1\r\n",
+            b"*2\r\n$-1\r\n",
+            b"*99999999999\r\n$1\r\na\r\n",
+            b"*9999999999\r\n$1\r\na\r\n",
+            b"*1\r\n$9999999999\r\na\r\n",
+            b"*1\n$1\r\na\r\n",
+            b"",
+        ] {
+            assert_eq!(
+                peek_request(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

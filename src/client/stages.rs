@@ -104,6 +104,7 @@ impl Connection {
     /// Takes every complete request off `rbuf` through the pipeline.
     pub(super) async fn on_bytes(&mut self, rbuf: &mut BytesMut) {
         self.backlog = false;
+        self.near_prefetch(rbuf);
         loop {
             if !self.may_take_requests() {
                 // Over a limit: the rest waits until replies are written.

@@ -108,6 +108,14 @@ impl Sketch {
         out
     }
 
+    /// The first words of the key's doorkeeper line and counter line, for
+    /// a prefetch.
+    pub(crate) fn lines(&self, hash: u64) -> [Option<&AtomicU64>; 2] {
+        let door = (hash.rotate_right(24) & self.door_mask) as usize * BLOCK_WORDS;
+        let counters = (hash & self.block_mask) as usize * BLOCK_WORDS;
+        [self.door.get(door), self.counters.get(counters)]
+    }
+
     fn in_door(&self, bits: &[(usize, u64); DOOR_BITS]) -> bool {
         bits.iter().all(|&(w, m)| {
             self.door

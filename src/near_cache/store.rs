@@ -181,6 +181,11 @@ impl Index {
         (hash.rotate_left(32) as usize) & self.mask()
     }
 
+    /// The slot a lookup of `hash` reads first.
+    fn home_slot(&self, hash: u64) -> Option<&Slot> {
+        self.slots.get(self.home(hash))
+    }
+
     /// The slot holding `hash`, if any.
     fn find(&self, hash: u64) -> Option<usize> {
         if self.slots.is_empty() {
@@ -324,6 +329,13 @@ pub(crate) struct Store {
 impl Store {
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Starts loading the index slot a lookup of `hash` reads first.
+    pub(crate) fn prefetch(&self, hash: u64) {
+        if let Some(slot) = self.index.home_slot(hash) {
+            super::prefetch(slot);
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
