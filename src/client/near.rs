@@ -92,35 +92,36 @@ fn peek_request(buf: &[u8]) -> Option<(usize, &[u8], &[u8], usize)> {
 }
 
 impl Connection {
-    /// Prefetches the near-cache lookups of the GETs among the first
-    /// complete requests in `rbuf`, when there are several: a pipeline's
-    /// lookups of keys read seldom then wait on memory together instead
-    /// of one after the other.
-    pub(super) fn near_prefetch(&self, rbuf: &[u8]) {
+    /// Prefetches the near-cache lookups of the GETs among the next
+    /// complete requests in `rbuf` (those pipelined behind the request just
+    /// taken): a pipeline's lookups of keys read seldom then wait on memory
+    /// together instead of one after the other. Returns how many requests
+    /// it looked at, so that the next look ahead starts past them
+    /// (`usize::MAX` when there is nothing to prefetch for).
+    pub(super) fn near_prefetch(&self, rbuf: &[u8]) -> usize {
         let Some(cache) = self
             .session
             .service
             .as_ref()
             .and_then(|s| s.near_cache.as_deref())
         else {
-            return;
+            return usize::MAX;
         };
         if !cache.keeps(Cacheable::Get) || self.session.database != self.default_database() {
-            return;
+            return usize::MAX;
         }
         let mut keys: SmallVec<[&[u8]; PREFETCH_MAX]> = SmallVec::new();
         let mut rest = rbuf;
-        for _ in 0..PREFETCH_MAX {
+        let mut looked = 0;
+        while looked < PREFETCH_MAX {
             let Some((argc, name, key, len)) = peek_request(rest) else {
                 break;
             };
+            looked += 1;
             if argc == 2 && name.eq_ignore_ascii_case(b"get") {
                 keys.push(key);
             }
             rest = rest.get(len..).unwrap_or_default();
-        }
-        if keys.len() < 2 {
-            return;
         }
         let prefix = self.session.namespace().map(|ns| ns.prefix_bytes());
         for key in keys {
@@ -134,6 +135,8 @@ impl Connection {
                 _ => cache.prefetch(key),
             }
         }
+        // A partial request next: looked at again once it is whole.
+        looked.max(1)
     }
 
     /// The key at `at` as stored on the backend: with the namespace's

@@ -104,7 +104,8 @@ impl Connection {
     /// Takes every complete request off `rbuf` through the pipeline.
     pub(super) async fn on_bytes(&mut self, rbuf: &mut BytesMut) {
         self.backlog = false;
-        self.near_prefetch(rbuf);
+        // Requests behind the one taken that the last look ahead covered.
+        let mut looked_ahead = 0usize;
         loop {
             if !self.may_take_requests() {
                 // Over a limit: the rest waits until replies are written.
@@ -113,6 +114,12 @@ impl Connection {
             }
             match self.scanner.scan(rbuf) {
                 Ok(Some(req)) => {
+                    if looked_ahead == 0 && !rbuf.is_empty() {
+                        // Pipelined requests follow (never at `-P 1`).
+                        looked_ahead = self.near_prefetch(rbuf);
+                    } else {
+                        looked_ahead = looked_ahead.saturating_sub(1);
+                    }
                     // The stages are synchronous; only work that waits on a
                     // backend is awaited, before the next request is taken.
                     if let Err(Some(deferred)) = self.on_request(req) {
