@@ -107,6 +107,20 @@ impl Tally {
     }
 }
 
+/// A replication offset from `INFO replication` on the node at `port`
+/// (`master_repl_offset` on a master, `slave_repl_offset` on a replica).
+fn repl_offset(port: u16, field: &str) -> Option<u64> {
+    cli_at(port, &["INFO", "replication"])
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .strip_prefix(':')?
+                .trim()
+                .parse()
+                .ok()
+        })
+}
+
 /// One client's loop: INCR its counter, SET a key to a unique value, GET it.
 fn client(
     port: u16,
@@ -383,6 +397,23 @@ fn reshard_failover_and_kill_under_load() {
                 && cli_at(heir, &["INFO", "persistence"]).contains("loading:0")
         }),
         "the replica {heir} never came in sync with its master"
+    );
+    // Redis replicates asynchronously: a write acknowledged just before
+    // the kill may not have reached the heir, and Redis itself then loses
+    // it, whatever sits in front. The victim holds writes (CLIENT PAUSE
+    // WRITE, which replication ignores) until the heir has everything it
+    // acknowledged; the writes it holds die with it, unacknowledged.
+    let pause_ms = STEP_LIMIT.as_millis().to_string();
+    assert_eq!(
+        cli_at(victim, &["CLIENT", "PAUSE", &pause_ms, "WRITE"]),
+        "OK"
+    );
+    assert!(
+        common::wait_until(STEP_LIMIT, || {
+            let sent = repl_offset(victim, "master_repl_offset");
+            sent.is_some() && sent == repl_offset(heir, "slave_repl_offset")
+        }),
+        "the replica {heir} never caught up with its paused master"
     );
     phase.store(3, Ordering::Relaxed);
     cluster.kill_node(victim);
