@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{backend_health, cli_at, cluster_config, Keygate, RedisCluster, DEFAULT_SERVICE};
+use common::{
+    backend_health, cli_at, cluster_config, info_field, Keygate, RedisCluster, DEFAULT_SERVICE,
+};
 use keygate::topology::slot::key_slot;
 
 /// Client threads, each with its own counter and keys.
@@ -110,15 +112,9 @@ impl Tally {
 /// A replication offset from `INFO replication` on the node at `port`
 /// (`master_repl_offset` on a master, `slave_repl_offset` on a replica).
 fn repl_offset(port: u16, field: &str) -> Option<u64> {
-    cli_at(port, &["INFO", "replication"])
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(field)?
-                .strip_prefix(':')?
-                .trim()
-                .parse()
-                .ok()
-        })
+    info_field(&cli_at(port, &["INFO", "replication"]), field)?
+        .parse()
+        .ok()
 }
 
 /// One client's loop: INCR its counter, SET a key to a unique value, GET it.

@@ -24,7 +24,15 @@ const REFUSAL: &[u8] = b"-ERR max number of clients reached\r\n";
 /// keygate (the binary) in front of `backend` with `proxy_extra` added to
 /// `[proxy]`, serving.
 fn start_keygate(backend: &RedisServer, proxy_extra: &str) -> KeygateProcess {
-    let config = standalone_config(&backend.addr(), DEFAULT_SERVICE).replace(
+    start_keygate_with(
+        standalone_config(&backend.addr(), DEFAULT_SERVICE),
+        proxy_extra,
+    )
+}
+
+/// keygate on `config`, with `proxy_extra` in its `[proxy]` section.
+fn start_keygate_with(config: String, proxy_extra: &str) -> KeygateProcess {
+    let config = config.replace(
         "listen = \"127.0.0.1:0\"",
         &format!("listen = \"127.0.0.1:0\"\n{proxy_extra}"),
     );
@@ -369,18 +377,14 @@ fn unread_huge_replies_close_the_client_at_the_hard_limit() {
     // byte (800 MB here), which takes a busy machine longer than the
     // harness's 5 s `command_timeout`; a timeout would fail the batch
     // before the hard limit is reached, so this test waits as long as HUNG.
-    let config = standalone_config(&redis.addr(), DEFAULT_SERVICE)
-        .replace(
-            "command_timeout = \"5s\"",
-            &format!("command_timeout = \"{}s\"", HUNG.as_secs()),
-        )
-        .replace(
-            "listen = \"127.0.0.1:0\"",
-            "listen = \"127.0.0.1:0\"\nmax_pending_reply_bytes = 67108864\n\
-             max_pending_reply_bytes_hard = 134217728",
-        );
-    let mut kg = KeygateProcess::start(&config, &[("RUST_LOG", "warn")]);
-    wait_serving(kg.port());
+    let config = standalone_config(&redis.addr(), DEFAULT_SERVICE).replace(
+        "command_timeout = \"5s\"",
+        &format!("command_timeout = \"{}s\"", HUNG.as_secs()),
+    );
+    let mut kg = start_keygate_with(
+        config,
+        "max_pending_reply_bytes = 67108864\nmax_pending_reply_bytes_hard = 134217728",
+    );
     let port = kg.port();
     let mut direct = RawConn::connect(redis.port());
     let value = vec![b'v'; 20 * 1024 * 1024];

@@ -32,7 +32,7 @@ use crate::near_cache::fill::Fill;
 use crate::near_cache::flight::Boarding;
 use crate::near_cache::{Lookup, NearCache, Sharing, Writing};
 use crate::protocol::reply::ReplyKind;
-use crate::protocol::request::Request;
+use crate::protocol::request::{peek_small_request, Request};
 use crate::protocol::Protocol;
 use crate::topology::slot::{key_slot, prefixed_key_slot};
 
@@ -54,47 +54,19 @@ pub(super) enum NearRead {
 /// Requests looked at ahead for [`Connection::near_prefetch`], at most.
 const PREFETCH_MAX: usize = 32;
 
-/// The argument count, the first two arguments and the length of the
-/// complete request at the front of `buf`, if it is one in the multibulk
-/// form clients send. A hint for [`Connection::near_prefetch`] only: the
-/// request's meaning comes from the scanner and the stages as always.
-fn peek_request(buf: &[u8]) -> Option<(usize, &[u8], &[u8], usize)> {
-    fn line(buf: &[u8], at: usize, marker: u8) -> Option<(usize, usize)> {
-        if buf.get(at) != Some(&marker) {
-            return None;
-        }
-        let mut n = 0usize;
-        let mut i = at + 1;
-        loop {
-            match buf.get(i)? {
-                d @ b'0'..=b'9' if i - at <= 10 => n = n * 10 + usize::from(d - b'0'),
-                b'\r' if i > at + 1 => break,
-                _ => return None,
-            }
-            i += 1;
-        }
-        (buf.get(i + 1) == Some(&b'\n')).then_some((n, i + 2))
-    }
-    let (argc, mut at) = line(buf, 0, b'*')?;
-    let (mut first, mut second): (&[u8], &[u8]) = (&[], &[]);
-    for arg in 0..argc {
-        let (len, start) = line(buf, at, b'$')?;
-        let end = start.checked_add(len)?;
-        let data = buf.get(start..end)?;
-        match arg {
-            0 => first = data,
-            1 => second = data,
-            _ => {}
-        }
-        at = end + 2;
-    }
-    (at <= buf.len()).then_some((argc, first, second, at))
+/// `prefix` and `key` together, on the stack for the common short key.
+fn prefixed(prefix: &[u8], key: &[u8]) -> SmallVec<[u8; 128]> {
+    let mut stored = SmallVec::with_capacity(prefix.len() + key.len());
+    stored.extend_from_slice(prefix);
+    stored.extend_from_slice(key);
+    stored
 }
 
 impl Connection {
     /// Prefetches the near-cache lookups of the GETs among the next
-    /// complete requests in `rbuf` (those pipelined behind the request just
-    /// taken): a pipeline's lookups of keys read seldom then wait on memory
+    /// requests in `rbuf` (those pipelined behind the request just taken,
+    /// up to the first that is not whole, small and canonical): a
+    /// pipeline's lookups of keys read seldom then wait on memory
     /// together instead of one after the other. Returns how many requests
     /// it looked at, so that the next look ahead starts past them
     /// (`usize::MAX` when there is nothing to prefetch for).
@@ -114,24 +86,21 @@ impl Connection {
         let mut rest = rbuf;
         let mut looked = 0;
         while looked < PREFETCH_MAX {
-            let Some((argc, name, key, len)) = peek_request(rest) else {
+            let Some((len, mut args)) = peek_small_request(rest) else {
                 break;
             };
             looked += 1;
-            if argc == 2 && name.eq_ignore_ascii_case(b"get") {
-                keys.push(key);
+            if let (Some(name), Some(key), None) = (args.next(), args.next(), args.next()) {
+                if name.eq_ignore_ascii_case(b"get") {
+                    keys.push(key);
+                }
             }
             rest = rest.get(len..).unwrap_or_default();
         }
         let prefix = self.session.namespace().map(|ns| ns.prefix_bytes());
         for key in keys {
             match prefix {
-                Some(prefix) if !prefix.is_empty() => {
-                    let mut stored: SmallVec<[u8; 128]> = SmallVec::new();
-                    stored.extend_from_slice(prefix);
-                    stored.extend_from_slice(key);
-                    cache.prefetch(&stored);
-                }
+                Some(prefix) if !prefix.is_empty() => cache.prefetch(&prefixed(prefix, key)),
                 _ => cache.prefetch(key),
             }
         }
@@ -211,14 +180,11 @@ impl Connection {
         };
         // Looked up as the client sent it, or with the prefix in front on
         // the stack: only a fill keeps the key.
-        let prefixed: SmallVec<[u8; 128]>;
+        let stored: SmallVec<[u8; 128]>;
         let key: &[u8] = match (prefix_at == Some(1), self.session.namespace()) {
             (true, Some(ns)) => {
-                let mut key = SmallVec::new();
-                key.extend_from_slice(ns.prefix_bytes());
-                key.extend_from_slice(arg);
-                prefixed = key;
-                &prefixed
+                stored = prefixed(ns.prefix_bytes(), arg);
+                &stored
             }
             _ => arg,
         };
@@ -475,40 +441,5 @@ mod tests {
         assert_eq!(&empty[..], b"%0\r\n");
         let value = Bytes::from_static(b"$1\r\nv\r\n");
         assert_eq!(as_client_reads(Cacheable::Get, true, value.clone()), value);
-    }
-
-    /// The look ahead takes complete multibulk requests and nothing else,
-    /// and a hostile length or count costs it no more than the buffer.
-    #[test]
-    fn peek_request_takes_only_complete_multibulk_requests() {
-        let get = b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n";
-        assert_eq!(
-            peek_request(get),
-            Some((2, &b"GET"[..], &b"key"[..], get.len()))
-        );
-        let two = [&get[..], b"*1\r\n$4\r\nPING\r\n"].concat();
-        assert_eq!(peek_request(&two).map(|p| p.3), Some(get.len()));
-        let ping = b"*1\r\n$4\r\nPING\r\n";
-        assert_eq!(peek_request(ping), Some((1, &b"PING"[..], &b""[..], 14)));
-        for bad in [
-            &b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r"[..],
-            b"*2\r\n$3\r\nGET\r\n$3\r\nke",
-            b"GET key\r\n",
-            b"*\r\n",
-            b"*-1\r\n",
-            b"*2\r\n$-1\r\n",
-            b"*99999999999\r\n$1\r\na\r\n",
-            b"*9999999999\r\n$1\r\na\r\n",
-            b"*1\r\n$9999999999\r\na\r\n",
-            b"*1\n$1\r\na\r\n",
-            b"",
-        ] {
-            assert_eq!(
-                peek_request(bad),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
     }
 }

@@ -811,6 +811,18 @@ fn whole_small_request(buf: &[u8], max_bulk_len: usize) -> Option<(usize, ArgSpa
     Some((at, args))
 }
 
+/// The length and the arguments of the whole small canonical request at
+/// the front of `buf` ([`whole_small_request`]'s view), without taking it:
+/// for a look ahead, which only wants a hint. `None` for anything else,
+/// complete or not.
+pub(crate) fn peek_small_request(buf: &[u8]) -> Option<(usize, impl Iterator<Item = &[u8]>)> {
+    let (len, spans) = whole_small_request(buf, usize::MAX)?;
+    let args = spans
+        .into_iter()
+        .map(move |s| buf.get(s.start()..s.end()).unwrap_or_default());
+    Some((len, args))
+}
+
 /// The common case of a header line in one pass: `type_byte`, a canonical
 /// decimal of at most 18 digits, `\r` and one more byte present. Returns the
 /// value and the offset after the line; `None` sends the caller to the
@@ -1035,6 +1047,36 @@ mod tests {
         match scan_all(input) {
             Err(e) => e,
             Ok(r) => panic!("expected an error, got {r:?}"),
+        }
+    }
+
+    #[test]
+    fn peek_small_request_takes_only_whole_canonical_requests() {
+        let peek = |buf: &[u8]| {
+            peek_small_request(buf).map(|(len, args)| (len, args.map(<[u8]>::to_vec).collect()))
+        };
+        let get = b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r\n";
+        assert_eq!(peek(get), Some((get.len(), strings(&["GET", "key"]))));
+        let two = [&get[..], b"*1\r\n$4\r\nPING\r\n"].concat();
+        assert_eq!(peek(&two).map(|p| p.0), Some(get.len()));
+        assert_eq!(
+            peek(b"*1\r\n$4\r\nPING\r\n"),
+            Some((14, strings(&["PING"])))
+        );
+        for bad in [
+            &b"*2\r\n$3\r\nGET\r\n$3\r\nkey\r"[..],
+            b"*2\r\n$3\r\nGET\r\n$3\r\nke",
+            b"GET key\r\n",
+            b"*\r\n",
+            b"*-1\r\n",
+            b"*2\r\n$-1\r\n",
+            b"*99999999999\r\n$1\r\na\r\n",
+            b"*9999999999\r\n$1\r\na\r\n",
+            b"*1\r\n$9999999999\r\na\r\n",
+            b"*1\n$1\r\na\r\n",
+            b"",
+        ] {
+            assert_eq!(peek(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }
 
