@@ -98,12 +98,14 @@ impl Connection {
             rest = rest.get(len..).unwrap_or_default();
         }
         let prefix = self.session.namespace().map(|ns| ns.prefix_bytes());
-        for key in keys {
-            match prefix {
+        let hashes: SmallVec<[u64; PREFETCH_MAX]> = keys
+            .into_iter()
+            .map(|key| match prefix {
                 Some(prefix) if !prefix.is_empty() => cache.prefetch(&prefixed(prefix, key)),
                 _ => cache.prefetch(key),
-            }
-        }
+            })
+            .collect();
+        cache.prefetch_entries(&hashes);
         // A partial request next: looked at again once it is whole.
         looked.max(1)
     }

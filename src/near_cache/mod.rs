@@ -235,17 +235,32 @@ pub struct NearCache {
 
 /// Asks the processor to start loading `value`'s cache line: a hint with no
 /// effect on what the program computes.
-#[allow(unsafe_code)]
 fn prefetch<T>(value: &T) {
+    prefetch_line((value as *const T).cast::<u8>());
+}
+
+/// [`prefetch`] of every cache line `value` spans.
+fn prefetch_all_lines<T>(value: &T) {
+    let start = (value as *const T).cast::<u8>();
+    let end = start.wrapping_add(std::mem::size_of::<T>().saturating_sub(1));
+    let mut line = start;
+    while (line as usize) & !63 <= (end as usize) & !63 {
+        prefetch_line(line);
+        line = line.wrapping_add(64);
+    }
+}
+
+#[allow(unsafe_code)]
+fn prefetch_line(at: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 takes any address and never faults; `value` is a
-    // live reference besides.
+    // SAFETY: PREFETCHT0 takes any address and never faults; callers pass
+    // addresses inside a live reference besides.
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast::<i8>());
+        _mm_prefetch::<_MM_HINT_T0>(at.cast::<i8>());
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
+    let _ = at;
 }
 
 fn locked(m: &Mutex<Store>) -> MutexGuard<'_, Store> {
@@ -442,9 +457,9 @@ impl NearCache {
     /// them once more.
     pub fn begin_write(self: &Arc<NearCache>, keys: Vec<Bytes>) -> Writing {
         for key in &keys {
-            self.writing(self.hasher.hash_one(key))
-                .fetch_add(1, Ordering::AcqRel);
-            self.invalidate(key);
+            let hash = self.hasher.hash_one(key);
+            self.writing(hash).fetch_add(1, Ordering::AcqRel);
+            self.invalidate_hashed(key, hash);
         }
         Writing(Arc::new(WritingKeys {
             cache: self.clone(),
@@ -529,7 +544,7 @@ impl NearCache {
             return Lookup::Miss(None);
         }
         if sharing == Sharing::LeadsOrFollows {
-            if let Some(boarding) = shard.flights.join(key, kind) {
+            if let Some(boarding) = shard.flights.join(key, hash, kind) {
                 return Lookup::Follow(boarding);
             }
         }
@@ -538,7 +553,7 @@ impl NearCache {
         }
         let id = self.flights.fetch_add(1, Ordering::Relaxed);
         let leads = matches!(sharing, Sharing::Leads | Sharing::LeadsOrFollows);
-        let flight = (leads && shard.flights.lead(key, id, kind)).then_some(id);
+        let flight = (leads && shard.flights.lead(key, hash, id, kind)).then_some(id);
         // The ticket is read after the lookup: an invalidation between
         // the two only makes the fill be dropped.
         Lookup::Miss(Some(Ticket {
@@ -554,25 +569,41 @@ impl NearCache {
     /// Starts loading what a lookup of `key` (as stored) reads first, the
     /// index slot and the sketch's lines: a batch's lookups, prefetched
     /// together, wait on memory once rather than once each.
-    pub(crate) fn prefetch(&self, key: &[u8]) {
+    /// Returns the key's hash, for [`NearCache::prefetch_entries`].
+    pub(crate) fn prefetch(&self, key: &[u8]) -> u64 {
         let hash = self.hasher.hash_one(key);
         for line in self.sketch.lines(hash).into_iter().flatten() {
             prefetch(line);
         }
         locked(self.shard(hash)).prefetch(hash);
+        hash
+    }
+
+    /// The second step of a batch's prefetch, once [`NearCache::prefetch`]
+    /// has asked for the index slots of these `hashes`: starts loading the
+    /// entries the slots point at (a hit reads its entry right after its
+    /// slot, so the slot alone left one miss per hit).
+    pub(crate) fn prefetch_entries(&self, hashes: &[u64]) {
+        for &hash in hashes {
+            locked(self.shard(hash)).prefetch_entry(hash);
+        }
     }
 
     /// A leading read's reply (any reply: followers get what it got).
     pub(crate) fn land(&self, key: &[u8], ticket: &Ticket, frame: &[u8]) {
         if let Some(id) = ticket.flight {
-            locked(self.shard(ticket.hash)).flights.land(key, id, frame);
+            locked(self.shard(ticket.hash))
+                .flights
+                .land(key, ticket.hash, id, frame);
         }
     }
 
     /// A leading read will not be answered: its followers read on their own.
     pub(crate) fn abort(&self, key: &[u8], ticket: &Ticket) {
         if let Some(id) = ticket.flight {
-            locked(self.shard(ticket.hash)).flights.abort(key, id);
+            locked(self.shard(ticket.hash))
+                .flights
+                .abort(key, ticket.hash, id);
         }
     }
 
@@ -719,7 +750,10 @@ impl NearCache {
     /// The key changed (Redis said so, or keygate is writing it): its entry
     /// goes, and fills of reads already on their way are dropped.
     pub fn invalidate(&self, key: &[u8]) {
-        let hash = self.hasher.hash_one(key);
+        self.invalidate_hashed(key, self.hasher.hash_one(key));
+    }
+
+    fn invalidate_hashed(&self, key: &[u8], hash: u64) {
         let mut shard = locked(self.shard(hash));
         self.seq(hash).fetch_add(1, Ordering::AcqRel);
         if shard.remove(key, hash) {
@@ -781,10 +815,9 @@ impl Drop for WritingKeys {
         }
         for key in &self.keys {
             // Removed (and the sequence bumped) before fills may resume.
-            self.cache.invalidate(key);
-            self.cache
-                .writing(self.cache.hasher.hash_one(key))
-                .fetch_sub(1, Ordering::AcqRel);
+            let hash = self.cache.hasher.hash_one(key);
+            self.cache.invalidate_hashed(key, hash);
+            self.cache.writing(hash).fetch_sub(1, Ordering::AcqRel);
         }
     }
 }

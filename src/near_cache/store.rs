@@ -338,6 +338,20 @@ impl Store {
         }
     }
 
+    /// Starts loading the entry `hash`'s home slot points at, when the slot
+    /// holds that hash (a key displaced from its home slot is not looked
+    /// for: this is a hint).
+    pub(crate) fn prefetch_entry(&self, hash: u64) {
+        let at = self
+            .index
+            .home_slot(hash)
+            .filter(|slot| slot.hash == hash)
+            .map(|slot| slot.at);
+        if let Some(entry) = at.and_then(|at| self.entries.get(at)) {
+            super::prefetch_all_lines(entry);
+        }
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
@@ -467,7 +481,7 @@ impl Store {
 
     /// Removes the key's entry (and grounds its flight); true if there was one.
     pub(crate) fn remove(&mut self, key: &[u8], hash: u64) -> bool {
-        self.flights.ground(key);
+        self.flights.ground(key, hash);
         match self.index.get(hash) {
             Some(i) if self.entries.get(i).is_some_and(|e| e.key() == key) => {
                 self.remove_at(i);
