@@ -82,7 +82,8 @@ impl Connection {
         if !cache.keeps(Cacheable::Get) || self.session.database != self.default_database() {
             return usize::MAX;
         }
-        let mut keys: SmallVec<[&[u8]; PREFETCH_MAX]> = SmallVec::new();
+        let prefix = self.session.namespace().map(|ns| ns.prefix_bytes());
+        let mut hashes: SmallVec<[u64; PREFETCH_MAX]> = SmallVec::new();
         let mut rest = rbuf;
         let mut looked = 0;
         while looked < PREFETCH_MAX {
@@ -92,19 +93,16 @@ impl Connection {
             looked += 1;
             if let (Some(name), Some(key), None) = (args.next(), args.next(), args.next()) {
                 if name.eq_ignore_ascii_case(b"get") {
-                    keys.push(key);
+                    hashes.push(match prefix {
+                        Some(prefix) if !prefix.is_empty() => {
+                            cache.prefetch(&prefixed(prefix, key))
+                        }
+                        _ => cache.prefetch(key),
+                    });
                 }
             }
             rest = rest.get(len..).unwrap_or_default();
         }
-        let prefix = self.session.namespace().map(|ns| ns.prefix_bytes());
-        let hashes: SmallVec<[u64; PREFETCH_MAX]> = keys
-            .into_iter()
-            .map(|key| match prefix {
-                Some(prefix) if !prefix.is_empty() => cache.prefetch(&prefixed(prefix, key)),
-                _ => cache.prefetch(key),
-            })
-            .collect();
         cache.prefetch_entries(&hashes);
         // A partial request next: looked at again once it is whole.
         looked.max(1)
